@@ -1,0 +1,69 @@
+//! The command line: arguments are parsed by clap (usage errors exit with 2), then each
+//! subcommand runs and says how it ended: 0 for success, 1 when the definitions have
+//! errors or the work failed.
+
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wavelift",
+    version,
+    about = "Wave-based migration factory orchestrator",
+    long_about = "Wave-based migration factory orchestrator: validate, plan and estimate waves \
+                  written in YAML, and import Cloud Migration Factory intake forms."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the definitions are: files or folders, and the configuration file.
+#[derive(Debug, clap::Args)]
+pub struct DefinitionArgs {
+    /// Wave files or folders of them (searched recursively for *.yaml and *.yml)
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Configuration file; by default the wavelift.yaml found among PATH
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DiagnosticFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check wave files and the configuration; print every problem with its place
+    Validate {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+        /// How to print the diagnostics
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiagnosticFormat,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate {
+            definitions,
+            format,
+        } => validate::run(&definitions, format),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

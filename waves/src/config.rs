@@ -1,0 +1,493 @@
+//! The configuration file (`wavelift.yaml`): database, engines, SMTP, CMDB, sites and the
+//! defaults every server starts from. Validated like the wave files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::decode::{self, Ctx, MapReader};
+use crate::diag::Location;
+use crate::model::EngineKind;
+use crate::model::{CredentialRef, Spanned};
+use crate::template::{self, ServerTemplate};
+use crate::units;
+use crate::yaml::Node;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.wavelift/state.db";
+pub const DEFAULT_OUTBOX: &str = ".wavelift/outbox";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The file it was read from; `None` when built-in defaults are used.
+    #[serde(skip)]
+    pub file: Option<Arc<str>>,
+    /// The folder relative paths in the file are relative to.
+    pub base_dir: PathBuf,
+    pub database_url: String,
+    pub engines: Engines,
+    pub smtp: Option<Smtp>,
+    pub outbox: PathBuf,
+    pub cmdb: Option<Cmdb>,
+    pub sites: BTreeMap<String, Site>,
+    #[serde(skip)]
+    pub defaults: ServerTemplate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Engines {
+    pub default: EngineKind,
+    pub local: LocalEngine,
+    pub sim: SimEngine,
+    pub mgn: Option<MgnEngine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalEngine {
+    /// Where the replication server listens for agents.
+    pub listen: SocketAddr,
+    pub staging_dir: PathBuf,
+    pub target_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimEngine {
+    /// Seed of the injected failures: the same seed plays the same rehearsal.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MgnEngine {
+    pub region: String,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+    /// Another endpoint for the MGN and EC2 APIs (tests, VPC endpoints).
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Smtp {
+    pub url: String,
+    pub from: String,
+    pub credential: Option<CredentialRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cmdb {
+    /// A YAML inventory whose records are marked retired.
+    File { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Site {
+    pub bandwidth_bits: u64,
+    pub compression: Option<f64>,
+    #[serde(skip)]
+    pub location: Location,
+}
+
+impl Config {
+    /// The configuration when no file is given: SQLite, the local engine, the outbox.
+    pub fn builtin(base_dir: PathBuf) -> Config {
+        Config {
+            file: None,
+            base_dir,
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            engines: Engines {
+                default: EngineKind::Local,
+                local: LocalEngine {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 1500)),
+                    staging_dir: PathBuf::from(".wavelift/staging"),
+                    target_dir: PathBuf::from(".wavelift/targets"),
+                },
+                sim: SimEngine { seed: 1 },
+                mgn: None,
+            },
+            smtp: None,
+            outbox: PathBuf::from(DEFAULT_OUTBOX),
+            cmdb: None,
+            sites: BTreeMap::new(),
+            defaults: ServerTemplate::default(),
+        }
+    }
+
+    pub fn engine_configured(&self, kind: EngineKind) -> bool {
+        match kind {
+            EngineKind::Local | EngineKind::Sim => true,
+            EngineKind::Mgn => self.engines.mgn.is_some(),
+        }
+    }
+}
+
+/// Reads a configuration document. What cannot be read keeps its built-in value, with
+/// the error recorded.
+pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
+    let mut config = Config::builtin(base_dir);
+    config.file = Some(Arc::clone(&ctx.file));
+    let Some(mut map) = MapReader::new(node, "configuration", ctx) else {
+        return config;
+    };
+    if let Some(n) = map.take("version") {
+        check_version(n, ctx);
+    }
+    if let Some(n) = map.take("database")
+        && let Some(mut db) = MapReader::new(n, "database", ctx)
+    {
+        template::refuse_inline_secrets(&mut db, "database", ctx);
+        if let Some(url) = db.take("url") {
+            let parsed = decode::parsed(url, "database url", ctx, |text| {
+                let known = ["sqlite:", "postgres://", "postgresql://"];
+                if !known.iter().any(|p| text.starts_with(p)) {
+                    return Err(format!(
+                        "`{}` is not a sqlite: or postgres:// URL",
+                        redact_url(text)
+                    ));
+                }
+                if url_has_password(text) {
+                    return Err(
+                        "the URL holds a password (not shown): use PGPASSWORD or a .pgpass file"
+                            .to_owned(),
+                    );
+                }
+                Ok(text.to_owned())
+            });
+            if let Some(parsed) = parsed {
+                config.database_url = parsed;
+            }
+        }
+        db.finish(ctx);
+    }
+    if let Some(n) = map.take("engines") {
+        decode_engines(n, &mut config.engines, ctx);
+    }
+    if let Some(n) = map.take("smtp") {
+        config.smtp = decode_smtp(n, ctx);
+    }
+    if let Some(n) = map.take("outbox")
+        && let Some(path) = decode::string(n, "outbox", ctx)
+    {
+        config.outbox = PathBuf::from(path);
+    }
+    if let Some(n) = map.take("cmdb") {
+        config.cmdb = decode_cmdb(n, ctx);
+    }
+    if let Some(n) = map.take("sites") {
+        config.sites = decode_sites(n, ctx);
+    }
+    if let Some(n) = map.take("defaults") {
+        decode_defaults(n, &mut config.defaults, ctx);
+    }
+    map.finish(ctx);
+    if let Some(site) = &config.defaults.site {
+        check_site(site, &config, ctx);
+    }
+    config
+}
+
+/// `defaults:` in the configuration, a wave or an application: inheritable fields only.
+pub fn decode_defaults(node: &Node, base: &mut ServerTemplate, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "defaults", ctx) else {
+        return;
+    };
+    for identity in ["name", "fqdn", "ip", "cmdb_id", "disks"] {
+        if let Some(location) = map.key_location(identity) {
+            ctx.error(
+                location,
+                format!("`{identity}` belongs to one server and cannot be a default"),
+            );
+            map.mark_used(identity);
+        }
+    }
+    template::decode_fields(&mut map, base, ctx);
+    map.finish(ctx);
+}
+
+pub fn check_version(node: &Node, ctx: &mut Ctx) {
+    if let Some(version) = decode::unsigned(node, "version", u64::MAX, ctx)
+        && version != 1
+    {
+        ctx.error(
+            node.location,
+            format!("version {version} is not supported: this Wavelift reads version 1"),
+        );
+    }
+}
+
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user_info, _)| user_info.contains(':'))
+}
+
+fn redact_url(url: &str) -> String {
+    if url_has_password(url) {
+        "(URL with a password, not shown)".to_owned()
+    } else {
+        url.to_owned()
+    }
+}
+
+fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "engines", ctx) else {
+        return;
+    };
+    if let Some(n) = map.take("default")
+        && let Some(kind) = engine_kind(n, ctx)
+    {
+        engines.default = kind;
+    }
+    if let Some(n) = map.take("local")
+        && let Some(mut local) = MapReader::new(n, "local engine", ctx)
+    {
+        if let Some(n) = local.take("listen") {
+            let listen = decode::parsed(n, "listen", ctx, |text| {
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("`{text}` is not an address and port like 0.0.0.0:1500"))
+            });
+            if let Some(listen) = listen {
+                engines.local.listen = listen;
+            }
+        }
+        if let Some(n) = local.take("staging_dir")
+            && let Some(path) = decode::string(n, "staging_dir", ctx)
+        {
+            engines.local.staging_dir = PathBuf::from(path);
+        }
+        if let Some(n) = local.take("target_dir")
+            && let Some(path) = decode::string(n, "target_dir", ctx)
+        {
+            engines.local.target_dir = PathBuf::from(path);
+        }
+        local.finish(ctx);
+    }
+    if let Some(n) = map.take("sim")
+        && let Some(mut sim) = MapReader::new(n, "sim engine", ctx)
+    {
+        if let Some(n) = sim.take("seed")
+            && let Some(seed) = decode::unsigned(n, "seed", u64::MAX, ctx)
+        {
+            engines.sim.seed = seed;
+        }
+        sim.finish(ctx);
+    }
+    let mgn_written = map.key_location("mgn").is_some();
+    if let Some(n) = map.take("mgn") {
+        engines.mgn = decode_mgn(n, ctx);
+    }
+    map.finish(ctx);
+    if engines.default == EngineKind::Mgn && !mgn_written {
+        let location = map_location(node);
+        ctx.error(
+            location,
+            "the default engine is mgn but engines.mgn is not configured: add its region",
+        );
+    }
+}
+
+fn map_location(node: &Node) -> Location {
+    node.location
+}
+
+pub fn engine_kind(node: &Node, ctx: &mut Ctx) -> Option<EngineKind> {
+    decode::parsed(node, "engine", ctx, |text| {
+        EngineKind::from_name(text)
+            .ok_or_else(|| template::unknown_name("engine", text, EngineKind::NAMES))
+    })
+}
+
+fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
+    let mut map = MapReader::new(node, "mgn engine", ctx)?;
+    template::refuse_inline_secrets(&mut map, "mgn engine", ctx);
+    let region = map.required("region", ctx).and_then(|n| {
+        decode::parsed(n, "region", ctx, |text| {
+            let parts: Vec<&str> = text.split('-').collect();
+            let looks_right = parts.len() >= 3
+                && parts.iter().all(|p| !p.is_empty())
+                && parts
+                    .last()
+                    .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if looks_right {
+                Ok(text.to_owned())
+            } else {
+                Err(format!("`{text}` is not an AWS Region name like eu-west-1"))
+            }
+        })
+    });
+    let profile = map
+        .take("profile")
+        .and_then(|n| decode::string(n, "profile", ctx));
+    let role_arn = map.take("role_arn").and_then(|n| {
+        decode::parsed(n, "role_arn", ctx, |text| {
+            if text.starts_with("arn:aws") && text.contains(":role/") {
+                Ok(text.to_owned())
+            } else {
+                Err(format!(
+                    "`{text}` is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+                ))
+            }
+        })
+    });
+    let endpoint = map
+        .take("endpoint")
+        .and_then(|n| http_url(n, "endpoint", ctx));
+    map.finish(ctx);
+    Some(MgnEngine {
+        region: region?,
+        profile,
+        role_arn,
+        endpoint,
+    })
+}
+
+fn http_url(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
+    decode::parsed(node, what, ctx, |text| {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            Ok(text.to_owned())
+        } else {
+            Err(format!("`{text}` is not an http:// or https:// URL"))
+        }
+    })
+}
+
+fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
+    let mut map = MapReader::new(node, "smtp", ctx)?;
+    template::refuse_inline_secrets(&mut map, "smtp", ctx);
+    let url = map.required("url", ctx).and_then(|n| {
+        decode::parsed(n, "smtp url", ctx, |text| {
+            let rest = text
+                .strip_prefix("smtp://")
+                .or_else(|| text.strip_prefix("smtps://"))
+                .ok_or_else(|| {
+                    format!("`{}` is not an smtp:// or smtps:// URL", redact_url(text))
+                })?;
+            if url_has_password(text) {
+                return Err(
+                    "the URL holds a password (not shown): put it in `credential: env:NAME`"
+                        .to_owned(),
+                );
+            }
+            let host = rest
+                .rsplit('@')
+                .next()
+                .unwrap_or("")
+                .split(['/', ':'])
+                .next();
+            if host.is_none_or(str::is_empty) {
+                return Err(format!("`{text}` has no host"));
+            }
+            Ok(text.to_owned())
+        })
+    });
+    let from = map
+        .required("from", ctx)
+        .and_then(|n| decode::email(n, "from", ctx));
+    let credential = map
+        .take("credential")
+        .and_then(|n| template::credential(n, "credential", ctx));
+    map.finish(ctx);
+    Some(Smtp {
+        url: url?,
+        from: from?,
+        credential,
+    })
+}
+
+fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
+    let mut map = MapReader::new(node, "cmdb", ctx)?;
+    let kind_node = map.required("kind", ctx)?;
+    let kind = decode::string(kind_node, "cmdb kind", ctx)?;
+    let cmdb = match kind.as_str() {
+        "file" => {
+            let path = map
+                .required("path", ctx)
+                .and_then(|n| decode::string(n, "path", ctx))?;
+            Some(Cmdb::File {
+                path: PathBuf::from(path),
+            })
+        }
+        "servicenow" | "netbox" | "http" => {
+            ctx.error(
+                kind_node.location,
+                format!("cmdb kind `{kind}` is not available in this version; use `file`"),
+            );
+            None
+        }
+        other => {
+            ctx.error(
+                kind_node.location,
+                template::unknown_name("cmdb kind", other, &["file"]),
+            );
+            None
+        }
+    };
+    map.finish(ctx);
+    cmdb
+}
+
+fn decode_sites(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, Site> {
+    let mut sites = BTreeMap::new();
+    let Some(map) = MapReader::new(node, "sites", ctx) else {
+        return sites;
+    };
+    for entry in map.entries() {
+        let Some(mut site) = MapReader::new(&entry.value, "site", ctx) else {
+            continue;
+        };
+        let bandwidth = site
+            .required("bandwidth", ctx)
+            .and_then(|n| decode::parsed(n, "bandwidth", ctx, units::parse_bandwidth));
+        let compression = site.take("compression").and_then(|n| compression(n, ctx));
+        site.finish(ctx);
+        if let Some(bandwidth_bits) = bandwidth {
+            sites.insert(
+                entry.key.clone(),
+                Site {
+                    bandwidth_bits,
+                    compression,
+                    location: entry.key_location,
+                },
+            );
+        }
+    }
+    sites
+}
+
+/// A compression factor: bytes read per byte sent, from 1 (none) to 20.
+pub fn compression(node: &Node, ctx: &mut Ctx) -> Option<f64> {
+    let value = decode::number(node, "compression", ctx)?;
+    if !(1.0..=20.0).contains(&value) {
+        ctx.error(
+            node.location,
+            format!("compression: {value} is out of range: write bytes read per byte sent, from 1 (none) to 20"),
+        );
+        return None;
+    }
+    Some(value)
+}
+
+/// A reference to a site, checked against the configuration.
+pub fn check_site(site: &Spanned<String>, config: &Config, ctx: &mut Ctx) {
+    if config.sites.contains_key(&site.value) {
+        return;
+    }
+    let known: Vec<&str> = config.sites.keys().map(String::as_str).collect();
+    let message = if known.is_empty() {
+        format!(
+            "site `{}` is not defined: add it under `sites` in the configuration file",
+            site.value
+        )
+    } else {
+        template::unknown_name("site", &site.value, &known)
+    };
+    ctx.error(site.location, message);
+}

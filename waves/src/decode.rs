@@ -1,0 +1,374 @@
+//! Typed reading of YAML nodes, with every mistake recorded at its place.
+//!
+//! Decoders never stop at the first problem: a wrong value is reported and skipped, and
+//! reading goes on, so one run of `validate` lists everything. A [`MapReader`] remembers
+//! which keys were asked for; whatever is left over is an unknown field, reported with the
+//! closest known name.
+
+use std::sync::Arc;
+
+use crate::diag::{Diagnostics, Location};
+use crate::units;
+use crate::yaml::{Entry, Node, Value};
+
+/// The file being decoded and where its diagnostics go.
+pub struct Ctx<'d> {
+    pub file: Arc<str>,
+    pub diags: &'d mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    pub fn error(&mut self, location: Location, message: impl Into<String>) {
+        self.diags.error(&self.file, location, message);
+    }
+
+    pub fn warning(&mut self, location: Location, message: impl Into<String>) {
+        self.diags.warning(&self.file, location, message);
+    }
+}
+
+/// Reads the fields of one mapping.
+pub struct MapReader<'n> {
+    entries: &'n [Entry],
+    used: Vec<bool>,
+    asked: Vec<&'static str>,
+    pub location: Location,
+    what: &'static str,
+}
+
+impl<'n> MapReader<'n> {
+    /// `what` names the mapping in messages: "wave", "server", "blueprint".
+    pub fn new(node: &'n Node, what: &'static str, ctx: &mut Ctx) -> Option<MapReader<'n>> {
+        match &node.value {
+            Value::Map(entries) => Some(MapReader {
+                entries,
+                used: vec![false; entries.len()],
+                asked: Vec::new(),
+                location: node.location,
+                what,
+            }),
+            _ => {
+                ctx.error(
+                    node.location,
+                    format!("expected a mapping for {what}, found {}", node.describe()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The value of `key`, if present and not null.
+    pub fn take(&mut self, key: &'static str) -> Option<&'n Node> {
+        self.asked.push(key);
+        let index = self.entries.iter().position(|e| e.key == key)?;
+        self.used[index] = true;
+        let node = &self.entries[index].value;
+        (!node.is_null()).then_some(node)
+    }
+
+    /// Where `key` was written, if it was.
+    pub fn key_location(&self, key: &str) -> Option<Location> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.key_location)
+    }
+
+    pub fn required(&mut self, key: &'static str, ctx: &mut Ctx) -> Option<&'n Node> {
+        let node = self.take(key);
+        if node.is_none() {
+            let what = self.what;
+            ctx.error(self.location, format!("missing field `{key}` in {what}"));
+        }
+        node
+    }
+
+    /// Keys a caller handles itself (for example inline secrets) count as known.
+    pub fn entries(&self) -> &'n [Entry] {
+        self.entries
+    }
+
+    pub fn mark_used(&mut self, key: &str) {
+        if let Some(index) = self.entries.iter().position(|e| e.key == key) {
+            self.used[index] = true;
+        }
+    }
+
+    /// Reports every key that no one asked for, with a suggestion.
+    pub fn finish(self, ctx: &mut Ctx) {
+        for (entry, used) in self.entries.iter().zip(&self.used) {
+            if *used {
+                continue;
+            }
+            let message = match closest(&entry.key, &self.asked) {
+                Some(near) => format!(
+                    "unknown field `{}` in {}; did you mean `{near}`?",
+                    entry.key, self.what
+                ),
+                None => {
+                    let mut known: Vec<&str> = self.asked.clone();
+                    known.sort_unstable();
+                    known.dedup();
+                    format!(
+                        "unknown field `{}` in {}; expected one of: {}",
+                        entry.key,
+                        self.what,
+                        known.join(", ")
+                    )
+                }
+            };
+            ctx.error(entry.key_location, message);
+        }
+    }
+}
+
+/// The known name nearest to `word`, if it is near enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let lowered = word.to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&lowered, &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= (c.chars().count().max(3) / 3).max(1) || lowered == c.to_lowercase())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Like [`closest`] for owned candidates (names from the definitions).
+pub fn closest_owned<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let list: Vec<&'a str> = candidates.collect();
+    closest(word, &list)
+}
+
+/// Edit distance where swapping two neighbours counts as one edit (optimal string
+/// alignment), since `lcoal` for `local` is the commonest typo.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let width = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    for (i, row) in d.chunks_mut(width).enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d.iter_mut().take(width).enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[(i - 1) * width + j - 1] + cost)
+                .min(d[(i - 1) * width + j] + 1)
+                .min(d[i * width + j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[(i - 2) * width + j - 2] + 1);
+            }
+            d[i * width + j] = best;
+        }
+    }
+    d[a.len() * width + b.len()]
+}
+
+/// The text of a scalar, or an error naming what was found instead.
+pub fn string(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
+    match &node.value {
+        Value::Scalar(s) => Some(s.text.clone()),
+        _ => {
+            ctx.error(
+                node.location,
+                format!("expected text for {what}, found {}", node.describe()),
+            );
+            None
+        }
+    }
+}
+
+/// A scalar turned into a value by `parse`, whose error message is placed at the node.
+pub fn parsed<T>(
+    node: &Node,
+    what: &str,
+    ctx: &mut Ctx,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let text = string(node, what, ctx)?;
+    match parse(&text) {
+        Ok(value) => Some(value),
+        Err(message) => {
+            ctx.error(node.location, format!("{what}: {message}"));
+            None
+        }
+    }
+}
+
+pub fn boolean(node: &Node, what: &str, ctx: &mut Ctx) -> Option<bool> {
+    parsed(node, what, ctx, |text| match text {
+        "true" | "True" | "TRUE" => Ok(true),
+        "false" | "False" | "FALSE" => Ok(false),
+        other => Err(format!("expected true or false, found `{other}`")),
+    })
+}
+
+pub fn unsigned(node: &Node, what: &str, max: u64, ctx: &mut Ctx) -> Option<u64> {
+    parsed(node, what, ctx, |text| {
+        let value: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, found `{text}`"))?;
+        if value > max {
+            return Err(format!("{value} is more than the maximum of {max}"));
+        }
+        Ok(value)
+    })
+}
+
+pub fn number(node: &Node, what: &str, ctx: &mut Ctx) -> Option<f64> {
+    parsed(node, what, ctx, |text| {
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a number, found `{text}`"))?;
+        if !value.is_finite() {
+            return Err(format!("expected a finite number, found `{text}`"));
+        }
+        Ok(value)
+    })
+}
+
+pub fn duration(node: &Node, what: &str, ctx: &mut Ctx) -> Option<units::Dur> {
+    parsed(node, what, ctx, units::parse_duration)
+}
+
+pub fn size(node: &Node, what: &str, ctx: &mut Ctx) -> Option<u64> {
+    parsed(node, what, ctx, units::parse_size)
+}
+
+/// A name used as an identifier: letters, digits, `-`, `_` and `.`, at most 100 long.
+pub fn name(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
+    parsed(node, what, ctx, |text| {
+        if text.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        if text.len() > 100 {
+            return Err("longer than 100 characters".to_owned());
+        }
+        match text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            Some(bad) => Err(format!(
+                "`{text}` contains {bad:?}; use letters, digits, '-', '_' and '.'"
+            )),
+            None => Ok(text.to_owned()),
+        }
+    })
+}
+
+/// An email address: enough of a check to catch a name or a typo, not RFC 5322.
+pub fn email(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
+    parsed(node, what, ctx, |text| {
+        let text = text.trim();
+        let valid = text.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !text.contains(char::is_whitespace)
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        });
+        if valid {
+            Ok(text.to_owned())
+        } else {
+            Err(format!("`{text}` is not an email address"))
+        }
+    })
+}
+
+/// The items of a list; a single scalar is not silently taken as a list of one.
+pub fn list<'n>(node: &'n Node, what: &str, ctx: &mut Ctx) -> &'n [Node] {
+    match &node.value {
+        Value::Seq(items) => items,
+        _ => {
+            ctx.error(
+                node.location,
+                format!("expected a list for {what}, found {}", node.describe()),
+            );
+            &[]
+        }
+    }
+}
+
+/// A mapping of names to text, such as tags.
+pub fn string_map(
+    node: &Node,
+    what: &str,
+    ctx: &mut Ctx,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    match &node.value {
+        Value::Map(entries) => {
+            for entry in entries {
+                match &entry.value.value {
+                    Value::Scalar(s) => {
+                        out.insert(entry.key.clone(), s.text.clone());
+                    }
+                    Value::Null => {
+                        out.insert(entry.key.clone(), String::new());
+                    }
+                    _ => ctx.error(
+                        entry.value.location,
+                        format!(
+                            "expected text for {what} `{}`, found {}",
+                            entry.key,
+                            entry.value.describe()
+                        ),
+                    ),
+                }
+            }
+        }
+        _ => ctx.error(
+            node.location,
+            format!("expected a mapping for {what}, found {}", node.describe()),
+        ),
+    }
+    out
+}
+
+/// Any YAML value as JSON, for free-form engine options. Plain scalars become numbers
+/// and booleans where they read as such.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    match &node.value {
+        Value::Null => serde_json::Value::Null,
+        Value::Scalar(s) if s.plain => match s.text.as_str() {
+            "true" => serde_json::Value::Bool(true),
+            "false" => serde_json::Value::Bool(false),
+            text => text
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .or_else(|_| text.parse::<f64>().map(serde_json::Value::from))
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+        },
+        Value::Scalar(s) => serde_json::Value::String(s.text.clone()),
+        Value::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_only() {
+        let known = ["window", "phases", "applications", "engine"];
+        assert_eq!(closest("windw", &known), Some("window"));
+        assert_eq!(closest("lcoal", &["local", "sim", "mgn"]), Some("local"));
+        assert_eq!(closest("Engine", &known), Some("engine"));
+        assert_eq!(closest("aplications", &known), Some("applications"));
+        assert_eq!(closest("colour", &known), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Diagnostics: every problem found in the definitions, with its place.
+//!
+//! Validation never stops at the first problem; it collects them all here and the caller
+//! prints them as `FILE:LINE:COL: error: MESSAGE`, sorted by place.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// A place in a source file; line and column count from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+pub struct Location {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Location {
+    pub const START: Location = Location { line: 1, col: 1 };
+
+    pub fn new(line: u32, col: u32) -> Location {
+        Location { line, col }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Diagnostic {
+    pub file: Arc<str>,
+    #[serde(flatten)]
+    pub location: Location,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.location.line, self.location.col, self.severity, self.message
+        )
+    }
+}
+
+/// The diagnostics of one run, in the order they were found.
+#[derive(Debug, Default, Clone)]
+pub struct Diagnostics {
+    items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn new() -> Diagnostics {
+        Diagnostics::default()
+    }
+
+    pub fn error(&mut self, file: &Arc<str>, location: Location, message: impl Into<String>) {
+        self.push(file, location, Severity::Error, message.into());
+    }
+
+    pub fn warning(&mut self, file: &Arc<str>, location: Location, message: impl Into<String>) {
+        self.push(file, location, Severity::Warning, message.into());
+    }
+
+    fn push(&mut self, file: &Arc<str>, location: Location, severity: Severity, message: String) {
+        self.items.push(Diagnostic {
+            file: Arc::clone(file),
+            location,
+            severity,
+            message,
+        });
+    }
+
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warning_count(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.items.iter().filter(|d| d.severity == severity).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Sorted by file and place, without repeats: an error inside a YAML anchor is found
+    /// once for every alias that uses it, but said once.
+    pub fn into_sorted(mut self) -> Vec<Diagnostic> {
+        self.items.sort();
+        self.items.dedup();
+        self.items
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter()
+    }
+}

@@ -1,0 +1,131 @@
+//! From paths to [`Definitions`]: read every file, decode the configuration first (the
+//! waves inherit from it), then every wave document, then the checks across files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{self, Config};
+use crate::decode::Ctx;
+use crate::diag::{Diagnostics, Location};
+use crate::model::Definitions;
+use crate::source::{self, SourceFile};
+use crate::validate;
+use crate::wave_file;
+use crate::yaml;
+
+/// The outcome of loading: the definitions that could be read and every diagnostic.
+/// Callers must not act on `definitions` when `diagnostics.has_errors()`.
+#[derive(Debug)]
+pub struct Loaded {
+    pub definitions: Definitions,
+    pub diagnostics: Diagnostics,
+}
+
+/// Loads wave files and folders; the configuration is `config` or the `wavelift.yaml`
+/// found among `paths`.
+pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
+    let mut diagnostics = Diagnostics::new();
+    let found = source::collect_definition_paths(paths, config, &mut diagnostics);
+    let config_source = found
+        .config
+        .as_deref()
+        .and_then(|path| source::read_source(path, &mut diagnostics));
+    let base_dir = found
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if found.waves.is_empty() && !diagnostics.has_errors() {
+        let name: Arc<str> = Arc::from(
+            paths
+                .first()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .as_str(),
+        );
+        diagnostics.error(
+            &name,
+            Location::START,
+            "no wave files (*.yaml, *.yml) found",
+        );
+    }
+    let waves: Vec<SourceFile> = found
+        .waves
+        .iter()
+        .filter_map(|path| source::read_source(path, &mut diagnostics))
+        .collect();
+    let mut loaded = load_sources(config_source.as_ref(), base_dir, &waves);
+    diagnostics.extend(loaded.diagnostics);
+    loaded.diagnostics = diagnostics;
+    loaded
+}
+
+/// Loads text already read: the configuration (if any) and the wave files.
+pub fn load_sources(
+    config: Option<&SourceFile>,
+    base_dir: PathBuf,
+    waves: &[SourceFile],
+) -> Loaded {
+    let mut diagnostics = Diagnostics::new();
+    let config = match config {
+        Some(source) => load_config(source, base_dir, &mut diagnostics),
+        None => Config::builtin(base_dir),
+    };
+    let mut all = Vec::new();
+    for source in waves {
+        let Some(documents) = yaml::parse_documents(&source.name, &source.text, &mut diagnostics)
+        else {
+            continue;
+        };
+        if documents.is_empty() {
+            diagnostics.error(
+                &source.name,
+                Location::START,
+                "file is empty: expected a wave (name, window, applications)",
+            );
+            continue;
+        }
+        let mut ctx = Ctx {
+            file: Arc::clone(&source.name),
+            diags: &mut diagnostics,
+        };
+        for document in &documents {
+            if document.is_null() {
+                ctx.error(document.location, "empty document: expected a wave");
+                continue;
+            }
+            if let Some(decoded) = wave_file::decode_wave(document, &config, &mut ctx) {
+                all.push((decoded.wave, decoded.complete));
+            }
+        }
+    }
+    let waves = validate::check_across_waves(all, &mut diagnostics);
+    Loaded {
+        definitions: Definitions { config, waves },
+        diagnostics,
+    }
+}
+
+fn load_config(source: &SourceFile, base_dir: PathBuf, diagnostics: &mut Diagnostics) -> Config {
+    let fallback = Config::builtin(base_dir.clone());
+    let Some(documents) = yaml::parse_documents(&source.name, &source.text, diagnostics) else {
+        return fallback;
+    };
+    let mut ctx = Ctx {
+        file: Arc::clone(&source.name),
+        diags: diagnostics,
+    };
+    match documents.as_slice() {
+        [] => fallback,
+        [document] if document.is_null() => fallback,
+        [document] => config::decode_config(document, base_dir, &mut ctx),
+        [_, second, ..] => {
+            ctx.error(
+                second.location,
+                "the configuration file holds one document; remove the extra `---`",
+            );
+            fallback
+        }
+    }
+}

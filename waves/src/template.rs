@@ -1,0 +1,327 @@
+//! The fields a server inherits: from the configuration's `defaults`, the wave's, the
+//! application's, and finally its own. Each layer is read onto a copy of the one below.
+
+use std::collections::BTreeMap;
+
+use crate::decode::{self, Ctx, MapReader};
+use crate::model::{
+    AccessMethod, Blueprint, Blueprints, CredentialRef, OsFamily, Spanned, TaskKind,
+};
+use crate::settings::{self, TaskSettings};
+use crate::units::{self, ChangeRate};
+use crate::yaml::{Node, Value};
+
+/// Inheritable server fields; `None` where no layer has said anything yet.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServerTemplate {
+    pub os_family: Option<OsFamily>,
+    pub os_version: Option<String>,
+    pub arch: Option<String>,
+    pub access: AccessTemplate,
+    pub change_rate: Option<ChangeRate>,
+    pub site: Option<Spanned<String>>,
+    pub blueprints: Blueprints,
+    pub tags: BTreeMap<String, String>,
+    pub exclude_from_shutdown: bool,
+    pub skip: Vec<TaskKind>,
+    pub tasks: TaskSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AccessTemplate {
+    pub method: Option<AccessMethod>,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub credential: Option<CredentialRef>,
+    pub sudo: Option<bool>,
+    pub sudo_credential: Option<CredentialRef>,
+    pub jump: Option<String>,
+}
+
+/// Field names that hold a secret when written inline.
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "private_key",
+    "key",
+    "api_key",
+    "sudo_password",
+];
+
+/// Reads the inheritable fields present in `map` onto `base`. The caller owns `map` and
+/// calls `finish` on it, so the server's own fields count as known.
+pub fn decode_fields(map: &mut MapReader, base: &mut ServerTemplate, ctx: &mut Ctx) {
+    if let Some(node) = map.take("os") {
+        decode_os(node, base, ctx);
+    }
+    if let Some(node) = map.take("access") {
+        decode_access(node, &mut base.access, ctx);
+    }
+    if let Some(node) = map.take("change_rate")
+        && let Some(rate) = decode::parsed(node, "change_rate", ctx, units::parse_change_rate)
+    {
+        base.change_rate = Some(rate);
+    }
+    if let Some(node) = map.take("site")
+        && let Some(site) = decode::name(node, "site", ctx)
+    {
+        base.site = Some(Spanned::new(site, node.location));
+    }
+    if let Some(node) = map.take("blueprints") {
+        decode_blueprints(node, &mut base.blueprints, ctx);
+    }
+    if let Some(node) = map.take("tags") {
+        base.tags.extend(decode::string_map(node, "tag", ctx));
+    }
+    if let Some(node) = map.take("exclude_from_shutdown")
+        && let Some(value) = decode::boolean(node, "exclude_from_shutdown", ctx)
+    {
+        base.exclude_from_shutdown = value;
+    }
+    if let Some(node) = map.take("skip") {
+        base.skip = decode::list(node, "skip", ctx)
+            .iter()
+            .filter_map(|item| task_kind(item, ctx))
+            .collect();
+    }
+    if let Some(node) = map.take("tasks") {
+        settings::decode_onto(node, &mut base.tasks, ctx);
+    }
+}
+
+pub fn task_kind(node: &Node, ctx: &mut Ctx) -> Option<TaskKind> {
+    decode::parsed(node, "task", ctx, |text| {
+        TaskKind::from_name(text).ok_or_else(|| unknown_name("task", text, TaskKind::NAMES))
+    })
+}
+
+/// "unknown engine `lcoal`; did you mean `local`?" or the list of known names.
+pub fn unknown_name(what: &str, text: &str, known: &[&str]) -> String {
+    match decode::closest(text, known) {
+        Some(near) => format!("unknown {what} `{text}`; did you mean `{near}`?"),
+        None => format!(
+            "unknown {what} `{text}`; expected one of: {}",
+            known.join(", ")
+        ),
+    }
+}
+
+fn decode_os(node: &Node, base: &mut ServerTemplate, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "os", ctx) else {
+        return;
+    };
+    if let Some(n) = map.take("family") {
+        let family = decode::parsed(n, "os family", ctx, |text| {
+            OsFamily::from_name(&text.to_lowercase())
+                .ok_or_else(|| unknown_name("os family", text, OsFamily::NAMES))
+        });
+        if family.is_some() {
+            base.os_family = family;
+        }
+    }
+    if let Some(n) = map.take("version") {
+        base.os_version = decode::string(n, "os version", ctx).or(base.os_version.take());
+    }
+    if let Some(n) = map.take("arch") {
+        let arch = decode::parsed(n, "arch", ctx, |text| match text {
+            "x86_64" | "amd64" => Ok("x86_64".to_owned()),
+            "arm64" | "aarch64" => Ok("arm64".to_owned()),
+            other => Err(unknown_name("architecture", other, &["x86_64", "arm64"])),
+        });
+        base.arch = arch.or(base.arch.take());
+    }
+    map.finish(ctx);
+}
+
+/// `env:NAME`, `file:PATH` or `ssh-agent`; anything else is taken for an inline secret
+/// and refused without repeating it.
+pub fn credential(node: &Node, what: &str, ctx: &mut Ctx) -> Option<CredentialRef> {
+    let Value::Scalar(scalar) = &node.value else {
+        ctx.error(
+            node.location,
+            format!(
+                "expected a credential reference for {what}, found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let text = scalar.text.trim();
+    if let Some(name) = text.strip_prefix("env:") {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if valid {
+            return Some(CredentialRef::Env(name.to_owned()));
+        }
+        ctx.error(
+            node.location,
+            format!(
+                "{what}: `env:{name}` is not an environment variable name (letters, digits, _)"
+            ),
+        );
+        return None;
+    }
+    if let Some(path) = text.strip_prefix("file:") {
+        if path.is_empty() {
+            ctx.error(node.location, format!("{what}: `file:` needs a path"));
+            return None;
+        }
+        return Some(CredentialRef::File(path.to_owned()));
+    }
+    if text == "ssh-agent" {
+        return Some(CredentialRef::SshAgent);
+    }
+    ctx.error(
+        node.location,
+        format!(
+            "{what} looks like an inline secret (value not shown): Wavelift never stores secrets; \
+             write a reference: env:NAME, file:PATH or ssh-agent"
+        ),
+    );
+    None
+}
+
+/// Reports fields that carry a secret inline (for example `password: hunter2`).
+pub fn refuse_inline_secrets(map: &mut MapReader, what: &str, ctx: &mut Ctx) {
+    for entry in map.entries() {
+        let key = entry.key.to_lowercase();
+        if SECRET_KEYS.contains(&key.as_str()) {
+            ctx.error(
+                entry.key_location,
+                format!(
+                    "`{}` in {what} is an inline secret (value not shown): Wavelift never stores \
+                     secrets; use `credential: env:NAME` or `credential: file:PATH`",
+                    entry.key
+                ),
+            );
+        }
+    }
+    let keys: Vec<String> = map.entries().iter().map(|e| e.key.to_lowercase()).collect();
+    for key in keys {
+        if SECRET_KEYS.contains(&key.as_str()) {
+            map.mark_used(&key);
+        }
+    }
+}
+
+fn decode_access(node: &Node, base: &mut AccessTemplate, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "access", ctx) else {
+        return;
+    };
+    refuse_inline_secrets(&mut map, "access", ctx);
+    if let Some(n) = map.take("method") {
+        let method = decode::parsed(n, "access method", ctx, |text| {
+            AccessMethod::from_name(text)
+                .ok_or_else(|| unknown_name("access method", text, AccessMethod::NAMES))
+        });
+        if method.is_some() {
+            base.method = method;
+        }
+    }
+    if let Some(n) = map.take("user") {
+        base.user = decode::string(n, "user", ctx).or(base.user.take());
+    }
+    if let Some(n) = map.take("port") {
+        match decode::unsigned(n, "port", 65_535, ctx) {
+            Some(0) => ctx.error(n.location, "port must be between 1 and 65535"),
+            Some(port) => base.port = u16::try_from(port).ok(),
+            None => {}
+        }
+    }
+    if let Some(n) = map.take("credential") {
+        base.credential = credential(n, "credential", ctx).or(base.credential.take());
+    }
+    if let Some(n) = map.take("sudo") {
+        base.sudo = decode::boolean(n, "sudo", ctx).or(base.sudo);
+    }
+    if let Some(n) = map.take("sudo_credential") {
+        base.sudo_credential =
+            credential(n, "sudo_credential", ctx).or(base.sudo_credential.take());
+    }
+    if let Some(n) = map.take("jump") {
+        base.jump = decode::string(n, "jump", ctx).or(base.jump.take());
+    }
+    map.finish(ctx);
+}
+
+fn decode_blueprints(node: &Node, base: &mut Blueprints, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "blueprints", ctx) else {
+        return;
+    };
+    // `both` sets test and cutover at once; the specific ones then override it.
+    if let Some(n) = map.take("both") {
+        decode_blueprint(n, &mut base.test, ctx);
+        decode_blueprint(n, &mut base.cutover, ctx);
+    }
+    if let Some(n) = map.take("test") {
+        decode_blueprint(n, &mut base.test, ctx);
+    }
+    if let Some(n) = map.take("cutover") {
+        decode_blueprint(n, &mut base.cutover, ctx);
+    }
+    map.finish(ctx);
+}
+
+fn decode_blueprint(node: &Node, base: &mut Blueprint, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "blueprint", ctx) else {
+        return;
+    };
+    if let Some(n) = map.take("instance_type") {
+        base.instance_type = decode::string(n, "instance_type", ctx).or(base.instance_type.take());
+    }
+    if let Some(n) = map.take("subnet") {
+        base.subnet = decode::string(n, "subnet", ctx).or(base.subnet.take());
+    }
+    if let Some(n) = map.take("security_groups") {
+        base.security_groups = decode::list(n, "security_groups", ctx)
+            .iter()
+            .filter_map(|item| decode::string(item, "security group", ctx))
+            .collect();
+    }
+    if let Some(n) = map.take("tags") {
+        base.tags.extend(decode::string_map(n, "tag", ctx));
+    }
+    if let Some(n) = map.take("options") {
+        match &n.value {
+            Value::Map(entries) => {
+                for entry in entries {
+                    refuse_secret_option(&entry.key, &entry.value, ctx);
+                    base.options
+                        .insert(entry.key.clone(), decode::to_json(&entry.value));
+                }
+            }
+            _ => ctx.error(
+                n.location,
+                format!("expected a mapping for options, found {}", n.describe()),
+            ),
+        }
+    }
+    map.finish(ctx);
+}
+
+/// Free-form options are passed to the engine as written, so a secret there would be
+/// stored: only references are allowed under secret-sounding names.
+fn refuse_secret_option(key: &str, value: &Node, ctx: &mut Ctx) {
+    let lowered = key.to_lowercase();
+    let sounds_secret = ["password", "secret", "token", "private_key", "api_key"]
+        .iter()
+        .any(|s| lowered.contains(s));
+    if !sounds_secret {
+        return;
+    }
+    let is_reference = value.as_scalar().is_some_and(|s| {
+        s.text.starts_with("env:") || s.text.starts_with("file:") || s.text.is_empty()
+    });
+    if !is_reference {
+        ctx.error(
+            value.location,
+            format!(
+                "option `{key}` looks like an inline secret (value not shown): write a reference, \
+                 env:NAME or file:PATH"
+            ),
+        );
+    }
+}

@@ -1,0 +1,670 @@
+//! Reading one wave document: the wave, its window and phases, its applications and
+//! their servers, with defaults applied.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use jiff::Zoned;
+use jiff::civil::DateTime;
+use jiff::tz::{AmbiguousOffset, TimeZone};
+
+use crate::config::{self, Config};
+use crate::decode::{self, Ctx, MapReader};
+use crate::diag::Location;
+use crate::model::{
+    Access, AccessMethod, Application, Disk, Interval, Os, OsFamily, PhaseKind, Phases,
+    ReplicationLink, Server, Spanned, Wave, Window,
+};
+use crate::template::{self, ServerTemplate};
+use crate::units::{self, Dur};
+use crate::yaml::Node;
+
+/// A wave as read, and whether it is complete. An incomplete wave (its name, window or
+/// phases could not be read) still takes part in the checks across waves that need only
+/// names, so one run reports everything; it is never planned.
+pub struct DecodedWave {
+    pub wave: Wave,
+    pub complete: bool,
+}
+
+/// Reads one wave; `None` only when the document is not a mapping at all.
+pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<DecodedWave> {
+    let mut map = MapReader::new(node, "wave", ctx)?;
+    if let Some(n) = map.take("version") {
+        config::check_version(n, ctx);
+    }
+    let name = map
+        .required("name", ctx)
+        .and_then(|n| decode::name(n, "wave name", ctx).map(|v| Spanned::new(v, n.location)));
+    let description = map
+        .take("description")
+        .and_then(|n| decode::string(n, "description", ctx));
+    let engine = match map.take("engine") {
+        Some(n) => config::engine_kind(n, ctx).map(|kind| Spanned::new(kind, n.location)),
+        None => Some(Spanned::new(config.engines.default, map.location)),
+    };
+    if let Some(engine) = &engine
+        && !config.engine_configured(engine.value)
+    {
+        ctx.error(
+            engine.location,
+            format!(
+                "engine `{}` is not configured: add engines.{} to the configuration file",
+                engine.value, engine.value
+            ),
+        );
+    }
+    let window = map
+        .required("window", ctx)
+        .and_then(|n| decode_window(n, ctx));
+    let phases = match (&window, map.take("phases")) {
+        (Some((window, tz)), phases) => decode_phases(phases, window, tz, map.location, ctx),
+        (None, Some(_)) => None,
+        (None, None) => None,
+    };
+    let notify = map
+        .take("notify")
+        .map(|n| {
+            decode::list(n, "notify", ctx)
+                .iter()
+                .filter_map(|item| decode::email(item, "notify", ctx))
+                .collect()
+        })
+        .unwrap_or_default();
+    let replication = decode_replication(map.take("replication"), ctx);
+    let mut template = config.defaults.clone();
+    if let Some(n) = map.take("defaults") {
+        config::decode_defaults(n, &mut template, ctx);
+    }
+    if let Some(site) = &template.site
+        && template.site != config.defaults.site
+    {
+        config::check_site(site, config, ctx);
+    }
+    let applications = match map.required("applications", ctx) {
+        Some(n) => {
+            let items = decode::list(n, "applications", ctx);
+            if items.is_empty() && matches!(n.value, crate::yaml::Value::Seq(_)) {
+                ctx.warning(n.location, "the wave has no applications");
+            }
+            items
+                .iter()
+                .filter_map(|item| decode_application(item, &template, config, ctx))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    map.finish(ctx);
+    let complete = name.is_some() && engine.is_some() && window.is_some() && phases.is_some();
+    let fallback_name = || Spanned::new(String::new(), node.location);
+    let fallback_engine = || Spanned::new(config.engines.default, node.location);
+    let window = window.map(|(w, _)| w).unwrap_or_else(fallback_window);
+    let phases = phases.unwrap_or_else(|| Phases {
+        build: window.interval.clone(),
+        validate: window.interval.clone(),
+        cutover: window.interval.clone(),
+    });
+    Some(DecodedWave {
+        wave: Wave {
+            file: Arc::clone(&ctx.file),
+            location: node.location,
+            name: name.unwrap_or_else(fallback_name),
+            description,
+            engine: engine.unwrap_or_else(fallback_engine),
+            window,
+            phases,
+            notify,
+            replication,
+            applications,
+        },
+        complete,
+    })
+}
+
+/// Stands in for a window that could not be read; such a wave is never planned.
+fn fallback_window() -> Window {
+    let epoch = jiff::Timestamp::UNIX_EPOCH.to_zoned(TimeZone::UTC);
+    Window {
+        interval: Interval {
+            start: epoch.clone(),
+            end: epoch,
+        },
+        duration: Dur::ZERO,
+        timezone: "UTC".to_owned(),
+    }
+}
+
+fn decode_replication(node: Option<&Node>, ctx: &mut Ctx) -> ReplicationLink {
+    let mut link = ReplicationLink {
+        bandwidth_bits: None,
+        compression: 1.0,
+    };
+    let Some(node) = node else {
+        return link;
+    };
+    let Some(mut map) = MapReader::new(node, "replication", ctx) else {
+        return link;
+    };
+    if let Some(n) = map.take("bandwidth") {
+        link.bandwidth_bits = decode::parsed(n, "bandwidth", ctx, units::parse_bandwidth);
+    }
+    if let Some(n) = map.take("compression")
+        && let Some(value) = config::compression(n, ctx)
+    {
+        link.compression = value;
+    }
+    map.finish(ctx);
+    link
+}
+
+fn time_zone(node: &Node, ctx: &mut Ctx) -> Option<(TimeZone, String)> {
+    let name = decode::string(node, "timezone", ctx)?;
+    match TimeZone::get(&name) {
+        Ok(tz) => Some((tz, name)),
+        Err(_) => {
+            let names: Vec<String> = jiff::tz::db()
+                .available()
+                .map(|n| n.as_str().to_owned())
+                .collect();
+            let near = decode::closest_owned(&name, names.iter().map(String::as_str));
+            let message = match near {
+                Some(near) => format!("unknown time zone `{name}`; did you mean `{near}`?"),
+                None => format!(
+                    "unknown time zone `{name}`: use an IANA name such as Europe/Rome or UTC"
+                ),
+            };
+            ctx.error(node.location, message);
+            None
+        }
+    }
+}
+
+/// A local date and time in the wave's zone: `2026-12-12 22:00` or `2026-12-12T22:00`.
+fn local_time(node: &Node, what: &str, tz: &TimeZone, ctx: &mut Ctx) -> Option<Zoned> {
+    let civil = decode::parsed(node, what, ctx, |text| {
+        let text = text.trim();
+        let has_zone = text.ends_with('Z')
+            || text.contains('[')
+            || text
+                .split_once(['T', ' '])
+                .is_some_and(|(_, time)| time.contains(['+', '-']));
+        if has_zone {
+            return Err(format!(
+                "`{text}` carries an offset or zone: write the local time only; the wave's \
+                 `timezone` places it"
+            ));
+        }
+        text.parse::<DateTime>()
+            .map_err(|_| format!("`{text}` is not a local date and time like 2026-12-12 22:00"))
+    })?;
+    let ambiguous = tz.to_ambiguous_zoned(civil);
+    match ambiguous.offset() {
+        AmbiguousOffset::Unambiguous { .. } => {}
+        AmbiguousOffset::Gap { .. } => {
+            ctx.error(
+                node.location,
+                format!(
+                    "{what}: {civil} does not exist in {} (the clocks skip it for daylight \
+                     saving time): pick another time",
+                    tz.iana_name().unwrap_or("this time zone")
+                ),
+            );
+            return None;
+        }
+        AmbiguousOffset::Fold { .. } => {
+            ctx.warning(
+                node.location,
+                format!(
+                    "{what}: {civil} happens twice in {} (daylight saving time ends); the \
+                     first one is used",
+                    tz.iana_name().unwrap_or("this time zone")
+                ),
+            );
+        }
+    }
+    match ambiguous.compatible() {
+        Ok(zoned) => Some(zoned),
+        Err(err) => {
+            ctx.error(node.location, format!("{what}: {err}"));
+            None
+        }
+    }
+}
+
+fn add(time: &Zoned, duration: Dur, location: Location, ctx: &mut Ctx) -> Option<Zoned> {
+    match time.checked_add(duration.to_span()) {
+        Ok(t) => Some(t),
+        Err(err) => {
+            ctx.error(location, format!("time out of range: {err}"));
+            None
+        }
+    }
+}
+
+fn sub(time: &Zoned, duration: Dur, location: Location, ctx: &mut Ctx) -> Option<Zoned> {
+    match time.checked_sub(duration.to_span()) {
+        Ok(t) => Some(t),
+        Err(err) => {
+            ctx.error(location, format!("time out of range: {err}"));
+            None
+        }
+    }
+}
+
+fn decode_window(node: &Node, ctx: &mut Ctx) -> Option<(Window, TimeZone)> {
+    let mut map = MapReader::new(node, "window", ctx)?;
+    let tz = map
+        .required("timezone", ctx)
+        .and_then(|n| time_zone(n, ctx));
+    let start_node = map.required("start", ctx);
+    let duration_node = map.required("duration", ctx);
+    let duration = duration_node.and_then(|n| decode::duration(n, "window duration", ctx));
+    if let (Some(n), Some(d)) = (duration_node, duration)
+        && d.is_zero()
+    {
+        ctx.error(n.location, "window duration: must be longer than zero");
+    }
+    map.finish(ctx);
+    let (tz, tz_name) = tz?;
+    let start = local_time(start_node?, "window start", &tz, ctx)?;
+    let duration = duration.filter(|d| !d.is_zero())?;
+    let end = add(&start, duration, node.location, ctx)?;
+    Some((
+        Window {
+            interval: Interval { start, end },
+            duration,
+            timezone: tz_name,
+        },
+        tz,
+    ))
+}
+
+/// One phase as written: a length (back to back, ending where the next phase starts) or
+/// explicit start and end.
+enum PhaseSpec {
+    Length(Dur, Location),
+    Explicit(Interval, Location),
+}
+
+fn decode_phase(node: &Node, kind: PhaseKind, tz: &TimeZone, ctx: &mut Ctx) -> Option<PhaseSpec> {
+    if node.as_scalar().is_some() {
+        let what = format!("{kind} phase");
+        let length = decode::duration(node, &what, ctx)?;
+        if length.is_zero() {
+            ctx.error(node.location, format!("{what}: must be longer than zero"));
+            return None;
+        }
+        return Some(PhaseSpec::Length(length, node.location));
+    }
+    let mut map = MapReader::new(node, "phase", ctx)?;
+    let start = map
+        .required("start", ctx)
+        .and_then(|n| local_time(n, &format!("{kind} start"), tz, ctx));
+    let end = map
+        .required("end", ctx)
+        .and_then(|n| local_time(n, &format!("{kind} end"), tz, ctx));
+    map.finish(ctx);
+    let (start, end) = (start?, end?);
+    if end <= start {
+        ctx.error(
+            node.location,
+            format!("the {kind} phase ends before it starts"),
+        );
+        return None;
+    }
+    Some(PhaseSpec::Explicit(Interval { start, end }, node.location))
+}
+
+/// Phases default to one week each, back to back, the cutover week ending with the window.
+fn decode_phases(
+    node: Option<&Node>,
+    window: &Window,
+    tz: &TimeZone,
+    wave_location: Location,
+    ctx: &mut Ctx,
+) -> Option<Phases> {
+    let week = Dur::from_days(7);
+    let mut specs = [
+        PhaseSpec::Length(week, wave_location),
+        PhaseSpec::Length(week, wave_location),
+        PhaseSpec::Length(week, wave_location),
+    ];
+    let mut ok = true;
+    if let Some(node) = node {
+        let mut map = MapReader::new(node, "phases", ctx)?;
+        for (index, kind) in PhaseKind::ALL.iter().enumerate() {
+            if let Some(n) = map.take(kind.as_str()) {
+                match decode_phase(n, *kind, tz, ctx) {
+                    Some(spec) => specs[index] = spec,
+                    None => ok = false,
+                }
+            }
+        }
+        map.finish(ctx);
+    }
+    if !ok {
+        return None;
+    }
+    // Lay the phases out backwards from the end of the window.
+    let mut next_start = window.interval.end.clone();
+    let mut intervals: Vec<(Interval, Location)> = Vec::with_capacity(3);
+    for spec in specs.iter().rev() {
+        let (interval, location) = match spec {
+            PhaseSpec::Length(length, location) => {
+                let start = sub(&next_start, *length, *location, ctx)?;
+                (
+                    Interval {
+                        start,
+                        end: next_start.clone(),
+                    },
+                    *location,
+                )
+            }
+            PhaseSpec::Explicit(interval, location) => (interval.clone(), *location),
+        };
+        next_start = interval.start.clone();
+        intervals.push((interval, location));
+    }
+    intervals.reverse();
+    let [build, validate, cutover]: [(Interval, Location); 3] = intervals.try_into().ok()?;
+    let mut valid = true;
+    for (earlier, later, later_kind, earlier_kind) in [
+        (&build, &validate, PhaseKind::Validate, PhaseKind::Build),
+        (&validate, &cutover, PhaseKind::Cutover, PhaseKind::Validate),
+    ] {
+        if later.0.start < earlier.0.end {
+            ctx.error(
+                later.1,
+                format!(
+                    "the {later_kind} phase starts ({}) before the {earlier_kind} phase ends ({}): phases run in order build, validate, cutover",
+                    short(&later.0.start),
+                    short(&earlier.0.end)
+                ),
+            );
+            valid = false;
+        }
+    }
+    let window_inside =
+        cutover.0.start <= window.interval.start && window.interval.end <= cutover.0.end;
+    if !window_inside {
+        ctx.error(
+            cutover.1,
+            format!(
+                "the cutover window ({} to {}) must lie inside the cutover phase ({} to {})",
+                short(&window.interval.start),
+                short(&window.interval.end),
+                short(&cutover.0.start),
+                short(&cutover.0.end)
+            ),
+        );
+        valid = false;
+    }
+    valid.then(|| Phases {
+        build: build.0,
+        validate: validate.0,
+        cutover: cutover.0,
+    })
+}
+
+/// A time as people read it in messages: `2026-12-12 22:00`.
+pub fn short(time: &Zoned) -> String {
+    time.strftime("%Y-%m-%d %H:%M").to_string()
+}
+
+fn decode_application(
+    node: &Node,
+    wave_template: &ServerTemplate,
+    config: &Config,
+    ctx: &mut Ctx,
+) -> Option<Application> {
+    let mut map = MapReader::new(node, "application", ctx)?;
+    let name = map.required("name", ctx).and_then(|n| {
+        decode::name(n, "application name", ctx).map(|v| Spanned::new(v, n.location))
+    });
+    let description = map
+        .take("description")
+        .and_then(|n| decode::string(n, "description", ctx));
+    let owner = map
+        .take("owner")
+        .and_then(|n| decode::email(n, "owner", ctx));
+    let depends_on = map
+        .take("depends_on")
+        .map(|n| {
+            decode::list(n, "depends_on", ctx)
+                .iter()
+                .filter_map(|item| {
+                    decode::name(item, "depends_on", ctx).map(|v| Spanned::new(v, item.location))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut template = wave_template.clone();
+    if let Some(n) = map.take("defaults") {
+        config::decode_defaults(n, &mut template, ctx);
+        if let Some(site) = &template.site
+            && template.site != wave_template.site
+        {
+            config::check_site(site, config, ctx);
+        }
+    }
+    let servers = match map.required("servers", ctx) {
+        Some(n) => {
+            let items = decode::list(n, "servers", ctx);
+            if items.is_empty() && matches!(n.value, crate::yaml::Value::Seq(_)) {
+                ctx.warning(n.location, "the application has no servers");
+            }
+            items
+                .iter()
+                .filter_map(|item| decode_server(item, &template, config, ctx))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    map.finish(ctx);
+    Some(Application {
+        name: name?,
+        description,
+        owner,
+        depends_on,
+        servers,
+        location: node.location,
+    })
+}
+
+fn decode_server(
+    node: &Node,
+    inherited: &ServerTemplate,
+    config: &Config,
+    ctx: &mut Ctx,
+) -> Option<Server> {
+    let mut map = MapReader::new(node, "server", ctx)?;
+    let name = map
+        .required("name", ctx)
+        .and_then(|n| decode::name(n, "server name", ctx).map(|v| Spanned::new(v, n.location)));
+    let fqdn = map.take("fqdn").and_then(|n| {
+        decode::parsed(n, "fqdn", ctx, check_fqdn).map(|v| Spanned::new(v, n.location))
+    });
+    let ip = map.take("ip").and_then(|n| {
+        decode::parsed(n, "ip", ctx, |text| {
+            text.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))
+        })
+        .map(|v| Spanned::new(v, n.location))
+    });
+    let cmdb_id = map
+        .take("cmdb_id")
+        .and_then(|n| decode::string(n, "cmdb_id", ctx));
+    let disks = map
+        .take("disks")
+        .map(|n| {
+            decode::list(n, "disks", ctx)
+                .iter()
+                .filter_map(|item| decode_disk(item, ctx))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    // A wrong fqdn or ip is reported where it is; "no address" is for servers without any.
+    let map_has_address = map.key_location("fqdn").is_some() || map.key_location("ip").is_some();
+    let map_has_disks = map.key_location("disks").is_some();
+    let map_has_os = map.key_location("os").is_some();
+    let mut fields = inherited.clone();
+    template::decode_fields(&mut map, &mut fields, ctx);
+    if let Some(site) = &fields.site
+        && fields.site != inherited.site
+    {
+        config::check_site(site, config, ctx);
+    }
+    map.finish(ctx);
+    let name = name?;
+    // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
+    if disks.is_empty() && !map_has_disks {
+        ctx.error(
+            map_location(node),
+            format!(
+                "server `{}` has no disks: list them with their sizes, like `disks: [{{device: /dev/sda, size: 100GiB}}]`",
+                name.value
+            ),
+        );
+    }
+    if disks.iter().filter(|d: &&Disk| d.boot).count() > 1 {
+        ctx.error(
+            node.location,
+            format!("server `{}` has more than one boot disk", name.value),
+        );
+    }
+    let family = fields.os_family.unwrap_or_else(|| {
+        if map_has_os {
+            return OsFamily::Linux;
+        }
+        ctx.error(
+            node.location,
+            format!(
+                "server `{}` has no `os.family` (linux or windows): set it on the server or in defaults",
+                name.value
+            ),
+        );
+        // Read on as linux so the checks across waves still see this server.
+        OsFamily::Linux
+    });
+    let method = fields.access.method.unwrap_or(match family {
+        OsFamily::Linux => AccessMethod::Ssh,
+        OsFamily::Windows => AccessMethod::Winrm,
+    });
+    if method == AccessMethod::Winrm && family == OsFamily::Linux {
+        ctx.error(
+            node.location,
+            format!(
+                "server `{}` is linux but its access method is winrm",
+                name.value
+            ),
+        );
+    }
+    let address_written = map_has_address;
+    if method != AccessMethod::Local && !address_written {
+        ctx.error(
+            node.location,
+            format!(
+                "server `{}` is reached over {method} but has neither `fqdn` nor `ip`",
+                name.value
+            ),
+        );
+    }
+    Some(Server {
+        name,
+        fqdn,
+        ip,
+        os: Os {
+            family,
+            version: fields.os_version,
+            arch: fields.arch,
+        },
+        access: Access {
+            method,
+            user: fields.access.user,
+            port: fields.access.port,
+            credential: fields.access.credential,
+            sudo: fields.access.sudo.unwrap_or(true),
+            sudo_credential: fields.access.sudo_credential,
+            jump: fields.access.jump,
+        },
+        disks,
+        change_rate: fields.change_rate,
+        site: fields.site,
+        blueprints: fields.blueprints,
+        cmdb_id,
+        tags: fields.tags,
+        exclude_from_shutdown: fields.exclude_from_shutdown,
+        skip: fields.skip,
+        tasks: fields.tasks,
+        location: node.location,
+    })
+}
+
+fn map_location(node: &Node) -> Location {
+    node.location
+}
+
+fn check_fqdn(text: &str) -> Result<String, String> {
+    let text = text.trim().trim_end_matches('.');
+    let valid = !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if valid {
+        Ok(text.to_lowercase())
+    } else {
+        Err(format!(
+            "`{text}` is not a host name (letters, digits and '-', dot-separated)"
+        ))
+    }
+}
+
+fn decode_disk(node: &Node, ctx: &mut Ctx) -> Option<Disk> {
+    let mut map = MapReader::new(node, "disk", ctx)?;
+    let device = map
+        .required("device", ctx)
+        .and_then(|n| decode::string(n, "device", ctx));
+    let size_node = map.required("size", ctx);
+    let size = size_node.and_then(|n| decode::size(n, "disk size", ctx));
+    let size_text = size_node
+        .and_then(|n| n.as_scalar())
+        .map(|s| s.text.clone());
+    let used_node = map.take("used");
+    let used = used_node.and_then(|n| decode::size(n, "disk used", ctx));
+    let boot = map
+        .take("boot")
+        .and_then(|n| decode::boolean(n, "boot", ctx))
+        .unwrap_or(false);
+    map.finish(ctx);
+    let size = size?;
+    if size == 0 {
+        if let Some(n) = size_node {
+            ctx.error(n.location, "disk size: must be larger than zero");
+        }
+        return None;
+    }
+    if let (Some(used), Some(n)) = (used, used_node)
+        && used > size
+    {
+        let used_text = n.as_scalar().map(|s| s.text.as_str()).unwrap_or_default();
+        ctx.error(
+            n.location,
+            format!(
+                "disk used ({used_text}) is larger than its size ({})",
+                size_text.unwrap_or_default()
+            ),
+        );
+    }
+    Some(Disk {
+        device: device?,
+        size_bytes: size,
+        used_bytes: used,
+        boot,
+    })
+}
