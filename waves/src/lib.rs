@@ -5,6 +5,7 @@
 //! It does no network IO, holds no database and runs no async runtime; the only IO is
 //! reading definition files in [`source`].
 
+pub mod cmf;
 pub mod config;
 pub mod cron;
 pub mod decode;

@@ -12,7 +12,7 @@ use crate::config::{self, Config};
 use crate::decode::{self, Ctx, MapReader};
 use crate::diag::Location;
 use crate::model::{
-    Access, AccessMethod, Application, Disk, Interval, Os, OsFamily, PhaseKind, Phases,
+    Access, AccessMethod, Application, Disk, EngineKind, Interval, Os, OsFamily, PhaseKind, Phases,
     ReplicationLink, Server, Spanned, Wave, Window,
 };
 use crate::template::{self, ServerTemplate};
@@ -81,6 +81,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
     {
         config::check_site(site, config, ctx);
     }
+    let engine_kind = engine.as_ref().map(|e| e.value);
     let applications = match map.required("applications", ctx) {
         Some(n) => {
             let items = decode::list(n, "applications", ctx);
@@ -89,7 +90,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
             }
             items
                 .iter()
-                .filter_map(|item| decode_application(item, &template, config, ctx))
+                .filter_map(|item| decode_application(item, &template, config, engine_kind, ctx))
                 .collect()
         }
         None => Vec::new(),
@@ -415,6 +416,7 @@ fn decode_application(
     node: &Node,
     wave_template: &ServerTemplate,
     config: &Config,
+    engine: Option<EngineKind>,
     ctx: &mut Ctx,
 ) -> Option<Application> {
     let mut map = MapReader::new(node, "application", ctx)?;
@@ -455,7 +457,7 @@ fn decode_application(
             }
             items
                 .iter()
-                .filter_map(|item| decode_server(item, &template, config, ctx))
+                .filter_map(|item| decode_server(item, &template, config, engine, ctx))
                 .collect()
         }
         None => Vec::new(),
@@ -475,6 +477,7 @@ fn decode_server(
     node: &Node,
     inherited: &ServerTemplate,
     config: &Config,
+    engine: Option<EngineKind>,
     ctx: &mut Ctx,
 ) -> Option<Server> {
     let mut map = MapReader::new(node, "server", ctx)?;
@@ -518,11 +521,13 @@ fn decode_server(
     map.finish(ctx);
     let name = name?;
     // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
-    if disks.is_empty() && !map_has_disks {
+    // The local engine replicates the disks listed; MGN's agent finds them itself, and
+    // the rehearsal engine and the estimator then have no sizes to work with.
+    if disks.is_empty() && !map_has_disks && engine == Some(EngineKind::Local) {
         ctx.error(
             map_location(node),
             format!(
-                "server `{}` has no disks: list them with their sizes, like `disks: [{{device: /dev/sda, size: 100GiB}}]`",
+                "server `{}` has no disks, and the local engine replicates the disks listed: add them, like `disks: [{{device: /dev/sda, size: 100GiB}}]`",
                 name.value
             ),
         );

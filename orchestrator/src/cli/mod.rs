@@ -2,6 +2,7 @@
 //! subcommand runs and says how it ended: 0 for success, 1 when the definitions have
 //! errors or the work failed.
 
+mod import;
 mod validate;
 
 use std::path::PathBuf;
@@ -49,6 +50,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DiagnosticFormat,
     },
+    /// Turn definitions kept in other tools into wave files
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportSource {
+    /// A Cloud Migration Factory intake form (CSV) into one wave file per wave
+    Cmf(import::CmfArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +70,9 @@ pub fn main() -> ExitCode {
             definitions,
             format,
         } => validate::run(&definitions, format),
+        Command::Import {
+            source: ImportSource::Cmf(args),
+        } => import::run(&args),
     };
     match result {
         Ok(code) => code,

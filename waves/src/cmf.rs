@@ -1,0 +1,1 @@
+//! Import of Cloud Migration Factory intake forms (being written).
