@@ -14,5 +14,9 @@ pub struct CmfArgs {
 }
 
 pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("import of {} into {} is not written yet", args.file.display(), args.out.display())
+    anyhow::bail!(
+        "import of {} into {} is not written yet",
+        args.file.display(),
+        args.out.display()
+    )
 }

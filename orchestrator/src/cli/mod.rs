@@ -2,7 +2,9 @@
 //! subcommand runs and says how it ended: 0 for success, 1 when the definitions have
 //! errors or the work failed.
 
+mod estimate;
 mod import;
+mod plan;
 mod validate;
 
 use std::path::PathBuf;
@@ -50,6 +52,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DiagnosticFormat,
     },
+    /// Show what will happen to every server and when: phases, tasks, gates, findings
+    Plan {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+        /// Only this wave
+        #[arg(long, value_name = "WAVE")]
+        wave: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: plan::PlanFormat,
+    },
+    /// Estimate replication time and the bandwidth needed, and check each window
+    Estimate {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+        /// Only this wave
+        #[arg(long, value_name = "WAVE")]
+        wave: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiagnosticFormat,
+    },
     /// Turn definitions kept in other tools into wave files
     Import {
         #[command(subcommand)]
@@ -70,6 +92,16 @@ pub fn main() -> ExitCode {
             definitions,
             format,
         } => validate::run(&definitions, format),
+        Command::Plan {
+            definitions,
+            wave,
+            format,
+        } => plan::run(&definitions, wave.as_deref(), format),
+        Command::Estimate {
+            definitions,
+            wave,
+            format,
+        } => estimate::run(&definitions, wave.as_deref(), format),
         Command::Import {
             source: ImportSource::Cmf(args),
         } => import::run(&args),
@@ -81,4 +113,32 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads the definitions and prints their diagnostics; `None` when they have errors, so
+/// nothing is planned from a broken definition.
+pub fn load_valid(args: &DefinitionArgs) -> anyhow::Result<Option<waves::Definitions>> {
+    let loaded = waves::load_paths(&args.paths, args.config.as_deref());
+    validate::print_diagnostics(&loaded.diagnostics)?;
+    if loaded.diagnostics.has_errors() {
+        return Ok(None);
+    }
+    Ok(Some(loaded.definitions))
+}
+
+/// Narrows the definitions to one wave, or says which waves there are.
+pub fn keep_wave(definitions: &mut waves::Definitions, name: &str) -> anyhow::Result<()> {
+    if definitions.waves.iter().any(|w| w.name.value == name) {
+        definitions.waves.retain(|w| w.name.value == name);
+        return Ok(());
+    }
+    let known: Vec<&str> = definitions
+        .waves
+        .iter()
+        .map(|w| w.name.value.as_str())
+        .collect();
+    anyhow::bail!(
+        "no wave named `{name}`; the waves are: {}",
+        known.join(", ")
+    )
 }
