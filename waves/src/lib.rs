@@ -16,6 +16,7 @@ pub mod model;
 pub mod plan;
 pub mod settings;
 pub mod source;
+pub mod synthetic;
 pub mod template;
 pub mod units;
 pub mod validate;
