@@ -1,0 +1,174 @@
+//! The command line as a user meets it: exit codes, diagnostics, the plan's formats.
+
+use std::fs;
+use std::process::Command;
+
+use wavelift_tests::{wavelift, workspace_root};
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wavelift-e2e-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
+    dir
+}
+
+#[test]
+fn validate_reports_every_error_with_its_place_and_exits_1() {
+    let dir = scratch("invalid");
+    fs::write(
+        dir.join("wave.yaml"),
+        "name: wave-1\nwindw: {}\nwindow: { start: 2026-12-12 22:00, duration: 6, timezone: UTC }\napplications: []\n",
+    )
+    .unwrap_or_default();
+    let run = wavelift(&dir, &["validate", "wave.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.describe());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "wave.yaml:2:1: error: unknown field `windw` in wave; did you mean `window`?",
+            "wave.yaml:3:46: error: window duration: duration `6` has no unit: write it like 30m, 6h or 1w (units s, m, h, d, w)",
+            "wave.yaml:4:15: warning: the wave has no applications",
+            "2 errors, 1 warning",
+        ],
+        "{}",
+        run.describe()
+    );
+    let json = wavelift(&dir, &["validate", "wave.yaml", "--format", "json"]);
+    assert_eq!(json.code, 1);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap_or_default();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["errors"], 2);
+    assert_eq!(report["diagnostics"][0]["line"], 2);
+    assert_eq!(report["diagnostics"][0]["col"], 1);
+}
+
+#[test]
+fn usage_errors_exit_2_and_missing_paths_exit_1() {
+    let root = workspace_root();
+    let run = wavelift(&root, &["validate"]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "pdf"]);
+    assert_eq!(run.code, 2, "{}", run.describe());
+    let run = wavelift(&root, &["validate", "no/such/folder"]);
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(
+        run.stderr
+            .starts_with("no/such/folder:1:1: error: cannot read: "),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn plan_json_lists_every_task_with_ids_and_the_dot_output_renders() {
+    let root = workspace_root();
+    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    assert_eq!(plan["format"], "wavelift-plan");
+    let tasks = plan["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 8 * 6);
+    let cutover = tasks
+        .iter()
+        .find(|t| t["id"] == "payroll-db-01/cutover")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        cutover["depends_on"],
+        serde_json::json!(["payroll-db-01/boot_test"])
+    );
+    assert_eq!(cutover["gates"], serde_json::json!(["payroll/ready"]));
+    assert_eq!(cutover["earliest"], "2026-12-12T21:00:00Z");
+    let gate = plan["gates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["id"] == "payroll/ready")
+        .cloned()
+        .unwrap_or_default();
+    let waits: Vec<&str> = gate["waits_for"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        waits.contains(&"payroll-app-01/boot_test") && waits.contains(&"dir-02/cutover"),
+        "{waits:?}"
+    );
+
+    let dot = wavelift(&root, &["plan", "examples/quickstart", "--format", "dot"]);
+    assert_eq!(dot.code, 0, "{}", dot.describe());
+    let dir = scratch("dot");
+    let file = dir.join("plan.dot");
+    fs::write(&file, &dot.stdout).unwrap_or_default();
+    let rendered = Command::new("dot")
+        .arg("-Tsvg")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|err| panic!("Graphviz `dot` is needed (apt-get install graphviz): {err}"));
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rendered.stdout).contains("<svg"));
+}
+
+#[test]
+fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
+    let dir = scratch("short-window");
+    fs::write(
+        dir.join("wave.yaml"),
+        "name: tight\nwindow: { start: 2026-12-12 22:00, duration: 1h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\n  tasks: { cutover: { expected_duration: 45m } }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n  - name: app\n    depends_on: [db]\n    servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n",
+    )
+    .unwrap_or_default();
+    let run = wavelift(&dir, &["plan", "wave.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(
+        run.stdout.contains("error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"),
+        "{}",
+        run.describe()
+    );
+    let estimate = wavelift(&dir, &["estimate", "wave.yaml"]);
+    assert_eq!(estimate.code, 1, "{}", estimate.describe());
+    assert!(
+        estimate.stdout.contains("it does not fit"),
+        "{}",
+        estimate.describe()
+    );
+}
+
+#[test]
+fn estimate_says_whether_replication_finishes_before_the_validate_phase() {
+    let root = workspace_root();
+    let run = wavelift(&root, &["estimate", "examples/quickstart"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert!(
+        run.stdout.contains("replication: in time"),
+        "{}",
+        run.describe()
+    );
+    let dir = scratch("slow-link");
+    fs::write(
+        dir.join("wave.yaml"),
+        "name: slow\nwindow: { start: 2026-12-12 22:00, duration: 8h, timezone: UTC }\nreplication: { bandwidth: 10Mbit/s }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\napplications:\n  - name: big\n    servers: [{ name: big-1, change_rate: 1GiB/day, disks: [{ device: /dev/sda, size: 4TiB, used: 3TiB }] }]\n",
+    )
+    .unwrap_or_default();
+    let run = wavelift(&dir, &["estimate", "wave.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(
+        run.stdout.contains("replication: too late"),
+        "{}",
+        run.describe()
+    );
+    let plan = wavelift(&dir, &["plan", "wave.yaml", "--wave", "nope"]);
+    assert_eq!(plan.code, 1);
+    assert!(
+        plan.stderr
+            .contains("no wave named `nope`; the waves are: slow"),
+        "{}",
+        plan.describe()
+    );
+}

@@ -1,0 +1,64 @@
+//! Every example in examples/ is checked here, so none of them can rot.
+
+use std::fs;
+
+use wavelift_tests::{wavelift, workspace_root};
+
+#[test]
+fn every_example_folder_with_waves_validates() {
+    let examples = workspace_root().join("examples");
+    let mut checked = Vec::new();
+    for entry in fs::read_dir(&examples).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !path.is_dir() || !path.join("wavelift.yaml").exists() {
+            continue;
+        }
+        let run = wavelift(&examples, &["validate", &path.to_string_lossy()]);
+        assert_eq!(
+            run.code,
+            0,
+            "{} must validate:\n{}",
+            path.display(),
+            run.describe()
+        );
+        assert!(run.stdout.starts_with("valid: "), "{}", run.describe());
+        let plan = wavelift(&examples, &["plan", &path.to_string_lossy()]);
+        assert_eq!(
+            plan.code,
+            0,
+            "{} must plan without errors:\n{}",
+            path.display(),
+            plan.describe()
+        );
+        checked.push(path);
+    }
+    assert!(
+        checked.iter().any(|p| p.ends_with("quickstart")),
+        "the quickstart example was not found among {checked:?}"
+    );
+}
+
+#[test]
+fn the_quickstart_has_the_waves_the_readme_promises() {
+    let root = workspace_root();
+    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    let waves = plan["waves"].as_array().map_or(0, Vec::len);
+    let applications: usize = plan["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| w["applications"].as_array().map_or(0, Vec::len))
+        .sum();
+    let servers: u64 = plan["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["servers"].as_u64())
+        .sum();
+    assert!(
+        waves >= 2 && applications >= 3 && servers >= 8,
+        "{waves} waves, {applications} applications, {servers} servers"
+    );
+}
