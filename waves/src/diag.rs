@@ -58,10 +58,15 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// A file with more diagnostics than this is not worth reading further; the rest are
+/// dropped, so a hostile file cannot fill memory with messages.
+pub const MAX_PER_FILE: usize = 1000;
+
 /// The diagnostics of one run, in the order they were found.
 #[derive(Debug, Default, Clone)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
+    per_file: std::collections::HashMap<Arc<str>, usize>,
 }
 
 impl Diagnostics {
@@ -78,6 +83,21 @@ impl Diagnostics {
     }
 
     fn push(&mut self, file: &Arc<str>, location: Location, severity: Severity, message: String) {
+        let count = self.per_file.entry(Arc::clone(file)).or_insert(0);
+        *count += 1;
+        if *count > MAX_PER_FILE {
+            if *count == MAX_PER_FILE + 1 {
+                self.items.push(Diagnostic {
+                    file: Arc::clone(file),
+                    location,
+                    severity: Severity::Error,
+                    message: format!(
+                        "more than {MAX_PER_FILE} problems in this file; the rest are not shown"
+                    ),
+                });
+            }
+            return;
+        }
         self.items.push(Diagnostic {
             file: Arc::clone(file),
             location,
@@ -87,7 +107,9 @@ impl Diagnostics {
     }
 
     pub fn extend(&mut self, other: Diagnostics) {
-        self.items.extend(other.items);
+        for item in other.items {
+            self.push(&item.file, item.location, item.severity, item.message);
+        }
     }
 
     pub fn has_errors(&self) -> bool {

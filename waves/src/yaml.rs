@@ -95,8 +95,14 @@ enum Frame {
         pending_key: Option<(String, Location)>,
         size: usize,
         bad_key: bool,
+        /// Key positions, built once a mapping is large enough that a linear search for
+        /// duplicates would make a hostile file of many keys quadratic.
+        index: Option<HashMap<String, usize>>,
     },
 }
+
+/// Mappings up to this size look for duplicate keys by a linear search.
+const LINEAR_KEY_SEARCH: usize = 32;
 
 struct Builder<'d> {
     file: Arc<str>,
@@ -161,6 +167,7 @@ impl Builder<'_> {
                 pending_key,
                 size: total,
                 bad_key,
+                index,
                 ..
             }) => {
                 *total += size;
@@ -182,7 +189,20 @@ impl Builder<'_> {
                         }
                     },
                     Some((key, key_location)) => {
-                        if let Some(first) = entries.iter().find(|e| e.key == key) {
+                        if index.is_none() && entries.len() >= LINEAR_KEY_SEARCH {
+                            *index = Some(
+                                entries
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, e)| (e.key.clone(), i))
+                                    .collect(),
+                            );
+                        }
+                        let first = match index {
+                            Some(index) => index.get(&key).map(|&i| &entries[i]),
+                            None => entries.iter().find(|e| e.key == key),
+                        };
+                        if let Some(first) = first {
                             let first_line = first.key_location.line;
                             self.diags.error(
                                 &self.file,
@@ -192,6 +212,9 @@ impl Builder<'_> {
                                 ),
                             );
                         } else {
+                            if let Some(index) = index {
+                                index.insert(key.clone(), entries.len());
+                            }
                             entries.push(Entry {
                                 key,
                                 key_location,
@@ -265,6 +288,7 @@ impl Builder<'_> {
                     pending_key: None,
                     size: 1,
                     bad_key: false,
+                    index: None,
                 };
                 self.push_frame(frame, location)?;
             }
@@ -328,11 +352,13 @@ impl Builder<'_> {
                 ),
             }
         }
+        let mut present: std::collections::HashSet<String> =
+            own.iter().map(|e| e.key.clone()).collect();
         for source in merged {
             match source.value {
                 Value::Map(source_entries) => {
                     for entry in source_entries {
-                        if !own.iter().any(|e| e.key == entry.key) {
+                        if present.insert(entry.key.clone()) {
                             own.push(entry);
                         }
                     }
@@ -474,6 +500,19 @@ mod tests {
         let (docs, errors) = parse(&text);
         assert!(docs.is_none());
         assert!(errors[0].contains("nesting deeper than 64"), "{errors:?}");
+    }
+
+    #[test]
+    fn many_keys_and_many_documents_stay_linear() {
+        let keys: String = (0..200_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let (docs, errors) = parse(&(keys.clone() + "k7: again\n"));
+        assert_eq!(docs.map(|d| d.len()), Some(1));
+        assert_eq!(
+            errors,
+            ["t.yaml:200001:1: error: duplicate key `k7` (first written on line 8)"]
+        );
+        let (docs, _) = parse(&"---\n".repeat(100_000));
+        assert_eq!(docs.map(|d| d.len()), Some(100_000));
     }
 
     #[test]

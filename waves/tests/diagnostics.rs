@@ -146,3 +146,29 @@ fn oversized_input_is_refused_before_parsing() {
         ["big.yaml:1:1: error: input is over the limit of 32 MiB"]
     );
 }
+
+#[test]
+fn a_file_of_endless_mistakes_reports_a_bounded_number() {
+    let text = "---\n".repeat(50_000);
+    let source = SourceFile {
+        name: Arc::from("many.yaml"),
+        text,
+    };
+    let loaded = waves::load_sources(None, PathBuf::new(), &[source]);
+    let lines: Vec<String> = loaded
+        .diagnostics
+        .into_sorted()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(lines.len(), waves::diag::MAX_PER_FILE + 1);
+    assert_eq!(
+        lines[0],
+        "many.yaml:2:1: error: empty document: expected a wave"
+    );
+    assert!(
+        lines.contains(&"many.yaml:1002:1: error: more than 1000 problems in this file; the rest are not shown".to_owned()),
+        "{:?}",
+        &lines[990..]
+    );
+}
