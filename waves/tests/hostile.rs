@@ -43,7 +43,7 @@ fn load_and_check(config: &str, waves: &[String]) -> Result<(), TestCaseError> {
     if !loaded.diagnostics.has_errors() {
         // Whatever loads must also plan and estimate.
         let plan = waves::plan::plan(&loaded.definitions);
-        prop_assert!(plan.tasks.len() % 6 == 0);
+        prop_assert!(plan.tasks.len().is_multiple_of(6));
     }
     Ok(())
 }
