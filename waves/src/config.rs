@@ -12,6 +12,7 @@ use crate::decode::{self, Ctx, MapReader};
 use crate::diag::Location;
 use crate::model::EngineKind;
 use crate::model::{CredentialRef, Spanned};
+use crate::rules;
 use crate::template::{self, ServerTemplate};
 use crate::units;
 use crate::yaml::Node;
@@ -307,16 +308,7 @@ fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
     template::refuse_inline_secrets(&mut map, "mgn engine", ctx);
     let region = map.required("region", ctx).and_then(|n| {
         decode::parsed(n, "region", ctx, |text| {
-            let parts: Vec<&str> = text.split('-').collect();
-            let looks_right = parts.len() >= 3
-                && parts.iter().all(|p| !p.is_empty())
-                && parts
-                    .last()
-                    .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
-                && text
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if looks_right {
+            if rules::is_aws_region(text) {
                 Ok(text.to_owned())
             } else {
                 Err(format!("`{text}` is not an AWS Region name like eu-west-1"))

@@ -124,6 +124,10 @@ impl<'n> MapReader<'n> {
 
 /// The known name nearest to `word`, if it is near enough to be a typo.
 pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    // Edit distance costs the product of the lengths: long words are no typos anyway.
+    if word.chars().count() > 64 {
+        return None;
+    }
     let lowered = word.to_lowercase();
     candidates
         .iter()

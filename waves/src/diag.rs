@@ -62,6 +62,32 @@ impl fmt::Display for Diagnostic {
 /// dropped, so a hostile file cannot fill memory with messages.
 pub const MAX_PER_FILE: usize = 1000;
 
+/// Longer messages are cut: one that quotes a huge value must still fit a terminal line.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+/// A message stays on one line (control characters escaped) and within a length limit.
+fn one_line(message: String) -> String {
+    let clean = message.chars().all(|c| !c.is_control()) && message.len() <= MAX_MESSAGE_CHARS;
+    if clean {
+        return message;
+    }
+    let mut out: String = message
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// The diagnostics of one run, in the order they were found.
 #[derive(Debug, Default, Clone)]
 pub struct Diagnostics {
@@ -102,7 +128,7 @@ impl Diagnostics {
             file: Arc::clone(file),
             location,
             severity,
-            message,
+            message: one_line(message),
         });
     }
 

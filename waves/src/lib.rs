@@ -14,6 +14,7 @@ pub mod estimate;
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod rules;
 pub mod settings;
 pub mod source;
 pub mod synthetic;

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use jiff::Zoned;
-use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 
 use crate::config::{self, Config};
@@ -15,6 +14,7 @@ use crate::model::{
     Access, AccessMethod, Application, Disk, EngineKind, Interval, Os, OsFamily, PhaseKind, Phases,
     ReplicationLink, Server, Spanned, Wave, Window,
 };
+use crate::rules;
 use crate::template::{self, ServerTemplate};
 use crate::units::{self, Dur};
 use crate::yaml::Node;
@@ -160,20 +160,9 @@ fn decode_replication(node: Option<&Node>, ctx: &mut Ctx) -> ReplicationLink {
 
 fn time_zone(node: &Node, ctx: &mut Ctx) -> Option<(TimeZone, String)> {
     let name = decode::string(node, "timezone", ctx)?;
-    match TimeZone::get(&name) {
+    match rules::time_zone(&name) {
         Ok(tz) => Some((tz, name)),
-        Err(_) => {
-            let names: Vec<String> = jiff::tz::db()
-                .available()
-                .map(|n| n.as_str().to_owned())
-                .collect();
-            let near = decode::closest_owned(&name, names.iter().map(String::as_str));
-            let message = match near {
-                Some(near) => format!("unknown time zone `{name}`; did you mean `{near}`?"),
-                None => format!(
-                    "unknown time zone `{name}`: use an IANA name such as Europe/Rome or UTC"
-                ),
-            };
+        Err(message) => {
             ctx.error(node.location, message);
             None
         }
@@ -183,20 +172,7 @@ fn time_zone(node: &Node, ctx: &mut Ctx) -> Option<(TimeZone, String)> {
 /// A local date and time in the wave's zone: `2026-12-12 22:00` or `2026-12-12T22:00`.
 fn local_time(node: &Node, what: &str, tz: &TimeZone, ctx: &mut Ctx) -> Option<Zoned> {
     let civil = decode::parsed(node, what, ctx, |text| {
-        let text = text.trim();
-        let has_zone = text.ends_with('Z')
-            || text.contains('[')
-            || text
-                .split_once(['T', ' '])
-                .is_some_and(|(_, time)| time.contains(['+', '-']));
-        if has_zone {
-            return Err(format!(
-                "`{text}` carries an offset or zone: write the local time only; the wave's \
-                 `timezone` places it"
-            ));
-        }
-        text.parse::<DateTime>()
-            .map_err(|_| format!("`{text}` is not a local date and time like 2026-12-12 22:00"))
+        rules::parse_local_datetime(text, "the wave's `timezone` places it")
     })?;
     let ambiguous = tz.to_ambiguous_zoned(civil);
     match ambiguous.offset() {
@@ -485,7 +461,7 @@ fn decode_server(
         .required("name", ctx)
         .and_then(|n| decode::name(n, "server name", ctx).map(|v| Spanned::new(v, n.location)));
     let fqdn = map.take("fqdn").and_then(|n| {
-        decode::parsed(n, "fqdn", ctx, check_fqdn).map(|v| Spanned::new(v, n.location))
+        decode::parsed(n, "fqdn", ctx, rules::check_fqdn).map(|v| Spanned::new(v, n.location))
     });
     let ip = map.take("ip").and_then(|n| {
         decode::parsed(n, "ip", ctx, |text| {
@@ -608,26 +584,6 @@ fn decode_server(
 
 fn map_location(node: &Node) -> Location {
     node.location
-}
-
-fn check_fqdn(text: &str) -> Result<String, String> {
-    let text = text.trim().trim_end_matches('.');
-    let valid = !text.is_empty()
-        && text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if valid {
-        Ok(text.to_lowercase())
-    } else {
-        Err(format!(
-            "`{text}` is not a host name (letters, digits and '-', dot-separated)"
-        ))
-    }
 }
 
 fn decode_disk(node: &Node, ctx: &mut Ctx) -> Option<Disk> {

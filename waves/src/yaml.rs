@@ -92,12 +92,14 @@ enum Frame {
         location: Location,
         anchor: usize,
         entries: Vec<Entry>,
-        pending_key: Option<(String, Location)>,
+        pending_key: Option<(String, Location, bool)>,
         size: usize,
         bad_key: bool,
         /// Key positions, built once a mapping is large enough that a linear search for
         /// duplicates would make a hostile file of many keys quadratic.
         index: Option<HashMap<String, usize>>,
+        /// Values of plain `<<` keys, merged in when the mapping ends.
+        merges: Vec<Node>,
     },
 }
 
@@ -168,6 +170,7 @@ impl Builder<'_> {
                 size: total,
                 bad_key,
                 index,
+                merges,
                 ..
             }) => {
                 *total += size;
@@ -177,8 +180,8 @@ impl Builder<'_> {
                 }
                 match pending_key.take() {
                     None => match node.value {
-                        Value::Scalar(s) => *pending_key = Some((s.text, node.location)),
-                        Value::Null => *pending_key = Some((String::new(), node.location)),
+                        Value::Scalar(s) => *pending_key = Some((s.text, node.location, s.plain)),
+                        Value::Null => *pending_key = Some((String::new(), node.location, false)),
                         _ => {
                             *bad_key = true;
                             let location = node.location;
@@ -188,7 +191,11 @@ impl Builder<'_> {
                             );
                         }
                     },
-                    Some((key, key_location)) => {
+                    Some((key, key_location, plain)) => {
+                        if plain && key == "<<" {
+                            merges.push(node);
+                            return;
+                        }
                         if index.is_none() && entries.len() >= LINEAR_KEY_SEARCH {
                             *index = Some(
                                 entries
@@ -289,6 +296,7 @@ impl Builder<'_> {
                     size: 1,
                     bad_key: false,
                     index: None,
+                    merges: Vec::new(),
                 };
                 self.push_frame(frame, location)?;
             }
@@ -310,9 +318,10 @@ impl Builder<'_> {
                     anchor,
                     entries,
                     size,
+                    merges,
                     ..
                 }) => {
-                    let entries = self.apply_merge_keys(entries);
+                    let entries = self.apply_merge_keys(entries, merges);
                     let node = Node {
                         location,
                         value: Value::Map(entries),
@@ -331,30 +340,26 @@ impl Builder<'_> {
     }
 
     /// `<<: *base` (or `<<: [*a, *b]`) copies the keys of the merged mappings that the
-    /// mapping does not set itself; the earlier mapping in a list wins.
-    fn apply_merge_keys(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
-        if !entries.iter().any(|e| e.key == "<<") {
-            return entries;
+    /// mapping does not set itself; the earlier mapping in a list wins. Only a plain `<<`
+    /// merges; a quoted `"<<"` is an ordinary key.
+    fn apply_merge_keys(&mut self, mut own: Vec<Entry>, merges: Vec<Node>) -> Vec<Entry> {
+        if merges.is_empty() {
+            return own;
         }
-        let mut own: Vec<Entry> = Vec::with_capacity(entries.len());
-        let mut merged: Vec<Node> = Vec::new();
-        for entry in entries {
-            if entry.key != "<<" {
-                own.push(entry);
-                continue;
-            }
-            match entry.value.value {
-                Value::Map(_) => merged.push(entry.value),
-                Value::Seq(items) => merged.extend(items),
+        let mut sources: Vec<Node> = Vec::new();
+        for merge in merges {
+            match merge.value {
+                Value::Map(_) => sources.push(merge),
+                Value::Seq(items) => sources.extend(items),
                 _ => self.error(
-                    entry.value.location,
+                    merge.location,
                     "`<<` merges a mapping or a list of mappings; found something else",
                 ),
             }
         }
         let mut present: std::collections::HashSet<String> =
             own.iter().map(|e| e.key.clone()).collect();
-        for source in merged {
+        for source in sources {
             match source.value {
                 Value::Map(source_entries) => {
                     for entry in source_entries {
@@ -468,6 +473,17 @@ mod tests {
             .filter_map(|e| Some((e.key.as_str(), e.value.as_scalar()?.text.as_str())))
             .collect();
         assert_eq!(pairs, [("y", "3"), ("x", "1")]);
+        // A quoted "<<" is an ordinary key.
+        let (docs, errors) = parse("base: &b {x: 1}\nuse: {\"<<\": *b}\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let docs = docs.unwrap_or_default();
+        let Some(Value::Map(top)) = docs.first().map(|d| &d.value) else {
+            panic!("expected a mapping");
+        };
+        let Value::Map(used) = &top[1].value.value else {
+            panic!("expected a mapping");
+        };
+        assert_eq!(used[0].key, "<<");
     }
 
     #[test]
