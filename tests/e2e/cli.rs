@@ -98,6 +98,26 @@ fn plan_json_lists_every_task_with_ids_and_the_dot_output_renders() {
         "{waits:?}"
     );
 
+    // --wave narrows what is shown, not what is planned: wave-2's gate still waits for
+    // the cutover of `directory` in wave-1.
+    let run = wavelift(
+        &root,
+        &[
+            "plan",
+            "examples/quickstart",
+            "--wave",
+            "wave-2",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let narrowed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    assert_eq!(narrowed["waves"].as_array().map(Vec::len), Some(1));
+    assert_eq!(narrowed["tasks"].as_array().map(Vec::len), Some(4 * 6));
+    let webshop_waits = narrowed["gates"][0]["waits_for"].to_string();
+    assert!(webshop_waits.contains("dir-01/cutover"), "{webshop_waits}");
+
     let dot = wavelift(&root, &["plan", "examples/quickstart", "--format", "dot"]);
     assert_eq!(dot.code, 0, "{}", dot.describe());
     let dir = scratch("dot");

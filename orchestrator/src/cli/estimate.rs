@@ -9,20 +9,20 @@ use waves::estimate::{self, Readiness, WaveEstimate};
 use waves::model::Definitions;
 use waves::units::{format_bandwidth, format_bytes, format_seconds};
 
-use super::{DefinitionArgs, DiagnosticFormat, load_valid};
+use super::{DefinitionArgs, DiagnosticFormat, load_for_wave};
 
 pub fn run(
     args: &DefinitionArgs,
     wave: Option<&str>,
     format: DiagnosticFormat,
 ) -> anyhow::Result<ExitCode> {
-    let Some(mut definitions) = load_valid(args)? else {
+    let Some(definitions) = load_for_wave(args, wave)? else {
         return Ok(ExitCode::FAILURE);
     };
+    let mut estimates = estimate::estimate(&definitions);
     if let Some(name) = wave {
-        super::keep_wave(&mut definitions, name)?;
+        estimates.retain(|e| e.wave == name);
     }
-    let estimates = estimate::estimate(&definitions);
     match format {
         DiagnosticFormat::Text => print!("{}", render(&definitions, &estimates)),
         DiagnosticFormat::Json => println!("{}", serde_json::to_string_pretty(&estimates)?),
@@ -45,7 +45,14 @@ fn at(t: Timestamp, tz: &TimeZone) -> String {
 
 fn render(definitions: &Definitions, estimates: &[WaveEstimate]) -> String {
     let mut out = String::new();
-    for (wave, estimate) in definitions.waves.iter().zip(estimates) {
+    for estimate in estimates {
+        let Some(wave) = definitions
+            .waves
+            .iter()
+            .find(|w| w.name.value == estimate.wave)
+        else {
+            continue;
+        };
         let tz = wave.window.interval.start.time_zone().clone();
         let _ = writeln!(
             out,

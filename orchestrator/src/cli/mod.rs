@@ -126,10 +126,24 @@ pub fn load_valid(args: &DefinitionArgs) -> anyhow::Result<Option<waves::Definit
     Ok(Some(loaded.definitions))
 }
 
-/// Narrows the definitions to one wave, or says which waves there are.
-pub fn keep_wave(definitions: &mut waves::Definitions, name: &str) -> anyhow::Result<()> {
+/// Loads valid definitions and checks the `--wave` filter names one of them. Plans and
+/// estimates are always made for every wave (a wave depends on the ones before it and
+/// shares links with its neighbours); the filter only narrows what is shown.
+pub fn load_for_wave(
+    args: &DefinitionArgs,
+    wave: Option<&str>,
+) -> anyhow::Result<Option<waves::Definitions>> {
+    let Some(definitions) = load_valid(args)? else {
+        return Ok(None);
+    };
+    if let Some(name) = wave {
+        check_wave_name(&definitions, name)?;
+    }
+    Ok(Some(definitions))
+}
+
+fn check_wave_name(definitions: &waves::Definitions, name: &str) -> anyhow::Result<()> {
     if definitions.waves.iter().any(|w| w.name.value == name) {
-        definitions.waves.retain(|w| w.name.value == name);
         return Ok(());
     }
     let known: Vec<&str> = definitions

@@ -9,7 +9,7 @@ use jiff::{Timestamp, ToSpan, Zoned};
 use waves::model::{Definitions, TaskKind, Wave};
 use waves::plan::{self, FindingSeverity, Plan};
 
-use super::{DefinitionArgs, load_valid};
+use super::{DefinitionArgs, load_for_wave};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum PlanFormat {
@@ -23,20 +23,24 @@ pub fn run(
     wave: Option<&str>,
     format: PlanFormat,
 ) -> anyhow::Result<ExitCode> {
-    let Some(mut definitions) = load_valid(args)? else {
+    let Some(definitions) = load_for_wave(args, wave)? else {
         return Ok(ExitCode::FAILURE);
     };
-    if let Some(name) = wave {
-        super::keep_wave(&mut definitions, name)?;
-    }
     let plan = plan::plan(&definitions);
+    let shown = |name: &str| wave.is_none_or(|w| w == name);
     let output = match format {
-        PlanFormat::Text => render_text(&definitions, &plan),
-        PlanFormat::Json => serde_json::to_string_pretty(&plan::to_json(&plan))? + "\n",
-        PlanFormat::Dot => render_dot(&plan),
+        PlanFormat::Text => render_text(&definitions, &plan, &shown),
+        PlanFormat::Json => {
+            serde_json::to_string_pretty(&only_waves(plan::to_json(&plan), &shown))? + "\n"
+        }
+        PlanFormat::Dot => render_dot(&plan, &shown),
     };
     print!("{output}");
-    Ok(if plan.has_errors() {
+    let errors = plan
+        .findings
+        .iter()
+        .any(|f| f.severity == FindingSeverity::Error && shown(&f.wave));
+    Ok(if errors {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -87,9 +91,27 @@ fn cutover_order(wave: &Wave) -> Vec<&str> {
     done
 }
 
-fn render_text(definitions: &Definitions, plan: &Plan) -> String {
+/// Keeps the entries of the plan's JSON arrays that belong to the shown waves.
+fn only_waves(mut json: serde_json::Value, shown: &dyn Fn(&str) -> bool) -> serde_json::Value {
+    for (array, field) in [
+        ("waves", "name"),
+        ("tasks", "wave"),
+        ("gates", "wave"),
+        ("findings", "wave"),
+    ] {
+        if let Some(items) = json.get_mut(array).and_then(|v| v.as_array_mut()) {
+            items.retain(|item| item[field].as_str().is_some_and(shown));
+        }
+    }
+    json
+}
+
+fn render_text(definitions: &Definitions, plan: &Plan, shown: &dyn Fn(&str) -> bool) -> String {
     let mut out = String::new();
     for (wave, wave_plan) in definitions.waves.iter().zip(&plan.waves) {
+        if !shown(&wave.name.value) {
+            continue;
+        }
         let tz = zone(wave);
         let task_count = wave_plan.tasks[1] - wave_plan.tasks[0];
         let _ = writeln!(
@@ -162,7 +184,7 @@ fn render_text(definitions: &Definitions, plan: &Plan) -> String {
         out.push('\n');
     }
     render_calendar(&mut out, definitions);
-    render_findings(&mut out, plan);
+    render_findings(&mut out, plan, shown);
     out
 }
 
@@ -334,13 +356,14 @@ fn phases(wave: &Wave) -> [(&'static str, &waves::model::Interval); 3] {
     ]
 }
 
-fn render_findings(out: &mut String, plan: &Plan) {
-    if plan.findings.is_empty() {
+fn render_findings(out: &mut String, plan: &Plan, shown: &dyn Fn(&str) -> bool) {
+    let findings: Vec<&plan::Finding> = plan.findings.iter().filter(|f| shown(&f.wave)).collect();
+    if findings.is_empty() {
         let _ = writeln!(out, "no findings: the plan fits its windows");
         return;
     }
     let _ = writeln!(out, "findings:");
-    for finding in &plan.findings {
+    for finding in findings {
         let severity = match finding.severity {
             FindingSeverity::Error => "error",
             FindingSeverity::Warning => "warning",
@@ -355,10 +378,18 @@ fn dot_quote(text: &str) -> String {
 
 /// Graphviz: a cluster per wave and application, an edge per dependency, a diamond per
 /// gate.
-fn render_dot(plan: &Plan) -> String {
+fn render_dot(plan: &Plan, shown: &dyn Fn(&str) -> bool) -> String {
     let mut out =
         String::from("digraph wavelift {\n  rankdir=LR;\n  node [shape=box, fontsize=10];\n");
+    let task_shown = |index: &u32| {
+        plan.tasks
+            .get(*index as usize)
+            .is_some_and(|t| shown(&t.wave))
+    };
     for (w, wave) in plan.waves.iter().enumerate() {
+        if !shown(&wave.name) {
+            continue;
+        }
         let _ = writeln!(
             out,
             "  subgraph cluster_w{w} {{\n    label={};",
@@ -391,6 +422,9 @@ fn render_dot(plan: &Plan) -> String {
         out.push_str("  }\n");
     }
     for (g, gate) in plan.gates.iter().enumerate() {
+        if !shown(&gate.wave) {
+            continue;
+        }
         let label = if gate.approval {
             format!("{}\\n(approval)", gate.id)
         } else {
@@ -401,11 +435,14 @@ fn render_dot(plan: &Plan) -> String {
             "  g{g} [shape=diamond, label={}];",
             dot_quote(&label).replace("\\\\n", "\\n")
         );
-        for waits in &gate.waits_for {
+        for waits in gate.waits_for.iter().filter(|t| task_shown(t)) {
             let _ = writeln!(out, "  t{waits} -> g{g};");
         }
     }
     for (index, task) in plan.tasks.iter().enumerate() {
+        if !shown(&task.wave) {
+            continue;
+        }
         for dep in &task.depends_on {
             let _ = writeln!(out, "  t{dep} -> t{index};");
         }
