@@ -273,6 +273,53 @@ fn the_example_form_imports_and_validates() {
         cutover.tags.get("Application").map(String::as_str),
         Some("HR Payroll")
     );
+    // private_ip is the new instance's address at cutover; the server is reached by name.
+    assert_eq!(
+        server.fqdn.as_ref().map(|f| f.value.as_str()),
+        Some("hr-web-01.corp.example.com")
+    );
+    assert!(
+        server.ip.is_none(),
+        "private_ip is not the server's address"
+    );
+    assert_eq!(
+        cutover.options.get("private_ip"),
+        Some(&serde_json::Value::String("10.10.1.11".to_owned()))
+    );
+    assert_eq!(server.blueprints.test.options.get("private_ip"), None);
+}
+
+#[test]
+fn private_ip_is_the_new_instance_address_once_per_form() {
+    let text = format!(
+        "{HEADER},private_ip\n\
+         w,a,s1,linux,s1.example.com,Rehost,eu-west-1,fe80::1\n\
+         w,a,s2,linux,s2.example.com,Rehost,eu-west-1,FE80:0::1\n\
+         w,a,s3,linux,,Rehost,eu-west-1,10.0.0.3\n"
+    );
+    let import = cmf::import_cmf(&Arc::from("targets.csv"), &text, &options());
+    assert!(
+        has_error(
+            &import,
+            "private_ip: `fe80::1` is already the address of the new instance of `s1` (line 2)"
+        ),
+        "{:?}",
+        rendered(&import)
+    );
+    assert!(
+        has_error(
+            &import,
+            "server_fqdn is empty: server `s3` must be reachable by its host name"
+        ),
+        "{:?}",
+        rendered(&import)
+    );
+    let located: Vec<String> = rendered(&import)
+        .into_iter()
+        .filter(|l| l.contains(": error: "))
+        .map(|l| l.split(": error: ").next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(located, ["targets.csv:3:8", "targets.csv:4:5"]);
 }
 
 /// Values that YAML would type or break on come back from the loader exactly as written.
