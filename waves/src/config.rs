@@ -115,6 +115,15 @@ impl Config {
         }
     }
 
+    /// A path from the configuration file, relative to the file's folder.
+    pub fn resolve(&self, path: &std::path::Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
     pub fn engine_configured(&self, kind: EngineKind) -> bool {
         match kind {
             EngineKind::Local | EngineKind::Sim => true,
@@ -137,7 +146,12 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
     if let Some(n) = map.take("database")
         && let Some(mut db) = MapReader::new(n, "database", ctx)
     {
-        template::refuse_inline_secrets(&mut db, "database", ctx);
+        template::refuse_inline_secrets(
+            &mut db,
+            "database",
+            "give PostgreSQL its password through PGPASSWORD or a .pgpass file",
+            ctx,
+        );
         if let Some(url) = db.take("url") {
             let parsed = decode::parsed(url, "database url", ctx, |text| {
                 let known = ["sqlite:", "postgres://", "postgresql://"];
@@ -305,7 +319,12 @@ pub fn engine_kind(node: &Node, ctx: &mut Ctx) -> Option<EngineKind> {
 
 fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
     let mut map = MapReader::new(node, "mgn engine", ctx)?;
-    template::refuse_inline_secrets(&mut map, "mgn engine", ctx);
+    template::refuse_inline_secrets(
+        &mut map,
+        "mgn engine",
+        "AWS credentials come from the standard chain: a profile, the environment or a role",
+        ctx,
+    );
     let region = map.required("region", ctx).and_then(|n| {
         decode::parsed(n, "region", ctx, |text| {
             if rules::is_aws_region(text) {
@@ -353,7 +372,7 @@ fn http_url(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
 
 fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
     let mut map = MapReader::new(node, "smtp", ctx)?;
-    template::refuse_inline_secrets(&mut map, "smtp", ctx);
+    template::refuse_inline_secrets(&mut map, "smtp", template::USE_CREDENTIAL, ctx);
     let url = map.required("url", ctx).and_then(|n| {
         decode::parsed(n, "smtp url", ctx, |text| {
             let rest = text
@@ -432,6 +451,10 @@ fn decode_sites(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, Site> {
         return sites;
     };
     for entry in map.entries() {
+        if let Err(message) = crate::rules::check_name(&entry.key) {
+            ctx.error(entry.key_location, format!("site name: {message}"));
+            continue;
+        }
         let Some(mut site) = MapReader::new(&entry.value, "site", ctx) else {
             continue;
         };

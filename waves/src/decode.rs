@@ -246,23 +246,7 @@ pub fn size(node: &Node, what: &str, ctx: &mut Ctx) -> Option<u64> {
 
 /// A name used as an identifier: letters, digits, `-`, `_` and `.`, at most 100 long.
 pub fn name(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
-    parsed(node, what, ctx, |text| {
-        if text.is_empty() {
-            return Err("must not be empty".to_owned());
-        }
-        if text.len() > 100 {
-            return Err("longer than 100 characters".to_owned());
-        }
-        match text
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
-            Some(bad) => Err(format!(
-                "`{text}` contains {bad:?}; use letters, digits, '-', '_' and '.'"
-            )),
-            None => Ok(text.to_owned()),
-        }
-    })
+    parsed(node, what, ctx, crate::rules::check_name)
 }
 
 /// An email address: enough of a check to catch a name or a typo, not RFC 5322.

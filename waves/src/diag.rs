@@ -93,6 +93,9 @@ fn one_line(message: String) -> String {
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
     per_file: std::collections::HashMap<Arc<str>, usize>,
+    /// What was said already: an error inside a YAML anchor is found once for every alias
+    /// that uses it, but said (and counted) once.
+    said: std::collections::HashSet<(Arc<str>, Location, String)>,
 }
 
 impl Diagnostics {
@@ -109,6 +112,13 @@ impl Diagnostics {
     }
 
     fn push(&mut self, file: &Arc<str>, location: Location, severity: Severity, message: String) {
+        let message = one_line(message);
+        if !self
+            .said
+            .insert((Arc::clone(file), location, message.clone()))
+        {
+            return;
+        }
         let count = self.per_file.entry(Arc::clone(file)).or_insert(0);
         *count += 1;
         if *count > MAX_PER_FILE {
@@ -128,7 +138,7 @@ impl Diagnostics {
             file: Arc::clone(file),
             location,
             severity,
-            message: one_line(message),
+            message,
         });
     }
 
@@ -158,8 +168,7 @@ impl Diagnostics {
         self.items.is_empty()
     }
 
-    /// Sorted by file and place, without repeats: an error inside a YAML anchor is found
-    /// once for every alias that uses it, but said once.
+    /// Sorted by file and place.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
         self.items.sort();
         self.items.dedup();

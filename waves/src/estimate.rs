@@ -46,7 +46,8 @@ pub struct ServerEstimate {
 pub enum Readiness {
     /// Every server is continuous before the validate phase starts.
     InTime,
-    /// Continuous only during the validate phase: boot tests get less time.
+    /// Continuous only after the validate phase starts (but before the window): boot
+    /// tests get less time.
     DuringValidate,
     /// Not continuous before the cutover window: the wave cannot cut over as planned.
     TooLate,
@@ -237,6 +238,10 @@ pub fn estimate_wave(definitions: &Definitions, wave: &Wave) -> WaveEstimate {
             needed_bandwidth_bits: needed_bits,
         });
     }
+    if servers.is_empty() && readiness != Readiness::Unknown {
+        notes.push("no server lists its disks: nothing to estimate".to_owned());
+        readiness = Readiness::Unknown;
+    }
     if readiness != Readiness::Unknown
         && let Some(last) = last
     {
@@ -304,8 +309,10 @@ fn background_change(definitions: &Definitions, wave: &Wave, site: &str, compres
         })
         .flat_map(|other| other.servers())
         .filter(|(_, s)| s.site.as_ref().is_some_and(|x| x.value == site))
+        .filter(|(_, s)| !s.disks.is_empty() && !s.skips(TaskKind::AgentPush))
         .map(|(_, s)| change_wire_rate(s, compression))
-        .sum()
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// The longest path of application cutovers inside the wave: an application's cutover
@@ -347,7 +354,7 @@ pub fn cutover_chain(wave: &Wave) -> CutoverChain {
             for dep in &apps[node].depends_on {
                 if let Some(&d) = index.get(dep.value.as_str()) {
                     let total = visit(d, depth + 1, apps, index, own, best);
-                    if total > longest.0 {
+                    if longest.1.is_none() || total > longest.0 {
                         longest = (total, Some(d));
                     }
                 }

@@ -90,9 +90,13 @@ pub fn load_sources(
             file: Arc::clone(&source.name),
             diags: &mut diagnostics,
         };
+        // An empty document beside real ones (a trailing `---`) is harmless.
+        let only_empty = documents.iter().all(|d| d.is_null());
         for document in &documents {
             if document.is_null() {
-                ctx.error(document.location, "empty document: expected a wave");
+                if only_empty {
+                    ctx.error(document.location, "empty document: expected a wave");
+                }
                 continue;
             }
             if let Some(decoded) = wave_file::decode_wave(document, &config, &mut ctx) {

@@ -335,7 +335,7 @@ impl Builder {
                 FindingSeverity::Warning,
                 wave,
                 format!(
-                    "replication is estimated to reach continuous only at {}, inside the validate phase: boot tests get less time (see wavelift estimate)",
+                    "replication is estimated to reach continuous only at {}, after the validate phase starts: boot tests get less time (see wavelift estimate)",
                     estimate
                         .all_continuous_at
                         .map(|t| short(&t.to_zoned(wave.window.interval.start.time_zone().clone())))

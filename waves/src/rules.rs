@@ -101,3 +101,24 @@ pub fn parse_local_datetime(text: &str, zone_hint: &str) -> Result<DateTime, Str
         )
     })
 }
+
+/// A name used as an identifier (waves, applications, servers, sites): letters, digits,
+/// `-`, `_` and `.`, at most 100 long.
+pub fn check_name(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if text.chars().count() > 100 {
+        return Err(format!("`{}` is longer than 100 characters", shown(text)));
+    }
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(bad) => Err(format!(
+            "`{}` contains {bad:?}; use letters, digits, '-', '_' and '.'",
+            shown(text)
+        )),
+        None => Ok(text.to_owned()),
+    }
+}

@@ -284,7 +284,9 @@ fn decode_probe(node: &Node, ctx: &mut Ctx) -> Option<Probe> {
     let tcp = map.take("tcp");
     let http = map.take("http");
     let status = map.take("status");
-    let probe = match (tcp, http) {
+    // Unknown fields are reported whatever the probe's own values hold.
+    map.finish(ctx);
+    match (tcp, http) {
         (Some(port), None) => {
             if let Some(status) = status {
                 ctx.error(status.location, "`status` applies to http probes only");
@@ -327,9 +329,7 @@ fn decode_probe(node: &Node, ctx: &mut Ctx) -> Option<Probe> {
             ctx.error(node.location, "a probe needs `tcp: PORT` or `http: URL`");
             None
         }
-    };
-    map.finish(ctx);
-    probe
+    }
 }
 
 fn decode_cutover(node: &Node, base: &mut CutoverSettings, ctx: &mut Ctx) {

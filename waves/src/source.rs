@@ -55,15 +55,24 @@ pub fn collect_definition_paths(
             Ok(meta) if meta.is_dir() => {
                 walk(path, 0, &mut found.waves, &mut configs_found, diags);
             }
-            Ok(_) if is_config_name(path) && explicit_config.is_none() => {
-                configs_found.push(path.clone());
-            }
+            Ok(_) if is_config_name(path) => configs_found.push(path.clone()),
             Ok(_) => found.waves.push(path.clone()),
         }
     }
-    if explicit_config.is_some() {
-        // An explicit --config wins; a wavelift.yaml inside the folders is then not a wave.
-        found.waves.retain(|p| Some(p.as_path()) != explicit_config);
+    if let Some(explicit) = explicit_config {
+        // An explicit --config wins; another wavelift.yaml among the paths is set aside.
+        let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        for other in configs_found.iter().filter(|p| !same(p, explicit)) {
+            diags.warning(
+                &display_name(other),
+                Location::START,
+                format!("not read: the configuration is {}", explicit.display()),
+            );
+        }
+        found.waves.retain(|p| !same(p, explicit));
     } else {
         configs_found.dedup();
         if let Some((first, rest)) = configs_found.split_first() {

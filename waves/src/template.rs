@@ -184,26 +184,29 @@ pub fn credential(node: &Node, what: &str, ctx: &mut Ctx) -> Option<CredentialRe
     None
 }
 
-/// Reports fields that carry a secret inline (for example `password: hunter2`).
-pub fn refuse_inline_secrets(map: &mut MapReader, what: &str, ctx: &mut Ctx) {
-    for entry in map.entries() {
-        let key = entry.key.to_lowercase();
-        if SECRET_KEYS.contains(&key.as_str()) {
+/// The usual remedy for an inline secret, where the mapping has a `credential` field.
+pub const USE_CREDENTIAL: &str = "use `credential: env:NAME` or `credential: file:PATH`";
+
+/// Reports fields that carry a secret inline (for example `password: hunter2`); `remedy`
+/// says where the secret belongs instead.
+pub fn refuse_inline_secrets(map: &mut MapReader, what: &str, remedy: &str, ctx: &mut Ctx) {
+    let secret_keys: Vec<String> = map
+        .entries()
+        .iter()
+        .filter(|e| SECRET_KEYS.contains(&e.key.to_lowercase().as_str()))
+        .map(|e| e.key.clone())
+        .collect();
+    for key in secret_keys {
+        if let Some(location) = map.key_location(&key) {
             ctx.error(
-                entry.key_location,
+                location,
                 format!(
-                    "`{}` in {what} is an inline secret (value not shown): Wavelift never stores \
-                     secrets; use `credential: env:NAME` or `credential: file:PATH`",
-                    entry.key
+                    "`{key}` in {what} is an inline secret (value not shown): Wavelift never \
+                     stores secrets; {remedy}"
                 ),
             );
         }
-    }
-    let keys: Vec<String> = map.entries().iter().map(|e| e.key.to_lowercase()).collect();
-    for key in keys {
-        if SECRET_KEYS.contains(&key.as_str()) {
-            map.mark_used(&key);
-        }
+        map.mark_used(&key);
     }
 }
 
@@ -211,7 +214,7 @@ fn decode_access(node: &Node, base: &mut AccessTemplate, ctx: &mut Ctx) {
     let Some(mut map) = MapReader::new(node, "access", ctx) else {
         return;
     };
-    refuse_inline_secrets(&mut map, "access", ctx);
+    refuse_inline_secrets(&mut map, "access", USE_CREDENTIAL, ctx);
     if let Some(n) = map.take("method") {
         let method = decode::parsed(n, "access method", ctx, |text| {
             AccessMethod::from_name(text)
@@ -312,9 +315,10 @@ fn refuse_secret_option(key: &str, value: &Node, ctx: &mut Ctx) {
     if !sounds_secret {
         return;
     }
-    let is_reference = value.as_scalar().is_some_and(|s| {
-        s.text.starts_with("env:") || s.text.starts_with("file:") || s.text.is_empty()
-    });
+    let is_reference = value.is_null()
+        || value.as_scalar().is_some_and(|s| {
+            s.text.starts_with("env:") || s.text.starts_with("file:") || s.text.is_empty()
+        });
     if !is_reference {
         ctx.error(
             value.location,

@@ -484,9 +484,21 @@ fn decode_server(
         })
         .unwrap_or_default();
     // A wrong fqdn or ip is reported where it is; "no address" is for servers without any.
-    let map_has_address = map.key_location("fqdn").is_some() || map.key_location("ip").is_some();
-    let map_has_disks = map.key_location("disks").is_some();
-    let map_has_os = map.key_location("os").is_some();
+    // What the server wrote itself: a wrong value there is reported where it is written,
+    // so the "missing" errors below are only for what is absent.
+    let written = |key: &str| {
+        map.entries()
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value.value)
+    };
+    let map_has_address = ["fqdn", "ip"]
+        .iter()
+        .any(|key| written(key).is_some_and(|v| !matches!(v, crate::yaml::Value::Null)));
+    let disks_malformed = written("disks")
+        .is_some_and(|v| !matches!(v, crate::yaml::Value::Seq(_) | crate::yaml::Value::Null));
+    let os_malformed = written("os")
+        .is_some_and(|v| !matches!(v, crate::yaml::Value::Map(_) | crate::yaml::Value::Null));
     let mut fields = inherited.clone();
     template::decode_fields(&mut map, &mut fields, ctx);
     if let Some(site) = &fields.site
@@ -499,7 +511,7 @@ fn decode_server(
     // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
     // The local engine replicates the disks listed; MGN's agent finds them itself, and
     // the rehearsal engine and the estimator then have no sizes to work with.
-    if disks.is_empty() && !map_has_disks && engine == Some(EngineKind::Local) {
+    if disks.is_empty() && !disks_malformed && engine == Some(EngineKind::Local) {
         ctx.error(
             map_location(node),
             format!(
@@ -515,7 +527,7 @@ fn decode_server(
         );
     }
     let family = fields.os_family.unwrap_or_else(|| {
-        if map_has_os {
+        if os_malformed {
             return OsFamily::Linux;
         }
         ctx.error(

@@ -116,7 +116,7 @@ fn render(definitions: &Definitions, estimates: &[WaveEstimate]) -> String {
             ),
             (Readiness::InTime, None) => "in time: no server to replicate".to_owned(),
             (Readiness::DuringValidate, Some(last)) => format!(
-                "late: the last server is continuous only at {}, inside the validate phase",
+                "late: the last server is continuous only at {}, after the validate phase starts",
                 at(last, &tz)
             ),
             (Readiness::TooLate, Some(last)) => format!(
