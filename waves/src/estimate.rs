@@ -190,7 +190,7 @@ pub fn estimate_wave(definitions: &Definitions, wave: &Wave) -> WaveEstimate {
             Some(site) => background_change(definitions, wave, &site.value, compression),
             None => 0.0,
         };
-        let wire_total: f64 = wire.iter().sum();
+        let wire_total: f64 = wire.iter().sum::<f64>() + 0.0;
         let needed_bits = (wire_total / replication_seconds + change + background) * 8.0;
         let finish = bandwidth_bits.and_then(|bits| {
             let effective = bits as f64 / 8.0 - change - background;
@@ -313,6 +313,8 @@ fn background_change(definitions: &Definitions, wave: &Wave, site: &str, compres
         .map(|(_, s)| change_wire_rate(s, compression))
         .sum::<f64>()
         .max(0.0)
+        // `+ 0.0` turns the sum of nothing, -0.0, into 0.0 (as printed in JSON).
+        + 0.0
 }
 
 /// The longest path of application cutovers inside the wave: an application's cutover

@@ -19,6 +19,35 @@ use crate::yaml;
 pub struct Loaded {
     pub definitions: Definitions,
     pub diagnostics: Diagnostics,
+    /// The texts read, so a store can keep the exact revision that was applied.
+    pub sources: Sources,
+}
+
+/// The texts of one set of definitions: enough to load them again anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sources {
+    pub base_dir: PathBuf,
+    pub config: Option<SourceText>,
+    pub waves: Vec<SourceText>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceText {
+    pub name: String,
+    pub text: String,
+}
+
+impl Sources {
+    /// Loads these texts again (for example a revision kept in a store).
+    pub fn load(&self) -> Loaded {
+        let as_file = |s: &SourceText| SourceFile {
+            name: Arc::from(s.name.as_str()),
+            text: s.text.clone(),
+        };
+        let config = self.config.as_ref().map(as_file);
+        let waves: Vec<SourceFile> = self.waves.iter().map(as_file).collect();
+        load_sources(config.as_ref(), self.base_dir.clone(), &waves)
+    }
 }
 
 /// Loads wave files and folders; the configuration is `config` or the `wavelift.yaml`
@@ -36,6 +65,8 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    // Absolute, so paths in the configuration mean the same from any working folder.
+    let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
     if found.waves.is_empty() && !diagnostics.has_errors() {
         let name: Arc<str> = Arc::from(
             paths
@@ -61,14 +92,24 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
     loaded
 }
 
+fn text_of(source: &SourceFile) -> SourceText {
+    SourceText {
+        name: source.name.to_string(),
+        text: source.text.clone(),
+    }
+}
+
 /// Loads text already read: the configuration (if any) and the wave files.
 pub fn load_sources(
     config: Option<&SourceFile>,
     base_dir: PathBuf,
     waves: &[SourceFile],
 ) -> Loaded {
+    let config_text = config.map(text_of);
+    let base_dir_kept = base_dir.clone();
+    let wave_sources = waves;
     let mut diagnostics = Diagnostics::new();
-    let config = match config {
+    let config_value = match config {
         Some(source) => load_config(source, base_dir, &mut diagnostics),
         None => Config::builtin(base_dir),
     };
@@ -99,15 +140,23 @@ pub fn load_sources(
                 }
                 continue;
             }
-            if let Some(decoded) = wave_file::decode_wave(document, &config, &mut ctx) {
+            if let Some(decoded) = wave_file::decode_wave(document, &config_value, &mut ctx) {
                 all.push((decoded.wave, decoded.complete));
             }
         }
     }
     let waves = validate::check_across_waves(all, &mut diagnostics);
     Loaded {
-        definitions: Definitions { config, waves },
+        definitions: Definitions {
+            config: config_value,
+            waves,
+        },
         diagnostics,
+        sources: Sources {
+            base_dir: base_dir_kept,
+            config: config_text,
+            waves: wave_sources.iter().map(text_of).collect(),
+        },
     }
 }
 
