@@ -1,6 +1,9 @@
 //! `wavelift`: the migration factory orchestrator's command line.
 
 mod cli;
+mod executor;
+mod scheduler;
+mod store;
 
 use std::process::ExitCode;
 

@@ -81,9 +81,24 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
             "no wave files (*.yaml, *.yml) found",
         );
     }
+    // The CMDB inventory may live beside the waves; it is data, not a wave file.
+    let cmdb_file = config_source.as_ref().and_then(|source| {
+        let config = load_config(source, base_dir.clone(), &mut Diagnostics::new());
+        match &config.cmdb {
+            Some(crate::config::Cmdb::File { path }) => {
+                let path = config.resolve(path);
+                Some(std::fs::canonicalize(&path).unwrap_or(path))
+            }
+            None => None,
+        }
+    });
     let waves: Vec<SourceFile> = found
         .waves
         .iter()
+        .filter(|path| {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            cmdb_file.as_ref() != Some(&path)
+        })
         .filter_map(|path| source::read_source(path, &mut diagnostics))
         .collect();
     let mut loaded = load_sources(config_source.as_ref(), base_dir, &waves);

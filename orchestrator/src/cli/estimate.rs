@@ -24,8 +24,8 @@ pub fn run(
         estimates.retain(|e| e.wave == name);
     }
     match format {
-        DiagnosticFormat::Text => print!("{}", render(&definitions, &estimates)),
-        DiagnosticFormat::Json => println!("{}", serde_json::to_string_pretty(&estimates)?),
+        DiagnosticFormat::Text => out!("{}", render(&definitions, &estimates)),
+        DiagnosticFormat::Json => outln!("{}", serde_json::to_string_pretty(&estimates)?),
     }
     let late = estimates
         .iter()

@@ -78,7 +78,7 @@ pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
         None => {
             let time = cmf::default_first_window(SystemTime::now(), &args.timezone)
                 .map_err(anyhow::Error::msg)?;
-            println!(
+            outln!(
                 "first window: {} {} (the first Saturday 22:00 at least 21 days from today, so the \
                  three phases fit before it; choose another with --first-window)",
                 time.strftime("%Y-%m-%d %H:%M"),
@@ -96,7 +96,7 @@ pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
     };
     let import = cmf::import_cmf_bytes(&name, &bytes, &options);
     print_diagnostics(&import.diagnostics)?;
-    print_skipped(&import);
+    print_skipped(&import)?;
     if import.diagnostics.has_errors() {
         eprintln!("nothing written: correct the errors above and import again");
         return Ok(ExitCode::FAILURE);
@@ -128,7 +128,7 @@ pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     write(&args.out, &plan, &import)?;
-    println!("next: wavelift validate {}", args.out.display());
+    outln!("next: wavelift validate {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -143,11 +143,11 @@ fn read_form(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn print_skipped(import: &Import) {
+fn print_skipped(import: &Import) -> std::io::Result<()> {
     if import.skipped.is_empty() {
-        return;
+        return Ok(());
     }
-    println!(
+    outln!(
         "left out, not a rehost ({} server{}):",
         import.skipped.len(),
         if import.skipped.len() == 1 { "" } else { "s" }
@@ -158,12 +158,13 @@ fn print_skipped(import: &Import) {
         } else {
             skipped.server.as_str()
         };
-        println!(
+        outln!(
             "  line {}: {server} ({})",
             skipped.line,
             skipped.r_type.escape_debug()
         );
     }
+    Ok(())
 }
 
 /// What would be written: every wave file, and the configuration unless one is there.
@@ -227,7 +228,7 @@ fn write(out: &Path, plan: &Plan, import: &Import) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for ((path, file), wave) in plan.waves.iter().zip(&import.waves) {
         fs::write(path, &file.text).with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
+        outln!(
             "wrote {} (wave {}, {} server{})",
             path.display(),
             wave.wave,
@@ -239,9 +240,9 @@ fn write(out: &Path, plan: &Plan, import: &Import) -> anyhow::Result<()> {
         Some((path, file)) => {
             fs::write(path, &file.text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("wrote {} (review its engine settings)", path.display());
+            outln!("wrote {} (review its engine settings)", path.display());
         }
-        None => println!(
+        None => outln!(
             "kept {}: the waves validate with it",
             out.join(CONFIG_FILE_NAME).display()
         ),

@@ -2,12 +2,37 @@
 //! subcommand runs and says how it ended: 0 for success, 1 when the definitions have
 //! errors or the work failed.
 
+use std::path::PathBuf;
+
+/// `print!` that returns an error instead of panicking when stdout is closed (for
+/// example `wavelift events | head`); `main` ends quietly on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `println!`, the same way as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+mod apply;
 mod estimate;
+mod events;
 mod import;
 mod plan;
+mod rehearse;
+mod run;
+mod state;
+mod status;
+mod steer;
 mod validate;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -26,7 +51,7 @@ struct Cli {
 }
 
 /// Where the definitions are: files or folders, and the configuration file.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DefinitionArgs {
     /// Wave files or folders of them (searched recursively for *.yaml and *.yml)
     #[arg(required = true, value_name = "PATH")]
@@ -72,11 +97,84 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: DiagnosticFormat,
     },
+    /// Validate and store a new revision of the definitions; print what changed
+    Apply {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+        /// Remove servers even while their tasks run (those tasks are cancelled)
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
+    /// Execute the waves' plans on their schedules (optionally applying PATHs first)
+    Run(run::RunArgs),
+    /// Where every wave, server and task stands
+    Status {
+        /// Only this wave
+        #[arg(long, value_name = "WAVE")]
+        wave: Option<String>,
+        /// Every task instance as JSON (see docs/status-json.md)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
+    /// Give the go for a wave's cutovers (or one application's)
+    Approve {
+        wave: String,
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// Who approves (default: $USER)
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
+    /// Run a failed, blocked or cancelled task again
+    Retry(TaskLever),
+    /// Mark a task skipped: what depends on it goes on
+    Skip(TaskLever),
+    /// Cancel a task: what depends on it is blocked
+    Cancel(TaskLever),
+    /// The job progress log
+    Events {
+        /// Only this wave
+        #[arg(long, value_name = "WAVE")]
+        wave: Option<String>,
+        /// Keep printing new events
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
+    /// Play whole waves on the rehearsal engine in seconds: timeline and risks
+    Rehearse {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+        /// Seed of the injected failures: the same seed plays the same rehearsal
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Turn definitions kept in other tools into wave files
     Import {
         #[command(subcommand)]
         source: ImportSource,
     },
+}
+
+/// A task to steer, by its id (SERVER/KIND, or APPLICATION/ready for a gate).
+#[derive(Debug, clap::Args)]
+pub struct TaskLever {
+    task: String,
+    /// Who does it (default: $USER)
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+    #[command(flatten)]
+    state: state::StateArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,7 +185,75 @@ enum ImportSource {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = dispatch(cli.command);
+    match result {
+        Ok(code) => code,
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Commands that touch the store run on a tokio runtime; the others need none.
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    future: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Apply {
+            definitions,
+            force,
+            state,
+        } => block_on(apply::run(&definitions, &state, force)),
+        Command::Run(args) => block_on(run::run(&args)),
+        Command::Status { wave, json, state } => {
+            block_on(status::run(&state, wave.as_deref(), json))
+        }
+        Command::Approve {
+            wave,
+            app,
+            by,
+            state,
+        } => block_on(steer::approve(&state, &wave, app.as_deref(), by.as_deref())),
+        Command::Retry(lever) => block_on(steer::pull(
+            &lever.state,
+            steer::Lever::Retry,
+            &lever.task,
+            lever.by.as_deref(),
+        )),
+        Command::Skip(lever) => block_on(steer::pull(
+            &lever.state,
+            steer::Lever::Skip,
+            &lever.task,
+            lever.by.as_deref(),
+        )),
+        Command::Cancel(lever) => block_on(steer::pull(
+            &lever.state,
+            steer::Lever::Cancel,
+            &lever.task,
+            lever.by.as_deref(),
+        )),
+        Command::Events {
+            wave,
+            follow,
+            json,
+            state,
+        } => block_on(events::run(&state, wave.as_deref(), follow, json)),
+        Command::Rehearse { definitions, seed } => block_on(rehearse::run(&definitions, seed)),
         Command::Validate {
             definitions,
             format,
@@ -105,25 +271,23 @@ pub fn main() -> ExitCode {
         Command::Import {
             source: ImportSource::Cmf(args),
         } => import::run(&args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
 /// Loads the definitions and prints their diagnostics; `None` when they have errors, so
 /// nothing is planned from a broken definition.
 pub fn load_valid(args: &DefinitionArgs) -> anyhow::Result<Option<waves::Definitions>> {
+    Ok(load_loaded(args)?.map(|loaded| loaded.definitions))
+}
+
+/// Like [`load_valid`], keeping the source texts.
+pub fn load_loaded(args: &DefinitionArgs) -> anyhow::Result<Option<waves::Loaded>> {
     let loaded = waves::load_paths(&args.paths, args.config.as_deref());
     validate::print_diagnostics(&loaded.diagnostics)?;
     if loaded.diagnostics.has_errors() {
         return Ok(None);
     }
-    Ok(Some(loaded.definitions))
+    Ok(Some(loaded))
 }
 
 /// Loads valid definitions and checks the `--wave` filter names one of them. Plans and

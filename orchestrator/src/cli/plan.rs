@@ -35,7 +35,7 @@ pub fn run(
         }
         PlanFormat::Dot => render_dot(&plan, &shown),
     };
-    print!("{output}");
+    out!("{output}");
     let errors = plan
         .findings
         .iter()

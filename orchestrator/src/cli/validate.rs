@@ -14,7 +14,7 @@ pub fn run(args: &DefinitionArgs, format: DiagnosticFormat) -> anyhow::Result<Ex
         DiagnosticFormat::Text => {
             print_diagnostics(&loaded.diagnostics)?;
             if !has_errors {
-                println!("{}", summary(&loaded));
+                outln!("{}", summary(&loaded));
             }
         }
         DiagnosticFormat::Json => {
@@ -24,7 +24,7 @@ pub fn run(args: &DefinitionArgs, format: DiagnosticFormat) -> anyhow::Result<Ex
                 "warnings": loaded.diagnostics.warning_count(),
                 "diagnostics": loaded.diagnostics.clone().into_sorted(),
             });
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            outln!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
     Ok(if has_errors {

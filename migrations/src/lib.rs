@@ -1,0 +1,19 @@
+//! The schema of Wavelift's store, as migrations. Written with sea-query's builders (no
+//! SQL dialect), so the same migrations run on SQLite and PostgreSQL. This crate knows
+//! tables and columns only; the entities live in the orchestrator's store.
+//!
+//! Times are stored as milliseconds since the Unix epoch (UTC) in BIGINT columns: one
+//! representation on both databases, ordered and indexable.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_initial::Migration)]
+    }
+}

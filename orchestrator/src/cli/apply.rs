@@ -1,0 +1,84 @@
+//! `wavelift apply`: validate, plan, and store a new revision of the definitions.
+
+use std::process::ExitCode;
+
+use waves::plan;
+
+use super::state::StateArgs;
+use super::{DefinitionArgs, load_loaded};
+use crate::store::{ApplyOptions, ApplyReport, Store};
+
+pub async fn run(
+    definitions: &DefinitionArgs,
+    state: &StateArgs,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(store) = apply_paths(definitions, state, force).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    drop(store);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the definitions at the paths; `None` when they are invalid (diagnostics
+/// printed). Shared by `apply` and `run PATH`.
+pub async fn apply_paths(
+    args: &DefinitionArgs,
+    state: &StateArgs,
+    force: bool,
+) -> anyhow::Result<Option<Store>> {
+    let Some(loaded) = load_loaded(args)? else {
+        return Ok(None);
+    };
+    let plan = plan::plan(&loaded.definitions);
+    for finding in &plan.findings {
+        eprintln!(
+            "{}: {}: {}",
+            match finding.severity {
+                plan::FindingSeverity::Error => "plan error",
+                plan::FindingSeverity::Warning => "plan warning",
+            },
+            finding.wave,
+            finding.message
+        );
+    }
+    let store = state.open(Some(&loaded.definitions.config)).await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let report = store
+        .apply(
+            &loaded.definitions,
+            &plan,
+            &loaded.sources,
+            ApplyOptions { force },
+            now,
+        )
+        .await?;
+    print_report(&report)?;
+    Ok(Some(store))
+}
+
+fn print_report(report: &ApplyReport) -> std::io::Result<()> {
+    outln!(
+        "applied revision {}: {} tasks{}",
+        report.revision,
+        report.tasks,
+        if report.is_empty() {
+            ", no server changed"
+        } else {
+            ""
+        }
+    );
+    for name in &report.added {
+        outln!("  + {name}");
+    }
+    for name in &report.changed {
+        outln!("  ~ {name}");
+    }
+    for (name, from, to) in &report.moved {
+        outln!("  > {name} (wave {from} -> {to})");
+    }
+    for name in &report.removed {
+        outln!("  - {name} (its unfinished tasks are cancelled; its history is kept)");
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! `wavelift run`: execute every wave's plan on its schedule, all waves in parallel.
+//! With PATHs, the definitions are applied first. The state is in the store, so `run`
+//! can be stopped (or killed) and started again at any moment.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use super::DefinitionArgs;
+use super::state::{self, StateArgs};
+use super::status;
+use crate::executor::{Executor, Limits, RunOptions, Stopped};
+use crate::scheduler::SchedulerClock;
+use crate::scheduler::clock::WARP_KEY;
+use crate::store::Store;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Wave files or folders to apply first (optional)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Configuration file; by default the wavelift.yaml found among PATH
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Stop when nothing more can happen without an operator
+    #[arg(long)]
+    pub until_done: bool,
+    /// Jump the clock to the next due time whenever nothing is running
+    #[arg(long)]
+    pub time_warp: bool,
+    /// Seed of the rehearsal engine's injected failures
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Tasks run at once, over all waves
+    #[arg(long, default_value_t = 256)]
+    pub max_tasks: usize,
+    /// Tasks of one wave run at once
+    #[arg(long, default_value_t = 128)]
+    pub max_tasks_per_wave: usize,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let store = if args.paths.is_empty() {
+        args.state.open(None).await?
+    } else {
+        let definitions = DefinitionArgs {
+            paths: args.paths.clone(),
+            config: args.config.clone(),
+        };
+        match super::apply::apply_paths(&definitions, &args.state, false).await? {
+            Some(store) => store,
+            None => return Ok(ExitCode::FAILURE),
+        }
+    };
+    let Some(executor) = executor(&store, args).await? else {
+        eprintln!(
+            "nothing to run: apply definitions first (wavelift apply PATH, or wavelift run PATH)"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut last_report = Instant::now();
+    let stopped = executor
+        .run(
+            RunOptions {
+                until_done: args.until_done,
+            },
+            |count| {
+                done += count;
+                if last_report.elapsed().as_secs() >= 2 {
+                    last_report = Instant::now();
+                    eprintln!("  ... {done} task steps run");
+                }
+            },
+        )
+        .await?;
+    let summary = status::summary(&executor.store, None).await?;
+    out!("{summary}");
+    match stopped {
+        Stopped::AllDone => outln!(
+            "every task is final ({} steps in {:.1}s); the state is in {}: see `wavelift status` and `wavelift events`",
+            done,
+            started.elapsed().as_secs_f64(),
+            crate::store::redact(&args.state.database_url(None))
+        ),
+        Stopped::AwaitingApproval(n) => outln!(
+            "{n} task(s) wait for an operator: approve with `wavelift approve WAVE`, then run again"
+        ),
+        Stopped::Interrupted => outln!("stopped; `wavelift run` goes on from here"),
+    }
+    let failed = executor
+        .store
+        .tasks(None)
+        .await?
+        .iter()
+        .any(|t| t.state == "failed" || t.state == "blocked");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The executor for the store's current revision; `None` when nothing was applied.
+pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Executor>> {
+    let Some((revision, sources)) = store.current_sources().await? else {
+        return Ok(None);
+    };
+    let loaded = sources.load();
+    if loaded.diagnostics.has_errors() {
+        super::validate::print_diagnostics(&loaded.diagnostics)?;
+        anyhow::bail!("revision {revision} in the store no longer validates with this Wavelift");
+    }
+    let definitions = Arc::new(loaded.definitions);
+    let clock = Arc::new(if args.time_warp {
+        let stored = store
+            .meta_get(WARP_KEY)
+            .await?
+            .and_then(|v| v.parse::<i64>().ok());
+        let now = jiff::Timestamp::now().as_millisecond();
+        SchedulerClock::warped(stored.unwrap_or(now))
+    } else {
+        SchedulerClock::system()
+    });
+    let (engines, notes) = state::engines(
+        &definitions,
+        &clock,
+        &args.state.state_dir,
+        args.seed,
+        false,
+    )
+    .context("cannot start the replication engines")?;
+    for note in notes {
+        eprintln!("{note}");
+    }
+    let ports = state::ports(&definitions, engines);
+    Ok(Some(Executor {
+        store: store.clone(),
+        definitions,
+        ports,
+        clock,
+        owner: format!("{}:{}", hostname(), std::process::id()),
+        limits: Limits {
+            global: args.max_tasks.max(1),
+            per_wave: args.max_tasks_per_wave.max(1),
+        },
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "wavelift".to_owned())
+}

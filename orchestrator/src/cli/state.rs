@@ -1,0 +1,144 @@
+//! Where the state lives (the database and the state folder) and how the commands that
+//! run waves open it and build the ports.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use replication::ReplicationEngine;
+use replication::sim::{SimConfig, SimEngine};
+use tasks::cmdb::{Cmdb, FileCmdb, NoCmdb};
+use tasks::shell::{LocalShell, RemoteShell};
+use waves::config::{Cmdb as CmdbConfig, Config};
+use waves::model::{Definitions, EngineKind};
+
+use crate::executor::Ports;
+use crate::scheduler::SchedulerClock;
+use crate::store::Store;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: the
+    /// configuration's database.url when given, else sqlite://.wavelift/state.db)
+    #[arg(long, env = "WAVELIFT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Folder for local state: the rehearsal engine's state, the outbox
+    #[arg(
+        long,
+        env = "WAVELIFT_STATE_DIR",
+        value_name = "DIR",
+        default_value = ".wavelift"
+    )]
+    pub state_dir: PathBuf,
+}
+
+impl StateArgs {
+    /// The database to use: the flag or environment, else the configuration's (relative
+    /// SQLite paths from the configuration's folder), else the default.
+    pub fn database_url(&self, config: Option<&Config>) -> String {
+        if let Some(url) = &self.database_url {
+            return url.clone();
+        }
+        match config {
+            Some(config) if config.database_url != waves::config::DEFAULT_DATABASE_URL => {
+                resolve_sqlite(&config.database_url, &config.base_dir)
+            }
+            _ => waves::config::DEFAULT_DATABASE_URL.to_owned(),
+        }
+    }
+
+    pub async fn open(&self, config: Option<&Config>) -> anyhow::Result<Store> {
+        Store::open(&self.database_url(config)).await
+    }
+}
+
+fn resolve_sqlite(url: &str, base: &Path) -> String {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return url.to_owned();
+    };
+    let (path, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(p, q)| (p, Some(q)));
+    if path.starts_with('/') || path == ":memory:" {
+        return url.to_owned();
+    }
+    let joined = base.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}
+
+/// The engine of each kind the waves use.
+pub type Engines = HashMap<EngineKind, Arc<dyn ReplicationEngine>>;
+
+/// The engines the waves use. The local engine arrives with its own issue; until then
+/// its waves run on the rehearsal engine, and say so.
+pub fn engines(
+    definitions: &Definitions,
+    clock: &Arc<SchedulerClock>,
+    state_dir: &Path,
+    seed: u64,
+    in_memory: bool,
+) -> anyhow::Result<(Engines, Vec<String>)> {
+    let mut notes = Vec::new();
+    let used: std::collections::BTreeSet<EngineKind> =
+        definitions.waves.iter().map(|w| w.engine.value).collect();
+    if used.contains(&EngineKind::Mgn) {
+        let waves: Vec<&str> = definitions
+            .waves
+            .iter()
+            .filter(|w| w.engine.value == EngineKind::Mgn)
+            .map(|w| w.name.value.as_str())
+            .collect();
+        bail!(
+            "the mgn engine is not available in this build (waves {}): rehearse them with `wavelift rehearse`",
+            waves.join(", ")
+        );
+    }
+    let clock_dyn: Arc<dyn replication::Clock> = Arc::clone(clock) as Arc<dyn replication::Clock>;
+    let sim: Arc<dyn ReplicationEngine> = if in_memory {
+        Arc::new(SimEngine::new(SimConfig::rehearsal(seed), clock_dyn))
+    } else {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
+        let file = state_dir.join("sim-engine.json");
+        Arc::new(
+            SimEngine::open(SimConfig::rehearsal(seed), clock_dyn, &file).map_err(|err| {
+                anyhow::anyhow!("cannot open the rehearsal engine's state: {err}")
+            })?,
+        )
+    };
+    let mut map = HashMap::new();
+    map.insert(EngineKind::Sim, Arc::clone(&sim));
+    if used.contains(&EngineKind::Local) {
+        notes.push(
+            "rehearsal: the local replication engine is not available in this version; waves on `local` run on the rehearsal engine (sim)".to_owned(),
+        );
+        map.insert(EngineKind::Local, sim);
+    }
+    Ok((map, notes))
+}
+
+pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
+    let config = &definitions.config;
+    let cmdb: Arc<dyn Cmdb> = match &config.cmdb {
+        Some(CmdbConfig::File { path }) => Arc::new(FileCmdb::new(&config.resolve(path))),
+        None => Arc::new(NoCmdb),
+    };
+    let shell: Arc<dyn RemoteShell> = Arc::new(LocalShell);
+    Ports {
+        engines,
+        shell,
+        cmdb,
+    }
+}
+
+/// Who the operator is, for approvals and the log.
+pub fn operator(by: Option<&str>) -> String {
+    by.map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "operator".to_owned())
+}

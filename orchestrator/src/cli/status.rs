@@ -1,0 +1,159 @@
+//! `wavelift status`: where every wave, application, server and task stands.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use super::state::StateArgs;
+use crate::store::{Store, TaskRow, TaskState};
+
+pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let store = state.open(None).await?;
+    if json {
+        let tasks = store.tasks(wave).await?;
+        let document = serde_json::json!({
+            "format": "wavelift-status",
+            "version": 1,
+            "tasks": tasks.iter().map(|t| serde_json::json!({
+                "id": t.id,
+                "wave": t.wave,
+                "application": t.application,
+                "server": t.server,
+                "kind": t.kind,
+                "state": t.state,
+                "attempts": t.attempts,
+                "earliest": ms_to_text(Some(t.earliest)),
+                "deadline": ms_to_text(t.deadline),
+                "next_run_at": ms_to_text(Some(t.next_run_at)),
+                "started_at": ms_to_text(t.started_at),
+                "finished_at": ms_to_text(t.finished_at),
+                "reason": t.reason,
+                "approval_required": t.approval_required,
+                "approved_by": t.approved_by,
+            })).collect::<Vec<_>>(),
+        });
+        outln!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        out!("{}", summary(&store, wave).await?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ms_to_text(ms: Option<i64>) -> Option<String> {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string())
+}
+
+fn symbol(task: &TaskRow) -> char {
+    match task.state() {
+        TaskState::Pending => '.',
+        TaskState::Running => '>',
+        TaskState::AwaitingApproval => '?',
+        TaskState::Succeeded => '+',
+        TaskState::Failed => 'X',
+        TaskState::Skipped => '-',
+        TaskState::Cancelled => 'c',
+        TaskState::Blocked => 'b',
+    }
+}
+
+/// Counts per wave, a server-by-task matrix, and what needs attention.
+pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String> {
+    let tasks = store.tasks(wave).await?;
+    let mut out = String::new();
+    if tasks.is_empty() {
+        let _ = writeln!(
+            out,
+            "no tasks: apply definitions first (wavelift apply PATH)"
+        );
+        return Ok(out);
+    }
+    let mut waves: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
+    for task in &tasks {
+        waves.entry(task.wave.as_str()).or_default().push(task);
+    }
+    let kinds = waves::model::TaskKind::NAMES;
+    for (name, rows) in &waves {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for row in rows {
+            *counts.entry(row.state.as_str()).or_default() += 1;
+        }
+        let done = rows.iter().filter(|r| r.state().is_final()).count();
+        let _ = writeln!(
+            out,
+            "{name}: {done} of {} tasks final ({})",
+            rows.len(),
+            counts
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "  {:<24} {}",
+            "server",
+            kinds
+                .iter()
+                .map(|k| abbreviation(k))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
+        for row in rows {
+            if let Some(server) = &row.server {
+                servers
+                    .entry((row.application.as_str(), server.as_str()))
+                    .or_default()
+                    .insert(row.kind.as_str(), row);
+            }
+        }
+        for ((_, server), by_kind) in &servers {
+            let cells: Vec<String> = kinds
+                .iter()
+                .map(|k| {
+                    let mark = by_kind.get(k).map_or(' ', |t| symbol(t));
+                    format!("{:^4}", mark)
+                })
+                .collect();
+            let _ = writeln!(out, "  {server:<24} {}", cells.join(" "));
+        }
+        for row in rows {
+            match row.state() {
+                TaskState::AwaitingApproval => {
+                    let _ = writeln!(
+                        out,
+                        "  awaiting approval: {} (wavelift approve {} --app {})",
+                        row.application, row.wave, row.application
+                    );
+                }
+                TaskState::Failed => {
+                    let _ = writeln!(
+                        out,
+                        "  failed: {}: {}",
+                        row.id,
+                        row.reason.as_deref().unwrap_or("no reason recorded")
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "legend: + succeeded  > running  . pending  ? awaiting approval  X failed  b blocked  - skipped  c cancelled"
+    );
+    Ok(out)
+}
+
+fn abbreviation(kind: &str) -> &'static str {
+    match kind {
+        "prereq_check" => "prer",
+        "agent_push" => "agnt",
+        "replication_verify" => "repl",
+        "boot_test" => "boot",
+        "cutover" => "cutv",
+        "cmdb_cleanup" => "cmdb",
+        _ => "????",
+    }
+}

@@ -1,0 +1,161 @@
+//! The executor: claims runnable tasks under a lease, runs each one's next step, and
+//! records the outcomes in one transaction per batch. Between batches it waits for the
+//! next due time, or with a warped clock jumps to it.
+//!
+//! What the executor decides, the store enforces: a task is claimed only when its
+//! dependencies succeeded and it is due; an outcome is written only while the lease is
+//! the executor's. Killed at any moment, the next process re-runs at most the steps
+//! whose outcomes were not committed, and the tasks find the engine's actions they
+//! already took instead of taking them again.
+
+mod step;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use replication::ReplicationEngine;
+use tasks::cmdb::Cmdb;
+use tasks::shell::RemoteShell;
+use waves::model::{Definitions, EngineKind};
+
+use crate::scheduler::SchedulerClock;
+use crate::scheduler::clock::WARP_KEY;
+use crate::store::{Completion, Store};
+
+/// How long a claimed task is the executor's before another worker may take it.
+pub const LEASE_MS: i64 = 60_000;
+
+/// How long to sleep at most between looks at the store, with the wall clock.
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Tasks run at once, over all waves.
+    pub global: usize,
+    /// Tasks of one wave run at once.
+    pub per_wave: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            global: 256,
+            per_wave: 128,
+        }
+    }
+}
+
+/// Everything the tasks act through.
+pub struct Ports {
+    pub engines: HashMap<EngineKind, Arc<dyn ReplicationEngine>>,
+    pub shell: Arc<dyn RemoteShell>,
+    pub cmdb: Arc<dyn Cmdb>,
+}
+
+pub struct Executor {
+    pub store: Store,
+    pub definitions: Arc<Definitions>,
+    pub ports: Ports,
+    pub clock: Arc<SchedulerClock>,
+    pub owner: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Stop when no task can make progress without an operator.
+    pub until_done: bool,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every task is in a final state.
+    AllDone,
+    /// Nothing can move until an operator approves these gates.
+    AwaitingApproval(usize),
+    /// Asked to stop (Ctrl-C).
+    Interrupted,
+}
+
+impl Executor {
+    /// Runs until every task is final (with `until_done`), or until interrupted.
+    pub async fn run(
+        &self,
+        options: RunOptions,
+        mut on_batch: impl FnMut(usize),
+    ) -> anyhow::Result<Stopped> {
+        let index = step::index(&self.definitions);
+        let mut interrupt = Box::pin(tokio::signal::ctrl_c());
+        loop {
+            let now = self.clock.now_ms();
+            let claimed = self
+                .store
+                .claim(&self.owner, now, now + LEASE_MS, self.limits.global as u32)
+                .await?;
+            if claimed.is_empty() {
+                let unfinished = self.store.unfinished_count().await?;
+                let due = self.store.next_due().await?;
+                match due {
+                    Some(due) if self.clock.is_warped() => {
+                        self.clock.advance_to(due.max(now));
+                        self.store
+                            .meta_set(WARP_KEY, &self.clock.now_ms().to_string())
+                            .await?;
+                        continue;
+                    }
+                    Some(_) => {}
+                    None if options.until_done => {
+                        return Ok(if unfinished == 0 {
+                            Stopped::AllDone
+                        } else {
+                            Stopped::AwaitingApproval(unfinished as usize)
+                        });
+                    }
+                    None => {}
+                }
+                let wait = match due {
+                    Some(due) => Duration::from_millis((due - now).clamp(10, 2_000) as u64),
+                    None => IDLE_POLL,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
+                    _ = &mut interrupt => return Ok(Stopped::Interrupted),
+                }
+                continue;
+            }
+            let (run_now, later) = step::within_wave_limit(claimed, self.limits.per_wave);
+            let count = run_now.len();
+            let mut set = tokio::task::JoinSet::new();
+            for task in run_now {
+                let ctx = step::StepInputs {
+                    definitions: Arc::clone(&self.definitions),
+                    index: Arc::clone(&index),
+                    engines: self.ports.engines.clone(),
+                    shell: Arc::clone(&self.ports.shell),
+                    cmdb: Arc::clone(&self.ports.cmdb),
+                    now,
+                };
+                set.spawn(async move { step::run_step(ctx, task).await });
+            }
+            let mut completions: Vec<Completion> = later
+                .into_iter()
+                .map(|task| Completion::Waiting {
+                    id: task.id,
+                    step: task.step.unwrap_or_default(),
+                    next_run_at: now,
+                    events: Vec::new(),
+                })
+                .collect();
+            while let Some(result) = set.join_next().await {
+                completions.push(result?);
+            }
+            let finished_at = self.clock.now_ms().max(now);
+            self.store
+                .complete(&self.owner, finished_at, completions)
+                .await?;
+            on_batch(count);
+        }
+    }
+}

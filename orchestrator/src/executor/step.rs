@@ -1,0 +1,411 @@
+//! One turn of one task: find its server and settings, enforce its phase, its timeout
+//! and its retries, run its next step, and turn the report into a completion with the
+//! attempt's record and the events for the job progress log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use replication::ReplicationEngine;
+use serde::{Deserialize, Serialize};
+use tasks::cmdb::Cmdb;
+use tasks::shell::RemoteShell;
+use tasks::{Progress, Report, TaskContext};
+use waves::model::{Definitions, EngineKind, Server, TaskKind, Wave};
+use waves::units::format_seconds;
+
+use crate::scheduler::clock::timestamp;
+use crate::store::{AttemptRecord, ClaimedTask, Completion, NewEvent};
+
+/// Where a server is in the definitions: (wave index, application index, server index).
+pub type WaveServer = (usize, usize, usize);
+
+pub fn index(definitions: &Definitions) -> Arc<HashMap<String, WaveServer>> {
+    let mut map = HashMap::new();
+    for (w, wave) in definitions.waves.iter().enumerate() {
+        for (a, app) in wave.applications.iter().enumerate() {
+            for (s, server) in app.servers.iter().enumerate() {
+                map.insert(server.name.value.clone(), (w, a, s));
+            }
+        }
+    }
+    Arc::new(map)
+}
+
+pub struct StepInputs {
+    pub definitions: Arc<Definitions>,
+    pub index: Arc<HashMap<String, WaveServer>>,
+    pub engines: HashMap<EngineKind, Arc<dyn ReplicationEngine>>,
+    pub shell: Arc<dyn RemoteShell>,
+    pub cmdb: Arc<dyn Cmdb>,
+    pub now: i64,
+}
+
+/// What the store keeps between turns: when the attempt started, the task's own step,
+/// and the last note (so the log says each new state once).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Resume {
+    attempt_started: i64,
+    note: Option<String>,
+    task: Option<serde_json::Value>,
+}
+
+/// Splits a claimed batch into what runs now and what waits for the next batch, so no
+/// wave runs more than `per_wave` tasks at once.
+pub fn within_wave_limit(
+    claimed: Vec<ClaimedTask>,
+    per_wave: usize,
+) -> (Vec<ClaimedTask>, Vec<ClaimedTask>) {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    claimed.into_iter().partition(|task| {
+        let count = counts.entry(task.wave.clone()).or_insert(0);
+        *count += 1;
+        *count <= per_wave
+    })
+}
+
+fn event(task: &ClaimedTask, at: i64, kind: &str, message: String) -> NewEvent {
+    NewEvent {
+        at,
+        wave: task.wave.clone(),
+        server: task.server.clone(),
+        task_id: Some(task.id.clone()),
+        kind: kind.to_owned(),
+        message,
+        data: None,
+    }
+}
+
+fn attempt(
+    started: i64,
+    now: i64,
+    outcome: &str,
+    checks: &[tasks::Check],
+    output: &str,
+    error: Option<String>,
+) -> AttemptRecord {
+    AttemptRecord {
+        started_at: started,
+        finished_at: now,
+        outcome: outcome.to_owned(),
+        checks: serde_json::to_string(checks).unwrap_or_else(|_| "[]".to_owned()),
+        output: output.to_owned(),
+        error,
+    }
+}
+
+pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
+    let now = inputs.now;
+    if task.kind == "gate" {
+        return gate(&task, now);
+    }
+    let Some(server_name) = task.server.clone() else {
+        return failed(
+            &task,
+            None,
+            now,
+            now,
+            format!("task {} has no server", task.id),
+        );
+    };
+    let Some(&(w, a, s)) = inputs.index.get(&server_name) else {
+        return failed(
+            &task,
+            None,
+            now,
+            now,
+            format!("server `{server_name}` is not in the applied definitions: apply them again"),
+        );
+    };
+    let wave = &inputs.definitions.waves[w];
+    let server = &wave.applications[a].servers[s];
+    let Some(kind) = TaskKind::from_name(&task.kind) else {
+        return failed(
+            &task,
+            None,
+            now,
+            now,
+            format!("unknown task kind `{}`", task.kind),
+        );
+    };
+    let resume: Option<Resume> = task
+        .step
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| serde_json::from_str(s).ok());
+    let first_turn = resume.is_none();
+    let resume = resume.unwrap_or(Resume {
+        attempt_started: now,
+        note: None,
+        task: None,
+    });
+    let mut events = Vec::new();
+    if first_turn && task.attempts == 0 {
+        events.push(event(
+            &task,
+            now,
+            "task.started",
+            format!("{} started", task.id),
+        ));
+    }
+    // A task that has not started by its deadline missed its phase; the cutover checks
+    // its window itself (it must not start if it cannot finish).
+    if first_turn
+        && task.attempts == 0
+        && kind != TaskKind::Cutover
+        && task.deadline.is_some_and(|d| now > d)
+    {
+        let deadline = timestamp(task.deadline.unwrap_or(now));
+        return failed(
+            &task,
+            None,
+            resume.attempt_started,
+            now,
+            format!("missed its phase: it could not start before {deadline}"),
+        );
+    }
+    let settings = server.tasks.attempts(kind);
+    let timeout_ms = (settings.timeout.approx_seconds() as i64).saturating_mul(1000);
+    if now - resume.attempt_started > timeout_ms {
+        let report = Report::fail(
+            format!("timed out after {}", settings.timeout),
+            true,
+            Vec::new(),
+        );
+        return finish(&task, kind, server, wave, now, resume, report, events);
+    }
+    let Some(engine) = inputs.engines.get(&wave.engine.value) else {
+        return failed(
+            &task,
+            None,
+            resume.attempt_started,
+            now,
+            format!("engine {} is not available", wave.engine.value),
+        );
+    };
+    let timezone = wave.window.interval.start.time_zone().clone();
+    let started_at = timestamp(task.started_at.unwrap_or(now));
+    let ctx = TaskContext {
+        task_id: &task.id,
+        kind,
+        wave: &wave.name.value,
+        timezone: &timezone,
+        server,
+        window: [
+            wave.window.interval.start.timestamp(),
+            wave.window.interval.end.timestamp(),
+        ],
+        now: timestamp(now),
+        started_at,
+        attempt: u32::try_from(task.attempts).unwrap_or(0),
+        step: resume.task.clone(),
+        engine: engine.as_ref(),
+        shell: inputs.shell.as_ref(),
+        cmdb: inputs.cmdb.as_ref(),
+    };
+    let report = tasks::run(&ctx).await;
+    finish(&task, kind, server, wave, now, resume, report, events)
+}
+
+fn gate(task: &ClaimedTask, now: i64) -> Completion {
+    if task.approval_required && task.approved_by.is_none() {
+        return Completion::AwaitingApproval {
+            id: task.id.clone(),
+            events: vec![event(
+                task,
+                now,
+                "gate.awaiting_approval",
+                format!(
+                    "`{}` is ready to cut over and waits for a go: wavelift approve {} --app {}",
+                    task.application, task.wave, task.application
+                ),
+            )],
+        };
+    }
+    let by = task
+        .approved_by
+        .as_deref()
+        .map(|b| format!(", approved by {b}"))
+        .unwrap_or_default();
+    Completion::Succeeded {
+        id: task.id.clone(),
+        step: None,
+        attempt: attempt(now, now, "succeeded", &[], "gate open", None),
+        events: vec![event(
+            task,
+            now,
+            "gate.open",
+            format!(
+                "`{}` may cut over: boot tests and dependencies passed{by}",
+                task.application
+            ),
+        )],
+    }
+}
+
+fn failed(
+    task: &ClaimedTask,
+    step: Option<String>,
+    started: i64,
+    now: i64,
+    reason: String,
+) -> Completion {
+    Completion::Failed {
+        id: task.id.clone(),
+        step,
+        reason: reason.clone(),
+        attempt: Some(attempt(
+            started,
+            now,
+            "failed",
+            &[],
+            "",
+            Some(reason.clone()),
+        )),
+        events: vec![event(
+            task,
+            now,
+            "task.failed",
+            format!("{} failed: {reason}", task.id),
+        )],
+    }
+}
+
+/// Exponential backoff with a deterministic jitter of up to a quarter, so retries of
+/// many servers spread out but a rerun with the same inputs waits the same.
+fn backoff_ms(base_seconds: u64, attempts: i32, id: &str) -> i64 {
+    let exponent = attempts.clamp(0, 16) as u32;
+    let base = (base_seconds as i64)
+        .saturating_mul(1000)
+        .saturating_mul(1_i64 << exponent);
+    let hash = id.bytes().fold(0xcbf29ce484222325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    let jitter = (hash % 1000) as i64 * base / 4000;
+    base.saturating_add(jitter).min(24 * 3600 * 1000)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    task: &ClaimedTask,
+    kind: TaskKind,
+    server: &Server,
+    wave: &Wave,
+    now: i64,
+    mut resume: Resume,
+    report: Report,
+    mut events: Vec<NewEvent>,
+) -> Completion {
+    let _ = wave;
+    for action in &report.actions {
+        events.push(event(task, now, &action.action, action.detail.clone()));
+    }
+    match report.progress {
+        Progress::Done { checks, output } => {
+            events.push(event(
+                task,
+                now,
+                "task.succeeded",
+                format!("{} succeeded: {output}", task.id),
+            ));
+            Completion::Succeeded {
+                id: task.id.clone(),
+                step: None,
+                attempt: attempt(
+                    resume.attempt_started,
+                    now,
+                    "succeeded",
+                    &checks,
+                    &output,
+                    None,
+                ),
+                events,
+            }
+        }
+        Progress::Wait { step, until, note } => {
+            if resume.note.as_deref() != Some(note.as_str()) {
+                events.push(event(
+                    task,
+                    now,
+                    "task.progress",
+                    format!("{}: {note}", task.id),
+                ));
+                resume.note = Some(note);
+            }
+            resume.task = Some(step);
+            // Each scheduled replication check is an attempt of its own: its timeout
+            // bounds one check, not the days between the first and the last.
+            if kind == TaskKind::ReplicationVerify {
+                resume.attempt_started = until.as_millisecond();
+            }
+            Completion::Waiting {
+                id: task.id.clone(),
+                step: serde_json::to_string(&resume).unwrap_or_default(),
+                next_run_at: until.as_millisecond().max(now + 1),
+                events,
+            }
+        }
+        Progress::Fail {
+            reason,
+            retryable,
+            checks,
+            step,
+        } => {
+            let settings = server.tasks.attempts(kind);
+            let retries_left = i64::from(settings.retries) > i64::from(task.attempts);
+            let record = attempt(
+                resume.attempt_started,
+                now,
+                if retryable && retries_left {
+                    "retrying"
+                } else {
+                    "failed"
+                },
+                &checks,
+                "",
+                Some(reason.clone()),
+            );
+            if retryable && retries_left {
+                let wait = backoff_ms(settings.backoff.approx_seconds(), task.attempts, &task.id);
+                let next = Resume {
+                    attempt_started: now + wait,
+                    note: None,
+                    task: step,
+                };
+                events.push(event(
+                    task,
+                    now,
+                    "task.retrying",
+                    format!(
+                        "{} failed ({reason}); attempt {} of {} in {}",
+                        task.id,
+                        task.attempts + 2,
+                        settings.retries + 1,
+                        format_seconds(wait as f64 / 1000.0)
+                    ),
+                ));
+                Completion::Retry {
+                    id: task.id.clone(),
+                    step: Some(serde_json::to_string(&next).unwrap_or_default()),
+                    next_run_at: now + wait,
+                    reason,
+                    attempt: record,
+                    events,
+                }
+            } else {
+                events.push(event(
+                    task,
+                    now,
+                    "task.failed",
+                    format!("{} failed: {reason}", task.id),
+                ));
+                Completion::Failed {
+                    id: task.id.clone(),
+                    step: None,
+                    reason,
+                    attempt: Some(record),
+                    events,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Wall-clock time, or warped time that jumps to the next due time whenever nothing is
+//! running. Warped time is kept in the store, so a restarted process goes on from the
+//! same moment instead of jumping back.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use jiff::Timestamp;
+
+pub struct SchedulerClock {
+    /// Milliseconds since the epoch, when warped.
+    warped: Option<AtomicI64>,
+}
+
+/// The store key of the warped clock.
+pub const WARP_KEY: &str = "clock.warped_now_ms";
+
+impl SchedulerClock {
+    pub fn system() -> SchedulerClock {
+        SchedulerClock { warped: None }
+    }
+
+    pub fn warped(start_ms: i64) -> SchedulerClock {
+        SchedulerClock {
+            warped: Some(AtomicI64::new(start_ms)),
+        }
+    }
+
+    pub fn is_warped(&self) -> bool {
+        self.warped.is_some()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.warped {
+            Some(now) => now.load(Ordering::SeqCst),
+            None => Timestamp::now().as_millisecond(),
+        }
+    }
+
+    /// Moves warped time forward to `ms` (never backwards). No effect on the wall clock.
+    pub fn advance_to(&self, ms: i64) {
+        if let Some(now) = &self.warped {
+            now.fetch_max(ms, Ordering::SeqCst);
+        }
+    }
+}
+
+impl replication::Clock for SchedulerClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millisecond(self.now_ms()).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+}
+
+/// A store time as a timestamp.
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}

@@ -1,0 +1,525 @@
+//! Storing a revision of the definitions: waves, servers and their tasks, with the
+//! difference from the revision before. History is never rewritten: tasks that ran keep
+//! their state and attempts; tasks of removed servers are cancelled, not deleted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use anyhow::{Context as _, bail};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+use serde::Serialize;
+use waves::load::Sources;
+use waves::model::{Definitions, TaskKind};
+use waves::plan::Plan;
+
+use super::Store;
+use super::events::{NewEvent, insert_events};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Remove servers even while their tasks run: those tasks are cancelled.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyReport {
+    pub revision: i64,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub moved: Vec<(String, String, String)>,
+    pub removed: Vec<String>,
+    pub tasks: usize,
+}
+
+impl ApplyReport {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.moved.is_empty()
+            && self.removed.is_empty()
+    }
+}
+
+/// The id of an application's gate task.
+pub fn gate_id(application: &str) -> String {
+    format!("{application}/ready")
+}
+
+struct StoredServer {
+    wave: String,
+    spec: String,
+}
+
+fn ms(t: jiff::Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+impl Store {
+    /// The sources of the newest revision, if any was applied.
+    pub async fn current_sources(&self) -> anyhow::Result<Option<(i64, Sources)>> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT id, definitions FROM revisions ORDER BY id DESC LIMIT 1",
+                vec![],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("", "id")?;
+        let text: String = row.try_get("", "definitions")?;
+        let sources: Sources = serde_json::from_str(&text)
+            .with_context(|| format!("revision {id} in the store cannot be read"))?;
+        Ok(Some((id, sources)))
+    }
+
+    /// Stores valid definitions and their plan as a new revision.
+    pub async fn apply(
+        &self,
+        definitions: &Definitions,
+        plan: &Plan,
+        sources: &Sources,
+        options: ApplyOptions,
+        now: i64,
+    ) -> anyhow::Result<ApplyReport> {
+        let txn = self.write_transaction().await?;
+        let stored = self.stored_servers(&txn).await?;
+        let states = self.task_states(&txn).await?;
+        let mut report = ApplyReport::default();
+
+        let mut new_servers: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+        for wave in &definitions.waves {
+            for (app, server) in wave.servers() {
+                let spec = serde_json::to_string(server)?;
+                new_servers.insert(
+                    server.name.value.clone(),
+                    (wave.name.value.clone(), app.name.value.clone(), spec),
+                );
+            }
+        }
+        let mut refusals = Vec::new();
+        for (name, (wave, _, spec)) in &new_servers {
+            match stored.get(name) {
+                None => report.added.push(name.clone()),
+                Some(old) if old.wave != *wave => {
+                    let cutover = states.get(&format!("{name}/cutover")).map(String::as_str);
+                    if !matches!(
+                        cutover,
+                        None | Some("pending") | Some("blocked") | Some("skipped")
+                    ) {
+                        refusals.push(format!(
+                            "server `{name}` cannot move from wave `{}` to `{wave}`: its cutover has started ({})",
+                            old.wave,
+                            cutover.unwrap_or_default()
+                        ));
+                    }
+                    report
+                        .moved
+                        .push((name.clone(), old.wave.clone(), wave.clone()));
+                }
+                Some(old) if old.spec != *spec => report.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        for name in stored.keys() {
+            if new_servers.contains_key(name) {
+                continue;
+            }
+            report.removed.push(name.clone());
+            let running: Vec<String> = TaskKind::ALL
+                .iter()
+                .map(|k| format!("{name}/{k}"))
+                .filter(|id| {
+                    matches!(
+                        states.get(id).map(String::as_str),
+                        Some("running") | Some("awaiting_approval")
+                    )
+                })
+                .collect();
+            if !running.is_empty() && !options.force {
+                refusals.push(format!(
+                    "server `{name}` cannot be removed while {} runs: wait, cancel it, or apply with --force (which cancels it)",
+                    running.join(", ")
+                ));
+            }
+        }
+        if !refusals.is_empty() {
+            bail!(
+                "the definitions were not applied:\n  {}",
+                refusals.join("\n  ")
+            );
+        }
+
+        self.upsert_waves(&txn, definitions, now).await?;
+        let revision = self.insert_revision(&txn, sources, &report, now).await?;
+        report.revision = revision;
+        self.upsert_servers(&txn, &new_servers, &report.removed, revision, now)
+            .await?;
+        report.tasks = self.upsert_tasks(&txn, definitions, plan, now).await?;
+        self.replace_dependencies(&txn, plan).await?;
+        self.recount_dependencies(&txn, now).await?;
+        let summary = format!(
+            "revision {revision}: {} added, {} changed, {} moved, {} removed",
+            report.added.len(),
+            report.changed.len(),
+            report.moved.len(),
+            report.removed.len()
+        );
+        let events: Vec<NewEvent> = definitions
+            .waves
+            .iter()
+            .map(|w| NewEvent {
+                at: now,
+                wave: w.name.value.clone(),
+                server: None,
+                task_id: None,
+                kind: "operator.apply".to_owned(),
+                message: summary.clone(),
+                data: None,
+            })
+            .collect();
+        insert_events(self, &txn, &events).await?;
+        txn.commit().await.context("cannot commit the revision")?;
+        Ok(report)
+    }
+
+    async fn stored_servers(
+        &self,
+        txn: &DatabaseTransaction,
+    ) -> anyhow::Result<BTreeMap<String, StoredServer>> {
+        let rows = txn
+            .query_all_raw(self.stmt(
+                "SELECT name, wave, spec FROM servers WHERE removed_at IS NULL",
+                vec![],
+            ))
+            .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            out.insert(
+                row.try_get::<String>("", "name")?,
+                StoredServer {
+                    wave: row.try_get("", "wave")?,
+                    spec: row.try_get("", "spec")?,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn task_states(
+        &self,
+        txn: &DatabaseTransaction,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let rows = txn
+            .query_all_raw(self.stmt("SELECT id, state FROM tasks", vec![]))
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            out.insert(row.try_get("", "id")?, row.try_get("", "state")?);
+        }
+        Ok(out)
+    }
+
+    async fn insert_revision(
+        &self,
+        txn: &DatabaseTransaction,
+        sources: &Sources,
+        report: &ApplyReport,
+        now: i64,
+    ) -> anyhow::Result<i64> {
+        let row = txn
+            .query_one_raw(self.stmt(
+                "SELECT COALESCE(MAX(id), 0) + 1 AS next FROM revisions",
+                vec![],
+            ))
+            .await?;
+        let id: i64 = match row {
+            Some(row) => row.try_get("", "next")?,
+            None => 1,
+        };
+        txn.execute_raw(self.stmt(
+            "INSERT INTO revisions (id, created_at, summary, definitions) VALUES (?, ?, ?, ?)",
+            vec![
+                id.into(),
+                now.into(),
+                serde_json::to_string(report)?.into(),
+                serde_json::to_string(sources)?.into(),
+            ],
+        ))
+        .await?;
+        Ok(id)
+    }
+
+    async fn upsert_waves(
+        &self,
+        txn: &DatabaseTransaction,
+        definitions: &Definitions,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let _ = now;
+        for wave in &definitions.waves {
+            let sql = "INSERT INTO waves (name, revision, engine, timezone, build_start, validate_start, \
+                       cutover_start, window_start, window_end, cutover_end, spec, removed_at) \
+                       VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) \
+                       ON CONFLICT (name) DO UPDATE SET engine = excluded.engine, timezone = excluded.timezone, \
+                       build_start = excluded.build_start, validate_start = excluded.validate_start, \
+                       cutover_start = excluded.cutover_start, window_start = excluded.window_start, \
+                       window_end = excluded.window_end, cutover_end = excluded.cutover_end, \
+                       spec = excluded.spec, removed_at = NULL";
+            let spec = serde_json::json!({
+                "description": wave.description,
+                "notify": wave.notify,
+                "applications": wave.applications.iter().map(|a| serde_json::json!({
+                    "name": a.name.value,
+                    "owner": a.owner,
+                    "depends_on": a.depends_on.iter().map(|d| d.value.clone()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            txn.execute_raw(self.stmt(
+                sql,
+                vec![
+                    wave.name.value.clone().into(),
+                    wave.engine.value.as_str().into(),
+                    wave.window.timezone.clone().into(),
+                    ms(wave.phases.build.start.timestamp()).into(),
+                    ms(wave.phases.validate.start.timestamp()).into(),
+                    ms(wave.phases.cutover.start.timestamp()).into(),
+                    ms(wave.window.interval.start.timestamp()).into(),
+                    ms(wave.window.interval.end.timestamp()).into(),
+                    ms(wave.phases.cutover.end.timestamp()).into(),
+                    spec.to_string().into(),
+                ],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn upsert_servers(
+        &self,
+        txn: &DatabaseTransaction,
+        servers: &BTreeMap<String, (String, String, String)>,
+        removed: &[String],
+        revision: i64,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let sql = "INSERT INTO servers (name, wave, application, revision, spec, removed_at) \
+                   VALUES (?, ?, ?, ?, ?, NULL) \
+                   ON CONFLICT (name) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
+                   revision = excluded.revision, spec = excluded.spec, removed_at = NULL";
+        for (name, (wave, app, spec)) in servers {
+            txn.execute_raw(self.stmt(
+                sql,
+                vec![
+                    name.clone().into(),
+                    wave.clone().into(),
+                    app.clone().into(),
+                    revision.into(),
+                    spec.clone().into(),
+                ],
+            ))
+            .await?;
+        }
+        for name in removed {
+            txn.execute_raw(self.stmt(
+                "UPDATE servers SET removed_at = ? WHERE name = ?",
+                vec![now.into(), name.clone().into()],
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts new tasks, updates the times of those not started, cancels those the
+    /// definitions no longer have. Returns the number of tasks in the plan.
+    async fn upsert_tasks(
+        &self,
+        txn: &DatabaseTransaction,
+        definitions: &Definitions,
+        plan: &Plan,
+        now: i64,
+    ) -> anyhow::Result<usize> {
+        let validate_start: HashMap<&str, i64> = definitions
+            .waves
+            .iter()
+            .map(|w| {
+                (
+                    w.name.value.as_str(),
+                    ms(w.phases.validate.start.timestamp()),
+                )
+            })
+            .collect();
+        let window_end: HashMap<&str, i64> = definitions
+            .waves
+            .iter()
+            .map(|w| (w.name.value.as_str(), ms(w.window.interval.end.timestamp())))
+            .collect();
+        // (id, wave, application, server, kind, earliest, deadline, approval, skipped)
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            Option<i64>,
+            bool,
+            bool,
+        );
+        let mut rows: Vec<Row> = Vec::with_capacity(plan.tasks.len() + plan.gates.len());
+        for task in &plan.tasks {
+            rows.push((
+                task.id.clone(),
+                task.wave.to_string(),
+                task.application.to_string(),
+                Some(task.server.to_string()),
+                task.kind.as_str().to_owned(),
+                ms(task.earliest),
+                task.deadline.map(ms),
+                false,
+                task.skipped,
+            ));
+        }
+        for gate in &plan.gates {
+            let wave = gate.wave.as_ref();
+            rows.push((
+                gate.id.clone(),
+                wave.to_owned(),
+                gate.application.to_string(),
+                None,
+                "gate".to_owned(),
+                validate_start.get(wave).copied().unwrap_or(now),
+                window_end.get(wave).copied(),
+                gate.approval,
+                false,
+            ));
+        }
+        let insert = "INSERT INTO tasks (id, wave, application, server, kind, state, attempts, earliest, deadline, \
+                      next_run_at, pending_deps, approval_required, updated_at) \
+                      VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?) \
+                      ON CONFLICT (id) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
+                      earliest = excluded.earliest, deadline = excluded.deadline, \
+                      approval_required = excluded.approval_required, updated_at = excluded.updated_at, \
+                      next_run_at = CASE WHEN tasks.state = 'pending' THEN excluded.next_run_at ELSE tasks.next_run_at END, \
+                      state = CASE \
+                        WHEN tasks.state = 'pending' AND excluded.state = 'skipped' THEN 'skipped' \
+                        WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 THEN 'pending' \
+                        WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 THEN excluded.state \
+                        ELSE tasks.state END";
+        let mut planned: BTreeSet<&str> = BTreeSet::new();
+        for (id, wave, app, server, kind, earliest, deadline, approval, skipped) in &rows {
+            planned.insert(id.as_str());
+            let state = if *skipped { "skipped" } else { "pending" };
+            let values: Vec<Value> = vec![
+                id.clone().into(),
+                wave.clone().into(),
+                app.clone().into(),
+                server.clone().into(),
+                kind.clone().into(),
+                state.into(),
+                (*earliest).into(),
+                (*deadline).into(),
+                (*earliest).into(),
+                (*approval).into(),
+                now.into(),
+            ];
+            txn.execute_raw(self.stmt(insert, values)).await?;
+        }
+        let existing = self.task_states(txn).await?;
+        for (id, state) in existing {
+            if planned.contains(id.as_str()) {
+                continue;
+            }
+            if matches!(
+                state.as_str(),
+                "pending" | "running" | "awaiting_approval" | "blocked"
+            ) {
+                txn.execute_raw(self.stmt(
+                    "UPDATE tasks SET state = 'cancelled', reason = ?, lease_owner = NULL, \
+                     lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                    vec![
+                        "cancelled: removed from the definitions".into(),
+                        now.into(),
+                        id.into(),
+                    ],
+                ))
+                .await?;
+            }
+        }
+        Ok(rows.len())
+    }
+
+    /// Dependencies are structural: they are written anew from the plan every time.
+    async fn replace_dependencies(
+        &self,
+        txn: &DatabaseTransaction,
+        plan: &Plan,
+    ) -> anyhow::Result<()> {
+        txn.execute_raw(self.stmt("DELETE FROM task_dependencies", vec![]))
+            .await?;
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for task in &plan.tasks {
+            for dep in &task.depends_on {
+                pairs.push((task.id.clone(), plan.tasks[*dep as usize].id.clone()));
+            }
+            for gate in &task.gates {
+                pairs.push((task.id.clone(), plan.gates[*gate as usize].id.clone()));
+            }
+        }
+        for gate in &plan.gates {
+            for waits in &gate.waits_for {
+                pairs.push((gate.id.clone(), plan.tasks[*waits as usize].id.clone()));
+            }
+        }
+        pairs.sort();
+        pairs.dedup();
+        for chunk in pairs.chunks(200) {
+            let mut sql =
+                String::from("INSERT INTO task_dependencies (task_id, depends_on) VALUES ");
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+            for (i, (task, dep)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, ?)");
+                values.push(task.clone().into());
+                values.push(dep.clone().into());
+            }
+            txn.execute_raw(self.stmt(&sql, values)).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts the unfinished dependencies of every task, and blocks the tasks that wait
+    /// on one that failed.
+    pub(crate) async fn recount_dependencies(
+        &self,
+        txn: &DatabaseTransaction,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        txn.execute_raw(self.stmt(
+            "UPDATE tasks SET pending_deps = (SELECT COUNT(*) FROM task_dependencies d \
+             JOIN tasks t ON t.id = d.depends_on \
+             WHERE d.task_id = tasks.id AND t.state NOT IN ('succeeded', 'skipped'))",
+            vec![],
+        ))
+        .await?;
+        // One level per pass; chains are short (six tasks and a gate per server, plus
+        // application dependencies), and the bound keeps a bad graph from looping.
+        for _ in 0..64 {
+            let blocked = txn
+                .execute_raw(self.stmt(
+                    "UPDATE tasks SET state = 'blocked', reason = 'blocked: a task it depends on did not succeed', \
+                     updated_at = ? WHERE state IN ('pending', 'awaiting_approval') AND EXISTS (SELECT 1 FROM task_dependencies d \
+                     JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = tasks.id \
+                     AND t.state IN ('failed', 'cancelled', 'blocked'))",
+                    vec![now.into()],
+                ))
+                .await?;
+            if blocked.rows_affected() == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! The store: Wavelift's state in a database, SQLite by default (a file, in WAL mode) or
+//! PostgreSQL. Every change of a task's state goes through here, in transactions, so a
+//! crash at any moment leaves a state the next process continues from.
+//!
+//! Queries are written once with `?` placeholders and rewritten for PostgreSQL (`$1`...);
+//! the statements that differ between the two (the claim) are chosen by backend.
+
+mod apply;
+mod events;
+mod steer;
+mod tasks;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    Statement, TransactionOptions, TransactionTrait, Value,
+};
+
+pub use apply::{ApplyOptions, ApplyReport};
+pub use events::NewEvent;
+pub use tasks::{AttemptRecord, ClaimedTask, Completion, TaskRow, TaskState};
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: DbBackend,
+}
+
+/// How long SQLite waits for a lock held by another process before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Store {
+    /// Opens (and for SQLite creates) the database and brings its schema up to date.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        Self::open_with(url, false).await
+    }
+
+    /// Like [`Store::open`]; `synchronous_full` makes SQLite sync every commit to disk
+    /// (the default is NORMAL, which in WAL mode is durable across crashes of the
+    /// process but not of the machine).
+    pub async fn open_with(url: &str, synchronous_full: bool) -> anyhow::Result<Store> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options.sqlx_logging(false);
+        if url.starts_with("sqlite:") {
+            create_sqlite_folder(url)?;
+            // One connection: SQLite allows one writer; a pool would only queue on locks.
+            options.max_connections(1).min_connections(1);
+            options.map_sqlx_sqlite_opts(move |opts| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                opts.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .foreign_keys(true)
+                    .synchronous(if synchronous_full {
+                        SqliteSynchronous::Full
+                    } else {
+                        SqliteSynchronous::Normal
+                    })
+            });
+        } else {
+            options.max_connections(8);
+        }
+        let db = Database::connect(options)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact(url)))?;
+        Migrator::up(&db, None)
+            .await
+            .with_context(|| format!("cannot bring the schema of {} up to date", redact(url)))?;
+        let backend = db.get_database_backend();
+        Ok(Store { db, backend })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend == DbBackend::Postgres
+    }
+
+    /// A statement with `?` placeholders, numbered for PostgreSQL.
+    pub(crate) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(self.backend, numbered(self.backend, sql), values)
+    }
+
+    /// A transaction for read-then-write work: on SQLite it takes the write lock at the
+    /// start (BEGIN IMMEDIATE), so two writers never deadlock on an upgrade.
+    pub(crate) async fn write_transaction(&self) -> anyhow::Result<DatabaseTransaction> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn meta_get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let row = self
+            .db
+            .query_one_raw(self.stmt("SELECT value FROM meta WHERE key = ?", vec![key.into()]))
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get::<String>("", "value")?),
+            None => None,
+        })
+    }
+
+    pub async fn meta_set(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let sql = "INSERT INTO meta (key, value) VALUES (?, ?) \
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        self.db
+            .execute_raw(self.stmt(sql, vec![key.into(), value.into()]))
+            .await?;
+        Ok(())
+    }
+}
+
+fn numbered(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `sqlite://path/state.db` needs its folder before SQLite can create the file.
+fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the folder {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// A URL as it may be shown: without a password.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user_info, host)) if user_info.contains(':') => {
+                let user = user_info.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}

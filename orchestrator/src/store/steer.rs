@@ -1,0 +1,223 @@
+//! The operator's levers: approve a cutover, retry, skip or cancel a task. Each is one
+//! transaction that also fixes up what depends on the task, and is logged as an event.
+
+use anyhow::bail;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+
+use super::Store;
+use super::events::{NewEvent, insert_events};
+use super::tasks::{TaskRow, TaskState};
+
+impl Store {
+    /// Records a go for the cutover gates of a wave (or one application). Returns the
+    /// applications approved.
+    pub async fn approve(
+        &self,
+        wave: &str,
+        application: Option<&str>,
+        by: &str,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let txn = self.write_transaction().await?;
+        let (filter, mut values): (&str, Vec<Value>) = match application {
+            Some(app) => (" AND application = ?", vec![wave.into(), app.into()]),
+            None => ("", vec![wave.into()]),
+        };
+        let sql = format!(
+            "SELECT application FROM tasks WHERE kind = 'gate' AND approval_required AND wave = ?{filter} \
+             AND state NOT IN ('succeeded', 'skipped', 'cancelled') ORDER BY application"
+        );
+        let rows = txn.query_all_raw(self.stmt(&sql, values.clone())).await?;
+        let apps: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String>("", "application"))
+            .collect::<Result<_, _>>()?;
+        if apps.is_empty() {
+            bail!(
+                "nothing to approve in wave `{wave}`{}: no cutover there waits for an approval",
+                application
+                    .map(|a| format!(", application `{a}`"))
+                    .unwrap_or_default()
+            );
+        }
+        let mut update_values: Vec<Value> = vec![by.into(), now.into(), now.into(), now.into()];
+        update_values.append(&mut values);
+        let sql = format!(
+            "UPDATE tasks SET approved_by = ?, approved_at = ?, \
+             state = CASE WHEN state = 'awaiting_approval' THEN 'pending' ELSE state END, \
+             next_run_at = CASE WHEN state = 'awaiting_approval' THEN ? ELSE next_run_at END, updated_at = ? \
+             WHERE kind = 'gate' AND approval_required AND wave = ?{filter} \
+             AND state NOT IN ('succeeded', 'skipped', 'cancelled')"
+        );
+        txn.execute_raw(self.stmt(&sql, update_values)).await?;
+        let events: Vec<NewEvent> = apps
+            .iter()
+            .map(|app| NewEvent {
+                at: now,
+                wave: wave.to_owned(),
+                server: None,
+                task_id: Some(super::apply::gate_id(app)),
+                kind: "operator.approve".to_owned(),
+                message: format!("cutover of `{app}` approved by {by}"),
+                data: None,
+            })
+            .collect();
+        insert_events(self, &txn, &events).await?;
+        txn.commit().await?;
+        Ok(apps)
+    }
+
+    async fn steer_target(&self, txn: &DatabaseTransaction, id: &str) -> anyhow::Result<TaskRow> {
+        let sql = format!(
+            "SELECT {} FROM tasks WHERE id = ?",
+            super::tasks::TASK_COLUMNS
+        );
+        let row = txn.query_one_raw(self.stmt(&sql, vec![id.into()])).await?;
+        match row {
+            Some(row) => Ok(<TaskRow as sea_orm::FromQueryResult>::from_query_result(
+                &row, "",
+            )?),
+            None => bail!("no task `{id}`: task ids are SERVER/KIND (see wavelift status)"),
+        }
+    }
+
+    async fn log(
+        &self,
+        txn: &DatabaseTransaction,
+        task: &TaskRow,
+        kind: &str,
+        message: String,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        insert_events(
+            self,
+            txn,
+            &[NewEvent {
+                at: now,
+                wave: task.wave.clone(),
+                server: task.server.clone(),
+                task_id: Some(task.id.clone()),
+                kind: kind.to_owned(),
+                message,
+                data: None,
+            }],
+        )
+        .await
+    }
+
+    /// Runs a failed, blocked or cancelled task again from its first step; what it
+    /// blocked waits for it again.
+    pub async fn retry(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        let txn = self.write_transaction().await?;
+        let task = self.steer_target(&txn, id).await?;
+        if !matches!(
+            task.state(),
+            TaskState::Failed | TaskState::Blocked | TaskState::Cancelled
+        ) {
+            bail!(
+                "`{id}` is {}: only a failed, blocked or cancelled task can be retried",
+                task.state
+            );
+        }
+        txn.execute_raw(self.stmt(
+            "UPDATE tasks SET state = 'pending', reason = NULL, step = NULL, next_run_at = ?, \
+             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            vec![now.into(), now.into(), id.into()],
+        ))
+        .await?;
+        self.unblock_downstream(&txn, id, now).await?;
+        self.recount_dependencies(&txn, now).await?;
+        self.log(
+            &txn,
+            &task,
+            "operator.retry",
+            format!("{id} retried by {by}"),
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a task skipped: it counts as done for what depends on it.
+    pub async fn skip(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        let txn = self.write_transaction().await?;
+        let task = self.steer_target(&txn, id).await?;
+        if matches!(task.state(), TaskState::Succeeded | TaskState::Skipped) {
+            bail!("`{id}` is already {}", task.state);
+        }
+        txn.execute_raw(self.stmt(
+            "UPDATE tasks SET state = 'skipped', reason = ?, finished_at = ?, lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            vec![
+                format!("skipped by {by}").into(),
+                now.into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+        self.unblock_downstream(&txn, id, now).await?;
+        self.recount_dependencies(&txn, now).await?;
+        self.log(
+            &txn,
+            &task,
+            "operator.skip",
+            format!("{id} skipped by {by}"),
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Cancels a task that has not finished; what depends on it is blocked. A worker
+    /// holding it loses its lease and writes nothing more.
+    pub async fn cancel(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        let txn = self.write_transaction().await?;
+        let task = self.steer_target(&txn, id).await?;
+        if task.state().is_final() {
+            bail!("`{id}` is already {}", task.state);
+        }
+        txn.execute_raw(self.stmt(
+            "UPDATE tasks SET state = 'cancelled', reason = ?, finished_at = ?, lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+            vec![
+                format!("cancelled by {by}").into(),
+                now.into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+        self.recount_dependencies(&txn, now).await?;
+        self.log(
+            &txn,
+            &task,
+            "operator.cancel",
+            format!("{id} cancelled by {by}"),
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Tasks blocked downstream of `id` become pending again; the recount blocks those
+    /// that still wait on another failure.
+    async fn unblock_downstream(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let sql = "WITH RECURSIVE downstream(id) AS ( \
+                     SELECT task_id FROM task_dependencies WHERE depends_on = ? \
+                     UNION SELECT d.task_id FROM task_dependencies d JOIN downstream ON d.depends_on = downstream.id) \
+                   UPDATE tasks SET state = 'pending', reason = NULL, updated_at = ? \
+                   WHERE id IN (SELECT id FROM downstream) AND state = 'blocked'";
+        txn.execute_raw(self.stmt(sql, vec![id.into(), now.into()]))
+            .await?;
+        Ok(())
+    }
+}

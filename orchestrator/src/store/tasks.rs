@@ -1,0 +1,433 @@
+//! Task rows: claiming runnable tasks under a lease, recording what an attempt did, and
+//! the operator's steering (approve, retry, skip, cancel).
+//!
+//! A task is runnable when it is pending or in progress, every task it depends on has
+//! succeeded or been skipped (`pending_deps = 0`), it is due (`next_run_at`), and no
+//! live lease holds it. Completions are conditional on the lease: a worker whose lease
+//! was taken over writes nothing.
+
+use anyhow::Context as _;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Value};
+use serde::Serialize;
+
+use super::Store;
+use super::events::{NewEvent, insert_events};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for its dependencies or its time.
+    Pending,
+    /// Started: between steps, waiting for the engine, or leased by a worker.
+    Running,
+    AwaitingApproval,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    /// A task it depends on failed or was cancelled.
+    Blocked,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::AwaitingApproval,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Skipped,
+        TaskState::Cancelled,
+        TaskState::Blocked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::AwaitingApproval => "awaiting_approval",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Skipped => "skipped",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Blocked => "blocked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// No further work will happen without an operator.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Skipped
+                | TaskState::Cancelled
+                | TaskState::Blocked
+        )
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, FromQueryResult, Serialize)]
+pub struct TaskRow {
+    pub id: String,
+    pub wave: String,
+    pub application: String,
+    pub server: Option<String>,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i32,
+    pub earliest: i64,
+    pub deadline: Option<i64>,
+    pub next_run_at: i64,
+    pub approval_required: bool,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<i64>,
+    pub step: Option<String>,
+    pub reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl TaskRow {
+    pub fn state(&self) -> TaskState {
+        TaskState::parse(&self.state).unwrap_or(TaskState::Pending)
+    }
+}
+
+pub(crate) const TASK_COLUMNS: &str = "id, wave, application, server, kind, state, attempts, \
+    earliest, deadline, next_run_at, approval_required, approved_by, approved_at, step, reason, \
+    started_at, finished_at";
+
+/// A task claimed by a worker, with the lease that lets it complete the task.
+pub type ClaimedTask = TaskRow;
+
+/// What one attempt did, for the attempts table.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// `succeeded`, `failed`, `retrying`, `waiting`.
+    pub outcome: String,
+    /// JSON list of checks.
+    pub checks: String,
+    pub output: String,
+    pub error: Option<String>,
+}
+
+/// How a worker ends its turn with a claimed task.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    Succeeded {
+        id: String,
+        step: Option<String>,
+        attempt: AttemptRecord,
+        events: Vec<NewEvent>,
+    },
+    /// Not done yet: come back at `next_run_at` with this step.
+    Waiting {
+        id: String,
+        step: String,
+        next_run_at: i64,
+        events: Vec<NewEvent>,
+    },
+    /// The attempt failed; the task runs again at `next_run_at`.
+    Retry {
+        id: String,
+        step: Option<String>,
+        next_run_at: i64,
+        reason: String,
+        attempt: AttemptRecord,
+        events: Vec<NewEvent>,
+    },
+    /// Failed for good: everything depending on it is blocked.
+    Failed {
+        id: String,
+        step: Option<String>,
+        reason: String,
+        attempt: Option<AttemptRecord>,
+        events: Vec<NewEvent>,
+    },
+    /// A gate that needs a go/no-go that has not been given.
+    AwaitingApproval { id: String, events: Vec<NewEvent> },
+}
+
+impl Completion {
+    fn id(&self) -> &str {
+        match self {
+            Completion::Succeeded { id, .. }
+            | Completion::Waiting { id, .. }
+            | Completion::Retry { id, .. }
+            | Completion::Failed { id, .. }
+            | Completion::AwaitingApproval { id, .. } => id,
+        }
+    }
+}
+
+impl Store {
+    /// Leases up to `limit` runnable tasks to `owner` until `lease_until`, in one
+    /// statement (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so workers never wait
+    /// for each other's rows).
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<ClaimedTask>> {
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
+             state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
+             started_at = COALESCE(started_at, ?), updated_at = ? \
+             WHERE id IN (SELECT id FROM tasks WHERE state IN ('pending', 'running') \
+             AND pending_deps = 0 AND next_run_at <= ? \
+             AND (lease_expires_at IS NULL OR lease_expires_at < ?) \
+             ORDER BY next_run_at, id LIMIT ?{lock}) \
+             RETURNING {TASK_COLUMNS}"
+        );
+        let values: Vec<Value> = vec![
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            now.into(),
+            now.into(),
+            now.into(),
+            i64::from(limit).into(),
+        ];
+        let rows = self.db().query_all_raw(self.stmt(&sql, values)).await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| TaskRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
+        Ok(claimed)
+    }
+
+    /// Records the outcome of claimed tasks in one transaction. A completion whose lease
+    /// is no longer `owner`'s is dropped (another worker owns the task now); the count of
+    /// dropped completions is returned.
+    pub async fn complete(
+        &self,
+        owner: &str,
+        now: i64,
+        completions: Vec<Completion>,
+    ) -> anyhow::Result<usize> {
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.write_transaction().await?;
+        let mut dropped = 0;
+        for completion in completions {
+            if !self.complete_one(&txn, owner, now, completion).await? {
+                dropped += 1;
+            }
+        }
+        txn.commit()
+            .await
+            .context("cannot commit task completions")?;
+        Ok(dropped)
+    }
+
+    async fn complete_one(
+        &self,
+        txn: &DatabaseTransaction,
+        owner: &str,
+        now: i64,
+        completion: Completion,
+    ) -> anyhow::Result<bool> {
+        let id = completion.id().to_owned();
+        let (set, values, attempt, events): (
+            &str,
+            Vec<Value>,
+            Option<AttemptRecord>,
+            Vec<NewEvent>,
+        ) = match completion {
+            Completion::Succeeded {
+                step,
+                attempt,
+                events,
+                ..
+            } => (
+                "state = 'succeeded', step = ?, reason = NULL, finished_at = ?, attempts = attempts + 1",
+                vec![step.into(), now.into()],
+                Some(attempt),
+                events,
+            ),
+            Completion::Waiting {
+                step,
+                next_run_at,
+                events,
+                ..
+            } => (
+                "step = ?, next_run_at = ?",
+                vec![step.into(), next_run_at.into()],
+                None,
+                events,
+            ),
+            Completion::Retry {
+                step,
+                next_run_at,
+                reason,
+                attempt,
+                events,
+                ..
+            } => (
+                "step = ?, next_run_at = ?, reason = ?, attempts = attempts + 1",
+                vec![step.into(), next_run_at.into(), reason.into()],
+                Some(attempt),
+                events,
+            ),
+            Completion::Failed {
+                step,
+                reason,
+                attempt,
+                events,
+                ..
+            } => (
+                "state = 'failed', step = ?, reason = ?, finished_at = ?, attempts = attempts + 1",
+                vec![step.into(), reason.into(), now.into()],
+                attempt,
+                events,
+            ),
+            Completion::AwaitingApproval { events, .. } => {
+                ("state = 'awaiting_approval'", vec![], None, events)
+            }
+        };
+        let mut all = values;
+        all.extend([now.into(), id.clone().into(), owner.into()]);
+        let sql = format!(
+            "UPDATE tasks SET {set}, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+             WHERE id = ? AND lease_owner = ?"
+        );
+        let updated = txn.execute_raw(self.stmt(&sql, all)).await?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let state: Option<String> = txn
+            .query_one_raw(self.stmt(
+                "SELECT state FROM tasks WHERE id = ?",
+                vec![id.clone().into()],
+            ))
+            .await?
+            .map(|row| row.try_get::<String>("", "state"))
+            .transpose()?;
+        match state.as_deref() {
+            Some("succeeded") => self.release_dependants(txn, &id).await?,
+            Some("failed") => self.block_dependants(txn, &id, now).await?,
+            _ => {}
+        }
+        if let Some(attempt) = attempt {
+            self.insert_attempt(txn, &id, attempt).await?;
+        }
+        insert_events(self, txn, &events).await?;
+        Ok(true)
+    }
+
+    async fn insert_attempt(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+        attempt: AttemptRecord,
+    ) -> anyhow::Result<()> {
+        let sql = "INSERT INTO attempts (task_id, number, started_at, finished_at, outcome, checks, output, error) \
+                   VALUES (?, (SELECT attempts FROM tasks WHERE id = ?), ?, ?, ?, ?, ?, ?)";
+        txn.execute_raw(self.stmt(
+            sql,
+            vec![
+                id.into(),
+                id.into(),
+                attempt.started_at.into(),
+                attempt.finished_at.into(),
+                attempt.outcome.into(),
+                attempt.checks.into(),
+                attempt.output.into(),
+                attempt.error.into(),
+            ],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// One dependency fewer for every task waiting on `id`.
+    pub(crate) async fn release_dependants(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+    ) -> anyhow::Result<()> {
+        let sql = "UPDATE tasks SET pending_deps = pending_deps - 1 \
+                   WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on = ?)";
+        txn.execute_raw(self.stmt(sql, vec![id.into()])).await?;
+        Ok(())
+    }
+
+    /// Every task downstream of `id` that has not run is blocked, with the reason.
+    pub(crate) async fn block_dependants(
+        &self,
+        txn: &DatabaseTransaction,
+        id: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let sql = "WITH RECURSIVE downstream(id) AS ( \
+                     SELECT task_id FROM task_dependencies WHERE depends_on = ? \
+                     UNION SELECT d.task_id FROM task_dependencies d JOIN downstream ON d.depends_on = downstream.id) \
+                   UPDATE tasks SET state = 'blocked', reason = ?, updated_at = ? \
+                   WHERE id IN (SELECT id FROM downstream) AND state IN ('pending', 'awaiting_approval')";
+        let reason = format!("blocked: {id} did not succeed");
+        txn.execute_raw(self.stmt(sql, vec![id.into(), reason.into(), now.into()]))
+            .await?;
+        Ok(())
+    }
+
+    /// The earliest time something becomes runnable: a due time, or a lease that expires.
+    pub async fn next_due(&self) -> anyhow::Result<Option<i64>> {
+        let sql = "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_run_at \
+                   THEN lease_expires_at ELSE next_run_at END) AS due \
+                   FROM tasks WHERE state IN ('pending', 'running') AND pending_deps = 0";
+        let row = self.db().query_one_raw(self.stmt(sql, vec![])).await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>>("", "due")?,
+            None => None,
+        })
+    }
+
+    /// Tasks not in a final state (awaiting approval counts as not final).
+    pub async fn unfinished_count(&self) -> anyhow::Result<i64> {
+        let sql = "SELECT COUNT(*) AS n FROM tasks WHERE state IN ('pending', 'running', 'awaiting_approval')";
+        let row = self.db().query_one_raw(self.stmt(sql, vec![])).await?;
+        Ok(match row {
+            Some(row) => row.try_get::<i64>("", "n")?,
+            None => 0,
+        })
+    }
+
+    /// Every task, optionally of one wave, in plan order.
+    pub async fn tasks(&self, wave: Option<&str>) -> anyhow::Result<Vec<TaskRow>> {
+        let (filter, values): (&str, Vec<Value>) = match wave {
+            Some(w) => ("WHERE wave = ?", vec![w.into()]),
+            None => ("", vec![]),
+        };
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY wave, application, server, earliest, id"
+        );
+        let rows = self.db().query_all_raw(self.stmt(&sql, values)).await?;
+        Ok(rows
+            .iter()
+            .map(|row| TaskRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+}

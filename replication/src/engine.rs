@@ -1,0 +1,304 @@
+//! The engine interface and the values that cross it. Names follow AWS Application
+//! Migration Service (MGN), the reference engine: replication states, life-cycle states,
+//! launch jobs with a status per server, target instances with health checks.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// An engine's own id of a source server.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceId(pub String);
+
+/// An engine's own id of a launch job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub String);
+
+/// An engine's own id of a launched target machine.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TargetId(pub String);
+
+macro_rules! display_inner {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+display_inner!(SourceId, JobId, TargetId);
+
+/// Data replication states, as MGN names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationState {
+    Initiating,
+    InitialSync,
+    Backlog,
+    CreatingSnapshot,
+    Continuous,
+    Paused,
+    Rescan,
+    Stalled,
+    Disconnected,
+}
+
+/// Life-cycle states of a source server, as MGN names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifeCycle {
+    NotReady,
+    ReadyForTest,
+    Testing,
+    ReadyForCutover,
+    CuttingOver,
+    Cutover,
+    Disconnected,
+    Archived,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replication {
+    pub state: ReplicationState,
+    /// How far the replicated copy is behind the source; `None` before the first sync.
+    pub lag_seconds: Option<f64>,
+    /// Changed bytes waiting to be sent.
+    pub backlog_bytes: u64,
+    pub replicated_bytes: u64,
+    pub total_bytes: u64,
+    /// Until continuous replication, when the engine can tell.
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceServer {
+    pub id: SourceId,
+    /// The name Wavelift knows the server by.
+    pub name: String,
+    pub replication: Replication,
+    pub life_cycle: LifeCycle,
+}
+
+/// What the engine needs to know of a source server when its agent is installed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub disks: Vec<DiskSpec>,
+    /// Bytes per second written to the disks.
+    pub change_rate_bytes_per_second: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub device: String,
+    pub size_bytes: u64,
+    /// Bytes replication sends (zero blocks are skipped).
+    pub used_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchKind {
+    Test,
+    Cutover,
+}
+
+impl fmt::Display for LaunchKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LaunchKind::Test => "test",
+            LaunchKind::Cutover => "cutover",
+        })
+    }
+}
+
+/// Which data a launch uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointInTime {
+    Latest,
+    RecoveryPoint(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Started,
+    Completed,
+}
+
+/// How one server's launch in a job went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchStatus {
+    Pending,
+    InProgress,
+    Launched,
+    Failed,
+    Terminated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobServer {
+    pub source: SourceId,
+    pub status: LaunchStatus,
+    pub target: Option<TargetId>,
+    /// Why a launch failed, in the engine's words.
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: LaunchKind,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub servers: Vec<JobServer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    Pending,
+    Running,
+    Stopped,
+    Terminated,
+}
+
+/// EC2's status checks, or the engine's equivalent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Checks have not finished yet.
+    Initializing,
+    Ok,
+    Impaired,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub id: TargetId,
+    pub source: SourceId,
+    pub kind: LaunchKind,
+    pub state: TargetState,
+    pub health: Health,
+    /// Where the target answers, once it runs.
+    pub address: Option<String>,
+    pub launched_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryPoint {
+    pub id: String,
+    pub taken_at: Timestamp,
+}
+
+/// Limits an engine puts on launches; the executor batches launches within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    pub max_servers_per_job: usize,
+    pub max_concurrent_jobs: usize,
+    pub max_servers_in_active_jobs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The engine asks to slow down; try again after a backoff.
+    Throttled,
+    /// The engine cannot be reached or failed; try again.
+    Unavailable,
+    /// No such source server, job or target.
+    NotFound,
+    /// The request breaks a rule of the engine (for example terminating the targets of
+    /// a server that is cutting over).
+    Conflict,
+    /// The request itself is wrong.
+    Invalid,
+    /// A quota would be exceeded.
+    QuotaExceeded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{kind:?}: {message}")]
+pub struct EngineError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
+        EngineError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Worth trying again after a backoff.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::QuotaExceeded
+        )
+    }
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// A replication engine. Every call is safe to repeat when it reads; the calls that act
+/// (launch, finalize, terminate, archive) are the ones the tasks guard so that they are
+/// never repeated after they succeeded.
+#[async_trait]
+pub trait ReplicationEngine: Send + Sync {
+    /// `sim`, `local` or `mgn`.
+    fn name(&self) -> &'static str;
+
+    /// True for the rehearsal engine: everything it shows is labelled a rehearsal.
+    fn is_rehearsal(&self) -> bool;
+
+    fn quotas(&self) -> Quotas;
+
+    /// The source server the engine knows by this name, if its agent is installed.
+    async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>>;
+
+    /// Makes the engine see the source server (after its agent is installed) and start
+    /// replicating it. Idempotent: a known server is returned as it is.
+    async fn register_source(&self, spec: &SourceSpec) -> EngineResult<SourceServer>;
+
+    async fn describe_source(&self, id: &SourceId) -> EngineResult<SourceServer>;
+
+    /// Starts one launch job for the given servers.
+    async fn start_launch(
+        &self,
+        kind: LaunchKind,
+        sources: &[SourceId],
+        point: &PointInTime,
+    ) -> EngineResult<Job>;
+
+    async fn describe_job(&self, id: &JobId) -> EngineResult<Job>;
+
+    /// Every job that launched this source, newest last: how a task that was interrupted
+    /// finds the launch it already started instead of starting another.
+    async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>>;
+
+    async fn describe_target(&self, id: &TargetId) -> EngineResult<Target>;
+
+    /// Terminates the source's launched targets of this kind (all of them; none is fine).
+    async fn terminate_targets(&self, id: &SourceId, kind: LaunchKind) -> EngineResult<()>;
+
+    /// Ends replication after a successful cutover; the life cycle becomes `cutover`.
+    async fn finalize_cutover(&self, id: &SourceId) -> EngineResult<()>;
+
+    /// Sets the life cycle, for example back to ready-for-cutover after a rollback.
+    async fn change_life_cycle(&self, id: &SourceId, state: LifeCycle) -> EngineResult<()>;
+
+    /// Marks the source archived: the engine keeps nothing running for it.
+    async fn archive(&self, id: &SourceId) -> EngineResult<()>;
+
+    async fn recovery_points(&self, id: &SourceId) -> EngineResult<Vec<RecoveryPoint>>;
+}

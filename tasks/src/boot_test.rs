@@ -1,0 +1,171 @@
+//! boot_test: a test launch from the latest data (replication goes on), wait for the
+//! target to boot, run the checks, clean up, and mark the server ready for cutover.
+
+use replication::{LaunchKind, LifeCycle};
+use serde::{Deserialize, Serialize};
+use waves::settings::Probe;
+
+use crate::context::{Action, Check, POLL_SECONDS, Report, TaskContext, later};
+use crate::launch::{self, LaunchState};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Step {
+    job: Option<String>,
+    target: Option<String>,
+    checks: Vec<Check>,
+}
+
+fn resume(step: &Step, ctx: &TaskContext<'_>, note: &str, actions: Vec<Action>) -> Report {
+    Report::wait(
+        serde_json::to_value(step).unwrap_or_default(),
+        later(ctx.now, POLL_SECONDS),
+        note,
+        actions,
+    )
+}
+
+pub async fn run(ctx: &TaskContext<'_>) -> Report {
+    let mut step: Step = ctx
+        .step
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut actions = Vec::new();
+    let source = match launch::source(ctx).await {
+        Ok(source) => source,
+        Err(report) => return report,
+    };
+    if step.job.is_none()
+        && matches!(
+            source.life_cycle,
+            LifeCycle::ReadyForCutover | LifeCycle::CuttingOver | LifeCycle::Cutover
+        )
+    {
+        return Report::done(
+            vec![Check::pass(
+                "boot test",
+                format!("already passed: the server is {:?}", source.life_cycle),
+            )],
+            "already tested",
+            actions,
+        );
+    }
+    let job = match &step.job {
+        Some(job) => replication::JobId(job.clone()),
+        None => match launch::ensure_launch(ctx, &source, LaunchKind::Test, &mut actions).await {
+            Ok(job) => {
+                step.job = Some(job.0.clone());
+                return resume(&step, ctx, "test launch started", actions);
+            }
+            Err(report) => return report,
+        },
+    };
+    let target = match &step.target {
+        Some(target) => replication::TargetId(target.clone()),
+        None => match launch::launch_state(ctx, &source, &job).await {
+            Err(report) => return report,
+            Ok(LaunchState::InProgress) => {
+                return resume(&step, ctx, "launching the test target", actions);
+            }
+            Ok(LaunchState::Failed(reason)) => {
+                return Report::fail(format!("the test launch failed: {reason}"), true, actions);
+            }
+            Ok(LaunchState::Launched(target)) => {
+                step.target = Some(target.0.clone());
+                target
+            }
+        },
+    };
+    let found = match launch::target(ctx, &target).await {
+        Ok(found) => found,
+        Err(report) => return report,
+    };
+    match launch::is_healthy(&found) {
+        None => return resume(&step, ctx, "waiting for the test target to boot", actions),
+        Some(false) => {
+            if let Err(report) =
+                launch::terminate_once(ctx, &source, Some(&target), LaunchKind::Test, &mut actions)
+                    .await
+            {
+                return report;
+            }
+            return Report::fail(
+                format!(
+                    "the test target {target} did not pass its status checks ({:?})",
+                    found.health
+                ),
+                true,
+                actions,
+            );
+        }
+        Some(true) => {}
+    }
+    if step.checks.is_empty() {
+        step.checks.push(Check::pass(
+            "status checks",
+            format!("{target} running, checks ok"),
+        ));
+        step.checks
+            .extend(probe_checks(ctx, found.address.as_deref()));
+    }
+    if let Some(failed) = step.checks.iter().find(|c| !c.passed) {
+        return Report::fail(
+            format!("boot test check failed: {}: {}", failed.name, failed.detail),
+            true,
+            actions,
+        );
+    }
+    if source.life_cycle != LifeCycle::ReadyForCutover {
+        if let Err(err) = ctx
+            .engine
+            .change_life_cycle(&source.id, LifeCycle::ReadyForCutover)
+            .await
+        {
+            return Report::engine_error("marking the server ready for cutover", &err, actions);
+        }
+        actions.push(Action {
+            action: "engine.change_life_cycle".to_owned(),
+            detail: "ready_for_cutover".to_owned(),
+        });
+    }
+    if let Err(report) =
+        launch::terminate_once(ctx, &source, Some(&target), LaunchKind::Test, &mut actions).await
+    {
+        return report;
+    }
+    Report::done(
+        step.checks,
+        "test target healthy; ready for cutover",
+        actions,
+    )
+}
+
+/// The configured probes. A rehearsal target has no address to probe; real targets are
+/// probed by the engines that launch them (local, mgn), which arrive later.
+fn probe_checks(ctx: &TaskContext<'_>, address: Option<&str>) -> Vec<Check> {
+    ctx.server
+        .tasks
+        .boot_test
+        .probes
+        .iter()
+        .map(|probe| {
+            let name = match probe {
+                Probe::Tcp { port } => format!("tcp {port}"),
+                Probe::Http { url, status } => format!("http {url} -> {status}"),
+            };
+            if ctx.engine.is_rehearsal() {
+                Check::pass(name, "rehearsal: not probed")
+            } else {
+                Check::fail(
+                    name,
+                    format!(
+                        "probing {} is not available with the {} engine in this version",
+                        address.unwrap_or("the target"),
+                        ctx.engine.name()
+                    ),
+                    "remove the probe or skip boot_test for this server",
+                )
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,156 @@
+//! What a task is given (the server, its settings, the engine and ports, the time, the
+//! step it stopped at) and what it gives back (progress, checks, the actions it took).
+
+use jiff::Timestamp;
+use replication::{EngineError, ReplicationEngine};
+use serde::{Deserialize, Serialize};
+use waves::model::{Server, TaskKind};
+
+use crate::cmdb::Cmdb;
+use crate::shell::RemoteShell;
+
+pub struct TaskContext<'a> {
+    pub task_id: &'a str,
+    pub kind: TaskKind,
+    pub wave: &'a str,
+    /// The wave's time zone, for cron schedules.
+    pub timezone: &'a jiff::tz::TimeZone,
+    pub server: &'a Server,
+    pub window: [Timestamp; 2],
+    pub now: Timestamp,
+    /// When the task first started: launches the engine made since then are this task's.
+    pub started_at: Timestamp,
+    pub attempt: u32,
+    /// Where the previous call stopped; `None` on the first call of an attempt.
+    pub step: Option<serde_json::Value>,
+    pub engine: &'a dyn ReplicationEngine,
+    pub shell: &'a dyn RemoteShell,
+    pub cmdb: &'a dyn Cmdb,
+}
+
+/// One check a task made: what, whether it passed, what was found and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+    pub remediation: Option<String>,
+}
+
+impl Check {
+    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            passed: true,
+            detail: detail.into(),
+            remediation: None,
+        }
+    }
+
+    pub fn fail(
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        remediation: impl Into<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            passed: false,
+            detail: detail.into(),
+            remediation: Some(remediation.into()),
+        }
+    }
+}
+
+/// Something a task did to the engine or the server, for the job progress log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// `engine.start_launch`, `engine.finalize_cutover`, `shell.shutdown`, ...
+    pub action: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Done {
+        checks: Vec<Check>,
+        output: String,
+    },
+    /// Not finished: call again at `until` with `step`.
+    Wait {
+        step: serde_json::Value,
+        until: Timestamp,
+        note: String,
+    },
+    Fail {
+        reason: String,
+        /// Worth another attempt (with backoff) if retries remain.
+        retryable: bool,
+        checks: Vec<Check>,
+        /// Where to resume on a retry; `None` starts over.
+        step: Option<serde_json::Value>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub progress: Progress,
+    pub actions: Vec<Action>,
+}
+
+impl Report {
+    pub fn done(checks: Vec<Check>, output: impl Into<String>, actions: Vec<Action>) -> Report {
+        Report {
+            progress: Progress::Done {
+                checks,
+                output: output.into(),
+            },
+            actions,
+        }
+    }
+
+    pub fn wait(
+        step: serde_json::Value,
+        until: Timestamp,
+        note: impl Into<String>,
+        actions: Vec<Action>,
+    ) -> Report {
+        Report {
+            progress: Progress::Wait {
+                step,
+                until,
+                note: note.into(),
+            },
+            actions,
+        }
+    }
+
+    pub fn fail(reason: impl Into<String>, retryable: bool, actions: Vec<Action>) -> Report {
+        Report {
+            progress: Progress::Fail {
+                reason: reason.into(),
+                retryable,
+                checks: Vec::new(),
+                step: None,
+            },
+            actions,
+        }
+    }
+
+    /// An engine error: transient ones are worth a retry.
+    pub fn engine_error(what: &str, err: &EngineError, actions: Vec<Action>) -> Report {
+        Report::fail(
+            format!("{what}: the engine said: {}", err.message),
+            err.is_transient(),
+            actions,
+        )
+    }
+}
+
+/// `now` plus whole seconds.
+pub fn later(now: Timestamp, seconds: i64) -> Timestamp {
+    now.checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(now)
+}
+
+/// How often a waiting task looks at the engine again.
+pub const POLL_SECONDS: i64 = 30;

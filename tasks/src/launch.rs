@@ -1,0 +1,189 @@
+//! What boot_test and cutover share: find the source, start a launch (or find the one
+//! this task already started), follow it until the target runs and is healthy.
+
+use replication::{
+    Health, Job, JobId, LaunchKind, LaunchStatus, PointInTime, SourceServer, Target, TargetId,
+    TargetState,
+};
+
+use crate::context::{Action, Report, TaskContext};
+
+pub async fn source(ctx: &TaskContext<'_>) -> Result<SourceServer, Report> {
+    match ctx.engine.find_source(&ctx.server.name.value).await {
+        Err(err) => Err(Report::engine_error(
+            "reading the source server",
+            &err,
+            Vec::new(),
+        )),
+        Ok(None) => Err(Report::fail(
+            format!(
+                "the engine does not know {}: its agent is not installed",
+                ctx.server.name.value
+            ),
+            false,
+            Vec::new(),
+        )),
+        Ok(Some(source)) => Ok(source),
+    }
+}
+
+/// The launch of this kind this task started earlier (after `started_at`), if the
+/// engine has one: a task interrupted after launching finds it here instead of
+/// launching again.
+pub async fn earlier_launch(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    kind: LaunchKind,
+) -> Result<Option<Job>, Report> {
+    let jobs = ctx
+        .engine
+        .jobs_for_source(&source.id)
+        .await
+        .map_err(|err| Report::engine_error("reading launch jobs", &err, Vec::new()))?;
+    Ok(jobs
+        .into_iter()
+        .rev()
+        .filter(|job| job.kind == kind && job.created_at >= ctx.started_at)
+        .find(|job| {
+            job.servers
+                .iter()
+                .any(|s| s.source == source.id && s.status != LaunchStatus::Terminated)
+        }))
+}
+
+/// Starts a launch of this one server, unless this task already did.
+pub async fn ensure_launch(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    kind: LaunchKind,
+    actions: &mut Vec<Action>,
+) -> Result<JobId, Report> {
+    if let Some(job) = earlier_launch(ctx, source, kind).await? {
+        actions.push(Action {
+            action: "task.resume".to_owned(),
+            detail: format!("found the {kind} launch {} started earlier", job.id),
+        });
+        return Ok(job.id);
+    }
+    let job = ctx
+        .engine
+        .start_launch(kind, std::slice::from_ref(&source.id), &PointInTime::Latest)
+        .await
+        .map_err(|err| {
+            Report::engine_error(
+                &format!("starting the {kind} launch"),
+                &err,
+                actions.clone(),
+            )
+        })?;
+    actions.push(Action {
+        action: "engine.start_launch".to_owned(),
+        detail: format!("{kind} launch, job {}", job.id),
+    });
+    Ok(job.id)
+}
+
+/// Where a launch stands for this server.
+pub enum LaunchState {
+    InProgress,
+    Launched(TargetId),
+    Failed(String),
+}
+
+pub async fn launch_state(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    job: &JobId,
+) -> Result<LaunchState, Report> {
+    let job = ctx
+        .engine
+        .describe_job(job)
+        .await
+        .map_err(|err| Report::engine_error("reading the launch job", &err, Vec::new()))?;
+    let Some(entry) = job.servers.iter().find(|s| s.source == source.id) else {
+        return Ok(LaunchState::Failed(format!(
+            "job {} does not include {}",
+            job.id, source.name
+        )));
+    };
+    Ok(match (entry.status, &entry.target) {
+        (LaunchStatus::Launched, Some(target)) => LaunchState::Launched(target.clone()),
+        (LaunchStatus::Failed, _) | (LaunchStatus::Terminated, _) => LaunchState::Failed(
+            entry
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("the launch ended {:?}", entry.status)),
+        ),
+        _ => LaunchState::InProgress,
+    })
+}
+
+pub async fn target(ctx: &TaskContext<'_>, id: &TargetId) -> Result<Target, Report> {
+    ctx.engine
+        .describe_target(id)
+        .await
+        .map_err(|err| Report::engine_error("reading the target", &err, Vec::new()))
+}
+
+pub fn is_healthy(target: &Target) -> Option<bool> {
+    match (target.state, target.health) {
+        (TargetState::Running, Health::Ok) => Some(true),
+        (TargetState::Running, Health::Initializing) | (TargetState::Pending, _) => None,
+        _ => Some(false),
+    }
+}
+
+/// Terminates the server's targets of this kind unless they are terminated already, so
+/// a resumed task never terminates twice.
+pub async fn terminate_once(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    target: Option<&TargetId>,
+    kind: LaunchKind,
+    actions: &mut Vec<Action>,
+) -> Result<(), Report> {
+    if let Some(id) = target
+        && let Ok(t) = ctx.engine.describe_target(id).await
+        && t.state == TargetState::Terminated
+    {
+        return Ok(());
+    }
+    ctx.engine
+        .terminate_targets(&source.id, kind)
+        .await
+        .map_err(|err| {
+            Report::engine_error(
+                &format!("terminating the {kind} target"),
+                &err,
+                actions.clone(),
+            )
+        })?;
+    actions.push(Action {
+        action: "engine.terminate_targets".to_owned(),
+        detail: format!(
+            "{kind} target{}",
+            target.map(|t| format!(" {t}")).unwrap_or_default()
+        ),
+    });
+    Ok(())
+}
+
+/// The target of the server's latest launch of this kind, whoever started it.
+pub async fn earlier_launch_any(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    kind: LaunchKind,
+) -> Result<Option<String>, Report> {
+    let jobs = ctx
+        .engine
+        .jobs_for_source(&source.id)
+        .await
+        .map_err(|err| Report::engine_error("reading launch jobs", &err, Vec::new()))?;
+    Ok(jobs
+        .iter()
+        .rev()
+        .filter(|job| job.kind == kind)
+        .flat_map(|job| job.servers.iter())
+        .find(|s| s.source == source.id && s.status == LaunchStatus::Launched)
+        .and_then(|s| s.target.as_ref().map(|t| t.0.clone())))
+}

@@ -1,0 +1,244 @@
+//! prereq_check: can the server be migrated? Login, sudo, free space on / and /tmp,
+//! /tmp executable, a supported OS and architecture, the engine's endpoints. Each check
+//! says what was found, what was expected and what to do.
+
+use std::time::Duration;
+
+use waves::model::{AccessMethod, OsFamily};
+use waves::units::format_bytes;
+
+use crate::context::{Check, Report, TaskContext};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(ctx: &TaskContext<'_>) -> Report {
+    let server = ctx.server;
+    if ctx.shell.is_rehearsal() {
+        let checks = vec![Check::pass(
+            "rehearsal",
+            format!(
+                "rehearsal: {} is not contacted; login, sudo, free space (/ >= {}, /tmp >= {}) and the OS would be checked",
+                server.name.value,
+                format_bytes(server.tasks.prereq_check.min_free_root as f64),
+                format_bytes(server.tasks.prereq_check.min_free_tmp as f64)
+            ),
+        )];
+        return Report::done(checks, "rehearsal", Vec::new());
+    }
+    let mut checks = Vec::new();
+    match ctx
+        .shell
+        .run(server, "uname -s; uname -m", COMMAND_TIMEOUT)
+        .await
+    {
+        Err(err) => {
+            checks.push(Check::fail(
+                "login",
+                err.to_string(),
+                "check the server's access settings and credential",
+            ));
+            return finish(checks);
+        }
+        Ok(output) if output.status != 0 => {
+            checks.push(Check::fail(
+                "login",
+                format!(
+                    "`uname` exited with {}: {}",
+                    output.status,
+                    output.stderr.trim()
+                ),
+                "check that the account can log in and run commands",
+            ));
+            return finish(checks);
+        }
+        Ok(output) => {
+            checks.push(Check::pass(
+                "login",
+                format!("logged in over {}", server.access.method),
+            ));
+            let mut lines = output.stdout.lines();
+            let system = lines.next().unwrap_or("").trim().to_owned();
+            let machine = lines.next().unwrap_or("").trim().to_owned();
+            checks.push(os_check(server.os.family, &system));
+            if let Some(arch) = &server.os.arch {
+                let found = normalize_arch(&machine);
+                if found == arch.as_str() {
+                    checks.push(Check::pass("architecture", machine.clone()));
+                } else {
+                    checks.push(Check::fail(
+                        "architecture",
+                        format!("found {machine}, expected {arch}"),
+                        "correct `os.arch` in the wave file, or check the server",
+                    ));
+                }
+            }
+        }
+    }
+    if server.access.method == AccessMethod::Local {
+        checks.push(Check::pass(
+            "sudo",
+            "local: commands run as the account that runs Wavelift",
+        ));
+    } else if server.access.sudo {
+        checks.push(
+            command_check(
+                ctx,
+                "sudo",
+                "sudo -n true",
+                "grant passwordless sudo, or set access.sudo_credential",
+            )
+            .await,
+        );
+    }
+    let settings = &server.tasks.prereq_check;
+    checks.push(free_space(ctx, "/", settings.min_free_root, "free space on /").await);
+    checks.push(free_space(ctx, "/tmp", settings.min_free_tmp, "free space on /tmp").await);
+    checks.push(tmp_exec(ctx).await);
+    checks.push(Check::pass(
+        "engine endpoints",
+        format!(
+            "the {} engine needs no endpoint reachable from the source",
+            ctx.engine.name()
+        ),
+    ));
+    finish(checks)
+}
+
+fn finish(checks: Vec<Check>) -> Report {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if failed.is_empty() {
+        Report::done(checks, "every check passed", Vec::new())
+    } else {
+        Report {
+            progress: crate::context::Progress::Fail {
+                reason: format!("prerequisites not met: {}", failed.join("; ")),
+                retryable: true,
+                checks,
+                step: None,
+            },
+            actions: Vec::new(),
+        }
+    }
+}
+
+fn normalize_arch(machine: &str) -> &str {
+    match machine {
+        "x86_64" | "amd64" => "x86_64",
+        "aarch64" | "arm64" => "arm64",
+        other => other,
+    }
+}
+
+fn os_check(family: OsFamily, system: &str) -> Check {
+    let found_family = if system == "Linux" {
+        Some(OsFamily::Linux)
+    } else {
+        None
+    };
+    if found_family == Some(family) {
+        Check::pass("operating system", system.to_owned())
+    } else {
+        Check::fail(
+            "operating system",
+            format!("found `{system}`, the wave says {family}"),
+            "correct `os.family` in the wave file",
+        )
+    }
+}
+
+async fn command_check(ctx: &TaskContext<'_>, name: &str, command: &str, remedy: &str) -> Check {
+    match ctx.shell.run(ctx.server, command, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => Check::pass(name, format!("`{command}` succeeded")),
+        Ok(out) => Check::fail(
+            name,
+            format!(
+                "`{command}` exited with {}: {}",
+                out.status,
+                out.stderr.trim()
+            ),
+            remedy,
+        ),
+        Err(err) => Check::fail(name, err.to_string(), remedy),
+    }
+}
+
+async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str) -> Check {
+    let command = format!("df -Pk {path} | tail -n 1");
+    match ctx.shell.run(ctx.server, &command, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => {
+            let available = out
+                .stdout
+                .split_whitespace()
+                .nth(3)
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .map(|kib| kib * 1024);
+            match available {
+                Some(bytes) if bytes >= minimum => Check::pass(
+                    name,
+                    format!(
+                        "{} free (at least {} needed)",
+                        format_bytes(bytes as f64),
+                        format_bytes(minimum as f64)
+                    ),
+                ),
+                Some(bytes) => Check::fail(
+                    name,
+                    format!(
+                        "{} free, {} needed",
+                        format_bytes(bytes as f64),
+                        format_bytes(minimum as f64)
+                    ),
+                    format!("free space on {path}, or lower tasks.prereq_check.min_free_space"),
+                ),
+                None => Check::fail(
+                    name,
+                    format!("cannot read `df` output: {}", out.stdout.trim()),
+                    "check that df is installed",
+                ),
+            }
+        }
+        Ok(out) => Check::fail(
+            name,
+            format!("`df` exited with {}", out.status),
+            "check that df is installed",
+        ),
+        Err(err) => Check::fail(name, err.to_string(), "check the server's access settings"),
+    }
+}
+
+async fn tmp_exec(ctx: &TaskContext<'_>) -> Check {
+    let command = "awk '$2 == \"/tmp\" {print $4}' /proc/mounts";
+    match ctx.shell.run(ctx.server, command, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => {
+            let options = out.stdout.trim();
+            if options.split(',').any(|o| o == "noexec") {
+                Check::fail(
+                    "/tmp executable",
+                    format!("/tmp is mounted noexec ({options})"),
+                    "remount /tmp without noexec for the agent's installation",
+                )
+            } else if options.is_empty() {
+                Check::pass(
+                    "/tmp executable",
+                    "/tmp is part of / (no mount options of its own)",
+                )
+            } else {
+                Check::pass("/tmp executable", format!("mount options {options}"))
+            }
+        }
+        Ok(out) => Check::fail(
+            "/tmp executable",
+            format!("cannot read /proc/mounts (exit {})", out.status),
+            "check the server",
+        ),
+        Err(err) => Check::fail(
+            "/tmp executable",
+            err.to_string(),
+            "check the server's access settings",
+        ),
+    }
+}
