@@ -52,10 +52,11 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     }
     let job = match &step.job {
         Some(job) => replication::JobId(job.clone()),
+        // No pause after starting: an engine that launches at once is followed at once.
         None => match launch::ensure_launch(ctx, &source, LaunchKind::Test, &mut actions).await {
             Ok(job) => {
                 step.job = Some(job.0.clone());
-                return resume(&step, ctx, "test launch started", actions);
+                job
             }
             Err(report) => return report,
         },

@@ -24,6 +24,8 @@ pub struct TaskContext<'a> {
     /// Where the previous call stopped; `None` on the first call of an attempt.
     pub step: Option<serde_json::Value>,
     pub engine: &'a dyn ReplicationEngine,
+    /// Batches this task's launch with others' into one job.
+    pub launcher: &'a crate::launcher::Launcher,
     pub shell: &'a dyn RemoteShell,
     pub cmdb: &'a dyn Cmdb,
 }

@@ -80,7 +80,6 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     }
     if !step.shutdown_done {
         shutdown(ctx, &mut step, &mut actions).await;
-        return resume(&step, ctx, "source handled; final sync next", actions);
     }
     let job = match &step.job {
         Some(job) => replication::JobId(job.clone()),
@@ -116,7 +115,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             match launch::ensure_launch(ctx, &source, LaunchKind::Cutover, &mut actions).await {
                 Ok(job) => {
                     step.job = Some(job.0.clone());
-                    return resume(&step, ctx, "cutover launch started", actions);
+                    job
                 }
                 Err(report) => return report,
             }

@@ -2,8 +2,7 @@
 //! this task already started), follow it until the target runs and is healthy.
 
 use replication::{
-    Health, Job, JobId, LaunchKind, LaunchStatus, PointInTime, SourceServer, Target, TargetId,
-    TargetState,
+    Health, Job, JobId, LaunchKind, LaunchStatus, SourceServer, Target, TargetId, TargetState,
 };
 
 use crate::context::{Action, Report, TaskContext};
@@ -66,8 +65,8 @@ pub async fn ensure_launch(
         return Ok(job.id);
     }
     let job = ctx
-        .engine
-        .start_launch(kind, std::slice::from_ref(&source.id), &PointInTime::Latest)
+        .launcher
+        .launch(ctx.engine, kind, source.id.clone())
         .await
         .map_err(|err| {
             Report::engine_error(
@@ -78,7 +77,11 @@ pub async fn ensure_launch(
         })?;
     actions.push(Action {
         action: "engine.start_launch".to_owned(),
-        detail: format!("{kind} launch, job {}", job.id),
+        detail: format!(
+            "{kind} launch, job {} ({} server(s))",
+            job.id,
+            job.servers.len()
+        ),
     });
     Ok(job.id)
 }

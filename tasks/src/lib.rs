@@ -14,6 +14,7 @@ pub mod cmdb_cleanup;
 pub mod context;
 pub mod cutover;
 pub mod launch;
+pub mod launcher;
 pub mod prereq_check;
 pub mod replication_verify;
 pub mod shell;

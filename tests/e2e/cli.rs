@@ -17,7 +17,7 @@ fn validate_reports_every_error_with_its_place_and_exits_1() {
     let dir = scratch("invalid");
     fs::write(
         dir.join("wave.yaml"),
-        "name: wave-1\nwindw: {}\nwindow: { start: 2026-12-12 22:00, duration: 6, timezone: UTC }\napplications: []\n",
+        "name: wave-1\nwindw: {}\nwindow: { start: 2027-12-11 22:00, duration: 6, timezone: UTC }\napplications: []\n",
     )
     .unwrap_or_default();
     let run = wavelift(&dir, &["validate", "wave.yaml"]);
@@ -79,7 +79,7 @@ fn plan_json_lists_every_task_with_ids_and_the_dot_output_renders() {
         serde_json::json!(["payroll-db-01/boot_test"])
     );
     assert_eq!(cutover["gates"], serde_json::json!(["payroll/ready"]));
-    assert_eq!(cutover["earliest"], "2026-12-12T21:00:00Z");
+    assert_eq!(cutover["earliest"], "2027-12-11T21:00:00Z");
     let gate = plan["gates"]
         .as_array()
         .into_iter()
@@ -141,7 +141,7 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
     let dir = scratch("short-window");
     fs::write(
         dir.join("wave.yaml"),
-        "name: tight\nwindow: { start: 2026-12-12 22:00, duration: 1h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\n  tasks: { cutover: { expected_duration: 45m } }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n  - name: app\n    depends_on: [db]\n    servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n",
+        "name: tight\nwindow: { start: 2027-12-11 22:00, duration: 1h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\n  tasks: { cutover: { expected_duration: 45m } }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n  - name: app\n    depends_on: [db]\n    servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n",
     )
     .unwrap_or_default();
     let run = wavelift(&dir, &["plan", "wave.yaml"]);
@@ -173,7 +173,7 @@ fn estimate_says_whether_replication_finishes_before_the_validate_phase() {
     let dir = scratch("slow-link");
     fs::write(
         dir.join("wave.yaml"),
-        "name: slow\nwindow: { start: 2026-12-12 22:00, duration: 8h, timezone: UTC }\nreplication: { bandwidth: 10Mbit/s }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\napplications:\n  - name: big\n    servers: [{ name: big-1, change_rate: 1GiB/day, disks: [{ device: /dev/sda, size: 4TiB, used: 3TiB }] }]\n",
+        "name: slow\nwindow: { start: 2027-12-11 22:00, duration: 8h, timezone: UTC }\nreplication: { bandwidth: 10Mbit/s }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\napplications:\n  - name: big\n    servers: [{ name: big-1, change_rate: 1GiB/day, disks: [{ device: /dev/sda, size: 4TiB, used: 3TiB }] }]\n",
     )
     .unwrap_or_default();
     let run = wavelift(&dir, &["estimate", "wave.yaml"]);

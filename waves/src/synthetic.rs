@@ -159,3 +159,16 @@ pub fn uniform(waves: usize, servers_per_wave: usize) -> Shape {
         cadence_days: 7,
     }
 }
+
+/// Waves that all share one window and have independent applications of ten servers:
+/// the most work the executor can be given at once (the executor benchmark).
+pub fn parallel(waves: usize, servers_per_wave: usize) -> Shape {
+    let mut shape = uniform(waves, servers_per_wave);
+    shape.cadence_days = 0;
+    for wave in &mut shape.waves {
+        for app in &mut wave.applications {
+            app.depends_on.clear();
+        }
+    }
+    shape
+}

@@ -64,21 +64,19 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let mut done = 0usize;
-    let mut last_report = Instant::now();
-    let stopped = executor
+    let (stop, stopped_rx) = tokio::sync::watch::channel(false);
+    let bars = tokio::spawn(progress(executor.store.clone(), stopped_rx));
+    let result = executor
         .run(
             RunOptions {
                 until_done: args.until_done,
             },
-            |count| {
-                done += count;
-                if last_report.elapsed().as_secs() >= 2 {
-                    last_report = Instant::now();
-                    eprintln!("  ... {done} task steps run");
-                }
-            },
+            |count| done += count,
         )
-        .await?;
+        .await;
+    let _ = stop.send(true);
+    let _ = bars.await;
+    let stopped = result?;
     let summary = status::summary(&executor.store, None).await?;
     out!("{summary}");
     match stopped {
@@ -156,4 +154,46 @@ fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "wavelift".to_owned())
+}
+
+/// A progress bar per wave on the terminal (tasks final of all, failures, approvals
+/// awaited), redrawn four times a second from the store; nothing when stderr is not a
+/// terminal.
+async fn progress(store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} tasks {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut bars: std::collections::BTreeMap<String, ProgressBar> =
+        std::collections::BTreeMap::new();
+    loop {
+        if let Ok(counts) = store.counts_by_wave().await {
+            for (wave, counts) in counts {
+                let bar = bars.entry(wave.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(counts.total));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(wave.clone());
+                    bar
+                });
+                bar.set_length(counts.total);
+                bar.set_position(counts.finished);
+                let mut notes = Vec::new();
+                if counts.failed > 0 {
+                    notes.push(format!("{} failed or blocked", counts.failed));
+                }
+                if counts.awaiting_approval > 0 {
+                    notes.push(format!("{} awaiting approval", counts.awaiting_approval));
+                }
+                bar.set_message(notes.join(", "));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    for bar in bars.values() {
+        bar.finish_and_clear();
+    }
 }

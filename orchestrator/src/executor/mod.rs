@@ -87,6 +87,7 @@ impl Executor {
         mut on_batch: impl FnMut(usize),
     ) -> anyhow::Result<Stopped> {
         let index = step::index(&self.definitions);
+        let launcher = Arc::new(tasks::launcher::Launcher::default());
         let mut interrupt = Box::pin(tokio::signal::ctrl_c());
         loop {
             let now = self.clock.now_ms();
@@ -135,6 +136,7 @@ impl Executor {
                     engines: self.ports.engines.clone(),
                     shell: Arc::clone(&self.ports.shell),
                     cmdb: Arc::clone(&self.ports.cmdb),
+                    launcher: Arc::clone(&launcher),
                     now,
                 };
                 set.spawn(async move { step::run_step(ctx, task).await });

@@ -37,6 +37,7 @@ pub struct StepInputs {
     pub engines: HashMap<EngineKind, Arc<dyn ReplicationEngine>>,
     pub shell: Arc<dyn RemoteShell>,
     pub cmdb: Arc<dyn Cmdb>,
+    pub launcher: Arc<tasks::launcher::Launcher>,
     pub now: i64,
 }
 
@@ -199,6 +200,7 @@ pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
         attempt: u32::try_from(task.attempts).unwrap_or(0),
         step: resume.task.clone(),
         engine: engine.as_ref(),
+        launcher: &inputs.launcher,
         shell: inputs.shell.as_ref(),
         cmdb: inputs.cmdb.as_ref(),
     };

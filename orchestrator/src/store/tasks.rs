@@ -105,6 +105,15 @@ impl TaskRow {
     }
 }
 
+/// Rows per statement in set-based writes: well under SQLite's and PostgreSQL's limits
+/// on bound parameters.
+const CHUNK: usize = 200;
+
+/// `?, ?, ?` for `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 pub(crate) const TASK_COLUMNS: &str = "id, wave, application, server, kind, state, attempts, \
     earliest, deadline, next_run_at, approval_required, approved_by, approved_at, step, reason, \
     started_at, finished_at";
@@ -232,7 +241,13 @@ impl Store {
         }
         let txn = self.write_transaction().await?;
         let mut dropped = 0;
-        for completion in completions {
+        // Successes are the bulk of every batch: a handful of set-based statements
+        // instead of several statements per task.
+        let (successes, others): (Vec<Completion>, Vec<Completion>) = completions
+            .into_iter()
+            .partition(|c| matches!(c, Completion::Succeeded { .. }));
+        dropped += self.complete_successes(&txn, owner, now, successes).await?;
+        for completion in others {
             if !self.complete_one(&txn, owner, now, completion).await? {
                 dropped += 1;
             }
@@ -241,6 +256,104 @@ impl Store {
             .await
             .context("cannot commit task completions")?;
         Ok(dropped)
+    }
+
+    /// Records many successes: one conditional update per chunk (returning the tasks
+    /// whose lease was still ours), one release of their dependants, one insert of their
+    /// attempts and one of their events.
+    async fn complete_successes(
+        &self,
+        txn: &DatabaseTransaction,
+        owner: &str,
+        now: i64,
+        successes: Vec<Completion>,
+    ) -> anyhow::Result<usize> {
+        let mut dropped = 0;
+        for chunk in successes.chunks(CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(Completion::id).collect();
+            let marks = placeholders(ids.len());
+            let mut values: Vec<Value> = vec![now.into(), now.into(), owner.into()];
+            values.extend(ids.iter().map(|id| Value::from(*id)));
+            let sql = format!(
+                "UPDATE tasks SET state = 'succeeded', step = NULL, reason = NULL, finished_at = ?, \
+                 attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+                 WHERE lease_owner = ? AND id IN ({marks}) RETURNING id"
+            );
+            let rows = txn.query_all_raw(self.stmt(&sql, values)).await?;
+            let done: std::collections::HashSet<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String>("", "id"))
+                .collect::<Result<_, _>>()?;
+            dropped += chunk.len() - done.len();
+            if done.is_empty() {
+                continue;
+            }
+            let done_ids: Vec<&String> = done.iter().collect();
+            let marks = placeholders(done_ids.len());
+            let mut values: Vec<Value> = done_ids
+                .iter()
+                .map(|id| Value::from((*id).clone()))
+                .collect();
+            values.extend(done_ids.iter().map(|id| Value::from((*id).clone())));
+            let sql = format!(
+                "UPDATE tasks SET pending_deps = pending_deps - (SELECT COUNT(*) FROM task_dependencies d \
+                 WHERE d.task_id = tasks.id AND d.depends_on IN ({marks})) \
+                 WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on IN ({marks}))"
+            );
+            txn.execute_raw(self.stmt(&sql, values)).await?;
+            let mut attempts = Vec::with_capacity(done.len());
+            let mut events = Vec::new();
+            for completion in chunk {
+                if let Completion::Succeeded {
+                    id,
+                    attempt,
+                    events: these,
+                    ..
+                } = completion
+                    && done.contains(id)
+                {
+                    attempts.push((id.clone(), attempt.clone()));
+                    events.extend(these.iter().cloned());
+                }
+            }
+            self.insert_attempts(txn, &attempts).await?;
+            insert_events(self, txn, &events).await?;
+        }
+        Ok(dropped)
+    }
+
+    async fn insert_attempts(
+        &self,
+        txn: &DatabaseTransaction,
+        attempts: &[(String, AttemptRecord)],
+    ) -> anyhow::Result<()> {
+        for chunk in attempts.chunks(CHUNK / 2) {
+            if chunk.is_empty() {
+                continue;
+            }
+            let mut sql = String::from(
+                "INSERT INTO attempts (task_id, number, started_at, finished_at, outcome, checks, output, error) VALUES ",
+            );
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
+            for (i, (id, attempt)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("(?, (SELECT attempts FROM tasks WHERE id = ?), ?, ?, ?, ?, ?, ?)");
+                values.extend([
+                    id.clone().into(),
+                    id.clone().into(),
+                    attempt.started_at.into(),
+                    attempt.finished_at.into(),
+                    attempt.outcome.clone().into(),
+                    attempt.checks.clone().into(),
+                    attempt.output.clone().into(),
+                    attempt.error.clone().into(),
+                ]);
+            }
+            txn.execute_raw(self.stmt(&sql, values)).await?;
+        }
+        Ok(())
     }
 
     async fn complete_one(
@@ -332,35 +445,10 @@ impl Store {
             _ => {}
         }
         if let Some(attempt) = attempt {
-            self.insert_attempt(txn, &id, attempt).await?;
+            self.insert_attempts(txn, &[(id.clone(), attempt)]).await?;
         }
         insert_events(self, txn, &events).await?;
         Ok(true)
-    }
-
-    async fn insert_attempt(
-        &self,
-        txn: &DatabaseTransaction,
-        id: &str,
-        attempt: AttemptRecord,
-    ) -> anyhow::Result<()> {
-        let sql = "INSERT INTO attempts (task_id, number, started_at, finished_at, outcome, checks, output, error) \
-                   VALUES (?, (SELECT attempts FROM tasks WHERE id = ?), ?, ?, ?, ?, ?, ?)";
-        txn.execute_raw(self.stmt(
-            sql,
-            vec![
-                id.into(),
-                id.into(),
-                attempt.started_at.into(),
-                attempt.finished_at.into(),
-                attempt.outcome.into(),
-                attempt.checks.into(),
-                attempt.output.into(),
-                attempt.error.into(),
-            ],
-        ))
-        .await?;
-        Ok(())
     }
 
     /// One dependency fewer for every task waiting on `id`.
@@ -429,5 +517,49 @@ impl Store {
             .iter()
             .map(|row| TaskRow::from_query_result(row, ""))
             .collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+/// How many tasks of a wave are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaveCounts {
+    pub total: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub awaiting_approval: u64,
+}
+
+impl Store {
+    /// Task counts per wave, for progress bars.
+    pub async fn counts_by_wave(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, WaveCounts>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT wave, state, COUNT(*) AS n FROM tasks GROUP BY wave, state",
+                vec![],
+            ))
+            .await?;
+        let mut out: std::collections::BTreeMap<String, WaveCounts> =
+            std::collections::BTreeMap::new();
+        for row in rows {
+            let wave: String = row.try_get("", "wave")?;
+            let state: String = row.try_get("", "state")?;
+            let n = u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0);
+            let counts = out.entry(wave).or_default();
+            counts.total += n;
+            let state = TaskState::parse(&state).unwrap_or(TaskState::Pending);
+            if state.is_final() {
+                counts.finished += n;
+            }
+            if matches!(state, TaskState::Failed | TaskState::Blocked) {
+                counts.failed += n;
+            }
+            if state == TaskState::AwaitingApproval {
+                counts.awaiting_approval += n;
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,0 +1,8 @@
+//! The orchestrator: the store (sea-orm), the scheduler's clock, the executor that runs
+//! the tasks, and the `wavelift` command line. The only place where concrete adapters
+//! (engines, shells, CMDBs) are wired.
+
+pub mod cli;
+pub mod executor;
+pub mod scheduler;
+pub mod store;
