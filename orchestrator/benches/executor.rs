@@ -137,8 +137,9 @@ async fn run_executor(
 }
 
 /// The same rows written with plain SQL and the same commit cadence: for each batch the
-/// executor ran, one claim statement, then one transaction that marks the tasks done,
-/// releases their dependants and inserts their attempts and events.
+/// executor ran, one transaction that claims the tasks, marks them done, releases their
+/// dependants and inserts their attempts and events (the executor commits the outcomes
+/// of a batch and the claim of the next together).
 async fn run_baseline(
     url: &str,
     loaded: &waves::Loaded,
@@ -188,11 +189,11 @@ async fn run_baseline(
             .map(|id| quote(id))
             .collect::<Vec<_>>()
             .join(", ");
-        db.execute_unprepared(&format!(
+        let txn = sea_orm::TransactionTrait::begin(&db).await?;
+        txn.execute_unprepared(&format!(
             "UPDATE tasks SET lease_owner = 'baseline', lease_expires_at = 1, state = 'running' WHERE id IN ({list})"
         ))
         .await?;
-        let txn = sea_orm::TransactionTrait::begin(&db).await?;
         txn.execute_unprepared(&format!(
             "UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, lease_owner = NULL, finished_at = 2 WHERE id IN ({list})"
         ))

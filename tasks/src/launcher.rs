@@ -22,7 +22,7 @@ pub struct Launcher {
 
 impl Default for Launcher {
     fn default() -> Launcher {
-        Launcher::new(Duration::from_millis(20))
+        Launcher::new(Duration::from_millis(5))
     }
 }
 

@@ -11,7 +11,7 @@ pub async fn run(
     follow: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = state.open(None).await?;
+    let store = state.open_existing().await?;
     let mut after = 0i64;
     loop {
         let events = store.events_after(after, wave, 1000).await?;

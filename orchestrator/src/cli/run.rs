@@ -45,7 +45,7 @@ pub struct RunArgs {
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let store = if args.paths.is_empty() {
-        args.state.open(None).await?
+        args.state.open_existing().await?
     } else {
         let definitions = DefinitionArgs {
             paths: args.paths.clone(),

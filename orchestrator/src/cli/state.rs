@@ -51,6 +51,30 @@ impl StateArgs {
     pub async fn open(&self, config: Option<&Config>) -> anyhow::Result<Store> {
         Store::open(&self.database_url(config)).await
     }
+
+    /// Opens a store that must exist already: commands that read or steer never create
+    /// an empty database in a folder where nothing was applied.
+    pub async fn open_existing(&self) -> anyhow::Result<Store> {
+        let url = self.database_url(None);
+        if let Some(path) = sqlite_path(&url)
+            && !path.exists()
+        {
+            bail!(
+                "no Wavelift state at {}: apply definitions first (wavelift apply PATH), or pass --database-url",
+                path.display()
+            );
+        }
+        Store::open(&url).await
+    }
+}
+
+/// The file of a `sqlite://` URL, unless in memory.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 fn resolve_sqlite(url: &str, base: &Path) -> String {

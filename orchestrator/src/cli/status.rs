@@ -8,7 +8,7 @@ use super::state::StateArgs;
 use crate::store::{Store, TaskRow, TaskState};
 
 pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let store = state.open(None).await?;
+    let store = state.open_existing().await?;
     if json {
         let tasks = store.tasks(wave).await?;
         let document = serde_json::json!({

@@ -10,7 +10,7 @@ pub async fn approve(
     app: Option<&str>,
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let store = store_args.open(None).await?;
+    let store = store_args.open_existing().await?;
     let who = state::operator(by);
     let apps = store
         .approve(wave, app, &who, jiff::Timestamp::now().as_millisecond())
@@ -32,7 +32,7 @@ pub async fn pull(
     task: &str,
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let store = store_args.open(None).await?;
+    let store = store_args.open_existing().await?;
     let who = state::operator(by);
     let now = jiff::Timestamp::now().as_millisecond();
     match lever {

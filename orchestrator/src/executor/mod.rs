@@ -21,7 +21,7 @@ use waves::model::{Definitions, EngineKind};
 
 use crate::scheduler::SchedulerClock;
 use crate::scheduler::clock::WARP_KEY;
-use crate::store::{Completion, Store};
+use crate::store::{ClaimedTask, Completion, Limit, Store};
 
 /// How long a claimed task is the executor's before another worker may take it.
 pub const LEASE_MS: i64 = 60_000;
@@ -89,12 +89,19 @@ impl Executor {
         let index = step::index(&self.definitions);
         let launcher = Arc::new(tasks::launcher::Launcher::default());
         let mut interrupt = Box::pin(tokio::signal::ctrl_c());
+        let limit = Limit {
+            total: u32::try_from(self.limits.global).unwrap_or(u32::MAX),
+            per_wave: u32::try_from(self.limits.per_wave).unwrap_or(u32::MAX),
+        };
+        let mut claimed: Vec<ClaimedTask> = Vec::new();
         loop {
             let now = self.clock.now_ms();
-            let claimed = self
-                .store
-                .claim(&self.owner, now, now + LEASE_MS, self.limits.global as u32)
-                .await?;
+            if claimed.is_empty() {
+                claimed = self
+                    .store
+                    .claim(&self.owner, now, now + LEASE_MS, limit)
+                    .await?;
+            }
             if claimed.is_empty() {
                 let unfinished = self.store.unfinished_count().await?;
                 let due = self.store.next_due().await?;
@@ -126,11 +133,11 @@ impl Executor {
                 }
                 continue;
             }
-            let (run_now, later) = step::within_wave_limit(claimed, self.limits.per_wave);
-            let count = run_now.len();
+            let batch = std::mem::take(&mut claimed);
+            let count = batch.len();
             let mut set = tokio::task::JoinSet::new();
-            for task in run_now {
-                let ctx = step::StepInputs {
+            for task in batch {
+                let inputs = step::StepInputs {
                     definitions: Arc::clone(&self.definitions),
                     index: Arc::clone(&index),
                     engines: self.ports.engines.clone(),
@@ -139,25 +146,39 @@ impl Executor {
                     launcher: Arc::clone(&launcher),
                     now,
                 };
-                set.spawn(async move { step::run_step(ctx, task).await });
+                set.spawn(async move { step::run_step(inputs, task).await });
             }
-            let mut completions: Vec<Completion> = later
-                .into_iter()
-                .map(|task| Completion::Waiting {
-                    id: task.id,
-                    step: task.step.unwrap_or_default(),
-                    next_run_at: now,
-                    events: Vec::new(),
-                })
-                .collect();
+            let mut completions: Vec<Completion> = Vec::with_capacity(count);
             while let Some(result) = set.join_next().await {
                 completions.push(result?);
             }
+            // The outcomes and the next claim share one commit.
             let finished_at = self.clock.now_ms().max(now);
-            self.store
-                .complete(&self.owner, finished_at, completions)
+            let (_, next) = self
+                .store
+                .complete_and_claim(
+                    &self.owner,
+                    finished_at,
+                    completions,
+                    finished_at + LEASE_MS,
+                    limit,
+                )
                 .await?;
+            claimed = next;
             on_batch(count);
+            if let Some(Ok(())) = futures_ready(&mut interrupt) {
+                return Ok(Stopped::Interrupted);
+            }
         }
+    }
+}
+
+/// Whether Ctrl-C came, without waiting for it.
+fn futures_ready<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(future).poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }

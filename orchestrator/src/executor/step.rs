@@ -50,20 +50,6 @@ struct Resume {
     task: Option<serde_json::Value>,
 }
 
-/// Splits a claimed batch into what runs now and what waits for the next batch, so no
-/// wave runs more than `per_wave` tasks at once.
-pub fn within_wave_limit(
-    claimed: Vec<ClaimedTask>,
-    per_wave: usize,
-) -> (Vec<ClaimedTask>, Vec<ClaimedTask>) {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    claimed.into_iter().partition(|task| {
-        let count = counts.entry(task.wave.clone()).or_insert(0);
-        *count += 1;
-        *count <= per_wave
-    })
-}
-
 fn event(task: &ClaimedTask, at: i64, kind: &str, message: String) -> NewEvent {
     NewEvent {
         at,
@@ -139,15 +125,7 @@ pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
         note: None,
         task: None,
     });
-    let mut events = Vec::new();
-    if first_turn && task.attempts == 0 {
-        events.push(event(
-            &task,
-            now,
-            "task.started",
-            format!("{} started", task.id),
-        ));
-    }
+    let events = Vec::new();
     // A task that has not started by its deadline missed its phase; the cutover checks
     // its window itself (it must not start if it cannot finish).
     if first_turn

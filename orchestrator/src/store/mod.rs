@@ -22,7 +22,7 @@ use sea_orm::{
 
 pub use apply::{ApplyOptions, ApplyReport};
 pub use events::NewEvent;
-pub use tasks::{AttemptRecord, ClaimedTask, Completion, TaskRow, TaskState, WaveCounts};
+pub use tasks::{AttemptRecord, ClaimedTask, Completion, Limit, TaskRow, TaskState, WaveCounts};
 
 #[derive(Clone)]
 pub struct Store {

@@ -105,6 +105,13 @@ impl TaskRow {
     }
 }
 
+/// How many tasks one claim may take: in all, and of one wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub total: u32,
+    pub per_wave: u32,
+}
+
 /// Rows per statement in set-based writes: well under SQLite's and PostgreSQL's limits
 /// on bound parameters.
 const CHUNK: usize = 200;
@@ -184,28 +191,44 @@ impl Completion {
 }
 
 impl Store {
-    /// Leases up to `limit` runnable tasks to `owner` until `lease_until`, in one
-    /// statement (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so workers never wait
-    /// for each other's rows).
+    /// Leases up to `limit` runnable tasks (at most `per_wave` of one wave) to `owner`
+    /// until `lease_until`, in one statement (on PostgreSQL with `FOR UPDATE SKIP
+    /// LOCKED`, so workers never wait for each other's rows).
     pub async fn claim(
         &self,
         owner: &str,
         now: i64,
         lease_until: i64,
-        limit: u32,
+        limit: Limit,
+    ) -> anyhow::Result<Vec<ClaimedTask>> {
+        self.claim_on(self.db(), owner, now, lease_until, limit)
+            .await
+    }
+
+    async fn claim_on(
+        &self,
+        db: &impl ConnectionTrait,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: Limit,
     ) -> anyhow::Result<Vec<ClaimedTask>> {
         let lock = if self.is_postgres() {
             " FOR UPDATE SKIP LOCKED"
         } else {
             ""
         };
+        // The window function ranks each wave's runnable tasks, so one wave cannot take
+        // the whole batch; the outer query locks (PostgreSQL allows no lock next to a
+        // window function).
         let sql = format!(
             "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
              state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
              started_at = COALESCE(started_at, ?), updated_at = ? \
-             WHERE id IN (SELECT id FROM tasks WHERE state IN ('pending', 'running') \
-             AND pending_deps = 0 AND next_run_at <= ? \
-             AND (lease_expires_at IS NULL OR lease_expires_at < ?) \
+             WHERE id IN (SELECT id FROM tasks WHERE id IN ( \
+               SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY wave ORDER BY next_run_at, id) AS rank \
+                 FROM tasks WHERE state IN ('pending', 'running') AND pending_deps = 0 AND next_run_at <= ? \
+                 AND (lease_expires_at IS NULL OR lease_expires_at < ?)) ranked WHERE rank <= ?) \
              ORDER BY next_run_at, id LIMIT ?{lock}) \
              RETURNING {TASK_COLUMNS}"
         );
@@ -216,15 +239,36 @@ impl Store {
             now.into(),
             now.into(),
             now.into(),
-            i64::from(limit).into(),
+            i64::from(limit.per_wave).into(),
+            i64::from(limit.total).into(),
         ];
-        let rows = self.db().query_all_raw(self.stmt(&sql, values)).await?;
+        let rows = db.query_all_raw(self.stmt(&sql, values)).await?;
         let mut claimed = rows
             .iter()
             .map(|row| TaskRow::from_query_result(row, ""))
             .collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
         Ok(claimed)
+    }
+
+    /// Records the outcomes of one batch and claims the next in the same transaction:
+    /// one commit per step of the executor. Returns the dropped completions (see
+    /// [`Store::complete`]) and the newly claimed tasks.
+    pub async fn complete_and_claim(
+        &self,
+        owner: &str,
+        now: i64,
+        completions: Vec<Completion>,
+        lease_until: i64,
+        limit: Limit,
+    ) -> anyhow::Result<(usize, Vec<ClaimedTask>)> {
+        let txn = self.write_transaction().await?;
+        let dropped = self.complete_in(&txn, owner, now, completions).await?;
+        let claimed = self.claim_on(&txn, owner, now, lease_until, limit).await?;
+        txn.commit()
+            .await
+            .context("cannot commit task completions")?;
+        Ok((dropped, claimed))
     }
 
     /// Records the outcome of claimed tasks in one transaction. A completion whose lease
@@ -240,21 +284,32 @@ impl Store {
             return Ok(0);
         }
         let txn = self.write_transaction().await?;
+        let dropped = self.complete_in(&txn, owner, now, completions).await?;
+        txn.commit()
+            .await
+            .context("cannot commit task completions")?;
+        Ok(dropped)
+    }
+
+    async fn complete_in(
+        &self,
+        txn: &DatabaseTransaction,
+        owner: &str,
+        now: i64,
+        completions: Vec<Completion>,
+    ) -> anyhow::Result<usize> {
         let mut dropped = 0;
         // Successes are the bulk of every batch: a handful of set-based statements
         // instead of several statements per task.
         let (successes, others): (Vec<Completion>, Vec<Completion>) = completions
             .into_iter()
             .partition(|c| matches!(c, Completion::Succeeded { .. }));
-        dropped += self.complete_successes(&txn, owner, now, successes).await?;
+        dropped += self.complete_successes(txn, owner, now, successes).await?;
         for completion in others {
-            if !self.complete_one(&txn, owner, now, completion).await? {
+            if !self.complete_one(txn, owner, now, completion).await? {
                 dropped += 1;
             }
         }
-        txn.commit()
-            .await
-            .context("cannot commit task completions")?;
         Ok(dropped)
     }
 
