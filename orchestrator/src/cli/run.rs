@@ -37,7 +37,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 256)]
     pub max_tasks: usize,
     /// Tasks of one wave run at once
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     pub max_tasks_per_wave: usize,
     #[command(flatten)]
     pub state: StateArgs,

@@ -41,7 +41,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             global: 256,
-            per_wave: 128,
+            per_wave: 256,
         }
     }
 }

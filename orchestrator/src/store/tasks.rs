@@ -191,8 +191,8 @@ impl Completion {
 }
 
 impl Store {
-    /// Leases up to `limit` runnable tasks (at most `per_wave` of one wave) to `owner`
-    /// until `lease_until`, in one statement (on PostgreSQL with `FOR UPDATE SKIP
+    /// Leases up to `limit.total` runnable tasks (at most `limit.per_wave` of one wave)
+    /// to `owner` until `lease_until`, in one statement (on PostgreSQL with `FOR UPDATE SKIP
     /// LOCKED`, so workers never wait for each other's rows).
     pub async fn claim(
         &self,
@@ -218,17 +218,13 @@ impl Store {
         } else {
             ""
         };
-        // The window function ranks each wave's runnable tasks, so one wave cannot take
-        // the whole batch; the outer query locks (PostgreSQL allows no lock next to a
-        // window function).
         let sql = format!(
             "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
              state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
              started_at = COALESCE(started_at, ?), updated_at = ? \
-             WHERE id IN (SELECT id FROM tasks WHERE id IN ( \
-               SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY wave ORDER BY next_run_at, id) AS rank \
-                 FROM tasks WHERE state IN ('pending', 'running') AND pending_deps = 0 AND next_run_at <= ? \
-                 AND (lease_expires_at IS NULL OR lease_expires_at < ?)) ranked WHERE rank <= ?) \
+             WHERE id IN (SELECT id FROM tasks WHERE state IN ('pending', 'running') \
+             AND pending_deps = 0 AND next_run_at <= ? \
+             AND (lease_expires_at IS NULL OR lease_expires_at < ?) \
              ORDER BY next_run_at, id LIMIT ?{lock}) \
              RETURNING {TASK_COLUMNS}"
         );
@@ -239,7 +235,6 @@ impl Store {
             now.into(),
             now.into(),
             now.into(),
-            i64::from(limit.per_wave).into(),
             i64::from(limit.total).into(),
         ];
         let rows = db.query_all_raw(self.stmt(&sql, values)).await?;
@@ -248,7 +243,27 @@ impl Store {
             .map(|row| TaskRow::from_query_result(row, ""))
             .collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
-        Ok(claimed)
+        // A wave over its limit gives the rest back as it was: the statement above cannot
+        // count per wave cheaply (a window function made it several times slower).
+        let mut per_wave: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        let (kept, over): (Vec<ClaimedTask>, Vec<ClaimedTask>) =
+            claimed.into_iter().partition(|task| {
+                let count = per_wave.entry(task.wave.clone()).or_insert(0);
+                *count += 1;
+                *count <= limit.per_wave
+            });
+        for chunk in over.chunks(CHUNK) {
+            let marks = placeholders(chunk.len());
+            let values: Vec<Value> = chunk.iter().map(|t| Value::from(t.id.clone())).collect();
+            let sql = format!(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
+                 state = CASE WHEN attempts = 0 AND step IS NULL THEN 'pending' ELSE state END, \
+                 started_at = CASE WHEN attempts = 0 AND step IS NULL THEN NULL ELSE started_at END \
+                 WHERE id IN ({marks})"
+            );
+            db.execute_raw(self.stmt(&sql, values)).await?;
+        }
+        Ok(kept)
     }
 
     /// Records the outcomes of one batch and claims the next in the same transaction:
