@@ -403,9 +403,15 @@ impl Store {
                       next_run_at = CASE WHEN tasks.state = 'pending' THEN excluded.next_run_at ELSE tasks.next_run_at END, \
                       state = CASE \
                         WHEN tasks.state = 'pending' AND excluded.state = 'skipped' THEN 'skipped' \
-                        WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 THEN 'pending' \
-                        WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 THEN excluded.state \
-                        ELSE tasks.state END";
+                        WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 \
+                          AND tasks.reason IS NULL THEN 'pending' \
+                        WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+                          AND tasks.reason = 'cancelled: removed from the definitions' THEN excluded.state \
+                        ELSE tasks.state END, \
+                      reason = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+                        AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.reason END, \
+                      finished_at = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+                        AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.finished_at END";
         let mut planned: BTreeSet<&str> = BTreeSet::new();
         for (id, wave, app, server, kind, earliest, deadline, approval, skipped) in &rows {
             planned.insert(id.as_str());

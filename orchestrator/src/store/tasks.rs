@@ -213,45 +213,54 @@ impl Store {
         lease_until: i64,
         limit: Limit,
     ) -> anyhow::Result<Vec<ClaimedTask>> {
-        let lock = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
-             state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
-             started_at = COALESCE(started_at, ?), updated_at = ? \
-             WHERE id IN (SELECT id FROM tasks WHERE state IN ('pending', 'running') \
-             AND pending_deps = 0 AND next_run_at <= ? \
-             AND (lease_expires_at IS NULL OR lease_expires_at < ?) \
-             ORDER BY next_run_at, id LIMIT ?{lock}) \
-             RETURNING {TASK_COLUMNS}"
-        );
-        let values: Vec<Value> = vec![
-            owner.into(),
-            lease_until.into(),
-            now.into(),
-            now.into(),
-            now.into(),
-            now.into(),
-            i64::from(limit.total).into(),
-        ];
-        let rows = db.query_all_raw(self.stmt(&sql, values)).await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| TaskRow::from_query_result(row, ""))
-            .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
-        // A wave over its limit gives the rest back as it was: the statement above cannot
-        // count per wave cheaply (a window function made it several times slower).
+        // A wave that reaches its limit is left out of the next round, so the room it
+        // gave back goes to other waves; a round per wave at most.
+        let mut kept: Vec<ClaimedTask> = Vec::new();
+        let mut full: Vec<String> = Vec::new();
         let mut per_wave: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        let (kept, over): (Vec<ClaimedTask>, Vec<ClaimedTask>) =
-            claimed.into_iter().partition(|task| {
+        for _ in 0..64 {
+            let room = limit
+                .total
+                .saturating_sub(u32::try_from(kept.len()).unwrap_or(u32::MAX));
+            if room == 0 {
+                break;
+            }
+            let round = self
+                .claim_round(db, owner, now, lease_until, room, &full)
+                .await?;
+            if round.is_empty() {
+                break;
+            }
+            let mut over = Vec::new();
+            for task in round {
                 let count = per_wave.entry(task.wave.clone()).or_insert(0);
-                *count += 1;
-                *count <= limit.per_wave
-            });
+                if *count < limit.per_wave {
+                    *count += 1;
+                    kept.push(task);
+                } else {
+                    over.push(task);
+                }
+            }
+            if over.is_empty() {
+                break;
+            }
+            self.give_back(db, &over).await?;
+            for (wave, count) in &per_wave {
+                if *count >= limit.per_wave && !full.contains(wave) {
+                    full.push(wave.clone());
+                }
+            }
+        }
+        kept.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
+        Ok(kept)
+    }
+
+    /// Tasks claimed over a wave's limit go back as they were.
+    async fn give_back(
+        &self,
+        db: &impl ConnectionTrait,
+        over: &[ClaimedTask],
+    ) -> anyhow::Result<()> {
         for chunk in over.chunks(CHUNK) {
             let marks = placeholders(chunk.len());
             let values: Vec<Value> = chunk.iter().map(|t| Value::from(t.id.clone())).collect();
@@ -263,7 +272,55 @@ impl Store {
             );
             db.execute_raw(self.stmt(&sql, values)).await?;
         }
-        Ok(kept)
+        Ok(())
+    }
+
+    async fn claim_round(
+        &self,
+        db: &impl ConnectionTrait,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        room: u32,
+        full_waves: &[String],
+    ) -> anyhow::Result<Vec<ClaimedTask>> {
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let exclude = if full_waves.is_empty() {
+            String::new()
+        } else {
+            format!(" AND wave NOT IN ({})", placeholders(full_waves.len()))
+        };
+        let sql = format!(
+            "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
+             state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
+             started_at = COALESCE(started_at, ?), updated_at = ? \
+             WHERE id IN (SELECT id FROM tasks WHERE state IN ('pending', 'running') \
+             AND pending_deps = 0 AND next_run_at <= ? \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= ?){exclude} \
+             ORDER BY next_run_at, id LIMIT ?{lock}) \
+             RETURNING {TASK_COLUMNS}"
+        );
+        let mut values: Vec<Value> = vec![
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            now.into(),
+            now.into(),
+            now.into(),
+        ];
+        values.extend(full_waves.iter().map(|w| Value::from(w.clone())));
+        values.push(i64::from(room).into());
+        let rows = db.query_all_raw(self.stmt(&sql, values)).await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| TaskRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
+        Ok(claimed)
     }
 
     /// Records the outcomes of one batch and claims the next in the same transaction:
