@@ -1,5 +1,8 @@
 //! The first schema: revisions of the definitions, waves, servers, tasks with their
 //! dependencies and leases, attempts, events, and a key-value table for the scheduler.
+//!
+//! Every statement is `IF NOT EXISTS`: on SQLite the migration is not one transaction,
+//! so a process killed halfway leaves part of the schema, and the next start completes it.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -117,6 +120,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Meta::Table)
                     .col(string(Meta::Key).primary_key())
                     .col(text(Meta::Value))
@@ -126,6 +130,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Revisions::Table)
                     .col(big_integer(Revisions::Id).primary_key())
                     .col(big_integer(Revisions::CreatedAt))
@@ -137,6 +142,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Waves::Table)
                     .col(string(Waves::Name).primary_key())
                     .col(big_integer(Waves::Revision))
@@ -156,6 +162,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Servers::Table)
                     .col(string(Servers::Name).primary_key())
                     .col(string(Servers::Wave))
@@ -169,6 +176,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Tasks::Table)
                     .col(string(Tasks::Id).primary_key())
                     .col(string(Tasks::Wave))
@@ -198,6 +206,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("tasks_runnable")
                     .table(Tasks::Table)
                     .col(Tasks::State)
@@ -209,6 +218,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("tasks_by_wave")
                     .table(Tasks::Table)
                     .col(Tasks::Wave)
@@ -219,6 +229,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(TaskDependencies::Table)
                     .col(string(TaskDependencies::TaskId))
                     .col(string(TaskDependencies::DependsOn))
@@ -234,6 +245,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("task_dependencies_by_dependency")
                     .table(TaskDependencies::Table)
                     .col(TaskDependencies::DependsOn)
@@ -243,6 +255,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Attempts::Table)
                     .col(big_integer(Attempts::Id).primary_key().auto_increment())
                     .col(string(Attempts::TaskId))
@@ -259,6 +272,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("attempts_by_task")
                     .table(Attempts::Table)
                     .col(Attempts::TaskId)
@@ -268,6 +282,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .if_not_exists()
                     .table(Events::Table)
                     .col(big_integer(Events::Id).primary_key().auto_increment())
                     .col(big_integer(Events::At))
