@@ -35,12 +35,17 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         Ok(source) => source,
         Err(report) => return report,
     };
-    if step.job.is_none()
-        && matches!(
-            source.life_cycle,
-            LifeCycle::ReadyForCutover | LifeCycle::CuttingOver | LifeCycle::Cutover
-        )
-    {
+    if matches!(
+        source.life_cycle,
+        LifeCycle::ReadyForCutover | LifeCycle::CuttingOver | LifeCycle::Cutover
+    ) {
+        if let Some(target) = step.target.clone().map(replication::TargetId)
+            && let Err(report) =
+                launch::terminate_once(ctx, &source, Some(&target), LaunchKind::Test, &mut actions)
+                    .await
+        {
+            return report;
+        }
         return Report::done(
             vec![Check::pass(
                 "boot test",

@@ -87,7 +87,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             crate::store::redact(&args.state.database_url(None))
         ),
         Stopped::AwaitingApproval(n) => outln!(
-            "{n} task(s) wait for an operator: approve with `wavelift approve WAVE`, then run again"
+            "{n} cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"
         ),
         Stopped::Interrupted => outln!("stopped; `wavelift run` goes on from here"),
     }

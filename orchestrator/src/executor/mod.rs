@@ -73,7 +73,7 @@ pub struct RunOptions {
 pub enum Stopped {
     /// Every task is in a final state.
     AllDone,
-    /// Nothing can move until an operator approves these gates.
+    /// Nothing can move until an operator approves this many gates.
     AwaitingApproval(usize),
     /// Asked to stop (Ctrl-C).
     Interrupted,
@@ -104,7 +104,16 @@ impl Executor {
             }
             if claimed.is_empty() {
                 let unfinished = self.store.unfinished_count().await?;
-                let due = self.store.next_due().await?;
+                let (awaiting, first_window) = self.store.awaiting_approval().await?;
+                let mut due = self.store.next_due().await?;
+                // Warped time never runs into the window of a cutover that waits for its
+                // go: the window would pass before anyone could give it.
+                if self.clock.is_warped()
+                    && let (Some(next), Some(window)) = (due, first_window)
+                    && next >= window
+                {
+                    due = None;
+                }
                 match due {
                     Some(due) if self.clock.is_warped() => {
                         self.clock.advance_to(due.max(now));
@@ -118,7 +127,7 @@ impl Executor {
                         return Ok(if unfinished == 0 {
                             Stopped::AllDone
                         } else {
-                            Stopped::AwaitingApproval(unfinished as usize)
+                            Stopped::AwaitingApproval(awaiting.max(1) as usize)
                         });
                     }
                     None => {}

@@ -620,6 +620,21 @@ impl Store {
         })
     }
 
+    /// Gates waiting for an operator's go, and the earliest window start among their
+    /// waves.
+    pub async fn awaiting_approval(&self) -> anyhow::Result<(i64, Option<i64>)> {
+        let sql = "SELECT COUNT(*) AS n, MIN(w.window_start) AS first_window FROM tasks t \
+                   JOIN waves w ON w.name = t.wave WHERE t.state = 'awaiting_approval'";
+        let row = self.db().query_one_raw(self.stmt(sql, vec![])).await?;
+        Ok(match row {
+            Some(row) => (
+                row.try_get::<i64>("", "n")?,
+                row.try_get::<Option<i64>>("", "first_window")?,
+            ),
+            None => (0, None),
+        })
+    }
+
     /// Tasks not in a final state (awaiting approval counts as not final).
     pub async fn unfinished_count(&self) -> anyhow::Result<i64> {
         let sql = "SELECT COUNT(*) AS n FROM tasks WHERE state IN ('pending', 'running', 'awaiting_approval')";

@@ -1,0 +1,742 @@
+//! Running waves as a user meets it: `run`, `status`, `events`, `approve`, the levers
+//! `retry`, `skip` and `cancel`, `apply` and `rehearse`, on copies of the quickstart.
+//!
+//! Each test works in a folder of its own and starts nothing but the wavelift binary.
+//! The copies' windows are moved to [`QUICKSTART_WINDOWS`]: `run --time-warp` starts at the
+//! wall clock and jumps to the first due task, so every phase must still lie ahead.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+use wavelift_tests::{QUICKSTART_WINDOWS, Run, Scratch, edit, quickstart_copy, wavelift};
+
+/// The quickstart's servers, and the one whose boot test the definitions skip.
+const SERVERS: [&str; 8] = [
+    "dir-01",
+    "dir-02",
+    "payroll-app-01",
+    "payroll-db-01",
+    "shop-batch-01",
+    "shop-catalog-01",
+    "shop-web-01",
+    "shop-web-02",
+];
+const NO_BOOT_TEST: &str = "shop-batch-01";
+const KINDS: [&str; 6] = [
+    "prereq_check",
+    "agent_push",
+    "replication_verify",
+    "boot_test",
+    "cutover",
+    "cmdb_cleanup",
+];
+
+fn succeeds(run: Run) -> Run {
+    assert_eq!(run.code, 0, "{}", run.describe());
+    run
+}
+
+/// A command that must refuse: exit 1, nothing on stdout, `error: MESSAGE` on stderr.
+fn refuses(dir: &Path, args: &[&str], message: &str) {
+    let run = wavelift(dir, args);
+    assert_eq!(
+        run.code,
+        1,
+        "`wavelift {}`: {}",
+        args.join(" "),
+        run.describe()
+    );
+    assert!(run.stdout.is_empty(), "{}", run.describe());
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!("error: {message}"),
+        "`wavelift {}`",
+        args.join(" ")
+    );
+}
+
+/// `wavelift status --json ARGS` in `dir`: every task instance, by id.
+pub(crate) fn status_tasks(dir: &Path, args: &[&str]) -> BTreeMap<String, Value> {
+    let mut all = vec!["status", "--json"];
+    all.extend_from_slice(args);
+    let run = succeeds(wavelift(dir, &all));
+    let document: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|err| panic!("status --json is not JSON ({err}):\n{}", run.describe()));
+    assert_eq!(document["format"], "wavelift-status");
+    assert_eq!(document["version"], 1);
+    document["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|task| {
+            let id = task["id"].as_str().unwrap_or_default().to_owned();
+            (id, task.clone())
+        })
+        .collect()
+}
+
+/// Every task's state, by id.
+pub(crate) fn task_states(dir: &Path) -> BTreeMap<String, String> {
+    status_tasks(dir, &[])
+        .into_iter()
+        .map(|(id, task)| (id, task["state"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+fn state<'a>(tasks: &'a BTreeMap<String, Value>, id: &str) -> &'a str {
+    tasks
+        .get(id)
+        .and_then(|task| task["state"].as_str())
+        .unwrap_or_else(|| panic!("status --json has no task {id}: {tasks:#?}"))
+}
+
+/// `wavelift events --json ARGS` in `dir`, one object per line.
+fn events(dir: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["events", "--json"];
+    all.extend_from_slice(args);
+    let run = succeeds(wavelift(dir, &all));
+    run.stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("events --json printed `{line}`: {err}"))
+        })
+        .collect()
+}
+
+fn run_until_done(dir: &Path, with_paths: bool) -> Run {
+    let mut args = vec!["run"];
+    if with_paths {
+        args.push(".");
+    }
+    args.extend_from_slice(&["--until-done", "--time-warp", "--seed", "1"]);
+    wavelift(dir, &args)
+}
+
+/// The marks of one server's row in `status`, one per task kind.
+fn matrix_row(status: &str, server: &str) -> Vec<String> {
+    status
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(server))
+        .map(|line| line.split_whitespace().skip(1).map(str::to_owned).collect())
+        .unwrap_or_else(|| panic!("status has no row for {server}:\n{status}"))
+}
+
+#[test]
+fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
+    // Starts: the wavelift binary (run, status, events) in a copy of the quickstart on
+    // the rehearsal engine.
+    let scratch = Scratch::new("run-until-done");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let run = succeeds(run_until_done(&dir, true));
+    assert!(
+        run.stdout.starts_with("applied revision 1: 51 tasks\n"),
+        "{}",
+        run.describe()
+    );
+    for line in [
+        "wave-1: 26 of 26 tasks final (26 succeeded)",
+        "wave-2: 25 of 25 tasks final (1 skipped, 24 succeeded)",
+    ] {
+        assert!(
+            run.stdout.lines().any(|l| l == line),
+            "{line}\n{}",
+            run.describe()
+        );
+    }
+    let last = run.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("every task is final (")
+            && last.ends_with(
+                "the state is in sqlite://.wavelift/state.db: see `wavelift status` and `wavelift events`"
+            ),
+        "{}",
+        run.describe()
+    );
+    assert!(dir.join(".wavelift/state.db").is_file());
+    assert!(dir.join(".wavelift/sim-engine.json").is_file());
+    assert!(
+        !run.stderr.contains("local replication engine"),
+        "the waves run on sim, no note is due:\n{}",
+        run.describe()
+    );
+
+    let status = succeeds(wavelift(&dir, &["status"]));
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l == "wave-2: 25 of 25 tasks final (1 skipped, 24 succeeded)"),
+        "{}",
+        status.describe()
+    );
+    assert_eq!(
+        matrix_row(&status.stdout, NO_BOOT_TEST),
+        ["+", "+", "+", "-", "+", "+"]
+    );
+    assert_eq!(
+        matrix_row(&status.stdout, "payroll-db-01"),
+        ["+", "+", "+", "+", "+", "+"]
+    );
+
+    let tasks = status_tasks(&dir, &[]);
+    assert_eq!(tasks.len(), 8 * 6 + 3, "{:#?}", tasks.keys());
+    for server in SERVERS {
+        for kind in KINDS {
+            let id = format!("{server}/{kind}");
+            let task = tasks
+                .get(&id)
+                .unwrap_or_else(|| panic!("no task {id} in {:#?}", tasks.keys()));
+            assert_eq!(task["server"], server, "{task:#}");
+            assert_eq!(task["kind"], kind, "{task:#}");
+            let expected = if server == NO_BOOT_TEST && kind == "boot_test" {
+                "skipped"
+            } else {
+                "succeeded"
+            };
+            assert_eq!(task["state"], expected, "{task:#}");
+            for field in ["wave", "application"] {
+                assert!(task[field].is_string(), "{field} of {task:#}");
+            }
+        }
+    }
+    let gates: Vec<&Value> = tasks.values().filter(|t| t["kind"] == "gate").collect();
+    assert_eq!(gates.len(), 3, "one gate per application");
+    assert!(gates.iter().all(|g| g["server"].is_null()), "{gates:#?}");
+    let exact = [
+        ("payroll-db-01/cutover", "wave-1", "payroll"),
+        ("shop-batch-01/boot_test", "wave-2", "webshop"),
+        ("directory/ready", "wave-1", "directory"),
+    ];
+    for (id, wave, application) in exact {
+        assert_eq!(tasks[id]["wave"], wave, "{:#}", tasks[id]);
+        assert_eq!(tasks[id]["application"], application, "{:#}", tasks[id]);
+    }
+    let wave_2 = status_tasks(&dir, &["--wave", "wave-2"]);
+    assert_eq!(wave_2.len(), 4 * 6 + 1);
+    assert!(wave_2.values().all(|t| t["wave"] == "wave-2"));
+
+    // Every server's test and cutover launch was started exactly once, with its server.
+    let log = events(&dir, &[]);
+    for server in SERVERS {
+        for (launch, expected) in [
+            ("test launch", usize::from(server != NO_BOOT_TEST)),
+            ("cutover launch", 1),
+        ] {
+            let found: Vec<&Value> = log
+                .iter()
+                .filter(|e| e["kind"] == "engine.start_launch" && e["server"] == server)
+                .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with(launch)))
+                .collect();
+            assert_eq!(found.len(), expected, "{server}: {launch}: {found:#?}");
+        }
+    }
+    for event in log
+        .iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("engine.")))
+    {
+        let server = event["server"].as_str().unwrap_or_default();
+        let task = event["task_id"].as_str().unwrap_or_default();
+        assert!(
+            SERVERS.contains(&server) && task.starts_with(&format!("{server}/")),
+            "an engine action names its server and task: {event:#}"
+        );
+    }
+    let text = succeeds(wavelift(&dir, &["events"]));
+    assert_eq!(text.stdout.lines().count(), log.len());
+    assert!(
+        text.stdout.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.get(2..5) == Some(&["wave-1", "payroll-db-01", "engine.start_launch"][..])
+                && l.contains("cutover launch, job sim-job-")
+        }),
+        "{}",
+        text.stdout
+    );
+    let wave_1 = events(&dir, &["--wave", "wave-1"]);
+    assert!(!wave_1.is_empty() && wave_1.len() < log.len());
+    assert!(wave_1.iter().all(|e| e["wave"] == "wave-1"));
+}
+
+#[test]
+fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
+    // Starts: the wavelift binary (run, status, approve, events) in a copy of the
+    // quickstart as shipped (engine `local`, which runs on the rehearsal engine and says
+    // so), with the go/no-go for cutovers required.
+    let scratch = Scratch::new("approval");
+    let dir = quickstart_copy(scratch.path(), "local");
+    edit(
+        &dir.join("wavelift.yaml"),
+        "approval: false",
+        "approval: true",
+    );
+    let run = succeeds(run_until_done(&dir, true));
+    assert!(
+        run.stderr.contains(
+            "rehearsal: the local replication engine is not available in this version; waves on `local` run on the rehearsal engine (sim)"
+        ),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.lines().last().is_some_and(|l| l
+            == "1 cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout
+            .contains("  awaiting approval: directory (wavelift approve wave-1 --app directory)"),
+        "{}",
+        run.describe()
+    );
+    let tasks = status_tasks(&dir, &[]);
+    assert_eq!(state(&tasks, "directory/ready"), "awaiting_approval");
+    assert_eq!(tasks["directory/ready"]["approval_required"], true);
+    assert!(tasks["directory/ready"]["approved_by"].is_null());
+    for id in ["dir-01/cutover", "dir-02/cutover", "payroll/ready"] {
+        assert_eq!(state(&tasks, id), "pending", "{id}");
+    }
+    // Warped time stops short of wave-1's window, whose go is still to come.
+    for server in ["dir-01", "dir-02", "payroll-app-01", "payroll-db-01"] {
+        assert_eq!(state(&tasks, &format!("{server}/boot_test")), "succeeded");
+    }
+
+    let approve = succeeds(wavelift(
+        &dir,
+        &["approve", "wave-1", "--app", "directory", "--by", "alice"],
+    ));
+    assert_eq!(approve.stdout, "approved by alice: directory\n");
+    // payroll's gate waits for directory's cutovers and does not await the go yet; it
+    // may be given ahead. Without it, `run` would warp through payroll's window while
+    // directory's clean-up waits out its hypercare.
+    let ahead = succeeds(wavelift(
+        &dir,
+        &["approve", "wave-1", "--app", "payroll", "--by", "alice"],
+    ));
+    assert_eq!(ahead.stdout, "approved by alice: payroll\n");
+    succeeds(run_until_done(&dir, false));
+    let tasks = status_tasks(&dir, &[]);
+    // Wave-1 ran to its end; the clock stopped short of wave-2's window, whose go is
+    // still to come.
+    for (id, task) in tasks.iter().filter(|(_, t)| t["wave"] == "wave-1") {
+        assert_eq!(task["state"], "succeeded", "{id}");
+    }
+    assert_eq!(tasks["directory/ready"]["approved_by"], "alice");
+    assert_eq!(tasks["payroll/ready"]["approved_by"], "alice");
+    assert_eq!(state(&tasks, "webshop/ready"), "awaiting_approval");
+    assert_eq!(state(&tasks, "shop-web-01/cutover"), "pending");
+    refuses(
+        &dir,
+        &["approve", "wave-1", "--app", "directory", "--by", "alice"],
+        "nothing to approve in wave `wave-1`, application `directory`: no cutover there waits for an approval",
+    );
+    let log = events(&dir, &[]);
+    let approval = log
+        .iter()
+        .find(|e| e["kind"] == "operator.approve")
+        .unwrap_or_else(|| panic!("no operator.approve event: {log:#?}"));
+    assert_eq!(approval["task_id"], "directory/ready");
+    assert_eq!(
+        approval["message"],
+        "cutover of `directory` approved by alice"
+    );
+    assert!(
+        log.iter().any(|e| e["kind"] == "gate.open"
+            && e["task_id"] == "directory/ready"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with("approved by alice"))),
+        "{log:#?}"
+    );
+
+    succeeds(wavelift(&dir, &["approve", "wave-2", "--by", "alice"]));
+    let run = succeeds(run_until_done(&dir, false));
+    assert!(
+        run.stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("every task is final")),
+        "{}",
+        run.describe()
+    );
+    let states = task_states(&dir);
+    assert!(
+        states
+            .iter()
+            .all(|(id, s)| s == "succeeded" || (id == "shop-batch-01/boot_test" && s == "skipped")),
+        "{states:#?}"
+    );
+}
+
+#[test]
+fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
+    // Starts: the wavelift binary (run, status, retry, skip, cancel, approve, events) in
+    // a copy of the quickstart on the rehearsal engine, with cutover approvals required
+    // so that the first run stops with tasks left to steer.
+    let scratch = Scratch::new("levers");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    edit(
+        &dir.join("wavelift.yaml"),
+        "approval: false",
+        "approval: true",
+    );
+    succeeds(run_until_done(&dir, true));
+    let before = status_tasks(&dir, &[]);
+    assert_eq!(state(&before, "directory/ready"), "awaiting_approval");
+
+    refuses(
+        &dir,
+        &["retry", "nope/cutover"],
+        "no task `nope/cutover`: task ids are SERVER/KIND (see wavelift status)",
+    );
+    refuses(
+        &dir,
+        &["retry", "dir-01/boot_test"],
+        "`dir-01/boot_test` is succeeded: only a failed, blocked or cancelled task can be retried",
+    );
+    refuses(
+        &dir,
+        &["skip", "dir-01/boot_test"],
+        "`dir-01/boot_test` is already succeeded",
+    );
+    refuses(
+        &dir,
+        &["cancel", "dir-01/boot_test"],
+        "`dir-01/boot_test` is already succeeded",
+    );
+    refuses(
+        &dir,
+        &["cancel", "dir-01"],
+        "no task `dir-01`: task ids are SERVER/KIND (see wavelift status)",
+    );
+    assert_eq!(
+        status_tasks(&dir, &[]),
+        before,
+        "a refused lever changes nothing"
+    );
+    assert!(
+        events(&dir, &[]).iter().all(|e| !e["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("operator.") && k != "operator.apply")),
+        "a refused lever is not logged"
+    );
+
+    // Cancel: the task is cancelled, what depends on it is blocked.
+    let cancel = succeeds(wavelift(&dir, &["cancel", "dir-02/cutover", "--by", "bob"]));
+    assert_eq!(cancel.stdout, "dir-02/cutover cancelled (bob)\n");
+    let tasks = status_tasks(&dir, &[]);
+    assert_eq!(state(&tasks, "dir-02/cutover"), "cancelled");
+    assert_eq!(tasks["dir-02/cutover"]["reason"], "cancelled by bob");
+    for id in ["dir-02/cmdb_cleanup", "payroll/ready", "webshop/ready"] {
+        assert_eq!(state(&tasks, id), "blocked", "{id}");
+    }
+    assert_eq!(state(&tasks, "dir-01/cutover"), "pending");
+    assert_eq!(state(&tasks, "directory/ready"), "awaiting_approval");
+
+    // Retry: pending again, and what it blocked waits for it again.
+    let retry = succeeds(wavelift(&dir, &["retry", "dir-02/cutover", "--by", "bob"]));
+    assert_eq!(retry.stdout, "dir-02/cutover will run again (bob)\n");
+    let tasks = status_tasks(&dir, &[]);
+    for id in [
+        "dir-02/cutover",
+        "dir-02/cmdb_cleanup",
+        "payroll/ready",
+        "webshop/ready",
+    ] {
+        assert_eq!(state(&tasks, id), "pending", "{id}");
+    }
+    refuses(
+        &dir,
+        &["retry", "dir-02/cutover"],
+        "`dir-02/cutover` is pending: only a failed, blocked or cancelled task can be retried",
+    );
+
+    // Skip: the gate counts as passed, its cutovers go on without a go. A cancelled
+    // cutover leaves its clean-up blocked, and the run ends saying it failed. (The other
+    // gates are approved ahead, so that the warped clock does not run past the windows
+    // while they wait.)
+    let skip = succeeds(wavelift(
+        &dir,
+        &["skip", "directory/ready", "--by", "carol"],
+    ));
+    assert_eq!(skip.stdout, "directory/ready skipped (carol)\n");
+    assert_eq!(
+        state(&status_tasks(&dir, &[]), "directory/ready"),
+        "skipped"
+    );
+    succeeds(wavelift(
+        &dir,
+        &["cancel", "payroll-db-01/cutover", "--by", "bob"],
+    ));
+    for wave in ["wave-1", "wave-2"] {
+        succeeds(wavelift(&dir, &["approve", wave, "--by", "alice"]));
+    }
+    let run = run_until_done(&dir, false);
+    assert_eq!(
+        run.code,
+        1,
+        "a blocked task makes the run fail:\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("every task is final")),
+        "{}",
+        run.describe()
+    );
+    let tasks = status_tasks(&dir, &[]);
+    for id in ["dir-01/cutover", "dir-02/cutover", "dir-02/cmdb_cleanup"] {
+        assert_eq!(state(&tasks, id), "succeeded", "{id}");
+    }
+    assert_eq!(state(&tasks, "payroll-db-01/cutover"), "cancelled");
+    assert_eq!(state(&tasks, "payroll-db-01/cmdb_cleanup"), "blocked");
+    for id in ["payroll-app-01/cutover", "shop-web-01/cutover"] {
+        assert_eq!(state(&tasks, id), "succeeded", "{id}");
+    }
+
+    let levers: Vec<(String, String)> = events(&dir, &[])
+        .iter()
+        .filter(|e| {
+            e["kind"].as_str().is_some_and(|k| {
+                ["operator.cancel", "operator.retry", "operator.skip"].contains(&k)
+            })
+        })
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_owned(),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("operator.cancel", "dir-02/cutover cancelled by bob"),
+        ("operator.retry", "dir-02/cutover retried by bob"),
+        ("operator.skip", "directory/ready skipped by carol"),
+        ("operator.cancel", "payroll-db-01/cutover cancelled by bob"),
+    ]
+    .iter()
+    .map(|(k, m)| ((*k).to_owned(), (*m).to_owned()))
+    .collect();
+    assert_eq!(levers, expected);
+}
+
+#[test]
+fn apply_reports_what_changed_and_nothing_when_nothing_did() {
+    // Starts: the wavelift binary (apply, status) in a copy of the quickstart.
+    let scratch = Scratch::new("apply");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let first = succeeds(wavelift(&dir, &["apply", "."]));
+    let mut expected = String::from("applied revision 1: 51 tasks\n");
+    for server in SERVERS {
+        expected.push_str(&format!("  + {server}\n"));
+    }
+    assert_eq!(first.stdout, expected);
+
+    let second = succeeds(wavelift(&dir, &["apply", "."]));
+    assert_eq!(
+        second.stdout,
+        "applied revision 2: 51 tasks, no server changed\n"
+    );
+
+    edit(
+        &dir.join("waves/wave-2.yaml"),
+        "      - name: shop-web-02\n        fqdn: shop-web-02.lab.example.com\n        ip: 127.0.20.2\n        disks: [{ device: /dev/vda, size: 30GiB, used: 8GiB, boot: true }]\n",
+        "",
+    );
+    let third = succeeds(wavelift(&dir, &["apply", "."]));
+    assert_eq!(
+        third.stdout,
+        "applied revision 3: 45 tasks\n  - shop-web-02 (its unfinished tasks are cancelled; its history is kept)\n"
+    );
+    let tasks = status_tasks(&dir, &[]);
+    assert_eq!(tasks.len(), 51, "the removed server's tasks are kept");
+    for kind in KINDS {
+        let id = format!("shop-web-02/{kind}");
+        assert_eq!(state(&tasks, &id), "cancelled", "{id}");
+        assert_eq!(
+            tasks[&id]["reason"], "cancelled: removed from the definitions",
+            "{id}"
+        );
+    }
+    assert!(
+        tasks
+            .iter()
+            .filter(|(id, _)| !id.starts_with("shop-web-02/"))
+            .all(|(id, t)| t["state"] == "pending"
+                || (id == "shop-batch-01/boot_test" && t["state"] == "skipped")),
+        "apply runs nothing: {tasks:#?}"
+    );
+
+    edit(
+        &dir.join("waves/wave-2.yaml"),
+        "ip: 127.0.20.1",
+        "ip: 127.0.20.9",
+    );
+    let fourth = succeeds(wavelift(&dir, &["apply", "."]));
+    assert_eq!(
+        fourth.stdout,
+        "applied revision 4: 45 tasks\n  ~ shop-web-01\n"
+    );
+}
+
+/// The timeline of each wave in `rehearse`'s output: label -> "Www YYYY-MM-DD HH:MM".
+fn timelines(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut wave: Option<String> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(" servers):") {
+            wave = name.split(" (").next().map(str::to_owned);
+            continue;
+        }
+        if !line.starts_with("  ") {
+            wave = None;
+            continue;
+        }
+        if let (Some(wave), Some((label, value))) =
+            (&wave, line.get(2..).and_then(|l| l.split_at_checked(30)))
+        {
+            out.entry(wave.clone())
+                .or_default()
+                .insert(label.trim_end().to_owned(), value.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// Every file and folder under `dir`, relative to it.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            out.push(
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+            );
+            if path.is_dir() {
+                folders.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn rehearse_prints_a_timeline_per_wave_and_the_risks_and_leaves_nothing_behind() {
+    // Starts: the wavelift binary (rehearse) in a copy of the quickstart as shipped, with
+    // its temporary folder pointed into the test's folder to see that it is cleaned up.
+    let scratch = Scratch::new("rehearse");
+    let dir = quickstart_copy(scratch.path(), "local");
+    let temporary = scratch.path().join("tmp");
+    fs::create_dir_all(&temporary).unwrap_or_else(|err| panic!("cannot create tmp: {err}"));
+    let before = listing(&dir);
+    let rehearse = |seed: &str| -> Run {
+        let output = wavelift_tests::wavelift_command(&dir)
+            .args(["rehearse", ".", "--seed", seed])
+            .env("TMPDIR", &temporary)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot start wavelift: {err}"));
+        let run = Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        succeeds(run)
+    };
+    let first = rehearse("6");
+    let lines: Vec<&str> = first.stdout.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l
+            .starts_with("REHEARSAL on the sim engine (seed 6): 51 tasks played in ")
+            && l.ends_with("; nothing was contacted; approvals assumed given")),
+        "{}",
+        first.describe()
+    );
+    let line = |label: &str, value: &str| format!("  {label:<30} {value}");
+    for expected in [
+        "wave-1 (4 servers):".to_owned(),
+        line("window opens", &format!("Sat {}", QUICKSTART_WINDOWS[0])),
+        line("window closes", "Sun 2046-12-16 04:00"),
+        "wave-2 (4 servers):".to_owned(),
+        line("window opens", &format!("Sat {}", QUICKSTART_WINDOWS[1])),
+        "risks:".to_owned(),
+        "  2 attempt(s) failed and were retried (see the injected failures in `events`)".to_owned(),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "`{expected}` is missing:\n{}",
+            first.describe()
+        );
+    }
+    // Each wave's milestones happen in order, and its cutovers inside its window.
+    let timelines = timelines(&first.stdout);
+    assert_eq!(
+        timelines.keys().collect::<Vec<_>>(),
+        ["wave-1", "wave-2"],
+        "{}",
+        first.stdout
+    );
+    for (wave, timeline) in &timelines {
+        let at = |label: &str| -> &str {
+            timeline
+                .get(label)
+                .map(|value| value.get(4..).unwrap_or_default())
+                .filter(|value| !value.is_empty())
+                .unwrap_or_else(|| panic!("{wave}: no time for `{label}`:\n{}", first.stdout))
+        };
+        let order = [
+            "first task",
+            "agents pushed",
+            "all replicating (continuous)",
+            "boot tests done",
+            "window opens",
+            "cutovers done",
+            "window closes",
+            "CMDB cleaned up",
+        ];
+        for pair in order.windows(2) {
+            assert!(
+                at(pair[0]) <= at(pair[1]),
+                "{wave}: `{}` after `{}`:\n{}",
+                pair[0],
+                pair[1],
+                first.stdout
+            );
+        }
+    }
+
+    let again = rehearse("6");
+    assert_eq!(
+        again.stdout.lines().skip(1).collect::<Vec<_>>(),
+        lines[1..].to_vec(),
+        "the same seed plays the same rehearsal"
+    );
+    let other = rehearse("1");
+    assert!(
+        other
+            .stdout
+            .ends_with("risks:\n  none found in this rehearsal\n"),
+        "{}",
+        other.describe()
+    );
+
+    assert_eq!(
+        listing(&dir),
+        before,
+        "rehearse writes nothing in the working folder"
+    );
+    assert_eq!(
+        listing(&temporary),
+        Vec::<String>::new(),
+        "rehearse removes its temporary folder"
+    );
+}
