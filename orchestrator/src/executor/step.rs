@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tasks::cmdb::Cmdb;
 use tasks::shell::RemoteShell;
 use tasks::{Progress, Report, TaskContext};
-use waves::model::{Definitions, EngineKind, Server, TaskKind, Wave};
+use waves::model::{Definitions, EngineKind, Server, TaskKind};
 use waves::units::format_seconds;
 
 use crate::scheduler::clock::timestamp;
@@ -150,7 +150,7 @@ pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
             true,
             Vec::new(),
         );
-        return finish(&task, kind, server, wave, now, resume, report, events);
+        return finish(&task, kind, server, now, resume, report, events);
     }
     let Some(engine) = inputs.engines.get(&wave.engine.value) else {
         return failed(
@@ -183,7 +183,7 @@ pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
         cmdb: inputs.cmdb.as_ref(),
     };
     let report = tasks::run(&ctx).await;
-    finish(&task, kind, server, wave, now, resume, report, events)
+    finish(&task, kind, server, now, resume, report, events)
 }
 
 fn gate(task: &ClaimedTask, now: i64) -> Completion {
@@ -264,18 +264,15 @@ fn backoff_ms(base_seconds: u64, attempts: i32, id: &str) -> i64 {
     base.saturating_add(jitter).min(24 * 3600 * 1000)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finish(
     task: &ClaimedTask,
     kind: TaskKind,
     server: &Server,
-    wave: &Wave,
     now: i64,
     mut resume: Resume,
     report: Report,
     mut events: Vec<NewEvent>,
 ) -> Completion {
-    let _ = wave;
     for action in &report.actions {
         events.push(event(task, now, &action.action, action.detail.clone()));
     }

@@ -150,7 +150,7 @@ impl Store {
             );
         }
 
-        self.upsert_waves(&txn, definitions, now).await?;
+        self.upsert_waves(&txn, definitions).await?;
         let revision = self.insert_revision(&txn, sources, &report, now).await?;
         report.revision = revision;
         self.upsert_servers(&txn, &new_servers, &report.removed, revision, now)
@@ -254,9 +254,7 @@ impl Store {
         &self,
         txn: &DatabaseTransaction,
         definitions: &Definitions,
-        now: i64,
     ) -> anyhow::Result<()> {
-        let _ = now;
         for wave in &definitions.waves {
             let sql = "INSERT INTO waves (name, revision, engine, timezone, build_start, validate_start, \
                        cutover_start, window_start, window_end, cutover_end, spec, removed_at) \
