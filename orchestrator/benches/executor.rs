@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator::executor::{Executor, Limits, Ports, RunOptions};
 use orchestrator::scheduler::SchedulerClock;
-use orchestrator::store::{ApplyOptions, Store};
+use orchestrator::store::Store;
 use replication::sim::{SimConfig, SimEngine};
 use sea_orm::{ConnectionTrait, Statement};
 use tasks::cmdb::RehearsalCmdb;
@@ -67,26 +67,8 @@ async fn prepared(
     full_sync: bool,
 ) -> anyhow::Result<(Store, i64, usize)> {
     let store = Store::open_with(url, full_sync).await?;
-    let definitions = &loaded.definitions;
-    let plan = waves::plan::plan(definitions);
-    let start = definitions
-        .waves
-        .iter()
-        .map(|w| w.phases.build.start.timestamp().as_millisecond())
-        .min()
-        .unwrap_or(0);
-    store
-        .apply(
-            definitions,
-            &plan,
-            &loaded.sources,
-            ApplyOptions::default(),
-            start,
-        )
-        .await?;
-    for wave in &definitions.waves {
-        let _ = store.approve(&wave.name.value, None, "bench", start).await;
-    }
+    let start = store.prepare_rehearsal(loaded, "bench").await?;
+    let plan = waves::plan::plan(&loaded.definitions);
     Ok((store, start, plan.tasks.len() + plan.gates.len()))
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use orchestrator::executor::{Executor, LEASE_MS, Limits, Ports, RunOptions, Stopped};
 use orchestrator::scheduler::SchedulerClock;
-use orchestrator::store::{ApplyOptions, Limit, Store, TaskRow};
+use orchestrator::store::{Limit, Store, TaskRow};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use replication::ReplicationEngine;
@@ -300,28 +300,7 @@ async fn rehearse_in(
     let definitions = &loaded.definitions;
     let url = format!("sqlite://{}", folder.join("rehearsal.db").display());
     let store = Store::open(&url).await?;
-    let plan = waves::plan::plan(definitions);
-    let start = definitions
-        .waves
-        .iter()
-        .map(|w| w.phases.build.start.timestamp().as_millisecond())
-        .min()
-        .unwrap_or(0);
-    store
-        .apply(
-            definitions,
-            &plan,
-            &loaded.sources,
-            ApplyOptions::default(),
-            start,
-        )
-        .await?;
-    for wave in &definitions.waves {
-        // A wave without a gate that asks for approval has nothing to approve.
-        let _ = store
-            .approve(&wave.name.value, None, "rehearsal", start)
-            .await;
-    }
+    let start = store.prepare_rehearsal(&loaded, "rehearsal").await?;
     if dead_worker {
         let held = store
             .claim(

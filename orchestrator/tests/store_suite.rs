@@ -1848,14 +1848,17 @@ async fn approve_opens_a_gate_that_awaits_approval(h: Harness) -> anyhow::Result
     let t = defs.times(WAVE_A);
     h.apply(&defs, false, t.build - DAY).await?;
     // Nothing to approve: an application without approval, a wave that does not exist.
-    for (wave, application) in [(WAVE_A, Some("db")), ("wave-z", None)] {
+    for (wave, application, expected) in [
+        (WAVE_A, Some("db"), "nothing to approve"),
+        ("wave-z", None, "no wave `wave-z`; the waves are: wave-a"),
+    ] {
         let err = h
             .store
             .approve(wave, application, "alice", t.build)
             .await
             .err()
             .with_context(|| format!("approving {wave} {application:?} was accepted"))?;
-        assert!(format!("{err:#}").contains("nothing to approve"), "{err:#}");
+        assert!(format!("{err:#}").contains(expected), "{err:#}");
     }
 
     let gate = h.drive_to("web/ready", t.validate).await?;

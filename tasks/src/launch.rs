@@ -26,6 +26,14 @@ pub async fn source(ctx: &TaskContext<'_>) -> Result<SourceServer, Report> {
     }
 }
 
+/// Every launch job that included the source, oldest first.
+async fn jobs_of(ctx: &TaskContext<'_>, source: &SourceServer) -> Result<Vec<Job>, Report> {
+    ctx.engine
+        .jobs_for_source(&source.id)
+        .await
+        .map_err(|err| Report::engine_error("reading launch jobs", &err, Vec::new()))
+}
+
 /// The launch of this kind this task started earlier (after `started_at`), if the
 /// engine has one: a task interrupted after launching finds it here instead of
 /// launching again.
@@ -34,11 +42,7 @@ pub async fn earlier_launch(
     source: &SourceServer,
     kind: LaunchKind,
 ) -> Result<Option<Job>, Report> {
-    let jobs = ctx
-        .engine
-        .jobs_for_source(&source.id)
-        .await
-        .map_err(|err| Report::engine_error("reading launch jobs", &err, Vec::new()))?;
+    let jobs = jobs_of(ctx, source).await?;
     Ok(jobs
         .into_iter()
         .rev()
@@ -177,11 +181,7 @@ pub async fn earlier_launch_any(
     source: &SourceServer,
     kind: LaunchKind,
 ) -> Result<Option<String>, Report> {
-    let jobs = ctx
-        .engine
-        .jobs_for_source(&source.id)
-        .await
-        .map_err(|err| Report::engine_error("reading launch jobs", &err, Vec::new()))?;
+    let jobs = jobs_of(ctx, source).await?;
     Ok(jobs
         .iter()
         .rev()

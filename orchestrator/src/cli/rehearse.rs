@@ -10,12 +10,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tasks::cmdb::RehearsalCmdb;
 use tasks::shell::RehearsalShell;
-use waves::plan;
 
 use super::{DefinitionArgs, load_loaded};
 use crate::executor::{Executor, Limits, Ports, RunOptions, Stopped};
 use crate::scheduler::SchedulerClock;
-use crate::store::{ApplyOptions, Store, TaskRow};
+use crate::store::{Store, TaskRow};
 
 pub async fn run(args: &DefinitionArgs, seed: u64) -> anyhow::Result<ExitCode> {
     let Some(loaded) = load_loaded(args)? else {
@@ -47,28 +46,8 @@ async fn rehearse(
     let definitions = &loaded.definitions;
     let url = format!("sqlite://{}", folder.join("rehearsal.db").display());
     let store = Store::open(&url).await?;
-    let plan = plan::plan(definitions);
-    let start = definitions
-        .waves
-        .iter()
-        .map(|w| w.phases.build.start.timestamp().as_millisecond())
-        .min()
-        .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
-    store
-        .apply(
-            definitions,
-            &plan,
-            &loaded.sources,
-            ApplyOptions::default(),
-            start,
-        )
-        .await?;
     // A rehearsal assumes every go/no-go is a go; the timeline says so.
-    for wave in &definitions.waves {
-        let _ = store
-            .approve(&wave.name.value, None, "rehearsal", start)
-            .await;
-    }
+    let start = store.prepare_rehearsal(loaded, "rehearsal").await?;
     let clock = Arc::new(SchedulerClock::warped(start));
     let mut engines = std::collections::HashMap::new();
     let sim: Arc<dyn replication::ReplicationEngine> = Arc::new(replication::sim::SimEngine::new(

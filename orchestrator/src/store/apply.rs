@@ -73,6 +73,33 @@ impl Store {
         Ok(Some((id, sources)))
     }
 
+    /// Sets up a rehearsal (or a benchmark): applies the definitions as of their earliest
+    /// build start and gives every go/no-go up front. Returns that start, where a warped
+    /// clock begins.
+    pub async fn prepare_rehearsal(&self, loaded: &waves::Loaded, by: &str) -> anyhow::Result<i64> {
+        let definitions = &loaded.definitions;
+        let plan = waves::plan::plan(definitions);
+        let start = definitions
+            .waves
+            .iter()
+            .map(|w| w.phases.build.start.timestamp().as_millisecond())
+            .min()
+            .unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
+        self.apply(
+            definitions,
+            &plan,
+            &loaded.sources,
+            ApplyOptions::default(),
+            start,
+        )
+        .await?;
+        for wave in &definitions.waves {
+            // A wave whose gates ask for no approval has nothing to approve.
+            let _ = self.approve(&wave.name.value, None, by, start).await;
+        }
+        Ok(start)
+    }
+
     /// Stores valid definitions and their plan as a new revision.
     pub async fn apply(
         &self,

@@ -33,6 +33,15 @@ impl Store {
             .map(|r| r.try_get::<String>("", "application"))
             .collect::<Result<_, _>>()?;
         if apps.is_empty() {
+            let waves = txn
+                .query_all_raw(self.stmt("SELECT DISTINCT wave FROM tasks ORDER BY wave", vec![]))
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String>("", "wave"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !waves.iter().any(|w| w == wave) {
+                bail!("no wave `{wave}`; the waves are: {}", waves.join(", "));
+            }
             bail!(
                 "nothing to approve in wave `{wave}`{}: no cutover there waits for an approval",
                 application
