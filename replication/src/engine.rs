@@ -263,6 +263,14 @@ pub trait ReplicationEngine: Send + Sync {
 
     fn quotas(&self) -> Quotas;
 
+    /// How long launch requests are gathered into one job before it starts. An engine
+    /// reached over the network waits a moment for the requests of other tasks still
+    /// in flight; zero means the engine answers without waiting, so the requests made
+    /// in the same scheduling round are all there is to gather.
+    fn launch_gather(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(5)
+    }
+
     /// The source server the engine knows by this name, if its agent is installed.
     async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>>;
 
@@ -282,8 +290,18 @@ pub trait ReplicationEngine: Send + Sync {
 
     async fn describe_job(&self, id: &JobId) -> EngineResult<Job>;
 
-    /// Every job that launched this source, newest last: how a task that was interrupted
-    /// finds the launch it already started instead of starting another.
+    /// The job with only `source`'s entry in `servers` (none if the job does not
+    /// include it): what a task following its own server's launch needs, without
+    /// reading the entries of the other servers of a 200-server job.
+    async fn describe_job_for(&self, id: &JobId, source: &SourceId) -> EngineResult<Job> {
+        let mut job = self.describe_job(id).await?;
+        job.servers.retain(|s| &s.source == source);
+        Ok(job)
+    }
+
+    /// Every job that launched this source, newest last, each with only this source's
+    /// entry in `servers`: how a task that was interrupted finds the launch it already
+    /// started instead of starting another.
     async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>>;
 
     async fn describe_target(&self, id: &TargetId) -> EngineResult<Target>;

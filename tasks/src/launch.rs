@@ -87,7 +87,7 @@ pub async fn ensure_launch(
             job.servers.len()
         ),
     });
-    Ok(job.id)
+    Ok(job.id.clone())
 }
 
 /// Where a launch stands for this server.
@@ -104,7 +104,7 @@ pub async fn launch_state(
 ) -> Result<LaunchState, Report> {
     let job = ctx
         .engine
-        .describe_job(job)
+        .describe_job_for(job, &source.id)
         .await
         .map_err(|err| Report::engine_error("reading the launch job", &err, Vec::new()))?;
     let Some(entry) = job.servers.iter().find(|s| s.source == source.id) else {

@@ -4,7 +4,7 @@
 //! be, instead of one job per server.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use replication::{
@@ -12,36 +12,55 @@ use replication::{
 };
 use tokio::sync::oneshot;
 
-type Waiter = (SourceId, oneshot::Sender<EngineResult<Job>>);
+type Waiter = (SourceId, oneshot::Sender<EngineResult<Arc<Job>>>);
 
-/// Gathers launch requests for a moment, then starts one job per batch.
+/// Gathers launch requests for the engine's moment, then starts one job per batch.
+#[derive(Default)]
 pub struct Launcher {
-    gather: Duration,
     pending: Mutex<HashMap<(usize, LaunchKind), Vec<Waiter>>>,
 }
 
-impl Default for Launcher {
-    fn default() -> Launcher {
-        Launcher::new(Duration::from_millis(5))
-    }
-}
+/// With an engine that answers at once, how many scheduling rounds the first request
+/// waits at most for others.
+const MAX_ROUNDS: usize = 64;
 
 impl Launcher {
-    pub fn new(gather: Duration) -> Launcher {
-        Launcher {
-            gather,
-            pending: Mutex::new(HashMap::new()),
+    fn waiting(&self, key: &(usize, LaunchKind)) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map_or(0, Vec::len)
+    }
+
+    /// Waits while other tasks may still ask: the engine's gathering time, or, for an
+    /// engine that answers at once, until a scheduling round brings no new request.
+    async fn gather(&self, engine: &dyn ReplicationEngine, key: &(usize, LaunchKind)) {
+        let gather = engine.launch_gather();
+        if gather > Duration::ZERO {
+            tokio::time::sleep(gather).await;
+            return;
+        }
+        let mut seen = self.waiting(key);
+        for _ in 0..MAX_ROUNDS {
+            tokio::task::yield_now().await;
+            let now = self.waiting(key);
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
     }
 
     /// Launches `source` in a job shared with the other requests of the same engine and
-    /// kind that arrive within the gathering moment.
+    /// kind that arrive within the gathering moment. The job is shared by every server
+    /// in it, not copied for each.
     pub async fn launch(
         &self,
         engine: &dyn ReplicationEngine,
         kind: LaunchKind,
         source: SourceId,
-    ) -> EngineResult<Job> {
+    ) -> EngineResult<Arc<Job>> {
         // Requests of one engine share a batch; the engine's address identifies it.
         let key = (
             engine as *const dyn ReplicationEngine as *const () as usize,
@@ -55,7 +74,7 @@ impl Launcher {
             waiters.len() == 1
         };
         if first {
-            tokio::time::sleep(self.gather).await;
+            self.gather(engine, &key).await;
             let batch = self
                 .pending
                 .lock()
@@ -67,7 +86,10 @@ impl Launcher {
             while batch.peek().is_some() {
                 let chunk: Vec<Waiter> = batch.by_ref().take(per_job).collect();
                 let ids: Vec<SourceId> = chunk.iter().map(|(id, _)| id.clone()).collect();
-                let result = engine.start_launch(kind, &ids, &PointInTime::Latest).await;
+                let result = engine
+                    .start_launch(kind, &ids, &PointInTime::Latest)
+                    .await
+                    .map(Arc::new);
                 for (_, sender) in chunk {
                     let _ = sender.send(result.clone());
                 }

@@ -297,6 +297,11 @@ impl ReplicationEngine for SimEngine {
         true
     }
 
+    fn launch_gather(&self) -> std::time::Duration {
+        // Every call is answered from memory, without waiting.
+        std::time::Duration::ZERO
+    }
+
     fn quotas(&self) -> Quotas {
         self.count("quotas");
         self.lock().model.s.config.quotas
@@ -373,6 +378,15 @@ impl ReplicationEngine for SimEngine {
         })
     }
 
+    async fn describe_job_for(&self, id: &JobId, source: &SourceId) -> EngineResult<Job> {
+        self.read("describe_job", |model| {
+            let i = source_index(model, source)?;
+            parse_job(id)
+                .and_then(|j| model.describe_job_of(j, Some(i)))
+                .ok_or_else(|| not_found(format!("no launch job {id}")))
+        })
+    }
+
     async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>> {
         self.read("jobs_for_source", |model| {
             let i = source_index(model, id)?;
@@ -380,7 +394,10 @@ impl ReplicationEngine for SimEngine {
                 .server(i)
                 .map(|server| server.jobs.as_slice())
                 .unwrap_or_default();
-            Ok(jobs.iter().filter_map(|&j| model.describe_job(j)).collect())
+            Ok(jobs
+                .iter()
+                .filter_map(|&j| model.describe_job_of(j, Some(i)))
+                .collect())
         })
     }
 

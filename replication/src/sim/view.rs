@@ -128,6 +128,11 @@ impl Model {
     }
 
     pub fn describe_job(&self, j: u32) -> Option<Job> {
+        self.describe_job_of(j, None)
+    }
+
+    /// The job; with `only`, with that source's entry alone.
+    pub fn describe_job_of(&self, j: u32, only: Option<u32>) -> Option<Job> {
         let job = self.s.jobs.get(j as usize)?;
         Some(Job {
             id: job_id(j),
@@ -141,6 +146,7 @@ impl Model {
             servers: job
                 .slots
                 .iter()
+                .filter(|slot| only.is_none_or(|i| slot.source == i))
                 .map(|slot| JobServer {
                     source: source_id(slot.source),
                     status: slot.status,
