@@ -470,10 +470,11 @@ fn check(r: &Rehearsal) -> Result<(), TestCaseError> {
             dep.id,
             dep.state
         );
-        if let Some(done) = dep.finished_at {
+        // A recurring check lets what depends on it start when it is first ready.
+        if let Some(done) = dep.released_at.or(dep.finished_at) {
             prop_assert!(
                 done <= started,
-                "{} started at {started}, before {} finished at {done}",
+                "{} started at {started}, before {} was done (or ready) at {done}",
                 task.id,
                 dep.id
             );

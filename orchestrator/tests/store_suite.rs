@@ -68,6 +68,7 @@ store_suite!(
     complete_and_claim_records_outcomes_and_claims_what_they_released,
     complete_with_the_wrong_owner_writes_nothing,
     success_releases_dependants_and_waiting_or_retrying_keep_the_task,
+    a_ready_check_releases_its_dependants_once_and_runs_on,
     failure_blocks_everything_downstream_transitively_with_a_reason,
     retry_unblocks_what_the_failure_blocked,
     skip_counts_as_success_for_dependants,
@@ -411,8 +412,10 @@ fn numbered(backend: DbBackend, sql: &str) -> String {
     out
 }
 
-fn attempt_record(at: i64, outcome: &str, error: Option<&str>) -> AttemptRecord {
+/// The record of `task`'s next attempt, as the executor writes it.
+fn attempt_record(task: &TaskRow, at: i64, outcome: &str, error: Option<&str>) -> AttemptRecord {
     AttemptRecord {
+        number: task.attempts + 1,
         started_at: at,
         finished_at: at,
         outcome: outcome.to_owned(),
@@ -437,8 +440,7 @@ fn event_of(task: &TaskRow, at: i64, kind: &str) -> NewEvent {
 fn succeeded(task: &TaskRow, at: i64) -> Completion {
     Completion::Succeeded {
         id: task.id.clone(),
-        step: None,
-        attempt: attempt_record(at, "succeeded", None),
+        attempt: attempt_record(task, at, "succeeded", None),
         events: vec![event_of(task, at, "task.succeeded")],
     }
 }
@@ -448,7 +450,7 @@ fn failed(task: &TaskRow, at: i64, reason: &str) -> Completion {
         id: task.id.clone(),
         step: None,
         reason: reason.to_owned(),
-        attempt: Some(attempt_record(at, "failed", Some(reason))),
+        attempt: Some(attempt_record(task, at, "failed", Some(reason))),
         events: vec![event_of(task, at, "task.failed")],
     }
 }
@@ -719,7 +721,9 @@ async fn schema_is_applied_at_open_and_opening_twice_is_fine(h: Harness) -> anyh
     let migrations = h
         .query("SELECT COUNT(*) AS n FROM seaql_migrations", vec![])
         .await?;
-    assert_eq!(migrations[0].try_get::<i64>("", "n")?, 1);
+    // Each migration recorded once.
+    let known = <migrations::Migrator as migrations::MigratorTrait>::migrations().len();
+    assert_eq!(migrations[0].try_get::<i64>("", "n")?, known as i64);
     assert_eq!(again.is_postgres(), h.backend() == DbBackend::Postgres);
     Ok(())
 }
@@ -1464,6 +1468,80 @@ async fn complete_with_the_wrong_owner_writes_nothing(h: Harness) -> anyhow::Res
     Ok(())
 }
 
+/// A recurring check (replication_verify watching until the window): its first `Ready`
+/// lets the tasks after it start, it stays running and comes back on its schedule, and
+/// neither a later `Ready`, nor its success, nor a re-apply counts it twice.
+async fn a_ready_check_releases_its_dependants_once_and_runs_on(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let mut now = t.build;
+    for kind in ["prereq_check", "agent_push"] {
+        let claimed = h.claim("w", now).await?;
+        let task = claimed
+            .get(&format!("web-1/{kind}"))
+            .with_context(|| format!("web-1/{kind} not claimed"))?;
+        h.store
+            .complete("w", now, vec![succeeded(task, now)])
+            .await?;
+        now += 1000;
+    }
+    let verify_id = "web-1/replication_verify";
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 1);
+    let ready = |task: &TaskRow, at: i64, next: i64| Completion::Ready {
+        id: task.id.clone(),
+        step: "{\"task\":{\"watching\":true}}".to_owned(),
+        next_run_at: next,
+        events: vec![event_of(task, at, "task.ready")],
+    };
+    let claimed = h.claim("w", now).await?;
+    let verify = claimed.get(verify_id).context("verify not claimed")?;
+    h.store
+        .complete("w", now, vec![ready(verify, now, now + 1_800_000)])
+        .await?;
+    let row = h.task(verify_id).await?;
+    assert_eq!(row.state, "running", "a ready check runs on");
+    assert_eq!(row.released_at, Some(now));
+    assert_eq!(row.next_run_at, now + 1_800_000);
+    assert_eq!(row.attempts, 0);
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 0, "released");
+    assert!(h.lease_owner(verify_id).await?.is_none());
+
+    // Applying the same definitions again recounts: a released check counts as done.
+    h.apply(&defs, false, now).await?;
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 0);
+    assert_eq!(h.task(verify_id).await?.state, "running");
+
+    // The next look is another Ready: nothing is released twice.
+    let first_release = now;
+    now += 1_800_000;
+    let claimed = h.claim("w", now).await?;
+    let verify = claimed.get(verify_id).context("verify not claimed again")?;
+    h.store
+        .complete("w", now, vec![ready(verify, now, now + 1_800_000)])
+        .await?;
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 0);
+    assert_eq!(h.task(verify_id).await?.released_at, Some(first_release));
+
+    // The last look succeeds: still nothing released twice.
+    now += 1_800_000;
+    let claimed = h.claim("w", now).await?;
+    let verify = claimed
+        .get(verify_id)
+        .context("verify not claimed at the end")?;
+    h.store
+        .complete("w", now, vec![succeeded(verify, now)])
+        .await?;
+    let row = h.task(verify_id).await?;
+    assert_eq!((row.state.as_str(), row.attempts), ("succeeded", 1));
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 0);
+    assert_eq!(
+        h.attempts(verify_id).await?,
+        vec![(1, "succeeded".to_owned())]
+    );
+    Ok(())
+}
+
 async fn success_releases_dependants_and_waiting_or_retrying_keep_the_task(
     h: Harness,
 ) -> anyhow::Result<()> {
@@ -1536,7 +1614,7 @@ async fn success_releases_dependants_and_waiting_or_retrying_keep_the_task(
                 step: None,
                 next_run_at: t.build + 120_000,
                 reason: "the engine was busy".to_owned(),
-                attempt: attempt_record(t.build + 65_000, "retrying", Some("busy")),
+                attempt: attempt_record(agent, t.build + 65_000, "retrying", Some("busy")),
                 events: Vec::new(),
             }],
         )

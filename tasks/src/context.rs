@@ -77,6 +77,16 @@ pub enum Progress {
         checks: Vec<Check>,
         output: String,
     },
+    /// The goal is reached, so the tasks that depend on this one may start; it keeps
+    /// watching: call again at `until` with `step`. A recurring check (replication
+    /// watched until the cutover) reports this on every healthy look but its last.
+    Ready {
+        checks: Vec<Check>,
+        output: String,
+        step: serde_json::Value,
+        until: Timestamp,
+        note: String,
+    },
     /// Not finished: call again at `until` with `step`.
     Wait {
         step: serde_json::Value,
@@ -123,6 +133,26 @@ impl Report {
                 note: note.into(),
             },
             actions,
+        }
+    }
+
+    /// Reached, and watching on: see [`Progress::Ready`].
+    pub fn ready(
+        checks: Vec<Check>,
+        output: impl Into<String>,
+        step: serde_json::Value,
+        until: Timestamp,
+        note: impl Into<String>,
+    ) -> Report {
+        Report {
+            progress: Progress::Ready {
+                checks,
+                output: output.into(),
+                step,
+                until,
+                note: note.into(),
+            },
+            actions: Vec::new(),
         }
     }
 

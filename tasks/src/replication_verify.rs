@@ -1,6 +1,8 @@
 //! replication_verify: read the replication state, lag, backlog and progress on the
 //! task's cron schedule until the server is in continuous replication with its lag under
-//! the threshold, or the window comes.
+//! the threshold (then the tasks after it may start), and go on reading it on the same
+//! schedule until the cutover window, so a replication that degrades after it was
+//! verified shows in the job log and in the task's step before anyone cuts over.
 
 use replication::ReplicationState;
 use waves::units::{format_bytes, format_seconds};
@@ -37,38 +39,87 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         "no data".to_owned()
     };
     let state = format!("{:?}", r.state);
-    if r.state == ReplicationState::Continuous && r.lag_seconds.is_some_and(|lag| lag <= max_lag) {
-        let checks = vec![
-            Check::pass("replication state", "continuous"),
-            Check::pass(
+    let now_zoned = ctx.now.to_zoned(ctx.timezone.clone());
+    // The next look, if it comes before the window.
+    let next = settings
+        .schedule
+        .next_after(&now_zoned)
+        .map(|next| next.timestamp())
+        .filter(|next| *next < ctx.window[0]);
+    let watching = ctx
+        .step
+        .as_ref()
+        .and_then(|step| step.get("watching"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let lag_ok = r.lag_seconds.is_some_and(|lag| lag <= max_lag);
+    let healthy = r.state == ReplicationState::Continuous && lag_ok;
+    let lag = r
+        .lag_seconds
+        .map(format_seconds)
+        .unwrap_or_else(|| "unknown".to_owned());
+    let checks = vec![
+        if r.state == ReplicationState::Continuous {
+            Check::pass("replication state", "continuous")
+        } else {
+            Check::fail(
+                "replication state",
+                format!("{state} (expected continuous)"),
+                "see the engine's replication view of this server: a stall or a disconnect \
+                 usually means the source lost its route to the replication server",
+            )
+        },
+        if lag_ok {
+            Check::pass("lag", format!("{lag} (at most {})", settings.max_lag))
+        } else {
+            Check::fail(
                 "lag",
-                format!(
-                    "{} (at most {})",
-                    format_seconds(r.lag_seconds.unwrap_or(0.0)),
-                    settings.max_lag
-                ),
-            ),
-            Check::pass("replicated", progress),
-        ];
-        return Report::done(checks, "continuous replication", Vec::new());
-    }
+                format!("{lag} (expected at most {})", settings.max_lag),
+                "the source changes faster than it replicates: check the bandwidth limit \
+                 and the change rate",
+            )
+        },
+        Check::pass("replicated", progress.clone()),
+    ];
     let eta = r
         .eta_seconds
         .map(|s| format!(", ETA {}", format_seconds(s)))
         .unwrap_or_default();
-    let note = format!(
-        "{state}: {progress}, backlog {}{eta}",
-        format_bytes(r.backlog_bytes as f64)
-    );
-    let now_zoned = ctx.now.to_zoned(ctx.timezone.clone());
-    match settings.schedule.next_after(&now_zoned) {
-        Some(next) if next.timestamp() < ctx.window[0] => Report::wait(
-            serde_json::json!({ "last": note }),
-            next.timestamp(),
-            note,
+    let note = if healthy {
+        format!("continuous replication, lag {lag}")
+    } else {
+        format!(
+            "{state}: {progress}, backlog {}{eta}",
+            format_bytes(r.backlog_bytes as f64)
+        )
+    };
+    match (healthy, watching, next) {
+        // Verified: the tasks after it may start; watch on until the window.
+        (true, _, Some(next)) | (false, true, Some(next)) => {
+            let note = if healthy {
+                note
+            } else {
+                format!("replication degraded after it was verified: {note}")
+            };
+            Report::ready(
+                checks,
+                "continuous replication",
+                serde_json::json!({ "watching": true, "last": note }),
+                next,
+                note,
+            )
+        }
+        // The window comes before the next look: this look is the last.
+        (true, _, None) => Report::done(checks, "continuous replication", Vec::new()),
+        (false, true, None) => Report::done(
+            checks,
+            format!("replication degraded before the window: {note}; the cutover checks it again"),
             Vec::new(),
         ),
-        _ => Report::fail(
+        (false, false, Some(next)) => {
+            Report::wait(serde_json::json!({ "last": note }), next, note, Vec::new())
+        }
+        (false, false, None) => Report::fail(
             format!("replication is not continuous before the window: {note}"),
             false,
             Vec::new(),

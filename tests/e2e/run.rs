@@ -214,6 +214,26 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
         assert_eq!(tasks[id]["wave"], wave, "{:#}", tasks[id]);
         assert_eq!(tasks[id]["application"], application, "{:#}", tasks[id]);
     }
+    // Replication is watched until the window: each check was first ready (and let the
+    // boot test start) well before it finished, looking again on its schedule between.
+    for server in SERVERS {
+        let verify = &tasks[&format!("{server}/replication_verify")];
+        let released = verify["released_at"].as_str().unwrap_or_default();
+        let finished = verify["finished_at"].as_str().unwrap_or_default();
+        assert!(
+            !released.is_empty() && released < finished,
+            "{server}: released {released:?}, finished {finished:?}"
+        );
+        if server != NO_BOOT_TEST {
+            let boot = &tasks[&format!("{server}/boot_test")];
+            let started = boot["started_at"].as_str().unwrap_or_default();
+            assert!(
+                released <= started && started < finished,
+                "{server}: the boot test started at {started}, while replication was watched \
+                 from {released} to {finished}"
+            );
+        }
+    }
     let wave_2 = status_tasks(&dir, &["--wave", "wave-2"]);
     assert_eq!(wave_2.len(), 4 * 6 + 1);
     assert!(wave_2.values().all(|t| t["wave"] == "wave-2"));
@@ -255,6 +275,16 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
         "{}",
         text.stdout
     );
+    for server in SERVERS {
+        let ready = log
+            .iter()
+            .filter(|e| e["kind"] == "task.ready" && e["server"] == server)
+            .count();
+        assert_eq!(
+            ready, 1,
+            "{server}: one task.ready for its replication check"
+        );
+    }
     let wave_1 = events(&dir, &["--wave", "wave-1"]);
     assert!(!wave_1.is_empty() && wave_1.len() < log.len());
     assert!(wave_1.iter().all(|e| e["wave"] == "wave-1"));

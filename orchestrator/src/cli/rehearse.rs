@@ -154,6 +154,14 @@ fn timeline(out: &mut String, definitions: &waves::Definitions, tasks: &[TaskRow
                 .filter_map(|t| t.finished_at)
                 .max()
         };
+        // Replication is continuous when its check is first ready (it watches on until
+        // the window).
+        let all_ready = |kind: &str| {
+            rows.iter()
+                .filter(|t| t.kind == kind)
+                .filter_map(|t| t.released_at.or(t.finished_at))
+                .max()
+        };
         let first = |kind: &str| {
             rows.iter()
                 .filter(|t| t.kind == kind)
@@ -174,7 +182,10 @@ fn timeline(out: &mut String, definitions: &waves::Definitions, tasks: &[TaskRow
         for (label, value) in [
             ("first task", first("prereq_check")),
             ("agents pushed", last("agent_push")),
-            ("all replicating (continuous)", last("replication_verify")),
+            (
+                "all replicating (continuous)",
+                all_ready("replication_verify"),
+            ),
             ("boot tests done", last("boot_test")),
             (
                 "window opens",

@@ -27,6 +27,7 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
                 "next_run_at": ms_to_text(Some(t.next_run_at)),
                 "started_at": ms_to_text(t.started_at),
                 "finished_at": ms_to_text(t.finished_at),
+                "released_at": ms_to_text(t.released_at),
                 "reason": t.reason,
                 "approval_required": t.approval_required,
                 "approved_by": t.approved_by,

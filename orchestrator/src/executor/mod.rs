@@ -11,6 +11,9 @@
 mod step;
 
 use std::collections::HashMap;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +90,15 @@ impl Executor {
         mut on_batch: impl FnMut(usize),
     ) -> anyhow::Result<Stopped> {
         let index = step::index(&self.definitions);
-        let launcher = Arc::new(tasks::launcher::Launcher::default());
+        let launcher = tasks::launcher::Launcher::default();
+        let inputs = step::StepInputs {
+            definitions: &self.definitions,
+            index: &index,
+            engines: &self.ports.engines,
+            shell: self.ports.shell.as_ref(),
+            cmdb: self.ports.cmdb.as_ref(),
+            launcher: &launcher,
+        };
         let mut interrupt = Box::pin(tokio::signal::ctrl_c());
         let limit = Limit {
             total: u32::try_from(self.limits.global).unwrap_or(u32::MAX),
@@ -144,23 +155,17 @@ impl Executor {
             }
             let batch = std::mem::take(&mut claimed);
             let count = batch.len();
-            let mut set = tokio::task::JoinSet::new();
-            for task in batch {
-                let inputs = step::StepInputs {
-                    definitions: Arc::clone(&self.definitions),
-                    index: Arc::clone(&index),
-                    engines: self.ports.engines.clone(),
-                    shell: Arc::clone(&self.ports.shell),
-                    cmdb: Arc::clone(&self.ports.cmdb),
-                    launcher: Arc::clone(&launcher),
-                    now,
-                };
-                set.spawn(async move { step::run_step(inputs, task).await });
-            }
+            // The steps of a batch run concurrently on this task: they wait on engines,
+            // shells and CMDBs, and share the launcher that batches their launches.
+            let mut steps: FuturesUnordered<_> = batch
+                .into_iter()
+                .map(|task| step::run_step(&inputs, now, task))
+                .collect();
             let mut completions: Vec<Completion> = Vec::with_capacity(count);
-            while let Some(result) = set.join_next().await {
-                completions.push(result?);
+            while let Some(completion) = steps.next().await {
+                completions.push(completion);
             }
+            drop(steps);
             // The outcomes and the next claim share one commit.
             let finished_at = self.clock.now_ms().max(now);
             let (_, next) = self

@@ -19,7 +19,7 @@ use crate::store::{AttemptRecord, ClaimedTask, Completion, NewEvent};
 /// Where a server is in the definitions: (wave index, application index, server index).
 pub type WaveServer = (usize, usize, usize);
 
-pub fn index(definitions: &Definitions) -> Arc<HashMap<String, WaveServer>> {
+pub fn index(definitions: &Definitions) -> HashMap<String, WaveServer> {
     let mut map = HashMap::new();
     for (w, wave) in definitions.waves.iter().enumerate() {
         for (a, app) in wave.applications.iter().enumerate() {
@@ -28,17 +28,17 @@ pub fn index(definitions: &Definitions) -> Arc<HashMap<String, WaveServer>> {
             }
         }
     }
-    Arc::new(map)
+    map
 }
 
-pub struct StepInputs {
-    pub definitions: Arc<Definitions>,
-    pub index: Arc<HashMap<String, WaveServer>>,
-    pub engines: HashMap<EngineKind, Arc<dyn ReplicationEngine>>,
-    pub shell: Arc<dyn RemoteShell>,
-    pub cmdb: Arc<dyn Cmdb>,
-    pub launcher: Arc<tasks::launcher::Launcher>,
-    pub now: i64,
+/// What every step of a run reads: built once per run, borrowed by each step.
+pub struct StepInputs<'a> {
+    pub definitions: &'a Definitions,
+    pub index: &'a HashMap<String, WaveServer>,
+    pub engines: &'a HashMap<EngineKind, Arc<dyn ReplicationEngine>>,
+    pub shell: &'a dyn RemoteShell,
+    pub cmdb: &'a dyn Cmdb,
+    pub launcher: &'a tasks::launcher::Launcher,
 }
 
 /// What the store keeps between turns: when the attempt started, the task's own step,
@@ -62,7 +62,9 @@ fn event(task: &ClaimedTask, at: i64, kind: &str, message: String) -> NewEvent {
     }
 }
 
+/// The record of the attempt this turn ends: the task's next attempt number.
 fn attempt(
+    task: &ClaimedTask,
     started: i64,
     now: i64,
     outcome: &str,
@@ -71,6 +73,7 @@ fn attempt(
     error: Option<String>,
 ) -> AttemptRecord {
     AttemptRecord {
+        number: task.attempts + 1,
         started_at: started,
         finished_at: now,
         outcome: outcome.to_owned(),
@@ -80,8 +83,7 @@ fn attempt(
     }
 }
 
-pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
-    let now = inputs.now;
+pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> Completion {
     if task.kind == "gate" {
         return gate(&task, now);
     }
@@ -178,9 +180,9 @@ pub async fn run_step(inputs: StepInputs, task: ClaimedTask) -> Completion {
         attempt: u32::try_from(task.attempts).unwrap_or(0),
         step: resume.task.clone(),
         engine: engine.as_ref(),
-        launcher: &inputs.launcher,
-        shell: inputs.shell.as_ref(),
-        cmdb: inputs.cmdb.as_ref(),
+        launcher: inputs.launcher,
+        shell: inputs.shell,
+        cmdb: inputs.cmdb,
     };
     let report = tasks::run(&ctx).await;
     finish(&task, kind, server, now, resume, report, events)
@@ -208,8 +210,7 @@ fn gate(task: &ClaimedTask, now: i64) -> Completion {
         .unwrap_or_default();
     Completion::Succeeded {
         id: task.id.clone(),
-        step: None,
-        attempt: attempt(now, now, "succeeded", &[], "gate open", None),
+        attempt: attempt(task, now, now, "succeeded", &[], "gate open", None),
         events: vec![event(
             task,
             now,
@@ -234,6 +235,7 @@ fn failed(
         step,
         reason: reason.clone(),
         attempt: Some(attempt(
+            task,
             started,
             now,
             "failed",
@@ -286,8 +288,8 @@ fn finish(
             ));
             Completion::Succeeded {
                 id: task.id.clone(),
-                step: None,
                 attempt: attempt(
+                    task,
                     resume.attempt_started,
                     now,
                     "succeeded",
@@ -295,6 +297,51 @@ fn finish(
                     &output,
                     None,
                 ),
+                events,
+            }
+        }
+        Progress::Ready {
+            checks,
+            output,
+            step,
+            until,
+            note,
+        } => {
+            let first = !resume
+                .task
+                .as_ref()
+                .and_then(|t| t.get("watching"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            if first {
+                let passed = checks.iter().filter(|c| c.passed).count();
+                events.push(event(
+                    task,
+                    now,
+                    "task.ready",
+                    format!(
+                        "{} is ready ({output}, {passed} of {} checks passed): the tasks after it \
+                         may start; it looks again on its schedule until the window",
+                        task.id,
+                        checks.len()
+                    ),
+                ));
+            } else if resume.note.as_deref() != Some(note.as_str()) {
+                events.push(event(
+                    task,
+                    now,
+                    "task.progress",
+                    format!("{}: {note}", task.id),
+                ));
+            }
+            resume.note = Some(note);
+            resume.task = Some(step);
+            // Every look has the timeout of one look.
+            resume.attempt_started = until.as_millisecond();
+            Completion::Ready {
+                id: task.id.clone(),
+                step: serde_json::to_string(&resume).unwrap_or_default(),
+                next_run_at: until.as_millisecond().max(now + 1),
                 events,
             }
         }
@@ -330,6 +377,7 @@ fn finish(
             let settings = server.tasks.attempts(kind);
             let retries_left = i64::from(settings.retries) > i64::from(task.attempts);
             let record = attempt(
+                task,
                 resume.attempt_started,
                 now,
                 if retryable && retries_left {

@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context as _, bail};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde::Serialize;
 use waves::load::Sources;
 use waves::model::{Definitions, TaskKind};
 use waves::plan::Plan;
 
-use super::Store;
 use super::events::{NewEvent, insert_events};
+use super::{JsonColumn, Store, json_param};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
@@ -328,29 +328,35 @@ impl Store {
         revision: i64,
         now: i64,
     ) -> anyhow::Result<()> {
-        let sql = "INSERT INTO servers (name, wave, application, revision, spec, removed_at) \
-                   VALUES (?, ?, ?, ?, ?, NULL) \
-                   ON CONFLICT (name) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
-                   revision = excluded.revision, spec = excluded.spec, removed_at = NULL";
-        for (name, (wave, app, spec)) in servers {
-            txn.execute_raw(self.stmt(
-                sql,
-                vec![
-                    name.clone().into(),
-                    wave.clone().into(),
-                    app.clone().into(),
-                    revision.into(),
-                    spec.clone().into(),
-                ],
-            ))
-            .await?;
+        // One statement for all the servers (rows as one JSON parameter); `WHERE true`
+        // tells SQLite's parser that ON CONFLICT is not a join constraint.
+        let rows = self.json_rows(&[
+            ("name", JsonColumn::Text),
+            ("wave", JsonColumn::Text),
+            ("application", JsonColumn::Text),
+            ("spec", JsonColumn::Text),
+        ]);
+        let sql = format!(
+            "INSERT INTO servers (name, wave, application, revision, spec, removed_at) \
+             SELECT r.name, r.wave, r.application, ?, r.spec, NULL FROM {rows} AS r WHERE true \
+             ON CONFLICT (name) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
+             revision = excluded.revision, spec = excluded.spec, removed_at = NULL"
+        );
+        let wire: Vec<_> = servers
+            .iter()
+            .map(|(name, (wave, app, spec))| (name, wave, app, spec))
+            .collect();
+        if !wire.is_empty() {
+            txn.execute_raw(self.stmt(&sql, vec![revision.into(), json_param(&wire)?]))
+                .await?;
         }
-        for name in removed {
-            txn.execute_raw(self.stmt(
-                "UPDATE servers SET removed_at = ? WHERE name = ?",
-                vec![now.into(), name.clone().into()],
-            ))
-            .await?;
+        if !removed.is_empty() {
+            let sql = format!(
+                "UPDATE servers SET removed_at = ? WHERE name IN {}",
+                self.json_strings()
+            );
+            txn.execute_raw(self.stmt(&sql, vec![now.into(), json_param(&removed)?]))
+                .await?;
         }
         Ok(())
     }
@@ -419,63 +425,71 @@ impl Store {
                 false,
             ));
         }
-        let insert = "INSERT INTO tasks (id, wave, application, server, kind, state, attempts, earliest, deadline, \
-                      next_run_at, pending_deps, approval_required, updated_at) \
-                      VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0, ?, ?) \
-                      ON CONFLICT (id) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
-                      earliest = excluded.earliest, deadline = excluded.deadline, \
-                      approval_required = excluded.approval_required, updated_at = excluded.updated_at, \
-                      next_run_at = CASE WHEN tasks.state = 'pending' THEN excluded.next_run_at ELSE tasks.next_run_at END, \
-                      state = CASE \
-                        WHEN tasks.state = 'pending' AND excluded.state = 'skipped' THEN 'skipped' \
-                        WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 \
-                          AND tasks.reason IS NULL THEN 'pending' \
-                        WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
-                          AND tasks.reason = 'cancelled: removed from the definitions' THEN excluded.state \
-                        ELSE tasks.state END, \
-                      reason = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
-                        AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.reason END, \
-                      finished_at = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
-                        AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.finished_at END";
-        let mut planned: BTreeSet<&str> = BTreeSet::new();
-        for (id, wave, app, server, kind, earliest, deadline, approval, skipped) in &rows {
-            planned.insert(id.as_str());
-            let state = if *skipped { "skipped" } else { "pending" };
-            let values: Vec<Value> = vec![
-                id.clone().into(),
-                wave.clone().into(),
-                app.clone().into(),
-                server.clone().into(),
-                kind.clone().into(),
-                state.into(),
-                (*earliest).into(),
-                (*deadline).into(),
-                (*earliest).into(),
-                (*approval).into(),
-                now.into(),
-            ];
-            txn.execute_raw(self.stmt(insert, values)).await?;
-        }
-        let existing = self.task_states(txn).await?;
-        for (id, state) in existing {
-            if planned.contains(id.as_str()) {
-                continue;
-            }
-            if matches!(
-                state.as_str(),
-                "pending" | "running" | "awaiting_approval" | "blocked"
-            ) {
-                txn.execute_raw(self.stmt(
-                    "UPDATE tasks SET state = 'cancelled', reason = ?, lease_owner = NULL, \
-                     lease_expires_at = NULL, updated_at = ? WHERE id = ?",
-                    vec![
-                        "cancelled: removed from the definitions".into(),
-                        now.into(),
-                        id.into(),
-                    ],
-                ))
+        let columns = self.json_rows(&[
+            ("id", JsonColumn::Text),
+            ("wave", JsonColumn::Text),
+            ("application", JsonColumn::Text),
+            ("server", JsonColumn::Text),
+            ("kind", JsonColumn::Text),
+            ("earliest", JsonColumn::Int),
+            ("deadline", JsonColumn::Int),
+            ("approval", JsonColumn::Bool),
+            ("skipped", JsonColumn::Bool),
+        ]);
+        // One statement for the whole plan; `WHERE true` tells SQLite's parser that ON
+        // CONFLICT is not a join constraint.
+        let insert = format!(
+            "INSERT INTO tasks (id, wave, application, server, kind, state, attempts, earliest, deadline, \
+             next_run_at, pending_deps, approval_required, updated_at) \
+             SELECT r.id, r.wave, r.application, r.server, r.kind, \
+             CASE WHEN r.skipped THEN 'skipped' ELSE 'pending' END, 0, r.earliest, r.deadline, \
+             r.earliest, 0, r.approval, ? FROM {columns} AS r WHERE true \
+             ON CONFLICT (id) DO UPDATE SET wave = excluded.wave, application = excluded.application, \
+             earliest = excluded.earliest, deadline = excluded.deadline, \
+             approval_required = excluded.approval_required, updated_at = excluded.updated_at, \
+             next_run_at = CASE WHEN tasks.state = 'pending' THEN excluded.next_run_at ELSE tasks.next_run_at END, \
+             state = CASE \
+               WHEN tasks.state = 'pending' AND excluded.state = 'skipped' THEN 'skipped' \
+               WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 \
+                 AND tasks.reason IS NULL THEN 'pending' \
+               WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+                 AND tasks.reason = 'cancelled: removed from the definitions' THEN excluded.state \
+               ELSE tasks.state END, \
+             reason = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+               AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.reason END, \
+             finished_at = CASE WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
+               AND tasks.reason = 'cancelled: removed from the definitions' THEN NULL ELSE tasks.finished_at END"
+        );
+        if !rows.is_empty() {
+            txn.execute_raw(self.stmt(&insert, vec![now.into(), json_param(&rows)?]))
                 .await?;
-            }
+        }
+        let planned: BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let gone: Vec<String> = self
+            .task_states(txn)
+            .await?
+            .into_iter()
+            .filter(|(id, state)| {
+                !planned.contains(id.as_str())
+                    && matches!(
+                        state.as_str(),
+                        "pending" | "running" | "awaiting_approval" | "blocked"
+                    )
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if !gone.is_empty() {
+            let sql = format!(
+                "UPDATE tasks SET state = 'cancelled', reason = ?, lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = ? WHERE id IN {}",
+                self.json_strings()
+            );
+            let values = vec![
+                "cancelled: removed from the definitions".into(),
+                now.into(),
+                json_param(&gone)?,
+            ];
+            txn.execute_raw(self.stmt(&sql, values)).await?;
         }
         Ok(rows.len())
     }
@@ -504,19 +518,17 @@ impl Store {
         }
         pairs.sort();
         pairs.dedup();
-        for chunk in pairs.chunks(200) {
-            let mut sql =
-                String::from("INSERT INTO task_dependencies (task_id, depends_on) VALUES ");
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
-            for (i, (task, dep)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str("(?, ?)");
-                values.push(task.clone().into());
-                values.push(dep.clone().into());
-            }
-            txn.execute_raw(self.stmt(&sql, values)).await?;
+        if !pairs.is_empty() {
+            let rows = self.json_rows(&[
+                ("task_id", JsonColumn::Text),
+                ("depends_on", JsonColumn::Text),
+            ]);
+            let sql = format!(
+                "INSERT INTO task_dependencies (task_id, depends_on) \
+                 SELECT r.task_id, r.depends_on FROM {rows} AS r"
+            );
+            txn.execute_raw(self.stmt(&sql, vec![json_param(&pairs)?]))
+                .await?;
         }
         Ok(())
     }
@@ -528,10 +540,22 @@ impl Store {
         txn: &DatabaseTransaction,
         now: i64,
     ) -> anyhow::Result<()> {
+        // Freshly written rows have no statistics yet: without them PostgreSQL plans the
+        // counts below as nested scans, quadratic in the number of tasks.
+        if self.is_postgres() {
+            for table in ["tasks", "task_dependencies"] {
+                txn.execute_unprepared(&format!("ANALYZE {table}")).await?;
+            }
+        }
+        // Set-based: every count in one grouped pass, joined on the key.
+        txn.execute_raw(self.stmt("UPDATE tasks SET pending_deps = 0", vec![]))
+            .await?;
         txn.execute_raw(self.stmt(
-            "UPDATE tasks SET pending_deps = (SELECT COUNT(*) FROM task_dependencies d \
-             JOIN tasks t ON t.id = d.depends_on \
-             WHERE d.task_id = tasks.id AND t.state NOT IN ('succeeded', 'skipped'))",
+            "UPDATE tasks SET pending_deps = c.n FROM (SELECT d.task_id, COUNT(*) AS n \
+             FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
+             WHERE t.state NOT IN ('succeeded', 'skipped') AND t.released_at IS NULL \
+             GROUP BY d.task_id) AS c \
+             WHERE tasks.id = c.task_id",
             vec![],
         ))
         .await?;
@@ -541,9 +565,9 @@ impl Store {
             let blocked = txn
                 .execute_raw(self.stmt(
                     "UPDATE tasks SET state = 'blocked', reason = 'blocked: a task it depends on did not succeed', \
-                     updated_at = ? WHERE state IN ('pending', 'awaiting_approval') AND EXISTS (SELECT 1 FROM task_dependencies d \
-                     JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = tasks.id \
-                     AND t.state IN ('failed', 'cancelled', 'blocked'))",
+                     updated_at = ? WHERE state IN ('pending', 'awaiting_approval') AND id IN (SELECT d.task_id \
+                     FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
+                     WHERE t.state IN ('failed', 'cancelled', 'blocked'))",
                     vec![now.into()],
                 ))
                 .await?;

@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Value};
 use serde::Serialize;
 
-use super::Store;
+use super::{JsonColumn, Store, json_param};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewEvent {
@@ -31,38 +31,39 @@ pub struct EventRow {
     pub data: Option<String>,
 }
 
-/// Events are written in batches inside the caller's transaction; one multi-row insert
-/// per batch keeps the log cheap.
+/// Events are written inside the caller's transaction, all of a batch in one insert
+/// (the rows travel as one JSON parameter), in their order.
 pub(crate) async fn insert_events(
     store: &Store,
     txn: &DatabaseTransaction,
     events: &[NewEvent],
 ) -> anyhow::Result<()> {
-    for chunk in events.chunks(100) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let mut sql = String::from(
-            "INSERT INTO events (at, wave, server, task_id, kind, message, data) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
-        for (i, event) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
-            values.extend([
-                event.at.into(),
-                event.wave.clone().into(),
-                event.server.clone().into(),
-                event.task_id.clone().into(),
-                event.kind.clone().into(),
-                event.message.clone().into(),
-                event.data.clone().into(),
-            ]);
-        }
-        txn.execute_raw(store.stmt(&sql, values)).await?;
+    if events.is_empty() {
+        return Ok(());
     }
+    let rows = store.json_rows(&[
+        ("at", JsonColumn::Int),
+        ("wave", JsonColumn::Text),
+        ("server", JsonColumn::Text),
+        ("task_id", JsonColumn::Text),
+        ("kind", JsonColumn::Text),
+        ("message", JsonColumn::Text),
+        ("data", JsonColumn::Text),
+    ]);
+    let sql = format!(
+        "INSERT INTO events (at, wave, server, task_id, kind, message, data) \
+         SELECT at, wave, server, task_id, kind, message, data FROM {rows} AS r ORDER BY r.ord"
+    );
+    let wire: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.at, &e.wave, &e.server, &e.task_id, &e.kind, &e.message, &e.data,
+            )
+        })
+        .collect();
+    txn.execute_raw(store.stmt(&sql, vec![json_param(&wire)?]))
+        .await?;
     Ok(())
 }
 

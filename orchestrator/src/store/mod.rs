@@ -55,6 +55,7 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(BUSY_TIMEOUT)
                     .foreign_keys(true)
+                    .pragma("temp_store", "memory")
                     .synchronous(if synchronous_full {
                         SqliteSynchronous::Full
                     } else {
@@ -85,6 +86,41 @@ impl Store {
 
     /// A transaction for read-then-write work: on SQLite it takes the write lock at the
     /// start (BEGIN IMMEDIATE), so two writers never deadlock on an upgrade.
+    /// A derived table of the rows passed as one JSON parameter (an array of arrays,
+    /// see [`json_param`]), with these columns and `ord`, the row's place in the array
+    /// (an insert orders by it). One statement and
+    /// one bound value carry a whole batch, and its text is the same for every batch,
+    /// so the database prepares it once.
+    pub(crate) fn json_rows(&self, columns: &[(&str, JsonColumn)]) -> String {
+        let mut select = Vec::with_capacity(columns.len());
+        for (i, (name, kind)) in columns.iter().enumerate() {
+            select.push(match (self.is_postgres(), kind) {
+                (false, _) => format!("json_extract(value, '$[{i}]') AS {name}"),
+                (true, JsonColumn::Text) => format!("(e.v ->> {i}) AS {name}"),
+                (true, JsonColumn::Int) => format!("(e.v ->> {i})::bigint AS {name}"),
+                (true, JsonColumn::Bool) => format!("(e.v ->> {i})::boolean AS {name}"),
+            });
+        }
+        let select = select.join(", ");
+        if self.is_postgres() {
+            format!(
+                "(SELECT {select}, e.n AS ord FROM json_array_elements(CAST(? AS json)) \
+                 WITH ORDINALITY AS e(v, n))"
+            )
+        } else {
+            format!("(SELECT {select}, key AS ord FROM json_each(?))")
+        }
+    }
+
+    /// The strings of one JSON array parameter as a set, for `column IN ...`.
+    pub(crate) fn json_strings(&self) -> &'static str {
+        if self.is_postgres() {
+            "(SELECT json_array_elements_text(CAST(? AS json)))"
+        } else {
+            "(SELECT value FROM json_each(?))"
+        }
+    }
+
     pub(crate) async fn write_transaction(&self) -> anyhow::Result<DatabaseTransaction> {
         let options = TransactionOptions {
             sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
@@ -116,6 +152,19 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// How a column of [`Store::json_rows`] is typed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JsonColumn {
+    Text,
+    Int,
+    Bool,
+}
+
+/// The value bound for [`Store::json_rows`] or [`Store::json_strings`].
+pub(crate) fn json_param(rows: &impl serde::Serialize) -> anyhow::Result<Value> {
+    Ok(Value::from(serde_json::to_string(rows)?))
 }
 
 fn numbered(backend: DbBackend, sql: &str) -> String {

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Value};
 use serde::Serialize;
 
-use super::Store;
 use super::events::{NewEvent, insert_events};
+use super::{JsonColumn, Store, json_param};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,11 +97,62 @@ pub struct TaskRow {
     pub reason: Option<String>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// When it let the tasks that depend on it start while it ran on (a recurring
+    /// check that watches until the window).
+    pub released_at: Option<i64>,
 }
 
 impl TaskRow {
     pub fn state(&self) -> TaskState {
         TaskState::parse(&self.state).unwrap_or(TaskState::Pending)
+    }
+}
+
+/// A task row as SQLite's `json_array` of [`TASK_COLUMNS`] writes it (booleans as 0/1).
+#[derive(serde::Deserialize)]
+struct WireTask(
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i32,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+impl WireTask {
+    fn into_row(self) -> TaskRow {
+        TaskRow {
+            id: self.0,
+            wave: self.1,
+            application: self.2,
+            server: self.3,
+            kind: self.4,
+            state: self.5,
+            attempts: self.6,
+            earliest: self.7,
+            deadline: self.8,
+            next_run_at: self.9,
+            approval_required: self.10 != 0,
+            approved_by: self.11,
+            approved_at: self.12,
+            step: self.13,
+            reason: self.14,
+            started_at: self.15,
+            finished_at: self.16,
+            released_at: self.17,
+        }
     }
 }
 
@@ -112,10 +163,6 @@ pub struct Limit {
     pub per_wave: u32,
 }
 
-/// Rows per statement in set-based writes: well under SQLite's and PostgreSQL's limits
-/// on bound parameters.
-const CHUNK: usize = 200;
-
 /// `?, ?, ?` for `n` values.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -123,7 +170,7 @@ fn placeholders(n: usize) -> String {
 
 pub(crate) const TASK_COLUMNS: &str = "id, wave, application, server, kind, state, attempts, \
     earliest, deadline, next_run_at, approval_required, approved_by, approved_at, step, reason, \
-    started_at, finished_at";
+    started_at, finished_at, released_at";
 
 /// A task claimed by a worker, with the lease that lets it complete the task.
 pub type ClaimedTask = TaskRow;
@@ -131,6 +178,8 @@ pub type ClaimedTask = TaskRow;
 /// What one attempt did, for the attempts table.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
+    /// 1 for the first attempt: the task's attempts before this one, plus one.
+    pub number: i32,
     pub started_at: i64,
     pub finished_at: i64,
     /// `succeeded`, `failed`, `retrying`, `waiting`.
@@ -146,12 +195,19 @@ pub struct AttemptRecord {
 pub enum Completion {
     Succeeded {
         id: String,
-        step: Option<String>,
         attempt: AttemptRecord,
         events: Vec<NewEvent>,
     },
     /// Not done yet: come back at `next_run_at` with this step.
     Waiting {
+        id: String,
+        step: String,
+        next_run_at: i64,
+        events: Vec<NewEvent>,
+    },
+    /// Reached: the tasks depending on it may start (released once, the first time),
+    /// while it runs on, next at `next_run_at` with this step (a recurring check).
+    Ready {
         id: String,
         step: String,
         next_run_at: i64,
@@ -178,11 +234,16 @@ pub enum Completion {
     AwaitingApproval { id: String, events: Vec<NewEvent> },
 }
 
+/// One task's own values in a set-based completion: id, step, next run (or the finish
+/// time of a failure), reason.
+type PerTask<'a> = (&'a str, Option<&'a str>, i64, Option<&'a str>);
+
 impl Completion {
     fn id(&self) -> &str {
         match self {
             Completion::Succeeded { id, .. }
             | Completion::Waiting { id, .. }
+            | Completion::Ready { id, .. }
             | Completion::Retry { id, .. }
             | Completion::Failed { id, .. }
             | Completion::AwaitingApproval { id, .. } => id,
@@ -201,8 +262,11 @@ impl Store {
         lease_until: i64,
         limit: Limit,
     ) -> anyhow::Result<Vec<ClaimedTask>> {
-        self.claim_on(self.db(), owner, now, lease_until, limit)
-            .await
+        // On SQLite the claim reads, then leases: one write transaction keeps it atomic.
+        let txn = self.write_transaction().await?;
+        let claimed = self.claim_on(&txn, owner, now, lease_until, limit).await?;
+        txn.commit().await.context("cannot commit the claim")?;
+        Ok(claimed)
     }
 
     async fn claim_on(
@@ -261,17 +325,16 @@ impl Store {
         db: &impl ConnectionTrait,
         over: &[ClaimedTask],
     ) -> anyhow::Result<()> {
-        for chunk in over.chunks(CHUNK) {
-            let marks = placeholders(chunk.len());
-            let values: Vec<Value> = chunk.iter().map(|t| Value::from(t.id.clone())).collect();
-            let sql = format!(
-                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
-                 state = CASE WHEN attempts = 0 AND step IS NULL THEN 'pending' ELSE state END, \
-                 started_at = CASE WHEN attempts = 0 AND step IS NULL THEN NULL ELSE started_at END \
-                 WHERE id IN ({marks})"
-            );
-            db.execute_raw(self.stmt(&sql, values)).await?;
-        }
+        let ids: Vec<&str> = over.iter().map(|t| t.id.as_str()).collect();
+        let sql = format!(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
+             state = CASE WHEN attempts = 0 AND step IS NULL THEN 'pending' ELSE state END, \
+             started_at = CASE WHEN attempts = 0 AND step IS NULL THEN NULL ELSE started_at END \
+             WHERE id IN {}",
+            self.json_strings()
+        );
+        db.execute_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .await?;
         Ok(())
     }
 
@@ -284,11 +347,12 @@ impl Store {
         room: u32,
         full_waves: &[String],
     ) -> anyhow::Result<Vec<ClaimedTask>> {
-        let lock = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        if !self.is_postgres() {
+            return self
+                .claim_round_sqlite(db, owner, now, lease_until, room, full_waves)
+                .await;
+        }
+        let lock = " FOR UPDATE SKIP LOCKED";
         let exclude = if full_waves.is_empty() {
             String::new()
         } else {
@@ -321,6 +385,72 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by(|a, b| a.next_run_at.cmp(&b.next_run_at).then(a.id.cmp(&b.id)));
         Ok(claimed)
+    }
+
+    /// The claim on SQLite, inside the caller's write transaction (which already holds
+    /// the database's write lock, so nothing changes between the two statements): the
+    /// runnable tasks are read as one JSON row, then leased by id. An `UPDATE ...
+    /// RETURNING` would hand every row over from SQLite's worker thread one by one.
+    async fn claim_round_sqlite(
+        &self,
+        db: &impl ConnectionTrait,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        room: u32,
+        full_waves: &[String],
+    ) -> anyhow::Result<Vec<ClaimedTask>> {
+        let exclude = if full_waves.is_empty() {
+            String::new()
+        } else {
+            format!(" AND wave NOT IN ({})", placeholders(full_waves.len()))
+        };
+        let sql = format!(
+            "SELECT json_group_array(json_array({TASK_COLUMNS})) AS rows FROM ( \
+             SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('pending', 'running') \
+             AND pending_deps = 0 AND next_run_at <= ? \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= ?){exclude} \
+             ORDER BY next_run_at, id LIMIT ?)"
+        );
+        let mut values: Vec<Value> = vec![now.into(), now.into()];
+        values.extend(full_waves.iter().map(|w| Value::from(w.clone())));
+        values.push(i64::from(room).into());
+        let text = db
+            .query_one_raw(self.stmt(&sql, values))
+            .await?
+            .map(|row| row.try_get::<String>("", "rows"))
+            .transpose()?
+            .unwrap_or_else(|| "[]".to_owned());
+        let wire: Vec<WireTask> =
+            serde_json::from_str(&text).context("cannot read the claimed tasks")?;
+        if wire.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = wire.iter().map(|t| t.0.as_str()).collect();
+        let sql = "UPDATE tasks SET lease_owner = ?, lease_expires_at = ?, \
+                   state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
+                   started_at = COALESCE(started_at, ?), updated_at = ? \
+                   WHERE id IN (SELECT value FROM json_each(?))";
+        let values: Vec<Value> = vec![
+            owner.into(),
+            lease_until.into(),
+            now.into(),
+            now.into(),
+            json_param(&ids)?,
+        ];
+        db.execute_raw(self.stmt(sql, values)).await?;
+        // The rows as the lease left them, as `RETURNING` would show them.
+        Ok(wire
+            .into_iter()
+            .map(|w| {
+                let mut task = w.into_row();
+                if task.state == "pending" {
+                    task.state = "running".to_owned();
+                }
+                task.started_at = task.started_at.or(Some(now));
+                task
+            })
+            .collect())
     }
 
     /// Records the outcomes of one batch and claims the next in the same transaction:
@@ -363,6 +493,10 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Writes a batch of outcomes set-based: one statement per kind of outcome for the
+    /// whole batch (the rows travel as one JSON parameter), then the dependants of the
+    /// successes released, the failures' downstream blocked, and every attempt and
+    /// event inserted, in the order the completions came.
     async fn complete_in(
         &self,
         txn: &DatabaseTransaction,
@@ -370,223 +504,279 @@ impl Store {
         now: i64,
         completions: Vec<Completion>,
     ) -> anyhow::Result<usize> {
-        let mut dropped = 0;
-        // Successes are the bulk of every batch: a handful of set-based statements
-        // instead of several statements per task.
-        let (successes, others): (Vec<Completion>, Vec<Completion>) = completions
-            .into_iter()
-            .partition(|c| matches!(c, Completion::Succeeded { .. }));
-        dropped += self.complete_successes(txn, owner, now, successes).await?;
-        for completion in others {
-            if !self.complete_one(txn, owner, now, completion).await? {
-                dropped += 1;
+        let total = completions.len();
+        let kept: Vec<Completion> = {
+            let ids: Vec<&str> = completions.iter().map(Completion::id).collect();
+            match self.leased_to(txn, owner, &ids).await? {
+                None => completions,
+                Some(ours) => completions
+                    .into_iter()
+                    .filter(|c| ours.contains(c.id()))
+                    .collect(),
             }
+        };
+        let kept_count = kept.len();
+        let ids_of = |pick: fn(&Completion) -> bool| -> Vec<&str> {
+            kept.iter()
+                .filter(|c| pick(c))
+                .map(Completion::id)
+                .collect()
+        };
+        let succeeded = ids_of(|c| matches!(c, Completion::Succeeded { .. }));
+        let ready = ids_of(|c| matches!(c, Completion::Ready { .. }));
+        // Dependants are released once: by a task's first `Ready`, or by its success if
+        // it was never ready before (before the updates below mark them).
+        let releasing: Vec<&str> = succeeded.iter().chain(&ready).copied().collect();
+        if !releasing.is_empty() {
+            self.release_dependants_of(txn, &releasing).await?;
         }
-        Ok(dropped)
-    }
-
-    /// Records many successes: one conditional update per chunk (returning the tasks
-    /// whose lease was still ours), one release of their dependants, one insert of their
-    /// attempts and one of their events.
-    async fn complete_successes(
-        &self,
-        txn: &DatabaseTransaction,
-        owner: &str,
-        now: i64,
-        successes: Vec<Completion>,
-    ) -> anyhow::Result<usize> {
-        let mut dropped = 0;
-        for chunk in successes.chunks(CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(Completion::id).collect();
-            let marks = placeholders(ids.len());
-            let mut values: Vec<Value> = vec![now.into(), now.into(), owner.into()];
-            values.extend(ids.iter().map(|id| Value::from(*id)));
+        let awaiting = ids_of(|c| matches!(c, Completion::AwaitingApproval { .. }));
+        let release = "lease_owner = NULL, lease_expires_at = NULL, updated_at = ?";
+        let ids = self.json_strings();
+        if !succeeded.is_empty() {
             let sql = format!(
                 "UPDATE tasks SET state = 'succeeded', step = NULL, reason = NULL, finished_at = ?, \
-                 attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
-                 WHERE lease_owner = ? AND id IN ({marks}) RETURNING id"
+                 attempts = attempts + 1, {release} WHERE lease_owner = ? AND id IN {ids}"
             );
-            let rows = txn.query_all_raw(self.stmt(&sql, values)).await?;
-            let done: std::collections::HashSet<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String>("", "id"))
-                .collect::<Result<_, _>>()?;
-            dropped += chunk.len() - done.len();
-            if done.is_empty() {
+            let values = vec![
+                now.into(),
+                now.into(),
+                owner.into(),
+                json_param(&succeeded)?,
+            ];
+            txn.execute_raw(self.stmt(&sql, values)).await?;
+        }
+        if !awaiting.is_empty() {
+            let sql = format!(
+                "UPDATE tasks SET state = 'awaiting_approval', {release} \
+                 WHERE lease_owner = ? AND id IN {ids}"
+            );
+            let values = vec![now.into(), owner.into(), json_param(&awaiting)?];
+            txn.execute_raw(self.stmt(&sql, values)).await?;
+        }
+        // The outcomes that carry values of their own per task: (id, step, next run,
+        // reason), joined on the id.
+        let mut waiting = Vec::new();
+        let mut watching = Vec::new();
+        let mut retrying = Vec::new();
+        let mut failing = Vec::new();
+        for completion in &kept {
+            match completion {
+                Completion::Waiting {
+                    id,
+                    step,
+                    next_run_at,
+                    ..
+                } => waiting.push((id.as_str(), Some(step.as_str()), *next_run_at, None)),
+                Completion::Ready {
+                    id,
+                    step,
+                    next_run_at,
+                    ..
+                } => watching.push((id.as_str(), Some(step.as_str()), *next_run_at, None)),
+                Completion::Retry {
+                    id,
+                    step,
+                    next_run_at,
+                    reason,
+                    ..
+                } => retrying.push((
+                    id.as_str(),
+                    step.as_deref(),
+                    *next_run_at,
+                    Some(reason.as_str()),
+                )),
+                Completion::Failed {
+                    id, step, reason, ..
+                } => failing.push((id.as_str(), step.as_deref(), now, Some(reason.as_str()))),
+                _ => {}
+            }
+        }
+        let rows = self.json_rows(&[
+            ("id", JsonColumn::Text),
+            ("step", JsonColumn::Text),
+            ("next_run_at", JsonColumn::Int),
+            ("reason", JsonColumn::Text),
+        ]);
+        let per_task: [(&[PerTask], &str); 4] = [
+            (&waiting, "step = v.step, next_run_at = v.next_run_at"),
+            (
+                &watching,
+                "step = v.step, next_run_at = v.next_run_at, released_at = COALESCE(released_at, ?)",
+            ),
+            (
+                &retrying,
+                "step = v.step, next_run_at = v.next_run_at, reason = v.reason, attempts = attempts + 1",
+            ),
+            (
+                &failing,
+                "state = 'failed', step = v.step, reason = v.reason, finished_at = v.next_run_at, \
+                 attempts = attempts + 1",
+            ),
+        ];
+        for (batch, set) in per_task {
+            if batch.is_empty() {
                 continue;
             }
-            let done_ids: Vec<&String> = done.iter().collect();
-            let marks = placeholders(done_ids.len());
-            let mut values: Vec<Value> = done_ids
-                .iter()
-                .map(|id| Value::from((*id).clone()))
-                .collect();
-            values.extend(done_ids.iter().map(|id| Value::from((*id).clone())));
             let sql = format!(
-                "UPDATE tasks SET pending_deps = pending_deps - (SELECT COUNT(*) FROM task_dependencies d \
-                 WHERE d.task_id = tasks.id AND d.depends_on IN ({marks})) \
-                 WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on IN ({marks}))"
+                "UPDATE tasks SET {set}, {release} FROM {rows} AS v \
+                 WHERE tasks.id = v.id AND tasks.lease_owner = ?"
             );
+            // In the order of the statement's text: the release time (watching only), the
+            // update time, the rows, the owner.
+            let mut values: Vec<Value> = Vec::with_capacity(4);
+            if set.contains("released_at") {
+                values.push(now.into());
+            }
+            values.extend([now.into(), json_param(&batch)?, owner.into()]);
             txn.execute_raw(self.stmt(&sql, values)).await?;
-            let mut attempts = Vec::with_capacity(done.len());
-            let mut events = Vec::new();
-            for completion in chunk {
-                if let Completion::Succeeded {
+        }
+        for (id, ..) in &failing {
+            self.block_dependants(txn, id, now).await?;
+        }
+        let mut attempts = Vec::new();
+        let mut events = Vec::new();
+        for completion in kept {
+            match completion {
+                Completion::Succeeded {
+                    id,
+                    attempt,
+                    events: these,
+                }
+                | Completion::Retry {
                     id,
                     attempt,
                     events: these,
                     ..
-                } = completion
-                    && done.contains(id)
-                {
-                    attempts.push((id.clone(), attempt.clone()));
-                    events.extend(these.iter().cloned());
+                } => {
+                    attempts.push((id, attempt));
+                    events.extend(these);
                 }
+                Completion::Failed {
+                    id,
+                    attempt,
+                    events: these,
+                    ..
+                } => {
+                    attempts.extend(attempt.map(|a| (id, a)));
+                    events.extend(these);
+                }
+                Completion::Waiting { events: these, .. }
+                | Completion::Ready { events: these, .. }
+                | Completion::AwaitingApproval { events: these, .. } => events.extend(these),
             }
-            self.insert_attempts(txn, &attempts).await?;
-            insert_events(self, txn, &events).await?;
         }
-        Ok(dropped)
+        self.insert_attempts(txn, &attempts).await?;
+        insert_events(self, txn, &events).await?;
+        Ok(total - kept_count)
     }
 
+    /// Which of `ids` are leased to `owner`: `None` when all of them are (the common
+    /// case, answered with a single count on SQLite), else the set of those that are.
+    /// On PostgreSQL the rows are locked for the rest of the transaction; on SQLite the
+    /// transaction already holds the write lock.
+    async fn leased_to(
+        &self,
+        txn: &DatabaseTransaction,
+        owner: &str,
+        ids: &[&str],
+    ) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+        let list = self.json_strings();
+        let values = vec![owner.into(), json_param(&ids)?];
+        if !self.is_postgres() {
+            let sql =
+                format!("SELECT COUNT(*) AS n FROM tasks WHERE lease_owner = ? AND id IN {list}");
+            let n = txn
+                .query_one_raw(self.stmt(&sql, values.clone()))
+                .await?
+                .map(|row| row.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+            if usize::try_from(n).ok() == Some(ids.len()) {
+                return Ok(None);
+            }
+        }
+        let lock = if self.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT id FROM tasks WHERE lease_owner = ? AND id IN {list}{lock}");
+        let ours: std::collections::HashSet<String> = txn
+            .query_all_raw(self.stmt(&sql, values))
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String>("", "id"))
+            .collect::<Result<_, _>>()?;
+        Ok(if ours.len() == ids.len() {
+            None
+        } else {
+            Some(ours)
+        })
+    }
+
+    /// Inserts attempts in one statement.
     async fn insert_attempts(
         &self,
         txn: &DatabaseTransaction,
         attempts: &[(String, AttemptRecord)],
     ) -> anyhow::Result<()> {
-        for chunk in attempts.chunks(CHUNK / 2) {
-            if chunk.is_empty() {
-                continue;
-            }
-            let mut sql = String::from(
-                "INSERT INTO attempts (task_id, number, started_at, finished_at, outcome, checks, output, error) VALUES ",
-            );
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
-            for (i, (id, attempt)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str("(?, (SELECT attempts FROM tasks WHERE id = ?), ?, ?, ?, ?, ?, ?)");
-                values.extend([
-                    id.clone().into(),
-                    id.clone().into(),
-                    attempt.started_at.into(),
-                    attempt.finished_at.into(),
-                    attempt.outcome.clone().into(),
-                    attempt.checks.clone().into(),
-                    attempt.output.clone().into(),
-                    attempt.error.clone().into(),
-                ]);
-            }
-            txn.execute_raw(self.stmt(&sql, values)).await?;
+        if attempts.is_empty() {
+            return Ok(());
         }
+        let rows = self.json_rows(&[
+            ("task_id", JsonColumn::Text),
+            ("number", JsonColumn::Int),
+            ("started_at", JsonColumn::Int),
+            ("finished_at", JsonColumn::Int),
+            ("outcome", JsonColumn::Text),
+            ("checks", JsonColumn::Text),
+            ("output", JsonColumn::Text),
+            ("error", JsonColumn::Text),
+        ]);
+        let sql = format!(
+            "INSERT INTO attempts (task_id, number, started_at, finished_at, outcome, checks, output, error) \
+             SELECT r.task_id, r.number, r.started_at, \
+             r.finished_at, r.outcome, r.checks, r.output, r.error FROM {rows} AS r ORDER BY r.ord"
+        );
+        let wire: Vec<_> = attempts
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id,
+                    a.number,
+                    a.started_at,
+                    a.finished_at,
+                    &a.outcome,
+                    &a.checks,
+                    &a.output,
+                    &a.error,
+                )
+            })
+            .collect();
+        txn.execute_raw(self.stmt(&sql, vec![json_param(&wire)?]))
+            .await?;
         Ok(())
     }
 
-    async fn complete_one(
+    /// One dependency fewer for every task waiting on one of `ids` (succeeded or ready)
+    /// that has not released them before, in one statement.
+    async fn release_dependants_of(
         &self,
         txn: &DatabaseTransaction,
-        owner: &str,
-        now: i64,
-        completion: Completion,
-    ) -> anyhow::Result<bool> {
-        let id = completion.id().to_owned();
-        let (set, values, attempt, events): (
-            &str,
-            Vec<Value>,
-            Option<AttemptRecord>,
-            Vec<NewEvent>,
-        ) = match completion {
-            Completion::Succeeded {
-                step,
-                attempt,
-                events,
-                ..
-            } => (
-                "state = 'succeeded', step = ?, reason = NULL, finished_at = ?, attempts = attempts + 1",
-                vec![step.into(), now.into()],
-                Some(attempt),
-                events,
-            ),
-            Completion::Waiting {
-                step,
-                next_run_at,
-                events,
-                ..
-            } => (
-                "step = ?, next_run_at = ?",
-                vec![step.into(), next_run_at.into()],
-                None,
-                events,
-            ),
-            Completion::Retry {
-                step,
-                next_run_at,
-                reason,
-                attempt,
-                events,
-                ..
-            } => (
-                "step = ?, next_run_at = ?, reason = ?, attempts = attempts + 1",
-                vec![step.into(), next_run_at.into(), reason.into()],
-                Some(attempt),
-                events,
-            ),
-            Completion::Failed {
-                step,
-                reason,
-                attempt,
-                events,
-                ..
-            } => (
-                "state = 'failed', step = ?, reason = ?, finished_at = ?, attempts = attempts + 1",
-                vec![step.into(), reason.into(), now.into()],
-                attempt,
-                events,
-            ),
-            Completion::AwaitingApproval { events, .. } => {
-                ("state = 'awaiting_approval'", vec![], None, events)
-            }
-        };
-        let mut all = values;
-        all.extend([now.into(), id.clone().into(), owner.into()]);
-        let sql = format!(
-            "UPDATE tasks SET {set}, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
-             WHERE id = ? AND lease_owner = ?"
-        );
-        let updated = txn.execute_raw(self.stmt(&sql, all)).await?;
-        if updated.rows_affected() != 1 {
-            return Ok(false);
-        }
-        let state: Option<String> = txn
-            .query_one_raw(self.stmt(
-                "SELECT state FROM tasks WHERE id = ?",
-                vec![id.clone().into()],
-            ))
-            .await?
-            .map(|row| row.try_get::<String>("", "state"))
-            .transpose()?;
-        match state.as_deref() {
-            Some("succeeded") => self.release_dependants(txn, &id).await?,
-            Some("failed") => self.block_dependants(txn, &id, now).await?,
-            _ => {}
-        }
-        if let Some(attempt) = attempt {
-            self.insert_attempts(txn, &[(id.clone(), attempt)]).await?;
-        }
-        insert_events(self, txn, &events).await?;
-        Ok(true)
-    }
-
-    /// One dependency fewer for every task waiting on `id`.
-    pub(crate) async fn release_dependants(
-        &self,
-        txn: &DatabaseTransaction,
-        id: &str,
+        ids: &[&str],
     ) -> anyhow::Result<()> {
-        let sql = "UPDATE tasks SET pending_deps = pending_deps - 1 \
-                   WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on = ?)";
-        txn.execute_raw(self.stmt(sql, vec![id.into()])).await?;
+        // Counted per dependant in a derived table joined on the key: a correlated count
+        // per dependant would probe every id of the list for every dependant.
+        let sql = format!(
+            "UPDATE tasks SET pending_deps = pending_deps - c.n \
+             FROM (SELECT task_id, COUNT(*) AS n FROM task_dependencies \
+             WHERE depends_on IN (SELECT id FROM tasks WHERE released_at IS NULL AND id IN {}) \
+             GROUP BY task_id) AS c WHERE tasks.id = c.task_id",
+            self.json_strings()
+        );
+        txn.execute_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .await?;
         Ok(())
     }
 
