@@ -222,6 +222,21 @@ async fn run_baseline(
     Ok(started.elapsed())
 }
 
+/// The replication checks look once a year (June 1st, after the window): each is one
+/// turn like the other tasks, not a look every 30 minutes until the window, which is not
+/// the cost per task that B1 and B2 measure.
+fn one_look(mut shape: waves::synthetic::Shape) -> waves::synthetic::Shape {
+    for server in shape
+        .waves
+        .iter_mut()
+        .flat_map(|w| w.applications.iter_mut())
+        .flat_map(|a| a.servers.iter_mut())
+    {
+        server.verify_schedule = "0 0 1 6 *".to_owned();
+    }
+    shape
+}
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -233,7 +248,7 @@ async fn benchmarks(
     full_sync: bool,
 ) -> anyhow::Result<()> {
     // B1: 10,000 servers in 10 waves sharing one window.
-    let loaded = definitions(&waves::synthetic::parallel(10, 1000));
+    let loaded = definitions(&one_look(waves::synthetic::parallel(10, 1000)));
     let outcome = run_executor(&url_for("b1"), &loaded, full_sync).await?;
     let baseline = run_baseline(&url_for("b1-baseline"), &loaded, full_sync, &outcome).await?;
     println!(
@@ -250,7 +265,7 @@ async fn benchmarks(
         outcome.apply.as_secs_f64()
     );
     // B2: one server's chain, a commit per transition.
-    let loaded = definitions(&waves::synthetic::parallel(1, 1));
+    let loaded = definitions(&one_look(waves::synthetic::parallel(1, 1)));
     let mut steps = Vec::new();
     for round in 0..20 {
         let outcome = run_executor(&url_for(&format!("b2-{round}")), &loaded, full_sync).await?;

@@ -51,7 +51,7 @@ fn server() -> impl Strategy<Value = ServerShape> {
         .prop_map(|(disk_gib, every, skip)| ServerShape {
             disk_gib,
             skip: skip.into_iter().collect(),
-            verify_every_minutes: every,
+            verify_schedule: format!("*/{every} * * * *"),
         })
 }
 
@@ -787,7 +787,7 @@ fn chained_in_a_short_window() -> Shape {
     let server = ServerShape {
         disk_gib: 20,
         skip: Vec::new(),
-        verify_every_minutes: 30,
+        verify_schedule: "*/30 * * * *".to_owned(),
     };
     Shape {
         waves: vec![WaveShape {

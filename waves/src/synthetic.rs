@@ -35,8 +35,8 @@ pub struct AppShape {
 pub struct ServerShape {
     pub disk_gib: u32,
     pub skip: Vec<TaskKind>,
-    /// Minutes between replication checks (1 to 59).
-    pub verify_every_minutes: u32,
+    /// The replication check's cron schedule, for example `*/30 * * * *`.
+    pub verify_schedule: String,
 }
 
 fn app_name(wave: usize, app: usize) -> String {
@@ -102,8 +102,8 @@ pub fn render(shape: &Shape) -> Vec<(String, String)> {
                 }
                 let _ = writeln!(
                     text,
-                    "        tasks:\n          replication_verify: {{ schedule: \"*/{} * * * *\" }}",
-                    server.verify_every_minutes
+                    "        tasks:\n          replication_verify: {{ schedule: \"{}\" }}",
+                    server.verify_schedule
                 );
             }
         }
@@ -142,7 +142,7 @@ pub fn uniform(waves: usize, servers_per_wave: usize) -> Shape {
                         .map(|s| ServerShape {
                             disk_gib: 40 + (s as u32 * 20),
                             skip: Vec::new(),
-                            verify_every_minutes: 30,
+                            verify_schedule: "*/30 * * * *".to_owned(),
                         })
                         .collect();
                     AppShape {

@@ -25,7 +25,7 @@ fn server() -> impl Strategy<Value = ServerShape> {
         .prop_map(|(disk_gib, every, skip)| ServerShape {
             disk_gib,
             skip: skip.into_iter().collect(),
-            verify_every_minutes: every,
+            verify_schedule: format!("*/{every} * * * *"),
         })
 }
 
