@@ -164,6 +164,16 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
     );
 
     let status = succeeds(wavelift(&dir, &["status"]));
+    assert_eq!(
+        status
+            .stdout
+            .lines()
+            .filter(|l| *l == "  phase: ended (by the run's warped clock)")
+            .count(),
+        2,
+        "the warped run went past both waves' cutover weeks:\n{}",
+        status.stdout
+    );
     assert!(
         status
             .stdout
@@ -572,6 +582,32 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
         second.stdout,
         "applied revision 2: 51 tasks, no server changed\n"
     );
+    // Nothing ran: each wave is before its build week, by the wall clock.
+    let status = succeeds(wavelift(&dir, &["status"]));
+    let phases: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  phase: "))
+        .collect();
+    assert_eq!(phases.len(), 2, "{}", status.stdout);
+    for line in phases {
+        assert!(
+            line.starts_with("  phase: not started; next: build starts ")
+                && line.ends_with(" Europe/Rome"),
+            "{line}"
+        );
+    }
+    let document: Value =
+        serde_json::from_str(&succeeds(wavelift(&dir, &["status", "--json"])).stdout)
+            .expect("status --json");
+    assert_eq!(document["clock"], "wall");
+    let waves = document["waves"].as_array().cloned().unwrap_or_default();
+    assert_eq!(waves.len(), 2, "{document:#}");
+    for wave in &waves {
+        assert_eq!(wave["phase"], "not started", "{wave:#}");
+        assert_eq!(wave["next_milestone"]["what"], "build starts", "{wave:#}");
+        assert!(wave["next_milestone"]["at"].is_string(), "{wave:#}");
+    }
 
     edit(
         &dir.join("waves/wave-2.yaml"),

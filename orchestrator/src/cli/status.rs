@@ -11,9 +11,28 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
     let store = state.open_existing().await?;
     if json {
         let tasks = store.tasks(wave).await?;
+        let (now, warped) = status_now(&store).await?;
+        let calendars = store.wave_calendars().await?;
         let document = serde_json::json!({
             "format": "wavelift-status",
             "version": 1,
+            "now": ms_to_text(Some(now)),
+            "clock": if warped { "warped" } else { "wall" },
+            "waves": calendars
+                .iter()
+                .filter(|c| wave.is_none_or(|w| w == c.name))
+                .map(|c| {
+                    let standing = c.standing(now);
+                    serde_json::json!({
+                        "name": c.name,
+                        "phase": standing.phase,
+                        "next_milestone": standing.next.map(|(label, at)| serde_json::json!({
+                            "what": label,
+                            "at": ms_to_text(Some(at)),
+                        })),
+                    })
+                })
+                .collect::<Vec<_>>(),
             "tasks": tasks.iter().map(|t| serde_json::json!({
                 "id": t.id,
                 "wave": t.wave,
@@ -38,6 +57,33 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
         out!("{}", summary(&store, wave).await?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The moment status speaks of: the run's warped clock if it was warped (its phases are
+/// where that run is), else the wall clock.
+async fn status_now(store: &Store) -> anyhow::Result<(i64, bool)> {
+    let warped = store
+        .meta_get(crate::scheduler::clock::WARP_KEY)
+        .await?
+        .and_then(|v| v.parse::<i64>().ok());
+    Ok(match warped {
+        Some(ms) => (ms, true),
+        None => (jiff::Timestamp::now().as_millisecond(), false),
+    })
+}
+
+/// A time in the wave's time zone, as `Sat 2027-12-11 22:00 Europe/Rome`.
+fn local_time(ms: i64, timezone: &str) -> String {
+    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
+        return ms.to_string();
+    };
+    match jiff::tz::TimeZone::get(timezone) {
+        Ok(tz) => format!(
+            "{} {timezone}",
+            ts.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M")
+        ),
+        Err(_) => ts.to_string(),
+    }
 }
 
 fn ms_to_text(ms: Option<i64>) -> Option<String> {
@@ -74,6 +120,13 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
         waves.entry(task.wave.as_str()).or_default().push(task);
     }
     let kinds = waves::model::TaskKind::NAMES;
+    let (now, warped) = status_now(store).await?;
+    let calendars: BTreeMap<String, crate::scheduler::phase::WaveCalendar> = store
+        .wave_calendars()
+        .await?
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
     for (name, rows) in &waves {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for row in rows {
@@ -90,6 +143,21 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(calendar) = calendars.get(*name) {
+            let standing = calendar.standing(now);
+            let next = standing
+                .next
+                .map(|(label, at)| {
+                    format!("; next: {label} {}", local_time(at, &calendar.timezone))
+                })
+                .unwrap_or_default();
+            let clock = if warped {
+                " (by the run's warped clock)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  phase: {}{clock}{next}", standing.phase);
+        }
         let _ = writeln!(
             out,
             "  {:<24} {}",

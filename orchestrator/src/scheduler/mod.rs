@@ -2,5 +2,6 @@
 //! rehearsal engine all read it here, so `--time-warp` and rehearsals can move it.
 
 pub mod clock;
+pub mod phase;
 
 pub use clock::SchedulerClock;

@@ -13,6 +13,7 @@ use waves::plan::Plan;
 
 use super::events::{NewEvent, insert_events};
 use super::{JsonColumn, Store, json_param};
+use crate::scheduler::phase::WaveCalendar;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
@@ -275,6 +276,32 @@ impl Store {
         ))
         .await?;
         Ok(id)
+    }
+
+    /// The calendars of the waves the definitions have, by name.
+    pub async fn wave_calendars(&self) -> anyhow::Result<Vec<WaveCalendar>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT name, timezone, build_start, validate_start, cutover_start, window_start, \
+                 window_end, cutover_end FROM waves WHERE removed_at IS NULL ORDER BY name",
+                vec![],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WaveCalendar {
+                    name: r.try_get("", "name")?,
+                    timezone: r.try_get("", "timezone")?,
+                    build_start: r.try_get("", "build_start")?,
+                    validate_start: r.try_get("", "validate_start")?,
+                    cutover_start: r.try_get("", "cutover_start")?,
+                    window_start: r.try_get("", "window_start")?,
+                    window_end: r.try_get("", "window_end")?,
+                    cutover_end: r.try_get("", "cutover_end")?,
+                })
+            })
+            .collect()
     }
 
     async fn upsert_waves(
