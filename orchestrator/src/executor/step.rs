@@ -266,6 +266,26 @@ fn backoff_ms(base_seconds: u64, attempts: i32, id: &str) -> i64 {
     base.saturating_add(jitter).min(24 * 3600 * 1000)
 }
 
+/// The job log says each new state of a task once: a `task.progress` event when the
+/// note differs from the last one.
+fn log_new_note(
+    task: &ClaimedTask,
+    now: i64,
+    resume: &mut Resume,
+    note: String,
+    events: &mut Vec<NewEvent>,
+) {
+    if resume.note.as_deref() != Some(note.as_str()) {
+        events.push(event(
+            task,
+            now,
+            "task.progress",
+            format!("{}: {note}", task.id),
+        ));
+        resume.note = Some(note);
+    }
+}
+
 fn finish(
     task: &ClaimedTask,
     kind: TaskKind,
@@ -326,15 +346,10 @@ fn finish(
                         checks.len()
                     ),
                 ));
-            } else if resume.note.as_deref() != Some(note.as_str()) {
-                events.push(event(
-                    task,
-                    now,
-                    "task.progress",
-                    format!("{}: {note}", task.id),
-                ));
+                resume.note = Some(note);
+            } else {
+                log_new_note(task, now, &mut resume, note, &mut events);
             }
-            resume.note = Some(note);
             resume.task = Some(step);
             // Every look has the timeout of one look.
             resume.attempt_started = until.as_millisecond();
@@ -346,15 +361,7 @@ fn finish(
             }
         }
         Progress::Wait { step, until, note } => {
-            if resume.note.as_deref() != Some(note.as_str()) {
-                events.push(event(
-                    task,
-                    now,
-                    "task.progress",
-                    format!("{}: {note}", task.id),
-                ));
-                resume.note = Some(note);
-            }
+            log_new_note(task, now, &mut resume, note, &mut events);
             resume.task = Some(step);
             // Each scheduled replication check is an attempt of its own: its timeout
             // bounds one check, not the days between the first and the last.
