@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod executor;
+pub mod report;
 pub mod scheduler;
 pub mod store;

@@ -344,6 +344,69 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
         assert_eq!(state(&tasks, &format!("{server}/boot_test")), "succeeded");
     }
 
+    // The readiness report says no-go until the go is given, and why; as HTML and text.
+    let report = succeeds(wavelift(
+        &dir,
+        &[
+            "report",
+            "wave-1",
+            "--kind",
+            "readiness",
+            "--out",
+            "ready.html",
+        ],
+    ));
+    assert!(
+        report.stdout.starts_with(
+            "REHEARSAL [wave-1] cutover readiness: NO-GO for the window of Sat 2046-12-15 22:00: wrote ready.html (HTML) and ready.txt (plain text)"
+        ),
+        "{}",
+        report.describe()
+    );
+    let html = fs::read_to_string(dir.join("ready.html")).expect("ready.html");
+    let text = fs::read_to_string(dir.join("ready.txt")).expect("ready.txt");
+    for needle in [
+        "wave-1: NO-GO",
+        // payroll's gate does not await its go yet, but the go is still to be given.
+        "2 application(s) wait for their go",
+        "wavelift approve wave-1 --app directory",
+        "wavelift approve wave-1 --app payroll",
+        "dir-01",
+        "payroll-db-01",
+    ] {
+        assert!(html.contains(needle), "`{needle}` not in the HTML:\n{html}");
+    }
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("<link"),
+        "the HTML loads nothing from elsewhere"
+    );
+    for needle in [
+        "GO OR NO-GO? NO-GO",
+        "- 2 application(s) wait for their go: see the approvals below",
+        "continuous replication: 4 of 4",
+        "boot tests passed: 4 of 4",
+        "  directory: wavelift approve wave-1 --app directory",
+        "  payroll: wavelift approve wave-1 --app payroll",
+    ] {
+        assert!(
+            text.lines().any(|l| l == needle),
+            "`{needle}` not a line of:\n{text}"
+        );
+    }
+    assert_eq!(
+        succeeds(wavelift(&dir, &["report", "wave-1"]))
+            .stdout
+            .trim_end(),
+        text.trim_end(),
+        "without --out the plain text is printed"
+    );
+    let unknown = wavelift(&dir, &["report", "wave-9"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.describe());
+    assert_eq!(
+        unknown.stderr.trim_end(),
+        "error: no wave `wave-9` in the applied definitions"
+    );
+
     let approve = succeeds(wavelift(
         &dir,
         &["approve", "wave-1", "--app", "directory", "--by", "alice"],

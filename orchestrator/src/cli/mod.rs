@@ -27,6 +27,7 @@ mod events;
 mod import;
 mod plan;
 mod rehearse;
+mod report;
 mod run;
 mod state;
 mod status;
@@ -151,6 +152,20 @@ enum Command {
         #[command(flatten)]
         state: state::StateArgs,
     },
+    /// A report for people: the cutover readiness (go/no-go) of a wave, as HTML and text
+    Report {
+        /// The wave
+        wave: String,
+        /// Which report
+        #[arg(long, value_enum, default_value_t = report::Kind::Readiness)]
+        kind: report::Kind,
+        /// Write the HTML here (and the plain text beside it, as .txt); without it the
+        /// plain text is printed
+        #[arg(long, value_name = "FILE.html")]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
     /// Play whole waves on the rehearsal engine in seconds: timeline and risks
     Rehearse {
         #[command(flatten)]
@@ -220,6 +235,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state,
         } => block_on(apply::run(&definitions, &state, force)),
         Command::Run(args) => block_on(run::run(&args)),
+        Command::Report {
+            wave,
+            kind,
+            out,
+            state,
+        } => block_on(report::run(&state, &wave, kind, out.as_deref())),
         Command::Status { wave, json, state } => {
             block_on(status::run(&state, wave.as_deref(), json))
         }

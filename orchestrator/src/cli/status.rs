@@ -61,7 +61,7 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
 
 /// The moment status speaks of: the run's warped clock if it was warped (its phases are
 /// where that run is), else the wall clock.
-async fn status_now(store: &Store) -> anyhow::Result<(i64, bool)> {
+pub(super) async fn status_now(store: &Store) -> anyhow::Result<(i64, bool)> {
     let warped = store
         .meta_get(crate::scheduler::clock::WARP_KEY)
         .await?

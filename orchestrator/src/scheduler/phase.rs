@@ -6,6 +6,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WaveCalendar {
     pub name: String,
+    /// The engine's name in the definitions (`sim`, `local`, `mgn`).
+    pub engine: String,
     pub timezone: String,
     pub build_start: i64,
     pub validate_start: i64,
@@ -59,6 +61,7 @@ mod tests {
     fn calendar() -> WaveCalendar {
         WaveCalendar {
             name: "wave-1".to_owned(),
+            engine: "sim".to_owned(),
             timezone: "Europe/Rome".to_owned(),
             build_start: 100,
             validate_start: 200,

@@ -283,7 +283,7 @@ impl Store {
         let rows = self
             .db()
             .query_all_raw(self.stmt(
-                "SELECT name, timezone, build_start, validate_start, cutover_start, window_start, \
+                "SELECT name, engine, timezone, build_start, validate_start, cutover_start, window_start, \
                  window_end, cutover_end FROM waves WHERE removed_at IS NULL ORDER BY name",
                 vec![],
             ))
@@ -292,6 +292,7 @@ impl Store {
             .map(|r| {
                 Ok(WaveCalendar {
                     name: r.try_get("", "name")?,
+                    engine: r.try_get("", "engine")?,
                     timezone: r.try_get("", "timezone")?,
                     build_start: r.try_get("", "build_start")?,
                     validate_start: r.try_get("", "validate_start")?,
@@ -302,6 +303,33 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The owner of each application of a wave, from the stored definitions.
+    pub async fn application_owners(&self, wave: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT spec FROM waves WHERE name = ? AND removed_at IS NULL",
+                vec![wave.into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(BTreeMap::new());
+        };
+        let spec: serde_json::Value = serde_json::from_str(&row.try_get::<String>("", "spec")?)
+            .context("the stored wave cannot be read")?;
+        Ok(spec["applications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a["name"].as_str()?.to_owned(),
+                    a["owner"].as_str()?.to_owned(),
+                ))
+            })
+            .collect())
     }
 
     async fn upsert_waves(

@@ -1,0 +1,516 @@
+//! Reports for people: the readiness (go/no-go) report before a cutover window, rendered
+//! from the templates in `templates/reports/` (Handlebars in strict mode: a field the
+//! template names and the data lacks is an error, not an empty cell) as HTML with inline
+//! CSS and no external resources, and as plain text.
+//!
+//! The data comes from the store only (tasks, their steps and reasons, the wave's
+//! calendar and owners), so a report says what the factory knows at that moment.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use handlebars::Handlebars;
+use serde::Serialize;
+
+use crate::scheduler::phase::WaveCalendar;
+use crate::store::{Store, TaskRow, TaskState};
+
+const READINESS_HTML: &str = include_str!("../../../templates/reports/readiness.html.hbs");
+const READINESS_TEXT: &str = include_str!("../../../templates/reports/readiness.txt.hbs");
+
+/// A report in both forms, with its subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+/// What the readiness templates show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub subject: String,
+    pub wave: String,
+    pub rehearsal: bool,
+    pub window_start: String,
+    pub window_end: String,
+    pub timezone: String,
+    pub generated_at: String,
+    /// `GO` or `NO-GO`.
+    pub decision: String,
+    pub decision_colour: String,
+    /// Why not (empty for a go).
+    pub reasons: Vec<String>,
+    pub bars: Vec<Bar>,
+    pub applications: Vec<AppReadiness>,
+    pub approvals: Vec<Approval>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Bar {
+    pub label: String,
+    pub done: usize,
+    pub total: usize,
+    pub done_percent: u32,
+    pub rest_percent: u32,
+}
+
+impl Bar {
+    fn new(label: &str, done: usize, total: usize) -> Bar {
+        // An empty bar is full: nothing is missing.
+        let done_percent = (done * 100)
+            .checked_div(total)
+            .map_or(100, |p| u32::try_from(p.min(100)).unwrap_or(100));
+        Bar {
+            label: label.to_owned(),
+            done,
+            total,
+            done_percent,
+            rest_percent: 100 - done_percent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppReadiness {
+    pub name: String,
+    pub owner: String,
+    pub gate: String,
+    pub servers: Vec<ServerReadiness>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReadiness {
+    pub name: String,
+    pub replication: String,
+    pub replication_colour: String,
+    pub boot_test: String,
+    pub boot_test_colour: String,
+    pub blockers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    pub application: String,
+    pub command: String,
+}
+
+const GREEN: &str = "#2f9e44";
+const AMBER: &str = "#b7791f";
+const RED: &str = "#c92a2a";
+
+/// A time in the wave's time zone, as `Sat 2027-12-11 22:00`.
+fn local(ms: i64, timezone: &str) -> String {
+    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
+        return ms.to_string();
+    };
+    match jiff::tz::TimeZone::get(timezone) {
+        Ok(tz) => ts.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M").to_string(),
+        Err(_) => ts.to_string(),
+    }
+}
+
+/// The last note a task's step recorded (what it saw last), if any.
+fn last_note(task: &TaskRow) -> Option<String> {
+    let step: serde_json::Value = serde_json::from_str(task.step.as_deref()?).ok()?;
+    step.get("note")?.as_str().map(str::to_owned)
+}
+
+/// Where replication stands for a server, from its replication check: the words, and
+/// whether it is ready for a cutover.
+fn replication(verify: Option<&TaskRow>) -> (String, bool) {
+    let Some(task) = verify else {
+        return ("no replication check".to_owned(), false);
+    };
+    let note = last_note(task);
+    match task.state() {
+        TaskState::Succeeded => ("continuous (verified; checks ended)".to_owned(), true),
+        TaskState::Skipped => ("not checked (skipped)".to_owned(), true),
+        TaskState::Running if task.released_at.is_some() => {
+            let note = note.unwrap_or_else(|| "continuous replication".to_owned());
+            let healthy = note.starts_with("continuous");
+            (format!("{note} (watched until the window)"), healthy)
+        }
+        TaskState::Running => (
+            note.unwrap_or_else(|| "checking".to_owned()) + " (not continuous yet)",
+            false,
+        ),
+        TaskState::Pending => ("not started".to_owned(), false),
+        state => (
+            format!(
+                "{state}: {}",
+                task.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            false,
+        ),
+    }
+}
+
+/// The last boot test of a server: the words, and whether it passed.
+fn boot_test(task: Option<&TaskRow>, timezone: &str) -> (String, bool) {
+    let Some(task) = task else {
+        return ("none planned".to_owned(), false);
+    };
+    match task.state() {
+        TaskState::Succeeded => (
+            format!(
+                "passed {}",
+                task.finished_at
+                    .map(|ms| local(ms, timezone))
+                    .unwrap_or_default()
+            )
+            .trim_end()
+            .to_owned(),
+            true,
+        ),
+        TaskState::Skipped => ("skipped by the definitions".to_owned(), true),
+        TaskState::Pending => ("not run yet".to_owned(), false),
+        TaskState::Running => (
+            last_note(task).unwrap_or_else(|| "running".to_owned()),
+            false,
+        ),
+        state => (
+            format!(
+                "{state}: {}",
+                task.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            false,
+        ),
+    }
+}
+
+impl Readiness {
+    /// The readiness of `wave` at `now` (ms), from the store.
+    pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Readiness> {
+        let calendar: WaveCalendar = store
+            .wave_calendars()
+            .await?
+            .into_iter()
+            .find(|c| c.name == wave)
+            .with_context(|| format!("no wave `{wave}` in the applied definitions"))?;
+        let owners = store.application_owners(wave).await?;
+        let tasks = store.tasks(Some(wave)).await?;
+        // The local engine runs on the rehearsal engine in this version (`run` says so).
+        let rehearsal = matches!(calendar.engine.as_str(), "sim" | "local");
+        Ok(Readiness::from_tasks(
+            &calendar, &owners, &tasks, now, rehearsal,
+        ))
+    }
+
+    /// The report's content from the wave's tasks: pure, so it is tested on fixtures.
+    pub fn from_tasks(
+        calendar: &WaveCalendar,
+        owners: &BTreeMap<String, String>,
+        tasks: &[TaskRow],
+        now: i64,
+        rehearsal: bool,
+    ) -> Readiness {
+        let tz = calendar.timezone.as_str();
+        let mut by_app: BTreeMap<&str, BTreeMap<&str, BTreeMap<&str, &TaskRow>>> = BTreeMap::new();
+        let mut gates: BTreeMap<&str, &TaskRow> = BTreeMap::new();
+        for task in tasks {
+            match &task.server {
+                Some(server) => {
+                    by_app
+                        .entry(task.application.as_str())
+                        .or_default()
+                        .entry(server.as_str())
+                        .or_default()
+                        .insert(task.kind.as_str(), task);
+                }
+                None => {
+                    gates.insert(task.application.as_str(), task);
+                    by_app.entry(task.application.as_str()).or_default();
+                }
+            }
+        }
+        let mut reasons = Vec::new();
+        let mut applications = Vec::new();
+        let mut approvals = Vec::new();
+        let (mut servers_total, mut replicating, mut booted, mut blocked_servers) = (0, 0, 0, 0);
+        for (app, servers) in &by_app {
+            let gate = gates.get(app);
+            let waiting_for_go = gate.is_some_and(|g| {
+                g.approval_required && g.approved_by.is_none() && !g.state().is_final()
+            });
+            if waiting_for_go {
+                approvals.push(Approval {
+                    application: (*app).to_owned(),
+                    command: format!("wavelift approve {} --app {app}", calendar.name),
+                });
+            }
+            let gate_words = match gate {
+                None => "none".to_owned(),
+                Some(g) if waiting_for_go => format!("{}, waiting for a go", g.state),
+                Some(g) => match &g.approved_by {
+                    Some(by) => format!("{}, approved by {by}", g.state),
+                    None => g.state.clone(),
+                },
+            };
+            let mut rows = Vec::new();
+            for (server, kinds) in servers {
+                servers_total += 1;
+                let (replication, replication_ok) =
+                    replication(kinds.get("replication_verify").copied());
+                let (boot, boot_ok) = boot_test(kinds.get("boot_test").copied(), tz);
+                let blockers: Vec<String> = kinds
+                    .values()
+                    .filter(|t| matches!(t.state(), TaskState::Failed | TaskState::Blocked))
+                    .map(|t| {
+                        format!(
+                            "{} {}: {}",
+                            t.kind,
+                            t.state,
+                            t.reason.as_deref().unwrap_or("no reason recorded")
+                        )
+                    })
+                    .collect();
+                replicating += usize::from(replication_ok);
+                booted += usize::from(boot_ok);
+                blocked_servers += usize::from(!blockers.is_empty());
+                rows.push(ServerReadiness {
+                    name: (*server).to_owned(),
+                    replication_colour: if replication_ok { GREEN } else { AMBER }.to_owned(),
+                    replication,
+                    boot_test_colour: if boot_ok { GREEN } else { AMBER }.to_owned(),
+                    boot_test: boot,
+                    blockers,
+                });
+            }
+            applications.push(AppReadiness {
+                name: (*app).to_owned(),
+                owner: owners
+                    .get(*app)
+                    .cloned()
+                    .unwrap_or_else(|| "not named".to_owned()),
+                gate: gate_words,
+                servers: rows,
+            });
+        }
+        if replicating < servers_total {
+            reasons.push(format!(
+                "{} of {servers_total} servers are not in continuous replication",
+                servers_total - replicating
+            ));
+        }
+        if booted < servers_total {
+            reasons.push(format!(
+                "{} of {servers_total} servers have no passed boot test",
+                servers_total - booted
+            ));
+        }
+        if blocked_servers > 0 {
+            reasons.push(format!(
+                "{blocked_servers} server(s) have failed or blocked tasks"
+            ));
+        }
+        if !approvals.is_empty() {
+            reasons.push(format!(
+                "{} application(s) wait for their go: see the approvals below",
+                approvals.len()
+            ));
+        }
+        let go = reasons.is_empty();
+        let decision = if go { "GO" } else { "NO-GO" }.to_owned();
+        let label = if rehearsal { "REHEARSAL " } else { "" };
+        Readiness {
+            subject: format!(
+                "{label}[{}] cutover readiness: {decision} for the window of {}",
+                calendar.name,
+                local(calendar.window_start, tz)
+            ),
+            wave: calendar.name.clone(),
+            rehearsal,
+            window_start: local(calendar.window_start, tz),
+            window_end: local(calendar.window_end, tz),
+            timezone: calendar.timezone.clone(),
+            generated_at: local(now, tz),
+            decision,
+            decision_colour: if go { GREEN } else { RED }.to_owned(),
+            reasons,
+            bars: vec![
+                Bar::new("continuous replication", replicating, servers_total),
+                Bar::new("boot tests passed", booted, servers_total),
+            ],
+            applications,
+            approvals,
+        }
+    }
+
+    pub fn render(&self) -> anyhow::Result<Rendered> {
+        let (html, text) = registries()?;
+        Ok(Rendered {
+            subject: self.subject.clone(),
+            html: html
+                .render("readiness", self)
+                .context("cannot render the readiness report (HTML)")?,
+            text: text
+                .render("readiness", self)
+                .context("cannot render the readiness report (text)")?,
+        })
+    }
+}
+
+/// The HTML templates (escaped) and the plain-text ones (not escaped), strict.
+fn registries() -> anyhow::Result<(Handlebars<'static>, Handlebars<'static>)> {
+    let mut html = Handlebars::new();
+    html.set_strict_mode(true);
+    html.register_template_string("readiness", READINESS_HTML)
+        .context("templates/reports/readiness.html.hbs")?;
+    let mut text = Handlebars::new();
+    text.set_strict_mode(true);
+    text.register_escape_fn(handlebars::no_escape);
+    text.register_template_string("readiness", READINESS_TEXT)
+        .context("templates/reports/readiness.txt.hbs")?;
+    Ok((html, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calendar() -> WaveCalendar {
+        WaveCalendar {
+            name: "wave-1".to_owned(),
+            engine: "mgn".to_owned(),
+            timezone: "Europe/Rome".to_owned(),
+            build_start: 1_800_000_000_000,
+            validate_start: 1_800_600_000_000,
+            cutover_start: 1_801_200_000_000,
+            window_start: 1_801_500_000_000,
+            window_end: 1_801_521_600_000,
+            cutover_end: 1_801_800_000_000,
+        }
+    }
+
+    fn task(server: Option<&str>, app: &str, kind: &str, state: &str) -> TaskRow {
+        TaskRow {
+            id: format!("{}/{kind}", server.unwrap_or(app)),
+            wave: "wave-1".to_owned(),
+            application: app.to_owned(),
+            server: server.map(str::to_owned),
+            kind: kind.to_owned(),
+            state: state.to_owned(),
+            attempts: 1,
+            earliest: 0,
+            deadline: None,
+            next_run_at: 0,
+            approval_required: false,
+            approved_by: None,
+            approved_at: None,
+            step: None,
+            reason: None,
+            started_at: Some(1_800_000_000_000),
+            finished_at: Some(1_800_700_000_000),
+            released_at: None,
+        }
+    }
+
+    /// Two servers of one application, ready; the gate open.
+    fn ready_wave() -> Vec<TaskRow> {
+        let mut tasks = Vec::new();
+        for server in ["web-01", "web-02"] {
+            for kind in ["prereq_check", "agent_push", "boot_test"] {
+                tasks.push(task(Some(server), "shop", kind, "succeeded"));
+            }
+            let mut verify = task(Some(server), "shop", "replication_verify", "running");
+            verify.released_at = Some(1_800_650_000_000);
+            verify.finished_at = None;
+            verify.step = Some(r#"{"note":"continuous replication, lag 3s"}"#.to_owned());
+            tasks.push(verify);
+            tasks.push(task(Some(server), "shop", "cutover", "pending"));
+        }
+        tasks.push(task(None, "shop", "gate", "succeeded"));
+        tasks
+    }
+
+    fn owners() -> BTreeMap<String, String> {
+        BTreeMap::from([("shop".to_owned(), "shop-team@example.com".to_owned())])
+    }
+
+    #[test]
+    fn a_ready_wave_is_a_go_in_both_forms() {
+        let report = Readiness::from_tasks(
+            &calendar(),
+            &owners(),
+            &ready_wave(),
+            1_801_400_000_000,
+            false,
+        );
+        assert_eq!(report.decision, "GO");
+        assert!(report.reasons.is_empty());
+        assert_eq!(
+            report.subject,
+            "[wave-1] cutover readiness: GO for the window of Mon 2027-02-01 17:40"
+        );
+        let rendered = report.render().expect("renders");
+        assert!(rendered.html.contains("wave-1: GO"));
+        assert!(rendered.html.contains("shop-team@example.com"));
+        assert!(
+            rendered
+                .html
+                .contains("continuous replication, lag 3s (watched until the window)")
+        );
+        assert!(!rendered.html.contains("REHEARSAL"));
+        assert!(rendered.text.lines().any(|l| l == "GO OR NO-GO? GO"));
+        assert!(
+            rendered
+                .text
+                .lines()
+                .any(|l| l == "continuous replication: 2 of 2")
+        );
+    }
+
+    #[test]
+    fn a_failure_or_a_missing_go_makes_it_a_no_go_with_the_reasons() {
+        let mut tasks = ready_wave();
+        for t in &mut tasks {
+            if t.id == "web-02/boot_test" {
+                t.state = "failed".to_owned();
+                t.reason = Some("the target did not pass its status checks <impaired>".to_owned());
+            }
+            if t.kind == "gate" {
+                t.state = "pending".to_owned();
+                t.approval_required = true;
+            }
+        }
+        let report =
+            Readiness::from_tasks(&calendar(), &owners(), &tasks, 1_801_400_000_000, false);
+        assert_eq!(report.decision, "NO-GO");
+        assert_eq!(
+            report.reasons,
+            [
+                "1 of 2 servers have no passed boot test",
+                "1 server(s) have failed or blocked tasks",
+                "1 application(s) wait for their go: see the approvals below",
+            ]
+        );
+        let rendered = report.render().expect("renders");
+        // Text from the store is escaped in the HTML, not in the plain text.
+        assert!(rendered.html.contains("status checks &lt;impaired&gt;"));
+        assert!(rendered.text.contains("status checks <impaired>"));
+        assert!(
+            rendered
+                .text
+                .contains("  shop: wavelift approve wave-1 --app shop")
+        );
+    }
+
+    #[test]
+    fn the_templates_are_strict_a_missing_field_is_an_error() {
+        let (html, text) = registries().expect("templates parse");
+        let mut data = serde_json::to_value(Readiness::from_tasks(
+            &calendar(),
+            &owners(),
+            &ready_wave(),
+            0,
+            false,
+        ))
+        .expect("serializes");
+        data.as_object_mut()
+            .expect("an object")
+            .remove("window_end");
+        assert!(html.render("readiness", &data).is_err());
+        assert!(text.render("readiness", &data).is_err());
+    }
+}
