@@ -41,7 +41,14 @@ use waves::synthetic::{self, AppShape, ServerShape, Shape, WaveShape};
 fn server() -> impl Strategy<Value = ServerShape> {
     (
         1u32..300,
-        prop::sample::select(vec![5u32, 10, 15, 20, 30]),
+        // Replication is watched on this schedule until the window: every look is a turn,
+        // so the schedules are those of real waves, not a look a minute for weeks.
+        prop::sample::select(vec![
+            "*/15 * * * *",
+            "*/30 * * * *",
+            "0 * * * *",
+            "0 */6 * * *",
+        ]),
         prop::option::of(prop::sample::select(vec![
             TaskKind::BootTest,
             TaskKind::PrereqCheck,
@@ -51,7 +58,7 @@ fn server() -> impl Strategy<Value = ServerShape> {
         .prop_map(|(disk_gib, every, skip)| ServerShape {
             disk_gib,
             skip: skip.into_iter().collect(),
-            verify_schedule: format!("*/{every} * * * *"),
+            verify_schedule: every.to_owned(),
         })
 }
 
