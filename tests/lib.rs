@@ -55,7 +55,8 @@ pub fn wavelift_command(dir: &Path) -> Command {
     command
         .current_dir(dir)
         .env_remove("WAVELIFT_DATABASE_URL")
-        .env_remove("WAVELIFT_STATE_DIR");
+        .env_remove("WAVELIFT_STATE_DIR")
+        .env_remove("WAVELIFT_SMTP_URL");
     command
 }
 

@@ -10,7 +10,9 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
-use wavelift_tests::{QUICKSTART_WINDOWS, Run, Scratch, edit, quickstart_copy, wavelift};
+use wavelift_tests::{
+    QUICKSTART_WINDOWS, Run, Scratch, edit, quickstart_copy, wavelift, wavelift_command,
+};
 
 /// The quickstart's servers, and the one whose boot test the definitions skip.
 const SERVERS: [&str; 8] = [
@@ -399,6 +401,65 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
             .trim_end(),
         text.trim_end(),
         "without --out the plain text is printed"
+    );
+    // Sent: without SMTP, an email in the outbox that a mail client reads (parsed here
+    // as one would: headers, and the plain-text and HTML alternatives).
+    let sent = succeeds(wavelift(&dir, &["report", "wave-1", "--send"]));
+    let outbox = dir.join(".wavelift/outbox");
+    let files: Vec<std::path::PathBuf> = fs::read_dir(&outbox)
+        .expect("the outbox")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        sent.stdout
+            .trim_end()
+            .ends_with(&format!("written to the outbox as {}", files[0].display())),
+        "{}",
+        sent.describe()
+    );
+    let raw = fs::read(&files[0]).expect("the .eml");
+    let mail = mailparse::parse_mail(&raw).expect("a MIME message");
+    use mailparse::MailHeaderMap as _;
+    assert_eq!(
+        mail.headers.get_first_value("Subject").as_deref(),
+        Some("REHEARSAL [wave-1] cutover readiness: NO-GO for the window of Sat 2046-12-15 22:00")
+    );
+    let to = mail.headers.get_first_value("To").unwrap_or_default();
+    for recipient in [
+        "factory-lead@example.com",
+        "change-manager@example.com",
+        "identity-team@example.com",
+        "payroll-owner@example.com",
+    ] {
+        assert!(to.contains(recipient), "{recipient} not in To: {to}");
+    }
+    assert_eq!(mail.ctype.mimetype, "multipart/alternative");
+    let parts: Vec<(String, String)> = mail
+        .subparts
+        .iter()
+        .map(|p| (p.ctype.mimetype.clone(), p.get_body().expect("a body")))
+        .collect();
+    assert_eq!(
+        parts.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["text/plain", "text/html"]
+    );
+    // Mail lines end in CRLF; the content is the report's.
+    let lf = |body: &str| body.replace("\r\n", "\n").trim_end().to_owned();
+    assert_eq!(lf(&parts[0].1), text.trim_end());
+    assert_eq!(lf(&parts[1].1), html.trim_end());
+    let smtp = wavelift_command(&dir)
+        .args(["report", "wave-1", "--send"])
+        .env("WAVELIFT_SMTP_URL", "smtp://127.0.0.1:2525")
+        .output()
+        .expect("wavelift");
+    assert_eq!(smtp.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&smtp.stderr).starts_with(
+            "error: sending over SMTP is not in this version yet; without `smtp:` in the configuration"
+        ),
+        "{}",
+        String::from_utf8_lossy(&smtp.stderr)
     );
     let unknown = wavelift(&dir, &["report", "wave-9"]);
     assert_eq!(unknown.code, 1, "{}", unknown.describe());

@@ -163,6 +163,10 @@ enum Command {
         /// plain text is printed
         #[arg(long, value_name = "FILE.html")]
         out: Option<std::path::PathBuf>,
+        /// Send it to the wave's `notify` list and its applications' owners: written as
+        /// an .eml file to the outbox folder (SMTP comes in a later version)
+        #[arg(long)]
+        send: bool,
         #[command(flatten)]
         state: state::StateArgs,
     },
@@ -239,8 +243,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             wave,
             kind,
             out,
+            send,
             state,
-        } => block_on(report::run(&state, &wave, kind, out.as_deref())),
+        } => block_on(report::run(&state, &wave, kind, out.as_deref(), send)),
         Command::Status { wave, json, state } => {
             block_on(status::run(&state, wave.as_deref(), json))
         }

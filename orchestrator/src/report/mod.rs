@@ -6,6 +6,8 @@
 //! The data comes from the store only (tasks, their steps and reasons, the wave's
 //! calendar and owners), so a report says what the factory knows at that moment.
 
+pub mod outbox;
+
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
