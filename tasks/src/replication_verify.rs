@@ -104,7 +104,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             Report::ready(
                 checks,
                 "continuous replication",
-                serde_json::json!({ "watching": true, "last": note }),
+                serde_json::json!({ "watching": true, "healthy": healthy, "last": note }),
                 next,
                 note,
             )

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use super::state::StateArgs;
+use crate::scheduler::clock::local_text;
 use crate::store::{Store, TaskRow, TaskState};
 
 pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
@@ -59,31 +60,18 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// The moment status speaks of: the run's warped clock if it was warped (its phases are
-/// where that run is), else the wall clock.
+/// The moment status speaks of: the clock of a warped run while it is ahead of the wall
+/// clock (its phases are where that run is), else the wall clock.
 pub(super) async fn status_now(store: &Store) -> anyhow::Result<(i64, bool)> {
+    let wall = jiff::Timestamp::now().as_millisecond();
     let warped = store
         .meta_get(crate::scheduler::clock::WARP_KEY)
         .await?
         .and_then(|v| v.parse::<i64>().ok());
     Ok(match warped {
-        Some(ms) => (ms, true),
-        None => (jiff::Timestamp::now().as_millisecond(), false),
+        Some(ms) if ms > wall => (ms, true),
+        _ => (wall, false),
     })
-}
-
-/// A time in the wave's time zone, as `Sat 2027-12-11 22:00 Europe/Rome`.
-fn local_time(ms: i64, timezone: &str) -> String {
-    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
-        return ms.to_string();
-    };
-    match jiff::tz::TimeZone::get(timezone) {
-        Ok(tz) => format!(
-            "{} {timezone}",
-            ts.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M")
-        ),
-        Err(_) => ts.to_string(),
-    }
 }
 
 fn ms_to_text(ms: Option<i64>) -> Option<String> {
@@ -148,7 +136,11 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
             let next = standing
                 .next
                 .map(|(label, at)| {
-                    format!("; next: {label} {}", local_time(at, &calendar.timezone))
+                    format!(
+                        "; next: {label} {} {}",
+                        local_text(at, &calendar.timezone),
+                        calendar.timezone
+                    )
                 })
                 .unwrap_or_default();
             let clock = if warped {

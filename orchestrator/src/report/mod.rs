@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use handlebars::Handlebars;
 use serde::Serialize;
 
+use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
 use crate::store::{Store, TaskRow, TaskState};
 
@@ -101,21 +102,15 @@ const GREEN: &str = "#2f9e44";
 const AMBER: &str = "#b7791f";
 const RED: &str = "#c92a2a";
 
-/// A time in the wave's time zone, as `Sat 2027-12-11 22:00`.
-fn local(ms: i64, timezone: &str) -> String {
-    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
-        return ms.to_string();
-    };
-    match jiff::tz::TimeZone::get(timezone) {
-        Ok(tz) => ts.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M").to_string(),
-        Err(_) => ts.to_string(),
-    }
+/// The step a task left: the executor's record (`note`, what it saw last) and the task's
+/// own step under `task`.
+fn step_of(task: &TaskRow) -> Option<serde_json::Value> {
+    serde_json::from_str(task.step.as_deref()?).ok()
 }
 
 /// The last note a task's step recorded (what it saw last), if any.
 fn last_note(task: &TaskRow) -> Option<String> {
-    let step: serde_json::Value = serde_json::from_str(task.step.as_deref()?).ok()?;
-    step.get("note")?.as_str().map(str::to_owned)
+    step_of(task)?.get("note")?.as_str().map(str::to_owned)
 }
 
 /// Where replication stands for a server, from its replication check: the words, and
@@ -129,8 +124,11 @@ fn replication(verify: Option<&TaskRow>) -> (String, bool) {
         TaskState::Succeeded => ("continuous (verified; checks ended)".to_owned(), true),
         TaskState::Skipped => ("not checked (skipped)".to_owned(), true),
         TaskState::Running if task.released_at.is_some() => {
-            let note = note.unwrap_or_else(|| "continuous replication".to_owned());
-            let healthy = note.starts_with("continuous");
+            // The check says whether its last look was healthy.
+            let healthy = step_of(task)
+                .and_then(|s| s.get("task")?.get("healthy")?.as_bool())
+                .unwrap_or(false);
+            let note = note.unwrap_or_else(|| "watching".to_owned());
             (format!("{note} (watched until the window)"), healthy)
         }
         TaskState::Running => (
@@ -158,7 +156,7 @@ fn boot_test(task: Option<&TaskRow>, timezone: &str) -> (String, bool) {
             format!(
                 "passed {}",
                 task.finished_at
-                    .map(|ms| local(ms, timezone))
+                    .map(|ms| local_text(ms, timezone))
                     .unwrap_or_default()
             )
             .trim_end()
@@ -319,14 +317,14 @@ impl Readiness {
             subject: format!(
                 "{label}[{}] cutover readiness: {decision} for the window of {}",
                 calendar.name,
-                local(calendar.window_start, tz)
+                local_text(calendar.window_start, tz)
             ),
             wave: calendar.name.clone(),
             rehearsal,
-            window_start: local(calendar.window_start, tz),
-            window_end: local(calendar.window_end, tz),
+            window_start: local_text(calendar.window_start, tz),
+            window_end: local_text(calendar.window_end, tz),
             timezone: calendar.timezone.clone(),
-            generated_at: local(now, tz),
+            generated_at: local_text(now, tz),
             decision,
             decision_colour: if go { GREEN } else { RED }.to_owned(),
             reasons,
@@ -418,7 +416,10 @@ mod tests {
             let mut verify = task(Some(server), "shop", "replication_verify", "running");
             verify.released_at = Some(1_800_650_000_000);
             verify.finished_at = None;
-            verify.step = Some(r#"{"note":"continuous replication, lag 3s"}"#.to_owned());
+            verify.step = Some(
+                r#"{"note":"continuous replication, lag 3s","task":{"watching":true,"healthy":true}}"#
+                    .to_owned(),
+            );
             tasks.push(verify);
             tasks.push(task(Some(server), "shop", "cutover", "pending"));
         }
@@ -475,6 +476,12 @@ mod tests {
                 t.state = "pending".to_owned();
                 t.approval_required = true;
             }
+            if t.id == "web-01/replication_verify" {
+                t.step = Some(
+                    r#"{"note":"replication degraded after it was verified: Stalled","task":{"watching":true,"healthy":false}}"#
+                        .to_owned(),
+                );
+            }
         }
         let report =
             Readiness::from_tasks(&calendar(), &owners(), &tasks, 1_801_400_000_000, false);
@@ -482,6 +489,7 @@ mod tests {
         assert_eq!(
             report.reasons,
             [
+                "1 of 2 servers are not in continuous replication",
                 "1 of 2 servers have no passed boot test",
                 "1 server(s) have failed or blocked tasks",
                 "1 application(s) wait for their go: see the approvals below",

@@ -54,3 +54,13 @@ impl replication::Clock for SchedulerClock {
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
+
+/// A store time in a wave's time zone (an IANA name), as `Sat 2027-12-11 22:00`; UTC in
+/// RFC 3339 if the zone is unknown.
+pub fn local_text(ms: i64, timezone: &str) -> String {
+    let ts = timestamp(ms);
+    match jiff::tz::TimeZone::get(timezone) {
+        Ok(tz) => ts.to_zoned(tz).strftime("%a %Y-%m-%d %H:%M").to_string(),
+        Err(_) => ts.to_string(),
+    }
+}
