@@ -105,10 +105,16 @@ async fn run_executor(
     let started = Instant::now();
     let mut last = Instant::now();
     executor
-        .run(RunOptions { until_done: true }, |n| {
-            batches.push((n, last.elapsed()));
-            last = Instant::now();
-        })
+        .run(
+            RunOptions {
+                until_done: true,
+                reports: None,
+            },
+            |n| {
+                batches.push((n, last.elapsed()));
+                last = Instant::now();
+            },
+        )
         .await?;
     let wall = started.elapsed();
     let unfinished = store.unfinished_count().await?;

@@ -345,7 +345,10 @@ async fn rehearse_in(
         owner: "rehearsal".to_owned(),
         limits,
     };
-    let stopped = tokio::time::timeout(hang, executor.run(RunOptions { until_done: true }, |_| {}))
+    let stopped = tokio::time::timeout(hang, executor.run(RunOptions {
+                until_done: true,
+                reports: None,
+            }, |_| {}))
         .await
         .map_err(|_| {
             anyhow::anyhow!(

@@ -157,7 +157,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         Some(false) => return rollback(ctx, &source, &step, actions).await,
         Some(true) => {}
     }
-    if step.checks.is_empty() {
+    if !step.checks.iter().any(|c| c.name == "status checks") {
         step.checks.push(Check::pass(
             "status checks",
             format!(

@@ -402,22 +402,32 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
         text.trim_end(),
         "without --out the plain text is printed"
     );
-    // Sent: without SMTP, an email in the outbox that a mail client reads (parsed here
-    // as one would: headers, and the plain-text and HTML alternatives).
-    let sent = succeeds(wavelift(&dir, &["report", "wave-1", "--send"]));
+    // The run made the readiness report when it fell due (24 hours before the window),
+    // and the digests of the days before; without SMTP they are in the outbox.
     let outbox = dir.join(".wavelift/outbox");
-    let files: Vec<std::path::PathBuf> = fs::read_dir(&outbox)
+    let made: Vec<String> = fs::read_dir(&outbox)
         .expect("the outbox")
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
     assert!(
-        sent.stdout
-            .trim_end()
-            .ends_with(&format!("written to the outbox as {}", files[0].display())),
-        "{}",
-        sent.describe()
+        made.iter()
+            .any(|f| f.starts_with("20461214T2100Z-wave-1-readiness-")),
+        "{made:?}"
     );
+    assert!(
+        made.iter().any(|f| f.contains("-wave-1-digest-")),
+        "{made:?}"
+    );
+    // Sent on demand: without SMTP, an email in the outbox that a mail client reads
+    // (parsed here as one would: headers, and the plain-text and HTML alternatives).
+    let sent = succeeds(wavelift(&dir, &["report", "wave-1", "--send"]));
+    let (_, via) = sent
+        .stdout
+        .trim_end()
+        .split_once(": delivered via ")
+        .unwrap_or_else(|| panic!("{}", sent.describe()));
+    let files = [std::path::PathBuf::from(via)];
+    assert!(files[0].starts_with(&outbox), "{}", sent.describe());
     let raw = fs::read(&files[0]).expect("the .eml");
     let mail = mailparse::parse_mail(&raw).expect("a MIME message");
     use mailparse::MailHeaderMap as _;
@@ -448,18 +458,31 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
     let lf = |body: &str| body.replace("\r\n", "\n").trim_end().to_owned();
     assert_eq!(lf(&parts[0].1), text.trim_end());
     assert_eq!(lf(&parts[1].1), html.trim_end());
+    // SMTP that does not answer: recorded, and retried later (by `wavelift run`).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let smtp = wavelift_command(&dir)
         .args(["report", "wave-1", "--send"])
-        .env("WAVELIFT_SMTP_URL", "smtp://127.0.0.1:2525")
+        .env("WAVELIFT_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
         .output()
         .expect("wavelift");
-    assert_eq!(smtp.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&smtp.stdout);
+    assert_eq!(smtp.status.code(), Some(1), "{stdout}");
     assert!(
-        String::from_utf8_lossy(&smtp.stderr).starts_with(
-            "error: sending over SMTP is not in this version yet; without `smtp:` in the configuration"
-        ),
+        stdout.contains(": not delivered yet (") && stdout.contains("Connection refused"),
+        "{stdout}"
+    );
+    let status = succeeds(wavelift(&dir, &["status"]));
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("  not delivered yet, attempt 1 failed (")
+                && l.contains("Connection refused")),
         "{}",
-        String::from_utf8_lossy(&smtp.stderr)
+        status.stdout
     );
     let unknown = wavelift(&dir, &["report", "wave-9"]);
     assert_eq!(unknown.code, 1, "{}", unknown.describe());

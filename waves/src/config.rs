@@ -15,6 +15,7 @@ use crate::model::{CredentialRef, Spanned};
 use crate::rules;
 use crate::template::{self, ServerTemplate};
 use crate::units;
+use crate::units::Dur;
 use crate::yaml::Node;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.wavelift/state.db";
@@ -31,6 +32,7 @@ pub struct Config {
     pub engines: Engines,
     pub smtp: Option<Smtp>,
     pub outbox: PathBuf,
+    pub reports: Reports,
     pub cmdb: Option<Cmdb>,
     pub sites: BTreeMap<String, Site>,
     #[serde(skip)]
@@ -73,7 +75,36 @@ pub struct Smtp {
     pub url: String,
     pub from: String,
     pub credential: Option<CredentialRef>,
+    /// A PEM file of certificates to trust besides the usual roots (a private relay).
+    pub ca_file: Option<PathBuf>,
 }
+
+/// When reports are made and how hard their delivery is tried.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reports {
+    /// The readiness report comes this long before each cutover window.
+    pub readiness_before: Dur,
+    /// The daily digest's schedule (cron, in the wave's time zone); `None`: no digest.
+    pub digest: Option<String>,
+    /// Delivery attempts before a report is given up on (and kept in the outbox).
+    pub attempts: u32,
+    /// The wait after the first failed attempt; it doubles after each, up to an hour.
+    pub retry_after: Dur,
+}
+
+impl Default for Reports {
+    fn default() -> Reports {
+        Reports {
+            readiness_before: Dur::from_seconds(24 * 3600),
+            digest: Some(DEFAULT_DIGEST.to_owned()),
+            attempts: 8,
+            retry_after: Dur::from_seconds(30),
+        }
+    }
+}
+
+/// The digest's default schedule: every morning at 08:00 in the wave's time zone.
+pub const DEFAULT_DIGEST: &str = "0 8 * * *";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -109,6 +140,7 @@ impl Config {
             },
             smtp: None,
             outbox: PathBuf::from(DEFAULT_OUTBOX),
+            reports: Reports::default(),
             cmdb: None,
             sites: BTreeMap::new(),
             defaults: ServerTemplate::default(),
@@ -185,6 +217,9 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
         && let Some(path) = decode::string(n, "outbox", ctx)
     {
         config.outbox = PathBuf::from(path);
+    }
+    if let Some(n) = map.take("reports") {
+        decode_reports(n, &mut config.reports, ctx);
     }
     if let Some(n) = map.take("cmdb") {
         config.cmdb = decode_cmdb(n, ctx);
@@ -402,15 +437,67 @@ fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
     let from = map
         .required("from", ctx)
         .and_then(|n| decode::email(n, "from", ctx));
-    let credential = map
-        .take("credential")
-        .and_then(|n| template::credential(n, "credential", ctx));
+    let credential = map.take("credential").and_then(|n| {
+        match template::credential(n, "credential", ctx)? {
+            CredentialRef::SshAgent => {
+                ctx.error(
+                    n.location,
+                    "credential: the ssh-agent holds keys, not an SMTP password; use env:NAME or file:PATH",
+                );
+                None
+            }
+            other => Some(other),
+        }
+    });
+    let ca_file = map
+        .take("ca_file")
+        .and_then(|n| decode::string(n, "ca_file", ctx))
+        .map(PathBuf::from);
     map.finish(ctx);
     Some(Smtp {
         url: url?,
         from: from?,
         credential,
+        ca_file,
     })
+}
+
+fn decode_reports(node: &Node, reports: &mut Reports, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "reports", ctx) else {
+        return;
+    };
+    if let Some(n) = map.take("readiness_before")
+        && let Some(d) = decode::duration(n, "readiness_before", ctx)
+    {
+        reports.readiness_before = d;
+    }
+    if let Some(n) = map.take("digest") {
+        reports.digest = decode::parsed(n, "digest", ctx, |text| {
+            let text = text.trim();
+            if text == "off" {
+                return Ok(None);
+            }
+            crate::cron::CronSchedule::parse(text)
+                .map(|_| Some(text.to_owned()))
+                .map_err(|e| format!("{e} (or `off` for no digest)"))
+        })
+        .unwrap_or(reports.digest.take());
+    }
+    if let Some(n) = map.take("attempts")
+        && let Some(a) = decode::unsigned(n, "attempts", 100, ctx)
+    {
+        if a == 0 {
+            ctx.error(n.location, "attempts: at least 1");
+        } else {
+            reports.attempts = a as u32;
+        }
+    }
+    if let Some(n) = map.take("retry_after")
+        && let Some(d) = decode::duration(n, "retry_after", ctx)
+    {
+        reports.retry_after = d;
+    }
+    map.finish(ctx);
 }
 
 fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {

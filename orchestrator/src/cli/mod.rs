@@ -152,19 +152,20 @@ enum Command {
         #[command(flatten)]
         state: state::StateArgs,
     },
-    /// A report for people: the cutover readiness (go/no-go) of a wave, as HTML and text
+    /// A report for people (readiness, cutover, digest) of a wave, as HTML and text
     Report {
         /// The wave
         wave: String,
         /// Which report
-        #[arg(long, value_enum, default_value_t = report::Kind::Readiness)]
-        kind: report::Kind,
+        #[arg(long, value_enum, default_value_t = crate::report::Kind::Readiness)]
+        kind: crate::report::Kind,
         /// Write the HTML here (and the plain text beside it, as .txt); without it the
         /// plain text is printed
         #[arg(long, value_name = "FILE.html")]
         out: Option<std::path::PathBuf>,
-        /// Send it to the wave's `notify` list and its applications' owners: written as
-        /// an .eml file to the outbox folder (SMTP comes in a later version)
+        /// Send it to the wave's `notify` list and its applications' owners: over SMTP
+        /// when configured (smtp: or WAVELIFT_SMTP_URL), to the outbox folder otherwise;
+        /// one not delivered is retried by `wavelift run`
         #[arg(long)]
         send: bool,
         #[command(flatten)]

@@ -71,7 +71,13 @@ async fn rehearse(
     };
     let wall = std::time::Instant::now();
     let stopped = executor
-        .run(RunOptions { until_done: true }, |_| {})
+        .run(
+            RunOptions {
+                until_done: true,
+                reports: None,
+            },
+            |_| {},
+        )
         .await?;
     let tasks = store.tasks(None).await?;
     let events = store.events_after(0, None, u32::MAX).await?;

@@ -1,22 +1,20 @@
-//! `wavelift report WAVE --kind readiness [--out FILE.html]`: a report for people, from
-//! the store, at the moment `status` speaks of (the run's warped clock if it was warped).
+//! `wavelift report WAVE --kind readiness|cutover|digest [--out FILE.html | --send]`: a
+//! report for people, from the store, at the moment `status` speaks of (the run's warped
+//! clock if it was warped). `--send` records it as a message and delivers it at once
+//! (SMTP, or the outbox without SMTP); one not delivered is retried by `wavelift run`.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::state::StateArgs;
 use super::status::status_now;
-use crate::report::{Readiness, Rendered, outbox};
-use crate::store::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
-    /// Before the window: per application and server, replication, the last boot test,
-    /// blockers, approvals pending, and the go/no-go question
-    Readiness,
-}
+use crate::report::Kind;
+use crate::report::mail::Attempt;
+use crate::report::schedule::Reporter;
+use crate::scheduler::clock::local_text;
 
 pub async fn run(
     state: &StateArgs,
@@ -27,19 +25,11 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let store = state.open_existing().await?;
     let (now, _) = status_now(&store).await?;
-    let rendered = match kind {
-        Kind::Readiness => Readiness::gather(&store, wave, now).await?.render()?,
-    };
     if send {
-        let path = to_outbox(&store, wave, kind, &rendered).await?;
-        outln!(
-            "{}: written to the outbox as {}",
-            rendered.subject,
-            path.display()
-        );
+        return send_now(&store, wave, kind, now).await;
     }
+    let rendered = kind.render(&store, wave, now).await?;
     match out {
-        None if send => {}
         None => out!("{}", rendered.text),
         Some(html) => {
             let text = html.with_extension("txt");
@@ -58,14 +48,13 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the report as an email to the configuration's outbox, to the wave's `notify`
-/// list and its applications' owners.
-async fn to_outbox(
-    store: &Store,
+/// Records the report as asked for now and makes one delivery attempt.
+async fn send_now(
+    store: &crate::store::Store,
     wave: &str,
     kind: Kind,
-    rendered: &Rendered,
-) -> anyhow::Result<std::path::PathBuf> {
+    now: i64,
+) -> anyhow::Result<ExitCode> {
     let Some((revision, sources)) = store.current_sources().await? else {
         anyhow::bail!("nothing applied yet: wavelift apply PATH");
     };
@@ -73,41 +62,47 @@ async fn to_outbox(
     if loaded.diagnostics.has_errors() {
         anyhow::bail!("revision {revision} in the store no longer validates with this Wavelift");
     }
-    let config = &loaded.definitions.config;
-    if config.smtp.is_some() || std::env::var_os("WAVELIFT_SMTP_URL").is_some() {
-        anyhow::bail!(
-            "sending over SMTP is not in this version yet; without `smtp:` in the configuration \
-             (and WAVELIFT_SMTP_URL unset) reports are written to the outbox, {}",
-            config.resolve(&config.outbox).display()
-        );
-    }
-    let definition = loaded
-        .definitions
-        .waves
-        .iter()
-        .find(|w| w.name.value == wave)
-        .with_context(|| format!("no wave `{wave}` in the applied definitions"))?;
-    let mut recipients = definition.notify.clone();
-    recipients.extend(
-        definition
-            .applications
-            .iter()
-            .filter_map(|a| a.owner.clone()),
-    );
-    let kind_name = match kind {
-        Kind::Readiness => "readiness",
+    let reporter = Reporter::new(store.clone(), Arc::new(loaded.definitions))?;
+    let calendar = crate::report::calendar_of(store, wave).await?;
+    let wall = jiff::Timestamp::now().as_millisecond();
+    let event = format!("asked {}", jiff::Timestamp::from_millisecond(wall)?);
+    let Some(id) = reporter.record(&calendar, kind, &event, now, now).await? else {
+        anyhow::bail!("the same report was asked for in the same millisecond; ask again");
     };
-    let now = jiff::Timestamp::now();
-    let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let message = outbox::message(
-        rendered,
-        outbox::DEFAULT_FROM,
-        &recipients,
-        &format!("<{wave}.{kind_name}.{}@wavelift>", now.as_millisecond()),
-    )?;
-    outbox::write(
-        &config.resolve(&config.outbox),
-        &format!("{stamp}-{wave}-{kind_name}"),
-        &message,
-    )
+    let report = store
+        .reports(Some(wave))
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .context("the report just recorded is not in the store")?;
+    let attempt = reporter
+        .mailer
+        .attempt(store, &report, jiff::Timestamp::now().as_millisecond())
+        .await?;
+    let subject = &report.subject;
+    Ok(match attempt {
+        Attempt::Delivered { via } => {
+            outln!("{subject}: delivered via {via}");
+            ExitCode::SUCCESS
+        }
+        Attempt::Retry { error, at } => {
+            outln!(
+                "{subject}: not delivered yet ({error}); recorded, and `wavelift run` tries again from {}",
+                local_text(at, "UTC")
+            );
+            ExitCode::FAILURE
+        }
+        Attempt::Failed { error, kept } => {
+            outln!(
+                "{subject}: not delivered ({error}){}",
+                kept.map(|k| format!("; the message is kept in {k}"))
+                    .unwrap_or_default()
+            );
+            ExitCode::FAILURE
+        }
+        Attempt::Taken => {
+            outln!("{subject}: another Wavelift process is delivering it");
+            ExitCode::SUCCESS
+        }
+    })
 }

@@ -12,8 +12,11 @@ use super::DefinitionArgs;
 use super::state::{self, StateArgs};
 use super::status;
 use crate::executor::{Executor, Limits, RunOptions, Stopped};
+use crate::report::mail::Attempt;
+use crate::report::schedule::Reporter;
 use crate::scheduler::SchedulerClock;
 use crate::scheduler::clock::WARP_KEY;
+use crate::scheduler::clock::local_text;
 use crate::store::Store;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,21 +65,34 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     };
+    let reporter = Arc::new(Reporter::new(
+        executor.store.clone(),
+        Arc::clone(&executor.definitions),
+    )?);
+    eprintln!("reports go to {}", reporter.mailer.describe());
     let started = Instant::now();
     let mut done = 0usize;
     let (stop, stopped_rx) = tokio::sync::watch::channel(false);
-    let bars = tokio::spawn(progress(executor.store.clone(), stopped_rx));
+    let bars = tokio::spawn(progress(executor.store.clone(), stopped_rx.clone()));
+    let delivery = tokio::spawn(deliver(
+        executor.store.clone(),
+        Arc::clone(&reporter),
+        stopped_rx,
+    ));
     let result = executor
         .run(
             RunOptions {
                 until_done: args.until_done,
+                reports: Some(&reporter),
             },
             |count| done += count,
         )
         .await;
     let _ = stop.send(true);
     let _ = bars.await;
+    let delivered = delivery.await;
     let stopped = result?;
+    delivered.context("the report delivery stopped")??;
     let summary = status::summary(&executor.store, None).await?;
     out!("{summary}");
     match stopped {
@@ -102,6 +118,41 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Delivers the reports as their attempts fall due (wall clock), until told to stop; then
+/// one last pass, so a run that ends right after a report was recorded delivers it.
+async fn deliver(
+    store: Store,
+    reporter: Arc<Reporter>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let stopping = *stop.borrow();
+        let now = jiff::Timestamp::now().as_millisecond();
+        for (report, attempt) in reporter.mailer.deliver_due(&store, now).await? {
+            let subject = &report.subject;
+            match attempt {
+                Attempt::Delivered { via } => eprintln!("report delivered via {via}: {subject}"),
+                Attempt::Retry { error, at } => eprintln!(
+                    "report not delivered ({error}); trying again at {}: {subject}",
+                    local_text(at, "UTC")
+                ),
+                Attempt::Failed { error, kept } => eprintln!(
+                    "report given up on ({error}){}: {subject}",
+                    kept.map(|k| format!("; kept in {k}")).unwrap_or_default()
+                ),
+                Attempt::Taken => {}
+            }
+        }
+        if stopping {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 /// The executor for the store's current revision; `None` when nothing was applied.

@@ -200,11 +200,49 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
             }
         }
     }
+    for line in report_lines(&store.reports(wave).await?) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(
         out,
         "legend: + succeeded  > running  . pending  ? awaiting approval  X failed  b blocked  - skipped  c cancelled"
     );
     Ok(out)
+}
+
+/// Where the reports for people stand: how many were delivered, and each one waiting
+/// for another attempt or given up on, with its last error.
+fn report_lines(reports: &[crate::store::ReportRow]) -> Vec<String> {
+    if reports.is_empty() {
+        return Vec::new();
+    }
+    let delivered = reports.iter().filter(|r| r.state == "delivered").count();
+    let mut lines = vec![format!(
+        "reports: {} recorded, {delivered} delivered",
+        reports.len()
+    )];
+    for r in reports.iter().filter(|r| r.state != "delivered") {
+        let error = r.last_error.as_deref().unwrap_or("no error recorded");
+        lines.push(match r.state.as_str() {
+            "failed" => format!(
+                "  given up on after {} attempt(s): {} ({error}){}",
+                r.attempts,
+                r.subject,
+                r.delivered_via
+                    .as_deref()
+                    .map(|k| format!("; kept in {k}"))
+                    .unwrap_or_default()
+            ),
+            _ if r.attempts == 0 => format!("  waiting for its first attempt: {}", r.subject),
+            _ => format!(
+                "  not delivered yet, attempt {} failed ({error}); next attempt {} UTC: {}",
+                r.attempts,
+                local_text(r.next_attempt_at, "UTC"),
+                r.subject
+            ),
+        });
+    }
+    lines
 }
 
 fn abbreviation(kind: &str) -> &'static str {

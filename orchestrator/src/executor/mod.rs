@@ -22,6 +22,7 @@ use tasks::cmdb::Cmdb;
 use tasks::shell::RemoteShell;
 use waves::model::{Definitions, EngineKind};
 
+use crate::report::schedule::Reporter;
 use crate::scheduler::SchedulerClock;
 use crate::scheduler::clock::WARP_KEY;
 use crate::store::{ClaimedTask, Completion, Limit, Store};
@@ -65,11 +66,16 @@ pub struct Executor {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
+#[derive(Clone, Copy, Default)]
+pub struct RunOptions<'a> {
     /// Stop when no task can make progress without an operator.
     pub until_done: bool,
+    /// Records the reports for people as they fall due, by the scheduler's clock.
+    pub reports: Option<&'a Reporter>,
 }
+
+/// How often a busy run looks for reports that fell due, by the wall clock.
+const REPORT_LOOK: Duration = Duration::from_secs(10);
 
 /// Why a run stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +92,7 @@ impl Executor {
     /// Runs until every task is final (with `until_done`), or until interrupted.
     pub async fn run(
         &self,
-        options: RunOptions,
+        options: RunOptions<'_>,
         mut on_batch: impl FnMut(usize),
     ) -> anyhow::Result<Stopped> {
         let index = step::index(&self.definitions);
@@ -105,6 +111,7 @@ impl Executor {
             per_wave: u32::try_from(self.limits.per_wave).unwrap_or(u32::MAX),
         };
         let mut claimed: Vec<ClaimedTask> = Vec::new();
+        let mut reports_looked = std::time::Instant::now();
         loop {
             let now = self.clock.now_ms();
             if claimed.is_empty() {
@@ -117,6 +124,14 @@ impl Executor {
                 let unfinished = self.store.unfinished_count().await?;
                 let (awaiting, first_window) = self.store.awaiting_approval().await?;
                 let mut due = self.store.next_due().await?;
+                if let Some(reporter) = options.reports {
+                    reports_looked = std::time::Instant::now();
+                    // A report falling due before the next task stops warped time there;
+                    // reports alone never keep a run going.
+                    if let (Some(next), Some(report)) = (due, reporter.record_due(now).await?) {
+                        due = Some(next.min(report.max(now)));
+                    }
+                }
                 // Warped time never runs into the window of a cutover that waits for its
                 // go: the window would pass before anyone could give it.
                 if self.clock.is_warped()
@@ -180,6 +195,12 @@ impl Executor {
                 .await?;
             claimed = next;
             on_batch(count);
+            if let Some(reporter) = options.reports
+                && reports_looked.elapsed() >= REPORT_LOOK
+            {
+                reports_looked = std::time::Instant::now();
+                reporter.record_due(self.clock.now_ms()).await?;
+            }
             if let Some(Ok(())) = futures_ready(&mut interrupt) {
                 return Ok(Stopped::Interrupted);
             }

@@ -1,12 +1,21 @@
-//! Reports for people: the readiness (go/no-go) report before a cutover window, rendered
-//! from the templates in `templates/reports/` (Handlebars in strict mode: a field the
-//! template names and the data lacks is an error, not an empty cell) as HTML with inline
-//! CSS and no external resources, and as plain text.
+//! Reports for people: the readiness (go/no-go) report before a cutover window, the
+//! cutover report after it, and the daily digest while a wave is active, rendered from
+//! the templates in `templates/reports/` (Handlebars in strict mode: a field the template
+//! names and the data lacks is an error, not an empty cell) as HTML with inline CSS and
+//! no external resources, and as plain text.
 //!
-//! The data comes from the store only (tasks, their steps and reasons, the wave's
-//! calendar and owners), so a report says what the factory knows at that moment.
+//! The data comes from the store only (tasks, their steps, attempts and events, the
+//! wave's calendar and owners), so a report says what the factory knows at that moment.
+//! [`schedule`] decides when each is made, [`mail`] delivers them.
 
+mod cutover;
+mod digest;
+pub mod mail;
 pub mod outbox;
+pub mod schedule;
+
+pub use cutover::CutoverReport;
+pub use digest::Digest;
 
 use std::collections::BTreeMap;
 
@@ -18,8 +27,115 @@ use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
 use crate::store::{Store, TaskRow, TaskState};
 
-const READINESS_HTML: &str = include_str!("../../../templates/reports/readiness.html.hbs");
-const READINESS_TEXT: &str = include_str!("../../../templates/reports/readiness.txt.hbs");
+/// Each report's templates: (name, HTML, plain text).
+const TEMPLATES: [(&str, &str, &str); 3] = [
+    (
+        "readiness",
+        include_str!("../../../templates/reports/readiness.html.hbs"),
+        include_str!("../../../templates/reports/readiness.txt.hbs"),
+    ),
+    (
+        "cutover",
+        include_str!("../../../templates/reports/cutover.html.hbs"),
+        include_str!("../../../templates/reports/cutover.txt.hbs"),
+    ),
+    (
+        "digest",
+        include_str!("../../../templates/reports/digest.html.hbs"),
+        include_str!("../../../templates/reports/digest.txt.hbs"),
+    ),
+];
+
+/// The pieces the HTML templates share: the page's head, the bars, the footer.
+const PARTIALS: [(&str, &str); 3] = [
+    (
+        "head",
+        include_str!("../../../templates/reports/partials/head.html.hbs"),
+    ),
+    (
+        "bars",
+        include_str!("../../../templates/reports/partials/bars.html.hbs"),
+    ),
+    (
+        "foot",
+        include_str!("../../../templates/reports/partials/foot.html.hbs"),
+    ),
+];
+
+/// The reports there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Before the window: per application and server, replication, the last boot test,
+    /// blockers, approvals pending, and the go/no-go question
+    Readiness,
+    /// After the window: per server each step's start and end, the target and its
+    /// address, the final lag, the downtime, failures and rollbacks
+    Cutover,
+    /// While the wave is active: where it stands, what happened since the last digest,
+    /// what is failing, what waits for a person
+    Digest,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Readiness => "readiness",
+            Kind::Cutover => "cutover",
+            Kind::Digest => "digest",
+        }
+    }
+
+    /// The report of `wave` at `now` (scheduler time, ms), from the store.
+    pub async fn render(self, store: &Store, wave: &str, now: i64) -> anyhow::Result<Rendered> {
+        match self {
+            Kind::Readiness => Readiness::gather(store, wave, now).await?.render(),
+            Kind::Cutover => CutoverReport::gather(store, wave, now).await?.render(),
+            Kind::Digest => Digest::gather(store, wave, now).await?.render(),
+        }
+    }
+}
+
+/// A rendered report as the message to record: to the wave's `notify` list and its
+/// applications' owners (each once), from `from`, with a Message-ID of its own.
+pub fn compose(
+    definitions: &waves::model::Definitions,
+    wave: &str,
+    kind: Kind,
+    event: &str,
+    due_at: i64,
+    rendered: &Rendered,
+    from: &str,
+) -> anyhow::Result<crate::store::NewReport> {
+    let definition = definitions
+        .waves
+        .iter()
+        .find(|w| w.name.value == wave)
+        .with_context(|| format!("no wave `{wave}` in the applied definitions"))?;
+    let mut recipients: Vec<String> = Vec::new();
+    let candidates = definition.notify.iter().chain(
+        definition
+            .applications
+            .iter()
+            .filter_map(|a| a.owner.as_ref()),
+    );
+    for address in candidates {
+        if !recipients.iter().any(|r| r.eq_ignore_ascii_case(address)) {
+            recipients.push(address.clone());
+        }
+    }
+    let message_id = format!("<{}.{}.{}@wavelift.invalid>", kind.name(), due_at, wave);
+    let message = outbox::message(rendered, from, &recipients, &message_id)?;
+    Ok(crate::store::NewReport {
+        wave: wave.to_owned(),
+        kind: kind.name().to_owned(),
+        event: event.to_owned(),
+        due_at,
+        subject: rendered.subject.clone(),
+        sender: from.to_owned(),
+        recipients,
+        message: String::from_utf8(message.formatted()).context("the message is not 7-bit text")?,
+    })
+}
 
 /// A report in both forms, with its subject.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +175,7 @@ pub struct Bar {
 }
 
 impl Bar {
-    fn new(label: &str, done: usize, total: usize) -> Bar {
+    pub(super) fn new(label: &str, done: usize, total: usize) -> Bar {
         // An empty bar is full: nothing is missing.
         let done_percent = (done * 100)
             .checked_div(total)
@@ -98,18 +214,18 @@ pub struct Approval {
     pub command: String,
 }
 
-const GREEN: &str = "#2f9e44";
-const AMBER: &str = "#b7791f";
-const RED: &str = "#c92a2a";
+pub(super) const GREEN: &str = "#2f9e44";
+pub(super) const AMBER: &str = "#b7791f";
+pub(super) const RED: &str = "#c92a2a";
 
 /// The step a task left: the executor's record (`note`, what it saw last) and the task's
 /// own step under `task`.
-fn step_of(task: &TaskRow) -> Option<serde_json::Value> {
+pub(super) fn step_of(task: &TaskRow) -> Option<serde_json::Value> {
     serde_json::from_str(task.step.as_deref()?).ok()
 }
 
 /// The last note a task's step recorded (what it saw last), if any.
-fn last_note(task: &TaskRow) -> Option<String> {
+pub(super) fn last_note(task: &TaskRow) -> Option<String> {
     step_of(task)?.get("note")?.as_str().map(str::to_owned)
 }
 
@@ -182,18 +298,15 @@ fn boot_test(task: Option<&TaskRow>, timezone: &str) -> (String, bool) {
 impl Readiness {
     /// The readiness of `wave` at `now` (ms), from the store.
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Readiness> {
-        let calendar: WaveCalendar = store
-            .wave_calendars()
-            .await?
-            .into_iter()
-            .find(|c| c.name == wave)
-            .with_context(|| format!("no wave `{wave}` in the applied definitions"))?;
+        let calendar = calendar_of(store, wave).await?;
         let owners = store.application_owners(wave).await?;
         let tasks = store.tasks(Some(wave)).await?;
-        // The local engine runs on the rehearsal engine in this version (`run` says so).
-        let rehearsal = matches!(calendar.engine.as_str(), "sim" | "local");
         Ok(Readiness::from_tasks(
-            &calendar, &owners, &tasks, now, rehearsal,
+            &calendar,
+            &owners,
+            &tasks,
+            now,
+            is_rehearsal(&calendar),
         ))
     }
 
@@ -338,30 +451,57 @@ impl Readiness {
     }
 
     pub fn render(&self) -> anyhow::Result<Rendered> {
-        let (html, text) = registries()?;
-        Ok(Rendered {
-            subject: self.subject.clone(),
-            html: html
-                .render("readiness", self)
-                .context("cannot render the readiness report (HTML)")?,
-            text: text
-                .render("readiness", self)
-                .context("cannot render the readiness report (text)")?,
-        })
+        render("readiness", &self.subject, self)
     }
+}
+
+/// A wave's calendar from the store.
+pub async fn calendar_of(store: &Store, wave: &str) -> anyhow::Result<WaveCalendar> {
+    store
+        .wave_calendars()
+        .await?
+        .into_iter()
+        .find(|c| c.name == wave)
+        .with_context(|| format!("no wave `{wave}` in the applied definitions"))
+}
+
+/// Whether nothing in the wave's reports happened on real servers: the local engine runs
+/// on the rehearsal engine in this version (`run` says so).
+pub(super) fn is_rehearsal(calendar: &WaveCalendar) -> bool {
+    matches!(calendar.engine.as_str(), "sim" | "local")
+}
+
+/// Renders one report's two templates with `data`.
+pub(super) fn render(name: &str, subject: &str, data: &impl Serialize) -> anyhow::Result<Rendered> {
+    let (html, text) = registries()?;
+    Ok(Rendered {
+        subject: subject.to_owned(),
+        html: html
+            .render(name, data)
+            .with_context(|| format!("cannot render the {name} report (HTML)"))?,
+        text: text
+            .render(name, data)
+            .with_context(|| format!("cannot render the {name} report (text)"))?,
+    })
 }
 
 /// The HTML templates (escaped) and the plain-text ones (not escaped), strict.
 fn registries() -> anyhow::Result<(Handlebars<'static>, Handlebars<'static>)> {
     let mut html = Handlebars::new();
     html.set_strict_mode(true);
-    html.register_template_string("readiness", READINESS_HTML)
-        .context("templates/reports/readiness.html.hbs")?;
+    for (name, source) in PARTIALS {
+        html.register_partial(name, source)
+            .with_context(|| format!("templates/reports/partials/{name}.html.hbs"))?;
+    }
     let mut text = Handlebars::new();
     text.set_strict_mode(true);
     text.register_escape_fn(handlebars::no_escape);
-    text.register_template_string("readiness", READINESS_TEXT)
-        .context("templates/reports/readiness.txt.hbs")?;
+    for (name, html_source, text_source) in TEMPLATES {
+        html.register_template_string(name, html_source)
+            .with_context(|| format!("templates/reports/{name}.html.hbs"))?;
+        text.register_template_string(name, text_source)
+            .with_context(|| format!("templates/reports/{name}.txt.hbs"))?;
+    }
     Ok((html, text))
 }
 

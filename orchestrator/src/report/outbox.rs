@@ -1,6 +1,6 @@
 //! A report as an email (multipart/alternative: plain text and HTML), written to the
-//! outbox folder as an `.eml` file a mail client opens. Sending over SMTP comes with the
-//! SMTP configuration; without it the outbox is where every report goes.
+//! outbox folder as an `.eml` file a mail client opens. Without SMTP the outbox is where
+//! every report goes; with SMTP, it keeps the reports that could not be delivered.
 
 use std::path::{Path, PathBuf};
 
@@ -49,9 +49,10 @@ pub fn message(
         .context("cannot build the message")
 }
 
-/// Writes the message to `folder` as `NAME.eml` (NAME-2.eml, ... if taken); returns the
-/// file. The file appears whole or not at all (written aside, then renamed).
-pub fn write(folder: &Path, name: &str, message: &Message) -> anyhow::Result<PathBuf> {
+/// Writes a message (RFC 5322 bytes) to `folder` as `NAME.eml` (NAME-2.eml, ... if
+/// taken); returns the file. The file appears whole or not at all (written aside, then
+/// renamed).
+pub fn write_bytes(folder: &Path, name: &str, message: &[u8]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(folder)
         .with_context(|| format!("cannot create the outbox {}", folder.display()))?;
     let mut path = folder.join(format!("{name}.eml"));
@@ -61,7 +62,7 @@ pub fn write(folder: &Path, name: &str, message: &Message) -> anyhow::Result<Pat
         path = folder.join(format!("{name}-{n}.eml"));
     }
     let partial = folder.join(format!(".{name}.eml.partial"));
-    std::fs::write(&partial, message.formatted())
+    std::fs::write(&partial, message)
         .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, &path)
         .with_context(|| format!("cannot move the message to {}", path.display()))?;

@@ -91,3 +91,77 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?)
     }
 }
+
+/// An attempt of a task as recorded: when, the outcome, the checks (a JSON array of
+/// `{name, passed, detail, remediation}`), the output and the error.
+#[derive(Debug, Clone, PartialEq, FromQueryResult, Serialize)]
+pub struct AttemptRow {
+    pub task_id: String,
+    pub number: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub outcome: String,
+    pub checks: String,
+    pub output: String,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// The events of these tasks, oldest first.
+    pub async fn events_of_tasks(&self, ids: &[&str]) -> anyhow::Result<Vec<EventRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, at, wave, server, task_id, kind, message, data FROM events \
+             WHERE task_id IN {} ORDER BY id",
+            self.json_strings()
+        );
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| EventRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every attempt of these tasks, in order.
+    pub async fn attempts_of_tasks(&self, ids: &[&str]) -> anyhow::Result<Vec<AttemptRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT task_id, number, started_at, finished_at, outcome, checks, output, error \
+             FROM attempts WHERE task_id IN {} ORDER BY task_id, number, id",
+            self.json_strings()
+        );
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| AttemptRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// How many events of each kind a wave logged after `since` (ms).
+    pub async fn event_counts(
+        &self,
+        wave: &str,
+        since: i64,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT kind, COUNT(*) AS n FROM events WHERE wave = ? AND at > ? GROUP BY kind",
+                vec![wave.into(), since.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "kind")?, r.try_get("", "n")?)))
+            .collect()
+    }
+}

@@ -7,6 +7,7 @@
 
 mod apply;
 mod events;
+mod reports;
 mod steer;
 mod tasks;
 
@@ -21,7 +22,8 @@ use sea_orm::{
 };
 
 pub use apply::{ApplyOptions, ApplyReport};
-pub use events::NewEvent;
+pub use events::{AttemptRow, EventRow, NewEvent};
+pub use reports::{KindProgress, NewReport, ReportRow};
 pub use tasks::{AttemptRecord, ClaimedTask, Completion, Limit, TaskRow, TaskState, WaveCounts};
 
 #[derive(Clone)]
@@ -84,8 +86,6 @@ impl Store {
         Statement::from_sql_and_values(self.backend, numbered(self.backend, sql), values)
     }
 
-    /// A transaction for read-then-write work: on SQLite it takes the write lock at the
-    /// start (BEGIN IMMEDIATE), so two writers never deadlock on an upgrade.
     /// A derived table of the rows passed as one JSON parameter (an array of arrays,
     /// see [`json_param`]), with these columns and `ord`, the row's place in the array
     /// (an insert orders by it). One statement and
@@ -121,6 +121,8 @@ impl Store {
         }
     }
 
+    /// A transaction for read-then-write work: on SQLite it takes the write lock at the
+    /// start (BEGIN IMMEDIATE), so two writers never deadlock on an upgrade.
     pub(crate) async fn write_transaction(&self) -> anyhow::Result<DatabaseTransaction> {
         let options = TransactionOptions {
             sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),

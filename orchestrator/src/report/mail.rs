@@ -1,0 +1,452 @@
+//! Delivery of recorded reports: over SMTP when it is configured (the `smtp:` section, or
+//! `WAVELIFT_SMTP_URL`), to the outbox folder as `.eml` files otherwise.
+//!
+//! Every report is in the store before its first attempt. An attempt takes the report
+//! under a lease, sends the stored bytes (the same Message-ID every time), and records
+//! the outcome. A failed attempt is retried with a doubling wait, up to the configured
+//! number of attempts; a report given up on, or refused for good by the server (a 5xx
+//! reply), is written to the outbox so that nothing is lost, and the log says where.
+//!
+//! Once per event: the store records one report per (wave, kind, event), whoever asks.
+//! A process killed between the server's acceptance and the store's commit leaves the
+//! report `sending`; when its lease ends it is sent again, with the same Message-ID (mail
+//! clients show one message). That window is the length of one commit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lettre::address::Envelope;
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Address, AsyncTransport as _, Tokio1Executor};
+use waves::config::Config;
+use waves::model::CredentialRef;
+
+use super::outbox;
+use crate::store::{ReportRow, Store};
+
+/// How long one attempt may hold a report: a crashed attempt's report is retried after.
+const ATTEMPT_LEASE_MS: i64 = 5 * 60_000;
+/// The longest wait between two attempts.
+const MAX_RETRY_WAIT_MS: i64 = 3_600_000;
+/// How long the SMTP conversation may wait for the server at each command.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where reports go, and how hard delivery is tried.
+pub struct Mailer {
+    pub from: String,
+    route: Route,
+    outbox: PathBuf,
+    attempts: u32,
+    retry_after_ms: i64,
+}
+
+enum Route {
+    Outbox,
+    Smtp {
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        /// The server as it may be shown (no password).
+        shown: String,
+    },
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered {
+        via: String,
+    },
+    /// Tried again from this moment (wall clock, ms).
+    Retry {
+        error: String,
+        at: i64,
+    },
+    /// Given up on; kept in the outbox file if it could be written.
+    Failed {
+        error: String,
+        kept: Option<String>,
+    },
+    /// Another process took it first.
+    Taken,
+}
+
+/// An SMTP setting read from the configuration or the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SmtpUrl {
+    implicit_tls: bool,
+    /// `Some(true)`: STARTTLS required; `Some(false)`: plain; `None`: STARTTLS when offered.
+    starttls: Option<bool>,
+    user: Option<String>,
+    host: String,
+    port: u16,
+}
+
+fn parse_smtp_url(url: &str) -> anyhow::Result<SmtpUrl> {
+    let (implicit_tls, rest) = if let Some(rest) = url.strip_prefix("smtps://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("smtp://") {
+        (false, rest)
+    } else {
+        anyhow::bail!("`{url}` is not an smtp:// or smtps:// URL");
+    };
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = authority.trim_end_matches('/');
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            if user.contains(':') {
+                anyhow::bail!(
+                    "the SMTP URL holds a password (not shown): put it in `smtp.credential` \
+                     (env:NAME or file:PATH) or WAVELIFT_SMTP_PASSWORD"
+                );
+            }
+            (Some(percent_decode(user)), host)
+        }
+        None => (None, authority),
+    };
+    // `[v6]:port`, `host:port`, or either without the port.
+    let (host, port_text) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => anyhow::bail!("`{url}`: an IPv6 address lacks its closing `]`"),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let port = match port_text {
+        Some(port) => Some(
+            port.parse::<u16>()
+                .with_context(|| format!("`{port}` is not a port in the SMTP URL"))?,
+        ),
+        None => None,
+    };
+    if host.is_empty() {
+        anyhow::bail!("the SMTP URL `{url}` has no host");
+    }
+    let mut starttls = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "tls=required" | "starttls=required" => starttls = Some(true),
+            "tls=none" | "tls=off" => starttls = Some(false),
+            "tls=opportunistic" => starttls = None,
+            other => anyhow::bail!(
+                "`{other}` in the SMTP URL: expected tls=required, tls=opportunistic or tls=none"
+            ),
+        }
+    }
+    if implicit_tls && starttls == Some(false) {
+        anyhow::bail!("smtps:// is TLS from the first byte; tls=none contradicts it");
+    }
+    Ok(SmtpUrl {
+        implicit_tls,
+        starttls,
+        user,
+        host: host.to_owned(),
+        port: port.unwrap_or(if implicit_tls { 465 } else { 587 }),
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a secret from its reference; the error names the reference, never the value.
+pub fn read_credential(reference: &CredentialRef) -> anyhow::Result<String> {
+    match reference {
+        CredentialRef::Env(name) => std::env::var(name).with_context(|| {
+            format!("the credential {reference} is not set in Wavelift's environment")
+        }),
+        CredentialRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+            .with_context(|| format!("cannot read the credential {reference}")),
+        CredentialRef::SshAgent => {
+            anyhow::bail!("the ssh-agent holds keys, not a password; use env:NAME or file:PATH")
+        }
+    }
+}
+
+impl Mailer {
+    /// The mailer of a configuration: SMTP when `smtp:` is written or
+    /// `WAVELIFT_SMTP_URL` is set (it wins over the file's URL), the outbox otherwise.
+    pub fn from_config(config: &Config) -> anyhow::Result<Mailer> {
+        let env_url = std::env::var("WAVELIFT_SMTP_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        let outbox = config.resolve(&config.outbox);
+        let attempts = config.reports.attempts.max(1);
+        let retry_after_ms = (config.reports.retry_after.approx_seconds() as i64 * 1000).max(1);
+        let url = env_url.or_else(|| config.smtp.as_ref().map(|s| s.url.clone()));
+        let Some(url) = url else {
+            return Ok(Mailer {
+                from: outbox::DEFAULT_FROM.to_owned(),
+                route: Route::Outbox,
+                outbox,
+                attempts,
+                retry_after_ms,
+            });
+        };
+        let smtp = config.smtp.as_ref();
+        let parsed = parse_smtp_url(url.trim())?;
+        let password = match smtp.and_then(|s| s.credential.as_ref()) {
+            Some(reference) => Some(read_credential(reference)?),
+            None => std::env::var("WAVELIFT_SMTP_PASSWORD").ok(),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&parsed.host)
+            .port(parsed.port)
+            .timeout(Some(SMTP_TIMEOUT));
+        let mut tls = TlsParameters::builder(parsed.host.clone());
+        if let Some(ca) = smtp.and_then(|s| s.ca_file.as_ref()) {
+            let path = config.resolve(ca);
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read smtp.ca_file {}", path.display()))?;
+            let cert = Certificate::from_pem(&pem).with_context(|| {
+                format!("smtp.ca_file {} is not a PEM certificate", path.display())
+            })?;
+            tls = tls.add_root_certificate(cert);
+        }
+        let tls = tls
+            .build_rustls()
+            .context("cannot set up TLS for the SMTP server")?;
+        builder = builder.tls(match (parsed.implicit_tls, parsed.starttls) {
+            (true, _) => Tls::Wrapper(tls),
+            (false, Some(true)) => Tls::Required(tls),
+            (false, Some(false)) => Tls::None,
+            // A password never travels in clear: with one, STARTTLS is required.
+            (false, None) if password.is_some() => Tls::Required(tls),
+            (false, None) => Tls::Opportunistic(tls),
+        });
+        if let Some(password) = password {
+            let Some(user) = parsed.user.clone() else {
+                anyhow::bail!(
+                    "the SMTP URL names no user for the credential: write it as smtp://USER@HOST:PORT"
+                );
+            };
+            builder = builder.credentials(Credentials::new(user, password));
+        }
+        let scheme = if parsed.implicit_tls { "smtps" } else { "smtp" };
+        let shown = format!("{scheme}://{}:{}", parsed.host, parsed.port);
+        Ok(Mailer {
+            from: smtp
+                .map(|s| s.from.clone())
+                .or_else(|| std::env::var("WAVELIFT_SMTP_FROM").ok())
+                .unwrap_or_else(|| outbox::DEFAULT_FROM.to_owned()),
+            route: Route::Smtp {
+                transport: Box::new(builder.build()),
+                shown,
+            },
+            outbox,
+            attempts,
+            retry_after_ms,
+        })
+    }
+
+    /// Where reports go, in words.
+    pub fn describe(&self) -> String {
+        match &self.route {
+            Route::Outbox => format!("the outbox {}", self.outbox.display()),
+            Route::Smtp { shown, .. } => shown.clone(),
+        }
+    }
+
+    /// Tries every report due at `now` (wall clock, ms) once; returns the outcomes.
+    pub async fn deliver_due(
+        &self,
+        store: &Store,
+        now: i64,
+    ) -> anyhow::Result<Vec<(ReportRow, Attempt)>> {
+        let mut outcomes = Vec::new();
+        for report in store.reports_to_deliver(now, 50).await? {
+            let attempt = self.attempt(store, &report, now).await?;
+            outcomes.push((report, attempt));
+        }
+        Ok(outcomes)
+    }
+
+    /// One attempt at one report: taken under a lease, sent, and the outcome recorded.
+    pub async fn attempt(
+        &self,
+        store: &Store,
+        report: &ReportRow,
+        now: i64,
+    ) -> anyhow::Result<Attempt> {
+        if !store
+            .take_report(report.id, now, now + ATTEMPT_LEASE_MS)
+            .await?
+        {
+            return Ok(Attempt::Taken);
+        }
+        let number = report.attempts + 1;
+        let result = self.send(report).await;
+        let at = jiff::Timestamp::now().as_millisecond();
+        let attempt = match result {
+            Ok(via) => {
+                store.report_delivered(report, at, &via).await?;
+                Attempt::Delivered { via }
+            }
+            Err(failure) if !failure.permanent && (number as u32) < self.attempts => {
+                let wait = self
+                    .retry_after_ms
+                    .saturating_mul(1i64 << (number - 1).clamp(0, 20))
+                    .min(MAX_RETRY_WAIT_MS);
+                let retry_at = at + wait;
+                store
+                    .report_not_delivered(report, at, &failure.message, Some(retry_at), None)
+                    .await?;
+                Attempt::Retry {
+                    error: failure.message,
+                    at: retry_at,
+                }
+            }
+            Err(failure) => {
+                let kept = match &self.route {
+                    Route::Outbox => None,
+                    Route::Smtp { .. } => self.keep(report).ok(),
+                };
+                let error = if failure.permanent {
+                    format!("refused for good: {}", failure.message)
+                } else {
+                    failure.message
+                };
+                store
+                    .report_not_delivered(report, at, &error, None, kept.as_deref())
+                    .await?;
+                Attempt::Failed { error, kept }
+            }
+        };
+        Ok(attempt)
+    }
+
+    async fn send(&self, report: &ReportRow) -> Result<String, Failure> {
+        match &self.route {
+            Route::Outbox => self.keep(report).map_err(|e| Failure {
+                message: format!("{e:#}"),
+                permanent: false,
+            }),
+            Route::Smtp { transport, shown } => {
+                let envelope = envelope(report).map_err(|e| Failure {
+                    message: format!("{e:#}"),
+                    permanent: true,
+                })?;
+                match transport
+                    .send_raw(&envelope, report.message.as_bytes())
+                    .await
+                {
+                    Ok(_) => Ok(shown.clone()),
+                    Err(err) => Err(Failure {
+                        permanent: err.is_permanent(),
+                        message: error_chain(&err),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Writes the report's message to the outbox; returns the file.
+    fn keep(&self, report: &ReportRow) -> anyhow::Result<String> {
+        let stamp = crate::scheduler::clock::timestamp(report.due_at)
+            .strftime("%Y%m%dT%H%MZ")
+            .to_string();
+        let path = outbox::write_bytes(
+            &self.outbox,
+            &format!("{stamp}-{}-{}-{}", report.wave, report.kind, report.id),
+            report.message.as_bytes(),
+        )?;
+        Ok(path.display().to_string())
+    }
+}
+
+struct Failure {
+    message: String,
+    permanent: bool,
+}
+
+fn envelope(report: &ReportRow) -> anyhow::Result<Envelope> {
+    let from: lettre::message::Mailbox = report
+        .sender
+        .parse()
+        .with_context(|| format!("the sender `{}` is not an email address", report.sender))?;
+    let to = report
+        .recipients()
+        .iter()
+        .map(|r| {
+            r.parse::<Address>()
+                .with_context(|| format!("the recipient `{r}` is not an email address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Envelope::new(Some(from.email), to).context("the message has no recipient")
+}
+
+/// An error with its causes, as one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_say_how_to_reach_the_server() {
+        let u = parse_smtp_url("smtp://relay.example.com").expect("parses");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.implicit_tls, u.starttls),
+            ("relay.example.com", 587, false, None)
+        );
+        let u = parse_smtp_url("smtps://reports%40corp@mail.example.com").expect("parses");
+        assert_eq!(u.user.as_deref(), Some("reports@corp"));
+        assert_eq!((u.port, u.implicit_tls), (465, true));
+        let u = parse_smtp_url("smtp://127.0.0.1:2525?tls=none").expect("parses");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.starttls),
+            ("127.0.0.1", 2525, Some(false))
+        );
+        let u = parse_smtp_url("smtp://[::1]:25/?tls=required").expect("parses");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.starttls),
+            ("::1", 25, Some(true))
+        );
+    }
+
+    #[test]
+    fn bad_smtp_urls_are_refused_with_the_reason() {
+        let err = |url| parse_smtp_url(url).expect_err("refused").to_string();
+        assert!(err("http://x").contains("not an smtp:// or smtps:// URL"));
+        assert!(err("smtp://me:secret@x").contains("holds a password"));
+        assert!(!err("smtp://me:secret@x").contains("secret"));
+        assert!(err("smtp://x:port").contains("is not a port"));
+        assert!(err("smtp://x?tls=maybe").contains("tls=required"));
+        assert!(err("smtps://x?tls=none").contains("contradicts"));
+        assert!(err("smtp://:25").contains("has no host"));
+    }
+}

@@ -1,0 +1,199 @@
+//! When reports are made: the readiness report a configured time before each cutover
+//! window (24 hours by default), the cutover report when the wave's cutovers are all
+//! final or its window closes, and the digest on its cron schedule while the wave is
+//! active (from its first task until its CMDB cleanup is final).
+//!
+//! Each is recorded once per event by the store (see [`crate::store::NewReport`]), at the
+//! scheduler's moment, so a warped run makes the reports a real one would, dated as they
+//! would be.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use waves::cron::CronSchedule;
+use waves::model::Definitions;
+
+use super::mail::Mailer;
+use super::{Kind, compose};
+use crate::scheduler::clock::timestamp;
+use crate::scheduler::phase::WaveCalendar;
+use crate::store::{KindProgress, Store};
+
+/// Most missed digest occurrences skipped over to the latest one (a run that was down
+/// for days sends one digest, not one per missed morning).
+const MAX_SKIPPED_OCCURRENCES: usize = 1_000;
+
+pub struct Reporter {
+    store: Store,
+    definitions: Arc<Definitions>,
+    pub mailer: Mailer,
+    readiness_before_ms: i64,
+    digest: Option<CronSchedule>,
+}
+
+/// What one wave's tasks say about its reports.
+#[derive(Debug, Default)]
+struct WaveProgress {
+    first_started: Option<i64>,
+    unfinished: i64,
+    cutovers: (i64, i64),
+    cleanups: (i64, i64),
+}
+
+impl Reporter {
+    pub fn new(store: Store, definitions: Arc<Definitions>) -> anyhow::Result<Reporter> {
+        let config = &definitions.config;
+        let mailer = Mailer::from_config(config).context("cannot set up report delivery")?;
+        let digest = match &config.reports.digest {
+            Some(text) => Some(CronSchedule::parse(text).map_err(|e| {
+                anyhow::anyhow!("reports.digest `{text}` is not a cron schedule: {e}")
+            })?),
+            None => None,
+        };
+        Ok(Reporter {
+            store,
+            readiness_before_ms: config.reports.readiness_before.approx_seconds() as i64 * 1000,
+            digest,
+            definitions,
+            mailer,
+        })
+    }
+
+    /// Records every report due at `now` (scheduler time, ms) and not recorded yet;
+    /// returns the next moment a report falls due, if one will.
+    pub async fn record_due(&self, now: i64) -> anyhow::Result<Option<i64>> {
+        let calendars = self.store.wave_calendars().await?;
+        let progress = wave_progress(self.store.progress_by_kind().await?);
+        let mut next: Option<i64> = None;
+        let mut candidate = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
+        for calendar in &calendars {
+            let Some(p) = progress.get(&calendar.name) else {
+                continue;
+            };
+            let window_event = format!("window {}", timestamp(calendar.window_start));
+            let cutovers_open = p.cutovers.0 > p.cutovers.1;
+            // Readiness: before the window, while its cutovers are still ahead.
+            let due = calendar.window_start - self.readiness_before_ms;
+            if cutovers_open && now < calendar.window_start {
+                if now >= due {
+                    self.record(calendar, Kind::Readiness, &window_event, due, now)
+                        .await?;
+                } else {
+                    candidate(due);
+                }
+            }
+            // Cutover: when every cutover is final, or the window has closed.
+            if p.first_started.is_some() && p.cutovers.0 > 0 {
+                if !cutovers_open || now >= calendar.window_end {
+                    self.record(calendar, Kind::Cutover, &window_event, now, now)
+                        .await?;
+                } else if p.unfinished > 0 {
+                    candidate(calendar.window_end);
+                }
+            }
+            if let Some(at) = self.digest_due(calendar, p, now).await? {
+                candidate(at);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Records the digest whose occurrence has come; returns the next occurrence while
+    /// the wave is active.
+    async fn digest_due(
+        &self,
+        calendar: &WaveCalendar,
+        p: &WaveProgress,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let (Some(cron), Some(first)) = (&self.digest, p.first_started) else {
+            return Ok(None);
+        };
+        let ended = p.unfinished == 0 || (p.cleanups.0 > 0 && p.cleanups.0 == p.cleanups.1);
+        if ended {
+            return Ok(None);
+        }
+        let Ok(tz) = jiff::tz::TimeZone::get(&calendar.timezone) else {
+            return Ok(None);
+        };
+        let last = self
+            .store
+            .last_report_due(&calendar.name, Kind::Digest.name())
+            .await?
+            .unwrap_or(first);
+        let mut occurrence = match cron.next_after(&timestamp(last).to_zoned(tz.clone())) {
+            Some(o) => o,
+            None => return Ok(None),
+        };
+        if occurrence.timestamp().as_millisecond() > now {
+            return Ok(Some(occurrence.timestamp().as_millisecond()));
+        }
+        for _ in 0..MAX_SKIPPED_OCCURRENCES {
+            match cron.next_after(&occurrence) {
+                Some(next) if next.timestamp().as_millisecond() <= now => occurrence = next,
+                _ => break,
+            }
+        }
+        let at = occurrence.timestamp().as_millisecond();
+        self.record(
+            calendar,
+            Kind::Digest,
+            &format!("digest {}", occurrence.timestamp()),
+            at,
+            now,
+        )
+        .await?;
+        Ok(cron
+            .next_after(&timestamp(now).to_zoned(tz))
+            .map(|z| z.timestamp().as_millisecond()))
+    }
+
+    /// Renders and records one report unless its event has one already; returns its id.
+    pub async fn record(
+        &self,
+        calendar: &WaveCalendar,
+        kind: Kind,
+        event: &str,
+        due_at: i64,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        if self
+            .store
+            .report_recorded(&calendar.name, kind.name(), event)
+            .await?
+        {
+            return Ok(None);
+        }
+        let rendered = kind.render(&self.store, &calendar.name, now).await?;
+        let report = compose(
+            &self.definitions,
+            &calendar.name,
+            kind,
+            event,
+            due_at,
+            &rendered,
+            &self.mailer.from,
+        )?;
+        let wall = jiff::Timestamp::now().as_millisecond();
+        self.store.record_report(&report, wall).await
+    }
+}
+
+fn wave_progress(rows: Vec<KindProgress>) -> BTreeMap<String, WaveProgress> {
+    let mut waves: BTreeMap<String, WaveProgress> = BTreeMap::new();
+    for row in rows {
+        let p = waves.entry(row.wave.clone()).or_default();
+        p.first_started = match (p.first_started, row.first_started) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        p.unfinished += row.total - row.finished;
+        match row.kind.as_str() {
+            "cutover" => p.cutovers = (row.total, row.finished),
+            "cmdb_cleanup" => p.cleanups = (row.total, row.finished),
+            _ => {}
+        }
+    }
+    waves
+}

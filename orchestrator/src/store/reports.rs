@@ -1,0 +1,345 @@
+//! Reports for people and their delivery: each recorded once per event (the unique key
+//! wave, kind, event), with the message as rendered, then delivered under a lease with
+//! retries. The job progress log says when each was recorded, delivered, retried or
+//! given up on.
+
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use serde::Serialize;
+
+use super::Store;
+use super::events::{NewEvent, insert_events};
+
+/// A report to record: what it is about, and the message to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReport {
+    pub wave: String,
+    /// `readiness`, `cutover` or `digest`.
+    pub kind: String,
+    /// What the report is for, unique per wave and kind (`window 2027-12-11T21:00:00Z`,
+    /// `digest 2027-12-01T07:00:00Z`, `asked 1795...` for one an operator asked for).
+    pub event: String,
+    /// The moment the report speaks of (scheduler time, ms).
+    pub due_at: i64,
+    pub subject: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// The whole message (RFC 5322), as it will be sent.
+    pub message: String,
+}
+
+/// A recorded report and where its delivery stands.
+#[derive(Debug, Clone, PartialEq, FromQueryResult, Serialize)]
+pub struct ReportRow {
+    pub id: i64,
+    pub wave: String,
+    pub kind: String,
+    pub event: String,
+    pub due_at: i64,
+    pub created_at: i64,
+    pub subject: String,
+    pub sender: String,
+    /// A JSON array of addresses.
+    pub recipients: String,
+    #[serde(skip)]
+    pub message: String,
+    /// `pending` (waiting for its next attempt), `sending` (an attempt holds it until
+    /// `next_attempt_at`), `delivered`, `failed` (given up on).
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+    /// `smtp://host:port` or the outbox file.
+    pub delivered_via: Option<String>,
+}
+
+impl ReportRow {
+    pub fn recipients(&self) -> Vec<String> {
+        serde_json::from_str(&self.recipients).unwrap_or_default()
+    }
+}
+
+/// How far the tasks of one kind in one wave are.
+#[derive(Debug, Clone, PartialEq, FromQueryResult)]
+pub struct KindProgress {
+    pub wave: String,
+    pub kind: String,
+    pub total: i64,
+    /// In a final state (succeeded, failed, skipped, cancelled, blocked).
+    pub finished: i64,
+    /// When the first of them started, if any did.
+    pub first_started: Option<i64>,
+}
+
+const REPORT_COLUMNS: &str = "id, wave, kind, event, due_at, created_at, subject, sender, \
+    recipients, message, state, attempts, next_attempt_at, last_error, delivered_at, delivered_via";
+
+impl Store {
+    /// Whether the report for this event was recorded already.
+    pub async fn report_recorded(
+        &self,
+        wave: &str,
+        kind: &str,
+        event: &str,
+    ) -> anyhow::Result<bool> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT id FROM reports WHERE wave = ? AND kind = ? AND event = ?",
+                vec![wave.into(), kind.into(), event.into()],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a report to deliver from `at` (ms, wall clock) on; `None` when the report
+    /// for this event was recorded before (by this process or another).
+    pub async fn record_report(&self, report: &NewReport, at: i64) -> anyhow::Result<Option<i64>> {
+        let txn = self.write_transaction().await?;
+        let row = txn
+            .query_one_raw(self.stmt(
+                "INSERT INTO reports (wave, kind, event, due_at, created_at, subject, sender, \
+                 recipients, message, state, attempts, next_attempt_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?) \
+                 ON CONFLICT (wave, kind, event) DO NOTHING RETURNING id",
+                vec![
+                    report.wave.as_str().into(),
+                    report.kind.as_str().into(),
+                    report.event.as_str().into(),
+                    report.due_at.into(),
+                    at.into(),
+                    report.subject.as_str().into(),
+                    report.sender.as_str().into(),
+                    serde_json::to_string(&report.recipients)?.into(),
+                    report.message.as_str().into(),
+                    at.into(),
+                ],
+            ))
+            .await?;
+        let Some(row) = row else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("", "id")?;
+        insert_events(
+            self,
+            &txn,
+            &[report_event(
+                at,
+                &report.wave,
+                "report.recorded",
+                format!(
+                    "{} report recorded for {} recipient(s): {}",
+                    report.kind,
+                    report.recipients.len(),
+                    report.subject
+                ),
+                id,
+            )],
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// Reports whose next attempt is due at `now` (wall clock, ms): waiting ones, and
+    /// ones whose attempt's lease ran out (its process died mid-attempt).
+    pub async fn reports_to_deliver(&self, now: i64, limit: u32) -> anyhow::Result<Vec<ReportRow>> {
+        let sql = format!(
+            "SELECT {REPORT_COLUMNS} FROM reports WHERE state IN ('pending', 'sending') \
+             AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?"
+        );
+        self.report_rows(&sql, vec![now.into(), i64::from(limit).into()])
+            .await
+    }
+
+    /// Takes a report for one delivery attempt until `lease_until`; false when another
+    /// process took it first or it is no longer due.
+    pub async fn take_report(&self, id: i64, now: i64, lease_until: i64) -> anyhow::Result<bool> {
+        let result = self
+            .db()
+            .execute_raw(self.stmt(
+                "UPDATE reports SET state = 'sending', attempts = attempts + 1, \
+                 next_attempt_at = ? WHERE id = ? AND state IN ('pending', 'sending') \
+                 AND next_attempt_at <= ?",
+                vec![lease_until.into(), id.into(), now.into()],
+            ))
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The attempt delivered the report (`via`: the server or the outbox file).
+    pub async fn report_delivered(
+        &self,
+        report: &ReportRow,
+        at: i64,
+        via: &str,
+    ) -> anyhow::Result<()> {
+        self.report_outcome(
+            "UPDATE reports SET state = 'delivered', delivered_at = ?, delivered_via = ?, \
+             last_error = NULL WHERE id = ?",
+            vec![at.into(), via.into(), report.id.into()],
+            report_event(
+                at,
+                &report.wave,
+                "report.delivered",
+                format!(
+                    "{} report delivered via {via}: {}",
+                    report.kind, report.subject
+                ),
+                report.id,
+            ),
+        )
+        .await
+    }
+
+    /// The attempt failed: tried again from `retry_at`, or, without one, given up on
+    /// (`kept`: where the message was kept for a person to send).
+    pub async fn report_not_delivered(
+        &self,
+        report: &ReportRow,
+        at: i64,
+        error: &str,
+        retry_at: Option<i64>,
+        kept: Option<&str>,
+    ) -> anyhow::Result<()> {
+        match retry_at {
+            Some(retry_at) => {
+                self.report_outcome(
+                    "UPDATE reports SET state = 'pending', next_attempt_at = ?, last_error = ? \
+                     WHERE id = ?",
+                    vec![retry_at.into(), error.into(), report.id.into()],
+                    report_event(
+                        at,
+                        &report.wave,
+                        "report.retry",
+                        format!(
+                            "{} report not delivered (attempt {}): {error}; trying again",
+                            report.kind,
+                            report.attempts + 1
+                        ),
+                        report.id,
+                    ),
+                )
+                .await
+            }
+            None => {
+                let kept_words = kept.map(|k| format!("; kept in {k}")).unwrap_or_default();
+                self.report_outcome(
+                    "UPDATE reports SET state = 'failed', last_error = ?, delivered_via = ? \
+                     WHERE id = ?",
+                    vec![
+                        error.into(),
+                        kept.map(str::to_owned).into(),
+                        report.id.into(),
+                    ],
+                    report_event(
+                        at,
+                        &report.wave,
+                        "report.failed",
+                        format!(
+                            "{} report given up on after {} attempt(s): {error}{kept_words}",
+                            report.kind,
+                            report.attempts + 1
+                        ),
+                        report.id,
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn report_outcome(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+        event: NewEvent,
+    ) -> anyhow::Result<()> {
+        let txn = self.write_transaction().await?;
+        txn.execute_raw(self.stmt(sql, values)).await?;
+        insert_events(self, &txn, &[event]).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Per wave and task kind: how many tasks, how many final, the first start.
+    pub async fn progress_by_kind(&self) -> anyhow::Result<Vec<KindProgress>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT wave, kind, COUNT(*) AS total, \
+                 SUM(CASE WHEN state IN ('pending', 'running', 'awaiting_approval') THEN 0 ELSE 1 END) \
+                 AS finished, MIN(started_at) AS first_started \
+                 FROM tasks GROUP BY wave, kind ORDER BY wave, kind",
+                vec![],
+            ))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| KindProgress::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Every recorded report (of one wave), newest first.
+    pub async fn reports(&self, wave: Option<&str>) -> anyhow::Result<Vec<ReportRow>> {
+        let (filter, values): (&str, Vec<Value>) = match wave {
+            Some(w) => ("WHERE wave = ?", vec![w.into()]),
+            None => ("", vec![]),
+        };
+        let sql =
+            format!("SELECT {REPORT_COLUMNS} FROM reports {filter} ORDER BY due_at DESC, id DESC");
+        self.report_rows(&sql, values).await
+    }
+
+    /// The moment the latest report of this kind for the wave spoke of.
+    pub async fn last_report_due(&self, wave: &str, kind: &str) -> anyhow::Result<Option<i64>> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT MAX(due_at) AS due FROM reports WHERE wave = ? AND kind = ?",
+                vec![wave.into(), kind.into()],
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>>("", "due")?,
+            None => None,
+        })
+    }
+
+    /// When the next delivery attempt is due (wall clock, ms), if any report waits.
+    pub async fn next_report_attempt(&self) -> anyhow::Result<Option<i64>> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT MIN(next_attempt_at) AS next FROM reports \
+                 WHERE state IN ('pending', 'sending')",
+                vec![],
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>>("", "next")?,
+            None => None,
+        })
+    }
+
+    async fn report_rows(&self, sql: &str, values: Vec<Value>) -> anyhow::Result<Vec<ReportRow>> {
+        let rows = self.db().query_all_raw(self.stmt(sql, values)).await?;
+        Ok(rows
+            .iter()
+            .map(|row| ReportRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+fn report_event(at: i64, wave: &str, kind: &str, message: String, id: i64) -> NewEvent {
+    NewEvent {
+        at,
+        wave: wave.to_owned(),
+        server: None,
+        task_id: None,
+        kind: kind.to_owned(),
+        message,
+        data: Some(serde_json::json!({ "report": id }).to_string()),
+    }
+}

@@ -1,0 +1,313 @@
+//! Reports by email as a mail server receives them: each test starts a real SMTP server
+//! (aiosmtpd, from tests/peers/smtp_sink.py, on a free loopback port) and the wavelift
+//! binary on a copy of the quickstart, then parses what the server received as a mail
+//! client would.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailparse::MailHeaderMap as _;
+use serde_json::Value;
+use wavelift_tests::{Run, Scratch, quickstart_copy, wavelift, wavelift_command, workspace_root};
+
+/// An aiosmtpd server that writes every message it accepts to a folder.
+struct SmtpSink {
+    child: Child,
+    folder: PathBuf,
+    port: u16,
+}
+
+impl SmtpSink {
+    fn start(folder: &Path, port: u16, reject_all: bool) -> SmtpSink {
+        let mut command = Command::new("python3");
+        command
+            .arg(workspace_root().join("tests/peers/smtp_sink.py"))
+            .args(["--port", &port.to_string(), "--folder"])
+            .arg(folder)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if reject_all {
+            command.arg("--reject-all");
+        }
+        let mut child = command
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd; .ci/run installs it)");
+        let stdout = child.stdout.take().expect("its stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the SMTP server's first line");
+        assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+        SmtpSink {
+            child,
+            folder: folder.to_path_buf(),
+            port,
+        }
+    }
+
+    /// The messages received so far, in order, with their envelopes.
+    fn messages(&self) -> Vec<(Vec<u8>, Value)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let eml = self.folder.join(format!("{n}.eml"));
+            let Ok(raw) = fs::read(&eml) else { break };
+            let envelope = fs::read_to_string(self.folder.join(format!("{n}.json")))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            out.push((raw, envelope));
+        }
+        out
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn succeeds(run: Run) -> Run {
+    assert_eq!(run.code, 0, "{}", run.describe());
+    run
+}
+
+fn run_until_done(dir: &Path) -> Run {
+    succeeds(wavelift(dir, &["run", ".", "--until-done", "--time-warp"]))
+}
+
+/// Appends to the quickstart's configuration.
+fn configure(dir: &Path, yaml: &str) {
+    let file = dir.join("wavelift.yaml");
+    let mut text = fs::read_to_string(&file).expect("wavelift.yaml");
+    text.push_str(yaml);
+    fs::write(&file, text).expect("wavelift.yaml written");
+}
+
+fn header(raw: &[u8], name: &str) -> String {
+    mailparse::parse_mail(raw)
+        .expect("a MIME message")
+        .headers
+        .get_first_value(name)
+        .unwrap_or_default()
+}
+
+/// The `reports: N recorded, M delivered` line of `wavelift status`.
+fn report_counts(dir: &Path) -> (usize, usize) {
+    let status = succeeds(wavelift(dir, &["status"]));
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("reports: "))
+        .unwrap_or_else(|| panic!("no reports line:\n{}", status.stdout))
+        .to_owned();
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn a_run_delivers_every_report_over_smtp_once_each() {
+    // Starts: aiosmtpd on a free loopback port, and the wavelift binary (run, status).
+    let scratch = Scratch::new("mail-run");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let sink = SmtpSink::start(&scratch.path().join("received"), free_port(), false);
+    configure(
+        &dir,
+        &format!(
+            "smtp:\n  url: smtp://127.0.0.1:{}\n  from: wavelift@example.com\n",
+            sink.port
+        ),
+    );
+    let run = run_until_done(&dir);
+    assert!(
+        run.stderr
+            .contains(&format!("reports go to smtp://127.0.0.1:{}", sink.port)),
+        "{}",
+        run.describe()
+    );
+    let (recorded, delivered) = report_counts(&dir);
+    assert_eq!(recorded, delivered, "every report delivered");
+    let messages = sink.messages();
+    assert_eq!(messages.len(), recorded, "one message per report");
+    let ids: BTreeSet<String> = messages
+        .iter()
+        .map(|(raw, _)| header(raw, "Message-ID"))
+        .collect();
+    assert_eq!(ids.len(), messages.len(), "no message twice: {ids:?}");
+    let subjects: Vec<String> = messages
+        .iter()
+        .map(|(raw, _)| header(raw, "Subject"))
+        .collect();
+    for wave in ["wave-1", "wave-2"] {
+        for kind in [
+            "cutover readiness: GO",
+            "cutover report: COMPLETE",
+            "digest",
+        ] {
+            let n = subjects
+                .iter()
+                .filter(|s| s.contains(&format!("[{wave}] {kind}")))
+                .count();
+            if kind == "digest" {
+                assert!(n >= 7, "{wave}: a digest a day while active, got {n}");
+            } else {
+                assert_eq!(n, 1, "{wave} {kind}: {subjects:#?}");
+            }
+        }
+    }
+    // The cutover report of wave-2 as a mail client sees it.
+    let (raw, envelope) = messages
+        .iter()
+        .find(|(raw, _)| header(raw, "Subject").contains("[wave-2] cutover report"))
+        .expect("wave-2's cutover report");
+    let mail = mailparse::parse_mail(raw).expect("a MIME message");
+    assert_eq!(header(raw, "From"), "wavelift@example.com");
+    assert_eq!(mail.ctype.mimetype, "multipart/alternative");
+    let parts: Vec<(String, String)> = mail
+        .subparts
+        .iter()
+        .map(|p| (p.ctype.mimetype.clone(), p.get_body().expect("a body")))
+        .collect();
+    assert_eq!(parts[0].0, "text/plain");
+    assert_eq!(parts[1].0, "text/html");
+    let text = parts[0].1.replace("\r\n", "\n");
+    assert!(text.contains("OUTCOME: COMPLETE"), "{text}");
+    assert!(text.contains("- 4 of 4 servers cut over"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  target sim-target-") && l.contains(".rehearsal.invalid")),
+        "{text}"
+    );
+    assert!(text.contains("  final lag: "), "{text}");
+    assert!(parts[1].1.contains("<table"), "HTML tables");
+    let to: BTreeSet<String> = header(raw, "To")
+        .split(',')
+        .map(|a| a.trim().to_owned())
+        .collect();
+    let rcpt: BTreeSet<String> = envelope["rcpt_tos"]
+        .as_array()
+        .expect("RCPT TO list")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        rcpt,
+        BTreeSet::from([
+            "factory-lead@example.com".to_owned(),
+            "shop-owner@example.com".to_owned()
+        ])
+    );
+    assert_eq!(to, rcpt, "the envelope goes to the To: addresses");
+    assert_eq!(envelope["mail_from"], "wavelift@example.com");
+
+    // Once per event: running again sends nothing more.
+    run_until_done(&dir);
+    assert_eq!(sink.messages().len(), recorded);
+    assert_eq!(report_counts(&dir), (recorded, recorded));
+}
+
+#[test]
+fn smtp_down_means_retries_then_a_recorded_failure_and_the_message_kept() {
+    // Starts: the wavelift binary against a loopback port where nothing listens, then
+    // aiosmtpd that refuses every recipient, then one that accepts.
+    let scratch = Scratch::new("mail-down");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let port = free_port();
+    configure(
+        &dir,
+        &format!(
+            "smtp:\n  url: smtp://127.0.0.1:{port}\n  from: wavelift@example.com\n\
+             reports:\n  digest: \"off\"\n  attempts: 2\n  retry_after: 1s\n"
+        ),
+    );
+    let started = Instant::now();
+    let run = run_until_done(&dir);
+    assert!(
+        run.stderr.contains("report not delivered (") && run.stderr.contains("Connection refused"),
+        "{}",
+        run.describe()
+    );
+    // Each report was tried twice, one second apart, then kept in the outbox; a run
+    // that ends before the second attempt leaves it waiting: go on until none waits.
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let status = succeeds(wavelift(&dir, &["status"]));
+        if !status.stdout.contains("not delivered yet") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        succeeds(wavelift(&dir, &["run", "--until-done", "--time-warp"]));
+    }
+    let status = succeeds(wavelift(&dir, &["status"]));
+    let given_up: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  given up on after 2 attempt(s): "))
+        .collect();
+    assert_eq!(
+        given_up.len(),
+        4,
+        "readiness and cutover of two waves:\n{}",
+        status.stdout
+    );
+    for line in &given_up {
+        assert!(line.contains("Connection refused"), "{line}");
+        let kept = line
+            .rsplit_once("; kept in ")
+            .expect("kept in the outbox")
+            .1;
+        let raw = fs::read(kept).unwrap_or_else(|e| panic!("{kept}: {e}"));
+        assert!(line.contains(&header(&raw, "Subject")), "{line}");
+    }
+
+    // A server that refuses for good (550): no retry; kept.
+    let refusing = SmtpSink::start(&scratch.path().join("refused"), port, true);
+    let refused = wavelift(&dir, &["report", "wave-1", "--kind", "cutover", "--send"]);
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert!(
+        refused.stdout.contains("not delivered (refused for good: ")
+            && refused.stdout.contains("550")
+            && refused.stdout.contains("; the message is kept in "),
+        "{}",
+        refused.describe()
+    );
+    assert!(refusing.messages().is_empty());
+    drop(refusing);
+
+    // Down for the first attempt, up for the second: delivered once.
+    let send = wavelift_command(&dir)
+        .args(["report", "wave-2", "--kind", "digest", "--send"])
+        .output()
+        .expect("wavelift");
+    let stdout = String::from_utf8_lossy(&send.stdout);
+    assert!(stdout.contains(": not delivered yet ("), "{stdout}");
+    let sink = SmtpSink::start(&scratch.path().join("received"), port, false);
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = succeeds(wavelift(&dir, &["run", "--until-done", "--time-warp"]));
+    assert!(
+        run.stderr
+            .contains(&format!("report delivered via smtp://127.0.0.1:{port}: ")),
+        "{}",
+        run.describe()
+    );
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(header(&messages[0].0, "Subject").contains("[wave-2] digest"));
+    succeeds(wavelift(&dir, &["run", "--until-done", "--time-warp"]));
+    assert_eq!(sink.messages().len(), 1, "never twice");
+}

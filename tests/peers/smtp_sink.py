@@ -1,0 +1,65 @@
+"""An SMTP server for Wavelift's tests (aiosmtpd): every message it accepts is written to
+a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
+
+    python3 smtp_sink.py --port PORT --folder DIR [--reject-all]
+
+--reject-all answers every RCPT TO with 550 (a permanent refusal). The server prints
+"ready" once it listens, and runs until killed.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, folder, reject_all):
+        self.folder = folder
+        self.reject_all = reject_all
+        self.count = 0
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.reject_all:
+            return "550 5.1.1 mailbox unavailable (the test server refuses everything)"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.count += 1
+            n = self.count
+        base = os.path.join(self.folder, str(n))
+        with open(base + ".eml.partial", "wb") as f:
+            f.write(envelope.original_content)
+        with open(base + ".json", "w") as f:
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+        os.rename(base + ".eml.partial", base + ".eml")
+        return "250 Message accepted"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--folder", required=True)
+    parser.add_argument("--reject-all", action="store_true")
+    args = parser.parse_args()
+    os.makedirs(args.folder, exist_ok=True)
+    controller = Controller(Sink(args.folder, args.reject_all), hostname="127.0.0.1", port=args.port)
+    controller.start()
+    print("ready", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    controller.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
