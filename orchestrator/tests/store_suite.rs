@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orchestrator::store::{
-    ApplyOptions, ApplyReport, AttemptRecord, Completion, Limit, NewEvent, Store, TaskRow,
+    ApplyOptions, ApplyReport, AttemptRecord, Completion, Limit, NewEvent, NewReport, Store,
+    TaskRow,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
@@ -77,6 +78,7 @@ store_suite!(
     events_are_appended_in_order_and_filtered_by_wave,
     next_due_and_unfinished_count_follow_the_tasks,
     claim_at_next_due_finds_the_task_whose_lease_expired,
+    a_report_is_recorded_once_per_event_and_delivered_under_a_lease,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2163,6 +2165,126 @@ async fn claim_at_next_due_finds_the_task_whose_lease_expired(h: Harness) -> any
         taken.contains_key("web-1/prereq_check"),
         "next_due said {due}, but a claim at {due} finds nothing (the lease expires at {})",
         t.build + LEASE
+    );
+    Ok(())
+}
+
+async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let report = |event: &str| NewReport {
+        wave: WAVE_A.to_owned(),
+        kind: "readiness".to_owned(),
+        event: event.to_owned(),
+        due_at: 1_000,
+        subject: format!("readiness {event}"),
+        sender: "wavelift@example.com".to_owned(),
+        recipients: vec!["a@example.com".to_owned(), "b@example.com".to_owned()],
+        message: "Subject: x\r\n\r\nbody\r\n".to_owned(),
+    };
+    let first = h.store.record_report(&report("window 1"), 5_000).await?;
+    let id = first.context("recorded")?;
+    // The same event again, from this process or another: nothing new.
+    assert_eq!(
+        h.store.record_report(&report("window 1"), 6_000).await?,
+        None
+    );
+    assert!(
+        h.store
+            .report_recorded(WAVE_A, "readiness", "window 1")
+            .await?
+    );
+    assert!(
+        !h.store
+            .report_recorded(WAVE_A, "readiness", "window 2")
+            .await?
+    );
+    assert_eq!(h.store.reports(None).await?.len(), 1);
+    // Due from its recording on; one attempt holds it under a lease.
+    assert!(h.store.reports_to_deliver(4_999, 10).await?.is_empty());
+    let due = h.store.reports_to_deliver(5_000, 10).await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].recipients(), ["a@example.com", "b@example.com"]);
+    assert!(h.store.take_report(id, 5_000, 65_000).await?);
+    assert!(
+        !h.store.take_report(id, 5_000, 65_000).await?,
+        "a second taker is refused while the lease holds"
+    );
+    assert!(h.store.reports_to_deliver(64_999, 10).await?.is_empty());
+    // A failed attempt waits for its retry; the lease of a crashed one runs out.
+    let taken = &h.store.reports(None).await?[0];
+    assert_eq!((taken.state.as_str(), taken.attempts), ("sending", 1));
+    h.store
+        .report_not_delivered(taken, 6_000, "connection refused", Some(10_000), None)
+        .await?;
+    assert_eq!(h.store.next_report_attempt().await?, Some(10_000));
+    assert!(h.store.take_report(id, 10_000, 70_000).await?);
+    let crashed = h.store.reports_to_deliver(70_000, 10).await?;
+    assert_eq!(crashed.len(), 1, "a lease that ran out makes it due again");
+    assert!(h.store.take_report(id, 70_000, 130_000).await?);
+    let taken = &h.store.reports(None).await?[0];
+    assert_eq!(taken.attempts, 3);
+    h.store
+        .report_delivered(taken, 71_000, "smtp://127.0.0.1:25")
+        .await?;
+    let done = &h.store.reports(None).await?[0];
+    assert_eq!(done.state, "delivered");
+    assert_eq!(done.delivered_via.as_deref(), Some("smtp://127.0.0.1:25"));
+    assert_eq!(done.last_error, None);
+    assert!(h.store.reports_to_deliver(i64::MAX, 10).await?.is_empty());
+    assert_eq!(h.store.next_report_attempt().await?, None);
+    assert!(
+        !h.store.take_report(id, 200_000, 300_000).await?,
+        "delivered is final"
+    );
+    // Given up on: failed, with where the message was kept.
+    let other = h
+        .store
+        .record_report(&report("window 2"), 5_000)
+        .await?
+        .context("recorded")?;
+    assert!(h.store.take_report(other, 5_000, 65_000).await?);
+    let row = h
+        .store
+        .reports(None)
+        .await?
+        .into_iter()
+        .find(|r| r.id == other)
+        .context("row")?;
+    h.store
+        .report_not_delivered(&row, 6_000, "550 refused", None, Some("/outbox/x.eml"))
+        .await?;
+    let row = h
+        .store
+        .reports(None)
+        .await?
+        .into_iter()
+        .find(|r| r.id == other)
+        .context("row")?;
+    assert_eq!(row.state, "failed");
+    assert_eq!(row.delivered_via.as_deref(), Some("/outbox/x.eml"));
+    assert_eq!(
+        h.store.last_report_due(WAVE_A, "readiness").await?,
+        Some(1_000)
+    );
+    // The log says what happened to each.
+    let kinds: Vec<String> = h
+        .store
+        .events_after(0, Some(WAVE_A), 100)
+        .await?
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("report."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "report.recorded",
+            "report.retry",
+            "report.delivered",
+            "report.recorded",
+            "report.failed"
+        ]
     );
     Ok(())
 }

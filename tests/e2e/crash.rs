@@ -284,6 +284,7 @@ fn kill_until_a_run_finishes(
 
 /// The uninterrupted run everything killed is compared with.
 struct Reference {
+    dir: PathBuf,
     states: BTreeMap<String, String>,
     actions: Vec<ActionRecord>,
     counts: BTreeMap<(String, String, String), usize>,
@@ -311,6 +312,7 @@ fn reference_run(folder: &Path) -> Reference {
     );
     Reference {
         states: task_states(&dir),
+        dir,
         actions,
         counts,
         time,
@@ -337,6 +339,42 @@ fn assert_ends_as(reference: &Reference, dir: &Path) {
         differences.is_empty(),
         "the final states differ from the uninterrupted run's:\n  {}",
         differences.join("\n  ")
+    );
+    // Reports: the same events as the uninterrupted run, each at most once in the
+    // outbox (a report whose attempt a kill cut short is delivered when its lease ends).
+    let reports = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(".wavelift/outbox"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".eml"))
+                    .map(|n| n.rsplitn(2, '-').nth(1).unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let outbox = reports(dir);
+    let mut unique = outbox.clone();
+    unique.dedup();
+    assert_eq!(outbox, unique, "a report written twice to the outbox");
+    let recorded = |dir: &Path| {
+        wavelift(dir, &["status"])
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("reports: "))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    };
+    assert!(
+        recorded(&reference.dir).is_some(),
+        "the reference run made reports"
+    );
+    assert_eq!(
+        recorded(dir),
+        recorded(&reference.dir),
+        "the killed run recorded other reports than the uninterrupted one"
     );
     let actions = engine_actions(dir);
     let count_in_reference = |key: &(String, String, String)| -> usize {

@@ -23,16 +23,23 @@ struct SmtpSink {
 
 impl SmtpSink {
     fn start(folder: &Path, port: u16, reject_all: bool) -> SmtpSink {
+        SmtpSink::start_with(
+            folder,
+            port,
+            if reject_all { &["--reject-all"] } else { &[] },
+        )
+    }
+
+    /// With the script's options (`--starttls`, `--implicit-tls`, `--cert`, `--auth`...).
+    fn start_with(folder: &Path, port: u16, options: &[&str]) -> SmtpSink {
         let mut command = Command::new("python3");
         command
             .arg(workspace_root().join("tests/peers/smtp_sink.py"))
             .args(["--port", &port.to_string(), "--folder"])
             .arg(folder)
+            .args(options)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if reject_all {
-            command.arg("--reject-all");
-        }
+            .stderr(Stdio::null());
         let mut child = command
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd; .ci/run installs it)");
@@ -310,4 +317,210 @@ fn smtp_down_means_retries_then_a_recorded_failure_and_the_message_kept() {
     assert!(header(&messages[0].0, "Subject").contains("[wave-2] digest"));
     succeeds(wavelift(&dir, &["run", "--until-done", "--time-warp"]));
     assert_eq!(sink.messages().len(), 1, "never twice");
+}
+
+/// A throwaway certificate authority and a server certificate for 127.0.0.1 signed by
+/// it, made with the openssl command; returns (ca.pem, server.pem, server.key).
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Wavelift test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn starttls_and_implicit_tls_with_a_password_from_a_credential_reference() {
+    // Starts: aiosmtpd requiring STARTTLS and AUTH (user reports), then aiosmtpd with
+    // implicit TLS, both with a certificate from a throwaway CA made by openssl; and the
+    // wavelift binary (run, report --send).
+    let scratch = Scratch::new("mail-tls");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let (ca, cert, key) = test_certificates(scratch.path());
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let port = free_port();
+    let sink = SmtpSink::start_with(
+        &scratch.path().join("starttls"),
+        port,
+        &[
+            "--starttls",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--auth",
+            "reports:s3cret pass",
+        ],
+    );
+    configure(
+        &dir,
+        &format!(
+            "smtp:\n  url: smtp://reports@127.0.0.1:{port}\n  from: wavelift@example.com\n  \
+             credential: env:TEST_SMTP_PASSWORD\n  ca_file: {}\nreports:\n  digest: \"off\"\n",
+            ca.display()
+        ),
+    );
+    succeeds(
+        wavelift_command(&dir)
+            .args(["run", ".", "--until-done", "--time-warp"])
+            .env("TEST_SMTP_PASSWORD", "s3cret pass")
+            .output()
+            .map(run_of)
+            .expect("wavelift"),
+    );
+    let received = sink.messages();
+    assert_eq!(received.len(), 4, "readiness and cutover of two waves");
+    assert!(
+        received
+            .iter()
+            .all(|(_, env)| env["mail_from"] == "wavelift@example.com")
+    );
+
+    // A wrong password is refused for good; the message is kept.
+    let wrong = wavelift_command(&dir)
+        .args(["report", "wave-1", "--kind", "cutover", "--send"])
+        .env("TEST_SMTP_PASSWORD", "guess")
+        .output()
+        .map(run_of)
+        .expect("wavelift");
+    assert_eq!(wrong.code, 1, "{}", wrong.describe());
+    assert!(
+        wrong.stdout.contains("refused for good: ") && wrong.stdout.contains("535"),
+        "{}",
+        wrong.describe()
+    );
+    // No password in the environment: said before anything is sent.
+    let unset = wavelift(&dir, &["report", "wave-1", "--kind", "cutover", "--send"]);
+    assert_eq!(unset.code, 1);
+    assert!(
+        unset
+            .stderr
+            .contains("the credential env:TEST_SMTP_PASSWORD is not set in Wavelift's environment"),
+        "{}",
+        unset.describe()
+    );
+    assert_eq!(sink.messages().len(), 4);
+    drop(sink);
+
+    // Implicit TLS (smtps://), no authentication; a certificate nobody vouches for is
+    // refused, the test CA's is accepted.
+    let port = free_port();
+    let sink = SmtpSink::start_with(
+        &scratch.path().join("smtps"),
+        port,
+        &["--implicit-tls", "--cert", &cert, "--key", &key],
+    );
+    let ca_line = format!("  ca_file: {}\n", ca.display());
+    edit_config(&dir, "  credential: env:TEST_SMTP_PASSWORD\n", "");
+    edit_config(&dir, &ca_line, "");
+    let untrusted = wavelift_command(&dir)
+        .args(["report", "wave-2", "--kind", "digest", "--send"])
+        .env("WAVELIFT_SMTP_URL", format!("smtps://127.0.0.1:{port}"))
+        .output()
+        .map(run_of)
+        .expect("wavelift");
+    assert!(
+        untrusted.stdout.contains("not delivered yet ("),
+        "{}",
+        untrusted.describe()
+    );
+    assert!(
+        untrusted.stdout.to_lowercase().contains("certificate"),
+        "{}",
+        untrusted.describe()
+    );
+    edit_config(&dir, "reports:\n", &format!("{ca_line}reports:\n"));
+    let trusted = wavelift_command(&dir)
+        .args(["report", "wave-2", "--kind", "digest", "--send"])
+        .env("WAVELIFT_SMTP_URL", format!("smtps://127.0.0.1:{port}"))
+        .output()
+        .map(run_of)
+        .expect("wavelift");
+    assert_eq!(trusted.code, 0, "{}", trusted.describe());
+    assert!(
+        trusted
+            .stdout
+            .contains(&format!("delivered via smtps://127.0.0.1:{port}")),
+        "{}",
+        trusted.describe()
+    );
+    assert_eq!(sink.messages().len(), 1);
+}
+
+/// Edits the configuration and applies it: a run reads the stored revision's.
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    wavelift_tests::edit(&dir.join("wavelift.yaml"), from, to);
+    succeeds(wavelift(dir, &["apply", "."]));
+}
+
+fn run_of(output: std::process::Output) -> Run {
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }

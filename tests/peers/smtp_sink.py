@@ -2,19 +2,24 @@
 a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
 
     python3 smtp_sink.py --port PORT --folder DIR [--reject-all]
+        [--starttls | --implicit-tls] [--cert PEM --key PEM] [--auth USER:PASSWORD]
 
---reject-all answers every RCPT TO with 550 (a permanent refusal). The server prints
-"ready" once it listens, and runs until killed.
+--reject-all answers every RCPT TO with 550 (a permanent refusal). --starttls requires
+STARTTLS before anything else; --implicit-tls speaks TLS from the first byte (smtps).
+--auth requires AUTH (PLAIN or LOGIN) with that user and password, over TLS only. The
+server prints "ready" once it listens, and runs until killed.
 """
 
 import argparse
 import json
+import ssl
 import os
 import signal
 import sys
 import threading
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -48,9 +53,36 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--folder", required=True)
     parser.add_argument("--reject-all", action="store_true")
+    parser.add_argument("--starttls", action="store_true")
+    parser.add_argument("--implicit-tls", action="store_true")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--auth")
     args = parser.parse_args()
     os.makedirs(args.folder, exist_ok=True)
-    controller = Controller(Sink(args.folder, args.reject_all), hostname="127.0.0.1", port=args.port)
+    options = {}
+    if args.starttls or args.implicit_tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.starttls:
+            options.update(tls_context=context, require_starttls=True)
+        else:
+            options.update(ssl_context=context)
+    if args.auth:
+        user, password = args.auth.split(":", 1)
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = (
+                isinstance(auth_data, LoginPassword)
+                and auth_data.login.decode() == user
+                and auth_data.password.decode() == password
+            )
+            return AuthResult(success=ok, handled=False)
+
+        options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
+    controller = Controller(
+        Sink(args.folder, args.reject_all), hostname="127.0.0.1", port=args.port, **options
+    )
     controller.start()
     print("ready", flush=True)
     stop = threading.Event()

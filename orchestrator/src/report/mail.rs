@@ -28,11 +28,15 @@ use super::outbox;
 use crate::store::{ReportRow, Store};
 
 /// How long one attempt may hold a report: a crashed attempt's report is retried after.
-const ATTEMPT_LEASE_MS: i64 = 5 * 60_000;
+/// An SMTP conversation may take minutes; writing to the outbox takes milliseconds.
+const SMTP_LEASE_MS: i64 = 5 * 60_000;
+const OUTBOX_LEASE_MS: i64 = 10_000;
 /// The longest wait between two attempts.
 const MAX_RETRY_WAIT_MS: i64 = 3_600_000;
 /// How long the SMTP conversation may wait for the server at each command.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one whole delivery may take, whatever the server does.
+const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where reports go, and how hard delivery is tried.
 pub struct Mailer {
@@ -291,7 +295,7 @@ impl Mailer {
         now: i64,
     ) -> anyhow::Result<Attempt> {
         if !store
-            .take_report(report.id, now, now + ATTEMPT_LEASE_MS)
+            .take_report(report.id, now, now + self.lease_ms())
             .await?
         {
             return Ok(Attempt::Taken);
@@ -348,21 +352,41 @@ impl Mailer {
                     message: format!("{e:#}"),
                     permanent: true,
                 })?;
-                match transport
-                    .send_raw(&envelope, report.message.as_bytes())
-                    .await
-                {
-                    Ok(_) => Ok(shown.clone()),
-                    Err(err) => Err(Failure {
+                // lettre's timeout covers connecting; a server that stops answering
+                // mid-conversation is given up on here.
+                let sent = tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    transport.send_raw(&envelope, report.message.as_bytes()),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(_)) => Ok(shown.clone()),
+                    Ok(Err(err)) => Err(Failure {
                         permanent: err.is_permanent(),
                         message: error_chain(&err),
+                    }),
+                    Err(_) => Err(Failure {
+                        permanent: false,
+                        message: format!(
+                            "{shown} did not finish the conversation within {}s",
+                            SEND_TIMEOUT.as_secs()
+                        ),
                     }),
                 }
             }
         }
     }
 
-    /// Writes the report's message to the outbox; returns the file.
+    fn lease_ms(&self) -> i64 {
+        match self.route {
+            Route::Outbox => OUTBOX_LEASE_MS,
+            Route::Smtp { .. } => SMTP_LEASE_MS,
+        }
+    }
+
+    /// Writes the report's message to the outbox; returns the file. The file is named
+    /// after the report, so an attempt cut short after the write (the file appears whole
+    /// or not at all) finds it and writes no second copy.
     fn keep(&self, report: &ReportRow) -> anyhow::Result<String> {
         let stamp = crate::scheduler::clock::timestamp(report.due_at)
             .strftime("%Y%m%dT%H%MZ")

@@ -663,4 +663,282 @@ mod tests {
         assert!(html.render("readiness", &data).is_err());
         assert!(text.render("readiness", &data).is_err());
     }
+
+    fn event(id: i64, at: i64, task: &str, kind: &str, message: &str) -> crate::store::EventRow {
+        crate::store::EventRow {
+            id,
+            at,
+            wave: "wave-1".to_owned(),
+            server: task.split('/').next().map(str::to_owned),
+            task_id: Some(task.to_owned()),
+            kind: kind.to_owned(),
+            message: message.to_owned(),
+            data: None,
+        }
+    }
+
+    fn attempt(
+        task: &str,
+        outcome: &str,
+        checks: &str,
+        error: Option<&str>,
+    ) -> crate::store::AttemptRow {
+        crate::store::AttemptRow {
+            task_id: task.to_owned(),
+            number: 1,
+            started_at: 1_801_500_000_000,
+            finished_at: 1_801_502_000_000,
+            outcome: outcome.to_owned(),
+            checks: checks.to_owned(),
+            output: String::new(),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    /// web-01 cut over (source stopped 22:00, finalized 22:20); web-02 rolled back.
+    fn cutover_fixture() -> (
+        Vec<TaskRow>,
+        Vec<crate::store::EventRow>,
+        Vec<crate::store::AttemptRow>,
+    ) {
+        let mut tasks = ready_wave();
+        for t in &mut tasks {
+            if t.kind == "cutover" {
+                t.started_at = Some(1_801_500_000_000);
+                t.finished_at = Some(1_801_501_200_000);
+                t.state = "succeeded".to_owned();
+            }
+            if t.id == "web-02/cutover" {
+                t.state = "failed".to_owned();
+                t.reason = Some(
+                    "rolled back: the cutover did not finish before the window ended".to_owned(),
+                );
+            }
+        }
+        let start = 1_801_500_000_000;
+        let events = vec![
+            event(
+                1,
+                start,
+                "web-01/cutover",
+                "shell.shutdown",
+                "rehearsal: the source would be shut down",
+            ),
+            event(
+                2,
+                start,
+                "web-01/cutover",
+                "engine.start_launch",
+                "cutover launch, job j-1 (2 server(s))",
+            ),
+            event(
+                3,
+                start + 600_000,
+                "web-01/cutover",
+                "task.progress",
+                "web-01/cutover: waiting for the cutover target to boot",
+            ),
+            event(
+                4,
+                start + 1_200_000,
+                "web-01/cutover",
+                "engine.finalize_cutover",
+                "target i-0abc",
+            ),
+            event(
+                5,
+                start + 1_200_000,
+                "web-01/cutover",
+                "task.succeeded",
+                "web-01/cutover succeeded: cut over to i-0abc",
+            ),
+            event(
+                6,
+                start,
+                "web-02/cutover",
+                "engine.start_launch",
+                "cutover launch, job j-1 (2 server(s))",
+            ),
+            event(
+                7,
+                start + 21_600_000,
+                "web-02/cutover",
+                "engine.change_life_cycle",
+                "ready_for_cutover (rollback)",
+            ),
+            event(
+                8,
+                start + 21_600_000,
+                "web-02/cutover",
+                "engine.terminate_targets",
+                "cutover target i-0def",
+            ),
+        ];
+        let attempts = vec![
+            attempt(
+                "web-01/cutover",
+                "succeeded",
+                r#"[{"name":"status checks","passed":true,"detail":"i-0abc running at 10.1.2.3","remediation":null}]"#,
+                None,
+            ),
+            attempt(
+                "web-01/replication_verify",
+                "succeeded",
+                r#"[{"name":"lag","passed":true,"detail":"3s (at most 5m)","remediation":null}]"#,
+                None,
+            ),
+            attempt(
+                "web-02/cutover",
+                "failed",
+                "[]",
+                Some("rolled back: the cutover did not finish before the window ended"),
+            ),
+        ];
+        (tasks, events, attempts)
+    }
+
+    #[test]
+    fn the_cutover_report_shows_each_server_steps_target_downtime_and_rollbacks() {
+        let (tasks, events, attempts) = cutover_fixture();
+        let report = CutoverReport::from_parts(
+            &calendar(),
+            &tasks,
+            &events,
+            &attempts,
+            1_801_530_000_000,
+            false,
+        );
+        assert_eq!(report.outcome, "INCOMPLETE");
+        assert_eq!(
+            report.summary,
+            [
+                "1 of 2 servers cut over",
+                "1 rolled back",
+                "1 failed, blocked or cancelled"
+            ]
+        );
+        let web1 = &report.servers[0];
+        assert_eq!(
+            (web1.target.as_str(), web1.address.as_str()),
+            ("i-0abc", "10.1.2.3")
+        );
+        assert_eq!(web1.downtime, "20m");
+        assert_eq!(web1.final_lag, "3s (at most 5m)");
+        assert_eq!(web1.steps.len(), 5);
+        assert_eq!(web1.steps[2].what, "waiting for the cutover target to boot");
+        assert_eq!(
+            (web1.steps[2].start.as_str(), web1.steps[2].end.as_str()),
+            ("Mon 2027-02-01 17:50", "Mon 2027-02-01 18:00")
+        );
+        assert!(!web1.rolled_back);
+        let web2 = &report.servers[1];
+        assert!(web2.rolled_back);
+        assert_eq!(
+            web2.failures,
+            ["attempt 1 failed: rolled back: the cutover did not finish before the window ended"]
+        );
+        assert_eq!(web2.target, "-");
+        let rendered = report.render().expect("renders");
+        assert!(rendered.subject.ends_with("cutover report: INCOMPLETE, 1 of 2 servers cut over in the window of Mon 2027-02-01 17:40"));
+        assert!(
+            rendered
+                .text
+                .lines()
+                .any(|l| l == "web-02 (shop): failed, rolled back"),
+            "{}",
+            rendered.text
+        );
+        assert!(
+            rendered.text.lines().any(|l| l == "  downtime: 20m"),
+            "{}",
+            rendered.text
+        );
+        assert!(rendered.html.contains("10.1.2.3"));
+        assert!(rendered.html.contains("rolled back"));
+    }
+
+    #[test]
+    fn the_digest_counts_what_happened_and_lists_what_fails_and_waits() {
+        let mut tasks = ready_wave();
+        for t in &mut tasks {
+            if t.id == "web-02/boot_test" {
+                t.state = "failed".to_owned();
+                t.reason = Some("status checks <impaired>".to_owned());
+            }
+            if t.kind == "gate" {
+                t.state = "pending".to_owned();
+                t.approval_required = true;
+            }
+        }
+        let counts = BTreeMap::from([
+            ("task.succeeded".to_owned(), 6),
+            ("task.failed".to_owned(), 1),
+            ("task.progress".to_owned(), 40),
+        ]);
+        let digest = Digest::from_parts(
+            &calendar(),
+            &tasks,
+            &counts,
+            1_801_300_000_000,
+            1_801_386_400_000,
+            true,
+        );
+        assert_eq!(digest.phase, "cutover week");
+        assert_eq!(digest.happened, ["6 task(s) succeeded", "1 task(s) failed"]);
+        assert_eq!(
+            digest.problems,
+            ["web-02 boot_test failed: status checks <impaired>"]
+        );
+        assert_eq!(digest.approvals.len(), 1);
+        let boot = digest
+            .bars
+            .iter()
+            .find(|b| b.label == "boot tests passed")
+            .expect("a bar");
+        assert_eq!((boot.done, boot.total), (1, 2));
+        let rendered = digest.render().expect("renders");
+        assert!(
+            rendered.subject.starts_with("REHEARSAL [wave-1] digest "),
+            "{}",
+            rendered.subject
+        );
+        assert!(
+            rendered
+                .subject
+                .ends_with(": cutover week, 6 of 11 tasks done, 1 task(s) failed or blocked"),
+            "{}",
+            rendered.subject
+        );
+        assert!(
+            rendered
+                .text
+                .contains("- web-02 boot_test failed: status checks <impaired>")
+        );
+        assert!(rendered.html.contains("status checks &lt;impaired&gt;"));
+        assert!(
+            rendered
+                .text
+                .contains("  shop: wavelift approve wave-1 --app shop")
+        );
+    }
+
+    #[test]
+    fn every_template_renders_with_fixture_data_and_loads_nothing_from_elsewhere() {
+        let (tasks, events, attempts) = cutover_fixture();
+        let rendered = [
+            Readiness::from_tasks(&calendar(), &owners(), &ready_wave(), 0, false).render(),
+            CutoverReport::from_parts(&calendar(), &tasks, &events, &attempts, 0, false).render(),
+            Digest::from_parts(&calendar(), &tasks, &BTreeMap::new(), 0, 0, false).render(),
+        ];
+        for r in rendered {
+            let r = r.expect("renders");
+            assert!(
+                r.html.starts_with("<!DOCTYPE html>") && r.html.trim_end().ends_with("</html>")
+            );
+            for external in ["src=\"http", "href=\"http", "<link", "<script", "url("] {
+                assert!(!r.html.contains(external), "{external} in {}", r.subject);
+            }
+            assert!(r.text.starts_with(&r.subject));
+        }
+    }
 }

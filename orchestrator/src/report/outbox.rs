@@ -49,17 +49,15 @@ pub fn message(
         .context("cannot build the message")
 }
 
-/// Writes a message (RFC 5322 bytes) to `folder` as `NAME.eml` (NAME-2.eml, ... if
-/// taken); returns the file. The file appears whole or not at all (written aside, then
-/// renamed).
+/// Writes a message (RFC 5322 bytes) to `folder` as `NAME.eml`; returns the file. The
+/// file appears whole or not at all (written aside, then renamed), and a name already
+/// there is the same message written before: it is left as it is.
 pub fn write_bytes(folder: &Path, name: &str, message: &[u8]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(folder)
         .with_context(|| format!("cannot create the outbox {}", folder.display()))?;
-    let mut path = folder.join(format!("{name}.eml"));
-    let mut n = 1;
-    while path.exists() {
-        n += 1;
-        path = folder.join(format!("{name}-{n}.eml"));
+    let path = folder.join(format!("{name}.eml"));
+    if path.exists() {
+        return Ok(path);
     }
     let partial = folder.join(format!(".{name}.eml.partial"));
     std::fs::write(&partial, message)
