@@ -349,7 +349,7 @@ fn assert_ends_as(reference: &Reference, dir: &Path) {
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|n| n.ends_with(".eml"))
-                    .map(|n| n.rsplitn(2, '-').nth(1).unwrap_or_default().to_owned())
+                    .map(|n| n.rsplit_once('-').map_or("", |(name, _)| name).to_owned())
                     .collect()
             })
             .unwrap_or_default();

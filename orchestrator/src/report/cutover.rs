@@ -8,20 +8,17 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use waves::units::format_seconds;
 
-use super::{AMBER, Bar, GREEN, RED, Rendered, calendar_of, is_rehearsal, last_note, render};
+use super::{
+    AMBER, Bar, GREEN, Heading, RED, Rendered, calendar_of, is_rehearsal, last_note, render,
+};
 use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
 use crate::store::{AttemptRow, EventRow, Store, TaskRow, TaskState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CutoverReport {
-    pub subject: String,
-    pub wave: String,
-    pub rehearsal: bool,
-    pub window_start: String,
-    pub window_end: String,
-    pub timezone: String,
-    pub generated_at: String,
+    #[serde(flatten)]
+    pub heading: Heading,
     /// `COMPLETE`, `INCOMPLETE` or `IN PROGRESS`.
     pub outcome: String,
     pub outcome_colour: String,
@@ -163,17 +160,16 @@ impl CutoverReport {
         };
         let label = if rehearsal { "REHEARSAL " } else { "" };
         CutoverReport {
-            subject: format!(
-                "{label}[{}] cutover report: {outcome}, {done} of {total} servers cut over in the window of {}",
-                calendar.name,
-                local_text(calendar.window_start, tz)
+            heading: Heading::new(
+                calendar,
+                format!(
+                    "{label}[{}] cutover report: {outcome}, {done} of {total} servers cut over in the window of {}",
+                    calendar.name,
+                    local_text(calendar.window_start, tz)
+                ),
+                now,
+                rehearsal,
             ),
-            wave: calendar.name.clone(),
-            rehearsal,
-            window_start: local_text(calendar.window_start, tz),
-            window_end: local_text(calendar.window_end, tz),
-            timezone: calendar.timezone.clone(),
-            generated_at: local_text(now, tz),
             outcome: outcome.to_owned(),
             outcome_colour: colour.to_owned(),
             summary,
@@ -183,7 +179,7 @@ impl CutoverReport {
     }
 
     pub fn render(&self) -> anyhow::Result<Rendered> {
-        render("cutover", &self.subject, self)
+        render("cutover", &self.heading.subject, self)
     }
 }
 

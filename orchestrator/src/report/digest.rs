@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{AMBER, Approval, Bar, GREEN, Rendered, calendar_of, is_rehearsal, render};
+use super::{AMBER, Approval, Bar, GREEN, Heading, Rendered, calendar_of, is_rehearsal, render};
 use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
 use crate::store::{Store, TaskRow, TaskState};
@@ -18,11 +18,8 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Digest {
-    pub subject: String,
-    pub wave: String,
-    pub rehearsal: bool,
-    pub timezone: String,
-    pub generated_at: String,
+    #[serde(flatten)]
+    pub heading: Heading,
     pub since: String,
     pub phase: String,
     pub next_milestone: String,
@@ -160,16 +157,17 @@ impl Digest {
             .strftime("%a %Y-%m-%d")
             .to_string();
         Digest {
-            subject: format!(
-                "{label}[{}] digest {date}: {}, {finished} of {} tasks done, {health}",
-                calendar.name,
-                standing.phase,
-                tasks.len()
+            heading: Heading::new(
+                calendar,
+                format!(
+                    "{label}[{}] digest {date}: {}, {finished} of {} tasks done, {health}",
+                    calendar.name,
+                    standing.phase,
+                    tasks.len()
+                ),
+                now,
+                rehearsal,
             ),
-            wave: calendar.name.clone(),
-            rehearsal,
-            timezone: calendar.timezone.clone(),
-            generated_at: local_text(now, tz),
             since: local_text(since, tz),
             phase: standing.phase.to_owned(),
             next_milestone: standing.next.map_or_else(
@@ -186,6 +184,6 @@ impl Digest {
     }
 
     pub fn render(&self) -> anyhow::Result<Rendered> {
-        render("digest", &self.subject, self)
+        render("digest", &self.heading.subject, self)
     }
 }

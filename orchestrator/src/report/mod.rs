@@ -145,9 +145,10 @@ pub struct Rendered {
     pub text: String,
 }
 
-/// What the readiness templates show.
+/// What every report's heading shows: its subject, the wave, whether it was a rehearsal,
+/// the window, and when the report was made (in the wave's time zone).
 #[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
+pub struct Heading {
     pub subject: String,
     pub wave: String,
     pub rehearsal: bool,
@@ -155,6 +156,33 @@ pub struct Readiness {
     pub window_end: String,
     pub timezone: String,
     pub generated_at: String,
+}
+
+impl Heading {
+    pub(super) fn new(
+        calendar: &WaveCalendar,
+        subject: String,
+        now: i64,
+        rehearsal: bool,
+    ) -> Heading {
+        let tz = calendar.timezone.as_str();
+        Heading {
+            subject,
+            wave: calendar.name.clone(),
+            rehearsal,
+            window_start: local_text(calendar.window_start, tz),
+            window_end: local_text(calendar.window_end, tz),
+            timezone: calendar.timezone.clone(),
+            generated_at: local_text(now, tz),
+        }
+    }
+}
+
+/// What the readiness templates show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    #[serde(flatten)]
+    pub heading: Heading,
     /// `GO` or `NO-GO`.
     pub decision: String,
     pub decision_colour: String,
@@ -427,17 +455,16 @@ impl Readiness {
         let decision = if go { "GO" } else { "NO-GO" }.to_owned();
         let label = if rehearsal { "REHEARSAL " } else { "" };
         Readiness {
-            subject: format!(
-                "{label}[{}] cutover readiness: {decision} for the window of {}",
-                calendar.name,
-                local_text(calendar.window_start, tz)
+            heading: Heading::new(
+                calendar,
+                format!(
+                    "{label}[{}] cutover readiness: {decision} for the window of {}",
+                    calendar.name,
+                    local_text(calendar.window_start, tz)
+                ),
+                now,
+                rehearsal,
             ),
-            wave: calendar.name.clone(),
-            rehearsal,
-            window_start: local_text(calendar.window_start, tz),
-            window_end: local_text(calendar.window_end, tz),
-            timezone: calendar.timezone.clone(),
-            generated_at: local_text(now, tz),
             decision,
             decision_colour: if go { GREEN } else { RED }.to_owned(),
             reasons,
@@ -451,7 +478,7 @@ impl Readiness {
     }
 
     pub fn render(&self) -> anyhow::Result<Rendered> {
-        render("readiness", &self.subject, self)
+        render("readiness", &self.heading.subject, self)
     }
 }
 
@@ -583,7 +610,7 @@ mod tests {
         assert_eq!(report.decision, "GO");
         assert!(report.reasons.is_empty());
         assert_eq!(
-            report.subject,
+            report.heading.subject,
             "[wave-1] cutover readiness: GO for the window of Mon 2027-02-01 17:40"
         );
         let rendered = report.render().expect("renders");

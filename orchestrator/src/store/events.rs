@@ -109,41 +109,41 @@ pub struct AttemptRow {
 impl Store {
     /// The events of these tasks, oldest first.
     pub async fn events_of_tasks(&self, ids: &[&str]) -> anyhow::Result<Vec<EventRow>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
+        self.rows_of_tasks(
             "SELECT id, at, wave, server, task_id, kind, message, data FROM events \
-             WHERE task_id IN {} ORDER BY id",
-            self.json_strings()
-        );
-        let rows = self
-            .db()
-            .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| EventRow::from_query_result(row, ""))
-            .collect::<Result<Vec<_>, _>>()?)
+             WHERE task_id IN {ids} ORDER BY id",
+            ids,
+        )
+        .await
     }
 
     /// Every attempt of these tasks, in order.
     pub async fn attempts_of_tasks(&self, ids: &[&str]) -> anyhow::Result<Vec<AttemptRow>> {
+        self.rows_of_tasks(
+            "SELECT task_id, number, started_at, finished_at, outcome, checks, output, error \
+             FROM attempts WHERE task_id IN {ids} ORDER BY task_id, number, id",
+            ids,
+        )
+        .await
+    }
+
+    /// The rows of `sql`, whose `{ids}` stands for the set of task ids given.
+    async fn rows_of_tasks<T: FromQueryResult>(
+        &self,
+        sql: &str,
+        ids: &[&str],
+    ) -> anyhow::Result<Vec<T>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT task_id, number, started_at, finished_at, outcome, checks, output, error \
-             FROM attempts WHERE task_id IN {} ORDER BY task_id, number, id",
-            self.json_strings()
-        );
+        let sql = sql.replace("{ids}", self.json_strings());
         let rows = self
             .db()
             .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
             .await?;
         Ok(rows
             .iter()
-            .map(|row| AttemptRow::from_query_result(row, ""))
+            .map(|row| T::from_query_result(row, ""))
             .collect::<Result<Vec<_>, _>>()?)
     }
 
