@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_initial;
 mod m20261122_000002_claim_and_watch;
 mod m20261122_000003_reports;
+mod m20261122_000004_api_tokens;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_initial::Migration),
             Box::new(m20261122_000002_claim_and_watch::Migration),
             Box::new(m20261122_000003_reports::Migration),
+            Box::new(m20261122_000004_api_tokens::Migration),
         ]
     }
 }

@@ -7,3 +7,4 @@ pub mod executor;
 pub mod report;
 pub mod scheduler;
 pub mod store;
+pub mod web;

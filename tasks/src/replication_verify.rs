@@ -93,6 +93,15 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             format_bytes(r.backlog_bytes as f64)
         )
     };
+    // The figures as seen at this look, for the dashboard's replication view.
+    let figures = serde_json::json!({
+        "state": r.state,
+        "replicated_bytes": r.replicated_bytes,
+        "total_bytes": r.total_bytes,
+        "backlog_bytes": r.backlog_bytes,
+        "lag_seconds": r.lag_seconds,
+        "eta_seconds": r.eta_seconds,
+    });
     match (healthy, watching, next) {
         // Verified: the tasks after it may start; watch on until the window.
         (true, _, Some(next)) | (false, true, Some(next)) => {
@@ -104,7 +113,9 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             Report::ready(
                 checks,
                 "continuous replication",
-                serde_json::json!({ "watching": true, "healthy": healthy, "last": note }),
+                serde_json::json!({
+                    "watching": true, "healthy": healthy, "last": note, "replication": figures,
+                }),
                 next,
                 note,
             )
@@ -116,9 +127,12 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             format!("replication degraded before the window: {note}; the cutover checks it again"),
             Vec::new(),
         ),
-        (false, false, Some(next)) => {
-            Report::wait(serde_json::json!({ "last": note }), next, note, Vec::new())
-        }
+        (false, false, Some(next)) => Report::wait(
+            serde_json::json!({ "last": note, "replication": figures }),
+            next,
+            note,
+            Vec::new(),
+        ),
         (false, false, None) => Report::fail(
             format!("replication is not continuous before the window: {note}"),
             false,

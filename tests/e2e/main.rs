@@ -8,3 +8,4 @@ mod crash;
 mod examples;
 mod mail;
 mod run;
+mod serve;

@@ -29,9 +29,11 @@ mod plan;
 mod rehearse;
 mod report;
 mod run;
+mod serve;
 mod state;
 mod status;
 mod steer;
+mod token;
 mod validate;
 
 use std::process::ExitCode;
@@ -110,6 +112,13 @@ enum Command {
     },
     /// Execute the waves' plans on their schedules (optionally applying PATHs first)
     Run(run::RunArgs),
+    /// Run the waves and serve the dashboard and its API (127.0.0.1:8080 by default)
+    Serve(serve::ServeArgs),
+    /// API tokens for the dashboard and the API
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
     /// Where every wave, server and task stands
     Status {
         /// Only this wave
@@ -240,6 +249,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state,
         } => block_on(apply::run(&definitions, &state, force)),
         Command::Run(args) => block_on(run::run(&args)),
+        Command::Serve(args) => block_on(serve::run(&args)),
+        Command::Token { command } => block_on(token::run(&command)),
         Command::Report {
             wave,
             kind,

@@ -122,7 +122,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Delivers the reports as their attempts fall due (wall clock), until told to stop; then
 /// one last pass, so a run that ends right after a report was recorded delivers it.
-async fn deliver(
+pub(super) async fn deliver(
     store: Store,
     reporter: Arc<Reporter>,
     mut stop: tokio::sync::watch::Receiver<bool>,

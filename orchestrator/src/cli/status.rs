@@ -60,19 +60,7 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// The moment status speaks of: the clock of a warped run while it is ahead of the wall
-/// clock (its phases are where that run is), else the wall clock.
-pub(super) async fn status_now(store: &Store) -> anyhow::Result<(i64, bool)> {
-    let wall = jiff::Timestamp::now().as_millisecond();
-    let warped = store
-        .meta_get(crate::scheduler::clock::WARP_KEY)
-        .await?
-        .and_then(|v| v.parse::<i64>().ok());
-    Ok(match warped {
-        Some(ms) if ms > wall => (ms, true),
-        _ => (wall, false),
-    })
-}
+pub(super) use crate::scheduler::clock::status_now;
 
 fn ms_to_text(ms: Option<i64>) -> Option<String> {
     ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())

@@ -105,7 +105,7 @@ impl Executor {
             cmdb: self.ports.cmdb.as_ref(),
             launcher: &launcher,
         };
-        let mut interrupt = Box::pin(tokio::signal::ctrl_c());
+        let mut interrupt = Box::pin(stop_signal());
         let limit = Limit {
             total: u32::try_from(self.limits.global).unwrap_or(u32::MAX),
             per_wave: u32::try_from(self.limits.per_wave).unwrap_or(u32::MAX),
@@ -205,6 +205,22 @@ impl Executor {
                 return Ok(Stopped::Interrupted);
             }
         }
+    }
+}
+
+/// Ctrl-C, or SIGTERM (how a service manager stops a process).
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
     }
 }
 

@@ -64,3 +64,17 @@ pub fn local_text(ms: i64, timezone: &str) -> String {
         Err(_) => ts.to_string(),
     }
 }
+
+/// The moment status speaks of: the clock of a warped run while it is ahead of the wall
+/// clock (its phases are where that run is), else the wall clock.
+pub async fn status_now(store: &crate::store::Store) -> anyhow::Result<(i64, bool)> {
+    let wall = jiff::Timestamp::now().as_millisecond();
+    let warped = store
+        .meta_get(WARP_KEY)
+        .await?
+        .and_then(|v| v.parse::<i64>().ok());
+    Ok(match warped {
+        Some(ms) if ms > wall => (ms, true),
+        _ => (wall, false),
+    })
+}

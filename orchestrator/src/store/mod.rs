@@ -10,6 +10,7 @@ mod events;
 mod reports;
 mod steer;
 mod tasks;
+mod tokens;
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use apply::{ApplyOptions, ApplyReport};
 pub use events::{AttemptRow, EventRow, NewEvent};
 pub use reports::{KindProgress, NewReport, ReportRow};
 pub use tasks::{AttemptRecord, ClaimedTask, Completion, Limit, TaskRow, TaskState, WaveCounts};
+pub use tokens::{Permission, Role, TokenRow, token_hash};
 
 #[derive(Clone)]
 pub struct Store {

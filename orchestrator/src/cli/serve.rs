@@ -1,0 +1,111 @@
+//! `wavelift serve [--listen ADDR]`: the scheduler, the executor, the report delivery
+//! and the web dashboard with its API in one process, until stopped (Ctrl-C).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::DefinitionArgs;
+use super::run::{self, RunArgs};
+use super::state::StateArgs;
+use crate::executor::RunOptions;
+use crate::report::schedule::Reporter;
+use crate::web::{self, App};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Wave files or folders to apply first (optional)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Configuration file; by default the wavelift.yaml found among PATH
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Where the dashboard and the API listen (port 0: any free port, printed)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Jump the clock to the next due time whenever nothing is running
+    #[arg(long)]
+    pub time_warp: bool,
+    /// Seed of the rehearsal engine's injected failures
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let run_args = RunArgs {
+        paths: args.paths.clone(),
+        config: args.config.clone(),
+        until_done: false,
+        time_warp: args.time_warp,
+        seed: args.seed,
+        max_tasks: 256,
+        max_tasks_per_wave: 256,
+        state: args.state.clone(),
+    };
+    let store = if args.paths.is_empty() {
+        args.state.open_existing().await?
+    } else {
+        let definitions = DefinitionArgs {
+            paths: args.paths.clone(),
+            config: args.config.clone(),
+        };
+        match super::apply::apply_paths(&definitions, &args.state, false).await? {
+            Some(store) => store,
+            None => return Ok(ExitCode::FAILURE),
+        }
+    };
+    let Some(executor) = run::executor(&store, &run_args).await? else {
+        eprintln!(
+            "nothing to serve: apply definitions first (wavelift apply PATH, or wavelift serve PATH)"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let reporter = Arc::new(Reporter::new(
+        store.clone(),
+        Arc::clone(&executor.definitions),
+    )?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    outln!("serving http://{address}/ (the API under /api, described at /api/openapi.json)");
+    eprintln!("reports go to {}", reporter.mailer.describe());
+    if store.tokens().await?.iter().all(|t| t.revoked_at.is_some()) {
+        eprintln!(
+            "no API token yet: make one with `wavelift token create --role admin`, then log in with it"
+        );
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let delivery = tokio::spawn(run::deliver(
+        store.clone(),
+        Arc::clone(&reporter),
+        stopped.clone(),
+    ));
+    let mut web_stopped = stopped.clone();
+    let server = tokio::spawn(web::serve(
+        listener,
+        Arc::new(App::new(store.clone())),
+        async move {
+            let _ = web_stopped.changed().await;
+        },
+    ));
+    let result = executor
+        .run(
+            RunOptions {
+                until_done: false,
+                reports: Some(&reporter),
+            },
+            |_| {},
+        )
+        .await;
+    let _ = stop.send(true);
+    server.await.context("the web server stopped")??;
+    delivery.await.context("the report delivery stopped")??;
+    result?;
+    outln!("stopped; `wavelift serve` goes on from here");
+    Ok(ExitCode::SUCCESS)
+}

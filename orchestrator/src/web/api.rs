@@ -1,0 +1,507 @@
+//! The JSON API under /api: everything the pages show, and the levers. The pages read
+//! these same resources from the browser; nothing is shown that the API lacks.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::App;
+use super::auth::{Identity, Refusal, allow, identify};
+use crate::scheduler::clock::local_text;
+use crate::scheduler::phase::WaveCalendar;
+use crate::store::{Permission, TaskRow, TaskState};
+
+/// The task kinds in plan order: the matrix's columns.
+pub const KINDS: [&str; 6] = [
+    "prereq_check",
+    "agent_push",
+    "replication_verify",
+    "boot_test",
+    "cutover",
+    "cmdb_cleanup",
+];
+
+/// How often the live log looks for new events.
+const STREAM_POLL: Duration = Duration::from_millis(300);
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+impl From<Refusal> for Response {
+    fn from(refusal: Refusal) -> Response {
+        error(refusal.status, refusal.message)
+    }
+}
+
+fn internal(err: anyhow::Error) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+}
+
+/// The caller, if it may do `permission` (mutations: with the session's CSRF token).
+pub async fn guard(
+    app: &App,
+    headers: &HeaderMap,
+    permission: Permission,
+    mutation: bool,
+) -> Result<Identity, Response> {
+    let identity = identify(&app.store, &app.sessions, headers).await?;
+    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    Ok(allow(identity, permission, mutation, csrf)?)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Milestone {
+    pub label: &'static str,
+    pub at: i64,
+    pub local: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WaveSummary {
+    pub name: String,
+    pub engine: String,
+    pub timezone: String,
+    pub phase: &'static str,
+    pub next: Option<Milestone>,
+    pub tasks: usize,
+    pub finished: usize,
+    pub failed: usize,
+    pub blocked: usize,
+    pub awaiting_approval: usize,
+    /// `failing` (a task failed or is blocked), `waiting` (a go is awaited), `ok`.
+    pub health: &'static str,
+}
+
+fn summary(calendar: &WaveCalendar, tasks: &[&TaskRow], now: i64) -> WaveSummary {
+    let standing = calendar.standing(now);
+    let count = |state: TaskState| tasks.iter().filter(|t| t.state() == state).count();
+    let (failed, blocked) = (count(TaskState::Failed), count(TaskState::Blocked));
+    let awaiting_approval = count(TaskState::AwaitingApproval);
+    WaveSummary {
+        name: calendar.name.clone(),
+        engine: calendar.engine.clone(),
+        timezone: calendar.timezone.clone(),
+        phase: standing.phase,
+        next: standing.next.map(|(label, at)| Milestone {
+            label,
+            at,
+            local: local_text(at, &calendar.timezone),
+        }),
+        tasks: tasks.len(),
+        finished: tasks.iter().filter(|t| t.state().is_final()).count(),
+        failed,
+        blocked,
+        awaiting_approval,
+        health: if failed + blocked > 0 {
+            "failing"
+        } else if awaiting_approval > 0 {
+            "waiting"
+        } else {
+            "ok"
+        },
+    }
+}
+
+/// GET /api/waves: every wave with its phase, progress, health and next milestone.
+pub async fn waves(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let result: anyhow::Result<Value> = async {
+        let now = app.now().await?;
+        let tasks = app.store.tasks(None).await?;
+        let mut by_wave: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
+        for t in &tasks {
+            by_wave.entry(t.wave.as_str()).or_default().push(t);
+        }
+        let waves: Vec<WaveSummary> = app
+            .store
+            .wave_calendars()
+            .await?
+            .iter()
+            .map(|c| {
+                summary(
+                    c,
+                    by_wave.get(c.name.as_str()).map_or(&[], Vec::as_slice),
+                    now,
+                )
+            })
+            .collect();
+        Ok(json!({ "now": now, "waves": waves }))
+    }
+    .await;
+    result.map_or_else(internal, |v| Json(v).into_response())
+}
+
+/// What a task cell of the matrix shows.
+#[derive(Debug, Serialize)]
+struct Cell {
+    id: String,
+    state: String,
+    reason: Option<String>,
+    note: Option<String>,
+}
+
+fn step_json(task: &TaskRow) -> Option<Value> {
+    serde_json::from_str(task.step.as_deref()?).ok()
+}
+
+fn cell(task: &TaskRow) -> Cell {
+    Cell {
+        id: task.id.clone(),
+        state: task.state.clone(),
+        reason: task.reason.clone(),
+        note: step_json(task).and_then(|s| s.get("note")?.as_str().map(str::to_owned)),
+    }
+}
+
+/// A server's replication as its check last saw it.
+fn replication(verify: Option<&TaskRow>) -> Value {
+    let Some(task) = verify else {
+        return json!({ "state": "no replication check" });
+    };
+    let step = step_json(task);
+    let figures = step
+        .as_ref()
+        .and_then(|s| s.get("task")?.get("replication").cloned());
+    let healthy = step
+        .as_ref()
+        .and_then(|s| s.get("task")?.get("healthy")?.as_bool());
+    let mut value = figures.unwrap_or_else(|| json!({}));
+    if let Some(map) = value.as_object_mut() {
+        map.insert("check".to_owned(), json!(task.state));
+        map.insert(
+            "note".to_owned(),
+            json!(step.and_then(|s| s.get("note")?.as_str().map(str::to_owned))),
+        );
+        map.insert("healthy".to_owned(), json!(healthy));
+    }
+    value
+}
+
+/// GET /api/waves/{wave}: the calendar, the server-by-task matrix, replication per
+/// server, the cutover gates and the reports.
+pub async fn wave(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let result: anyhow::Result<Option<Value>> = async {
+        let Some(calendar) = app
+            .store
+            .wave_calendars()
+            .await?
+            .into_iter()
+            .find(|c| c.name == wave)
+        else {
+            return Ok(None);
+        };
+        let now = app.now().await?;
+        let tasks = app.store.tasks(Some(&wave)).await?;
+        let refs: Vec<&TaskRow> = tasks.iter().collect();
+        let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
+        let mut gates = Vec::new();
+        for t in &tasks {
+            match &t.server {
+                Some(s) => {
+                    servers
+                        .entry((t.application.as_str(), s.as_str()))
+                        .or_default()
+                        .insert(t.kind.as_str(), t);
+                }
+                None => gates.push(json!({
+                    "application": t.application,
+                    "id": t.id,
+                    "state": t.state,
+                    "approval_required": t.approval_required,
+                    "approved_by": t.approved_by,
+                    "approved_at": t.approved_at,
+                })),
+            }
+        }
+        let servers: Vec<Value> = servers
+            .iter()
+            .map(|((app_name, server), kinds)| {
+                let cells: BTreeMap<&str, Cell> =
+                    kinds.iter().map(|(k, t)| (*k, cell(t))).collect();
+                json!({
+                    "name": server,
+                    "application": app_name,
+                    "tasks": cells,
+                    "replication": replication(kinds.get("replication_verify").copied()),
+                })
+            })
+            .collect();
+        let reports: Vec<Value> = app
+            .store
+            .reports(Some(&wave))
+            .await?
+            .iter()
+            .map(|r| {
+                json!({
+                    "kind": r.kind, "subject": r.subject, "state": r.state,
+                    "attempts": r.attempts, "last_error": r.last_error,
+                    "delivered_via": r.delivered_via, "due_at": r.due_at,
+                })
+            })
+            .collect();
+        let tz = calendar.timezone.as_str();
+        let local = |ms: i64| local_text(ms, tz);
+        Ok(Some(json!({
+            "now": now,
+            "now_local": local(now),
+            "summary": summary(&calendar, &refs, now),
+            "calendar": {
+                "build_start": calendar.build_start,
+                "validate_start": calendar.validate_start,
+                "cutover_start": calendar.cutover_start,
+                "window_start": calendar.window_start,
+                "window_end": calendar.window_end,
+                "cutover_end": calendar.cutover_end,
+                "window_local": format!("{} to {}", local(calendar.window_start), local(calendar.window_end)),
+            },
+            "kinds": KINDS,
+            "servers": servers,
+            "gates": gates,
+            "reports": reports,
+        })))
+    }
+    .await;
+    match result {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no wave `{wave}`")),
+        Err(err) => internal(err),
+    }
+}
+
+/// GET /api/servers/{server}: every attempt of every task with its checks, output and
+/// errors, and the server's part of the job progress log.
+pub async fn server(
+    State(app): State<Arc<App>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let result: anyhow::Result<Option<Value>> = async {
+        let tasks: Vec<TaskRow> = app
+            .store
+            .tasks(None)
+            .await?
+            .into_iter()
+            .filter(|t| t.server.as_deref() == Some(server.as_str()))
+            .collect();
+        let Some(first) = tasks.first() else {
+            return Ok(None);
+        };
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let attempts = app.store.attempts_of_tasks(&ids).await?;
+        let events = app.store.events_of_tasks(&ids).await?;
+        let by_kind: BTreeMap<&str, &TaskRow> =
+            tasks.iter().map(|t| (t.kind.as_str(), t)).collect();
+        let tasks_json: Vec<Value> = KINDS
+            .iter()
+            .filter_map(|k| by_kind.get(k))
+            .map(|t| {
+                let tries: Vec<Value> = attempts
+                    .iter()
+                    .filter(|a| a.task_id == t.id)
+                    .map(|a| {
+                        json!({
+                            "number": a.number,
+                            "started_at": a.started_at,
+                            "finished_at": a.finished_at,
+                            "outcome": a.outcome,
+                            "checks": serde_json::from_str::<Value>(&a.checks).unwrap_or(Value::Null),
+                            "output": a.output,
+                            "error": a.error,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "id": t.id, "kind": t.kind, "state": t.state, "reason": t.reason,
+                    "started_at": t.started_at, "finished_at": t.finished_at,
+                    "note": cell(t).note, "attempts": tries,
+                })
+            })
+            .collect();
+        Ok(Some(json!({
+            "name": server,
+            "wave": first.wave,
+            "application": first.application,
+            "tasks": tasks_json,
+            "events": events,
+        })))
+    }
+    .await;
+    match result {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no server `{server}`")),
+        Err(err) => internal(err),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
+}
+
+/// GET /api/waves/{wave}/events?after=ID&limit=N: the job progress log, oldest first.
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(200).clamp(1, 1000);
+    match app.store.events_after(q.after, Some(&wave), limit).await {
+        Ok(events) => Json(json!({ "events": events })).into_response(),
+        Err(err) => internal(err),
+    }
+}
+
+/// GET /api/waves/{wave}/events/stream: the job progress log as server-sent events
+/// (`event: log`, the event as JSON, its id as the SSE id, so a reconnecting browser
+/// goes on from `Last-Event-ID`).
+pub async fn stream(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(q.after);
+    Sse::new(log_stream(app, wave, resume))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn log_stream(
+    app: Arc<App>,
+    wave: String,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(
+        (app, wave, after, Vec::<Event>::new()),
+        |(app, wave, mut after, mut queue)| async move {
+            loop {
+                if let Some(event) = queue.pop() {
+                    return Some((Ok(event), (app, wave, after, queue)));
+                }
+                match app.store.events_after(after, Some(&wave), 200).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        after = rows.last().map_or(after, |r| r.id);
+                        // Popped from the end: pushed newest first.
+                        queue = rows
+                            .iter()
+                            .rev()
+                            .map(|r| {
+                                Event::default()
+                                    .event("log")
+                                    .id(r.id.to_string())
+                                    .data(serde_json::to_string(r).unwrap_or_default())
+                            })
+                            .collect();
+                    }
+                    _ => tokio::time::sleep(STREAM_POLL).await,
+                }
+            }
+        },
+    )
+}
+
+/// GET /api/waves/{wave}/reports: the reports recorded for the wave and their delivery.
+pub async fn reports(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    match app.store.reports(Some(&wave)).await {
+        Ok(rows) => Json(json!({ "reports": rows })).into_response(),
+        Err(err) => internal(err),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ApproveBody {
+    /// One application's gate; all of the wave's when absent.
+    pub app: Option<String>,
+}
+
+/// POST /api/waves/{wave}/approve: the go for a wave's (or one application's) cutovers,
+/// recorded with the caller's name.
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<ApproveBody>>,
+) -> Response {
+    let who = match guard(&app, &headers, Permission::Approve, true).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let body = body.map(|b| b.0).unwrap_or_default();
+    match app.approve(&wave, body.app.as_deref(), &who).await {
+        Ok(apps) => Json(json!({ "approved": apps, "by": who.name })).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+/// POST /api/tasks/{first}/{kind}/{lever}: retry, skip or cancel the task
+/// `{first}/{kind}` (a server's task, or an application's gate `APP/ready`).
+pub async fn lever(
+    State(app): State<Arc<App>>,
+    Path((first, kind, lever)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match guard(&app, &headers, Permission::Steer, true).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let id = format!("{first}/{kind}");
+    match app.pull(&id, &lever, &who).await {
+        Ok(()) => Json(json!({ "task": id, "lever": lever, "by": who.name })).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+/// A lever the store refused: unknown things are 404, the rest 409 (the task's state
+/// does not allow it), with the store's reason.
+pub fn refused(err: anyhow::Error) -> Response {
+    let message = format!("{err:#}");
+    let status = if message.starts_with("no ") || message.contains("unknown lever") {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::CONFLICT
+    };
+    error(status, message)
+}

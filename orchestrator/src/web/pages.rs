@@ -1,0 +1,209 @@
+//! The pages: HTML shells (one layout, `templates/web/page.html.hbs`) whose script
+//! (`web/assets/app.js`) renders what the API returns, the login form, and the form
+//! posts (approve, log out), which need the session's CSRF token.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use handlebars::Handlebars;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::App;
+use super::api::{error, refused};
+use super::auth::{Identity, SESSION_COOKIE, allow, cookie, identify, random_hex};
+use crate::store::Permission;
+
+const LAYOUT: &str = include_str!("../../../templates/web/page.html.hbs");
+const LOGIN: &str = include_str!("../../../templates/web/login.html.hbs");
+/// The embedded assets: (file name, content type, content).
+const ASSETS: [(&str, &str, &str); 2] = [
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/assets/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/assets/app.css"),
+    ),
+];
+/// The cookie of the login form's CSRF token (double submit: cookie and field agree).
+const LOGIN_COOKIE: &str = "wavelift_login";
+
+fn render(template: &str, data: &serde_json::Value) -> Response {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    match hb.render_template(template, data) {
+        Ok(html) => Html(html).into_response(),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+/// The page `page` (overview, wave, server) about `name`, for a logged-in viewer;
+/// anyone else is sent to the login form.
+async fn page(app: &App, headers: &HeaderMap, page: &str, name: &str, title: &str) -> Response {
+    let identity = match identify(&app.store, &app.sessions, headers).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal.into(),
+    };
+    let who: Identity = match allow(identity, Permission::Read, false, None) {
+        Ok(who) => who,
+        Err(_) => return Redirect::to("/login").into_response(),
+    };
+    render(
+        LAYOUT,
+        &json!({
+            "title": title,
+            "page": page,
+            "name": name,
+            "who": who.name,
+            "role": who.role.name(),
+            "csrf": who.csrf.unwrap_or_default(),
+        }),
+    )
+}
+
+pub async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    page(&app, &headers, "overview", "", "Waves").await
+}
+
+pub async fn wave(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    page(&app, &headers, "wave", &wave, &wave).await
+}
+
+pub async fn server(
+    State(app): State<Arc<App>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    page(&app, &headers, "server", &server, &server).await
+}
+
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind)], *body).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no asset `{file}`")),
+    }
+}
+
+pub async fn login_form() -> Response {
+    let Ok(csrf) = random_hex(16) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "no randomness");
+    };
+    let mut response = render(LOGIN, &json!({ "csrf": csrf, "error": "" }));
+    set_cookie(
+        &mut response,
+        &format!("{LOGIN_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict"),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    token: String,
+    csrf: String,
+}
+
+/// POST /login: a token makes a session (a cookie, HttpOnly, SameSite=Strict).
+pub async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if cookie(&headers, LOGIN_COOKIE) != Some(form.csrf.as_str()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the login form expired or came from elsewhere: open /login again",
+        );
+    }
+    let identity = match app.store.token_identity(form.token.trim()).await {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            let mut response = render(
+                LOGIN,
+                &json!({ "csrf": form.csrf, "error": "unknown or revoked token" }),
+            );
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            return response;
+        }
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+    };
+    let (id, _) = match app.sessions.open(identity.0, identity.1) {
+        Ok(session) => session,
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+    };
+    let mut response = Redirect::to("/").into_response();
+    set_cookie(
+        &mut response,
+        &format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict"),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    app: String,
+}
+
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let identity = match identify(&app.store, &app.sessions, &headers).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal.into(),
+    };
+    if let Err(refusal) = allow(identity, Permission::Read, true, Some(&form.csrf)) {
+        return refusal.into();
+    }
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        app.sessions.close(id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    set_cookie(
+        &mut response,
+        &format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
+}
+
+/// POST /waves/{wave}/approve (a form: `app`, `csrf`): the go, then back to the page.
+pub async fn approve_form(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let identity = match identify(&app.store, &app.sessions, &headers).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal.into(),
+    };
+    let who = match allow(identity, Permission::Approve, true, Some(&form.csrf)) {
+        Ok(who) => who,
+        Err(refusal) => return refusal.into(),
+    };
+    let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
+    match app.approve(&wave, application, &who).await {
+        Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+fn set_cookie(response: &mut Response, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}

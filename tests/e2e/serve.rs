@@ -1,0 +1,505 @@
+//! `wavelift serve` as its clients meet it: the JSON API on a random loopback port, over a
+//! freshly migrated SQLite store, with a token per role; each role is refused what it may
+//! not do; the session login, its CSRF protection, the pages and the live log.
+//!
+//! Starts: the wavelift binary (apply, token, serve) in a copy of the quickstart whose
+//! cutovers need a go; nothing runs during the test (the windows lie in 2046 and the clock
+//! is not warped), so task states change only by the test's own requests.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use serde_json::{Value, json};
+use wavelift_tests::{Scratch, edit, quickstart_copy, wavelift, wavelift_binary};
+
+/// A running `wavelift serve`, stopped (SIGTERM, then waited for) when dropped.
+pub struct Served {
+    child: Child,
+    pub base: String,
+}
+
+impl Served {
+    pub fn start(dir: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(wavelift_binary())
+            .current_dir(dir)
+            .env_remove("WAVELIFT_DATABASE_URL")
+            .env_remove("WAVELIFT_STATE_DIR")
+            .env_remove("WAVELIFT_SMTP_URL")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wavelift serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the serving line");
+        let base = line
+            .strip_prefix("serving ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        Served { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A token of `role`, made with `wavelift token create`.
+pub fn token(dir: &Path, role: &str) -> String {
+    let made = wavelift(
+        dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            role,
+            "--name",
+            &format!("{role}-user"),
+        ],
+    );
+    assert_eq!(made.code, 0, "{}", made.describe());
+    assert!(made.stderr.contains("shown once"), "{}", made.describe());
+    made.stdout.trim().to_owned()
+}
+
+pub fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// A quickstart copy whose cutovers need a go, applied.
+pub fn applied_quickstart(scratch: &Scratch) -> std::path::PathBuf {
+    let dir = quickstart_copy(scratch.path(), "sim");
+    edit(
+        &dir.join("wavelift.yaml"),
+        "approval: false",
+        "approval: true",
+    );
+    let applied = wavelift(&dir, &["apply", "."]);
+    assert_eq!(applied.code, 0, "{}", applied.describe());
+    dir
+}
+
+fn body(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
+    let scratch = Scratch::new("serve-roles");
+    let dir = applied_quickstart(&scratch);
+    let roles = ["viewer", "operator", "approver", "admin"];
+    let tokens: Vec<(&str, String)> = roles.iter().map(|r| (*r, token(&dir, r))).collect();
+    let served = Served::start(&dir, &[]);
+    let http = client();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = http.get(served.url(path));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        body(request.send().expect("GET"))
+    };
+    let post = |path: &str, token: &str, payload: Value| {
+        body(
+            http.post(served.url(path))
+                .bearer_auth(token)
+                .json(&payload)
+                .send()
+                .expect("POST"),
+        )
+    };
+    let reads = [
+        "/api/waves",
+        "/api/waves/wave-1",
+        "/api/waves/wave-1/events",
+        "/api/waves/wave-1/reports",
+        "/api/servers/dir-01",
+    ];
+    for path in reads {
+        let (status, error) = get(path, None);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} without a token");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Bearer")),
+            "{error}"
+        );
+        assert_eq!(
+            get(path, Some("wl_not-a-token")).0,
+            StatusCode::UNAUTHORIZED
+        );
+        for (role, token) in &tokens {
+            assert_eq!(
+                get(path, Some(token)).0,
+                StatusCode::OK,
+                "{role} reads {path}"
+            );
+        }
+    }
+    let (_, overview) = get("/api/waves", Some(&tokens[0].1));
+    let names: Vec<&str> = overview["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(names, ["wave-1", "wave-2"]);
+    assert_eq!(overview["waves"][0]["phase"], "not started");
+    let (_, wave) = get("/api/waves/wave-1", Some(&tokens[0].1));
+    assert_eq!(wave["servers"].as_array().map(Vec::len), Some(4));
+    assert_eq!(wave["servers"][0]["tasks"]["cutover"]["state"], "pending");
+    assert_eq!(
+        get("/api/waves/wave-9", Some(&tokens[0].1)).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("/api/servers/nope", Some(&tokens[0].1)).0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Approve: approver and admin only.
+    let token_of = |role: &str| {
+        tokens
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, t)| t.as_str())
+            .expect("role")
+    };
+    for role in ["viewer", "operator"] {
+        let (status, error) = post(
+            "/api/waves/wave-1/approve",
+            token_of(role),
+            json!({ "app": "directory" }),
+        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role} approves");
+        assert_eq!(
+            error["error"],
+            format!("the role {role} may not approve cutovers")
+        );
+    }
+    let (status, approved) = post(
+        "/api/waves/wave-1/approve",
+        token_of("approver"),
+        json!({ "app": "directory" }),
+    );
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(
+        approved,
+        json!({ "approved": ["directory"], "by": "approver-user" })
+    );
+    let (status, _) = post(
+        "/api/waves/wave-1/approve",
+        token_of("admin"),
+        json!({ "app": "payroll" }),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = post(
+        "/api/waves/wave-9/approve",
+        token_of("admin"),
+        json!({ "app": "payroll" }),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(
+        error["error"],
+        "no wave `wave-9`; the waves are: wave-1, wave-2"
+    );
+    let (_, wave) = get("/api/waves/wave-1", Some(token_of("viewer")));
+    assert_eq!(wave["gates"][0]["approved_by"], "approver-user");
+
+    // Retry, skip, cancel: operator and admin only.
+    for role in ["viewer", "approver"] {
+        let (status, error) = post(
+            "/api/tasks/dir-01/prereq_check/skip",
+            token_of(role),
+            json!({}),
+        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role} skips");
+        assert_eq!(
+            error["error"],
+            format!("the role {role} may not retry, skip or cancel tasks")
+        );
+    }
+    let (status, done) = post(
+        "/api/tasks/dir-01/prereq_check/skip",
+        token_of("operator"),
+        json!({}),
+    );
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["by"], "operator-user");
+    let (status, _) = post(
+        "/api/tasks/dir-02/prereq_check/cancel",
+        token_of("admin"),
+        json!({}),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(
+        "/api/tasks/dir-02/prereq_check/retry",
+        token_of("operator"),
+        json!({}),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = post(
+        "/api/tasks/dir-01/prereq_check/skip",
+        token_of("operator"),
+        json!({}),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"], "`dir-01/prereq_check` is already skipped");
+    assert_eq!(
+        post("/api/tasks/nope/cutover/skip", token_of("admin"), json!({})).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post(
+            "/api/tasks/dir-01/cutover/explode",
+            token_of("admin"),
+            json!({})
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, server) = get("/api/servers/dir-01", Some(token_of("viewer")));
+    assert_eq!(server["tasks"][0]["state"], "skipped");
+
+    // The log shows who did what; the OpenAPI document has every route used above.
+    let (_, events) = get("/api/waves/wave-1/events", Some(token_of("viewer")));
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in [
+        "operator.approve",
+        "operator.skip",
+        "operator.cancel",
+        "operator.retry",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} not in {kinds:?}");
+    }
+    let (status, spec) = get("/api/openapi.json", None);
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/api/waves",
+        "/api/waves/{wave}",
+        "/api/waves/{wave}/events",
+        "/api/waves/{wave}/events/stream",
+        "/api/waves/{wave}/reports",
+        "/api/waves/{wave}/approve",
+        "/api/servers/{server}",
+        "/api/tasks/{first}/{kind}/{lever}",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} is not in the OpenAPI document"
+        );
+    }
+
+    // The live log: server-sent events, from the start.
+    let mut stream = http
+        .get(served.url("/api/waves/wave-1/events/stream"))
+        .bearer_auth(token_of("viewer"))
+        .send()
+        .expect("the stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("operator.approve") && Instant::now() < deadline {
+        let n = stream.read(&mut buf).expect("stream bytes");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        seen.contains("event: log") && seen.contains("operator.approve"),
+        "{seen}"
+    );
+}
+
+#[test]
+fn a_session_needs_its_csrf_token_for_every_change_and_pages_need_a_session() {
+    let scratch = Scratch::new("serve-session");
+    let dir = applied_quickstart(&scratch);
+    let approver = token(&dir, "approver");
+    let served = Served::start(&dir, &[]);
+    let http = client();
+
+    // Pages without a session go to the login form; assets need nothing.
+    for page in ["/", "/waves/wave-1", "/servers/dir-01"] {
+        let response = http.get(served.url(page)).send().expect("page");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(response.headers()[LOCATION], "/login");
+    }
+    let script = http
+        .get(served.url("/assets/app.js"))
+        .send()
+        .expect("app.js");
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/javascript")
+    );
+
+    // Log in: the form's CSRF token must match its cookie.
+    let form = http.get(served.url("/login")).send().expect("login form");
+    let login_cookie = cookie_pair(&form, "wavelift_login");
+    let html = form.text().expect("html");
+    let csrf = value_of(&html, "name=\"csrf\" value=\"");
+    let forged = http
+        .post(served.url("/login"))
+        .header(COOKIE, &login_cookie)
+        .form(&[("token", approver.as_str()), ("csrf", "forged")])
+        .send()
+        .expect("forged login");
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let wrong = http
+        .post(served.url("/login"))
+        .header(COOKIE, &login_cookie)
+        .form(&[("token", "wl_wrong"), ("csrf", csrf.as_str())])
+        .send()
+        .expect("wrong token");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let login = http
+        .post(served.url("/login"))
+        .header(COOKIE, &login_cookie)
+        .form(&[("token", approver.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .expect("login");
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let session = cookie_pair(&login, "wavelift_session");
+    let set_cookie = login.headers()[SET_COOKIE].to_str().unwrap_or("");
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+
+    // The wave page carries the session's CSRF token for the script.
+    let page = http
+        .get(served.url("/waves/wave-1"))
+        .header(COOKIE, &session)
+        .send()
+        .expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().expect("html");
+    assert!(
+        page.contains("data-page=\"wave\"") && page.contains("approver-user (approver)"),
+        "{page}"
+    );
+    let page_csrf = value_of(&page, "name=\"csrf-token\" content=\"");
+    assert_eq!(page_csrf.len(), 64);
+
+    // The session reads the API; a change needs the CSRF token.
+    let read = http
+        .get(served.url("/api/waves"))
+        .header(COOKIE, &session)
+        .send()
+        .expect("read");
+    assert_eq!(read.status(), StatusCode::OK);
+    let approve = |csrf: Option<&str>| {
+        let mut request = http
+            .post(served.url("/api/waves/wave-1/approve"))
+            .header(COOKIE, &session)
+            .json(&json!({ "app": "directory" }));
+        if let Some(csrf) = csrf {
+            request = request.header("X-CSRF-Token", csrf);
+        }
+        body(request.send().expect("approve"))
+    };
+    let (status, error) = approve(None);
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains("CSRF")),
+        "{error}"
+    );
+    assert_eq!(approve(Some("0000")).0, StatusCode::FORBIDDEN);
+    let (status, approved) = approve(Some(&page_csrf));
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    // The approver may not steer, CSRF or not.
+    let skip = http
+        .post(served.url("/api/tasks/dir-01/prereq_check/skip"))
+        .header(COOKIE, &session)
+        .header("X-CSRF-Token", &page_csrf)
+        .send()
+        .expect("skip");
+    assert_eq!(skip.status(), StatusCode::FORBIDDEN);
+
+    // The form post (no script): CSRF field required.
+    let form_post = |csrf: &str| {
+        http.post(served.url("/waves/wave-1/approve"))
+            .header(COOKIE, &session)
+            .form(&[("app", "payroll"), ("csrf", csrf)])
+            .send()
+            .expect("form post")
+    };
+    assert_eq!(form_post("").status(), StatusCode::FORBIDDEN);
+    let posted = form_post(&page_csrf);
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    assert_eq!(posted.headers()[LOCATION], "/waves/wave-1");
+
+    // Logging out ends the session.
+    let out = http
+        .post(served.url("/logout"))
+        .header(COOKIE, &session)
+        .form(&[("csrf", page_csrf.as_str())])
+        .send()
+        .expect("logout");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let after = http
+        .get(served.url("/api/waves"))
+        .header(COOKIE, &session)
+        .send()
+        .expect("after");
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// `NAME=VALUE` of a cookie the response sets.
+fn cookie_pair(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| pair.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+        .to_owned()
+}
+
+/// The text after `marker` up to the next quote.
+fn value_of(html: &str, marker: &str) -> String {
+    html.split_once(marker)
+        .and_then(|(_, rest)| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no `{marker}` in {html}"))
+        .to_owned()
+}

@@ -1,0 +1,243 @@
+// Wavelift's pages: each reads the JSON API (/api) and draws itself; the wave page
+// follows the job progress log (server-sent events) and redraws its matrix as tasks move.
+// Text from the API is set as text, never parsed as HTML.
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf-token"]')?.content || "";
+const PAGE = document.body.dataset.page;
+const NAME = document.body.dataset.name;
+const main = document.getElementById("main");
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function post(path, body) {
+  return api(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF },
+    body: JSON.stringify(body || {}),
+  });
+}
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function seconds(s) {
+  if (s === null || s === undefined) return "";
+  if (s < 120) return `${Math.round(s)}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  return `${(s / 3600).toFixed(1)}h`;
+}
+
+// ---- overview
+
+async function overview() {
+  const data = await api("/api/waves");
+  const rows = data.waves.map((w) =>
+    el("tr", { "data-wave": w.name },
+      el("td", {}, el("a", { href: `/waves/${encodeURIComponent(w.name)}` }, w.name)),
+      el("td", {}, w.phase),
+      el("td", {}, `${w.finished} of ${w.tasks}`),
+      el("td", { class: `health-${w.health}` }, w.health === "failing" ? `failing (${w.failed} failed, ${w.blocked} blocked)` : w.health === "waiting" ? `waiting for ${w.awaiting_approval} go(s)` : "ok"),
+      el("td", {}, w.next ? `${w.next.label} ${w.next.local}` : "none"),
+      el("td", {}, w.engine)));
+  show(el("h1", {}, "Waves"),
+    el("table", { id: "waves" },
+      el("tr", {}, ["Wave", "Phase", "Tasks final", "Health", "Next milestone", "Engine"].map((h) => el("th", {}, h))),
+      rows));
+}
+
+// ---- wave
+
+const MARKS = { succeeded: "+", running: ">", pending: ".", awaiting_approval: "?", failed: "X", blocked: "b", skipped: "-", cancelled: "c" };
+const SHORT = { prereq_check: "prereq", agent_push: "agent", replication_verify: "replication", boot_test: "boot test", cutover: "cutover", cmdb_cleanup: "CMDB" };
+
+function calendar(data) {
+  const c = data.calendar;
+  const start = c.build_start, end = c.cutover_end;
+  const width = 760, left = 10, span = Math.max(1, end - start);
+  const x = (ms) => left + ((Math.min(Math.max(ms, start), end) - start) / span) * (width - 2 * left);
+  const bands = [
+    ["build", c.build_start, c.validate_start, "#d0ebff"],
+    ["validate", c.validate_start, c.cutover_start, "#e5dbff"],
+    ["cutover week", c.cutover_start, c.cutover_end, "#fff3bf"],
+  ];
+  const picture = svg("svg", { id: "calendar", width, height: 64, viewBox: `0 0 ${width} 64`, role: "img" });
+  picture.append(svg("title", {}, `Phases; window ${c.window_local}`));
+  for (const [label, from, to, colour] of bands) {
+    picture.append(svg("rect", { x: x(from), y: 8, width: Math.max(1, x(to) - x(from)), height: 26, fill: colour }));
+    picture.append(svg("text", { x: x(from) + 4, y: 25 }, label));
+  }
+  picture.append(svg("rect", { x: x(c.window_start), y: 4, width: Math.max(2, x(c.window_end) - x(c.window_start)), height: 34, fill: "#f59f00", "fill-opacity": 0.7 }));
+  picture.append(svg("text", { x: x(c.window_start), y: 52 }, `window ${c.window_local}`));
+  if (data.now >= start && data.now <= end) {
+    picture.append(svg("line", { x1: x(data.now), x2: x(data.now), y1: 0, y2: 40, stroke: "#c92a2a", "stroke-width": 2 }));
+    picture.append(svg("text", { x: x(data.now) + 3, y: 62 }, `now ${data.now_local}`));
+  }
+  return picture;
+}
+
+function matrix(data) {
+  const head = el("tr", {}, el("th", {}, "Server"), el("th", {}, "Application"), data.kinds.map((k) => el("th", {}, SHORT[k] || k)));
+  const rows = data.servers.map((s) =>
+    el("tr", { "data-server": s.name },
+      el("td", {}, el("a", { href: `/servers/${encodeURIComponent(s.name)}` }, s.name)),
+      el("td", {}, s.application),
+      data.kinds.map((k) => {
+        const t = s.tasks[k];
+        if (!t) return el("td", {}, "");
+        const title = [t.id, t.state, t.reason, t.note].filter(Boolean).join(": ");
+        return el("td", { class: `cell s-${t.state}`, title, "data-task": t.id, "data-state": t.state }, MARKS[t.state] || "?");
+      })));
+  return el("table", { id: "matrix" }, head, rows);
+}
+
+function replicationTable(data) {
+  const rows = data.servers.map((s) => {
+    const r = s.replication || {};
+    const done = r.total_bytes ? `${bytes(r.replicated_bytes)} of ${bytes(r.total_bytes)} (${Math.floor((100 * r.replicated_bytes) / r.total_bytes)}%)` : "";
+    return el("tr", {},
+      el("td", {}, s.name),
+      el("td", {}, r.state || r.check || ""),
+      el("td", {}, done),
+      el("td", {}, r.backlog_bytes !== undefined ? bytes(r.backlog_bytes) : ""),
+      el("td", {}, seconds(r.lag_seconds)),
+      el("td", {}, seconds(r.eta_seconds)),
+      el("td", {}, r.note || ""));
+  });
+  return el("table", { id: "replication" },
+    el("tr", {}, ["Server", "State", "Replicated", "Backlog", "Lag", "ETA", "Last look"].map((h) => el("th", {}, h))), rows);
+}
+
+function approvals(data) {
+  const gates = data.gates.filter((g) => g.approval_required);
+  if (!gates.length) return el("p", { class: "muted" }, "No cutover of this wave needs a go.");
+  return el("table", { id: "approvals" },
+    el("tr", {}, ["Application", "Gate", "Go"].map((h) => el("th", {}, h))),
+    gates.map((g) => el("tr", { "data-gate": g.application },
+      el("td", {}, g.application),
+      el("td", { class: `s-${g.state}` }, g.state),
+      el("td", {}, g.approved_by ? `given by ${g.approved_by}` :
+        el("form", { method: "post", action: `/waves/${encodeURIComponent(NAME)}/approve`, class: "inline", onsubmit: approve(g.application) },
+          el("input", { type: "hidden", name: "csrf", value: CSRF }),
+          el("input", { type: "hidden", name: "app", value: g.application }),
+          el("button", { type: "submit", class: "go", "data-app": g.application }, "Go"))))));
+}
+
+function approve(application) {
+  return async (event) => {
+    event.preventDefault();
+    try {
+      await post(`/api/waves/${encodeURIComponent(NAME)}/approve`, { app: application });
+      refresh();
+    } catch (err) {
+      alert(`Not approved: ${err.message}`);
+    }
+  };
+}
+
+let waveData = null;
+let refreshing = null;
+
+function drawWave() {
+  const d = waveData;
+  const s = d.summary;
+  const existingLog = document.getElementById("log");
+  const log = existingLog || el("div", { id: "log" });
+  show(
+    el("h1", {}, `${s.name}: ${s.phase}`),
+    el("p", {}, `${s.finished} of ${s.tasks} tasks final; `, el("span", { class: `health-${s.health}`, id: "health" }, s.health),
+      s.next ? `; next: ${s.next.label} ${s.next.local} (${s.timezone})` : ""),
+    calendar(d),
+    el("h2", {}, "Servers and tasks"), matrix(d),
+    el("h2", {}, "Replication"), replicationTable(d),
+    el("h2", {}, "Approvals"), approvals(d),
+    el("h2", {}, "Job progress log"), log);
+}
+
+function refresh() {
+  if (refreshing) return;
+  refreshing = setTimeout(async () => {
+    try {
+      waveData = await api(`/api/waves/${encodeURIComponent(NAME)}`);
+      drawWave();
+    } finally {
+      refreshing = null;
+    }
+  }, 250);
+}
+
+async function wave() {
+  waveData = await api(`/api/waves/${encodeURIComponent(NAME)}`);
+  drawWave();
+  const source = new EventSource(`/api/waves/${encodeURIComponent(NAME)}/events/stream`);
+  source.addEventListener("log", (message) => {
+    const e = JSON.parse(message.data);
+    const log = document.getElementById("log");
+    if (log) {
+      log.prepend(el("div", { "data-event": e.id }, `${new Date(e.at).toISOString().slice(0, 16).replace("T", " ")}  ${e.server || "-"}  ${e.kind}  ${e.message}`));
+      while (log.childElementCount > 500) log.lastElementChild.remove();
+    }
+    refresh();
+  });
+}
+
+// ---- server
+
+async function server() {
+  const d = await api(`/api/servers/${encodeURIComponent(NAME)}`);
+  const tasks = d.tasks.map((t) => el("section", { "data-task": t.id },
+    el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state}` }, t.state), t.reason ? ` (${t.reason})` : ""),
+    t.note ? el("p", { class: "muted" }, t.note) : null,
+    t.attempts.length ? el("table", {},
+      el("tr", {}, ["Attempt", "Started", "Finished", "Outcome", "Checks", "Output", "Error"].map((h) => el("th", {}, h))),
+      t.attempts.map((a) => el("tr", {},
+        el("td", {}, a.number),
+        el("td", {}, new Date(a.started_at).toISOString()),
+        el("td", {}, new Date(a.finished_at).toISOString()),
+        el("td", { class: `s-${a.outcome}` }, a.outcome),
+        el("td", {}, (a.checks || []).map((c) => el("div", { class: c.passed ? "" : "error" }, `${c.passed ? "pass" : "FAIL"} ${c.name}: ${c.detail}${c.remediation ? ` (${c.remediation})` : ""}`))),
+        el("td", {}, a.output),
+        el("td", { class: "error" }, a.error || "")))) : el("p", { class: "muted" }, "no attempt yet")));
+  show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`), tasks,
+    el("h2", {}, "Job progress log"),
+    el("div", { id: "log" }, d.events.slice().reverse().map((e) => el("div", {}, `${new Date(e.at).toISOString().slice(0, 16).replace("T", " ")}  ${e.kind}  ${e.message}`))));
+}
+
+const pages = { overview, wave, server };
+(pages[PAGE] || overview)().catch((err) => show(el("p", { class: "error" }, `Cannot load: ${err.message}`)));
