@@ -3,6 +3,7 @@
 //! server (aiosmtpd, started by the mail tests). `plan --format dot` is rendered by
 //! Graphviz's `dot`; .ci/run installs both.
 
+mod browser;
 mod cli;
 mod crash;
 mod examples;

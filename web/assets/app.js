@@ -90,24 +90,26 @@ const SHORT = { prereq_check: "prereq", agent_push: "agent", replication_verify:
 function calendar(data) {
   const c = data.calendar;
   const start = c.build_start, end = c.cutover_end;
-  const width = 760, left = 10, span = Math.max(1, end - start);
+  const width = 1000, left = 10, span = Math.max(1, end - start);
   const x = (ms) => left + ((Math.min(Math.max(ms, start), end) - start) / span) * (width - 2 * left);
+  // A label near the right edge ends at its mark instead of starting there.
+  const label = (at, y, text) => svg("text", { x: x(at) + (x(at) > width / 2 ? -4 : 4), y, "text-anchor": x(at) > width / 2 ? "end" : "start" }, text);
   const bands = [
     ["build", c.build_start, c.validate_start, "#d0ebff"],
     ["validate", c.validate_start, c.cutover_start, "#e5dbff"],
     ["cutover week", c.cutover_start, c.cutover_end, "#fff3bf"],
   ];
-  const picture = svg("svg", { id: "calendar", width, height: 64, viewBox: `0 0 ${width} 64`, role: "img" });
+  const picture = svg("svg", { id: "calendar", width: "100%", height: 84, viewBox: `0 0 ${width} 84`, preserveAspectRatio: "none", role: "img" });
   picture.append(svg("title", {}, `Phases; window ${c.window_local}`));
-  for (const [label, from, to, colour] of bands) {
+  for (const [name, from, to, colour] of bands) {
     picture.append(svg("rect", { x: x(from), y: 8, width: Math.max(1, x(to) - x(from)), height: 26, fill: colour }));
-    picture.append(svg("text", { x: x(from) + 4, y: 25 }, label));
+    picture.append(svg("text", { x: x(from) + 4, y: 25 }, name));
   }
-  picture.append(svg("rect", { x: x(c.window_start), y: 4, width: Math.max(2, x(c.window_end) - x(c.window_start)), height: 34, fill: "#f59f00", "fill-opacity": 0.7 }));
-  picture.append(svg("text", { x: x(c.window_start), y: 52 }, `window ${c.window_local}`));
+  picture.append(svg("rect", { x: x(c.window_start), y: 4, width: Math.max(3, x(c.window_end) - x(c.window_start)), height: 34, fill: "#f59f00", "fill-opacity": 0.8 }));
+  picture.append(label(c.window_start, 52, `window ${c.window_local}`));
   if (data.now >= start && data.now <= end) {
-    picture.append(svg("line", { x1: x(data.now), x2: x(data.now), y1: 0, y2: 40, stroke: "#c92a2a", "stroke-width": 2 }));
-    picture.append(svg("text", { x: x(data.now) + 3, y: 62 }, `now ${data.now_local}`));
+    picture.append(svg("line", { x1: x(data.now), x2: x(data.now), y1: 0, y2: 68, stroke: "#c92a2a", "stroke-width": 2 }));
+    picture.append(label(data.now, 78, `now ${data.now_local}`));
   }
   return picture;
 }

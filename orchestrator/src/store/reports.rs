@@ -124,8 +124,9 @@ impl Store {
         insert_events(
             self,
             &txn,
+            // Logged at the moment it speaks of, in the run's time (warped or not).
             &[report_event(
-                at,
+                report.due_at,
                 &report.wave,
                 "report.recorded",
                 format!(

@@ -1,0 +1,256 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver (Debian's
+//! chromium and chromium-driver; .ci/run installs them). It logs in with a token, opens
+//! the wave page while a warped rehearsal runs, gives the go with the page's button, and
+//! sees the matrix change without a reload; a screenshot is saved under
+//! target/tmp/browser/.
+//!
+//! Starts: chromedriver on a free loopback port (which starts Chromium), and the wavelift
+//! binary (apply, token, serve --time-warp) in a copy of the quickstart whose cutovers
+//! need a go.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+use wavelift_tests::Scratch;
+
+use crate::serve::{Served, applied_quickstart, token};
+
+/// W3C WebDriver's key for an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Driver {
+    child: Child,
+    http: Client,
+    base: String,
+    session: String,
+}
+
+impl Driver {
+    fn start(profile: &std::path::Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium chromium-driver; .ci/run does)");
+        let http = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("{base}/status"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| v["value"]["ready"] == true);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&json!({ "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,1400",
+                             format!("--user-data-dir={}", profile.display())],
+                },
+            } } }))
+            .send()
+            .and_then(|r| r.json())
+            .expect("a browser session");
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_owned();
+        Driver {
+            child,
+            http,
+            base,
+            session,
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, url);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let value: Value = request
+            .send()
+            .and_then(|r| r.json())
+            .expect("a WebDriver answer");
+        if value["value"].get("error").is_some() {
+            panic!("WebDriver {path}: {}", value["value"]);
+        }
+        value["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({ "url": url }));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let found = self.call(
+            reqwest::Method::POST,
+            "/element",
+            json!({ "using": "css selector", "value": css }),
+        );
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned()
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+    }
+
+    /// Waits until `script` returns `want` (at most `limit`); returns what it last saw.
+    fn wait_for(&self, script: &str, want: &Value, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self.script(script);
+            if &seen == want || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter_map(value) {
+        acc = (acc << 6) | c;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
+    let scratch = Scratch::new("browser");
+    let dir = applied_quickstart(&scratch);
+    let approver = token(&dir, "approver");
+    let served = Served::start(&dir, &["--time-warp"]);
+    let driver = Driver::start(&scratch.path().join("chromium-profile"));
+
+    // Log in with the token through the form.
+    driver.go(&served.url("/login"));
+    let field = driver.find("#token");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{field}/value"),
+        json!({ "text": approver }),
+    );
+    let button = driver.find("#login");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{button}/click"),
+        json!({}),
+    );
+    let overview = driver.wait_for(
+        "return document.querySelectorAll('#waves tr[data-wave]').length",
+        &json!(2),
+        Duration::from_secs(20),
+    );
+    assert_eq!(overview, json!(2), "the overview lists both waves");
+
+    // The wave page: the run goes on until directory's go is awaited.
+    driver.go(&served.url("/waves/wave-1"));
+    let gate = "return document.querySelector('#approvals tr[data-gate=\"directory\"] td:nth-child(2)')?.textContent ?? null";
+    let awaiting = driver.wait_for(gate, &json!("awaiting_approval"), Duration::from_secs(60));
+    assert_eq!(awaiting, json!("awaiting_approval"));
+    let cell = "return document.querySelector('#matrix td[data-task=\"dir-01/cutover\"]')?.dataset.state ?? null";
+    assert_eq!(driver.script(cell), json!("pending"));
+    assert_eq!(
+        driver.script("return document.querySelectorAll('#calendar rect').length >= 4"),
+        json!(true),
+        "the phase calendar"
+    );
+    // A mark on the page's window: a reload would lose it.
+    driver.script("window.__notReloaded = 42; return null;");
+
+    let go = driver.find("button.go[data-app=\"directory\"]");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{go}/click"),
+        json!({}),
+    );
+    let cut_over = driver.wait_for(cell, &json!("succeeded"), Duration::from_secs(90));
+    assert_eq!(
+        cut_over,
+        json!("succeeded"),
+        "the matrix shows the cutover done"
+    );
+    assert_eq!(
+        driver.script("return window.__notReloaded ?? null"),
+        json!(42)
+    );
+    let logged = driver.script("return document.querySelectorAll('#log div').length");
+    assert!(
+        logged.as_u64().is_some_and(|n| n > 0),
+        "the live log: {logged}"
+    );
+    assert_eq!(
+        driver.script("return document.querySelector('#approvals tr[data-gate=\"directory\"] td:nth-child(3)').textContent"),
+        json!("given by approver-user")
+    );
+
+    let png = decode_base64(
+        driver
+            .call(reqwest::Method::GET, "/screenshot", Value::Null)
+            .as_str()
+            .expect("a screenshot"),
+    );
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&folder).expect("the output folder");
+    std::fs::write(folder.join("wave-1.png"), png).expect("the screenshot");
+}
