@@ -73,7 +73,7 @@ async function overview() {
       el("td", {}, el("a", { href: `/waves/${encodeURIComponent(w.name)}` }, w.name)),
       el("td", {}, w.phase),
       el("td", {}, `${w.finished} of ${w.tasks}`),
-      el("td", { class: `health-${w.health}` }, w.health === "failing" ? `failing (${w.failed} failed, ${w.blocked} blocked)` : w.health === "waiting" ? `waiting for ${w.awaiting_approval} go(s)` : "ok"),
+      el("td", { class: `health-${w.health}` }, w.health === "failing" ? `failing (${w.failed} failed or blocked)` : w.health === "waiting" ? `waiting for ${w.awaiting_approval} go(s)` : "ok"),
       el("td", {}, w.next ? `${w.next.label} ${w.next.local}` : "none"),
       el("td", {}, w.engine)));
   show(el("h1", {}, "Waves"),

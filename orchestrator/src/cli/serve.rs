@@ -12,7 +12,11 @@ use super::run::{self, RunArgs};
 use super::state::StateArgs;
 use crate::executor::RunOptions;
 use crate::report::schedule::Reporter;
+use crate::store::Store;
 use crate::web::{self, App};
+
+/// The web's database connections (SQLite readers beside the executor's writer).
+const WEB_READERS: u32 = 4;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -86,9 +90,11 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         stopped.clone(),
     ));
     let mut web_stopped = stopped.clone();
+    // The web reads through connections of its own: a page never waits for a batch.
+    let web_store = Store::open_readers(&args.state.database_url(None), WEB_READERS).await?;
     let server = tokio::spawn(web::serve(
         listener,
-        Arc::new(App::new(store.clone())),
+        Arc::new(App::new(web_store)),
         async move {
             let _ = web_stopped.changed().await;
         },

@@ -47,12 +47,30 @@ impl Store {
     /// (the default is NORMAL, which in WAL mode is durable across crashes of the
     /// process but not of the machine).
     pub async fn open_with(url: &str, synchronous_full: bool) -> anyhow::Result<Store> {
+        Self::open_pool(url, synchronous_full, 1).await
+    }
+
+    /// Like [`Store::open`], with `readers` SQLite connections: for the web, whose
+    /// requests read at once (WAL lets readers run beside the writer); its few writes
+    /// (approvals, levers) wait for the lock like any other writer.
+    pub async fn open_readers(url: &str, readers: u32) -> anyhow::Result<Store> {
+        Self::open_pool(url, false, readers.max(1)).await
+    }
+
+    async fn open_pool(
+        url: &str,
+        synchronous_full: bool,
+        sqlite_connections: u32,
+    ) -> anyhow::Result<Store> {
         let mut options = ConnectOptions::new(url.to_owned());
         options.sqlx_logging(false);
         if url.starts_with("sqlite:") {
             create_sqlite_folder(url)?;
-            // One connection: SQLite allows one writer; a pool would only queue on locks.
-            options.max_connections(1).min_connections(1);
+            // One connection for the executor: SQLite allows one writer; a pool would
+            // only queue on locks.
+            options
+                .max_connections(sqlite_connections)
+                .min_connections(1);
             options.map_sqlx_sqlite_opts(move |opts| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 opts.create_if_missing(true)

@@ -841,10 +841,27 @@ impl Store {
             Some(w) => ("WHERE wave = ?", vec![w.into()]),
             None => ("", vec![]),
         };
-        let sql = format!(
+        let ordered = format!(
             "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY wave, application, server, earliest, id"
         );
-        let rows = self.db().query_all_raw(self.stmt(&sql, values)).await?;
+        if !self.is_postgres() {
+            // One JSON row instead of a hand-over per row from sqlx's SQLite thread: a
+            // 2,000-server wave reads in a tenth of the time.
+            let sql = format!(
+                "SELECT json_group_array(json_array({TASK_COLUMNS})) AS rows FROM ({ordered})"
+            );
+            let text = self
+                .db()
+                .query_one_raw(self.stmt(&sql, values))
+                .await?
+                .map(|row| row.try_get::<String>("", "rows"))
+                .transpose()?
+                .unwrap_or_else(|| "[]".to_owned());
+            let wire: Vec<WireTask> =
+                serde_json::from_str(&text).context("cannot read the tasks")?;
+            return Ok(wire.into_iter().map(WireTask::into_row).collect());
+        }
+        let rows = self.db().query_all_raw(self.stmt(&ordered, values)).await?;
         Ok(rows
             .iter()
             .map(|row| TaskRow::from_query_result(row, ""))
@@ -857,8 +874,33 @@ impl Store {
 pub struct WaveCounts {
     pub total: u64,
     pub finished: u64,
+    /// Failed or blocked.
     pub failed: u64,
     pub awaiting_approval: u64,
+}
+
+impl WaveCounts {
+    fn add(&mut self, state: TaskState, n: u64) {
+        self.total += n;
+        if state.is_final() {
+            self.finished += n;
+        }
+        if matches!(state, TaskState::Failed | TaskState::Blocked) {
+            self.failed += n;
+        }
+        if state == TaskState::AwaitingApproval {
+            self.awaiting_approval += n;
+        }
+    }
+
+    /// The counts of these tasks.
+    pub fn of(tasks: &[TaskRow]) -> WaveCounts {
+        let mut counts = WaveCounts::default();
+        for task in tasks {
+            counts.add(task.state(), 1);
+        }
+        counts
+    }
 }
 
 impl Store {
@@ -879,18 +921,9 @@ impl Store {
             let wave: String = row.try_get("", "wave")?;
             let state: String = row.try_get("", "state")?;
             let n = u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0);
-            let counts = out.entry(wave).or_default();
-            counts.total += n;
-            let state = TaskState::parse(&state).unwrap_or(TaskState::Pending);
-            if state.is_final() {
-                counts.finished += n;
-            }
-            if matches!(state, TaskState::Failed | TaskState::Blocked) {
-                counts.failed += n;
-            }
-            if state == TaskState::AwaitingApproval {
-                counts.awaiting_approval += n;
-            }
+            out.entry(wave)
+                .or_default()
+                .add(TaskState::parse(&state).unwrap_or(TaskState::Pending), n);
         }
         Ok(out)
     }

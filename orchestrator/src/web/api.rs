@@ -19,7 +19,7 @@ use super::App;
 use super::auth::{Identity, Refusal, allow, identify};
 use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
-use crate::store::{Permission, TaskRow, TaskState};
+use crate::store::{Permission, TaskRow, WaveCounts};
 
 /// The task kinds in plan order: the matrix's columns.
 pub const KINDS: [&str; 6] = [
@@ -74,20 +74,17 @@ pub struct WaveSummary {
     pub timezone: String,
     pub phase: &'static str,
     pub next: Option<Milestone>,
-    pub tasks: usize,
-    pub finished: usize,
-    pub failed: usize,
-    pub blocked: usize,
-    pub awaiting_approval: usize,
+    pub tasks: u64,
+    pub finished: u64,
+    /// Failed or blocked.
+    pub failed: u64,
+    pub awaiting_approval: u64,
     /// `failing` (a task failed or is blocked), `waiting` (a go is awaited), `ok`.
     pub health: &'static str,
 }
 
-fn summary(calendar: &WaveCalendar, tasks: &[&TaskRow], now: i64) -> WaveSummary {
+fn summary(calendar: &WaveCalendar, counts: &WaveCounts, now: i64) -> WaveSummary {
     let standing = calendar.standing(now);
-    let count = |state: TaskState| tasks.iter().filter(|t| t.state() == state).count();
-    let (failed, blocked) = (count(TaskState::Failed), count(TaskState::Blocked));
-    let awaiting_approval = count(TaskState::AwaitingApproval);
     WaveSummary {
         name: calendar.name.clone(),
         engine: calendar.engine.clone(),
@@ -98,14 +95,13 @@ fn summary(calendar: &WaveCalendar, tasks: &[&TaskRow], now: i64) -> WaveSummary
             at,
             local: local_text(at, &calendar.timezone),
         }),
-        tasks: tasks.len(),
-        finished: tasks.iter().filter(|t| t.state().is_final()).count(),
-        failed,
-        blocked,
-        awaiting_approval,
-        health: if failed + blocked > 0 {
+        tasks: counts.total,
+        finished: counts.finished,
+        failed: counts.failed,
+        awaiting_approval: counts.awaiting_approval,
+        health: if counts.failed > 0 {
             "failing"
-        } else if awaiting_approval > 0 {
+        } else if counts.awaiting_approval > 0 {
             "waiting"
         } else {
             "ok"
@@ -118,30 +114,37 @@ pub async fn waves(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
         return r;
     }
-    let result: anyhow::Result<Value> = async {
-        let now = app.now().await?;
-        let tasks = app.store.tasks(None).await?;
-        let mut by_wave: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
-        for t in &tasks {
-            by_wave.entry(t.wave.as_str()).or_default().push(t);
-        }
-        let waves: Vec<WaveSummary> = app
-            .store
-            .wave_calendars()
-            .await?
-            .iter()
-            .map(|c| {
-                summary(
-                    c,
-                    by_wave.get(c.name.as_str()).map_or(&[], Vec::as_slice),
-                    now,
-                )
-            })
-            .collect();
-        Ok(json!({ "now": now, "waves": waves }))
+    cached_json(&app, OVERVIEW_KEY).await
+}
+
+/// The overview's JSON.
+pub async fn overview_json(app: &App) -> anyhow::Result<Option<Value>> {
+    let now = app.now().await?;
+    let counts = app.store.counts_by_wave().await?;
+    let waves: Vec<WaveSummary> = app
+        .store
+        .wave_calendars()
+        .await?
+        .iter()
+        .map(|c| summary(c, &counts.get(&c.name).cloned().unwrap_or_default(), now))
+        .collect();
+    Ok(Some(json!({ "now": now, "waves": waves })))
+}
+
+/// The cache key of the overview (wave names never start with `/`).
+pub const OVERVIEW_KEY: &str = "/";
+
+/// A cached JSON body: the overview's, or a wave's (see [`App::cached`]).
+async fn cached_json(app: &Arc<App>, key: &str) -> Response {
+    match App::cached(app, key).await {
+        Ok(Some(body)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.to_vec(),
+        )
+            .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no wave `{key}`")),
+        Err(err) => internal(err),
     }
-    .await;
-    result.map_or_else(internal, |v| Json(v).into_response())
 }
 
 /// What a task cell of the matrix shows.
@@ -200,92 +203,88 @@ pub async fn wave(
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
         return r;
     }
-    let result: anyhow::Result<Option<Value>> = async {
-        let Some(calendar) = app
-            .store
-            .wave_calendars()
-            .await?
-            .into_iter()
-            .find(|c| c.name == wave)
-        else {
-            return Ok(None);
-        };
-        let now = app.now().await?;
-        let tasks = app.store.tasks(Some(&wave)).await?;
-        let refs: Vec<&TaskRow> = tasks.iter().collect();
-        let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
-        let mut gates = Vec::new();
-        for t in &tasks {
-            match &t.server {
-                Some(s) => {
-                    servers
-                        .entry((t.application.as_str(), s.as_str()))
-                        .or_default()
-                        .insert(t.kind.as_str(), t);
-                }
-                None => gates.push(json!({
-                    "application": t.application,
-                    "id": t.id,
-                    "state": t.state,
-                    "approval_required": t.approval_required,
-                    "approved_by": t.approved_by,
-                    "approved_at": t.approved_at,
-                })),
+    cached_json(&app, &wave).await
+}
+
+/// A wave's JSON; `None` when there is no such wave.
+pub async fn wave_json(app: &App, wave: &str) -> anyhow::Result<Option<Value>> {
+    let Some(calendar) = app
+        .store
+        .wave_calendars()
+        .await?
+        .into_iter()
+        .find(|c| c.name == wave)
+    else {
+        return Ok(None);
+    };
+    let now = app.now().await?;
+    let tasks = app.store.tasks(Some(wave)).await?;
+    let counts = WaveCounts::of(&tasks);
+    let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
+    let mut gates = Vec::new();
+    for t in &tasks {
+        match &t.server {
+            Some(s) => {
+                servers
+                    .entry((t.application.as_str(), s.as_str()))
+                    .or_default()
+                    .insert(t.kind.as_str(), t);
             }
+            None => gates.push(json!({
+                "application": t.application,
+                "id": t.id,
+                "state": t.state,
+                "approval_required": t.approval_required,
+                "approved_by": t.approved_by,
+                "approved_at": t.approved_at,
+            })),
         }
-        let servers: Vec<Value> = servers
-            .iter()
-            .map(|((app_name, server), kinds)| {
-                let cells: BTreeMap<&str, Cell> =
-                    kinds.iter().map(|(k, t)| (*k, cell(t))).collect();
-                json!({
-                    "name": server,
-                    "application": app_name,
-                    "tasks": cells,
-                    "replication": replication(kinds.get("replication_verify").copied()),
-                })
-            })
-            .collect();
-        let reports: Vec<Value> = app
-            .store
-            .reports(Some(&wave))
-            .await?
-            .iter()
-            .map(|r| {
-                json!({
-                    "kind": r.kind, "subject": r.subject, "state": r.state,
-                    "attempts": r.attempts, "last_error": r.last_error,
-                    "delivered_via": r.delivered_via, "due_at": r.due_at,
-                })
-            })
-            .collect();
-        let tz = calendar.timezone.as_str();
-        let local = |ms: i64| local_text(ms, tz);
-        Ok(Some(json!({
-            "now": now,
-            "now_local": local(now),
-            "summary": summary(&calendar, &refs, now),
-            "calendar": {
-                "build_start": calendar.build_start,
-                "validate_start": calendar.validate_start,
-                "cutover_start": calendar.cutover_start,
-                "window_start": calendar.window_start,
-                "window_end": calendar.window_end,
-                "cutover_end": calendar.cutover_end,
-                "window_local": format!("{} to {}", local(calendar.window_start), local(calendar.window_end)),
-            },
-            "kinds": KINDS,
-            "servers": servers,
-            "gates": gates,
-            "reports": reports,
-        })))
     }
-    .await;
-    match result {
-        Ok(Some(v)) => Json(v).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no wave `{wave}`")),
-        Err(err) => internal(err),
-    }
+    let servers: Vec<Value> = servers
+        .iter()
+        .map(|((app_name, server), kinds)| {
+            let cells: BTreeMap<&str, Cell> = kinds.iter().map(|(k, t)| (*k, cell(t))).collect();
+            json!({
+                "name": server,
+                "application": app_name,
+                "tasks": cells,
+                "replication": replication(kinds.get("replication_verify").copied()),
+            })
+        })
+        .collect();
+    let reports: Vec<Value> = app
+        .store
+        .reports(Some(wave))
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "kind": r.kind, "subject": r.subject, "state": r.state,
+                "attempts": r.attempts, "last_error": r.last_error,
+                "delivered_via": r.delivered_via, "due_at": r.due_at,
+            })
+        })
+        .collect();
+    let tz = calendar.timezone.as_str();
+    let local = |ms: i64| local_text(ms, tz);
+    Ok(Some(json!({
+        "now": now,
+        "now_local": local(now),
+        "summary": summary(&calendar, &counts, now),
+        "calendar": {
+            "build_start": calendar.build_start,
+            "validate_start": calendar.validate_start,
+            "cutover_start": calendar.cutover_start,
+            "window_start": calendar.window_start,
+            "window_end": calendar.window_end,
+            "cutover_end": calendar.cutover_end,
+            "window_local": format!("{} to {}", local(calendar.window_start), local(calendar.window_end)),
+        },
+        "kinds": KINDS,
+        "servers": servers,
+        "gates": gates,
+        "reports": reports,
+    })))
 }
 
 /// GET /api/servers/{server}: every attempt of every task with its checks, output and

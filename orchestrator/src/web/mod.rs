@@ -12,7 +12,9 @@ pub mod auth;
 mod openapi;
 mod pages;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -24,13 +26,113 @@ use auth::{Identity, Sessions};
 pub struct App {
     pub store: Store,
     pub sessions: Sessions,
+    /// The overview's and each wave's JSON, as last computed (see [`App::cached`]).
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+struct Cached {
+    at: Instant,
+    /// `None`: no such wave.
+    body: Option<Arc<[u8]>>,
+    refreshing: bool,
+}
+
+/// A cached body younger than this is served as it is; an older one is served while a
+/// fresh one is computed in the background, so a request never waits for the store
+/// (and the pages, which follow the live log, see every change within about a second).
+const FRESH: Duration = Duration::from_millis(500);
 
 impl App {
     pub fn new(store: Store) -> App {
         App {
             store,
             sessions: Sessions::default(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The JSON of `key` (a wave's name, or [`api::OVERVIEW_KEY`]): computed on the first
+    /// request, then served from memory and recomputed in the background once it is
+    /// older than [`FRESH`]. The levers clear it, so their effect shows at once.
+    pub async fn cached(app: &Arc<App>, key: &str) -> anyhow::Result<Option<Arc<[u8]>>> {
+        let stale = {
+            let mut cache = app
+                .cache
+                .lock()
+                .map_err(|_| anyhow::anyhow!("cache poisoned"))?;
+            match cache.get_mut(key) {
+                Some(entry) if entry.at.elapsed() < FRESH || entry.refreshing => {
+                    return Ok(entry.body.clone());
+                }
+                Some(entry) => {
+                    entry.refreshing = true;
+                    Some(entry.body.clone())
+                }
+                None => None,
+            }
+        };
+        match stale {
+            Some(body) => {
+                let app = Arc::clone(app);
+                let key = key.to_owned();
+                tokio::spawn(async move {
+                    // A failed refresh keeps the last body and tries again next time.
+                    let fresh = app.compute(&key).await;
+                    if let Ok(mut cache) = app.cache.lock() {
+                        match fresh {
+                            Ok(body) => {
+                                cache.insert(
+                                    key,
+                                    Cached {
+                                        at: Instant::now(),
+                                        body,
+                                        refreshing: false,
+                                    },
+                                );
+                            }
+                            Err(_) => {
+                                if let Some(entry) = cache.get_mut(&key) {
+                                    entry.refreshing = false;
+                                }
+                            }
+                        }
+                    }
+                });
+                Ok(body)
+            }
+            None => {
+                let body = app.compute(key).await?;
+                if let Ok(mut cache) = app.cache.lock() {
+                    cache.insert(
+                        key.to_owned(),
+                        Cached {
+                            at: Instant::now(),
+                            body: body.clone(),
+                            refreshing: false,
+                        },
+                    );
+                }
+                Ok(body)
+            }
+        }
+    }
+
+    async fn compute(&self, key: &str) -> anyhow::Result<Option<Arc<[u8]>>> {
+        let value = if key == api::OVERVIEW_KEY {
+            api::overview_json(self).await?
+        } else {
+            api::wave_json(self, key).await?
+        };
+        Ok(match value {
+            Some(value) => Some(Arc::from(serde_json::to_vec(&value)?)),
+            None => None,
+        })
+    }
+
+    /// Forgets every cached body: after a lever, the next read recomputes.
+    fn forget(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
         }
     }
 
@@ -46,19 +148,24 @@ impl App {
         application: Option<&str>,
         who: &Identity,
     ) -> anyhow::Result<Vec<String>> {
-        self.store
+        let approved = self
+            .store
             .approve(wave, application, &who.name, wall_now())
-            .await
+            .await;
+        self.forget();
+        approved
     }
 
     pub async fn pull(&self, task: &str, lever: &str, who: &Identity) -> anyhow::Result<()> {
         let now = wall_now();
-        match lever {
+        let pulled = match lever {
             "retry" => self.store.retry(task, &who.name, now).await,
             "skip" => self.store.skip(task, &who.name, now).await,
             "cancel" => self.store.cancel(task, &who.name, now).await,
             other => anyhow::bail!("unknown lever `{other}`: retry, skip or cancel"),
-        }
+        };
+        self.forget();
+        pulled
     }
 }
 
