@@ -79,6 +79,7 @@ store_suite!(
     next_due_and_unfinished_count_follow_the_tasks,
     claim_at_next_due_finds_the_task_whose_lease_expired,
     a_report_is_recorded_once_per_event_and_delivered_under_a_lease,
+    a_no_go_withdraws_the_go_until_the_gate_opens,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -2285,6 +2286,83 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
             "report.recorded",
             "report.failed"
         ]
+    );
+    Ok(())
+}
+
+async fn a_no_go_withdraws_the_go_until_the_gate_opens(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let err = h
+        .store
+        .no_go(WAVE_A, Some("web"), "carol", "  ", t.build)
+        .await
+        .err()
+        .context("a no-go without a reason was accepted")?;
+    assert_eq!(format!("{err:#}"), "a no-go needs its reason");
+    // Given ahead, then withdrawn: the gate will wait for a go again.
+    h.store
+        .approve(WAVE_A, Some("web"), "alice", t.build)
+        .await?;
+    let held = h
+        .store
+        .no_go(
+            WAVE_A,
+            Some("web"),
+            "carol",
+            "the database team is not ready",
+            t.build + 1,
+        )
+        .await?;
+    assert_eq!(held, vec!["web"]);
+    let row = h.task("web/ready").await?;
+    assert_eq!((row.approved_by, row.approved_at), (None, None));
+    let last = h
+        .store
+        .events_after(0, Some(WAVE_A), u32::MAX)
+        .await?
+        .pop()
+        .context("no event")?;
+    assert_eq!(last.kind, "operator.no_go");
+    assert_eq!(
+        last.message,
+        "no-go for the cutover of `web` by carol: the database team is not ready"
+    );
+    // Once the gate opened, a no-go is too late.
+    h.store
+        .approve(WAVE_A, Some("web"), "alice", t.validate)
+        .await?;
+    let gate = h.drive_to("web/ready", t.validate).await?;
+    h.store
+        .complete(DRIVER, t.validate, vec![succeeded(&gate, t.validate)])
+        .await?;
+    let err = h
+        .store
+        .no_go(
+            WAVE_A,
+            Some("web"),
+            "carol",
+            "changed my mind",
+            t.validate + 1,
+        )
+        .await
+        .err()
+        .context("a no-go after the gate opened was accepted")?;
+    assert!(
+        format!("{err:#}").starts_with("too late for a no-go: the cutovers of `web` have started"),
+        "{err:#}"
+    );
+    // An application without approval has nothing to hold.
+    let err = h
+        .store
+        .no_go(WAVE_A, Some("db"), "carol", "why not", t.validate + 1)
+        .await
+        .err()
+        .context("a no-go for db was accepted")?;
+    assert!(
+        format!("{err:#}").starts_with("no cutover of wave"),
+        "{err:#}"
     );
     Ok(())
 }

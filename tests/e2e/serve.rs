@@ -236,6 +236,35 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
     let (_, wave) = get("/api/waves/wave-1", Some(token_of("viewer")));
     assert_eq!(wave["gates"][0]["approved_by"], "approver-user");
 
+    // No-go: approver and admin only, with a reason; it withdraws payroll's go.
+    let (status, _) = post(
+        "/api/waves/wave-1/no-go",
+        token_of("operator"),
+        json!({ "app": "payroll", "reason": "not ready" }),
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, error) = post(
+        "/api/waves/wave-1/no-go",
+        token_of("approver"),
+        json!({ "app": "payroll" }),
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"], "a no-go needs its reason");
+    let (status, held) = post(
+        "/api/waves/wave-1/no-go",
+        token_of("approver"),
+        json!({ "app": "payroll", "reason": "payroll's freeze is not over" }),
+    );
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(held, json!({ "held": ["payroll"], "by": "approver-user" }));
+    let (_, wave) = get("/api/waves/wave-1", Some(token_of("viewer")));
+    assert_eq!(wave["gates"][1]["application"], "payroll");
+    assert!(
+        wave["gates"][1]["approved_by"].is_null(),
+        "{}",
+        wave["gates"][1]
+    );
+
     // Retry, skip, cancel: operator and admin only.
     for role in ["viewer", "approver"] {
         let (status, error) = post(
@@ -316,6 +345,7 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
         "/api/waves/{wave}/events/stream",
         "/api/waves/{wave}/reports",
         "/api/waves/{wave}/approve",
+        "/api/waves/{wave}/no-go",
         "/api/servers/{server}",
         "/api/tasks/{first}/{kind}/{lever}",
     ] {

@@ -149,32 +149,39 @@ function replicationTable(data) {
 function approvals(data) {
   const gates = data.gates.filter((g) => g.approval_required);
   if (!gates.length) return el("p", { class: "muted" }, "No cutover of this wave needs a go.");
+  const open = (g) => g.state === "pending" || g.state === "awaiting_approval";
+  const form = (action, g, label, cls, onsubmit, extra) =>
+    el("form", { method: "post", action: `/waves/${encodeURIComponent(NAME)}/${action}`, class: "inline", onsubmit },
+      el("input", { type: "hidden", name: "csrf", value: CSRF }),
+      el("input", { type: "hidden", name: "app", value: g.application }),
+      extra,
+      el("button", { type: "submit", class: cls, "data-app": g.application }, label));
   return el("table", { id: "approvals" },
-    el("tr", {}, ["Application", "Gate", "Go"].map((h) => el("th", {}, h))),
+    el("tr", {}, ["Application", "Gate", "Go", "No-go"].map((h) => el("th", {}, h))),
     gates.map((g) => el("tr", { "data-gate": g.application },
       el("td", {}, g.application),
       el("td", { class: `s-${g.state}` }, g.state),
-      el("td", {}, g.approved_by ? `given by ${g.approved_by}` :
-        el("form", { method: "post", action: `/waves/${encodeURIComponent(NAME)}/approve`, class: "inline", onsubmit: approve(g.application) },
-          el("input", { type: "hidden", name: "csrf", value: CSRF }),
-          el("input", { type: "hidden", name: "app", value: g.application }),
-          el("button", { type: "submit", class: "go", "data-app": g.application }, "Go"))))));
+      el("td", {}, g.approved_by ? `given by ${g.approved_by}` : open(g) ? form("approve", g, "Go", "go", decide("approve", g.application)) : "-"),
+      el("td", {}, open(g) ? form("no-go", g, "No-go", "no-go", decide("no-go", g.application),
+        el("input", { type: "text", name: "reason", placeholder: "why", required: "required", class: "reason" })) : "-"))));
 }
 
-function approve(application) {
+function decide(action, application) {
   return async (event) => {
     event.preventDefault();
+    const reason = event.target.querySelector("input[name=reason]")?.value;
     try {
-      await post(`/api/waves/${encodeURIComponent(NAME)}/approve`, { app: application });
+      await post(`/api/waves/${encodeURIComponent(NAME)}/${action}`, { app: application, reason });
       refresh();
     } catch (err) {
-      alert(`Not approved: ${err.message}`);
+      alert(`Not done: ${err.message}`);
     }
   };
 }
 
 let waveData = null;
 let refreshing = null;
+let trailing = null;
 
 function drawWave() {
   const d = waveData;
@@ -216,6 +223,9 @@ async function wave() {
       while (log.childElementCount > 500) log.lastElementChild.remove();
     }
     refresh();
+    // The API's data may be up to a second old: look once more when the log falls quiet.
+    clearTimeout(trailing);
+    trailing = setTimeout(refresh, 1500);
   });
 }
 

@@ -141,6 +141,20 @@ enum Command {
         #[command(flatten)]
         state: state::StateArgs,
     },
+    /// Withhold or withdraw the go for cutovers that have not started, with the reason
+    NoGo {
+        wave: String,
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// Why (recorded in the log)
+        #[arg(long)]
+        reason: String,
+        /// Who decides (default: $USER)
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
     /// Run a failed, blocked or cancelled task again
     Retry(TaskLever),
     /// Mark a task skipped: what depends on it goes on
@@ -267,6 +281,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             by,
             state,
         } => block_on(steer::approve(&state, &wave, app.as_deref(), by.as_deref())),
+        Command::NoGo {
+            wave,
+            app,
+            reason,
+            by,
+            state,
+        } => block_on(steer::no_go(
+            &state,
+            &wave,
+            app.as_deref(),
+            &reason,
+            by.as_deref(),
+        )),
         Command::Retry(lever) => block_on(steer::pull(
             &lever.state,
             steer::Lever::Retry,

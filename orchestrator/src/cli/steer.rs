@@ -19,6 +19,28 @@ pub async fn approve(
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn no_go(
+    store_args: &StateArgs,
+    wave: &str,
+    app: Option<&str>,
+    reason: &str,
+    by: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = store_args.open_existing().await?;
+    let who = state::operator(by);
+    let apps = store
+        .no_go(
+            wave,
+            app,
+            &who,
+            reason,
+            jiff::Timestamp::now().as_millisecond(),
+        )
+        .await?;
+    outln!("no-go by {who}: {} wait for a go", apps.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Lever {
     Retry,

@@ -76,6 +76,90 @@ impl Store {
         Ok(apps)
     }
 
+    /// A no-go: the go is withheld (or withdrawn) for the wave's cutovers, or one
+    /// application's, that have not started; their gates wait for a go again, and the
+    /// log says who and why. Too late once a gate has opened (its cutovers started).
+    pub async fn no_go(
+        &self,
+        wave: &str,
+        application: Option<&str>,
+        by: &str,
+        reason: &str,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            bail!("a no-go needs its reason");
+        }
+        let txn = self.write_transaction().await?;
+        let (filter, mut values): (&str, Vec<Value>) = match application {
+            Some(app) => (" AND application = ?", vec![wave.into(), app.into()]),
+            None => ("", vec![wave.into()]),
+        };
+        let gates = format!(
+            "kind = 'gate' AND approval_required AND wave = ?{filter} \
+             AND state IN ('pending', 'awaiting_approval')"
+        );
+        let rows = txn
+            .query_all_raw(self.stmt(
+                &format!("SELECT application FROM tasks WHERE {gates} ORDER BY application"),
+                values.clone(),
+            ))
+            .await?;
+        let apps: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String>("", "application"))
+            .collect::<Result<_, _>>()?;
+        if apps.is_empty() {
+            let opened = txn
+                .query_all_raw(self.stmt(
+                    &format!(
+                        "SELECT application FROM tasks WHERE kind = 'gate' AND approval_required \
+                         AND wave = ?{filter} AND state = 'succeeded' ORDER BY application"
+                    ),
+                    values.clone(),
+                ))
+                .await?;
+            if let Some(row) = opened.first() {
+                let app: String = row.try_get("", "application")?;
+                bail!(
+                    "too late for a no-go: the cutovers of `{app}` have started; cancel them instead \
+                     (wavelift cancel SERVER/cutover)"
+                );
+            }
+            bail!(
+                "no cutover of wave `{wave}`{} waits for a go",
+                application
+                    .map(|a| format!(", application `{a}`,"))
+                    .unwrap_or_default()
+            );
+        }
+        let mut update: Vec<Value> = vec![now.into()];
+        update.append(&mut values);
+        txn.execute_raw(self.stmt(
+            &format!(
+                "UPDATE tasks SET approved_by = NULL, approved_at = NULL, updated_at = ? WHERE {gates}"
+            ),
+            update,
+        ))
+        .await?;
+        let events: Vec<NewEvent> = apps
+            .iter()
+            .map(|app| NewEvent {
+                at: now,
+                wave: wave.to_owned(),
+                server: None,
+                task_id: Some(super::apply::gate_id(app)),
+                kind: "operator.no_go".to_owned(),
+                message: format!("no-go for the cutover of `{app}` by {by}: {reason}"),
+                data: None,
+            })
+            .collect();
+        insert_events(self, &txn, &events).await?;
+        txn.commit().await?;
+        Ok(apps)
+    }
+
     async fn steer_target(&self, txn: &DatabaseTransaction, id: &str) -> anyhow::Result<TaskRow> {
         let sql = format!(
             "SELECT {} FROM tasks WHERE id = ?",

@@ -475,6 +475,37 @@ pub async fn approve(
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct NoGoBody {
+    /// One application's gate; all of the wave's when absent.
+    pub app: Option<String>,
+    /// Why: recorded in the log with the caller's name.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// POST /api/waves/{wave}/no-go: the go withheld or withdrawn for cutovers that have not
+/// started, with the reason (role approver or admin).
+pub async fn no_go(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<NoGoBody>>,
+) -> Response {
+    let who = match guard(&app, &headers, Permission::Approve, true).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let body = body.map(|b| b.0).unwrap_or_default();
+    match app
+        .no_go(&wave, body.app.as_deref(), &body.reason, &who)
+        .await
+    {
+        Ok(apps) => Json(json!({ "held": apps, "by": who.name })).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
 /// POST /api/tasks/{first}/{kind}/{lever}: retry, skip or cancel the task
 /// `{first}/{kind}` (a server's task, or an application's gate `APP/ready`).
 pub async fn lever(
@@ -499,6 +530,8 @@ pub fn refused(err: anyhow::Error) -> Response {
     let message = format!("{err:#}");
     let status = if message.starts_with("no ") || message.contains("unknown lever") {
         StatusCode::NOT_FOUND
+    } else if message.starts_with("a no-go needs") {
+        StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::CONFLICT
     };

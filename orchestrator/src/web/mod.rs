@@ -102,7 +102,10 @@ impl App {
             }
             None => {
                 let body = app.compute(key).await?;
-                if let Ok(mut cache) = app.cache.lock() {
+                // Only what exists is kept: asking for made-up waves grows nothing.
+                if body.is_some()
+                    && let Ok(mut cache) = app.cache.lock()
+                {
                     cache.insert(
                         key.to_owned(),
                         Cached {
@@ -156,6 +159,21 @@ impl App {
         approved
     }
 
+    pub async fn no_go(
+        &self,
+        wave: &str,
+        application: Option<&str>,
+        reason: &str,
+        who: &Identity,
+    ) -> anyhow::Result<Vec<String>> {
+        let held = self
+            .store
+            .no_go(wave, application, &who.name, reason, wall_now())
+            .await;
+        self.forget();
+        held
+    }
+
     pub async fn pull(&self, task: &str, lever: &str, who: &Identity) -> anyhow::Result<()> {
         let now = wall_now();
         let pulled = match lever {
@@ -182,6 +200,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/waves/{wave}/approve", post(pages::approve_form))
+        .route("/waves/{wave}/no-go", post(pages::no_go_form))
         .route("/assets/{file}", get(pages::asset))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/waves", get(api::waves))
@@ -190,6 +209,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/waves/{wave}/events/stream", get(api::stream))
         .route("/api/waves/{wave}/reports", get(api::reports))
         .route("/api/waves/{wave}/approve", post(api::approve))
+        .route("/api/waves/{wave}/no-go", post(api::no_go))
         .route("/api/servers/{server}", get(api::server))
         .route("/api/tasks/{first}/{kind}/{lever}", post(api::lever))
         .with_state(app)

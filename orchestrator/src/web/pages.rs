@@ -155,6 +155,8 @@ pub struct CsrfForm {
     csrf: String,
     #[serde(default)]
     app: String,
+    #[serde(default)]
+    reason: String,
 }
 
 pub async fn logout(
@@ -197,6 +199,29 @@ pub async fn approve_form(
     };
     let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
     match app.approve(&wave, application, &who).await {
+        Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+/// POST /waves/{wave}/no-go (a form: `app`, `reason`, `csrf`): the go withheld, then
+/// back to the page.
+pub async fn no_go_form(
+    State(app): State<Arc<App>>,
+    Path(wave): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let identity = match identify(&app.store, &app.sessions, &headers).await {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal.into(),
+    };
+    let who = match allow(identity, Permission::Approve, true, Some(&form.csrf)) {
+        Ok(who) => who,
+        Err(refusal) => return refusal.into(),
+    };
+    let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
+    match app.no_go(&wave, application, &form.reason, &who).await {
         Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
         Err(err) => refused(err),
     }
