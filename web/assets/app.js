@@ -166,6 +166,18 @@ function approvals(data) {
         el("input", { type: "text", name: "reason", placeholder: "why", required: "required", class: "reason" })) : "-"))));
 }
 
+function reportsTable(data) {
+  if (!data.reports.length) return el("p", { class: "muted" }, "No report made yet.");
+  return el("table", { id: "reports" },
+    el("tr", {}, ["Report", "Subject", "Delivery", "Attempts", "Where or why"].map((h) => el("th", {}, h))),
+    data.reports.slice(0, 30).map((r) => el("tr", {},
+      el("td", {}, r.kind),
+      el("td", {}, r.subject),
+      el("td", { class: r.state === "failed" ? "error" : "" }, r.state),
+      el("td", {}, r.attempts),
+      el("td", {}, r.state === "delivered" ? (r.delivered_via || "") : (r.last_error || "")))));
+}
+
 function decide(action, application) {
   return async (event) => {
     event.preventDefault();
@@ -196,6 +208,7 @@ function drawWave() {
     el("h2", {}, "Servers and tasks"), matrix(d),
     el("h2", {}, "Replication"), replicationTable(d),
     el("h2", {}, "Approvals"), approvals(d),
+    el("h2", {}, "Reports"), reportsTable(d),
     el("h2", {}, "Job progress log"), log);
 }
 
