@@ -2216,7 +2216,14 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
     let taken = &h.store.reports(None).await?[0];
     assert_eq!((taken.state.as_str(), taken.attempts), ("sending", 1));
     h.store
-        .report_not_delivered(taken, 6_000, "connection refused", Some(10_000), None)
+        .report_not_delivered(
+            taken,
+            65_000,
+            6_000,
+            "connection refused",
+            Some(10_000),
+            None,
+        )
         .await?;
     assert_eq!(h.store.next_report_attempt().await?, Some(10_000));
     assert!(h.store.take_report(id, 10_000, 70_000).await?);
@@ -2225,8 +2232,13 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
     assert!(h.store.take_report(id, 70_000, 130_000).await?);
     let taken = &h.store.reports(None).await?[0];
     assert_eq!(taken.attempts, 3);
+    // The attempt whose lease ran out comes back late: its outcome is not written.
     h.store
-        .report_delivered(taken, 71_000, "smtp://127.0.0.1:25")
+        .report_delivered(taken, 70_000, 71_000, "smtp://late.example:25")
+        .await?;
+    assert_eq!(h.store.reports(None).await?[0].state, "sending");
+    h.store
+        .report_delivered(taken, 130_000, 71_000, "smtp://127.0.0.1:25")
         .await?;
     let done = &h.store.reports(None).await?[0];
     assert_eq!(done.state, "delivered");
@@ -2253,7 +2265,14 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
         .find(|r| r.id == other)
         .context("row")?;
     h.store
-        .report_not_delivered(&row, 6_000, "550 refused", None, Some("/outbox/x.eml"))
+        .report_not_delivered(
+            &row,
+            65_000,
+            6_000,
+            "550 refused",
+            None,
+            Some("/outbox/x.eml"),
+        )
         .await?;
     let row = h
         .store

@@ -513,6 +513,56 @@ fn a_session_needs_its_csrf_token_for_every_change_and_pages_need_a_session() {
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
 
+#[test]
+fn revoking_a_token_ends_the_sessions_made_with_it() {
+    let scratch = Scratch::new("serve-revoke");
+    let dir = applied_quickstart(&scratch);
+    let viewer = token(&dir, "viewer");
+    let served = Served::start(&dir, &[]);
+    let http = client();
+    let form = http.get(served.url("/login")).send().expect("login form");
+    let login_cookie = cookie_pair(&form, "wavelift_login");
+    let csrf = value_of(&form.text().expect("html"), "name=\"csrf\" value=\"");
+    let login = http
+        .post(served.url("/login"))
+        .header(COOKIE, &login_cookie)
+        .form(&[("token", viewer.as_str()), ("csrf", csrf.as_str())])
+        .send()
+        .expect("login");
+    let session = cookie_pair(&login, "wavelift_session");
+    let read = || {
+        http.get(served.url("/api/waves"))
+            .header(COOKIE, &session)
+            .send()
+            .expect("read")
+            .status()
+    };
+    assert_eq!(read(), StatusCode::OK);
+    let listed = wavelift(&dir, &["token", "list"]);
+    let id = listed
+        .stdout
+        .lines()
+        .find(|l| l.contains("viewer-user"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}", listed.describe()))
+        .to_owned();
+    let revoked = wavelift(&dir, &["token", "revoke", &id]);
+    assert_eq!(
+        revoked.stdout.trim(),
+        format!("token {id} revoked"),
+        "{}",
+        revoked.describe()
+    );
+    assert_eq!(
+        read(),
+        StatusCode::UNAUTHORIZED,
+        "the session ended with its token"
+    );
+    let again = wavelift(&dir, &["token", "revoke", &id]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("no token"), "{}", again.describe());
+}
+
 /// `NAME=VALUE` of a cookie the response sets.
 fn cookie_pair(response: &Response, name: &str) -> String {
     response

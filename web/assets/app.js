@@ -163,7 +163,7 @@ function approvals(data) {
       el("td", { class: `s-${g.state}` }, g.state),
       el("td", {}, g.approved_by ? `given by ${g.approved_by}` : open(g) ? form("approve", g, "Go", "go", decide("approve", g.application)) : "-"),
       el("td", {}, open(g) ? form("no-go", g, "No-go", "no-go", decide("no-go", g.application),
-        el("input", { type: "text", name: "reason", placeholder: "why", required: "required", class: "reason" })) : "-"))));
+        el("input", { type: "text", name: "reason", placeholder: "why", required: "required", class: "reason", "data-app": g.application })) : "-"))));
 }
 
 function reportsTable(data) {
@@ -196,6 +196,18 @@ let refreshing = null;
 let trailing = null;
 
 function drawWave() {
+  // A reason being typed survives the redraw (the page redraws as the log moves).
+  const typed = [...document.querySelectorAll("input.reason")].map((i) => [i.dataset.app, i.value, i === document.activeElement]);
+  drawWaveAnew();
+  for (const [app, value, focused] of typed) {
+    const input = document.querySelector(`input.reason[data-app="${CSS.escape(app)}"]`);
+    if (!input) continue;
+    input.value = value;
+    if (focused) input.focus();
+  }
+}
+
+function drawWaveAnew() {
   const d = waveData;
   const s = d.summary;
   const existingLog = document.getElementById("log");

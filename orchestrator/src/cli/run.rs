@@ -127,10 +127,26 @@ pub(super) async fn deliver(
     reporter: Arc<Reporter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut last_failure: Option<String> = None;
     loop {
         let stopping = *stop.borrow();
         let now = jiff::Timestamp::now().as_millisecond();
-        for (report, attempt) in reporter.mailer.deliver_due(&store, now).await? {
+        // A failure of the store is said once while it lasts; delivery goes on.
+        let outcomes = match reporter.mailer.deliver_due(&store, now).await {
+            Ok(outcomes) => {
+                last_failure = None;
+                outcomes
+            }
+            Err(err) => {
+                let text = format!("{err:#}");
+                if last_failure.as_deref() != Some(text.as_str()) {
+                    eprintln!("report delivery interrupted (tried again shortly): {text}");
+                    last_failure = Some(text);
+                }
+                Vec::new()
+            }
+        };
+        for (report, attempt) in outcomes {
             let subject = &report.subject;
             match attempt {
                 Attempt::Delivered { via } => eprintln!("report delivered via {via}: {subject}"),

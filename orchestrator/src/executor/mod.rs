@@ -128,7 +128,8 @@ impl Executor {
                     reports_looked = std::time::Instant::now();
                     // A report falling due before the next task stops warped time there;
                     // reports alone never keep a run going.
-                    if let (Some(next), Some(report)) = (due, reporter.record_due(now).await?) {
+                    if let (Some(next), Some(report)) = (due, reporter.record_due_or_say(now).await)
+                    {
                         due = Some(next.min(report.max(now)));
                     }
                 }
@@ -199,7 +200,7 @@ impl Executor {
                 && reports_looked.elapsed() >= REPORT_LOOK
             {
                 reports_looked = std::time::Instant::now();
-                reporter.record_due(self.clock.now_ms()).await?;
+                reporter.record_due_or_say(self.clock.now_ms()).await;
             }
             if let Some(Ok(())) = futures_ready(&mut interrupt) {
                 return Ok(Stopped::Interrupted);

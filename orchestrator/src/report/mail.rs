@@ -88,35 +88,40 @@ struct SmtpUrl {
 }
 
 fn parse_smtp_url(url: &str) -> anyhow::Result<SmtpUrl> {
+    // Messages show the URL without its user information: a password typed into it
+    // must not end up in a log.
+    let shown = without_user_info(url);
     let (implicit_tls, rest) = if let Some(rest) = url.strip_prefix("smtps://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("smtp://") {
         (false, rest)
     } else {
-        anyhow::bail!("`{url}` is not an smtp:// or smtps:// URL");
+        anyhow::bail!("`{shown}` is not an smtp:// or smtps:// URL");
+    };
+    // The user information ends at the last `@` (a password may hold `?` or `/`).
+    let (user_info, rest) = match rest.rsplit_once('@') {
+        Some((user, rest)) => (Some(user), rest),
+        None => (None, rest),
     };
     let (authority, query) = match rest.split_once('?') {
         Some((a, q)) => (a, Some(q)),
         None => (rest, None),
     };
     let authority = authority.trim_end_matches('/');
-    let (user, host_port) = match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            if user.contains(':') {
-                anyhow::bail!(
-                    "the SMTP URL holds a password (not shown): put it in `smtp.credential` \
-                     (env:NAME or file:PATH) or WAVELIFT_SMTP_PASSWORD"
-                );
-            }
-            (Some(percent_decode(user)), host)
-        }
-        None => (None, authority),
+    let user = match user_info {
+        Some(user) if user.contains(':') => anyhow::bail!(
+            "the SMTP URL holds a password (not shown): put it in `smtp.credential` \
+             (env:NAME or file:PATH) or WAVELIFT_SMTP_PASSWORD"
+        ),
+        Some(user) => Some(percent_decode(user)),
+        None => None,
     };
+    let host_port = authority;
     // `[v6]:port`, `host:port`, or either without the port.
     let (host, port_text) = match host_port.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((host, rest)) => (host, rest.strip_prefix(':')),
-            None => anyhow::bail!("`{url}`: an IPv6 address lacks its closing `]`"),
+            None => anyhow::bail!("`{shown}`: an IPv6 address lacks its closing `]`"),
         },
         None => match host_port.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -126,12 +131,12 @@ fn parse_smtp_url(url: &str) -> anyhow::Result<SmtpUrl> {
     let port = match port_text {
         Some(port) => Some(
             port.parse::<u16>()
-                .with_context(|| format!("`{port}` is not a port in the SMTP URL"))?,
+                .with_context(|| format!("`{port}` is not a port in the SMTP URL `{shown}`"))?,
         ),
         None => None,
     };
     if host.is_empty() {
-        anyhow::bail!("the SMTP URL `{url}` has no host");
+        anyhow::bail!("the SMTP URL `{shown}` has no host");
     }
     let mut starttls = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -154,6 +159,17 @@ fn parse_smtp_url(url: &str) -> anyhow::Result<SmtpUrl> {
         host: host.to_owned(),
         port: port.unwrap_or(if implicit_tls { 465 } else { 587 }),
     })
+}
+
+/// The URL without what stands between `://` and the last `@`.
+fn without_user_info(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.split('@').next_back().unwrap_or("").to_owned(),
+    }
 }
 
 fn percent_decode(text: &str) -> String {
@@ -241,6 +257,12 @@ impl Mailer {
             (false, None) => Tls::Opportunistic(tls),
         });
         if let Some(password) = password {
+            if parsed.starttls == Some(false) && !parsed.implicit_tls {
+                anyhow::bail!(
+                    "the SMTP URL says tls=none but a password is configured: a password never \
+                     travels in clear; use STARTTLS (drop tls=none) or smtps://"
+                );
+            }
             let Some(user) = parsed.user.clone() else {
                 anyhow::bail!(
                     "the SMTP URL names no user for the credential: write it as smtp://USER@HOST:PORT"
@@ -281,7 +303,11 @@ impl Mailer {
     ) -> anyhow::Result<Vec<(ReportRow, Attempt)>> {
         let mut outcomes = Vec::new();
         for report in store.reports_to_deliver(now, 50).await? {
-            let attempt = self.attempt(store, &report, now).await?;
+            // Each attempt takes its report at its own moment: a slow pass must not take
+            // a report under a lease that has already run out.
+            let attempt = self
+                .attempt(store, &report, jiff::Timestamp::now().as_millisecond())
+                .await?;
             outcomes.push((report, attempt));
         }
         Ok(outcomes)
@@ -294,10 +320,8 @@ impl Mailer {
         report: &ReportRow,
         now: i64,
     ) -> anyhow::Result<Attempt> {
-        if !store
-            .take_report(report.id, now, now + self.lease_ms())
-            .await?
-        {
+        let lease = now + self.lease_ms();
+        if !store.take_report(report.id, now, lease).await? {
             return Ok(Attempt::Taken);
         }
         let number = report.attempts + 1;
@@ -305,7 +329,7 @@ impl Mailer {
         let at = jiff::Timestamp::now().as_millisecond();
         let attempt = match result {
             Ok(via) => {
-                store.report_delivered(report, at, &via).await?;
+                store.report_delivered(report, lease, at, &via).await?;
                 Attempt::Delivered { via }
             }
             Err(failure) if !failure.permanent && (number as u32) < self.attempts => {
@@ -315,7 +339,7 @@ impl Mailer {
                     .min(MAX_RETRY_WAIT_MS);
                 let retry_at = at + wait;
                 store
-                    .report_not_delivered(report, at, &failure.message, Some(retry_at), None)
+                    .report_not_delivered(report, lease, at, &failure.message, Some(retry_at), None)
                     .await?;
                 Attempt::Retry {
                     error: failure.message,
@@ -333,7 +357,7 @@ impl Mailer {
                     failure.message
                 };
                 store
-                    .report_not_delivered(report, at, &error, None, kept.as_deref())
+                    .report_not_delivered(report, lease, at, &error, None, kept.as_deref())
                     .await?;
                 Attempt::Failed { error, kept }
             }
@@ -472,5 +496,33 @@ mod tests {
         assert!(err("smtp://x?tls=maybe").contains("tls=required"));
         assert!(err("smtps://x?tls=none").contains("contradicts"));
         assert!(err("smtp://:25").contains("has no host"));
+    }
+
+    #[test]
+    fn a_password_never_travels_in_clear_nor_shows_in_a_message() {
+        let secret =
+            std::env::temp_dir().join(format!("wavelift-smtp-secret-{}", std::process::id()));
+        std::fs::write(&secret, "hunter2\n").expect("the secret file");
+        let mut config = Config::builtin(std::env::temp_dir());
+        config.smtp = Some(waves::config::Smtp {
+            url: "smtp://reports@127.0.0.1:25?tls=none".to_owned(),
+            from: "wavelift@example.com".to_owned(),
+            credential: Some(CredentialRef::File(secret.display().to_string())),
+            ca_file: None,
+        });
+        let err = Mailer::from_config(&config).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains("a password never travels in clear"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&secret);
+        for url in [
+            "smpt://me:hunter2@relay.example.com",
+            "smtp://me:hun?ter2@relay.example.com:x",
+        ] {
+            let err = parse_smtp_url(url).expect_err("refused").to_string();
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+        }
     }
 }

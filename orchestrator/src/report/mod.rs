@@ -123,7 +123,18 @@ pub fn compose(
             recipients.push(address.clone());
         }
     }
-    let message_id = format!("<{}.{}.{}@wavelift.invalid>", kind.name(), due_at, wave);
+    // Unique per report: the event is in it (two reports asked for at one moment of a
+    // warped clock differ by the moment they were asked).
+    let event_part: String = event
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let message_id = format!(
+        "<{}.{}.{}.{event_part}@wavelift.invalid>",
+        kind.name(),
+        due_at,
+        wave
+    );
     let message = outbox::message(rendered, from, &recipients, &message_id)?;
     Ok(crate::store::NewReport {
         wave: wave.to_owned(),

@@ -25,6 +25,8 @@ use crate::store::{KindProgress, Store};
 const MAX_SKIPPED_OCCURRENCES: usize = 1_000;
 
 pub struct Reporter {
+    /// The last failure said, so a failure that repeats at every look is said once.
+    last_failure: std::sync::Mutex<Option<String>>,
     store: Store,
     definitions: Arc<Definitions>,
     pub mailer: Mailer,
@@ -52,12 +54,37 @@ impl Reporter {
             None => None,
         };
         Ok(Reporter {
+            last_failure: std::sync::Mutex::new(None),
             store,
             readiness_before_ms: config.reports.readiness_before.approx_seconds() as i64 * 1000,
             digest,
             definitions,
             mailer,
         })
+    }
+
+    /// [`Reporter::record_due`] for a run: a report that cannot be made (a wave with
+    /// nobody to send it to, the store busy) is said on stderr, once while it lasts, and
+    /// never stops the run; it is tried again at the next look.
+    pub async fn record_due_or_say(&self, now: i64) -> Option<i64> {
+        match self.record_due(now).await {
+            Ok(next) => {
+                if let Ok(mut last) = self.last_failure.lock() {
+                    *last = None;
+                }
+                next
+            }
+            Err(err) => {
+                let text = format!("{err:#}");
+                if let Ok(mut last) = self.last_failure.lock()
+                    && last.as_deref() != Some(text.as_str())
+                {
+                    eprintln!("report not made (tried again at the next look): {text}");
+                    *last = Some(text);
+                }
+                None
+            }
+        }
     }
 
     /// Records every report due at `now` (scheduler time, ms) and not recorded yet;
@@ -83,9 +110,12 @@ impl Reporter {
                     candidate(due);
                 }
             }
-            // Cutover: when every cutover is final, or the window has closed.
+            // Cutover: once the window has opened, when every cutover is final, or when
+            // the window has closed. (Cutovers blocked before the window may be retried:
+            // the report waits for the window.)
             if p.first_started.is_some() && p.cutovers.0 > 0 {
-                if !cutovers_open || now >= calendar.window_end {
+                let over = !cutovers_open && now >= calendar.window_start;
+                if over || now >= calendar.window_end {
                     self.record(calendar, Kind::Cutover, &window_event, now, now)
                         .await?;
                 } else if p.unfinished > 0 {

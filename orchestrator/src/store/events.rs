@@ -147,6 +147,21 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The id of the wave's newest event (0 when it has none).
+    pub async fn last_event_id(&self, wave: &str) -> anyhow::Result<i64> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT MAX(id) AS last FROM events WHERE wave = ?",
+                vec![wave.into()],
+            ))
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<Option<i64>>("", "last")?.unwrap_or(0),
+            None => 0,
+        })
+    }
+
     /// How many events of each kind a wave logged after `since` (ms).
     pub async fn event_counts(
         &self,

@@ -169,17 +169,19 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// The attempt delivered the report (`via`: the server or the outbox file).
+    /// The attempt that holds the report under `lease` delivered it (`via`: the server or
+    /// the outbox file). Outcomes are written only while the lease is the attempt's.
     pub async fn report_delivered(
         &self,
         report: &ReportRow,
+        lease: i64,
         at: i64,
         via: &str,
     ) -> anyhow::Result<()> {
         self.report_outcome(
             "UPDATE reports SET state = 'delivered', delivered_at = ?, delivered_via = ?, \
-             last_error = NULL WHERE id = ?",
-            vec![at.into(), via.into(), report.id.into()],
+             last_error = NULL WHERE id = ? AND state = 'sending' AND next_attempt_at = ?",
+            vec![at.into(), via.into(), report.id.into(), lease.into()],
             report_event(
                 at,
                 &report.wave,
@@ -199,6 +201,7 @@ impl Store {
     pub async fn report_not_delivered(
         &self,
         report: &ReportRow,
+        lease: i64,
         at: i64,
         error: &str,
         retry_at: Option<i64>,
@@ -208,8 +211,13 @@ impl Store {
             Some(retry_at) => {
                 self.report_outcome(
                     "UPDATE reports SET state = 'pending', next_attempt_at = ?, last_error = ? \
-                     WHERE id = ?",
-                    vec![retry_at.into(), error.into(), report.id.into()],
+                     WHERE id = ? AND state = 'sending' AND next_attempt_at = ?",
+                    vec![
+                        retry_at.into(),
+                        error.into(),
+                        report.id.into(),
+                        lease.into(),
+                    ],
                     report_event(
                         at,
                         &report.wave,
@@ -228,11 +236,12 @@ impl Store {
                 let kept_words = kept.map(|k| format!("; kept in {k}")).unwrap_or_default();
                 self.report_outcome(
                     "UPDATE reports SET state = 'failed', last_error = ?, delivered_via = ? \
-                     WHERE id = ?",
+                     WHERE id = ? AND state = 'sending' AND next_attempt_at = ?",
                     vec![
                         error.into(),
                         kept.map(str::to_owned).into(),
                         report.id.into(),
+                        lease.into(),
                     ],
                     report_event(
                         at,
@@ -258,7 +267,12 @@ impl Store {
         event: NewEvent,
     ) -> anyhow::Result<()> {
         let txn = self.write_transaction().await?;
-        txn.execute_raw(self.stmt(sql, values)).await?;
+        let result = txn.execute_raw(self.stmt(sql, values)).await?;
+        if result.rows_affected() == 0 {
+            // The lease ran out and another attempt holds the report: its outcome counts.
+            txn.rollback().await?;
+            return Ok(());
+        }
         insert_events(self, &txn, &[event]).await?;
         txn.commit().await?;
         Ok(())

@@ -98,11 +98,20 @@ impl Store {
 
     /// The token's name and role, if it is known and not revoked.
     pub async fn token_identity(&self, token: &str) -> anyhow::Result<Option<(String, Role)>> {
+        self.token_identity_by_hash(&token_hash(token)).await
+    }
+
+    /// Like [`Store::token_identity`], from the token's stored hash (a session keeps it,
+    /// so revoking the token ends the sessions made with it).
+    pub async fn token_identity_by_hash(
+        &self,
+        hash: &str,
+    ) -> anyhow::Result<Option<(String, Role)>> {
         let row = self
             .db()
             .query_one_raw(self.stmt(
                 "SELECT name, role FROM api_tokens WHERE hash = ? AND revoked_at IS NULL",
-                vec![token_hash(token).into()],
+                vec![hash.into()],
             ))
             .await?;
         let Some(row) = row else { return Ok(None) };

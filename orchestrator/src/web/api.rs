@@ -139,7 +139,7 @@ async fn cached_json(app: &Arc<App>, key: &str) -> Response {
     match App::cached(app, key).await {
         Ok(Some(body)) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body.to_vec(),
+            axum::body::Bytes::from_owner(body),
         )
             .into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no wave `{key}`")),
@@ -357,8 +357,7 @@ pub async fn server(
 
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
-    #[serde(default)]
-    after: i64,
+    after: Option<i64>,
     limit: Option<u32>,
 }
 
@@ -373,7 +372,11 @@ pub async fn events(
         return r;
     }
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
-    match app.store.events_after(q.after, Some(&wave), limit).await {
+    match app
+        .store
+        .events_after(q.after.unwrap_or(0), Some(&wave), limit)
+        .await
+    {
         Ok(events) => Json(json!({ "events": events })).into_response(),
         Err(err) => internal(err),
     }
@@ -395,23 +398,38 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(q.after);
-    Sse::new(log_stream(app, wave, resume))
+        .or(q.after);
+    // Without a place to resume from: the last events, not the whole history.
+    let after = match resume {
+        Some(after) => after,
+        None => match app.store.last_event_id(&wave).await {
+            Ok(last) => (last - STREAM_BACKLOG).max(0),
+            Err(err) => return internal(err),
+        },
+    };
+    Sse::new(log_stream(app, wave, after, headers))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+/// Events a fresh stream starts with.
+const STREAM_BACKLOG: i64 = 200;
+/// A stream checks its caller again after this many quiet looks (a revoked token or a
+/// closed session ends it).
+const STREAM_RECHECK: u32 = 10;
 
 fn log_stream(
     app: Arc<App>,
     wave: String,
     after: i64,
+    headers: HeaderMap,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(
-        (app, wave, after, Vec::<Event>::new()),
-        |(app, wave, mut after, mut queue)| async move {
+        (app, wave, after, Vec::<Event>::new(), headers, 0u32),
+        |(app, wave, mut after, mut queue, headers, mut quiet)| async move {
             loop {
                 if let Some(event) = queue.pop() {
-                    return Some((Ok(event), (app, wave, after, queue)));
+                    return Some((Ok(event), (app, wave, after, queue, headers, quiet)));
                 }
                 match app.store.events_after(after, Some(&wave), 200).await {
                     Ok(rows) if !rows.is_empty() => {
@@ -428,7 +446,19 @@ fn log_stream(
                             })
                             .collect();
                     }
-                    _ => tokio::time::sleep(STREAM_POLL).await,
+                    _ => {
+                        quiet += 1;
+                        if quiet >= STREAM_RECHECK {
+                            quiet = 0;
+                            if guard(&app, &headers, Permission::Read, false)
+                                .await
+                                .is_err()
+                            {
+                                return None;
+                            }
+                        }
+                        tokio::time::sleep(STREAM_POLL).await;
+                    }
                 }
             }
         },

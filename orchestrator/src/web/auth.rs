@@ -26,8 +26,9 @@ pub struct Identity {
 
 #[derive(Debug, Clone)]
 struct Session {
-    name: String,
-    role: Role,
+    /// The hash of the token it was made with: checked on every request, so a revoked
+    /// token ends its sessions.
+    token_hash: String,
     csrf: String,
     expires: Instant,
 }
@@ -61,8 +62,8 @@ pub fn random_hex(bytes: usize) -> anyhow::Result<String> {
 }
 
 impl Sessions {
-    /// Opens a session for the token's holder; returns the session id and its CSRF token.
-    pub fn open(&self, name: String, role: Role) -> anyhow::Result<(String, String)> {
+    /// Opens a session for a token's holder; returns the session id and its CSRF token.
+    pub fn open(&self, token: &str) -> anyhow::Result<(String, String)> {
         let id = random_hex(32)?;
         let csrf = random_hex(32)?;
         let mut sessions = self
@@ -73,8 +74,7 @@ impl Sessions {
         sessions.insert(
             id.clone(),
             Session {
-                name,
-                role,
+                token_hash: crate::store::token_hash(token),
                 csrf: csrf.clone(),
                 expires: Instant::now() + SESSION_LIFETIME,
             },
@@ -143,13 +143,28 @@ pub async fn identify(
             )),
         };
     }
-    Ok(cookie(headers, SESSION_COOKIE)
-        .and_then(|id| sessions.get(id))
-        .map(|s| Identity {
-            name: s.name,
-            role: s.role,
-            csrf: Some(s.csrf),
-        }))
+    let Some(id) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let Some(session) = sessions.get(id) else {
+        return Ok(None);
+    };
+    match store.token_identity_by_hash(&session.token_hash).await {
+        Ok(Some((name, role))) => Ok(Some(Identity {
+            name,
+            role,
+            csrf: Some(session.csrf),
+        })),
+        Ok(None) => {
+            // Its token was revoked: the session ends with it.
+            sessions.close(id);
+            Ok(None)
+        }
+        Err(err) => Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{err:#}"),
+        )),
+    }
 }
 
 /// The identity if it may do `permission`; for a session's mutation, its CSRF token

@@ -13,6 +13,7 @@ mod openapi;
 mod pages;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,19 +29,26 @@ pub struct App {
     pub sessions: Sessions,
     /// The overview's and each wave's JSON, as last computed (see [`App::cached`]).
     cache: Mutex<HashMap<String, Cached>>,
+    /// Counts the levers pulled: a body computed before one is not kept.
+    generation: AtomicU64,
 }
 
 struct Cached {
     at: Instant,
     /// `None`: no such wave.
     body: Option<Arc<[u8]>>,
-    refreshing: bool,
+    /// Since when a background refresh has been running, if one is.
+    refreshing: Option<Instant>,
 }
 
 /// A cached body younger than this is served as it is; an older one is served while a
 /// fresh one is computed in the background, so a request never waits for the store
 /// (and the pages, which follow the live log, see every change within about a second).
 const FRESH: Duration = Duration::from_millis(500);
+/// A body older than this is not handed out: the request computes a fresh one (after a
+/// quiet spell, the first request does not get old news). A refresh that has run this
+/// long is taken for lost and started again.
+const STALE_LIMIT: Duration = Duration::from_secs(3);
 
 impl App {
     pub fn new(store: Store) -> App {
@@ -48,6 +56,7 @@ impl App {
             store,
             sessions: Sessions::default(),
             cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -55,17 +64,25 @@ impl App {
     /// request, then served from memory and recomputed in the background once it is
     /// older than [`FRESH`]. The levers clear it, so their effect shows at once.
     pub async fn cached(app: &Arc<App>, key: &str) -> anyhow::Result<Option<Arc<[u8]>>> {
+        let generation = app.generation.load(Ordering::SeqCst);
         let stale = {
             let mut cache = app
                 .cache
                 .lock()
                 .map_err(|_| anyhow::anyhow!("cache poisoned"))?;
             match cache.get_mut(key) {
-                Some(entry) if entry.at.elapsed() < FRESH || entry.refreshing => {
+                Some(entry) if entry.at.elapsed() < FRESH => return Ok(entry.body.clone()),
+                // Too old to hand out while a fresh one is made: computed below.
+                Some(entry) if entry.at.elapsed() >= STALE_LIMIT => None,
+                Some(entry)
+                    if entry
+                        .refreshing
+                        .is_some_and(|since| since.elapsed() < STALE_LIMIT) =>
+                {
                     return Ok(entry.body.clone());
                 }
                 Some(entry) => {
-                    entry.refreshing = true;
+                    entry.refreshing = Some(Instant::now());
                     Some(entry.body.clone())
                 }
                 None => None,
@@ -76,47 +93,37 @@ impl App {
                 let app = Arc::clone(app);
                 let key = key.to_owned();
                 tokio::spawn(async move {
-                    // A failed refresh keeps the last body and tries again next time.
-                    let fresh = app.compute(&key).await;
-                    if let Ok(mut cache) = app.cache.lock() {
-                        match fresh {
-                            Ok(body) => {
-                                cache.insert(
-                                    key,
-                                    Cached {
-                                        at: Instant::now(),
-                                        body,
-                                        refreshing: false,
-                                    },
-                                );
-                            }
-                            Err(_) => {
-                                if let Some(entry) = cache.get_mut(&key) {
-                                    entry.refreshing = false;
-                                }
-                            }
-                        }
+                    // A failed refresh keeps the last body; the next request tries again.
+                    if let Ok(fresh) = app.compute(&key).await {
+                        app.keep(&key, fresh, generation);
                     }
                 });
                 Ok(body)
             }
             None => {
                 let body = app.compute(key).await?;
-                // Only what exists is kept: asking for made-up waves grows nothing.
-                if body.is_some()
-                    && let Ok(mut cache) = app.cache.lock()
-                {
-                    cache.insert(
-                        key.to_owned(),
-                        Cached {
-                            at: Instant::now(),
-                            body: body.clone(),
-                            refreshing: false,
-                        },
-                    );
-                }
+                app.keep(key, body.clone(), generation);
                 Ok(body)
             }
+        }
+    }
+
+    /// Keeps a body computed from what the store held at `generation`, unless a lever
+    /// changed the store since (the body would hide its effect).
+    fn keep(&self, key: &str, body: Option<Arc<[u8]>>, generation: u64) {
+        // Only what exists is kept: asking for made-up waves grows nothing.
+        if body.is_none() || self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(
+                key.to_owned(),
+                Cached {
+                    at: Instant::now(),
+                    body,
+                    refreshing: None,
+                },
+            );
         }
     }
 
@@ -134,6 +141,7 @@ impl App {
 
     /// Forgets every cached body: after a lever, the next read recomputes.
     fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.lock() {
             cache.clear();
         }

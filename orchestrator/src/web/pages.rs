@@ -125,8 +125,9 @@ pub async fn login(
             "the login form expired or came from elsewhere: open /login again",
         );
     }
-    let identity = match app.store.token_identity(form.token.trim()).await {
-        Ok(Some(identity)) => identity,
+    let token = form.token.trim();
+    match app.store.token_identity(token).await {
+        Ok(Some(_)) => {}
         Ok(None) => {
             let mut response = render(
                 LOGIN,
@@ -136,8 +137,8 @@ pub async fn login(
             return response;
         }
         Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
-    };
-    let (id, _) = match app.sessions.open(identity.0, identity.1) {
+    }
+    let (id, _) = match app.sessions.open(token) {
         Ok(session) => session,
         Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
     };
