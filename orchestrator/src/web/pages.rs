@@ -160,17 +160,27 @@ pub struct CsrfForm {
     reason: String,
 }
 
+/// Who posts a form, if the session may do `permission` and the form carries its CSRF
+/// token.
+async fn form_poster(
+    app: &App,
+    headers: &HeaderMap,
+    permission: Permission,
+    form: &CsrfForm,
+) -> Result<Identity, Response> {
+    let identity = identify(&app.store, &app.sessions, headers)
+        .await
+        .map_err(Response::from)?;
+    allow(identity, permission, true, Some(&form.csrf)).map_err(Response::from)
+}
+
 pub async fn logout(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let identity = match identify(&app.store, &app.sessions, &headers).await {
-        Ok(identity) => identity,
-        Err(refusal) => return refusal.into(),
-    };
-    if let Err(refusal) = allow(identity, Permission::Read, true, Some(&form.csrf)) {
-        return refusal.into();
+    if let Err(refusal) = form_poster(&app, &headers, Permission::Read, &form).await {
+        return refusal;
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         app.sessions.close(id);
@@ -183,49 +193,41 @@ pub async fn logout(
     response
 }
 
-/// POST /waves/{wave}/approve (a form: `app`, `csrf`): the go, then back to the page.
+/// POST /waves/{wave}/approve (a form: `app`, `csrf`) or /waves/{wave}/no-go (`app`,
+/// `reason`, `csrf`): the decision, then back to the wave's page.
+async fn decide(app: &App, wave: &str, headers: &HeaderMap, form: &CsrfForm, go: bool) -> Response {
+    let who = match form_poster(app, headers, Permission::Approve, form).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
+    let decided = if go {
+        app.approve(wave, application, &who).await
+    } else {
+        app.no_go(wave, application, &form.reason, &who).await
+    };
+    match decided {
+        Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
 pub async fn approve_form(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let identity = match identify(&app.store, &app.sessions, &headers).await {
-        Ok(identity) => identity,
-        Err(refusal) => return refusal.into(),
-    };
-    let who = match allow(identity, Permission::Approve, true, Some(&form.csrf)) {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into(),
-    };
-    let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
-    match app.approve(&wave, application, &who).await {
-        Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
-        Err(err) => refused(err),
-    }
+    decide(&app, &wave, &headers, &form, true).await
 }
 
-/// POST /waves/{wave}/no-go (a form: `app`, `reason`, `csrf`): the go withheld, then
-/// back to the page.
 pub async fn no_go_form(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let identity = match identify(&app.store, &app.sessions, &headers).await {
-        Ok(identity) => identity,
-        Err(refusal) => return refusal.into(),
-    };
-    let who = match allow(identity, Permission::Approve, true, Some(&form.csrf)) {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into(),
-    };
-    let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
-    match app.no_go(&wave, application, &form.reason, &who).await {
-        Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
-        Err(err) => refused(err),
-    }
+    decide(&app, &wave, &headers, &form, false).await
 }
 
 fn set_cookie(response: &mut Response, value: &str) {
