@@ -119,7 +119,11 @@ impl Reporter {
                     self.record(calendar, Kind::Cutover, &window_event, now, now)
                         .await?;
                 } else if p.unfinished > 0 {
-                    candidate(calendar.window_end);
+                    candidate(if cutovers_open {
+                        calendar.window_end
+                    } else {
+                        calendar.window_start
+                    });
                 }
             }
             if let Some(at) = self.digest_due(calendar, p, now).await? {
