@@ -115,7 +115,7 @@ impl Store {
         let mut select = Vec::with_capacity(columns.len());
         for (i, (name, kind)) in columns.iter().enumerate() {
             select.push(match (self.is_postgres(), kind) {
-                (false, _) => format!("json_extract(value, '$[{i}]') AS {name}"),
+                (false, _) => format!("(value ->> {i}) AS {name}"),
                 (true, JsonColumn::Text) => format!("(e.v ->> {i}) AS {name}"),
                 (true, JsonColumn::Int) => format!("(e.v ->> {i})::bigint AS {name}"),
                 (true, JsonColumn::Bool) => format!("(e.v ->> {i})::boolean AS {name}"),
@@ -128,7 +128,7 @@ impl Store {
                  WITH ORDINALITY AS e(v, n))"
             )
         } else {
-            format!("(SELECT {select}, key AS ord FROM json_each(?))")
+            format!("(SELECT {select}, key AS ord FROM jsonb_each(?))")
         }
     }
 
