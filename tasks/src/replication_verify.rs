@@ -89,7 +89,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         format!("continuous replication, lag {lag}")
     } else {
         format!(
-            "{state}: {progress}, backlog {}{eta}",
+            "{state}: {progress}, backlog {}, lag {lag}{eta}",
             format_bytes(r.backlog_bytes as f64)
         )
     };

@@ -2,7 +2,7 @@
 //! chromium and chromium-driver; .ci/run installs them). It logs in with a token, opens
 //! the wave page while a warped rehearsal runs, gives the go with the page's button, and
 //! sees the matrix change without a reload; a screenshot is saved under
-//! target/tmp/browser/.
+//! target/tmp/browser/. Then an operator cancels and retries a task from a server's page.
 //!
 //! Starts: chromedriver on a free loopback port (which starts Chromium), and the wavelift
 //! binary (apply, token, serve --time-warp) in a copy of the quickstart whose cutovers
@@ -243,6 +243,72 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         json!("given by approver-user")
     );
 
+    screenshot(&driver, "wave-1.png");
+
+    // An operator steers from a server's page: cancel a task (after the page asks), then
+    // retry it; the page redraws each time without a reload.
+    let operator = token(&dir, "operator");
+    driver.go(&served.url("/login"));
+    let field = driver.find("#token");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{field}/value"),
+        json!({ "text": operator }),
+    );
+    let button = driver.find("#login");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{button}/click"),
+        json!({}),
+    );
+    driver.wait_for(
+        "return document.querySelectorAll('#waves tr[data-wave]').length",
+        &json!(2),
+        Duration::from_secs(20),
+    );
+    driver.go(&served.url("/servers/payroll-app-01"));
+    let state = "return document.querySelector('section[data-task=\"payroll-app-01/cmdb_cleanup\"] .state')?.textContent ?? null";
+    assert_eq!(
+        driver.wait_for(state, &json!("pending"), Duration::from_secs(20)),
+        json!("pending"),
+        "the server page shows: {}",
+        driver.script("return document.body.innerText")
+    );
+    driver.script("window.__notReloaded = 43; return null;");
+    let cancel = driver
+        .find("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"cancel\"]");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{cancel}/click"),
+        json!({}),
+    );
+    let asked = driver.call(reqwest::Method::GET, "/alert/text", Value::Null);
+    assert_eq!(asked, json!("cancel payroll-app-01/cmdb_cleanup?"));
+    driver.call(reqwest::Method::POST, "/alert/accept", json!({}));
+    assert_eq!(
+        driver.wait_for(state, &json!("cancelled"), Duration::from_secs(20)),
+        json!("cancelled")
+    );
+    let retry = driver
+        .find("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"retry\"]");
+    driver.call(
+        reqwest::Method::POST,
+        &format!("/element/{retry}/click"),
+        json!({}),
+    );
+    assert_eq!(
+        driver.wait_for(state, &json!("pending"), Duration::from_secs(20)),
+        json!("pending")
+    );
+    assert_eq!(
+        driver.script("return window.__notReloaded ?? null"),
+        json!(43)
+    );
+    screenshot(&driver, "server-payroll-app-01.png");
+}
+
+/// Saves what the browser shows as target/tmp/browser/NAME.
+fn screenshot(driver: &Driver, name: &str) {
     let png = decode_base64(
         driver
             .call(reqwest::Method::GET, "/screenshot", Value::Null)
@@ -252,5 +318,5 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
     std::fs::create_dir_all(&folder).expect("the output folder");
-    std::fs::write(folder.join("wave-1.png"), png).expect("the screenshot");
+    std::fs::write(folder.join(name), png).expect("the screenshot");
 }

@@ -166,6 +166,27 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
             );
         }
     }
+    // The live log needs a token too (its answer never ends, so it is asked apart).
+    let stream = http
+        .get(served.url("/api/waves/wave-1/events/stream"))
+        .send()
+        .expect("the stream without a token");
+    assert_eq!(stream.status(), StatusCode::UNAUTHORIZED);
+    drop(stream);
+    // The store keeps each token's hash, never the token.
+    for file in ["state.db", "state.db-wal"] {
+        let path = dir.join(".wavelift").join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        for (role, token) in &tokens {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "the {role} token is in {} as it was given",
+                path.display()
+            );
+        }
+    }
     let (_, overview) = get("/api/waves", Some(&tokens[0].1));
     let names: Vec<&str> = overview["waves"]
         .as_array()
@@ -237,12 +258,18 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
     assert_eq!(wave["gates"][0]["approved_by"], "approver-user");
 
     // No-go: approver and admin only, with a reason; it withdraws payroll's go.
-    let (status, _) = post(
-        "/api/waves/wave-1/no-go",
-        token_of("operator"),
-        json!({ "app": "payroll", "reason": "not ready" }),
-    );
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    for role in ["viewer", "operator"] {
+        let (status, error) = post(
+            "/api/waves/wave-1/no-go",
+            token_of(role),
+            json!({ "app": "payroll", "reason": "not ready" }),
+        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role} says no-go");
+        assert_eq!(
+            error["error"],
+            format!("the role {role} may not approve cutovers")
+        );
+    }
     let (status, error) = post(
         "/api/waves/wave-1/no-go",
         token_of("approver"),
@@ -561,6 +588,140 @@ fn revoking_a_token_ends_the_sessions_made_with_it() {
     let again = wavelift(&dir, &["token", "revoke", &id]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("no token"), "{}", again.describe());
+}
+
+/// Logs in with `token` through the form; the session cookie and the CSRF token its
+/// pages carry.
+fn login(http: &Client, served: &Served, token: &str) -> (String, String) {
+    let form = http.get(served.url("/login")).send().expect("login form");
+    let login_cookie = cookie_pair(&form, "wavelift_login");
+    let csrf = value_of(&form.text().expect("html"), "name=\"csrf\" value=\"");
+    let login = http
+        .post(served.url("/login"))
+        .header(COOKIE, &login_cookie)
+        .form(&[("token", token), ("csrf", csrf.as_str())])
+        .send()
+        .expect("login");
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let session = cookie_pair(&login, "wavelift_session");
+    let page = http
+        .get(served.url("/servers/dir-01"))
+        .header(COOKIE, &session)
+        .send()
+        .expect("page")
+        .text()
+        .expect("html");
+    let page_csrf = value_of(&page, "name=\"csrf-token\" content=\"");
+    (session, page_csrf)
+}
+
+#[test]
+fn the_levers_work_from_the_pages_forms_for_operators_only() {
+    let scratch = Scratch::new("serve-levers");
+    let dir = applied_quickstart(&scratch);
+    let viewer = token(&dir, "viewer");
+    let served = Served::start(&dir, &[]);
+    let http = client();
+    let lever = |session: &str, csrf: &str, task: &str, lever: &str, back: &str| {
+        http.post(served.url(&format!("/tasks/{task}/{lever}")))
+            .header(COOKIE, session)
+            .form(&[("csrf", csrf), ("back", back)])
+            .send()
+            .expect("lever form")
+    };
+    let state = |task: &str| {
+        let (server, _) = task.split_once('/').expect("SERVER/KIND");
+        let (_, page) = body(
+            http.get(served.url(&format!("/api/servers/{server}")))
+                .bearer_auth(&viewer)
+                .send()
+                .expect("server"),
+        );
+        page["tasks"]
+            .as_array()
+            .and_then(|tasks| tasks.iter().find(|t| t["id"] == task))
+            .map(|t| t["state"].clone())
+            .unwrap_or(Value::Null)
+    };
+
+    // Viewers and approvers are refused, whatever their CSRF token.
+    for (role, token) in [
+        ("viewer", viewer.clone()),
+        ("approver", token(&dir, "approver")),
+    ] {
+        let (session, csrf) = login(&http, &served, &token);
+        let refused = lever(
+            &session,
+            &csrf,
+            "dir-01/cmdb_cleanup",
+            "skip",
+            "/servers/dir-01",
+        );
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{role} skips");
+        assert!(refused.text().unwrap_or_default().contains(&format!(
+            "the role {role} may not retry, skip or cancel tasks"
+        )),);
+    }
+    assert_eq!(state("dir-01/cmdb_cleanup"), "pending");
+
+    // The operator: the CSRF field is required; then cancel, retry and skip, each back
+    // to the page the form came from.
+    let (session, csrf) = login(&http, &served, &token(&dir, "operator"));
+    let forged = lever(
+        &session,
+        "0000",
+        "dir-01/cmdb_cleanup",
+        "cancel",
+        "/servers/dir-01",
+    );
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let cancelled = lever(
+        &session,
+        &csrf,
+        "dir-01/cmdb_cleanup",
+        "cancel",
+        "/servers/dir-01",
+    );
+    assert_eq!(cancelled.status(), StatusCode::SEE_OTHER);
+    assert_eq!(cancelled.headers()[LOCATION], "/servers/dir-01");
+    assert_eq!(state("dir-01/cmdb_cleanup"), "cancelled");
+    let retried = lever(
+        &session,
+        &csrf,
+        "dir-01/cmdb_cleanup",
+        "retry",
+        "/waves/wave-1",
+    );
+    assert_eq!(retried.headers()[LOCATION], "/waves/wave-1");
+    assert_eq!(state("dir-01/cmdb_cleanup"), "pending");
+    let skipped = lever(
+        &session,
+        &csrf,
+        "dir-01/cmdb_cleanup",
+        "skip",
+        "https://example.test/",
+    );
+    assert_eq!(skipped.status(), StatusCode::SEE_OTHER);
+    assert_eq!(skipped.headers()[LOCATION], "/", "never sent elsewhere");
+    assert_eq!(state("dir-01/cmdb_cleanup"), "skipped");
+
+    // What the store refuses is said, with the state that refuses it.
+    let again = lever(
+        &session,
+        &csrf,
+        "dir-01/cmdb_cleanup",
+        "skip",
+        "/servers/dir-01",
+    );
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert!(
+        again
+            .text()
+            .unwrap_or_default()
+            .contains("`dir-01/cmdb_cleanup` is already skipped")
+    );
+    let unknown = lever(&session, &csrf, "dir-01/cmdb_cleanup", "explode", "/");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
 
 /// `NAME=VALUE` of a cookie the response sets.

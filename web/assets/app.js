@@ -5,6 +5,7 @@
 
 const CSRF = document.querySelector('meta[name="csrf-token"]')?.content || "";
 const PAGE = document.body.dataset.page;
+const ROLE = document.body.dataset.role;
 const NAME = document.body.dataset.name;
 const main = document.getElementById("main");
 
@@ -191,6 +192,59 @@ function decide(action, application) {
   };
 }
 
+// ---- levers: retry, skip, cancel (operator and admin)
+
+const MAY_STEER = ROLE === "operator" || ROLE === "admin";
+const FINAL = ["succeeded", "failed", "blocked", "skipped", "cancelled"];
+
+// The levers a task in this state takes (the store refuses the others).
+function leversFor(state) {
+  const out = [];
+  if (["failed", "blocked", "cancelled"].includes(state)) out.push("retry");
+  if (state !== "succeeded" && state !== "skipped") out.push("skip");
+  if (!FINAL.includes(state)) out.push("cancel");
+  return out;
+}
+
+function taskPath(id) {
+  return id.split("/").map(encodeURIComponent).join("/");
+}
+
+// A form per lever (it works without the script); the script posts to the API instead
+// and redraws the page.
+function leverForms(task, back, redraw) {
+  if (!MAY_STEER) return null;
+  return el("span", { class: "levers" }, leversFor(task.state).map((lever) =>
+    el("form", { method: "post", action: `/tasks/${taskPath(task.id)}/${lever}`, class: "inline",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        if (lever !== "retry" && !confirm(`${lever} ${task.id}?`)) return;
+        try {
+          await post(`/api/tasks/${taskPath(task.id)}/${lever}`);
+          redraw();
+        } catch (err) {
+          alert(`Not done: ${err.message}`);
+        }
+      } },
+      el("input", { type: "hidden", name: "csrf", value: CSRF }),
+      el("input", { type: "hidden", name: "back", value: back }),
+      el("button", { type: "submit", class: `lever ${lever}`, "data-task": task.id, "data-lever": lever }, lever))));
+}
+
+// The wave's failed and blocked tasks, each with its reason and levers.
+function attention(data) {
+  const stuck = data.servers.flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && (t.state === "failed" || t.state === "blocked"))
+    .map((t) => ({ ...t, server: s.name })));
+  if (!stuck.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed or blocked.");
+  return el("table", { id: "attention" },
+    el("tr", {}, ["Task", "State", "Why", ""].map((h) => el("th", {}, h))),
+    stuck.map((t) => el("tr", { "data-task": t.id },
+      el("td", {}, el("a", { href: `/servers/${encodeURIComponent(t.server)}` }, t.id)),
+      el("td", { class: `s-${t.state}` }, t.state),
+      el("td", {}, t.reason || ""),
+      el("td", {}, leverForms(t, `/waves/${encodeURIComponent(NAME)}`, refresh)))));
+}
+
 let waveData = null;
 let refreshing = null;
 let trailing = null;
@@ -218,6 +272,7 @@ function drawWaveAnew() {
       s.next ? `; next: ${s.next.label} ${s.next.local} (${s.timezone})` : ""),
     calendar(d),
     el("h2", {}, "Servers and tasks"), matrix(d),
+    el("h2", {}, "Failed and blocked"), attention(d),
     el("h2", {}, "Replication"), replicationTable(d),
     el("h2", {}, "Approvals"), approvals(d),
     el("h2", {}, "Reports"), reportsTable(d),
@@ -259,7 +314,8 @@ async function wave() {
 async function server() {
   const d = await api(`/api/servers/${encodeURIComponent(NAME)}`);
   const tasks = d.tasks.map((t) => el("section", { "data-task": t.id },
-    el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state}` }, t.state), t.reason ? ` (${t.reason})` : ""),
+    el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state} state` }, t.state), t.reason ? ` (${t.reason})` : "", " ",
+      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server)),
     t.note ? el("p", { class: "muted" }, t.note) : null,
     t.attempts.length ? el("table", {},
       el("tr", {}, ["Attempt", "Started", "Finished", "Outcome", "Checks", "Output", "Error"].map((h) => el("th", {}, h))),
@@ -271,7 +327,7 @@ async function server() {
         el("td", {}, (a.checks || []).map((c) => el("div", { class: c.passed ? "" : "error" }, `${c.passed ? "pass" : "FAIL"} ${c.name}: ${c.detail}${c.remediation ? ` (${c.remediation})` : ""}`))),
         el("td", {}, a.output),
         el("td", { class: "error" }, a.error || "")))) : el("p", { class: "muted" }, "no attempt yet")));
-  show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`), tasks,
+  show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`), ...tasks,
     el("h2", {}, "Job progress log"),
     el("div", { id: "log" }, d.events.slice().reverse().map((e) => el("div", {}, `${new Date(e.at).toISOString().slice(0, 16).replace("T", " ")}  ${e.kind}  ${e.message}`))));
 }

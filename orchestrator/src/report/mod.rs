@@ -242,6 +242,9 @@ pub struct ServerReadiness {
     pub name: String,
     pub replication: String,
     pub replication_colour: String,
+    /// The replication lag at the check's last look ("unknown" when the engine gave
+    /// none, "-" when nothing looked).
+    pub lag: String,
     pub boot_test: String,
     pub boot_test_colour: String,
     pub blockers: Vec<String>,
@@ -298,6 +301,23 @@ fn replication(verify: Option<&TaskRow>) -> (String, bool) {
             ),
             false,
         ),
+    }
+}
+
+/// The lag the replication check saw at its last look.
+fn lag_of(verify: Option<&TaskRow>) -> String {
+    let Some(figures) = verify
+        .and_then(step_of)
+        .and_then(|s| s.get("task")?.get("replication").cloned())
+    else {
+        return "-".to_owned();
+    };
+    match figures
+        .get("lag_seconds")
+        .and_then(serde_json::Value::as_f64)
+    {
+        Some(lag) => waves::units::format_seconds(lag),
+        None => "unknown".to_owned(),
     }
 }
 
@@ -402,8 +422,9 @@ impl Readiness {
             let mut rows = Vec::new();
             for (server, kinds) in servers {
                 servers_total += 1;
-                let (replication, replication_ok) =
-                    replication(kinds.get("replication_verify").copied());
+                let verify = kinds.get("replication_verify").copied();
+                let (replication, replication_ok) = replication(verify);
+                let lag = lag_of(verify);
                 let (boot, boot_ok) = boot_test(kinds.get("boot_test").copied(), tz);
                 let blockers: Vec<String> = kinds
                     .values()
@@ -424,6 +445,7 @@ impl Readiness {
                     name: (*server).to_owned(),
                     replication_colour: if replication_ok { GREEN } else { AMBER }.to_owned(),
                     replication,
+                    lag,
                     boot_test_colour: if boot_ok { GREEN } else { AMBER }.to_owned(),
                     boot_test: boot,
                     blockers,
@@ -595,7 +617,7 @@ mod tests {
             verify.released_at = Some(1_800_650_000_000);
             verify.finished_at = None;
             verify.step = Some(
-                r#"{"note":"continuous replication, lag 3s","task":{"watching":true,"healthy":true}}"#
+                r#"{"note":"continuous replication, lag 3s","task":{"watching":true,"healthy":true,"replication":{"state":"continuous","lag_seconds":3}}}"#
                     .to_owned(),
             );
             tasks.push(verify);
@@ -632,6 +654,16 @@ mod tests {
                 .html
                 .contains("continuous replication, lag 3s (watched until the window)")
         );
+        assert!(rendered.html.contains(">Lag</th>"));
+        assert!(rendered.html.contains("white-space:nowrap;\">3s</td>"));
+        assert_eq!(
+            rendered
+                .text
+                .lines()
+                .filter(|l| *l == "    lag: 3s")
+                .count(),
+            2
+        );
         assert!(!rendered.html.contains("REHEARSAL"));
         assert!(rendered.text.lines().any(|l| l == "GO OR NO-GO? GO"));
         assert!(
@@ -656,7 +688,13 @@ mod tests {
             }
             if t.id == "web-01/replication_verify" {
                 t.step = Some(
-                    r#"{"note":"replication degraded after it was verified: Stalled","task":{"watching":true,"healthy":false}}"#
+                    r#"{"note":"replication degraded after it was verified: Stalled","task":{"watching":true,"healthy":false,"replication":{"state":"stalled","lag_seconds":5400}}}"#
+                        .to_owned(),
+                );
+            }
+            if t.id == "web-02/replication_verify" {
+                t.step = Some(
+                    r#"{"note":"continuous replication, lag unknown","task":{"watching":true,"healthy":false,"replication":{"state":"continuous","lag_seconds":null}}}"#
                         .to_owned(),
                 );
             }
@@ -667,7 +705,7 @@ mod tests {
         assert_eq!(
             report.reasons,
             [
-                "1 of 2 servers are not in continuous replication",
+                "2 of 2 servers are not in continuous replication",
                 "1 of 2 servers have no passed boot test",
                 "1 server(s) have failed or blocked tasks",
                 "1 application(s) wait for their go: see the approvals below",
@@ -677,6 +715,13 @@ mod tests {
         // Text from the store is escaped in the HTML, not in the plain text.
         assert!(rendered.html.contains("status checks &lt;impaired&gt;"));
         assert!(rendered.text.contains("status checks <impaired>"));
+        // The lag of a no-go server is there to see, and an unknown lag says so.
+        let lags: Vec<&str> = rendered
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("    lag: "))
+            .collect();
+        assert_eq!(lags, ["1h 30m", "unknown"]);
         assert!(
             rendered
                 .text

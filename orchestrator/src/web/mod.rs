@@ -209,6 +209,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/logout", post(pages::logout))
         .route("/waves/{wave}/approve", post(pages::approve_form))
         .route("/waves/{wave}/no-go", post(pages::no_go_form))
+        .route("/tasks/{first}/{kind}/{lever}", post(pages::lever_form))
         .route("/assets/{file}", get(pages::asset))
         .route("/api/openapi.json", get(openapi::document))
         .route("/api/waves", get(api::waves))

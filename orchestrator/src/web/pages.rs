@@ -1,6 +1,7 @@
 //! The pages: HTML shells (one layout, `templates/web/page.html.hbs`) whose script
 //! (`web/assets/app.js`) renders what the API returns, the login form, and the form
-//! posts (approve, log out), which need the session's CSRF token.
+//! posts (approve, no-go, retry, skip, cancel, log out), which need the session's CSRF
+//! token.
 
 use std::sync::Arc;
 
@@ -158,6 +159,9 @@ pub struct CsrfForm {
     app: String,
     #[serde(default)]
     reason: String,
+    /// The page to go back to after a lever (a wave's or a server's).
+    #[serde(default)]
+    back: String,
 }
 
 /// Who posts a form, if the session may do `permission` and the form carries its CSRF
@@ -230,8 +234,58 @@ pub async fn no_go_form(
     decide(&app, &wave, &headers, &form, false).await
 }
 
+/// POST /tasks/{first}/{kind}/{lever} (a form: `csrf`, `back`): retry, skip or cancel
+/// the task `{first}/{kind}`, then back to the page the form came from.
+pub async fn lever_form(
+    State(app): State<Arc<App>>,
+    Path((first, kind, lever)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let who = match form_poster(&app, &headers, Permission::Steer, &form).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    match app.pull(&format!("{first}/{kind}"), &lever, &who).await {
+        Ok(()) => Redirect::to(back_to(&form.back)).into_response(),
+        Err(err) => refused(err),
+    }
+}
+
+/// Where a form sends its poster back: one of our pages, never elsewhere (and never a
+/// value a Location header could not carry).
+fn back_to(back: &str) -> &str {
+    let ours = (back.starts_with("/waves/") || back.starts_with("/servers/"))
+        && back.bytes().all(|b| b.is_ascii_graphic())
+        && !back.contains("//")
+        && !back.contains('\\');
+    if ours { back } else { "/" }
+}
+
 fn set_cookie(response: &mut Response, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::back_to;
+
+    #[test]
+    fn a_form_sends_its_poster_back_to_our_pages_only() {
+        assert_eq!(back_to("/servers/dir-01"), "/servers/dir-01");
+        assert_eq!(back_to("/waves/wave-1"), "/waves/wave-1");
+        for elsewhere in [
+            "",
+            "https://example.test/",
+            "//example.test/waves/x",
+            "/waves//example.test",
+            "/waves/\\example.test",
+            "/waves/a\r\nSet-Cookie: x=1",
+            "/api/waves",
+        ] {
+            assert_eq!(back_to(elsewhere), "/", "{elsewhere:?}");
+        }
     }
 }
