@@ -295,6 +295,21 @@ fn smtp_down_means_retries_then_a_recorded_failure_and_the_message_kept() {
     );
     assert!(refusing.messages().is_empty());
     drop(refusing);
+    // Sending and writing a file are one or the other, never one silently dropped.
+    let both = wavelift(
+        &dir,
+        &[
+            "report", "wave-1", "--kind", "cutover", "--send", "--out", "r.html",
+        ],
+    );
+    assert_eq!(both.code, 2, "{}", both.describe());
+    assert!(
+        both.stderr
+            .contains("'--send' cannot be used with '--out <FILE.html>'"),
+        "{}",
+        both.describe()
+    );
+    assert!(!dir.join("r.html").exists());
 
     // Down for the first attempt, up for the second: delivered once.
     let send = wavelift_command(&dir)

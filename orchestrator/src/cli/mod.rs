@@ -189,7 +189,7 @@ enum Command {
         /// Send it to the wave's `notify` list and its applications' owners: over SMTP
         /// when configured (smtp: or WAVELIFT_SMTP_URL), to the outbox folder otherwise;
         /// one not delivered is retried by `wavelift run`
-        #[arg(long)]
+        #[arg(long, conflicts_with = "out")]
         send: bool,
         #[command(flatten)]
         state: state::StateArgs,
