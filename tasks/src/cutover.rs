@@ -201,11 +201,14 @@ async fn shutdown(ctx: &TaskContext<'_>, step: &mut Step, actions: &mut Vec<Acti
         });
         return;
     }
-    // A `local` source is this machine: it is never shut down.
-    step.checks.push(Check::pass(
-        "source shutdown",
-        "skipped: a local source is the machine Wavelift runs on",
-    ));
+    // A `local` source is this machine: it is never shut down. Over SSH this version
+    // leaves the source running as well, and says so.
+    let detail = if ctx.server.access.method == waves::model::AccessMethod::Local {
+        "skipped: a local source is the machine Wavelift runs on"
+    } else {
+        "skipped: this version does not shut sources down; stop the source's services when the window opens"
+    };
+    step.checks.push(Check::pass("source shutdown", detail));
 }
 
 /// Undoes a cutover that cannot finish: back to ready for cutover, the cutover target

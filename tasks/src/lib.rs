@@ -18,6 +18,7 @@ pub mod launcher;
 pub mod prereq_check;
 pub mod replication_verify;
 pub mod shell;
+pub mod ssh;
 
 pub use context::{Action, Check, Progress, Report, TaskContext};
 

@@ -32,11 +32,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         .await
     {
         Err(err) => {
-            checks.push(Check::fail(
-                "login",
-                err.to_string(),
-                "check the server's access settings and credential",
-            ));
+            checks.push(Check::fail("login", err.to_string(), err.remedy()));
             return finish(checks);
         }
         Ok(output) if output.status != 0 => {
@@ -80,28 +76,103 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             "local: commands run as the account that runs Wavelift",
         ));
     } else if server.access.sudo {
-        checks.push(
-            command_check(
-                ctx,
-                "sudo",
-                "sudo -n true",
-                "grant passwordless sudo, or set access.sudo_credential",
-            )
-            .await,
-        );
+        checks.push(sudo_check(ctx).await);
     }
     let settings = &server.tasks.prereq_check;
     checks.push(free_space(ctx, "/", settings.min_free_root, "free space on /").await);
     checks.push(free_space(ctx, "/tmp", settings.min_free_tmp, "free space on /tmp").await);
     checks.push(tmp_exec(ctx).await);
-    checks.push(Check::pass(
-        "engine endpoints",
-        format!(
-            "the {} engine needs no endpoint reachable from the source",
-            ctx.engine.name()
-        ),
-    ));
+    let endpoints = &settings.reach;
+    if endpoints.is_empty() {
+        checks.push(Check::pass(
+            "engine endpoints",
+            format!(
+                "the {} engine needs no endpoint reachable from the source",
+                ctx.engine.name()
+            ),
+        ));
+    }
+    for endpoint in endpoints {
+        checks.push(reach(ctx, endpoint).await);
+    }
     finish(checks)
+}
+
+/// sudo without a prompt, or with the password of `access.sudo_credential`.
+async fn sudo_check(ctx: &TaskContext<'_>) -> Check {
+    let with_password = ctx.server.access.sudo_credential.is_some();
+    match ctx
+        .shell
+        .run_root(ctx.server, "id -u", COMMAND_TIMEOUT)
+        .await
+    {
+        Ok(out) if out.status == 0 && out.stdout.trim() == "0" => Check::pass(
+            "sudo",
+            if with_password {
+                "sudo runs commands as root with the password of access.sudo_credential"
+            } else {
+                "sudo runs commands as root without a prompt"
+            },
+        ),
+        Ok(out) => {
+            let said = out.stderr.trim();
+            let remedy = if with_password {
+                "check the password access.sudo_credential names, and that the account may use sudo"
+            } else {
+                "grant the account passwordless sudo (NOPASSWD in sudoers), or set access.sudo_credential"
+            };
+            Check::fail(
+                "sudo",
+                format!(
+                    "sudo did not run `id -u` as root (exit {}): {}",
+                    out.status,
+                    if said.is_empty() {
+                        out.stdout.trim()
+                    } else {
+                        said
+                    }
+                ),
+                remedy,
+            )
+        }
+        Err(err) => Check::fail("sudo", err.to_string(), err.remedy()),
+    }
+}
+
+/// Whether the source opens a TCP connection to `endpoint` (`host:port`) within 5 s.
+async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
+    let name = format!("reach {endpoint}");
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return Check::fail(&name, "not HOST:PORT", "correct tasks.prereq_check.reach");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // bash's /dev/tcp where bash is, else nc: one of the two is on every supported OS.
+    let probe = format!(
+        "if command -v bash >/dev/null 2>&1; then timeout 5 bash -c 'exec 3<>/dev/tcp/{h}/{p}' 2>&1;          elif command -v nc >/dev/null 2>&1; then nc -z -w 5 {h} {p} 2>&1;          else echo 'neither bash nor nc is installed'; exit 127; fi",
+        h = crate::ssh::quote(host),
+        p = crate::ssh::quote(port),
+    );
+    match ctx.shell.run(ctx.server, &probe, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => Check::pass(&name, "the source connects over TCP"),
+        Ok(out) => {
+            let said = out.stdout.trim().lines().last().unwrap_or("").to_owned();
+            let found = if out.status == 124 {
+                "no answer within 5 s (filtered?)".to_owned()
+            } else if said.is_empty() {
+                format!("the connection failed (exit {})", out.status)
+            } else {
+                said
+            };
+            Check::fail(
+                &name,
+                format!("the source cannot connect to {endpoint}: {found}"),
+                format!(
+                    "open TCP {port} from the source to {host} (firewall, security group, route)"
+                ),
+            )
+        }
+        Err(err) => Check::fail(&name, err.to_string(), err.remedy()),
+    }
 }
 
 fn finish(checks: Vec<Check>) -> Report {
@@ -150,22 +221,6 @@ fn os_check(family: OsFamily, system: &str) -> Check {
     }
 }
 
-async fn command_check(ctx: &TaskContext<'_>, name: &str, command: &str, remedy: &str) -> Check {
-    match ctx.shell.run(ctx.server, command, COMMAND_TIMEOUT).await {
-        Ok(out) if out.status == 0 => Check::pass(name, format!("`{command}` succeeded")),
-        Ok(out) => Check::fail(
-            name,
-            format!(
-                "`{command}` exited with {}: {}",
-                out.status,
-                out.stderr.trim()
-            ),
-            remedy,
-        ),
-        Err(err) => Check::fail(name, err.to_string(), remedy),
-    }
-}
-
 async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str) -> Check {
     let command = format!("df -Pk {path} | tail -n 1");
     match ctx.shell.run(ctx.server, &command, COMMAND_TIMEOUT).await {
@@ -206,7 +261,7 @@ async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str)
             format!("`df` exited with {}", out.status),
             "check that df is installed",
         ),
-        Err(err) => Check::fail(name, err.to_string(), "check the server's access settings"),
+        Err(err) => Check::fail(name, err.to_string(), err.remedy()),
     }
 }
 
@@ -235,10 +290,6 @@ async fn tmp_exec(ctx: &TaskContext<'_>) -> Check {
             format!("cannot read /proc/mounts (exit {})", out.status),
             "check the server",
         ),
-        Err(err) => Check::fail(
-            "/tmp executable",
-            err.to_string(),
-            "check the server's access settings",
-        ),
+        Err(err) => Check::fail("/tmp executable", err.to_string(), err.remedy()),
     }
 }

@@ -1,6 +1,8 @@
-//! How commands reach a source server. This version has the `local` kind (commands on
-//! this machine, for the quickstart) and the rehearsal shell (nothing runs; rehearsals
-//! never touch a server). SSH and WinRM arrive with their issue.
+//! How commands reach a source server: `local` (commands on this machine, for the
+//! quickstart), `ssh` (the system's OpenSSH client, see [`crate::ssh`]), and the
+//! rehearsal shell (nothing runs; rehearsals never touch a server). [`AccessShell`] picks
+//! by each server's `access.method`. WinRM is not supported: Windows servers are reached
+//! over OpenSSH for Windows.
 
 use std::time::Duration;
 
@@ -22,6 +24,24 @@ pub enum ShellError {
     Timeout(Duration),
     #[error("cannot run the command: {0}")]
     Spawn(String),
+    /// The login failed: what happened, and what to do about it.
+    #[error("{detail}")]
+    Login { detail: String, remedy: String },
+}
+
+impl ShellError {
+    /// What a user should do about it.
+    pub fn remedy(&self) -> &str {
+        match self {
+            ShellError::Login { remedy, .. } => remedy,
+            ShellError::Timeout(_) => {
+                "the command did not finish in time: check the server's load, or raise the task's timeout"
+            }
+            ShellError::Unavailable(_) | ShellError::Spawn(_) => {
+                "check the server's access settings and credential"
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -35,6 +55,68 @@ pub trait RemoteShell: Send + Sync {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError>;
+
+    /// Runs `command` as root where the server's access says so (`access.sudo`, with
+    /// the password of `access.sudo_credential` when sudo asks for one); as the login
+    /// account otherwise.
+    async fn run_root(
+        &self,
+        server: &Server,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.run(server, command, timeout).await
+    }
+}
+
+/// The shell of each server's access method: local or SSH.
+pub struct AccessShell {
+    pub local: LocalShell,
+    /// The SSH shell, or why it could not be set up.
+    pub ssh: Result<crate::ssh::SshShell, String>,
+}
+
+impl AccessShell {
+    fn pick(&self, server: &Server) -> Result<&dyn RemoteShell, ShellError> {
+        match server.access.method {
+            AccessMethod::Local => Ok(&self.local),
+            AccessMethod::Ssh => match &self.ssh {
+                Ok(ssh) => Ok(ssh),
+                Err(why) => Err(ShellError::Unavailable(format!(
+                    "SSH cannot be used by this process: {why}"
+                ))),
+            },
+            AccessMethod::Winrm => Err(ShellError::Unavailable(format!(
+                "server `{}` is reached over WinRM, which Wavelift does not support: install OpenSSH for Windows on it and use `access: {{method: ssh}}`",
+                server.name.value
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl RemoteShell for AccessShell {
+    fn is_rehearsal(&self) -> bool {
+        false
+    }
+
+    async fn run(
+        &self,
+        server: &Server,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.pick(server)?.run(server, command, timeout).await
+    }
+
+    async fn run_root(
+        &self,
+        server: &Server,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.pick(server)?.run_root(server, command, timeout).await
+    }
 }
 
 /// Runs commands on this machine, for servers whose access method is `local`.
@@ -55,8 +137,7 @@ impl RemoteShell for LocalShell {
     ) -> Result<CommandOutput, ShellError> {
         if server.access.method != AccessMethod::Local {
             return Err(ShellError::Unavailable(format!(
-                "server `{}` is reached over {}, which this version of Wavelift cannot do yet: \
-                 use `access: {{method: local}}` for servers on this machine, or rehearse the wave",
+                "server `{}` is reached over {}, not on this machine",
                 server.name.value, server.access.method
             )));
         }

@@ -1,7 +1,8 @@
 //! End-to-end tests: the real `wavelift` binary on the examples and on broken input,
 //! running waves, killed while it runs them, and delivering reports to a real SMTP
 //! server (aiosmtpd, started by the mail tests). `plan --format dot` is rendered by
-//! Graphviz's `dot`; .ci/run installs both.
+//! Graphviz's `dot`; logging in to source servers over a real OpenSSH server (sshd,
+//! started by the SSH tests); .ci/run installs them and makes the SSH test accounts.
 
 mod browser;
 mod cli;
@@ -10,3 +11,4 @@ mod examples;
 mod mail;
 mod run;
 mod serve;
+mod ssh;

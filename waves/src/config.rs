@@ -2,6 +2,7 @@
 //! defaults every server starts from. Validated like the wave files.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,9 +36,40 @@ pub struct Config {
     pub reports: Reports,
     pub cmdb: Option<Cmdb>,
     pub sites: BTreeMap<String, Site>,
+    pub ssh: Ssh,
     #[serde(skip)]
     pub defaults: ServerTemplate,
 }
+
+/// How Wavelift logs in to source servers over SSH (the system's OpenSSH client).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ssh {
+    /// The known_hosts file the servers' host keys are checked against; unset, OpenSSH's
+    /// own (`~/.ssh/known_hosts` of the account that runs Wavelift).
+    pub known_hosts: Option<PathBuf>,
+    pub host_keys: HostKeys,
+    /// How long a login may take before the server counts as unreachable.
+    pub connect_timeout: Dur,
+    /// How long one command may run (a task may give a command less).
+    pub command_timeout: Dur,
+}
+
+impl Default for Ssh {
+    fn default() -> Ssh {
+        Ssh {
+            known_hosts: None,
+            host_keys: HostKeys::Strict,
+            connect_timeout: Dur::from_seconds(15),
+            command_timeout: Dur::from_seconds(120),
+        }
+    }
+}
+
+crate::model::named_enum!(
+    /// What a host key missing from known_hosts means: refused (`strict`), or recorded
+    /// on first sight (`accept-new`). A changed key is refused either way.
+    HostKeys { Strict => "strict", AcceptNew => "accept-new" }
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Engines {
@@ -143,6 +175,7 @@ impl Config {
             reports: Reports::default(),
             cmdb: None,
             sites: BTreeMap::new(),
+            ssh: Ssh::default(),
             defaults: ServerTemplate::default(),
         }
     }
@@ -226,6 +259,9 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
     }
     if let Some(n) = map.take("sites") {
         config.sites = decode_sites(n, ctx);
+    }
+    if let Some(n) = map.take("ssh") {
+        decode_ssh(n, &mut config.ssh, ctx);
     }
     if let Some(n) = map.take("defaults") {
         decode_defaults(n, &mut config.defaults, ctx);
@@ -403,6 +439,47 @@ fn http_url(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
             Err(format!("`{text}` is not an http:// or https:// URL"))
         }
     })
+}
+
+fn decode_ssh(node: &Node, ssh: &mut Ssh, ctx: &mut Ctx) {
+    let Some(mut map) = MapReader::new(node, "ssh", ctx) else {
+        return;
+    };
+    template::refuse_inline_secrets(
+        &mut map,
+        "ssh",
+        "a login secret belongs in the servers' `access.credential: env:NAME` or `file:PATH`",
+        ctx,
+    );
+    if let Some(path) = map
+        .take("known_hosts")
+        .and_then(|n| decode::string(n, "known_hosts", ctx))
+    {
+        ssh.known_hosts = Some(PathBuf::from(path));
+    }
+    if let Some(policy) = map.take("host_keys").and_then(|n| {
+        decode::parsed(n, "host_keys", ctx, |text| {
+            HostKeys::from_name(text)
+                .ok_or_else(|| template::unknown_name("host_keys", text, HostKeys::NAMES))
+        })
+    }) {
+        ssh.host_keys = policy;
+    }
+    for (key, field) in [
+        ("connect_timeout", &mut ssh.connect_timeout),
+        ("command_timeout", &mut ssh.command_timeout),
+    ] {
+        if let Some(n) = map.take(key)
+            && let Some(timeout) = decode::duration(n, key, ctx)
+        {
+            if timeout.is_zero() {
+                ctx.error(n.location, format!("{key}: must be longer than zero"));
+            } else {
+                *field = timeout;
+            }
+        }
+    }
+    map.finish(ctx);
 }
 
 fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {

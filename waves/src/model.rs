@@ -62,6 +62,7 @@ macro_rules! named_enum {
         }
     };
 }
+pub(crate) use named_enum;
 
 named_enum!(
     /// The replication engine a wave runs on.
@@ -102,6 +103,23 @@ pub enum CredentialRef {
     File(String),
     /// The keys of the running ssh-agent.
     SshAgent,
+}
+
+impl CredentialRef {
+    /// The secret it points to (a trailing line break dropped); the error names the
+    /// reference, never a value.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            CredentialRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("the credential {self} is not set in Wavelift's environment")),
+            CredentialRef::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|err| format!("cannot read the credential {self}: {err}")),
+            CredentialRef::SshAgent => Err(
+                "the ssh-agent holds keys, not a password; use env:NAME or file:PATH".to_owned(),
+            ),
+        }
+    }
 }
 
 impl fmt::Display for CredentialRef {

@@ -32,6 +32,9 @@ pub struct PrereqSettings {
     pub min_free_tmp: u64,
     /// Free space on C: for Windows servers.
     pub min_free_system_drive: u64,
+    /// Endpoints (`host:port`) the source must reach over TCP besides the engine's own
+    /// (a proxy, a site's replication network).
+    pub reach: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,6 +117,7 @@ impl Default for TaskSettings {
                 min_free_root: 2 * GIB,
                 min_free_tmp: 500 * MIB,
                 min_free_system_drive: 2 * GIB,
+                reach: Vec::new(),
             },
             agent_push: attempts(3, 120, 1800),
             replication_verify: VerifySettings {
@@ -243,6 +247,26 @@ fn decode_prereq(node: &Node, base: &mut PrereqSettings, ctx: &mut Ctx) {
             set(&mut base.min_free_system_drive, value);
         }
         free.finish(ctx);
+    }
+    if let Some(node) = map.take("reach") {
+        let mut reach = Vec::new();
+        for item in decode::list(node, "reach", ctx) {
+            let endpoint = decode::parsed(item, "reach", ctx, |text| {
+                let (host, port) = text
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("`{text}` is not HOST:PORT"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() || host.contains(char::is_whitespace) {
+                    return Err(format!("`{text}` has no host"));
+                }
+                match port.parse::<u16>() {
+                    Ok(p) if p > 0 => Ok(text.to_owned()),
+                    _ => Err(format!("`{text}`: the port must be 1 to 65535")),
+                }
+            });
+            reach.extend(endpoint);
+        }
+        base.reach = reach;
     }
     map.finish(ctx);
 }

@@ -95,12 +95,18 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     delivered.context("the report delivery stopped")??;
     let summary = status::summary(&executor.store, None).await?;
     out!("{summary}");
+    // Where the state is, as `status` and `events` would need to be told.
+    let url = crate::store::redact(&args.state.database_url(Some(&executor.definitions.config)));
+    let flag = if url == args.state.database_url(None) {
+        String::new()
+    } else {
+        format!(" --database-url {url}")
+    };
     match stopped {
         Stopped::AllDone => outln!(
-            "every task is final ({} steps in {:.1}s); the state is in {}: see `wavelift status` and `wavelift events`",
+            "every task is final ({} steps in {:.1}s); the state is in {url}: see `wavelift status{flag}` and `wavelift events{flag}`",
             done,
             started.elapsed().as_secs_f64(),
-            crate::store::redact(&args.state.database_url(None))
         ),
         Stopped::AwaitingApproval(n) => outln!(
             "{n} cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"

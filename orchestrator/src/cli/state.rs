@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use replication::ReplicationEngine;
 use replication::sim::{SimConfig, SimEngine};
 use tasks::cmdb::{Cmdb, FileCmdb, NoCmdb};
-use tasks::shell::{LocalShell, RemoteShell};
+use tasks::shell::{AccessShell, LocalShell, RemoteShell};
 use waves::config::{Cmdb as CmdbConfig, Config};
 use waves::model::{Definitions, EngineKind};
 
@@ -151,7 +151,12 @@ pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
         Some(CmdbConfig::File { path }) => Arc::new(FileCmdb::new(&config.resolve(path))),
         None => Arc::new(NoCmdb),
     };
-    let shell: Arc<dyn RemoteShell> = Arc::new(LocalShell);
+    let ssh = tasks::ssh::SshShell::new(&config.ssh, &config.base_dir)
+        .map_err(|err| format!("cannot make its private folder: {err}"));
+    let shell: Arc<dyn RemoteShell> = Arc::new(AccessShell {
+        local: LocalShell,
+        ssh,
+    });
     Ports {
         engines,
         shell,

@@ -193,17 +193,7 @@ fn percent_decode(text: &str) -> String {
 
 /// Reads a secret from its reference; the error names the reference, never the value.
 pub fn read_credential(reference: &CredentialRef) -> anyhow::Result<String> {
-    match reference {
-        CredentialRef::Env(name) => std::env::var(name).with_context(|| {
-            format!("the credential {reference} is not set in Wavelift's environment")
-        }),
-        CredentialRef::File(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-            .with_context(|| format!("cannot read the credential {reference}")),
-        CredentialRef::SshAgent => {
-            anyhow::bail!("the ssh-agent holds keys, not a password; use env:NAME or file:PATH")
-        }
-    }
+    reference.read().map_err(anyhow::Error::msg)
 }
 
 impl Mailer {

@@ -1,0 +1,593 @@
+//! RemoteShell over SSH, through the system's OpenSSH client (`ssh`).
+//!
+//! Why the system client and not an SSH library: host keys are checked by OpenSSH itself
+//! against the known_hosts file the factory already keeps (hashed entries,
+//! `@cert-authority` and `@revoked` lines, every key type), the ssh-agent and
+//! `~/.ssh/config` work as they do for the team's own logins, and the build gains no
+//! cryptography crates. One login per server is shared by all its commands (connection
+//! multiplexing, `ControlMaster`), so a prerequisite check of eight commands logs in
+//! once.
+//!
+//! Credentials come from references (`env:NAME`, `file:PATH`, `ssh-agent`): a reference
+//! whose secret is a private key (`-----BEGIN ... PRIVATE KEY-----`) logs in with the
+//! key, any other secret is a password, given to OpenSSH through `SSH_ASKPASS` (a small
+//! script in a private folder that prints it from the environment of that one `ssh`).
+//! Secrets never reach a command line, and they are redacted from captured output.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt as _;
+use waves::config::{HostKeys, Ssh};
+use waves::model::{CredentialRef, Server};
+
+use crate::shell::{CommandOutput, RemoteShell, ShellError};
+
+/// How long an idle shared login stays open after its last command.
+const PERSIST: &str = "60";
+
+/// Logs in to servers with `ssh`; one instance per process.
+pub struct SshShell {
+    settings: Ssh,
+    /// The known_hosts file, resolved against the configuration's folder.
+    known_hosts: Option<PathBuf>,
+    /// A private folder (0700) for the shared logins' sockets, the askpass script and
+    /// keys that came from the environment.
+    private: PathBuf,
+    /// Where `file:` credentials with a relative path start from.
+    base_dir: PathBuf,
+}
+
+impl SshShell {
+    /// `base_dir` is the folder relative paths of the configuration start from.
+    pub fn new(settings: &Ssh, base_dir: &Path) -> std::io::Result<SshShell> {
+        let private =
+            std::env::temp_dir().join(format!("wavelift-ssh-{}-{}", std::process::id(), unique()));
+        create_private_dir(&private)?;
+        let askpass = private.join("askpass");
+        std::fs::write(
+            &askpass,
+            "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
+        )?;
+        set_mode(&askpass, 0o700)?;
+        let known_hosts = settings.known_hosts.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base_dir.join(p)
+            }
+        });
+        Ok(SshShell {
+            settings: settings.clone(),
+            known_hosts,
+            private,
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    /// The `ssh` options every connection (and a jump host's) shares.
+    fn common_options(&self) -> Vec<String> {
+        let mut options = vec![
+            "-o".to_owned(),
+            format!(
+                "StrictHostKeyChecking={}",
+                match self.settings.host_keys {
+                    HostKeys::Strict => "yes",
+                    HostKeys::AcceptNew => "accept-new",
+                }
+            ),
+            "-o".to_owned(),
+            format!(
+                "ConnectTimeout={}",
+                self.settings.connect_timeout.approx_seconds().max(1)
+            ),
+            "-o".to_owned(),
+            "ServerAliveInterval=15".to_owned(),
+            "-o".to_owned(),
+            "ServerAliveCountMax=2".to_owned(),
+            // OpenSSH's own notes ("Permanently added ...") stay out of the output.
+            "-o".to_owned(),
+            "LogLevel=ERROR".to_owned(),
+        ];
+        if let Some(file) = &self.known_hosts {
+            options.push("-o".to_owned());
+            options.push(format!("UserKnownHostsFile={}", file.display()));
+            options.push("-o".to_owned());
+            options.push("GlobalKnownHostsFile=/dev/null".to_owned());
+        }
+        options
+    }
+
+    /// How `server` logs in: the options for its credential, the secret to redact and
+    /// the environment of `ssh`.
+    fn login(&self, server: &Server) -> Result<Login, ShellError> {
+        let mut login = Login::default();
+        match &server.access.credential {
+            None => login.options.extend(batch()),
+            Some(CredentialRef::SshAgent) => {
+                if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+                    return Err(ShellError::Login {
+                        detail: "the credential is the ssh-agent, but SSH_AUTH_SOCK is not set in Wavelift's environment".to_owned(),
+                        remedy: "start Wavelift where the agent runs (eval $(ssh-agent); ssh-add KEY), or give a key as file:PATH".to_owned(),
+                    });
+                }
+                login.options.extend(batch());
+            }
+            Some(reference) => {
+                let reference = &self.resolved(reference);
+                let secret = reference.read().map_err(|detail| ShellError::Login {
+                    detail,
+                    remedy: "set the variable or create the file the credential names".to_owned(),
+                })?;
+                if is_private_key(&secret) {
+                    let path = match reference {
+                        CredentialRef::File(path) => PathBuf::from(path),
+                        _ => self.key_file(&secret).map_err(|err| ShellError::Login {
+                            detail: format!("cannot keep the key from {reference}: {err}"),
+                            remedy: "check the temporary folder".to_owned(),
+                        })?,
+                    };
+                    login.options.extend(batch());
+                    login.options.extend([
+                        "-i".to_owned(),
+                        path.display().to_string(),
+                        "-o".to_owned(),
+                        "IdentitiesOnly=yes".to_owned(),
+                    ]);
+                } else {
+                    login.options.extend([
+                        "-o".to_owned(),
+                        "BatchMode=no".to_owned(),
+                        "-o".to_owned(),
+                        "PreferredAuthentications=password,keyboard-interactive".to_owned(),
+                        "-o".to_owned(),
+                        "PubkeyAuthentication=no".to_owned(),
+                        "-o".to_owned(),
+                        "NumberOfPasswordPrompts=1".to_owned(),
+                    ]);
+                    login.env.push((
+                        "SSH_ASKPASS".to_owned(),
+                        self.private.join("askpass").display().to_string(),
+                    ));
+                    login
+                        .env
+                        .push(("SSH_ASKPASS_REQUIRE".to_owned(), "force".to_owned()));
+                    login
+                        .env
+                        .push(("WAVELIFT_SSH_SECRET".to_owned(), secret.clone()));
+                    login.secrets.push(secret);
+                }
+                login.credential = Some(reference.to_string());
+            }
+        }
+        Ok(login)
+    }
+
+    /// A `file:` reference with a relative path, from the configuration's folder.
+    fn resolved(&self, reference: &CredentialRef) -> CredentialRef {
+        match reference {
+            CredentialRef::File(path) if Path::new(path).is_relative() => {
+                CredentialRef::File(self.base_dir.join(path).display().to_string())
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// A key given in the environment, kept as a 0600 file for `ssh -i`.
+    fn key_file(&self, key: &str) -> std::io::Result<PathBuf> {
+        let path = self
+            .private
+            .join(format!("key-{:016x}", fnv(key.as_bytes())));
+        if !path.exists() {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{}\n", key.trim_end()))?;
+            set_mode(&tmp, 0o600)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(path)
+    }
+
+    /// The full `ssh` command line (without the remote command) for `server`.
+    fn arguments(&self, server: &Server, login: &Login) -> Vec<String> {
+        let mut args = vec!["-T".to_owned()];
+        args.extend(self.common_options());
+        args.extend([
+            "-o".to_owned(),
+            "ControlMaster=auto".to_owned(),
+            "-o".to_owned(),
+            format!("ControlPath={}/%C", self.private.display()),
+            "-o".to_owned(),
+            format!("ControlPersist={PERSIST}"),
+        ]);
+        args.extend(login.options.iter().cloned());
+        if let Some(port) = server.access.port {
+            args.extend(["-p".to_owned(), port.to_string()]);
+        }
+        if let Some(user) = &server.access.user {
+            args.extend(["-l".to_owned(), user.clone()]);
+        }
+        if let Some(jump) = &server.access.jump {
+            // ProxyJump would not pass the options above to the jump host, so the jump
+            // is an `ssh -W` of our own with the same host key rules and credential.
+            let (user, host, port) = split_jump(jump);
+            let mut proxy = vec!["ssh".to_owned()];
+            proxy.extend(self.common_options());
+            proxy.extend(login.options.iter().cloned());
+            if let Some(port) = port {
+                proxy.extend(["-p".to_owned(), port.to_owned()]);
+            }
+            if let Some(user) = user.or(server.access.user.as_deref()) {
+                proxy.extend(["-l".to_owned(), user.to_owned()]);
+            }
+            proxy.extend(["-W".to_owned(), "%h:%p".to_owned(), host.to_owned()]);
+            let proxy: Vec<String> = proxy.iter().map(|a| quote(a)).collect();
+            args.extend(["-o".to_owned(), format!("ProxyCommand={}", proxy.join(" "))]);
+        }
+        args.push(address(server));
+        args
+    }
+
+    async fn execute(
+        &self,
+        server: &Server,
+        command: &str,
+        input: Option<String>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        let login = self.login(server)?;
+        let timeout = timeout.min(Duration::from_secs(
+            self.settings.command_timeout.approx_seconds().max(1),
+        ));
+        let mut ssh = tokio::process::Command::new("ssh");
+        ssh.args(self.arguments(server, &login))
+            .arg("--")
+            .arg(command)
+            .stdin(if input.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in &login.env {
+            ssh.env(key, value);
+        }
+        let mut child = ssh.spawn().map_err(|err| {
+            ShellError::Spawn(format!(
+                "cannot start `ssh` ({err}): install the OpenSSH client (Debian: openssh-client)"
+            ))
+        })?;
+        if let Some(input) = input
+            && let Some(mut stdin) = child.stdin.take()
+        {
+            // A command that does not read its input must not make this fail.
+            let _ = stdin.write_all(input.as_bytes()).await;
+            drop(stdin);
+        }
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Err(_) => return Err(ShellError::Timeout(timeout)),
+            Ok(Err(err)) => return Err(ShellError::Spawn(err.to_string())),
+            Ok(Ok(output)) => output,
+        };
+        let redact = |bytes: &[u8]| {
+            let mut text = String::from_utf8_lossy(bytes).into_owned();
+            for secret in login.secrets.iter().filter(|s| !s.is_empty()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+            text
+        };
+        let stdout = redact(&output.stdout);
+        let stderr = redact(&output.stderr);
+        let status = output.status.code().unwrap_or(-1);
+        if status == 255
+            && let Some(error) = ssh_error(server, &stderr, &login, self.known_hosts.as_deref())
+        {
+            return Err(error);
+        }
+        Ok(CommandOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl Drop for SshShell {
+    fn drop(&mut self) {
+        // Shared logins end by themselves once idle; the folder goes now.
+        let _ = std::fs::remove_dir_all(&self.private);
+    }
+}
+
+#[async_trait]
+impl RemoteShell for SshShell {
+    fn is_rehearsal(&self) -> bool {
+        false
+    }
+
+    async fn run(
+        &self,
+        server: &Server,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.execute(server, command, None, timeout).await
+    }
+
+    async fn run_root(
+        &self,
+        server: &Server,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        if !server.access.sudo {
+            return self.run(server, command, timeout).await;
+        }
+        let Some(reference) = &server.access.sudo_credential else {
+            return self
+                .run(
+                    server,
+                    &format!("sudo -n sh -c {}", quote(command)),
+                    timeout,
+                )
+                .await;
+        };
+        let password = self
+            .resolved(reference)
+            .read()
+            .map_err(|detail| ShellError::Login {
+                detail,
+                remedy: "set the variable or create the file access.sudo_credential names"
+                    .to_owned(),
+            })?;
+        let wrapped = format!("sudo -S -p '' sh -c {}", quote(command));
+        let mut output = self
+            .execute(server, &wrapped, Some(format!("{password}\n")), timeout)
+            .await?;
+        if !password.is_empty() {
+            output.stdout = output.stdout.replace(&password, "[redacted]");
+            output.stderr = output.stderr.replace(&password, "[redacted]");
+        }
+        Ok(output)
+    }
+}
+
+#[derive(Default)]
+struct Login {
+    options: Vec<String>,
+    env: Vec<(String, String)>,
+    secrets: Vec<String>,
+    /// The credential reference, for messages.
+    credential: Option<String>,
+}
+
+/// Never ask anything: a key or the agent logs in, or the login fails.
+fn batch() -> [String; 2] {
+    ["-o".to_owned(), "BatchMode=yes".to_owned()]
+}
+
+fn is_private_key(secret: &str) -> bool {
+    let start = secret.trim_start();
+    start.starts_with("-----BEGIN ") && start.contains("PRIVATE KEY-----")
+}
+
+/// Where the server is reached: its IP address, else its FQDN, else its name.
+pub fn address(server: &Server) -> String {
+    if let Some(ip) = &server.ip {
+        return ip.value.to_string();
+    }
+    if let Some(fqdn) = &server.fqdn {
+        return fqdn.value.clone();
+    }
+    server.name.value.clone()
+}
+
+/// `user@host:port` of a jump host, each part optional but the host.
+fn split_jump(jump: &str) -> (Option<&str>, &str, Option<&str>) {
+    let (user, rest) = match jump.split_once('@') {
+        Some((user, rest)) => (Some(user), rest),
+        None => (None, jump),
+    };
+    if let Some(inner) = rest.strip_prefix('[')
+        && let Some((host, after)) = inner.split_once(']')
+    {
+        return (user, host, after.strip_prefix(':'));
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (user, host, Some(port)),
+        _ => (user, rest, None),
+    }
+}
+
+/// What `ssh`'s own failure (exit status 255) means for a user, or `None` when the
+/// remote command itself exited with 255.
+fn ssh_error(
+    server: &Server,
+    stderr: &str,
+    login: &Login,
+    known_hosts: Option<&Path>,
+) -> Option<ShellError> {
+    let target = format!(
+        "{}{}",
+        address(server),
+        server
+            .access
+            .port
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default()
+    );
+    let file = known_hosts
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "~/.ssh/known_hosts".to_owned());
+    let last = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_owned();
+    let login_error = |detail: String, remedy: String| Some(ShellError::Login { detail, remedy });
+    if stderr.contains("IDENTIFICATION HAS CHANGED") {
+        return login_error(
+            format!("the host key of {target} is not the one recorded in {file}"),
+            format!(
+                "someone may be intercepting the connection, or the server was rebuilt: check the key with the server's owner, then replace it (ssh-keygen -R '{}' -f {file})",
+                known_hosts_name(server)
+            ),
+        );
+    }
+    if stderr.contains("Host key verification failed") {
+        return login_error(
+            format!("{target} is not in {file} and host keys are checked strictly"),
+            format!(
+                "record its key after checking the fingerprint (ssh-keyscan{} {} >> {file}), or set ssh.host_keys: accept-new in wavelift.yaml",
+                server
+                    .access
+                    .port
+                    .map(|p| format!(" -p {p}"))
+                    .unwrap_or_default(),
+                address(server)
+            ),
+        );
+    }
+    if stderr.contains("Permission denied") {
+        let user = server
+            .access
+            .user
+            .as_deref()
+            .unwrap_or("(the local account name)");
+        let with = login
+            .credential
+            .as_deref()
+            .map(|c| format!("the credential {c}"))
+            .unwrap_or_else(|| "the default keys and the ssh-agent".to_owned());
+        return login_error(
+            format!("{target} refused the login of {user} with {with}: {last}"),
+            "check access.user and access.credential, and that the key is in the account's authorized_keys".to_owned(),
+        );
+    }
+    if stderr.contains("UNPROTECTED PRIVATE KEY FILE") || stderr.contains("bad permissions") {
+        return login_error(
+            format!("OpenSSH refuses the key file: {last}"),
+            "make the key readable by its owner only (chmod 600 FILE)".to_owned(),
+        );
+    }
+    if stderr.contains("Connection refused") {
+        return login_error(
+            format!("cannot connect to {target}: connection refused"),
+            "check that sshd runs and listens there (access.port)".to_owned(),
+        );
+    }
+    if stderr.contains("timed out") {
+        return login_error(
+            format!("{target} did not answer: {last}"),
+            "check the address, the route and the firewalls between Wavelift and the server"
+                .to_owned(),
+        );
+    }
+    if stderr.contains("Could not resolve hostname") {
+        return login_error(
+            format!("{target} does not resolve: {last}"),
+            "check the server's fqdn or give its ip".to_owned(),
+        );
+    }
+    if stderr.contains("Connection closed") || stderr.contains("kex_exchange_identification") {
+        return login_error(
+            format!("{target} closed the connection: {last}"),
+            "check sshd's logs on the server (MaxStartups, AllowUsers, a firewall)".to_owned(),
+        );
+    }
+    None
+}
+
+/// How OpenSSH names the server in known_hosts.
+fn known_hosts_name(server: &Server) -> String {
+    match server.access.port {
+        Some(port) if port != 22 => format!("[{}]:{port}", address(server)),
+        _ => address(server),
+    }
+}
+
+/// A word for a POSIX shell: single-quoted unless plainly safe.
+pub fn quote(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%,+".contains(&b));
+    if safe {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (u64::from(nanos) << 16) | NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    set_mode(path, 0o700)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_for_the_remote_shell() {
+        assert_eq!(quote("df"), "df");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("$(reboot)"), "'$(reboot)'");
+    }
+
+    #[test]
+    fn a_jump_host_is_user_host_and_port() {
+        assert_eq!(split_jump("bastion"), (None, "bastion", None));
+        assert_eq!(
+            split_jump("ops@bastion:2222"),
+            (Some("ops"), "bastion", Some("2222"))
+        );
+        assert_eq!(
+            split_jump("[fd00::1]:2200"),
+            (None, "fd00::1", Some("2200"))
+        );
+        assert_eq!(split_jump("fd00::1"), (None, "fd00::1", None));
+    }
+
+    #[test]
+    fn a_private_key_is_told_from_a_password() {
+        assert!(is_private_key(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----"
+        ));
+        assert!(is_private_key("-----BEGIN RSA PRIVATE KEY-----\n"));
+        assert!(!is_private_key("correct horse battery staple"));
+        assert!(!is_private_key("-----BEGIN CERTIFICATE-----"));
+    }
+}

@@ -1,0 +1,495 @@
+//! Real source servers over SSH: prereq_check logs in to an OpenSSH server and checks
+//! it, in the passing case and in each failing one (no sudo, a port closed, not enough
+//! free space, a wrong host key, a host not in known_hosts, a wrong key, a command that
+//! times out, sshd not listening), with the message a user sees; a password login with
+//! sudo by password, and a jump host. Then the shell on its own: a timeout, a password
+//! redacted from output, and `accept-new` recording a host key.
+//!
+//! Starts: an OpenSSH server (Debian openssh-server, `/usr/sbin/sshd -D`) as root on a
+//! free port of 127.0.0.1 to 127.0.0.10 (a server's address each), with a throwaway host key and its own
+//! authorized_keys file; the wavelift binary (apply, run --time-warp, serve) in a copy of
+//! examples/quickstart-ssh. The test accounts (wl-sudo, wl-nosudo, wl-pass, wl-slow) come
+//! from tests/peers/ssh_accounts.sh, which .ci/run runs as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wavelift_tests::{Scratch, copy_folder, edit, wavelift, wavelift_command, workspace_root};
+
+use crate::serve::{Served, client, token};
+
+const PASSWORD: &str = "wl-pass-Secret-42";
+
+/// An sshd of the test's own, stopped when dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Sshd {
+        for account in ["wl-sudo", "wl-nosudo", "wl-pass", "wl-slow"] {
+            let known = Command::new("id")
+                .arg("-u")
+                .arg(account)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                known,
+                "the test account {account} is missing: run tests/peers/ssh_accounts.sh as root (.ci/run does)"
+            );
+        }
+        std::fs::create_dir_all(dir).expect("the sshd folder");
+        // sshd reads authorized_keys as the account logging in: the folder is readable.
+        set_mode(dir, 0o755);
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))
+            .expect("authorized_keys");
+        set_mode(&dir.join("authorized_keys"), 0o644);
+        let port = free_port();
+        let config = format!(
+            "Port {port}\n{listen}HostKey {dir}/host_key\n\
+             PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\n\
+             UsePAM yes\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin no\nAllowTcpForwarding yes\nMaxStartups 50\nLogLevel ERROR\n",
+            dir = dir.display(),
+            listen = (1..=10)
+                .map(|i| format!("ListenAddress 127.0.0.{i}\n"))
+                .collect::<String>()
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("sshd_config");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("sshd.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .spawn()
+            .expect("/usr/sbin/sshd (apt-get install openssh-server; .ci/run does)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The known_hosts line of this sshd at `ip`.
+    fn known_host(&self, ip: &str) -> String {
+        let public = std::fs::read_to_string(self.dir.join("host_key.pub")).expect("host key");
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        format!("[{ip}]:{} {}\n", self.port, key.join(" "))
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "wavelift-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(made.success());
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One server of the test wave: its name, its address and its YAML lines under the
+/// server (indented by eight spaces).
+fn server(name: &str, ip: &str, extra: &str) -> String {
+    format!(
+        "      - name: {name}\n        ip: {ip}\n        disks: [{{ device: /dev/vda, size: 20GiB, used: 4GiB, boot: true }}]\n{extra}"
+    )
+}
+
+/// examples/quickstart-ssh pointed at the test's sshd, with one server per case.
+fn ssh_quickstart(scratch: &Scratch, sshd: &Sshd) -> PathBuf {
+    let dir = scratch.path().join("quickstart-ssh");
+    copy_folder(&workspace_root().join("examples/quickstart-ssh"), &dir);
+    let config = dir.join("wavelift.yaml");
+    edit(&config, "port: 22\n", &format!("port: {}\n", sshd.port));
+    edit(&config, "host_keys: accept-new", "host_keys: strict");
+    edit(&config, "command_timeout: 60s", "command_timeout: 3s");
+    // The state where `token`, `serve` and `status` look without being told.
+    edit(
+        &config,
+        "sqlite://.wavelift/ssh.db",
+        "sqlite://.wavelift/state.db",
+    );
+    std::fs::copy(sshd.dir.join("client_key"), dir.join("id_wavelift")).expect("the key");
+    set_mode(&dir.join("id_wavelift"), 0o600);
+    keygen(&dir.join("other_key"));
+    // 127.0.0.2 is recorded with another key, 127.0.0.3 not at all, the others rightly.
+    let wrong = std::fs::read_to_string(dir.join("other_key.pub")).expect("other key");
+    let wrong: Vec<&str> = wrong.split_whitespace().take(2).collect();
+    let mut known: String = [1, 4, 5, 6, 7, 8, 9, 10, 11]
+        .iter()
+        .map(|i| sshd.known_host(&format!("127.0.0.{i}")))
+        .collect();
+    known.push_str(&format!("[127.0.0.2]:{} {}\n", sshd.port, wrong.join(" ")));
+    std::fs::write(dir.join("known_hosts"), known).expect("known_hosts");
+    let closed = free_port();
+    let servers = [
+        server("ok-01", "127.0.0.1", "        access: { user: wl-sudo }\n        tasks: { prereq_check: { reach: [\"127.0.0.1:SSHPORT\"] } }\n"),
+        server("password-01", "127.0.0.4", "        access: { user: wl-pass, credential: \"env:WL_TEST_PASSWORD\", sudo_credential: \"env:WL_TEST_PASSWORD\" }\n"),
+        server("jump-01", "127.0.0.5", "        access: { user: wl-sudo, jump: \"wl-sudo@127.0.0.1:SSHPORT\" }\n"),
+        server("nosudo-01", "127.0.0.6", "        access: { user: wl-nosudo }\n"),
+        server("closed-01", "127.0.0.7", &format!("        access: {{ user: wl-sudo }}\n        tasks: {{ prereq_check: {{ reach: [\"127.0.0.1:{closed}\"] }} }}\n")),
+        server("full-01", "127.0.0.8", "        access: { user: wl-sudo }\n        tasks: { prereq_check: { min_free_space: { root: 100TiB } } }\n"),
+        server("changed-01", "127.0.0.2", "        access: { user: wl-sudo }\n"),
+        server("unknown-01", "127.0.0.3", "        access: { user: wl-sudo }\n"),
+        server("wrongkey-01", "127.0.0.9", "        access: { user: wl-sudo, credential: \"file:other_key\" }\n"),
+        server("slow-01", "127.0.0.10", "        access: { user: wl-slow }\n"),
+        server("refused-01", "127.0.0.11", &format!("        access: {{ user: wl-sudo, port: {closed} }}\n")),
+    ]
+    .concat()
+    .replace("SSHPORT", &sshd.port.to_string());
+    std::fs::write(
+        dir.join("waves/ssh-wave.yaml"),
+        format!(
+            "version: 1\nname: ssh-wave\nwindow:\n  start: 2046-12-15 22:00\n  duration: 6h\n  timezone: UTC\n\
+             notify: [factory-lead@example.com]\ndefaults:\n  os: {{ family: linux, arch: x86_64 }}\n  change_rate: 1%/day\n\
+             \x20 tasks: {{ prereq_check: {{ retries: 0 }} }}\n\
+             applications:\n  - name: app\n    owner: app-owner@example.com\n    servers:\n{servers}"
+        ),
+    )
+    .expect("the wave");
+    dir
+}
+
+/// Every check of a server's prerequisite check, by name: (passed, detail, remediation).
+fn prereq_checks(server: &Value) -> Vec<(String, bool, String, String)> {
+    let task = server["tasks"]
+        .as_array()
+        .and_then(|tasks| tasks.iter().find(|t| t["kind"] == "prereq_check"))
+        .unwrap_or_else(|| panic!("no prereq_check in {server}"));
+    let attempt = task["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .unwrap_or_else(|| panic!("no attempt in {task}"));
+    attempt["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no checks in {attempt}"))
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or("").to_owned(),
+                c["passed"].as_bool().unwrap_or(false),
+                c["detail"].as_str().unwrap_or("").to_owned(),
+                c["remediation"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prereq_check_over_ssh_passes_on_a_good_server_and_says_what_is_wrong_with_each_bad_one() {
+    let scratch = Scratch::new("ssh-prereq");
+    let sshd = Sshd::start(&scratch.path().join("sshd"));
+    let dir = ssh_quickstart(&scratch, &sshd);
+    let applied = wavelift(&dir, &["apply", "."]);
+    assert_eq!(applied.code, 0, "{}", applied.describe());
+    let run = wavelift_command(&dir)
+        .args(["run", "--until-done", "--time-warp"])
+        .env("WL_TEST_PASSWORD", PASSWORD)
+        .output()
+        .expect("wavelift run");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+        "the password shows: {stdout}{stderr}"
+    );
+
+    let viewer = token(&dir, "viewer");
+    let served = Served::start(&dir, &[]);
+    let http = client();
+    let server = |name: &str| -> Value {
+        http.get(served.url(&format!("/api/servers/{name}")))
+            .bearer_auth(&viewer)
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|err| panic!("{name}: {err}"))
+    };
+    let check = |name: &str, check: &str| -> (bool, String, String) {
+        let checks = prereq_checks(&server(name));
+        checks
+            .iter()
+            .find(|c| c.0 == check)
+            .map(|c| (c.1, c.2.clone(), c.3.clone()))
+            .unwrap_or_else(|| panic!("{name} has no check `{check}`: {checks:?}"))
+    };
+    let state = |name: &str| -> String {
+        let s = server(name);
+        s["tasks"]
+            .as_array()
+            .and_then(|tasks| tasks.iter().find(|t| t["kind"] == "prereq_check"))
+            .map(|t| t["state"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+
+    // The good servers: every check passes, by key, by password, through a jump host.
+    for name in ["ok-01", "password-01", "jump-01"] {
+        let checks = prereq_checks(&server(name));
+        assert!(
+            checks.iter().all(|c| c.1),
+            "{name}: every check passes: {checks:?}"
+        );
+        assert_eq!(state(name), "succeeded", "{name}");
+        let names: Vec<&str> = checks.iter().map(|c| c.0.as_str()).collect();
+        for wanted in [
+            "login",
+            "operating system",
+            "architecture",
+            "sudo",
+            "free space on /",
+            "free space on /tmp",
+            "/tmp executable",
+        ] {
+            assert!(names.contains(&wanted), "{name} checks {wanted}: {names:?}");
+        }
+    }
+    assert_eq!(check("ok-01", "login").1, "logged in over ssh");
+    assert_eq!(
+        check("ok-01", "sudo").1,
+        "sudo runs commands as root without a prompt"
+    );
+    assert_eq!(
+        check("password-01", "sudo").1,
+        "sudo runs commands as root with the password of access.sudo_credential"
+    );
+    let reach = check("ok-01", &format!("reach 127.0.0.1:{}", sshd.port));
+    assert_eq!(reach.1, "the source connects over TCP");
+
+    // Each bad server fails on its own check, and says what to do.
+    let (passed, found, remedy) = check("nosudo-01", "sudo");
+    assert!(!passed);
+    assert!(found.contains("a password is required"), "{found}");
+    assert!(remedy.contains("NOPASSWD"), "{remedy}");
+
+    let closed = prereq_checks(&server("closed-01"))
+        .into_iter()
+        .find(|c| c.0.starts_with("reach "))
+        .expect("a reach check");
+    assert!(!closed.1, "{closed:?}");
+    assert!(
+        closed
+            .2
+            .starts_with("the source cannot connect to 127.0.0.1:"),
+        "{closed:?}"
+    );
+    assert!(closed.3.starts_with("open TCP "), "{closed:?}");
+
+    let (passed, found, remedy) = check("full-01", "free space on /");
+    assert!(!passed);
+    assert!(found.ends_with("free, 100 TiB needed"), "{found}");
+    assert!(remedy.contains("min_free_space"), "{remedy}");
+
+    let (passed, found, remedy) = check("changed-01", "login");
+    assert!(!passed);
+    assert_eq!(
+        found,
+        format!(
+            "the host key of 127.0.0.2:{} is not the one recorded in {}",
+            sshd.port,
+            dir.join("known_hosts").display()
+        )
+    );
+    assert!(remedy.contains("ssh-keygen -R '[127.0.0.2]:"), "{remedy}");
+
+    let (passed, found, remedy) = check("unknown-01", "login");
+    assert!(!passed);
+    assert!(
+        found.ends_with("and host keys are checked strictly"),
+        "{found}"
+    );
+    assert!(
+        remedy.contains(&format!("ssh-keyscan -p {} 127.0.0.3", sshd.port)),
+        "{remedy}"
+    );
+
+    let (passed, found, remedy) = check("wrongkey-01", "login");
+    assert!(!passed);
+    assert!(
+        found.contains("refused the login of wl-sudo with the credential file:")
+            && found.contains("other_key"),
+        "{found}"
+    );
+    assert!(remedy.contains("authorized_keys"), "{remedy}");
+
+    let (passed, found, _) = check("slow-01", "login");
+    assert!(!passed);
+    assert_eq!(found, "timed out after 3s");
+
+    let (passed, found, remedy) = check("refused-01", "login");
+    assert!(!passed);
+    assert!(found.ends_with("connection refused"), "{found}");
+    assert!(remedy.contains("sshd runs"), "{remedy}");
+
+    // A failed check fails the task, and what depends on it waits, visibly.
+    for name in [
+        "nosudo-01",
+        "closed-01",
+        "full-01",
+        "changed-01",
+        "unknown-01",
+        "wrongkey-01",
+        "slow-01",
+        "refused-01",
+    ] {
+        assert_eq!(state(name), "failed", "{name}");
+    }
+    let status = wavelift(&dir, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let blocked = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["id"] == "nosudo-01/agent_push")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(blocked["state"], "blocked", "{blocked}");
+    // No secret is kept in the store either.
+    for file in ["state.db", "state.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(".wavelift").join(file)) {
+            assert!(
+                !bytes
+                    .windows(PASSWORD.len())
+                    .any(|w| w == PASSWORD.as_bytes()),
+                "the password is in {file}"
+            );
+        }
+    }
+}
+
+fn server_of(loaded: &waves::Loaded, name: &str) -> waves::model::Server {
+    loaded
+        .definitions
+        .waves
+        .iter()
+        .flat_map(|w| w.applications.iter())
+        .flat_map(|a| a.servers.iter())
+        .find(|s| s.name.value == name)
+        .unwrap_or_else(|| panic!("no server {name}"))
+        .clone()
+}
+
+#[test]
+fn the_ssh_shell_times_out_redacts_its_secrets_and_records_new_host_keys_when_told() {
+    use tasks::shell::{RemoteShell as _, ShellError};
+    let scratch = Scratch::new("ssh-shell");
+    let sshd = Sshd::start(&scratch.path().join("sshd"));
+    let dir = ssh_quickstart(&scratch, &sshd);
+    let loaded = waves::load::load_paths(std::slice::from_ref(&dir), None);
+    assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // The password from a file this time (the run above takes it from the environment).
+    std::fs::write(dir.join("password.txt"), format!("{PASSWORD}\n")).expect("password file");
+    let mut settings = loaded.definitions.config.ssh.clone();
+    settings.command_timeout = waves::units::Dur::from_seconds(30);
+    let shell = tasks::ssh::SshShell::new(&settings, &dir).expect("the shell");
+    runtime.block_on(async {
+        let ok = server_of(&loaded, "ok-01");
+        let slept = shell.run(&ok, "sleep 20", Duration::from_secs(1)).await;
+        assert_eq!(slept, Err(ShellError::Timeout(Duration::from_secs(1))));
+        assert_eq!(
+            slept.expect_err("a timeout").to_string(),
+            "timed out after 1s"
+        );
+        let root = shell
+            .run_root(&ok, "id -u", Duration::from_secs(10))
+            .await
+            .expect("sudo");
+        assert_eq!(root.stdout.trim(), "0");
+
+        let mut password = server_of(&loaded, "password-01");
+        let file = waves::model::CredentialRef::File("password.txt".to_owned());
+        password.access.credential = Some(file.clone());
+        password.access.sudo_credential = Some(file);
+        let echoed = shell
+            .run(
+                &password,
+                &format!("echo {PASSWORD}; echo {PASSWORD} >&2"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("a password login");
+        assert_eq!(echoed.stdout.trim(), "[redacted]");
+        assert_eq!(echoed.stderr.trim(), "[redacted]");
+        let root = shell
+            .run_root(&password, "id -un", Duration::from_secs(10))
+            .await
+            .expect("sudo with a password");
+        assert_eq!(root.stdout.trim(), "root");
+        assert!(!root.stdout.contains(PASSWORD) && !root.stderr.contains(PASSWORD));
+    });
+
+    // accept-new: a host seen for the first time is recorded; a changed key is still
+    // refused.
+    let mut accepting = settings.clone();
+    accepting.host_keys = waves::config::HostKeys::AcceptNew;
+    let shell = tasks::ssh::SshShell::new(&accepting, &dir).expect("the shell");
+    runtime.block_on(async {
+        let unknown = server_of(&loaded, "unknown-01");
+        let first = shell
+            .run(&unknown, "true", Duration::from_secs(10))
+            .await
+            .expect("a new host is accepted");
+        assert_eq!(first.status, 0);
+        let changed = server_of(&loaded, "changed-01");
+        let refused = shell.run(&changed, "true", Duration::from_secs(10)).await;
+        assert!(
+            matches!(&refused, Err(ShellError::Login { detail, .. }) if detail.starts_with("the host key of 127.0.0.2:")),
+            "{refused:?}"
+        );
+    });
+    // Recorded as OpenSSH records (hashed where ssh_config says HashKnownHosts): ask it.
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[127.0.0.3]:{}", sshd.port))
+        .arg("-f")
+        .arg(dir.join("known_hosts"))
+        .output()
+        .expect("ssh-keygen -F");
+    assert!(
+        found.status.success(),
+        "127.0.0.3 is not in known_hosts: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
