@@ -146,11 +146,22 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
         return Check::fail(&name, "not HOST:PORT", "correct tasks.prereq_check.reach");
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    // Host and port are checked when the file is read (letters, digits, `.`, `-`, `:`),
+    // and quoted again here: each shell level gets its own quoting.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+        || !port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Check::fail(&name, "not HOST:PORT", "correct tasks.prereq_check.reach");
+    }
     // bash's /dev/tcp where bash is, else nc: one of the two is on every supported OS.
+    let script = crate::ssh::quote(&format!("exec 3<>/dev/tcp/{host}/{port}"));
     let probe = format!(
-        "if command -v bash >/dev/null 2>&1; then timeout 5 bash -c 'exec 3<>/dev/tcp/{h}/{p}' 2>&1;          elif command -v nc >/dev/null 2>&1; then nc -z -w 5 {h} {p} 2>&1;          else echo 'neither bash nor nc is installed'; exit 127; fi",
+        "if command -v bash >/dev/null 2>&1; then timeout 5 bash -c {script} 2>&1; \
+         elif command -v nc >/dev/null 2>&1; then nc -z -w 5 {h} {port} 2>&1; \
+         else echo 'neither bash nor nc is installed'; exit 127; fi",
         h = crate::ssh::quote(host),
-        p = crate::ssh::quote(port),
     );
     match ctx.shell.run(ctx.server, &probe, COMMAND_TIMEOUT).await {
         Ok(out) if out.status == 0 => Check::pass(&name, "the source connects over TCP"),

@@ -35,7 +35,7 @@ impl ShellError {
         match self {
             ShellError::Login { remedy, .. } => remedy,
             ShellError::Timeout(_) => {
-                "the command did not finish in time: check the server's load, or raise the task's timeout"
+                "the server did not answer in time: check it (load, a hung mount, a login script that waits), or raise ssh.command_timeout in wavelift.yaml"
             }
             ShellError::Unavailable(_) | ShellError::Spawn(_) => {
                 "check the server's access settings and credential"

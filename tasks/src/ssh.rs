@@ -37,20 +37,23 @@ pub struct SshShell {
     private: PathBuf,
     /// Where `file:` credentials with a relative path start from.
     base_dir: PathBuf,
+    /// The sockets of the shared logins opened, closed when the shell is dropped.
+    masters: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl SshShell {
     /// `base_dir` is the folder relative paths of the configuration start from.
     pub fn new(settings: &Ssh, base_dir: &Path) -> std::io::Result<SshShell> {
+        // A short name: the sockets of shared logins live here, and a socket's path has at
+        // most 108 bytes.
         let private =
-            std::env::temp_dir().join(format!("wavelift-ssh-{}-{}", std::process::id(), unique()));
+            std::env::temp_dir().join(format!("wl-ssh-{}-{:x}", std::process::id(), unique()));
         create_private_dir(&private)?;
-        let askpass = private.join("askpass");
-        std::fs::write(
-            &askpass,
+        write_private(
+            &private.join("askpass"),
             "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
+            0o700,
         )?;
-        set_mode(&askpass, 0o700)?;
         let known_hosts = settings.known_hosts.as_ref().map(|p| {
             if p.is_absolute() {
                 p.clone()
@@ -63,6 +66,7 @@ impl SshShell {
             known_hosts,
             private,
             base_dir: base_dir.to_path_buf(),
+            masters: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -92,7 +96,7 @@ impl SshShell {
         ];
         if let Some(file) = &self.known_hosts {
             options.push("-o".to_owned());
-            options.push(format!("UserKnownHostsFile={}", file.display()));
+            options.push(format!("UserKnownHostsFile={}", option_path(file)));
             options.push("-o".to_owned());
             options.push("GlobalKnownHostsFile=/dev/null".to_owned());
         }
@@ -131,7 +135,7 @@ impl SshShell {
                     login.options.extend(batch());
                     login.options.extend([
                         "-i".to_owned(),
-                        path.display().to_string(),
+                        path.display().to_string().replace('%', "%%"),
                         "-o".to_owned(),
                         "IdentitiesOnly=yes".to_owned(),
                     ]);
@@ -180,23 +184,54 @@ impl SshShell {
             .private
             .join(format!("key-{:016x}", fnv(key.as_bytes())));
         if !path.exists() {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{}\n", key.trim_end()))?;
-            set_mode(&tmp, 0o600)?;
+            let tmp = self.private.join(format!("key-{:x}.tmp", unique()));
+            write_private(&tmp, &format!("{}\n", key.trim_end()), 0o600)?;
             std::fs::rename(&tmp, &path)?;
         }
         Ok(path)
+    }
+
+    /// The socket of the shared login for this server with this credential: logins with
+    /// another credential, another jump or other host key rules never share it.
+    fn control_path(&self, server: &Server) -> PathBuf {
+        let access = &server.access;
+        let identity = format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            address(server),
+            access.port,
+            access.user,
+            access
+                .credential
+                .as_ref()
+                .map(|c| self.resolved(c).to_string()),
+            access.jump,
+            self.known_hosts,
+            self.settings.host_keys,
+        );
+        self.private
+            .join(format!("c-{:016x}", fnv(identity.as_bytes())))
+    }
+
+    /// Where the jump host's `ssh` writes its errors for this server.
+    fn jump_log(&self, server: &Server) -> PathBuf {
+        let mut log = self.control_path(server).into_os_string();
+        log.push(".jump.log");
+        PathBuf::from(log)
     }
 
     /// The full `ssh` command line (without the remote command) for `server`.
     fn arguments(&self, server: &Server, login: &Login) -> Vec<String> {
         let mut args = vec!["-T".to_owned()];
         args.extend(self.common_options());
+        let control = self.control_path(server);
+        if let Ok(mut masters) = self.masters.lock() {
+            masters.insert(control.clone());
+        }
         args.extend([
             "-o".to_owned(),
             "ControlMaster=auto".to_owned(),
             "-o".to_owned(),
-            format!("ControlPath={}/%C", self.private.display()),
+            format!("ControlPath={}", option_path(&control)),
             "-o".to_owned(),
             format!("ControlPersist={PERSIST}"),
         ]);
@@ -211,7 +246,12 @@ impl SshShell {
             // ProxyJump would not pass the options above to the jump host, so the jump
             // is an `ssh -W` of our own with the same host key rules and credential.
             let (user, host, port) = split_jump(jump);
-            let mut proxy = vec!["ssh".to_owned()];
+            // A shared login sends the jump's own errors nowhere: they go to a log.
+            let mut proxy = vec![
+                "ssh".to_owned(),
+                "-E".to_owned(),
+                self.jump_log(server).display().to_string(),
+            ];
             proxy.extend(self.common_options());
             proxy.extend(login.options.iter().cloned());
             if let Some(port) = port {
@@ -220,8 +260,12 @@ impl SshShell {
             if let Some(user) = user.or(server.access.user.as_deref()) {
                 proxy.extend(["-l".to_owned(), user.to_owned()]);
             }
-            proxy.extend(["-W".to_owned(), "%h:%p".to_owned(), host.to_owned()]);
-            let proxy: Vec<String> = proxy.iter().map(|a| quote(a)).collect();
+            proxy.push(host.to_owned());
+            // ProxyCommand expands `%` tokens: ours are doubled, except the target's.
+            let mut proxy: Vec<String> =
+                proxy.iter().map(|a| quote(a).replace('%', "%%")).collect();
+            let last = proxy.len() - 1;
+            proxy.insert(last, "-W %h:%p".to_owned());
             args.extend(["-o".to_owned(), format!("ProxyCommand={}", proxy.join(" "))]);
         }
         args.push(address(server));
@@ -239,10 +283,19 @@ impl SshShell {
         let timeout = timeout.min(Duration::from_secs(
             self.settings.command_timeout.approx_seconds().max(1),
         ));
+        // The server ends the command itself when its time is up (a killed client would
+        // leave it running); the client waits a little longer for the answer.
+        let seconds = timeout.as_secs().max(1);
+        let remote = format!(
+            "if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {seconds} sh -c {q}; else exec sh -c {q}; fi",
+            q = quote(command)
+        );
+        let _ = std::fs::remove_file(self.jump_log(server));
+        let started = std::time::Instant::now();
         let mut ssh = tokio::process::Command::new("ssh");
         ssh.args(self.arguments(server, &login))
             .arg("--")
-            .arg(command)
+            .arg(remote)
             .stdin(if input.is_some() {
                 std::process::Stdio::piped()
             } else {
@@ -266,7 +319,8 @@ impl SshShell {
             let _ = stdin.write_all(input.as_bytes()).await;
             drop(stdin);
         }
-        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        let waited = timeout + Duration::from_secs(10);
+        let output = match tokio::time::timeout(waited, child.wait_with_output()).await {
             Err(_) => return Err(ShellError::Timeout(timeout)),
             Ok(Err(err)) => return Err(ShellError::Spawn(err.to_string())),
             Ok(Ok(output)) => output,
@@ -281,10 +335,15 @@ impl SshShell {
         let stdout = redact(&output.stdout);
         let stderr = redact(&output.stderr);
         let status = output.status.code().unwrap_or(-1);
-        if status == 255
-            && let Some(error) = ssh_error(server, &stderr, &login, self.known_hosts.as_deref())
-        {
-            return Err(error);
+        if status == 124 && started.elapsed() + Duration::from_millis(500) >= timeout {
+            return Err(ShellError::Timeout(timeout));
+        }
+        if status == 255 {
+            let jump = std::fs::read_to_string(self.jump_log(server)).unwrap_or_default();
+            let known_hosts = self.known_hosts.as_deref();
+            if let Some(error) = ssh_error(server, &stderr, &jump, &login, known_hosts) {
+                return Err(error);
+            }
         }
         Ok(CommandOutput {
             status,
@@ -296,7 +355,23 @@ impl SshShell {
 
 impl Drop for SshShell {
     fn drop(&mut self) {
-        // Shared logins end by themselves once idle; the folder goes now.
+        // The shared logins end now (they hold a password in their environment), then
+        // the folder with its keys goes.
+        let masters = self
+            .masters
+            .lock()
+            .map(|m| m.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        for control in masters.iter().filter(|c| c.exists()) {
+            let _ = std::process::Command::new("ssh")
+                .arg("-o")
+                .arg(format!("ControlPath={}", option_path(control)))
+                .args(["-O", "exit", "wavelift"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.private);
     }
 }
@@ -342,7 +417,12 @@ impl RemoteShell for SshShell {
                 remedy: "set the variable or create the file access.sudo_credential names"
                     .to_owned(),
             })?;
-        let wrapped = format!("sudo -S -p '' sh -c {}", quote(command));
+        // The command's own input is nothing: when sudo asks no password (NOPASSWD, a
+        // cached login), the password line must not become the command's input.
+        let wrapped = format!(
+            "sudo -S -p '' sh -c {}",
+            quote(&format!("exec </dev/null; {command}"))
+        );
         let mut output = self
             .execute(server, &wrapped, Some(format!("{password}\n")), timeout)
             .await?;
@@ -406,9 +486,30 @@ fn split_jump(jump: &str) -> (Option<&str>, &str, Option<&str>) {
 fn ssh_error(
     server: &Server,
     stderr: &str,
+    jump_log: &str,
     login: &Login,
     known_hosts: Option<&Path>,
 ) -> Option<ShellError> {
+    if let Some(jump) = &server.access.jump
+        && !jump_log.trim().is_empty()
+    {
+        let said = jump_log
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("");
+        let remedy = if jump_log.contains("Host key verification failed") {
+            "record the jump host's key in the known_hosts file, after checking its fingerprint"
+        } else if jump_log.contains("Permission denied") {
+            "check that the credential may log in to the jump host too"
+        } else {
+            "check the jump host's address and that it may reach the server"
+        };
+        return Some(ShellError::Login {
+            detail: format!("the jump host {jump} failed: {said}"),
+            remedy: remedy.to_owned(),
+        });
+    }
     let target = format!(
         "{}{}",
         address(server),
@@ -498,6 +599,25 @@ fn ssh_error(
             "check sshd's logs on the server (MaxStartups, AllowUsers, a firewall)".to_owned(),
         );
     }
+    // Anything else `ssh` itself says (no route, no common algorithm, ...), or nothing.
+    let from_ssh = last.is_empty()
+        || last.starts_with("ssh:")
+        || last.contains("Unable to negotiate")
+        || last.contains("unreachable")
+        || last.contains("No route")
+        || last.contains("ControlPath");
+    if from_ssh {
+        let said = if last.is_empty() {
+            "ssh ended without a message".to_owned()
+        } else {
+            last
+        };
+        return login_error(
+            format!("cannot log in to {target}: {said}"),
+            "check the server's address, port and sshd, and the network between Wavelift and it"
+                .to_owned(),
+        );
+    }
     None
 }
 
@@ -538,20 +658,36 @@ fn unique() -> u64 {
     (u64::from(nanos) << 16) | NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A folder only this process's account can enter; an existing one is refused.
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
 }
 
 #[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(path)
 }
 
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    set_mode(path, 0o700)
+/// A new file with this mode from the start (never readable by others, even briefly).
+fn write_private(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// A path as an `ssh -o` value: quoted (spaces), `%` doubled (OpenSSH's tokens).
+fn option_path(path: &Path) -> String {
+    format!("\"{}\"", path.display().to_string().replace('%', "%%"))
 }
 
 #[cfg(test)]

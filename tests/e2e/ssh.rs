@@ -6,7 +6,7 @@
 //! redacted from output, and `accept-new` recording a host key.
 //!
 //! Starts: an OpenSSH server (Debian openssh-server, `/usr/sbin/sshd -D`) as root on a
-//! free port of 127.0.0.1 to 127.0.0.10 (a server's address each), with a throwaway host key and its own
+//! free port of 127.0.0.1 to 127.0.0.12 (a server's address each), with a throwaway host key and its own
 //! authorized_keys file; the wavelift binary (apply, run --time-warp, serve) in a copy of
 //! examples/quickstart-ssh. The test accounts (wl-sudo, wl-nosudo, wl-pass, wl-slow) come
 //! from tests/peers/ssh_accounts.sh, which .ci/run runs as root.
@@ -57,7 +57,7 @@ impl Sshd {
              UsePAM yes\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
              PermitRootLogin no\nAllowTcpForwarding yes\nMaxStartups 50\nLogLevel ERROR\n",
             dir = dir.display(),
-            listen = (1..=10)
+            listen = (1..=12)
                 .map(|i| format!("ListenAddress 127.0.0.{i}\n"))
                 .collect::<String>()
         );
@@ -155,7 +155,7 @@ fn ssh_quickstart(scratch: &Scratch, sshd: &Sshd) -> PathBuf {
     // 127.0.0.2 is recorded with another key, 127.0.0.3 not at all, the others rightly.
     let wrong = std::fs::read_to_string(dir.join("other_key.pub")).expect("other key");
     let wrong: Vec<&str> = wrong.split_whitespace().take(2).collect();
-    let mut known: String = [1, 4, 5, 6, 7, 8, 9, 10, 11]
+    let mut known: String = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12]
         .iter()
         .map(|i| sshd.known_host(&format!("127.0.0.{i}")))
         .collect();
@@ -173,6 +173,7 @@ fn ssh_quickstart(scratch: &Scratch, sshd: &Sshd) -> PathBuf {
         server("unknown-01", "127.0.0.3", "        access: { user: wl-sudo }\n"),
         server("wrongkey-01", "127.0.0.9", "        access: { user: wl-sudo, credential: \"file:other_key\" }\n"),
         server("slow-01", "127.0.0.10", "        access: { user: wl-slow }\n"),
+        server("badjump-01", "127.0.0.12", "        access: { user: wl-sudo, jump: \"wl-sudo@127.0.0.3:SSHPORT\" }\n"),
         server("refused-01", "127.0.0.11", &format!("        access: {{ user: wl-sudo, port: {closed} }}\n")),
     ]
     .concat()
@@ -354,6 +355,20 @@ fn prereq_check_over_ssh_passes_on_a_good_server_and_says_what_is_wrong_with_eac
     assert!(!passed);
     assert_eq!(found, "timed out after 3s");
 
+    let (passed, found, remedy) = check("badjump-01", "login");
+    assert!(!passed);
+    assert!(
+        found.starts_with(&format!(
+            "the jump host wl-sudo@127.0.0.3:{} failed: ",
+            sshd.port
+        )) && found.contains("Host key verification failed"),
+        "{found}"
+    );
+    assert!(remedy.contains("jump host's key"), "{remedy}");
+
+    let (_, _, remedy) = check("slow-01", "login");
+    assert!(remedy.contains("ssh.command_timeout"), "{remedy}");
+
     let (passed, found, remedy) = check("refused-01", "login");
     assert!(!passed);
     assert!(found.ends_with("connection refused"), "{found}");
@@ -368,6 +383,7 @@ fn prereq_check_over_ssh_passes_on_a_good_server_and_says_what_is_wrong_with_eac
         "unknown-01",
         "wrongkey-01",
         "slow-01",
+        "badjump-01",
         "refused-01",
     ] {
         assert_eq!(state(name), "failed", "{name}");
@@ -437,6 +453,24 @@ fn the_ssh_shell_times_out_redacts_its_secrets_and_records_new_host_keys_when_to
             .await
             .expect("sudo");
         assert_eq!(root.stdout.trim(), "0");
+        // The same host and account with a key it does not accept: refused, even while
+        // the good login is still open to share.
+        let mut wrong = ok.clone();
+        wrong.access.credential = Some(waves::model::CredentialRef::File("other_key".to_owned()));
+        let refused = shell.run(&wrong, "true", Duration::from_secs(10)).await;
+        assert!(
+            matches!(&refused, Err(ShellError::Login { detail, .. }) if detail.contains("refused the login of wl-sudo")),
+            "{refused:?}"
+        );
+        // A sudo password given where sudo asks none never becomes the command's input.
+        let mut no_prompt = ok.clone();
+        no_prompt.access.sudo_credential =
+            Some(waves::model::CredentialRef::File("password.txt".to_owned()));
+        let read = shell
+            .run_root(&no_prompt, "cat; id -u", Duration::from_secs(10))
+            .await
+            .expect("sudo without a prompt");
+        assert_eq!(read.stdout, "0\n", "{read:?}");
 
         let mut password = server_of(&loaded, "password-01");
         let file = waves::model::CredentialRef::File("password.txt".to_owned());

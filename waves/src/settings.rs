@@ -256,8 +256,16 @@ fn decode_prereq(node: &Node, base: &mut PrereqSettings, ctx: &mut Ctx) {
                     .rsplit_once(':')
                     .ok_or_else(|| format!("`{text}` is not HOST:PORT"))?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() || host.contains(char::is_whitespace) {
+                if host.is_empty() {
                     return Err(format!("`{text}` has no host"));
+                }
+                if !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+                {
+                    return Err(format!(
+                        "`{text}`: a host is a name or an address (letters, digits, `.`, `-`, `:`)"
+                    ));
                 }
                 match port.parse::<u16>() {
                     Ok(p) if p > 0 => Ok(text.to_owned()),
