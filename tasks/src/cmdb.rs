@@ -1,6 +1,6 @@
 //! The configuration database: after cutover and hypercare, the source server is marked
-//! retired and its target recorded. This version has the `file` kind, a YAML inventory;
-//! ServiceNow, NetBox and HTTP arrive with their issue.
+//! retired and its target recorded. The `file` kind is a YAML inventory; ServiceNow,
+//! NetBox and any HTTP API are in [`crate::cmdb_api`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +31,25 @@ pub trait Cmdb: Send + Sync {
 
     /// Marks the server retired and records its target. Idempotent.
     async fn retire(&self, server: &Server, target: Option<&str>) -> Result<CmdbChange, CmdbError>;
+}
+
+/// A CMDB that could not be set up: every retire says why.
+#[derive(Debug, Clone)]
+pub struct BrokenCmdb(pub String);
+
+#[async_trait]
+impl Cmdb for BrokenCmdb {
+    fn kind(&self) -> &'static str {
+        "broken"
+    }
+
+    async fn retire(
+        &self,
+        _server: &Server,
+        _target: Option<&str>,
+    ) -> Result<CmdbChange, CmdbError> {
+        Err(CmdbError(self.0.clone()))
+    }
 }
 
 /// No CMDB configured: retiring is reported, nothing is written.

@@ -10,6 +10,7 @@
 pub mod agent_push;
 pub mod boot_test;
 pub mod cmdb;
+pub mod cmdb_api;
 pub mod cmdb_cleanup;
 pub mod context;
 pub mod cutover;

@@ -6,6 +6,7 @@
 
 mod browser;
 mod cli;
+mod cmdb;
 mod crash;
 mod examples;
 mod mail;

@@ -547,16 +547,7 @@ fn revoking_a_token_ends_the_sessions_made_with_it() {
     let viewer = token(&dir, "viewer");
     let served = Served::start(&dir, &[]);
     let http = client();
-    let form = http.get(served.url("/login")).send().expect("login form");
-    let login_cookie = cookie_pair(&form, "wavelift_login");
-    let csrf = value_of(&form.text().expect("html"), "name=\"csrf\" value=\"");
-    let login = http
-        .post(served.url("/login"))
-        .header(COOKIE, &login_cookie)
-        .form(&[("token", viewer.as_str()), ("csrf", csrf.as_str())])
-        .send()
-        .expect("login");
-    let session = cookie_pair(&login, "wavelift_session");
+    let (session, _) = login(&http, &served, &viewer);
     let read = || {
         http.get(served.url("/api/waves"))
             .header(COOKIE, &session)

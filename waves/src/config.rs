@@ -143,7 +143,54 @@ pub const DEFAULT_DIGEST: &str = "0 8 * * *";
 pub enum Cmdb {
     /// A YAML inventory whose records are marked retired.
     File { path: PathBuf },
+    /// ServiceNow's Table API: the CI found by sys_id or name, `install_status` set to
+    /// retired, the target recorded in a field.
+    Servicenow {
+        api: CmdbApi,
+        table: String,
+        retired_status: String,
+        target_field: String,
+    },
+    /// NetBox: the virtual machine (or device) set to decommissioning or offline, with
+    /// a journal entry.
+    Netbox {
+        api: CmdbApi,
+        object: NetboxObject,
+        status: String,
+    },
+    /// Any HTTP API: the request's method, URL, headers and body are templates of the
+    /// server's facts (`{{name}}`, `{{cmdb_id}}`, `{{fqdn}}`, `{{ip}}`, `{{target}}`, and
+    /// `{{credential}}` in headers and body).
+    Http {
+        api: CmdbApi,
+        method: String,
+        headers: BTreeMap<String, String>,
+        body: Option<String>,
+    },
 }
+
+/// What every CMDB reached over HTTP has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CmdbApi {
+    /// The instance's base URL (a template for `http`).
+    pub url: String,
+    /// ServiceNow's basic-auth user; without it the credential is a bearer token.
+    pub user: Option<String>,
+    pub credential: Option<CredentialRef>,
+    /// Certificates to trust besides the usual roots.
+    pub ca_file: Option<PathBuf>,
+    /// Read, and say what would change, but write nothing.
+    pub dry_run: bool,
+    /// Tries of one request, counting the first.
+    pub attempts: u32,
+    /// The wait before the first retry; doubled each time (a 429's Retry-After wins).
+    pub retry_after: Dur,
+}
+
+crate::model::named_enum!(
+    /// Which NetBox objects the servers are.
+    NetboxObject { VirtualMachine => "virtual-machine", Device => "device" }
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Site {
@@ -482,6 +529,31 @@ fn decode_ssh(node: &Node, ssh: &mut Ssh, ctx: &mut Ctx) {
     map.finish(ctx);
 }
 
+/// `credential:` where a password or a token is meant: `env:` or `file:`, never the
+/// ssh-agent (which holds keys).
+fn password_credential(map: &mut MapReader, holds: &str, ctx: &mut Ctx) -> Option<CredentialRef> {
+    let node = map.take("credential")?;
+    match template::credential(node, "credential", ctx)? {
+        CredentialRef::SshAgent => {
+            ctx.error(
+                node.location,
+                format!(
+                    "credential: the ssh-agent holds keys, not {holds}; use env:NAME or file:PATH"
+                ),
+            );
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// `ca_file:`, certificates to trust besides the usual roots.
+fn ca_file(map: &mut MapReader, ctx: &mut Ctx) -> Option<PathBuf> {
+    map.take("ca_file")
+        .and_then(|n| decode::string(n, "ca_file", ctx))
+        .map(PathBuf::from)
+}
+
 fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
     let mut map = MapReader::new(node, "smtp", ctx)?;
     template::refuse_inline_secrets(&mut map, "smtp", template::USE_CREDENTIAL, ctx);
@@ -514,22 +586,8 @@ fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
     let from = map
         .required("from", ctx)
         .and_then(|n| decode::email(n, "from", ctx));
-    let credential = map.take("credential").and_then(|n| {
-        match template::credential(n, "credential", ctx)? {
-            CredentialRef::SshAgent => {
-                ctx.error(
-                    n.location,
-                    "credential: the ssh-agent holds keys, not an SMTP password; use env:NAME or file:PATH",
-                );
-                None
-            }
-            other => Some(other),
-        }
-    });
-    let ca_file = map
-        .take("ca_file")
-        .and_then(|n| decode::string(n, "ca_file", ctx))
-        .map(PathBuf::from);
+    let credential = password_credential(&mut map, "an SMTP password", ctx);
+    let ca_file = ca_file(&mut map, ctx);
     map.finish(ctx);
     Some(Smtp {
         url: url?,
@@ -581,6 +639,13 @@ fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
     let mut map = MapReader::new(node, "cmdb", ctx)?;
     let kind_node = map.required("kind", ctx)?;
     let kind = decode::string(kind_node, "cmdb kind", ctx)?;
+    const KINDS: &[&str] = &["file", "servicenow", "netbox", "http"];
+    if kind != "file" && KINDS.contains(&kind.as_str()) {
+        template::refuse_inline_secrets(&mut map, "cmdb", template::USE_CREDENTIAL, ctx);
+    }
+    fn text(map: &mut MapReader, key: &'static str, ctx: &mut Ctx) -> Option<String> {
+        map.take(key).and_then(|n| decode::string(n, key, ctx))
+    }
     let cmdb = match kind.as_str() {
         "file" => {
             let path = map
@@ -590,23 +655,221 @@ fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
                 path: PathBuf::from(path),
             })
         }
-        "servicenow" | "netbox" | "http" => {
-            ctx.error(
-                kind_node.location,
-                format!("cmdb kind `{kind}` is not available in this version; use `file`"),
-            );
-            None
+        "servicenow" => {
+            let api = decode_cmdb_api(&mut map, &kind, ctx);
+            let table = text(&mut map, "table", ctx).unwrap_or_else(|| "cmdb_ci_server".to_owned());
+            if !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                ctx.error(
+                    map.key_location("table").unwrap_or(node.location),
+                    format!(
+                        "table: `{table}` is not a ServiceNow table name (letters, digits and _)"
+                    ),
+                );
+            }
+            let retired_status =
+                text(&mut map, "retired_status", ctx).unwrap_or_else(|| "7".to_owned());
+            let target_field =
+                text(&mut map, "target_field", ctx).unwrap_or_else(|| "comments".to_owned());
+            api.map(|api| Cmdb::Servicenow {
+                api,
+                table,
+                retired_status,
+                target_field,
+            })
+        }
+        "netbox" => {
+            let api = decode_cmdb_api(&mut map, &kind, ctx);
+            if api.as_ref().is_some_and(|a| a.credential.is_none()) {
+                ctx.error(
+                    node.location,
+                    "cmdb: NetBox needs `credential: env:NAME` (an API token)",
+                );
+            }
+            let object = map
+                .take("object")
+                .and_then(|n| {
+                    decode::parsed(n, "object", ctx, |t| {
+                        NetboxObject::from_name(t)
+                            .ok_or_else(|| template::unknown_name("object", t, NetboxObject::NAMES))
+                    })
+                })
+                .unwrap_or(NetboxObject::VirtualMachine);
+            let status = map
+                .take("status")
+                .and_then(|n| {
+                    decode::parsed(n, "status", ctx, |t| match t {
+                        "decommissioning" | "offline" => Ok(t.to_owned()),
+                        other => Err(template::unknown_name(
+                            "status",
+                            other,
+                            &["decommissioning", "offline"],
+                        )),
+                    })
+                })
+                .unwrap_or_else(|| "decommissioning".to_owned());
+            api.map(|api| Cmdb::Netbox {
+                api,
+                object,
+                status,
+            })
+        }
+        "http" => {
+            let api = decode_cmdb_api(&mut map, &kind, ctx);
+            let method = map
+                .take("method")
+                .and_then(|n| {
+                    decode::parsed(n, "method", ctx, |t| {
+                        let upper = t.to_ascii_uppercase();
+                        ["POST", "PUT", "PATCH", "DELETE"]
+                            .contains(&upper.as_str())
+                            .then_some(upper)
+                            .ok_or_else(|| format!("`{t}` is not one of POST, PUT, PATCH, DELETE"))
+                    })
+                })
+                .unwrap_or_else(|| "PATCH".to_owned());
+            let headers = map
+                .take("headers")
+                .map(|n| {
+                    let headers = decode::string_map(n, "header", ctx);
+                    let at = |name: &str| match &n.value {
+                        crate::yaml::Value::Map(entries) => entries
+                            .iter()
+                            .find(|e| e.key == name)
+                            .map_or(n.location, |e| e.value.location),
+                        _ => n.location,
+                    };
+                    for (name, value) in &headers {
+                        let lower = name.to_ascii_lowercase();
+                        let secretish = lower == "authorization"
+                            || lower.contains("token")
+                            || lower.contains("key");
+                        if secretish && !value.contains("{{credential}}") {
+                            ctx.error(
+                                at(name),
+                                format!(
+                                    "header `{name}` holds a secret inline (value not shown): write `{{{{credential}}}}` in it and give `credential: env:NAME`"
+                                ),
+                            );
+                        }
+                        check_template(value, &format!("header `{name}`"), at(name), ctx);
+                    }
+                    headers
+                })
+                .unwrap_or_default();
+            let body = map.take("body").and_then(|n| {
+                let body = decode::string(n, "body", ctx)?;
+                check_template(&body, "body", n.location, ctx);
+                Some(body)
+            });
+            if let Some(api) = &api {
+                let at = map.key_location("url").unwrap_or(node.location);
+                check_template(&api.url, "url", at, ctx);
+                if api.url.contains("{{credential}}") {
+                    ctx.error(
+                        at,
+                        "url: `{{credential}}` would put the secret in the URL (logs, proxies): use a header",
+                    );
+                }
+            }
+            api.map(|api| Cmdb::Http {
+                api,
+                method,
+                headers,
+                body,
+            })
         }
         other => {
             ctx.error(
                 kind_node.location,
-                template::unknown_name("cmdb kind", other, &["file"]),
+                template::unknown_name("cmdb kind", other, KINDS),
             );
             None
         }
     };
     map.finish(ctx);
     cmdb
+}
+
+/// A template's syntax, checked when the file is read.
+fn check_template(text: &str, what: &str, location: Location, ctx: &mut Ctx) {
+    let open = text.matches("{{").count();
+    let close = text.matches("}}").count();
+    if open != close {
+        ctx.error(location, format!("{what}: unbalanced `{{{{` and `}}}}`"));
+        return;
+    }
+    const FACTS: &[&str] = &["name", "cmdb_id", "fqdn", "ip", "target", "credential"];
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let fact = after[..end]
+            .trim()
+            .trim_start_matches('{')
+            .trim_end_matches('}');
+        if !FACTS.contains(&fact) {
+            ctx.error(
+                location,
+                format!("{what}: {}", template::unknown_name("fact", fact, FACTS)),
+            );
+        }
+        rest = &after[end + 2..];
+    }
+}
+
+/// The fields every HTTP CMDB shares.
+fn decode_cmdb_api(map: &mut MapReader, kind: &str, ctx: &mut Ctx) -> Option<CmdbApi> {
+    let url = map.required("url", ctx).and_then(|n| {
+        decode::parsed(n, "url", ctx, |text| {
+            if !(text.starts_with("https://") || text.starts_with("http://")) {
+                return Err(format!(
+                    "`{}` is not an http:// or https:// URL",
+                    redact_url(text)
+                ));
+            }
+            if url_has_password(text) {
+                return Err(
+                    "the URL holds a password (not shown): put it in `credential: env:NAME`"
+                        .to_owned(),
+                );
+            }
+            Ok(text.trim_end_matches('/').to_owned())
+        })
+    });
+    let user = map
+        .take("user")
+        .and_then(|n| decode::string(n, "user", ctx));
+    if user.is_some() && kind != "servicenow" {
+        ctx.error(
+            map.key_location("user").unwrap_or(Location::START),
+            format!(
+                "user: only ServiceNow logs in with a user; {kind} takes a token as `credential`"
+            ),
+        );
+    }
+    let credential = password_credential(map, "a CMDB password or token", ctx);
+    let ca_file = ca_file(map, ctx);
+    let dry_run = map
+        .take("dry_run")
+        .and_then(|n| decode::boolean(n, "dry_run", ctx))
+        .unwrap_or(false);
+    let attempts = map
+        .take("attempts")
+        .and_then(|n| decode::unsigned(n, "attempts", 20, ctx))
+        .map_or(5, |n| u32::try_from(n.max(1)).unwrap_or(5));
+    let retry_after = map
+        .take("retry_after")
+        .and_then(|n| decode::duration(n, "retry_after", ctx))
+        .unwrap_or(Dur::from_seconds(2));
+    Some(CmdbApi {
+        url: url?,
+        user,
+        credential,
+        ca_file,
+        dry_run,
+        attempts,
+        retry_after,
+    })
 }
 
 fn decode_sites(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, Site> {

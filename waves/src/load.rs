@@ -89,7 +89,7 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
                 let path = config.resolve(path);
                 Some(std::fs::canonicalize(&path).unwrap_or(path))
             }
-            None => None,
+            _ => None,
         }
     });
     let waves: Vec<SourceFile> = found

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use replication::ReplicationEngine;
 use replication::sim::{SimConfig, SimEngine};
 use tasks::cmdb::{Cmdb, FileCmdb, NoCmdb};
+use tasks::cmdb_api::{HttpCmdb, NetBox, ServiceNow};
 use tasks::shell::{AccessShell, LocalShell, RemoteShell};
 use waves::config::{Cmdb as CmdbConfig, Config};
 use waves::model::{Definitions, EngineKind};
@@ -147,10 +148,32 @@ pub fn engines(
 
 pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
     let config = &definitions.config;
-    let cmdb: Arc<dyn Cmdb> = match &config.cmdb {
-        Some(CmdbConfig::File { path }) => Arc::new(FileCmdb::new(&config.resolve(path))),
-        None => Arc::new(NoCmdb),
+    let base = &config.base_dir;
+    let made: Result<Arc<dyn Cmdb>, tasks::cmdb::CmdbError> = match &config.cmdb {
+        Some(CmdbConfig::File { path }) => Ok(Arc::new(FileCmdb::new(&config.resolve(path)))),
+        Some(CmdbConfig::Servicenow {
+            api,
+            table,
+            retired_status,
+            target_field,
+        }) => ServiceNow::new(api, table, retired_status, target_field, base)
+            .map(|c| Arc::new(c) as Arc<dyn Cmdb>),
+        Some(CmdbConfig::Netbox {
+            api,
+            object,
+            status,
+        }) => NetBox::new(api, *object, status, base).map(|c| Arc::new(c) as Arc<dyn Cmdb>),
+        Some(CmdbConfig::Http {
+            api,
+            method,
+            headers,
+            body,
+        }) => HttpCmdb::new(api, method, headers, body.as_deref(), base)
+            .map(|c| Arc::new(c) as Arc<dyn Cmdb>),
+        None => Ok(Arc::new(NoCmdb)),
     };
+    // A CMDB that cannot be set up (an unreadable ca_file) fails each cleanup with why.
+    let cmdb = made.unwrap_or_else(|err| Arc::new(tasks::cmdb::BrokenCmdb(err.0)));
     let ssh = tasks::ssh::SshShell::new(&config.ssh, &config.base_dir)
         .map_err(|err| format!("cannot make its private folder: {err}"));
     let shell: Arc<dyn RemoteShell> = Arc::new(AccessShell {
