@@ -24,18 +24,28 @@ pub struct TaskContext<'a> {
     /// Where the previous call stopped; `None` on the first call of an attempt.
     pub step: Option<serde_json::Value>,
     pub engine: &'a dyn ReplicationEngine,
+    /// The kind of engine the server's wave names (`local` runs on the rehearsal engine
+    /// until the local engine exists).
+    pub engine_kind: waves::model::EngineKind,
+    /// What the source must reach over TCP for its engine (`host:port`).
+    pub engine_endpoints: Vec<String>,
     /// Batches this task's launch with others' into one job.
     pub launcher: &'a crate::launcher::Launcher,
     pub shell: &'a dyn RemoteShell,
     pub cmdb: &'a dyn Cmdb,
 }
 
-/// One check a task made: what, whether it passed, what was found and what to do.
+/// One check a task made: what, whether it passed, the sentence a user reads, what was
+/// found and what was expected (where the check compares the two), and what to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub name: String,
     pub passed: bool,
     pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
     pub remediation: Option<String>,
 }
 
@@ -45,8 +55,17 @@ impl Check {
             name: name.into(),
             passed: true,
             detail: detail.into(),
+            found: None,
+            expected: None,
             remediation: None,
         }
+    }
+
+    /// What was found and what was expected, beside the sentence.
+    pub fn comparing(mut self, found: impl Into<String>, expected: impl Into<String>) -> Check {
+        self.found = Some(found.into());
+        self.expected = Some(expected.into());
+        self
     }
 
     pub fn fail(
@@ -58,6 +77,8 @@ impl Check {
             name: name.into(),
             passed: false,
             detail: detail.into(),
+            found: None,
+            expected: None,
             remediation: Some(remediation.into()),
         }
     }

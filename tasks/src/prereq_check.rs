@@ -1,10 +1,13 @@
 //! prereq_check: can the server be migrated? Login, sudo, free space on / and /tmp,
-//! /tmp executable, a supported OS and architecture, the engine's endpoints. Each check
-//! says what was found, what was expected and what to do.
+//! /tmp executable, a supported OS and architecture, the engine's endpoints reached from
+//! the source, and the engine's own needs (MGN's agent builds a kernel module: kernel
+//! headers of the running kernel, make, gcc, and dhclient for the launched copy). Each
+//! check says what was found, what was expected and what to do.
 
 use std::time::Duration;
 
-use waves::model::{AccessMethod, OsFamily};
+use waves::config::Config;
+use waves::model::{AccessMethod, EngineKind, OsFamily};
 use waves::units::format_bytes;
 
 use crate::context::{Check, Report, TaskContext};
@@ -59,13 +62,19 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             if let Some(arch) = &server.os.arch {
                 let found = normalize_arch(&machine);
                 if found == arch.as_str() {
-                    checks.push(Check::pass("architecture", machine.clone()));
+                    checks.push(
+                        Check::pass("architecture", machine.clone())
+                            .comparing(found, arch.as_str()),
+                    );
                 } else {
-                    checks.push(Check::fail(
-                        "architecture",
-                        format!("found {machine}, expected {arch}"),
-                        "correct `os.arch` in the wave file, or check the server",
-                    ));
+                    checks.push(
+                        Check::fail(
+                            "architecture",
+                            format!("found {machine}, expected {arch}"),
+                            "correct `os.arch` in the wave file, or check the server",
+                        )
+                        .comparing(machine.clone(), arch.as_str()),
+                    );
                 }
             }
         }
@@ -82,7 +91,10 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     checks.push(free_space(ctx, "/", settings.min_free_root, "free space on /").await);
     checks.push(free_space(ctx, "/tmp", settings.min_free_tmp, "free space on /tmp").await);
     checks.push(tmp_exec(ctx).await);
-    let endpoints = &settings.reach;
+    if ctx.engine_kind == EngineKind::Mgn && server.os.family == OsFamily::Linux {
+        checks.extend(mgn_needs(ctx).await);
+    }
+    let endpoints: Vec<&String> = ctx.engine_endpoints.iter().chain(&settings.reach).collect();
     if endpoints.is_empty() {
         checks.push(Check::pass(
             "engine endpoints",
@@ -113,7 +125,8 @@ async fn sudo_check(ctx: &TaskContext<'_>) -> Check {
             } else {
                 "sudo runs commands as root without a prompt"
             },
-        ),
+        )
+        .comparing("root (uid 0)", "root (uid 0)"),
         Ok(out) => {
             let said = out.stderr.trim();
             let remedy = if with_password {
@@ -134,6 +147,7 @@ async fn sudo_check(ctx: &TaskContext<'_>) -> Check {
                 ),
                 remedy,
             )
+            .comparing(format!("exit {}", out.status), "root (uid 0)")
         }
         Err(err) => Check::fail("sudo", err.to_string(), err.remedy()),
     }
@@ -164,7 +178,8 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
         h = crate::ssh::quote(host),
     );
     match ctx.shell.run(ctx.server, &probe, COMMAND_TIMEOUT).await {
-        Ok(out) if out.status == 0 => Check::pass(&name, "the source connects over TCP"),
+        Ok(out) if out.status == 0 => Check::pass(&name, "the source connects over TCP")
+            .comparing("connected", "a TCP connection within 5 s"),
         Ok(out) => {
             let said = out.stdout.trim().lines().last().unwrap_or("").to_owned();
             let found = if out.status == 124 {
@@ -181,9 +196,86 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
                     "open TCP {port} from the source to {host} (firewall, security group, route)"
                 ),
             )
+            .comparing(found, "a TCP connection within 5 s")
         }
         Err(err) => Check::fail(&name, err.to_string(), err.remedy()),
     }
+}
+
+/// What a source on this engine must reach over TCP (`host:port`). MGN: its regional
+/// endpoint; the replication servers (TCP 1500 in the staging subnet) exist only once
+/// replication starts, so agent_push meets them. The rehearsal engine needs nothing;
+/// `local` runs on it until the local engine exists.
+pub fn engine_endpoints(kind: EngineKind, config: &Config) -> Vec<String> {
+    match (kind, &config.engines.mgn) {
+        (EngineKind::Mgn, Some(mgn)) => vec![format!("mgn.{}.amazonaws.com:443", mgn.region)],
+        _ => Vec::new(),
+    }
+}
+
+/// MGN's agent installer builds a kernel module and the launched copy takes its address
+/// by DHCP: the headers of the running kernel, make, gcc and dhclient must be there.
+async fn mgn_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let headers = "k=$(uname -r); if [ -d /lib/modules/$k/build ] || [ -d /usr/src/kernels/$k ]; then echo present $k; else echo missing $k; fi";
+    match ctx.shell.run(ctx.server, headers, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => {
+            let mut words = out.stdout.split_whitespace();
+            let state = words.next().unwrap_or("");
+            let kernel = words.next().unwrap_or("?").to_owned();
+            let expected = format!("headers of kernel {kernel}");
+            checks.push(if state == "present" {
+                Check::pass("kernel headers", format!("installed for the running kernel {kernel}"))
+                    .comparing(format!("headers of kernel {kernel}"), expected)
+            } else {
+                Check::fail(
+                    "kernel headers",
+                    format!("no headers for the running kernel {kernel}"),
+                    format!(
+                        "install them (Debian, Ubuntu: apt-get install linux-headers-{kernel}; RHEL family: yum install kernel-devel-{kernel}), or reboot into the kernel whose headers are installed"
+                    ),
+                )
+                .comparing("none", expected)
+            });
+        }
+        Ok(out) => checks.push(Check::fail(
+            "kernel headers",
+            format!("cannot look (exit {}): {}", out.status, out.stderr.trim()),
+            "check the server",
+        )),
+        Err(err) => checks.push(Check::fail("kernel headers", err.to_string(), err.remedy())),
+    }
+    let tools = "for t in make gcc dhclient; do p=$(command -v $t 2>/dev/null || ls /sbin/$t /usr/sbin/$t 2>/dev/null | head -n 1); echo \"$t ${p:-missing}\"; done";
+    match ctx.shell.run(ctx.server, tools, COMMAND_TIMEOUT).await {
+        Ok(out) if out.status == 0 => {
+            for line in out.stdout.lines() {
+                let Some((tool, path)) = line.split_once(' ') else {
+                    continue;
+                };
+                let package = match tool {
+                    "dhclient" => "isc-dhcp-client (RHEL family: dhcp-client)",
+                    other => other,
+                };
+                checks.push(if path == "missing" {
+                    Check::fail(
+                        tool,
+                        format!("`{tool}` is not installed"),
+                        format!("install {package}: MGN's agent needs it"),
+                    )
+                    .comparing("not installed", "installed")
+                } else {
+                    Check::pass(tool, format!("installed at {path}")).comparing(path, "installed")
+                });
+            }
+        }
+        Ok(out) => checks.push(Check::fail(
+            "build tools",
+            format!("cannot look (exit {}): {}", out.status, out.stderr.trim()),
+            "check the server",
+        )),
+        Err(err) => checks.push(Check::fail("build tools", err.to_string(), err.remedy())),
+    }
+    checks
 }
 
 fn finish(checks: Vec<Check>) -> Report {
@@ -221,7 +313,7 @@ fn os_check(family: OsFamily, system: &str) -> Check {
     } else {
         None
     };
-    if found_family == Some(family) {
+    let check = if found_family == Some(family) {
         Check::pass("operating system", system.to_owned())
     } else {
         Check::fail(
@@ -229,7 +321,8 @@ fn os_check(family: OsFamily, system: &str) -> Check {
             format!("found `{system}`, the wave says {family}"),
             "correct `os.family` in the wave file",
         )
-    }
+    };
+    check.comparing(system, family.as_str())
 }
 
 async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str) -> Check {
@@ -242,6 +335,7 @@ async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str)
                 .nth(3)
                 .and_then(|kib| kib.parse::<u64>().ok())
                 .map(|kib| kib * 1024);
+            let at_least = format!("at least {}", format_bytes(minimum as f64));
             match available {
                 Some(bytes) if bytes >= minimum => Check::pass(
                     name,
@@ -250,7 +344,8 @@ async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str)
                         format_bytes(bytes as f64),
                         format_bytes(minimum as f64)
                     ),
-                ),
+                )
+                .comparing(format!("{} free", format_bytes(bytes as f64)), at_least),
                 Some(bytes) => Check::fail(
                     name,
                     format!(
@@ -259,7 +354,8 @@ async fn free_space(ctx: &TaskContext<'_>, path: &str, minimum: u64, name: &str)
                         format_bytes(minimum as f64)
                     ),
                     format!("free space on {path}, or lower tasks.prereq_check.min_free_space"),
-                ),
+                )
+                .comparing(format!("{} free", format_bytes(bytes as f64)), at_least),
                 None => Check::fail(
                     name,
                     format!("cannot read `df` output: {}", out.stdout.trim()),
@@ -287,13 +383,16 @@ async fn tmp_exec(ctx: &TaskContext<'_>) -> Check {
                     format!("/tmp is mounted noexec ({options})"),
                     "remount /tmp without noexec for the agent's installation",
                 )
+                .comparing(options, "no noexec")
             } else if options.is_empty() {
                 Check::pass(
                     "/tmp executable",
                     "/tmp is part of / (no mount options of its own)",
                 )
+                .comparing("part of /", "no noexec")
             } else {
                 Check::pass("/tmp executable", format!("mount options {options}"))
+                    .comparing(options, "no noexec")
             }
         }
         Ok(out) => Check::fail(

@@ -527,3 +527,101 @@ fn the_ssh_shell_times_out_redacts_its_secrets_and_records_new_host_keys_when_to
         String::from_utf8_lossy(&found.stdout)
     );
 }
+
+/// Whether `script` succeeds on this machine (the sshd's host), as the expected answer.
+fn here(script: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint() {
+    use tasks::shell::RemoteShell as _;
+    let scratch = Scratch::new("ssh-mgn");
+    let sshd = Sshd::start(&scratch.path().join("sshd"));
+    let dir = ssh_quickstart(&scratch, &sshd);
+    let loaded = waves::load::load_paths(std::slice::from_ref(&dir), None);
+    let server = server_of(&loaded, "ok-01");
+    let shell = tasks::ssh::SshShell::new(&loaded.definitions.config.ssh, &dir).expect("shell");
+    let clock: std::sync::Arc<dyn replication::Clock> =
+        std::sync::Arc::new(replication::SystemClock);
+    let engine = replication::sim::SimEngine::new(replication::sim::SimConfig::instant(1), clock);
+    let launcher = tasks::launcher::Launcher::default();
+    let timezone = jiff::tz::TimeZone::UTC;
+    let now = jiff::Timestamp::now();
+    // An MGN Region's endpoint, here a closed loopback port in its place.
+    let closed = free_port();
+    let ctx = tasks::TaskContext {
+        task_id: "ok-01/prereq_check",
+        kind: waves::model::TaskKind::PrereqCheck,
+        wave: "ssh-wave",
+        timezone: &timezone,
+        server: &server,
+        window: [now, now],
+        now,
+        started_at: now,
+        attempt: 0,
+        step: None,
+        engine: &engine,
+        engine_kind: waves::model::EngineKind::Mgn,
+        engine_endpoints: vec![format!("127.0.0.1:{closed}")],
+        launcher: &launcher,
+        shell: &shell,
+        cmdb: &tasks::cmdb::NoCmdb,
+    };
+    assert!(!shell.is_rehearsal());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let report = runtime.block_on(tasks::prereq_check::run(&ctx));
+    let tasks::Progress::Fail { checks, reason, .. } = &report.progress else {
+        panic!("the closed endpoint fails the check: {:?}", report.progress);
+    };
+    let by_name = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check `{name}` in {checks:?}"))
+    };
+    // Each answer as this machine (the server) would give it.
+    let headers =
+        here("[ -d /lib/modules/$(uname -r)/build ] || [ -d /usr/src/kernels/$(uname -r) ]");
+    assert_eq!(by_name("kernel headers").passed, headers, "{checks:?}");
+    if !headers {
+        assert!(
+            by_name("kernel headers")
+                .remediation
+                .as_deref()
+                .is_some_and(|r| r.contains("apt-get install linux-headers-"))
+        );
+    }
+    for tool in ["make", "gcc", "dhclient"] {
+        let installed = here(&format!(
+            "command -v {tool} || ls /sbin/{tool} /usr/sbin/{tool}"
+        ));
+        let check = by_name(tool);
+        assert_eq!(check.passed, installed, "{check:?}");
+        assert_eq!(check.expected.as_deref(), Some("installed"));
+    }
+    let reach = by_name(&format!("reach 127.0.0.1:{closed}"));
+    assert!(!reach.passed);
+    assert_eq!(
+        reach.expected.as_deref(),
+        Some("a TCP connection within 5 s")
+    );
+    assert!(reason.starts_with("prerequisites not met: "), "{reason}");
+    assert!(reason.contains(&format!(
+        "reach 127.0.0.1:{closed}: the source cannot connect"
+    )));
+    // The checks every engine has carry what was found and expected.
+    let root = by_name("free space on /");
+    assert!(
+        root.found.as_deref().is_some_and(|f| f.ends_with(" free")),
+        "{root:?}"
+    );
+    assert_eq!(root.expected.as_deref(), Some("at least 1.0 GiB"));
+    assert_eq!(by_name("architecture").expected.as_deref(), Some("x86_64"));
+}

@@ -324,7 +324,7 @@ async function server() {
         el("td", {}, new Date(a.started_at).toISOString()),
         el("td", {}, new Date(a.finished_at).toISOString()),
         el("td", { class: `s-${a.outcome}` }, a.outcome),
-        el("td", {}, (a.checks || []).map((c) => el("div", { class: c.passed ? "" : "error" }, `${c.passed ? "pass" : "FAIL"} ${c.name}: ${c.detail}${c.remediation ? ` (${c.remediation})` : ""}`))),
+        el("td", {}, (a.checks || []).map((c) => el("div", { class: c.passed ? "" : "error" }, `${c.passed ? "pass" : "FAIL"} ${c.name}: ${c.detail}${!c.passed && c.found !== undefined ? ` [found: ${c.found}; expected: ${c.expected}]` : ""}${c.remediation ? ` (${c.remediation})` : ""}`))),
         el("td", {}, a.output),
         el("td", { class: "error" }, a.error || "")))) : el("p", { class: "muted" }, "no attempt yet")));
   show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`), ...tasks,

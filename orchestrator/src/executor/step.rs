@@ -180,6 +180,12 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         attempt: u32::try_from(task.attempts).unwrap_or(0),
         step: resume.task.clone(),
         engine: engine.as_ref(),
+        engine_kind: wave.engine.value,
+        engine_endpoints: if kind == TaskKind::PrereqCheck {
+            tasks::prereq_check::engine_endpoints(wave.engine.value, &inputs.definitions.config)
+        } else {
+            Vec::new()
+        },
         launcher: inputs.launcher,
         shell: inputs.shell,
         cmdb: inputs.cmdb,
