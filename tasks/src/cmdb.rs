@@ -22,6 +22,9 @@ pub struct CmdbChange {
     pub target: Option<String>,
     /// Already retired before this call: nothing was written.
     pub unchanged: bool,
+    /// A dry run: `status` says what would change; nothing was written.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[async_trait]
@@ -71,6 +74,7 @@ impl Cmdb for NoCmdb {
             status: "not recorded (no CMDB configured)".to_owned(),
             target: target.map(str::to_owned),
             unchanged: true,
+            dry_run: false,
         })
     }
 }
@@ -204,6 +208,7 @@ impl Cmdb for FileCmdb {
                 status: record.status.clone(),
                 target: record.target.clone(),
                 unchanged: true,
+                dry_run: false,
             });
         }
         record.status = RETIRED.to_owned();
@@ -213,6 +218,7 @@ impl Cmdb for FileCmdb {
             status: record.status.clone(),
             target: record.target.clone(),
             unchanged: false,
+            dry_run: false,
         };
         self.write(&records)?;
         Ok(change)
@@ -238,6 +244,7 @@ impl Cmdb for RehearsalCmdb {
             status: "retired (rehearsal: not written)".to_owned(),
             target: target.map(str::to_owned),
             unchanged: false,
+            dry_run: false,
         })
     }
 }

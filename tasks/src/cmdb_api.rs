@@ -43,6 +43,8 @@ impl Client {
     fn new(api: &CmdbApi, base_dir: &Path) -> Result<Client, CmdbError> {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // A redirect would turn a PATCH into a GET that answers 200: it is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("wavelift/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &api.ca_file {
             let path = if ca.is_absolute() {
@@ -90,7 +92,9 @@ impl Client {
         reference.read().map(Some).map_err(CmdbError)
     }
 
-    /// Sends a request with the retry rules; `auth` sets its credential.
+    /// Sends a request with the retry rules. A request that is not idempotent (a POST)
+    /// is sent again only where the CMDB cannot have done it: a 429, a 503, or no
+    /// connection at all.
     async fn send(
         &self,
         method: Method,
@@ -98,6 +102,7 @@ impl Client {
         headers: &[(String, String)],
         body: Option<&str>,
     ) -> Result<Answer, CmdbError> {
+        let idempotent = method != Method::POST;
         let mut wait = Duration::from_secs(self.api.retry_after.approx_seconds().max(1));
         let attempts = self.api.attempts.max(1);
         let mut last = String::new();
@@ -121,27 +126,37 @@ impl Client {
                         .headers()
                         .get("Retry-After")
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                        .and_then(retry_after);
                     let link = response
                         .headers()
                         .get("Link")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     let text = response.text().await.unwrap_or_default();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        last = format!("{method} {url}: 429 Too Many Requests");
-                        retry_after.unwrap_or(wait).min(MAX_WAIT)
-                    } else if status.is_server_error() {
-                        last = format!("{method} {url}: {status}: {}", message_of(&text));
-                        wait
-                    } else {
+                    let again = status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::SERVICE_UNAVAILABLE
+                        || (idempotent && status.is_server_error());
+                    if !again {
                         return Ok(Answer {
                             status,
                             link,
                             body: text,
                         });
                     }
+                    last = format!("{method} {url} answered {status}: {}", message_of(&text));
+                    retry_after.unwrap_or(wait).min(MAX_WAIT)
+                }
+                Err(err) if err.is_builder() => {
+                    return Err(CmdbError(format!(
+                        "cannot make the request {method} {url}: {}: check the URL and the headers",
+                        without_url(err)
+                    )));
+                }
+                Err(err) if !idempotent && !err.is_connect() => {
+                    return Err(CmdbError(format!(
+                        "{method} {url}: {}; not sent again, as the CMDB may have done it: check it, then retry the task",
+                        without_url(err)
+                    )));
                 }
                 Err(err) => {
                     last = format!("{method} {url}: {}", without_url(err));
@@ -154,7 +169,7 @@ impl Client {
             }
         }
         Err(CmdbError(format!(
-            "the CMDB did not answer after {attempts} tries: {last}"
+            "{last} ({attempts} tries): check the CMDB, or raise cmdb.attempts or cmdb.retry_after"
         )))
     }
 
@@ -189,10 +204,13 @@ impl Client {
         url: &str,
         answer: Answer,
     ) -> Result<(Value, Option<String>), CmdbError> {
-        if matches!(
-            answer.status,
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        ) {
+        if answer.status == StatusCode::FORBIDDEN {
+            return Err(CmdbError(format!(
+                "{method} {url}: 403 Forbidden: the CMDB does not let this account do it (its roles or ACLs): {}",
+                message_of(&answer.body)
+            )));
+        }
+        if answer.status == StatusCode::UNAUTHORIZED {
             let reference = self
                 .api
                 .credential
@@ -203,6 +221,12 @@ impl Client {
                 "{method} {url}: {}: the CMDB refused the credential ({reference}): {}",
                 answer.status,
                 message_of(&answer.body)
+            )));
+        }
+        if answer.status.is_redirection() {
+            return Err(CmdbError(format!(
+                "{method} {url}: {} to elsewhere: give the CMDB's own URL (https, the final host)",
+                answer.status
             )));
         }
         if !answer.status.is_success() {
@@ -221,6 +245,17 @@ impl Client {
         };
         Ok((value, answer.link))
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let wait = at.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
 /// The readable part of an error body: ServiceNow's `error.message` and `detail`,
@@ -279,17 +314,41 @@ fn encode(text: &str) -> String {
     out
 }
 
-/// The next page of a `Link` header (`<URL>; rel="next"`).
+/// The next page of a `Link` header (`<URL>; rel="next"`, URLs holding commas).
 fn next_link(link: Option<&str>) -> Option<String> {
-    link?.split(',').find_map(|part| {
-        let (url, params) = part.split_once(';')?;
-        params.contains("rel=\"next\"").then(|| {
-            url.trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned()
-        })
-    })
+    let mut rest = link?;
+    while let Some(open) = rest.find('<') {
+        let close = open + rest[open..].find('>')?;
+        let url = &rest[open + 1..close];
+        let params = &rest[close + 1..];
+        let params = &params[..params.find('<').unwrap_or(params.len())];
+        if params.contains("rel=\"next\"") {
+            return Some(url.to_owned());
+        }
+        rest = &rest[close + 1..];
+    }
+    None
+}
+
+/// A next page must be on the CMDB itself (scheme, host and port of its URL): the
+/// credential goes with it.
+fn same_origin(base: &str, next: &str) -> Result<(), CmdbError> {
+    let origin = |url: &str| -> Option<String> {
+        let parsed = reqwest::Url::parse(url).ok()?;
+        Some(format!(
+            "{}://{}:{}",
+            parsed.scheme(),
+            parsed.host_str()?,
+            parsed.port_or_known_default()?
+        ))
+    };
+    if origin(base).is_some() && origin(base) == origin(next) {
+        Ok(())
+    } else {
+        Err(CmdbError(format!(
+            "the CMDB's next page is elsewhere ({next}, not {base}): the credential is not sent there; check the CMDB's base URL setting (a proxy that rewrites https to http?)"
+        )))
+    }
 }
 
 fn text_of(value: &Value, key: &str) -> String {
@@ -394,8 +453,14 @@ impl ServiceNow {
                     .cloned()
                     .unwrap_or_default(),
             );
-            if pages < MAX_PAGES {
-                url = next_link(link.as_deref());
+            if let Some(next) = next_link(link.as_deref()) {
+                same_origin(&self.client.api.url, &next)?;
+                if pages >= MAX_PAGES {
+                    return Err(CmdbError(format!(
+                        "more than {MAX_PAGES} pages of CIs named `{name}`: give the server's cmdb_id as its sys_id"
+                    )));
+                }
+                url = Some(next);
             }
         }
         match found.len() {
@@ -441,6 +506,7 @@ impl Cmdb for ServiceNow {
                 status: format!("install_status {status} (retired already)"),
                 target: target.map(str::to_owned),
                 unchanged: true,
+                dry_run: false,
             });
         }
         if self.client.api.dry_run {
@@ -452,11 +518,19 @@ impl Cmdb for ServiceNow {
                 ),
                 target: target.map(str::to_owned),
                 unchanged: true,
+                dry_run: true,
             });
         }
+        // The note joins what the field held (free text kept).
+        let earlier = text_of(&ci, &self.target_field);
+        let recorded_note = if earlier.trim().is_empty() {
+            note.clone()
+        } else {
+            format!("{earlier}\n{note}")
+        };
         let body = json!({
             "install_status": self.retired_status,
-            self.target_field.as_str(): note,
+            self.target_field.as_str(): recorded_note,
         })
         .to_string();
         let url = format!("{}/{sys_id}", self.table_url());
@@ -465,15 +539,28 @@ impl Cmdb for ServiceNow {
             .client
             .json(Method::PATCH, &url, &auth, Some(&body))
             .await?;
-        let now = value
-            .get("result")
-            .map(|r| text_of(r, "install_status"))
-            .unwrap_or_default();
+        // ServiceNow skips a field the account may not write, or that does not exist, and
+        // still answers 200: what it answers is checked.
+        let result = value.get("result").cloned().unwrap_or(Value::Null);
+        let now = text_of(&result, "install_status");
+        if now != self.retired_status {
+            return Err(CmdbError(format!(
+                "ServiceNow kept install_status {now} for {record} (asked {}): the account may not write it, or a business rule refused",
+                self.retired_status
+            )));
+        }
+        if !text_of(&result, &self.target_field).contains(&note) {
+            return Err(CmdbError(format!(
+                "ServiceNow did not record the target in `{}` of {record}: the field does not exist in {} or the account may not write it (cmdb.target_field)",
+                self.target_field, self.table
+            )));
+        }
         Ok(CmdbChange {
             record,
             status: format!("install_status {status} -> {now}"),
             target: target.map(str::to_owned),
             unchanged: false,
+            dry_run: false,
         })
     }
 }
@@ -505,10 +592,13 @@ impl NetBox {
         let secret = self.client.secret()?.ok_or_else(|| {
             CmdbError("NetBox needs an API token: set the cmdb's credential".to_owned())
         })?;
-        Ok(vec![(
-            "Authorization".to_owned(),
-            format!("Token {secret}"),
-        )])
+        // NetBox 4.5's v2 tokens (`nbt_KEY.TOKEN`) are bearer tokens; v1 tokens are not.
+        let value = if secret.starts_with("nbt_") {
+            format!("Bearer {secret}")
+        } else {
+            format!("Token {secret}")
+        };
+        Ok(vec![("Authorization".to_owned(), value)])
     }
 
     fn endpoint(&self) -> String {
@@ -529,7 +619,7 @@ impl NetBox {
     /// Every result of a list, following `next` page by page.
     async fn list(&self, first: String) -> Result<Vec<Value>, CmdbError> {
         let auth = self.auth()?;
-        let mut url = Some(first);
+        let mut url = Some(first.clone());
         let mut found = Vec::new();
         let mut pages = 0;
         while let Some(page) = url.take() {
@@ -542,8 +632,14 @@ impl NetBox {
                     .cloned()
                     .unwrap_or_default(),
             );
-            if pages < MAX_PAGES {
-                url = value.get("next").and_then(Value::as_str).map(str::to_owned);
+            if let Some(next) = value.get("next").and_then(Value::as_str) {
+                same_origin(&self.client.api.url, next)?;
+                if pages >= MAX_PAGES {
+                    return Err(CmdbError(format!(
+                        "more than {MAX_PAGES} pages of results at {first}: give the server's cmdb_id as its NetBox id"
+                    )));
+                }
+                url = Some(next.to_owned());
             }
         }
         Ok(found)
@@ -632,6 +728,7 @@ impl Cmdb for NetBox {
                 status: format!("{status} (retired already)"),
                 target: target.map(str::to_owned),
                 unchanged: true,
+                dry_run: false,
             });
         }
         if self.client.api.dry_run {
@@ -647,6 +744,7 @@ impl Cmdb for NetBox {
                 status: format!("dry run: would {}", would.join(" and ")),
                 target: target.map(str::to_owned),
                 unchanged: true,
+                dry_run: true,
             });
         }
         let auth = self.auth()?;
@@ -687,6 +785,7 @@ impl Cmdb for NetBox {
             status: format!("{status} -> {}", self.status),
             target: target.map(str::to_owned),
             unchanged: false,
+            dry_run: false,
         })
     }
 }
@@ -756,21 +855,17 @@ impl Cmdb for HttpCmdb {
             "target": target.unwrap_or(""),
             "credential": "",
         });
-        // The URL never carries the secret (refused when the file is read).
-        let url_facts = facts.clone();
-        let url = render(&self.client.api.url, &url_facts, false)?;
-        let url = url
-            .split('/')
-            .enumerate()
-            .map(|(i, part)| {
-                if i < 3 {
-                    part.to_owned()
-                } else {
-                    part.replace(' ', "%20")
+        // The URL never carries the secret (refused when the file is read); its facts are
+        // percent-encoded, so a fact cannot change the request's path or query.
+        let mut url_facts = facts.clone();
+        if let Some(map) = url_facts.as_object_mut() {
+            for value in map.values_mut() {
+                if let Some(text) = value.as_str() {
+                    *value = Value::from(encode(text));
                 }
-            })
-            .collect::<Vec<_>>()
-            .join("/");
+            }
+        }
+        let url = render(&self.client.api.url, &url_facts, false)?;
         facts["credential"] = Value::from(secret.clone());
         let headers = self
             .headers
@@ -801,12 +896,14 @@ impl Cmdb for HttpCmdb {
                 ),
                 target: target.map(str::to_owned),
                 unchanged: true,
+                dry_run: true,
             });
         }
         let answer = self
             .client
             .send(self.method.clone(), &url, &headers, body.as_deref())
-            .await?;
+            .await
+            .map_err(|err| CmdbError(redact(&err.0)))?;
         if !answer.status.is_success() {
             return Err(CmdbError(redact(&format!(
                 "{} {url}: {}: {}",
@@ -820,6 +917,7 @@ impl Cmdb for HttpCmdb {
             status: format!("{} {url}: {}", self.method, answer.status),
             target: target.map(str::to_owned),
             unchanged: false,
+            dry_run: false,
         })
     }
 }
@@ -863,6 +961,36 @@ mod tests {
             Some("https://x/api/now/table/t?sysparm_offset=1")
         );
         assert_eq!(next_link(Some("<https://x>;rel=\"last\"")), None);
+        // ServiceNow leaves the commas of sysparm_fields raw in its links.
+        let raw = "<https://x/api/now/table/t?sysparm_fields=sys_id,name&sysparm_offset=0>;rel=\"first\",<https://x/api/now/table/t?sysparm_fields=sys_id,name&sysparm_offset=100>;rel=\"next\"";
+        assert_eq!(
+            next_link(Some(raw)).as_deref(),
+            Some("https://x/api/now/table/t?sysparm_fields=sys_id,name&sysparm_offset=100")
+        );
+    }
+
+    #[test]
+    fn a_next_page_elsewhere_is_refused() {
+        assert!(
+            same_origin(
+                "https://nb.example.com",
+                "https://nb.example.com:443/api/x?offset=1"
+            )
+            .is_ok()
+        );
+        let refused = same_origin("https://nb.example.com", "http://nb.example.com/api/x");
+        assert!(refused.is_err_and(|e| e.0.contains("the credential is not sent there")));
+        assert!(same_origin("https://nb.example.com", "https://evil.example.net/api/x").is_err());
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]

@@ -20,6 +20,17 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         Ok(change) => change,
         Err(err) => return Report::fail(format!("the CMDB refused: {err}"), true, actions),
     };
+    // A dry run retires nothing, so nothing is archived and the task is not done.
+    if change.dry_run {
+        return Report::fail(
+            format!(
+                "record {}: {}; nothing written, nothing archived: set cmdb.dry_run to false, then `wavelift retry {}`",
+                change.record, change.status, ctx.task_id
+            ),
+            false,
+            actions,
+        );
+    }
     if !change.unchanged {
         actions.push(Action {
             action: format!("cmdb.{}.retire", ctx.cmdb.kind()),

@@ -284,10 +284,17 @@ fn servicenow_retires_each_ci_once_through_rate_limits_and_says_which_name_is_am
 fn netbox_sets_virtual_machines_decommissioning_with_a_journal_entry_through_a_server_error() {
     let scratch = Scratch::new("cmdb-netbox");
     let vm = |id: u64, name: &str| json!({ "id": id, "name": name, "status": { "value": "active", "label": "Active" } });
+    let retired = json!({ "id": 13, "name": "CI0002002", "status": { "value": "decommissioning", "label": "Decommissioning" } });
+    let entry = |id: u64, comments: &str| json!({ "id": id, "assigned_object_type": "virtualization.virtualmachine", "assigned_object_id": 13, "kind": "info", "comments": comments });
     let api = CmdbApi::start(json!({
         "netbox": {
-            "token": "nb-0123456789",
-            "virtual-machines": [vm(11, "CI0001001"), vm(12, "CI0002001"), vm(13, "CI0002002")],
+            // A v2 token (NetBox 4.5): sent as Bearer.
+            "token": "nbt_abc123.0123456789",
+            // CI0001002 is there twice; CI0002002 was retired by an earlier run, its
+            // journal entry on the second page.
+            "virtual-machines": [vm(11, "CI0001001"), vm(12, "CI0002001"), retired,
+                                 vm(14, "CI0001002"), vm(15, "CI0001002")],
+            "journal": [entry(1, "moved to rack 4"), entry(2, "Retired by Wavelift: migrated to i-0abc")],
         },
         "faults": { "fail": 1 },
         "page_size": 1,
@@ -299,12 +306,12 @@ fn netbox_sets_virtual_machines_decommissioning_with_a_journal_entry_through_a_s
             api.base
         ),
     );
-    run_to_the_end(&dir, &[("WL_TEST_NB_TOKEN", "nb-0123456789")]);
+    run_to_the_end(&dir, &[("WL_TEST_NB_TOKEN", "nbt_abc123.0123456789")]);
     for (server, state, reason) in cleanups(&dir) {
         if server == "dir-02" {
             assert_eq!(state, "failed");
             assert!(
-                reason.contains("no NetBox virtual-machine named `CI0001002`: give the server's cmdb_id (its NetBox id or name), or set cmdb.object"),
+                reason.contains("2 NetBox virtual-machines are named `CI0001002` (ids 14, 15): give the server's cmdb_id as the right one's id"),
                 "{reason}"
             );
         } else {
@@ -312,12 +319,28 @@ fn netbox_sets_virtual_machines_decommissioning_with_a_journal_entry_through_a_s
         }
     }
     let (state, log) = api.seen();
-    for vm in state["netbox"]["virtual-machines"].as_array().expect("vms") {
-        assert_eq!(vm["status"]["value"], "decommissioning", "{vm}");
+    let vms = state["netbox"]["virtual-machines"].as_array().expect("vms");
+    let status_of = |id: u64| {
+        vms.iter()
+            .find(|v| v["id"] == id)
+            .map(|v| v["status"]["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    for id in [11, 12, 13] {
+        assert_eq!(status_of(id), "decommissioning", "vm {id}");
     }
+    for id in [14, 15] {
+        assert_eq!(
+            status_of(id),
+            "active",
+            "the ambiguous vm {id} is left alone"
+        );
+    }
+    // Two new journal entries (11 and 12); 13 had Wavelift's already, on the journal's
+    // second page, and got no PATCH and no entry.
     let journal = state["netbox"]["journal"].as_array().expect("journal");
-    assert_eq!(journal.len(), 3, "{journal:?}");
-    for entry in journal {
+    assert_eq!(journal.len(), 4, "{journal:?}");
+    for entry in &journal[2..] {
         assert_eq!(
             entry["assigned_object_type"],
             "virtualization.virtualmachine"
@@ -326,13 +349,25 @@ fn netbox_sets_virtual_machines_decommissioning_with_a_journal_entry_through_a_s
         assert!(
             entry["comments"]
                 .as_str()
-                .is_some_and(|c| c.starts_with("Retired by Wavelift: migrated to ")),
+                .is_some_and(|c| c.starts_with("Retired by Wavelift: migrated to sim-")),
             "{entry}"
         );
     }
+    let mut journaled: Vec<u64> = journal[2..]
+        .iter()
+        .filter_map(|e| e["assigned_object_id"].as_u64())
+        .collect();
+    journaled.sort_unstable();
+    assert_eq!(journaled, [11, 12]);
     assert!(
         log.iter()
-            .all(|r| r["authorization"] == "Token nb-0123456789")
+            .all(|r| r["authorization"] == "Bearer nbt_abc123.0123456789")
+    );
+    assert!(
+        requests(&log, "GET", "/api/extras/journal-entries/")
+            .iter()
+            .any(|r| r["query"].as_str().is_some_and(|q| q.contains("offset=1"))),
+        "the journal's second page was read"
     );
     // The request answered 503 was sent again.
     let failed = log
@@ -345,9 +380,17 @@ fn netbox_sets_virtual_machines_decommissioning_with_a_journal_entry_through_a_s
             .any(|r| r["path"] == log[failed]["path"] && r["query"] == log[failed]["query"]),
         "the request answered 503 was not sent again"
     );
+    let mut patched: Vec<&str> = requests(&log, "PATCH", "/api/virtualization/virtual-machines/")
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    patched.sort_unstable();
     assert_eq!(
-        requests(&log, "PATCH", "/api/virtualization/virtual-machines/").len(),
-        3
+        patched,
+        [
+            "/api/virtualization/virtual-machines/11/",
+            "/api/virtualization/virtual-machines/12/"
+        ]
     );
 }
 
@@ -400,6 +443,17 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
         );
     }
 
+    let events = wavelift(&dir, &["events"]);
+    assert!(
+        events.stdout.contains("cmdb.http.retire"),
+        "{}",
+        events.stdout
+    );
+    assert!(
+        !events.stdout.contains("gen-Token-1"),
+        "the token is in the log"
+    );
+
     // A dry run against ServiceNow: read, say what would change, write nothing.
     let scratch = Scratch::new("cmdb-dry-run");
     let api = CmdbApi::start(json!({
@@ -440,14 +494,53 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
         .and_then(|t| t.iter().find(|t| t["kind"] == "cmdb_cleanup"))
         .cloned()
         .unwrap_or(Value::Null);
-    let detail = cleanup["attempts"][0]["checks"][0]["detail"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        detail.starts_with(
-            "record CI0001001 (0123456789abcdef0123456789abcdef): dry run: would set install_status 1 -> 7 and comments to \"Retired by Wavelift: migrated to "
-        ),
-        "{cleanup}"
+    assert_eq!(
+        cleanup["state"], "failed",
+        "a dry run is not a cleanup: {cleanup}"
     );
+    let reason = cleanup["reason"].as_str().unwrap_or("").to_owned();
+    assert!(
+        reason.starts_with("record CI0001001 (0123456789abcdef0123456789abcdef): dry run: would set install_status 1 -> 7 and comments to \"Retired by Wavelift: migrated to "),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with(
+            "; nothing written, nothing archived: set cmdb.dry_run to false, then `wavelift retry dir-01/cmdb_cleanup`"
+        ),
+        "{reason}"
+    );
+    let events = wavelift(&dir, &["events"]);
+    assert!(
+        !events.stdout.contains("engine.archive"),
+        "a dry run archived: {}",
+        events.stdout
+    );
+
+    // A target field the table does not have: ServiceNow skips it and answers 200;
+    // Wavelift reads the answer and says so.
+    let scratch = Scratch::new("cmdb-field");
+    let api = CmdbApi::start(json!({
+        "servicenow": { "password": "pw", "tables": { "cmdb_ci_server": [
+            ci("0123456789abcdef0123456789abcdef", "CI0001001"),
+            ci("11111111111111111111111111111111", "CI0001002"),
+            ci("22222222222222222222222222222222", "CI0002001"),
+            ci("33333333333333333333333333333333", "CI0002002"),
+        ] } },
+    }));
+    let dir = wave_with_cmdb(
+        &scratch,
+        &format!(
+            "cmdb:\n  kind: servicenow\n  url: {}\n  user: wavelift\n  credential: env:WL_TEST_SN_PASSWORD\n  target_field: u_migrated_to\n",
+            api.base
+        ),
+    );
+    run_to_the_end(&dir, &[("WL_TEST_SN_PASSWORD", "pw")]);
+    for (server, state, reason) in cleanups(&dir) {
+        assert_eq!(state, "failed", "{server}");
+        assert!(
+            reason.contains("ServiceNow did not record the target in `u_migrated_to` of CI")
+                && reason.ends_with("the field does not exist in cmdb_ci_server or the account may not write it (cmdb.target_field)"),
+            "{reason}"
+        );
+    }
 }

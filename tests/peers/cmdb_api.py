@@ -146,7 +146,8 @@ class Handler(BaseHTTPRequestHandler):
                 q["sysparm_offset"] = [str(at)]
                 q["sysparm_limit"] = [str(limit)]
                 base = f"http://{self.headers['Host']}{url.path}"
-                return f"<{base}?{urllib.parse.urlencode(q, doseq=True)}>"
+                # As ServiceNow writes it: the commas of sysparm_fields left raw.
+                return f"<{base}?{urllib.parse.urlencode(q, doseq=True, safe=',')}>"
 
             links = [f'{link(0)};rel="first"']
             if offset + limit < len(matches):
@@ -163,8 +164,9 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET":
             return self.answer(200, {"result": shown(ci)})
         if method in ("PATCH", "PUT"):
+            # Like ServiceNow: a field the table does not have is skipped, and it is 200.
             changes = json.loads(text or "{}")
-            ci.update({k: str(v) for k, v in changes.items()})
+            ci.update({k: str(v) for k, v in changes.items() if k in ci})
             return self.answer(200, {"result": ci})
         return self.answer(405, {"error": {"message": "Method not allowed", "detail": ""}, "status": "failure"})
 
@@ -172,8 +174,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def netbox(self, method, url, query, text):
         nb = STATE["netbox"]
-        if self.headers.get("Authorization") != f"Token {nb['token']}":
-            return self.answer(403, {"detail": "Invalid token"})
+        # NetBox 4.5: v2 tokens (nbt_KEY.TOKEN) as Bearer, v1 tokens as Token.
+        scheme = "Bearer" if nb["token"].startswith("nbt_") else "Token"
+        if self.headers.get("Authorization") != f"{scheme} {nb['token']}":
+            return self.answer(403, {"detail": "Invalid v2 token" if scheme == "Bearer" else "Invalid token"})
         path = url.path
         if path.startswith("/api/virtualization/virtual-machines/"):
             kind, rest = "virtual-machines", path[len("/api/virtualization/virtual-machines/") :]

@@ -792,6 +792,13 @@ fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
 
 /// A template's syntax, checked when the file is read.
 fn check_template(text: &str, what: &str, location: Location, ctx: &mut Ctx) {
+    if text.contains("{{{") {
+        ctx.error(
+            location,
+            format!("{what}: `{{{{{{` would leave a fact unescaped: write `{{{{fact}}}}`"),
+        );
+        return;
+    }
     let open = text.matches("{{").count();
     let close = text.matches("}}").count();
     if open != close {
