@@ -27,6 +27,9 @@ const MIN_KILLS_MID_RUN: usize = 10;
 /// came too late (a fast machine) is followed by one with shorter delays.
 const ROUNDS: usize = 3;
 const MAX_STARTS_PER_ROUND: usize = 150;
+/// After this many kills in a round the next start is let finish (given [`PATIENCE`]):
+/// on a loaded machine a start's own overhead can outlast every random delay.
+const KILLS_PER_ROUND: usize = 60;
 /// After this many starts in a row whose kill found the store unchanged, the next start
 /// is given [`PATIENCE`] to finish on its own: a run that does not is stuck.
 const STARTS_WITHOUT_PROGRESS: usize = 10;
@@ -237,7 +240,8 @@ fn kill_until_a_run_finishes(
             round.starts_without_paths += 1;
         }
         let mut child = spawn(dir, logs, start, with_paths);
-        let patient = starts_without_progress >= STARTS_WITHOUT_PROGRESS;
+        let stuck = starts_without_progress >= STARTS_WITHOUT_PROGRESS;
+        let patient = stuck || start >= KILLS_PER_ROUND;
         let delay = if patient {
             PATIENCE
         } else {
@@ -246,8 +250,15 @@ fn kill_until_a_run_finishes(
         let (status, killed) = kill_after(&mut child, delay);
         if killed && patient {
             let tasks = tasks_after_kill(dir);
+            let why = if stuck {
+                format!(
+                    "after {STARTS_WITHOUT_PROGRESS} starts that changed nothing in the store, "
+                )
+            } else {
+                format!("after {KILLS_PER_ROUND} kills, ")
+            };
             panic!(
-                "after {STARTS_WITHOUT_PROGRESS} starts that changed nothing in the store, start {start} did not finish in {} s either: a restarted run makes no progress ({round:?}); tasks left running: {:?}\nthe start printed:\n{}",
+                "{why}start {start} did not finish in {} s either: a restarted run makes no progress ({round:?}); tasks left running: {:?}\nthe start printed:\n{}",
                 PATIENCE.as_secs(),
                 tasks
                     .iter()
