@@ -1,8 +1,8 @@
 //! How commands reach a source server: `local` (commands on this machine, for the
 //! quickstart), `ssh` (the system's OpenSSH client, see [`crate::ssh`]), and the
 //! rehearsal shell (nothing runs; rehearsals never touch a server). [`AccessShell`] picks
-//! by each server's `access.method`. WinRM is not supported: Windows servers are reached
-//! over OpenSSH for Windows.
+//! by each server's `access.method`. Windows servers are not reached yet (WinRM, or
+//! OpenSSH for Windows with PowerShell checks, is still to come).
 
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl AccessShell {
                 ))),
             },
             AccessMethod::Winrm => Err(ShellError::Unavailable(format!(
-                "server `{}` is reached over WinRM, which Wavelift does not support: install OpenSSH for Windows on it and use `access: {{method: ssh}}`",
+                "server `{}` is reached over WinRM: this version of Wavelift reaches no Windows server (neither WinRM nor OpenSSH for Windows): check it by hand and skip its prereq_check, or rehearse the wave",
                 server.name.value
             ))),
         }
