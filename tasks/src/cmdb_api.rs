@@ -204,6 +204,22 @@ impl Client {
         url: &str,
         answer: Answer,
     ) -> Result<(Value, Option<String>), CmdbError> {
+        self.refused(method, url, &answer)?;
+        let value = if answer.body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&answer.body).map_err(|err| {
+                CmdbError(format!("{method} {url}: the answer is not JSON: {err}"))
+            })?
+        };
+        Ok((value, answer.link))
+    }
+}
+
+impl Client {
+    /// An answer that is not a success, said for a user: a refused credential, missing
+    /// permissions, a redirect, or the CMDB's own message.
+    fn refused(&self, method: &Method, url: &str, answer: &Answer) -> Result<(), CmdbError> {
         if answer.status == StatusCode::FORBIDDEN {
             return Err(CmdbError(format!(
                 "{method} {url}: 403 Forbidden: the CMDB does not let this account do it (its roles or ACLs): {}",
@@ -236,14 +252,7 @@ impl Client {
                 message_of(&answer.body)
             )));
         }
-        let value = if answer.body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&answer.body).map_err(|err| {
-                CmdbError(format!("{method} {url}: the answer is not JSON: {err}"))
-            })?
-        };
-        Ok((value, answer.link))
+        Ok(())
     }
 }
 
@@ -273,6 +282,9 @@ fn message_of(body: &str) -> String {
         }
         if let Some(detail) = value.get("detail").and_then(Value::as_str) {
             return detail.to_owned();
+        }
+        if let Some(message) = value.get("message").and_then(Value::as_str) {
+            return message.to_owned();
         }
         if let Some(fields) = value.as_object() {
             return fields
@@ -904,14 +916,9 @@ impl Cmdb for HttpCmdb {
             .send(self.method.clone(), &url, &headers, body.as_deref())
             .await
             .map_err(|err| CmdbError(redact(&err.0)))?;
-        if !answer.status.is_success() {
-            return Err(CmdbError(redact(&format!(
-                "{} {url}: {}: {}",
-                self.method,
-                answer.status,
-                message_of(&answer.body)
-            ))));
-        }
+        self.client
+            .refused(&self.method, &url, &answer)
+            .map_err(|err| CmdbError(redact(&err.0)))?;
         Ok(CmdbChange {
             record,
             status: format!("{} {url}: {}", self.method, answer.status),

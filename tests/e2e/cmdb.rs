@@ -454,6 +454,21 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
         "the token is in the log"
     );
 
+    // A token the API does not take: each cleanup fails and says which credential.
+    let scratch_refused = Scratch::new("cmdb-http-refused");
+    let refused_dir = quickstart_copy(scratch_refused.path(), "sim");
+    std::fs::remove_file(refused_dir.join("waves/wave-2.yaml")).expect("one wave");
+    std::fs::copy(dir.join("wavelift.yaml"), refused_dir.join("wavelift.yaml")).expect("config");
+    run_to_the_end(&refused_dir, &[("WL_TEST_TOKEN", "gen-Token-WRONG")]);
+    for (server, state, reason) in cleanups(&refused_dir) {
+        assert_eq!(state, "failed", "{server}");
+        assert!(
+            reason.contains(": 401 Unauthorized: the CMDB refused the credential (env:WL_TEST_TOKEN): unauthorized"),
+            "{reason}"
+        );
+        assert!(!reason.contains("gen-Token-WRONG"), "{reason}");
+    }
+
     // A dry run against ServiceNow: read, say what would change, write nothing.
     let scratch = Scratch::new("cmdb-dry-run");
     let api = CmdbApi::start(json!({
