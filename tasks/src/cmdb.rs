@@ -20,11 +20,19 @@ pub struct CmdbChange {
     pub record: String,
     pub status: String,
     pub target: Option<String>,
-    /// Already retired before this call: nothing was written.
-    pub unchanged: bool,
+    pub outcome: Outcome,
+}
+
+/// What a retire did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record was written.
+    Written,
+    /// Retired before this call (or nothing to write to): nothing was written.
+    AlreadyDone,
     /// A dry run: `status` says what would change; nothing was written.
-    #[serde(default)]
-    pub dry_run: bool,
+    DryRun,
 }
 
 #[async_trait]
@@ -73,8 +81,7 @@ impl Cmdb for NoCmdb {
                 .unwrap_or_else(|| server.name.value.clone()),
             status: "not recorded (no CMDB configured)".to_owned(),
             target: target.map(str::to_owned),
-            unchanged: true,
-            dry_run: false,
+            outcome: Outcome::AlreadyDone,
         })
     }
 }
@@ -207,8 +214,7 @@ impl Cmdb for FileCmdb {
                 record: record.id.clone(),
                 status: record.status.clone(),
                 target: record.target.clone(),
-                unchanged: true,
-                dry_run: false,
+                outcome: Outcome::AlreadyDone,
             });
         }
         record.status = RETIRED.to_owned();
@@ -217,8 +223,7 @@ impl Cmdb for FileCmdb {
             record: record.id.clone(),
             status: record.status.clone(),
             target: record.target.clone(),
-            unchanged: false,
-            dry_run: false,
+            outcome: Outcome::Written,
         };
         self.write(&records)?;
         Ok(change)
@@ -243,8 +248,7 @@ impl Cmdb for RehearsalCmdb {
                 .unwrap_or_else(|| server.name.value.clone()),
             status: "retired (rehearsal: not written)".to_owned(),
             target: target.map(str::to_owned),
-            unchanged: false,
-            dry_run: false,
+            outcome: Outcome::Written,
         })
     }
 }

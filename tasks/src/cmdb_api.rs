@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use waves::config::{CmdbApi, NetboxObject};
 use waves::model::Server;
 
-use crate::cmdb::{Cmdb, CmdbChange, CmdbError};
+use crate::cmdb::{Cmdb, CmdbChange, CmdbError, Outcome};
 
 /// The longest wait Wavelift honours from a `Retry-After`.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -217,6 +217,45 @@ impl Client {
 }
 
 impl Client {
+    /// Every record of a lookup: the array under `key` of each page, from `first` to the
+    /// last, the next page named by a `Link` header (ServiceNow) or a `next` field
+    /// (NetBox). A next page must be on the CMDB itself; past [`MAX_PAGES`] the lookup
+    /// fails (with `remedy`) rather than guess from what it read.
+    async fn all_pages(
+        &self,
+        first: String,
+        auth: &[(String, String)],
+        key: &str,
+        remedy: &str,
+    ) -> Result<Vec<Value>, CmdbError> {
+        let mut url = Some(first.clone());
+        let mut found = Vec::new();
+        let mut pages = 0;
+        while let Some(page) = url.take() {
+            pages += 1;
+            let (value, link) = self.json(Method::GET, &page, auth, None).await?;
+            found.extend(
+                value
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let next = next_link(link.as_deref())
+                .or_else(|| value.get("next").and_then(Value::as_str).map(str::to_owned));
+            if let Some(next) = next {
+                same_origin(&self.api.url, &next)?;
+                if pages >= MAX_PAGES {
+                    return Err(CmdbError(format!(
+                        "more than {MAX_PAGES} pages of results at {first}: {remedy}"
+                    )));
+                }
+                url = Some(next);
+            }
+        }
+        Ok(found)
+    }
+
     /// An answer that is not a success, said for a user: a refused credential, missing
     /// permissions, a redirect, or the CMDB's own message.
     fn refused(&self, method: &Method, url: &str, answer: &Answer) -> Result<(), CmdbError> {
@@ -447,34 +486,21 @@ impl ServiceNow {
                 "the CI name `{name}` holds `^`, which ServiceNow's queries cannot match: give the server's cmdb_id as the CI's sys_id"
             )));
         }
-        let mut url = Some(format!(
+        let first = format!(
             "{}?sysparm_query={}&sysparm_fields={}&sysparm_limit=100",
             self.table_url(),
             encode(&format!("name={name}")),
             self.fields()
-        ));
-        let mut found: Vec<Value> = Vec::new();
-        let mut pages = 0;
-        while let Some(page) = url.take() {
-            pages += 1;
-            let (value, link) = self.client.json(Method::GET, &page, &auth, None).await?;
-            found.extend(
-                value
-                    .get("result")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            if let Some(next) = next_link(link.as_deref()) {
-                same_origin(&self.client.api.url, &next)?;
-                if pages >= MAX_PAGES {
-                    return Err(CmdbError(format!(
-                        "more than {MAX_PAGES} pages of CIs named `{name}`: give the server's cmdb_id as its sys_id"
-                    )));
-                }
-                url = Some(next);
-            }
-        }
+        );
+        let mut found = self
+            .client
+            .all_pages(
+                first,
+                &auth,
+                "result",
+                "give the server's cmdb_id as its sys_id",
+            )
+            .await?;
         match found.len() {
             0 => Err(CmdbError(format!(
                 "no CI named `{name}` in the ServiceNow table {}: give the server's cmdb_id (the CI's sys_id or its name)",
@@ -517,8 +543,7 @@ impl Cmdb for ServiceNow {
                 record,
                 status: format!("install_status {status} (retired already)"),
                 target: target.map(str::to_owned),
-                unchanged: true,
-                dry_run: false,
+                outcome: Outcome::AlreadyDone,
             });
         }
         if self.client.api.dry_run {
@@ -529,8 +554,7 @@ impl Cmdb for ServiceNow {
                     self.retired_status, self.target_field
                 ),
                 target: target.map(str::to_owned),
-                unchanged: true,
-                dry_run: true,
+                outcome: Outcome::DryRun,
             });
         }
         // The note joins what the field held (free text kept).
@@ -571,8 +595,7 @@ impl Cmdb for ServiceNow {
             record,
             status: format!("install_status {status} -> {now}"),
             target: target.map(str::to_owned),
-            unchanged: false,
-            dry_run: false,
+            outcome: Outcome::Written,
         })
     }
 }
@@ -631,30 +654,14 @@ impl NetBox {
     /// Every result of a list, following `next` page by page.
     async fn list(&self, first: String) -> Result<Vec<Value>, CmdbError> {
         let auth = self.auth()?;
-        let mut url = Some(first.clone());
-        let mut found = Vec::new();
-        let mut pages = 0;
-        while let Some(page) = url.take() {
-            pages += 1;
-            let (value, _) = self.client.json(Method::GET, &page, &auth, None).await?;
-            found.extend(
-                value
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            if let Some(next) = value.get("next").and_then(Value::as_str) {
-                same_origin(&self.client.api.url, next)?;
-                if pages >= MAX_PAGES {
-                    return Err(CmdbError(format!(
-                        "more than {MAX_PAGES} pages of results at {first}: give the server's cmdb_id as its NetBox id"
-                    )));
-                }
-                url = Some(next.to_owned());
-            }
-        }
-        Ok(found)
+        self.client
+            .all_pages(
+                first,
+                &auth,
+                "results",
+                "give the server's cmdb_id as its NetBox id",
+            )
+            .await
     }
 
     async fn find(&self, server: &Server) -> Result<Value, CmdbError> {
@@ -739,8 +746,7 @@ impl Cmdb for NetBox {
                 record,
                 status: format!("{status} (retired already)"),
                 target: target.map(str::to_owned),
-                unchanged: true,
-                dry_run: false,
+                outcome: Outcome::AlreadyDone,
             });
         }
         if self.client.api.dry_run {
@@ -755,8 +761,7 @@ impl Cmdb for NetBox {
                 record,
                 status: format!("dry run: would {}", would.join(" and ")),
                 target: target.map(str::to_owned),
-                unchanged: true,
-                dry_run: true,
+                outcome: Outcome::DryRun,
             });
         }
         let auth = self.auth()?;
@@ -796,8 +801,7 @@ impl Cmdb for NetBox {
             record,
             status: format!("{status} -> {}", self.status),
             target: target.map(str::to_owned),
-            unchanged: false,
-            dry_run: false,
+            outcome: Outcome::Written,
         })
     }
 }
@@ -907,8 +911,7 @@ impl Cmdb for HttpCmdb {
                         .unwrap_or_default()
                 ),
                 target: target.map(str::to_owned),
-                unchanged: true,
-                dry_run: true,
+                outcome: Outcome::DryRun,
             });
         }
         let answer = self
@@ -923,8 +926,7 @@ impl Cmdb for HttpCmdb {
             record,
             status: format!("{} {url}: {}", self.method, answer.status),
             target: target.map(str::to_owned),
-            unchanged: false,
-            dry_run: false,
+            outcome: Outcome::Written,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 use replication::{LaunchKind, LifeCycle};
 
+use crate::cmdb::Outcome;
 use crate::context::{Action, Check, Report, TaskContext};
 use crate::launch;
 
@@ -21,7 +22,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         Err(err) => return Report::fail(format!("the CMDB refused: {err}"), true, actions),
     };
     // A dry run retires nothing, so nothing is archived and the task is not done.
-    if change.dry_run {
+    if change.outcome == Outcome::DryRun {
         return Report::fail(
             format!(
                 "record {}: {}; nothing written, nothing archived: set cmdb.dry_run to false, then `wavelift retry {}`",
@@ -31,7 +32,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             actions,
         );
     }
-    if !change.unchanged {
+    if change.outcome == Outcome::Written {
         actions.push(Action {
             action: format!("cmdb.{}.retire", ctx.cmdb.kind()),
             detail: format!("record {} -> {}", change.record, change.status),

@@ -72,20 +72,14 @@ pub trait RemoteShell: Send + Sync {
 /// The shell of each server's access method: local or SSH.
 pub struct AccessShell {
     pub local: LocalShell,
-    /// The SSH shell, or why it could not be set up.
-    pub ssh: Result<crate::ssh::SshShell, String>,
+    pub ssh: crate::ssh::SshShell,
 }
 
 impl AccessShell {
     fn pick(&self, server: &Server) -> Result<&dyn RemoteShell, ShellError> {
         match server.access.method {
             AccessMethod::Local => Ok(&self.local),
-            AccessMethod::Ssh => match &self.ssh {
-                Ok(ssh) => Ok(ssh),
-                Err(why) => Err(ShellError::Unavailable(format!(
-                    "SSH cannot be used by this process: {why}"
-                ))),
-            },
+            AccessMethod::Ssh => Ok(&self.ssh),
             AccessMethod::Winrm => Err(ShellError::Unavailable(format!(
                 "server `{}` is reached over WinRM: this version of Wavelift reaches no Windows server (neither WinRM nor OpenSSH for Windows): check it by hand and skip its prereq_check, or rehearse the wave",
                 server.name.value

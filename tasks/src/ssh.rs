@@ -39,21 +39,18 @@ pub struct SshShell {
     base_dir: PathBuf,
     /// The sockets of the shared logins opened, closed when the shell is dropped.
     masters: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Whether the private folder was made (on the first SSH command, so a process
+    /// that reaches no server over SSH writes nothing), or why it could not be.
+    made: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl SshShell {
     /// `base_dir` is the folder relative paths of the configuration start from.
-    pub fn new(settings: &Ssh, base_dir: &Path) -> std::io::Result<SshShell> {
+    pub fn new(settings: &Ssh, base_dir: &Path) -> SshShell {
         // A short name: the sockets of shared logins live here, and a socket's path has at
         // most 108 bytes.
         let private =
             std::env::temp_dir().join(format!("wl-ssh-{}-{:x}", std::process::id(), unique()));
-        create_private_dir(&private)?;
-        write_private(
-            &private.join("askpass"),
-            "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
-            0o700,
-        )?;
         let known_hosts = settings.known_hosts.as_ref().map(|p| {
             if p.is_absolute() {
                 p.clone()
@@ -61,12 +58,37 @@ impl SshShell {
                 base_dir.join(p)
             }
         });
-        Ok(SshShell {
+        SshShell {
             settings: settings.clone(),
             known_hosts,
             private,
             base_dir: base_dir.to_path_buf(),
             masters: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The private folder and its askpass script, made on first use.
+    fn ensure_private(&self) -> Result<(), ShellError> {
+        let made = self.made.get_or_init(|| {
+            create_private_dir(&self.private)
+                .and_then(|()| {
+                    write_private(
+                        &self.private.join("askpass"),
+                        "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
+                        0o700,
+                    )
+                })
+                .map_err(|err| {
+                    format!(
+                        "cannot make Wavelift's private SSH folder {}: {err}",
+                        self.private.display()
+                    )
+                })
+        });
+        made.clone().map_err(|detail| ShellError::Login {
+            detail,
+            remedy: "check the temporary folder (TMPDIR): it must be writable".to_owned(),
         })
     }
 
@@ -279,6 +301,7 @@ impl SshShell {
         input: Option<String>,
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
+        self.ensure_private()?;
         let login = self.login(server)?;
         let timeout = timeout.min(Duration::from_secs(
             self.settings.command_timeout.approx_seconds().max(1),
@@ -372,7 +395,9 @@ impl Drop for SshShell {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.private);
+        if self.made.get().is_some_and(Result::is_ok) {
+            let _ = std::fs::remove_dir_all(&self.private);
+        }
     }
 }
 

@@ -138,6 +138,28 @@ fn requests<'a>(log: &'a [Value], method: &str, path: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// A run on ServiceNow holding the quickstart's four CIs, none retired, with these
+/// lines added to the `cmdb:` section.
+fn servicenow_run(scratch: &Scratch, extra: &str) -> (CmdbApi, PathBuf) {
+    let api = CmdbApi::start(json!({
+        "servicenow": { "password": "pw", "tables": { "cmdb_ci_server": [
+            ci("0123456789abcdef0123456789abcdef", "CI0001001"),
+            ci("11111111111111111111111111111111", "CI0001002"),
+            ci("22222222222222222222222222222222", "CI0002001"),
+            ci("33333333333333333333333333333333", "CI0002002"),
+        ] } },
+    }));
+    let dir = wave_with_cmdb(
+        scratch,
+        &format!(
+            "cmdb:\n  kind: servicenow\n  url: {}\n  user: wavelift\n  credential: env:WL_TEST_SN_PASSWORD\n{extra}",
+            api.base
+        ),
+    );
+    run_to_the_end(&dir, &[("WL_TEST_SN_PASSWORD", "pw")]);
+    (api, dir)
+}
+
 fn ci(sys_id: &str, name: &str) -> Value {
     json!({ "sys_id": sys_id, "name": name, "install_status": "1", "comments": "" })
 }
@@ -399,13 +421,11 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
     // A generic API: PUT /generic/ci/{{cmdb_id}} with a bearer token and a JSON body.
     let scratch = Scratch::new("cmdb-http");
     let api = CmdbApi::start(json!({ "generic": { "token": "gen-Token-1" } }));
-    let dir = wave_with_cmdb(
-        &scratch,
-        &format!(
-            "cmdb:\n  kind: http\n  method: PUT\n  url: \"{}/generic/ci/{{{{cmdb_id}}}}\"\n  headers:\n    Authorization: \"Bearer {{{{credential}}}}\"\n  body: '{{\"status\": \"retired\", \"migrated_to\": \"{{{{target}}}}\", \"host\": \"{{{{fqdn}}}}\"}}'\n  credential: env:WL_TEST_TOKEN\n",
-            api.base
-        ),
+    let cmdb = format!(
+        "cmdb:\n  kind: http\n  method: PUT\n  url: \"{}/generic/ci/{{{{cmdb_id}}}}\"\n  headers:\n    Authorization: \"Bearer {{{{credential}}}}\"\n  body: '{{\"status\": \"retired\", \"migrated_to\": \"{{{{target}}}}\", \"host\": \"{{{{fqdn}}}}\"}}'\n  credential: env:WL_TEST_TOKEN\n",
+        api.base
     );
+    let dir = wave_with_cmdb(&scratch, &cmdb);
     run_to_the_end(&dir, &[("WL_TEST_TOKEN", "gen-Token-1")]);
     assert!(
         cleanups(&dir)
@@ -456,9 +476,7 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
 
     // A token the API does not take: each cleanup fails and says which credential.
     let scratch_refused = Scratch::new("cmdb-http-refused");
-    let refused_dir = quickstart_copy(scratch_refused.path(), "sim");
-    std::fs::remove_file(refused_dir.join("waves/wave-2.yaml")).expect("one wave");
-    std::fs::copy(dir.join("wavelift.yaml"), refused_dir.join("wavelift.yaml")).expect("config");
+    let refused_dir = wave_with_cmdb(&scratch_refused, &cmdb);
     run_to_the_end(&refused_dir, &[("WL_TEST_TOKEN", "gen-Token-WRONG")]);
     for (server, state, reason) in cleanups(&refused_dir) {
         assert_eq!(state, "failed", "{server}");
@@ -471,22 +489,7 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
 
     // A dry run against ServiceNow: read, say what would change, write nothing.
     let scratch = Scratch::new("cmdb-dry-run");
-    let api = CmdbApi::start(json!({
-        "servicenow": { "password": "pw", "tables": { "cmdb_ci_server": [
-            ci("0123456789abcdef0123456789abcdef", "CI0001001"),
-            ci("11111111111111111111111111111111", "CI0001002"),
-            ci("22222222222222222222222222222222", "CI0002001"),
-            ci("33333333333333333333333333333333", "CI0002002"),
-        ] } },
-    }));
-    let dir = wave_with_cmdb(
-        &scratch,
-        &format!(
-            "cmdb:\n  kind: servicenow\n  url: {}\n  user: wavelift\n  credential: env:WL_TEST_SN_PASSWORD\n  dry_run: true\n",
-            api.base
-        ),
-    );
-    run_to_the_end(&dir, &[("WL_TEST_SN_PASSWORD", "pw")]);
+    let (api, dir) = servicenow_run(&scratch, "  dry_run: true\n");
     let (state, log) = api.seen();
     assert!(requests(&log, "PATCH", "/").is_empty(), "a dry run wrote");
     assert!(
@@ -534,22 +537,7 @@ fn any_http_api_gets_its_templated_request_and_a_dry_run_writes_nothing() {
     // A target field the table does not have: ServiceNow skips it and answers 200;
     // Wavelift reads the answer and says so.
     let scratch = Scratch::new("cmdb-field");
-    let api = CmdbApi::start(json!({
-        "servicenow": { "password": "pw", "tables": { "cmdb_ci_server": [
-            ci("0123456789abcdef0123456789abcdef", "CI0001001"),
-            ci("11111111111111111111111111111111", "CI0001002"),
-            ci("22222222222222222222222222222222", "CI0002001"),
-            ci("33333333333333333333333333333333", "CI0002002"),
-        ] } },
-    }));
-    let dir = wave_with_cmdb(
-        &scratch,
-        &format!(
-            "cmdb:\n  kind: servicenow\n  url: {}\n  user: wavelift\n  credential: env:WL_TEST_SN_PASSWORD\n  target_field: u_migrated_to\n",
-            api.base
-        ),
-    );
-    run_to_the_end(&dir, &[("WL_TEST_SN_PASSWORD", "pw")]);
+    let (_api, dir) = servicenow_run(&scratch, "  target_field: u_migrated_to\n");
     for (server, state, reason) in cleanups(&dir) {
         assert_eq!(state, "failed", "{server}");
         assert!(

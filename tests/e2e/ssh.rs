@@ -439,7 +439,7 @@ fn the_ssh_shell_times_out_redacts_its_secrets_and_records_new_host_keys_when_to
     std::fs::write(dir.join("password.txt"), format!("{PASSWORD}\n")).expect("password file");
     let mut settings = loaded.definitions.config.ssh.clone();
     settings.command_timeout = waves::units::Dur::from_seconds(30);
-    let shell = tasks::ssh::SshShell::new(&settings, &dir).expect("the shell");
+    let shell = tasks::ssh::SshShell::new(&settings, &dir);
     runtime.block_on(async {
         let ok = server_of(&loaded, "ok-01");
         let slept = shell.run(&ok, "sleep 20", Duration::from_secs(1)).await;
@@ -498,7 +498,7 @@ fn the_ssh_shell_times_out_redacts_its_secrets_and_records_new_host_keys_when_to
     // refused.
     let mut accepting = settings.clone();
     accepting.host_keys = waves::config::HostKeys::AcceptNew;
-    let shell = tasks::ssh::SshShell::new(&accepting, &dir).expect("the shell");
+    let shell = tasks::ssh::SshShell::new(&accepting, &dir);
     runtime.block_on(async {
         let unknown = server_of(&loaded, "unknown-01");
         let first = shell
@@ -544,7 +544,7 @@ fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint
     let dir = ssh_quickstart(&scratch, &sshd);
     let loaded = waves::load::load_paths(std::slice::from_ref(&dir), None);
     let server = server_of(&loaded, "ok-01");
-    let shell = tasks::ssh::SshShell::new(&loaded.definitions.config.ssh, &dir).expect("shell");
+    let shell = tasks::ssh::SshShell::new(&loaded.definitions.config.ssh, &dir);
     let clock: std::sync::Arc<dyn replication::Clock> =
         std::sync::Arc::new(replication::SystemClock);
     let engine = replication::sim::SimEngine::new(replication::sim::SimConfig::instant(1), clock);

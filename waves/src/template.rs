@@ -245,7 +245,25 @@ fn decode_access(node: &Node, base: &mut AccessTemplate, ctx: &mut Ctx) {
             credential(n, "sudo_credential", ctx).or(base.sudo_credential.take());
     }
     if let Some(n) = map.take("jump") {
-        base.jump = decode::string(n, "jump", ctx).or(base.jump.take());
+        let jump = decode::parsed(n, "jump", ctx, |text| {
+            if text.is_empty() {
+                return Err("empty: write HOST, USER@HOST or USER@HOST:PORT".to_owned());
+            }
+            let host = text.rsplit_once('@').map_or(text, |(_, host)| host);
+            let (host, port) = match host.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+                _ => (host, None),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || text.contains(char::is_whitespace) {
+                return Err(format!("`{text}` is not HOST, USER@HOST or USER@HOST:PORT"));
+            }
+            if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+                return Err(format!("`{text}`: the port must be 1 to 65535"));
+            }
+            Ok(text.to_owned())
+        });
+        base.jump = jump.or(base.jump.take());
     }
     map.finish(ctx);
 }

@@ -174,11 +174,9 @@ pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
     };
     // A CMDB that cannot be set up (an unreadable ca_file) fails each cleanup with why.
     let cmdb = made.unwrap_or_else(|err| Arc::new(tasks::cmdb::BrokenCmdb(err.0)));
-    let ssh = tasks::ssh::SshShell::new(&config.ssh, &config.base_dir)
-        .map_err(|err| format!("cannot make its private folder: {err}"));
     let shell: Arc<dyn RemoteShell> = Arc::new(AccessShell {
         local: LocalShell,
-        ssh,
+        ssh: tasks::ssh::SshShell::new(&config.ssh, &config.base_dir),
     });
     Ports {
         engines,
