@@ -198,6 +198,27 @@ pub struct RecoveryPoint {
     pub taken_at: Timestamp,
 }
 
+/// What installing an engine's own agent on a source server takes: the template in
+/// `templates/agents/` to render, the facts it is rendered with, and the secret the
+/// install script reads on its standard input (never on a command line).
+#[derive(Clone, PartialEq, Serialize)]
+pub struct AgentInstall {
+    pub template: String,
+    pub facts: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(skip)]
+    pub secret: String,
+}
+
+impl fmt::Debug for AgentInstall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentInstall")
+            .field("template", &self.template)
+            .field("facts", &self.facts)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
 /// Limits an engine puts on launches; the executor batches launches within them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quotas {
@@ -279,6 +300,19 @@ pub trait ReplicationEngine: Send + Sync {
     async fn register_source(&self, spec: &SourceSpec) -> EngineResult<SourceServer>;
 
     async fn describe_source(&self, id: &SourceId) -> EngineResult<SourceServer>;
+
+    /// How to install this engine's agent for a registered source; `None` for an
+    /// engine whose agent is not Wavelift's to install (the rehearsal engine). Each call
+    /// issues a new credential, so installing again replaces the previous agent.
+    async fn agent_install(&self, _id: &SourceId) -> EngineResult<Option<AgentInstall>> {
+        Ok(None)
+    }
+
+    /// True while the engine does work that moves in real time (a launch, a first
+    /// sync): a warped scheduler clock waits for it instead of jumping ahead.
+    fn busy(&self) -> bool {
+        false
+    }
 
     /// Starts one launch job for the given servers.
     async fn start_launch(

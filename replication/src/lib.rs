@@ -10,6 +10,8 @@
 
 pub mod clock;
 pub mod engine;
+pub mod local;
+pub mod rules;
 pub mod sim;
 
 pub use clock::{Clock, SystemClock};

@@ -11,9 +11,8 @@ use super::ActionRecord;
 use super::fate::fates;
 use super::model::{Model, Timer};
 use super::state::{JobRecord, Phase, ServerRecord, Slot};
-use super::view::{
-    health_name, job_id, life_cycle_name, replication_state_name, source_id, target_id,
-};
+use super::view::{job_id, replication_state, source_id, target_id};
+use crate::rules::{self, conflict, health_name, life_cycle_name};
 use crate::{
     EngineError, EngineResult, ErrorKind, Health, LaunchKind, LaunchStatus, LifeCycle, PointInTime,
     TargetState,
@@ -49,10 +48,6 @@ pub(crate) enum Call {
     Archive {
         source: u32,
     },
-}
-
-fn conflict(message: String) -> EngineError {
-    EngineError::new(ErrorKind::Conflict, message)
 }
 
 impl Model {
@@ -150,23 +145,12 @@ impl Model {
         sources: &[u32],
         point: &PointInTime,
     ) -> EngineResult<u32> {
-        let quotas = self.s.config.quotas;
-        if sources.is_empty() {
-            return Err(EngineError::new(
-                ErrorKind::Invalid,
-                "a launch needs at least one source server",
-            ));
-        }
-        if sources.len() > quotas.max_servers_per_job {
-            return Err(EngineError::new(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "{} servers in one launch job; the quota is {} per job",
-                    sources.len(),
-                    quotas.max_servers_per_job
-                ),
-            ));
-        }
+        rules::check_quotas(
+            self.s.config.quotas,
+            sources.len(),
+            self.active_jobs.len(),
+            self.servers_in_active_jobs,
+        )?;
         let mut seen = BTreeSet::new();
         for &i in sources {
             self.existing(i)?;
@@ -176,29 +160,6 @@ impl Model {
                     format!("{} appears twice in the launch", self.server_label(i)),
                 ));
             }
-        }
-        if self.active_jobs.len() >= quotas.max_concurrent_jobs {
-            return Err(EngineError::new(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "{} launch jobs are still running; the quota is {} concurrent jobs",
-                    self.active_jobs.len(),
-                    quotas.max_concurrent_jobs
-                ),
-            ));
-        }
-        if self.servers_in_active_jobs.saturating_add(sources.len())
-            > quotas.max_servers_in_active_jobs
-        {
-            return Err(EngineError::new(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "{} servers are in running launch jobs; {} more would pass the quota of {}",
-                    self.servers_in_active_jobs,
-                    sources.len(),
-                    quotas.max_servers_in_active_jobs
-                ),
-            ));
         }
         for &i in sources {
             self.check_launchable(i, kind, point)?;
@@ -267,37 +228,20 @@ impl Model {
     fn check_launchable(&self, i: u32, kind: LaunchKind, point: &PointInTime) -> EngineResult<()> {
         let server = self.existing(i)?;
         let label = self.server_label(i);
-        if !matches!(server.phase, Phase::Continuous { .. }) {
-            return Err(conflict(format!(
-                "{label} cannot be launched: its replication is {}, a launch needs continuous replication",
-                replication_state_name(&server.phase)
-            )));
-        }
-        let life_cycle = life_cycle_name(server.life_cycle);
-        match kind {
-            LaunchKind::Test => {
-                if !matches!(
-                    server.life_cycle,
-                    LifeCycle::ReadyForTest | LifeCycle::Testing | LifeCycle::ReadyForCutover
-                ) {
-                    return Err(conflict(format!(
-                        "{label} is {life_cycle}; a test launch needs ready_for_test, testing or ready_for_cutover"
-                    )));
-                }
-            }
-            LaunchKind::Cutover => {
-                if server.life_cycle != LifeCycle::ReadyForCutover {
-                    return Err(conflict(format!(
-                        "{label} is {life_cycle}; a cutover launch needs ready_for_cutover (mark it after a successful test)"
-                    )));
-                }
-                if let Some(running) = self.live_launches(i, LaunchKind::Cutover).first() {
-                    return Err(conflict(format!(
-                        "{label} still has a cutover {running}; terminate its cutover targets first"
-                    )));
-                }
-            }
-        }
+        let live_cutover = match kind {
+            LaunchKind::Cutover => self
+                .live_launches(i, LaunchKind::Cutover)
+                .into_iter()
+                .next(),
+            LaunchKind::Test => None,
+        };
+        rules::check_launch(
+            &label,
+            kind,
+            server.life_cycle,
+            replication_state(&server.phase),
+            live_cutover.as_deref(),
+        )?;
         if let PointInTime::RecoveryPoint(id) = point
             && !self.recovery_points(i).iter().any(|p| &p.id == id)
         {
@@ -374,23 +318,7 @@ impl Model {
 
     fn terminate_targets(&mut self, i: u32, kind: LaunchKind) -> EngineResult<()> {
         let server = self.existing(i)?;
-        if kind == LaunchKind::Cutover {
-            let label = self.server_label(i);
-            match server.life_cycle {
-                LifeCycle::CuttingOver => {
-                    return Err(conflict(format!(
-                        "{label} is cutting_over: its cutover targets cannot be terminated; to roll back, change its life cycle to ready_for_cutover first"
-                    )));
-                }
-                LifeCycle::Cutover | LifeCycle::Archived => {
-                    return Err(conflict(format!(
-                        "{label} is {}: its cutover targets are kept (after finalize the target is the production server)",
-                        life_cycle_name(server.life_cycle)
-                    )));
-                }
-                _ => {}
-            }
-        }
+        rules::check_terminate(&self.server_label(i), kind, server.life_cycle)?;
         let terminated = self.terminate_kind(i, kind, "terminate_targets");
         let detail = if terminated.is_empty() {
             format!("no {kind} target to terminate")
@@ -404,12 +332,7 @@ impl Model {
     fn finalize_cutover(&mut self, i: u32) -> EngineResult<()> {
         let server = self.existing(i)?;
         let label = self.server_label(i);
-        if server.life_cycle != LifeCycle::CuttingOver {
-            return Err(conflict(format!(
-                "{label} is {}; finalize needs cutting_over, after a cutover launch",
-                life_cycle_name(server.life_cycle)
-            )));
-        }
+        rules::check_finalize(&label, server.life_cycle)?;
         let latest = server.jobs.iter().rev().find_map(|&j| {
             let job = self.s.jobs.get(j as usize)?;
             let slot = job.slots.iter().find(|slot| slot.source == i)?;
@@ -466,33 +389,7 @@ impl Model {
         let label = self.server_label(i);
         let from = server.life_cycle;
         let (from_name, to_name) = (life_cycle_name(from), life_cycle_name(to));
-        if from == to {
-            return Err(conflict(format!("{label} is already {to_name}")));
-        }
-        if matches!(to, NotReady | Testing | CuttingOver | Cutover | Archived) {
-            return Err(conflict(format!(
-                "{to_name} is set by the engine (registration, a launch, finalize_cutover or archive), not by change_life_cycle"
-            )));
-        }
-        let needs_continuous = match (from, to) {
-            (ReadyForTest | Testing, ReadyForCutover)
-            | (Testing | ReadyForCutover, ReadyForTest) => true,
-            (CuttingOver, ReadyForCutover)
-            | (NotReady | ReadyForTest | Testing | ReadyForCutover | Cutover, Disconnected) => {
-                false
-            }
-            _ => {
-                return Err(conflict(format!(
-                    "{label} cannot go from {from_name} to {to_name}; allowed: ready_for_test or testing to ready_for_cutover, cutting_over to ready_for_cutover (rollback), testing or ready_for_cutover to ready_for_test, anything but cutting_over, disconnected or archived to disconnected"
-                )));
-            }
-        };
-        if needs_continuous && !matches!(server.phase, Phase::Continuous { .. }) {
-            return Err(conflict(format!(
-                "{label} cannot be marked {to_name}: its replication is {}, not continuous",
-                replication_state_name(&server.phase)
-            )));
-        }
+        rules::check_change(&label, from, to, replication_state(&server.phase))?;
         if to == Disconnected {
             let now = self.s.now;
             self.stop_replication(i, now);
@@ -506,16 +403,7 @@ impl Model {
 
     fn archive(&mut self, i: u32) -> EngineResult<()> {
         let server = self.existing(i)?;
-        if !matches!(
-            server.life_cycle,
-            LifeCycle::Cutover | LifeCycle::Disconnected
-        ) {
-            return Err(conflict(format!(
-                "{} is {}; archive needs cutover (after finalize) or disconnected",
-                self.server_label(i),
-                life_cycle_name(server.life_cycle)
-            )));
-        }
+        rules::check_archive(&self.server_label(i), server.life_cycle)?;
         let from = life_cycle_name(server.life_cycle);
         if let Some(server) = self.s.servers.get_mut(i as usize) {
             server.life_cycle = LifeCycle::Archived;

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use super::model::Model;
 use super::state::{NANOS_PER_SECOND, PauseKind, Phase, ServerRecord, Step, changed_bits};
 use crate::{
-    Health, Job, JobId, JobServer, JobStatus, LifeCycle, RecoveryPoint, Replication,
-    ReplicationState, SourceId, SourceServer, Target, TargetId, TargetState,
+    Job, JobId, JobServer, JobStatus, RecoveryPoint, Replication, ReplicationState, SourceId,
+    SourceServer, Target, TargetId, TargetState,
 };
 
 const SOURCE_PREFIX: &str = "sim-source-";
@@ -52,19 +52,6 @@ pub(crate) fn parse_target(id: &TargetId) -> Option<u32> {
     parse_index(&id.0, TARGET_PREFIX)
 }
 
-pub(crate) fn life_cycle_name(state: LifeCycle) -> &'static str {
-    match state {
-        LifeCycle::NotReady => "not_ready",
-        LifeCycle::ReadyForTest => "ready_for_test",
-        LifeCycle::Testing => "testing",
-        LifeCycle::ReadyForCutover => "ready_for_cutover",
-        LifeCycle::CuttingOver => "cutting_over",
-        LifeCycle::Cutover => "cutover",
-        LifeCycle::Disconnected => "disconnected",
-        LifeCycle::Archived => "archived",
-    }
-}
-
 pub(crate) fn replication_state(phase: &Phase) -> ReplicationState {
     match phase {
         Phase::Initiating { .. } => ReplicationState::Initiating,
@@ -87,20 +74,6 @@ pub(crate) fn replication_state(phase: &Phase) -> ReplicationState {
         | Phase::Stopped { .. } => ReplicationState::Disconnected,
         Phase::Snapshot { .. } => ReplicationState::CreatingSnapshot,
         Phase::Continuous { .. } => ReplicationState::Continuous,
-    }
-}
-
-pub(crate) fn replication_state_name(phase: &Phase) -> &'static str {
-    match replication_state(phase) {
-        ReplicationState::Initiating => "initiating",
-        ReplicationState::InitialSync => "initial_sync",
-        ReplicationState::Backlog => "backlog",
-        ReplicationState::CreatingSnapshot => "creating_snapshot",
-        ReplicationState::Continuous => "continuous",
-        ReplicationState::Paused => "paused",
-        ReplicationState::Rescan => "rescan",
-        ReplicationState::Stalled => "stalled",
-        ReplicationState::Disconnected => "disconnected",
     }
 }
 
@@ -310,14 +283,6 @@ impl Model {
                 taken_at,
             })
             .collect()
-    }
-}
-
-pub(crate) fn health_name(health: Health) -> &'static str {
-    match health {
-        Health::Initializing => "initializing",
-        Health::Ok => "ok",
-        Health::Impaired => "impaired",
     }
 }
 

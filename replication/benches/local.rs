@@ -1,0 +1,363 @@
+//! Benchmarks of the local engine, each against a baseline measured in the same run:
+//!
+//! 1. Initial sync of an image (4 GiB by default) as a fraction of min(reading the image,
+//!    TLS throughput on loopback with the same TLS stack), target at least 80%.
+//! 2. Bytes on the wire after 1,000 random 4 KiB writes, against the 4 MiB ideal (target
+//!    at most 1.5x) and against `rsync --inplace --no-whole-file` of the same change.
+//! 3. Lag p99 under a steady write load at 25, 50 and 90% of the replication throughput
+//!    measured in (1) (target under 1 s at 50%).
+//! 4. Launch time of the image (final sync, materialize, verify).
+//!
+//! `cargo bench -p replication --bench local [-- --size-gib N --seconds S]`. It starts a
+//! replication server on a loopback port and the agent's code in a thread; files go to
+//! `target/bench-local/`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use replication::local::agent::{self, AgentConfig};
+use replication::local::{LocalConfig, LocalEngine, tls};
+use replication::{
+    DiskSpec, JobStatus, LaunchKind, PointInTime, ReplicationEngine, ReplicationState, SourceId,
+    SourceSpec, SystemClock,
+};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An image of random (incompressible) data: the agent's worst case.
+fn make_image(path: &Path, size: u64) -> Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        rng.fill(&mut buf);
+        let n = (size - written).min(buf.len() as u64) as usize;
+        file.write_all(&buf[..n])?;
+        written += n as u64;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Baseline: reading the image as the agent does (1 MiB reads).
+fn read_rate(path: &Path) -> Result<f64> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        std::hint::black_box(&buf);
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Baseline: TLS on loopback with the server's certificate and the agent's pin, 256 KiB
+/// writes of `size` bytes.
+async fn tls_rate(dir: &Path, size: u64) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let identity = tls::ServerIdentity::load_or_create(&dir.join("tls-baseline"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let mut tls = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<u64, std::io::Error>(total);
+            }
+            total += n as u64;
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(&identity.pin())?);
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(tls::server_name(), tcp).await?;
+    let mut block = vec![0u8; 256 << 10];
+    Rng(7).fill(&mut block);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < size {
+        tls.write_all(&block).await?;
+        sent += block.len() as u64;
+    }
+    tls.shutdown().await?;
+    let received = server.await??;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(received as f64 / elapsed)
+}
+
+async fn wait_for(
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done().await? {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("not within {limit:?}").into())
+}
+
+async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<Duration> {
+    let started = Instant::now();
+    let job = engine
+        .start_launch(
+            LaunchKind::Test,
+            std::slice::from_ref(id),
+            &PointInTime::Latest,
+        )
+        .await?;
+    wait_for(Duration::from_secs(600), async || {
+        Ok(engine.describe_job(&job.id).await?.status == JobStatus::Completed)
+    })
+    .await?;
+    let job = engine.describe_job(&job.id).await?;
+    if job.servers[0].target.is_none() {
+        return Err(format!("the launch failed: {:?}", job.servers[0].message).into());
+    }
+    Ok(started.elapsed())
+}
+
+fn random_writes(path: &Path, count: usize, seed: u64) -> Result<()> {
+    let file = std::fs::File::options().write(true).open(path)?;
+    let blocks = file.metadata()?.len() / 4096;
+    let mut rng = Rng(seed);
+    let mut block = vec![0u8; 4096];
+    for _ in 0..count {
+        rng.fill(&mut block);
+        let at = rng.next() % blocks;
+        file.lock_shared()?;
+        file.write_all_at(&block, at * 4096)?;
+        file.unlock()?;
+    }
+    Ok(())
+}
+
+fn rsync_bytes(before: &Path, after: &Path) -> Result<u64> {
+    let output = std::process::Command::new("rsync")
+        .args(["--inplace", "--no-whole-file", "--stats"])
+        .arg(after)
+        .arg(before)
+        .output()
+        .map_err(|err| format!("rsync (Debian's rsync): {err}"))?;
+    let stats = String::from_utf8_lossy(&output.stdout);
+    let sent = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("Total bytes sent: "))
+        .ok_or_else(|| format!("no rsync stats:\n{stats}"))?;
+    Ok(sent.replace(',', "").trim().parse()?)
+}
+
+fn p99(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples
+        .get(samples.len() * 99 / 100)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let size = arg("--size-gib", 4) << 30;
+    let seconds = arg("--seconds", 10);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-local");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let image = root.join("source.img");
+    println!(
+        "local engine benchmark: a {:.1} GiB image of random data",
+        size as f64 / (1u64 << 30) as f64
+    );
+    make_image(&image, size)?;
+
+    let read = read_rate(&image)?;
+    let tls = tls_rate(&root, size).await?;
+    let ceiling = read.min(tls);
+    println!(
+        "baseline: reading the image {:.0} MiB/s, TLS on loopback {:.0} MiB/s",
+        read / MIB,
+        tls / MIB
+    );
+
+    let config = LocalConfig::new(
+        "127.0.0.1:0".parse()?,
+        root.join("staging"),
+        root.join("targets"),
+        PathBuf::new(),
+    );
+    let engine = LocalEngine::start(config, Arc::new(SystemClock)).await?;
+    let source = engine
+        .register_source(&SourceSpec {
+            name: "bench".to_owned(),
+            hostname: None,
+            disks: vec![DiskSpec {
+                device: image.display().to_string(),
+                size_bytes: size,
+                used_bytes: size,
+            }],
+            change_rate_bytes_per_second: 0.0,
+        })
+        .await?;
+    let id = source.id.clone();
+    let install = engine.agent_install(&id).await?.ok_or("an install")?;
+    let fact = |key: &str| install.facts[key].as_str().unwrap_or_default().to_owned();
+    let agent_config = AgentConfig {
+        server: fact("server"),
+        pin: fact("pin"),
+        source: fact("source"),
+        token: install.secret.clone(),
+        disks: vec![image.clone()],
+        state_dir: root.join("agent"),
+        bandwidth_mbit: None,
+        scan_interval: Duration::from_millis(100),
+        point_interval: Duration::from_secs(3600),
+        give_up_after: Duration::from_secs(60),
+    };
+    let started = Instant::now();
+    std::thread::spawn(move || agent::run(agent_config));
+    wait_for(Duration::from_secs(3600), async || {
+        Ok(
+            engine.describe_source(&id).await?.replication.state == ReplicationState::Continuous
+                && !engine.recovery_points(&id).await?.is_empty(),
+        )
+    })
+    .await?;
+    let sync = started.elapsed().as_secs_f64();
+    let rate = size as f64 / sync;
+    println!(
+        "(1) initial sync: {sync:.2} s, {:.0} MiB/s = {:.0}% of min(read, TLS) (target >= 80%)",
+        rate / MIB,
+        100.0 * rate / ceiling
+    );
+
+    // (2) 1,000 random 4 KiB writes.
+    let before = root.join("before.img");
+    std::fs::copy(&image, &before)?;
+    let wire_before = engine.server().stats(&id.0).bytes_on_wire;
+    random_writes(&image, 1000, 42)?;
+    engine
+        .server()
+        .barrier(&id.0, Duration::from_secs(600))
+        .await?;
+    let wire = engine.server().stats(&id.0).bytes_on_wire - wire_before;
+    let rsync = rsync_bytes(&before, &image)?;
+    std::fs::remove_file(&before)?;
+    let ideal = 1000.0 * 4096.0;
+    println!(
+        "(2) 1,000 random 4 KiB writes: {:.2} MiB on the wire = {:.2}x the 4 MiB ideal (target <= 1.5x); rsync --inplace sent {:.2} MiB ({:.2}x ours)",
+        wire as f64 / MIB,
+        wire as f64 / ideal,
+        rsync as f64 / MIB,
+        rsync as f64 / wire as f64
+    );
+
+    // (3) Lag under a steady load.
+    for fraction in [0.25, 0.5, 0.9] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let target = rate * fraction;
+        let path = image.clone();
+        let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+            let file = std::fs::File::options().write(true).open(&path)?;
+            let blocks = file.metadata()?.len() / 4096;
+            let mut rng = Rng(99);
+            let mut block = vec![0u8; 64 << 10];
+            let started = Instant::now();
+            let mut written = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                rng.fill(&mut block);
+                let at = (rng.next() % (blocks - 16)) * 4096;
+                file.lock_shared()?;
+                file.write_all_at(&block, at)?;
+                file.unlock()?;
+                written += block.len() as u64;
+                let due = Duration::from_secs_f64(written as f64 / target);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            Ok(written)
+        });
+        let mut lags = Vec::new();
+        let until = Instant::now() + Duration::from_secs(seconds);
+        // A second for the load to settle in.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while Instant::now() < until {
+            if let Some(lag) = engine.describe_source(&id).await?.replication.lag_seconds {
+                lags.push(lag);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        let written = writer.join().map_err(|_| "the writer panicked")??;
+        println!(
+            "(3) lag at {:.0}% of the replication throughput ({:.0} MiB/s written, {:.0} MiB in all): p99 {:.2} s over {} samples{}",
+            fraction * 100.0,
+            target / MIB,
+            written as f64 / MIB,
+            p99(&mut lags),
+            lags.len(),
+            if fraction == 0.5 {
+                " (target < 1 s)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    // (4) Launch.
+    let took = launch(&engine, &id).await?;
+    println!(
+        "(4) launch of the {:.1} GiB image (final sync, write, verify): {:.2} s",
+        size as f64 / (1u64 << 30) as f64,
+        took.as_secs_f64()
+    );
+    engine.shutdown();
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}

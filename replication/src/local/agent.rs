@@ -1,0 +1,771 @@
+//! The replication agent: runs on the source server (its own small binary,
+//! `wavelift-agent`), reads the disks (block devices or image files), sends every block
+//! that is not zero in a first pass, then, pass after pass, the blocks whose digest
+//! changed; cuts crash-consistent recovery points at barriers; survives lost connections
+//! by continuing from the last point both sides hold, never from scratch.
+//!
+//! A barrier is cut with the disks frozen: the agent takes an exclusive lock on every
+//! image file (writers that take a shared lock for each write, as the quickstart's do,
+//! wait), sends what changed since the last pass, records the digests of that state,
+//! sends the barrier, and lets go.
+
+use std::fs::File;
+use std::io::{self, Read, Write as _};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::proto::{
+    AgentStatus, BLOCK, Control, Data, DiskInfo, Frame, MAX_RUN, PROTOCOL_VERSION, Request,
+    block_digest, read_frame, write_frame,
+};
+use crate::engine::ReplicationState;
+
+const READ: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The replication server, `host:port`.
+    pub server: String,
+    /// The server certificate's fingerprint, `sha256:HEX`.
+    pub pin: String,
+    pub source: String,
+    pub token: String,
+    pub disks: Vec<PathBuf>,
+    /// Where the agent keeps its digests (the state both sides agreed on).
+    pub state_dir: PathBuf,
+    pub bandwidth_mbit: Option<f64>,
+    /// Pause between passes over the disks.
+    pub scan_interval: Duration,
+    /// How often a recovery point is cut without being asked.
+    pub point_interval: Duration,
+    /// The agent exits after this long without reaching the server.
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the replication server refused this agent: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Disk(String),
+    #[error("gave up: no replication server for {0:?} ({1})")]
+    GaveUp(Duration, String),
+}
+
+fn log(message: &str) {
+    eprintln!("{} wavelift-agent: {message}", Timestamp::now());
+}
+
+/// Runs until the server says stop (exit 0) or refuses the agent.
+pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| AgentError::Disk(format!("cannot start: {err}")))?;
+    runtime.block_on(run_async(config))
+}
+
+enum End {
+    Stop,
+    Lost(String),
+}
+
+async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|err| {
+        AgentError::Disk(format!(
+            "cannot create the state folder {}: {err}",
+            config.state_dir.display()
+        ))
+    })?;
+    let mut last_contact = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match session(&config, &mut last_contact).await {
+            Ok(End::Stop) => {
+                log("replication stopped by the server");
+                return Ok(());
+            }
+            Ok(End::Lost(why)) => {
+                log(&format!("connection lost: {why}"));
+                if last_contact.elapsed() > config.give_up_after {
+                    return Err(AgentError::GaveUp(config.give_up_after, why));
+                }
+            }
+            Err(err @ (AgentError::Refused(_) | AgentError::Disk(_))) => return Err(err),
+            Err(err) => return Err(err),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End, AgentError> {
+    let tcp =
+        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.server))
+            .await
+        {
+            Err(_) => {
+                return Ok(End::Lost(format!(
+                    "{} did not answer in 10 s",
+                    config.server
+                )));
+            }
+            Ok(Err(err)) => return Ok(End::Lost(format!("cannot reach {}: {err}", config.server))),
+            Ok(Ok(tcp)) => tcp,
+        };
+    let _ = tcp.set_nodelay(true);
+    let tls_config =
+        super::tls::client_config(&config.pin).map_err(|err| AgentError::Disk(err.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config);
+    let tls = match connector.connect(super::tls::server_name(), tcp).await {
+        Ok(tls) => tls,
+        Err(err) => return Ok(End::Lost(format!("TLS with {}: {err}", config.server))),
+    };
+    let (mut reader, mut writer) = tokio::io::split(tls);
+
+    let disks = open_disks(&config.disks)?;
+    let acked = DigestFile::read(&config.state_dir.join("digest.acked"));
+    let pending = DigestFile::read(&config.state_dir.join("digest.pending"));
+    let hello = Control::Hello {
+        version: PROTOCOL_VERSION,
+        source: config.source.clone(),
+        token: config.token.clone(),
+        disks: disks.iter().map(|d| d.info.clone()).collect(),
+        acked: acked.as_ref().map_or(0, |d| d.seq),
+        pending: pending.as_ref().map(|d| d.seq),
+    };
+    if let Err(err) = write_frame(&mut writer, &Frame::Control(hello)).await {
+        return Ok(End::Lost(err.to_string()));
+    }
+    let base = match read_frame(&mut reader).await {
+        Ok(Some((Frame::Control(Control::Welcome { base }), _))) => base,
+        Ok(Some((Frame::Control(Control::Refused { reason }), _))) => {
+            return Err(AgentError::Refused(reason));
+        }
+        Ok(Some(_)) => return Ok(End::Lost("the server did not answer the hello".to_owned())),
+        Ok(None) => return Ok(End::Lost("the server closed the connection".to_owned())),
+        Err(err) => return Ok(End::Lost(err.to_string())),
+    };
+    *last_contact = Instant::now();
+    let sent = match (base, &acked, &pending) {
+        (0, _, _) => disks
+            .iter()
+            .map(|d| vec![block_digest(&vec![0u8; BLOCK]); d.blocks()])
+            .collect(),
+        (b, _, Some(p)) if p.seq == b => {
+            promote(&config.state_dir).map_err(|err| AgentError::Disk(err.to_string()))?;
+            p.digests.clone()
+        }
+        (b, Some(a), _) if a.seq == b => a.digests.clone(),
+        (b, _, _) => {
+            return Err(AgentError::Refused(format!(
+                "the server continues from recovery point {b}, which this agent does not hold"
+            )));
+        }
+    };
+    if sent.len() != disks.len() || sent.iter().zip(&disks).any(|(s, d)| s.len() != d.blocks()) {
+        return Err(AgentError::Disk(
+            "the disks changed size since the last recovery point: install the agent again"
+                .to_owned(),
+        ));
+    }
+    log(&format!(
+        "connected to {}; continuing from recovery point {base}",
+        config.server
+    ));
+
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(16);
+    let (events_tx, events_rx) = std_mpsc::channel::<Event>();
+    let scanner = Scanner {
+        disks,
+        sent,
+        next_seq: base + 1,
+        committed_once: base > 0,
+        out: frames_tx,
+        events: events_rx,
+        state_dir: config.state_dir.clone(),
+        scan_interval: config.scan_interval,
+        point_interval: config.point_interval,
+        pending: None,
+        paused: false,
+        consistent_at: None,
+        last_point: Instant::now(),
+        want_barrier: base == 0,
+        asked: Vec::new(),
+        pending_answers: Vec::new(),
+        scanned: 0,
+        backlog: 0,
+    };
+    let scan = std::thread::spawn(move || scanner.run());
+
+    let bandwidth = config.bandwidth_mbit.map(|m| m * 125_000.0);
+    let writing = async {
+        let started = Instant::now();
+        let mut written = 0f64;
+        while let Some(frame) = frames_rx.recv().await {
+            written += write_frame(&mut writer, &frame).await? as f64;
+            if let Some(rate) = bandwidth {
+                let due = Duration::from_secs_f64(written / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        writer.flush().await?;
+        Ok::<(), io::Error>(())
+    };
+    let reading = async {
+        loop {
+            match read_frame(&mut reader).await? {
+                None => return Ok::<Option<String>, io::Error>(None),
+                Some((Frame::Control(Control::BarrierAck { seq }), _)) => {
+                    let _ = events_tx.send(Event::Ack(seq));
+                }
+                Some((Frame::Control(Control::BarrierRefused { seq, reason }), _)) => {
+                    log(&format!("recovery point {seq} was not cut: {reason}"));
+                    let _ = events_tx.send(Event::Refused(seq));
+                }
+                Some((Frame::Control(Control::Request(request)), _)) => {
+                    let stop = request == Request::Stop;
+                    let _ = events_tx.send(Event::Request(request));
+                    if stop {
+                        return Ok(Some("stop".to_owned()));
+                    }
+                }
+                Some((Frame::Control(Control::Refused { reason }), _)) => return Ok(Some(reason)),
+                Some(_) => {}
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        written = writing => match written {
+            Ok(()) => None,
+            Err(err) => Some(End::Lost(err.to_string())),
+        },
+        read = reading => match read {
+            Ok(Some(reason)) if reason == "stop" => Some(End::Stop),
+            Ok(Some(reason)) => {
+                let _ = events_tx.send(Event::Close);
+                let _ = scan.join();
+                return Err(AgentError::Refused(reason));
+            }
+            Ok(None) => Some(End::Lost("the server closed the connection".to_owned())),
+            Err(err) => Some(End::Lost(err.to_string())),
+        },
+    };
+    let _ = events_tx.send(Event::Close);
+    let scanned = tokio::task::spawn_blocking(move || scan.join()).await;
+    match scanned {
+        Ok(Ok(Err(err))) => return Err(err),
+        Ok(Ok(Ok(ScanEnd::Stopped))) => return Ok(End::Stop),
+        _ => {}
+    }
+    Ok(outcome.unwrap_or(End::Lost("the connection ended".to_owned())))
+}
+
+/// A disk as the agent reads it.
+struct Disk {
+    path: PathBuf,
+    file: File,
+    info: DiskInfo,
+}
+
+impl Disk {
+    fn blocks(&self) -> usize {
+        self.info.size.div_ceil(BLOCK as u64) as usize
+    }
+}
+
+fn open_disks(paths: &[PathBuf]) -> Result<Vec<Disk>, AgentError> {
+    paths
+        .iter()
+        .map(|path| {
+            let mut file = File::open(path).map_err(|err| {
+                AgentError::Disk(format!("cannot read the disk {}: {err}", path.display()))
+            })?;
+            use std::io::Seek;
+            let size = file.seek(io::SeekFrom::End(0)).map_err(|err| {
+                AgentError::Disk(format!("cannot tell the size of {}: {err}", path.display()))
+            })?;
+            if size == 0 {
+                return Err(AgentError::Disk(format!(
+                    "the disk {} is empty (0 bytes): nothing to replicate",
+                    path.display()
+                )));
+            }
+            Ok(Disk {
+                path: path.clone(),
+                file,
+                info: DiskInfo {
+                    name: path.display().to_string(),
+                    size,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The digests of every block at one recovery point.
+struct DigestFile {
+    seq: u64,
+    digests: Vec<Vec<u64>>,
+}
+
+impl DigestFile {
+    fn read(path: &Path) -> Option<DigestFile> {
+        let mut bytes = Vec::new();
+        File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
+        let mut words = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        let seq = words.next()?;
+        let disks = words.next()?;
+        let mut digests = Vec::new();
+        for _ in 0..disks {
+            let count = words.next()? as usize;
+            let disk: Vec<u64> = words.by_ref().take(count).collect();
+            if disk.len() != count {
+                return None;
+            }
+            digests.push(disk);
+        }
+        Some(DigestFile { seq, digests })
+    }
+
+    fn write(path: &Path, seq: u64, digests: &[Vec<u64>]) -> io::Result<()> {
+        let total: usize = digests.iter().map(|d| d.len() + 1).sum();
+        let mut bytes = Vec::with_capacity(8 * (total + 2));
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        bytes.extend_from_slice(&(digests.len() as u64).to_le_bytes());
+        for disk in digests {
+            bytes.extend_from_slice(&(disk.len() as u64).to_le_bytes());
+            for d in disk {
+                bytes.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+        super::volume::write_durably(path, &bytes)
+    }
+}
+
+/// The server holds the pending point: it becomes the acknowledged one.
+fn promote(dir: &Path) -> io::Result<()> {
+    std::fs::rename(dir.join("digest.pending"), dir.join("digest.acked"))?;
+    File::open(dir)?.sync_all()
+}
+
+enum Event {
+    Ack(u64),
+    Refused(u64),
+    Request(Request),
+    Close,
+}
+
+enum ScanEnd {
+    Stopped,
+    Closed,
+}
+
+struct Scanner {
+    disks: Vec<Disk>,
+    /// What the server holds, block by block: the base point and everything sent since.
+    sent: Vec<Vec<u64>>,
+    next_seq: u64,
+    committed_once: bool,
+    out: mpsc::Sender<Frame>,
+    events: std_mpsc::Receiver<Event>,
+    state_dir: PathBuf,
+    scan_interval: Duration,
+    point_interval: Duration,
+    /// A barrier sent and not yet acknowledged.
+    pending: Option<u64>,
+    paused: bool,
+    /// The start of the last complete pass: the server holds the disks as of then.
+    consistent_at: Option<Instant>,
+    last_point: Instant,
+    want_barrier: bool,
+    /// Barrier requests not yet answered.
+    asked: Vec<u64>,
+    /// The requests the pending barrier answers.
+    pending_answers: Vec<u64>,
+    scanned: u64,
+    backlog: u64,
+}
+
+impl Scanner {
+    fn run(mut self) -> Result<ScanEnd, AgentError> {
+        match self.run_inner() {
+            Ok(end) => Ok(end),
+            Err(Fault::Closed) => Ok(ScanEnd::Closed),
+            Err(Fault::Disk(err)) => Err(err),
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<ScanEnd, Fault> {
+        loop {
+            if let Some(end) = self.handle_events()? {
+                return Ok(end);
+            }
+            if self.paused {
+                self.status()?;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let started = Instant::now();
+            self.pass()?;
+            self.consistent_at = Some(started);
+            let due = self.last_point.elapsed() >= self.point_interval;
+            if self.pending.is_none() && (self.want_barrier || due) {
+                self.barrier()?;
+            }
+            self.status()?;
+            let until = Instant::now() + self.scan_interval;
+            while Instant::now() < until {
+                if let Some(end) = self.handle_events()? {
+                    return Ok(end);
+                }
+                if self.want_barrier && self.pending.is_none() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(self.scan_interval));
+            }
+        }
+    }
+
+    fn handle_events(&mut self) -> Result<Option<ScanEnd>, Fault> {
+        loop {
+            match self.events.try_recv() {
+                Err(std_mpsc::TryRecvError::Empty) => return Ok(None),
+                Err(std_mpsc::TryRecvError::Disconnected) | Ok(Event::Close) => {
+                    return Err(Fault::Closed);
+                }
+                Ok(Event::Ack(seq)) => {
+                    if self.pending == Some(seq) {
+                        promote(&self.state_dir).map_err(|err| {
+                            Fault::Disk(AgentError::Disk(format!(
+                                "cannot record recovery point {seq}: {err}"
+                            )))
+                        })?;
+                        self.pending = None;
+                        self.committed_once = true;
+                        self.next_seq = seq + 1;
+                    }
+                }
+                Ok(Event::Refused(seq)) => {
+                    if self.pending == Some(seq) {
+                        self.pending = None;
+                        self.want_barrier = true;
+                        // The requests it answered wait for the next one.
+                        self.asked.append(&mut self.pending_answers);
+                    }
+                }
+                Ok(Event::Request(Request::Barrier { id })) => {
+                    self.want_barrier = true;
+                    self.asked.push(id);
+                }
+                Ok(Event::Request(Request::Pause)) => self.paused = true,
+                Ok(Event::Request(Request::Resume)) => self.paused = false,
+                Ok(Event::Request(Request::Stop)) => return Ok(Some(ScanEnd::Stopped)),
+                Ok(Event::Request(Request::Resend { disk, offset, len })) => {
+                    self.resend(disk, offset, len)?;
+                }
+            }
+        }
+    }
+
+    fn send(&self, frame: Frame) -> Result<(), Fault> {
+        self.out.blocking_send(frame).map_err(|_| Fault::Closed)
+    }
+
+    fn read_at(&self, d: usize, offset: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let disk = &self.disks[d];
+        disk.file.read_exact_at(buf, offset).map_err(|err| {
+            Fault::Disk(AgentError::Disk(format!(
+                "cannot read {} at byte {offset}: {err}",
+                disk.path.display()
+            )))
+        })
+    }
+
+    /// One pass over every disk, sending the blocks whose digest changed.
+    fn pass(&mut self) -> Result<(), Fault> {
+        let mut buf = vec![0u8; READ];
+        self.scanned = 0;
+        let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
+        let mut last_status = Instant::now();
+        for d in 0..self.disks.len() {
+            let size = self.disks[d].info.size;
+            let mut offset = 0u64;
+            while offset < size {
+                let n = (size - offset).min(READ as u64) as usize;
+                self.read_at(d, offset, &mut buf[..n])?;
+                self.send_changes(d, offset, &buf[..n])?;
+                offset += n as u64;
+                self.scanned += n as u64;
+                if !self.committed_once {
+                    self.backlog = total - self.scanned;
+                }
+                if last_status.elapsed() > Duration::from_secs(1) {
+                    last_status = Instant::now();
+                    if let Some(end) = self.handle_events()? {
+                        return match end {
+                            ScanEnd::Stopped | ScanEnd::Closed => Err(Fault::Closed),
+                        };
+                    }
+                    self.status()?;
+                }
+            }
+        }
+        self.backlog = 0;
+        Ok(())
+    }
+
+    /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs.
+    fn send_changes(&mut self, d: usize, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
+        let first = (offset / BLOCK as u64) as usize;
+        let mut run: Option<(usize, usize)> = None;
+        for (i, block) in bytes.chunks(BLOCK).enumerate() {
+            let digest = block_digest(block);
+            let changed = self.sent[d][first + i] != digest;
+            if changed {
+                self.sent[d][first + i] = digest;
+            }
+            run = match (run, changed) {
+                (Some((start, len)), true) if (len + 1) * BLOCK <= MAX_RUN => {
+                    Some((start, len + 1))
+                }
+                (Some(done), true) => {
+                    self.send_run(d, offset, bytes, done)?;
+                    Some((i, 1))
+                }
+                (None, true) => Some((i, 1)),
+                (Some(done), false) => {
+                    self.send_run(d, offset, bytes, done)?;
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        if let Some(done) = run {
+            self.send_run(d, offset, bytes, done)?;
+        }
+        Ok(())
+    }
+
+    fn send_run(
+        &self,
+        d: usize,
+        offset: u64,
+        bytes: &[u8],
+        (start, len): (usize, usize),
+    ) -> Result<(), Fault> {
+        let from = start * BLOCK;
+        let to = ((start + len) * BLOCK).min(bytes.len());
+        self.send(Frame::Data(Data::encode(
+            d as u16,
+            offset + from as u64,
+            &bytes[from..to],
+        )))
+    }
+
+    fn resend(&mut self, disk: u16, offset: u64, len: u64) -> Result<(), Fault> {
+        let d = disk as usize;
+        let Some(info) = self.disks.get(d).map(|d| d.info.clone()) else {
+            return Ok(());
+        };
+        let end = offset.saturating_add(len).min(info.size);
+        let mut at = offset - offset % BLOCK as u64;
+        while at < end {
+            let n = (end - at).min(MAX_RUN as u64) as usize;
+            let mut buf = vec![0u8; n];
+            self.read_at(d, at, &mut buf)?;
+            for (i, block) in buf.chunks(BLOCK).enumerate() {
+                self.sent[d][(at / BLOCK as u64) as usize + i] = block_digest(block);
+            }
+            self.send(Frame::Data(Data::encode(disk, at, &buf)))?;
+            at += n as u64;
+        }
+        log(&format!(
+            "sent {} bytes of {} again at the server's request",
+            end - offset,
+            info.name
+        ));
+        Ok(())
+    }
+
+    /// Freezes the disks, sends what changed, records the state and sends the barrier.
+    fn barrier(&mut self) -> Result<(), Fault> {
+        let seq = self.next_seq;
+        let answers = std::mem::take(&mut self.asked);
+        self.pending_answers = answers.clone();
+        for disk in &self.disks {
+            // Writers that share the lock for each write wait while it is held.
+            if let Err(err) = disk.file.lock() {
+                log(&format!(
+                    "cannot freeze {}: {err}; the point is cut without a freeze",
+                    disk.path.display()
+                ));
+            }
+        }
+        let frozen_at = Timestamp::now();
+        let result = self.pass().and_then(|()| {
+            DigestFile::write(&self.state_dir.join("digest.pending"), seq, &self.sent).map_err(
+                |err| {
+                    Fault::Disk(AgentError::Disk(format!(
+                        "cannot record the digests of recovery point {seq}: {err}"
+                    )))
+                },
+            )?;
+            self.send(Frame::Control(Control::Barrier {
+                seq,
+                frozen_at,
+                answers,
+            }))
+        });
+        for disk in &self.disks {
+            let _ = disk.file.unlock();
+        }
+        result?;
+        self.consistent_at = Some(Instant::now());
+        self.pending = Some(seq);
+        self.want_barrier = false;
+        self.last_point = Instant::now();
+        Ok(())
+    }
+
+    fn status(&self) -> Result<(), Fault> {
+        let state = if self.paused {
+            ReplicationState::Paused
+        } else if !self.committed_once {
+            ReplicationState::InitialSync
+        } else if self.pending.is_some() && self.want_barrier {
+            ReplicationState::CreatingSnapshot
+        } else {
+            ReplicationState::Continuous
+        };
+        let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
+        self.send(Frame::Control(Control::Status(AgentStatus {
+            state,
+            backlog_bytes: self.backlog,
+            scanned_bytes: if self.committed_once {
+                total
+            } else {
+                self.scanned
+            },
+            lag_seconds: self.consistent_at.map(|at| at.elapsed().as_secs_f64()),
+        })))
+    }
+}
+
+enum Fault {
+    Closed,
+    Disk(AgentError),
+}
+
+/// The agent's command line: `wavelift-agent run --server HOST:PORT --pin sha256:HEX
+/// --source ID --token-file FILE --state-dir DIR --disk PATH [--disk PATH...]
+/// [--bandwidth MBIT] [--scan-interval MS] [--point-interval S] [--give-up-after S]`.
+pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("run") => {}
+        Some(other) => return Err(format!("unknown command `{other}`; the agent has `run`")),
+        None => return Err("usage: wavelift-agent run --server HOST:PORT --pin sha256:HEX --source ID --token-file FILE --state-dir DIR --disk PATH...".to_owned()),
+    }
+    let mut server = None;
+    let mut pin = None;
+    let mut source = None;
+    let mut token_file = None;
+    let mut state_dir = None;
+    let mut disks = Vec::new();
+    let mut bandwidth = None;
+    let mut scan_ms = 500u64;
+    let mut point_s = 600u64;
+    let mut give_up_s = 24 * 3600u64;
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let number = |text: String| {
+            text.parse::<u64>()
+                .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
+        };
+        match flag.as_str() {
+            "--server" => server = Some(value()?),
+            "--pin" => pin = Some(value()?),
+            "--source" => source = Some(value()?),
+            "--token-file" => token_file = Some(PathBuf::from(value()?)),
+            "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
+            "--disk" => disks.push(PathBuf::from(value()?)),
+            "--bandwidth" => {
+                let text = value()?;
+                let mbit = text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|m| *m > 0.0 && m.is_finite())
+                    .ok_or_else(|| {
+                        format!("--bandwidth: `{text}` is not a positive number of Mbit/s")
+                    })?;
+                bandwidth = Some(mbit);
+            }
+            "--scan-interval" => scan_ms = number(value()?)?,
+            "--point-interval" => point_s = number(value()?)?,
+            "--give-up-after" => give_up_s = number(value()?)?,
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    fn need<T>(v: Option<T>, name: &str) -> Result<T, String> {
+        v.ok_or_else(|| format!("{name} is required"))
+    }
+    let token_file: PathBuf = need(token_file, "--token-file")?;
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|err| format!("cannot read the token file {}: {err}", token_file.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", token_file.display()));
+    }
+    if disks.is_empty() {
+        return Err("at least one --disk is required".to_owned());
+    }
+    Ok(AgentConfig {
+        server: need(server, "--server")?,
+        pin: need(pin, "--pin")?,
+        source: need(source, "--source")?,
+        token,
+        disks,
+        state_dir: need(state_dir, "--state-dir")?,
+        bandwidth_mbit: bandwidth,
+        scan_interval: Duration::from_millis(scan_ms),
+        point_interval: Duration::from_secs(point_s.max(1)),
+        give_up_after: Duration::from_secs(give_up_s),
+    })
+}
+
+/// The `wavelift-agent` binary's main: exit 0 when stopped by the server, 1 on an error,
+/// 2 on a usage error.
+pub fn main_with_args(args: Vec<String>) -> i32 {
+    let config = match parse_args(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("wavelift-agent: {message}");
+            return 2;
+        }
+    };
+    match run(config) {
+        Ok(()) => 0,
+        Err(err) => {
+            log(&err.to_string());
+            let _ = io::stderr().flush();
+            1
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The wire between an agent and the replication server: frames of a 4-byte big-endian
+//! length, a kind byte and a body, over TLS. Control messages are JSON; block data is
+//! binary (disk, offset, length, codec, payload) so a 4 KiB change costs 4 KiB and a
+//! header, not a base64 string.
+
+use std::io;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::engine::ReplicationState;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The unit of change detection: the agent hashes and sends 4 KiB blocks.
+pub const BLOCK: usize = 4096;
+/// The unit of the chunk store: what one content address names.
+pub const CHUNK: usize = 64 * 1024;
+/// The longest run of blocks one data frame carries.
+pub const MAX_RUN: usize = 256 * 1024;
+/// No frame is longer than a run and its header, so a peer cannot make the other
+/// allocate without bound.
+pub const MAX_FRAME: usize = MAX_RUN + 1024;
+
+const KIND_CONTROL: u8 = 0;
+const KIND_DATA: u8 = 1;
+const DATA_HEADER: usize = 2 + 8 + 4 + 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The device or image path on the source.
+    pub name: String,
+    pub size: u64,
+}
+
+/// Messages that are not block data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// The agent's first message.
+    Hello {
+        version: u32,
+        source: String,
+        token: String,
+        disks: Vec<DiskInfo>,
+        /// The last recovery point the server acknowledged to this agent (0: none).
+        acked: u64,
+        /// A barrier the agent sent whose acknowledgement it did not see.
+        pending: Option<u64>,
+    },
+    /// The server's answer: the recovery point both sides continue from (0: an empty
+    /// disk, so everything that is not zero is sent).
+    Welcome { base: u64 },
+    /// Refused: a wrong token, an unknown source, disks that changed size. The agent
+    /// stops, since trying again cannot help.
+    Refused { reason: String },
+    /// Everything sent before this is one crash-consistent state of the disks; it
+    /// answers the barrier requests listed (sent before the disks were frozen).
+    Barrier {
+        seq: u64,
+        frozen_at: Timestamp,
+        answers: Vec<u64>,
+    },
+    /// The recovery point is cut and durable.
+    BarrierAck { seq: u64 },
+    /// The point could not be cut (for example while damaged chunks are being sent
+    /// again); the agent cuts another soon.
+    BarrierRefused { seq: u64, reason: String },
+    /// The agent's view of its replication, sent every second.
+    Status(AgentStatus),
+    /// What the server asks of the agent.
+    Request(Request),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub state: ReplicationState,
+    /// Changed bytes the agent found and has not sent yet (during the first pass: the
+    /// part of the disks not read yet).
+    pub backlog_bytes: u64,
+    /// Bytes of the disks read in the first pass (its progress), then their size.
+    pub scanned_bytes: u64,
+    /// Seconds since the newest moment whose state the server holds in full.
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Send what is still changed and cut a recovery point now (a launch's final sync);
+    /// the barrier names the request's id among those it answers.
+    Barrier {
+        id: u64,
+    },
+    Pause,
+    Resume,
+    /// Send this range again whatever the digest says (the server found a chunk of it
+    /// damaged in its store).
+    Resend {
+        disk: u16,
+        offset: u64,
+        len: u64,
+    },
+    /// Replication is over (finalize, archive): stop and exit.
+    Stop,
+}
+
+/// How a data frame's payload is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Lz4 = 1,
+    /// The run is zeros; no payload.
+    Zero = 2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    pub disk: u16,
+    pub offset: u64,
+    pub len: u32,
+    pub codec: Codec,
+    pub payload: Vec<u8>,
+}
+
+impl Data {
+    /// A run of blocks, compressed when that is smaller, and sent as a marker when zero.
+    pub fn encode(disk: u16, offset: u64, bytes: &[u8]) -> Data {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        if bytes.iter().all(|&b| b == 0) {
+            return Data {
+                disk,
+                offset,
+                len,
+                codec: Codec::Zero,
+                payload: Vec::new(),
+            };
+        }
+        let compressed = lz4_flex::block::compress(bytes);
+        if compressed.len() < bytes.len() {
+            Data {
+                disk,
+                offset,
+                len,
+                codec: Codec::Lz4,
+                payload: compressed,
+            }
+        } else {
+            Data {
+                disk,
+                offset,
+                len,
+                codec: Codec::Raw,
+                payload: bytes.to_vec(),
+            }
+        }
+    }
+
+    /// The run's bytes, checked against its stated length.
+    pub fn decode(&self) -> io::Result<Vec<u8>> {
+        let len = self.len as usize;
+        if len > MAX_RUN {
+            return Err(invalid(format!(
+                "a data run of {len} bytes is over {MAX_RUN}"
+            )));
+        }
+        let bytes = match self.codec {
+            Codec::Zero => vec![0; len],
+            Codec::Raw => self.payload.clone(),
+            Codec::Lz4 => lz4_flex::block::decompress(&self.payload, len)
+                .map_err(|err| invalid(format!("a compressed run does not decompress: {err}")))?,
+        };
+        if bytes.len() != len {
+            return Err(invalid(format!(
+                "a data run says {len} bytes and holds {}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Bytes this frame takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        4 + 1 + DATA_HEADER + self.payload.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Control(Control),
+    Data(Data),
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> io::Result<usize> {
+    let mut buf = Vec::new();
+    match frame {
+        Frame::Control(control) => {
+            let body = serde_json::to_vec(control).map_err(|err| invalid(err.to_string()))?;
+            buf.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
+            buf.push(KIND_CONTROL);
+            buf.extend_from_slice(&body);
+        }
+        Frame::Data(data) => {
+            let len = DATA_HEADER + data.payload.len() + 1;
+            buf.reserve(4 + len);
+            buf.extend_from_slice(&(len as u32).to_be_bytes());
+            buf.push(KIND_DATA);
+            buf.extend_from_slice(&data.disk.to_be_bytes());
+            buf.extend_from_slice(&data.offset.to_be_bytes());
+            buf.extend_from_slice(&data.len.to_be_bytes());
+            buf.push(data.codec as u8);
+            buf.extend_from_slice(&data.payload);
+        }
+    }
+    out.write_all(&buf).await?;
+    Ok(buf.len())
+}
+
+/// The next frame, or `None` at a clean end of the stream; with the bytes it took.
+pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Option<(Frame, usize)>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(invalid(format!(
+            "a frame of {len} bytes (at most {MAX_FRAME})"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body).await?;
+    let frame = parse(&body)?;
+    Ok(Some((frame, len + 4)))
+}
+
+fn parse(body: &[u8]) -> io::Result<Frame> {
+    let (kind, rest) = body
+        .split_first()
+        .ok_or_else(|| invalid("an empty frame".to_owned()))?;
+    match *kind {
+        KIND_CONTROL => serde_json::from_slice(rest)
+            .map(Frame::Control)
+            .map_err(|err| invalid(format!("a control message that does not read: {err}"))),
+        KIND_DATA => {
+            if rest.len() < DATA_HEADER {
+                return Err(invalid("a data frame shorter than its header".to_owned()));
+            }
+            let (head, payload) = rest.split_at(DATA_HEADER);
+            let disk = u16::from_be_bytes([head[0], head[1]]);
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&head[2..10]);
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&head[10..14]);
+            let codec = match head[14] {
+                0 => Codec::Raw,
+                1 => Codec::Lz4,
+                2 => Codec::Zero,
+                other => return Err(invalid(format!("unknown data codec {other}"))),
+            };
+            Ok(Frame::Data(Data {
+                disk,
+                offset: u64::from_be_bytes(offset),
+                len: u32::from_be_bytes(len),
+                codec,
+                payload: payload.to_vec(),
+            }))
+        }
+        other => Err(invalid(format!("unknown frame kind {other}"))),
+    }
+}
+
+/// The digest of one block: what the agent compares to find changes.
+pub fn block_digest(block: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(block)
+}
+
+/// The content address of a chunk.
+pub type ChunkHash = [u8; 32];
+
+/// The address that stands for a chunk of zeros, which the store never holds.
+pub const ZERO_CHUNK: ChunkHash = [0; 32];
+
+pub fn chunk_hash(bytes: &[u8]) -> ChunkHash {
+    use sha2::Digest;
+    if bytes.iter().all(|&b| b == 0) {
+        return ZERO_CHUNK;
+    }
+    sha2::Sha256::digest(bytes).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let frames = vec![
+            Frame::Control(Control::Welcome { base: 7 }),
+            Frame::Data(Data::encode(1, 8192, &[7u8; 8192])),
+            Frame::Data(Data::encode(0, 0, &[0u8; 4096])),
+            Frame::Data(Data::encode(
+                0,
+                4096,
+                &(0..4096).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>(),
+            )),
+        ];
+        let mut wire = Vec::new();
+        for frame in &frames {
+            write_frame(&mut wire, frame).await.expect("write");
+        }
+        let mut input = &wire[..];
+        for frame in &frames {
+            let (read, _) = read_frame(&mut input).await.expect("read").expect("frame");
+            assert_eq!(&read, frame);
+        }
+        assert!(read_frame(&mut input).await.expect("end").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_allocating() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&(u32::MAX).to_be_bytes());
+        let err = read_frame(&mut &wire[..]).await.expect_err("refused");
+        assert!(err.to_string().contains("at most"), "{err}");
+    }
+
+    #[test]
+    fn data_decodes_to_its_bytes_and_checks_its_length() {
+        let bytes: Vec<u8> = (0..BLOCK).map(|i| (i % 7) as u8).collect();
+        let data = Data::encode(0, 0, &bytes);
+        assert_eq!(data.codec, Codec::Lz4);
+        assert_eq!(data.decode().expect("decode"), bytes);
+        let lying = Data {
+            len: 10,
+            codec: Codec::Raw,
+            ..data
+        };
+        assert!(lying.decode().is_err());
+    }
+}

@@ -1,0 +1,698 @@
+//! The replication server: takes agents' connections over TLS (each agent proves itself
+//! with its source's token), applies their block data to the volumes in the chunk store,
+//! cuts a recovery point at each barrier, keeps the retention, and reports each source's
+//! replication. The engine asks it for barriers (a launch's final sync) and tells agents
+//! to stop.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{
+    AgentStatus, Control, DiskInfo, Frame, PROTOCOL_VERSION, Request, read_frame, write_frame,
+};
+use super::store::ChunkStore;
+use super::tls::ServerIdentity;
+use super::volume::{PointMeta, Retention, Volume, VolumeError};
+use crate::Clock;
+
+/// Locks a mutex, taking the data even if a panicking holder poisoned it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the server knows of one source's replication right now.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    pub connected: bool,
+    pub ever_connected: bool,
+    pub status: Option<AgentStatus>,
+    /// When the last status arrived, to age its lag.
+    pub status_age: Option<Duration>,
+    pub disconnected_for: Option<Duration>,
+    pub bytes_on_wire: u64,
+    pub disks: Option<Vec<DiskInfo>>,
+    pub points: Vec<PointMeta>,
+    /// The last thing that went wrong with this source (a refused hello, a damaged chunk).
+    pub problem: Option<String>,
+}
+
+struct Slot {
+    token_sha256: String,
+    stopped: bool,
+    volume: Option<Arc<Mutex<Volume>>>,
+    session: Option<(u64, mpsc::Sender<Control>)>,
+    status: Option<(AgentStatus, Instant)>,
+    ever_connected: bool,
+    disconnected_at: Option<Instant>,
+    wire: Arc<AtomicU64>,
+    waiters: HashMap<u64, oneshot::Sender<PointMeta>>,
+    problem: Option<String>,
+}
+
+struct Shared {
+    staging: PathBuf,
+    store: Mutex<ChunkStore>,
+    slots: Mutex<HashMap<String, Slot>>,
+    identity: ServerIdentity,
+    clock: Arc<dyn Clock>,
+    retention: Retention,
+    next_id: AtomicU64,
+    /// Set once: the accept loop and every session end.
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Clone)]
+pub struct ReplicationServer {
+    shared: Arc<Shared>,
+    pub address: SocketAddr,
+}
+
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    super::proto::hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+impl ReplicationServer {
+    /// Opens the staging folder (chunk store, certificate) and listens for agents.
+    pub async fn start(
+        staging: &Path,
+        listen: SocketAddr,
+        clock: Arc<dyn Clock>,
+        retention: Retention,
+    ) -> io::Result<ReplicationServer> {
+        let staging_owned = staging.to_owned();
+        let (store, identity) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&staging_owned)?;
+            let store = ChunkStore::open(&staging_owned.join("chunks"))?;
+            let identity = ServerIdentity::load_or_create(&staging_owned)?;
+            Ok::<_, io::Error>((store, identity))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot listen for replication agents on {listen}: {err} (is another wavelift run or serve using it? set engines.local.listen)"),
+            )
+        })?;
+        let address = listener.local_addr()?;
+        let tls = identity.server_config()?;
+        let shared = Arc::new(Shared {
+            staging: staging.to_owned(),
+            store: Mutex::new(store),
+            slots: Mutex::new(HashMap::new()),
+            identity,
+            clock,
+            retention,
+            next_id: AtomicU64::new(1),
+            shutdown: tokio::sync::watch::channel(false).0,
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let accepting = Arc::clone(&shared);
+        let mut stop = shared.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop.changed() => return,
+                };
+                let Ok((tcp, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let shared = Arc::clone(&accepting);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move { session(shared, acceptor, tcp).await });
+            }
+        });
+        Ok(ReplicationServer { shared, address })
+    }
+
+    /// Stops listening and ends every agent's connection (the agents reconnect to the
+    /// next server on this address and continue from their last recovery point).
+    pub fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+
+    /// What agents pin.
+    pub fn pin(&self) -> String {
+        self.shared.identity.pin()
+    }
+
+    /// Lets the agent with this token replicate `source` (a new token replaces the old).
+    pub fn allow(&self, source: &str, token_sha256: &str, stopped: bool) {
+        let mut slots = lock(&self.shared.slots);
+        match slots.get_mut(source) {
+            Some(slot) => {
+                if slot.token_sha256 != token_sha256
+                    && let Some((_, tx)) = slot.session.take()
+                {
+                    let _ = tx.try_send(Control::Refused {
+                        reason: "this agent's token was replaced: a newer agent was installed"
+                            .to_owned(),
+                    });
+                }
+                slot.token_sha256 = token_sha256.to_owned();
+                slot.stopped = stopped;
+            }
+            None => {
+                slots.insert(
+                    source.to_owned(),
+                    Slot {
+                        token_sha256: token_sha256.to_owned(),
+                        stopped,
+                        volume: None,
+                        session: None,
+                        status: None,
+                        ever_connected: false,
+                        disconnected_at: None,
+                        wire: Arc::new(AtomicU64::new(0)),
+                        waiters: HashMap::new(),
+                        problem: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends replication of `source`: its agent is told to stop and is refused from now on.
+    pub fn stop(&self, source: &str) {
+        let mut slots = lock(&self.shared.slots);
+        if let Some(slot) = slots.get_mut(source) {
+            slot.stopped = true;
+            if let Some((_, tx)) = slot.session.take() {
+                let _ = tx.try_send(Control::Request(Request::Stop));
+            }
+        }
+    }
+
+    pub fn request(&self, source: &str, request: Request) -> bool {
+        let slots = lock(&self.shared.slots);
+        slots
+            .get(source)
+            .and_then(|slot| slot.session.as_ref())
+            .is_some_and(|(_, tx)| tx.try_send(Control::Request(request)).is_ok())
+    }
+
+    /// Asks the agent for a recovery point now and waits for it (a launch's final sync).
+    pub async fn barrier(&self, source: &str, timeout: Duration) -> Result<PointMeta, String> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut slots = lock(&self.shared.slots);
+            let Some(slot) = slots.get_mut(source) else {
+                return Err(format!("no agent was ever installed for {source}"));
+            };
+            let Some((_, session)) = &slot.session else {
+                return Err(match slot.disconnected_at {
+                    Some(at) => format!(
+                        "its agent has been disconnected for {} s",
+                        at.elapsed().as_secs()
+                    ),
+                    None => "its agent has not connected yet".to_owned(),
+                });
+            };
+            if session
+                .try_send(Control::Request(Request::Barrier { id }))
+                .is_err()
+            {
+                return Err("its agent's connection is busy or closing".to_owned());
+            }
+            slot.waiters.insert(id, tx);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(point)) => Ok(point),
+            Ok(Err(_)) => {
+                Err("the agent's connection ended before the recovery point was cut".to_owned())
+            }
+            Err(_) => {
+                if let Some(slot) = lock(&self.shared.slots).get_mut(source) {
+                    slot.waiters.remove(&id);
+                }
+                Err(format!(
+                    "the agent did not cut a recovery point within {} s (a large backlog, or a writer holding the disks)",
+                    timeout.as_secs()
+                ))
+            }
+        }
+    }
+
+    pub fn stats(&self, source: &str) -> SourceStats {
+        // The volume as recorded in the staging folder, even before its agent connects
+        // to this server (after a restart).
+        let volume = self.volume(source).ok().flatten();
+        let (disks, points) = match &volume {
+            Some(volume) => {
+                let volume = lock(volume);
+                (Some(volume.disks.clone()), volume.points.clone())
+            }
+            None => (None, Vec::new()),
+        };
+        let slots = lock(&self.shared.slots);
+        let Some(slot) = slots.get(source) else {
+            return SourceStats::default();
+        };
+        SourceStats {
+            connected: slot.session.is_some(),
+            ever_connected: slot.ever_connected,
+            status: slot.status.as_ref().map(|(s, _)| s.clone()),
+            status_age: slot.status.as_ref().map(|(_, at)| at.elapsed()),
+            disconnected_for: slot.disconnected_at.map(|at| at.elapsed()),
+            bytes_on_wire: slot.wire.load(Ordering::Relaxed),
+            disks,
+            points,
+            problem: slot.problem.clone(),
+        }
+    }
+
+    /// True while the source's agent is connected and has not cut its first point, or
+    /// cuts one now: work that moves in real time.
+    pub fn syncing(&self, source: &str) -> bool {
+        let slots = lock(&self.shared.slots);
+        slots.get(source).is_some_and(|slot| {
+            slot.session.is_some()
+                && slot.status.as_ref().is_none_or(|(status, _)| {
+                    matches!(
+                        status.state,
+                        crate::ReplicationState::InitialSync
+                            | crate::ReplicationState::CreatingSnapshot
+                    )
+                })
+        })
+    }
+
+    /// The source's volume, opened from the staging folder if no agent connected since
+    /// the server started.
+    pub fn volume(&self, source: &str) -> io::Result<Option<Arc<Mutex<Volume>>>> {
+        let mut slots = lock(&self.shared.slots);
+        let Some(slot) = slots.get_mut(source) else {
+            return Ok(None);
+        };
+        if slot.volume.is_none() {
+            let dir = source_dir(&self.shared.staging, source);
+            let Some(disks) = read_disks(&dir)? else {
+                return Ok(None);
+            };
+            slot.volume = Some(Arc::new(Mutex::new(Volume::open(&dir, disks)?)));
+        }
+        Ok(slot.volume.clone())
+    }
+
+    pub fn store(&self) -> &Mutex<ChunkStore> {
+        &self.shared.store
+    }
+}
+
+fn source_dir(staging: &Path, source: &str) -> PathBuf {
+    staging.join("sources").join(source)
+}
+
+fn read_disks(dir: &Path) -> io::Result<Option<Vec<DiskInfo>>> {
+    match std::fs::read(dir.join("disks.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+    else {
+        return;
+    };
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let hello = match tokio::time::timeout(Duration::from_secs(10), read_frame(&mut reader)).await {
+        Ok(Ok(Some((Frame::Control(hello @ Control::Hello { .. }), _)))) => hello,
+        _ => return,
+    };
+    let Control::Hello {
+        version,
+        source,
+        token,
+        disks,
+        acked,
+        pending,
+    } = hello
+    else {
+        return;
+    };
+    let admitted = admit(&shared, version, &source, &token, &disks, acked, pending).await;
+    let (id, base, volume, wire) = match admitted {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            if let Some(slot) = lock(&shared.slots).get_mut(&source) {
+                slot.problem = Some(reason.clone());
+            }
+            let _ = write_frame(&mut writer, &Frame::Control(Control::Refused { reason })).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Control>(64);
+    {
+        let mut slots = lock(&shared.slots);
+        if let Some(slot) = slots.get_mut(&source) {
+            if let Some((_, old)) = slot.session.replace((id, tx.clone())) {
+                let _ = old.try_send(Control::Refused {
+                    reason: "another connection of this source's agent took over".to_owned(),
+                });
+            }
+            slot.ever_connected = true;
+            slot.disconnected_at = None;
+            slot.problem = None;
+        }
+    }
+    let _ = tx.try_send(Control::Welcome { base });
+    let writing = async move {
+        while let Some(control) = rx.recv().await {
+            let last = matches!(control, Control::Refused { .. });
+            if write_frame(&mut writer, &Frame::Control(control))
+                .await
+                .is_err()
+                || last
+            {
+                break;
+            }
+        }
+    };
+    let reading = read_loop(&shared, &source, &mut reader, &tx, volume, wire);
+    let mut stop = shared.shutdown.subscribe();
+    tokio::select! {
+        () = writing => {}
+        () = reading => {}
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    let mut slots = lock(&shared.slots);
+    if let Some(slot) = slots.get_mut(&source)
+        && slot.session.as_ref().is_some_and(|(sid, _)| *sid == id)
+    {
+        slot.session = None;
+        slot.disconnected_at = Some(Instant::now());
+        slot.waiters.clear();
+    }
+}
+
+type Admitted = (u64, u64, Arc<Mutex<Volume>>, Arc<AtomicU64>);
+
+async fn admit(
+    shared: &Arc<Shared>,
+    version: u32,
+    source: &str,
+    token: &str,
+    disks: &[DiskInfo],
+    acked: u64,
+    pending: Option<u64>,
+) -> Result<Admitted, String> {
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "the agent speaks protocol {version}, this server {PROTOCOL_VERSION}: install the agent of this Wavelift version"
+        ));
+    }
+    let wire = {
+        let slots = lock(&shared.slots);
+        let Some(slot) = slots.get(source) else {
+            return Err(format!(
+                "no source server {source} is registered with this engine"
+            ));
+        };
+        if slot.token_sha256 != token_hash(token) {
+            return Err(format!(
+                "the token is not {source}'s (install the agent again)"
+            ));
+        }
+        if slot.stopped {
+            return Err(format!(
+                "replication of {source} has ended (finalized or archived)"
+            ));
+        }
+        Arc::clone(&slot.wire)
+    };
+    let dir = source_dir(&shared.staging, source);
+    let disks = disks.to_vec();
+    let existing = lock(&shared.slots)
+        .get(source)
+        .and_then(|s| s.volume.clone());
+    let volume = tokio::task::spawn_blocking(move || -> Result<Arc<Mutex<Volume>>, String> {
+        let known = read_disks(&dir).map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
+        match &known {
+            Some(known) if *known != disks => {
+                return Err(format!(
+                    "the disks changed since replication started (the server has {}, the agent {}): a disk that grows or shrinks needs a new source server",
+                    describe(known),
+                    describe(&disks)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                std::fs::create_dir_all(&dir).map_err(|err| err.to_string())?;
+                let body = serde_json::to_vec(&disks).map_err(|err| err.to_string())?;
+                super::volume::write_durably(&dir.join("disks.json"), &body)
+                    .map_err(|err| format!("cannot record the disks: {err}"))?;
+            }
+        }
+        match existing {
+            Some(volume) => Ok(volume),
+            None => Volume::open(&dir, disks)
+                .map(|v| Arc::new(Mutex::new(v)))
+                .map_err(|err| format!("cannot open the volume: {err}")),
+        }
+    })
+    .await
+    .map_err(|err| err.to_string())??;
+    let base = {
+        let mut v = lock(&volume);
+        let has = |seq: u64| v.points.iter().any(|p| p.seq == seq);
+        let base = match pending {
+            Some(p) if has(p) => p,
+            _ if acked > 0 && has(acked) => acked,
+            _ => 0,
+        };
+        v.reset(base)
+            .map_err(|err| format!("cannot read recovery point {base}: {err}"))?;
+        base
+    };
+    if let Some(slot) = lock(&shared.slots).get_mut(source) {
+        slot.volume = Some(Arc::clone(&volume));
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    Ok((id, base, volume, wire))
+}
+
+fn describe(disks: &[DiskInfo]) -> String {
+    disks
+        .iter()
+        .map(|d| format!("{} of {} bytes", d.name, d.size))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    shared: &Arc<Shared>,
+    source: &str,
+    reader: &mut R,
+    tx: &mpsc::Sender<Control>,
+    volume: Arc<Mutex<Volume>>,
+    wire: Arc<AtomicU64>,
+) {
+    loop {
+        let frame = match tokio::time::timeout(Duration::from_secs(30), read_frame(reader)).await {
+            Ok(Ok(Some((frame, len)))) => {
+                wire.fetch_add(len as u64, Ordering::Relaxed);
+                frame
+            }
+            // Silence for 30 s: the agent sends a status every second, so it is gone.
+            _ => return,
+        };
+        match frame {
+            Frame::Data(data) => {
+                let shared2 = Arc::clone(shared);
+                let volume = Arc::clone(&volume);
+                let applied = tokio::task::spawn_blocking(move || {
+                    let bytes = data
+                        .decode()
+                        .map_err(|err| ApplyError::Invalid(err.to_string()))?;
+                    let mut volume = lock(&volume);
+                    let mut store = lock(&shared2.store);
+                    volume
+                        .write(&mut store, data.disk, data.offset, &bytes)
+                        .map_err(|err| match err {
+                            VolumeError::Invalid(reason) => ApplyError::Invalid(reason),
+                            other => ApplyError::Store(other.to_string()),
+                        })
+                })
+                .await;
+                match applied {
+                    Ok(Ok(resend)) => {
+                        for (disk, offset, len) in resend {
+                            note(
+                                shared,
+                                source,
+                                format!(
+                                    "a damaged chunk of disk {disk} at byte {offset} was found in the store; the agent sends it again"
+                                ),
+                            );
+                            let _ = tx
+                                .send(Control::Request(Request::Resend { disk, offset, len }))
+                                .await;
+                        }
+                    }
+                    Ok(Err(ApplyError::Invalid(reason))) => {
+                        note(shared, source, format!("data refused: {reason}"));
+                        let _ = tx.send(Control::Refused { reason }).await;
+                        return;
+                    }
+                    Ok(Err(ApplyError::Store(reason))) => {
+                        // The store could not take it (a full disk, say): the session
+                        // ends, and the agent's next one continues from the last point.
+                        note(
+                            shared,
+                            source,
+                            format!(
+                                "cannot store the agent's data (is the staging disk full?): {reason}"
+                            ),
+                        );
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            Frame::Control(Control::Barrier {
+                seq,
+                frozen_at,
+                answers,
+            }) => {
+                let shared2 = Arc::clone(shared);
+                let volume2 = Arc::clone(&volume);
+                let taken_at = shared.clock.now();
+                let retention = shared.retention.clone();
+                let committed = tokio::task::spawn_blocking(move || {
+                    commit(&shared2, &volume2, seq, frozen_at, taken_at, &retention)
+                })
+                .await
+                .unwrap_or_else(|err| Err(err.to_string()));
+                match committed {
+                    Ok(Some(point)) => {
+                        answer(shared, source, &answers, &point);
+                        let _ = tx.send(Control::BarrierAck { seq }).await;
+                    }
+                    Ok(None) => {
+                        let reason = "damaged chunks are being sent again".to_owned();
+                        let _ = tx.send(Control::BarrierRefused { seq, reason }).await;
+                    }
+                    Err(reason) => {
+                        note(
+                            shared,
+                            source,
+                            format!("recovery point {seq} not cut: {reason}"),
+                        );
+                        let _ = tx.send(Control::BarrierRefused { seq, reason }).await;
+                        // What was stored since the last point may be incomplete: the
+                        // session ends and the next continues from that point.
+                        return;
+                    }
+                }
+            }
+            Frame::Control(Control::Status(status)) => {
+                if let Some(slot) = lock(&shared.slots).get_mut(source) {
+                    slot.status = Some((status, Instant::now()));
+                }
+            }
+            Frame::Control(_) => {}
+        }
+    }
+}
+
+/// Hands the new point to the launches that asked for it.
+fn answer(shared: &Shared, source: &str, answers: &[u64], point: &PointMeta) {
+    let mut slots = lock(&shared.slots);
+    if let Some(slot) = slots.get_mut(source) {
+        for id in answers {
+            if let Some(waiter) = slot.waiters.remove(id) {
+                let _ = waiter.send(point.clone());
+            }
+        }
+    }
+}
+
+enum ApplyError {
+    /// The agent sent something wrong: it is refused.
+    Invalid(String),
+    /// The store failed: the session ends.
+    Store(String),
+}
+
+fn note(shared: &Shared, source: &str, problem: String) {
+    if let Some(slot) = lock(&shared.slots).get_mut(source) {
+        slot.problem = Some(problem);
+    }
+}
+
+/// Cuts the point (or `None` while chunks are awaited), then applies the retention and
+/// collects garbage when more than half of the store is unreferenced.
+fn commit(
+    shared: &Shared,
+    volume: &Mutex<Volume>,
+    seq: u64,
+    frozen_at: Timestamp,
+    taken_at: Timestamp,
+    retention: &Retention,
+) -> Result<Option<PointMeta>, String> {
+    let mut v = lock(volume);
+    if v.awaiting_resend() > 0 {
+        return Ok(None);
+    }
+    let mut store = lock(&shared.store);
+    let point = v
+        .commit(&mut store, seq, frozen_at, taken_at)
+        .map_err(|err| {
+            format!("cannot write the recovery point (is the staging disk full?): {err}")
+        })?;
+    let removed = v
+        .prune(retention, taken_at)
+        .map_err(|err| err.to_string())?;
+    drop(store);
+    drop(v);
+    if !removed.is_empty() {
+        collect_garbage(shared).map_err(|err| format!("garbage collection: {err}"))?;
+    }
+    Ok(Some(point))
+}
+
+fn collect_garbage(shared: &Shared) -> io::Result<()> {
+    let loaded: HashMap<String, Arc<Mutex<Volume>>> = lock(&shared.slots)
+        .iter()
+        .filter_map(|(id, slot)| Some((id.clone(), slot.volume.clone()?)))
+        .collect();
+    // Every source in the staging folder counts, loaded or not.
+    let mut live = HashSet::new();
+    for entry in std::fs::read_dir(shared.staging.join("sources"))? {
+        let entry = entry?;
+        let id = entry.file_name().to_string_lossy().into_owned();
+        match loaded.get(&id) {
+            Some(volume) => lock(volume).live_chunks(&mut live)?,
+            None => {
+                if let Some(disks) = read_disks(&entry.path())? {
+                    Volume::open(&entry.path(), disks)?.live_chunks(&mut live)?;
+                }
+            }
+        }
+    }
+    let mut store = lock(&shared.store);
+    if live.len() * 2 < store.chunk_count() {
+        store.collect_garbage(&live)?;
+    }
+    Ok(())
+}

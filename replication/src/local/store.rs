@@ -1,0 +1,387 @@
+//! The content-addressed chunk store in the staging folder: chunks (64 KiB of a disk,
+//! lz4-compressed when that is smaller) appended to pack files, each record carrying its
+//! SHA-256 address so the store can be re-indexed by reading the packs, and so a damaged
+//! chunk is found when it is read. One fsync per recovery point, not per chunk.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::proto::{ChunkHash, ZERO_CHUNK, chunk_hash, hex};
+
+const MAGIC: &[u8; 4] = b"WLC1";
+const HEADER: usize = 4 + 32 + 4 + 4 + 1;
+/// A pack is closed and a new one started past this size.
+const PACK_LIMIT: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    pack: u32,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    compressed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {0} is not in the store")]
+    Missing(String),
+    #[error("chunk {hash} in {pack} at byte {offset} is damaged: {why}")]
+    Damaged {
+        hash: String,
+        pack: String,
+        offset: u64,
+        why: String,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+pub struct ChunkStore {
+    dir: PathBuf,
+    index: HashMap<ChunkHash, Location>,
+    current: Option<(u32, File, u64)>,
+    /// Packs written since the last sync.
+    unsynced: bool,
+    stored_bytes: u64,
+}
+
+fn pack_name(id: u32) -> String {
+    format!("pack-{id:06}.wlc")
+}
+
+impl ChunkStore {
+    /// Opens the store, indexing every pack; a record torn by a crash at the end of the
+    /// last pack is cut off (it was never part of a recovery point: those are cut only
+    /// after a sync).
+    pub fn open(dir: &Path) -> io::Result<ChunkStore> {
+        std::fs::create_dir_all(dir)?;
+        let mut ids: Vec<u32> = std::fs::read_dir(dir)?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("pack-")?
+                    .strip_suffix(".wlc")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut store = ChunkStore {
+            dir: dir.to_owned(),
+            index: HashMap::new(),
+            current: None,
+            unsynced: false,
+            stored_bytes: 0,
+        };
+        for (n, &id) in ids.iter().enumerate() {
+            let valid = store.index_pack(id)?;
+            let path = dir.join(pack_name(id));
+            let is_last = n + 1 == ids.len();
+            if is_last {
+                let file = OpenOptions::new().read(true).write(true).open(&path)?;
+                if file.metadata()?.len() != valid {
+                    file.set_len(valid)?;
+                    file.sync_all()?;
+                }
+                store.current = Some((id, file, valid));
+            }
+        }
+        Ok(store)
+    }
+
+    /// Reads a pack's record headers; returns the length of its valid prefix.
+    fn index_pack(&mut self, id: u32) -> io::Result<u64> {
+        let path = self.dir.join(pack_name(id));
+        let mut file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        let mut offset = 0u64;
+        let mut header = [0u8; HEADER];
+        while offset + HEADER as u64 <= len {
+            file.seek(SeekFrom::Start(offset))?;
+            file.read_exact(&mut header)?;
+            if &header[..4] != MAGIC {
+                break;
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&header[4..36]);
+            let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
+            let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
+            let end = offset + HEADER as u64 + u64::from(stored_len);
+            if end > len {
+                break;
+            }
+            self.index.insert(
+                hash,
+                Location {
+                    pack: id,
+                    offset,
+                    stored_len,
+                    raw_len,
+                    compressed: header[44] == 1,
+                },
+            );
+            self.stored_bytes += u64::from(stored_len);
+            offset = end;
+        }
+        Ok(offset)
+    }
+
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        *hash == ZERO_CHUNK || self.index.contains_key(hash)
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Bytes the chunks take in the packs (after compression).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// Stores a chunk under its address (once: a chunk already there is not written
+    /// again) and returns the address.
+    pub fn put(&mut self, bytes: &[u8]) -> io::Result<ChunkHash> {
+        let hash = chunk_hash(bytes);
+        if self.contains(&hash) {
+            return Ok(hash);
+        }
+        let compressed = lz4_flex::block::compress(bytes);
+        let (body, is_compressed) = if compressed.len() < bytes.len() {
+            (&compressed[..], true)
+        } else {
+            (bytes, false)
+        };
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|(_, _, len)| *len >= PACK_LIMIT)
+        {
+            let id = self.current.as_ref().map_or(1, |(id, _, _)| id + 1);
+            if let Some((_, file, _)) = self.current.take() {
+                file.sync_all()?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(self.dir.join(pack_name(id)))?;
+            self.current = Some((id, file, 0));
+        }
+        let Some((id, file, len)) = self.current.as_mut() else {
+            return Err(io::Error::other("no pack to write to"));
+        };
+        let mut record = Vec::with_capacity(HEADER + body.len());
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&hash);
+        record.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        record.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        record.push(u8::from(is_compressed));
+        record.extend_from_slice(body);
+        file.seek(SeekFrom::Start(*len))?;
+        file.write_all(&record)?;
+        self.index.insert(
+            hash,
+            Location {
+                pack: *id,
+                offset: *len,
+                stored_len: body.len() as u32,
+                raw_len: bytes.len() as u32,
+                compressed: is_compressed,
+            },
+        );
+        *len += record.len() as u64;
+        self.stored_bytes += body.len() as u64;
+        self.unsynced = true;
+        Ok(hash)
+    }
+
+    /// Makes every chunk written so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced
+            && let Some((_, file, _)) = &self.current
+        {
+            file.sync_data()?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// A chunk's bytes, checked against its address.
+    pub fn get(&self, hash: &ChunkHash, raw_len: usize) -> Result<Vec<u8>, StoreError> {
+        if *hash == ZERO_CHUNK {
+            return Ok(vec![0; raw_len]);
+        }
+        let location = self
+            .index
+            .get(hash)
+            .ok_or_else(|| StoreError::Missing(hex(hash)))?;
+        let pack = pack_name(location.pack);
+        let damaged = |why: String| StoreError::Damaged {
+            hash: hex(hash),
+            pack: pack.clone(),
+            offset: location.offset,
+            why,
+        };
+        let mut file = File::open(self.dir.join(&pack))?;
+        file.seek(SeekFrom::Start(location.offset + HEADER as u64))?;
+        let mut body = vec![0u8; location.stored_len as usize];
+        file.read_exact(&mut body)?;
+        let bytes = if location.compressed {
+            lz4_flex::block::decompress(&body, location.raw_len as usize)
+                .map_err(|err| damaged(format!("it does not decompress ({err})")))?
+        } else {
+            body
+        };
+        if chunk_hash(&bytes) != *hash {
+            return Err(damaged("its content does not match its address".to_owned()));
+        }
+        Ok(bytes)
+    }
+
+    /// Forgets a damaged chunk, so that the next copy sent is stored again.
+    pub fn forget(&mut self, hash: &ChunkHash) {
+        self.index.remove(hash);
+    }
+
+    /// Rewrites the packs so that only the chunks in `live` remain; returns the bytes
+    /// freed. The new packs are synced before the old ones are removed.
+    pub fn collect_garbage(&mut self, live: &HashSet<ChunkHash>) -> io::Result<u64> {
+        let dead: u64 = self
+            .index
+            .iter()
+            .filter(|(hash, _)| !live.contains(*hash))
+            .map(|(_, loc)| u64::from(loc.stored_len))
+            .sum();
+        if dead == 0 {
+            return Ok(0);
+        }
+        self.sync()?;
+        let old: HashSet<u32> = self.index.values().map(|loc| loc.pack).collect();
+        let keep: Vec<(ChunkHash, Location)> = self
+            .index
+            .iter()
+            .filter(|(hash, _)| live.contains(*hash))
+            .map(|(hash, loc)| (*hash, *loc))
+            .collect();
+        let first_new = old.iter().max().copied().unwrap_or(0) + 1;
+        let mut moved = ChunkStore {
+            dir: self.dir.clone(),
+            index: HashMap::new(),
+            current: None,
+            unsynced: false,
+            stored_bytes: 0,
+        };
+        // Start numbering after the old packs, so a crash halfway leaves both copies
+        // and opening the store indexes each chunk once (the newer wins).
+        moved.current = Some((
+            first_new,
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(self.dir.join(pack_name(first_new)))?,
+            0,
+        ));
+        for (hash, loc) in keep {
+            let bytes = self
+                .get(&hash, loc.raw_len as usize)
+                .map_err(|err| match err {
+                    StoreError::Io(err) => err,
+                    other => io::Error::other(other.to_string()),
+                })?;
+            moved.put(&bytes)?;
+        }
+        moved.sync()?;
+        for id in old {
+            std::fs::remove_file(self.dir.join(pack_name(id)))?;
+        }
+        let before = self.stored_bytes;
+        *self = moved;
+        Ok(before.saturating_sub(self.stored_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seed: u8) -> Vec<u8> {
+        (0..super::super::proto::CHUNK)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn chunks_come_back_after_reopening_and_are_stored_once() {
+        let dir = tempdir("reopen");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let a = store.put(&chunk(3)).expect("put");
+        let again = store.put(&chunk(3)).expect("put");
+        assert_eq!(a, again);
+        assert_eq!(store.chunk_count(), 1);
+        let zero = store.put(&[0u8; 1024]).expect("zero");
+        assert_eq!(zero, ZERO_CHUNK);
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&a, chunk(3).len()).expect("get"), chunk(3));
+    }
+
+    #[test]
+    fn a_torn_record_is_cut_off_and_a_damaged_chunk_is_named() {
+        let dir = tempdir("torn");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let a = store.put(&chunk(5)).expect("put");
+        let b = store.put(&chunk(9)).expect("put");
+        store.sync().expect("sync");
+        drop(store);
+        let pack = dir.join(pack_name(1));
+        let len = std::fs::metadata(&pack).expect("pack").len();
+        // A crash in the middle of the second record.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&pack)
+            .expect("open pack");
+        file.set_len(len - 100).expect("cut");
+        drop(file);
+        let mut store = ChunkStore::open(&dir).expect("reopen");
+        assert!(store.contains(&a));
+        assert!(!store.contains(&b), "the torn record is gone");
+        // Damage the first chunk's body.
+        let mut bytes = std::fs::read(&pack).expect("read");
+        bytes[HEADER + 10] ^= 0xff;
+        std::fs::write(&pack, &bytes).expect("write");
+        let err = store.get(&a, chunk(5).len()).expect_err("damaged");
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("pack-000001.wlc"), "{err}");
+        store.forget(&a);
+        let again = store.put(&chunk(5)).expect("stored again");
+        assert_eq!(store.get(&again, chunk(5).len()).expect("get"), chunk(5));
+    }
+
+    #[test]
+    fn garbage_collection_keeps_only_live_chunks() {
+        let dir = tempdir("gc");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let keep = store.put(&chunk(1)).expect("put");
+        let drop_me = store.put(&chunk(2)).expect("put");
+        let freed = store.collect_garbage(&HashSet::from([keep])).expect("gc");
+        assert!(freed > 0);
+        assert!(store.contains(&keep) && !store.contains(&drop_me));
+        let reopened = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(reopened.get(&keep, chunk(1).len()).expect("get"), chunk(1));
+        assert!(!reopened.contains(&drop_me));
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wl-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+}

@@ -1,0 +1,470 @@
+//! One source server's replicated disks on the replication server: the chunk map the
+//! agent's data builds (64 KiB chunks by content address), the chunks changed since they
+//! were last stored, and the recovery points, each a chunk map cut at a barrier the agent
+//! sent and written only after the chunks it names are durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::proto::{CHUNK, ChunkHash, DiskInfo, ZERO_CHUNK};
+use super::store::{ChunkStore, StoreError};
+
+/// Chunks changed since they were stored are kept in memory up to this much, then stored.
+const DIRTY_LIMIT: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointMeta {
+    pub seq: u64,
+    /// When the engine recorded it (the scheduler's clock).
+    pub taken_at: Timestamp,
+    /// When the agent froze the disks for it (the source's clock).
+    pub frozen_at: Timestamp,
+    pub disks: Vec<DiskInfo>,
+}
+
+impl PointMeta {
+    pub fn id(&self) -> String {
+        format!("rp-{:06}", self.seq)
+    }
+}
+
+pub struct Volume {
+    dir: PathBuf,
+    pub disks: Vec<DiskInfo>,
+    maps: Vec<Vec<ChunkHash>>,
+    dirty: Vec<BTreeMap<u64, Vec<u8>>>,
+    dirty_bytes: usize,
+    /// Chunks found damaged in the store whose bytes the agent was asked to send again:
+    /// no recovery point is cut while one is missing.
+    awaiting: BTreeSet<(u16, u64)>,
+    pub points: Vec<PointMeta>,
+}
+
+/// A write the volume cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+pub fn chunk_count(size: u64) -> usize {
+    size.div_ceil(CHUNK as u64) as usize
+}
+
+fn chunk_len(size: u64, index: u64) -> usize {
+    (size - index * CHUNK as u64).min(CHUNK as u64) as usize
+}
+
+impl Volume {
+    /// The volume of a source whose folder is `dir`, with the recovery points found there.
+    pub fn open(dir: &Path, disks: Vec<DiskInfo>) -> io::Result<Volume> {
+        let points_dir = dir.join("points");
+        std::fs::create_dir_all(&points_dir)?;
+        let mut points = Vec::new();
+        for entry in std::fs::read_dir(&points_dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("rp") {
+                continue;
+            }
+            let mut reader = BufReader::new(File::open(&path)?);
+            let mut line = String::new();
+            reader.read_line(&mut line)?;
+            match serde_json::from_str::<PointMeta>(&line) {
+                Ok(meta) => points.push(meta),
+                Err(err) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("recovery point {} does not read: {err}", path.display()),
+                    ));
+                }
+            }
+        }
+        points.sort_by_key(|p| p.seq);
+        let maps = disks
+            .iter()
+            .map(|d| vec![ZERO_CHUNK; chunk_count(d.size)])
+            .collect();
+        Ok(Volume {
+            dir: dir.to_owned(),
+            dirty: disks.iter().map(|_| BTreeMap::new()).collect(),
+            disks,
+            maps,
+            dirty_bytes: 0,
+            awaiting: BTreeSet::new(),
+            points,
+        })
+    }
+
+    pub fn latest(&self) -> Option<&PointMeta> {
+        self.points.last()
+    }
+
+    fn point_path(&self, seq: u64) -> PathBuf {
+        self.dir.join("points").join(format!("{seq:012}.rp"))
+    }
+
+    /// The chunk maps of a recovery point.
+    pub fn point_maps(&self, seq: u64) -> io::Result<(PointMeta, Vec<Vec<ChunkHash>>)> {
+        let mut reader = BufReader::new(File::open(self.point_path(seq))?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let meta: PointMeta = serde_json::from_str(&line)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+        let mut maps = Vec::new();
+        for disk in &meta.disks {
+            let mut map = vec![ZERO_CHUNK; chunk_count(disk.size)];
+            for hash in &mut map {
+                reader.read_exact(hash)?;
+            }
+            maps.push(map);
+        }
+        Ok((meta, maps))
+    }
+
+    /// Continues from recovery point `base` (0: empty disks), dropping whatever arrived
+    /// after it: the agent sends everything that differs from that point again.
+    pub fn reset(&mut self, base: u64) -> io::Result<()> {
+        self.maps = if base == 0 {
+            self.disks
+                .iter()
+                .map(|d| vec![ZERO_CHUNK; chunk_count(d.size)])
+                .collect()
+        } else {
+            self.point_maps(base)?.1
+        };
+        for dirty in &mut self.dirty {
+            dirty.clear();
+        }
+        self.dirty_bytes = 0;
+        self.awaiting.clear();
+        Ok(())
+    }
+
+    /// Applies a run of bytes the agent sent. Returns the chunks found damaged in the
+    /// store (as disk ranges) that the agent must send again.
+    pub fn write(
+        &mut self,
+        store: &mut ChunkStore,
+        disk: u16,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Vec<(u16, u64, u64)>, VolumeError> {
+        let d = disk as usize;
+        let Some(info) = self.disks.get(d) else {
+            return Err(VolumeError::Invalid(format!("no disk {disk}")));
+        };
+        let size = info.size;
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|&end| end <= size);
+        let Some(end) = end else {
+            return Err(VolumeError::Invalid(format!(
+                "a write at byte {offset} of {} bytes passes the end of {} ({size} bytes)",
+                bytes.len(),
+                info.name
+            )));
+        };
+        let mut resend = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let index = at / CHUNK as u64;
+            let chunk_start = index * CHUNK as u64;
+            let len = chunk_len(size, index);
+            let upto = end.min(chunk_start + len as u64);
+            if !self.dirty[d].contains_key(&index) {
+                let hash = self.maps[d][index as usize];
+                let covers = at == chunk_start && upto == chunk_start + len as u64;
+                let buf = if covers {
+                    vec![0; len]
+                } else {
+                    match store.get(&hash, len) {
+                        Ok(buf) => buf,
+                        Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
+                            store.forget(&hash);
+                            self.awaiting.insert((disk, index));
+                            resend.push((disk, chunk_start, len as u64));
+                            vec![0; len]
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                };
+                self.dirty_bytes += len;
+                self.dirty[d].insert(index, buf);
+            }
+            if at == chunk_start && upto == chunk_start + len as u64 {
+                self.awaiting.remove(&(disk, index));
+            }
+            if let Some(buf) = self.dirty[d].get_mut(&index) {
+                let from = (at - chunk_start) as usize;
+                let to = (upto - chunk_start) as usize;
+                buf[from..to]
+                    .copy_from_slice(&bytes[(at - offset) as usize..(upto - offset) as usize]);
+            }
+            at = upto;
+        }
+        if !resend.is_empty() {
+            // Where one chunk is damaged others may be: read every chunk of the disks
+            // and ask for each damaged one, so that no new point names one.
+            resend.extend(self.scrub(store)?);
+        }
+        if self.dirty_bytes > DIRTY_LIMIT {
+            self.flush(store)?;
+        }
+        Ok(resend)
+    }
+
+    /// Reads every stored chunk of the current disks; the damaged ones are forgotten and
+    /// returned as the ranges the agent must send again.
+    pub fn scrub(&mut self, store: &mut ChunkStore) -> Result<Vec<(u16, u64, u64)>, VolumeError> {
+        let mut resend = Vec::new();
+        for (d, info) in self.disks.iter().enumerate() {
+            for (index, hash) in self.maps[d].iter().enumerate() {
+                let index = index as u64;
+                if *hash == ZERO_CHUNK
+                    || self.dirty[d].contains_key(&index)
+                    || self.awaiting.contains(&(d as u16, index))
+                {
+                    continue;
+                }
+                let len = chunk_len(info.size, index);
+                match store.get(hash, len) {
+                    Ok(_) => {}
+                    Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
+                        store.forget(hash);
+                        self.awaiting.insert((d as u16, index));
+                        resend.push((d as u16, index * CHUNK as u64, len as u64));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(resend)
+    }
+
+    /// Stores the changed chunks (not durably: that waits for the next recovery point).
+    pub fn flush(&mut self, store: &mut ChunkStore) -> io::Result<()> {
+        for (d, dirty) in self.dirty.iter_mut().enumerate() {
+            // A chunk leaves the dirty set only once stored: a failed put (a full disk)
+            // loses nothing.
+            while let Some((&index, buf)) = dirty.iter().next() {
+                self.maps[d][index as usize] = store.put(buf)?;
+                self.dirty_bytes = self.dirty_bytes.saturating_sub(buf.len());
+                dirty.remove(&index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks the agent was asked to send again and has not yet.
+    pub fn awaiting_resend(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// Cuts recovery point `seq`: the chunks are synced first, then the point is written
+    /// (to a temporary name, synced, renamed), so a point never names a chunk a crash
+    /// could lose.
+    pub fn commit(
+        &mut self,
+        store: &mut ChunkStore,
+        seq: u64,
+        frozen_at: Timestamp,
+        taken_at: Timestamp,
+    ) -> io::Result<PointMeta> {
+        self.flush(store)?;
+        store.sync()?;
+        let meta = PointMeta {
+            seq,
+            taken_at,
+            frozen_at,
+            disks: self.disks.clone(),
+        };
+        let mut body = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+        body.push(b'\n');
+        for map in &self.maps {
+            for hash in map {
+                body.extend_from_slice(hash);
+            }
+        }
+        let path = self.point_path(seq);
+        write_durably(&path, &body)?;
+        self.points.retain(|p| p.seq != seq);
+        self.points.push(meta.clone());
+        self.points.sort_by_key(|p| p.seq);
+        Ok(meta)
+    }
+
+    /// Removes the recovery points the retention does not keep (never the latest).
+    pub fn prune(&mut self, retention: &Retention, now: Timestamp) -> io::Result<Vec<u64>> {
+        let keep = retention.kept(&self.points, now);
+        let mut removed = Vec::new();
+        for point in &self.points {
+            if !keep.contains(&point.seq) {
+                std::fs::remove_file(self.point_path(point.seq))?;
+                removed.push(point.seq);
+            }
+        }
+        self.points.retain(|p| keep.contains(&p.seq));
+        Ok(removed)
+    }
+
+    /// Every chunk this volume still needs: its recovery points' and its current map's.
+    pub fn live_chunks(&self, live: &mut HashSet<ChunkHash>) -> io::Result<()> {
+        for point in &self.points {
+            for map in self.point_maps(point.seq)?.1 {
+                live.extend(map);
+            }
+        }
+        for map in &self.maps {
+            live.extend(map.iter().copied());
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file so that after a crash it is either absent or whole.
+pub fn write_durably(path: &Path, body: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Which recovery points are kept: for each tier, the newest point of every interval
+/// within the tier's span (the seeds' default: every 10 minutes for an hour, hourly for
+/// a day, daily for 30 days), and always the newest point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    pub tiers: Vec<(SignedDuration, SignedDuration)>,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        let minutes = |m: i64| SignedDuration::from_mins(m);
+        Retention {
+            tiers: vec![
+                (minutes(10), minutes(60)),
+                (minutes(60), minutes(24 * 60)),
+                (minutes(24 * 60), minutes(30 * 24 * 60)),
+            ],
+        }
+    }
+}
+
+impl Retention {
+    pub fn kept(&self, points: &[PointMeta], now: Timestamp) -> HashSet<u64> {
+        let mut keep = HashSet::new();
+        if let Some(latest) = points.iter().max_by_key(|p| p.seq) {
+            keep.insert(latest.seq);
+        }
+        for &(interval, span) in &self.tiers {
+            let step = interval.as_nanos().max(1);
+            let mut newest: BTreeMap<i128, (Timestamp, u64)> = BTreeMap::new();
+            for point in points {
+                if now.duration_since(point.taken_at) > span {
+                    continue;
+                }
+                let bucket = point.taken_at.as_nanosecond().div_euclid(step);
+                let entry = newest.entry(bucket).or_insert((point.taken_at, point.seq));
+                if (point.taken_at, point.seq) > *entry {
+                    *entry = (point.taken_at, point.seq);
+                }
+            }
+            keep.extend(newest.values().map(|(_, seq)| *seq));
+        }
+        keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(seq: u64, taken_at: Timestamp) -> PointMeta {
+        PointMeta {
+            seq,
+            taken_at,
+            frozen_at: taken_at,
+            disks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_one_point_per_interval_of_each_tier() {
+        let now: Timestamp = "2026-12-03T12:00:00Z".parse().expect("time");
+        // A point every minute for two days.
+        let points: Vec<PointMeta> = (0..2 * 24 * 60)
+            .map(|m| {
+                point(
+                    m as u64 + 1,
+                    now - SignedDuration::from_mins(2 * 24 * 60 - 1 - m),
+                )
+            })
+            .collect();
+        let kept = Retention::default().kept(&points, now);
+        let latest = points.len() as u64;
+        assert!(kept.contains(&latest), "the newest is always kept");
+        let within_hour = points
+            .iter()
+            .filter(|p| {
+                kept.contains(&p.seq)
+                    && now.duration_since(p.taken_at) <= SignedDuration::from_mins(60)
+            })
+            .count();
+        // Six or seven ten-minute buckets in the last hour (the edges), plus hourly ones.
+        assert!((6..=9).contains(&within_hour), "{within_hour}");
+        // About 24 hourly points and a daily one or two; nothing else.
+        assert!((28..=36).contains(&kept.len()), "{}", kept.len());
+    }
+
+    #[test]
+    fn a_point_holds_the_bytes_written_before_it_and_reset_returns_to_it() {
+        let dir = std::env::temp_dir().join(format!("wl-volume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let disks = vec![DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size: 3 * CHUNK as u64 + 4096,
+        }];
+        let mut volume = Volume::open(&dir.join("src"), disks.clone()).expect("volume");
+        let now = Timestamp::UNIX_EPOCH;
+        volume
+            .write(&mut store, 0, 4096, &[1u8; 4096])
+            .expect("write");
+        volume
+            .write(&mut store, 0, 3 * CHUNK as u64, &[2u8; 4096])
+            .expect("tail");
+        let first = volume.commit(&mut store, 1, now, now).expect("commit");
+        volume
+            .write(&mut store, 0, 4096, &[9u8; 4096])
+            .expect("after");
+        volume.reset(1).expect("reset");
+        let (_, maps) = volume.point_maps(first.seq).expect("maps");
+        let chunk0 = store.get(&maps[0][0], CHUNK).expect("chunk");
+        assert_eq!(&chunk0[4096..8192], &[1u8; 4096][..]);
+        assert_eq!(maps[0][1], ZERO_CHUNK);
+        let tail = store.get(&maps[0][3], 4096).expect("tail chunk");
+        assert_eq!(tail, vec![2u8; 4096]);
+        let err = volume
+            .write(&mut store, 0, 3 * CHUNK as u64, &[0u8; 8192])
+            .expect_err("past the end");
+        assert!(err.to_string().contains("passes the end"), "{err}");
+        let reopened = Volume::open(&dir.join("src"), disks).expect("reopen");
+        assert_eq!(reopened.latest().map(|p| p.seq), Some(1));
+    }
+}

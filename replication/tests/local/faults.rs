@@ -1,0 +1,305 @@
+//! Faults of the local engine, each detected, reported and recovered from without a full
+//! resync or a damaged recovery point: the network between agent and server cut (a TCP
+//! relay on loopback that the test severs), the replication server stopped and started
+//! again, a chunk damaged in the store, and a staging folder on a full disk (a 6 MiB
+//! tmpfs the test mounts: the test runs as root, as CI does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use replication::{LaunchKind, PointInTime, ReplicationEngine, ReplicationState};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::writer::Writer;
+use super::{TestResult, engine, engine_with, launched_image, replicate_via, temp, wait_for};
+
+/// A relay between agent and server that can be cut (connections dropped, new ones
+/// refused) and healed: a link going down and coming back.
+struct Relay {
+    address: String,
+    cut: Arc<AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> std::io::Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, links2) = (Arc::clone(&cut), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut links) = links2.lock() {
+                    links.push(link);
+                }
+            }
+        });
+        Ok(Relay {
+            address,
+            cut,
+            links,
+        })
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        if let Ok(mut links) = self.links.lock() {
+            for link in links.drain(..) {
+                link.abort();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn continuous(
+    engine: &replication::local::LocalEngine,
+    id: &replication::SourceId,
+) -> TestResult {
+    wait_for(
+        "continuous replication",
+        Duration::from_secs(30),
+        async || {
+            let source = engine.describe_source(id).await?;
+            Ok(source.replication.state == ReplicationState::Continuous
+                && !engine.recovery_points(id).await?.is_empty())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_is_reported_and_replication_continues_without_a_full_resync() -> TestResult {
+    let dir = temp("cut");
+    let image = dir.join("db01.img");
+    let size = 8 << 20;
+    Writer::create(&image, size, 7)?;
+    let engine = engine(&dir).await?;
+    let relay = Relay::start(engine.agent_address()).await?;
+    let (id, _agent) =
+        replicate_via(&engine, &dir, "db01", &image, Some(relay.address.clone())).await?;
+    continuous(&engine, &id).await?;
+    let first_sync = engine.server().stats(&id.0).bytes_on_wire;
+
+    relay.cut();
+    wait_for("the cut seen", Duration::from_secs(40), async || {
+        Ok(engine.describe_source(&id).await?.replication.state == ReplicationState::Disconnected)
+    })
+    .await?;
+    let err = engine
+        .start_launch(
+            LaunchKind::Test,
+            std::slice::from_ref(&id),
+            &PointInTime::Latest,
+        )
+        .await
+        .expect_err("no launch while the agent is away");
+    assert!(err.message.contains("disconnected"), "{err}");
+    // The source changes while the link is down.
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&image)?
+        .write_all_at(&[0x42; 65536], 5 << 20)?;
+    relay.heal();
+    continuous(&engine, &id).await?;
+    let copy = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the copy is the source after the change"
+    );
+    let resumed = engine.server().stats(&id.0).bytes_on_wire - first_sync;
+    assert!(
+        resumed < 1 << 20,
+        "after the cut the agent sent {resumed} bytes for a 64 KiB change (the first sync took {first_sync}): no full resync"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_last_one()
+-> TestResult {
+    let dir = temp("restart");
+    let image = dir.join("app02.img");
+    let size = 8 << 20;
+    Writer::create(&image, size, 11)?;
+    let listen: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let first = engine_with(&dir, listen).await?;
+    let (id, _agent) = replicate_via(&first, &dir, "app02", &image, None).await?;
+    continuous(&first, &id).await?;
+    let before = first.recovery_points(&id).await?;
+    let wire_before = first.server().stats(&id.0).bytes_on_wire;
+    first.shutdown();
+    drop(first);
+    // The source changes while the server is down.
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&image)?
+        .write_all_at(&[0x17; 65536], 3 << 20)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = engine_with(&dir, listen).await?;
+    let kept = second.recovery_points(&id).await?;
+    assert_eq!(kept, before, "the recovery points survive the restart");
+    continuous(&second, &id).await?;
+    let copy = launched_image(&second, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the copy is the source after the change"
+    );
+    let resumed = second.server().stats(&id.0).bytes_on_wire;
+    assert!(
+        resumed < 1 << 20,
+        "{resumed} bytes after the restart for a 64 KiB change, {wire_before} before: no full resync"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> TestResult {
+    let dir = temp("damage");
+    let image = dir.join("web03.img");
+    let size = 4 << 20;
+    Writer::create(&image, size, 3)?;
+    let engine = engine(&dir).await?;
+    let (id, _agent) = replicate_via(&engine, &dir, "web03", &image, None).await?;
+    continuous(&engine, &id).await?;
+    let old_point = engine.recovery_points(&id).await?[0].id.clone();
+    // Damage every chunk record in the store (a bad disk under the staging folder).
+    let chunks = dir.join("staging/chunks");
+    for entry in std::fs::read_dir(&chunks)? {
+        let path = entry?.path();
+        let mut bytes = std::fs::read(&path)?;
+        let mut at = 0;
+        while at + 45 < bytes.len() {
+            let stored = u32::from_be_bytes(bytes[at + 40..at + 44].try_into()?) as usize;
+            bytes[at + 45 + stored / 2] ^= 0x5a;
+            at += 45 + stored;
+        }
+        std::fs::write(&path, &bytes)?;
+    }
+    // A launch of the damaged point fails and says why.
+    let job = engine
+        .start_launch(
+            LaunchKind::Test,
+            std::slice::from_ref(&id),
+            &PointInTime::RecoveryPoint(old_point),
+        )
+        .await?;
+    let mut message = String::new();
+    wait_for("the failed launch", Duration::from_secs(30), async || {
+        let job = engine.describe_job(&job.id).await?;
+        message = job.servers[0].message.clone().unwrap_or_default();
+        Ok(job.status == replication::JobStatus::Completed)
+    })
+    .await?;
+    assert!(message.contains("damaged"), "{message}");
+    // The source changes a little; the chunks it touches are found damaged, sent again
+    // whole, and the next point holds the source's bytes.
+    let file = std::fs::File::options().write(true).open(&image)?;
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&[0xab; 512], 3 * 4096 + 100)?;
+    let copy = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the new point holds the source's bytes, the damaged chunks sent again"
+    );
+    let problem = engine.server().stats(&id.0).problem.unwrap_or_default();
+    assert!(
+        problem.contains("damaged chunk"),
+        "the damage is reported: {problem}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_staging_disk_is_reported_and_replication_recovers_when_there_is_room() -> TestResult
+{
+    let dir = temp("full");
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&staging)
+        .status()?;
+    assert!(
+        mounted.success(),
+        "mounting a small tmpfs needs root (CI runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // Lazily: the engine's tasks may still hold its pack file open.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(staging.clone());
+    let image = dir.join("big01.img");
+    let size = 8 << 20;
+    // Random data does not compress: 2 MiB of it (and more below) in a 3 MiB staging disk.
+    Writer::create(&image, size, 5)?;
+    let file = std::fs::File::options().write(true).open(&image)?;
+    use std::os::unix::fs::FileExt;
+    let mut noise = vec![0u8; 2 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for byte in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    file.write_all_at(&noise, 4 << 20)?;
+    let engine = engine(&dir).await?;
+    let (id, _agent) = replicate_via(&engine, &dir, "big01", &image, None).await?;
+    let mut problem = String::new();
+    wait_for(
+        "the full disk reported",
+        Duration::from_secs(30),
+        async || {
+            problem = engine.server().stats(&id.0).problem.unwrap_or_default();
+            Ok(!problem.is_empty())
+        },
+    )
+    .await?;
+    assert!(
+        problem.contains("staging disk full") || problem.contains("No space"),
+        "{problem}"
+    );
+    assert!(
+        engine.recovery_points(&id).await?.is_empty(),
+        "no point is cut from a partial store"
+    );
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&staging)
+        .status()?;
+    assert!(grown.success());
+    continuous(&engine, &id).await?;
+    let copy = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the copy is the source"
+    );
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Tests of the local engine (`replication::local`) with real bytes: a replication server
+//! on a loopback port (127.0.0.1, a port the system picks), the agent's own code running
+//! in a thread of the test against an image file that a writer changes meanwhile, and
+//! launches whose images are compared byte for byte with the source at the barrier.
+
+mod faults;
+mod writer;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::SignedDuration;
+use replication::local::agent::{self, AgentConfig};
+use replication::local::{LocalConfig, LocalEngine, Retention};
+use replication::{
+    DiskSpec, JobStatus, LaunchKind, LaunchStatus, PointInTime, ReplicationEngine,
+    ReplicationState, SourceId, SourceSpec, SystemClock,
+};
+
+use writer::Writer;
+
+pub type TestResult = Result<(), Box<dyn Error>>;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wl-local-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn engine(dir: &Path) -> Result<LocalEngine, Box<dyn Error>> {
+    engine_with(dir, "127.0.0.1:0".parse()?).await
+}
+
+/// An engine whose server listens on `listen`, keeping every recovery point.
+async fn engine_with(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Result<LocalEngine, Box<dyn Error>> {
+    let mut config = LocalConfig::new(
+        listen,
+        dir.join("staging"),
+        dir.join("targets"),
+        PathBuf::from("wavelift-agent"),
+    );
+    // Every point is kept, so the test can launch from each.
+    config.retention = Retention {
+        tiers: vec![(SignedDuration::from_nanos(1), SignedDuration::from_hours(1))],
+    };
+    Ok(LocalEngine::start(config, Arc::new(SystemClock)).await?)
+}
+
+type AgentThread = std::thread::JoinHandle<Result<(), agent::AgentError>>;
+
+/// Registers the image as a source and starts its agent in a thread; returns the id.
+async fn replicate(
+    engine: &LocalEngine,
+    dir: &Path,
+    name: &str,
+    image: &Path,
+) -> Result<(SourceId, AgentThread), Box<dyn Error>> {
+    replicate_via(engine, dir, name, image, None).await
+}
+
+/// As [`replicate`], the agent sending to `via` (a relay) instead of the server.
+async fn replicate_via(
+    engine: &LocalEngine,
+    dir: &Path,
+    name: &str,
+    image: &Path,
+    via: Option<String>,
+) -> Result<(SourceId, AgentThread), Box<dyn Error>> {
+    let size = std::fs::metadata(image)?.len();
+    let source = engine
+        .register_source(&SourceSpec {
+            name: name.to_owned(),
+            hostname: None,
+            disks: vec![DiskSpec {
+                device: image.display().to_string(),
+                size_bytes: size,
+                used_bytes: size,
+            }],
+            change_rate_bytes_per_second: 0.0,
+        })
+        .await?;
+    let install = engine
+        .agent_install(&source.id)
+        .await?
+        .ok_or("an install")?;
+    let fact = |key: &str| install.facts[key].as_str().unwrap_or_default().to_owned();
+    let config = AgentConfig {
+        server: via.unwrap_or_else(|| fact("server")),
+        pin: fact("pin"),
+        source: fact("source"),
+        token: install.secret.clone(),
+        disks: vec![image.to_owned()],
+        state_dir: dir.join(format!("agent-{name}")),
+        bandwidth_mbit: None,
+        scan_interval: Duration::from_millis(50),
+        point_interval: Duration::from_secs(3600),
+        give_up_after: Duration::from_secs(20),
+    };
+    let handle = std::thread::spawn(move || agent::run(config));
+    Ok((source.id, handle))
+}
+
+async fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> Result<bool, Box<dyn Error>>,
+) -> TestResult {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{what}: not within {limit:?}").into())
+}
+
+async fn launched_image(
+    engine: &LocalEngine,
+    kind: LaunchKind,
+    id: &SourceId,
+    point: PointInTime,
+) -> Result<PathBuf, Box<dyn Error>> {
+    let job = engine
+        .start_launch(kind, std::slice::from_ref(id), &point)
+        .await?;
+    let mut finished = None;
+    wait_for("the launch", Duration::from_secs(60), async || {
+        let job = engine.describe_job(&job.id).await?;
+        let done = job.status == JobStatus::Completed;
+        if done {
+            finished = Some(job);
+        }
+        Ok(done)
+    })
+    .await?;
+    let job = finished.ok_or("a job")?;
+    let slot = &job.servers[0];
+    assert_eq!(slot.status, LaunchStatus::Launched, "{:?}", slot.message);
+    let target = engine
+        .describe_target(slot.target.as_ref().ok_or("a target")?)
+        .await?;
+    assert_eq!(target.health, replication::Health::Ok, "{:?}", slot.message);
+    Ok(PathBuf::from(target.address.ok_or("an image")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_is_the_source_at_its_barrier_while_a_writer_changes_it() -> TestResult {
+    let dir = temp("writer");
+    let image = dir.join("app01.img");
+    let writer = Writer::create(&image, 8 << 20, 42)?;
+    let engine = engine(&dir).await?;
+    let (id, agent) = replicate(&engine, &dir, "app01", &image).await?;
+    let running = writer.start();
+
+    wait_for(
+        "continuous replication",
+        Duration::from_secs(30),
+        async || {
+            let source = engine.describe_source(&id).await?;
+            Ok(source.replication.state == ReplicationState::Continuous)
+        },
+    )
+    .await?;
+    let first = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    let second = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        !first.exists(),
+        "a new test launch replaces the previous test copy"
+    );
+    let writes = running.stop()?;
+    let bytes = std::fs::read(&second)?;
+    let at_barrier = Writer::count_in(&bytes);
+    assert!(
+        at_barrier > 0 && at_barrier <= writes,
+        "{at_barrier} of {writes} writes"
+    );
+    assert!(
+        bytes == Writer::expected(8 << 20, 42, at_barrier),
+        "the launched image is the source after write {at_barrier}"
+    );
+
+    // Any recovery point launches as the source was at it.
+    let points = engine.recovery_points(&id).await?;
+    assert!(points.len() >= 3, "{points:?}");
+    let oldest = launched_image(
+        &engine,
+        LaunchKind::Test,
+        &id,
+        PointInTime::RecoveryPoint(points[0].id.clone()),
+    )
+    .await?;
+    let bytes = std::fs::read(&oldest)?;
+    assert!(bytes == Writer::expected(8 << 20, 42, Writer::count_in(&bytes)));
+
+    engine.server().stop(&id.0);
+    let stopped = agent.join().map_err(|_| "the agent panicked")?;
+    assert!(stopped.is_ok(), "the agent stops when told: {stopped:?}");
+    Ok(())
+}
