@@ -175,11 +175,28 @@ pub fn quickstart_copy(dir: &Path, engine: &str) -> PathBuf {
     let waves = copy.join("waves");
     set_window_start(&waves.join("wave-1.yaml"), QUICKSTART_WINDOWS[0]);
     set_window_start(&waves.join("wave-2.yaml"), QUICKSTART_WINDOWS[1]);
-    if engine != "local" {
+    if engine == "local" {
+        // The replication server on a port of its own: copies run side by side.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|err| panic!("no free port: {err}"));
+        edit(
+            &copy.join("wavelift.yaml"),
+            "listen: 127.0.0.1:1500",
+            &format!("listen: 127.0.0.1:{port}"),
+        );
+    } else {
         edit(
             &copy.join("wavelift.yaml"),
             "default: local ",
             &format!("default: {engine} "),
+        );
+        // The rehearsal engine reads no disk: no images, no writers.
+        edit(
+            &copy.join("wavelift.yaml"),
+            "    prereq_check:\n      # The quickstart's source servers are disk images on this machine: this makes each\n      # (an ext4 filesystem) and starts a writer that changes it while it replicates.\n      prepare: sh {{config_dir}}/lab/source.sh {{name}} {{disks}}\n",
+            "",
         );
     }
     copy

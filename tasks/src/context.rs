@@ -27,6 +27,8 @@ pub struct TaskContext<'a> {
     /// The kind of engine the server's wave names (`local` runs on the rehearsal engine
     /// until the local engine exists).
     pub engine_kind: waves::model::EngineKind,
+    /// The configuration's folder: relative paths of this machine's disk images start here.
+    pub config_dir: &'a std::path::Path,
     /// What the source must reach over TCP for its engine (`host:port`).
     pub engine_endpoints: Vec<String>,
     /// Batches this task's launch with others' into one job.

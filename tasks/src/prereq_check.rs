@@ -55,6 +55,14 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
                 "login",
                 format!("logged in over {}", server.access.method),
             ));
+            if let Some(command) = &server.tasks.prereq_check.prepare {
+                let check = prepare(ctx, command).await;
+                let failed = !check.passed;
+                checks.push(check);
+                if failed {
+                    return finish(checks);
+                }
+            }
             let mut lines = output.stdout.lines();
             let system = lines.next().unwrap_or("").trim().to_owned();
             let machine = lines.next().unwrap_or("").trim().to_owned();
@@ -93,6 +101,9 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     checks.push(tmp_exec(ctx).await);
     if ctx.engine_kind == EngineKind::Mgn && server.os.family == OsFamily::Linux {
         checks.extend(mgn_needs(ctx).await);
+    }
+    if ctx.engine_kind == EngineKind::Local {
+        checks.extend(local_needs(ctx).await);
     }
     let endpoints: Vec<&String> = ctx.engine_endpoints.iter().chain(&settings.reach).collect();
     if endpoints.is_empty() {
@@ -209,6 +220,17 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
 pub fn engine_endpoints(kind: EngineKind, config: &Config) -> Vec<String> {
     match (kind, &config.engines.mgn) {
         (EngineKind::Mgn, Some(mgn)) => vec![format!("mgn.{}.amazonaws.com:443", mgn.region)],
+        // The replication server the local engine's agent sends to.
+        (EngineKind::Local, _) => {
+            let local = &config.engines.local;
+            vec![local.advertise.clone().unwrap_or_else(|| {
+                if local.listen.ip().is_unspecified() {
+                    format!("127.0.0.1:{}", local.listen.port())
+                } else {
+                    local.listen.to_string()
+                }
+            })]
+        }
         _ => Vec::new(),
     }
 }
@@ -274,6 +296,87 @@ async fn mgn_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
             "check the server",
         )),
         Err(err) => checks.push(Check::fail("build tools", err.to_string(), err.remedy())),
+    }
+    checks
+}
+
+/// Runs the configured prepare command, its facts shell-quoted.
+async fn prepare(ctx: &TaskContext<'_>, command: &str) -> Check {
+    let server = ctx.server;
+    let disks: Vec<String> = server
+        .disks
+        .iter()
+        .map(|d| crate::ssh::quote(&crate::agent_push::device_path(ctx, &d.device)))
+        .collect();
+    let rendered = command
+        .replace("{{name}}", &crate::ssh::quote(&server.name.value))
+        .replace("{{disks}}", &disks.join(" "))
+        .replace(
+            "{{config_dir}}",
+            &crate::ssh::quote(&ctx.config_dir.display().to_string()),
+        );
+    let timeout = Duration::from_secs(
+        server
+            .tasks
+            .prereq_check
+            .attempts
+            .timeout
+            .approx_seconds()
+            .max(30),
+    );
+    match ctx.shell.run(server, &rendered, timeout).await {
+        Err(err) => Check::fail("prepare", format!("`{command}`: {err}"), err.remedy()),
+        Ok(out) if out.status != 0 => Check::fail(
+            "prepare",
+            format!(
+                "`{command}` exited with {}: {}",
+                out.status,
+                out.stderr.trim().lines().last().unwrap_or("")
+            ),
+            "run the prepare command by hand on the server and fix what it says",
+        ),
+        Ok(_) => Check::pass("prepare", format!("`{command}` ran")),
+    }
+}
+
+/// The local engine's agent reads the server's disks: each must be there, readable, and
+/// as large as the wave file says (a smaller one is another disk, or an unfinished image).
+async fn local_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for disk in &ctx.server.disks {
+        let path = crate::agent_push::device_path(ctx, &disk.device);
+        let quoted = crate::ssh::quote(&path);
+        let probe = format!(
+            "if [ ! -r {quoted} ]; then echo missing; elif [ -b {quoted} ]; then blockdev --getsize64 {quoted}; else stat -c %s {quoted}; fi"
+        );
+        let name = format!("disk {}", disk.device);
+        let expected = format!("readable, {}", format_bytes(disk.size_bytes as f64));
+        let check = match ctx.shell.run_root(ctx.server, &probe, COMMAND_TIMEOUT).await {
+            Ok(out) => match out.stdout.trim().parse::<u64>() {
+                Ok(size) if size >= disk.size_bytes => Check::pass(
+                    name,
+                    format!("{path} is readable, {}", format_bytes(size as f64)),
+                )
+                .comparing(format_bytes(size as f64), expected),
+                Ok(size) => Check::fail(
+                    name,
+                    format!(
+                        "{path} is {}, the wave file says {}",
+                        format_bytes(size as f64),
+                        format_bytes(disk.size_bytes as f64)
+                    ),
+                    "check that the device is the right one, or correct the disk's size in the wave file",
+                )
+                .comparing(format_bytes(size as f64), expected),
+                Err(_) => Check::fail(
+                    name,
+                    format!("{path} is not there or not readable"),
+                    "correct the disk's device in the wave file, or give the agent's account read access to it",
+                ),
+            },
+            Err(err) => Check::fail(name, err.to_string(), err.remedy()),
+        };
+        checks.push(check);
     }
     checks
 }

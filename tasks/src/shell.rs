@@ -67,6 +67,22 @@ pub trait RemoteShell: Send + Sync {
     ) -> Result<CommandOutput, ShellError> {
         self.run(server, command, timeout).await
     }
+
+    /// Runs `command` with `input` on its standard input: how a secret (an agent's
+    /// token) reaches the server without appearing on any command line.
+    async fn run_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        let _ = (command, input, timeout);
+        Err(ShellError::Unavailable(format!(
+            "server `{}`: this shell cannot pass input to a command",
+            server.name.value
+        )))
+    }
 }
 
 /// The shell of each server's access method: local or SSH.
@@ -111,6 +127,18 @@ impl RemoteShell for AccessShell {
     ) -> Result<CommandOutput, ShellError> {
         self.pick(server)?.run_root(server, command, timeout).await
     }
+
+    async fn run_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.pick(server)?
+            .run_with_input(server, command, input, timeout)
+            .await
+    }
 }
 
 /// Runs commands on this machine, for servers whose access method is `local`.
@@ -135,21 +163,59 @@ impl RemoteShell for LocalShell {
                 server.name.value, server.access.method
             )));
         }
-        let child = tokio::process::Command::new("sh")
+        local_sh(command, None, timeout).await
+    }
+
+    async fn run_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        if server.access.method != AccessMethod::Local {
+            return Err(ShellError::Unavailable(format!(
+                "server `{}` is reached over {}, not on this machine",
+                server.name.value, server.access.method
+            )));
+        }
+        local_sh(command, Some(input), timeout).await
+    }
+}
+
+/// `sh -c command` on this machine, with `input` on its standard input (else none).
+async fn local_sh(
+    command: &str,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<CommandOutput, ShellError> {
+    use tokio::io::AsyncWriteExt as _;
+    let run = async {
+        let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
-            .stdin(std::process::Stdio::null())
+            .stdin(if input.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(timeout, child).await {
-            Err(_) => Err(ShellError::Timeout(timeout)),
-            Ok(Err(err)) => Err(ShellError::Spawn(err.to_string())),
-            Ok(Ok(output)) => Ok(CommandOutput {
-                status: output.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }),
+            .spawn()?;
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(bytes).await?;
         }
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(ShellError::Timeout(timeout)),
+        Ok(Err(err)) => Err(ShellError::Spawn(err.to_string())),
+        Ok(Ok(output)) => Ok(CommandOutput {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod cmdb;
 mod crash;
 mod examples;
+mod local;
 mod mail;
 mod run;
 mod serve;

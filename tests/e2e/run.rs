@@ -305,23 +305,15 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
 #[test]
 fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
     // Starts: the wavelift binary (run, status, approve, events) in a copy of the
-    // quickstart as shipped (engine `local`, which runs on the rehearsal engine and says
-    // so), with the go/no-go for cutovers required.
+    // quickstart on the rehearsal engine, with the go/no-go for cutovers required.
     let scratch = Scratch::new("approval");
-    let dir = quickstart_copy(scratch.path(), "local");
+    let dir = quickstart_copy(scratch.path(), "sim");
     edit(
         &dir.join("wavelift.yaml"),
         "approval: false",
         "approval: true",
     );
     let run = succeeds(run_until_done(&dir, true));
-    assert!(
-        run.stderr.contains(
-            "rehearsal: the local replication engine is not available in this version; waves on `local` run on the rehearsal engine (sim)"
-        ),
-        "{}",
-        run.describe()
-    );
     assert!(
         run.stdout.lines().last().is_some_and(|l| l
             == "1 cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"),
@@ -758,7 +750,7 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
 
     edit(
         &dir.join("waves/wave-2.yaml"),
-        "      - name: shop-web-02\n        fqdn: shop-web-02.lab.example.com\n        ip: 127.0.20.2\n        disks: [{ device: /dev/vda, size: 30GiB, used: 8GiB, boot: true }]\n",
+        "      - name: shop-web-02\n        fqdn: shop-web-02.lab.example.com\n        ip: 127.0.20.2\n        disks: [{ device: .wavelift/disks/shop-web-02-vda.img, size: 16MiB, used: 6MiB, boot: true }]\n",
         "",
     );
     let third = succeeds(wavelift(&dir, &["apply", "."]));

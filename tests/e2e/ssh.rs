@@ -566,6 +566,7 @@ fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint
         step: None,
         engine: &engine,
         engine_kind: waves::model::EngineKind::Mgn,
+        config_dir: &dir,
         engine_endpoints: vec![format!("127.0.0.1:{closed}")],
         launcher: &launcher,
         shell: &shell,

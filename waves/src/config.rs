@@ -83,9 +83,26 @@ pub struct Engines {
 pub struct LocalEngine {
     /// Where the replication server listens for agents.
     pub listen: SocketAddr,
+    /// The `host:port` agents connect to, when it is not `listen` (a listener on
+    /// 0.0.0.0, a NAT in between).
+    pub advertise: Option<String>,
     pub staging_dir: PathBuf,
     pub target_dir: PathBuf,
+    /// The launched copies' disk image format.
+    pub image_format: ImageFormat,
+    /// A command run on each launched copy (its image in `$WAVELIFT_IMAGE`), for
+    /// example a filesystem check; a failure makes the copy's health impaired.
+    pub boot_check: Option<String>,
+    /// A command run once on each launched copy after its check passed.
+    pub post_launch: Option<String>,
+    /// An agent that cannot reach the replication server for this long exits.
+    pub agent_give_up_after: Dur,
 }
+
+crate::model::named_enum!(
+    /// How the local engine writes a launched copy's disks.
+    ImageFormat { Raw => "raw", Qcow2 => "qcow2" }
+);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimEngine {
@@ -211,8 +228,13 @@ impl Config {
                 default: EngineKind::Local,
                 local: LocalEngine {
                     listen: SocketAddr::from(([127, 0, 0, 1], 1500)),
+                    advertise: None,
                     staging_dir: PathBuf::from(".wavelift/staging"),
                     target_dir: PathBuf::from(".wavelift/targets"),
+                    image_format: ImageFormat::Raw,
+                    boot_check: None,
+                    post_launch: None,
+                    agent_give_up_after: Dur::from_days(1),
                 },
                 sim: SimEngine { seed: 1 },
                 mgn: None,
@@ -397,6 +419,41 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
             && let Some(path) = decode::string(n, "target_dir", ctx)
         {
             engines.local.target_dir = PathBuf::from(path);
+        }
+        if let Some(n) = local.take("advertise") {
+            engines.local.advertise =
+                decode::parsed(n, "advertise", ctx, |text| match text.rsplit_once(':') {
+                    Some((host, port))
+                        if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                    {
+                        Ok(text.to_owned())
+                    }
+                    _ => Err(format!(
+                        "`{text}` is not a host and port like replication.lab.example.com:1500"
+                    )),
+                });
+        }
+        if let Some(n) = local.take("image_format") {
+            let format = decode::parsed(n, "image_format", ctx, |text| {
+                ImageFormat::from_name(text)
+                    .ok_or_else(|| template::unknown_name("image format", text, ImageFormat::NAMES))
+            });
+            if let Some(format) = format {
+                engines.local.image_format = format;
+            }
+        }
+        if let Some(n) = local.take("agent_give_up_after")
+            && let Some(after) = decode::duration(n, "agent_give_up_after", ctx)
+        {
+            engines.local.agent_give_up_after = after;
+        }
+        for (key, slot) in [
+            ("boot_check", &mut engines.local.boot_check),
+            ("post_launch", &mut engines.local.post_launch),
+        ] {
+            if let Some(n) = local.take(key) {
+                *slot = decode::string(n, key, ctx).filter(|c| !c.trim().is_empty());
+            }
         }
         local.finish(ctx);
     }

@@ -35,7 +35,13 @@ pub struct PrereqSettings {
     /// Endpoints (`host:port`) the source must reach over TCP besides the engine's own
     /// (a proxy, a site's replication network).
     pub reach: Vec<String>,
+    /// A command run on the source before the checks (installing what they need, say);
+    /// `{{name}}`, `{{disks}}` and `{{config_dir}}` in it are the server's, shell-quoted.
+    pub prepare: Option<String>,
 }
+
+/// The placeholders a prepare command may use.
+pub const PREPARE_FACTS: &[&str] = &["name", "disks", "config_dir"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifySettings {
@@ -118,6 +124,7 @@ impl Default for TaskSettings {
                 min_free_tmp: 500 * MIB,
                 min_free_system_drive: 2 * GIB,
                 reach: Vec::new(),
+                prepare: None,
             },
             agent_push: attempts(3, 120, 1800),
             replication_verify: VerifySettings {
@@ -275,6 +282,32 @@ fn decode_prereq(node: &Node, base: &mut PrereqSettings, ctx: &mut Ctx) {
             reach.extend(endpoint);
         }
         base.reach = reach;
+    }
+    if let Some(node) = map.take("prepare") {
+        let command = decode::parsed(node, "prepare", ctx, |text| {
+            if text.trim().is_empty() {
+                return Err("the prepare command is empty".to_owned());
+            }
+            let mut rest = text;
+            while let Some(start) = rest.find("{{") {
+                let after = &rest[start + 2..];
+                let Some(end) = after.find("}}") else {
+                    return Err("a `{{` without its `}}`".to_owned());
+                };
+                let name = after[..end].trim();
+                if !PREPARE_FACTS.contains(&name) {
+                    return Err(format!(
+                        "`{{{{{name}}}}}` is not a fact of the server; known: {}",
+                        PREPARE_FACTS.join(", ")
+                    ));
+                }
+                rest = &after[end + 2..];
+            }
+            Ok(text.to_owned())
+        });
+        if command.is_some() {
+            base.prepare = command;
+        }
     }
     map.finish(ctx);
 }

@@ -205,6 +205,7 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         args.seed,
         false,
     )
+    .await
     .context("cannot start the replication engines")?;
     for note in notes {
         eprintln!("{note}");

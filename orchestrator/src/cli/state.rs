@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use replication::ReplicationEngine;
+use replication::local::{ImageFormat, LocalConfig, LocalEngine};
 use replication::sim::{SimConfig, SimEngine};
 use tasks::cmdb::{Cmdb, FileCmdb, NoCmdb};
 use tasks::cmdb_api::{HttpCmdb, NetBox, ServiceNow};
@@ -98,16 +99,16 @@ fn resolve_sqlite(url: &str, base: &Path) -> String {
 /// The engine of each kind the waves use.
 pub type Engines = HashMap<EngineKind, Arc<dyn ReplicationEngine>>;
 
-/// The engines the waves use. The local engine arrives with its own issue; until then
-/// its waves run on the rehearsal engine, and say so.
-pub fn engines(
+/// The engines the waves use: the rehearsal engine always, and the local engine (its
+/// replication server listening for agents) when a wave uses it.
+pub async fn engines(
     definitions: &Definitions,
     clock: &Arc<SchedulerClock>,
     state_dir: &Path,
     seed: u64,
     in_memory: bool,
 ) -> anyhow::Result<(Engines, Vec<String>)> {
-    let mut notes = Vec::new();
+    let notes = Vec::new();
     let used: std::collections::BTreeSet<EngineKind> =
         definitions.waves.iter().map(|w| w.engine.value).collect();
     if used.contains(&EngineKind::Mgn) {
@@ -124,26 +125,61 @@ pub fn engines(
     }
     let clock_dyn: Arc<dyn replication::Clock> = Arc::clone(clock) as Arc<dyn replication::Clock>;
     let sim: Arc<dyn ReplicationEngine> = if in_memory {
-        Arc::new(SimEngine::new(SimConfig::rehearsal(seed), clock_dyn))
+        Arc::new(SimEngine::new(
+            SimConfig::rehearsal(seed),
+            Arc::clone(&clock_dyn),
+        ))
     } else {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
         let file = state_dir.join("sim-engine.json");
         Arc::new(
-            SimEngine::open(SimConfig::rehearsal(seed), clock_dyn, &file).map_err(|err| {
-                anyhow::anyhow!("cannot open the rehearsal engine's state: {err}")
-            })?,
+            SimEngine::open(SimConfig::rehearsal(seed), Arc::clone(&clock_dyn), &file).map_err(
+                |err| anyhow::anyhow!("cannot open the rehearsal engine's state: {err}"),
+            )?,
         )
     };
     let mut map = HashMap::new();
-    map.insert(EngineKind::Sim, Arc::clone(&sim));
+    map.insert(EngineKind::Sim, sim);
     if used.contains(&EngineKind::Local) {
-        notes.push(
-            "rehearsal: the local replication engine is not available in this version; waves on `local` run on the rehearsal engine (sim)".to_owned(),
+        let local = local_engine(&definitions.config, clock_dyn).await?;
+        map.insert(
+            EngineKind::Local,
+            Arc::new(local) as Arc<dyn ReplicationEngine>,
         );
-        map.insert(EngineKind::Local, sim);
     }
     Ok((map, notes))
+}
+
+/// The local engine as the configuration says, its folders from the configuration's
+/// folder, its agent the `wavelift-agent` beside this binary.
+async fn local_engine(
+    config: &Config,
+    clock: Arc<dyn replication::Clock>,
+) -> anyhow::Result<LocalEngine> {
+    let local = &config.engines.local;
+    let agent_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("wavelift-agent")))
+        .unwrap_or_else(|| PathBuf::from("wavelift-agent"));
+    let mut engine_config = LocalConfig::new(
+        local.listen,
+        config.resolve(&local.staging_dir),
+        config.resolve(&local.target_dir),
+        agent_binary,
+    );
+    engine_config.advertise = local.advertise.clone();
+    engine_config.image_format = match local.image_format {
+        waves::config::ImageFormat::Raw => ImageFormat::Raw,
+        waves::config::ImageFormat::Qcow2 => ImageFormat::Qcow2,
+    };
+    engine_config.boot_check = local.boot_check.clone();
+    engine_config.post_launch = local.post_launch.clone();
+    engine_config.agent_give_up_after =
+        std::time::Duration::from_secs(local.agent_give_up_after.approx_seconds());
+    LocalEngine::start(engine_config, clock)
+        .await
+        .context("cannot start the local replication engine")
 }
 
 pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {

@@ -141,6 +141,18 @@ impl Executor {
                 {
                     due = None;
                 }
+                // An engine that moves real bytes (a launch, a first sync) takes real
+                // time: warped time waits for it instead of running past it.
+                if self.clock.is_warped()
+                    && due.is_some()
+                    && self.ports.engines.values().any(|engine| engine.busy())
+                {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = &mut interrupt => return Ok(Stopped::Interrupted),
+                    }
+                    continue;
+                }
                 match due {
                     Some(due) if self.clock.is_warped() => {
                         self.clock.advance_to(due.max(now));

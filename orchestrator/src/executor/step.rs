@@ -181,6 +181,7 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         step: resume.task.clone(),
         engine: engine.as_ref(),
         engine_kind: wave.engine.value,
+        config_dir: &inputs.definitions.config.base_dir,
         engine_endpoints: if kind == TaskKind::PrereqCheck {
             tasks::prereq_check::engine_endpoints(wave.engine.value, &inputs.definitions.config)
         } else {

@@ -525,10 +525,10 @@ pub async fn calendar_of(store: &Store, wave: &str) -> anyhow::Result<WaveCalend
         .with_context(|| format!("no wave `{wave}` in the applied definitions"))
 }
 
-/// Whether nothing in the wave's reports happened on real servers: the local engine runs
-/// on the rehearsal engine in this version (`run` says so).
+/// Whether nothing in the wave's reports happened on real servers: a wave on the
+/// rehearsal engine.
 pub(super) fn is_rehearsal(calendar: &WaveCalendar) -> bool {
-    matches!(calendar.engine.as_str(), "sim" | "local")
+    calendar.engine == "sim"
 }
 
 /// Renders one report's two templates with `data`.
