@@ -180,7 +180,7 @@ fn random_writes(path: &Path, count: usize, seed: u64) -> Result<()> {
 
 fn rsync_bytes(before: &Path, after: &Path) -> Result<u64> {
     let output = std::process::Command::new("rsync")
-        .args(["--inplace", "--no-whole-file", "--stats"])
+        .args(["--inplace", "--no-whole-file", "--ignore-times", "--stats"])
         .arg(after)
         .arg(before)
         .output()

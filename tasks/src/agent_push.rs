@@ -76,6 +76,16 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         }
         Ok(Some(install)) => install,
     };
+    if server.access.method != waves::model::AccessMethod::Local {
+        return Report::fail(
+            format!(
+                "the local engine's agent is installed on servers reached with the `local` access method in this version; {} is reached over {}: install wavelift-agent on it by hand, or use the local access method",
+                server.name.value, server.access.method
+            ),
+            false,
+            actions,
+        );
+    }
     let script = match render(&install, ctx) {
         Ok(script) => script,
         Err(err) => return Report::fail(err, false, actions),

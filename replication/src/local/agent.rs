@@ -199,6 +199,7 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         last_point: Instant::now(),
         want_barrier: base == 0,
         asked: Vec::new(),
+        compressor: std::cell::RefCell::default(),
         pending_answers: Vec::new(),
         scanned: 0,
         backlog: 0,
@@ -206,7 +207,9 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let scan = std::thread::spawn(move || scanner.run());
 
     let bandwidth = config.bandwidth_mbit.map(|m| m * 125_000.0);
-    let writing = async {
+    // The writer owns the frames' receiver: when the session ends it goes, and a
+    // scanner blocked on a full channel (even inside a freeze) wakes up and ends.
+    let writing = async move {
         let started = Instant::now();
         let mut written = 0f64;
         while let Some(frame) = frames_rx.recv().await {
@@ -224,7 +227,7 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let reading = async {
         loop {
             match read_frame(&mut reader).await? {
-                None => return Ok::<Option<String>, io::Error>(None),
+                None => return Ok::<Heard, io::Error>(Heard::Closed),
                 Some((Frame::Control(Control::BarrierAck { seq }), _)) => {
                     let _ = events_tx.send(Event::Ack(seq));
                 }
@@ -236,38 +239,41 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
                     let stop = request == Request::Stop;
                     let _ = events_tx.send(Event::Request(request));
                     if stop {
-                        return Ok(Some("stop".to_owned()));
+                        return Ok(Heard::Stop);
                     }
                 }
-                Some((Frame::Control(Control::Refused { reason }), _)) => return Ok(Some(reason)),
+                Some((Frame::Control(Control::Refused { reason }), _)) => {
+                    return Ok(Heard::Refused(reason));
+                }
                 Some(_) => {}
             }
         }
     };
     let outcome = tokio::select! {
         written = writing => match written {
-            Ok(()) => None,
-            Err(err) => Some(End::Lost(err.to_string())),
+            Ok(()) => Heard::Closed,
+            Err(err) => Heard::Lost(err.to_string()),
         },
-        read = reading => match read {
-            Ok(Some(reason)) if reason == "stop" => Some(End::Stop),
-            Ok(Some(reason)) => {
-                let _ = events_tx.send(Event::Close);
-                let _ = scan.join();
-                return Err(AgentError::Refused(reason));
-            }
-            Ok(None) => Some(End::Lost("the server closed the connection".to_owned())),
-            Err(err) => Some(End::Lost(err.to_string())),
-        },
+        read = reading => read.unwrap_or_else(|err| Heard::Lost(err.to_string())),
     };
+    // Both halves are gone here: the scanner's sends fail and it ends.
     let _ = events_tx.send(Event::Close);
     let scanned = tokio::task::spawn_blocking(move || scan.join()).await;
-    match scanned {
-        Ok(Ok(Err(err))) => return Err(err),
-        Ok(Ok(Ok(ScanEnd::Stopped))) => return Ok(End::Stop),
-        _ => {}
+    match (outcome, scanned) {
+        (Heard::Refused(reason), _) => Err(AgentError::Refused(reason)),
+        (_, Ok(Ok(Err(err)))) => Err(err),
+        (Heard::Stop, _) | (_, Ok(Ok(Ok(ScanEnd::Stopped)))) => Ok(End::Stop),
+        (Heard::Lost(why), _) => Ok(End::Lost(why)),
+        (Heard::Closed, _) => Ok(End::Lost("the server closed the connection".to_owned())),
     }
-    Ok(outcome.unwrap_or(End::Lost("the connection ended".to_owned())))
+}
+
+/// How a session's connection ended.
+enum Heard {
+    Closed,
+    Lost(String),
+    Stop,
+    Refused(String),
 }
 
 /// A disk as the agent reads it.
@@ -392,6 +398,7 @@ struct Scanner {
     want_barrier: bool,
     /// Barrier requests not yet answered.
     asked: Vec<u64>,
+    compressor: std::cell::RefCell<super::proto::Compressor>,
     /// The requests the pending barrier answers.
     pending_answers: Vec<u64>,
     scanned: u64,
@@ -460,6 +467,8 @@ impl Scanner {
                 Ok(Event::Refused(seq)) => {
                     if self.pending == Some(seq) {
                         self.pending = None;
+                        // A refused seq is never sent again for another state.
+                        self.next_seq = seq + 1;
                         self.want_barrier = true;
                         // The requests it answered wait for the next one.
                         self.asked.append(&mut self.pending_answers);
@@ -567,11 +576,13 @@ impl Scanner {
     ) -> Result<(), Fault> {
         let from = start * BLOCK;
         let to = ((start + len) * BLOCK).min(bytes.len());
-        self.send(Frame::Data(Data::encode(
+        let data = Data::encode_with(
+            &mut self.compressor.borrow_mut(),
             d as u16,
             offset + from as u64,
             &bytes[from..to],
-        )))
+        );
+        self.send(Frame::Data(data))
     }
 
     fn resend(&mut self, disk: u16, offset: u64, len: u64) -> Result<(), Fault> {

@@ -123,9 +123,47 @@ pub struct Data {
     pub payload: Vec<u8>,
 }
 
+/// Compression that stops trying on data that does not compress (encrypted or already
+/// compressed files): after a few runs that shrink by less than 1/8 it sends the next
+/// ones as they are, then tries again.
+#[derive(Debug, Default)]
+pub struct Compressor {
+    misses: u32,
+    skip: u32,
+}
+
+impl Compressor {
+    const MISSES: u32 = 4;
+    const SKIP: u32 = 64;
+
+    /// The compressed bytes, or `None` when they are not worth it.
+    pub fn compress(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        let compressed = lz4_flex::block::compress(bytes);
+        if compressed.len() + bytes.len() / 8 < bytes.len() {
+            self.misses = 0;
+            Some(compressed)
+        } else {
+            self.misses += 1;
+            if self.misses >= Self::MISSES {
+                self.misses = 0;
+                self.skip = Self::SKIP;
+            }
+            None
+        }
+    }
+}
+
 impl Data {
-    /// A run of blocks, compressed when that is smaller, and sent as a marker when zero.
+    /// A run of blocks, compressed when that is worth it, and sent as a marker when zero.
     pub fn encode(disk: u16, offset: u64, bytes: &[u8]) -> Data {
+        Data::encode_with(&mut Compressor::default(), disk, offset, bytes)
+    }
+
+    pub fn encode_with(compressor: &mut Compressor, disk: u16, offset: u64, bytes: &[u8]) -> Data {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         if bytes.iter().all(|&b| b == 0) {
             return Data {
@@ -136,8 +174,7 @@ impl Data {
                 payload: Vec::new(),
             };
         }
-        let compressed = lz4_flex::block::compress(bytes);
-        if compressed.len() < bytes.len() {
+        if let Some(compressed) = compressor.compress(bytes) {
             Data {
                 disk,
                 offset,

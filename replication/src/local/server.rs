@@ -100,6 +100,21 @@ impl ReplicationServer {
         })
         .await
         .map_err(io::Error::other)??;
+        // Chunks no point needs any more are collected now, before any session writes.
+        let staging_gc = staging.to_owned();
+        let collected = tokio::task::spawn_blocking(move || -> io::Result<ChunkStore> {
+            let mut store = store;
+            collect_garbage_at_start(&staging_gc, &mut store)?;
+            Ok(store)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let store = collected.map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("collecting the chunk store's garbage: {err}"),
+            )
+        })?;
         let listener = TcpListener::bind(listen).await.map_err(|err| {
             io::Error::new(
                 err.kind(),
@@ -353,11 +368,20 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
     let admitted = admit(&shared, version, &source, &token, &disks, acked, pending).await;
     let (id, base, volume, wire) = match admitted {
         Ok(admitted) => admitted,
-        Err(reason) => {
+        Err(refusal) => {
+            let (fatal, reason) = match refusal {
+                Refusal::Refused(reason) => (true, reason),
+                Refusal::NotNow(reason) => (false, reason),
+            };
             if let Some(slot) = lock(&shared.slots).get_mut(&source) {
                 slot.problem = Some(reason.clone());
             }
-            let _ = write_frame(&mut writer, &Frame::Control(Control::Refused { reason })).await;
+            // A refusal the agent cannot fix by trying again stops it; a failure of
+            // this server (its disk, say) only ends the connection, and it retries.
+            if fatal {
+                let _ =
+                    write_frame(&mut writer, &Frame::Control(Control::Refused { reason })).await;
+            }
             return;
         }
     };
@@ -388,21 +412,37 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             }
         }
     };
+    let mut writing = std::pin::pin!(writing);
     let reading = read_loop(&shared, &source, &mut reader, &tx, volume, wire);
     let mut stop = shared.shutdown.subscribe();
-    tokio::select! {
-        () = writing => {}
-        () = reading => {}
-        _ = stop.wait_for(|stopped| *stopped) => {}
-    }
-    let mut slots = lock(&shared.slots);
-    if let Some(slot) = slots.get_mut(&source)
-        && slot.session.as_ref().is_some_and(|(sid, _)| *sid == id)
+    let writer_done = tokio::select! {
+        () = &mut writing => true,
+        () = reading => false,
+        _ = stop.wait_for(|stopped| *stopped) => false,
+    };
     {
-        slot.session = None;
-        slot.disconnected_at = Some(Instant::now());
-        slot.waiters.clear();
+        let mut slots = lock(&shared.slots);
+        if let Some(slot) = slots.get_mut(&source)
+            && slot.session.as_ref().is_some_and(|(sid, _)| *sid == id)
+        {
+            slot.session = None;
+            slot.disconnected_at = Some(Instant::now());
+            slot.waiters.clear();
+        }
     }
+    // The last messages (a refusal and its reason) reach the agent before the end.
+    drop(tx);
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writing).await;
+    }
+}
+
+/// Why an agent is not admitted.
+enum Refusal {
+    /// Trying again cannot help (a wrong token, another protocol, disks that changed).
+    Refused(String),
+    /// This server cannot take it now (its disk): the agent tries again.
+    NotNow(String),
 }
 
 type Admitted = (u64, u64, Arc<Mutex<Volume>>, Arc<AtomicU64>);
@@ -415,63 +455,78 @@ async fn admit(
     disks: &[DiskInfo],
     acked: u64,
     pending: Option<u64>,
-) -> Result<Admitted, String> {
+) -> Result<Admitted, Refusal> {
     if version != PROTOCOL_VERSION {
-        return Err(format!(
+        return Err(Refusal::Refused(format!(
             "the agent speaks protocol {version}, this server {PROTOCOL_VERSION}: install the agent of this Wavelift version"
-        ));
+        )));
     }
     let wire = {
         let slots = lock(&shared.slots);
         let Some(slot) = slots.get(source) else {
-            return Err(format!(
+            return Err(Refusal::Refused(format!(
                 "no source server {source} is registered with this engine"
-            ));
+            )));
         };
         if slot.token_sha256 != token_hash(token) {
-            return Err(format!(
+            return Err(Refusal::Refused(format!(
                 "the token is not {source}'s (install the agent again)"
-            ));
+            )));
         }
         if slot.stopped {
-            return Err(format!(
+            return Err(Refusal::Refused(format!(
                 "replication of {source} has ended (finalized or archived)"
-            ));
+            )));
         }
         Arc::clone(&slot.wire)
     };
+    // A disk map costs 32 bytes per 64 KiB: sizes beyond any real disk are refused
+    // before anything is allocated or recorded.
+    const MAX_DISK: u64 = 1 << 50;
+    if disks.is_empty()
+        || disks.len() > 64
+        || disks.iter().any(|d| d.size == 0 || d.size > MAX_DISK)
+    {
+        return Err(Refusal::Refused(format!(
+            "the agent sends {} disk(s) of {}: between 1 and 64 disks of 1 byte to 1 PiB are replicated",
+            disks.len(),
+            describe(disks)
+        )));
+    }
     let dir = source_dir(&shared.staging, source);
     let disks = disks.to_vec();
     let existing = lock(&shared.slots)
         .get(source)
         .and_then(|s| s.volume.clone());
-    let volume = tokio::task::spawn_blocking(move || -> Result<Arc<Mutex<Volume>>, String> {
-        let known = read_disks(&dir).map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
+    let volume = tokio::task::spawn_blocking(move || -> Result<Arc<Mutex<Volume>>, Refusal> {
+        let not_now = Refusal::NotNow;
+        let known = read_disks(&dir)
+            .map_err(|err| not_now(format!("cannot read {}: {err}", dir.display())))?;
         match &known {
             Some(known) if *known != disks => {
-                return Err(format!(
+                return Err(Refusal::Refused(format!(
                     "the disks changed since replication started (the server has {}, the agent {}): a disk that grows or shrinks needs a new source server",
                     describe(known),
                     describe(&disks)
-                ));
+                )));
             }
             Some(_) => {}
             None => {
-                std::fs::create_dir_all(&dir).map_err(|err| err.to_string())?;
-                let body = serde_json::to_vec(&disks).map_err(|err| err.to_string())?;
+                std::fs::create_dir_all(&dir).map_err(|err| not_now(err.to_string()))?;
+                let body = serde_json::to_vec(&disks).map_err(|err| not_now(err.to_string()))?;
                 super::volume::write_durably(&dir.join("disks.json"), &body)
-                    .map_err(|err| format!("cannot record the disks: {err}"))?;
+                    .map_err(|err| not_now(format!("cannot record the disks: {err}")))?;
             }
         }
         match existing {
             Some(volume) => Ok(volume),
             None => Volume::open(&dir, disks)
                 .map(|v| Arc::new(Mutex::new(v)))
-                .map_err(|err| format!("cannot open the volume: {err}")),
+                .map_err(|err| not_now(format!("cannot open the volume: {err}"))),
         }
     })
     .await
-    .map_err(|err| err.to_string())??;
+    .map_err(|err| Refusal::NotNow(err.to_string()))??;
     let base = {
         let mut v = lock(&volume);
         let has = |seq: u64| v.points.iter().any(|p| p.seq == seq);
@@ -481,7 +536,7 @@ async fn admit(
             _ => 0,
         };
         v.reset(base)
-            .map_err(|err| format!("cannot read recovery point {base}: {err}"))?;
+            .map_err(|err| Refusal::NotNow(format!("cannot read recovery point {base}: {err}")))?;
         base
     };
     if let Some(slot) = lock(&shared.slots).get_mut(source) {
@@ -578,18 +633,20 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
                 let volume2 = Arc::clone(&volume);
                 let taken_at = shared.clock.now();
                 let retention = shared.retention.clone();
+                let source2 = source.to_owned();
                 let committed = tokio::task::spawn_blocking(move || {
-                    commit(&shared2, &volume2, seq, frozen_at, taken_at, &retention)
+                    commit(
+                        &shared2, &source2, &volume2, seq, frozen_at, taken_at, &retention,
+                    )
                 })
                 .await
                 .unwrap_or_else(|err| Err(err.to_string()));
                 match committed {
-                    Ok(Some(point)) => {
+                    Ok(Ok(point)) => {
                         answer(shared, source, &answers, &point);
                         let _ = tx.send(Control::BarrierAck { seq }).await;
                     }
-                    Ok(None) => {
-                        let reason = "damaged chunks are being sent again".to_owned();
+                    Ok(Err(reason)) => {
                         let _ = tx.send(Control::BarrierRefused { seq, reason }).await;
                     }
                     Err(reason) => {
@@ -642,17 +699,27 @@ fn note(shared: &Shared, source: &str, problem: String) {
 
 /// Cuts the point (or `None` while chunks are awaited), then applies the retention and
 /// collects garbage when more than half of the store is unreferenced.
+/// Cuts the point, or says why not now (`Ok(Err)`: chunks being sent again, a seq
+/// already used); then applies the retention. An error is a point that could not be
+/// written. Chunks are collected when the server starts, never while sessions write.
 fn commit(
     shared: &Shared,
+    source: &str,
     volume: &Mutex<Volume>,
     seq: u64,
     frozen_at: Timestamp,
     taken_at: Timestamp,
     retention: &Retention,
-) -> Result<Option<PointMeta>, String> {
+) -> Result<Result<PointMeta, String>, String> {
     let mut v = lock(volume);
     if v.awaiting_resend() > 0 {
-        return Ok(None);
+        return Ok(Err("damaged chunks are being sent again".to_owned()));
+    }
+    if let Some(latest) = v.latest().filter(|p| p.seq >= seq) {
+        return Ok(Err(format!(
+            "recovery point {seq} is not after the latest, {}",
+            latest.seq
+        )));
     }
     let mut store = lock(&shared.store);
     let point = v
@@ -660,37 +727,33 @@ fn commit(
         .map_err(|err| {
             format!("cannot write the recovery point (is the staging disk full?): {err}")
         })?;
-    let removed = v
-        .prune(retention, taken_at)
-        .map_err(|err| err.to_string())?;
     drop(store);
-    drop(v);
-    if !removed.is_empty() {
-        collect_garbage(shared).map_err(|err| format!("garbage collection: {err}"))?;
+    // The point is durable: a retention that fails now is said, not fatal.
+    if let Err(err) = v.prune(retention, taken_at) {
+        drop(v);
+        note(
+            shared,
+            source,
+            format!("the retention could not remove old recovery points: {err}"),
+        );
     }
-    Ok(Some(point))
+    Ok(Ok(point))
 }
 
-fn collect_garbage(shared: &Shared) -> io::Result<()> {
-    let loaded: HashMap<String, Arc<Mutex<Volume>>> = lock(&shared.slots)
-        .iter()
-        .filter_map(|(id, slot)| Some((id.clone(), slot.volume.clone()?)))
-        .collect();
-    // Every source in the staging folder counts, loaded or not.
+/// Collects the chunks no recovery point of any source in the staging folder names, when
+/// they are more than half of the store. Runs before the server takes connections.
+fn collect_garbage_at_start(staging: &Path, store: &mut ChunkStore) -> io::Result<()> {
+    let sources = staging.join("sources");
+    if !sources.exists() {
+        return Ok(());
+    }
     let mut live = HashSet::new();
-    for entry in std::fs::read_dir(shared.staging.join("sources"))? {
+    for entry in std::fs::read_dir(&sources)? {
         let entry = entry?;
-        let id = entry.file_name().to_string_lossy().into_owned();
-        match loaded.get(&id) {
-            Some(volume) => lock(volume).live_chunks(&mut live)?,
-            None => {
-                if let Some(disks) = read_disks(&entry.path())? {
-                    Volume::open(&entry.path(), disks)?.live_chunks(&mut live)?;
-                }
-            }
+        if let Some(disks) = read_disks(&entry.path())? {
+            Volume::open(&entry.path(), disks)?.live_chunks(&mut live)?;
         }
     }
-    let mut store = lock(&shared.store);
     if live.len() * 2 < store.chunk_count() {
         store.collect_garbage(&live)?;
     }

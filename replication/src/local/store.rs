@@ -8,10 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::proto::{ChunkHash, ZERO_CHUNK, chunk_hash, hex};
+use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
 
 const MAGIC: &[u8; 4] = b"WLC1";
 const HEADER: usize = 4 + 32 + 4 + 4 + 1;
+/// Chunks are synced to disk every this many bytes, and at each recovery point.
+const SYNC_EVERY: u64 = 128 << 20;
 /// A pack is closed and a new one started past this size.
 const PACK_LIMIT: u64 = 1 << 30;
 
@@ -43,8 +45,9 @@ pub struct ChunkStore {
     dir: PathBuf,
     index: HashMap<ChunkHash, Location>,
     current: Option<(u32, File, u64)>,
-    /// Packs written since the last sync.
-    unsynced: bool,
+    /// Bytes written since the last sync.
+    unsynced: u64,
+    compressor: Compressor,
     stored_bytes: u64,
 }
 
@@ -72,7 +75,8 @@ impl ChunkStore {
             dir: dir.to_owned(),
             index: HashMap::new(),
             current: None,
-            unsynced: false,
+            unsynced: 0,
+            compressor: Compressor::default(),
             stored_bytes: 0,
         };
         for (n, &id) in ids.iter().enumerate() {
@@ -148,11 +152,10 @@ impl ChunkStore {
         if self.contains(&hash) {
             return Ok(hash);
         }
-        let compressed = lz4_flex::block::compress(bytes);
-        let (body, is_compressed) = if compressed.len() < bytes.len() {
-            (&compressed[..], true)
-        } else {
-            (bytes, false)
+        let compressed = self.compressor.compress(bytes);
+        let (body, is_compressed) = match &compressed {
+            Some(compressed) => (&compressed[..], true),
+            None => (bytes, false),
         };
         if self
             .current
@@ -195,18 +198,23 @@ impl ChunkStore {
         );
         *len += record.len() as u64;
         self.stored_bytes += body.len() as u64;
-        self.unsynced = true;
+        self.unsynced += record.len() as u64;
+        // Written back as it comes, so a recovery point's sync does not wait for a
+        // whole first sync to reach the disk.
+        if self.unsynced >= SYNC_EVERY {
+            self.sync()?;
+        }
         Ok(hash)
     }
 
     /// Makes every chunk written so far durable.
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced
+        if self.unsynced > 0
             && let Some((_, file, _)) = &self.current
         {
             file.sync_data()?;
         }
-        self.unsynced = false;
+        self.unsynced = 0;
         Ok(())
     }
 
@@ -272,7 +280,8 @@ impl ChunkStore {
             dir: self.dir.clone(),
             index: HashMap::new(),
             current: None,
-            unsynced: false,
+            unsynced: 0,
+            compressor: Compressor::default(),
             stored_bytes: 0,
         };
         // Start numbering after the old packs, so a crash halfway leaves both copies

@@ -306,14 +306,27 @@ impl Volume {
     pub fn prune(&mut self, retention: &Retention, now: Timestamp) -> io::Result<Vec<u64>> {
         let keep = retention.kept(&self.points, now);
         let mut removed = Vec::new();
-        for point in &self.points {
-            if !keep.contains(&point.seq) {
-                std::fs::remove_file(self.point_path(point.seq))?;
-                removed.push(point.seq);
+        let mut failed = None;
+        // The list follows the files one by one: a failure leaves it true.
+        let points = std::mem::take(&mut self.points);
+        for point in points {
+            if keep.contains(&point.seq) || failed.is_some() {
+                self.points.push(point);
+                continue;
+            }
+            match std::fs::remove_file(self.point_path(point.seq)) {
+                Ok(()) => removed.push(point.seq),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => removed.push(point.seq),
+                Err(err) => {
+                    failed = Some(err);
+                    self.points.push(point);
+                }
             }
         }
-        self.points.retain(|p| keep.contains(&p.seq));
-        Ok(removed)
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(removed),
+        }
     }
 
     /// Every chunk this volume still needs: its recovery points' and its current map's.
@@ -332,7 +345,10 @@ impl Volume {
 
 /// Writes a file so that after a crash it is either absent or whole.
 pub fn write_durably(path: &Path, body: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write: two writers of one file never share a temporary.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     {
         let mut file = File::create(&tmp)?;
         file.write_all(body)?;
