@@ -1,7 +1,7 @@
 #!/bin/sh
 # The quickstart's stand-in for a source server, run by its prereq_check (`prepare`).
 # Each disk is an ext4 image made from a folder of generated files (mkfs.ext4 -d), and
-# a writer changes it while it replicates: twice a second for two minutes it overwrites
+# a writer changes it while it replicates: every second for two minutes it overwrites
 # a random 4 KiB block of a data file inside the filesystem (so the filesystem stays
 # consistent, as an application writing its files keeps it). Each write holds a shared
 # lock on the image (flock), the lock the agent takes exclusively to freeze the disk for
@@ -29,11 +29,11 @@ for disk in "$@"; do
   nohup sh -c '
     disk=$1
     i=0
-    while [ $i -lt 240 ] && [ -f "$disk" ]; do
+    while [ $i -lt 120 ] && [ -f "$disk" ]; do
       i=$((i + 1))
       block=$(shuf -n 1 "$disk.blocks")
       flock -s "$disk" dd if=/dev/urandom of="$disk" bs=4096 seek="$block" count=1 conv=notrunc status=none
-      sleep 0.5
+      sleep 1
     done
   ' wavelift-quickstart-writer "$disk" >/dev/null 2>&1 </dev/null &
   echo $! > "$pidfile"
