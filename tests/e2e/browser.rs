@@ -117,6 +117,34 @@ impl Driver {
             .to_owned()
     }
 
+    /// Clicks the element `css` selects. The pages redraw from the API as the run goes
+    /// on, so an element found a moment ago may have been replaced: it is found again,
+    /// a bounded number of times.
+    fn click(&self, css: &str) {
+        let url = |element: &str| {
+            format!(
+                "{}/session/{}/element/{element}/click",
+                self.base, self.session
+            )
+        };
+        for _ in 0..20 {
+            let element = self.find(css);
+            let value: Value = self
+                .http
+                .post(url(&element))
+                .json(&json!({}))
+                .send()
+                .and_then(|r| r.json())
+                .expect("a WebDriver answer");
+            match value["value"].get("error").and_then(Value::as_str) {
+                None => return,
+                Some("stale element reference") => std::thread::sleep(Duration::from_millis(100)),
+                Some(_) => panic!("WebDriver click on {css}: {}", value["value"]),
+            }
+        }
+        panic!("{css} was redrawn under every click for 2 s");
+    }
+
     fn script(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
@@ -189,12 +217,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         &format!("/element/{field}/value"),
         json!({ "text": approver }),
     );
-    let button = driver.find("#login");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{button}/click"),
-        json!({}),
-    );
+    driver.click("#login");
     let overview = driver.wait_for(
         "return document.querySelectorAll('#waves tr[data-wave]').length",
         &json!(2),
@@ -217,13 +240,8 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
     // A mark on the page's window: a reload would lose it.
     driver.script("window.__notReloaded = 42; return null;");
 
-    let go = driver.find("button.go[data-app=\"directory\"]");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{go}/click"),
-        json!({}),
-    );
-    let cut_over = driver.wait_for(cell, &json!("succeeded"), Duration::from_secs(90));
+    driver.click("button.go[data-app=\"directory\"]");
+    let cut_over = driver.wait_for(cell, &json!("succeeded"), Duration::from_secs(180));
     assert_eq!(
         cut_over,
         json!("succeeded"),
@@ -255,12 +273,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         &format!("/element/{field}/value"),
         json!({ "text": operator }),
     );
-    let button = driver.find("#login");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{button}/click"),
-        json!({}),
-    );
+    driver.click("#login");
     driver.wait_for(
         "return document.querySelectorAll('#waves tr[data-wave]').length",
         &json!(2),
@@ -275,13 +288,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         driver.script("return document.body.innerText")
     );
     driver.script("window.__notReloaded = 43; return null;");
-    let cancel = driver
-        .find("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"cancel\"]");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{cancel}/click"),
-        json!({}),
-    );
+    driver.click("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"cancel\"]");
     let asked = driver.call(reqwest::Method::GET, "/alert/text", Value::Null);
     assert_eq!(asked, json!("cancel payroll-app-01/cmdb_cleanup?"));
     driver.call(reqwest::Method::POST, "/alert/accept", json!({}));
@@ -289,13 +296,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         driver.wait_for(state, &json!("cancelled"), Duration::from_secs(20)),
         json!("cancelled")
     );
-    let retry = driver
-        .find("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"retry\"]");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{retry}/click"),
-        json!({}),
-    );
+    driver.click("button.lever[data-task=\"payroll-app-01/cmdb_cleanup\"][data-lever=\"retry\"]");
     assert_eq!(
         driver.wait_for(state, &json!("pending"), Duration::from_secs(20)),
         json!("pending")
