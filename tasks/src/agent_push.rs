@@ -6,6 +6,8 @@
 //! ([`replication::AgentInstall`]): a template of `templates/agents/`, rendered with the
 //! engine's facts and the server's, run on the server through its shell, with the
 //! agent's token on the script's standard input so it never appears on a command line.
+//! A server reached over SSH first gets a copy of the agent binary (sent only when the
+//! one there differs by SHA-256); install and copy run as root where `access.sudo` says.
 
 use std::time::Duration;
 
@@ -76,15 +78,13 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         }
         Ok(Some(install)) => install,
     };
+    let mut install = install;
+    let mut checks = Vec::new();
     if server.access.method != waves::model::AccessMethod::Local {
-        return Report::fail(
-            format!(
-                "the local engine's agent is installed on servers reached with the `local` access method in this version; {} is reached over {}: install wavelift-agent on it by hand, or use the local access method",
-                server.name.value, server.access.method
-            ),
-            false,
-            actions,
-        );
+        match copy_agent(ctx, &mut install, &mut actions).await {
+            Err(report) => return report,
+            Ok(check) => checks.push(check),
+        }
     }
     let script = match render(&install, ctx) {
         Ok(script) => script,
@@ -97,11 +97,16 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             source.id, install.template
         ),
     });
-    match ctx
+    let ran = ctx
         .shell
-        .run_with_input(server, &script, install.secret.as_bytes(), INSTALL_TIMEOUT)
+        .run_root_with_input(server, &script, install.secret.as_bytes(), INSTALL_TIMEOUT)
         .await
-    {
+        .map(|mut out| {
+            out.stdout = out.stdout.replace(&install.secret, "[redacted]");
+            out.stderr = out.stderr.replace(&install.secret, "[redacted]");
+            out
+        });
+    match ran {
         Err(err) => Report::fail(
             format!(
                 "installing the agent on {}: {err}; {}",
@@ -121,18 +126,137 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             true,
             actions,
         ),
-        Ok(out) => Report::done(
-            vec![Check::pass(
+        Ok(out) => {
+            checks.push(Check::pass(
                 "agent",
                 format!(
                     "installed and started ({}); it replicates {} to the engine",
                     out.stdout.trim(),
                     source.id
                 ),
-            )],
-            "agent installed, replication started",
-            actions,
-        ),
+            ));
+            Report::done(checks, "agent installed, replication started", actions)
+        }
+    }
+}
+
+/// For a server reached over SSH: the agent's folder there, and the agent binary copied
+/// into it unless the same binary is there already (by SHA-256). The install then starts
+/// that copy.
+async fn copy_agent(
+    ctx: &TaskContext<'_>,
+    install: &mut AgentInstall,
+    actions: &mut Vec<Action>,
+) -> Result<Check, Report> {
+    let server = ctx.server;
+    let fact = |install: &AgentInstall, name: &str| {
+        install
+            .facts
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let base = match fact(install, "remote_dir") {
+        dir if !dir.trim().is_empty() => dir,
+        _ if server.access.sudo => "/var/lib/wavelift-agent".to_owned(),
+        _ => ".wavelift-agent".to_owned(),
+    };
+    let state_dir = format!("{}/{}", base.trim_end_matches('/'), fact(install, "source"));
+    install
+        .facts
+        .insert("state_dir".to_owned(), Value::from(state_dir.clone()));
+    let local_binary = fact(install, "agent");
+    let binary = std::fs::read(&local_binary).map_err(|err| {
+        Report::fail(
+            format!(
+                "the agent binary {local_binary} cannot be read ({err}): build it with cargo build --release --bins"
+            ),
+            false,
+            actions.clone(),
+        )
+    })?;
+    let sha256 = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(&binary);
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    install
+        .facts
+        .insert("sha256".to_owned(), Value::from(sha256.clone()));
+    install
+        .facts
+        .insert("agent".to_owned(), Value::from("wavelift-agent"));
+    let failed = |what: &str, detail: String, retry: bool, actions: &Vec<Action>| {
+        Report::fail(
+            format!("{what} on {}: {detail}", server.name.value),
+            retry,
+            actions.clone(),
+        )
+    };
+    let probe = render_named("local-probe", install, ctx)
+        .map_err(|err| Report::fail(err, false, actions.clone()))?;
+    let out = match ctx.shell.run_root(server, &probe, INSTALL_TIMEOUT).await {
+        Err(err) => {
+            let detail = format!("{err}; {}", err.remedy());
+            return Err(failed("looking for the agent", detail, true, actions));
+        }
+        Ok(out) if out.status != 0 => {
+            let detail = format!(
+                "exit {}: {}",
+                out.status,
+                last_lines(&out.stderr, &out.stdout)
+            );
+            return Err(failed("looking for the agent", detail, true, actions));
+        }
+        Ok(out) => out,
+    };
+    let mut lines = out.stdout.lines().map(str::trim);
+    let arch = lines.next().unwrap_or_default().to_owned();
+    if arch != std::env::consts::ARCH {
+        let detail = format!(
+            "the server is {arch}, this Wavelift's agent is built for {}: build wavelift-agent for {arch} and put it beside wavelift",
+            std::env::consts::ARCH
+        );
+        return Err(failed("copying the agent", detail, false, actions));
+    }
+    let size = binary.len();
+    if lines.next() == Some(sha256.as_str()) {
+        return Ok(Check::pass(
+            "agent binary",
+            format!("{state_dir}/wavelift-agent is there already (sha256 {sha256})"),
+        ));
+    }
+    let upload = render_named("local-upload", install, ctx)
+        .map_err(|err| Report::fail(err, false, actions.clone()))?;
+    actions.push(Action {
+        action: "shell.copy_agent".to_owned(),
+        detail: format!("{size} bytes to {state_dir}/wavelift-agent"),
+    });
+    match ctx
+        .shell
+        .run_root_with_input(server, &upload, &binary, INSTALL_TIMEOUT)
+        .await
+    {
+        Err(err) => {
+            let detail = format!("{err}; {}", err.remedy());
+            Err(failed("copying the agent", detail, true, actions))
+        }
+        Ok(out) if out.status != 0 => {
+            let detail = format!(
+                "exit {}: {}",
+                out.status,
+                last_lines(&out.stderr, &out.stdout)
+            );
+            Err(failed("copying the agent", detail, true, actions))
+        }
+        Ok(_) => Ok(Check::pass(
+            "agent binary",
+            format!("copied {size} bytes to {state_dir}/wavelift-agent (sha256 {sha256})"),
+        )),
     }
 }
 
@@ -171,16 +295,33 @@ pub(crate) fn device_path(ctx: &TaskContext<'_>, device: &str) -> String {
     }
 }
 
-const TEMPLATES: &[(&str, &str)] =
-    &[("local", include_str!("../../templates/agents/local.sh.hbs"))];
+const TEMPLATES: &[(&str, &str)] = &[
+    ("local", include_str!("../../templates/agents/local.sh.hbs")),
+    (
+        "local-probe",
+        include_str!("../../templates/agents/local-probe.sh.hbs"),
+    ),
+    (
+        "local-upload",
+        include_str!("../../templates/agents/local-upload.sh.hbs"),
+    ),
+];
 
 /// The install script: the template with the engine's facts and the server's, every
 /// value shell-quoted by the `sh` helper.
 fn render(install: &AgentInstall, ctx: &TaskContext<'_>) -> Result<String, String> {
-    let Some((_, template)) = TEMPLATES.iter().find(|(name, _)| *name == install.template) else {
+    render_named(&install.template, install, ctx)
+}
+
+/// The template `name` of templates/agents/ rendered with the install's facts.
+fn render_named(
+    name: &str,
+    install: &AgentInstall,
+    ctx: &TaskContext<'_>,
+) -> Result<String, String> {
+    let Some((_, template)) = TEMPLATES.iter().find(|(known, _)| *known == name) else {
         return Err(format!(
-            "the engine asks for the agent template `{}`, which this Wavelift does not have",
-            install.template
+            "the engine asks for the agent template `{name}`, which this Wavelift does not have"
         ));
     };
     let mut hb = handlebars::Handlebars::new();
@@ -213,7 +354,7 @@ fn render(install: &AgentInstall, ctx: &TaskContext<'_>) -> Result<String, Strin
         Value::from(ctx.server.name.value.clone()),
     );
     hb.render_template(template, &Value::Object(facts))
-        .map_err(|err| format!("the agent template `{}`: {err}", install.template))
+        .map_err(|err| format!("the agent template `{name}`: {err}"))
 }
 
 fn last_lines(stderr: &str, stdout: &str) -> String {

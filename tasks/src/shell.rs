@@ -83,6 +83,18 @@ pub trait RemoteShell: Send + Sync {
             server.name.value
         )))
     }
+
+    /// [`RemoteShell::run_with_input`] as root where the server's access says so (as
+    /// [`RemoteShell::run_root`]): how the agent, which reads block devices, is installed.
+    async fn run_root_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.run_with_input(server, command, input, timeout).await
+    }
 }
 
 /// The shell of each server's access method: local or SSH.
@@ -137,6 +149,18 @@ impl RemoteShell for AccessShell {
     ) -> Result<CommandOutput, ShellError> {
         self.pick(server)?
             .run_with_input(server, command, input, timeout)
+            .await
+    }
+
+    async fn run_root_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.pick(server)?
+            .run_root_with_input(server, command, input, timeout)
             .await
     }
 }

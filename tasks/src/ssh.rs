@@ -298,7 +298,7 @@ impl SshShell {
         &self,
         server: &Server,
         command: &str,
-        input: Option<String>,
+        input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
         self.ensure_private()?;
@@ -339,7 +339,7 @@ impl SshShell {
             && let Some(mut stdin) = child.stdin.take()
         {
             // A command that does not read its input must not make this fail.
-            let _ = stdin.write_all(input.as_bytes()).await;
+            let _ = stdin.write_all(input).await;
             drop(stdin);
         }
         let waited = timeout + Duration::from_secs(10);
@@ -422,17 +422,46 @@ impl RemoteShell for SshShell {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
+        self.root(server, command, None, timeout).await
+    }
+
+    async fn run_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.execute(server, command, Some(input), timeout).await
+    }
+
+    async fn run_root_with_input(
+        &self,
+        server: &Server,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
+        self.root(server, command, Some(input), timeout).await
+    }
+}
+
+impl SshShell {
+    /// `command` through sudo where `access.sudo` says so, with `input` (else nothing)
+    /// on its standard input.
+    async fn root(
+        &self,
+        server: &Server,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, ShellError> {
         if !server.access.sudo {
-            return self.run(server, command, timeout).await;
+            return self.execute(server, command, input, timeout).await;
         }
         let Some(reference) = &server.access.sudo_credential else {
-            return self
-                .run(
-                    server,
-                    &format!("sudo -n sh -c {}", quote(command)),
-                    timeout,
-                )
-                .await;
+            let wrapped = format!("sudo -n sh -c {}", quote(command));
+            return self.execute(server, &wrapped, input, timeout).await;
         };
         let password = self
             .resolved(reference)
@@ -442,14 +471,25 @@ impl RemoteShell for SshShell {
                 remedy: "set the variable or create the file access.sudo_credential names"
                     .to_owned(),
             })?;
-        // The command's own input is nothing: when sudo asks no password (NOPASSWD, a
-        // cached login), the password line must not become the command's input.
-        let wrapped = format!(
-            "sudo -S -p '' sh -c {}",
-            quote(&format!("exec </dev/null; {command}"))
-        );
+        // sudo reads its password line from the input when it asks for one, and nothing
+        // when it does not (NOPASSWD, a cached login): the command skips lines up to a
+        // marker that cannot be the password, so the password never becomes its input.
+        let marker = format!("--wavelift-input-{:016x}", unique());
+        let body = match input {
+            None => format!("exec </dev/null; {command}"),
+            Some(_) => format!(
+                "while IFS= read -r line; do [ \"$line\" = {marker} ] && break; done; {command}"
+            ),
+        };
+        let wrapped = format!("sudo -S -p '' sh -c {}", quote(&body));
+        let mut stdin = format!("{password}\n").into_bytes();
+        if let Some(input) = input {
+            stdin.extend_from_slice(marker.as_bytes());
+            stdin.push(b'\n');
+            stdin.extend_from_slice(input);
+        }
         let mut output = self
-            .execute(server, &wrapped, Some(format!("{password}\n")), timeout)
+            .execute(server, &wrapped, Some(&stdin), timeout)
             .await?;
         if !password.is_empty() {
             output.stdout = output.stdout.replace(&password, "[redacted]");

@@ -193,10 +193,15 @@ fn ssh_quickstart(scratch: &Scratch, sshd: &Sshd) -> PathBuf {
 
 /// Every check of a server's prerequisite check, by name: (passed, detail, remediation).
 fn prereq_checks(server: &Value) -> Vec<(String, bool, String, String)> {
+    task_checks(server, "prereq_check")
+}
+
+/// Every check of the last attempt of a server's task of this kind.
+fn task_checks(server: &Value, kind: &str) -> Vec<(String, bool, String, String)> {
     let task = server["tasks"]
         .as_array()
-        .and_then(|tasks| tasks.iter().find(|t| t["kind"] == "prereq_check"))
-        .unwrap_or_else(|| panic!("no prereq_check in {server}"));
+        .and_then(|tasks| tasks.iter().find(|t| t["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} in {server}"));
     let attempt = task["attempts"]
         .as_array()
         .and_then(|a| a.last())
@@ -216,24 +221,32 @@ fn prereq_checks(server: &Value) -> Vec<(String, bool, String, String)> {
         .collect()
 }
 
+/// `apply` and `run --until-done --time-warp` in `dir`, with the password accounts'
+/// password in the environment, which shows nowhere in the output: whether the run
+/// succeeded, its output and its errors.
+fn apply_and_run(dir: &Path) -> (bool, String, String) {
+    let applied = wavelift(dir, &["apply", "."]);
+    assert_eq!(applied.code, 0, "{}", applied.describe());
+    let run = wavelift_command(dir)
+        .args(["run", "--until-done", "--time-warp"])
+        .env("WL_TEST_PASSWORD", PASSWORD)
+        .output()
+        .expect("wavelift run");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(
+        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+        "the password shows: {stdout}{stderr}"
+    );
+    (run.status.success(), stdout, stderr)
+}
+
 #[test]
 fn prereq_check_over_ssh_passes_on_a_good_server_and_says_what_is_wrong_with_each_bad_one() {
     let scratch = Scratch::new("ssh-prereq");
     let sshd = Sshd::start(&scratch.path().join("sshd"));
     let dir = ssh_quickstart(&scratch, &sshd);
-    let applied = wavelift(&dir, &["apply", "."]);
-    assert_eq!(applied.code, 0, "{}", applied.describe());
-    let run = wavelift_command(&dir)
-        .args(["run", "--until-done", "--time-warp"])
-        .env("WL_TEST_PASSWORD", PASSWORD)
-        .output()
-        .expect("wavelift run");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
-        "the password shows: {stdout}{stderr}"
-    );
+    apply_and_run(&dir);
 
     let viewer = token(&dir, "viewer");
     let served = Served::start(&dir, &[]);
@@ -625,4 +638,176 @@ fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint
     );
     assert_eq!(root.expected.as_deref(), Some("at least 1.0 GiB"));
     assert_eq!(by_name("architecture").expected.as_deref(), Some("x86_64"));
+}
+
+/// A disk image of `size` bytes whose blocks are a pattern of this seed, with zero runs
+/// between them (the agent skips those), readable by root only.
+fn root_only_image(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = vec![0u8; size];
+    for (index, block) in bytes.chunks_mut(4096).enumerate() {
+        if index % 3 == 2 {
+            continue;
+        }
+        for byte in block {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+    }
+    std::fs::write(path, &bytes).expect("the disk image");
+    set_mode(path, 0o600);
+    bytes
+}
+
+#[test]
+fn agent_push_over_ssh_copies_the_agent_starts_it_through_sudo_and_the_wave_cuts_over() {
+    // Two source servers on this machine reached over the test's sshd: one whose account
+    // has passwordless sudo, one whose sudo asks the account's password. Their disks are
+    // image files only root may read, so the prerequisite check and the agent read them
+    // through sudo; the agent is copied over SSH into a folder of the test's own and
+    // started as root, and replicates to the local engine inside `wavelift run`.
+    let scratch = Scratch::new("ssh-agent-push");
+    let sshd = Sshd::start(&scratch.path().join("sshd"));
+    let dir = scratch.path().join("factory");
+    std::fs::create_dir_all(dir.join("waves")).expect("the factory folder");
+    std::fs::copy(sshd.dir.join("client_key"), dir.join("id_wavelift")).expect("the key");
+    set_mode(&dir.join("id_wavelift"), 0o600);
+    let known: String = ["127.0.0.1", "127.0.0.4"]
+        .iter()
+        .map(|ip| sshd.known_host(ip))
+        .collect();
+    std::fs::write(dir.join("known_hosts"), known).expect("known_hosts");
+    let disks = scratch.path().join("disks");
+    std::fs::create_dir_all(&disks).expect("the disks' folder");
+    let size = 6 << 20;
+    let sources = [
+        (
+            "sudo-01",
+            root_only_image(&disks.join("sudo-01.img"), size, 11),
+        ),
+        (
+            "password-01",
+            root_only_image(&disks.join("password-01.img"), size, 12),
+        ),
+    ];
+    let agents = scratch.path().join("agents");
+    let listen = free_port();
+    std::fs::write(
+        dir.join("wavelift.yaml"),
+        format!(
+            "version: 1\ndatabase:\n  url: sqlite://.wavelift/state.db\n\
+             engines:\n  default: local\n  local:\n    listen: 127.0.0.1:{listen}\n\
+             \x20   agent_dir: {agents}\n    agent_give_up_after: 5m\n\
+             outbox: .wavelift/outbox\ncmdb:\n  kind: file\n  path: .wavelift/cmdb.yaml\n\
+             ssh:\n  known_hosts: known_hosts\n  host_keys: strict\n  command_timeout: 60s\n\
+             defaults:\n  access: {{ method: ssh, port: {port}, credential: file:id_wavelift, sudo: true }}\n\
+             \x20 tasks:\n    prereq_check: {{ retries: 0, min_free_space: {{ root: 1MiB, tmp: 1MiB }} }}\n\
+             \x20   cutover: {{ approval: false, expected_duration: 20m }}\n\
+             \x20   cmdb_cleanup: {{ hypercare: 1d }}\n",
+            agents = agents.display(),
+            port = sshd.port,
+        ),
+    )
+    .expect("wavelift.yaml");
+    let disk = |name: &str| {
+        format!(
+            "[{{ device: {}, size: 6MiB, used: 4MiB, boot: true }}]",
+            disks.join(format!("{name}.img")).display()
+        )
+    };
+    std::fs::write(
+        dir.join("waves/agents.yaml"),
+        format!(
+            "version: 1\nname: agents\nwindow:\n  start: 2046-12-15 22:00\n  duration: 6h\n  timezone: UTC\n\
+             notify: [factory-lead@example.com]\ndefaults:\n  os: {{ family: linux, arch: x86_64 }}\n\
+             \x20 change_rate: 1%/day\napplications:\n  - name: app\n    owner: app-owner@example.com\n    servers:\n\
+             \x20     - name: sudo-01\n        ip: 127.0.0.1\n        disks: {sudo}\n        access: {{ user: wl-sudo }}\n\
+             \x20     - name: password-01\n        ip: 127.0.0.4\n        disks: {password}\n\
+             \x20       access: {{ user: wl-pass, credential: \"env:WL_TEST_PASSWORD\", sudo_credential: \"env:WL_TEST_PASSWORD\" }}\n",
+            sudo = disk("sudo-01"),
+            password = disk("password-01"),
+        ),
+    )
+    .expect("the wave");
+    let (succeeded, stdout, stderr) = apply_and_run(&dir);
+    assert!(
+        succeeded && stdout.contains("agents: 13 of 13 tasks final (13 succeeded)"),
+        "the wave ran to its end:\n{stdout}\n{stderr}"
+    );
+
+    // What agent_push said: the binary copied (its size and digest), the agent started.
+    let viewer = token(&dir, "viewer");
+    let served = Served::start(&dir, &[]);
+    let http = client();
+    let agent_binary = wavelift_tests::wavelift_binary().with_file_name("wavelift-agent");
+    let binary_size = std::fs::metadata(&agent_binary)
+        .expect("wavelift-agent")
+        .len();
+    for (name, image) in &sources {
+        let server: Value = http
+            .get(served.url(&format!("/api/servers/{name}")))
+            .bearer_auth(&viewer)
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let checks = task_checks(&server, "agent_push");
+        let said = |check: &str| -> String {
+            checks
+                .iter()
+                .find(|c| c.0 == check)
+                .map(|c| c.2.clone())
+                .unwrap_or_else(|| panic!("{name}: no check `{check}` in {checks:?}"))
+        };
+        assert!(
+            said("agent binary").starts_with(&format!(
+                "copied {binary_size} bytes to {}",
+                agents.display()
+            )),
+            "{name}: {}",
+            said("agent binary")
+        );
+        assert!(
+            said("agent").starts_with("installed and started (agent started, pid "),
+            "{}",
+            said("agent")
+        );
+
+        // The agent's folder is root's: sudo ran the install, over the password for one.
+        let folders: Vec<PathBuf> = std::fs::read_dir(&agents)
+            .expect("the agents' folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        assert_eq!(folders.len(), 2, "{folders:?}");
+        for folder in &folders {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(folder.join("wavelift-agent")).expect("the copied agent");
+            assert_eq!(
+                (meta.uid(), meta.mode() & 0o777),
+                (0, 0o700),
+                "{}",
+                folder.display()
+            );
+            let log = std::fs::read_to_string(folder.join("agent.log")).unwrap_or_default();
+            assert!(
+                log.trim_end()
+                    .ends_with("replication stopped by the server"),
+                "finalize stopped the agent: {log}"
+            );
+        }
+
+        // The cutover copy holds the source's bytes.
+        let targets = dir.join(".wavelift/targets").join(name);
+        let launches: Vec<PathBuf> = std::fs::read_dir(&targets)
+            .unwrap_or_else(|err| panic!("{name} has no targets: {err}"))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        assert_eq!(launches.len(), 1, "{launches:?}");
+        let copy = std::fs::read(launches[0].join("disk0.raw")).expect("the cutover image");
+        assert!(
+            copy == *image,
+            "{name}'s cutover copy is byte-identical to its disk"
+        );
+    }
 }

@@ -97,6 +97,9 @@ pub struct LocalEngine {
     pub post_launch: Option<String>,
     /// An agent that cannot reach the replication server for this long exits.
     pub agent_give_up_after: Dur,
+    /// Where the agent is installed on source servers reached over SSH (a folder per
+    /// source under it; relative: from the login's home). Default: by sudo.
+    pub agent_dir: Option<String>,
 }
 
 crate::model::named_enum!(
@@ -235,6 +238,7 @@ impl Config {
                     boot_check: None,
                     post_launch: None,
                     agent_give_up_after: Dur::from_days(1),
+                    agent_dir: None,
                 },
                 sim: SimEngine { seed: 1 },
                 mgn: None,
@@ -450,6 +454,7 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
         for (key, slot) in [
             ("boot_check", &mut engines.local.boot_check),
             ("post_launch", &mut engines.local.post_launch),
+            ("agent_dir", &mut engines.local.agent_dir),
         ] {
             if let Some(n) = local.take(key) {
                 *slot = decode::string(n, key, ctx).filter(|c| !c.trim().is_empty());

@@ -177,6 +177,7 @@ async fn local_engine(
     engine_config.post_launch = local.post_launch.clone();
     engine_config.agent_give_up_after =
         std::time::Duration::from_secs(local.agent_give_up_after.approx_seconds());
+    engine_config.remote_agent_dir = local.agent_dir.clone();
     LocalEngine::start(engine_config, clock)
         .await
         .context("cannot start the local replication engine")

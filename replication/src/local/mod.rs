@@ -56,6 +56,10 @@ pub struct LocalConfig {
     pub final_sync_timeout: Duration,
     /// An agent that cannot reach the server for this long exits.
     pub agent_give_up_after: Duration,
+    /// Where the agent is installed on a source reached over SSH (one folder per
+    /// source under it); `None`: /var/lib/wavelift-agent as root, else
+    /// ~/.wavelift-agent.
+    pub remote_agent_dir: Option<String>,
 }
 
 impl LocalConfig {
@@ -82,6 +86,7 @@ impl LocalConfig {
             },
             final_sync_timeout: Duration::from_secs(120),
             agent_give_up_after: Duration::from_secs(24 * 3600),
+            remote_agent_dir: None,
         }
     }
 }
@@ -644,7 +649,7 @@ impl ReplicationEngine for LocalEngine {
             text(self.inner.config.agent_binary.display().to_string()),
         );
         facts.insert(
-            "local_state_dir".to_owned(),
+            "state_dir".to_owned(),
             text(
                 self.inner
                     .config
@@ -653,6 +658,16 @@ impl ReplicationEngine for LocalEngine {
                     .join(&id.0)
                     .display()
                     .to_string(),
+            ),
+        );
+        facts.insert(
+            "remote_dir".to_owned(),
+            text(
+                self.inner
+                    .config
+                    .remote_agent_dir
+                    .clone()
+                    .unwrap_or_default(),
             ),
         );
         facts.insert("disks".to_owned(), serde_json::Value::from(devices));
