@@ -219,6 +219,72 @@ impl fmt::Debug for AgentInstall {
     }
 }
 
+/// A failback: the cutover copy replicated back (reverse replication), then written onto
+/// the source's own disks, then the normal direction again ("return to normal").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failback {
+    pub state: FailbackState,
+    /// The reverse replication, from the copy into the engine.
+    pub replication: Replication,
+    /// The copy's newest recovery point.
+    pub point: Option<RecoveryPoint>,
+    /// Chunks and bytes written onto the source so far.
+    pub restored_chunks: u64,
+    pub restored_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailbackState {
+    /// The copy replicates back; nothing was written onto the source yet.
+    Replicating,
+    /// A recovery point of the copy is being written onto the source.
+    Restoring,
+    /// The source's disks hold the copy's recovery point; return to normal is next.
+    Restored,
+}
+
+/// The next step of writing a failback's recovery point onto the source: a command to
+/// run there (a template of `templates/agents/`, its facts, and its standard input),
+/// whose output goes back to [`ReplicationEngine::restore_step`]; or the end.
+#[derive(Clone, PartialEq)]
+pub enum RestoreStep {
+    Run {
+        template: String,
+        facts: std::collections::BTreeMap<String, serde_json::Value>,
+        input: Vec<u8>,
+        /// What the step does, for the log.
+        what: String,
+    },
+    Done {
+        chunks: u64,
+        bytes: u64,
+    },
+}
+
+impl fmt::Debug for RestoreStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestoreStep::Run {
+                template,
+                what,
+                input,
+                ..
+            } => f
+                .debug_struct("Run")
+                .field("template", template)
+                .field("what", what)
+                .field("input_bytes", &input.len())
+                .finish(),
+            RestoreStep::Done { chunks, bytes } => f
+                .debug_struct("Done")
+                .field("chunks", chunks)
+                .field("bytes", bytes)
+                .finish(),
+        }
+    }
+}
+
 /// Limits an engine puts on launches; the executor batches launches within them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quotas {
@@ -306,6 +372,56 @@ pub trait ReplicationEngine: Send + Sync {
     /// issues a new credential, so installing again replaces the previous agent.
     async fn agent_install(&self, _id: &SourceId) -> EngineResult<Option<AgentInstall>> {
         Ok(None)
+    }
+
+    /// Cuts a recovery point of the source now (its agent sends what it has not sent
+    /// yet first), for an engine whose points are cut on request.
+    async fn take_recovery_point(&self, id: &SourceId) -> EngineResult<RecoveryPoint> {
+        Err(EngineError::new(
+            ErrorKind::Invalid,
+            format!(
+                "the {} engine cuts no recovery point on request ({id})",
+                self.name()
+            ),
+        ))
+    }
+
+    /// Starts (or finds started) the failback of a cut-over source: its cutover copy
+    /// replicates back into the engine.
+    async fn start_failback(&self, id: &SourceId) -> EngineResult<Failback> {
+        Err(EngineError::new(
+            ErrorKind::Invalid,
+            format!("the {} engine has no failback ({id})", self.name()),
+        ))
+    }
+
+    /// The source's failback, if one was started.
+    async fn describe_failback(&self, _id: &SourceId) -> EngineResult<Option<Failback>> {
+        Ok(None)
+    }
+
+    /// The next step of writing the failback's recovery point onto the source:
+    /// `answer` is the output of the previous step's command (`None` starts over from
+    /// a comparison, which is always safe).
+    async fn restore_step(
+        &self,
+        id: &SourceId,
+        _answer: Option<&str>,
+    ) -> EngineResult<RestoreStep> {
+        Err(EngineError::new(
+            ErrorKind::Invalid,
+            format!("the {} engine has no failback ({id})", self.name()),
+        ))
+    }
+
+    /// Ends a restored failback: the reverse replication stops, the cutover copy is
+    /// terminated and the source is ready for cutover again; its agent is installed
+    /// again (agent_push) to replicate in the normal direction.
+    async fn return_to_normal(&self, id: &SourceId) -> EngineResult<()> {
+        Err(EngineError::new(
+            ErrorKind::Invalid,
+            format!("the {} engine has no failback ({id})", self.name()),
+        ))
     }
 
     /// True while the engine does work that moves in real time (a launch, a first

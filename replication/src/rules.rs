@@ -47,15 +47,17 @@ pub fn health_name(health: Health) -> &'static str {
 }
 
 /// A launch of `kind` for a server in this state; `live_cutover` names a cutover launch
-/// or target the server still has.
+/// or target the server still has. A launch from a named recovery point (`from_point`)
+/// reads only what the engine holds, so it needs no replication going on.
 pub fn check_launch(
     label: &str,
     kind: LaunchKind,
     life_cycle: LifeCycle,
     replication: ReplicationState,
     live_cutover: Option<&str>,
+    from_point: bool,
 ) -> EngineResult<()> {
-    if replication != ReplicationState::Continuous {
+    if replication != ReplicationState::Continuous && !from_point {
         return Err(conflict(format!(
             "{label} cannot be launched: its replication is {}, a launch needs continuous replication",
             state_name(replication)

@@ -14,12 +14,18 @@ use std::time::Duration;
 use replication::{AgentInstall, DiskSpec, ReplicationState, SourceSpec};
 use serde_json::Value;
 
-use crate::context::{Action, Check, Report, TaskContext};
+use crate::context::{Action, Check, Reach, Report, TaskContext};
 
 /// Installing takes a copy and a start; a slow server gets this long.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
+    install(&ctx.reach()).await
+}
+
+/// Installs the agent (or finds it installed) on the server `ctx` reaches: agent_push's
+/// work, and a failback's return to normal.
+pub async fn install(ctx: &Reach<'_>) -> Report {
     let server = ctx.server;
     let found = match ctx.engine.find_source(&server.name.value).await {
         Err(err) => return Report::engine_error("looking for the source server", &err, Vec::new()),
@@ -143,8 +149,8 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
 /// For a server reached over SSH: the agent's folder there, and the agent binary copied
 /// into it unless the same binary is there already (by SHA-256). The install then starts
 /// that copy.
-async fn copy_agent(
-    ctx: &TaskContext<'_>,
+pub(crate) async fn copy_agent(
+    ctx: &Reach<'_>,
     install: &mut AgentInstall,
     actions: &mut Vec<Action>,
 ) -> Result<Check, Report> {
@@ -260,7 +266,7 @@ async fn copy_agent(
     }
 }
 
-fn spec(ctx: &TaskContext<'_>) -> SourceSpec {
+fn spec(ctx: &Reach<'_>) -> SourceSpec {
     let server = ctx.server;
     SourceSpec {
         name: server.name.value.clone(),
@@ -286,7 +292,7 @@ fn spec(ctx: &TaskContext<'_>) -> SourceSpec {
 
 /// A disk image named by a relative path is found from the configuration's folder when
 /// the server is this machine (the quickstart's disks); devices are taken as written.
-pub(crate) fn device_path(ctx: &TaskContext<'_>, device: &str) -> String {
+pub(crate) fn device_path(ctx: &Reach<'_>, device: &str) -> String {
     let path = std::path::Path::new(device);
     if path.is_relative() && ctx.server.access.method == waves::model::AccessMethod::Local {
         ctx.config_dir.join(path).display().to_string()
@@ -305,19 +311,23 @@ const TEMPLATES: &[(&str, &str)] = &[
         "local-upload",
         include_str!("../../templates/agents/local-upload.sh.hbs"),
     ),
+    (
+        "local-restore",
+        include_str!("../../templates/agents/local-restore.sh.hbs"),
+    ),
 ];
 
 /// The install script: the template with the engine's facts and the server's, every
 /// value shell-quoted by the `sh` helper.
-fn render(install: &AgentInstall, ctx: &TaskContext<'_>) -> Result<String, String> {
+fn render(install: &AgentInstall, ctx: &Reach<'_>) -> Result<String, String> {
     render_named(&install.template, install, ctx)
 }
 
 /// The template `name` of templates/agents/ rendered with the install's facts.
-fn render_named(
+pub(crate) fn render_named(
     name: &str,
     install: &AgentInstall,
-    ctx: &TaskContext<'_>,
+    ctx: &Reach<'_>,
 ) -> Result<String, String> {
     let Some((_, template)) = TEMPLATES.iter().find(|(known, _)| *known == name) else {
         return Err(format!(
@@ -357,7 +367,7 @@ fn render_named(
         .map_err(|err| format!("the agent template `{name}`: {err}"))
 }
 
-fn last_lines(stderr: &str, stdout: &str) -> String {
+pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
         stdout
     } else {

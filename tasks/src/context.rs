@@ -37,6 +37,27 @@ pub struct TaskContext<'a> {
     pub cmdb: &'a dyn Cmdb,
 }
 
+/// What reaches one server: the server, its engine, its shell and the configuration's
+/// folder. A task has it from its context; a step outside a task (a failback) makes one.
+#[derive(Clone, Copy)]
+pub struct Reach<'a> {
+    pub server: &'a Server,
+    pub engine: &'a dyn ReplicationEngine,
+    pub shell: &'a dyn RemoteShell,
+    pub config_dir: &'a std::path::Path,
+}
+
+impl<'a> TaskContext<'a> {
+    pub fn reach(&self) -> Reach<'a> {
+        Reach {
+            server: self.server,
+            engine: self.engine,
+            shell: self.shell,
+            config_dir: self.config_dir,
+        }
+    }
+}
+
 /// One check a task made: what, whether it passed, the sentence a user reads, what was
 /// found and what was expected (where the check compares the two), and what to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

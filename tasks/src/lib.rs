@@ -14,6 +14,7 @@ pub mod cmdb_api;
 pub mod cmdb_cleanup;
 pub mod context;
 pub mod cutover;
+pub mod failback;
 pub mod launch;
 pub mod launcher;
 pub mod prereq_check;

@@ -306,7 +306,7 @@ async fn prepare(ctx: &TaskContext<'_>, command: &str) -> Check {
     let disks: Vec<String> = server
         .disks
         .iter()
-        .map(|d| crate::ssh::quote(&crate::agent_push::device_path(ctx, &d.device)))
+        .map(|d| crate::ssh::quote(&crate::agent_push::device_path(&ctx.reach(), &d.device)))
         .collect();
     let rendered = command
         .replace("{{name}}", &crate::ssh::quote(&server.name.value))
@@ -344,7 +344,7 @@ async fn prepare(ctx: &TaskContext<'_>, command: &str) -> Check {
 async fn local_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
     let mut checks = Vec::new();
     for disk in &ctx.server.disks {
-        let path = crate::agent_push::device_path(ctx, &disk.device);
+        let path = crate::agent_push::device_path(&ctx.reach(), &disk.device);
         let quoted = crate::ssh::quote(&path);
         let probe = format!(
             "if [ ! -r {quoted} ]; then echo missing; elif [ -b {quoted} ]; then blockdev --getsize64 {quoted}; else stat -c %s {quoted}; fi"

@@ -3,12 +3,16 @@
 //! free space, a wrong host key, a host not in known_hosts, a wrong key, a command that
 //! times out, sshd not listening), with the message a user sees; a password login with
 //! sudo by password, and a jump host. Then the shell on its own: a timeout, a password
-//! redacted from output, and `accept-new` recording a host key.
+//! redacted from output, and `accept-new` recording a host key. Then the local engine's
+//! agent copied over SSH and started through sudo, a wave cut over byte for byte, a
+//! failback that writes back only what changed on the copy, and a failover from an
+//! earlier recovery point.
 //!
 //! Starts: an OpenSSH server (Debian openssh-server, `/usr/sbin/sshd -D`) as root on a
 //! free port of 127.0.0.1 to 127.0.0.12 (a server's address each), with a throwaway host key and its own
 //! authorized_keys file; the wavelift binary (apply, run --time-warp, serve) in a copy of
-//! examples/quickstart-ssh. The test accounts (wl-sudo, wl-nosudo, wl-pass, wl-slow) come
+//! examples/quickstart-ssh, and the wavelift-agent binary beside wavelift (copied to the
+//! "servers" and started there by agent_push and failback). The test accounts (wl-sudo, wl-nosudo, wl-pass, wl-slow) come
 //! from tests/peers/ssh_accounts.sh, which .ci/run runs as root.
 
 use std::path::{Path, PathBuf};
@@ -662,7 +666,7 @@ fn root_only_image(path: &Path, size: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
-fn agent_push_over_ssh_copies_the_agent_starts_it_through_sudo_and_the_wave_cuts_over() {
+fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_server_fails_back() {
     // Two source servers on this machine reached over the test's sshd: one whose account
     // has passwordless sudo, one whose sudo asks the account's password. Their disks are
     // image files only root may read, so the prerequisite check and the agent read them
@@ -810,4 +814,125 @@ fn agent_push_over_ssh_copies_the_agent_starts_it_through_sudo_and_the_wave_cuts
             "{name}'s cutover copy is byte-identical to its disk"
         );
     }
+    drop(served);
+
+    // Failback of the server whose sudo asks a password: its copy changed after the
+    // cutover (two chunks: the sixth and the last), so the restore writes exactly those
+    // onto its disk over SSH, then it replicates as before.
+    let copy_dir = std::fs::read_dir(dir.join(".wavelift/targets/password-01"))
+        .expect("the copy's folder")
+        .find_map(|e| e.ok().map(|e| e.path()))
+        .expect("the cutover copy");
+    let copy_image = copy_dir.join("disk0.raw");
+    let mut changed = std::fs::read(&copy_image).expect("the copy");
+    changed[5 * 65536 + 17..5 * 65536 + 4113].fill(0xa5);
+    let end = changed.len();
+    changed[end - 100..].fill(0x5a);
+    std::fs::write(&copy_image, &changed).expect("the copy changed");
+    let failback = wavelift_command(&dir)
+        .args(["failback", "password-01", "--wait", "2m"])
+        .env("WL_TEST_PASSWORD", PASSWORD)
+        .output()
+        .expect("wavelift failback");
+    let said = String::from_utf8_lossy(&failback.stdout).into_owned();
+    let err = String::from_utf8_lossy(&failback.stderr).into_owned();
+    assert!(failback.status.success(), "failback:\n{said}\n{err}");
+    assert!(!said.contains(PASSWORD) && !err.contains(PASSWORD));
+    for line in [
+        "password-01: reverse replication of the cutover copy started",
+        "password-01: 2 chunk(s), 131072 bytes written; the source holds the copy's state",
+        "password-01: the copy is terminated, the source is ready for cutover again",
+        "password-01: replicating in the normal direction again (recovery point rp-",
+        "password-01 failed back: 131072 bytes restored from its copy",
+    ] {
+        assert!(said.contains(line), "`{line}` in:\n{said}\n{err}");
+    }
+    assert!(
+        std::fs::read(disks.join("password-01.img")).expect("the source") == changed,
+        "the source's disk is its copy, byte for byte"
+    );
+    assert!(!copy_dir.exists(), "the copy was terminated");
+    // The source's own agent was installed again and sent what the restore changed.
+    let agent_log = std::fs::read_dir(&agents)
+        .expect("the agents' folder")
+        .filter_map(|e| e.ok())
+        .map(|e| std::fs::read_to_string(e.path().join("agent.log")).unwrap_or_default())
+        .find(|log| log.matches("connected to").count() >= 2)
+        .expect("an agent that connected again after the failback");
+    assert!(
+        agent_log.contains("continuing from recovery point"),
+        "{agent_log}"
+    );
+    let events = wavelift(&dir, &["events", "--json"]);
+    for kind in [
+        "operator.failback",
+        "engine.start_failback",
+        "shell.restore",
+        "failback.restored",
+        "engine.return_to_normal",
+        "failback.normal",
+    ] {
+        assert!(
+            events
+                .stdout
+                .lines()
+                .any(|l| l.contains(&format!("\"kind\":\"{kind}\""))
+                    && l.contains("\"server\":\"password-01\"")),
+            "{kind} in the job log:\n{}",
+            events.stdout
+        );
+    }
+    // Failover from a recovery point of the operator's choosing: one cut before the
+    // failback launches the disk as it was then.
+    let after: u64 = said
+        .split("replicating in the normal direction again (recovery point rp-")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the point cut after the failback");
+    let listed = wavelift(&dir, &["failover", "password-01", "--list"]);
+    assert_eq!(listed.code, 0, "{}", listed.describe());
+    let point = listed
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|id| {
+            id.strip_prefix("rp-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|seq| seq < after)
+        })
+        .unwrap_or_else(|| panic!("a point before rp-{after}: {}", listed.describe()))
+        .to_owned();
+    let unknown = wavelift(&dir, &["failover", "password-01", "--point", "rp-999"]);
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown
+            .stderr
+            .contains("has no recovery point `rp-999`; it has: rp-"),
+        "{}",
+        unknown.describe()
+    );
+    let failover = wavelift(&dir, &["failover", "password-01", "--point", &point]);
+    assert_eq!(failover.code, 0, "{}", failover.describe());
+    let launched = failover
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!(" from {point} launched, health Ok, ")))
+        .unwrap_or_else(|| panic!("{}", failover.describe()));
+    let image = launched.rsplit(", ").next().expect("the copy's image");
+    assert!(
+        std::fs::read(image).expect("the failover copy") == sources[1].1,
+        "the copy from {point} is the disk as it was before the failback"
+    );
+
+    // A second failback is refused with the reason: the source is not cut over.
+    let again = wavelift(&dir, &["failback", "password-01"]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again
+            .stderr
+            .contains("a failback follows a finalized cutover"),
+        "{}",
+        again.describe()
+    );
 }

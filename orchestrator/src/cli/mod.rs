@@ -24,6 +24,7 @@ macro_rules! outln {
 mod apply;
 mod estimate;
 mod events;
+mod failback;
 mod import;
 mod plan;
 mod rehearse;
@@ -161,6 +162,12 @@ enum Command {
     Skip(TaskLever),
     /// Cancel a task: what depends on it is blocked
     Cancel(TaskLever),
+    /// Bring a cut-over server back on its own disks: the copy replicated back,
+    /// written onto the source, then replication as before (local engine)
+    Failback(failback::FailbackArgs),
+    /// Launch a cutover copy of a server from a recovery point of your choosing, or
+    /// list its recovery points (local engine)
+    Failover(failback::FailoverArgs),
     /// The job progress log
     Events {
         /// Only this wave
@@ -318,6 +325,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
             state,
         } => block_on(events::run(&state, wave.as_deref(), follow, json)),
+        Command::Failback(args) => block_on(failback::run(&args)),
+        Command::Failover(args) => block_on(failback::failover(&args)),
         Command::Rehearse { definitions, seed } => block_on(rehearse::run(&definitions, seed)),
         Command::Validate {
             definitions,

@@ -68,6 +68,14 @@ pub(crate) async fn insert_events(
 }
 
 impl Store {
+    /// Appends events that no other change goes with (an operator's failback).
+    pub async fn append_events(&self, events: &[NewEvent]) -> anyhow::Result<()> {
+        let txn = self.write_transaction().await?;
+        insert_events(self, &txn, events).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Events after `after` (an event id), oldest first, at most `limit`.
     pub async fn events_after(
         &self,

@@ -686,7 +686,11 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("run") => {}
-        Some(other) => return Err(format!("unknown command `{other}`; the agent has `run`")),
+        Some(other) => {
+            return Err(format!(
+                "unknown command `{other}`; the agent has `run` and `restore`"
+            ));
+        }
         None => return Err("usage: wavelift-agent run --server HOST:PORT --pin sha256:HEX --source ID --token-file FILE --state-dir DIR --disk PATH...".to_owned()),
     }
     let mut server = None;
@@ -764,6 +768,9 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
 /// The `wavelift-agent` binary's main: exit 0 when stopped by the server, 1 on an error,
 /// 2 on a usage error.
 pub fn main_with_args(args: Vec<String>) -> i32 {
+    if args.first().map(String::as_str) == Some("restore") {
+        return super::restore::main();
+    }
     let config = match parse_args(&args) {
         Ok(config) => config,
         Err(message) => {

@@ -7,8 +7,10 @@
 //! the staging folder, rewritten durably after each call that acts.
 
 pub mod agent;
+mod failback;
 pub mod launch;
 pub mod proto;
+pub mod restore;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -100,6 +102,9 @@ struct SourceRecord {
     token_sha256: Option<String>,
     life_cycle: LifeCycle,
     created_at: Timestamp,
+    /// A failback in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failback: Option<failback::FailbackRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +137,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     running: AtomicUsize,
+    /// Reverse agents (failback) this process started, by source id.
+    children: Mutex<std::collections::HashMap<String, std::process::Child>>,
 }
 
 #[derive(Clone)]
@@ -173,6 +180,9 @@ impl LocalEngine {
             if let Some(hash) = &source.token_sha256 {
                 server.allow(&source.id.0, hash, ended(source.life_cycle));
             }
+            if let Some(failback) = &source.failback {
+                failback.allow(&server);
+            }
         }
         let unfinished: Vec<JobId> = state
             .jobs
@@ -187,6 +197,7 @@ impl LocalEngine {
                 clock,
                 state: Mutex::new(state),
                 running: AtomicUsize::new(0),
+                children: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         for job in unfinished {
@@ -235,14 +246,20 @@ impl LocalEngine {
     }
 
     fn replication(&self, record: &SourceRecord) -> (Replication, usize) {
-        let stats = self.inner.server.stats(&record.id.0);
+        self.replication_of(&record.id.0, ended(record.life_cycle))
+    }
+
+    /// The replication of the replication server's source `id` (a source server's, or
+    /// a failback's reverse replication); `ended`: over, whatever the agent says.
+    fn replication_of(&self, id: &str, ended: bool) -> (Replication, usize) {
+        let stats = self.inner.server.stats(id);
         let total: u64 = stats
             .disks
             .as_ref()
             .map_or(0, |d| d.iter().map(|d| d.size).sum());
         let status = stats.status.clone();
         let age = stats.status_age.map_or(0.0, |a| a.as_secs_f64());
-        let state = if ended(record.life_cycle) {
+        let state = if ended {
             ReplicationState::Disconnected
         } else if !stats.ever_connected {
             ReplicationState::Initiating
@@ -283,6 +300,27 @@ impl LocalEngine {
             replication,
             life_cycle: record.life_cycle,
         }
+    }
+
+    /// The facts every agent template is rendered with: the source, the agent binary
+    /// and its folder here, and the folder setting for sources reached over SSH.
+    fn agent_facts(&self, id: &SourceId, name: &str) -> BTreeMap<String, serde_json::Value> {
+        let config = &self.inner.config;
+        let text = |s: String| serde_json::Value::String(s);
+        let mut facts = BTreeMap::new();
+        facts.insert("source".to_owned(), text(id.0.clone()));
+        facts.insert("name".to_owned(), text(name.to_owned()));
+        facts.insert(
+            "agent".to_owned(),
+            text(config.agent_binary.display().to_string()),
+        );
+        let dir = config.staging_dir.join("agents").join(&id.0);
+        facts.insert("state_dir".to_owned(), text(dir.display().to_string()));
+        facts.insert(
+            "remote_dir".to_owned(),
+            text(config.remote_agent_dir.clone().unwrap_or_default()),
+        );
+        facts
     }
 
     fn source_index(state: &State, id: &SourceId) -> EngineResult<usize> {
@@ -613,6 +651,7 @@ impl ReplicationEngine for LocalEngine {
             token_sha256: None,
             life_cycle: LifeCycle::NotReady,
             created_at: self.inner.clock.now(),
+            failback: None,
         });
         self.save(&state)?;
         let index = state.sources.len() - 1;
@@ -625,7 +664,8 @@ impl ReplicationEngine for LocalEngine {
         let mut state = lock(&self.inner.state);
         let index = Self::source_index(&state, id)?;
         let record = &mut state.sources[index];
-        if ended(record.life_cycle) {
+        let returning = record.failback.as_ref().is_some_and(|f| f.restored());
+        if ended(record.life_cycle) && !returning {
             return Err(conflict(format!(
                 "{} is {}: its replication has ended, no agent is installed",
                 Self::label(record),
@@ -638,38 +678,10 @@ impl ReplicationEngine for LocalEngine {
         self.save(&state)?;
         drop(state);
         self.inner.server.allow(&id.0, &hash, false);
-        let mut facts = BTreeMap::new();
+        let mut facts = self.agent_facts(id, &name);
         let text = |s: String| serde_json::Value::String(s);
         facts.insert("server".to_owned(), text(self.agent_address()));
         facts.insert("pin".to_owned(), text(self.inner.server.pin()));
-        facts.insert("source".to_owned(), text(id.0.clone()));
-        facts.insert("name".to_owned(), text(name));
-        facts.insert(
-            "agent".to_owned(),
-            text(self.inner.config.agent_binary.display().to_string()),
-        );
-        facts.insert(
-            "state_dir".to_owned(),
-            text(
-                self.inner
-                    .config
-                    .staging_dir
-                    .join("agents")
-                    .join(&id.0)
-                    .display()
-                    .to_string(),
-            ),
-        );
-        facts.insert(
-            "remote_dir".to_owned(),
-            text(
-                self.inner
-                    .config
-                    .remote_agent_dir
-                    .clone()
-                    .unwrap_or_default(),
-            ),
-        );
         facts.insert("disks".to_owned(), serde_json::Value::from(devices));
         facts.insert(
             "give_up_after".to_owned(),
@@ -729,6 +741,7 @@ impl ReplicationEngine for LocalEngine {
                 record.life_cycle,
                 view.replication.state,
                 live.as_deref(),
+                matches!(point, PointInTime::RecoveryPoint(_)),
             )?;
             if let PointInTime::RecoveryPoint(point_id) = point {
                 let known = self
@@ -902,6 +915,43 @@ impl ReplicationEngine for LocalEngine {
         self.save(&state)?;
         self.inner.server.stop(&id.0);
         Ok(())
+    }
+
+    async fn take_recovery_point(&self, id: &SourceId) -> EngineResult<RecoveryPoint> {
+        {
+            let state = lock(&self.inner.state);
+            Self::source_index(&state, id)?;
+        }
+        let point = self
+            .inner
+            .server
+            .barrier(&id.0, self.inner.config.final_sync_timeout)
+            .await
+            .map_err(|why| unavailable(&format!("no recovery point of {id} was cut"), why))?;
+        Ok(RecoveryPoint {
+            id: point.id(),
+            taken_at: point.taken_at,
+        })
+    }
+
+    async fn start_failback(&self, id: &SourceId) -> EngineResult<crate::Failback> {
+        self.start_failback_now(id)
+    }
+
+    async fn describe_failback(&self, id: &SourceId) -> EngineResult<Option<crate::Failback>> {
+        self.describe_failback_now(id)
+    }
+
+    async fn restore_step(
+        &self,
+        id: &SourceId,
+        answer: Option<&str>,
+    ) -> EngineResult<crate::RestoreStep> {
+        self.restore_step_now(id, answer).await
+    }
+
+    async fn return_to_normal(&self, id: &SourceId) -> EngineResult<()> {
+        self.return_to_normal_now(id)
     }
 
     async fn recovery_points(&self, id: &SourceId) -> EngineResult<Vec<RecoveryPoint>> {

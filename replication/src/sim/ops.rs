@@ -241,6 +241,7 @@ impl Model {
             server.life_cycle,
             replication_state(&server.phase),
             live_cutover.as_deref(),
+            matches!(point, PointInTime::RecoveryPoint(_)),
         )?;
         if let PointInTime::RecoveryPoint(id) = point
             && !self.recovery_points(i).iter().any(|p| &p.id == id)
