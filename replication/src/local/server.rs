@@ -413,13 +413,23 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         }
     };
     let mut writing = std::pin::pin!(writing);
-    let reading = read_loop(&shared, &source, &mut reader, &tx, volume, wire);
+    let (work, reports, applied) = match start_applier(&shared, &source, volume) {
+        Ok(applier) => applier,
+        Err(err) => {
+            note(&shared, &source, format!("cannot start the session's applier: {err}"));
+            (mpsc::channel(1).0, mpsc::unbounded_channel().1, tokio::sync::oneshot::channel().1)
+        }
+    };
+    let reading = read_frames(&shared, &source, &mut reader, &tx, work, reports, wire);
     let mut stop = shared.shutdown.subscribe();
     let writer_done = tokio::select! {
         () = &mut writing => true,
         () = reading => false,
         _ = stop.wait_for(|stopped| *stopped) => false,
     };
+    // The session is over once what it read is applied: a next session of the same
+    // source starts from the volume as this one left it.
+    let _ = applied.await;
     {
         let mut slots = lock(&shared.slots);
         if let Some(slot) = slots.get_mut(&source)
@@ -554,15 +564,152 @@ fn describe(disks: &[DiskInfo]) -> String {
         .join(", ")
 }
 
-async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+/// What the read loop hands to the session's applier thread, in the order it came.
+enum Work {
+    Data(super::proto::Data),
+    /// Everything before it is applied: cut the point and answer.
+    Barrier {
+        seq: u64,
+        frozen_at: Timestamp,
+        taken_at: Timestamp,
+        reply: tokio::sync::oneshot::Sender<Result<Result<PointMeta, String>, String>>,
+    },
+}
+
+/// What the applier reports back: chunks to ask for again, or why it stopped.
+enum Applied {
+    Resend(u16, u64, u64),
+    Failed(ApplyError),
+}
+
+/// Applies a session's data frames on a thread of its own (decompress, hash, store),
+/// so the next frames are read and decrypted meanwhile; a failure stops it, and is
+/// reported once.
+fn applier(
+    shared: Arc<Shared>,
+    source: String,
+    volume: Arc<Mutex<Volume>>,
+    mut work: mpsc::Receiver<Work>,
+    report: mpsc::UnboundedSender<Applied>,
+) {
+    let retention = shared.retention.clone();
+    let mut failed = false;
+    while let Some(item) = work.blocking_recv() {
+        match item {
+            Work::Data(_) if failed => {}
+            Work::Data(data) => {
+                let applied = data
+                    .decode()
+                    .map_err(|err| ApplyError::Invalid(err.to_string()))
+                    .and_then(|bytes| {
+                        let mut volume = lock(&volume);
+                        let mut store = lock(&shared.store);
+                        volume
+                            .write(&mut store, data.disk, data.offset, &bytes)
+                            .map_err(|err| match err {
+                                VolumeError::Invalid(reason) => ApplyError::Invalid(reason),
+                                other => ApplyError::Store(other.to_string()),
+                            })
+                    });
+                match applied {
+                    Ok(resend) => {
+                        for (disk, offset, len) in resend {
+                            let _ = report.send(Applied::Resend(disk, offset, len));
+                        }
+                    }
+                    Err(err) => {
+                        failed = true;
+                        let _ = report.send(Applied::Failed(err));
+                    }
+                }
+            }
+            Work::Barrier {
+                seq,
+                frozen_at,
+                taken_at,
+                reply,
+            } => {
+                let committed = if failed {
+                    Err("the data before it could not be stored".to_owned())
+                } else {
+                    commit(&shared, &source, &volume, seq, frozen_at, taken_at, &retention)
+                };
+                let _ = reply.send(committed);
+            }
+        }
+    }
+}
+
+/// Starts a session's applier thread: the sender its frames go to, the receiver of what
+/// it reports, and a receiver that completes when it has applied everything it was given
+/// (once the sender is dropped).
+#[allow(clippy::type_complexity)]
+fn start_applier(
+    shared: &Arc<Shared>,
+    source: &str,
+    volume: Arc<Mutex<Volume>>,
+) -> std::io::Result<(
+    mpsc::Sender<Work>,
+    mpsc::UnboundedReceiver<Applied>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    let (work, queue) = mpsc::channel::<Work>(8);
+    let (report, reports) = mpsc::unbounded_channel::<Applied>();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let (shared, source) = (Arc::clone(shared), source.to_owned());
+    std::thread::Builder::new()
+        .name("wl-apply".to_owned())
+        .spawn(move || {
+            applier(shared, source, volume, queue, report);
+            drop(done);
+        })?;
+    Ok((work, reports, finished))
+}
+
+async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     source: &str,
     reader: &mut R,
     tx: &mpsc::Sender<Control>,
-    volume: Arc<Mutex<Volume>>,
+    work: mpsc::Sender<Work>,
+    mut reports: mpsc::UnboundedReceiver<Applied>,
     wire: Arc<AtomicU64>,
 ) {
     loop {
+        // What the applier found since the last frame.
+        while let Ok(applied) = reports.try_recv() {
+            match applied {
+                Applied::Resend(disk, offset, len) => {
+                    note(
+                        shared,
+                        source,
+                        format!(
+                            "a damaged chunk of disk {disk} at byte {offset} was found in the store; the agent sends it again"
+                        ),
+                    );
+                    let _ = tx
+                        .send(Control::Request(Request::Resend { disk, offset, len }))
+                        .await;
+                }
+                Applied::Failed(ApplyError::Invalid(reason)) => {
+                    note(shared, source, format!("data refused: {reason}"));
+                    let _ = tx.send(Control::Refused { reason }).await;
+                    return;
+                }
+                Applied::Failed(ApplyError::Store(reason)) => {
+                    // The store could not take it (a full disk, say): the session ends,
+                    // and the agent's next one continues from the last point.
+                    note(
+                        shared,
+                        source,
+                        format!(
+                            "cannot store the agent's data (is the staging disk full?): {reason}"
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
         let frame = match tokio::time::timeout(Duration::from_secs(30), read_frame(reader)).await {
             Ok(Ok(Some((frame, len)))) => {
                 wire.fetch_add(len as u64, Ordering::Relaxed);
@@ -573,55 +720,8 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
         };
         match frame {
             Frame::Data(data) => {
-                let shared2 = Arc::clone(shared);
-                let volume = Arc::clone(&volume);
-                let applied = tokio::task::spawn_blocking(move || {
-                    let bytes = data
-                        .decode()
-                        .map_err(|err| ApplyError::Invalid(err.to_string()))?;
-                    let mut volume = lock(&volume);
-                    let mut store = lock(&shared2.store);
-                    volume
-                        .write(&mut store, data.disk, data.offset, &bytes)
-                        .map_err(|err| match err {
-                            VolumeError::Invalid(reason) => ApplyError::Invalid(reason),
-                            other => ApplyError::Store(other.to_string()),
-                        })
-                })
-                .await;
-                match applied {
-                    Ok(Ok(resend)) => {
-                        for (disk, offset, len) in resend {
-                            note(
-                                shared,
-                                source,
-                                format!(
-                                    "a damaged chunk of disk {disk} at byte {offset} was found in the store; the agent sends it again"
-                                ),
-                            );
-                            let _ = tx
-                                .send(Control::Request(Request::Resend { disk, offset, len }))
-                                .await;
-                        }
-                    }
-                    Ok(Err(ApplyError::Invalid(reason))) => {
-                        note(shared, source, format!("data refused: {reason}"));
-                        let _ = tx.send(Control::Refused { reason }).await;
-                        return;
-                    }
-                    Ok(Err(ApplyError::Store(reason))) => {
-                        // The store could not take it (a full disk, say): the session
-                        // ends, and the agent's next one continues from the last point.
-                        note(
-                            shared,
-                            source,
-                            format!(
-                                "cannot store the agent's data (is the staging disk full?): {reason}"
-                            ),
-                        );
-                        return;
-                    }
-                    Err(_) => return,
+                if work.send(Work::Data(data)).await.is_err() {
+                    return;
                 }
             }
             Frame::Control(Control::Barrier {
@@ -629,18 +729,22 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
                 frozen_at,
                 answers,
             }) => {
-                let shared2 = Arc::clone(shared);
-                let volume2 = Arc::clone(&volume);
+                let (reply, replied) = tokio::sync::oneshot::channel();
                 let taken_at = shared.clock.now();
-                let retention = shared.retention.clone();
-                let source2 = source.to_owned();
-                let committed = tokio::task::spawn_blocking(move || {
-                    commit(
-                        &shared2, &source2, &volume2, seq, frozen_at, taken_at, &retention,
-                    )
-                })
-                .await
-                .unwrap_or_else(|err| Err(err.to_string()));
+                let sent = work
+                    .send(Work::Barrier {
+                        seq,
+                        frozen_at,
+                        taken_at,
+                        reply,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+                let committed = replied
+                    .await
+                    .unwrap_or_else(|_| Err("the applier stopped".to_owned()));
                 match committed {
                     Ok(Ok(point)) => {
                         answer(shared, source, &answers, &point);
