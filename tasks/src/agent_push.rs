@@ -16,8 +16,11 @@ use serde_json::Value;
 
 use crate::context::{Action, Check, Reach, Report, TaskContext};
 
-/// Installing takes a copy and a start; a slow server gets this long.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Installing takes a copy of the agent (megabytes, over the server's link) and a
+/// start; a slow server gets this long.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Starting the agent once it is there.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
     install(&ctx.reach()).await
@@ -105,7 +108,7 @@ pub async fn install(ctx: &Reach<'_>) -> Report {
     });
     let ran = ctx
         .shell
-        .run_root_with_input(server, &script, install.secret.as_bytes(), INSTALL_TIMEOUT)
+        .run_root_with_input(server, &script, install.secret.as_bytes(), START_TIMEOUT)
         .await
         .map(|mut out| {
             out.stdout = out.stdout.replace(&install.secret, "[redacted]");

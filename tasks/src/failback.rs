@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use replication::{AgentInstall, EngineError, FailbackState, RestoreStep};
+use replication::{AgentInstall, EngineError, RestoreStep};
 
 use crate::agent_push;
 use crate::context::{Progress, Reach};
@@ -58,77 +58,65 @@ pub async fn run(
             )
         })?;
     let id = &source.id;
-    let mut failback = reach
+    let started = reach
         .engine
         .describe_failback(id)
         .await
-        .map_err(|err| engine("looking for a failback", &err))?;
+        .map_err(|err| engine("looking for a failback", &err))?
+        .is_none();
     let mut outcome = Outcome {
         restored_chunks: 0,
         restored_bytes: 0,
         returned: false,
     };
-    if failback
-        .as_ref()
-        .is_none_or(|f| f.state != FailbackState::Restored)
-    {
-        let started = failback.is_none();
+    // Started, or found started with its reverse agent running again.
+    reach
+        .engine
+        .start_failback(id)
+        .await
+        .map_err(|err| engine("starting the failback", &err))?;
+    if started {
+        say(
+            "engine.start_failback",
+            format!("{name}: reverse replication of the cutover copy started"),
+        );
+        if source.life_cycle == replication::LifeCycle::Archived {
+            say(
+                "failback.note",
+                format!(
+                    "{name} was archived after its hypercare, so cmdb_cleanup retired its CMDB record: set the record back when the source is in service again"
+                ),
+            );
+        }
+    }
+    // Wait for the copy's first point, then restore: a restore run again (after a
+    // stop, or after --stop-after-restore) compares with a fresh point of the copy, so
+    // only what changed on it since moves.
+    let deadline = Instant::now() + wait;
+    loop {
         let now = reach
             .engine
-            .start_failback(id)
+            .describe_failback(id)
             .await
-            .map_err(|err| engine("starting the failback", &err))?;
-        if started {
-            say(
-                "engine.start_failback",
-                format!("{name}: reverse replication of the cutover copy started"),
-            );
-            if source.life_cycle == replication::LifeCycle::Archived {
-                say(
-                    "failback.note",
-                    format!(
-                        "{name} was archived after its hypercare, so cmdb_cleanup retired its CMDB record: set the record back when the source is in service again"
-                    ),
-                );
-            }
+            .map_err(|err| engine("watching the failback", &err))?;
+        // A point of the copy, and its agent there to cut a fresh one.
+        if now.as_ref().is_some_and(|f| {
+            f.point.is_some() && f.replication.state == replication::ReplicationState::Continuous
+        }) {
+            break;
         }
-        failback = Some(now);
-    }
-    if failback
-        .as_ref()
-        .is_some_and(|f| f.state == FailbackState::Restored)
-    {
-        let f = failback.as_ref().expect("checked");
-        say(
-            "failback.restored",
-            format!("{name}: the source holds the copy's state already"),
-        );
-        outcome.restored_chunks = f.restored_chunks;
-        outcome.restored_bytes = f.restored_bytes;
-    } else {
-        let deadline = Instant::now() + wait;
-        loop {
-            let now = reach
-                .engine
-                .describe_failback(id)
-                .await
-                .map_err(|err| engine("watching the failback", &err))?;
-            if now.as_ref().is_some_and(|f| f.point.is_some()) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let state = now.map(|f| f.replication.state);
-                return Err(format!(
-                    "the copy of {name} has no recovery point after {} s (reverse replication {state:?}): see the reverse agent's log in the staging folder, failback/{id}/agent.log",
-                    wait.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() >= deadline {
+            let state = now.map(|f| f.replication.state);
+            return Err(format!(
+                "the copy of {name} has no recovery point after {} s (reverse replication {state:?}): see the reverse agent's log in the staging folder, failback/{id}/agent.log",
+                wait.as_secs()
+            ));
         }
-        let (chunks, bytes) = restore(reach, id, say).await?;
-        outcome.restored_chunks = chunks;
-        outcome.restored_bytes = bytes;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let (chunks, bytes) = restore(reach, id, say).await?;
+    outcome.restored_chunks = chunks;
+    outcome.restored_bytes = bytes;
     if until == Until::Restored {
         return Ok(outcome);
     }
@@ -209,7 +197,9 @@ async fn restore(
         .restore_step(id, None)
         .await
         .map_err(|err| engine("starting the restore", &err))?;
-    let mut copied = false;
+    // Where the agent is on a server reached over SSH: found (and copied if it differs)
+    // once, for every step.
+    let mut remote: Option<(serde_json::Value, serde_json::Value)> = None;
     loop {
         let (template, facts, input, what) = match step {
             RestoreStep::Done { chunks, bytes } => {
@@ -234,15 +224,22 @@ async fn restore(
             secret: String::new(),
         };
         if server.access.method != waves::model::AccessMethod::Local {
-            // The agent binary where agent_push put it (copied again if it differs).
-            let mut actions = Vec::new();
-            match agent_push::copy_agent(reach, &mut install, &mut actions).await {
-                Ok(check) if !copied => {
-                    copied = true;
-                    say("shell.copy_agent", format!("{name}: {}", check.detail));
-                }
-                Ok(_) => {}
-                Err(report) => return Err(fail_reason(report)),
+            if let Some((state_dir, agent)) = &remote {
+                install
+                    .facts
+                    .insert("state_dir".to_owned(), state_dir.clone());
+                install.facts.insert("agent".to_owned(), agent.clone());
+            } else {
+                // The agent binary where agent_push put it (copied again if it differs).
+                let mut actions = Vec::new();
+                let check = agent_push::copy_agent(reach, &mut install, &mut actions)
+                    .await
+                    .map_err(fail_reason)?;
+                say("shell.copy_agent", format!("{name}: {}", check.detail));
+                remote = Some((
+                    install.facts["state_dir"].clone(),
+                    install.facts["agent"].clone(),
+                ));
             }
         }
         let script = agent_push::render_named(&install.template, &install, reach)?;

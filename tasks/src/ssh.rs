@@ -300,12 +300,19 @@ impl SshShell {
         command: &str,
         input: Option<&[u8]>,
         timeout: Duration,
+        capped: bool,
     ) -> Result<CommandOutput, ShellError> {
         self.ensure_private()?;
         let login = self.login(server)?;
-        let timeout = timeout.min(Duration::from_secs(
-            self.settings.command_timeout.approx_seconds().max(1),
-        ));
+        // ssh.command_timeout bounds a command; a transfer (the agent's copy, a restore
+        // step) is bounded by its caller, for its size.
+        let timeout = if capped {
+            timeout.min(Duration::from_secs(
+                self.settings.command_timeout.approx_seconds().max(1),
+            ))
+        } else {
+            timeout
+        };
         // The server ends the command itself when its time is up (a killed client would
         // leave it running); the client waits a little longer for the answer.
         let seconds = timeout.as_secs().max(1);
@@ -413,7 +420,7 @@ impl RemoteShell for SshShell {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
-        self.execute(server, command, None, timeout).await
+        self.execute(server, command, None, timeout, true).await
     }
 
     async fn run_root(
@@ -432,7 +439,8 @@ impl RemoteShell for SshShell {
         input: &[u8],
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
-        self.execute(server, command, Some(input), timeout).await
+        self.execute(server, command, Some(input), timeout, false)
+            .await
     }
 
     async fn run_root_with_input(
@@ -457,11 +465,15 @@ impl SshShell {
         timeout: Duration,
     ) -> Result<CommandOutput, ShellError> {
         if !server.access.sudo {
-            return self.execute(server, command, input, timeout).await;
+            return self
+                .execute(server, command, input, timeout, input.is_none())
+                .await;
         }
         let Some(reference) = &server.access.sudo_credential else {
             let wrapped = format!("sudo -n sh -c {}", quote(command));
-            return self.execute(server, &wrapped, input, timeout).await;
+            return self
+                .execute(server, &wrapped, input, timeout, input.is_none())
+                .await;
         };
         let password = self
             .resolved(reference)
@@ -489,7 +501,7 @@ impl SshShell {
             stdin.extend_from_slice(input);
         }
         let mut output = self
-            .execute(server, &wrapped, Some(&stdin), timeout)
+            .execute(server, &wrapped, Some(&stdin), timeout, input.is_none())
             .await?;
         if !password.is_empty() {
             output.stdout = output.stdout.replace(&password, "[redacted]");

@@ -829,23 +829,44 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
     let end = changed.len();
     changed[end - 100..].fill(0x5a);
     std::fs::write(&copy_image, &changed).expect("the copy changed");
-    let failback = wavelift_command(&dir)
-        .args(["failback", "password-01", "--wait", "2m"])
-        .env("WL_TEST_PASSWORD", PASSWORD)
-        .output()
-        .expect("wavelift failback");
-    let said = String::from_utf8_lossy(&failback.stdout).into_owned();
-    let err = String::from_utf8_lossy(&failback.stderr).into_owned();
-    assert!(failback.status.success(), "failback:\n{said}\n{err}");
-    assert!(!said.contains(PASSWORD) && !err.contains(PASSWORD));
+    let failback = |args: &[&str]| {
+        let run = wavelift_command(&dir)
+            .arg("failback")
+            .args(args)
+            .env("WL_TEST_PASSWORD", PASSWORD)
+            .output()
+            .expect("wavelift failback");
+        let said = String::from_utf8_lossy(&run.stdout).into_owned();
+        let err = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "failback {args:?}:\n{said}\n{err}");
+        assert!(!said.contains(PASSWORD) && !err.contains(PASSWORD));
+        said
+    };
+    // First the restore alone: the copy stays.
+    let said = failback(&["password-01", "--stop-after-restore", "--wait", "2m"]);
     for line in [
         "password-01: reverse replication of the cutover copy started",
         "password-01: 2 chunk(s), 131072 bytes written; the source holds the copy's state",
+        "password-01 restored from its copy (131072 bytes); the copy stays",
+    ] {
+        assert!(said.contains(line), "`{line}` in:\n{said}");
+    }
+    assert!(
+        std::fs::read(disks.join("password-01.img")).expect("the source") == changed,
+        "the source's disk is its copy, byte for byte"
+    );
+    // The copy changes again (the eleventh chunk): the next run moves only that chunk,
+    // from a fresh point of the copy, then returns to normal.
+    changed[10 * 65536..10 * 65536 + 512].fill(0x3c);
+    std::fs::write(&copy_image, &changed).expect("the copy changed again");
+    let said = failback(&["password-01", "--wait", "2m"]);
+    for line in [
+        "password-01: 1 chunk(s), 65536 bytes written; the source holds the copy's state",
         "password-01: the copy is terminated, the source is ready for cutover again",
         "password-01: replicating in the normal direction again (recovery point rp-",
-        "password-01 failed back: 131072 bytes restored from its copy",
+        "password-01 failed back: 65536 bytes restored from its copy",
     ] {
-        assert!(said.contains(line), "`{line}` in:\n{said}\n{err}");
+        assert!(said.contains(line), "`{line}` in:\n{said}");
     }
     assert!(
         std::fs::read(disks.join("password-01.img")).expect("the source") == changed,

@@ -133,19 +133,31 @@ pub async fn run(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
         tasks::failback::Until::Normal
     };
     let event = |kind: &str, message: String| opened.event(&args.server, &who, kind, message);
-    let mut events = vec![event(
-        "operator.failback",
-        format!("failback of {} by {who}", server.name.value),
-    )];
+    opened
+        .store
+        .append_events(&[event(
+            "operator.failback",
+            format!("failback of {} by {who}", server.name.value),
+        )])
+        .await?;
+    // Each step is in the job log as it happens: a failback stopped halfway shows how
+    // far it got.
+    let store = &opened.store;
     let mut say = |kind: &str, message: String| {
         println!("{message}");
-        events.push(event(kind, message));
+        let written = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(store.append_events(&[event(kind, message)]))
+        });
+        if let Err(err) = written {
+            eprintln!("warning: the job log did not take a step of the failback: {err:#}");
+        }
     };
     let outcome = tasks::failback::run(&reach, until, args.wait, &mut say).await;
     if let Err(why) = &outcome {
-        events.push(event("failback.failed", why.clone()));
+        store
+            .append_events(&[event("failback.failed", why.clone())])
+            .await?;
     }
-    opened.store.append_events(&events).await?;
     match outcome {
         Ok(outcome) if outcome.returned => {
             outln!(
@@ -157,7 +169,7 @@ pub async fn run(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(outcome) => {
             outln!(
-                "{} restored from its copy ({} bytes); the copy stays and replicates back: run `wavelift failback {}` to return to normal",
+                "{} restored from its copy ({} bytes); the copy stays: `wavelift failback {}` restores what changes on it meanwhile, then returns to normal",
                 server.name.value,
                 outcome.restored_bytes,
                 server.name.value

@@ -10,9 +10,11 @@
 //!    addresses, and only the chunks that differ are sent, checked and written
 //!    ([`super::restore`]). The steps are recorded, so a stopped restore starts again
 //!    from a comparison.
-//! 3. **Return to normal**: the reverse replication stops, the copy is terminated and
-//!    the source is ready for cutover again; agent_push installs its agent again, which
-//!    sends what the restore changed since its last recovery point (its digests tell).
+//! 3. **Return to normal**: agent_push installs the source's agent again (let in while
+//!    the failback is restored, so a failed install leaves it restored and a run again
+//!    goes on), then the reverse replication stops, the copy is terminated and the
+//!    source is ready for cutover; its agent sends what the restore changed since its
+//!    last recovery point (its digests tell).
 
 use std::path::{Path, PathBuf};
 
@@ -162,8 +164,7 @@ impl LocalEngine {
         let mut state = lock(&self.inner.state);
         let index = Self::source_index(&state, id)?;
         if let Some(failback) = state.sources[index].failback.clone() {
-            if failback.state != FailbackState::Restored && !self.reverse_agent_runs(id, &failback)
-            {
+            if !self.reverse_agent_runs(id, &failback) {
                 let pid = self.start_reverse_agent(id, &failback)?;
                 if let Some(record) = state.sources[index].failback.as_mut() {
                     record.pid = Some(pid);
@@ -196,7 +197,7 @@ impl LocalEngine {
             .find(|i| i.extension().is_none_or(|e| e != "raw"))
         {
             return Err(conflict(format!(
-                "the cutover copy of {label} is {}, not a raw image: failback reads raw images (qemu-img convert -O raw it in place of the copy, or launch copies as raw)",
+                "the cutover copy of {label} is {}, not a raw image: failback reads raw images, so a server to fail back is launched as raw (engines.local.image_format: raw)",
                 image.display()
             )));
         }
@@ -215,7 +216,12 @@ impl LocalEngine {
                 )
             })?;
         let mut failback = FailbackRecord {
-            reverse: format!("{}-failback", id.0),
+            // Each failback replicates into a volume of its own.
+            reverse: format!(
+                "{}-failback-{}",
+                id.0,
+                self.inner.clock.now().as_millisecond()
+            ),
             images,
             token_sha256: token_hash(&token),
             pid: None,
@@ -251,31 +257,17 @@ impl LocalEngine {
         answer: Option<&str>,
     ) -> EngineResult<RestoreStep> {
         let (index, mut failback) = Self::failback_of(&lock(&self.inner.state), id)?;
-        let seq = match (answer, failback.seq) {
+        let mut answer = answer;
+        let mut seq = match (answer, failback.seq) {
             (Some(_), Some(seq)) => seq,
             (Some(_), None) => {
                 return Err(conflict(format!(
                     "the failback of {id} got an answer to a step it did not give"
                 )));
             }
-            (None, Some(seq)) if failback.state != FailbackState::Replicating => seq,
-            (None, _) => {
-                // A fresh point of the copy: everything it holds up to now.
-                self.inner
-                    .server
-                    .barrier(&failback.reverse, self.inner.config.final_sync_timeout)
-                    .await
-                    .map_err(|why| {
-                        unavailable(
-                            "the copy's final sync for the failback failed",
-                            format!(
-                                "{why} (is the reverse agent running? see its log in {})",
-                                self.failback_dir(id).join("agent.log").display()
-                            ),
-                        )
-                    })?
-                    .seq
-            }
+            // A restore starts from a fresh point of the copy, everything it holds up
+            // to now (so a restore run again moves what changed on the copy since).
+            (None, _) => self.copy_point(id, &failback).await?,
         };
         let volume = self
             .inner
@@ -283,9 +275,25 @@ impl LocalEngine {
             .volume(&failback.reverse)
             .map_err(|err| unavailable("cannot open the copy's replicated disks", err))?
             .ok_or_else(|| not_found(format!("nothing of {id}'s copy was replicated yet")))?;
-        let (meta, maps) = lock(&volume)
-            .point_maps(seq)
-            .map_err(|err| unavailable(&format!("cannot read the copy's point {seq}"), err))?;
+        let read = lock(&volume).point_maps(seq);
+        let (meta, maps) = match read {
+            Ok(read) => read,
+            // The point was pruned meanwhile (retention): start over from a fresh one.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && answer.is_some() => {
+                seq = self.copy_point(id, &failback).await?;
+                answer = None;
+                let again = lock(&volume).point_maps(seq);
+                again.map_err(|err| {
+                    unavailable(&format!("cannot read the copy's point {seq}"), err)
+                })?
+            }
+            Err(err) => {
+                return Err(unavailable(
+                    &format!("cannot read the copy's point {seq}"),
+                    err,
+                ));
+            }
+        };
         let devices = {
             let state = lock(&self.inner.state);
             state.sources[index].devices.clone()
@@ -312,6 +320,9 @@ impl LocalEngine {
                 failback.awaiting = Some("compare".to_owned());
                 failback.pending.clear();
                 failback.in_flight = 0;
+                // Each restore counts what it writes.
+                failback.restored_chunks = 0;
+                failback.restored_bytes = 0;
                 self.keep_failback(index, &failback)?;
                 return Ok(RestoreStep::Run {
                     template: "local-restore".to_owned(),
@@ -414,6 +425,25 @@ impl LocalEngine {
         })
     }
 
+    /// A fresh recovery point of the copy, cut at a barrier of the reverse agent.
+    async fn copy_point(&self, id: &SourceId, failback: &FailbackRecord) -> EngineResult<u64> {
+        let point = self
+            .inner
+            .server
+            .barrier(&failback.reverse, self.inner.config.final_sync_timeout)
+            .await
+            .map_err(|why| {
+                unavailable(
+                    "the copy's final sync for the failback failed",
+                    format!(
+                        "{why} (is the reverse agent running? see its log, {})",
+                        self.failback_dir(id).join("agent.log").display()
+                    ),
+                )
+            })?;
+        Ok(point.seq)
+    }
+
     fn keep_failback(&self, index: usize, failback: &FailbackRecord) -> EngineResult<()> {
         let mut state = lock(&self.inner.state);
         state.sources[index].failback = Some(failback.clone());
@@ -432,33 +462,66 @@ impl LocalEngine {
     }
 
     pub(super) fn return_to_normal_now(&self, id: &SourceId) -> EngineResult<()> {
+        let failback = {
+            let state = lock(&self.inner.state);
+            let (index, failback) = Self::failback_of(&state, id)?;
+            if failback.state != FailbackState::Restored {
+                return Err(conflict(format!(
+                    "the failback of {} is {}: its copy must be restored onto the source first",
+                    Self::label(&state.sources[index]),
+                    match failback.state {
+                        FailbackState::Replicating => "replicating the copy back",
+                        _ => "restoring",
+                    }
+                )));
+            }
+            failback
+        };
+        self.stop_reverse_agent(id, &failback);
         let mut state = lock(&self.inner.state);
-        let (index, failback) = Self::failback_of(&state, id)?;
-        if failback.state != FailbackState::Restored {
-            return Err(conflict(format!(
-                "the failback of {} is {}: its copy must be restored onto the source first",
-                Self::label(&state.sources[index]),
-                match failback.state {
-                    FailbackState::Replicating => "replicating the copy back",
-                    _ => "restoring",
-                }
-            )));
-        }
+        let index = Self::source_index(&state, id)?;
+        self.terminate_kind(&mut state, id, LaunchKind::Cutover, "return to normal");
+        let record = &mut state.sources[index];
+        record.life_cycle = LifeCycle::ReadyForCutover;
+        record.failback = None;
+        self.save(&state)?;
+        drop(state);
+        // The copy's replicated disks are no longer needed: their chunks are collected
+        // at the next start.
+        let _ = std::fs::remove_dir_all(self.failback_dir(id));
+        let _ = std::fs::remove_dir_all(
+            self.inner
+                .config
+                .staging_dir
+                .join("sources")
+                .join(&failback.reverse),
+        );
+        Ok(())
+    }
+
+    /// Stops the reverse agent: told by the server, then ended by its pid (it may be a
+    /// process an earlier Wavelift started, or one that is not connected).
+    fn stop_reverse_agent(&self, id: &SourceId, failback: &FailbackRecord) {
         self.inner.server.stop(&failback.reverse);
-        if let Some(mut child) = lock(&self.inner.children).remove(&id.0) {
-            // It exits when the server says stop; one that does not is ended.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let child = lock(&self.inner.children).remove(&id.0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        if let Some(mut child) = child {
             while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.terminate_kind(&mut state, id, LaunchKind::Cutover, "return to normal");
-        let record = &mut state.sources[index];
-        record.life_cycle = LifeCycle::ReadyForCutover;
-        record.failback = None;
-        self.save(&state)
+        if self.reverse_agent_runs(id, failback)
+            && let Some(pid) = failback.pid.and_then(|p| i32::try_from(p).ok())
+        {
+            // Its command line names this failback's folder (checked just above).
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -117,11 +117,31 @@ pub fn serve(input: impl Read, mut output: impl Write) -> io::Result<()> {
     let mut files = Vec::new();
     for disk in &header.disks {
         let writable = matches!(header.mode, Mode::Write);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&disk.name)
-            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", disk.name)))?;
+        let block_device = std::fs::metadata(&disk.name).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt as _;
+            m.file_type().is_block_device()
+        });
+        let mut options = OpenOptions::new();
+        options.read(true).write(writable);
+        if writable && block_device {
+            // Linux refuses O_EXCL on a block device that is mounted or in use:
+            // writing under a mounted filesystem would corrupt it.
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.custom_flags(libc::O_EXCL);
+        }
+        let mut file = options.open(&disk.name).map_err(|err| {
+            if err.raw_os_error() == Some(libc::EBUSY) {
+                io::Error::new(
+                    err.kind(),
+                    format!(
+                        "{} is in use (mounted, or held by another process): a failback writes the disk of a source that is not running it; boot the source from rescue media, or unmount it",
+                        disk.name
+                    ),
+                )
+            } else {
+                io::Error::new(err.kind(), format!("{}: {err}", disk.name))
+            }
+        })?;
         // A block device's size is where its end is; an image's is its length.
         let size = file.seek(SeekFrom::End(0))?;
         if size < disk.size {

@@ -416,8 +416,16 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
     let (work, reports, applied) = match start_applier(&shared, &source, volume) {
         Ok(applier) => applier,
         Err(err) => {
-            note(&shared, &source, format!("cannot start the session's applier: {err}"));
-            (mpsc::channel(1).0, mpsc::unbounded_channel().1, tokio::sync::oneshot::channel().1)
+            note(
+                &shared,
+                &source,
+                format!("cannot start the session's applier: {err}"),
+            );
+            (
+                mpsc::channel(1).0,
+                mpsc::unbounded_channel().1,
+                tokio::sync::oneshot::channel().1,
+            )
         }
     };
     let reading = read_frames(&shared, &source, &mut reader, &tx, work, reports, wire);
@@ -632,7 +640,9 @@ fn applier(
                 let committed = if failed {
                     Err("the data before it could not be stored".to_owned())
                 } else {
-                    commit(&shared, &source, &volume, seq, frozen_at, taken_at, &retention)
+                    commit(
+                        &shared, &source, &volume, seq, frozen_at, taken_at, &retention,
+                    )
                 };
                 let _ = reply.send(committed);
             }
