@@ -956,4 +956,9 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
         "{}",
         again.describe()
     );
+    // The agent installed again outlives `wavelift failback` (it waits for the next
+    // wavelift to serve it); the test's own ends with the test.
+    let _ = Command::new("pkill")
+        .args(["-f", &agents.display().to_string()])
+        .status();
 }
