@@ -1,13 +1,15 @@
 //! The local engine end to end: the quickstart as shipped, whose source servers are ext4
 //! disk images on this machine that its lab script makes and writes to, replicated by
 //! real `wavelift-agent` processes to the replication server inside `wavelift run` and
-//! cut over as images; and an agent killed with SIGKILL and started again, which goes on
-//! from its last recovery point instead of sending the disk again.
+//! cut over as images; an agent killed with SIGKILL and started again, which goes on
+//! from its last recovery point instead of sending the disk again; and an agent in a
+//! network namespace whose link goes down and comes back.
 //!
 //! Starts: the wavelift binary (run, events) and, through each server's agent_push, one
 //! wavelift-agent per server, on a loopback port of the test's own; mkfs.ext4, debugfs
-//! and e2fsck (e2fsprogs) make and check the images. The second test starts the local
-//! engine in the test process and the wavelift-agent binary beside wavelift.
+//! and e2fsck (e2fsprogs) make and check the images. The other tests start the local
+//! engine in the test process and the wavelift-agent binary beside wavelift; the last one
+//! makes a network namespace and a veth pair (iproute2, as root) and runs the agent in it.
 
 use std::fs;
 use std::sync::Arc;
@@ -134,92 +136,210 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     panic!("{what}: not within {limit:?}");
 }
 
-#[test]
-fn a_killed_agent_started_again_goes_on_from_its_last_point() {
-    let scratch = Scratch::new("local-agent-kill");
-    let dir = scratch.path();
-    let image = dir.join("db-01.img");
-    // 32 MiB, half of it data that does not compress.
-    let mut bytes = vec![0u8; 32 << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for byte in bytes[..16 << 20].iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *byte = x as u8;
+/// The local engine in the test process with one registered source (`db-01`, a 32 MiB
+/// image, half of it data that does not compress), its agent's install issued.
+struct Rig {
+    runtime: tokio::runtime::Runtime,
+    engine: LocalEngine,
+    source: replication::SourceServer,
+    facts: std::collections::BTreeMap<String, serde_json::Value>,
+    dir: std::path::PathBuf,
+    image: std::path::PathBuf,
+}
+
+impl Rig {
+    fn new(dir: &std::path::Path, listen: &str) -> Rig {
+        let image = dir.join("db-01.img");
+        let mut bytes = vec![0u8; 32 << 20];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for byte in bytes[..16 << 20].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        fs::write(&image, &bytes).expect("the image");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let config = LocalConfig::new(
+            listen.parse().expect("an address"),
+            dir.join("staging"),
+            dir.join("targets"),
+            agent_binary(),
+        );
+        let engine = runtime
+            .block_on(LocalEngine::start(config, Arc::new(SystemClock)))
+            .expect("the local engine");
+        let source = runtime
+            .block_on(engine.register_source(&SourceSpec {
+                name: "db-01".to_owned(),
+                hostname: None,
+                disks: vec![DiskSpec {
+                    device: image.display().to_string(),
+                    size_bytes: bytes.len() as u64,
+                    used_bytes: 16 << 20,
+                }],
+                change_rate_bytes_per_second: 0.0,
+            }))
+            .expect("registered");
+        let install = runtime
+            .block_on(engine.agent_install(&source.id))
+            .expect("an install")
+            .expect("the local engine installs its agent");
+        fs::write(dir.join("token"), &install.secret).expect("the token file");
+        Rig {
+            runtime,
+            engine,
+            source,
+            facts: install.facts,
+            dir: dir.to_owned(),
+            image,
+        }
     }
-    fs::write(&image, &bytes).expect("the image");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let config = LocalConfig::new(
-        "127.0.0.1:0".parse().expect("an address"),
-        dir.join("staging"),
-        dir.join("targets"),
-        agent_binary(),
-    );
-    let engine = runtime
-        .block_on(LocalEngine::start(config, Arc::new(SystemClock)))
-        .expect("the local engine");
-    let source = runtime
-        .block_on(engine.register_source(&SourceSpec {
-            name: "db-01".to_owned(),
-            hostname: None,
-            disks: vec![DiskSpec {
-                device: image.display().to_string(),
-                size_bytes: bytes.len() as u64,
-                used_bytes: 16 << 20,
-            }],
-            change_rate_bytes_per_second: 0.0,
-        }))
-        .expect("registered");
-    let install = runtime
-        .block_on(engine.agent_install(&source.id))
-        .expect("an install")
-        .expect("the local engine installs its agent");
-    let token = dir.join("token");
-    fs::write(&token, &install.secret).expect("the token file");
-    let fact = |key: &str| install.facts[key].as_str().unwrap_or_default().to_owned();
-    let start_agent = || {
-        std::process::Command::new(agent_binary())
-            .args(["run", "--server", &fact("server"), "--pin", &fact("pin")])
+
+    fn fact(&self, key: &str) -> String {
+        self.facts[key].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The agent, started by `wrapper` (for example `ip netns exec NS`), its log
+    /// appended to agent.log.
+    fn agent(&self, wrapper: &[&str]) -> std::process::Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("a log");
+        let (program, args) = match wrapper.split_first() {
+            Some((program, args)) => (std::path::PathBuf::from(program), args.to_vec()),
+            None => (agent_binary(), Vec::new()),
+        };
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        if !wrapper.is_empty() {
+            command.arg(agent_binary());
+        }
+        command
+            .args([
+                "run",
+                "--server",
+                &self.fact("server"),
+                "--pin",
+                &self.fact("pin"),
+            ])
             .args([
                 "--source",
-                &fact("source"),
+                &self.fact("source"),
                 "--scan-interval",
                 "50",
                 "--give-up-after",
-                "30",
+                "60",
             ])
             .arg("--token-file")
-            .arg(&token)
+            .arg(self.dir.join("token"))
             .arg("--state-dir")
-            .arg(dir.join("agent"))
+            .arg(self.dir.join("agent"))
             .arg("--disk")
-            .arg(&image)
-            .stderr(fs::File::create(dir.join("agent.log")).expect("a log"))
+            .arg(&self.image)
+            .stderr(log)
             .spawn()
             .expect("wavelift-agent (built beside wavelift)")
-    };
-    let describe = |engine: &LocalEngine| {
-        runtime
-            .block_on(engine.describe_source(&source.id))
+    }
+
+    fn state(&self) -> ReplicationState {
+        self.runtime
+            .block_on(self.engine.describe_source(&self.source.id))
             .expect("the source")
-    };
-    let continuous = |engine: &LocalEngine| {
+            .replication
+            .state
+    }
+
+    fn continuous(&self) {
         wait_for("continuous replication", Duration::from_secs(60), || {
-            describe(engine).replication.state == ReplicationState::Continuous
-                && !runtime
-                    .block_on(engine.recovery_points(&source.id))
+            self.state() == ReplicationState::Continuous
+                && !self
+                    .runtime
+                    .block_on(self.engine.recovery_points(&self.source.id))
                     .unwrap_or_default()
                     .is_empty()
-        })
-    };
-    let mut agent = start_agent();
-    continuous(&engine);
-    let first_sync = engine.server().stats(&source.id.0).bytes_on_wire;
+        });
+    }
+
+    fn bytes_on_wire(&self) -> u64 {
+        self.engine.server().stats(&self.source.id.0).bytes_on_wire
+    }
+
+    /// Writes 64 KiB into the source at 20 MiB.
+    fn change(&self) {
+        use std::os::unix::fs::FileExt;
+        let file = fs::File::options()
+            .write(true)
+            .open(&self.image)
+            .expect("the image");
+        file.write_all_at(&[0x42; 65536], 20 << 20)
+            .expect("a change");
+    }
+
+    /// A test launch from the latest data: the copy's bytes.
+    fn test_copy(&self) -> Vec<u8> {
+        let (runtime, engine, id) = (&self.runtime, &self.engine, &self.source.id);
+        let job = runtime
+            .block_on(engine.start_launch(
+                LaunchKind::Test,
+                std::slice::from_ref(id),
+                &PointInTime::Latest,
+            ))
+            .expect("a launch");
+        let mut finished = None;
+        wait_for("the launch", Duration::from_secs(60), || {
+            let job = runtime
+                .block_on(engine.describe_job(&job.id))
+                .expect("the job");
+            let done = job.status == JobStatus::Completed;
+            finished = done.then_some(job);
+            done
+        });
+        let job = finished.expect("a finished job");
+        assert_eq!(
+            job.servers[0].status,
+            LaunchStatus::Launched,
+            "{:?}",
+            job.servers[0].message
+        );
+        let target = runtime
+            .block_on(engine.describe_target(job.servers[0].target.as_ref().expect("a target")))
+            .expect("the target");
+        fs::read(target.address.expect("the image")).expect("the copy")
+    }
+
+    /// A test copy is the source after its change, and the agent sent little more than
+    /// the change since the first sync: no full resync.
+    fn resumed_with_the_change(&self, first_sync: u64, after: &str) {
+        assert!(
+            self.test_copy() == fs::read(&self.image).expect("the source"),
+            "the copy is the source after the change"
+        );
+        let resumed = self.bytes_on_wire() - first_sync;
+        assert!(
+            resumed < 2 << 20,
+            "after {after} the agent sent {resumed} bytes (the change is 64 KiB; the first sync was {first_sync}): no full resync"
+        );
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_killed_agent_started_again_goes_on_from_its_last_point() {
+    let scratch = Scratch::new("local-agent-kill");
+    let rig = Rig::new(scratch.path(), "127.0.0.1:0");
+    let mut agent = rig.agent(&[]);
+    rig.continuous();
+    let first_sync = rig.bytes_on_wire();
     assert!(
         first_sync > 16 << 20,
         "the first sync sent the data: {first_sync} bytes"
@@ -228,58 +348,126 @@ fn a_killed_agent_started_again_goes_on_from_its_last_point() {
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
     wait_for("the agent missed", Duration::from_secs(40), || {
-        describe(&engine).replication.state == ReplicationState::Disconnected
+        rig.state() == ReplicationState::Disconnected
     });
     // The source changes while its agent is down.
-    use std::os::unix::fs::FileExt;
-    let file = fs::File::options()
-        .write(true)
-        .open(&image)
-        .expect("the image");
-    file.write_all_at(&[0x42; 65536], 20 << 20)
-        .expect("a change");
-    drop(file);
+    rig.change();
 
-    let mut agent = start_agent();
-    continuous(&engine);
-    let job = runtime
-        .block_on(engine.start_launch(
-            LaunchKind::Test,
-            std::slice::from_ref(&source.id),
-            &PointInTime::Latest,
-        ))
-        .expect("a launch");
-    let mut finished = None;
-    wait_for("the launch", Duration::from_secs(60), || {
-        let job = runtime
-            .block_on(engine.describe_job(&job.id))
-            .expect("the job");
-        let done = job.status == JobStatus::Completed;
-        finished = done.then_some(job);
-        done
-    });
-    let job = finished.expect("a finished job");
-    assert_eq!(
-        job.servers[0].status,
-        LaunchStatus::Launched,
-        "{:?}",
-        job.servers[0].message
-    );
-    let target = runtime
-        .block_on(engine.describe_target(job.servers[0].target.as_ref().expect("a target")))
-        .expect("the target");
-    let copy = fs::read(target.address.expect("the image")).expect("the copy");
-    assert!(
-        copy == fs::read(&image).expect("the source"),
-        "the copy is the source after the change"
-    );
-    let resumed = engine.server().stats(&source.id.0).bytes_on_wire - first_sync;
-    assert!(
-        resumed < 2 << 20,
-        "after the restart the agent sent {resumed} bytes (the change is 64 KiB; the first sync was {first_sync}): no full resync"
-    );
+    let mut agent = rig.agent(&[]);
+    rig.continuous();
+    rig.resumed_with_the_change(first_sync, "the restart");
     let _ = agent.kill();
     let _ = agent.wait();
-    let log = fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let log = rig.log();
     assert!(log.contains("continuing from recovery point 1"), "{log}");
+}
+
+/// A network namespace with one end of a veth pair whose other end is here, removed
+/// (with the pair) when dropped.
+struct Netns {
+    name: String,
+    here: String,
+}
+
+impl Netns {
+    /// `ip` as root; the addresses are link-local, on this machine only.
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn new(tag: u32) -> Netns {
+        let name = format!("wl-e2e-{tag}");
+        let here = format!("wlh{tag}");
+        let there = format!("wlt{tag}");
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        Netns::ip(&["netns", "add", &name]);
+        let netns = Netns {
+            name: name.clone(),
+            here: here.clone(),
+        };
+        Netns::ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+        Netns::ip(&["link", "set", &there, "netns", &name]);
+        Netns::ip(&["addr", "add", "169.254.77.1/30", "dev", &here]);
+        Netns::ip(&["link", "set", &here, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            Netns::ip(&all);
+        };
+        inside(&["addr", "add", "169.254.77.2/30", "dev", &there]);
+        inside(&["link", "set", &there, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    fn link(&self, up: bool) {
+        Netns::ip(&["link", "set", &self.here, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.here])
+            .output();
+    }
+}
+
+#[test]
+fn a_link_down_between_namespaces_is_reported_and_replication_resumes_without_a_full_resync() {
+    // Starts: a network namespace (ip netns) with a veth pair to this one; the local
+    // engine in this process listening on this end (169.254.77.1), the wavelift-agent in
+    // the namespace (ip netns exec) replicating through the pair. The link is set down,
+    // then up again.
+    let netns = Netns::new(std::process::id() % 100_000);
+    let scratch = Scratch::new("local-netns");
+    let rig = Rig::new(scratch.path(), "169.254.77.1:0");
+    assert!(
+        rig.fact("server").starts_with("169.254.77.1:"),
+        "{:?}",
+        rig.facts
+    );
+    let mut agent = rig.agent(&["ip", "netns", "exec", &netns.name]);
+    rig.continuous();
+    let first_sync = rig.bytes_on_wire();
+
+    netns.link(false);
+    wait_for("the link down seen", Duration::from_secs(60), || {
+        matches!(
+            rig.state(),
+            ReplicationState::Stalled | ReplicationState::Disconnected
+        )
+    });
+    let refused = rig.runtime.block_on(rig.engine.start_launch(
+        LaunchKind::Cutover,
+        std::slice::from_ref(&rig.source.id),
+        &PointInTime::Latest,
+    ));
+    assert!(refused.is_err(), "no cutover while the agent is away");
+    // The source changes while the link is down.
+    rig.change();
+    netns.link(true);
+    rig.continuous();
+    wait_for("the change sent", Duration::from_secs(60), || {
+        rig.runtime
+            .block_on(rig.engine.take_recovery_point(&rig.source.id))
+            .is_ok()
+    });
+    rig.resumed_with_the_change(first_sync, "the link came back");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
