@@ -548,9 +548,11 @@ impl LocalEngine {
             .join(&name)
             .join(format!("{kind}-{job_id}"));
         let engine = self.clone();
+        // Retention keeps the point while the launch reads it.
+        lock(&volume).pin(seq);
         tokio::task::spawn_blocking(move || {
             let config = &engine.inner.config;
-            launch::launch(&launch::LaunchSpec {
+            let launched = launch::launch(&launch::LaunchSpec {
                 store: engine.inner.server.store(),
                 volume: &volume,
                 seq,
@@ -558,8 +560,9 @@ impl LocalEngine {
                 format: config.image_format,
                 boot_check: config.boot_check.as_deref(),
                 post_launch: config.post_launch.as_deref(),
-            })
-            .map(|launched| (launched, seq))
+            });
+            lock(&volume).unpin(seq);
+            launched.map(|launched| (launched, seq))
         })
         .await
         .map_err(|err| format!("the launch stopped: {err}"))?

@@ -366,7 +366,7 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         return;
     };
     let admitted = admit(&shared, version, &source, &token, &disks, acked, pending).await;
-    let (id, base, volume, wire) = match admitted {
+    let (id, base, volume, wire, resend) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let (fatal, reason) = match refusal {
@@ -400,6 +400,25 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         }
     }
     let _ = tx.try_send(Control::Welcome { base });
+    if !resend.is_empty() {
+        note(
+            &shared,
+            &source,
+            format!(
+                "{} chunk(s) of recovery point {base} are missing from the store (found damaged before): the agent sends them again",
+                resend.len()
+            ),
+        );
+        let requests = tx.clone();
+        tokio::spawn(async move {
+            for (disk, offset, len) in resend {
+                let request = Control::Request(Request::Resend { disk, offset, len });
+                if requests.send(request).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let writing = async move {
         while let Some(control) = rx.recv().await {
             let last = matches!(control, Control::Refused { .. });
@@ -463,7 +482,15 @@ enum Refusal {
     NotNow(String),
 }
 
-type Admitted = (u64, u64, Arc<Mutex<Volume>>, Arc<AtomicU64>);
+/// The session's id, the point both sides continue from, the volume, its wire counter,
+/// and the ranges to ask the agent for again (chunks of that point the store lost).
+type Admitted = (
+    u64,
+    u64,
+    Arc<Mutex<Volume>>,
+    Arc<AtomicU64>,
+    Vec<(u16, u64, u64)>,
+);
 
 async fn admit(
     shared: &Arc<Shared>,
@@ -545,7 +572,7 @@ async fn admit(
     })
     .await
     .map_err(|err| Refusal::NotNow(err.to_string()))??;
-    let base = {
+    let (base, resend) = {
         let mut v = lock(&volume);
         let has = |seq: u64| v.points.iter().any(|p| p.seq == seq);
         let base = match pending {
@@ -553,15 +580,17 @@ async fn admit(
             _ if acked > 0 && has(acked) => acked,
             _ => 0,
         };
-        v.reset(base)
+        let store = lock(&shared.store);
+        let resend = v
+            .reset(base, &store)
             .map_err(|err| Refusal::NotNow(format!("cannot read recovery point {base}: {err}")))?;
-        base
+        (base, resend)
     };
     if let Some(slot) = lock(&shared.slots).get_mut(source) {
         slot.volume = Some(Arc::clone(&volume));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    Ok((id, base, volume, wire))
+    Ok((id, base, volume, wire, resend))
 }
 
 fn describe(disks: &[DiskInfo]) -> String {

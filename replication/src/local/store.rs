@@ -51,6 +51,97 @@ pub struct ChunkStore {
     stored_bytes: u64,
 }
 
+/// The record whose header is at `offset`, if the header is whole and plausible.
+fn read_header(
+    file: &mut File,
+    offset: u64,
+    len: u64,
+) -> io::Result<Option<(ChunkHash, Location)>> {
+    if offset + HEADER as u64 > len {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut header)?;
+    if &header[..4] != MAGIC || header[44] > 1 {
+        return Ok(None);
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&header[4..36]);
+    let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
+    let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
+    let plausible = raw_len as usize <= super::proto::CHUNK
+        && stored_len as usize <= super::proto::CHUNK + 1024
+        && offset + HEADER as u64 + u64::from(stored_len) <= len;
+    Ok(plausible.then_some((
+        hash,
+        Location {
+            pack: 0,
+            offset,
+            stored_len,
+            raw_len,
+            compressed: header[44] == 1,
+        },
+    )))
+}
+
+/// The first record at or after `from` whose header is plausible and whose content
+/// matches its address.
+fn resync(
+    file: &mut File,
+    from: u64,
+    len: u64,
+) -> io::Result<Option<(u64, (ChunkHash, Location))>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at + HEADER as u64 <= len {
+        file.seek(SeekFrom::Start(at))?;
+        let n = file.read(&mut buf)?;
+        if n < MAGIC.len() {
+            break;
+        }
+        let mut found = None;
+        for i in 0..=n - MAGIC.len() {
+            if &buf[i..i + MAGIC.len()] != MAGIC {
+                continue;
+            }
+            let candidate = at + i as u64;
+            if let Some(record) = read_header(file, candidate, len)?
+                && record_matches(file, &record.0, &record.1)?
+            {
+                found = Some((candidate, record));
+                break;
+            }
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+        // The magic may straddle two reads.
+        at += (n - (MAGIC.len() - 1)) as u64;
+    }
+    Ok(None)
+}
+
+fn record_matches(file: &mut File, hash: &ChunkHash, location: &Location) -> io::Result<bool> {
+    let mut body = vec![0u8; location.stored_len as usize];
+    file.seek(SeekFrom::Start(location.offset + HEADER as u64))?;
+    file.read_exact(&mut body)?;
+    let bytes = if location.compressed {
+        match lz4_flex::block::decompress(&body, location.raw_len as usize) {
+            Ok(bytes) => bytes,
+            Err(_) => return Ok(false),
+        }
+    } else {
+        body
+    };
+    Ok(chunk_hash(&bytes) == *hash)
+}
+
+/// Makes the folder's entries (a pack created or removed) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 fn pack_name(id: u32) -> String {
     format!("pack-{id:06}.wlc")
 }
@@ -95,41 +186,46 @@ impl ChunkStore {
         Ok(store)
     }
 
-    /// Reads a pack's record headers; returns the length of its valid prefix.
+    /// Reads a pack's record headers into the index; returns where its last valid record
+    /// ends. A damaged header in the middle (a bad sector, a flipped bit) loses only its
+    /// own record: the next one is found by its magic and checked against its address,
+    /// and indexing goes on from there. What follows the last valid record is a torn
+    /// tail.
     fn index_pack(&mut self, id: u32) -> io::Result<u64> {
         let path = self.dir.join(pack_name(id));
         let mut file = File::open(&path)?;
         let len = file.metadata()?.len();
         let mut offset = 0u64;
-        let mut header = [0u8; HEADER];
+        let mut valid_end = 0u64;
         while offset + HEADER as u64 <= len {
-            file.seek(SeekFrom::Start(offset))?;
-            file.read_exact(&mut header)?;
-            if &header[..4] != MAGIC {
+            let record = match read_header(&mut file, offset, len)? {
+                Some(record) => Some(record),
+                // Past a damaged stretch: the next record whose content matches its
+                // address, if any.
+                None => match resync(&mut file, offset + 1, len)? {
+                    Some((at, record)) => {
+                        offset = at;
+                        Some(record)
+                    }
+                    None => None,
+                },
+            };
+            let Some((hash, location)) = record else {
                 break;
-            }
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&header[4..36]);
-            let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
-            let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
-            let end = offset + HEADER as u64 + u64::from(stored_len);
-            if end > len {
-                break;
-            }
+            };
+            let end = offset + HEADER as u64 + u64::from(location.stored_len);
             self.index.insert(
                 hash,
                 Location {
                     pack: id,
-                    offset,
-                    stored_len,
-                    raw_len,
-                    compressed: header[44] == 1,
+                    ..location
                 },
             );
-            self.stored_bytes += u64::from(stored_len);
+            self.stored_bytes += u64::from(location.stored_len);
             offset = end;
+            valid_end = end;
         }
-        Ok(offset)
+        Ok(valid_end)
     }
 
     pub fn contains(&self, hash: &ChunkHash) -> bool {
@@ -172,6 +268,8 @@ impl ChunkStore {
                 .read(true)
                 .write(true)
                 .open(self.dir.join(pack_name(id)))?;
+            // The new pack's name is durable before a point can name its chunks.
+            sync_dir(&self.dir)?;
             self.current = Some((id, file, 0));
         }
         let Some((id, file, len)) = self.current.as_mut() else {
@@ -306,9 +404,11 @@ impl ChunkStore {
             moved.put(&bytes)?;
         }
         moved.sync()?;
+        sync_dir(&self.dir)?;
         for id in old {
             std::fs::remove_file(self.dir.join(pack_name(id)))?;
         }
+        sync_dir(&self.dir)?;
         let before = self.stored_bytes;
         *self = moved;
         Ok(before.saturating_sub(self.stored_bytes))
@@ -371,6 +471,51 @@ mod tests {
         store.forget(&a);
         let again = store.put(&chunk(5)).expect("stored again");
         assert_eq!(store.get(&again, chunk(5).len()).expect("get"), chunk(5));
+    }
+
+    #[test]
+    fn a_damaged_header_in_the_middle_loses_only_its_own_record() {
+        let dir = tempdir("midheader");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let hashes: Vec<ChunkHash> = (1..=4u8)
+            .map(|seed| store.put(&chunk(seed)).expect("put"))
+            .collect();
+        store.sync().expect("sync");
+        drop(store);
+        let pack = dir.join(pack_name(1));
+        let mut bytes = std::fs::read(&pack).expect("read");
+        let len = bytes.len();
+        // Records follow one another: find the second one's header and break its magic.
+        let second = bytes[1..]
+            .windows(MAGIC.len())
+            .position(|w| w == MAGIC)
+            .map(|p| p + 1)
+            .expect("a second record");
+        bytes[second] ^= 0xff;
+        std::fs::write(&pack, &bytes).expect("write");
+        let mut store = ChunkStore::open(&dir).expect("reopen");
+        assert!(store.contains(&hashes[0]));
+        assert!(
+            !store.contains(&hashes[1]),
+            "the record with the broken header"
+        );
+        for (seed, hash) in [(3u8, &hashes[2]), (4, &hashes[3])] {
+            assert_eq!(
+                store.get(hash, chunk(seed).len()).expect("after it"),
+                chunk(seed)
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&pack).expect("pack").len(),
+            len as u64,
+            "nothing after the damage was cut off"
+        );
+        // New chunks go after the last record.
+        let fifth = store.put(&chunk(5)).expect("put");
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&fifth, chunk(5).len()).expect("get"), chunk(5));
     }
 
     #[test]

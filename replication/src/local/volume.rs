@@ -43,6 +43,8 @@ pub struct Volume {
     /// no recovery point is cut while one is missing.
     awaiting: BTreeSet<(u16, u64)>,
     pub points: Vec<PointMeta>,
+    /// Points a launch is reading, by how many: retention keeps them meanwhile.
+    pinned: BTreeMap<u64, usize>,
 }
 
 /// A write the volume cannot take.
@@ -100,6 +102,7 @@ impl Volume {
             maps,
             dirty_bytes: 0,
             awaiting: BTreeSet::new(),
+            pinned: BTreeMap::new(),
             points,
         })
     }
@@ -131,8 +134,11 @@ impl Volume {
     }
 
     /// Continues from recovery point `base` (0: empty disks), dropping whatever arrived
-    /// after it: the agent sends everything that differs from that point again.
-    pub fn reset(&mut self, base: u64) -> io::Result<()> {
+    /// after it: the agent sends everything that differs from that point again. The
+    /// point's chunks the store no longer holds (found damaged and forgotten, perhaps in
+    /// a session that ended before the agent sent them again) are awaited again, and
+    /// returned as the ranges to ask the agent for.
+    pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
         self.maps = if base == 0 {
             self.disks
                 .iter()
@@ -146,7 +152,21 @@ impl Volume {
         }
         self.dirty_bytes = 0;
         self.awaiting.clear();
-        Ok(())
+        let mut resend = Vec::new();
+        for (d, info) in self.disks.iter().enumerate() {
+            for (index, hash) in self.maps[d].iter().enumerate() {
+                if *hash != ZERO_CHUNK && !store.contains(hash) {
+                    let index = index as u64;
+                    self.awaiting.insert((d as u16, index));
+                    resend.push((
+                        d as u16,
+                        index * CHUNK as u64,
+                        chunk_len(info.size, index) as u64,
+                    ));
+                }
+            }
+        }
+        Ok(resend)
     }
 
     /// Applies a run of bytes the agent sent. Returns the chunks found damaged in the
@@ -302,9 +322,25 @@ impl Volume {
         Ok(meta)
     }
 
-    /// Removes the recovery points the retention does not keep (never the latest).
+    /// Keeps point `seq` from retention until [`Volume::unpin`]: a launch reads it.
+    pub fn pin(&mut self, seq: u64) {
+        *self.pinned.entry(seq).or_default() += 1;
+    }
+
+    pub fn unpin(&mut self, seq: u64) {
+        if let Some(count) = self.pinned.get_mut(&seq) {
+            *count -= 1;
+            if *count == 0 {
+                self.pinned.remove(&seq);
+            }
+        }
+    }
+
+    /// Removes the recovery points the retention does not keep (never the latest, nor a
+    /// point a launch is reading).
     pub fn prune(&mut self, retention: &Retention, now: Timestamp) -> io::Result<Vec<u64>> {
-        let keep = retention.kept(&self.points, now);
+        let mut keep = retention.kept(&self.points, now);
+        keep.extend(self.pinned.keys().copied());
         let mut removed = Vec::new();
         let mut failed = None;
         // The list follows the files one by one: a failure leaves it true.
@@ -449,6 +485,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_point_outlives_retention_until_unpinned() {
+        let dir = std::env::temp_dir().join(format!("wl-volume-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let disks = vec![DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size: CHUNK as u64,
+        }];
+        let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
+        let now = Timestamp::UNIX_EPOCH;
+        for seq in 1..=3 {
+            volume.commit(&mut store, seq, now, now).expect("commit");
+        }
+        // One point per ten minutes: the three share one interval, the newest stays.
+        let retention = Retention::default();
+        volume.pin(1);
+        assert_eq!(volume.prune(&retention, now).expect("prune"), vec![2]);
+        assert!(
+            volume.point_maps(1).is_ok(),
+            "the pinned point is still there"
+        );
+        volume.unpin(1);
+        assert_eq!(volume.prune(&retention, now).expect("prune"), vec![1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_point_holds_the_bytes_written_before_it_and_reset_returns_to_it() {
         let dir = std::env::temp_dir().join(format!("wl-volume-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -469,13 +532,19 @@ mod tests {
         volume
             .write(&mut store, 0, 4096, &[9u8; 4096])
             .expect("after");
-        volume.reset(1).expect("reset");
+        volume.reset(1, &store).expect("reset");
         let (_, maps) = volume.point_maps(first.seq).expect("maps");
         let chunk0 = store.get(&maps[0][0], CHUNK).expect("chunk");
         assert_eq!(&chunk0[4096..8192], &[1u8; 4096][..]);
         assert_eq!(maps[0][1], ZERO_CHUNK);
         let tail = store.get(&maps[0][3], 4096).expect("tail chunk");
         assert_eq!(tail, vec![2u8; 4096]);
+        // A chunk of the point the store lost (found damaged, forgotten) is awaited
+        // again when a session continues from that point.
+        store.forget(&maps[0][0]);
+        let resend = volume.reset(1, &store).expect("reset");
+        assert_eq!(resend, vec![(0, 0, CHUNK as u64)]);
+        assert_eq!(volume.awaiting_resend(), 1);
         let err = volume
             .write(&mut store, 0, 3 * CHUNK as u64, &[0u8; 8192])
             .expect_err("past the end");
