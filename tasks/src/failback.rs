@@ -1,8 +1,8 @@
 //! Failback of one cut-over server, a step an operator runs (`wavelift failback`), not
 //! a task of the wave's plan: the engine replicates the cutover copy back, its newest
 //! state is written onto the source's own disks through the source's shell (only what
-//! differs), and, unless told to stop there, the source returns to normal: the copy is
-//! terminated, the source is ready for cutover again and its agent is installed again.
+//! differs), and, unless told to stop there, the source returns to normal: its agent is
+//! installed again, the copy is terminated and the source is ready for cutover again.
 //! Each part is idempotent, so running it again after a stop goes on from where it was.
 
 use std::time::{Duration, Instant};
@@ -17,7 +17,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
-    /// Stop once the source holds the copy's state (the copy stays, still replicating).
+    /// Stop once the source holds the copy's state (the copy stays; a run again moves
+    /// what changed on it since).
     Restored,
     /// Go on to return to normal.
     Normal,
