@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod executor;
+pub mod mgn_api;
 pub mod report;
 pub mod scheduler;
 pub mod store;

@@ -11,6 +11,7 @@ mod crash;
 mod examples;
 mod local;
 mod mail;
+mod mgn;
 mod run;
 mod serve;
 mod ssh;

@@ -31,6 +31,7 @@ mod rehearse;
 mod report;
 mod run;
 mod serve;
+mod serve_mgn;
 mod state;
 mod status;
 mod steer;
@@ -209,6 +210,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The rehearsal engine behind other engines' APIs, for testing their clients
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Turn definitions kept in other tools into wave files
     Import {
         #[command(subcommand)]
@@ -225,6 +231,13 @@ pub struct TaskLever {
     by: Option<String>,
     #[command(flatten)]
     state: state::StateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// An AWS Application Migration Service endpoint on loopback whose source servers
+    /// are the waves' servers (MGN's JSON protocol, the rehearsal engine behind it)
+    ServeMgn(serve_mgn::ServeMgnArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +340,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => block_on(events::run(&state, wave.as_deref(), follow, json)),
         Command::Failback(args) => block_on(failback::run(&args)),
         Command::Failover(args) => block_on(failback::failover(&args)),
+        Command::Sim {
+            command: SimCommand::ServeMgn(args),
+        } => block_on(serve_mgn::run(&args)),
         Command::Rehearse { definitions, seed } => block_on(rehearse::run(&definitions, seed)),
         Command::Validate {
             definitions,

@@ -1,0 +1,624 @@
+//! `wavelift sim serve-mgn`: the rehearsal engine behind the JSON protocol of AWS
+//! Application Migration Service (restJson1: `POST /OperationName` with a JSON body,
+//! errors as an HTTP status, an `x-amzn-ErrorType` header and `{"message": ...}`), so an
+//! MGN client (the AWS SDK, the CLI) can be tested on loopback against MGN's request and
+//! response shapes and its life-cycle rules (a cutover's targets are not terminated while
+//! it cuts over; quotas per job and across jobs).
+//!
+//! The source servers are the servers of the wave files given, registered as if their
+//! MGN agents were installed: ids `s-` and 17 characters, hostname, FQDN and IP as
+//! identification hints. Operations: DescribeSourceServers, StartTest, StartCutover,
+//! DescribeJobs, ChangeServerLifeCycleState, FinalizeCutover, TerminateTargetInstances,
+//! MarkAsArchived.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use replication::{
+    EngineError, ErrorKind, Job, JobId, JobStatus, LaunchKind, LaunchStatus, LifeCycle,
+    PointInTime, ReplicationEngine, ReplicationState, SourceId, SourceServer,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What MGN knows of a source beyond the engine's view: its identification hints.
+#[derive(Debug, Clone)]
+pub struct Hints {
+    pub hostname: Option<String>,
+    pub fqdn: Option<String>,
+    pub ip: Option<String>,
+    pub disks: Vec<(String, u64)>,
+}
+
+pub struct MgnApi {
+    engine: Arc<dyn ReplicationEngine>,
+    region: String,
+    account: String,
+    /// MGN's ids and the engine's, both ways.
+    sources: Mutex<BTreeMap<String, (SourceId, Hints)>>,
+    jobs: Mutex<BTreeMap<String, JobRecord>>,
+}
+
+#[derive(Debug, Clone)]
+enum JobRecord {
+    /// A launch job of the engine.
+    Launch(JobId),
+    /// A terminate job: done when it is answered (the engine terminates at once).
+    Terminate {
+        created: String,
+        servers: Vec<String>,
+    },
+}
+
+/// An error in MGN's shape.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn validation(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "ValidationException", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> ApiError {
+        let (status, kind) = match err.kind {
+            ErrorKind::Throttled => (StatusCode::TOO_MANY_REQUESTS, "ThrottlingException"),
+            ErrorKind::Unavailable => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException")
+            }
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "ConflictException"),
+            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "ValidationException"),
+            ErrorKind::QuotaExceeded => (
+                StatusCode::PAYMENT_REQUIRED,
+                "ServiceQuotaExceededException",
+            ),
+        };
+        ApiError::new(status, kind, err.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            axum::Json(json!({ "message": self.message, "code": self.kind })),
+        )
+            .into_response();
+        if let Ok(kind) = HeaderValue::from_str(self.kind) {
+            response.headers_mut().insert("x-amzn-ErrorType", kind);
+        }
+        response
+    }
+}
+
+type Answer = Result<axum::Json<Value>, ApiError>;
+
+/// MGN's id of the engine's source `s-000001`: `s-` and 17 characters.
+fn mgn_source_id(index: usize) -> String {
+    format!("s-{index:017}")
+}
+
+fn mgn_job_id(index: usize) -> String {
+    format!("mgnjob-{index:017}")
+}
+
+/// An EC2 instance id for an engine target: `i-` and 17 hexadecimal digits.
+fn instance_id(target: &str) -> String {
+    let digits: String = target.chars().filter(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().unwrap_or(0);
+    format!("i-{n:017x}")
+}
+
+fn timestamp(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn replication_state(state: ReplicationState) -> &'static str {
+    match state {
+        ReplicationState::Initiating => "INITIATING",
+        ReplicationState::InitialSync => "INITIAL_SYNC",
+        ReplicationState::Backlog => "BACKLOG",
+        ReplicationState::CreatingSnapshot => "CREATING_SNAPSHOT",
+        ReplicationState::Continuous => "CONTINUOUS",
+        ReplicationState::Paused => "PAUSED",
+        ReplicationState::Rescan => "RESCAN",
+        ReplicationState::Stalled => "STALLED",
+        ReplicationState::Disconnected => "DISCONNECTED",
+    }
+}
+
+fn life_cycle_state(state: LifeCycle) -> &'static str {
+    match state {
+        LifeCycle::NotReady => "NOT_READY",
+        LifeCycle::ReadyForTest => "READY_FOR_TEST",
+        LifeCycle::Testing => "TESTING",
+        LifeCycle::ReadyForCutover => "READY_FOR_CUTOVER",
+        LifeCycle::CuttingOver => "CUTTING_OVER",
+        // An archived server keeps the state it was archived in; MGN archives cut-over
+        // servers.
+        LifeCycle::Cutover | LifeCycle::Archived => "CUTOVER",
+        LifeCycle::Disconnected => "DISCONNECTED",
+    }
+}
+
+fn launch_status(status: LaunchStatus) -> &'static str {
+    match status {
+        LaunchStatus::Pending => "PENDING",
+        LaunchStatus::InProgress => "IN_PROGRESS",
+        LaunchStatus::Launched => "LAUNCHED",
+        LaunchStatus::Failed => "FAILED",
+        LaunchStatus::Terminated => "TERMINATED",
+    }
+}
+
+/// ISO 8601 duration, as MGN writes `lagDuration`.
+fn iso_duration(seconds: f64) -> String {
+    let whole = seconds.max(0.0).round() as u64;
+    format!("PT{}H{}M{}S", whole / 3600, whole / 60 % 60, whole % 60)
+}
+
+impl MgnApi {
+    /// Registers each server (its name, hints and disks) with the engine, as its MGN
+    /// agent would on install.
+    pub async fn new(
+        engine: Arc<dyn ReplicationEngine>,
+        region: &str,
+        servers: Vec<(replication::SourceSpec, Hints)>,
+    ) -> anyhow::Result<MgnApi> {
+        let mut sources = BTreeMap::new();
+        for (index, (spec, hints)) in servers.into_iter().enumerate() {
+            let source = engine
+                .register_source(&spec)
+                .await
+                .map_err(|err| anyhow::anyhow!("registering {}: {}", spec.name, err.message))?;
+            sources.insert(mgn_source_id(index + 1), (source.id, hints));
+        }
+        Ok(MgnApi {
+            engine,
+            region: region.to_owned(),
+            account: "111122223333".to_owned(),
+            sources: Mutex::new(sources),
+            jobs: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/{operation}", post(operation))
+            .with_state(self)
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn engine_id(&self, mgn: &str) -> Result<SourceId, ApiError> {
+        Self::lock(&self.sources)
+            .get(mgn)
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))
+    }
+
+    fn mgn_id(&self, id: &SourceId) -> Option<String> {
+        Self::lock(&self.sources)
+            .iter()
+            .find(|(_, (engine_id, _))| engine_id == id)
+            .map(|(mgn, _)| mgn.clone())
+    }
+
+    /// A SourceServer object of MGN's API reference.
+    async fn source_server(&self, mgn: &str) -> Result<Value, ApiError> {
+        let (id, hints) = Self::lock(&self.sources)
+            .get(mgn)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
+        let source: SourceServer = self.engine.describe_source(&id).await?;
+        let replication = &source.replication;
+        let total: u64 = hints
+            .disks
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .sum::<u64>()
+            .max(1);
+        let disks: Vec<Value> = hints
+            .disks
+            .iter()
+            .map(|(name, bytes)| {
+                let share = *bytes as f64 / total as f64;
+                json!({
+                    "deviceName": name,
+                    "totalStorageBytes": bytes,
+                    "replicatedStorageBytes": (replication.replicated_bytes as f64 * share) as u64,
+                    "backloggedStorageBytes": (replication.backlog_bytes as f64 * share) as u64,
+                    "rescannedStorageBytes": 0,
+                })
+            })
+            .collect();
+        let mut info = json!({
+            "dataReplicationState": replication_state(replication.state),
+            "replicatedDisks": disks,
+        });
+        if let Some(lag) = replication.lag_seconds {
+            info["lagDuration"] = json!(iso_duration(lag));
+        }
+        if let Some(eta) = replication.eta_seconds {
+            let now = jiff::Timestamp::now();
+            let at = now
+                .checked_add(jiff::SignedDuration::from_secs(eta.max(0.0) as i64))
+                .unwrap_or(now);
+            info["etaDateTime"] = json!(timestamp(at));
+        }
+        let mut server = json!({
+            "sourceServerID": mgn,
+            "arn": format!("arn:aws:mgn:{}:{}:source-server/{mgn}", self.region, self.account),
+            "isArchived": source.life_cycle == LifeCycle::Archived,
+            "replicationType": "AGENT_BASED",
+            "tags": {},
+            "dataReplicationInfo": info,
+            "lifeCycle": { "state": life_cycle_state(source.life_cycle) },
+            "sourceProperties": {
+                "identificationHints": {
+                    "hostname": hints.hostname.clone().unwrap_or_else(|| source.name.clone()),
+                    "fqdn": hints.fqdn,
+                },
+                "networkInterfaces": hints.ip.iter().map(|ip| json!({
+                    "ips": [ip],
+                    "isPrimary": true,
+                })).collect::<Vec<_>>(),
+                "disks": hints.disks.iter().map(|(name, bytes)| json!({
+                    "deviceName": name,
+                    "bytes": bytes,
+                })).collect::<Vec<_>>(),
+            },
+        });
+        // The instance the latest launch made, as MGN's launchedInstance.
+        let jobs = self.engine.jobs_for_source(&id).await?;
+        if let Some((job, target)) = jobs.iter().rev().find_map(|job| {
+            let slot = job.servers.iter().find(|s| s.source == id)?;
+            Some((job, slot.target.clone()?))
+        }) {
+            let job_id = self.mgn_job(&job.id);
+            server["launchedInstance"] = json!({
+                "ec2InstanceID": instance_id(&target.0),
+                "jobID": job_id,
+                "firstBoot": "SUCCEEDED",
+            });
+        }
+        Ok(server)
+    }
+
+    /// MGN's id of an engine job, given one on first sight.
+    fn mgn_job(&self, id: &JobId) -> String {
+        let mut jobs = Self::lock(&self.jobs);
+        if let Some((mgn, _)) = jobs
+            .iter()
+            .find(|(_, record)| matches!(record, JobRecord::Launch(j) if j == id))
+        {
+            return mgn.clone();
+        }
+        let mgn = mgn_job_id(jobs.len() + 1);
+        jobs.insert(mgn.clone(), JobRecord::Launch(id.clone()));
+        mgn
+    }
+
+    /// A Job object of MGN's API reference.
+    async fn job(&self, mgn: &str) -> Result<Value, ApiError> {
+        let record = Self::lock(&self.jobs)
+            .get(mgn)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("Job {mgn} not found")))?;
+        let arn = format!("arn:aws:mgn:{}:{}:job/{mgn}", self.region, self.account);
+        match record {
+            JobRecord::Terminate { created, servers } => Ok(json!({
+                "jobID": mgn,
+                "arn": arn,
+                "type": "TERMINATE",
+                "initiatedBy": "TERMINATE",
+                "creationDateTime": created,
+                "endDateTime": created,
+                "status": "COMPLETED",
+                "participatingServers": servers.iter().map(|s| json!({
+                    "sourceServerID": s,
+                    "launchStatus": "TERMINATED",
+                })).collect::<Vec<_>>(),
+                "tags": {},
+            })),
+            JobRecord::Launch(id) => {
+                let job: Job = self.engine.describe_job(&id).await?;
+                let servers: Vec<Value> = job
+                    .servers
+                    .iter()
+                    .map(|slot| {
+                        let mut server = json!({
+                            "sourceServerID": self.mgn_id(&slot.source).unwrap_or_default(),
+                            "launchStatus": launch_status(slot.status),
+                        });
+                        if let Some(target) = &slot.target {
+                            server["launchedEc2InstanceID"] = json!(instance_id(&target.0));
+                        }
+                        server
+                    })
+                    .collect();
+                let mut value = json!({
+                    "jobID": mgn,
+                    "arn": arn,
+                    "type": "LAUNCH",
+                    "initiatedBy": match job.kind {
+                        LaunchKind::Test => "START_TEST",
+                        LaunchKind::Cutover => "START_CUTOVER",
+                    },
+                    "creationDateTime": timestamp(job.created_at),
+                    "status": match job.status {
+                        JobStatus::Pending => "PENDING",
+                        JobStatus::Started => "STARTED",
+                        JobStatus::Completed => "COMPLETED",
+                    },
+                    "participatingServers": servers,
+                    "tags": {},
+                });
+                if job.status == JobStatus::Completed {
+                    value["endDateTime"] = json!(timestamp(jiff::Timestamp::now()));
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    async fn describe_source_servers(&self, body: Value) -> Answer {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Filters {
+            #[serde(rename = "sourceServerIDs")]
+            source_server_ids: Option<Vec<String>>,
+            #[serde(rename = "isArchived")]
+            is_archived: Option<bool>,
+            #[serde(rename = "lifeCycleStates")]
+            life_cycle_states: Option<Vec<String>>,
+        }
+        let filters: Filters = field(&body, "filters")?;
+        let (start, max) = page(&body)?;
+        let ids: Vec<String> = Self::lock(&self.sources).keys().cloned().collect();
+        let mut items = Vec::new();
+        for mgn in ids {
+            if !listed(&filters.source_server_ids, &mgn) {
+                continue;
+            }
+            let server = self.source_server(&mgn).await?;
+            if let Some(archived) = filters.is_archived
+                && server["isArchived"] != json!(archived)
+            {
+                continue;
+            }
+            if let Some(states) = &filters.life_cycle_states
+                && !states.is_empty()
+                && !states
+                    .iter()
+                    .any(|s| server["lifeCycle"]["state"] == json!(s))
+            {
+                continue;
+            }
+            items.push(server);
+        }
+        Ok(axum::Json(paged(items, start, max)))
+    }
+
+    async fn start_launch(&self, body: Value, kind: LaunchKind) -> Answer {
+        let ids: Vec<String> = field(&body, "sourceServerIDs")?;
+        if ids.is_empty() || ids.len() > 200 {
+            return Err(ApiError::validation(
+                "sourceServerIDs must name 1 to 200 source servers",
+            ));
+        }
+        let engine_ids = ids
+            .iter()
+            .map(|id| self.engine_id(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let job = self
+            .engine
+            .start_launch(kind, &engine_ids, &PointInTime::Latest)
+            .await?;
+        let mgn = self.mgn_job(&job.id);
+        Ok(axum::Json(json!({ "job": self.job(&mgn).await? })))
+    }
+
+    async fn describe_jobs(&self, body: Value) -> Answer {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Filters {
+            #[serde(rename = "jobIDs")]
+            job_ids: Option<Vec<String>>,
+        }
+        let filters: Filters = field(&body, "filters")?;
+        let (start, max) = page(&body)?;
+        let ids: Vec<String> = Self::lock(&self.jobs).keys().cloned().collect();
+        let mut items = Vec::new();
+        for mgn in ids {
+            if !listed(&filters.job_ids, &mgn) {
+                continue;
+            }
+            items.push(self.job(&mgn).await?);
+        }
+        Ok(axum::Json(paged(items, start, max)))
+    }
+
+    async fn change_life_cycle(&self, body: Value) -> Answer {
+        let mgn: String = field(&body, "sourceServerID")?;
+        let state: String = body["lifeCycle"]["state"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::validation("lifeCycle.state is required"))?;
+        let to = match state.as_str() {
+            "READY_FOR_TEST" => LifeCycle::ReadyForTest,
+            "READY_FOR_CUTOVER" => LifeCycle::ReadyForCutover,
+            "CUTOVER" => LifeCycle::Cutover,
+            other => {
+                return Err(ApiError::validation(format!(
+                    "lifeCycle.state `{other}` is not one of READY_FOR_TEST, READY_FOR_CUTOVER, CUTOVER"
+                )));
+            }
+        };
+        let id = self.engine_id(&mgn)?;
+        self.engine.change_life_cycle(&id, to).await?;
+        Ok(axum::Json(self.source_server(&mgn).await?))
+    }
+
+    async fn on_source(&self, body: Value, what: &str) -> Answer {
+        let mgn: String = field(&body, "sourceServerID")?;
+        let id = self.engine_id(&mgn)?;
+        match what {
+            "FinalizeCutover" => self.engine.finalize_cutover(&id).await?,
+            "MarkAsArchived" => self.engine.archive(&id).await?,
+            _ => return Err(ApiError::validation(format!("unknown operation {what}"))),
+        }
+        Ok(axum::Json(self.source_server(&mgn).await?))
+    }
+
+    async fn terminate_targets(&self, body: Value) -> Answer {
+        let ids: Vec<String> = field(&body, "sourceServerIDs")?;
+        if ids.is_empty() || ids.len() > 200 {
+            return Err(ApiError::validation(
+                "sourceServerIDs must name 1 to 200 source servers",
+            ));
+        }
+        for mgn in &ids {
+            let id = self.engine_id(mgn)?;
+            // MGN terminates the test instances of servers in testing, the cutover
+            // instances otherwise; the engine refuses while a cutover is in progress.
+            let source = self.engine.describe_source(&id).await?;
+            let kind = match source.life_cycle {
+                LifeCycle::Testing | LifeCycle::ReadyForTest | LifeCycle::ReadyForCutover => {
+                    LaunchKind::Test
+                }
+                _ => LaunchKind::Cutover,
+            };
+            self.engine.terminate_targets(&id, kind).await?;
+        }
+        let created = timestamp(jiff::Timestamp::now());
+        let mgn = {
+            let mut jobs = Self::lock(&self.jobs);
+            let mgn = mgn_job_id(jobs.len() + 1);
+            jobs.insert(
+                mgn.clone(),
+                JobRecord::Terminate {
+                    created,
+                    servers: ids,
+                },
+            );
+            mgn
+        };
+        Ok(axum::Json(json!({ "job": self.job(&mgn).await? })))
+    }
+}
+
+/// A field of the request body, decoded; a missing or malformed one is MGN's
+/// ValidationException naming it.
+fn field<T: serde::de::DeserializeOwned + Default>(
+    body: &Value,
+    name: &str,
+) -> Result<T, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|err| ApiError::validation(format!("{name}: {err}"))),
+    }
+}
+
+/// Whether `id` passes a filter of ids (none, or an empty list, passes all).
+fn listed(filter: &Option<Vec<String>>, id: &str) -> bool {
+    filter
+        .as_ref()
+        .is_none_or(|ids| ids.is_empty() || ids.iter().any(|i| i == id))
+}
+
+/// `maxResults` (1 to 1000) and `nextToken` (an offset this server gave).
+fn page(body: &Value) -> Result<(usize, usize), ApiError> {
+    let max = match body.get("maxResults").and_then(Value::as_u64) {
+        None => 1000,
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::validation(format!(
+                "maxResults {n} is not between 1 and 1000"
+            )));
+        }
+    };
+    let start = match body.get("nextToken").and_then(Value::as_str) {
+        None | Some("") => 0,
+        Some(token) => token.parse().map_err(|_| {
+            ApiError::validation(format!("nextToken `{token}` is not one this server gave"))
+        })?,
+    };
+    Ok((start, max))
+}
+
+fn paged(items: Vec<Value>, start: usize, max: usize) -> Value {
+    let end = (start + max).min(items.len());
+    let page: Vec<Value> = items
+        .get(start..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut answer = json!({ "items": page });
+    if end < items.len() {
+        answer["nextToken"] = json!(end.to_string());
+    }
+    answer
+}
+
+async fn operation(
+    State(api): State<Arc<MgnApi>>,
+    Path(operation): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(err) => {
+                return ApiError::validation(format!("the body is not JSON: {err}"))
+                    .into_response();
+            }
+        }
+    };
+    let answer = match operation.as_str() {
+        "DescribeSourceServers" => api.describe_source_servers(body).await,
+        "StartTest" => api.start_launch(body, LaunchKind::Test).await,
+        "StartCutover" => api.start_launch(body, LaunchKind::Cutover).await,
+        "DescribeJobs" => api.describe_jobs(body).await,
+        "ChangeServerLifeCycleState" => api.change_life_cycle(body).await,
+        "FinalizeCutover" | "MarkAsArchived" => api.on_source(body, &operation).await,
+        "TerminateTargetInstances" => api.terminate_targets(body).await,
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            format!("this MGN endpoint does not implement {other}"),
+        )),
+    };
+    match answer {
+        Ok(json) => json.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
