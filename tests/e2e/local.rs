@@ -1,7 +1,7 @@
 //! The local engine end to end: the quickstart as shipped, whose source servers are ext4
 //! disk images on this machine that its lab script makes and writes to, replicated by
 //! real `wavelift-agent` processes to the replication server inside `wavelift run` and
-//! cut over as images; an agent killed with SIGKILL and started again, which goes on
+//! cut over as images, then one server failed back onto its own image; an agent killed with SIGKILL and started again, which goes on
 //! from its last recovery point instead of sending the disk again; and an agent in a
 //! network namespace whose link goes down and comes back.
 //!
@@ -45,7 +45,7 @@ fn tool(program: &str, args: &[&str]) -> (bool, String) {
 }
 
 #[test]
-fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine() {
+fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fails_back() {
     let scratch = Scratch::new("local-quickstart");
     let dir = quickstart_copy(scratch.path(), "local");
     let run = wavelift(&dir, &["run", ".", "--until-done", "--time-warp"]);
@@ -119,6 +119,74 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine() {
             .count();
         assert_eq!(finalized, 1, "{server} finalized once:\n{}", events.stdout);
     }
+
+    // dir-01 fails back: its writer stopped, a file written into its cutover copy (as
+    // the migrated server would), the source gets the copy's state through its `local`
+    // access method, then replicates again.
+    let source = state.join("disks/dir-01-vda.img");
+    let writer =
+        fs::read_to_string(state.join("disks/dir-01-vda.img.writer.pid")).unwrap_or_default();
+    let _ = std::process::Command::new("kill")
+        .arg(writer.trim())
+        .status();
+    wait_for("the writer stopped", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{}", writer.trim())).exists()
+    });
+    let copy_dir = fs::read_dir(state.join("targets/dir-01"))
+        .expect("the copies")
+        .find_map(|e| e.ok().map(|e| e.path()))
+        .expect("the cutover copy");
+    let copy = copy_dir.join("disk0.raw");
+    let note = dir.join("after-cutover.txt");
+    fs::write(&note, "written on the migrated server\n").expect("a note");
+    let (wrote, said) = tool(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            &format!("write {} /after-cutover.txt", note.display()),
+            &copy.display().to_string(),
+        ],
+    );
+    assert!(wrote, "{said}");
+    let changed = fs::read(&copy).expect("the changed copy");
+    let failback = wavelift(&dir, &["failback", "dir-01", "--wait", "2m"]);
+    assert_eq!(failback.code, 0, "{}", failback.describe());
+    assert!(
+        failback.stdout.contains("dir-01 failed back: ")
+            && failback
+                .stdout
+                .contains("replicating in the normal direction again"),
+        "{}",
+        failback.describe()
+    );
+    assert!(
+        fs::read(&source).expect("the source") == changed,
+        "the source is its copy, byte for byte"
+    );
+    assert!(!copy_dir.exists(), "the copy was terminated");
+    let (_, held) = tool(
+        "debugfs",
+        &[
+            "-R",
+            "cat /after-cutover.txt",
+            &source.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        held.trim(),
+        "written on the migrated server",
+        "the source holds what the copy wrote"
+    );
+    let (clean, said) = tool("e2fsck", &["-fn", &source.display().to_string()]);
+    assert!(
+        clean,
+        "the failed-back source is a clean filesystem:\n{said}"
+    );
+    // Its agent, installed again, ends with the test.
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &state.join("staging").display().to_string()])
+        .status();
 }
 
 fn agent_binary() -> std::path::PathBuf {
