@@ -5,7 +5,12 @@
 //! targets are not terminated while it cuts over, finalize, archive, pagination and the
 //! errors a client must handle.
 //!
-//! Starts: `wavelift sim serve-mgn examples/quickstart` on a free loopback port.
+//! Then the `mgn` engine (the AWS SDK for Rust, aws-sdk-mgn) against the same endpoint:
+//! source servers matched by name, FQDN and IP, a test launch and its instance, the life
+//! cycle to cutover with MGN's conflict on terminating a cutover, finalize and archive.
+//!
+//! Starts: `wavelift sim serve-mgn examples/quickstart` on a free loopback port; the SDK
+//! is given keys directly, so it asks no credential or Region service.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -253,4 +258,152 @@ fn serve_mgn_speaks_mgns_protocol_over_the_rehearsal_engine() {
         (status, kind.as_deref()),
         (400, Some("ValidationException"))
     );
+}
+
+#[test]
+fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
+    use mgn::{MgnEngine, MgnSettings};
+    use replication::{
+        DiskSpec, ErrorKind, Health, JobStatus, LaunchKind, LaunchStatus, LifeCycle, PointInTime,
+        ReplicationEngine, ReplicationState, SourceSpec,
+    };
+    let endpoint = Endpoint::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let engine = runtime.block_on(MgnEngine::connect(&MgnSettings {
+        region: "eu-west-1".to_owned(),
+        endpoint: Some(endpoint.base.clone()),
+        keys: Some(("AKIDWAVELIFTTEST".to_owned(), "not-a-secret".to_owned())),
+        ..MgnSettings::default()
+    }));
+    let spec = |name: &str, hostname: Option<&str>| SourceSpec {
+        name: name.to_owned(),
+        hostname: hostname.map(str::to_owned),
+        disks: vec![DiskSpec {
+            device: "/dev/vda".to_owned(),
+            size_bytes: 16 << 20,
+            used_bytes: 6 << 20,
+        }],
+        change_rate_bytes_per_second: 0.0,
+    };
+
+    // Matched by hostname, by FQDN, by IP; a server MGN does not know is said.
+    let source = runtime
+        .block_on(engine.register_source(&spec("shop-web-01", None)))
+        .expect("shop-web-01 by hostname");
+    assert!(
+        source.id.0.starts_with("s-") && source.id.0.len() == 19,
+        "{source:?}"
+    );
+    let by_fqdn = runtime
+        .block_on(engine.register_source(&spec("web-a", Some("shop-web-01.lab.example.com"))))
+        .expect("by FQDN");
+    assert_eq!(by_fqdn.id, source.id);
+    let by_ip = runtime
+        .block_on(engine.register_source(&spec("web-b", Some("127.0.20.1"))))
+        .expect("by IP");
+    assert_eq!(by_ip.id, source.id);
+    let missing = runtime
+        .block_on(engine.register_source(&spec("nowhere-01", Some("127.0.99.9"))))
+        .expect_err("not in MGN");
+    assert_eq!(missing.kind, ErrorKind::NotFound);
+    assert!(
+        missing
+            .message
+            .contains("install the MGN replication agent"),
+        "{missing:?}"
+    );
+    let found = runtime
+        .block_on(engine.find_source("shop-web-01"))
+        .expect("find")
+        .expect("found");
+    assert_eq!(found.id, source.id);
+    assert_eq!(found.replication.state, ReplicationState::Continuous);
+    assert_eq!(found.life_cycle, LifeCycle::ReadyForTest);
+    assert_eq!(found.replication.total_bytes, 16 << 20);
+
+    // A test launch: its job, its instance, the instance's health.
+    let id = std::slice::from_ref(&source.id);
+    let job = runtime
+        .block_on(engine.start_launch(LaunchKind::Test, id, &PointInTime::Latest))
+        .expect("StartTest");
+    assert!(job.id.0.starts_with("mgnjob-"), "{job:?}");
+    let job = runtime
+        .block_on(engine.describe_job(&job.id))
+        .expect("DescribeJobs");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.kind, LaunchKind::Test);
+    assert_eq!(job.servers[0].status, LaunchStatus::Launched);
+    let instance = job.servers[0].target.clone().expect("an instance");
+    assert!(instance.0.starts_with("i-"), "{instance:?}");
+    let target = runtime
+        .block_on(engine.describe_target(&instance))
+        .expect("the instance");
+    assert_eq!(
+        (target.source.clone(), target.kind, target.health),
+        (source.id.clone(), LaunchKind::Test, Health::Ok)
+    );
+    let jobs = runtime
+        .block_on(engine.jobs_for_source(&source.id))
+        .expect("jobs");
+    assert_eq!(jobs.len(), 1);
+
+    // To cutover, with MGN's rule: no terminating a cutover's instances meanwhile.
+    runtime
+        .block_on(engine.change_life_cycle(&source.id, LifeCycle::ReadyForCutover))
+        .expect("ready for cutover");
+    runtime
+        .block_on(engine.start_launch(LaunchKind::Cutover, id, &PointInTime::Latest))
+        .expect("StartCutover");
+    let cutting = runtime
+        .block_on(engine.describe_source(&source.id))
+        .expect("describe");
+    assert_eq!(cutting.life_cycle, LifeCycle::CuttingOver);
+    let refused = runtime
+        .block_on(engine.terminate_targets(&source.id, LaunchKind::Cutover))
+        .expect_err("refused while cutting over");
+    assert_eq!(refused.kind, ErrorKind::Conflict, "{refused:?}");
+    assert!(refused.message.contains("ConflictException"), "{refused:?}");
+    runtime
+        .block_on(engine.finalize_cutover(&source.id))
+        .expect("finalize");
+    assert_eq!(
+        runtime
+            .block_on(engine.describe_source(&source.id))
+            .expect("describe")
+            .life_cycle,
+        LifeCycle::Cutover
+    );
+    runtime
+        .block_on(engine.archive(&source.id))
+        .expect("archive");
+    assert_eq!(
+        runtime
+            .block_on(engine.describe_source(&source.id))
+            .expect("describe")
+            .life_cycle,
+        LifeCycle::Archived
+    );
+    // An archived server is no longer matched; MGN has no recovery points to launch.
+    assert!(
+        runtime
+            .block_on(engine.find_source("shop-web-01"))
+            .expect("find")
+            .is_none()
+    );
+    let other = runtime
+        .block_on(engine.find_source("shop-web-02"))
+        .expect("find")
+        .expect("shop-web-02");
+    let from_point = runtime
+        .block_on(engine.start_launch(
+            LaunchKind::Test,
+            std::slice::from_ref(&other.id),
+            &PointInTime::RecoveryPoint("rp-1".to_owned()),
+        ))
+        .expect_err("no points on MGN");
+    assert_eq!(from_point.kind, ErrorKind::Invalid);
 }

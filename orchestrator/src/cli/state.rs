@@ -111,6 +111,7 @@ pub async fn engines(
     let notes = Vec::new();
     let used: std::collections::BTreeSet<EngineKind> =
         definitions.waves.iter().map(|w| w.engine.value).collect();
+    #[cfg(not(feature = "aws"))]
     if used.contains(&EngineKind::Mgn) {
         let waves: Vec<&str> = definitions
             .waves
@@ -119,7 +120,7 @@ pub async fn engines(
             .map(|w| w.name.value.as_str())
             .collect();
         bail!(
-            "the mgn engine is not available in this build (waves {}): rehearse them with `wavelift rehearse`",
+            "the mgn engine is not in this build of wavelift (waves {}): build it with `cargo build --release --bins --features aws`, or rehearse them with `wavelift rehearse`",
             waves.join(", ")
         );
     }
@@ -141,6 +142,24 @@ pub async fn engines(
     };
     let mut map = HashMap::new();
     map.insert(EngineKind::Sim, sim);
+    #[cfg(feature = "aws")]
+    if used.contains(&EngineKind::Mgn) {
+        let Some(settings) = &definitions.config.engines.mgn else {
+            bail!("a wave uses the mgn engine but engines.mgn is not configured: add its region");
+        };
+        let engine = mgn::MgnEngine::connect(&mgn::MgnSettings {
+            region: settings.region.clone(),
+            profile: settings.profile.clone(),
+            role_arn: settings.role_arn.clone(),
+            endpoint: settings.endpoint.clone(),
+            keys: None,
+        })
+        .await;
+        map.insert(
+            EngineKind::Mgn,
+            Arc::new(engine) as Arc<dyn ReplicationEngine>,
+        );
+    }
     if used.contains(&EngineKind::Local) {
         let local = local_engine(&definitions.config, clock_dyn).await?;
         map.insert(
