@@ -73,6 +73,17 @@ pub async fn ensure_launch(
         .launch(ctx.engine, kind, source.id.clone())
         .await
         .map_err(|err| {
+            if err.kind == replication::ErrorKind::QuotaExceeded {
+                // A full quota is capacity to wait for, not a failure: the task looks
+                // again with the others refused at the same moment, so they share the
+                // next job.
+                return Report::wait(
+                    ctx.step.clone().unwrap_or(serde_json::Value::Null),
+                    crate::context::later(ctx.now, crate::context::POLL_SECONDS),
+                    format!("waiting for launch capacity: {}", err.message),
+                    actions.clone(),
+                );
+            }
             Report::engine_error(
                 &format!("starting the {kind} launch"),
                 &err,
