@@ -35,7 +35,14 @@ pub struct MgnSettings {
 
 pub struct MgnEngine {
     client: Client,
+    /// The source each wave server was matched to, by its name: a server matched by its
+    /// FQDN or IP is found again by name by the tasks after agent_push.
+    matched: std::sync::Mutex<std::collections::HashMap<String, SourceId>>,
 }
+
+/// A bound on the pages one listing reads (1,000 items each), so a token that never
+/// ends cannot keep a task in a loop.
+const MAX_PAGES: usize = 100;
 
 /// MGN's quotas: servers per launch job, concurrent jobs, servers across active jobs.
 const QUOTAS: Quotas = Quotas {
@@ -64,9 +71,6 @@ impl MgnEngine {
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
         if let Some((id, secret)) = &settings.keys {
             loader = loader.credentials_provider(aws_sdk_mgn::config::Credentials::new(
                 id, secret, None, None, "wavelift",
@@ -84,8 +88,14 @@ impl MgnEngine {
                 .credentials_provider(aws_sdk_mgn::config::SharedCredentialsProvider::new(assumed))
                 .build();
         }
+        // The other endpoint is MGN's only: the role is still assumed through STS.
+        let mut client = aws_sdk_mgn::config::Builder::from(&config);
+        if let Some(endpoint) = &settings.endpoint {
+            client = client.endpoint_url(endpoint);
+        }
         MgnEngine {
-            client: Client::new(&config),
+            client: Client::from_conf(client.build()),
+            matched: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -93,7 +103,7 @@ impl MgnEngine {
     async fn all_sources(&self) -> EngineResult<Vec<mgn::SourceServer>> {
         let mut servers = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let page = self
                 .client
                 .describe_source_servers()
@@ -108,6 +118,10 @@ impl MgnEngine {
                 _ => return Ok(servers),
             }
         }
+        Err(EngineError::new(
+            ErrorKind::Unavailable,
+            format!("MGN DescribeSourceServers gave more than {MAX_PAGES} pages"),
+        ))
     }
 
     async fn source(&self, id: &SourceId) -> EngineResult<mgn::SourceServer> {
@@ -371,12 +385,31 @@ impl ReplicationEngine for MgnEngine {
     }
 
     async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>> {
+        let known = self
+            .matched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(id) = known {
+            let server = self.source(&id).await?;
+            if !server.is_archived().unwrap_or(false) {
+                return Ok(Some(view(&server)));
+            }
+        }
         Ok(self.matching(name, None).await?.as_ref().map(view))
     }
 
     async fn register_source(&self, spec: &SourceSpec) -> EngineResult<SourceServer> {
         match self.matching(&spec.name, spec.hostname.as_deref()).await? {
-            Some(server) => Ok(view(&server)),
+            Some(server) => {
+                let view = view(&server);
+                self.matched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(spec.name.clone(), view.id.clone());
+                Ok(view)
+            }
             None => Err(EngineError::new(
                 ErrorKind::NotFound,
                 format!(
@@ -443,7 +476,7 @@ impl ReplicationEngine for MgnEngine {
     async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>> {
         let mut jobs = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let page = self
                 .client
                 .describe_jobs()
@@ -465,11 +498,16 @@ impl ReplicationEngine for MgnEngine {
             );
             match page.next_token().filter(|t| !t.is_empty()) {
                 Some(next) if Some(next) != token.as_deref() => token = Some(next.to_owned()),
-                _ => break,
+                _ => {
+                    jobs.sort_by_key(|j| j.created_at);
+                    return Ok(jobs);
+                }
             }
         }
-        jobs.sort_by_key(|j| j.created_at);
-        Ok(jobs)
+        Err(EngineError::new(
+            ErrorKind::Unavailable,
+            format!("MGN DescribeJobs gave more than {MAX_PAGES} pages"),
+        ))
     }
 
     async fn describe_target(&self, id: &TargetId) -> EngineResult<Target> {

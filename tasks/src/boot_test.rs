@@ -58,7 +58,15 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     let job = match &step.job {
         Some(job) => replication::JobId(job.clone()),
         // No pause after starting: an engine that launches at once is followed at once.
-        None => match launch::ensure_launch(ctx, &source, LaunchKind::Test, &mut actions).await {
+        None => match launch::ensure_launch(
+            ctx,
+            &source,
+            LaunchKind::Test,
+            &mut actions,
+            serde_json::to_value(&step).unwrap_or_default(),
+        )
+        .await
+        {
             Ok(job) => {
                 step.job = Some(job.0.clone());
                 job

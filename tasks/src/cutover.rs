@@ -112,7 +112,12 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
                     detail: "ready_for_cutover (its boot test was skipped)".to_owned(),
                 });
             }
-            match launch::ensure_launch(ctx, &source, LaunchKind::Cutover, &mut actions).await {
+            // A wait for launch capacity keeps what was done: the source stays stopped
+            // and is not stopped again.
+            let resume = serde_json::to_value(&step).unwrap_or_default();
+            match launch::ensure_launch(ctx, &source, LaunchKind::Cutover, &mut actions, resume)
+                .await
+            {
                 Ok(job) => {
                     step.job = Some(job.0.clone());
                     job

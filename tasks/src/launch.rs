@@ -54,12 +54,14 @@ pub async fn earlier_launch(
         }))
 }
 
-/// Starts a launch of this one server, unless this task already did.
+/// Starts a launch of this one server, unless this task already did. `resume` is the
+/// caller's step as it stands: a launch refused for a quota waits there.
 pub async fn ensure_launch(
     ctx: &TaskContext<'_>,
     source: &SourceServer,
     kind: LaunchKind,
     actions: &mut Vec<Action>,
+    resume: serde_json::Value,
 ) -> Result<JobId, Report> {
     if let Some(job) = earlier_launch(ctx, source, kind).await? {
         actions.push(Action {
@@ -78,7 +80,7 @@ pub async fn ensure_launch(
                 // again with the others refused at the same moment, so they share the
                 // next job.
                 return Report::wait(
-                    ctx.step.clone().unwrap_or(serde_json::Value::Null),
+                    resume.clone(),
                     crate::context::later(ctx.now, crate::context::POLL_SECONDS),
                     format!("waiting for launch capacity: {}", err.message),
                     actions.clone(),

@@ -20,9 +20,6 @@ pub struct ServeMgnArgs {
     /// The Region the endpoint says it is in (in ARNs)
     #[arg(long, default_value = "eu-west-1")]
     region: String,
-    /// Seed of the rehearsal engine's injected failures
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
 }
 
 pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
@@ -32,7 +29,7 @@ pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
     // Replication and launches take no time: a client sees each step at once.
     let engine: Arc<dyn replication::ReplicationEngine> =
         Arc::new(replication::sim::SimEngine::new(
-            replication::sim::SimConfig::instant(args.seed),
+            replication::sim::SimConfig::instant(1),
             Arc::new(replication::SystemClock),
         ));
     let mut servers = Vec::new();
