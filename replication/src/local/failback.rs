@@ -329,7 +329,7 @@ impl LocalEngine {
                     facts: self.restore_facts(index),
                     input: restore::compare_request(&disks, &maps),
                     what: format!(
-                        "compare the source's disks with the copy's recovery point rp-{seq}"
+                        "compare the source's disks with the copy's recovery point rp-{seq:06}"
                     ),
                 });
             }
@@ -418,7 +418,7 @@ impl LocalEngine {
             facts: self.restore_facts(index),
             input,
             what: format!(
-                "write {} chunk(s), {size} bytes, of rp-{seq} ({} left after)",
+                "write {} chunk(s), {size} bytes, of rp-{seq:06} ({} left after)",
                 records.len(),
                 failback.pending.len() - records.len()
             ),
