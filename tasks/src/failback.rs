@@ -237,10 +237,8 @@ async fn restore(
                     .await
                     .map_err(fail_reason)?;
                 say("shell.copy_agent", format!("{name}: {}", check.detail));
-                remote = Some((
-                    install.facts["state_dir"].clone(),
-                    install.facts["agent"].clone(),
-                ));
+                let fact = |key: &str| install.facts.get(key).cloned().unwrap_or_default();
+                remote = Some((fact("state_dir"), fact("agent")));
             }
         }
         let script = agent_push::render_named(&install.template, &install, reach)?;

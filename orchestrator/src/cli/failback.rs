@@ -45,6 +45,8 @@ struct Opened {
     store: crate::store::Store,
     definitions: waves::model::Definitions,
     wave: usize,
+    /// The server asked for, as the applied definitions have it.
+    server: waves::model::Server,
     engine: Arc<dyn replication::ReplicationEngine>,
     ports: crate::executor::Ports,
 }
@@ -61,11 +63,12 @@ impl Opened {
             bail!("revision {revision} in the store no longer validates with this Wavelift");
         }
         let definitions = loaded.definitions;
-        let Some(wave) = definitions
-            .waves
-            .iter()
-            .position(|w| w.servers().any(|(_, s)| s.name.value == name))
-        else {
+        let found = definitions.waves.iter().enumerate().find_map(|(index, w)| {
+            w.servers()
+                .find(|(_, s)| s.name.value == name)
+                .map(|(_, s)| (index, s.clone()))
+        });
+        let Some((wave, server)) = found else {
             bail!("no server `{name}` in the applied waves (revision {revision})");
         };
         // The clock the waves ran on: a warped run's recovery points are in its future.
@@ -86,6 +89,7 @@ impl Opened {
             store,
             definitions,
             wave,
+            server,
             engine,
             ports,
         })
@@ -93,14 +97,6 @@ impl Opened {
 
     fn wave(&self) -> &waves::model::Wave {
         &self.definitions.waves[self.wave]
-    }
-
-    fn server(&self, name: &str) -> &waves::model::Server {
-        self.wave()
-            .servers()
-            .find(|(_, s)| s.name.value == name)
-            .map(|(_, s)| s)
-            .expect("found when opened")
     }
 
     /// An event of this server for the job log, with who did it.
@@ -119,7 +115,7 @@ impl Opened {
 
 pub async fn run(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
     let opened = Opened::open(&args.state, &args.server).await?;
-    let server = opened.server(&args.server);
+    let server = &opened.server;
     let reach = tasks::context::Reach {
         server,
         engine: opened.engine.as_ref(),
@@ -206,7 +202,7 @@ pub struct FailoverArgs {
 /// `wavelift failover SERVER --point rp-N`: a cutover copy launched from a recovery
 /// point of the operator's choosing (the cutover task launches from the latest data).
 pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
-    use replication::{JobStatus, LaunchKind, LaunchStatus, PointInTime};
+    use replication::{JobServer, JobStatus, LaunchKind, LaunchStatus, PointInTime};
     let opened = Opened::open(&args.state, &args.server).await?;
     let engine = opened.engine.as_ref();
     let name = &args.server;
@@ -281,10 +277,13 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     };
     let slot = job.servers.iter().find(|s| s.source == source.id);
     let outcome = match slot {
-        Some(slot) if slot.status == LaunchStatus::Launched => {
-            let target = slot.target.clone().expect("a launched server has a target");
+        Some(JobServer {
+            status: LaunchStatus::Launched,
+            target: Some(target),
+            ..
+        }) => {
             let target = engine
-                .describe_target(&target)
+                .describe_target(target)
                 .await
                 .map_err(anyhow::Error::msg)?;
             Ok(format!(
