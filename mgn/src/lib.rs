@@ -7,7 +7,14 @@
 //! instance id for targets). Errors keep MGN's meaning: ConflictException is a broken
 //! life-cycle rule, ServiceQuotaExceededException a quota, ThrottlingException is
 //! retried (by the SDK with backoff, then by the executor).
+//!
+//! EC2 ([`ec2`]) checks a blueprint before its launch and makes it the source's launch
+//! template's default version, and judges a launched instance by its status checks.
 
+pub mod ec2;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +22,9 @@ use aws_sdk_mgn::Client;
 use aws_sdk_mgn::error::ProvideErrorMetadata as _;
 use aws_sdk_mgn::types as mgn;
 use replication::{
-    EngineError, EngineResult, ErrorKind, Health, Job, JobId, JobServer, JobStatus, LaunchKind,
-    LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, Replication, ReplicationEngine,
-    ReplicationState, SourceId, SourceServer, SourceSpec, Target, TargetId, TargetState,
+    EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus, LaunchKind,
+    LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, Replication,
+    ReplicationEngine, ReplicationState, SourceId, SourceServer, SourceSpec, Target, TargetId,
 };
 
 /// Where and as whom the engine reaches MGN.
@@ -26,18 +33,33 @@ pub struct MgnSettings {
     pub region: String,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
-    /// Another endpoint (a test's `wavelift sim serve-mgn`, a VPC endpoint).
+    /// Another MGN endpoint (a test's `wavelift sim serve-mgn`, a VPC endpoint).
     pub endpoint: Option<String>,
+    /// Another EC2 endpoint (a test's moto server, a VPC endpoint).
+    pub ec2_endpoint: Option<String>,
     /// Keys given directly (access key id, secret) instead of the standard chain: for
     /// tests against a loopback endpoint, never read from a configuration file.
     pub keys: Option<(String, String)>,
+    /// The wave files' servers on this engine: their FQDN, IP and given MGN id.
+    pub servers: Vec<Wanted>,
 }
 
 pub struct MgnEngine {
     client: Client,
+    ec2: ec2::Ec2,
+    region: String,
+    /// The wave servers by name (see `MgnSettings::servers`).
+    wanted: HashMap<String, Wanted>,
     /// The source each wave server was matched to, by its name: a server matched by its
     /// FQDN or IP is found again by name by the tasks after agent_push.
-    matched: std::sync::Mutex<std::collections::HashMap<String, SourceId>>,
+    matched: Mutex<HashMap<String, SourceId>>,
+    /// The instances seen in launch jobs: their source, kind and launch time, so a
+    /// target is described without listing every source server.
+    launched: Mutex<HashMap<String, (SourceId, LaunchKind, jiff::Timestamp)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A bound on the pages one listing reads (1,000 items each), so a token that never
@@ -93,10 +115,126 @@ impl MgnEngine {
         if let Some(endpoint) = &settings.endpoint {
             client = client.endpoint_url(endpoint);
         }
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(&config);
+        if let Some(endpoint) = &settings.ec2_endpoint {
+            ec2 = ec2.endpoint_url(endpoint);
+        }
         MgnEngine {
             client: Client::from_conf(client.build()),
-            matched: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ec2: ec2::Ec2::new(
+                aws_sdk_ec2::Client::from_conf(ec2.build()),
+                &settings.region,
+            ),
+            region: settings.region.clone(),
+            wanted: settings
+                .servers
+                .iter()
+                .map(|w| (w.name.clone(), w.clone()))
+                .collect(),
+            matched: Mutex::new(HashMap::new()),
+            launched: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The source, kind and launch time of an instance this engine has not seen in a
+    /// job yet (after a restart): the source whose latest launch made it.
+    async fn launch_of(
+        &self,
+        id: &TargetId,
+    ) -> EngineResult<(SourceId, LaunchKind, jiff::Timestamp)> {
+        let all = self.all_sources().await?;
+        let server = all
+            .iter()
+            .find(|s| {
+                s.launched_instance().and_then(|i| i.ec2_instance_id()) == Some(id.0.as_str())
+            })
+            .ok_or_else(|| {
+                EngineError::new(
+                    ErrorKind::NotFound,
+                    format!("no MGN source server launched instance {id}"),
+                )
+            })?;
+        let source = SourceId(server.source_server_id().unwrap_or_default().to_owned());
+        let job = match server.launched_instance().and_then(|i| i.job_id()) {
+            Some(job) => Some(job_view(&self.job(&JobId(job.to_owned())).await?)),
+            None => None,
+        };
+        match job {
+            Some(job) => {
+                self.remember(&job);
+                Ok((source, job.kind, job.created_at))
+            }
+            None => Ok((source, LaunchKind::Test, jiff::Timestamp::now())),
+        }
+    }
+
+    /// Keeps the instances of a job in mind (see `launched`).
+    fn remember(&self, job: &Job) {
+        let mut launched = lock(&self.launched);
+        for slot in &job.servers {
+            if let Some(target) = &slot.target {
+                launched.insert(
+                    target.0.clone(),
+                    (slot.source.clone(), job.kind, job.created_at),
+                );
+            }
+        }
+    }
+
+    /// A job's entries, each failed one with MGN's reason from the job's log.
+    async fn explain_failures(&self, job: &mut Job) -> EngineResult<()> {
+        if !job
+            .servers
+            .iter()
+            .any(|s| s.status == LaunchStatus::Failed && s.message.is_none())
+        {
+            return Ok(());
+        }
+        let mut reasons: HashMap<String, String> = HashMap::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .describe_job_log_items()
+                .job_id(&job.id.0)
+                .max_results(1000)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|err| sdk_error("DescribeJobLogItems", &err))?;
+            for item in page.items() {
+                let Some(data) = item.event_data() else {
+                    continue;
+                };
+                let Some(source) = data.source_server_id() else {
+                    continue;
+                };
+                let event = item.event().map_or("an event", |e| e.as_str());
+                let failed = event.ends_with("_FAIL")
+                    || event.ends_with("_FAILED")
+                    || event == "SERVER_SKIPPED";
+                if failed {
+                    let reason = match data.raw_error() {
+                        Some(raw) => format!("{event}: {raw}"),
+                        None => event.to_owned(),
+                    };
+                    reasons.insert(source.to_owned(), reason);
+                }
+            }
+            match page.next_token().filter(|t| !t.is_empty()) {
+                Some(next) if Some(next) != token.as_deref() => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        for slot in &mut job.servers {
+            if slot.status == LaunchStatus::Failed && slot.message.is_none() {
+                slot.message = Some(match reasons.remove(&slot.source.0) {
+                    Some(reason) => format!("MGN job {} says {reason}", job.id),
+                    None => format!("MGN job {} failed it without a log entry", job.id),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Every source server MGN has (all pages).
@@ -147,16 +285,50 @@ impl MgnEngine {
             })
     }
 
+    /// What the wave files say of `name`, with the FQDN or IP a task gave.
+    fn wanted(&self, name: &str, hostname: Option<&str>) -> Wanted {
+        let mut wanted = self.wanted.get(name).cloned().unwrap_or_else(|| Wanted {
+            name: name.to_owned(),
+            ..Wanted::default()
+        });
+        if let Some(h) = hostname
+            && wanted.fqdn.as_deref() != Some(h)
+            && wanted.ip.as_deref() != Some(h)
+        {
+            if h.parse::<std::net::IpAddr>().is_ok() {
+                wanted.ip.get_or_insert_with(|| h.to_owned());
+            } else {
+                wanted.fqdn.get_or_insert_with(|| h.to_owned());
+            }
+        }
+        wanted
+    }
+
     /// The one source server that is this wave server, or why not.
     async fn matching(
         &self,
         name: &str,
         hostname: Option<&str>,
     ) -> EngineResult<Option<mgn::SourceServer>> {
+        let wanted = self.wanted(name, hostname);
+        if let Some(id) = &wanted.source_id {
+            return match self.source(&SourceId(id.clone())).await {
+                Ok(server) if server.is_archived().unwrap_or(false) => Ok(None),
+                Ok(server) => Ok(Some(server)),
+                Err(err) if err.kind == ErrorKind::NotFound => Err(EngineError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "the source_id {id} of {name} is not an MGN source server in {}: check it in the wave file, or remove it to match by hostname, FQDN or IP",
+                        self.region
+                    ),
+                )),
+                Err(err) => Err(err),
+            };
+        }
         let all = self.all_sources().await?;
         let found: Vec<&mgn::SourceServer> = all
             .iter()
-            .filter(|s| !s.is_archived().unwrap_or(false) && matches(s, name, hostname))
+            .filter(|s| !s.is_archived().unwrap_or(false) && matched_by(s, &wanted).is_some())
             .collect();
         match found.as_slice() {
             [] => Ok(None),
@@ -164,7 +336,7 @@ impl MgnEngine {
             many => Err(EngineError::new(
                 ErrorKind::Conflict,
                 format!(
-                    "{name} matches {} MGN source servers ({}): give it the intended one's id, or archive the others",
+                    "{name} matches {} MGN source servers ({}): give it the intended one's id (`source_id` in the wave file), or archive the others",
                     many.len(),
                     many.iter()
                         .filter_map(|s| s.source_server_id())
@@ -173,6 +345,67 @@ impl MgnEngine {
                 ),
             )),
         }
+    }
+
+    /// How each wave server matches MGN's source servers (one listing for all), and
+    /// the source servers no wave server matched: what `wavelift match` prints.
+    pub async fn match_report(&self, servers: &[Wanted]) -> EngineResult<MatchReport> {
+        let all = self.all_sources().await?;
+        let live: Vec<&mgn::SourceServer> = all
+            .iter()
+            .filter(|s| !s.is_archived().unwrap_or(false))
+            .collect();
+        let id_of = |s: &mgn::SourceServer| s.source_server_id().unwrap_or_default().to_owned();
+        let mut claimed = std::collections::BTreeSet::new();
+        let mut lines = Vec::new();
+        for wanted in servers {
+            let outcome = match &wanted.source_id {
+                Some(id) => match all
+                    .iter()
+                    .find(|s| s.source_server_id() == Some(id.as_str()))
+                {
+                    Some(s) if s.is_archived().unwrap_or(false) => Outcome::Archived(id.clone()),
+                    Some(_) => Outcome::Matched {
+                        id: id.clone(),
+                        by: "source_id",
+                    },
+                    None => Outcome::Missing,
+                },
+                None => {
+                    let found: Vec<(&mgn::SourceServer, &'static str)> = live
+                        .iter()
+                        .filter_map(|s| Some((*s, matched_by(s, wanted)?)))
+                        .collect();
+                    match found.as_slice() {
+                        [] => Outcome::Missing,
+                        [(s, by)] => Outcome::Matched { id: id_of(s), by },
+                        many => Outcome::Ambiguous(many.iter().map(|(s, _)| id_of(s)).collect()),
+                    }
+                }
+            };
+            match &outcome {
+                Outcome::Matched { id, .. } => {
+                    claimed.insert(id.clone());
+                }
+                Outcome::Ambiguous(ids) => claimed.extend(ids.iter().cloned()),
+                _ => {}
+            }
+            lines.push((wanted.clone(), outcome));
+        }
+        let unclaimed = live
+            .iter()
+            .filter(|s| !claimed.contains(&id_of(s)))
+            .map(|s| {
+                let hostname = s
+                    .source_properties()
+                    .and_then(|p| p.identification_hints())
+                    .and_then(|h| h.hostname().or(h.fqdn()))
+                    .unwrap_or("no hostname")
+                    .to_owned();
+                (id_of(s), hostname)
+            })
+            .collect();
+        Ok(MatchReport { lines, unclaimed })
     }
 
     async fn job(&self, id: &JobId) -> EngineResult<mgn::Job> {
@@ -194,36 +427,80 @@ impl MgnEngine {
     }
 }
 
-/// Whether an MGN source server is the wave's server `name` (whose FQDN or IP is
-/// `hostname`): by hostname, FQDN (or its first label) or an IP of its interfaces.
-pub fn matches(server: &mgn::SourceServer, name: &str, hostname: Option<&str>) -> bool {
-    let Some(properties) = server.source_properties() else {
-        return false;
-    };
+/// What the wave file says of a server, for matching it to an MGN source server.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wanted {
+    pub name: String,
+    pub fqdn: Option<String>,
+    pub ip: Option<String>,
+    /// The MGN id the wave file gives (`source_id`): no matching then.
+    pub source_id: Option<String>,
+}
+
+/// How one wave server matched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Matched {
+        id: String,
+        by: &'static str,
+    },
+    Missing,
+    Ambiguous(Vec<String>),
+    /// The given source_id is archived in MGN.
+    Archived(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchReport {
+    pub lines: Vec<(Wanted, Outcome)>,
+    /// Source servers (id, hostname) that no wave server matched.
+    pub unclaimed: Vec<(String, String)>,
+}
+
+/// How an MGN source server is the wave's server: by hostname (its name), by FQDN (or
+/// the FQDN's first label), or by an IP of its interfaces; `None` if it is not.
+pub fn matched_by(server: &mgn::SourceServer, wanted: &Wanted) -> Option<&'static str> {
+    let properties = server.source_properties()?;
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let name = wanted.name.as_str();
     if let Some(hints) = properties.identification_hints() {
         if hints.hostname().is_some_and(|h| same(h, name)) {
-            return true;
+            return Some("hostname");
         }
         if let Some(fqdn) = hints.fqdn() {
             let label = fqdn.split('.').next().unwrap_or(fqdn);
-            if same(label, name) || hostname.is_some_and(|h| same(fqdn, h)) {
-                return true;
+            if same(label, name) || wanted.fqdn.as_deref().is_some_and(|h| same(fqdn, h)) {
+                return Some("FQDN");
             }
         }
     }
-    hostname.is_some_and(|h| {
-        properties
-            .network_interfaces()
-            .iter()
-            .any(|nic| nic.ips().iter().any(|ip| ip == h))
-    })
+    let ip = wanted.ip.as_deref()?;
+    properties
+        .network_interfaces()
+        .iter()
+        .any(|nic| nic.ips().iter().any(|i| i == ip))
+        .then_some("IP")
+}
+
+/// An error that carries no service message (the request never reached the service,
+/// or timed out): its causes, each said once, without the SDK's debug dump.
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn sdk_error<E, R>(operation: &str, err: &aws_sdk_mgn::error::SdkError<E, R>) -> EngineError
 where
     E: aws_sdk_mgn::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let kind = match err.code() {
         Some("ThrottlingException") => ErrorKind::Throttled,
@@ -237,7 +514,7 @@ where
     let said = err
         .message()
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("{}", aws_sdk_mgn::error::DisplayErrorContext(err)));
+        .unwrap_or_else(|| causes(err));
     let code = err.code().map(|c| format!("{c}: ")).unwrap_or_default();
     EngineError::new(kind, format!("MGN {operation}: {code}{said}"))
 }
@@ -385,12 +662,7 @@ impl ReplicationEngine for MgnEngine {
     }
 
     async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>> {
-        let known = self
-            .matched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned();
+        let known = lock(&self.matched).get(name).cloned();
         if let Some(id) = known {
             let server = self.source(&id).await?;
             if !server.is_archived().unwrap_or(false) {
@@ -404,10 +676,7 @@ impl ReplicationEngine for MgnEngine {
         match self.matching(&spec.name, spec.hostname.as_deref()).await? {
             Some(server) => {
                 let view = view(&server);
-                self.matched
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(spec.name.clone(), view.id.clone());
+                lock(&self.matched).insert(spec.name.clone(), view.id.clone());
                 Ok(view)
             }
             None => Err(EngineError::new(
@@ -461,16 +730,29 @@ impl ReplicationEngine for MgnEngine {
                 .job()
                 .cloned(),
         };
-        job.map(|j| job_view(&j)).ok_or_else(|| {
+        let job = job.map(|j| job_view(&j)).ok_or_else(|| {
             EngineError::new(
                 ErrorKind::Unavailable,
                 "MGN started a launch but returned no job",
             )
-        })
+        })?;
+        self.remember(&job);
+        Ok(job)
     }
 
     async fn describe_job(&self, id: &JobId) -> EngineResult<Job> {
-        Ok(job_view(&self.job(id).await?))
+        let mut job = job_view(&self.job(id).await?);
+        self.remember(&job);
+        self.explain_failures(&mut job).await?;
+        Ok(job)
+    }
+
+    async fn describe_job_for(&self, id: &JobId, source: &SourceId) -> EngineResult<Job> {
+        let mut job = job_view(&self.job(id).await?);
+        self.remember(&job);
+        job.servers.retain(|s| &s.source == source);
+        self.explain_failures(&mut job).await?;
+        Ok(job)
     }
 
     async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>> {
@@ -494,7 +776,12 @@ impl ReplicationEngine for MgnEngine {
                             .iter()
                             .any(|s| s.source_server_id() == id.0)
                     })
-                    .map(job_view),
+                    .map(job_view)
+                    .inspect(|job| self.remember(job))
+                    .map(|mut job| {
+                        job.servers.retain(|s| s.source == *id);
+                        job
+                    }),
             );
             match page.next_token().filter(|t| !t.is_empty()) {
                 Some(next) if Some(next) != token.as_deref() => token = Some(next.to_owned()),
@@ -511,47 +798,68 @@ impl ReplicationEngine for MgnEngine {
     }
 
     async fn describe_target(&self, id: &TargetId) -> EngineResult<Target> {
-        // The instance is the one a source's latest launch made; its first boot is
-        // MGN's word on its health (EC2's status checks come with the EC2 client).
-        let all = self.all_sources().await?;
-        let server = all
-            .iter()
-            .find(|s| {
-                s.launched_instance().and_then(|i| i.ec2_instance_id()) == Some(id.0.as_str())
-            })
-            .ok_or_else(|| {
-                EngineError::new(
-                    ErrorKind::NotFound,
-                    format!("no MGN source server launched instance {id}"),
-                )
-            })?;
-        let instance = server.launched_instance();
-        let job = match instance.and_then(|i| i.job_id()) {
-            Some(job) => Some(self.job(&JobId(job.to_owned())).await?),
-            None => None,
+        let known = lock(&self.launched).get(&id.0).cloned();
+        let (source, kind, launched_at) = match known {
+            Some(known) => known,
+            None => self.launch_of(id).await?,
         };
-        let kind = job
-            .as_ref()
-            .map(|j| job_view(j).kind)
-            .unwrap_or(LaunchKind::Test);
-        let health = match instance.and_then(|i| i.first_boot()) {
-            Some(mgn::FirstBoot::Succeeded) => Health::Ok,
-            Some(mgn::FirstBoot::Stopped) => Health::Impaired,
-            _ => Health::Initializing,
-        };
+        let instance = self.ec2.instance(&id.0).await?;
         Ok(Target {
             id: id.clone(),
-            source: SourceId(server.source_server_id().unwrap_or_default().to_owned()),
+            source,
             kind,
-            state: TargetState::Running,
-            health,
-            address: None,
-            launched_at: job
-                .as_ref()
-                .and_then(|j| j.creation_date_time())
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_else(jiff::Timestamp::now),
+            state: instance.state,
+            health: instance.health,
+            address: instance.address,
+            launched_at,
+            detail: Some(instance.detail),
         })
+    }
+
+    async fn prepare_launch(
+        &self,
+        id: &SourceId,
+        kind: LaunchKind,
+        settings: &LaunchSettings,
+    ) -> EngineResult<Option<String>> {
+        if settings.is_empty() {
+            return Ok(None);
+        }
+        self.ec2.validate(settings).await?;
+        let configuration = self
+            .client
+            .get_launch_configuration()
+            .source_server_id(&id.0)
+            .send()
+            .await
+            .map_err(|err| sdk_error("GetLaunchConfiguration", &err))?;
+        let template = configuration.ec2_launch_template_id().ok_or_else(|| {
+            EngineError::new(
+                ErrorKind::Unavailable,
+                format!("MGN has no EC2 launch template for {id} yet"),
+            )
+        })?;
+        let mut changes = Vec::new();
+        // MGN's right-sizing would choose the instance type itself.
+        if settings.instance_type.is_some()
+            && configuration.target_instance_type_right_sizing_method()
+                != Some(&mgn::TargetInstanceTypeRightSizingMethod::None)
+        {
+            self.client
+                .update_launch_configuration()
+                .source_server_id(&id.0)
+                .target_instance_type_right_sizing_method(
+                    mgn::TargetInstanceTypeRightSizingMethod::None,
+                )
+                .send()
+                .await
+                .map_err(|err| sdk_error("UpdateLaunchConfiguration", &err))?;
+            changes.push("instance type right-sizing off".to_owned());
+        }
+        if let Some(change) = self.ec2.apply(template, settings).await? {
+            changes.push(change);
+        }
+        Ok((!changes.is_empty()).then(|| format!("{kind} blueprint: {}", changes.join("; "))))
     }
 
     async fn terminate_targets(&self, id: &SourceId, _kind: LaunchKind) -> EngineResult<()> {

@@ -3,6 +3,7 @@
 //! (engines, shells, CMDBs) are wired.
 
 pub mod cli;
+pub mod ec2_bridge;
 pub mod executor;
 pub mod mgn_api;
 pub mod report;

@@ -7,9 +7,14 @@
 //!
 //! The source servers are the servers of the wave files given, registered as if their
 //! MGN agents were installed: ids `s-` and 17 characters, hostname, FQDN and IP as
-//! identification hints. Operations: DescribeSourceServers, StartTest, StartCutover,
-//! DescribeJobs, ChangeServerLifeCycleState, FinalizeCutover, TerminateTargetInstances,
-//! MarkAsArchived.
+//! identification hints. Operations: DescribeSourceServers, GetLaunchConfiguration,
+//! UpdateLaunchConfiguration, StartTest, StartCutover, DescribeJobs, DescribeJobLogItems,
+//! ChangeServerLifeCycleState, FinalizeCutover, TerminateTargetInstances, MarkAsArchived.
+//!
+//! With an EC2 emulator ([`crate::ec2_bridge`]), each source server has a launch template
+//! there and each launched target is an instance run from its default version (so the
+//! blueprint a client put in the template is what launches), terminated with it;
+//! without one, the templates and instances are ids only.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,13 +40,28 @@ pub struct Hints {
     pub disks: Vec<(String, u64)>,
 }
 
+/// A source server as this endpoint knows it, by its MGN id.
+#[derive(Debug, Clone)]
+struct Source {
+    id: SourceId,
+    hints: Hints,
+    /// Its EC2 launch template (`lt-...`).
+    template: String,
+    /// The launch configuration's targetInstanceTypeRightSizingMethod.
+    right_sizing: String,
+}
+
 pub struct MgnApi {
     engine: Arc<dyn ReplicationEngine>,
     region: String,
     account: String,
     /// MGN's ids and the engine's, both ways.
-    sources: Mutex<BTreeMap<String, (SourceId, Hints)>>,
+    sources: Mutex<BTreeMap<String, Source>>,
     jobs: Mutex<BTreeMap<String, JobRecord>>,
+    ec2: Option<crate::ec2_bridge::Ec2Bridge>,
+    /// The EC2 instance of each engine target, once it was first shown. Held across the
+    /// emulator's RunInstances, so a target is never run twice.
+    instances: tokio::sync::Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +206,7 @@ impl MgnApi {
         engine: Arc<dyn ReplicationEngine>,
         region: &str,
         servers: Vec<(replication::SourceSpec, Hints)>,
+        ec2: Option<crate::ec2_bridge::Ec2Bridge>,
     ) -> anyhow::Result<MgnApi> {
         let mut sources = BTreeMap::new();
         for (index, (spec, hints)) in servers.into_iter().enumerate() {
@@ -193,7 +214,20 @@ impl MgnApi {
                 .register_source(&spec)
                 .await
                 .map_err(|err| anyhow::anyhow!("registering {}: {}", spec.name, err.message))?;
-            sources.insert(mgn_source_id(index + 1), (source.id, hints));
+            let mgn = mgn_source_id(index + 1);
+            let template = match &ec2 {
+                Some(ec2) => ec2.create_template(&mgn).await?,
+                None => format!("lt-{:017x}", index + 1),
+            };
+            sources.insert(
+                mgn,
+                Source {
+                    id: source.id,
+                    hints,
+                    template,
+                    right_sizing: "BASIC".to_owned(),
+                },
+            );
         }
         Ok(MgnApi {
             engine,
@@ -201,7 +235,40 @@ impl MgnApi {
             account: "111122223333".to_owned(),
             sources: Mutex::new(sources),
             jobs: Mutex::new(BTreeMap::new()),
+            ec2,
+            instances: tokio::sync::Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The EC2 instance of an engine target of the source `mgn`: run in the emulator
+    /// from the source's launch template when first shown.
+    async fn instance(
+        &self,
+        target: &replication::TargetId,
+        mgn: &str,
+    ) -> Result<String, ApiError> {
+        let mut instances = self.instances.lock().await;
+        if let Some(instance) = instances.get(&target.0) {
+            return Ok(instance.clone());
+        }
+        let instance = match &self.ec2 {
+            None => instance_id(&target.0),
+            Some(ec2) => {
+                let template = Self::lock(&self.sources)
+                    .get(mgn)
+                    .map(|s| s.template.clone())
+                    .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
+                ec2.run_instance(&template, mgn).await.map_err(|err| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalServerException",
+                        format!("launching {target} in EC2: {err:#}"),
+                    )
+                })?
+            }
+        };
+        instances.insert(target.0.clone(), instance.clone());
+        Ok(instance)
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -219,20 +286,20 @@ impl MgnApi {
     fn engine_id(&self, mgn: &str) -> Result<SourceId, ApiError> {
         Self::lock(&self.sources)
             .get(mgn)
-            .map(|(id, _)| id.clone())
+            .map(|s| s.id.clone())
             .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))
     }
 
     fn mgn_id(&self, id: &SourceId) -> Option<String> {
         Self::lock(&self.sources)
             .iter()
-            .find(|(_, (engine_id, _))| engine_id == id)
+            .find(|(_, source)| source.id == *id)
             .map(|(mgn, _)| mgn.clone())
     }
 
     /// A SourceServer object of MGN's API reference.
     async fn source_server(&self, mgn: &str) -> Result<Value, ApiError> {
-        let (id, hints) = Self::lock(&self.sources)
+        let Source { id, hints, .. } = Self::lock(&self.sources)
             .get(mgn)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
@@ -303,7 +370,7 @@ impl MgnApi {
         }) {
             let job_id = self.mgn_job(&job.id);
             server["launchedInstance"] = json!({
-                "ec2InstanceID": instance_id(&target.0),
+                "ec2InstanceID": self.instance(&target, mgn).await?,
                 "jobID": job_id,
                 "firstBoot": "SUCCEEDED",
             });
@@ -349,20 +416,19 @@ impl MgnApi {
             })),
             JobRecord::Launch(id) => {
                 let job: Job = self.engine.describe_job(&id).await?;
-                let servers: Vec<Value> = job
-                    .servers
-                    .iter()
-                    .map(|slot| {
-                        let mut server = json!({
-                            "sourceServerID": self.mgn_id(&slot.source).unwrap_or_default(),
-                            "launchStatus": launch_status(slot.status),
-                        });
-                        if let Some(target) = &slot.target {
-                            server["launchedEc2InstanceID"] = json!(instance_id(&target.0));
-                        }
-                        server
-                    })
-                    .collect();
+                let mut servers: Vec<Value> = Vec::new();
+                for slot in &job.servers {
+                    let source = self.mgn_id(&slot.source).unwrap_or_default();
+                    let mut server = json!({
+                        "sourceServerID": source,
+                        "launchStatus": launch_status(slot.status),
+                    });
+                    if let Some(target) = &slot.target {
+                        server["launchedEc2InstanceID"] =
+                            json!(self.instance(target, &source).await?);
+                    }
+                    servers.push(server);
+                }
                 let mut value = json!({
                     "jobID": mgn,
                     "arn": arn,
@@ -516,6 +582,7 @@ impl MgnApi {
                 _ => LaunchKind::Cutover,
             };
             self.engine.terminate_targets(&id, kind).await?;
+            self.terminate_instances(&id, kind).await?;
         }
         let created = timestamp(jiff::Timestamp::now());
         let mgn = {
@@ -531,6 +598,137 @@ impl MgnApi {
             mgn
         };
         Ok(axum::Json(json!({ "job": self.job(&mgn).await? })))
+    }
+}
+
+impl MgnApi {
+    /// Terminates in the emulator the instances of the source's targets of this kind.
+    async fn terminate_instances(&self, id: &SourceId, kind: LaunchKind) -> Result<(), ApiError> {
+        let Some(ec2) = &self.ec2 else {
+            return Ok(());
+        };
+        let jobs = self.engine.jobs_for_source(id).await?;
+        let instances = self.instances.lock().await;
+        let running: Vec<String> = jobs
+            .iter()
+            .filter(|job| job.kind == kind)
+            .flat_map(|job| job.servers.iter())
+            .filter(|slot| slot.source == *id)
+            .filter_map(|slot| instances.get(&slot.target.as_ref()?.0).cloned())
+            .collect();
+        drop(instances);
+        ec2.terminate(&running).await.map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerException",
+                format!("terminating in EC2: {err:#}"),
+            )
+        })
+    }
+
+    /// A LaunchConfiguration object of MGN's API reference.
+    fn launch_configuration(&self, mgn: &str) -> Result<Value, ApiError> {
+        let source = Self::lock(&self.sources)
+            .get(mgn)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
+        Ok(json!({
+            "sourceServerID": mgn,
+            "name": source.hints.hostname,
+            "ec2LaunchTemplateID": source.template,
+            "launchDisposition": "STARTED",
+            "targetInstanceTypeRightSizingMethod": source.right_sizing,
+            "copyPrivateIp": false,
+            "copyTags": false,
+            "bootMode": "LEGACY_BIOS",
+            "licensing": { "osByol": false },
+            "postLaunchEnabled": false,
+            "enableMapAutoTagging": false,
+        }))
+    }
+
+    async fn get_launch_configuration(&self, body: Value) -> Answer {
+        let mgn: String = field(&body, "sourceServerID")?;
+        Ok(axum::Json(self.launch_configuration(&mgn)?))
+    }
+
+    async fn update_launch_configuration(&self, body: Value) -> Answer {
+        let mgn: String = field(&body, "sourceServerID")?;
+        let sizing: Option<String> = field(&body, "targetInstanceTypeRightSizingMethod")?;
+        if let Some(sizing) = &sizing
+            && !["NONE", "BASIC", "IN_AWS"].contains(&sizing.as_str())
+        {
+            return Err(ApiError::validation(format!(
+                "targetInstanceTypeRightSizingMethod `{sizing}` is not one of NONE, BASIC, IN_AWS"
+            )));
+        }
+        {
+            let mut sources = Self::lock(&self.sources);
+            let source = sources
+                .get_mut(&mgn)
+                .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
+            if let Some(sizing) = sizing {
+                source.right_sizing = sizing;
+            }
+        }
+        Ok(axum::Json(self.launch_configuration(&mgn)?))
+    }
+
+    /// A launch job's log: its start, each server's launch (failed ones with the
+    /// engine's reason as rawError), its end.
+    async fn describe_job_log_items(&self, body: Value) -> Answer {
+        let mgn: String = field(&body, "jobID")?;
+        let (start, max) = page(&body)?;
+        let record = Self::lock(&self.jobs)
+            .get(&mgn)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("Job {mgn} not found")))?;
+        let mut items = Vec::new();
+        let at = |t: jiff::Timestamp| json!(timestamp(t));
+        match record {
+            JobRecord::Terminate { created, servers } => {
+                items.push(json!({ "logDateTime": created, "event": "JOB_START" }));
+                for server in servers {
+                    items.push(json!({
+                        "logDateTime": created,
+                        "event": "CLEANUP_END",
+                        "eventData": { "sourceServerID": server },
+                    }));
+                }
+                items.push(json!({ "logDateTime": created, "event": "JOB_END" }));
+            }
+            JobRecord::Launch(id) => {
+                let job: Job = self.engine.describe_job(&id).await?;
+                items.push(json!({ "logDateTime": at(job.created_at), "event": "JOB_START" }));
+                for slot in &job.servers {
+                    let source = self.mgn_id(&slot.source).unwrap_or_default();
+                    if slot.status == LaunchStatus::Pending {
+                        continue;
+                    }
+                    items.push(json!({
+                        "logDateTime": at(job.created_at),
+                        "event": "LAUNCH_START",
+                        "eventData": { "sourceServerID": source },
+                    }));
+                    if slot.status == LaunchStatus::Failed {
+                        items.push(json!({
+                            "logDateTime": at(job.created_at),
+                            "event": "LAUNCH_FAILED",
+                            "eventData": {
+                                "sourceServerID": source,
+                                "rawError": slot.message.clone().unwrap_or_else(|| "the launch failed".to_owned()),
+                            },
+                        }));
+                    }
+                }
+                if job.status == JobStatus::Completed {
+                    items.push(
+                        json!({ "logDateTime": at(jiff::Timestamp::now()), "event": "JOB_END" }),
+                    );
+                }
+            }
+        }
+        Ok(axum::Json(paged(items, start, max)))
     }
 }
 
@@ -608,6 +806,9 @@ async fn operation(
         "StartTest" => api.start_launch(body, LaunchKind::Test).await,
         "StartCutover" => api.start_launch(body, LaunchKind::Cutover).await,
         "DescribeJobs" => api.describe_jobs(body).await,
+        "DescribeJobLogItems" => api.describe_job_log_items(body).await,
+        "GetLaunchConfiguration" => api.get_launch_configuration(body).await,
+        "UpdateLaunchConfiguration" => api.update_launch_configuration(body).await,
         "ChangeServerLifeCycleState" => api.change_life_cycle(body).await,
         "FinalizeCutover" | "MarkAsArchived" => api.on_source(body, &operation).await,
         "TerminateTargetInstances" => api.terminate_targets(body).await,

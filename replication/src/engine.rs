@@ -190,6 +190,29 @@ pub struct Target {
     /// Where the target answers, once it runs.
     pub address: Option<String>,
     pub launched_at: Timestamp,
+    /// The engine's own words on the checks behind `health` (EC2's system, instance and
+    /// EBS checks; the console's last lines of an impaired instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How a source's test or cutover copy is launched: the wave's blueprint of that kind.
+/// An engine without launch settings (the rehearsal and local engines) ignores them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LaunchSettings {
+    pub instance_type: Option<String>,
+    pub subnet: Option<String>,
+    pub security_groups: Vec<String>,
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl LaunchSettings {
+    pub fn is_empty(&self) -> bool {
+        self.instance_type.is_none()
+            && self.subnet.is_none()
+            && self.security_groups.is_empty()
+            && self.tags.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,6 +451,19 @@ pub trait ReplicationEngine: Send + Sync {
     /// sync): a warped scheduler clock waits for it instead of jumping ahead.
     fn busy(&self) -> bool {
         false
+    }
+
+    /// Makes the source's next launch of this kind use these settings (MGN: a new EC2
+    /// launch template version from the blueprint, after checking that its subnet,
+    /// security groups and instance type exist and fit together). Idempotent: settings
+    /// already in force change nothing. `Some` says what changed.
+    async fn prepare_launch(
+        &self,
+        _id: &SourceId,
+        _kind: LaunchKind,
+        _settings: &LaunchSettings,
+    ) -> EngineResult<Option<String>> {
+        Ok(None)
     }
 
     /// Starts one launch job for the given servers.

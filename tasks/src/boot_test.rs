@@ -105,8 +105,13 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             }
             return Report::fail(
                 format!(
-                    "the test target {target} did not pass its status checks ({:?})",
-                    found.health
+                    "the test target {target} did not pass its status checks ({:?}){}",
+                    found.health,
+                    found
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
                 ),
                 true,
                 actions,
@@ -117,7 +122,10 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     if step.checks.is_empty() {
         step.checks.push(Check::pass(
             "status checks",
-            format!("{target} running, checks ok"),
+            match &found.detail {
+                Some(detail) => format!("{target} running: {detail}"),
+                None => format!("{target} running, checks ok"),
+            },
         ));
         step.checks
             .extend(probe_checks(ctx, found.address.as_deref()));

@@ -166,11 +166,16 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         step.checks.push(Check::pass(
             "status checks",
             format!(
-                "{target} running{}",
+                "{target} running{}{}",
                 found
                     .address
                     .as_deref()
                     .map(|a| format!(" at {a}"))
+                    .unwrap_or_default(),
+                found
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
                     .unwrap_or_default()
             ),
         ));

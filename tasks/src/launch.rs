@@ -2,7 +2,8 @@
 //! this task already started), follow it until the target runs and is healthy.
 
 use replication::{
-    Health, Job, JobId, LaunchKind, LaunchStatus, SourceServer, Target, TargetId, TargetState,
+    Health, Job, JobId, LaunchKind, LaunchSettings, LaunchStatus, SourceServer, Target, TargetId,
+    TargetState,
 };
 
 use crate::context::{Action, Report, TaskContext};
@@ -70,6 +71,7 @@ pub async fn ensure_launch(
         });
         return Ok(job.id);
     }
+    prepare(ctx, source, kind, actions).await?;
     let job = ctx
         .launcher
         .launch(ctx.engine, kind, source.id.clone())
@@ -101,6 +103,50 @@ pub async fn ensure_launch(
         ),
     });
     Ok(job.id.clone())
+}
+
+/// The server's blueprint of this kind, as the engine's launch settings.
+pub fn settings(server: &waves::model::Server, kind: LaunchKind) -> LaunchSettings {
+    let blueprint = match kind {
+        LaunchKind::Test => &server.blueprints.test,
+        LaunchKind::Cutover => &server.blueprints.cutover,
+    };
+    LaunchSettings {
+        instance_type: blueprint.instance_type.clone(),
+        subnet: blueprint.subnet.clone(),
+        security_groups: blueprint.security_groups.clone(),
+        tags: blueprint.tags.clone(),
+    }
+}
+
+/// Puts the server's blueprint of this kind in force for its next launch (an engine
+/// with nothing to set changes nothing). A blueprint the engine refuses (a subnet that
+/// does not exist) fails the task for good, naming the blueprint: retrying cannot help.
+async fn prepare(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    kind: LaunchKind,
+    actions: &mut Vec<Action>,
+) -> Result<(), Report> {
+    let settings = settings(ctx.server, kind);
+    match ctx.engine.prepare_launch(&source.id, kind, &settings).await {
+        Ok(None) => Ok(()),
+        Ok(Some(change)) => {
+            actions.push(Action {
+                action: "engine.prepare_launch".to_owned(),
+                detail: change,
+            });
+            Ok(())
+        }
+        Err(err) => Err(Report::engine_error(
+            &format!(
+                "the {kind} blueprint of {} (line {} of wave {})",
+                ctx.server.name.value, ctx.server.location.line, ctx.wave
+            ),
+            &err,
+            actions.clone(),
+        )),
+    }
 }
 
 /// Where a launch stands for this server.

@@ -219,7 +219,12 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
 /// `local` runs on it until the local engine exists.
 pub fn engine_endpoints(kind: EngineKind, config: &Config) -> Vec<String> {
     match (kind, &config.engines.mgn) {
-        (EngineKind::Mgn, Some(mgn)) => vec![format!("mgn.{}.amazonaws.com:443", mgn.region)],
+        (EngineKind::Mgn, Some(mgn)) => vec![
+            mgn.endpoint
+                .as_deref()
+                .and_then(authority)
+                .unwrap_or_else(|| format!("mgn.{}.amazonaws.com:443", mgn.region)),
+        ],
         // The replication server the local engine's agent sends to.
         (EngineKind::Local, _) => {
             let local = &config.engines.local;
@@ -233,6 +238,20 @@ pub fn engine_endpoints(kind: EngineKind, config: &Config) -> Vec<String> {
         }
         _ => Vec::new(),
     }
+}
+
+/// `host:port` of an http(s) URL (the scheme's port when it names none).
+fn authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?']).next().filter(|h| !h.is_empty())?;
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if has_port {
+        return Some(host.to_owned());
+    }
+    let port = if scheme == "http" { 80 } else { 443 };
+    Some(format!("{host}:{port}"))
 }
 
 /// MGN's agent installer builds a kernel module and the launched copy takes its address
@@ -504,5 +523,24 @@ async fn tmp_exec(ctx: &TaskContext<'_>) -> Check {
             "check the server",
         ),
         Err(err) => Check::fail("/tmp executable", err.to_string(), err.remedy()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority;
+
+    #[test]
+    fn an_endpoint_url_gives_the_address_a_source_must_reach() {
+        assert_eq!(
+            authority("http://127.0.0.1:8443").as_deref(),
+            Some("127.0.0.1:8443")
+        );
+        assert_eq!(
+            authority("https://vpce-1.mgn.eu-west-1.vpce.amazonaws.com/").as_deref(),
+            Some("vpce-1.mgn.eu-west-1.vpce.amazonaws.com:443")
+        );
+        assert_eq!(authority("http://[::1]/x").as_deref(), Some("[::1]:80"));
+        assert_eq!(authority("no-scheme"), None);
     }
 }

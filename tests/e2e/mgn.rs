@@ -9,14 +9,100 @@
 //! source servers matched by name, FQDN and IP, a test launch and its instance, the life
 //! cycle to cutover with MGN's conflict on terminating a cutover, finalize and archive.
 //!
-//! Starts: `wavelift sim serve-mgn examples/quickstart` on a free loopback port; the SDK
-//! is given keys directly, so it asks no credential or Region service.
+//! The SDK's EC2 calls (aws-sdk-ec2) go to moto's EC2 server, where serve-mgn runs each
+//! launched target as an instance from the source's launch template: a blueprint checked
+//! against EC2 (subnet, security groups in its VPC, instance type) and made the
+//! template's default version is what the instance launches with; its status checks are
+//! EC2's.
+//!
+//! Starts: moto's server (`python3 -m moto.server`, PyPI moto[server]) on a free
+//! loopback port, and `wavelift sim serve-mgn examples/quickstart [--ec2-endpoint]` on
+//! another; the SDK is given keys directly, so it asks no credential or Region service.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use std::fs;
+
 use serde_json::{Value, json};
 use wavelift_tests::{wavelift_binary, workspace_root};
+
+/// moto's EC2 server on a free loopback port, stopped when dropped.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto's server: install it with `pip install 'moto[server]'`");
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        // Up when it answers; at most 60 s, in 100 ms steps.
+        for _ in 0..600 {
+            if reqwest::blocking::get(format!("{}/moto-api/", moto.url)).is_ok() {
+                return moto;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("moto's server did not answer on {} within 60 s", moto.url);
+    }
+
+    /// An EC2 Query call in eu-west-1 (moto takes any signature, and routes by the
+    /// service and Region the Authorization header names): the XML answer.
+    pub fn ec2(&self, action: &str, params: &[(&str, &str)]) -> String {
+        let mut form = vec![("Action", action), ("Version", "2016-11-15")];
+        form.extend_from_slice(params);
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/", self.url))
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIDWAVELIFTTEST/20260101/eu-west-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .form(&form)
+            .send()
+            .unwrap_or_else(|err| panic!("EC2 {action}: {err}"));
+        let status = response.status();
+        let body = response.text().unwrap_or_default();
+        assert!(status.is_success(), "EC2 {action}: {status} {body}");
+        body
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every `<name>` element's text in an EC2 answer.
+pub fn elements(xml: &str, name: &str) -> Vec<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(text, _)| text.to_owned()))
+        .collect()
+}
 
 struct Endpoint {
     child: Child,
@@ -25,11 +111,31 @@ struct Endpoint {
 
 impl Endpoint {
     fn start() -> Endpoint {
-        let mut child = Command::new(wavelift_binary())
-            .args(["sim", "serve-mgn"])
-            .arg(workspace_root().join("examples/quickstart"))
+        Endpoint::start_with(None)
+    }
+
+    fn start_with(ec2: Option<&str>) -> Endpoint {
+        Endpoint::serve(
+            &workspace_root().join("examples/quickstart"),
+            "127.0.0.1:0",
+            ec2,
+            8,
+        )
+    }
+
+    /// `wavelift sim serve-mgn PATH --listen LISTEN [--ec2-endpoint]`, up once it says
+    /// where it listens (with `servers` source servers).
+    fn serve(path: &std::path::Path, listen: &str, ec2: Option<&str>, servers: usize) -> Endpoint {
+        let mut command = Command::new(wavelift_binary());
+        command
+            .args(["sim", "serve-mgn", "--listen", listen])
+            .arg(path);
+        if let Some(url) = ec2 {
+            command.args(["--ec2-endpoint", url]);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("wavelift sim serve-mgn");
         let mut line = String::new();
@@ -37,7 +143,9 @@ impl Endpoint {
             .read_line(&mut line)
             .expect("the endpoint's line");
         assert!(
-            line.starts_with("MGN endpoint (rehearsal engine, 8 source servers) on http://"),
+            line.starts_with(&format!(
+                "MGN endpoint (rehearsal engine, {servers} source servers) on http://"
+            )),
             "{line}"
         );
         let base = line
@@ -264,10 +372,11 @@ fn serve_mgn_speaks_mgns_protocol_over_the_rehearsal_engine() {
 fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     use mgn::{MgnEngine, MgnSettings};
     use replication::{
-        DiskSpec, ErrorKind, Health, JobStatus, LaunchKind, LaunchStatus, LifeCycle, PointInTime,
-        ReplicationEngine, ReplicationState, SourceSpec,
+        DiskSpec, ErrorKind, Health, JobStatus, LaunchKind, LaunchSettings, LaunchStatus,
+        LifeCycle, PointInTime, ReplicationEngine, ReplicationState, SourceSpec, TargetState,
     };
-    let endpoint = Endpoint::start();
+    let moto = Moto::start();
+    let endpoint = Endpoint::start_with(Some(&moto.url));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -276,6 +385,7 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     let engine = runtime.block_on(MgnEngine::connect(&MgnSettings {
         region: "eu-west-1".to_owned(),
         endpoint: Some(endpoint.base.clone()),
+        ec2_endpoint: Some(moto.url.clone()),
         keys: Some(("AKIDWAVELIFTTEST".to_owned(), "not-a-secret".to_owned())),
         ..MgnSettings::default()
     }));
@@ -325,7 +435,101 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     assert_eq!(found.life_cycle, LifeCycle::ReadyForTest);
     assert_eq!(found.replication.total_bytes, 16 << 20);
 
-    // A test launch: its job, its instance, the instance's health.
+    // The test blueprint, checked against EC2 and made the launch template's default
+    // version (MGN's right-sizing off, so its instance type holds); the same again
+    // changes nothing. A blueprint EC2 cannot launch is refused, saying what is wrong.
+    let subnets = moto.ec2("DescribeSubnets", &[]);
+    let subnet = elements(&subnets, "subnetId").remove(0);
+    let vpc = elements(&subnets, "vpcId").remove(0);
+    let groups = moto.ec2(
+        "DescribeSecurityGroups",
+        &[("Filter.1.Name", "vpc-id"), ("Filter.1.Value.1", &vpc)],
+    );
+    let group = elements(&groups, "groupId").remove(0);
+    let blueprint = LaunchSettings {
+        instance_type: Some("m5.large".to_owned()),
+        subnet: Some(subnet.clone()),
+        security_groups: vec![group.clone()],
+        tags: [("Wave".to_owned(), "wave-1".to_owned())].into(),
+    };
+    let changed = runtime
+        .block_on(engine.prepare_launch(&source.id, LaunchKind::Test, &blueprint))
+        .expect("the blueprint")
+        .expect("a change");
+    assert!(
+        changed.contains("version 2 is the default")
+            && changed.contains("instance type m5.large")
+            && changed.contains(&subnet)
+            && changed.contains("right-sizing off"),
+        "{changed}"
+    );
+    assert_eq!(
+        runtime
+            .block_on(engine.prepare_launch(&source.id, LaunchKind::Test, &blueprint))
+            .expect("again"),
+        None
+    );
+    let configuration = endpoint.ok(
+        "GetLaunchConfiguration",
+        json!({ "sourceServerID": source.id.0 }),
+    );
+    assert_eq!(configuration["targetInstanceTypeRightSizingMethod"], "NONE");
+    let refused = |settings: LaunchSettings| {
+        runtime
+            .block_on(engine.prepare_launch(&source.id, LaunchKind::Test, &settings))
+            .expect_err("refused")
+    };
+    let no_subnet = refused(LaunchSettings {
+        subnet: Some("subnet-0123456789abcdef0".to_owned()),
+        ..blueprint.clone()
+    });
+    assert_eq!(no_subnet.kind, ErrorKind::Invalid, "{no_subnet:?}");
+    assert!(
+        no_subnet
+            .message
+            .contains("subnet subnet-0123456789abcdef0 does not exist in eu-west-1"),
+        "{no_subnet:?}"
+    );
+    let no_type = refused(LaunchSettings {
+        instance_type: Some("m5.colossal".to_owned()),
+        ..blueprint.clone()
+    });
+    assert!(
+        no_type
+            .message
+            .contains("instance type m5.colossal does not exist"),
+        "{no_type:?}"
+    );
+    let other_vpc = elements(
+        &moto.ec2("CreateVpc", &[("CidrBlock", "10.77.0.0/16")]),
+        "vpcId",
+    )
+    .remove(0);
+    let elsewhere = elements(
+        &moto.ec2(
+            "CreateSecurityGroup",
+            &[
+                ("GroupName", "elsewhere"),
+                ("GroupDescription", "in another VPC"),
+                ("VpcId", &other_vpc),
+            ],
+        ),
+        "groupId",
+    )
+    .remove(0);
+    let apart = refused(LaunchSettings {
+        security_groups: vec![elsewhere.clone()],
+        ..blueprint.clone()
+    });
+    assert!(
+        apart.message.contains(&format!(
+            "security group {elsewhere} is in {other_vpc}, not in {vpc} of subnet {subnet}"
+        )),
+        "{apart:?}"
+    );
+
+    // A test launch: its job, its instance (in EC2, as the blueprint said), the
+    // instance's health from EC2's status checks.
     let id = std::slice::from_ref(&source.id);
     let job = runtime
         .block_on(engine.start_launch(LaunchKind::Test, id, &PointInTime::Latest))
@@ -343,13 +547,51 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
         .block_on(engine.describe_target(&instance))
         .expect("the instance");
     assert_eq!(
-        (target.source.clone(), target.kind, target.health),
-        (source.id.clone(), LaunchKind::Test, Health::Ok)
+        (
+            target.source.clone(),
+            target.kind,
+            target.state,
+            target.health
+        ),
+        (
+            source.id.clone(),
+            LaunchKind::Test,
+            TargetState::Running,
+            Health::Ok
+        )
     );
+    assert_eq!(
+        target.detail.as_deref(),
+        Some("system status ok, instance status ok, attached EBS status not reported")
+    );
+    let described = moto.ec2("DescribeInstances", &[("InstanceId.1", &instance.0)]);
+    assert_eq!(elements(&described, "instanceType"), ["m5.large"]);
+    assert_eq!(elements(&described, "subnetId")[0], subnet);
+    assert_eq!(
+        target.address,
+        elements(&described, "privateIpAddress").first().cloned()
+    );
+    let log = endpoint.ok("DescribeJobLogItems", json!({ "jobID": job.id.0 }));
+    let events: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["event"].as_str())
+        .collect();
+    assert_eq!(events, ["JOB_START", "LAUNCH_START", "JOB_END"]);
     let jobs = runtime
         .block_on(engine.jobs_for_source(&source.id))
         .expect("jobs");
     assert_eq!(jobs.len(), 1);
+
+    // The test copy terminated: EC2 says so.
+    runtime
+        .block_on(engine.terminate_targets(&source.id, LaunchKind::Test))
+        .expect("terminate the test copy");
+    let gone = runtime
+        .block_on(engine.describe_target(&instance))
+        .expect("the instance");
+    assert_eq!(gone.state, TargetState::Terminated, "{gone:?}");
 
     // To cutover, with MGN's rule: no terminating a cutover's instances meanwhile.
     runtime
@@ -406,4 +648,223 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
         ))
         .expect_err("no points on MGN");
     assert_eq!(from_point.kind, ErrorKind::Invalid);
+}
+
+/// A whole wave on MGN and EC2: `wavelift run` (built with the `aws` feature, as the test
+/// build is) takes three servers of two applications through agent_push (matched in
+/// MGN), replication_verify, boot_test (the test blueprint made the launch template's
+/// default, a test instance in EC2 judged by its status checks, then terminated),
+/// cutover (the cutover blueprint, an instance in the cutover subnet, finalized) and
+/// cmdb_cleanup (archived in MGN, retired in the file CMDB). prereq_check is skipped:
+/// its MGN checks (kernel headers, make, gcc, dhclient, MGN's regional endpoint) are of a
+/// real source server, which this machine is not; the SSH tests check them.
+///
+/// Starts: moto's EC2 server and `wavelift sim serve-mgn --ec2-endpoint` on loopback.
+#[test]
+fn a_wave_migrates_to_ec2_through_mgn() {
+    use wavelift_tests::{Scratch, wavelift_command};
+    let moto = Moto::start();
+    let subnets = moto.ec2("DescribeSubnets", &[]);
+    let (test_subnet, cutover_subnet) = {
+        let ids = elements(&subnets, "subnetId");
+        (ids[0].clone(), ids[1].clone())
+    };
+    let vpc = elements(&subnets, "vpcId").remove(0);
+    let groups = moto.ec2(
+        "DescribeSecurityGroups",
+        &[("Filter.1.Name", "vpc-id"), ("Filter.1.Value.1", &vpc)],
+    );
+    let group = elements(&groups, "groupId").remove(0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+
+    let scratch = Scratch::new("mgn-wave");
+    let dir = scratch.path();
+    let window = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 30))
+        .expect("a date")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d 22:00")
+        .to_string();
+    fs::write(
+        dir.join("wavelift.yaml"),
+        format!(
+            "version: 1\nengines:\n  default: mgn\n  mgn:\n    region: eu-west-1\n    endpoint: http://127.0.0.1:{port}\n    ec2_endpoint: {moto}\noutbox: .wavelift/outbox\ncmdb:\n  kind: file\n  path: .wavelift/cmdb.yaml\ndefaults:\n  access:\n    method: local\n  skip: [prereq_check]\n  tasks:\n    cutover:\n      approval: false\n    cmdb_cleanup:\n      hypercare: 1d\n",
+            moto = moto.url
+        ),
+    )
+    .expect("the configuration");
+    fs::create_dir_all(dir.join("waves")).expect("waves/");
+    fs::write(
+        dir.join("waves/ec2-1.yaml"),
+        format!(
+            "version: 1\nname: ec2-1\nengine: mgn\nwindow:\n  start: {window}\n  duration: 6h\n  timezone: UTC\ndefaults:\n  os: {{ family: linux, version: Debian 12, arch: x86_64 }}\n  blueprints:\n    test:\n      instance_type: t3.medium\n      subnet: {test_subnet}\n      security_groups: [{group}]\n    cutover:\n      instance_type: m5.xlarge\n      subnet: {cutover_subnet}\n      security_groups: [{group}]\n      tags: {{ environment: production }}\napplications:\n  - name: crm-db\n    servers:\n      - {{ name: crm-db-01, fqdn: crm-db-01.corp.example.com, ip: 127.0.30.1, cmdb_id: CI0030001, disks: [{{ device: /dev/sda, size: 40GiB, used: 12GiB, boot: true }}] }}\n  - name: crm-app\n    depends_on: [crm-db]\n    servers:\n      - {{ name: crm-app-01, fqdn: crm-app-01.corp.example.com, ip: 127.0.30.11, cmdb_id: CI0030011 }}\n      - {{ name: crm-app-02, fqdn: crm-app-02.corp.example.com, ip: 127.0.30.12, cmdb_id: CI0030012 }}\n"
+        ),
+    )
+    .expect("the wave");
+    let mgn = Endpoint::serve(dir, &format!("127.0.0.1:{port}"), Some(&moto.url), 3);
+
+    // The standard AWS chain finds the keys in the environment, and nothing else.
+    let wavelift = |args: &[&str]| {
+        let output = wavelift_command(dir)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "AKIDWAVELIFTTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("wavelift");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Before the build week: every server matches one MGN source server, by hostname.
+    let (code, out, err) = wavelift(&["match", "."]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for server in ["crm-db-01", "crm-app-01", "crm-app-02"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(server) && l.contains("by hostname")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("3 of 3 server(s) matched"), "{out}");
+    // A server MGN does not have is said, with what was looked for; a given source_id
+    // is taken as it is.
+    let wave = dir.join("waves/ec2-1.yaml");
+    let original = fs::read_to_string(&wave).expect("the wave");
+    fs::write(
+        &wave,
+        original
+            .replace(
+                "cmdb_id: CI0030001,",
+                "cmdb_id: CI0030001, source_id: s-00000000000000001,",
+            )
+            .replace(
+                "      - { name: crm-app-02,",
+                "      - { name: crm-app-03, ip: 127.0.30.13 }\n      - { name: crm-app-02,",
+            ),
+    )
+    .expect("the wave, edited");
+    let (code, out, err) = wavelift(&["match", "."]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("s-00000000000000001  by source_id")
+            && out.contains(
+                "crm-app-03  no match: no MGN source server has the hostname crm-app-03 or the IP 127.0.30.13"
+            )
+            && out.contains("3 of 4 server(s) matched"),
+        "{out}"
+    );
+    fs::write(
+        &wave,
+        original.replace(
+            "cmdb_id: CI0030001,",
+            "cmdb_id: CI0030001, source_id: s-00000000000000001,",
+        ),
+    )
+    .expect("the wave, with its source_id");
+
+    let started = std::time::Instant::now();
+    let (code, out, err) = wavelift(&["run", ".", "--until-done", "--time-warp"]);
+    eprintln!("the run took {:?}", started.elapsed());
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Every task final, the three prerequisite checks skipped, the rest succeeded.
+    let summary = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ec2-1: "))
+        .unwrap_or_else(|| panic!("no summary of ec2-1:\n{out}"));
+    let (done, rest) = summary.split_once(" of ").expect("N of M");
+    let total: usize = rest
+        .split(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("M");
+    assert_eq!(done.parse::<usize>().ok(), Some(total), "{out}");
+    assert!(
+        summary.ends_with(&format!("tasks final (3 skipped, {} succeeded)", total - 3)),
+        "{out}\n{err}"
+    );
+
+    // In EC2: each server's test instance (test blueprint) terminated, its cutover
+    // instance (cutover blueprint) running.
+    let sources = mgn.ok("DescribeSourceServers", json!({}));
+    let sources = sources["items"].as_array().expect("items");
+    assert_eq!(sources.len(), 3);
+    for source in sources {
+        let id = source["sourceServerID"].as_str().expect("an id");
+        assert_eq!(source["isArchived"], true, "{source}");
+        assert_eq!(source["lifeCycle"]["state"], "CUTOVER", "{source}");
+        let instances = moto.ec2(
+            "DescribeInstances",
+            &[
+                (
+                    "Filter.1.Name",
+                    "tag:AWSApplicationMigrationServiceSourceServerID",
+                ),
+                ("Filter.1.Value.1", id),
+            ],
+        );
+        let kinds = elements(&instances, "instanceType");
+        let states: Vec<String> = elements(&instances, "instanceState")
+            .iter()
+            .flat_map(|s| elements(s, "name"))
+            .collect();
+        let mut seen: Vec<(String, String)> = kinds.into_iter().zip(states).collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("m5.xlarge".to_owned(), "running".to_owned()),
+                ("t3.medium".to_owned(), "terminated".to_owned())
+            ],
+            "{id}: {instances}"
+        );
+        let configuration = mgn.ok("GetLaunchConfiguration", json!({ "sourceServerID": id }));
+        let template = configuration["ec2LaunchTemplateID"]
+            .as_str()
+            .expect("a template");
+        let versions = moto.ec2(
+            "DescribeLaunchTemplateVersions",
+            &[
+                ("LaunchTemplateId", template),
+                ("LaunchTemplateVersion.1", "$Default"),
+            ],
+        );
+        // (moto runs every instance in its default subnet, whatever the template says,
+        // so the subnet is checked in the template.)
+        assert!(
+            versions.contains("production")
+                && versions.contains("m5.xlarge")
+                && versions.contains(&cutover_subnet)
+                && versions.contains(&group),
+            "the default version is the cutover blueprint: {versions}"
+        );
+    }
+
+    // The job log: each server's blueprints put in force once per kind, one test and one
+    // cutover launch per server, finalized and archived once.
+    let (_, events, _) = wavelift(&["events", "--json"]);
+    for server in ["crm-db-01", "crm-app-01", "crm-app-02"] {
+        let count = |action: &str| {
+            events
+                .lines()
+                .filter(|l| l.contains(&format!("\"server\":\"{server}\"")) && l.contains(action))
+                .count()
+        };
+        assert_eq!(count("engine.prepare_launch"), 2, "{server}:\n{events}");
+        assert_eq!(count("engine.finalize_cutover"), 1, "{server}:\n{events}");
+        assert_eq!(count("engine.archive"), 1, "{server}:\n{events}");
+    }
+    let cmdb = fs::read_to_string(dir.join(".wavelift/cmdb.yaml")).expect("the CMDB file");
+    assert!(cmdb.matches("retired").count() >= 3, "{cmdb}");
 }

@@ -118,8 +118,10 @@ pub struct MgnEngine {
     pub region: String,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
-    /// Another endpoint for the MGN and EC2 APIs (tests, VPC endpoints).
+    /// Another endpoint for the MGN API (tests, a VPC endpoint).
     pub endpoint: Option<String>,
+    /// Another endpoint for the EC2 API (tests, a VPC endpoint).
+    pub ec2_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -351,7 +353,7 @@ pub fn decode_defaults(node: &Node, base: &mut ServerTemplate, ctx: &mut Ctx) {
     let Some(mut map) = MapReader::new(node, "defaults", ctx) else {
         return;
     };
-    for identity in ["name", "fqdn", "ip", "cmdb_id", "disks"] {
+    for identity in ["name", "fqdn", "ip", "cmdb_id", "source_id", "disks"] {
         if let Some(location) = map.key_location(identity) {
             ctx.error(
                 location,
@@ -531,12 +533,16 @@ fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
     let endpoint = map
         .take("endpoint")
         .and_then(|n| http_url(n, "endpoint", ctx));
+    let ec2_endpoint = map
+        .take("ec2_endpoint")
+        .and_then(|n| http_url(n, "ec2_endpoint", ctx));
     map.finish(ctx);
     Some(MgnEngine {
         region: region?,
         profile,
         role_arn,
         endpoint,
+        ec2_endpoint,
     })
 }
 

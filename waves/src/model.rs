@@ -190,6 +190,9 @@ pub struct Server {
     pub site: Option<Spanned<String>>,
     pub blueprints: Blueprints,
     pub cmdb_id: Option<String>,
+    /// The engine's own id of this source server (MGN: `s-` and 17 hex digits), for a
+    /// server that matching by hostname, FQDN or IP cannot tell apart.
+    pub source_id: Option<Spanned<String>>,
     pub tags: BTreeMap<String, String>,
     /// Not shut down before its cutover (for example a shared database host).
     pub exclude_from_shutdown: bool,

@@ -22,6 +22,24 @@ pub fn shown(text: &str) -> String {
 
 /// A host name: dot-separated labels of letters, digits and `-`; returned lowercased,
 /// without a final dot.
+/// An MGN source server id: `s-` and 17 lower-case hexadecimal digits.
+pub fn check_mgn_source_id(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let valid = text.strip_prefix("s-").is_some_and(|hex| {
+        hex.len() == 17
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not an MGN source server id (`s-` and 17 hexadecimal digits, like s-1234567890abcdef0)"
+        ))
+    }
+}
+
 pub fn check_fqdn(text: &str) -> Result<String, String> {
     let trimmed = text.trim().trim_end_matches('.');
     let valid = !trimmed.is_empty()

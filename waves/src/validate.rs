@@ -94,6 +94,7 @@ fn check_unique_members(waves: &[Wave], diags: &mut Diagnostics) {
     let mut servers = Unique::new("server name");
     let mut hosts = Unique::new("host name");
     let mut addresses = Unique::new("IP address");
+    let mut sources = Unique::new("source_id");
     for wave in waves {
         let place = |location| Place {
             file: Arc::clone(&wave.file),
@@ -112,6 +113,9 @@ fn check_unique_members(waves: &[Wave], diags: &mut Diagnostics) {
                 }
                 if let Some(ip) = &server.ip {
                     addresses.check(ip.value.to_string(), place(ip.location), diags);
+                }
+                if let Some(id) = &server.source_id {
+                    sources.check(id.value.clone(), place(id.location), diags);
                 }
             }
         }

@@ -474,6 +474,18 @@ fn decode_server(
     let cmdb_id = map
         .take("cmdb_id")
         .and_then(|n| decode::string(n, "cmdb_id", ctx));
+    let source_id = map.take("source_id").and_then(|n| {
+        decode::parsed(n, "source_id", ctx, |text| {
+            if engine != Some(EngineKind::Mgn) {
+                return Err(format!(
+                    "`source_id` names an MGN source server, and this wave's engine is {}",
+                    engine.map_or("not mgn", |e| e.as_str())
+                ));
+            }
+            rules::check_mgn_source_id(text)
+        })
+        .map(|v| Spanned::new(v, n.location))
+    });
     let disks = map
         .take("disks")
         .map(|n| {
@@ -586,6 +598,7 @@ fn decode_server(
         site: fields.site,
         blueprints: fields.blueprints,
         cmdb_id,
+        source_id,
         tags: fields.tags,
         exclude_from_shutdown: fields.exclude_from_shutdown,
         skip: fields.skip,

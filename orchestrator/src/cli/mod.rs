@@ -26,6 +26,7 @@ mod estimate;
 mod events;
 mod failback;
 mod import;
+mod matching;
 mod plan;
 mod rehearse;
 mod report;
@@ -114,6 +115,11 @@ enum Command {
     },
     /// Execute the waves' plans on their schedules (optionally applying PATHs first)
     Run(run::RunArgs),
+    /// Match the mgn waves' servers to MGN's source servers and say what did not match
+    Match {
+        #[command(flatten)]
+        definitions: DefinitionArgs,
+    },
     /// Run the waves and serve the dashboard and its API (127.0.0.1:8080 by default)
     Serve(serve::ServeArgs),
     /// API tokens for the dashboard and the API
@@ -339,6 +345,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state,
         } => block_on(events::run(&state, wave.as_deref(), follow, json)),
         Command::Failback(args) => block_on(failback::run(&args)),
+        Command::Match { definitions } => block_on(matching::run(&definitions)),
         Command::Failover(args) => block_on(failback::failover(&args)),
         Command::Sim {
             command: SimCommand::ServeMgn(args),

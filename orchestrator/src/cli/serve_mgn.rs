@@ -20,6 +20,10 @@ pub struct ServeMgnArgs {
     /// The Region the endpoint says it is in (in ARNs)
     #[arg(long, default_value = "eu-west-1")]
     region: String,
+    /// An EC2 emulator (moto's server, on loopback) where the launches run instances
+    /// from each source's launch template
+    #[arg(long, value_name = "URL")]
+    ec2_endpoint: Option<String>,
 }
 
 pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
@@ -63,7 +67,15 @@ pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let count = servers.len();
-    let api = Arc::new(MgnApi::new(engine, &args.region, servers).await?);
+    let ec2 = match &args.ec2_endpoint {
+        Some(url) => Some(
+            crate::ec2_bridge::Ec2Bridge::connect(url, &args.region)
+                .await
+                .with_context(|| format!("cannot use the EC2 endpoint {url}"))?,
+        ),
+        None => None,
+    };
+    let api = Arc::new(MgnApi::new(engine, &args.region, servers, ec2).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

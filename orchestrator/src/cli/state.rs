@@ -147,14 +147,7 @@ pub async fn engines(
         let Some(settings) = &definitions.config.engines.mgn else {
             bail!("a wave uses the mgn engine but engines.mgn is not configured: add its region");
         };
-        let engine = mgn::MgnEngine::connect(&mgn::MgnSettings {
-            region: settings.region.clone(),
-            profile: settings.profile.clone(),
-            role_arn: settings.role_arn.clone(),
-            endpoint: settings.endpoint.clone(),
-            keys: None,
-        })
-        .await;
+        let engine = mgn_engine(definitions, settings).await;
         map.insert(
             EngineKind::Mgn,
             Arc::new(engine) as Arc<dyn ReplicationEngine>,
@@ -168,6 +161,42 @@ pub async fn engines(
         );
     }
     Ok((map, notes))
+}
+
+/// The mgn engine as the configuration says, knowing the mgn waves' servers (their
+/// FQDN, IP and given MGN id) for matching.
+#[cfg(feature = "aws")]
+pub async fn mgn_engine(
+    definitions: &Definitions,
+    settings: &waves::config::MgnEngine,
+) -> mgn::MgnEngine {
+    mgn::MgnEngine::connect(&mgn::MgnSettings {
+        region: settings.region.clone(),
+        profile: settings.profile.clone(),
+        role_arn: settings.role_arn.clone(),
+        endpoint: settings.endpoint.clone(),
+        ec2_endpoint: settings.ec2_endpoint.clone(),
+        keys: None,
+        servers: mgn_servers(definitions),
+    })
+    .await
+}
+
+/// What the mgn waves say of their servers, for matching them to MGN's.
+#[cfg(feature = "aws")]
+pub fn mgn_servers(definitions: &Definitions) -> Vec<mgn::Wanted> {
+    definitions
+        .waves
+        .iter()
+        .filter(|w| w.engine.value == EngineKind::Mgn)
+        .flat_map(|w| w.servers())
+        .map(|(_, server)| mgn::Wanted {
+            name: server.name.value.clone(),
+            fqdn: server.fqdn.as_ref().map(|f| f.value.clone()),
+            ip: server.ip.as_ref().map(|i| i.value.to_string()),
+            source_id: server.source_id.as_ref().map(|i| i.value.clone()),
+        })
+        .collect()
 }
 
 /// The local engine as the configuration says, its folders from the configuration's

@@ -533,7 +533,15 @@ pub(super) fn is_rehearsal(calendar: &WaveCalendar) -> bool {
 
 /// Renders one report's two templates with `data`.
 pub(super) fn render(name: &str, subject: &str, data: &impl Serialize) -> anyhow::Result<Rendered> {
-    let (html, text) = registries()?;
+    // Compiled once: a run sends a digest a day for weeks, and parsing the templates
+    // again for each took most of a long wave's run.
+    static REGISTRIES: std::sync::OnceLock<
+        Result<(Handlebars<'static>, Handlebars<'static>), String>,
+    > = std::sync::OnceLock::new();
+    let (html, text) = REGISTRIES
+        .get_or_init(|| registries().map_err(|err| format!("{err:#}")))
+        .as_ref()
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     Ok(Rendered {
         subject: subject.to_owned(),
         html: html

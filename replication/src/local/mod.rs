@@ -470,6 +470,7 @@ impl LocalEngine {
                         health: launched.health,
                         address,
                         launched_at: now,
+                        detail: Some(launched.detail.clone()),
                     },
                     job: job_id.clone(),
                     images: launched.images,

@@ -143,6 +143,7 @@ impl Model {
             address,
             launched_at: self.timestamp(target.launched_at),
             id,
+            detail: None,
         })
     }
 
