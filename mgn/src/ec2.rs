@@ -70,6 +70,39 @@ fn summary(status: Option<&ec2::SummaryStatus>) -> &str {
     status.map_or("not reported", ec2::SummaryStatus::as_str)
 }
 
+/// The last lines of a console, printable: control characters and terminal escapes
+/// (colours, cursor moves) are left out, so the text can go into reports and mail.
+pub fn console_tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut clean = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte (0x40..=0x7e), or ESC and one character.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for n in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&n) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c == '\n' || !c.is_control() {
+            clean.push(c);
+        } else if c == '\t' {
+            clean.push(' ');
+        }
+    }
+    let lines: Vec<&str> = clean
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(CONSOLE_LINES)..].join(" | ")
+}
+
 /// EC2's three status checks as a health: impaired if one is, ok when the system and
 /// instance checks are ok and the attached EBS check is ok or not reported (EC2 reports
 /// it for instances on the Nitro system only), initializing otherwise.
@@ -182,37 +215,39 @@ impl Ec2 {
 
     /// The console's last lines, for the detail of an impaired instance.
     async fn console(&self, id: &str) -> String {
-        let output = match self
+        // The newest output is there on Nitro instances only; the others give what the
+        // instance wrote last.
+        let latest = self
             .client
             .get_console_output()
             .instance_id(id)
             .latest(true)
             .send()
-            .await
-        {
+            .await;
+        let output = match latest {
             Ok(output) => output,
-            Err(err) => {
-                return format!(
-                    "; console unavailable: {}",
-                    ec2_error("GetConsoleOutput", &err).message
-                );
-            }
+            Err(_) => match self
+                .client
+                .get_console_output()
+                .instance_id(id)
+                .send()
+                .await
+            {
+                Ok(output) => output,
+                Err(err) => {
+                    return format!(
+                        "; console unavailable: {}",
+                        ec2_error("GetConsoleOutput", &err).message
+                    );
+                }
+            },
         };
-        let Some(encoded) = output.output().filter(|o| !o.is_empty()) else {
-            return "; the console is empty".to_owned();
-        };
-        match aws_smithy_types::base64::decode(encoded) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let lines: Vec<&str> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                let tail = &lines[lines.len().saturating_sub(CONSOLE_LINES)..];
-                format!("; console: {}", tail.join(" | "))
-            }
-            Err(_) => "; the console output is not base64".to_owned(),
+        match output.output().filter(|o| !o.is_empty()) {
+            None => "; the console is empty".to_owned(),
+            Some(encoded) => match aws_smithy_types::base64::decode(encoded) {
+                Ok(bytes) => format!("; console: {}", console_tail(&bytes)),
+                Err(_) => "; the console output is not base64".to_owned(),
+            },
         }
     }
 
@@ -313,133 +348,178 @@ impl Ec2 {
         Ok(())
     }
 
-    /// Makes the launch template's default version launch as the blueprint says: a new
-    /// version from the current default with the blueprint's instance type, subnet,
-    /// security groups and instance tags, unless the default already has them. Says
-    /// what changed.
+    /// Every version of the launch template (all pages).
+    async fn versions(&self, template: &str) -> EngineResult<Vec<ec2::LaunchTemplateVersion>> {
+        let mut versions = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..crate::MAX_PAGES {
+            let page = self
+                .client
+                .describe_launch_template_versions()
+                .launch_template_id(template)
+                .max_results(200)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|err| ec2_error("DescribeLaunchTemplateVersions", &err))?;
+            versions.extend(page.launch_template_versions().iter().cloned());
+            match page.next_token().filter(|t| !t.is_empty()) {
+                Some(next) if Some(next) != token.as_deref() => token = Some(next.to_owned()),
+                _ => return Ok(versions),
+            }
+        }
+        Err(EngineError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "EC2 DescribeLaunchTemplateVersions of {template} gave more than {} pages",
+                crate::MAX_PAGES
+            ),
+        ))
+    }
+
+    /// Makes the launch template's default version launch as the blueprint says. Every
+    /// blueprint is applied to MGN's own version (the newest one Wavelift did not make),
+    /// never to the one an earlier blueprint made: a test blueprint's subnet or tags
+    /// never reach a cutover, and an empty blueprint makes MGN's version the default
+    /// again. A version that already launches as wanted is made the default instead of
+    /// a new one (so a retry after a failed ModifyLaunchTemplate creates none). Says
+    /// what changed; `None` when the default launches as wanted.
     pub async fn apply(
         &self,
         template: &str,
         settings: &LaunchSettings,
     ) -> EngineResult<Option<String>> {
-        let versions = self
-            .client
-            .describe_launch_template_versions()
+        let versions = self.versions(template).await?;
+        let ours = |v: &ec2::LaunchTemplateVersion| {
+            v.version_description().is_some_and(|d| d.starts_with(OURS))
+        };
+        let Some(base) = versions
+            .iter()
+            .filter(|v| !ours(v))
+            .max_by_key(|v| v.version_number())
+        else {
+            return Err(EngineError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "launch template {template} has no version of MGN's own to apply the blueprint to"
+                ),
+            ));
+        };
+        let base_number = base.version_number().unwrap_or(1);
+        let base_data = base.launch_template_data();
+        let want = Launch::of(base_data).with(settings);
+        let default = versions.iter().find(|v| v.default_version() == Some(true));
+        let have = Launch::of(default.and_then(|v| v.launch_template_data()));
+        if default.is_some() && have == want {
+            return Ok(None);
+        }
+        let changes = have.differences(&want);
+        let reuse = versions
+            .iter()
+            .filter(|v| std::ptr::eq(*v, base) || ours(v))
+            .filter(|v| Launch::of(v.launch_template_data()) == want)
+            .max_by_key(|v| v.version_number())
+            .and_then(|v| v.version_number());
+        let (number, how) = match reuse {
+            Some(n) if n == base_number => (n, format!("MGN's version {n}")),
+            Some(n) => (n, format!("version {n}")),
+            None => {
+                let n = self
+                    .create(template, base_number, base_data, &want, settings)
+                    .await?;
+                (n, format!("version {n} (from MGN's version {base_number})"))
+            }
+        };
+        self.client
+            .modify_launch_template()
             .launch_template_id(template)
-            .versions("$Default")
+            .default_version(number.to_string())
             .send()
             .await
-            .map_err(|err| ec2_error("DescribeLaunchTemplateVersions", &err))?;
-        let current = versions
-            .launch_template_versions()
-            .first()
-            .and_then(|v| v.launch_template_data());
-        let nic = current.and_then(|d| d.network_interfaces().first());
-        let current_type = current
-            .and_then(|d| d.instance_type())
-            .map(|t| t.as_str().to_owned());
-        let current_subnet = nic.and_then(|n| n.subnet_id()).map(str::to_owned);
-        let current_groups: Vec<String> = nic.map(|n| n.groups().to_vec()).unwrap_or_default();
-        let current_tags: Vec<(ec2::ResourceType, Vec<ec2::Tag>)> = current
-            .map(|d| {
-                d.tag_specifications()
+            .map_err(|err| ec2_error("ModifyLaunchTemplate", &err))?;
+        Ok(Some(format!(
+            "launch template {template}: {how} is the default, {}",
+            if changes.is_empty() {
+                "as it launched before".to_owned()
+            } else {
+                changes.join(", ")
+            }
+        )))
+    }
+
+    /// A new version from MGN's `base` with what `want` says, written out in full (the
+    /// instance type, every network interface, every tag specification), so it launches
+    /// as wanted whether or not EC2 copies the rest from the base.
+    async fn create(
+        &self,
+        template: &str,
+        base_number: i64,
+        base: Option<&ec2::ResponseLaunchTemplateData>,
+        want: &Launch,
+        settings: &LaunchSettings,
+    ) -> EngineResult<i64> {
+        let mut data = ec2::RequestLaunchTemplateData::builder();
+        if let Some(kind) = &want.instance_type {
+            data = data.instance_type(ec2::InstanceType::from(kind.as_str()));
+        }
+        let subnet_changed = settings.subnet.is_some() && want.subnet != Launch::of(base).subnet;
+        for nic in base.map(|b| b.network_interfaces()).unwrap_or_default() {
+            let first = nic.device_index().unwrap_or(0) == 0;
+            let mut request =
+                ec2::LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .set_associate_carrier_ip_address(nic.associate_carrier_ip_address())
+                    .set_associate_public_ip_address(nic.associate_public_ip_address())
+                    .set_delete_on_termination(nic.delete_on_termination())
+                    .set_description(nic.description().map(str::to_owned))
+                    .set_device_index(nic.device_index())
+                    .set_interface_type(nic.interface_type().map(str::to_owned))
+                    .set_ipv6_address_count(nic.ipv6_address_count())
+                    .set_network_card_index(nic.network_card_index())
+                    .set_secondary_private_ip_address_count(
+                        nic.secondary_private_ip_address_count(),
+                    )
+                    .set_subnet_id(nic.subnet_id().map(str::to_owned))
+                    .set_groups(Some(nic.groups().to_vec()));
+            // A fixed private address belongs to the subnet it was in.
+            if !(first && subnet_changed) {
+                request =
+                    request.set_private_ip_address(nic.private_ip_address().map(str::to_owned));
+            }
+            if first {
+                request = request
+                    .set_subnet_id(want.subnet.clone())
+                    .set_groups(Some(want.groups.clone()));
+            }
+            data = data.network_interfaces(request.build());
+        }
+        if base.is_none_or(|b| b.network_interfaces().is_empty())
+            && (want.subnet.is_some() || !want.groups.is_empty())
+        {
+            data = data.network_interfaces(
+                ec2::LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .device_index(0)
+                    .set_subnet_id(want.subnet.clone())
+                    .set_groups(Some(want.groups.clone()))
+                    .build(),
+            );
+        }
+        let mut specs: Vec<(ec2::ResourceType, Vec<ec2::Tag>)> = base
+            .map(|b| {
+                b.tag_specifications()
                     .iter()
                     .filter_map(|t| Some((t.resource_type()?.clone(), t.tags().to_vec())))
                     .collect()
             })
             .unwrap_or_default();
-        let instance_tags: Vec<ec2::Tag> = current_tags
-            .iter()
-            .find(|(r, _)| *r == ec2::ResourceType::Instance)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_default();
-
-        let mut changes = Vec::new();
-        if let Some(kind) = &settings.instance_type
-            && current_type.as_deref() != Some(kind.as_str())
-        {
-            changes.push(format!("instance type {kind}"));
-        }
-        if let Some(subnet) = &settings.subnet
-            && current_subnet.as_deref() != Some(subnet.as_str())
-        {
-            changes.push(format!("subnet {subnet}"));
-        }
-        let mut wanted_groups = settings.security_groups.clone();
-        wanted_groups.sort();
-        let mut have_groups = current_groups.clone();
-        have_groups.sort();
-        if !wanted_groups.is_empty() && wanted_groups != have_groups {
-            changes.push(format!(
-                "security groups {}",
-                settings.security_groups.join(", ")
+        specs.retain(|(r, _)| *r != ec2::ResourceType::Instance);
+        if !want.tags.is_empty() {
+            specs.push((
+                ec2::ResourceType::Instance,
+                want.tags
+                    .iter()
+                    .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build())
+                    .collect(),
             ));
-        }
-        let missing_tags: Vec<(&String, &String)> = settings
-            .tags
-            .iter()
-            .filter(|(k, v)| {
-                !instance_tags
-                    .iter()
-                    .any(|t| t.key() == Some(k.as_str()) && t.value() == Some(v.as_str()))
-            })
-            .collect();
-        if !missing_tags.is_empty() {
-            changes.push(format!(
-                "tags {}",
-                missing_tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if changes.is_empty() {
-            return Ok(None);
-        }
-
-        let mut data = ec2::RequestLaunchTemplateData::builder();
-        if let Some(kind) = settings
-            .instance_type
-            .as_deref()
-            .or(current_type.as_deref())
-        {
-            data = data.instance_type(ec2::InstanceType::from(kind));
-        }
-        if settings.subnet.is_some() || !settings.security_groups.is_empty() || nic.is_some() {
-            // The network interface is written whole: what the blueprint leaves out is
-            // kept from the current default.
-            let mut interface =
-                ec2::LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
-                    .device_index(0)
-                    .set_subnet_id(settings.subnet.clone().or(current_subnet))
-                    .set_groups(Some(if settings.security_groups.is_empty() {
-                        current_groups
-                    } else {
-                        settings.security_groups.clone()
-                    }));
-            if let Some(nic) = nic {
-                interface = interface
-                    .set_associate_public_ip_address(nic.associate_public_ip_address())
-                    .set_delete_on_termination(nic.delete_on_termination())
-                    .set_private_ip_address(nic.private_ip_address().map(str::to_owned));
-            }
-            data = data.network_interfaces(interface.build());
-        }
-        let mut specs = current_tags;
-        if !settings.tags.is_empty() {
-            let mut merged: Vec<ec2::Tag> = instance_tags
-                .into_iter()
-                .filter(|t| !t.key().is_some_and(|k| settings.tags.contains_key(k)))
-                .collect();
-            merged.extend(
-                settings
-                    .tags
-                    .iter()
-                    .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build()),
-            );
-            specs.retain(|(r, _)| *r != ec2::ResourceType::Instance);
-            specs.push((ec2::ResourceType::Instance, merged));
         }
         for (resource, tags) in specs {
             data = data.tag_specifications(
@@ -453,13 +533,13 @@ impl Ec2 {
             .client
             .create_launch_template_version()
             .launch_template_id(template)
-            .source_version("$Default")
-            .version_description("wavelift: the wave's blueprint")
+            .source_version(base_number.to_string())
+            .version_description(format!("{OURS}a wave's blueprint"))
             .launch_template_data(data.build())
             .send()
             .await
             .map_err(|err| ec2_error("CreateLaunchTemplateVersion", &err))?;
-        let version = created
+        created
             .launch_template_version()
             .and_then(|v| v.version_number())
             .ok_or_else(|| {
@@ -467,18 +547,101 @@ impl Ec2 {
                     ErrorKind::Unavailable,
                     format!("EC2 CreateLaunchTemplateVersion of {template} returned no version"),
                 )
-            })?;
-        self.client
-            .modify_launch_template()
-            .launch_template_id(template)
-            .default_version(version.to_string())
-            .send()
-            .await
-            .map_err(|err| ec2_error("ModifyLaunchTemplate", &err))?;
-        Ok(Some(format!(
-            "launch template {template} version {version} is the default: {}",
-            changes.join(", ")
-        )))
+            })
+    }
+}
+
+/// How the versions Wavelift makes are described; MGN's own versions are the others.
+const OURS: &str = "wavelift: ";
+
+/// What a launch template version launches, in the terms of a blueprint: what tells
+/// whether a version is the one a blueprint wants.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Launch {
+    pub instance_type: Option<String>,
+    /// The first network interface's subnet and security groups (sorted).
+    pub subnet: Option<String>,
+    pub groups: Vec<String>,
+    /// The instances' tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+impl Launch {
+    pub fn of(data: Option<&ec2::ResponseLaunchTemplateData>) -> Launch {
+        let Some(data) = data else {
+            return Launch::default();
+        };
+        let nic = data
+            .network_interfaces()
+            .iter()
+            .find(|n| n.device_index().unwrap_or(0) == 0);
+        let mut groups: Vec<String> = nic.map(|n| n.groups().to_vec()).unwrap_or_default();
+        groups.sort();
+        Launch {
+            instance_type: data.instance_type().map(|t| t.as_str().to_owned()),
+            subnet: nic.and_then(|n| n.subnet_id()).map(str::to_owned),
+            groups,
+            tags: data
+                .tag_specifications()
+                .iter()
+                .filter(|t| t.resource_type() == Some(&ec2::ResourceType::Instance))
+                .flat_map(|t| t.tags())
+                .filter_map(|t| {
+                    Some((
+                        t.key()?.to_owned(),
+                        t.value().unwrap_or_default().to_owned(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// This launch with what a blueprint sets.
+    pub fn with(mut self, settings: &LaunchSettings) -> Launch {
+        if let Some(kind) = &settings.instance_type {
+            self.instance_type = Some(kind.clone());
+        }
+        if let Some(subnet) = &settings.subnet {
+            self.subnet = Some(subnet.clone());
+        }
+        if !settings.security_groups.is_empty() {
+            self.groups = settings.security_groups.clone();
+            self.groups.sort();
+        }
+        self.tags
+            .extend(settings.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self
+    }
+
+    /// What `want` changes of this launch, for the job log.
+    pub fn differences(&self, want: &Launch) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.instance_type != want.instance_type {
+            changes.push(format!(
+                "instance type {}",
+                want.instance_type.as_deref().unwrap_or("MGN's")
+            ));
+        }
+        if self.subnet != want.subnet {
+            changes.push(format!(
+                "subnet {}",
+                want.subnet.as_deref().unwrap_or("MGN's")
+            ));
+        }
+        if self.groups != want.groups {
+            changes.push(format!("security groups {}", want.groups.join(", ")));
+        }
+        if self.tags != want.tags {
+            changes.push(format!(
+                "instance tags {}",
+                want.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        changes
     }
 }
 
@@ -486,6 +649,62 @@ impl Ec2 {
 mod tests {
     use super::*;
     use ec2::SummaryStatus as S;
+
+    #[test]
+    fn a_console_tail_is_its_last_printable_lines() {
+        let console = b"boot\n\x1b[1;31mKernel panic\x1b[0m - not syncing\r\n\n\tVFS: unable to mount root\x07\n";
+        assert_eq!(
+            console_tail(console),
+            "boot | Kernel panic - not syncing | VFS: unable to mount root"
+        );
+        let long: String = (1..=20).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(
+            console_tail(long.as_bytes()),
+            (13..=20)
+                .map(|n| format!("line {n}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+
+    #[test]
+    fn a_blueprint_is_applied_to_mgns_version_and_compared_as_it_launches() {
+        let base = Launch {
+            instance_type: Some("t3.small".to_owned()),
+            subnet: Some("subnet-mgn".to_owned()),
+            groups: vec!["sg-mgn".to_owned()],
+            tags: [(
+                "AWSApplicationMigrationServiceManaged".to_owned(),
+                "mgn.amazonaws.com".to_owned(),
+            )]
+            .into(),
+        };
+        let test = LaunchSettings {
+            subnet: Some("subnet-test".to_owned()),
+            tags: [("env".to_owned(), "test".to_owned())].into(),
+            ..LaunchSettings::default()
+        };
+        let tested = base.clone().with(&test);
+        assert_eq!(tested.subnet.as_deref(), Some("subnet-test"));
+        assert_eq!(tested.instance_type.as_deref(), Some("t3.small"));
+        assert_eq!(tested.tags.len(), 2);
+        // The cutover blueprint starts from MGN's version again: nothing of the test's.
+        let cutover = base.clone().with(&LaunchSettings {
+            instance_type: Some("m5.large".to_owned()),
+            ..LaunchSettings::default()
+        });
+        assert_eq!(cutover.subnet.as_deref(), Some("subnet-mgn"));
+        assert!(!cutover.tags.contains_key("env"));
+        assert_eq!(
+            tested.differences(&cutover),
+            [
+                "instance type m5.large",
+                "subnet subnet-mgn",
+                "instance tags AWSApplicationMigrationServiceManaged=mgn.amazonaws.com"
+            ]
+        );
+        assert_eq!(base.clone().with(&LaunchSettings::default()), base);
+    }
 
     #[test]
     fn status_checks_read_as_health() {

@@ -24,7 +24,8 @@ use aws_sdk_mgn::types as mgn;
 use replication::{
     EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus, LaunchKind,
     LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, Replication,
-    ReplicationEngine, ReplicationState, SourceId, SourceServer, SourceSpec, Target, TargetId,
+    ReplicationAction, ReplicationEngine, ReplicationState, SourceId, SourceServer, SourceSpec,
+    Target, TargetId, TargetState,
 };
 
 /// Where and as whom the engine reaches MGN.
@@ -64,7 +65,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A bound on the pages one listing reads (1,000 items each), so a token that never
 /// ends cannot keep a task in a loop.
-const MAX_PAGES: usize = 100;
+pub(crate) const MAX_PAGES: usize = 100;
 
 /// MGN's quotas: servers per launch job, concurrent jobs, servers across active jobs.
 const QUOTAS: Quotas = Quotas {
@@ -181,40 +182,63 @@ impl MgnEngine {
         }
     }
 
-    /// A job's entries, each failed one with MGN's reason from the job's log.
-    async fn explain_failures(&self, job: &mut Job) -> EngineResult<()> {
+    /// A job's entries, each failed one with MGN's reason from the job's log: the
+    /// first fatal event of the server (later ones, a clean-up failing after a failed
+    /// conversion, follow from it). Best effort: a log that cannot be read is said in
+    /// the reason, and never hides the failure itself.
+    async fn explain_failures(&self, job: &mut Job) {
         if !job
             .servers
             .iter()
             .any(|s| s.status == LaunchStatus::Failed && s.message.is_none())
         {
-            return Ok(());
+            return;
         }
+        let reasons = match self.job_log_failures(&job.id).await {
+            Ok(reasons) => reasons,
+            Err(err) => {
+                for slot in &mut job.servers {
+                    if slot.status == LaunchStatus::Failed && slot.message.is_none() {
+                        slot.message = Some(format!(
+                            "MGN job {} failed it (its log could not be read: {})",
+                            job.id, err.message
+                        ));
+                    }
+                }
+                return;
+            }
+        };
+        for slot in &mut job.servers {
+            if slot.status == LaunchStatus::Failed && slot.message.is_none() {
+                slot.message = Some(match reasons.get(&slot.source.0) {
+                    Some(reason) => format!("MGN job {} says {reason}", job.id),
+                    None => format!("MGN job {} failed it without a log entry", job.id),
+                });
+            }
+        }
+    }
+
+    /// The first fatal event of each server in a job's log.
+    async fn job_log_failures(&self, job: &JobId) -> EngineResult<HashMap<String, String>> {
         let mut reasons: HashMap<String, String> = HashMap::new();
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let page = self
                 .client
                 .describe_job_log_items()
-                .job_id(&job.id.0)
+                .job_id(&job.0)
                 .max_results(1000)
                 .set_next_token(token.clone())
                 .send()
                 .await
                 .map_err(|err| sdk_error("DescribeJobLogItems", &err))?;
             for item in page.items() {
-                let Some(data) = item.event_data() else {
-                    continue;
-                };
-                let Some(source) = data.source_server_id() else {
+                let Some(source) = item.event_data().and_then(|d| d.source_server_id()) else {
                     continue;
                 };
                 let event = item.event().map_or("an event", |e| e.as_str());
-                let failed = event.ends_with("_FAIL")
-                    || event.ends_with("_FAILED")
-                    || event == "SERVER_SKIPPED";
-                if failed {
-                    let reason = match data.raw_error() {
+                if fatal(event) && !reasons.contains_key(source) {
+                    let reason = match item.event_data().and_then(|d| d.raw_error()) {
                         Some(raw) => format!("{event}: {raw}"),
                         None => event.to_owned(),
                     };
@@ -226,15 +250,7 @@ impl MgnEngine {
                 _ => break,
             }
         }
-        for slot in &mut job.servers {
-            if slot.status == LaunchStatus::Failed && slot.message.is_none() {
-                slot.message = Some(match reasons.remove(&slot.source.0) {
-                    Some(reason) => format!("MGN job {} says {reason}", job.id),
-                    None => format!("MGN job {} failed it without a log entry", job.id),
-                });
-            }
-        }
-        Ok(())
+        Ok(reasons)
     }
 
     /// Every source server MGN has (all pages).
@@ -313,7 +329,13 @@ impl MgnEngine {
         let wanted = self.wanted(name, hostname);
         if let Some(id) = &wanted.source_id {
             return match self.source(&SourceId(id.clone())).await {
-                Ok(server) if server.is_archived().unwrap_or(false) => Ok(None),
+                Ok(server) if server.is_archived().unwrap_or(false) => Err(EngineError::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "the source_id {id} of {name} is archived in MGN ({}): give the source server that replicates it now",
+                        self.region
+                    ),
+                )),
                 Ok(server) => Ok(Some(server)),
                 Err(err) if err.kind == ErrorKind::NotFound => Err(EngineError::new(
                     ErrorKind::Invalid,
@@ -392,6 +414,32 @@ impl MgnEngine {
             }
             lines.push((wanted.clone(), outcome));
         }
+        // One source server is one wave server: a second claim is as wrong as the first.
+        let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+        for (wanted, outcome) in &lines {
+            if let Outcome::Matched { id, .. } = outcome {
+                by_id
+                    .entry(id.clone())
+                    .or_default()
+                    .push(wanted.name.clone());
+            }
+        }
+        for (wanted, outcome) in &mut lines {
+            if let Outcome::Matched { id, .. } = outcome
+                && let Some(names) = by_id.get(id.as_str())
+                && names.len() > 1
+            {
+                let with = names
+                    .iter()
+                    .filter(|n| **n != wanted.name)
+                    .cloned()
+                    .collect();
+                *outcome = Outcome::Shared {
+                    id: id.clone(),
+                    with,
+                };
+            }
+        }
         let unclaimed = live
             .iter()
             .filter(|s| !claimed.contains(&id_of(s)))
@@ -448,6 +496,11 @@ pub enum Outcome {
     Ambiguous(Vec<String>),
     /// The given source_id is archived in MGN.
     Archived(String),
+    /// Matched one source server that other wave servers (named) matched too.
+    Shared {
+        id: String,
+        with: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -480,6 +533,13 @@ pub fn matched_by(server: &mgn::SourceServer, wanted: &Wanted) -> Option<&'stati
         .iter()
         .any(|nic| nic.ips().iter().any(|i| i == ip))
         .then_some("IP")
+}
+
+/// A job log event that ends a server's launch: a failed step, or the server skipped.
+/// USING_PREVIOUS_SNAPSHOT_FAILED is not one: the launch goes on from a new snapshot.
+fn fatal(event: &str) -> bool {
+    event != "USING_PREVIOUS_SNAPSHOT_FAILED"
+        && (event.ends_with("_FAIL") || event.ends_with("_FAILED") || event == "SERVER_SKIPPED")
 }
 
 /// An error that carries no service message (the request never reached the service,
@@ -532,7 +592,8 @@ fn replication_state(state: Option<&mgn::DataReplicationState>) -> ReplicationSt
         Some(S::Paused) => ReplicationState::Paused,
         Some(S::Rescan) => ReplicationState::Rescan,
         Some(S::Stalled) => ReplicationState::Stalled,
-        Some(S::Disconnected) | Some(S::Stopped) | Some(_) => ReplicationState::Disconnected,
+        Some(S::Stopped) => ReplicationState::Stopped,
+        Some(S::Disconnected) | Some(_) => ReplicationState::Disconnected,
     }
 }
 
@@ -743,7 +804,7 @@ impl ReplicationEngine for MgnEngine {
     async fn describe_job(&self, id: &JobId) -> EngineResult<Job> {
         let mut job = job_view(&self.job(id).await?);
         self.remember(&job);
-        self.explain_failures(&mut job).await?;
+        self.explain_failures(&mut job).await;
         Ok(job)
     }
 
@@ -751,7 +812,7 @@ impl ReplicationEngine for MgnEngine {
         let mut job = job_view(&self.job(id).await?);
         self.remember(&job);
         job.servers.retain(|s| &s.source == source);
-        self.explain_failures(&mut job).await?;
+        self.explain_failures(&mut job).await;
         Ok(job)
     }
 
@@ -803,7 +864,34 @@ impl ReplicationEngine for MgnEngine {
             Some(known) => known,
             None => self.launch_of(id).await?,
         };
-        let instance = self.ec2.instance(&id.0).await?;
+        let instance = match self.ec2.instance(&id.0).await {
+            Ok(instance) => instance,
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                // EC2 lists a new instance a little after MGN names it, and forgets a
+                // terminated one an hour or so after.
+                let age = jiff::Timestamp::now().duration_since(launched_at);
+                let new = age < jiff::SignedDuration::from_mins(10);
+                ec2::Instance {
+                    state: if new {
+                        TargetState::Pending
+                    } else {
+                        TargetState::Terminated
+                    },
+                    health: if new {
+                        replication::Health::Initializing
+                    } else {
+                        replication::Health::Impaired
+                    },
+                    address: None,
+                    detail: if new {
+                        "EC2 does not list the instance yet".to_owned()
+                    } else {
+                        "EC2 no longer has the instance".to_owned()
+                    },
+                }
+            }
+            Err(err) => return Err(err),
+        };
         Ok(Target {
             id: id.clone(),
             source,
@@ -816,15 +904,54 @@ impl ReplicationEngine for MgnEngine {
         })
     }
 
+    async fn control_replication(
+        &self,
+        id: &SourceId,
+        action: ReplicationAction,
+    ) -> EngineResult<SourceServer> {
+        let c = &self.client;
+        let id_ = &id.0;
+        match action {
+            ReplicationAction::Start => c
+                .start_replication()
+                .source_server_id(id_)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|err| sdk_error("StartReplication", &err))?,
+            ReplicationAction::Stop => c
+                .stop_replication()
+                .source_server_id(id_)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|err| sdk_error("StopReplication", &err))?,
+            ReplicationAction::Pause => c
+                .pause_replication()
+                .source_server_id(id_)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|err| sdk_error("PauseReplication", &err))?,
+            ReplicationAction::Resume => c
+                .resume_replication()
+                .source_server_id(id_)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|err| sdk_error("ResumeReplication", &err))?,
+        }
+        Ok(view(&self.source(id).await?))
+    }
+
     async fn prepare_launch(
         &self,
         id: &SourceId,
         kind: LaunchKind,
         settings: &LaunchSettings,
     ) -> EngineResult<Option<String>> {
-        if settings.is_empty() {
-            return Ok(None);
-        }
+        // An empty blueprint is applied too: it makes MGN's own version the default
+        // again, should another kind's blueprint have changed it.
         self.ec2.validate(settings).await?;
         let configuration = self
             .client

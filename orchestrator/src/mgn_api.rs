@@ -9,7 +9,9 @@
 //! MGN agents were installed: ids `s-` and 17 characters, hostname, FQDN and IP as
 //! identification hints. Operations: DescribeSourceServers, GetLaunchConfiguration,
 //! UpdateLaunchConfiguration, StartTest, StartCutover, DescribeJobs, DescribeJobLogItems,
-//! ChangeServerLifeCycleState, FinalizeCutover, TerminateTargetInstances, MarkAsArchived.
+//! ChangeServerLifeCycleState, FinalizeCutover, TerminateTargetInstances, MarkAsArchived,
+//! and StartReplication, StopReplication, PauseReplication, ResumeReplication (kept
+//! here, over the engine's replication state).
 //!
 //! With an EC2 emulator ([`crate::ec2_bridge`]), each source server has a launch template
 //! there and each launched target is an instance run from its default version (so the
@@ -49,6 +51,9 @@ struct Source {
     template: String,
     /// The launch configuration's targetInstanceTypeRightSizingMethod.
     right_sizing: String,
+    /// Paused or stopped by StopReplication or PauseReplication: what the source's
+    /// replication shows over the engine's until it is started or resumed.
+    control: Option<ReplicationState>,
 }
 
 pub struct MgnApi {
@@ -166,6 +171,7 @@ fn replication_state(state: ReplicationState) -> &'static str {
         ReplicationState::Rescan => "RESCAN",
         ReplicationState::Stalled => "STALLED",
         ReplicationState::Disconnected => "DISCONNECTED",
+        ReplicationState::Stopped => "STOPPED",
     }
 }
 
@@ -226,6 +232,7 @@ impl MgnApi {
                     hints,
                     template,
                     right_sizing: "BASIC".to_owned(),
+                    control: None,
                 },
             );
         }
@@ -246,13 +253,16 @@ impl MgnApi {
         &self,
         target: &replication::TargetId,
         mgn: &str,
+        status: LaunchStatus,
     ) -> Result<String, ApiError> {
         let mut instances = self.instances.lock().await;
         if let Some(instance) = instances.get(&target.0) {
             return Ok(instance.clone());
         }
         let instance = match &self.ec2 {
+            // A target first shown terminated is not run only to stay running.
             None => instance_id(&target.0),
+            Some(_) if status == LaunchStatus::Terminated => instance_id(&target.0),
             Some(ec2) => {
                 let template = Self::lock(&self.sources)
                     .get(mgn)
@@ -299,11 +309,16 @@ impl MgnApi {
 
     /// A SourceServer object of MGN's API reference.
     async fn source_server(&self, mgn: &str) -> Result<Value, ApiError> {
-        let Source { id, hints, .. } = Self::lock(&self.sources)
+        let Source {
+            id, hints, control, ..
+        } = Self::lock(&self.sources)
             .get(mgn)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("Source server {mgn} not found")))?;
-        let source: SourceServer = self.engine.describe_source(&id).await?;
+        let mut source: SourceServer = self.engine.describe_source(&id).await?;
+        if let Some(state) = control {
+            source.replication.state = state;
+        }
         let replication = &source.replication;
         let total: u64 = hints
             .disks
@@ -364,13 +379,13 @@ impl MgnApi {
         });
         // The instance the latest launch made, as MGN's launchedInstance.
         let jobs = self.engine.jobs_for_source(&id).await?;
-        if let Some((job, target)) = jobs.iter().rev().find_map(|job| {
+        if let Some((job, target, status)) = jobs.iter().rev().find_map(|job| {
             let slot = job.servers.iter().find(|s| s.source == id)?;
-            Some((job, slot.target.clone()?))
+            Some((job, slot.target.clone()?, slot.status))
         }) {
             let job_id = self.mgn_job(&job.id);
             server["launchedInstance"] = json!({
-                "ec2InstanceID": self.instance(&target, mgn).await?,
+                "ec2InstanceID": self.instance(&target, mgn, status).await?,
                 "jobID": job_id,
                 "firstBoot": "SUCCEEDED",
             });
@@ -425,7 +440,7 @@ impl MgnApi {
                     });
                     if let Some(target) = &slot.target {
                         server["launchedEc2InstanceID"] =
-                            json!(self.instance(target, &source).await?);
+                            json!(self.instance(target, &source, slot.status).await?);
                     }
                     servers.push(server);
                 }
@@ -626,6 +641,46 @@ impl MgnApi {
         })
     }
 
+    /// StartReplication, StopReplication, PauseReplication, ResumeReplication, with MGN's
+    /// rules: only a replicating server is paused or stopped, only a paused one resumed,
+    /// only a stopped one started; never a cut-over or archived one.
+    async fn control_replication(&self, body: Value, operation: &str) -> Answer {
+        let mgn: String = field(&body, "sourceServerID")?;
+        let server = self.source_server(&mgn).await?;
+        let state = server["dataReplicationInfo"]["dataReplicationState"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let life = server["lifeCycle"]["state"].as_str().unwrap_or_default();
+        if server["isArchived"] == json!(true) || life == "CUTOVER" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ConflictException",
+                format!("Cannot {operation} for source server {mgn}: it is {life}"),
+            ));
+        }
+        let (allowed, to) = match operation {
+            "PauseReplication" => (
+                !["PAUSED", "STOPPED", "DISCONNECTED"].contains(&state.as_str()),
+                Some(ReplicationState::Paused),
+            ),
+            "StopReplication" => (state != "STOPPED", Some(ReplicationState::Stopped)),
+            "ResumeReplication" => (state == "PAUSED", None),
+            _ => (state == "STOPPED", None),
+        };
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ConflictException",
+                format!("Cannot {operation} for source server {mgn} in replication state {state}"),
+            ));
+        }
+        if let Some(source) = Self::lock(&self.sources).get_mut(&mgn) {
+            source.control = to;
+        }
+        Ok(axum::Json(self.source_server(&mgn).await?))
+    }
+
     /// A LaunchConfiguration object of MGN's API reference.
     fn launch_configuration(&self, mgn: &str) -> Result<Value, ApiError> {
         let source = Self::lock(&self.sources)
@@ -807,6 +862,9 @@ async fn operation(
         "StartCutover" => api.start_launch(body, LaunchKind::Cutover).await,
         "DescribeJobs" => api.describe_jobs(body).await,
         "DescribeJobLogItems" => api.describe_job_log_items(body).await,
+        "StartReplication" | "StopReplication" | "PauseReplication" | "ResumeReplication" => {
+            api.control_replication(body, &operation).await
+        }
         "GetLaunchConfiguration" => api.get_launch_configuration(body).await,
         "UpdateLaunchConfiguration" => api.update_launch_configuration(body).await,
         "ChangeServerLifeCycleState" => api.change_life_cycle(body).await,

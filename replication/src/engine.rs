@@ -44,6 +44,8 @@ pub enum ReplicationState {
     Rescan,
     Stalled,
     Disconnected,
+    /// Stopped by an operator (MGN's StopReplication); started again on request.
+    Stopped,
 }
 
 /// Life-cycle states of a source server, as MGN names them.
@@ -196,6 +198,54 @@ pub struct Target {
     pub detail: Option<String>,
 }
 
+/// What an operator asks of a source's replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationAction {
+    /// Starts a stopped replication again.
+    Start,
+    /// Stops replication (the engine keeps what it has).
+    Stop,
+    /// Pauses replication, to resume it where it was.
+    Pause,
+    Resume,
+}
+
+impl ReplicationAction {
+    pub const NAMES: &'static [&'static str] = &["start", "stop", "pause", "resume"];
+
+    pub fn from_name(name: &str) -> Option<ReplicationAction> {
+        match name {
+            "start" => Some(ReplicationAction::Start),
+            "stop" => Some(ReplicationAction::Stop),
+            "pause" => Some(ReplicationAction::Pause),
+            "resume" => Some(ReplicationAction::Resume),
+            _ => None,
+        }
+    }
+
+    /// `started`, `stopped`, `paused`, `resumed`.
+    pub fn done(self) -> &'static str {
+        match self {
+            ReplicationAction::Start => "started",
+            ReplicationAction::Stop => "stopped",
+            ReplicationAction::Pause => "paused",
+            ReplicationAction::Resume => "resumed",
+        }
+    }
+}
+
+impl fmt::Display for ReplicationAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplicationAction::Start => "start",
+            ReplicationAction::Stop => "stop",
+            ReplicationAction::Pause => "pause",
+            ReplicationAction::Resume => "resume",
+        })
+    }
+}
+
 /// How a source's test or cutover copy is launched: the wave's blueprint of that kind.
 /// An engine without launch settings (the rehearsal and local engines) ignores them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -204,15 +254,6 @@ pub struct LaunchSettings {
     pub subnet: Option<String>,
     pub security_groups: Vec<String>,
     pub tags: std::collections::BTreeMap<String, String>,
-}
-
-impl LaunchSettings {
-    pub fn is_empty(&self) -> bool {
-        self.instance_type.is_none()
-            && self.subnet.is_none()
-            && self.security_groups.is_empty()
-            && self.tags.is_empty()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,6 +485,23 @@ pub trait ReplicationEngine: Send + Sync {
         Err(EngineError::new(
             ErrorKind::Invalid,
             format!("the {} engine has no failback ({id})", self.name()),
+        ))
+    }
+
+    /// Starts, stops, pauses or resumes the source's replication; the source as it is
+    /// then. An action that does not fit the replication's state (resuming what is not
+    /// paused) is a Conflict.
+    async fn control_replication(
+        &self,
+        id: &SourceId,
+        action: ReplicationAction,
+    ) -> EngineResult<SourceServer> {
+        Err(EngineError::new(
+            ErrorKind::Invalid,
+            format!(
+                "the {} engine has no replication control (asked to {action} {id})",
+                self.name()
+            ),
         ))
     }
 

@@ -35,6 +35,7 @@ pub fn state_name(state: ReplicationState) -> &'static str {
         ReplicationState::Rescan => "rescan",
         ReplicationState::Stalled => "stalled",
         ReplicationState::Disconnected => "disconnected",
+        ReplicationState::Stopped => "stopped",
     }
 }
 

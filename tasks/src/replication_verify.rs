@@ -65,8 +65,20 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             Check::fail(
                 "replication state",
                 format!("{state} (expected continuous)"),
-                "see the engine's replication view of this server: a stall or a disconnect \
-                 usually means the source lost its route to the replication server",
+                match r.state {
+                    ReplicationState::Paused => format!(
+                        "replication is paused: `wavelift replication resume {}` resumes it",
+                        ctx.server.name.value
+                    ),
+                    ReplicationState::Stopped => format!(
+                        "replication is stopped: `wavelift replication start {}` starts it again",
+                        ctx.server.name.value
+                    ),
+                    _ => "see the engine's replication view of this server: a stall or a \
+                          disconnect usually means the source lost its route to the \
+                          replication server"
+                        .to_owned(),
+                },
             )
         },
         if lag_ok {

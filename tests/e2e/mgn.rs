@@ -373,7 +373,8 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     use mgn::{MgnEngine, MgnSettings};
     use replication::{
         DiskSpec, ErrorKind, Health, JobStatus, LaunchKind, LaunchSettings, LaunchStatus,
-        LifeCycle, PointInTime, ReplicationEngine, ReplicationState, SourceSpec, TargetState,
+        LifeCycle, PointInTime, ReplicationAction, ReplicationEngine, ReplicationState, SourceSpec,
+        TargetState,
     };
     let moto = Moto::start();
     let endpoint = Endpoint::start_with(Some(&moto.url));
@@ -435,6 +436,45 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     assert_eq!(found.life_cycle, LifeCycle::ReadyForTest);
     assert_eq!(found.replication.total_bytes, 16 << 20);
 
+    // Replication control, with MGN's rules: only what replicates is paused, only what
+    // is paused resumed, only what is stopped started.
+    let control = |action: ReplicationAction| {
+        runtime.block_on(engine.control_replication(&source.id, action))
+    };
+    assert_eq!(
+        control(ReplicationAction::Pause)
+            .expect("pause")
+            .replication
+            .state,
+        ReplicationState::Paused
+    );
+    let twice = control(ReplicationAction::Pause).expect_err("already paused");
+    assert_eq!(twice.kind, ErrorKind::Conflict, "{twice:?}");
+    assert!(twice.message.contains("PAUSED"), "{twice:?}");
+    assert_eq!(
+        control(ReplicationAction::Resume)
+            .expect("resume")
+            .replication
+            .state,
+        ReplicationState::Continuous
+    );
+    assert_eq!(
+        control(ReplicationAction::Stop)
+            .expect("stop")
+            .replication
+            .state,
+        ReplicationState::Stopped
+    );
+    let not_paused = control(ReplicationAction::Resume).expect_err("stopped, not paused");
+    assert_eq!(not_paused.kind, ErrorKind::Conflict, "{not_paused:?}");
+    assert_eq!(
+        control(ReplicationAction::Start)
+            .expect("start")
+            .replication
+            .state,
+        ReplicationState::Continuous
+    );
+
     // The test blueprint, checked against EC2 and made the launch template's default
     // version (MGN's right-sizing off, so its instance type holds); the same again
     // changes nothing. A blueprint EC2 cannot launch is refused, saying what is wrong.
@@ -457,22 +497,65 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
         .expect("the blueprint")
         .expect("a change");
     assert!(
-        changed.contains("version 2 is the default")
+        changed.contains("version 2 (from MGN's version 1) is the default")
             && changed.contains("instance type m5.large")
             && changed.contains(&subnet)
             && changed.contains("right-sizing off"),
         "{changed}"
     );
-    assert_eq!(
+    let prepare = |settings: &LaunchSettings, kind: LaunchKind| {
         runtime
-            .block_on(engine.prepare_launch(&source.id, LaunchKind::Test, &blueprint))
-            .expect("again"),
-        None
-    );
+            .block_on(engine.prepare_launch(&source.id, kind, settings))
+            .expect("a blueprint")
+    };
+    assert_eq!(prepare(&blueprint, LaunchKind::Test), None);
     let configuration = endpoint.ok(
         "GetLaunchConfiguration",
         json!({ "sourceServerID": source.id.0 }),
     );
+    let template = configuration["ec2LaunchTemplateID"]
+        .as_str()
+        .expect("a template")
+        .to_owned();
+    let default_version = || {
+        moto.ec2(
+            "DescribeLaunchTemplateVersions",
+            &[
+                ("LaunchTemplateId", &template),
+                ("LaunchTemplateVersion.1", "$Default"),
+            ],
+        )
+    };
+    // A cutover blueprint is applied to MGN's version, not to the test's: nothing of
+    // the test blueprint (its subnet, its tag) reaches the cutover.
+    let cutover = LaunchSettings {
+        instance_type: Some("m5.xlarge".to_owned()),
+        ..LaunchSettings::default()
+    };
+    let changed = prepare(&cutover, LaunchKind::Cutover).expect("a change");
+    assert!(
+        changed.contains("version 3 (from MGN's version 1) is the default"),
+        "{changed}"
+    );
+    let version = default_version();
+    assert!(
+        version.contains("m5.xlarge") && !version.contains(&subnet) && !version.contains("wave-1"),
+        "{version}"
+    );
+    // An empty blueprint makes MGN's version the default again; the test blueprint
+    // again takes its version 2 (no fourth version).
+    let changed = prepare(&LaunchSettings::default(), LaunchKind::Cutover).expect("a change");
+    assert!(
+        changed.contains("MGN's version 1 is the default"),
+        "{changed}"
+    );
+    let changed = prepare(&blueprint, LaunchKind::Test).expect("a change");
+    assert!(changed.contains(": version 2 is the default"), "{changed}");
+    let all = moto.ec2(
+        "DescribeLaunchTemplateVersions",
+        &[("LaunchTemplateId", &template)],
+    );
+    assert_eq!(elements(&all, "versionNumber").len(), 3, "{all}");
     assert_eq!(configuration["targetInstanceTypeRightSizingMethod"], "NONE");
     let refused = |settings: LaunchSettings| {
         runtime
@@ -566,7 +649,9 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     );
     let described = moto.ec2("DescribeInstances", &[("InstanceId.1", &instance.0)]);
     assert_eq!(elements(&described, "instanceType"), ["m5.large"]);
-    assert_eq!(elements(&described, "subnetId")[0], subnet);
+    // (moto runs instances in its default subnet whatever the template says: the
+    // template's subnet is checked above.)
+    assert!(default_version().contains(&subnet));
     assert_eq!(
         target.address,
         elements(&described, "privateIpAddress").first().cloned()
@@ -739,7 +824,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     }
     assert!(out.contains("3 of 3 server(s) matched"), "{out}");
     // A server MGN does not have is said, with what was looked for; a given source_id
-    // is taken as it is.
+    // is taken as it is; two wave servers on one source server are both said.
     let wave = dir.join("waves/ec2-1.yaml");
     let original = fs::read_to_string(&wave).expect("the wave");
     fs::write(
@@ -751,7 +836,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
             )
             .replace(
                 "      - { name: crm-app-02,",
-                "      - { name: crm-app-03, ip: 127.0.30.13 }\n      - { name: crm-app-02,",
+                "      - { name: crm-app-03, ip: 127.0.30.13 }\n      - { name: crm-app-04, ip: 127.0.30.14, source_id: s-00000000000000002 }\n      - { name: crm-app-02,",
             ),
     )
     .expect("the wave, edited");
@@ -762,7 +847,10 @@ fn a_wave_migrates_to_ec2_through_mgn() {
             && out.contains(
                 "crm-app-03  no match: no MGN source server has the hostname crm-app-03 or the IP 127.0.30.13"
             )
-            && out.contains("3 of 4 server(s) matched"),
+            && out.contains(
+                "crm-app-04  matches s-00000000000000002, as crm-app-01 does: one source server is one wave server"
+            )
+            && out.contains("2 of 5 server(s) matched"),
         "{out}"
     );
     fs::write(
@@ -773,6 +861,35 @@ fn a_wave_migrates_to_ec2_through_mgn() {
         ),
     )
     .expect("the wave, with its source_id");
+
+    // An operator pauses and resumes a server's replication; what does not fit the
+    // replication's state is refused with MGN's reason; all of it in the job log.
+    let (code, out, err) = wavelift(&["apply", "."]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = wavelift(&["replication", "pause", "crm-app-02", "--by", "ops"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.starts_with("crm-app-02: replication paused (s-")
+            && out.trim_end().ends_with("now paused"),
+        "{out}"
+    );
+    let (code, out, err) = wavelift(&["replication", "resume", "crm-app-02", "--by", "ops"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.trim_end().ends_with("now continuous"), "{out}");
+    let (code, _, err) = wavelift(&["replication", "resume", "crm-app-02"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "crm-app-02: cannot resume its replication: MGN ResumeReplication: ConflictException"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = wavelift(&["replication", "hurry", "crm-app-02"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`hurry` is not one of start, stop, pause, resume"),
+        "{err}"
+    );
 
     let started = std::time::Instant::now();
     let (code, out, err) = wavelift(&["run", ".", "--until-done", "--time-warp"]);
@@ -862,6 +979,12 @@ fn a_wave_migrates_to_ec2_through_mgn() {
                 .count()
         };
         assert_eq!(count("engine.prepare_launch"), 2, "{server}:\n{events}");
+        let controlled = if server == "crm-app-02" { 2 } else { 0 };
+        assert_eq!(
+            count("engine.control_replication"),
+            controlled,
+            "{server}:\n{events}"
+        );
         assert_eq!(count("engine.finalize_cutover"), 1, "{server}:\n{events}");
         assert_eq!(count("engine.archive"), 1, "{server}:\n{events}");
     }

@@ -20,8 +20,6 @@ pub fn shown(text: &str) -> String {
     out
 }
 
-/// A host name: dot-separated labels of letters, digits and `-`; returned lowercased,
-/// without a final dot.
 /// An MGN source server id: `s-` and 17 lower-case hexadecimal digits.
 pub fn check_mgn_source_id(text: &str) -> Result<String, String> {
     let text = text.trim();
@@ -40,6 +38,8 @@ pub fn check_mgn_source_id(text: &str) -> Result<String, String> {
     }
 }
 
+/// A host name: dot-separated labels of letters, digits and `-`; returned lowercased,
+/// without a final dot.
 pub fn check_fqdn(text: &str) -> Result<String, String> {
     let trimmed = text.trim().trim_end_matches('.');
     let valid = !trimmed.is_empty()

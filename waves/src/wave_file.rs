@@ -532,6 +532,9 @@ fn decode_server(
             ),
         );
     }
+    if engine == Some(EngineKind::Mgn) {
+        check_mgn_blueprints(&name.value, &fields.blueprints, node.location, ctx);
+    }
     if disks.iter().filter(|d: &&Disk| d.boot).count() > 1 {
         ctx.error(
             node.location,
@@ -604,6 +607,44 @@ fn decode_server(
         skip: fields.skip,
         tasks: fields.tasks,
         location: node.location,
+    })
+}
+
+/// On MGN a blueprint names EC2 resources by id: a subnet `subnet-...`, security groups
+/// `sg-...` (a group's name is not enough for a launch template).
+fn check_mgn_blueprints(
+    server: &str,
+    blueprints: &crate::model::Blueprints,
+    location: Location,
+    ctx: &mut Ctx,
+) {
+    for (kind, blueprint) in [("test", &blueprints.test), ("cutover", &blueprints.cutover)] {
+        if let Some(subnet) = &blueprint.subnet
+            && !is_ec2_id(subnet, "subnet-")
+        {
+            ctx.error(
+                location,
+                format!(
+                    "server `{server}`: its {kind} blueprint's subnet `{subnet}` is not an EC2 subnet id (subnet- and hexadecimal digits)"
+                ),
+            );
+        }
+        for group in &blueprint.security_groups {
+            if !is_ec2_id(group, "sg-") {
+                ctx.error(
+                    location,
+                    format!(
+                        "server `{server}`: its {kind} blueprint's security group `{group}` is not an EC2 security group id (sg- and hexadecimal digits; a group's name is not enough)"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn is_ec2_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix).is_some_and(|hex| {
+        (8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
     })
 }
 

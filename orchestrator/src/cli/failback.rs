@@ -41,18 +41,18 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
 }
 
 /// The applied definitions, the server by name, its wave, its engine and the ports.
-struct Opened {
-    store: crate::store::Store,
+pub(super) struct Opened {
+    pub(super) store: crate::store::Store,
     definitions: waves::model::Definitions,
     wave: usize,
     /// The server asked for, as the applied definitions have it.
-    server: waves::model::Server,
-    engine: Arc<dyn replication::ReplicationEngine>,
+    pub(super) server: waves::model::Server,
+    pub(super) engine: Arc<dyn replication::ReplicationEngine>,
     ports: crate::executor::Ports,
 }
 
 impl Opened {
-    async fn open(state_args: &StateArgs, name: &str) -> anyhow::Result<Opened> {
+    pub(super) async fn open(state_args: &StateArgs, name: &str) -> anyhow::Result<Opened> {
         let store = state_args.open_existing().await?;
         let Some((revision, sources)) = store.current_sources().await? else {
             bail!("nothing was applied: apply definitions first (wavelift apply PATH)");
@@ -77,7 +77,13 @@ impl Opened {
             None => SchedulerClock::system(),
         };
         let clock = Arc::new(clock);
-        let (engines, _) = state::engines(&definitions, &clock, &state_args.state_dir, 1, false)
+        // Only the engine of the server's wave: another wave's local engine may be
+        // running in `wavelift run`, its port taken.
+        let own = waves::model::Definitions {
+            config: definitions.config.clone(),
+            waves: vec![definitions.waves[wave].clone()],
+        };
+        let (engines, _) = state::engines(&own, &clock, &state_args.state_dir, 1, false)
             .await
             .context("cannot start the replication engines")?;
         let kind = definitions.waves[wave].engine.value;
@@ -100,7 +106,7 @@ impl Opened {
     }
 
     /// An event of this server for the job log, with who did it.
-    fn event(&self, name: &str, who: &str, kind: &str, message: String) -> NewEvent {
+    pub(super) fn event(&self, name: &str, who: &str, kind: &str, message: String) -> NewEvent {
         NewEvent {
             at: jiff::Timestamp::now().as_millisecond(),
             wave: self.wave().name.value.clone(),

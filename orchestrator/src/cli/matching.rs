@@ -72,6 +72,14 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
                     ids.join(", ")
                 )
             }
+            Outcome::Shared { id, with } => {
+                problems += 1;
+                format!(
+                    "matches {id}, as {} {}: one source server is one wave server; give each its source_id",
+                    with.join(", "),
+                    if with.len() == 1 { "does" } else { "do" }
+                )
+            }
             Outcome::Archived(id) => {
                 problems += 1;
                 format!("its source_id {id} is archived in MGN")

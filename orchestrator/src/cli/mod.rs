@@ -29,6 +29,7 @@ mod import;
 mod matching;
 mod plan;
 mod rehearse;
+mod replication;
 mod report;
 mod run;
 mod serve;
@@ -115,6 +116,8 @@ enum Command {
     },
     /// Execute the waves' plans on their schedules (optionally applying PATHs first)
     Run(run::RunArgs),
+    /// Start, stop, pause or resume a server's replication
+    Replication(replication::ReplicationArgs),
     /// Match the mgn waves' servers to MGN's source servers and say what did not match
     Match {
         #[command(flatten)]
@@ -346,6 +349,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => block_on(events::run(&state, wave.as_deref(), follow, json)),
         Command::Failback(args) => block_on(failback::run(&args)),
         Command::Match { definitions } => block_on(matching::run(&definitions)),
+        Command::Replication(args) => block_on(replication::run(&args)),
         Command::Failover(args) => block_on(failback::failover(&args)),
         Command::Sim {
             command: SimCommand::ServeMgn(args),
