@@ -408,15 +408,20 @@ impl Ec2 {
         let base_number = base.version_number().unwrap_or(1);
         let base_data = base.launch_template_data();
         let want = Launch::of(base_data).with(settings);
+        // MGN's version, or one Wavelift made from it: an older one of Wavelift's was
+        // made from an older version of MGN's (another AMI, other disks).
+        let current = |v: &ec2::LaunchTemplateVersion| {
+            std::ptr::eq(v, base) || (ours(v) && v.version_number() > base.version_number())
+        };
         let default = versions.iter().find(|v| v.default_version() == Some(true));
         let have = Launch::of(default.and_then(|v| v.launch_template_data()));
-        if default.is_some() && have == want {
+        if default.is_some_and(current) && have == want {
             return Ok(None);
         }
         let changes = have.differences(&want);
         let reuse = versions
             .iter()
-            .filter(|v| std::ptr::eq(*v, base) || ours(v))
+            .filter(|v| current(v))
             .filter(|v| Launch::of(v.launch_template_data()) == want)
             .max_by_key(|v| v.version_number())
             .and_then(|v| v.version_number());

@@ -12,6 +12,7 @@
 //! template's default version, and judges a launched instance by its status checks.
 
 pub mod ec2;
+pub mod fleet;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -59,7 +60,7 @@ pub struct MgnEngine {
     launched: Mutex<HashMap<String, (SourceId, LaunchKind, jiff::Timestamp)>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

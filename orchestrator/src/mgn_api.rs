@@ -145,8 +145,18 @@ fn mgn_source_id(index: usize) -> String {
     format!("s-{index:017}")
 }
 
-fn mgn_job_id(index: usize) -> String {
-    format!("mgnjob-{index:017}")
+/// MGN's id of a job: `mgnjob-` and 17 digits, the first five from the Region, so the
+/// endpoints of two Regions never give the same job id (MGN's are unique too).
+fn mgn_job_id(region: u32, index: usize) -> String {
+    format!("mgnjob-{region:05}{index:012}")
+}
+
+/// Five digits of a Region's name (FNV-1a).
+fn region_code(region: &str) -> u32 {
+    let hash = region.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % 100_000
 }
 
 /// An EC2 instance id for an engine target: `i-` and 17 hexadecimal digits.
@@ -402,7 +412,7 @@ impl MgnApi {
         {
             return mgn.clone();
         }
-        let mgn = mgn_job_id(jobs.len() + 1);
+        let mgn = mgn_job_id(region_code(&self.region), jobs.len() + 1);
         jobs.insert(mgn.clone(), JobRecord::Launch(id.clone()));
         mgn
     }
@@ -602,7 +612,7 @@ impl MgnApi {
         let created = timestamp(jiff::Timestamp::now());
         let mgn = {
             let mut jobs = Self::lock(&self.jobs);
-            let mgn = mgn_job_id(jobs.len() + 1);
+            let mgn = mgn_job_id(region_code(&self.region), jobs.len() + 1);
             jobs.insert(
                 mgn.clone(),
                 JobRecord::Terminate {

@@ -66,16 +66,23 @@ impl Moto {
         panic!("moto's server did not answer on {} within 60 s", moto.url);
     }
 
-    /// An EC2 Query call in eu-west-1 (moto takes any signature, and routes by the
-    /// service and Region the Authorization header names): the XML answer.
+    /// An EC2 Query call in eu-west-1: the XML answer.
     pub fn ec2(&self, action: &str, params: &[(&str, &str)]) -> String {
+        self.ec2_in("eu-west-1", action, params)
+    }
+
+    /// An EC2 Query call in a Region (moto takes any signature, and routes by the
+    /// service and Region the Authorization header names): the XML answer.
+    pub fn ec2_in(&self, region: &str, action: &str, params: &[(&str, &str)]) -> String {
         let mut form = vec![("Action", action), ("Version", "2016-11-15")];
         form.extend_from_slice(params);
         let response = reqwest::blocking::Client::new()
             .post(format!("{}/", self.url))
             .header(
                 "Authorization",
-                "AWS4-HMAC-SHA256 Credential=AKIDWAVELIFTTEST/20260101/eu-west-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=AKIDWAVELIFTTEST/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"
+                ),
             )
             .form(&form)
             .send()
@@ -126,9 +133,19 @@ impl Endpoint {
     /// `wavelift sim serve-mgn PATH --listen LISTEN [--ec2-endpoint]`, up once it says
     /// where it listens (with `servers` source servers).
     fn serve(path: &std::path::Path, listen: &str, ec2: Option<&str>, servers: usize) -> Endpoint {
+        Endpoint::serve_in("eu-west-1", path, listen, ec2, servers)
+    }
+
+    fn serve_in(
+        region: &str,
+        path: &std::path::Path,
+        listen: &str,
+        ec2: Option<&str>,
+        servers: usize,
+    ) -> Endpoint {
         let mut command = Command::new(wavelift_binary());
         command
-            .args(["sim", "serve-mgn", "--listen", listen])
+            .args(["sim", "serve-mgn", "--region", region, "--listen", listen])
             .arg(path);
         if let Some(url) = ec2 {
             command.args(["--ec2-endpoint", url]);
@@ -735,8 +752,9 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     assert_eq!(from_point.kind, ErrorKind::Invalid);
 }
 
-/// A whole wave on MGN and EC2: `wavelift run` (built with the `aws` feature, as the test
-/// build is) takes three servers of two applications through agent_push (matched in
+/// A whole wave on MGN and EC2, over two accounts in two Regions: `wavelift run` (built
+/// with the `aws` feature, as the test build is) takes three servers of two applications
+/// (one of them in the second account) through agent_push (matched in its account's
 /// MGN), replication_verify, boot_test (the test blueprint made the launch template's
 /// default, a test instance in EC2 judged by its status checks, then terminated),
 /// cutover (the cutover blueprint, an instance in the cutover subnet, finalized) and
@@ -744,7 +762,8 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
 /// its MGN checks (kernel headers, make, gcc, dhclient, MGN's regional endpoint) are of a
 /// real source server, which this machine is not; the SSH tests check them.
 ///
-/// Starts: moto's EC2 server and `wavelift sim serve-mgn --ec2-endpoint` on loopback.
+/// Starts: moto's EC2 server and two `wavelift sim serve-mgn --ec2-endpoint` (eu-west-1
+/// and eu-central-1) on loopback.
 #[test]
 fn a_wave_migrates_to_ec2_through_mgn() {
     use wavelift_tests::{Scratch, wavelift_command};
@@ -760,10 +779,31 @@ fn a_wave_migrates_to_ec2_through_mgn() {
         &[("Filter.1.Name", "vpc-id"), ("Filter.1.Value.1", &vpc)],
     );
     let group = elements(&groups, "groupId").remove(0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let port = free_port();
+    // crm-app-02 migrates to another account, in eu-central-1: its own MGN endpoint,
+    // its own subnets.
+    let central_port = free_port();
+    let central = moto.ec2_in("eu-central-1", "DescribeSubnets", &[]);
+    let central_subnets = elements(&central, "subnetId");
+    let central_vpc = elements(&central, "vpcId").remove(0);
+    let central_group = elements(
+        &moto.ec2_in(
+            "eu-central-1",
+            "DescribeSecurityGroups",
+            &[
+                ("Filter.1.Name", "vpc-id"),
+                ("Filter.1.Value.1", &central_vpc),
+            ],
+        ),
+        "groupId",
+    )
+    .remove(0);
 
     let scratch = Scratch::new("mgn-wave");
     let dir = scratch.path();
@@ -776,7 +816,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     fs::write(
         dir.join("wavelift.yaml"),
         format!(
-            "version: 1\nengines:\n  default: mgn\n  mgn:\n    region: eu-west-1\n    endpoint: http://127.0.0.1:{port}\n    ec2_endpoint: {moto}\noutbox: .wavelift/outbox\ncmdb:\n  kind: file\n  path: .wavelift/cmdb.yaml\ndefaults:\n  access:\n    method: local\n  skip: [prereq_check]\n  tasks:\n    cutover:\n      approval: false\n    cmdb_cleanup:\n      hypercare: 1d\n",
+            "version: 1\nengines:\n  default: mgn\n  mgn:\n    region: eu-west-1\n    endpoint: http://127.0.0.1:{port}\n    ec2_endpoint: {moto}\n    accounts:\n      central:\n        region: eu-central-1\n        endpoint: http://127.0.0.1:{central_port}\n        ec2_endpoint: {moto}\noutbox: .wavelift/outbox\ncmdb:\n  kind: file\n  path: .wavelift/cmdb.yaml\ndefaults:\n  access:\n    method: local\n  skip: [prereq_check]\n  tasks:\n    cutover:\n      approval: false\n    cmdb_cleanup:\n      hypercare: 1d\n",
             moto = moto.url
         ),
     )
@@ -785,11 +825,20 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     fs::write(
         dir.join("waves/ec2-1.yaml"),
         format!(
-            "version: 1\nname: ec2-1\nengine: mgn\nwindow:\n  start: {window}\n  duration: 6h\n  timezone: UTC\ndefaults:\n  os: {{ family: linux, version: Debian 12, arch: x86_64 }}\n  blueprints:\n    test:\n      instance_type: t3.medium\n      subnet: {test_subnet}\n      security_groups: [{group}]\n    cutover:\n      instance_type: m5.xlarge\n      subnet: {cutover_subnet}\n      security_groups: [{group}]\n      tags: {{ environment: production }}\napplications:\n  - name: crm-db\n    servers:\n      - {{ name: crm-db-01, fqdn: crm-db-01.corp.example.com, ip: 127.0.30.1, cmdb_id: CI0030001, disks: [{{ device: /dev/sda, size: 40GiB, used: 12GiB, boot: true }}] }}\n  - name: crm-app\n    depends_on: [crm-db]\n    servers:\n      - {{ name: crm-app-01, fqdn: crm-app-01.corp.example.com, ip: 127.0.30.11, cmdb_id: CI0030011 }}\n      - {{ name: crm-app-02, fqdn: crm-app-02.corp.example.com, ip: 127.0.30.12, cmdb_id: CI0030012 }}\n"
+            "version: 1\nname: ec2-1\nengine: mgn\nwindow:\n  start: {window}\n  duration: 6h\n  timezone: UTC\ndefaults:\n  os: {{ family: linux, version: Debian 12, arch: x86_64 }}\n  blueprints:\n    test:\n      instance_type: t3.medium\n      subnet: {test_subnet}\n      security_groups: [{group}]\n    cutover:\n      instance_type: m5.xlarge\n      subnet: {cutover_subnet}\n      security_groups: [{group}]\n      tags: {{ environment: production }}\napplications:\n  - name: crm-db\n    servers:\n      - {{ name: crm-db-01, fqdn: crm-db-01.corp.example.com, ip: 127.0.30.1, cmdb_id: CI0030001, disks: [{{ device: /dev/sda, size: 40GiB, used: 12GiB, boot: true }}] }}\n  - name: crm-app\n    depends_on: [crm-db]\n    servers:\n      - {{ name: crm-app-01, fqdn: crm-app-01.corp.example.com, ip: 127.0.30.11, cmdb_id: CI0030011 }}\n      - {{ name: crm-app-02, fqdn: crm-app-02.corp.example.com, ip: 127.0.30.12, cmdb_id: CI0030012, mgn_account: central, blueprints: {{ test: {{ subnet: {c_test}, security_groups: [{central_group}] }}, cutover: {{ subnet: {c_cut}, security_groups: [{central_group}] }} }} }}\n",
+            c_test = central_subnets[0],
+            c_cut = central_subnets[1],
         ),
     )
     .expect("the wave");
     let mgn = Endpoint::serve(dir, &format!("127.0.0.1:{port}"), Some(&moto.url), 3);
+    let central = Endpoint::serve_in(
+        "eu-central-1",
+        dir,
+        &format!("127.0.0.1:{central_port}"),
+        Some(&moto.url),
+        3,
+    );
 
     // The standard AWS chain finds the keys in the environment, and nothing else.
     let wavelift = |args: &[&str]| {
@@ -912,60 +961,96 @@ fn a_wave_migrates_to_ec2_through_mgn() {
         "{out}\n{err}"
     );
 
-    // In EC2: each server's test instance (test blueprint) terminated, its cutover
-    // instance (cutover blueprint) running.
-    let sources = mgn.ok("DescribeSourceServers", json!({}));
-    let sources = sources["items"].as_array().expect("items");
-    assert_eq!(sources.len(), 3);
-    for source in sources {
-        let id = source["sourceServerID"].as_str().expect("an id");
-        assert_eq!(source["isArchived"], true, "{source}");
-        assert_eq!(source["lifeCycle"]["state"], "CUTOVER", "{source}");
-        let instances = moto.ec2(
-            "DescribeInstances",
-            &[
-                (
-                    "Filter.1.Name",
-                    "tag:AWSApplicationMigrationServiceSourceServerID",
-                ),
-                ("Filter.1.Value.1", id),
-            ],
-        );
-        let kinds = elements(&instances, "instanceType");
-        let states: Vec<String> = elements(&instances, "instanceState")
-            .iter()
-            .flat_map(|s| elements(s, "name"))
-            .collect();
-        let mut seen: Vec<(String, String)> = kinds.into_iter().zip(states).collect();
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                ("m5.xlarge".to_owned(), "running".to_owned()),
-                ("t3.medium".to_owned(), "terminated".to_owned())
-            ],
-            "{id}: {instances}"
-        );
-        let configuration = mgn.ok("GetLaunchConfiguration", json!({ "sourceServerID": id }));
-        let template = configuration["ec2LaunchTemplateID"]
-            .as_str()
-            .expect("a template");
-        let versions = moto.ec2(
-            "DescribeLaunchTemplateVersions",
-            &[
-                ("LaunchTemplateId", template),
-                ("LaunchTemplateVersion.1", "$Default"),
-            ],
-        );
-        // (moto runs every instance in its default subnet, whatever the template says,
-        // so the subnet is checked in the template.)
-        assert!(
-            versions.contains("production")
-                && versions.contains("m5.xlarge")
-                && versions.contains(&cutover_subnet)
-                && versions.contains(&group),
-            "the default version is the cutover blueprint: {versions}"
-        );
+    // In each account: its servers cut over and archived, the other account's servers
+    // untouched; in EC2 of its Region each server's test instance (test blueprint)
+    // terminated, its cutover instance (cutover blueprint) running.
+    let accounts = [
+        (
+            &mgn,
+            "eu-west-1",
+            vec!["crm-db-01", "crm-app-01"],
+            cutover_subnet.clone(),
+            group.clone(),
+        ),
+        (
+            &central,
+            "eu-central-1",
+            vec!["crm-app-02"],
+            central_subnets[1].clone(),
+            central_group.clone(),
+        ),
+    ];
+    for (endpoint, region, mine, subnet, group) in accounts {
+        let sources = endpoint.ok("DescribeSourceServers", json!({}));
+        let sources = sources["items"].as_array().expect("items");
+        assert_eq!(sources.len(), 3);
+        for source in sources {
+            let id = source["sourceServerID"].as_str().expect("an id");
+            let host = source["sourceProperties"]["identificationHints"]["hostname"]
+                .as_str()
+                .unwrap_or_default();
+            if !mine.contains(&host) {
+                assert_eq!(source["isArchived"], false, "{region}: {source}");
+                assert_eq!(
+                    source["lifeCycle"]["state"], "READY_FOR_TEST",
+                    "{region}: {source}"
+                );
+                continue;
+            }
+            assert_eq!(source["isArchived"], true, "{region}: {source}");
+            assert_eq!(
+                source["lifeCycle"]["state"], "CUTOVER",
+                "{region}: {source}"
+            );
+            let instances = moto.ec2_in(
+                region,
+                "DescribeInstances",
+                &[
+                    (
+                        "Filter.1.Name",
+                        "tag:AWSApplicationMigrationServiceSourceServerID",
+                    ),
+                    ("Filter.1.Value.1", id),
+                ],
+            );
+            let kinds = elements(&instances, "instanceType");
+            let states: Vec<String> = elements(&instances, "instanceState")
+                .iter()
+                .flat_map(|s| elements(s, "name"))
+                .collect();
+            let mut seen: Vec<(String, String)> = kinds.into_iter().zip(states).collect();
+            seen.sort();
+            assert_eq!(
+                seen,
+                [
+                    ("m5.xlarge".to_owned(), "running".to_owned()),
+                    ("t3.medium".to_owned(), "terminated".to_owned())
+                ],
+                "{region} {host}: {instances}"
+            );
+            let configuration =
+                endpoint.ok("GetLaunchConfiguration", json!({ "sourceServerID": id }));
+            let template = configuration["ec2LaunchTemplateID"]
+                .as_str()
+                .expect("a template");
+            let versions = moto.ec2_in(
+                region,
+                "DescribeLaunchTemplateVersions",
+                &[
+                    ("LaunchTemplateId", template),
+                    ("LaunchTemplateVersion.1", "$Default"),
+                ],
+            );
+            // (moto runs every instance in its default subnet, whatever the template
+            // says, so the subnet is checked in the template.)
+            assert!(
+                versions.contains("production")
+                    && versions.contains("m5.xlarge")
+                    && versions.contains(&subnet)
+                    && versions.contains(&group),
+                "{region} {host}: the default version is the cutover blueprint: {versions}"
+            );
+        }
     }
 
     // The job log: each server's blueprints put in force once per kind, one test and one

@@ -122,6 +122,19 @@ pub struct MgnEngine {
     pub endpoint: Option<String>,
     /// Another endpoint for the EC2 API (tests, a VPC endpoint).
     pub ec2_endpoint: Option<String>,
+    /// Other accounts or Regions, by name; a server names one with `mgn_account`, the
+    /// others migrate with the settings above.
+    pub accounts: BTreeMap<String, MgnAccount>,
+}
+
+/// An AWS account and Region the mgn engine migrates to besides its default one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MgnAccount {
+    pub region: String,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+    pub endpoint: Option<String>,
+    pub ec2_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -342,9 +355,7 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
         decode_defaults(n, &mut config.defaults, ctx);
     }
     map.finish(ctx);
-    if let Some(site) = &config.defaults.site {
-        check_site(site, &config, ctx);
-    }
+    check_names(&config.defaults, &ServerTemplate::default(), &config, ctx);
     config
 }
 
@@ -501,9 +512,46 @@ pub fn engine_kind(node: &Node, ctx: &mut Ctx) -> Option<EngineKind> {
 
 fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
     let mut map = MapReader::new(node, "mgn engine", ctx)?;
+    let accounts = map
+        .take("accounts")
+        .map(|n| decode_mgn_accounts(n, ctx))
+        .unwrap_or_default();
+    let account = decode_mgn_account(map, "mgn engine", ctx)?;
+    Some(MgnEngine {
+        region: account.region,
+        profile: account.profile,
+        role_arn: account.role_arn,
+        endpoint: account.endpoint,
+        ec2_endpoint: account.ec2_endpoint,
+        accounts,
+    })
+}
+
+fn decode_mgn_accounts(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, MgnAccount> {
+    let mut accounts = BTreeMap::new();
+    let Some(map) = MapReader::new(node, "mgn accounts", ctx) else {
+        return accounts;
+    };
+    for entry in map.entries() {
+        if let Err(message) = crate::rules::check_name(&entry.key) {
+            ctx.error(entry.key_location, format!("mgn account name: {message}"));
+            continue;
+        }
+        let Some(account) = MapReader::new(&entry.value, "mgn account", ctx) else {
+            continue;
+        };
+        if let Some(account) = decode_mgn_account(account, "mgn account", ctx) {
+            accounts.insert(entry.key.clone(), account);
+        }
+    }
+    accounts
+}
+
+/// Where and as whom the mgn engine reaches one account and Region.
+fn decode_mgn_account(mut map: MapReader, what: &'static str, ctx: &mut Ctx) -> Option<MgnAccount> {
     template::refuse_inline_secrets(
         &mut map,
-        "mgn engine",
+        what,
         "AWS credentials come from the standard chain: a profile, the environment or a role",
         ctx,
     );
@@ -537,13 +585,50 @@ fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
         .take("ec2_endpoint")
         .and_then(|n| http_url(n, "ec2_endpoint", ctx));
     map.finish(ctx);
-    Some(MgnEngine {
+    Some(MgnAccount {
         region: region?,
         profile,
         role_arn,
         endpoint,
         ec2_endpoint,
     })
+}
+
+/// A server's `mgn_account` names one of `engines.mgn.accounts`.
+pub fn check_mgn_account(account: &Spanned<String>, config: &Config, ctx: &mut Ctx) {
+    let known: Vec<&str> = config
+        .engines
+        .mgn
+        .as_ref()
+        .map(|m| m.accounts.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    if known.contains(&account.value.as_str()) {
+        return;
+    }
+    let message = if known.is_empty() {
+        format!(
+            "mgn account `{}` is not defined: add it under `engines.mgn.accounts` in the configuration file",
+            account.value
+        )
+    } else {
+        template::unknown_name("mgn account", &account.value, &known)
+    };
+    ctx.error(account.location, message);
+}
+
+/// The checks of inherited fields that name something of the configuration, for a
+/// layer that changed them.
+pub fn check_names(new: &ServerTemplate, old: &ServerTemplate, config: &Config, ctx: &mut Ctx) {
+    if let Some(site) = &new.site
+        && new.site != old.site
+    {
+        check_site(site, config, ctx);
+    }
+    if let Some(account) = &new.mgn_account
+        && new.mgn_account != old.mgn_account
+    {
+        check_mgn_account(account, config, ctx);
+    }
 }
 
 fn http_url(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {

@@ -193,6 +193,9 @@ pub struct Server {
     /// The engine's own id of this source server (MGN: `s-` and 17 hex digits), for a
     /// server that matching by hostname, FQDN or IP cannot tell apart.
     pub source_id: Option<Spanned<String>>,
+    /// The account and Region of `engines.mgn.accounts` it migrates to; the mgn
+    /// engine's own when none.
+    pub mgn_account: Option<String>,
     pub tags: BTreeMap<String, String>,
     /// Not shut down before its cutover (for example a shared database host).
     pub exclude_from_shutdown: bool,

@@ -20,6 +20,8 @@ pub struct ServerTemplate {
     pub access: AccessTemplate,
     pub change_rate: Option<ChangeRate>,
     pub site: Option<Spanned<String>>,
+    /// One of `engines.mgn.accounts`.
+    pub mgn_account: Option<Spanned<String>>,
     pub blueprints: Blueprints,
     pub tags: BTreeMap<String, String>,
     pub exclude_from_shutdown: bool,
@@ -63,6 +65,11 @@ pub fn decode_fields(map: &mut MapReader, base: &mut ServerTemplate, ctx: &mut C
         && let Some(rate) = decode::parsed(node, "change_rate", ctx, units::parse_change_rate)
     {
         base.change_rate = Some(rate);
+    }
+    if let Some(node) = map.take("mgn_account")
+        && let Some(account) = decode::name(node, "mgn_account", ctx)
+    {
+        base.mgn_account = Some(Spanned::new(account, node.location));
     }
     if let Some(node) = map.take("site")
         && let Some(site) = decode::name(node, "site", ctx)

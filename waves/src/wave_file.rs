@@ -76,11 +76,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
     if let Some(n) = map.take("defaults") {
         config::decode_defaults(n, &mut template, ctx);
     }
-    if let Some(site) = &template.site
-        && template.site != config.defaults.site
-    {
-        config::check_site(site, config, ctx);
-    }
+    config::check_names(&template, &config.defaults, config, ctx);
     let engine_kind = engine.as_ref().map(|e| e.value);
     let applications = match map.required("applications", ctx) {
         Some(n) => {
@@ -419,11 +415,7 @@ fn decode_application(
     let mut template = wave_template.clone();
     if let Some(n) = map.take("defaults") {
         config::decode_defaults(n, &mut template, ctx);
-        if let Some(site) = &template.site
-            && template.site != wave_template.site
-        {
-            config::check_site(site, config, ctx);
-        }
+        config::check_names(&template, wave_template, config, ctx);
     }
     let servers = match map.required("servers", ctx) {
         Some(n) => {
@@ -513,11 +505,7 @@ fn decode_server(
         .is_some_and(|v| !matches!(v, crate::yaml::Value::Map(_) | crate::yaml::Value::Null));
     let mut fields = inherited.clone();
     template::decode_fields(&mut map, &mut fields, ctx);
-    if let Some(site) = &fields.site
-        && fields.site != inherited.site
-    {
-        config::check_site(site, config, ctx);
-    }
+    config::check_names(&fields, inherited, config, ctx);
     map.finish(ctx);
     let name = name?;
     // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
@@ -602,6 +590,7 @@ fn decode_server(
         blueprints: fields.blueprints,
         cmdb_id,
         source_id,
+        mgn_account: fields.mgn_account.map(|a| a.value),
         tags: fields.tags,
         exclude_from_shutdown: fields.exclude_from_shutdown,
         skip: fields.skip,

@@ -163,38 +163,89 @@ pub async fn engines(
     Ok((map, notes))
 }
 
-/// The mgn engine as the configuration says, knowing the mgn waves' servers (their
+/// The mgn engine as the configuration says: its default account and those of
+/// `engines.mgn.accounts`, each knowing the mgn waves' servers that migrate to it (their
 /// FQDN, IP and given MGN id) for matching.
 #[cfg(feature = "aws")]
 pub async fn mgn_engine(
     definitions: &Definitions,
     settings: &waves::config::MgnEngine,
-) -> mgn::MgnEngine {
-    mgn::MgnEngine::connect(&mgn::MgnSettings {
+) -> mgn::fleet::MgnFleet {
+    let names: Vec<&String> = settings.accounts.keys().collect();
+    let servers: Vec<(mgn::Wanted, usize)> = mgn_servers_with_accounts(definitions)
+        .into_iter()
+        .map(|(wanted, account)| {
+            let index = account
+                .and_then(|a| names.iter().position(|n| **n == a))
+                .map_or(0, |p| p + 1);
+            (wanted, index)
+        })
+        .collect();
+    let mine = |index: usize| -> Vec<mgn::Wanted> {
+        servers
+            .iter()
+            .filter(|(_, i)| *i == index)
+            .map(|(w, _)| w.clone())
+            .collect()
+    };
+    let default = mgn::MgnEngine::connect(&mgn::MgnSettings {
         region: settings.region.clone(),
         profile: settings.profile.clone(),
         role_arn: settings.role_arn.clone(),
         endpoint: settings.endpoint.clone(),
         ec2_endpoint: settings.ec2_endpoint.clone(),
         keys: None,
-        servers: mgn_servers(definitions),
+        servers: mine(0),
     })
-    .await
+    .await;
+    let mut others = Vec::new();
+    for (index, (name, account)) in settings.accounts.iter().enumerate() {
+        let engine = mgn::MgnEngine::connect(&mgn::MgnSettings {
+            region: account.region.clone(),
+            profile: account.profile.clone(),
+            role_arn: account.role_arn.clone(),
+            endpoint: account.endpoint.clone(),
+            ec2_endpoint: account.ec2_endpoint.clone(),
+            keys: None,
+            servers: mine(index + 1),
+        })
+        .await;
+        others.push((name.clone(), engine));
+    }
+    let account_of = servers
+        .iter()
+        .map(|(w, index)| (w.name.clone(), *index))
+        .collect();
+    mgn::fleet::MgnFleet::new(default, others, account_of)
 }
 
 /// What the mgn waves say of their servers, for matching them to MGN's.
 #[cfg(feature = "aws")]
 pub fn mgn_servers(definitions: &Definitions) -> Vec<mgn::Wanted> {
+    mgn_servers_with_accounts(definitions)
+        .into_iter()
+        .map(|(wanted, _)| wanted)
+        .collect()
+}
+
+/// The mgn waves' servers with the account each names (`mgn_account`).
+#[cfg(feature = "aws")]
+fn mgn_servers_with_accounts(definitions: &Definitions) -> Vec<(mgn::Wanted, Option<String>)> {
     definitions
         .waves
         .iter()
         .filter(|w| w.engine.value == EngineKind::Mgn)
         .flat_map(|w| w.servers())
-        .map(|(_, server)| mgn::Wanted {
-            name: server.name.value.clone(),
-            fqdn: server.fqdn.as_ref().map(|f| f.value.clone()),
-            ip: server.ip.as_ref().map(|i| i.value.to_string()),
-            source_id: server.source_id.as_ref().map(|i| i.value.clone()),
+        .map(|(_, server)| {
+            (
+                mgn::Wanted {
+                    name: server.name.value.clone(),
+                    fqdn: server.fqdn.as_ref().map(|f| f.value.clone()),
+                    ip: server.ip.as_ref().map(|i| i.value.to_string()),
+                    source_id: server.source_id.as_ref().map(|i| i.value.clone()),
+                },
+                server.mgn_account.clone(),
+            )
         })
         .collect()
 }
