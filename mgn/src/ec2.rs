@@ -408,6 +408,20 @@ impl Ec2 {
         let base_number = base.version_number().unwrap_or(1);
         let base_data = base.launch_template_data();
         let want = Launch::of(base_data).with(settings);
+        // What will launch is checked, not only what the blueprint says: a subnet of
+        // its own with MGN's security groups must still share their VPC.
+        let network = settings.subnet.is_some() || !settings.security_groups.is_empty();
+        self.validate(&LaunchSettings {
+            instance_type: settings.instance_type.clone(),
+            subnet: if network { want.subnet.clone() } else { None },
+            security_groups: if network {
+                want.groups.clone()
+            } else {
+                Vec::new()
+            },
+            tags: settings.tags.clone(),
+        })
+        .await?;
         // MGN's version, or one Wavelift made from it: an older one of Wavelift's was
         // made from an older version of MGN's (another AMI, other disks).
         let current = |v: &ec2::LaunchTemplateVersion| {

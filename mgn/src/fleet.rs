@@ -11,9 +11,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use replication::{
-    EngineError, EngineResult, ErrorKind, Job, JobId, JobStatus, LaunchKind, LaunchSettings,
-    LifeCycle, PointInTime, Quotas, RecoveryPoint, ReplicationAction, ReplicationEngine, SourceId,
-    SourceServer, SourceSpec, Target, TargetId,
+    EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus, LaunchKind,
+    LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, ReplicationAction,
+    ReplicationEngine, SourceId, SourceServer, SourceSpec, Target, TargetId,
 };
 
 use crate::{MatchReport, MgnEngine, Wanted, lock};
@@ -30,6 +30,8 @@ pub struct MgnFleet {
     account_of: HashMap<String, usize>,
     /// The account of each id seen: sources, jobs, instances.
     seen: Mutex<HashMap<String, usize>>,
+    /// The servers whose account refused their part of a launch: (job, source) and why.
+    failed: Mutex<HashMap<(String, String), String>>,
 }
 
 impl MgnFleet {
@@ -45,6 +47,7 @@ impl MgnFleet {
             others,
             account_of,
             seen: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -95,19 +98,26 @@ impl MgnFleet {
         if let Some(account) = lock(&self.seen).get(id).copied() {
             return Ok(account);
         }
-        let mut last = None;
+        // An account that cannot answer (throttled, access denied) does not stop the
+        // others from being asked; its error is said if none knows the id.
+        let mut failure: Option<EngineError> = None;
         for index in 0..self.count() {
             match probe(index).await {
                 Ok(()) => {
                     self.note(id, index);
                     return Ok(index);
                 }
-                Err(err) if err.kind == ErrorKind::NotFound => last = Some(err),
-                Err(err) => return Err(err),
+                Err(err) if err.kind == ErrorKind::NotFound => {}
+                Err(err) => {
+                    failure.get_or_insert(err);
+                }
             }
         }
-        Err(last.unwrap_or_else(|| {
-            EngineError::new(ErrorKind::NotFound, format!("no MGN account knows {id}"))
+        Err(failure.unwrap_or_else(|| {
+            EngineError::new(
+                ErrorKind::NotFound,
+                format!("none of the {} MGN accounts knows {id}", self.count()),
+            )
         }))
     }
 
@@ -157,6 +167,20 @@ impl MgnFleet {
     /// The parts of a job id: one per account.
     fn parts(id: &JobId) -> Vec<JobId> {
         id.0.split(JOINED).map(|p| JobId(p.to_owned())).collect()
+    }
+
+    /// The job as the source sees it when its account did not start its part: failed,
+    /// with the reason.
+    async fn refused_part(&self, id: &JobId, source: &SourceId, why: String) -> EngineResult<Job> {
+        let mut job = self.describe_job(id).await?;
+        job.servers.retain(|s| &s.source == source);
+        job.servers.push(JobServer {
+            source: source.clone(),
+            status: LaunchStatus::Failed,
+            target: None,
+            message: Some(why),
+        });
+        Ok(job)
     }
 
     async fn job_account(&self, id: &JobId) -> EngineResult<usize> {
@@ -264,14 +288,38 @@ impl ReplicationEngine for MgnFleet {
             groups.entry(account).or_default().push(source.clone());
         }
         let mut jobs = Vec::new();
+        let mut refused: Vec<(Vec<SourceId>, EngineError)> = Vec::new();
         for (account, ids) in groups {
-            let job = self.engine(account).start_launch(kind, &ids, point).await?;
-            self.note_job(&job, account);
-            jobs.push(job);
+            match self.engine(account).start_launch(kind, &ids, point).await {
+                Ok(job) => {
+                    self.note_job(&job, account);
+                    jobs.push(job);
+                }
+                Err(err) => refused.push((ids, err)),
+            }
         }
-        joined(jobs).ok_or_else(|| {
-            EngineError::new(ErrorKind::Invalid, "a launch needs at least one server")
-        })
+        // Nothing started: the error as it is (a quota is waited for). Some accounts
+        // started: their launches go on, and the servers of the others fail theirs with
+        // the reason, so their tasks try again on their own.
+        let Some(mut job) = joined(jobs) else {
+            return Err(refused.into_iter().next().map_or_else(
+                || EngineError::new(ErrorKind::Invalid, "a launch needs at least one server"),
+                |(_, err)| err,
+            ));
+        };
+        for (ids, err) in refused {
+            for source in ids {
+                lock(&self.failed)
+                    .insert((job.id.0.clone(), source.0.clone()), err.message.clone());
+                job.servers.push(JobServer {
+                    source,
+                    status: LaunchStatus::Failed,
+                    target: None,
+                    message: Some(format!("its account refused the launch: {}", err.message)),
+                });
+            }
+        }
+        Ok(job)
     }
 
     async fn describe_job(&self, id: &JobId) -> EngineResult<Job> {
@@ -286,6 +334,18 @@ impl ReplicationEngine for MgnFleet {
     }
 
     async fn describe_job_for(&self, id: &JobId, source: &SourceId) -> EngineResult<Job> {
+        let refused = lock(&self.failed)
+            .get(&(id.0.clone(), source.0.clone()))
+            .cloned();
+        if let Some(reason) = refused {
+            return self
+                .refused_part(
+                    id,
+                    source,
+                    format!("its account refused the launch: {reason}"),
+                )
+                .await;
+        }
         let account = self.source_account(source).await?;
         // The part of the job in the source's account.
         for part in Self::parts(id) {
@@ -295,10 +355,14 @@ impl ReplicationEngine for MgnFleet {
                 return Ok(job);
             }
         }
-        Err(EngineError::new(
-            ErrorKind::NotFound,
-            format!("job {id} has no part in the account of {source}"),
-        ))
+        // The launch did not start in the source's account (a refusal this process
+        // no longer remembers): its launch failed, to be tried again.
+        self.refused_part(
+            id,
+            source,
+            format!("job {id} has no launch in the account of {source}: its account refused it"),
+        )
+        .await
     }
 
     async fn jobs_for_source(&self, id: &SourceId) -> EngineResult<Vec<Job>> {

@@ -58,6 +58,10 @@ pub struct MgnEngine {
     /// The instances seen in launch jobs: their source, kind and launch time, so a
     /// target is described without listing every source server.
     launched: Mutex<HashMap<String, (SourceId, LaunchKind, jiff::Timestamp)>>,
+    /// When each instance was first looked for in EC2, and those EC2 has listed: an
+    /// instance EC2 does not list is pending until listed or ten minutes old.
+    first_looked: Mutex<HashMap<String, jiff::Timestamp>>,
+    listed: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +139,8 @@ impl MgnEngine {
                 .collect(),
             matched: Mutex::new(HashMap::new()),
             launched: Mutex::new(HashMap::new()),
+            first_looked: Mutex::new(HashMap::new()),
+            listed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -866,12 +872,19 @@ impl ReplicationEngine for MgnEngine {
             None => self.launch_of(id).await?,
         };
         let instance = match self.ec2.instance(&id.0).await {
-            Ok(instance) => instance,
+            Ok(instance) => {
+                lock(&self.listed).insert(id.0.clone());
+                instance
+            }
             Err(err) if err.kind == ErrorKind::NotFound => {
                 // EC2 lists a new instance a little after MGN names it, and forgets a
-                // terminated one an hour or so after.
-                let age = jiff::Timestamp::now().duration_since(launched_at);
-                let new = age < jiff::SignedDuration::from_mins(10);
+                // terminated one an hour or so after: an instance this engine never saw
+                // in EC2 is still coming (for ten minutes from its first look), one it
+                // saw is gone.
+                let now = jiff::Timestamp::now();
+                let first = *lock(&self.first_looked).entry(id.0.clone()).or_insert(now);
+                let seen = lock(&self.listed).contains(&id.0);
+                let new = !seen && now.duration_since(first) < jiff::SignedDuration::from_mins(10);
                 ec2::Instance {
                     state: if new {
                         TargetState::Pending
@@ -953,7 +966,6 @@ impl ReplicationEngine for MgnEngine {
     ) -> EngineResult<Option<String>> {
         // An empty blueprint is applied too: it makes MGN's own version the default
         // again, should another kind's blueprint have changed it.
-        self.ec2.validate(settings).await?;
         let configuration = self
             .client
             .get_launch_configuration()
@@ -968,6 +980,10 @@ impl ReplicationEngine for MgnEngine {
             )
         })?;
         let mut changes = Vec::new();
+        // Checked in EC2 first: nothing changes for a blueprint EC2 cannot launch.
+        if let Some(change) = self.ec2.apply(template, settings).await? {
+            changes.push(change);
+        }
         // MGN's right-sizing would choose the instance type itself.
         if settings.instance_type.is_some()
             && configuration.target_instance_type_right_sizing_method()
@@ -983,9 +999,6 @@ impl ReplicationEngine for MgnEngine {
                 .await
                 .map_err(|err| sdk_error("UpdateLaunchConfiguration", &err))?;
             changes.push("instance type right-sizing off".to_owned());
-        }
-        if let Some(change) = self.ec2.apply(template, settings).await? {
-            changes.push(change);
         }
         Ok((!changes.is_empty()).then(|| format!("{kind} blueprint: {}", changes.join("; "))))
     }

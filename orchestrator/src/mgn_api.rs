@@ -2,8 +2,8 @@
 //! Application Migration Service (restJson1: `POST /OperationName` with a JSON body,
 //! errors as an HTTP status, an `x-amzn-ErrorType` header and `{"message": ...}`), so an
 //! MGN client (the AWS SDK, the CLI) can be tested on loopback against MGN's request and
-//! response shapes and its life-cycle rules (a cutover's targets are not terminated while
-//! it cuts over; quotas per job and across jobs).
+//! response shapes and its life-cycle rules (no targets are terminated while a server
+//! tests or cuts over; quotas per job and across jobs).
 //!
 //! The source servers are the servers of the wave files given, registered as if their
 //! MGN agents were installed: ids `s-` and 17 characters, hostname, FQDN and IP as

@@ -93,6 +93,13 @@ pub fn check_launch(
 }
 
 pub fn check_terminate(label: &str, kind: LaunchKind, life_cycle: LifeCycle) -> EngineResult<()> {
+    // MGN's TerminateTargetInstances does not work while a server is testing: a test
+    // ends (ready for test again, or ready for cutover) before its copy goes.
+    if kind == LaunchKind::Test && life_cycle == LifeCycle::Testing {
+        return Err(conflict(format!(
+            "{label} is testing: its test targets cannot be terminated; change its life cycle to ready_for_test or ready_for_cutover first"
+        )));
+    }
     if kind != LaunchKind::Cutover {
         return Ok(());
     }

@@ -97,6 +97,16 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     match launch::is_healthy(&found) {
         None => return resume(&step, ctx, "waiting for the test target to boot", actions),
         Some(false) => {
+            if let Err(err) = launch::leave_testing(ctx, &source, &mut actions).await {
+                return Report::fail(
+                    format!(
+                        "the test target {target} did not pass its status checks ({:?}); it is left running, as the server could not leave testing: {}",
+                        found.health, err.message
+                    ),
+                    true,
+                    actions,
+                );
+            }
             if let Err(report) =
                 launch::terminate_once(ctx, &source, Some(&target), LaunchKind::Test, &mut actions)
                     .await

@@ -199,6 +199,28 @@ pub fn is_healthy(target: &Target) -> Option<bool> {
     }
 }
 
+/// Ends a failed test: a server still testing is made ready for test again (the engine
+/// keeps a testing server's test copy, as MGN does), so its copy can be terminated and
+/// the test run again.
+pub async fn leave_testing(
+    ctx: &TaskContext<'_>,
+    source: &SourceServer,
+    actions: &mut Vec<Action>,
+) -> Result<(), replication::EngineError> {
+    let now = ctx.engine.describe_source(&source.id).await?;
+    if now.life_cycle != replication::LifeCycle::Testing {
+        return Ok(());
+    }
+    ctx.engine
+        .change_life_cycle(&source.id, replication::LifeCycle::ReadyForTest)
+        .await?;
+    actions.push(Action {
+        action: "engine.change_life_cycle".to_owned(),
+        detail: "ready_for_test (the test failed)".to_owned(),
+    });
+    Ok(())
+}
+
 /// Terminates the server's targets of this kind unless they are terminated already, so
 /// a resumed task never terminates twice.
 pub async fn terminate_once(

@@ -217,14 +217,28 @@ async fn reach(ctx: &TaskContext<'_>, endpoint: &str) -> Check {
 /// endpoint; the replication servers (TCP 1500 in the staging subnet) exist only once
 /// replication starts, so agent_push meets them. The rehearsal engine needs nothing;
 /// `local` runs on it until the local engine exists.
-pub fn engine_endpoints(kind: EngineKind, config: &Config) -> Vec<String> {
+pub fn engine_endpoints(
+    kind: EngineKind,
+    config: &Config,
+    server: &waves::model::Server,
+) -> Vec<String> {
     match (kind, &config.engines.mgn) {
-        (EngineKind::Mgn, Some(mgn)) => vec![
-            mgn.endpoint
-                .as_deref()
-                .and_then(authority)
-                .unwrap_or_else(|| format!("mgn.{}.amazonaws.com:443", mgn.region)),
-        ],
+        (EngineKind::Mgn, Some(mgn)) => {
+            // The server's own account and Region, when it names one.
+            let (endpoint, region) = match server
+                .mgn_account
+                .as_ref()
+                .and_then(|name| mgn.accounts.get(name))
+            {
+                Some(account) => (account.endpoint.as_deref(), account.region.as_str()),
+                None => (mgn.endpoint.as_deref(), mgn.region.as_str()),
+            };
+            vec![
+                endpoint
+                    .and_then(authority)
+                    .unwrap_or_else(|| format!("mgn.{region}.amazonaws.com:443")),
+            ]
+        }
         // The replication server the local engine's agent sends to.
         (EngineKind::Local, _) => {
             let local = &config.engines.local;

@@ -686,7 +686,15 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
         .expect("jobs");
     assert_eq!(jobs.len(), 1);
 
-    // The test copy terminated: EC2 says so.
+    // MGN keeps a testing server's copy; once ready for cutover, the test copy is
+    // terminated, and EC2 says so.
+    let testing = runtime
+        .block_on(engine.terminate_targets(&source.id, LaunchKind::Test))
+        .expect_err("refused while testing");
+    assert_eq!(testing.kind, ErrorKind::Conflict, "{testing:?}");
+    runtime
+        .block_on(engine.change_life_cycle(&source.id, LifeCycle::ReadyForCutover))
+        .expect("ready for cutover");
     runtime
         .block_on(engine.terminate_targets(&source.id, LaunchKind::Test))
         .expect("terminate the test copy");
@@ -696,9 +704,6 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     assert_eq!(gone.state, TargetState::Terminated, "{gone:?}");
 
     // To cutover, with MGN's rule: no terminating a cutover's instances meanwhile.
-    runtime
-        .block_on(engine.change_life_cycle(&source.id, LifeCycle::ReadyForCutover))
-        .expect("ready for cutover");
     runtime
         .block_on(engine.start_launch(LaunchKind::Cutover, id, &PointInTime::Latest))
         .expect("StartCutover");
@@ -922,6 +927,20 @@ fn a_wave_migrates_to_ec2_through_mgn() {
             && out.trim_end().ends_with("now paused"),
         "{out}"
     );
+    // Paused in its own account (eu-central-1), not in the default one, where MGN has
+    // a source of the same hostname.
+    let state_in = |endpoint: &Endpoint| {
+        let all = endpoint.ok("DescribeSourceServers", json!({}));
+        all["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|s| s["sourceProperties"]["identificationHints"]["hostname"] == "crm-app-02")
+            .map(|s| s["dataReplicationInfo"]["dataReplicationState"].clone())
+            .expect("crm-app-02")
+    };
+    assert_eq!(state_in(&central), "PAUSED");
+    assert_eq!(state_in(&mgn), "CONTINUOUS");
     let (code, out, err) = wavelift(&["replication", "resume", "crm-app-02", "--by", "ops"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.trim_end().ends_with("now continuous"), "{out}");
@@ -1056,6 +1075,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     // The job log: each server's blueprints put in force once per kind, one test and one
     // cutover launch per server, finalized and archived once.
     let (_, events, _) = wavelift(&["events", "--json"]);
+
     for server in ["crm-db-01", "crm-app-01", "crm-app-02"] {
         let count = |action: &str| {
             events

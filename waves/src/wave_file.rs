@@ -78,6 +78,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
     }
     config::check_names(&template, &config.defaults, config, ctx);
     let engine_kind = engine.as_ref().map(|e| e.value);
+    check_mgn_account_engine(&template, &config.defaults, engine_kind, ctx);
     let applications = match map.required("applications", ctx) {
         Some(n) => {
             let items = decode::list(n, "applications", ctx);
@@ -416,6 +417,7 @@ fn decode_application(
     if let Some(n) = map.take("defaults") {
         config::decode_defaults(n, &mut template, ctx);
         config::check_names(&template, wave_template, config, ctx);
+        check_mgn_account_engine(&template, wave_template, engine, ctx);
     }
     let servers = match map.required("servers", ctx) {
         Some(n) => {
@@ -506,6 +508,7 @@ fn decode_server(
     let mut fields = inherited.clone();
     template::decode_fields(&mut map, &mut fields, ctx);
     config::check_names(&fields, inherited, config, ctx);
+    check_mgn_account_engine(&fields, inherited, engine, ctx);
     map.finish(ctx);
     let name = name?;
     // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
@@ -597,6 +600,27 @@ fn decode_server(
         tasks: fields.tasks,
         location: node.location,
     })
+}
+
+/// `mgn_account` (written at this layer) is for the servers of mgn waves.
+fn check_mgn_account_engine(
+    new: &ServerTemplate,
+    old: &ServerTemplate,
+    engine: Option<EngineKind>,
+    ctx: &mut Ctx,
+) {
+    if let Some(account) = &new.mgn_account
+        && new.mgn_account != old.mgn_account
+        && engine != Some(EngineKind::Mgn)
+    {
+        ctx.error(
+            account.location,
+            format!(
+                "`mgn_account` names an account of the mgn engine, and this wave's engine is {}",
+                engine.map_or("not mgn", |e| e.as_str())
+            ),
+        );
+    }
 }
 
 /// On MGN a blueprint names EC2 resources by id: a subnet `subnet-...`, security groups

@@ -46,8 +46,7 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
                 problems += 1;
                 match &wanted.source_id {
                     Some(id) => format!(
-                        "no match: MGN in {} has no source server {id} (its source_id)",
-                        settings.region
+                        "no match: MGN has no source server {id} (its source_id) in the server's account"
                     ),
                     None => format!(
                         "no match: no MGN source server has the hostname {name}{}{}; install the MGN agent on it, or give its source_id",

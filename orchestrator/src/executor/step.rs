@@ -183,7 +183,11 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         engine_kind: wave.engine.value,
         config_dir: &inputs.definitions.config.base_dir,
         engine_endpoints: if kind == TaskKind::PrereqCheck {
-            tasks::prereq_check::engine_endpoints(wave.engine.value, &inputs.definitions.config)
+            tasks::prereq_check::engine_endpoints(
+                wave.engine.value,
+                &inputs.definitions.config,
+                server,
+            )
         } else {
             Vec::new()
         },

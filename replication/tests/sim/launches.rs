@@ -92,14 +92,20 @@ async fn a_whole_migration_with_a_rollback() -> TestResult {
         engine.describe_target(&test_target).await?.health,
         Health::Ok
     );
+    // As on MGN, a testing server's copy stays until the test ends.
+    assert_refused(
+        engine.terminate_targets(&id, LaunchKind::Test).await,
+        ErrorKind::Conflict,
+        "is testing",
+    );
+    engine
+        .change_life_cycle(&id, LifeCycle::ReadyForCutover)
+        .await?;
     engine.terminate_targets(&id, LaunchKind::Test).await?;
     assert_eq!(
         engine.describe_target(&test_target).await?.state,
         TargetState::Terminated
     );
-    engine
-        .change_life_cycle(&id, LifeCycle::ReadyForCutover)
-        .await?;
 
     // A cutover that runs past its window: rolled back, then done again.
     let cutover = launch(&engine, LaunchKind::Cutover, &id).await?;
