@@ -191,8 +191,8 @@ async fn a_whole_migration_with_a_rollback() -> TestResult {
         [
             "register",
             "start_launch",
-            "terminate_targets",
             "change_life_cycle",
+            "terminate_targets",
             "start_launch",
             "change_life_cycle",
             "terminate_targets",
