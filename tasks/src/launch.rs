@@ -106,7 +106,7 @@ pub async fn ensure_launch(
 }
 
 /// The server's blueprint of this kind, as the engine's launch settings.
-pub fn settings(server: &waves::model::Server, kind: LaunchKind) -> LaunchSettings {
+fn settings(server: &waves::model::Server, kind: LaunchKind) -> LaunchSettings {
     let blueprint = match kind {
         LaunchKind::Test => &server.blueprints.test,
         LaunchKind::Cutover => &server.blueprints.cutover,

@@ -11,8 +11,8 @@ use crate::config::{self, Config};
 use crate::decode::{self, Ctx, MapReader};
 use crate::diag::Location;
 use crate::model::{
-    Access, AccessMethod, Application, Disk, EngineKind, Interval, Os, OsFamily, PhaseKind, Phases,
-    ReplicationLink, Server, Spanned, Wave, Window,
+    Access, AccessMethod, Application, Blueprints, Disk, EngineKind, Interval, Os, OsFamily,
+    PhaseKind, Phases, ReplicationLink, Server, Spanned, Wave, Window,
 };
 use crate::rules;
 use crate::template::{self, ServerTemplate};
@@ -73,12 +73,24 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
         .unwrap_or_default();
     let replication = decode_replication(map.take("replication"), ctx);
     let mut template = config.defaults.clone();
-    if let Some(n) = map.take("defaults") {
+    let defaults = map.take("defaults");
+    if let Some(n) = defaults {
         config::decode_defaults(n, &mut template, ctx);
     }
     config::check_names(&template, &config.defaults, config, ctx);
     let engine_kind = engine.as_ref().map(|e| e.value);
     check_mgn_account_engine(&template, &config.defaults, engine_kind, ctx);
+    if engine_kind == Some(EngineKind::Mgn) {
+        // The wave's defaults and the configuration's, once for the wave.
+        let at = defaults.map_or(map.location, |n| n.location);
+        check_mgn_blueprints(
+            &template.blueprints,
+            &Blueprints::default(),
+            "the wave's defaults",
+            at,
+            ctx,
+        );
+    }
     let applications = match map.required("applications", ctx) {
         Some(n) => {
             let items = decode::list(n, "applications", ctx);
@@ -418,6 +430,15 @@ fn decode_application(
         config::decode_defaults(n, &mut template, ctx);
         config::check_names(&template, wave_template, config, ctx);
         check_mgn_account_engine(&template, wave_template, engine, ctx);
+        if engine == Some(EngineKind::Mgn) {
+            check_mgn_blueprints(
+                &template.blueprints,
+                &wave_template.blueprints,
+                "the application's defaults",
+                n.location,
+                ctx,
+            );
+        }
     }
     let servers = match map.required("servers", ctx) {
         Some(n) => {
@@ -524,7 +545,14 @@ fn decode_server(
         );
     }
     if engine == Some(EngineKind::Mgn) {
-        check_mgn_blueprints(&name.value, &fields.blueprints, node.location, ctx);
+        let whose = format!("server `{}`", name.value);
+        check_mgn_blueprints(
+            &fields.blueprints,
+            &inherited.blueprints,
+            &whose,
+            node.location,
+            ctx,
+        );
     }
     if disks.iter().filter(|d: &&Disk| d.boot).count() > 1 {
         ctx.error(
@@ -626,28 +654,38 @@ fn check_mgn_account_engine(
 /// On MGN a blueprint names EC2 resources by id: a subnet `subnet-...`, security groups
 /// `sg-...` (a group's name is not enough for a launch template).
 fn check_mgn_blueprints(
-    server: &str,
-    blueprints: &crate::model::Blueprints,
+    blueprints: &Blueprints,
+    inherited: &Blueprints,
+    whose: &str,
     location: Location,
     ctx: &mut Ctx,
 ) {
-    for (kind, blueprint) in [("test", &blueprints.test), ("cutover", &blueprints.cutover)] {
+    let kinds = [
+        ("test", &blueprints.test, &inherited.test),
+        ("cutover", &blueprints.cutover, &inherited.cutover),
+    ];
+    for (kind, blueprint, before) in kinds {
+        // What this layer wrote: an inherited value was checked where it was written.
         if let Some(subnet) = &blueprint.subnet
+            && blueprint.subnet != before.subnet
             && !is_ec2_id(subnet, "subnet-")
         {
             ctx.error(
                 location,
                 format!(
-                    "server `{server}`: its {kind} blueprint's subnet `{subnet}` is not an EC2 subnet id (subnet- and hexadecimal digits)"
+                    "{whose}: the {kind} blueprint's subnet `{subnet}` is not an EC2 subnet id (subnet- and hexadecimal digits)"
                 ),
             );
+        }
+        if blueprint.security_groups == before.security_groups {
+            continue;
         }
         for group in &blueprint.security_groups {
             if !is_ec2_id(group, "sg-") {
                 ctx.error(
                     location,
                     format!(
-                        "server `{server}`: its {kind} blueprint's security group `{group}` is not an EC2 security group id (sg- and hexadecimal digits; a group's name is not enough)"
+                        "{whose}: the {kind} blueprint's security group `{group}` is not an EC2 security group id (sg- and hexadecimal digits; a group's name is not enough)"
                     ),
                 );
             }

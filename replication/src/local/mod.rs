@@ -121,7 +121,6 @@ struct TargetRecord {
     job: JobId,
     images: Vec<PathBuf>,
     point: u64,
-    detail: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -470,12 +469,11 @@ impl LocalEngine {
                         health: launched.health,
                         address,
                         launched_at: now,
-                        detail: Some(launched.detail.clone()),
+                        detail: Some(launched.detail),
                     },
                     job: job_id.clone(),
                     images: launched.images,
                     point: seq,
-                    detail: launched.detail,
                 });
             }
             Err(message) => {
