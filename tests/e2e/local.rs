@@ -1,11 +1,13 @@
 //! The local engine end to end: the quickstart as shipped, whose source servers are ext4
 //! disk images on this machine that its lab script makes and writes to, replicated by
 //! real `wavelift-agent` processes to the replication server inside `wavelift run` and
-//! cut over as images, then one server failed back onto its own image; an agent killed with SIGKILL and started again, which goes on
+//! cut over as images, then one server failed back onto its own image through a
+//! `wavelift replicator` that holds the engine meanwhile; an agent killed with SIGKILL
+//! and started again, which goes on
 //! from its last recovery point instead of sending the disk again; and an agent in a
 //! network namespace whose link goes down and comes back.
 //!
-//! Starts: the wavelift binary (run, events) and, through each server's agent_push, one
+//! Starts: the wavelift binary (run, events, replicator, failover, failback) and, through each server's agent_push, one
 //! wavelift-agent per server, on a loopback port of the test's own; mkfs.ext4, debugfs
 //! and e2fsck (e2fsprogs) make and check the images. The other tests start the local
 //! engine in the test process and the wavelift-agent binary beside wavelift; the last one
@@ -150,6 +152,26 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
     );
     assert!(wrote, "{said}");
     let changed = fs::read(&copy).expect("the changed copy");
+    // The failback goes through `wavelift replicator`, which holds the staging folder
+    // and the replication port as a service would (as `serve` does while it runs).
+    let replicator = Replicator::start(&dir, &state.join("staging"));
+    let warped = wavelift(&dir, &["run", "--until-done", "--time-warp"]);
+    assert!(
+        warped.code != 0
+            && warped.stderr.contains(&format!(
+                "runs in process {} (wavelift replicator, serve or run)",
+                replicator.child.id()
+            ))
+            && warped.stderr.contains("needs the engine to itself"),
+        "a warped run refuses another process's engine\n{}",
+        warped.describe()
+    );
+    let points = wavelift(&dir, &["failover", "dir-01", "--list"]);
+    assert!(
+        points.code == 0 && points.stdout.contains("rp-"),
+        "the points, from the replicator's engine\n{}",
+        points.describe()
+    );
     let failback = wavelift(&dir, &["failback", "dir-01", "--wait", "2m"]);
     assert_eq!(failback.code, 0, "{}", failback.describe());
     assert!(
@@ -183,10 +205,73 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
         clean,
         "the failed-back source is a clean filesystem:\n{said}"
     );
+    assert!(
+        failback.stderr.contains(&format!(
+            "the local engine is process {}'s",
+            replicator.child.id()
+        )),
+        "the failback said whose engine it used\n{}",
+        failback.describe()
+    );
+    // The replicator ends on SIGTERM and takes its control file with it.
+    replicator.stop();
+    assert!(
+        !state.join("staging/control.json").exists(),
+        "the control file went with the replicator"
+    );
     // Its agent, installed again, ends with the test.
     let _ = std::process::Command::new("pkill")
         .args(["-f", &state.join("staging").display().to_string()])
         .status();
+}
+
+/// `wavelift replicator .` in the background, until [`Replicator::stop`] or the test's end.
+struct Replicator {
+    child: std::process::Child,
+}
+
+impl Replicator {
+    fn start(dir: &std::path::Path, staging: &std::path::Path) -> Replicator {
+        let child = wavelift_tests::wavelift_command(dir)
+            .args(["replicator", "."])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wavelift replicator starts");
+        let replicator = Replicator { child };
+        let control = staging.join("control.json");
+        wait_for(
+            "the replicator's control file",
+            Duration::from_secs(30),
+            || {
+                fs::read_to_string(&control)
+                    .is_ok_and(|c| c.contains(&format!("\"pid\":{}", replicator.child.id())))
+            },
+        );
+        replicator
+    }
+
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let mut ended = None;
+        wait_for("the replicator to end", Duration::from_secs(30), || {
+            ended = self.child.try_wait().ok().flatten();
+            ended.is_some()
+        });
+        assert!(
+            ended.is_some_and(|status| status.success()),
+            "the replicator ends cleanly on SIGTERM: {ended:?}"
+        );
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn agent_binary() -> std::path::PathBuf {

@@ -83,9 +83,12 @@ impl Opened {
             config: definitions.config.clone(),
             waves: vec![definitions.waves[wave].clone()],
         };
-        let (engines, _) = state::engines(&own, &clock, &state_args.state_dir, 1, false)
+        let (engines, notes) = state::engines(&own, &clock, &state_args.state_dir, 1, false, false)
             .await
             .context("cannot start the replication engines")?;
+        for note in notes {
+            eprintln!("{note}");
+        }
         let kind = definitions.waves[wave].engine.value;
         let Some(engine) = engines.get(&kind).cloned() else {
             bail!("the {kind} engine is not available here");

@@ -30,6 +30,7 @@ mod matching;
 mod plan;
 mod rehearse;
 mod replication;
+mod replicator;
 mod report;
 mod run;
 mod serve;
@@ -125,6 +126,9 @@ enum Command {
     },
     /// Run the waves and serve the dashboard and its API (127.0.0.1:8080 by default)
     Serve(serve::ServeArgs),
+    /// Run the local engine's replication server on its own: agents replicate while
+    /// run or serve restart, and other commands use this process's engine
+    Replicator(replicator::ReplicatorArgs),
     /// API tokens for the dashboard and the API
     Token {
         #[command(subcommand)]
@@ -293,6 +297,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => block_on(apply::run(&definitions, &state, force)),
         Command::Run(args) => block_on(run::run(&args)),
         Command::Serve(args) => block_on(serve::run(&args)),
+        Command::Replicator(args) => block_on(replicator::run(&args)),
         Command::Token { command } => block_on(token::run(&command)),
         Command::Report {
             wave,

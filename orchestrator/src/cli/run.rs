@@ -204,6 +204,7 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         &args.state.state_dir,
         args.seed,
         false,
+        true,
     )
     .await
     .context("cannot start the replication engines")?;

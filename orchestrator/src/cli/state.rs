@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use replication::ReplicationEngine;
+use replication::local::control::LocalClient;
 use replication::local::{ImageFormat, LocalConfig, LocalEngine};
 use replication::sim::{SimConfig, SimEngine};
 use tasks::cmdb::{Cmdb, FileCmdb, NoCmdb};
@@ -100,13 +101,15 @@ fn resolve_sqlite(url: &str, base: &Path) -> String {
 pub type Engines = HashMap<EngineKind, Arc<dyn ReplicationEngine>>;
 
 /// The engines the waves use: the rehearsal engine always, and the local engine (its
-/// replication server listening for agents) when a wave uses it.
+/// replication server listening for agents) when a wave uses it. `runs_tasks`: this
+/// process runs tasks on `clock` (so another process's local engine must share it).
 pub async fn engines(
     definitions: &Definitions,
     clock: &Arc<SchedulerClock>,
     state_dir: &Path,
     seed: u64,
     in_memory: bool,
+    runs_tasks: bool,
 ) -> anyhow::Result<(Engines, Vec<String>)> {
     let notes = Vec::new();
     let used: std::collections::BTreeSet<EngineKind> =
@@ -153,12 +156,12 @@ pub async fn engines(
             Arc::new(engine) as Arc<dyn ReplicationEngine>,
         );
     }
+    let mut notes = notes;
     if used.contains(&EngineKind::Local) {
-        let local = local_engine(&definitions.config, clock_dyn).await?;
-        map.insert(
-            EngineKind::Local,
-            Arc::new(local) as Arc<dyn ReplicationEngine>,
-        );
+        let tasks_clock = runs_tasks.then(|| clock.is_warped());
+        let (local, note) = local_engine(&definitions.config, clock_dyn, tasks_clock).await?;
+        notes.extend(note);
+        map.insert(EngineKind::Local, local);
     }
     Ok((map, notes))
 }
@@ -251,11 +254,76 @@ fn mgn_servers_with_accounts(definitions: &Definitions) -> Vec<(mgn::Wanted, Opt
 }
 
 /// The local engine as the configuration says, its folders from the configuration's
-/// folder, its agent the `wavelift-agent` beside this binary.
-async fn local_engine(
+/// folder, its agent the `wavelift-agent` beside this binary; or, when another process
+/// of this machine runs it already (`wavelift replicator`, `serve`, `run`), that one,
+/// called over its control port, with a note saying so. `tasks_clock`: whether the
+/// clock of the tasks this process runs is warped (`None`: it runs none).
+pub async fn local_engine(
     config: &Config,
     clock: Arc<dyn replication::Clock>,
+    tasks_clock: Option<bool>,
+) -> anyhow::Result<(Arc<dyn ReplicationEngine>, Option<String>)> {
+    let engine_config = local_config(config);
+    if let Some((client, owner_now)) =
+        LocalClient::find(&engine_config.staging_dir, engine_config.quotas).await
+    {
+        // Tasks compare the engine's times (a launch's) with their own: both clocks
+        // must agree, which a warped run and another process's engine cannot promise.
+        let apart = (clock.now().as_second() - owner_now.as_second()).abs();
+        if let Some(warped) = tasks_clock
+            && (warped || apart > 60)
+        {
+            bail!(
+                "the local engine of {} runs in process {} (wavelift replicator, serve or run){}: a run with --time-warp needs the engine to itself; stop process {}, or run without --time-warp",
+                engine_config.staging_dir.display(),
+                client.pid,
+                if apart > 60 {
+                    format!(
+                        ", on a clock {} apart from this one",
+                        waves::units::Dur::from_seconds(apart.unsigned_abs())
+                    )
+                } else {
+                    String::new()
+                },
+                client.pid
+            );
+        }
+        let note = format!(
+            "the local engine is process {}'s (it holds {}); this command calls it there",
+            client.pid,
+            engine_config.staging_dir.display()
+        );
+        return Ok((Arc::new(client), Some(note)));
+    }
+    Ok((Arc::new(start_local(engine_config, clock).await?), None))
+}
+
+/// The local engine of this process, unless another process of this machine runs it
+/// (its process id then).
+pub async fn own_local_engine(
+    config: &Config,
+    clock: Arc<dyn replication::Clock>,
+) -> anyhow::Result<Result<LocalEngine, u32>> {
+    let engine_config = local_config(config);
+    if let Some((client, _)) =
+        LocalClient::find(&engine_config.staging_dir, engine_config.quotas).await
+    {
+        return Ok(Err(client.pid));
+    }
+    Ok(Ok(start_local(engine_config, clock).await?))
+}
+
+async fn start_local(
+    engine_config: LocalConfig,
+    clock: Arc<dyn replication::Clock>,
 ) -> anyhow::Result<LocalEngine> {
+    LocalEngine::start(engine_config, clock)
+        .await
+        .context("cannot start the local replication engine")
+}
+
+/// The local engine's settings from the configuration.
+fn local_config(config: &Config) -> LocalConfig {
     let local = &config.engines.local;
     let agent_binary = std::env::current_exe()
         .ok()
@@ -277,9 +345,7 @@ async fn local_engine(
     engine_config.agent_give_up_after =
         std::time::Duration::from_secs(local.agent_give_up_after.approx_seconds());
     engine_config.remote_agent_dir = local.agent_dir.clone();
-    LocalEngine::start(engine_config, clock)
-        .await
-        .context("cannot start the local replication engine")
+    engine_config
 }
 
 pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {

@@ -222,7 +222,7 @@ impl Executor {
 }
 
 /// Ctrl-C, or SIGTERM (how a service manager stops a process).
-async fn stop_signal() -> std::io::Result<()> {
+pub async fn stop_signal() -> std::io::Result<()> {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -7,6 +7,7 @@
 //! the staging folder, rewritten durably after each call that acts.
 
 pub mod agent;
+pub mod control;
 mod failback;
 pub mod launch;
 pub mod proto;
@@ -138,6 +139,9 @@ struct Inner {
     running: AtomicUsize,
     /// Reverse agents (failback) this process started, by source id.
     children: Mutex<std::collections::HashMap<String, std::process::Child>>,
+    /// The control port other commands of this machine call the engine on; ends with
+    /// the engine.
+    control: Mutex<Option<control::ControlServer>>,
 }
 
 #[derive(Clone)]
@@ -197,11 +201,22 @@ impl LocalEngine {
                 state: Mutex::new(state),
                 running: AtomicUsize::new(0),
                 children: Mutex::new(std::collections::HashMap::new()),
+                control: Mutex::new(None),
             }),
         };
         for job in unfinished {
             engine.spawn_job(job);
         }
+        // The engine answers other processes only once it holds the replication port,
+        // so a staging folder has one owner; the server holds a weak handle and stops
+        // answering when the engine is gone.
+        let weak = Arc::downgrade(&engine.inner);
+        let served = control::ControlServer::start(&engine.inner.config.staging_dir, move || {
+            weak.upgrade()
+                .map(|inner| Arc::new(LocalEngine { inner }) as Arc<dyn ReplicationEngine>)
+        })
+        .await?;
+        *lock(&engine.inner.control) = Some(served);
         Ok(engine)
     }
 
@@ -212,6 +227,7 @@ impl LocalEngine {
     /// Stops the replication server (launches in progress finish).
     pub fn shutdown(&self) {
         self.inner.server.shutdown();
+        lock(&self.inner.control).take();
     }
 
     /// Where agents reach the replication server.

@@ -3,6 +3,7 @@
 //! in a thread of the test against an image file that a writer changes meanwhile, and
 //! launches whose images are compared byte for byte with the source at the barrier.
 
+mod control;
 mod faults;
 mod writer;
 
