@@ -11,9 +11,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use replication::{
-    EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus, LaunchKind,
-    LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, ReplicationAction,
-    ReplicationEngine, SourceId, SourceServer, SourceSpec, Target, TargetId,
+    AgentInstall, EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus,
+    LaunchKind, LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint,
+    ReplicationAction, ReplicationEngine, SourceId, SourceServer, SourceSpec, Target, TargetId,
 };
 
 use crate::{MatchReport, MgnEngine, Wanted, lock};
@@ -248,6 +248,14 @@ impl ReplicationEngine for MgnFleet {
         let source = self.engine(account).register_source(spec).await?;
         self.note(&source.id.0, account);
         Ok(source)
+    }
+
+    async fn agent_install_unregistered(
+        &self,
+        spec: &SourceSpec,
+    ) -> EngineResult<Option<AgentInstall>> {
+        let account = self.of_server(&spec.name);
+        self.engine(account).agent_install_unregistered(spec).await
     }
 
     async fn describe_source(&self, id: &SourceId) -> EngineResult<SourceServer> {

@@ -23,10 +23,10 @@ use aws_sdk_mgn::Client;
 use aws_sdk_mgn::error::ProvideErrorMetadata as _;
 use aws_sdk_mgn::types as mgn;
 use replication::{
-    EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus, LaunchKind,
-    LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint, Replication,
-    ReplicationAction, ReplicationEngine, ReplicationState, SourceId, SourceServer, SourceSpec,
-    Target, TargetId, TargetState,
+    AgentInstall, EngineError, EngineResult, ErrorKind, Job, JobId, JobServer, JobStatus,
+    LaunchKind, LaunchSettings, LaunchStatus, LifeCycle, PointInTime, Quotas, RecoveryPoint,
+    Replication, ReplicationAction, ReplicationEngine, ReplicationState, SourceId, SourceServer,
+    SourceSpec, Target, TargetId, TargetState,
 };
 
 /// Where and as whom the engine reaches MGN.
@@ -44,6 +44,67 @@ pub struct MgnSettings {
     pub keys: Option<(String, String)>,
     /// The wave files' servers on this engine: their FQDN, IP and given MGN id.
     pub servers: Vec<Wanted>,
+    /// How agent_push installs MGN's agent; `None`: it is installed by hand.
+    pub agent: Option<AgentSettings>,
+}
+
+/// The installer's keys, read when an install needs them: the access key id, the secret
+/// access key and an optional session token, separated by white space.
+pub type ReadKeys = std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// How agent_push installs MGN's replication agent on a Linux source:
+/// `templates/agents/mgn.sh.hbs` downloads MGN's installer there, checks its SHA-512 and
+/// runs it with the keys on its standard input (never on a command line Wavelift writes
+/// or in a file).
+#[derive(Clone)]
+pub struct AgentSettings {
+    pub keys: ReadKeys,
+    /// The installer's address; default: MGN's bucket of the Region.
+    pub installer_url: Option<String>,
+    /// `--endpoint` and `--s3-endpoint` (VPC endpoints).
+    pub endpoint: Option<String>,
+    pub s3_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSettings")
+            .field("installer_url", &self.installer_url)
+            .field("endpoint", &self.endpoint)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The installer's address and that of its SHA-512: MGN's buckets of the Region (the
+/// installer's documented form), or `.sha512` beside a given installer.
+pub fn installer_urls(region: &str, given: Option<&str>) -> (String, String) {
+    const PATH: &str = "latest/linux/aws-replication-installer-init";
+    match given {
+        Some(url) => (url.to_owned(), format!("{url}.sha512")),
+        None => (
+            format!(
+                "https://aws-application-migration-service-{region}.s3.{region}.amazonaws.com/{PATH}"
+            ),
+            format!(
+                "https://aws-application-migration-service-hashes-{region}.s3.{region}.amazonaws.com/{PATH}.sha512"
+            ),
+        ),
+    }
+}
+
+/// The installer's keys as the template reads them: one per line (the session token's
+/// line empty for long-term keys). Only the number of parts is said in an error.
+pub fn installer_keys(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    match parts.as_slice() {
+        [id, secret] => Ok(format!("{id}\n{secret}\n\n")),
+        [id, secret, token] => Ok(format!("{id}\n{secret}\n{token}\n")),
+        _ => Err(format!(
+            "the installer's credential holds {} part(s): it must hold the access key id, the secret access key and, for temporary keys, the session token, separated by white space",
+            parts.len()
+        )),
+    }
 }
 
 pub struct MgnEngine {
@@ -62,6 +123,7 @@ pub struct MgnEngine {
     /// instance EC2 does not list is pending until listed or ten minutes old.
     first_looked: Mutex<HashMap<String, jiff::Timestamp>>,
     listed: Mutex<std::collections::HashSet<String>>,
+    agent: Option<AgentSettings>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,6 +203,7 @@ impl MgnEngine {
             launched: Mutex::new(HashMap::new()),
             first_looked: Mutex::new(HashMap::new()),
             listed: Mutex::new(std::collections::HashSet::new()),
+            agent: settings.agent.clone(),
         }
     }
 
@@ -765,6 +828,52 @@ impl ReplicationEngine for MgnEngine {
         Ok(view(&self.source(id).await?))
     }
 
+    async fn agent_install_unregistered(
+        &self,
+        spec: &SourceSpec,
+    ) -> EngineResult<Option<AgentInstall>> {
+        let Some(agent) = &self.agent else {
+            return Err(EngineError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "MGN does not list {} and engines.mgn.agent is not configured: install MGN's replication agent on it by hand, or configure agent_push to install it (docs/aws.md)",
+                    spec.name
+                ),
+            ));
+        };
+        let keys = (agent.keys)()
+            .and_then(|text| installer_keys(&text))
+            .map_err(|why| EngineError::new(ErrorKind::Invalid, why))?;
+        let (installer_url, hash_url) =
+            installer_urls(&self.region, agent.installer_url.as_deref());
+        let text = |s: &str| serde_json::Value::String(s.to_owned());
+        let mut facts = std::collections::BTreeMap::new();
+        facts.insert("region".to_owned(), text(&self.region));
+        facts.insert("installer_url".to_owned(), text(&installer_url));
+        facts.insert("hash_url".to_owned(), text(&hash_url));
+        // MGN replicates the disks it finds; the wave's devices are named when given.
+        let devices: Vec<&str> = spec
+            .disks
+            .iter()
+            .map(|d| d.device.as_str())
+            .filter(|d| d.starts_with("/dev/"))
+            .collect();
+        facts.insert("devices".to_owned(), text(&devices.join(",")));
+        facts.insert(
+            "endpoint".to_owned(),
+            text(agent.endpoint.as_deref().unwrap_or_default()),
+        );
+        facts.insert(
+            "s3_endpoint".to_owned(),
+            text(agent.s3_endpoint.as_deref().unwrap_or_default()),
+        );
+        Ok(Some(AgentInstall {
+            template: "mgn".to_owned(),
+            facts,
+            secret: keys,
+        }))
+    }
+
     async fn start_launch(
         &self,
         kind: LaunchKind,
@@ -1078,5 +1187,39 @@ mod tests {
         assert_eq!(iso_seconds("PT0.5S"), Some(0.5));
         assert_eq!(iso_seconds("1 minute"), None);
         assert_eq!(iso_seconds("PT5X"), None);
+    }
+
+    #[test]
+    fn the_installers_keys_are_two_or_three_parts_a_line_each() {
+        assert_eq!(
+            installer_keys("AKIAEXAMPLE secret\n").as_deref(),
+            Ok("AKIAEXAMPLE\nsecret\n\n")
+        );
+        assert_eq!(
+            installer_keys("ASIAEXAMPLE\nsecret\ntoken").as_deref(),
+            Ok("ASIAEXAMPLE\nsecret\ntoken\n")
+        );
+        for wrong in ["", "AKIAONLY", "a b c d"] {
+            let err = installer_keys(wrong).err().unwrap_or_default();
+            assert!(err.contains("part(s)") && !err.contains("AKIA"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_installer_comes_from_the_regions_bucket_unless_given() {
+        let (installer, hash) = installer_urls("eu-south-1", None);
+        assert_eq!(
+            installer,
+            "https://aws-application-migration-service-eu-south-1.s3.eu-south-1.amazonaws.com/latest/linux/aws-replication-installer-init"
+        );
+        assert_eq!(
+            hash,
+            "https://aws-application-migration-service-hashes-eu-south-1.s3.eu-south-1.amazonaws.com/latest/linux/aws-replication-installer-init.sha512"
+        );
+        let (installer, hash) = installer_urls("eu-south-1", Some("https://mirror/i"));
+        assert_eq!(
+            (installer.as_str(), hash.as_str()),
+            ("https://mirror/i", "https://mirror/i.sha512")
+        );
     }
 }

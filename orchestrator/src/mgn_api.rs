@@ -33,6 +33,8 @@ use replication::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod installer;
+
 /// What MGN knows of a source beyond the engine's view: its identification hints.
 #[derive(Debug, Clone)]
 pub struct Hints {
@@ -67,6 +69,12 @@ pub struct MgnApi {
     /// The EC2 instance of each engine target, once it was first shown. Held across the
     /// emulator's RunInstances, so a target is never run twice.
     instances: tokio::sync::Mutex<BTreeMap<String, String>>,
+    /// Wave servers whose agent is not installed yet, by name.
+    pending: Mutex<BTreeMap<String, (replication::SourceSpec, Hints)>>,
+    /// Where this endpoint listens, once it does (the installer it serves calls it).
+    address: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Held while a source server is added: each gets the next id, once.
+    adding: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,44 +225,71 @@ fn iso_duration(seconds: f64) -> String {
 
 impl MgnApi {
     /// Registers each server (its name, hints and disks) with the engine, as its MGN
-    /// agent would on install.
+    /// agent would on install; with `pending`, none is registered until the installer
+    /// this endpoint serves ([`installer`]) registers it.
     pub async fn new(
         engine: Arc<dyn ReplicationEngine>,
         region: &str,
         servers: Vec<(replication::SourceSpec, Hints)>,
         ec2: Option<crate::ec2_bridge::Ec2Bridge>,
+        pending: bool,
     ) -> anyhow::Result<MgnApi> {
-        let mut sources = BTreeMap::new();
-        for (index, (spec, hints)) in servers.into_iter().enumerate() {
-            let source = engine
-                .register_source(&spec)
-                .await
-                .map_err(|err| anyhow::anyhow!("registering {}: {}", spec.name, err.message))?;
-            let mgn = mgn_source_id(index + 1);
-            let template = match &ec2 {
-                Some(ec2) => ec2.create_template(&mgn).await?,
-                None => format!("lt-{:017x}", index + 1),
-            };
-            sources.insert(
-                mgn,
-                Source {
-                    id: source.id,
-                    hints,
-                    template,
-                    right_sizing: "BASIC".to_owned(),
-                    control: None,
-                },
-            );
-        }
-        Ok(MgnApi {
+        let api = MgnApi {
             engine,
             region: region.to_owned(),
             account: "111122223333".to_owned(),
-            sources: Mutex::new(sources),
+            sources: Mutex::new(BTreeMap::new()),
             jobs: Mutex::new(BTreeMap::new()),
             ec2,
             instances: tokio::sync::Mutex::new(BTreeMap::new()),
-        })
+            pending: Mutex::new(BTreeMap::new()),
+            address: std::sync::OnceLock::new(),
+            adding: tokio::sync::Mutex::new(()),
+        };
+        for (spec, hints) in servers {
+            if pending {
+                Self::lock(&api.pending).insert(spec.name.clone(), (spec, hints));
+            } else {
+                api.add_source(&spec, hints)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("registering {}: {}", spec.name, err.message))?;
+            }
+        }
+        Ok(api)
+    }
+
+    /// A source server for a wave server: registered with the engine, its MGN id the
+    /// next one, its launch template made.
+    async fn add_source(
+        &self,
+        spec: &replication::SourceSpec,
+        hints: Hints,
+    ) -> Result<String, ApiError> {
+        let _adding = self.adding.lock().await;
+        let source = self.engine.register_source(spec).await?;
+        let index = Self::lock(&self.sources).len() + 1;
+        let mgn = mgn_source_id(index);
+        let template = match &self.ec2 {
+            Some(ec2) => ec2.create_template(&mgn).await.map_err(|err| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerException",
+                    format!("a launch template for {mgn} in EC2: {err:#}"),
+                )
+            })?,
+            None => format!("lt-{index:017x}"),
+        };
+        Self::lock(&self.sources).insert(
+            mgn.clone(),
+            Source {
+                id: source.id,
+                hints,
+                template,
+                right_sizing: "BASIC".to_owned(),
+                control: None,
+            },
+        );
+        Ok(mgn)
     }
 
     /// The EC2 instance of an engine target of the source `mgn`: run in the emulator
@@ -291,9 +326,13 @@ impl MgnApi {
         Ok(instance)
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    /// The endpoint's routes: MGN's operations, and the agent installer with its
+    /// SHA-512 and registration ([`installer`]) for servers not registered yet.
+    pub fn router(self: Arc<Self>, address: std::net::SocketAddr) -> Router {
+        let _ = self.address.set(address);
         Router::new()
             .route("/{operation}", post(operation))
+            .merge(installer::routes())
             .with_state(self)
     }
 

@@ -438,6 +438,16 @@ pub trait ReplicationEngine: Send + Sync {
         Ok(None)
     }
 
+    /// How to install this engine's agent on a source it does not know yet, for an
+    /// engine whose agent registers the source itself (MGN's installer); `None` for an
+    /// engine that registers sources on request ([`ReplicationEngine::register_source`]).
+    async fn agent_install_unregistered(
+        &self,
+        _spec: &SourceSpec,
+    ) -> EngineResult<Option<AgentInstall>> {
+        Ok(None)
+    }
+
     /// Cuts a recovery point of the source now (its agent sends what it has not sent
     /// yet first), for an engine whose points are cut on request.
     async fn take_recovery_point(&self, id: &SourceId) -> EngineResult<RecoveryPoint> {

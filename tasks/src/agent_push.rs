@@ -22,8 +22,163 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Starting the agent once it is there.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How many times a source whose installer ran is looked for in the engine before the
+/// task fails (every 30 seconds: ten minutes).
+const REGISTRATION_LOOKS: i64 = 20;
+
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
-    install(&ctx.reach()).await
+    let reach = ctx.reach();
+    match self_registering(ctx, &reach).await {
+        Some(report) => report,
+        None => install(&reach).await,
+    }
+}
+
+/// An engine whose agent registers the source itself (MGN's installer): the installer
+/// runs on a source the engine does not list yet, then the engine is asked until it
+/// lists the source. `None` for a source the engine knows, or an engine that registers
+/// sources on request: [`install`] does the rest.
+async fn self_registering(ctx: &TaskContext<'_>, reach: &Reach<'_>) -> Option<Report> {
+    let server = reach.server;
+    let name = &server.name.value;
+    match reach.engine.find_source(name).await {
+        Err(err) => {
+            return Some(Report::engine_error(
+                "looking for the source server",
+                &err,
+                Vec::new(),
+            ));
+        }
+        Ok(Some(_)) => return None,
+        Ok(None) => {}
+    }
+    let spec = spec(reach);
+    let looks = ctx
+        .step
+        .as_ref()
+        .and_then(|step| step.get("installed_looks"))
+        .and_then(Value::as_i64);
+    if let Some(looks) = looks {
+        return Some(registered(ctx, &spec, looks, None, Vec::new()).await);
+    }
+    let install = match reach.engine.agent_install_unregistered(&spec).await {
+        Err(err) => {
+            return Some(Report::engine_error(
+                "preparing the agent's install",
+                &err,
+                Vec::new(),
+            ));
+        }
+        Ok(None) => return None,
+        Ok(Some(install)) => install,
+    };
+    let script = match render(&install, reach) {
+        Ok(script) => script,
+        Err(err) => return Some(Report::fail(err, false, Vec::new())),
+    };
+    let actions = vec![Action {
+        action: format!("shell.install_agent.{}", install.template),
+        detail: format!(
+            "{}'s agent on {name} through templates/agents/{}.sh.hbs",
+            reach.engine.name(),
+            install.template
+        ),
+    }];
+    let ran = reach
+        .shell
+        .run_root_with_input(server, &script, install.secret.as_bytes(), INSTALL_TIMEOUT)
+        .await
+        .map(|mut out| {
+            out.stdout = redact(&out.stdout, &install.secret);
+            out.stderr = redact(&out.stderr, &install.secret);
+            out
+        });
+    let out = match ran {
+        Err(err) => {
+            return Some(Report::fail(
+                format!("installing the agent on {name}: {err}; {}", err.remedy()),
+                true,
+                actions,
+            ));
+        }
+        Ok(out) if out.status != 0 => {
+            return Some(Report::fail(
+                format!(
+                    "installing the agent on {name} failed (exit {}): {}",
+                    out.status,
+                    last_lines(&out.stderr, &out.stdout)
+                ),
+                true,
+                actions,
+            ));
+        }
+        Ok(out) => out,
+    };
+    let said = last_lines("", &out.stdout);
+    Some(registered(ctx, &spec, 0, Some(said), actions).await)
+}
+
+/// After the installer ran (`said`: what it said, this turn): the source as the engine
+/// lists it, or another look later.
+async fn registered(
+    ctx: &TaskContext<'_>,
+    spec: &SourceSpec,
+    looks: i64,
+    said: Option<String>,
+    actions: Vec<Action>,
+) -> Report {
+    let name = &spec.name;
+    match ctx.engine.register_source(spec).await {
+        Ok(source) => {
+            let listed = format!(
+                "{} lists {name} as {} ({:?})",
+                ctx.engine.name(),
+                source.id,
+                source.replication.state
+            );
+            let mut checks = Vec::new();
+            if let Some(said) = &said {
+                checks.push(Check::pass("agent", format!("installed on {name}: {said}")));
+            }
+            checks.push(Check::pass("registered", listed.clone()));
+            let output = match said {
+                Some(said) => format!("agent installed ({said}); {listed}"),
+                None => format!("agent installed; {listed}"),
+            };
+            Report::done(checks, output, actions)
+        }
+        Err(err) if err.kind == replication::ErrorKind::NotFound && looks < REGISTRATION_LOOKS => {
+            Report::wait(
+                serde_json::json!({ "installed_looks": looks + 1 }),
+                crate::context::later(ctx.now, 30),
+                format!(
+                    "the agent is installed on {name}; {} does not list it yet",
+                    ctx.engine.name()
+                ),
+                actions,
+            )
+        }
+        Err(err) => Report::fail(
+            format!(
+                "the agent was installed on {name}, but {} does not list it after {looks} looks: {}",
+                ctx.engine.name(),
+                err.message
+            ),
+            err.is_transient(),
+            actions,
+        ),
+    }
+}
+
+/// Output with every line of a secret (a token, or keys a line each) replaced.
+fn redact(text: &str, secret: &str) -> String {
+    secret
+        .lines()
+        .map(str::trim)
+        .filter(|part| part.len() >= 4)
+        .fold(text.to_owned(), |text, part| {
+            text.replace(part, "[redacted]")
+        })
 }
 
 /// Installs the agent (or finds it installed) on the server `ctx` reaches: agent_push's
@@ -111,8 +266,8 @@ pub async fn install(ctx: &Reach<'_>) -> Report {
         .run_root_with_input(server, &script, install.secret.as_bytes(), START_TIMEOUT)
         .await
         .map(|mut out| {
-            out.stdout = out.stdout.replace(&install.secret, "[redacted]");
-            out.stderr = out.stderr.replace(&install.secret, "[redacted]");
+            out.stdout = redact(&out.stdout, &install.secret);
+            out.stderr = redact(&out.stderr, &install.secret);
             out
         });
     match ran {
@@ -306,6 +461,7 @@ pub(crate) fn device_path(ctx: &Reach<'_>, device: &str) -> String {
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("local", include_str!("../../templates/agents/local.sh.hbs")),
+    ("mgn", include_str!("../../templates/agents/mgn.sh.hbs")),
     (
         "local-probe",
         include_str!("../../templates/agents/local-probe.sh.hbs"),
@@ -378,4 +534,21 @@ pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
     };
     let lines: Vec<&str> = text.trim().lines().collect();
     lines[lines.len().saturating_sub(5)..].join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn every_line_of_a_secret_is_redacted() {
+        let said = "key AKIAEXAMPLE01 secret s3cr3t-value token tok-123456";
+        let secret = "AKIAEXAMPLE01\ns3cr3t-value\ntok-123456\n";
+        assert_eq!(
+            redact(said, secret),
+            "key [redacted] secret [redacted] token [redacted]"
+        );
+        // An empty session token's line redacts nothing.
+        assert_eq!(redact("a b", "AKIAEXAMPLE01\nxyz12345\n\n"), "a b");
+    }
 }

@@ -143,9 +143,41 @@ impl Endpoint {
         ec2: Option<&str>,
         servers: usize,
     ) -> Endpoint {
+        Endpoint::spawn(
+            region,
+            path,
+            listen,
+            ec2,
+            &[],
+            &format!("{servers} source servers"),
+        )
+    }
+
+    /// `wavelift sim serve-mgn --pending-agents`: no source server until the installer
+    /// it serves registers one.
+    fn pending(path: &std::path::Path, listen: &str, ec2: &str, servers: usize) -> Endpoint {
+        Endpoint::spawn(
+            "eu-west-1",
+            path,
+            listen,
+            Some(ec2),
+            &["--pending-agents"],
+            &format!("{servers} servers waiting for their agent"),
+        )
+    }
+
+    fn spawn(
+        region: &str,
+        path: &std::path::Path,
+        listen: &str,
+        ec2: Option<&str>,
+        flags: &[&str],
+        says: &str,
+    ) -> Endpoint {
         let mut command = Command::new(wavelift_binary());
         command
             .args(["sim", "serve-mgn", "--region", region, "--listen", listen])
+            .args(flags)
             .arg(path);
         if let Some(url) = ec2 {
             command.args(["--ec2-endpoint", url]);
@@ -161,7 +193,7 @@ impl Endpoint {
             .expect("the endpoint's line");
         assert!(
             line.starts_with(&format!(
-                "MGN endpoint (rehearsal engine, {servers} source servers) on http://"
+                "MGN endpoint (rehearsal engine, {says}) on http://"
             )),
             "{line}"
         );
@@ -1095,4 +1127,156 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     }
     let cmdb = fs::read_to_string(dir.join(".wavelift/cmdb.yaml")).expect("the CMDB file");
     assert!(cmdb.matches("retired").count() >= 3, "{cmdb}");
+}
+
+/// agent_push installs MGN's replication agent: the installer downloaded from the
+/// endpoint's bucket, checked against its SHA-512 and run with the keys from the
+/// configuration's credential (on its standard input, never in the job log), and the
+/// server becomes a source server that the rest of the wave migrates. Keys that do not
+/// read as keys fail the task with why; a retry with good keys goes on.
+///
+/// Starts: moto's EC2 server and `wavelift sim serve-mgn --pending-agents` on loopback
+/// (it serves the installer and registers what it installs); the servers are this
+/// machine (`local` access), where the installer runs with curl and sha512sum.
+#[test]
+fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
+    use wavelift_tests::{Scratch, wavelift_command};
+    let moto = Moto::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let scratch = Scratch::new("mgn-agent");
+    let dir = scratch.path();
+    let window = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 30))
+        .expect("a date")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d 22:00")
+        .to_string();
+    fs::write(
+        dir.join("wavelift.yaml"),
+        format!(
+            "version: 1\nengines:\n  default: mgn\n  mgn:\n    region: eu-west-1\n    endpoint: http://127.0.0.1:{port}\n    ec2_endpoint: {moto}\n    agent:\n      credential: env:MGN_AGENT_KEYS\n      installer_url: http://127.0.0.1:{port}/latest/linux/aws-replication-installer-init\noutbox: .wavelift/outbox\ncmdb:\n  kind: file\n  path: .wavelift/cmdb.yaml\ndefaults:\n  access:\n    method: local\n  skip: [prereq_check]\n  tasks:\n    cutover:\n      approval: false\n    cmdb_cleanup:\n      hypercare: 1d\n",
+            moto = moto.url
+        ),
+    )
+    .expect("the configuration");
+    fs::create_dir_all(dir.join("waves")).expect("waves/");
+    fs::write(
+        dir.join("waves/agents.yaml"),
+        format!(
+            "version: 1\nname: agents\nengine: mgn\nwindow:\n  start: {window}\n  duration: 6h\n  timezone: UTC\ndefaults:\n  os: {{ family: linux, version: Debian 12, arch: x86_64 }}\napplications:\n  - name: ledger\n    servers:\n      - {{ name: ledger-db-01, ip: 127.0.31.1, disks: [{{ device: /dev/sda, size: 40GiB, used: 12GiB, boot: true }}, {{ device: /dev/sdb, size: 100GiB, used: 60GiB }}] }}\n      - {{ name: ledger-app-01, ip: 127.0.31.2 }}\n"
+        ),
+    )
+    .expect("the wave");
+    let mgn = Endpoint::pending(dir, &format!("127.0.0.1:{port}"), &moto.url, 2);
+    let secret = "agent-secret-key-0123456789";
+    let wavelift = |args: &[&str], keys: &str| {
+        let output = wavelift_command(dir)
+            .args(args)
+            .env("MGN_AGENT_KEYS", keys)
+            .env("AWS_ACCESS_KEY_ID", "AKIDWAVELIFTTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.join("no-aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("wavelift");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let good = format!("AKIAWAVELIFTAGENT01\n{secret}\n");
+    // No agent yet: MGN has no source server for either.
+    let (code, out, err) = wavelift(&["match", "."], &good);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("0 of 2 server(s) matched"), "{out}");
+
+    // Keys that are not keys: agent_push fails with why, and nothing is installed.
+    let (_, out, err) = wavelift(
+        &["run", ".", "--until-done", "--time-warp"],
+        "AKIAONLYONEPART",
+    );
+    let (_, status, _) = wavelift(&["status", "--json"], "");
+    let tasks: Value = serde_json::from_str(&status).expect("status JSON");
+    let failed: Vec<&Value> = tasks["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["kind"] == "agent_push")
+        .collect();
+    assert_eq!(failed.len(), 2, "{status}");
+    for task in &failed {
+        assert_eq!(task["state"], "failed", "{task}\n{out}\n{err}");
+        assert!(
+            task["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the installer's credential holds 1 part(s)")),
+            "{task}"
+        );
+    }
+    assert_eq!(
+        mgn.ok("DescribeSourceServers", json!({}))["items"],
+        json!([])
+    );
+
+    // Good keys: retried, both servers get the agent and migrate.
+    for server in ["ledger-db-01", "ledger-app-01"] {
+        let (code, out, err) = wavelift(&["retry", &format!("{server}/agent_push")], "");
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let (code, out, err) = wavelift(&["run", ".", "--until-done", "--time-warp"], &good);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("agents: 13 of 13 tasks final (2 skipped, 11 succeeded)"),
+        "{out}\n{err}"
+    );
+    let items = mgn.ok("DescribeSourceServers", json!({}))["items"].clone();
+    let names: Vec<&str> = items
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["sourceProperties"]["identificationHints"]["hostname"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{items}");
+    assert!(
+        names.contains(&"ledger-db-01") && names.contains(&"ledger-app-01"),
+        "{items}"
+    );
+    // Each install is in the job log once, with the installer's word; the secret key
+    // is nowhere, in the log or the status.
+    let (_, events, _) = wavelift(&["events", "--json"], "");
+    for server in ["ledger-db-01", "ledger-app-01"] {
+        let installs = events
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("\"server\":\"{server}\""))
+                    && l.contains("shell.install_agent.mgn")
+            })
+            .count();
+        assert_eq!(installs, 1, "{server} installed once:\n{events}");
+    }
+    let (_, status, _) = wavelift(&["status", "--json"], "");
+    let (_, text, _) = wavelift(&["status"], "");
+    for shown in [&events, &status, &text] {
+        assert!(
+            !shown.contains(secret),
+            "the secret key is never shown:\n{shown}"
+        );
+    }
+    for server in ["ledger-db-01", "ledger-app-01"] {
+        assert!(
+            events.lines().any(|l| l.contains(&format!("{server}/agent_push succeeded: agent installed (MGN agent installed, source server s-"))
+                && l.contains(&format!("mgn lists {server} as s-"))),
+            "the installer's own word and MGN's listing are in the job log:\n{events}"
+        );
+    }
+    drop(mgn);
 }

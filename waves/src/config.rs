@@ -122,9 +122,28 @@ pub struct MgnEngine {
     pub endpoint: Option<String>,
     /// Another endpoint for the EC2 API (tests, a VPC endpoint).
     pub ec2_endpoint: Option<String>,
+    /// How agent_push installs MGN's replication agent; `None`: installed by hand.
+    pub agent: Option<MgnAgent>,
     /// Other accounts or Regions, by name; a server names one with `mgn_account`, the
     /// others migrate with the settings above.
     pub accounts: BTreeMap<String, MgnAccount>,
+}
+
+/// How agent_push installs MGN's replication agent on a Linux source (MGN's installer,
+/// `aws-replication-installer-init`, downloaded there and checked against its SHA-512).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MgnAgent {
+    /// The installer's AWS keys (`env:NAME` or `file:PATH`): the access key id, the
+    /// secret access key and, for temporary keys, the session token, separated by
+    /// white space or line breaks.
+    pub credential: CredentialRef,
+    /// Where the source downloads the installer (default: MGN's bucket of the Region);
+    /// its SHA-512 is at the same address with `.sha512` (default: MGN's hashes bucket).
+    pub installer_url: Option<String>,
+    /// `--endpoint`: MGN's PrivateLink endpoint the agent uses.
+    pub endpoint: Option<String>,
+    /// `--s3-endpoint`: the S3 VPC endpoint the agent uses.
+    pub s3_endpoint: Option<String>,
 }
 
 /// An AWS account and Region the mgn engine migrates to besides its default one.
@@ -135,6 +154,7 @@ pub struct MgnAccount {
     pub role_arn: Option<String>,
     pub endpoint: Option<String>,
     pub ec2_endpoint: Option<String>,
+    pub agent: Option<MgnAgent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -523,6 +543,7 @@ fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
         role_arn: account.role_arn,
         endpoint: account.endpoint,
         ec2_endpoint: account.ec2_endpoint,
+        agent: account.agent,
         accounts,
     })
 }
@@ -584,6 +605,7 @@ fn decode_mgn_account(mut map: MapReader, what: &'static str, ctx: &mut Ctx) -> 
     let ec2_endpoint = map
         .take("ec2_endpoint")
         .and_then(|n| http_url(n, "ec2_endpoint", ctx));
+    let agent = map.take("agent").and_then(|n| decode_mgn_agent(n, ctx));
     map.finish(ctx);
     Some(MgnAccount {
         region: region?,
@@ -591,6 +613,59 @@ fn decode_mgn_account(mut map: MapReader, what: &'static str, ctx: &mut Ctx) -> 
         role_arn,
         endpoint,
         ec2_endpoint,
+        agent,
+    })
+}
+
+/// `agent:` of an MGN account: how agent_push installs MGN's agent.
+fn decode_mgn_agent(node: &Node, ctx: &mut Ctx) -> Option<MgnAgent> {
+    let mut map = MapReader::new(node, "mgn agent", ctx)?;
+    template::refuse_inline_secrets(
+        &mut map,
+        "mgn agent",
+        "the installer's keys belong in `credential: env:NAME` or `file:PATH`",
+        ctx,
+    );
+    let required = map.key_location("credential").is_none();
+    let credential = password_credential(&mut map, "AWS keys", ctx);
+    if required {
+        ctx.error(
+            node.location,
+            "mgn agent: `credential` is required: the installer's AWS keys as env:NAME or file:PATH",
+        );
+    }
+    let installer_url = map
+        .take("installer_url")
+        .and_then(|n| http_url(n, "installer_url", ctx));
+    let host = |node: &Node, what: &str, ctx: &mut Ctx| {
+        decode::parsed(node, what, ctx, |text| {
+            let bare = text
+                .strip_prefix("https://")
+                .unwrap_or(text)
+                .trim_end_matches('/');
+            if !bare.is_empty()
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+            {
+                Ok(text.to_owned())
+            } else {
+                Err(format!(
+                    "`{text}` is not an endpoint's host name (such as vpce-0123-abcd.mgn.eu-west-1.vpce.amazonaws.com)"
+                ))
+            }
+        })
+    };
+    let endpoint = map.take("endpoint").and_then(|n| host(n, "endpoint", ctx));
+    let s3_endpoint = map
+        .take("s3_endpoint")
+        .and_then(|n| host(n, "s3_endpoint", ctx));
+    map.finish(ctx);
+    Some(MgnAgent {
+        credential: credential?,
+        installer_url,
+        endpoint,
+        s3_endpoint,
     })
 }
 

@@ -50,6 +50,14 @@ const SECRET_KEYS: &[&str] = &[
     "key",
     "api_key",
     "sudo_password",
+    // AWS keys, as the CLI's files and the SDKs' environment name them.
+    "secret_key",
+    "access_key",
+    "secret_access_key",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "session_token",
+    "aws_session_token",
 ];
 
 /// Reads the inheritable fields present in `map` onto `base`. The caller owns `map` and

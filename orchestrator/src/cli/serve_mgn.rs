@@ -24,6 +24,11 @@ pub struct ServeMgnArgs {
     /// from each source's launch template
     #[arg(long, value_name = "URL")]
     ec2_endpoint: Option<String>,
+    /// No server is a source server until MGN's agent installer, which this endpoint
+    /// serves (GET /latest/linux/aws-replication-installer-init and its .sha512),
+    /// registers it: for testing agent_push
+    #[arg(long)]
+    pending_agents: bool,
 }
 
 pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
@@ -75,15 +80,21 @@ pub async fn run(args: &ServeMgnArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let api = Arc::new(MgnApi::new(engine, &args.region, servers, ec2).await?);
+    let api = Arc::new(MgnApi::new(engine, &args.region, servers, ec2, args.pending_agents).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    outln!("MGN endpoint (rehearsal engine, {count} source servers) on http://{address}");
+    if args.pending_agents {
+        outln!(
+            "MGN endpoint (rehearsal engine, {count} servers waiting for their agent) on http://{address}"
+        );
+    } else {
+        outln!("MGN endpoint (rehearsal engine, {count} source servers) on http://{address}");
+    }
     use std::io::Write as _;
     std::io::stdout().flush()?;
-    axum::serve(listener, api.router())
+    axum::serve(listener, api.router(address))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

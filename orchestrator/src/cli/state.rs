@@ -199,6 +199,10 @@ pub async fn mgn_engine(
         ec2_endpoint: settings.ec2_endpoint.clone(),
         keys: None,
         servers: mine(0),
+        agent: settings
+            .agent
+            .as_ref()
+            .map(|a| mgn_agent(a, &definitions.config.base_dir)),
     })
     .await;
     let mut others = Vec::new();
@@ -211,6 +215,10 @@ pub async fn mgn_engine(
             ec2_endpoint: account.ec2_endpoint.clone(),
             keys: None,
             servers: mine(index + 1),
+            agent: account
+                .agent
+                .as_ref()
+                .map(|a| mgn_agent(a, &definitions.config.base_dir)),
         })
         .await;
         others.push((name.clone(), engine));
@@ -220,6 +228,24 @@ pub async fn mgn_engine(
         .map(|(w, index)| (w.name.clone(), *index))
         .collect();
     mgn::fleet::MgnFleet::new(default, others, account_of)
+}
+
+/// How agent_push installs MGN's agent: the keys read from their reference when an
+/// install needs them (a relative file from the configuration's folder).
+#[cfg(feature = "aws")]
+fn mgn_agent(agent: &waves::config::MgnAgent, base: &Path) -> mgn::AgentSettings {
+    let reference = match &agent.credential {
+        waves::model::CredentialRef::File(path) if Path::new(path).is_relative() => {
+            waves::model::CredentialRef::File(base.join(path).display().to_string())
+        }
+        other => other.clone(),
+    };
+    mgn::AgentSettings {
+        keys: Arc::new(move || reference.read()),
+        installer_url: agent.installer_url.clone(),
+        endpoint: agent.endpoint.clone(),
+        s3_endpoint: agent.s3_endpoint.clone(),
+    }
 }
 
 /// What the mgn waves say of their servers, for matching them to MGN's.
