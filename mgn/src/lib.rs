@@ -54,8 +54,8 @@ pub type ReadKeys = std::sync::Arc<dyn Fn() -> Result<String, String> + Send + S
 
 /// How agent_push installs MGN's replication agent on a Linux source:
 /// `templates/agents/mgn.sh.hbs` downloads MGN's installer there, checks its SHA-512 and
-/// runs it with the keys on its standard input (never on a command line Wavelift writes
-/// or in a file).
+/// runs it, the keys reaching the script on its standard input (in no file); MGN's
+/// installer takes them as options, so they are on its command line while it runs.
 #[derive(Clone)]
 pub struct AgentSettings {
     pub keys: ReadKeys,
@@ -851,14 +851,18 @@ impl ReplicationEngine for MgnEngine {
         facts.insert("region".to_owned(), text(&self.region));
         facts.insert("installer_url".to_owned(), text(&installer_url));
         facts.insert("hash_url".to_owned(), text(&hash_url));
-        // MGN replicates the disks it finds; the wave's devices are named when given.
-        let devices: Vec<&str> = spec
-            .disks
-            .iter()
-            .map(|d| d.device.as_str())
-            .filter(|d| d.starts_with("/dev/"))
-            .collect();
-        facts.insert("devices".to_owned(), text(&devices.join(",")));
+        // MGN replicates the disks it finds; the wave's devices are named when each is a
+        // device (a subset would leave the others out silently).
+        let devices: Vec<&str> = spec.disks.iter().map(|d| d.device.as_str()).collect();
+        let named = !devices.is_empty() && devices.iter().all(|d| d.starts_with("/dev/"));
+        facts.insert(
+            "devices".to_owned(),
+            text(&if named {
+                devices.join(",")
+            } else {
+                String::new()
+            }),
+        );
         facts.insert(
             "endpoint".to_owned(),
             text(agent.endpoint.as_deref().unwrap_or_default()),

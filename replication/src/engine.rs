@@ -262,9 +262,10 @@ pub struct RecoveryPoint {
     pub taken_at: Timestamp,
 }
 
-/// What installing an engine's own agent on a source server takes: the template in
+/// What installing an engine's agent on a source server takes: the template in
 /// `templates/agents/` to render, the facts it is rendered with, and the secret the
-/// install script reads on its standard input (never on a command line).
+/// install script reads on its standard input (never on the command line Wavelift
+/// runs; MGN's installer, which the script runs, takes its keys as options).
 #[derive(Clone, PartialEq, Serialize)]
 pub struct AgentInstall {
     pub template: String,

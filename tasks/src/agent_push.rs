@@ -84,35 +84,9 @@ async fn self_registering(ctx: &TaskContext<'_>, reach: &Reach<'_>) -> Option<Re
             install.template
         ),
     }];
-    let ran = reach
-        .shell
-        .run_root_with_input(server, &script, install.secret.as_bytes(), INSTALL_TIMEOUT)
-        .await
-        .map(|mut out| {
-            out.stdout = redact(&out.stdout, &install.secret);
-            out.stderr = redact(&out.stderr, &install.secret);
-            out
-        });
-    let out = match ran {
-        Err(err) => {
-            return Some(Report::fail(
-                format!("installing the agent on {name}: {err}; {}", err.remedy()),
-                true,
-                actions,
-            ));
-        }
-        Ok(out) if out.status != 0 => {
-            return Some(Report::fail(
-                format!(
-                    "installing the agent on {name} failed (exit {}): {}",
-                    out.status,
-                    last_lines(&out.stderr, &out.stdout)
-                ),
-                true,
-                actions,
-            ));
-        }
+    let out = match run_install(reach, &script, &install, INSTALL_TIMEOUT).await {
         Ok(out) => out,
+        Err(reason) => return Some(Report::fail(reason, true, actions)),
     };
     let said = last_lines("", &out.stdout);
     Some(registered(ctx, &spec, 0, Some(said), actions).await)
@@ -261,35 +235,8 @@ pub async fn install(ctx: &Reach<'_>) -> Report {
             source.id, install.template
         ),
     });
-    let ran = ctx
-        .shell
-        .run_root_with_input(server, &script, install.secret.as_bytes(), START_TIMEOUT)
-        .await
-        .map(|mut out| {
-            out.stdout = redact(&out.stdout, &install.secret);
-            out.stderr = redact(&out.stderr, &install.secret);
-            out
-        });
-    match ran {
-        Err(err) => Report::fail(
-            format!(
-                "installing the agent on {}: {err}; {}",
-                server.name.value,
-                err.remedy()
-            ),
-            true,
-            actions,
-        ),
-        Ok(out) if out.status != 0 => Report::fail(
-            format!(
-                "installing the agent on {} failed (exit {}): {}",
-                server.name.value,
-                out.status,
-                last_lines(&out.stderr, &out.stdout)
-            ),
-            true,
-            actions,
-        ),
+    match run_install(ctx, &script, &install, START_TIMEOUT).await {
+        Err(reason) => Report::fail(reason, true, actions),
         Ok(out) => {
             checks.push(Check::pass(
                 "agent",
@@ -300,6 +247,40 @@ pub async fn install(ctx: &Reach<'_>) -> Report {
                 ),
             ));
             Report::done(checks, "agent installed, replication started", actions)
+        }
+    }
+}
+
+/// Runs an install script on the server as root with the install's secret on its
+/// standard input: its output with every part of the secret redacted, or why it failed.
+async fn run_install(
+    reach: &Reach<'_>,
+    script: &str,
+    install: &AgentInstall,
+    timeout: Duration,
+) -> Result<crate::shell::CommandOutput, String> {
+    let name = &reach.server.name.value;
+    let ran = reach
+        .shell
+        .run_root_with_input(reach.server, script, install.secret.as_bytes(), timeout)
+        .await;
+    match ran {
+        Err(err) => Err(format!(
+            "installing the agent on {name}: {err}; {}",
+            err.remedy()
+        )),
+        Ok(mut out) => {
+            out.stdout = redact(&out.stdout, &install.secret);
+            out.stderr = redact(&out.stderr, &install.secret);
+            if out.status == 0 {
+                Ok(out)
+            } else {
+                Err(format!(
+                    "installing the agent on {name} failed (exit {}): {}",
+                    out.status,
+                    last_lines(&out.stderr, &out.stdout)
+                ))
+            }
         }
     }
 }

@@ -1132,8 +1132,9 @@ fn a_wave_migrates_to_ec2_through_mgn() {
 /// agent_push installs MGN's replication agent: the installer downloaded from the
 /// endpoint's bucket, checked against its SHA-512 and run with the keys from the
 /// configuration's credential (on its standard input, never in the job log), and the
-/// server becomes a source server that the rest of the wave migrates. Keys that do not
-/// read as keys fail the task with why; a retry with good keys goes on.
+/// server becomes a source server that the rest of the wave migrates. Keys MGN refuses
+/// fail the task with the installer's word, the keys redacted; a retry with good keys
+/// goes on.
 ///
 /// Starts: moto's EC2 server and `wavelift sim serve-mgn --pending-agents` on loopback
 /// (it serves the installer and registers what it installs); the servers are this
@@ -1199,10 +1200,12 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("0 of 2 server(s) matched"), "{out}");
 
-    // Keys that are not keys: agent_push fails with why, and nothing is installed.
+    // Keys MGN refuses: agent_push fails with the installer's word (which repeats the
+    // keys; they are redacted), and nothing is installed.
+    let refused_secret = "refused-secret-value-42";
     let (_, out, err) = wavelift(
         &["run", ".", "--until-done", "--time-warp"],
-        "AKIAONLYONEPART",
+        &format!("AKIDNOTANACCESSKEY01 {refused_secret}"),
     );
     let (_, status, _) = wavelift(&["status", "--json"], "");
     let tasks: Value = serde_json::from_str(&status).expect("status JSON");
@@ -1215,13 +1218,20 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
     assert_eq!(failed.len(), 2, "{status}");
     for task in &failed {
         assert_eq!(task["state"], "failed", "{task}\n{out}\n{err}");
+        let reason = task["reason"].as_str().unwrap_or_default();
         assert!(
-            task["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("the installer's credential holds 1 part(s)")),
+            reason.contains("MGN's installer failed (exit 1)")
+                && reason.contains("The security token included in the request is invalid")
+                && reason.contains("--aws-secret-access-key [redacted]")
+                && !reason.contains(refused_secret),
             "{task}"
         );
     }
+    let (_, events, _) = wavelift(&["events", "--json"], "");
+    assert!(
+        !events.contains(refused_secret) && events.contains("[redacted]"),
+        "the refused keys are redacted in the job log too:\n{events}"
+    );
     assert_eq!(
         mgn.ok("DescribeSourceServers", json!({}))["items"],
         json!([])
@@ -1254,12 +1264,12 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
     // is nowhere, in the log or the status.
     let (_, events, _) = wavelift(&["events", "--json"], "");
     for server in ["ledger-db-01", "ledger-app-01"] {
+        // Once since the retry (the refused attempts ran the installer before).
         let installs = events
             .lines()
-            .filter(|l| {
-                l.contains(&format!("\"server\":\"{server}\""))
-                    && l.contains("shell.install_agent.mgn")
-            })
+            .filter(|l| l.contains(&format!("\"server\":\"{server}\"")))
+            .skip_while(|l| !l.contains("operator.retry"))
+            .filter(|l| l.contains("shell.install_agent.mgn"))
             .count();
         assert_eq!(installs, 1, "{server} installed once:\n{events}");
     }

@@ -634,9 +634,27 @@ fn decode_mgn_agent(node: &Node, ctx: &mut Ctx) -> Option<MgnAgent> {
             "mgn agent: `credential` is required: the installer's AWS keys as env:NAME or file:PATH",
         );
     }
-    let installer_url = map
-        .take("installer_url")
-        .and_then(|n| http_url(n, "installer_url", ctx));
+    // The installer runs as root with the keys: over plain HTTP anyone on the way could
+    // replace it and its SHA-512 together, so only a loopback mirror (tests) may use it.
+    let installer_url = map.take("installer_url").and_then(|n| {
+        decode::parsed(n, "installer_url", ctx, |text| {
+            let loopback = ["http://127.", "http://localhost:", "http://localhost/", "http://[::1]"]
+                .iter()
+                .any(|prefix| text.starts_with(prefix));
+            if !text.starts_with("https://") && !loopback {
+                Err(format!(
+                    "`{text}` is not an https:// URL (the installer runs as root with the keys: plain http is taken only on loopback)"
+                ))
+            } else if text.contains(['?', '#']) {
+                Err(format!(
+                    "`{text}` has a query or fragment: give the installer's own address (its SHA-512 is expected at the same address with .sha512)"
+                ))
+            } else {
+                Ok(text.to_owned())
+            }
+        })
+    });
+    // The installer takes host names: a scheme or a trailing slash written is dropped.
     let host = |node: &Node, what: &str, ctx: &mut Ctx| {
         decode::parsed(node, what, ctx, |text| {
             let bare = text
@@ -648,7 +666,7 @@ fn decode_mgn_agent(node: &Node, ctx: &mut Ctx) -> Option<MgnAgent> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
             {
-                Ok(text.to_owned())
+                Ok(bare.to_owned())
             } else {
                 Err(format!(
                     "`{text}` is not an endpoint's host name (such as vpce-0123-abcd.mgn.eu-west-1.vpce.amazonaws.com)"

@@ -296,27 +296,26 @@ pub async fn local_engine(
         // Tasks compare the engine's times (a launch's) with their own: both clocks
         // must agree, which a warped run and another process's engine cannot promise.
         let apart = (clock.now().as_second() - owner_now.as_second()).abs();
-        if let Some(warped) = tasks_clock
-            && (warped || apart > 60)
-        {
-            bail!(
-                "the local engine of {} runs in process {} (wavelift replicator, serve or run){}: a run with --time-warp needs the engine to itself; stop process {}, or run without --time-warp",
-                engine_config.staging_dir.display(),
-                client.pid,
-                if apart > 60 {
-                    format!(
-                        ", on a clock {} apart from this one",
-                        waves::units::Dur::from_seconds(apart.unsigned_abs())
-                    )
-                } else {
-                    String::new()
-                },
-                client.pid
-            );
+        let owner = format!(
+            "the local engine of {} runs in process {} (wavelift replicator, serve or run)",
+            engine_config.staging_dir.display(),
+            client.pid()
+        );
+        match tasks_clock {
+            Some(true) => bail!(
+                "{owner}: a run with --time-warp needs the engine to itself; stop process {}, or run without --time-warp",
+                client.pid()
+            ),
+            Some(false) if apart > 60 => bail!(
+                "{owner} on a clock {} apart from this one (a run with --time-warp): tasks compare the engine's times with their own; stop process {} first",
+                waves::units::Dur::from_seconds(apart.unsigned_abs()),
+                client.pid()
+            ),
+            _ => {}
         }
         let note = format!(
             "the local engine is process {}'s (it holds {}); this command calls it there",
-            client.pid,
+            client.pid(),
             engine_config.staging_dir.display()
         );
         return Ok((Arc::new(client), Some(note)));
@@ -334,7 +333,7 @@ pub async fn own_local_engine(
     if let Some((client, _)) =
         LocalClient::find(&engine_config.staging_dir, engine_config.quotas).await
     {
-        return Ok(Err(client.pid));
+        return Ok(Err(client.pid()));
     }
     Ok(Ok(start_local(engine_config, clock).await?))
 }

@@ -66,7 +66,9 @@ answer=$(curl -sS -w '\n%{{http_code}}' --data-urlencode "region=$region" \
 code=$(printf '%s\n' "$answer" | tail -n 1)
 body=$(printf '%s\n' "$answer" | sed '$d')
 if [ "$code" != 200 ]; then
-  echo "Error details: $body"; echo "Installation failed."; exit 1
+  # It repeats its options, as a careless installer might: what runs it must redact.
+  echo "Error details: $body (--aws-access-key-id $key --aws-secret-access-key $secret)"
+  echo "Installation failed."; exit 1
 fi
 echo "Syncing the source server with the Application Migration Service Console... Finished."
 echo "The following is the source server ID: $body."

@@ -7,10 +7,12 @@
 //!
 //! The owner listens on a loopback port of its own choosing and writes where, with a
 //! fresh token, to `control.json` in the staging folder (mode 0600, so only who may read
-//! the staging folder may call). A call is one connection: a line of JSON with the token
-//! and the call, answered by a line of JSON with the result and whether the engine is
-//! busy. A `control.json` left by a killed owner leads nowhere: nothing answers there
-//! with that token, and the next owner writes its own.
+//! the staging folder may call). A call is one connection: a line with the token (read
+//! first, short and within seconds, so nothing larger is read from a stranger), then a
+//! line of JSON with the call, answered by a line of JSON with the result and whether
+//! the engine is busy. A `control.json` left by a killed owner leads nowhere: nothing
+//! answers there with that token, and the next owner writes its own; a client whose
+//! owner went away reads the file again once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,21 +38,22 @@ pub const CONTROL_FILE: &str = "control.json";
 
 /// A restore step carries up to 32 MiB of chunks (in base64 here); nothing larger is read.
 const MAX_LINE: usize = 64 << 20;
+/// The token's line: read before anything larger.
+const MAX_TOKEN_LINE: usize = 256;
 
 /// How long a client waits for the owner to take a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the owner waits for a caller's lines.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a call may take, answer included (a restore step reads and compares up to
+/// 32 MiB of chunks; a launch only starts).
+const CALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ControlFile {
     address: String,
     token: String,
     pid: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    token: String,
-    call: Call,
 }
 
 /// One call of the engine interface, with its arguments.
@@ -147,7 +150,7 @@ struct Hello {
 
 /// An agent install as it travels: the secret too (the control port is the owner's
 /// own, behind the token).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct InstallWire {
     template: String,
     facts: std::collections::BTreeMap<String, Value>,
@@ -178,10 +181,15 @@ fn to_value<T: Serialize>(value: &T) -> EngineResult<Value> {
 }
 
 /// Runs one call on the owner's engine.
-async fn dispatch(engine: &dyn ReplicationEngine, call: Call) -> EngineResult<Value> {
+async fn dispatch(
+    engine: &dyn ReplicationEngine,
+    clock: &dyn crate::Clock,
+    call: Call,
+) -> EngineResult<Value> {
     match call {
+        // The engine's clock, which its jobs' and points' times come from.
         Call::Hello => to_value(&Hello {
-            now: Timestamp::now(),
+            now: clock.now(),
             pid: std::process::id(),
         }),
         Call::FindSource { name } => to_value(&engine.find_source(&name).await?),
@@ -262,12 +270,6 @@ fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn fresh_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|err| std::io::Error::other(err.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Equal tokens, compared without telling by timing how much of a guess was right.
 fn same_token(a: &str, b: &str) -> bool {
     use sha2::Digest as _;
@@ -286,10 +288,11 @@ pub(crate) struct ControlServer {
 impl ControlServer {
     pub(crate) async fn start(
         staging_dir: &Path,
+        clock: Arc<dyn crate::Clock>,
         engine: impl Fn() -> Option<Arc<dyn ReplicationEngine>> + Send + 'static,
     ) -> std::io::Result<ControlServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let token = fresh_token()?;
+        let token = super::random_token().map_err(|err| std::io::Error::other(err.message))?;
         let file = staging_dir.join(CONTROL_FILE);
         let body = serde_json::to_vec(&ControlFile {
             address: listener.local_addr()?.to_string(),
@@ -303,18 +306,25 @@ impl ControlServer {
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
+                    biased;
                     _ = stopped.changed() => return,
+                    accepted = listener.accept() => accepted,
                 };
+                if *stopped.borrow() {
+                    return;
+                }
                 let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                let token = accepted_token.clone();
+                let clock = Arc::clone(&clock);
                 let Some(engine) = engine() else {
                     return;
                 };
-                let token = accepted_token.clone();
                 tokio::spawn(async move {
-                    let _ = answer(stream, engine.as_ref(), &token).await;
+                    let _ = answer(stream, engine.as_ref(), clock.as_ref(), &token).await;
                 });
             }
         });
@@ -335,16 +345,19 @@ impl Drop for ControlServer {
     }
 }
 
-async fn read_line(stream: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
+async fn read_line(
+    stream: &mut BufReader<TcpStream>,
+    limit: usize,
+) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
     let read = (&mut *stream)
-        .take(MAX_LINE as u64 + 1)
+        .take(limit as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
     if read == 0 {
         return Ok(None);
     }
-    if line.len() > MAX_LINE {
+    if line.len() > limit {
         return Err(std::io::Error::other("a control line over its limit"));
     }
     String::from_utf8(line)
@@ -355,21 +368,31 @@ async fn read_line(stream: &mut BufReader<TcpStream>) -> std::io::Result<Option<
 async fn answer(
     stream: TcpStream,
     engine: &dyn ReplicationEngine,
+    clock: &dyn crate::Clock,
     token: &str,
 ) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
-    let Some(line) = read_line(&mut stream).await? else {
-        return Ok(());
-    };
-    let result = match serde_json::from_str::<Request>(&line) {
-        Err(err) => Err(invalid(format!(
-            "a call the engine does not understand: {err}"
-        ))),
-        Ok(request) if !same_token(&request.token, token) => Err(EngineError::new(
+    let late = || std::io::Error::other("the caller took too long");
+    let given = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut stream, MAX_TOKEN_LINE))
+        .await
+        .map_err(|_| late())??
+        .unwrap_or_default();
+    let result = if !same_token(given.trim_end(), token) {
+        Err(EngineError::new(
             ErrorKind::Invalid,
-            "the control token is not this engine's (is control.json from another run?)",
-        )),
-        Ok(request) => dispatch(engine, request.call).await,
+            format!("{WRONG_TOKEN} (is control.json from another run?)"),
+        ))
+    } else {
+        let line = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut stream, MAX_LINE))
+            .await
+            .map_err(|_| late())??
+            .unwrap_or_default();
+        match serde_json::from_str::<Call>(&line) {
+            Err(err) => Err(invalid(format!(
+                "a call the engine does not understand: {err}"
+            ))),
+            Ok(call) => dispatch(engine, clock, call).await,
+        }
     };
     let reply = Reply {
         busy: engine.busy(),
@@ -381,13 +404,41 @@ async fn answer(
     stream.get_mut().shutdown().await
 }
 
-/// The engine of another process on this machine, called over its control port: every
-/// call of the interface goes to the owner's engine.
-pub struct LocalClient {
+/// Where the owner answers, as its control.json says.
+#[derive(Debug, Clone, PartialEq)]
+struct Owner {
     address: String,
     token: String,
-    /// The owner's process, for messages.
-    pub pid: u32,
+    pid: u32,
+}
+
+fn read_owner(staging_dir: &Path) -> Option<Owner> {
+    let bytes = std::fs::read(staging_dir.join(CONTROL_FILE)).ok()?;
+    let file: ControlFile = serde_json::from_slice(&bytes).ok()?;
+    Some(Owner {
+        address: file.address,
+        token: file.token,
+        pid: file.pid,
+    })
+}
+
+/// Why a call did not go through, and whether the owner may have been replaced.
+enum Failed {
+    /// Nobody listens there, or the token is not the listener's: a new owner may have
+    /// written control.json since.
+    Gone(EngineError),
+    Other(EngineError),
+}
+
+/// The message of a refused token, which tells a replaced owner.
+const WRONG_TOKEN: &str = "the control token is not this engine's";
+
+/// The engine of another process on this machine, called over its control port: every
+/// call of the interface goes to the owner's engine. The interface's methods that have
+/// a default are forwarded only where the local engine overrides them.
+pub struct LocalClient {
+    staging_dir: PathBuf,
+    owner: std::sync::Mutex<Owner>,
     quotas: Quotas,
     /// As the owner's last answer said (only a warped clock asks, and a warped run
     /// never uses another process's engine).
@@ -395,15 +446,13 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
-    /// The owner of this staging folder, if one answers; `None` when none runs (no
-    /// control.json, or one a killed process left).
+    /// The owner of this staging folder, if one answers, and its engine's clock;
+    /// `None` when none runs (no control.json, or one a killed process left).
     pub async fn find(staging_dir: &Path, quotas: Quotas) -> Option<(LocalClient, Timestamp)> {
-        let bytes = std::fs::read(staging_dir.join(CONTROL_FILE)).ok()?;
-        let file: ControlFile = serde_json::from_slice(&bytes).ok()?;
+        let owner = read_owner(staging_dir)?;
         let client = LocalClient {
-            address: file.address,
-            token: file.token,
-            pid: file.pid,
+            staging_dir: staging_dir.to_owned(),
+            owner: std::sync::Mutex::new(owner),
             quotas,
             busy: AtomicBool::new(false),
         };
@@ -415,42 +464,92 @@ impl LocalClient {
         Some((client, hello.now))
     }
 
+    /// The owner's process id (the last one that answered).
+    pub fn pid(&self) -> u32 {
+        self.owner().pid
+    }
+
+    fn owner(&self) -> Owner {
+        self.owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// One call; when the owner is gone, control.json is read again once (a replicator
+    /// restarted, say) and the call goes to the new owner.
     async fn call<T: for<'de> Deserialize<'de>>(&self, call: Call) -> EngineResult<T> {
+        let mut body = serde_json::to_vec(&call)
+            .map_err(|err| invalid(format!("cannot encode a call: {err}")))?;
+        body.push(b'\n');
+        let owner = self.owner();
+        let value = match self.call_once(&owner, &body).await {
+            Ok(value) => value,
+            Err(Failed::Other(err)) => return Err(err),
+            Err(Failed::Gone(err)) => match read_owner(&self.staging_dir) {
+                Some(new) if new != owner => {
+                    *self
+                        .owner
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
+                    self.call_once(&new, &body)
+                        .await
+                        .map_err(|failed| match failed {
+                            Failed::Gone(err) | Failed::Other(err) => err,
+                        })?
+                }
+                _ => return Err(err),
+            },
+        };
+        serde_json::from_value(value).map_err(|err| {
+            EngineError::new(
+                ErrorKind::Unavailable,
+                format!("the local engine of process {} answered what this Wavelift does not read: {err}", self.pid()),
+            )
+        })
+    }
+
+    async fn call_once(&self, owner: &Owner, body: &[u8]) -> Result<Value, Failed> {
         let unavailable = |what: &str, err: &dyn std::fmt::Display| {
             EngineError::new(
                 ErrorKind::Unavailable,
                 format!(
                     "the local engine of process {} ({}) {what}: {err}",
-                    self.pid, self.address
+                    owner.pid, owner.address
                 ),
             )
         };
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&owner.address))
             .await
-            .map_err(|_| unavailable("did not take the call", &"timed out"))?
-            .map_err(|err| unavailable("cannot be reached", &err))?;
-        let mut stream = BufReader::new(connected);
-        let mut body = serde_json::to_vec(&Request {
-            token: self.token.clone(),
-            call,
-        })
-        .map_err(|err| invalid(format!("cannot encode a call: {err}")))?;
-        body.push(b'\n');
-        stream
-            .get_mut()
-            .write_all(&body)
+            .map_err(|_| Failed::Other(unavailable("did not take the call", &"timed out")))?
+            .map_err(|err| Failed::Gone(unavailable("cannot be reached", &err)))?;
+        let exchange = async {
+            let mut stream = BufReader::new(connected);
+            let mut token = owner.token.clone().into_bytes();
+            token.push(b'\n');
+            stream.get_mut().write_all(&token).await?;
+            stream.get_mut().write_all(body).await?;
+            read_line(&mut stream, MAX_LINE).await
+        };
+        let line = tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|err| unavailable("did not take the call", &err))?;
-        let line = read_line(&mut stream)
-            .await
-            .map_err(|err| unavailable("did not answer", &err))?
-            .ok_or_else(|| unavailable("did not answer", &"the connection closed"))?;
-        let reply: Reply = serde_json::from_str(&line)
-            .map_err(|err| unavailable("answered what this Wavelift does not read", &err))?;
+            .map_err(|_| Failed::Other(unavailable("did not answer", &"timed out")))?
+            .map_err(|err| Failed::Other(unavailable("did not answer", &err)))?
+            .ok_or_else(|| {
+                Failed::Other(unavailable("did not answer", &"the connection closed"))
+            })?;
+        let reply: Reply = serde_json::from_str(&line).map_err(|err| {
+            Failed::Other(unavailable(
+                "answered what this Wavelift does not read",
+                &err,
+            ))
+        })?;
         self.busy.store(reply.busy, Ordering::SeqCst);
-        let value = reply.result?;
-        serde_json::from_value(value)
-            .map_err(|err| unavailable("answered what this Wavelift does not read", &err))
+        match reply.result {
+            Err(err) if err.message.starts_with(WRONG_TOKEN) => Err(Failed::Gone(err)),
+            Err(err) => Err(Failed::Other(err)),
+            Ok(value) => Ok(value),
+        }
     }
 }
 

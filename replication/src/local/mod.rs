@@ -211,10 +211,14 @@ impl LocalEngine {
         // so a staging folder has one owner; the server holds a weak handle and stops
         // answering when the engine is gone.
         let weak = Arc::downgrade(&engine.inner);
-        let served = control::ControlServer::start(&engine.inner.config.staging_dir, move || {
-            weak.upgrade()
-                .map(|inner| Arc::new(LocalEngine { inner }) as Arc<dyn ReplicationEngine>)
-        })
+        let served = control::ControlServer::start(
+            &engine.inner.config.staging_dir,
+            Arc::clone(&engine.inner.clock),
+            move || {
+                weak.upgrade()
+                    .map(|inner| Arc::new(LocalEngine { inner }) as Arc<dyn ReplicationEngine>)
+            },
+        )
         .await?;
         *lock(&engine.inner.control) = Some(served);
         Ok(engine)
@@ -605,7 +609,7 @@ fn parse_point(id: &str) -> Option<u64> {
     id.strip_prefix("rp-")?.parse().ok()
 }
 
-fn random_token() -> EngineResult<String> {
+pub(crate) fn random_token() -> EngineResult<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|err| unavailable("no randomness for the agent's token", err))?;

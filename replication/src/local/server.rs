@@ -91,6 +91,14 @@ impl ReplicationServer {
         clock: Arc<dyn Clock>,
         retention: Retention,
     ) -> io::Result<ReplicationServer> {
+        // The port is the staging folder's lock: taken before the store is opened, so a
+        // second process never collects garbage under the owner's sessions.
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot listen for replication agents on {listen}: {err} (is another wavelift run, serve or replicator using it? set engines.local.listen)"),
+            )
+        })?;
         let staging_owned = staging.to_owned();
         let (store, identity) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&staging_owned)?;
@@ -113,12 +121,6 @@ impl ReplicationServer {
             io::Error::new(
                 err.kind(),
                 format!("collecting the chunk store's garbage: {err}"),
-            )
-        })?;
-        let listener = TcpListener::bind(listen).await.map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("cannot listen for replication agents on {listen}: {err} (is another wavelift run or serve using it? set engines.local.listen)"),
             )
         })?;
         let address = listener.local_addr()?;

@@ -32,7 +32,7 @@ async fn another_process_calls_the_engine_that_owns_the_staging_folder() -> Test
     let Some((client, _)) = LocalClient::find(&staging, quotas).await else {
         return Err("the owner answers on its control port".into());
     };
-    assert_eq!(client.pid, std::process::id());
+    assert_eq!(client.pid(), std::process::id());
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(staging.join(CONTROL_FILE))?.permissions(),
     );
@@ -82,6 +82,12 @@ async fn another_process_calls_the_engine_that_owns_the_staging_folder() -> Test
         LocalClient::find(&staging, quotas).await.is_none(),
         "a control file left behind leads nowhere"
     );
+    // A new owner (a replicator restarted): the client finds it again by itself.
+    drop(owner);
+    let again = engine(&dir).await?;
+    let seen = client.describe_source(&registered.id).await?;
+    assert_eq!(seen.name, "web-01", "the new owner answers the old client");
+    again.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
