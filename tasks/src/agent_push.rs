@@ -28,30 +28,25 @@ const REGISTRATION_LOOKS: i64 = 20;
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
     let reach = ctx.reach();
-    match self_registering(ctx, &reach).await {
-        Some(report) => report,
-        None => install(&reach).await,
+    let found = match reach.engine.find_source(&reach.server.name.value).await {
+        Err(err) => return Report::engine_error("looking for the source server", &err, Vec::new()),
+        Ok(found) => found,
+    };
+    if found.is_none()
+        && let Some(report) = self_registering(ctx, &reach).await
+    {
+        return report;
     }
+    install_found(&reach, found).await
 }
 
-/// An engine whose agent registers the source itself (MGN's installer): the installer
-/// runs on a source the engine does not list yet, then the engine is asked until it
-/// lists the source. `None` for a source the engine knows, or an engine that registers
-/// sources on request: [`install`] does the rest.
+/// For a source the engine does not list, on an engine whose agent registers the source
+/// itself (MGN's installer): the installer runs, then the engine is asked until it lists
+/// the source. `None` on an engine that registers sources on request: [`install`] does
+/// the rest.
 async fn self_registering(ctx: &TaskContext<'_>, reach: &Reach<'_>) -> Option<Report> {
     let server = reach.server;
     let name = &server.name.value;
-    match reach.engine.find_source(name).await {
-        Err(err) => {
-            return Some(Report::engine_error(
-                "looking for the source server",
-                &err,
-                Vec::new(),
-            ));
-        }
-        Ok(Some(_)) => return None,
-        Ok(None) => {}
-    }
     let spec = spec(reach);
     let looks = ctx
         .step
@@ -158,11 +153,15 @@ fn redact(text: &str, secret: &str) -> String {
 /// Installs the agent (or finds it installed) on the server `ctx` reaches: agent_push's
 /// work, and a failback's return to normal.
 pub async fn install(ctx: &Reach<'_>) -> Report {
+    match ctx.engine.find_source(&ctx.server.name.value).await {
+        Err(err) => Report::engine_error("looking for the source server", &err, Vec::new()),
+        Ok(found) => install_found(ctx, found).await,
+    }
+}
+
+/// [`install`] with the engine's source as just looked up.
+async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>) -> Report {
     let server = ctx.server;
-    let found = match ctx.engine.find_source(&server.name.value).await {
-        Err(err) => return Report::engine_error("looking for the source server", &err, Vec::new()),
-        Ok(found) => found,
-    };
     if let Some(source) = &found
         && !matches!(
             source.replication.state,
