@@ -945,3 +945,48 @@ fn rehearse_prints_a_timeline_per_wave_and_the_risks_and_leaves_nothing_behind()
         "rehearse removes its temporary folder"
     );
 }
+
+/// A PostgreSQL database that is not there is said once, with what to do; a server
+/// nobody listens on is said within seconds. Starts: the wavelift binary, against this
+/// machine's PostgreSQL (127.0.0.1:5432) and a loopback port nothing listens on.
+#[test]
+fn a_missing_postgresql_database_is_said_once_with_what_to_do() {
+    let scratch = Scratch::new("pg-missing");
+    let missing = wavelift(
+        scratch.path(),
+        &[
+            "status",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/wavelift_no_such_database",
+        ],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.describe());
+    assert_eq!(
+        missing.stderr.trim(),
+        "error: cannot open the database postgres://postgres@127.0.0.1:5432/wavelift_no_such_database: database \"wavelift_no_such_database\" does not exist; create it (createdb NAME, or CREATE DATABASE NAME as a user who may) or pass another --database-url",
+        "{}",
+        missing.describe()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let started = std::time::Instant::now();
+    let nobody = wavelift(
+        scratch.path(),
+        &[
+            "status",
+            "--database-url",
+            &format!("postgres://postgres@127.0.0.1:{port}/test"),
+        ],
+    );
+    assert!(
+        nobody.code == 1
+            && nobody
+                .stderr
+                .contains("(is the server running and the address right?)"),
+        "{}",
+        nobody.describe()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(25));
+}

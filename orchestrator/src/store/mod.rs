@@ -85,11 +85,16 @@ impl Store {
                     })
             });
         } else {
-            options.max_connections(8);
+            // A server that refuses or does not answer is said within seconds (the pool
+            // would try for 30).
+            options
+                .max_connections(8)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .acquire_timeout(CONNECT_TIMEOUT);
         }
         let db = Database::connect(options)
             .await
-            .with_context(|| format!("cannot open the database {}", redact(url)))?;
+            .map_err(|err| anyhow::anyhow!(open_error(url, &err)))?;
         Migrator::up(&db, None)
             .await
             .with_context(|| format!("cannot bring the schema of {} up to date", redact(url)))?;
@@ -228,6 +233,38 @@ fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
 }
 
 /// A URL as it may be shown: without a password.
+/// How long opening a PostgreSQL database may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the database did not open, said once (sqlx's own text repeats itself), with what
+/// to do where the cause is known.
+fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
+    use sea_orm::sqlx;
+    let shown = redact(url);
+    let sqlx_error = match err {
+        sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
+        _ => None,
+    };
+    match sqlx_error {
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => format!(
+            "cannot open the database {shown}: {}; create it (createdb NAME, or CREATE DATABASE NAME as a user who may) or pass another --database-url",
+            db.message()
+        ),
+        Some(sqlx::Error::Database(db)) => {
+            format!("cannot open the database {shown}: {}", db.message())
+        }
+        Some(sqlx::Error::Io(io)) => format!(
+            "cannot open the database {shown}: {io} (is the server running and the address right?)"
+        ),
+        Some(sqlx::Error::PoolTimedOut) => format!(
+            "cannot open the database {shown}: no connection within {} s (is the server running and the address right?)",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+        Some(other) => format!("cannot open the database {shown}: {other}"),
+        None => format!("cannot open the database {shown}: {err}"),
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
