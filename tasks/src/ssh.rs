@@ -68,10 +68,12 @@ impl SshShell {
         }
     }
 
-    /// The private folder and its askpass script, made on first use.
+    /// The private folder and its askpass script, made on first use (the folders of
+    /// Wavelift processes that were killed before they could remove theirs go then).
     fn ensure_private(&self) -> Result<(), ShellError> {
         let made = self.made.get_or_init(|| {
             create_private_dir(&self.private)
+                .inspect(|()| sweep_private_dirs(&self.private))
                 .and_then(|()| {
                     write_private(
                         &self.private.join("askpass"),
@@ -742,6 +744,42 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(path)
 }
 
+/// Removes the private folders beside `own` (`wl-ssh-PID-N`) of processes that no
+/// longer run, made by the same user: a process killed with SIGKILL leaves its askpass
+/// script and the sockets of its logins behind. Best effort: what cannot be read or
+/// removed stays.
+#[cfg(unix)]
+fn sweep_private_dirs(own: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Some(parent), Ok(mine)) = (own.parent(), std::fs::symlink_metadata(own)) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("wl-ssh-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let stale = pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == mine.uid());
+        if stale {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn sweep_private_dirs(_own: &Path) {}
+
 #[cfg(not(unix))]
 fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::create_dir(path)
@@ -770,6 +808,30 @@ fn option_path(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_folders_of_processes_gone_are_swept_and_the_others_kept() {
+        let parent = std::env::temp_dir().join(format!("wl-sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        create_private_dir(&parent).expect("the test's folder");
+        // A pid no process has: the first free one from the top of the usual range.
+        let gone = (100_000..4_000_000)
+            .rev()
+            .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .expect("a free pid");
+        let own = parent.join(format!("wl-ssh-{}-1", std::process::id()));
+        let stale = parent.join(format!("wl-ssh-{gone}-2"));
+        let alive = parent.join("wl-ssh-1-3");
+        let other = parent.join(format!("not-ours-{gone}-4"));
+        for dir in [&own, &stale, &alive, &other] {
+            create_private_dir(dir).expect("a folder");
+        }
+        write_private(&stale.join("askpass"), "secret", 0o700).expect("a file");
+        sweep_private_dirs(&own);
+        assert!(!stale.exists(), "the folder of a process gone is removed");
+        assert!(own.exists() && alive.exists() && other.exists());
+        let _ = std::fs::remove_dir_all(&parent);
+    }
 
     #[test]
     fn words_are_quoted_for_the_remote_shell() {
