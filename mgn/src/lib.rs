@@ -583,9 +583,13 @@ pub struct MatchReport {
 /// How an MGN source server is the wave's server: by hostname (its name), by FQDN (or
 /// the FQDN's first label), or by an IP of its interfaces; `None` if it is not.
 pub fn matched_by(server: &mgn::SourceServer, wanted: &Wanted) -> Option<&'static str> {
-    let properties = server.source_properties()?;
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let name = wanted.name.as_str();
+    // The name agent_push's install gave it (the installer's --user-provided-id).
+    if server.user_provided_id().is_some_and(|id| id == name) {
+        return Some("user-provided id");
+    }
+    let properties = server.source_properties()?;
     if let Some(hints) = properties.identification_hints() {
         if hints.hostname().is_some_and(|h| same(h, name)) {
             return Some("hostname");

@@ -56,6 +56,8 @@ struct Source {
     /// Paused or stopped by StopReplication or PauseReplication: what the source's
     /// replication shows over the engine's until it is started or resumed.
     control: Option<ReplicationState>,
+    /// The installer's `--user-provided-id`, for a source it registered.
+    user_provided_id: Option<String>,
 }
 
 pub struct MgnApi {
@@ -250,7 +252,7 @@ impl MgnApi {
             if pending {
                 Self::lock(&api.pending).insert(spec.name.clone(), (spec, hints));
             } else {
-                api.add_source(&spec, hints)
+                api.add_source(&spec, hints, None)
                     .await
                     .map_err(|err| anyhow::anyhow!("registering {}: {}", spec.name, err.message))?;
             }
@@ -264,6 +266,7 @@ impl MgnApi {
         &self,
         spec: &replication::SourceSpec,
         hints: Hints,
+        user_provided_id: Option<String>,
     ) -> Result<String, ApiError> {
         let _adding = self.adding.lock().await;
         let source = self.engine.register_source(spec).await?;
@@ -287,6 +290,7 @@ impl MgnApi {
                 template,
                 right_sizing: "BASIC".to_owned(),
                 control: None,
+                user_provided_id,
             },
         );
         Ok(mgn)
@@ -359,7 +363,11 @@ impl MgnApi {
     /// A SourceServer object of MGN's API reference.
     async fn source_server(&self, mgn: &str) -> Result<Value, ApiError> {
         let Source {
-            id, hints, control, ..
+            id,
+            hints,
+            control,
+            user_provided_id,
+            ..
         } = Self::lock(&self.sources)
             .get(mgn)
             .cloned()
@@ -426,6 +434,9 @@ impl MgnApi {
                 })).collect::<Vec<_>>(),
             },
         });
+        if let Some(given) = user_provided_id {
+            server["userProvidedID"] = json!(given);
+        }
         // The instance the latest launch made, as MGN's launchedInstance.
         let jobs = self.engine.jobs_for_source(&id).await?;
         if let Some((job, target, status)) = jobs.iter().rev().find_map(|job| {

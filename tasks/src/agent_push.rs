@@ -8,6 +8,12 @@
 //! agent's token on the script's standard input so it never appears on a command line.
 //! A server reached over SSH first gets a copy of the agent binary (sent only when the
 //! one there differs by SHA-256); install and copy run as root where `access.sudo` says.
+//!
+//! An engine whose agent registers the source itself (MGN) says how to install it for a
+//! source it does not list ([`replication::ReplicationEngine::agent_install_unregistered`]):
+//! the script (`templates/agents/mgn.sh.hbs`, the installer's keys on its standard input)
+//! runs, then the engine is asked until it lists the source (a step of the task, so a
+//! restart looks again instead of installing again).
 
 use std::time::Duration;
 

@@ -1248,18 +1248,27 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
         out.contains("agents: 13 of 13 tasks final (2 skipped, 11 succeeded)"),
         "{out}\n{err}"
     );
+    // MGN knows each machine by its own name and addresses; the install's user-provided
+    // id is what tied it to the wave's server (the servers were found by it above).
     let items = mgn.ok("DescribeSourceServers", json!({}))["items"].clone();
     let names: Vec<&str> = items
         .as_array()
         .expect("items")
         .iter()
-        .filter_map(|i| i["sourceProperties"]["identificationHints"]["hostname"].as_str())
+        .filter_map(|i| i["userProvidedID"].as_str())
         .collect();
     assert_eq!(names.len(), 2, "{items}");
     assert!(
         names.contains(&"ledger-db-01") && names.contains(&"ledger-app-01"),
         "{items}"
     );
+    for item in items.as_array().expect("items") {
+        let hints = &item["sourceProperties"]["identificationHints"];
+        assert!(
+            hints["hostname"] != item["userProvidedID"],
+            "MGN shows the machine's own hostname: {item}"
+        );
+    }
     // Each install is in the job log once, with the installer's word; the secret key
     // is nowhere, in the log or the status.
     let (_, events, _) = wavelift(&["events", "--json"], "");

@@ -5,7 +5,9 @@
 //! with the endpoint it came from (`POST /wavelift/installer/register`); the server
 //! becomes a source server only then. What it checks is what MGN's installer needs
 //! from the command line Wavelift writes: the Region, the keys (a session token with
-//! temporary ones), a silent install, the user-provided id naming a wave server.
+//! temporary ones), a silent install, the user-provided id naming a wave server. The
+//! source server it makes carries the machine's own hostname and address, as MGN's
+//! agent reports them, and the user-provided id.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use super::{ApiError, MgnApi};
+use super::{ApiError, Hints, MgnApi};
 
 const PATH: &str = "/latest/linux/aws-replication-installer-init";
 
@@ -61,7 +63,9 @@ echo "The installation of the AWS Replication Agent has started."
 answer=$(curl -sS -w '\n%{{http_code}}' --data-urlencode "region=$region" \
   --data-urlencode "key=$key" --data-urlencode "secret=$secret" \
   --data-urlencode "token=$token" --data-urlencode "devices=$devices" \
-  --data-urlencode "id=$id" '{base}/wavelift/installer/register') || {{
+  --data-urlencode "id=$id" --data-urlencode "hostname=$(hostname)" \
+  --data-urlencode "ips=$(hostname -I 2>/dev/null || true)" \
+  '{base}/wavelift/installer/register') || {{
   echo "Error details: cannot reach the service"; echo "Installation failed."; exit 1; }}
 code=$(printf '%s\n' "$answer" | tail -n 1)
 body=$(printf '%s\n' "$answer" | sed '$d')
@@ -98,6 +102,11 @@ struct Registration {
     devices: String,
     #[serde(default)]
     id: String,
+    /// The machine's own name and addresses, as MGN's agent reports them.
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    ips: String,
 }
 
 async fn register(
@@ -135,7 +144,7 @@ async fn registered(api: &MgnApi, form: Registration) -> Result<String, ApiError
     }
     let known = MgnApi::lock(&api.sources)
         .iter()
-        .find(|(_, s)| s.hints.hostname.as_deref() == Some(form.id.as_str()))
+        .find(|(_, s)| s.user_provided_id.as_deref() == Some(form.id.as_str()))
         .map(|(mgn, _)| mgn.clone());
     if let Some(mgn) = known {
         // Installing again keeps the source server, as MGN does.
@@ -155,7 +164,15 @@ async fn registered(api: &MgnApi, form: Registration) -> Result<String, ApiError
             "--devices names {unknown}, which the server does not have"
         )));
     }
-    let added = api.add_source(&spec, hints.clone()).await;
+    // MGN knows the machine as its agent reports it, not as the wave file names it: the
+    // user-provided id is what ties the two.
+    let reported = Hints {
+        hostname: Some(form.hostname.trim().to_owned()).filter(|h| !h.is_empty()),
+        fqdn: None,
+        ip: form.ips.split_whitespace().next().map(str::to_owned),
+        disks: hints.disks.clone(),
+    };
+    let added = api.add_source(&spec, reported, Some(form.id.clone())).await;
     if added.is_err() {
         // Installing again may succeed: the server waits for it as before.
         MgnApi::lock(&api.pending).insert(form.id, (spec, hints));
