@@ -468,8 +468,19 @@ impl MgnEngine {
                         .iter()
                         .filter_map(|s| Some((*s, matched_by(s, wanted)?)))
                         .collect();
+                    let archived = || -> Vec<String> {
+                        all.iter()
+                            .filter(|s| {
+                                s.is_archived().unwrap_or(false) && matched_by(s, wanted).is_some()
+                            })
+                            .map(id_of)
+                            .collect()
+                    };
                     match found.as_slice() {
-                        [] => Outcome::Missing,
+                        [] => match archived() {
+                            ids if ids.is_empty() => Outcome::Missing,
+                            ids => Outcome::OnlyArchived(ids),
+                        },
                         [(s, by)] => Outcome::Matched { id: id_of(s), by },
                         many => Outcome::Ambiguous(many.iter().map(|(s, _)| id_of(s)).collect()),
                     }
@@ -566,6 +577,8 @@ pub enum Outcome {
     Ambiguous(Vec<String>),
     /// The given source_id is archived in MGN.
     Archived(String),
+    /// Only archived source servers match (a server migrated and cleaned up already).
+    OnlyArchived(Vec<String>),
     /// Matched one source server that other wave servers (named) matched too.
     Shared {
         id: String,

@@ -1269,6 +1269,16 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
             "MGN shows the machine's own hostname: {item}"
         );
     }
+    // Migrated and archived: matching says so, by the user-provided id.
+    let (code, out, err) = wavelift(&["match", "."], "");
+    assert_eq!(code, 1, "{out}\n{err}");
+    for server in ["ledger-db-01", "ledger-app-01"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(server)
+                && l.contains("matches only archived source server(s) s-")),
+            "{out}"
+        );
+    }
     // Each install is in the job log once, with the installer's word; the secret key
     // is nowhere, in the log or the status.
     let (_, events, _) = wavelift(&["events", "--json"], "");

@@ -83,6 +83,13 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
                 problems += 1;
                 format!("its source_id {id} is archived in MGN")
             }
+            Outcome::OnlyArchived(ids) => {
+                problems += 1;
+                format!(
+                    "matches only archived source server(s) {}: migrated and cleaned up already, or install the MGN agent on it again",
+                    ids.join(", ")
+                )
+            }
         };
         outln!("{name:width$}  {line}");
     }
