@@ -1,9 +1,9 @@
 //! The `mgn` engine: AWS Application Migration Service through the AWS SDK for Rust.
 //!
 //! MGN's source servers come into being when their replication agent is installed, so
-//! registering a wave's server here is finding it: by hostname, FQDN or IP among the
-//! identification hints MGN shows ([`matches`]); none, or more than one, is an error that
-//! says which. Ids are MGN's own (`s-...` for sources, `mgnjob-...` for jobs, the EC2
+//! registering a wave's server here is finding it: by the user-provided id agent_push's
+//! install gave it, else by hostname, FQDN or IP among the identification hints MGN
+//! shows ([`matched_by`]); none, or more than one, is an error that says which. Ids are MGN's own (`s-...` for sources, `mgnjob-...` for jobs, the EC2
 //! instance id for targets). Errors keep MGN's meaning: ConflictException is a broken
 //! life-cycle rule, ServiceQuotaExceededException a quota, ThrottlingException is
 //! retried (by the SDK with backoff, then by the executor).
@@ -418,10 +418,15 @@ impl MgnEngine {
             };
         }
         let all = self.all_sources().await?;
-        let found: Vec<&mgn::SourceServer> = all
-            .iter()
-            .filter(|s| !s.is_archived().unwrap_or(false) && matched_by(s, &wanted).is_some())
-            .collect();
+        let found: Vec<&mgn::SourceServer> = strongest(
+            all.iter()
+                .filter(|s| !s.is_archived().unwrap_or(false))
+                .filter_map(|s| Some((s, matched_by(s, &wanted)?)))
+                .collect(),
+        )
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
         match found.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some((*one).clone())),
@@ -464,10 +469,11 @@ impl MgnEngine {
                     None => Outcome::Missing,
                 },
                 None => {
-                    let found: Vec<(&mgn::SourceServer, &'static str)> = live
-                        .iter()
-                        .filter_map(|s| Some((*s, matched_by(s, wanted)?)))
-                        .collect();
+                    let found: Vec<(&mgn::SourceServer, &'static str)> = strongest(
+                        live.iter()
+                            .filter_map(|s| Some((*s, matched_by(s, wanted)?)))
+                            .collect(),
+                    );
                     let archived = || -> Vec<String> {
                         all.iter()
                             .filter(|s| {
@@ -586,6 +592,22 @@ pub enum Outcome {
     },
 }
 
+/// How [`matched_by`] says a match by the user-provided id: it outranks the others.
+const BY_USER_PROVIDED_ID: &str = "user-provided id";
+
+/// The matches to go by: those by user-provided id when there are any (a machine MGN
+/// knows by the wave's name is that server, whatever else shares its hostname or IP).
+fn strongest<T: Copy>(found: Vec<(T, &'static str)>) -> Vec<(T, &'static str)> {
+    if found.iter().any(|(_, by)| *by == BY_USER_PROVIDED_ID) {
+        found
+            .into_iter()
+            .filter(|(_, by)| *by == BY_USER_PROVIDED_ID)
+            .collect()
+    } else {
+        found
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatchReport {
     pub lines: Vec<(Wanted, Outcome)>,
@@ -593,14 +615,18 @@ pub struct MatchReport {
     pub unclaimed: Vec<(String, String)>,
 }
 
-/// How an MGN source server is the wave's server: by hostname (its name), by FQDN (or
-/// the FQDN's first label), or by an IP of its interfaces; `None` if it is not.
+/// How an MGN source server is the wave's server: by the user-provided id agent_push's
+/// install gave it (the installer's `--user-provided-id`, the wave's name), by hostname
+/// (its name), by FQDN (or the FQDN's first label), or by an IP of its interfaces;
+/// `None` if it is not. A source whose user-provided id names another server is never
+/// this one, whatever its hostname or addresses.
 pub fn matched_by(server: &mgn::SourceServer, wanted: &Wanted) -> Option<&'static str> {
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let name = wanted.name.as_str();
-    // The name agent_push's install gave it (the installer's --user-provided-id).
-    if server.user_provided_id().is_some_and(|id| id == name) {
-        return Some("user-provided id");
+    match server.user_provided_id() {
+        Some(id) if id == name => return Some(BY_USER_PROVIDED_ID),
+        Some(id) if !id.is_empty() => return None,
+        _ => {}
     }
     let properties = server.source_properties()?;
     if let Some(hints) = properties.identification_hints() {
@@ -830,7 +856,7 @@ impl ReplicationEngine for MgnEngine {
             None => Err(EngineError::new(
                 ErrorKind::NotFound,
                 format!(
-                    "no MGN source server is {} (by hostname, FQDN{}): install the MGN replication agent on it, or check its name and address in the wave file",
+                    "no MGN source server is {} (by user-provided id, hostname, FQDN{}): install the MGN replication agent on it (agent_push does with engines.mgn.agent), or check its name and address in the wave file",
                     spec.name,
                     spec.hostname
                         .as_deref()
@@ -1208,6 +1234,45 @@ mod tests {
         assert_eq!(iso_seconds("PT0.5S"), Some(0.5));
         assert_eq!(iso_seconds("1 minute"), None);
         assert_eq!(iso_seconds("PT5X"), None);
+    }
+
+    #[test]
+    fn a_user_provided_id_outranks_hostnames_and_addresses() {
+        let source = |id: &str, given: Option<&str>, hostname: &str| {
+            mgn::SourceServer::builder()
+                .source_server_id(id)
+                .set_user_provided_id(given.map(str::to_owned))
+                .source_properties(
+                    mgn::SourceProperties::builder()
+                        .identification_hints(
+                            mgn::IdentificationHints::builder()
+                                .hostname(hostname)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        };
+        let wanted = Wanted {
+            name: "web-01".to_owned(),
+            fqdn: None,
+            ip: None,
+            source_id: None,
+        };
+        let installed = source("s-1", Some("web-01"), "ip-10-0-0-1");
+        let by_name = source("s-2", None, "web-01");
+        let other = source("s-3", Some("db-01"), "web-01");
+        assert_eq!(matched_by(&installed, &wanted), Some("user-provided id"));
+        assert_eq!(matched_by(&by_name, &wanted), Some("hostname"));
+        assert_eq!(
+            matched_by(&other, &wanted),
+            None,
+            "named for another server"
+        );
+        let found = strongest(vec![("s-1", "user-provided id"), ("s-2", "hostname")]);
+        assert_eq!(found, vec![("s-1", "user-provided id")]);
+        let found = strongest(vec![("s-2", "hostname"), ("s-4", "IP")]);
+        assert_eq!(found.len(), 2, "without an id, every match counts");
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct SshShell {
     /// The sockets of the shared logins opened, closed when the shell is dropped.
     masters: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
     /// Whether the private folder was made (on the first SSH command, so a process
-    /// that reaches no server over SSH writes nothing), or why it could not be.
-    made: std::sync::OnceLock<Result<(), String>>,
+    /// that reaches no server over SSH writes nothing), or why it could not be; made,
+    /// it holds the folder's lock file, locked while this shell lives.
+    made: std::sync::OnceLock<Result<Option<std::fs::File>, String>>,
 }
 
 impl SshShell {
@@ -72,26 +73,31 @@ impl SshShell {
     /// Wavelift processes that were killed before they could remove theirs go then).
     fn ensure_private(&self) -> Result<(), ShellError> {
         let made = self.made.get_or_init(|| {
-            create_private_dir(&self.private)
-                .inspect(|()| sweep_private_dirs(&self.private))
-                .and_then(|()| {
-                    write_private(
-                        &self.private.join("askpass"),
-                        "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
-                        0o700,
-                    )
-                })
-                .map_err(|err| {
-                    format!(
-                        "cannot make Wavelift's private SSH folder {}: {err}",
-                        self.private.display()
-                    )
-                })
+            let made = || -> std::io::Result<Option<std::fs::File>> {
+                create_private_dir(&self.private)?;
+                let lock = hold_lock(&self.private);
+                sweep_private_dirs(&self.private);
+                write_private(
+                    &self.private.join("askpass"),
+                    "#!/bin/sh\nprintf '%s\\n' \"$WAVELIFT_SSH_SECRET\"\n",
+                    0o700,
+                )?;
+                Ok(lock)
+            };
+            made().map_err(|err| {
+                format!(
+                    "cannot make Wavelift's private SSH folder {}: {err}",
+                    self.private.display()
+                )
+            })
         });
-        made.clone().map_err(|detail| ShellError::Login {
-            detail,
-            remedy: "check the temporary folder (TMPDIR): it must be writable".to_owned(),
-        })
+        match made {
+            Ok(_) => Ok(()),
+            Err(detail) => Err(ShellError::Login {
+                detail: detail.clone(),
+                remedy: "check the temporary folder (TMPDIR): it must be writable".to_owned(),
+            }),
+        }
     }
 
     /// The `ssh` options every connection (and a jump host's) shares.
@@ -744,10 +750,28 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(path)
 }
 
-/// Removes the private folders beside `own` (`wl-ssh-PID-N`) of processes that no
-/// longer run, made by the same user: a process killed with SIGKILL leaves its askpass
-/// script and the sockets of its logins behind. Best effort: what cannot be read or
-/// removed stays.
+/// The private folder's lock file, locked (flock) while the process lives: how a later
+/// process tells a folder in use from one a killed process left. Best effort: `None`
+/// when it cannot be made.
+fn hold_lock(private: &Path) -> Option<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let file = options.open(private.join("lock")).ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+/// Removes the private folders beside `own` (`wl-ssh-PID-N`) that no live process
+/// holds, made by the same user: a process killed with SIGKILL leaves its askpass
+/// script and the sockets of its logins behind. A folder is in use while its lock file
+/// is locked (whatever process namespace its owner is in); one without a lock file is
+/// taken for left behind only when an hour old and its process is gone from /proc.
+/// Best effort: what cannot be read or removed stays.
 #[cfg(unix)]
 fn sweep_private_dirs(own: &Path) {
     use std::os::unix::fs::MetadataExt as _;
@@ -757,6 +781,7 @@ fn sweep_private_dirs(own: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
+    let proc_fs = Path::new("/proc/self").exists();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -768,9 +793,24 @@ fn sweep_private_dirs(own: &Path) {
             continue;
         };
         let path = entry.path();
-        let stale = pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == mine.uid());
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if path == own || !meta.is_dir() || meta.uid() != mine.uid() {
+            continue;
+        }
+        let stale = match std::fs::File::open(path.join("lock")) {
+            // Nobody holds it: its process is gone (the lock ends with it).
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => {
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                old && proc_fs && !Path::new(&format!("/proc/{pid}")).exists()
+            }
+        };
         if stale {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -810,26 +850,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_folders_of_processes_gone_are_swept_and_the_others_kept() {
+    fn private_folders_nobody_holds_are_swept_and_the_others_kept() {
         let parent = std::env::temp_dir().join(format!("wl-sweep-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&parent);
         create_private_dir(&parent).expect("the test's folder");
-        // A pid no process has: the first free one from the top of the usual range.
-        let gone = (100_000..4_000_000)
-            .rev()
-            .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            .expect("a free pid");
         let own = parent.join(format!("wl-ssh-{}-1", std::process::id()));
-        let stale = parent.join(format!("wl-ssh-{gone}-2"));
-        let alive = parent.join("wl-ssh-1-3");
-        let other = parent.join(format!("not-ours-{gone}-4"));
-        for dir in [&own, &stale, &alive, &other] {
+        let left = parent.join("wl-ssh-4000001-2");
+        let held = parent.join("wl-ssh-4000002-3");
+        let young = parent.join("wl-ssh-4000003-4");
+        let other = parent.join("not-ours-4000001-5");
+        for dir in [&own, &left, &held, &young, &other] {
             create_private_dir(dir).expect("a folder");
         }
-        write_private(&stale.join("askpass"), "secret", 0o700).expect("a file");
+        // `left`: its process died, its lock file is free; `held`: a live process (this
+        // test) holds its lock; `young`: no lock file yet, just made.
+        drop(hold_lock(&left));
+        let holding = hold_lock(&held).expect("a lock");
+        write_private(&left.join("askpass"), "secret", 0o700).expect("a file");
         sweep_private_dirs(&own);
-        assert!(!stale.exists(), "the folder of a process gone is removed");
-        assert!(own.exists() && alive.exists() && other.exists());
+        assert!(!left.exists(), "a folder nobody holds is removed");
+        assert!(held.exists(), "a folder whose lock is held stays");
+        assert!(young.exists() && own.exists() && other.exists());
+        drop(holding);
         let _ = std::fs::remove_dir_all(&parent);
     }
 

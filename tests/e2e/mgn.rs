@@ -931,7 +931,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
     assert!(
         out.contains("s-00000000000000001  by source_id")
             && out.contains(
-                "crm-app-03  no match: no MGN source server has the hostname crm-app-03 or the IP 127.0.30.13"
+                "crm-app-03  no match: no MGN source server has the user-provided id or hostname crm-app-03 or the IP 127.0.30.13"
             )
             && out.contains(
                 "crm-app-04  matches s-00000000000000002, as crm-app-01 does: one source server is one wave server"
@@ -1275,7 +1275,8 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
     for server in ["ledger-db-01", "ledger-app-01"] {
         assert!(
             out.lines().any(|l| l.starts_with(server)
-                && l.contains("matches only archived source server(s) s-")),
+                && l.contains("matches only archived source server(s) s-")
+                && l.contains("migrated and cleaned up already (archived in MGN)")),
             "{out}"
         );
     }

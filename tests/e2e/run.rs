@@ -963,7 +963,7 @@ fn a_missing_postgresql_database_is_said_once_with_what_to_do() {
     assert_eq!(missing.code, 1, "{}", missing.describe());
     assert_eq!(
         missing.stderr.trim(),
-        "error: cannot open the database postgres://postgres@127.0.0.1:5432/wavelift_no_such_database: database \"wavelift_no_such_database\" does not exist; create it (createdb NAME, or CREATE DATABASE NAME as a user who may) or pass another --database-url",
+        "error: cannot open the database postgres://postgres@127.0.0.1:5432/wavelift_no_such_database: database \"wavelift_no_such_database\" does not exist; create it (createdb wavelift_no_such_database, or CREATE DATABASE wavelift_no_such_database as a user who may) or name another (--database-url, WAVELIFT_DATABASE_URL or the configuration's database.url)",
         "{}",
         missing.describe()
     );

@@ -49,7 +49,7 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
                         "no match: MGN has no source server {id} (its source_id) in the server's account"
                     ),
                     None => format!(
-                        "no match: no MGN source server has the hostname {name}{}{}; install the MGN agent on it, or give its source_id",
+                        "no match: no MGN source server has the user-provided id or hostname {name}{}{}; install the MGN agent on it, or give its source_id",
                         wanted
                             .fqdn
                             .as_deref()
@@ -86,7 +86,7 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
             Outcome::OnlyArchived(ids) => {
                 problems += 1;
                 format!(
-                    "matches only archived source server(s) {}: migrated and cleaned up already, or install the MGN agent on it again",
+                    "matches only archived source server(s) {}: migrated and cleaned up already (archived in MGN)",
                     ids.join(", ")
                 )
             }

@@ -142,9 +142,13 @@ async fn registered(api: &MgnApi, form: Registration) -> Result<String, ApiError
             "temporary keys (ASIA...) need their session token",
         ));
     }
+    // A source registered before (by this installer, or at start: then by its name).
     let known = MgnApi::lock(&api.sources)
         .iter()
-        .find(|(_, s)| s.user_provided_id.as_deref() == Some(form.id.as_str()))
+        .find(|(_, s)| match &s.user_provided_id {
+            Some(given) => *given == form.id,
+            None => s.hints.hostname.as_deref() == Some(form.id.as_str()),
+        })
         .map(|(mgn, _)| mgn.clone());
     if let Some(mgn) = known {
         // Installing again keeps the source server, as MGN does.

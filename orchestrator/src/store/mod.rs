@@ -85,16 +85,24 @@ impl Store {
                     })
             });
         } else {
-            // A server that refuses or does not answer is said within seconds (the pool
-            // would try for 30).
-            options
-                .max_connections(8)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .acquire_timeout(CONNECT_TIMEOUT);
+            options.max_connections(8);
         }
-        let db = Database::connect(options)
-            .await
-            .map_err(|err| anyhow::anyhow!(open_error(url, &err)))?;
+        // A server that refuses or does not answer is said within seconds: its pool
+        // would try again for 30 (its later waits for a connection keep their default).
+        let connecting = Database::connect(options);
+        let connected = if url.starts_with("sqlite:") {
+            Ok(connecting.await)
+        } else {
+            tokio::time::timeout(CONNECT_TIMEOUT, connecting).await
+        };
+        let db = match connected {
+            Ok(connected) => connected.map_err(|err| anyhow::anyhow!(open_error(url, &err)))?,
+            Err(_) => anyhow::bail!(
+                "cannot open the database {}: no connection within {} s (is the server running and the address right?)",
+                redact(url),
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        };
         Migrator::up(&db, None)
             .await
             .with_context(|| format!("cannot bring the schema of {} up to date", redact(url)))?;
@@ -232,8 +240,7 @@ fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A URL as it may be shown: without a password.
-/// How long opening a PostgreSQL database may take.
+/// How long opening a PostgreSQL database may take (its pool would try for 30 s).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the database did not open, said once (sqlx's own text repeats itself), with what
@@ -246,25 +253,29 @@ fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
         _ => None,
     };
     match sqlx_error {
-        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => format!(
-            "cannot open the database {shown}: {}; create it (createdb NAME, or CREATE DATABASE NAME as a user who may) or pass another --database-url",
-            db.message()
-        ),
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
+            let name = url
+                .split('?')
+                .next()
+                .and_then(|u| u.rsplit('/').next())
+                .unwrap_or("NAME");
+            format!(
+                "cannot open the database {shown}: {}; create it (createdb {name}, or CREATE DATABASE {name} as a user who may) or name another (--database-url, WAVELIFT_DATABASE_URL or the configuration's database.url)",
+                db.message()
+            )
+        }
         Some(sqlx::Error::Database(db)) => {
             format!("cannot open the database {shown}: {}", db.message())
         }
         Some(sqlx::Error::Io(io)) => format!(
             "cannot open the database {shown}: {io} (is the server running and the address right?)"
         ),
-        Some(sqlx::Error::PoolTimedOut) => format!(
-            "cannot open the database {shown}: no connection within {} s (is the server running and the address right?)",
-            CONNECT_TIMEOUT.as_secs()
-        ),
         Some(other) => format!("cannot open the database {shown}: {other}"),
         None => format!("cannot open the database {shown}: {err}"),
     }
 }
 
+/// A URL as it may be shown: without a password.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
