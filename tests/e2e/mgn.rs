@@ -27,6 +27,45 @@ use std::fs;
 use serde_json::{Value, json};
 use wavelift_tests::{wavelift_binary, workspace_root};
 
+/// A cutover window a month from now (every phase still ahead of a warped run).
+fn a_month_ahead() -> String {
+    jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 30))
+        .expect("a date")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d 22:00")
+        .to_string()
+}
+
+/// `wavelift ARGS` in `dir` whose standard AWS chain finds test keys in the environment
+/// and nothing else (no profile, no files, no instance metadata), with `env` besides:
+/// its exit code, stdout and stderr.
+fn aws_wavelift(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let output = wavelift_tests::wavelift_command(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("AWS_ACCESS_KEY_ID", "AKIDWAVELIFTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("wavelift");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// moto's EC2 server on a free loopback port, stopped when dropped.
 pub struct Moto {
     child: Child,
@@ -803,7 +842,7 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
 /// and eu-central-1) on loopback.
 #[test]
 fn a_wave_migrates_to_ec2_through_mgn() {
-    use wavelift_tests::{Scratch, wavelift_command};
+    use wavelift_tests::Scratch;
     let moto = Moto::start();
     let subnets = moto.ec2("DescribeSubnets", &[]);
     let (test_subnet, cutover_subnet) = {
@@ -844,12 +883,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
 
     let scratch = Scratch::new("mgn-wave");
     let dir = scratch.path();
-    let window = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 30))
-        .expect("a date")
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%Y-%m-%d 22:00")
-        .to_string();
+    let window = a_month_ahead();
     fs::write(
         dir.join("wavelift.yaml"),
         format!(
@@ -877,27 +911,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
         3,
     );
 
-    // The standard AWS chain finds the keys in the environment, and nothing else.
-    let wavelift = |args: &[&str]| {
-        let output = wavelift_command(dir)
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "AKIDWAVELIFTTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                dir.join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("wavelift");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let wavelift = |args: &[&str]| aws_wavelift(dir, args, &[]);
     // Before the build week: every server matches one MGN source server, by hostname.
     let (code, out, err) = wavelift(&["match", "."]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -1141,7 +1155,7 @@ fn a_wave_migrates_to_ec2_through_mgn() {
 /// machine (`local` access), where the installer runs with curl and sha512sum.
 #[test]
 fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
-    use wavelift_tests::{Scratch, wavelift_command};
+    use wavelift_tests::Scratch;
     let moto = Moto::start();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1149,12 +1163,7 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
         .port();
     let scratch = Scratch::new("mgn-agent");
     let dir = scratch.path();
-    let window = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 30))
-        .expect("a date")
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%Y-%m-%d 22:00")
-        .to_string();
+    let window = a_month_ahead();
     fs::write(
         dir.join("wavelift.yaml"),
         format!(
@@ -1173,27 +1182,7 @@ fn agent_push_installs_mgns_agent_from_the_installer_and_keys_it_is_given() {
     .expect("the wave");
     let mgn = Endpoint::pending(dir, &format!("127.0.0.1:{port}"), &moto.url, 2);
     let secret = "agent-secret-key-0123456789";
-    let wavelift = |args: &[&str], keys: &str| {
-        let output = wavelift_command(dir)
-            .args(args)
-            .env("MGN_AGENT_KEYS", keys)
-            .env("AWS_ACCESS_KEY_ID", "AKIDWAVELIFTTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                dir.join("no-aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .output()
-            .expect("wavelift");
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let wavelift = |args: &[&str], keys: &str| aws_wavelift(dir, args, &[("MGN_AGENT_KEYS", keys)]);
     let good = format!("AKIAWAVELIFTAGENT01\n{secret}\n");
     // No agent yet: MGN has no source server for either.
     let (code, out, err) = wavelift(&["match", "."], &good);
