@@ -111,7 +111,7 @@ pub async fn engines(
     in_memory: bool,
     runs_tasks: bool,
 ) -> anyhow::Result<(Engines, Vec<String>)> {
-    let notes = Vec::new();
+    let mut notes = Vec::new();
     let used: std::collections::BTreeSet<EngineKind> =
         definitions.waves.iter().map(|w| w.engine.value).collect();
     #[cfg(not(feature = "aws"))]
@@ -156,7 +156,6 @@ pub async fn engines(
             Arc::new(engine) as Arc<dyn ReplicationEngine>,
         );
     }
-    let mut notes = notes;
     if used.contains(&EngineKind::Local) {
         let tasks_clock = runs_tasks.then(|| clock.is_warped());
         let (local, note) = local_engine(&definitions.config, clock_dyn, tasks_clock).await?;
@@ -284,7 +283,7 @@ fn mgn_servers_with_accounts(definitions: &Definitions) -> Vec<(mgn::Wanted, Opt
 /// of this machine runs it already (`wavelift replicator`, `serve`, `run`), that one,
 /// called over its control port, with a note saying so. `tasks_clock`: whether the
 /// clock of the tasks this process runs is warped (`None`: it runs none).
-pub async fn local_engine(
+async fn local_engine(
     config: &Config,
     clock: Arc<dyn replication::Clock>,
     tasks_clock: Option<bool>,
