@@ -27,7 +27,13 @@ use super::proto::{
 };
 use crate::engine::ReplicationState;
 
-const READ: usize = 1 << 20;
+/// A pass reads (or, for a mapped image, hashes) this much at a time: `MAX_RUN`, so a
+/// read of a disk that is not mapped stays in the CPU's cache while it is hashed.
+const READ: usize = MAX_RUN;
+/// The lag is tracked by the time each pass reached each stretch of this many bytes.
+const MARK: u64 = 16 << 20;
+/// How often a pass says where it is (state, backlog, lag).
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -195,7 +201,9 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         point_interval: config.point_interval,
         pending: None,
         paused: false,
-        consistent_at: None,
+        marks: Vec::new(),
+        last_marks: Vec::new(),
+        position: None,
         last_point: Instant::now(),
         want_barrier: base == 0,
         asked: Vec::new(),
@@ -281,6 +289,8 @@ struct Disk {
     path: PathBuf,
     file: File,
     info: DiskInfo,
+    /// An image file's bytes, mapped; a block device is read with `pread`.
+    map: Option<std::sync::Arc<super::mapped::Mapping>>,
 }
 
 impl Disk {
@@ -306,8 +316,10 @@ fn open_disks(paths: &[PathBuf]) -> Result<Vec<Disk>, AgentError> {
                     path.display()
                 )));
             }
+            let name = path.display().to_string();
             Ok(Disk {
                 path: path.clone(),
+                map: super::mapped::Mapping::of(&file, size, &name).map(std::sync::Arc::new),
                 file,
                 info: DiskInfo {
                     name: path.display().to_string(),
@@ -392,8 +404,13 @@ struct Scanner {
     /// A barrier sent and not yet acknowledged.
     pending: Option<u64>,
     paused: bool,
-    /// The start of the last complete pass: the server holds the disks as of then.
-    consistent_at: Option<Instant>,
+    /// When the current pass reached each `MARK` bytes of the disks (in pass order)...
+    marks: Vec<Instant>,
+    /// ... and when the last complete pass did: a block the current pass has not reached
+    /// yet was last read (and its change sent) no earlier than its stretch's mark here.
+    last_marks: Vec<Instant>,
+    /// Where the current pass is, in bytes of all the disks in pass order.
+    position: Option<u64>,
     last_point: Instant,
     want_barrier: bool,
     /// Barrier requests not yet answered.
@@ -424,9 +441,7 @@ impl Scanner {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let started = Instant::now();
             self.pass()?;
-            self.consistent_at = Some(started);
             let due = self.last_point.elapsed() >= self.point_interval;
             if self.pending.is_none() && (self.want_barrier || due) {
                 self.barrier()?;
@@ -502,25 +517,63 @@ impl Scanner {
         })
     }
 
+    /// The oldest moment whose writes the server may not hold yet: the mark of the
+    /// stretch the pass is in (or, between passes, the last pass's start). `None` until
+    /// a pass of this connection is complete.
+    fn stalest(&self) -> Option<Instant> {
+        let at = (self.position.unwrap_or(0) / MARK) as usize;
+        self.last_marks.get(at).or(self.last_marks.last()).copied()
+    }
+
+    /// An image file that shrank or grew since the agent opened it cannot be read as
+    /// the same disk (and a mapping read past a new end faults).
+    fn check_sizes(&self) -> Result<(), Fault> {
+        for disk in self.disks.iter().filter(|d| d.map.is_some()) {
+            let now = disk.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if now != disk.info.size {
+                return Err(Fault::Disk(AgentError::Disk(format!(
+                    "the disk {} is {now} bytes now, {} when replication started: \
+                     install the agent again for the new size",
+                    disk.path.display(),
+                    disk.info.size
+                ))));
+            }
+        }
+        Ok(())
+    }
+
     /// One pass over every disk, sending the blocks whose digest changed.
     fn pass(&mut self) -> Result<(), Fault> {
+        self.check_sizes()?;
         let mut buf = vec![0u8; READ];
         self.scanned = 0;
+        self.marks.clear();
+        self.position = Some(0);
         let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
         let mut last_status = Instant::now();
         for d in 0..self.disks.len() {
             let size = self.disks[d].info.size;
+            let map = self.disks[d].map.clone();
             let mut offset = 0u64;
             while offset < size {
                 let n = (size - offset).min(READ as u64) as usize;
-                self.read_at(d, offset, &mut buf[..n])?;
-                self.send_changes(d, offset, &buf[..n])?;
+                while (self.marks.len() as u64) * MARK <= self.scanned {
+                    self.marks.push(Instant::now());
+                }
+                match &map {
+                    Some(map) => self.send_changes(d, offset, map.bytes(offset, n), true)?,
+                    None => {
+                        self.read_at(d, offset, &mut buf[..n])?;
+                        self.send_changes(d, offset, &buf[..n], false)?;
+                    }
+                }
                 offset += n as u64;
                 self.scanned += n as u64;
+                self.position = Some(self.scanned);
                 if !self.committed_once {
                     self.backlog = total - self.scanned;
                 }
-                if last_status.elapsed() > Duration::from_secs(1) {
+                if last_status.elapsed() > STATUS_EVERY {
                     last_status = Instant::now();
                     if let Some(end) = self.handle_events()? {
                         return match end {
@@ -532,11 +585,21 @@ impl Scanner {
             }
         }
         self.backlog = 0;
+        self.last_marks = std::mem::take(&mut self.marks);
+        self.position = None;
         Ok(())
     }
 
-    /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs.
-    fn send_changes(&mut self, d: usize, offset: u64, bytes: &[u8]) -> Result<(), Fault> {
+    /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs;
+    /// `shared`: `bytes` may change while read (a mapping), so each run is copied and
+    /// its digests taken again from the copy before it is sent.
+    fn send_changes(
+        &mut self,
+        d: usize,
+        offset: u64,
+        bytes: &[u8],
+        shared: bool,
+    ) -> Result<(), Fault> {
         let first = (offset / BLOCK as u64) as usize;
         let mut run: Option<(usize, usize)> = None;
         for (i, block) in bytes.chunks(BLOCK).enumerate() {
@@ -550,37 +613,50 @@ impl Scanner {
                     Some((start, len + 1))
                 }
                 (Some(done), true) => {
-                    self.send_run(d, offset, bytes, done)?;
+                    self.send_run(d, offset, bytes, done, shared)?;
                     Some((i, 1))
                 }
                 (None, true) => Some((i, 1)),
                 (Some(done), false) => {
-                    self.send_run(d, offset, bytes, done)?;
+                    self.send_run(d, offset, bytes, done, shared)?;
                     None
                 }
                 (None, false) => None,
             };
         }
         if let Some(done) = run {
-            self.send_run(d, offset, bytes, done)?;
+            self.send_run(d, offset, bytes, done, shared)?;
         }
         Ok(())
     }
 
     fn send_run(
-        &self,
+        &mut self,
         d: usize,
         offset: u64,
         bytes: &[u8],
         (start, len): (usize, usize),
+        shared: bool,
     ) -> Result<(), Fault> {
         let from = start * BLOCK;
         let to = ((start + len) * BLOCK).min(bytes.len());
+        let copy;
+        let run = if shared {
+            // The digests recorded as sent are those of the bytes sent.
+            copy = bytes[from..to].to_vec();
+            let first = (offset / BLOCK as u64) as usize + start;
+            for (i, block) in copy.chunks(BLOCK).enumerate() {
+                self.sent[d][first + i] = block_digest(block);
+            }
+            &copy[..]
+        } else {
+            &bytes[from..to]
+        };
         let data = Data::encode_with(
             &mut self.compressor.borrow_mut(),
             d as u16,
             offset + from as u64,
-            &bytes[from..to],
+            run,
         );
         self.send(Frame::Data(data))
     }
@@ -643,7 +719,6 @@ impl Scanner {
             let _ = disk.file.unlock();
         }
         result?;
-        self.consistent_at = Some(Instant::now());
         self.pending = Some(seq);
         self.want_barrier = false;
         self.last_point = Instant::now();
@@ -669,7 +744,7 @@ impl Scanner {
             } else {
                 self.scanned
             },
-            lag_seconds: self.consistent_at.map(|at| at.elapsed().as_secs_f64()),
+            lag_seconds: self.stalest().map(|at| at.elapsed().as_secs_f64()),
         })))
     }
 }
@@ -771,6 +846,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     if args.first().map(String::as_str) == Some("restore") {
         return super::restore::main();
     }
+    super::mapped::install_sigbus_handler();
     let config = match parse_args(&args) {
         Ok(config) => config,
         Err(message) => {

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod control;
 mod failback;
 pub mod launch;
+pub mod mapped;
 pub mod proto;
 pub mod restore;
 pub mod server;

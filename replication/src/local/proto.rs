@@ -80,7 +80,8 @@ pub struct AgentStatus {
     pub backlog_bytes: u64,
     /// Bytes of the disks read in the first pass (its progress), then their size.
     pub scanned_bytes: u64,
-    /// Seconds since the newest moment whose state the server holds in full.
+    /// The replication lag: every write older than this many seconds is at the server
+    /// (the time since the pass last read the block read longest ago).
     pub lag_seconds: Option<f64>,
 }
 

@@ -1,8 +1,8 @@
 //! Faults of the local engine, each detected, reported and recovered from without a full
 //! resync or a damaged recovery point: the network between agent and server cut (a TCP
 //! relay on loopback that the test severs), the replication server stopped and started
-//! again, a chunk damaged in the store, and a staging folder on a full disk (a 6 MiB
-//! tmpfs the test mounts: the test runs as root, as CI does).
+//! again, a chunk damaged in the store, a staging folder on a full disk (a 6 MiB tmpfs
+//! the test mounts: the test runs as root, as CI does), and an image that shrinks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,9 @@ use replication::{LaunchKind, PointInTime, ReplicationEngine, ReplicationState};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::writer::Writer;
-use super::{TestResult, engine, engine_with, launched_image, replicate_via, temp, wait_for};
+use super::{
+    TestResult, engine, engine_with, launched_image, replicate, replicate_via, temp, wait_for,
+};
 
 /// A relay between agent and server that can be cut (connections dropped, new ones
 /// refused) and healed: a link going down and coming back.
@@ -301,5 +303,83 @@ async fn a_full_staging_disk_is_reported_and_replication_recovers_when_there_is_
         std::fs::read(&copy)? == std::fs::read(&image)?,
         "the copy is the source"
     );
+    Ok(())
+}
+
+/// The lag is the age of the oldest write the server may not hold: it grows while the
+/// agent is paused (nothing is read), and falls back once passes run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_grows_while_nothing_is_read_and_falls_when_passes_resume() -> TestResult {
+    let dir = temp("lag");
+    let image = dir.join("app01.img");
+    Writer::create(&image, 8 << 20, 5)?;
+    let engine = engine(&dir).await?;
+    let (id, _agent) = replicate(&engine, &dir, "app01", &image).await?;
+    continuous(&engine, &id).await?;
+    let lag = async || -> Result<f64, Box<dyn std::error::Error>> {
+        Ok(engine
+            .describe_source(&id)
+            .await?
+            .replication
+            .lag_seconds
+            .ok_or("no lag once continuous")?)
+    };
+    wait_for("a lag under 1 s", Duration::from_secs(10), async || {
+        Ok(lag().await? < 1.0)
+    })
+    .await?;
+    use replication::local::proto::Request;
+    assert!(engine.server().request(&id.0, Request::Pause));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let paused = lag().await?;
+    assert!(
+        paused >= 1.5,
+        "paused for 1.6 s, the lag says {paused:.2} s"
+    );
+    assert!(engine.server().request(&id.0, Request::Resume));
+    wait_for(
+        "the lag back under 1 s",
+        Duration::from_secs(10),
+        async || Ok(lag().await? < 1.0),
+    )
+    .await?;
+    engine.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// An image file is read through a mapping; one that shrinks stops its agent with a
+/// message naming it and both sizes (checked before each pass; the pass is paused while
+/// the test truncates, so no read runs past the new end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
+    let dir = temp("shrink");
+    let image = dir.join("web01.img");
+    Writer::create(&image, 8 << 20, 3)?;
+    let engine = engine(&dir).await?;
+    let (id, agent) = replicate(&engine, &dir, "web01", &image).await?;
+    continuous(&engine, &id).await?;
+    use replication::local::proto::Request;
+    assert!(engine.server().request(&id.0, Request::Pause));
+    wait_for("paused", Duration::from_secs(10), async || {
+        Ok(engine.describe_source(&id).await?.replication.state == ReplicationState::Paused)
+    })
+    .await?;
+    std::fs::File::options()
+        .write(true)
+        .open(&image)?
+        .set_len(4 << 20)?;
+    assert!(engine.server().request(&id.0, Request::Resume));
+    let ended = tokio::task::spawn_blocking(move || agent.join()).await?;
+    let err = ended
+        .map_err(|_| "the agent panicked")?
+        .expect_err("the agent stops");
+    let message = err.to_string();
+    assert!(
+        message.contains("web01.img is 4194304 bytes now, 8388608 when replication started"),
+        "{message}"
+    );
+    engine.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
