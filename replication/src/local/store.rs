@@ -12,8 +12,10 @@ use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
 
 const MAGIC: &[u8; 4] = b"WLC1";
 const HEADER: usize = 4 + 32 + 4 + 4 + 1;
-/// Chunks are synced to disk every this many bytes, and at each recovery point.
-const SYNC_EVERY: u64 = 128 << 20;
+/// Chunks are flushed to disk in the background every this many bytes (so the disk
+/// writes while chunks keep coming, and a recovery point's sync waits only for the rest),
+/// and synced at each recovery point.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 /// A pack is closed and a new one started past this size.
 const PACK_LIMIT: u64 = 1 << 30;
 
@@ -45,8 +47,11 @@ pub struct ChunkStore {
     dir: PathBuf,
     index: HashMap<ChunkHash, Location>,
     current: Option<(u32, File, u64)>,
-    /// Bytes written since the last sync.
+    /// Bytes written since the last sync...
     unsynced: u64,
+    /// ... and since the last background flush began.
+    unflushed: u64,
+    writeback: Writeback,
     compressor: Compressor,
     stored_bytes: u64,
 }
@@ -137,6 +142,36 @@ fn record_matches(file: &mut File, hash: &ChunkHash, location: &Location) -> io:
     Ok(chunk_hash(&bytes) == *hash)
 }
 
+/// A thread that flushes the pack being written while chunks keep being written to it.
+/// It opens the pack anew (a file description of its own, not a `dup`), so a write-back
+/// error it meets is still reported to the store's own sync of the pack: Linux reports
+/// such an error once per file description.
+#[derive(Default)]
+struct Writeback {
+    tx: Option<std::sync::mpsc::SyncSender<PathBuf>>,
+}
+
+impl Writeback {
+    fn flush(&mut self, pack: PathBuf) {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(1);
+            // Without the thread (it could not start), the sync at each point does it.
+            let _ = std::thread::Builder::new()
+                .name("wl-writeback".to_owned())
+                .spawn(move || {
+                    for pack in rx {
+                        if let Ok(file) = File::open(&pack) {
+                            let _ = file.sync_data();
+                        }
+                    }
+                });
+            tx
+        });
+        // A flush under way or queued covers this one's bytes too, nearly.
+        let _ = tx.try_send(pack);
+    }
+}
+
 /// Makes the folder's entries (a pack created or removed) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -167,6 +202,8 @@ impl ChunkStore {
             index: HashMap::new(),
             current: None,
             unsynced: 0,
+            unflushed: 0,
+            writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,
         };
@@ -297,10 +334,11 @@ impl ChunkStore {
         *len += record.len() as u64;
         self.stored_bytes += body.len() as u64;
         self.unsynced += record.len() as u64;
-        // Written back as it comes, so a recovery point's sync does not wait for a
-        // whole first sync to reach the disk.
-        if self.unsynced >= SYNC_EVERY {
-            self.sync()?;
+        self.unflushed += record.len() as u64;
+        if self.unflushed >= WRITEBACK_EVERY {
+            self.unflushed = 0;
+            let pack = self.dir.join(pack_name(*id));
+            self.writeback.flush(pack);
         }
         Ok(hash)
     }
@@ -379,6 +417,8 @@ impl ChunkStore {
             index: HashMap::new(),
             current: None,
             unsynced: 0,
+            unflushed: 0,
+            writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,
         };
