@@ -75,7 +75,7 @@ fn make_image(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Baseline: reading the image as the agent does (1 MiB reads).
+/// Baseline: reading the image with 1 MiB reads (the agent maps it instead).
 fn read_rate(path: &Path) -> Result<f64> {
     let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];

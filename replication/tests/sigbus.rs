@@ -36,7 +36,7 @@ fn a_read_past_the_end_of_a_shrunken_mapped_image_names_the_disk_and_exits_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "exit 1, stderr: {stderr}");
     let expected = format!(
-        "wavelift-agent: cannot read the disk {} at byte 8192: it shrank or failed while it was replicated (SIGBUS)",
+        "wavelift-agent: cannot read the disk {} at byte 8192: it shrank, or its storage failed, while it was replicated (SIGBUS)",
         path.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");

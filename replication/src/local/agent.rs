@@ -187,7 +187,8 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         config.server
     ));
 
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(16);
+    // Each frame with the moment it was queued: a status's lag counts its wait.
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(Frame, Instant)>(16);
     let (events_tx, events_rx) = std_mpsc::channel::<Event>();
     let scanner = Scanner {
         disks,
@@ -220,7 +221,12 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let writing = async move {
         let started = Instant::now();
         let mut written = 0f64;
-        while let Some(frame) = frames_rx.recv().await {
+        while let Some((mut frame, queued)) = frames_rx.recv().await {
+            if let Frame::Control(Control::Status(status)) = &mut frame
+                && let Some(lag) = status.lag_seconds.as_mut()
+            {
+                *lag += queued.elapsed().as_secs_f64();
+            }
             written += write_frame(&mut writer, &frame).await? as f64;
             if let Some(rate) = bandwidth {
                 let due = Duration::from_secs_f64(written / rate);
@@ -274,6 +280,14 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         (Heard::Lost(why), _) => Ok(End::Lost(why)),
         (Heard::Closed, _) => Ok(End::Lost("the server closed the connection".to_owned())),
     }
+}
+
+/// When the last complete pass read the stretch at `position` (bytes of all the disks in
+/// pass order; `None` between passes, where the last pass's start counts): no block
+/// from `position` on was read earlier. Past the marks, the oldest one counts.
+fn stalest_mark(last_marks: &[Instant], position: Option<u64>) -> Option<Instant> {
+    let at = (position.unwrap_or(0) / MARK) as usize;
+    last_marks.get(at).or(last_marks.first()).copied()
 }
 
 /// How a session's connection ended.
@@ -396,7 +410,7 @@ struct Scanner {
     sent: Vec<Vec<u64>>,
     next_seq: u64,
     committed_once: bool,
-    out: mpsc::Sender<Frame>,
+    out: mpsc::Sender<(Frame, Instant)>,
     events: std_mpsc::Receiver<Event>,
     state_dir: PathBuf,
     scan_interval: Duration,
@@ -504,7 +518,9 @@ impl Scanner {
     }
 
     fn send(&self, frame: Frame) -> Result<(), Fault> {
-        self.out.blocking_send(frame).map_err(|_| Fault::Closed)
+        self.out
+            .blocking_send((frame, Instant::now()))
+            .map_err(|_| Fault::Closed)
     }
 
     fn read_at(&self, d: usize, offset: u64, buf: &mut [u8]) -> Result<(), Fault> {
@@ -521,15 +537,19 @@ impl Scanner {
     /// stretch the pass is in (or, between passes, the last pass's start). `None` until
     /// a pass of this connection is complete.
     fn stalest(&self) -> Option<Instant> {
-        let at = (self.position.unwrap_or(0) / MARK) as usize;
-        self.last_marks.get(at).or(self.last_marks.last()).copied()
+        stalest_mark(&self.last_marks, self.position)
     }
 
     /// An image file that shrank or grew since the agent opened it cannot be read as
     /// the same disk (and a mapping read past a new end faults).
     fn check_sizes(&self) -> Result<(), Fault> {
         for disk in self.disks.iter().filter(|d| d.map.is_some()) {
-            let now = disk.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let now = disk.file.metadata().map(|m| m.len()).map_err(|err| {
+                Fault::Disk(AgentError::Disk(format!(
+                    "cannot tell the size of {}: {err}",
+                    disk.path.display()
+                )))
+            })?;
             if now != disk.info.size {
                 return Err(Fault::Disk(AgentError::Disk(format!(
                     "the disk {} is {now} bytes now, {} when replication started: \
@@ -861,5 +881,29 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             let _ = io::stderr().flush();
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stalest_mark_is_the_last_pass_s_at_the_current_stretch() {
+        let start = Instant::now();
+        let marks: Vec<Instant> = (0..4)
+            .map(|i| start + Duration::from_millis(100 * i))
+            .collect();
+        assert_eq!(stalest_mark(&[], Some(0)), None, "no complete pass yet");
+        assert_eq!(stalest_mark(&marks, None), Some(marks[0]), "between passes");
+        assert_eq!(stalest_mark(&marks, Some(0)), Some(marks[0]));
+        assert_eq!(stalest_mark(&marks, Some(MARK - 1)), Some(marks[0]));
+        assert_eq!(stalest_mark(&marks, Some(MARK)), Some(marks[1]));
+        assert_eq!(stalest_mark(&marks, Some(3 * MARK + 5)), Some(marks[3]));
+        assert_eq!(
+            stalest_mark(&marks, Some(4 * MARK)),
+            Some(marks[0]),
+            "past the marks (the pass's very end): the oldest"
+        );
     }
 }

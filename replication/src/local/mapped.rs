@@ -10,6 +10,12 @@
 //! Reading a mapping past the end of a file that shrank raises SIGBUS. The agent's binary
 //! installs [`install_sigbus_handler`], which names the disk and the byte and exits 1.
 //!
+//! The bytes behind [`Mapping::bytes`] belong to the file: other processes may change
+//! them while they are read (formally a data race Rust does not model; the agent only
+//! hashes and copies them, and a torn read shows as a changed block the next pass sends
+//! again), and a file that shrinks makes reading them fault. More than 64 mappings at
+//! once are read all the same, without a name in the fault's message.
+//!
 //! The only module of the workspace that may use `unsafe` (`mmap`, `munmap`, `sigaction`
 //! and the handler's `write`); `tests/unsafe_code.rs` fails if another one does.
 
@@ -153,8 +159,8 @@ extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         let mut buf = [0u8; 20];
         write_all(digits(address - base, &mut buf));
         write_all(
-            b": it shrank or failed while it was replicated (SIGBUS); a disk must keep its size \
-              while replicated: install the agent again for the new size\n",
+            b": it shrank, or its storage failed, while it was replicated (SIGBUS); a disk \
+              must keep its size while replicated (install the agent again for a new size)\n",
         );
         // SAFETY: ends the process at once, as a handler may.
         unsafe { libc::_exit(1) };

@@ -399,6 +399,11 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             slot.ever_connected = true;
             slot.disconnected_at = None;
             slot.problem = None;
+            // The volume went back to the base point: no lag is known until this
+            // session's first status.
+            if let Some((status, _)) = slot.status.as_mut() {
+                status.lag_seconds = None;
+            }
         }
     }
     let _ = tx.try_send(Control::Welcome { base });
@@ -756,7 +761,8 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                 wire.fetch_add(len as u64, Ordering::Relaxed);
                 frame
             }
-            // Silence for 30 s: the agent sends a status every second, so it is gone.
+            // Silence for 30 s: the agent sends a status after each pass and every 100 ms
+            // of one, so it is gone.
             _ => return,
         };
         match frame {

@@ -51,6 +51,11 @@ pub struct ChunkStore {
     unsynced: u64,
     /// ... and since the last background flush began.
     unflushed: u64,
+    /// The chunks written since the last sync: forgotten if the sync fails, so they are
+    /// written again (to a new pack) rather than named by a point while lost.
+    unsynced_chunks: Vec<ChunkHash>,
+    /// The next chunk starts a new pack (the current one's sync failed).
+    rotate: bool,
     writeback: Writeback,
     compressor: Compressor,
     stored_bytes: u64,
@@ -203,6 +208,8 @@ impl ChunkStore {
             current: None,
             unsynced: 0,
             unflushed: 0,
+            unsynced_chunks: Vec::new(),
+            rotate: false,
             writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,
@@ -290,14 +297,22 @@ impl ChunkStore {
             Some(compressed) => (&compressed[..], true),
             None => (bytes, false),
         };
-        if self
+        let full = self
             .current
             .as_ref()
-            .is_none_or(|(_, _, len)| *len >= PACK_LIMIT)
-        {
+            .is_none_or(|(_, _, len)| *len >= PACK_LIMIT);
+        if full || self.rotate {
             let id = self.current.as_ref().map_or(1, |(id, _, _)| id + 1);
-            if let Some((_, file, _)) = self.current.take() {
-                file.sync_all()?;
+            // A full pack is synced before the next one starts; a pack whose sync
+            // failed is left as it is (its unsynced chunks are forgotten already).
+            if !self.rotate
+                && let Some((_, file, _)) = &self.current
+            {
+                if let Err(err) = file.sync_all() {
+                    self.forget_unsynced();
+                    return Err(err);
+                }
+                self.unsynced_chunks.clear();
             }
             let file = OpenOptions::new()
                 .create(true)
@@ -308,6 +323,7 @@ impl ChunkStore {
             // The new pack's name is durable before a point can name its chunks.
             sync_dir(&self.dir)?;
             self.current = Some((id, file, 0));
+            self.rotate = false;
         }
         let Some((id, file, len)) = self.current.as_mut() else {
             return Err(io::Error::other("no pack to write to"));
@@ -335,6 +351,7 @@ impl ChunkStore {
         self.stored_bytes += body.len() as u64;
         self.unsynced += record.len() as u64;
         self.unflushed += record.len() as u64;
+        self.unsynced_chunks.push(hash);
         if self.unflushed >= WRITEBACK_EVERY {
             self.unflushed = 0;
             let pack = self.dir.join(pack_name(*id));
@@ -343,15 +360,31 @@ impl ChunkStore {
         Ok(hash)
     }
 
-    /// Makes every chunk written so far durable.
+    /// Makes every chunk written so far durable. When that fails, the chunks written
+    /// since the last sync are forgotten and the next one goes to a new pack: Linux
+    /// reports a failed write-back once, so a second sync of the same file could say
+    /// all is well while they are lost.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced > 0
             && let Some((_, file, _)) = &self.current
+            && let Err(err) = file.sync_data()
         {
-            file.sync_data()?;
+            self.forget_unsynced();
+            return Err(err);
         }
         self.unsynced = 0;
+        self.unsynced_chunks.clear();
         Ok(())
+    }
+
+    /// After a failed sync: the chunks written since the last good one are no longer in
+    /// the store, and the next chunk starts a new pack.
+    fn forget_unsynced(&mut self) {
+        for hash in std::mem::take(&mut self.unsynced_chunks) {
+            self.index.remove(&hash);
+        }
+        self.unsynced = 0;
+        self.rotate = true;
     }
 
     /// A chunk's bytes, checked against its address.
@@ -418,6 +451,8 @@ impl ChunkStore {
             current: None,
             unsynced: 0,
             unflushed: 0,
+            unsynced_chunks: Vec::new(),
+            rotate: false,
             writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,

@@ -349,7 +349,7 @@ async fn the_lag_grows_while_nothing_is_read_and_falls_when_passes_resume() -> T
 }
 
 /// An image file is read through a mapping; one that shrinks stops its agent with a
-/// message naming it and both sizes (checked before each pass; the pass is paused while
+/// message naming it and both sizes (checked before each pass; passes are paused while
 /// the test truncates, so no read runs past the new end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
@@ -365,6 +365,9 @@ async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
         Ok(engine.describe_source(&id).await?.replication.state == ReplicationState::Paused)
     })
     .await?;
+    // A pass under way when the pause came ends first (8 MiB: milliseconds); no barrier
+    // is due (one an hour).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::File::options()
         .write(true)
         .open(&image)?
