@@ -10,7 +10,9 @@
 //!    measured in (1) (target under 1 s at 50%).
 //! 4. Launch time of the image (final sync, materialize, verify).
 //!
-//! `cargo bench -p replication --bench local [-- --size-gib N --seconds S]`. It starts a
+//! `cargo bench -p replication --bench local [-- --size-gib N --seconds S --source-dir
+//! DIR]`. `--source-dir` puts the source image on another disk than the staging folder,
+//! as a source server's disk is in a real migration (the default shares one). It starts a
 //! replication server on a loopback port and the agent's code in a thread; files go to
 //! `target/bench-local/`.
 
@@ -248,10 +250,16 @@ async fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-local");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let image = root.join("source.img");
+    let source_dir = std::env::args()
+        .skip_while(|a| a != "--source-dir")
+        .nth(1)
+        .map_or_else(|| root.clone(), PathBuf::from);
+    let image = source_dir.join("source.img");
     println!(
-        "local engine benchmark: a {:.1} GiB image of random data",
-        size as f64 / (1u64 << 30) as f64
+        "local engine benchmark: a {:.1} GiB image of random data in {}, staging in {}",
+        size as f64 / (1u64 << 30) as f64,
+        source_dir.display(),
+        root.display()
     );
     make_image(&image, size)?;
 
@@ -401,6 +409,7 @@ async fn main() -> Result<()> {
         took.as_secs_f64()
     );
     engine.shutdown();
+    let _ = std::fs::remove_file(&image);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
