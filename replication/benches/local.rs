@@ -119,7 +119,7 @@ fn staging_write_rate(dir: &Path, size: u64) -> Result<f64> {
     while written < size {
         file.write_all(&block)?;
         written += block.len() as u64;
-        if written % (32 << 20) == 0 {
+        if written.is_multiple_of(32 << 20) {
             let _ = flush.try_send(());
         }
     }
