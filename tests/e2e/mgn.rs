@@ -828,6 +828,109 @@ fn the_mgn_engine_drives_a_migration_through_the_aws_sdk() {
     assert_eq!(from_point.kind, ErrorKind::Invalid);
 }
 
+/// Two accounts as one engine (`mgn::fleet::MgnFleet`) when one of them refuses its part
+/// of a launch: the other account's launch goes on, the refused server's part fails with
+/// its account's reason (in the joined job and in the job as that server sees it), and a
+/// restarted process that no longer remembers the refusal still reads that server's
+/// launch as failed, to be tried again.
+///
+/// Starts: two `wavelift sim serve-mgn` (eu-west-1 and eu-central-1) on loopback; no EC2.
+#[test]
+fn a_launch_one_account_refuses_goes_on_in_the_other_and_fails_there_with_the_reason() {
+    use mgn::fleet::MgnFleet;
+    use mgn::{MgnEngine, MgnSettings};
+    use replication::{LaunchKind, LaunchStatus, LifeCycle, PointInTime, ReplicationEngine};
+    let quickstart = workspace_root().join("examples/quickstart");
+    let west = Endpoint::serve_in("eu-west-1", &quickstart, "127.0.0.1:0", None, 8);
+    let central = Endpoint::serve_in("eu-central-1", &quickstart, "127.0.0.1:0", None, 8);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let connect = |region: &str, endpoint: &Endpoint| {
+        runtime.block_on(MgnEngine::connect(&MgnSettings {
+            region: region.to_owned(),
+            endpoint: Some(endpoint.base.clone()),
+            keys: Some(("AKIDWAVELIFTTEST".to_owned(), "not-a-secret".to_owned())),
+            ..MgnSettings::default()
+        }))
+    };
+    let fleet = || {
+        MgnFleet::new(
+            connect("eu-west-1", &west),
+            vec![("central".to_owned(), connect("eu-central-1", &central))],
+            [("dir-02".to_owned(), 1)].into_iter().collect(),
+        )
+    };
+    let engine = fleet();
+    let found = |engine: &MgnFleet, name: &str| {
+        runtime
+            .block_on(engine.find_source(name))
+            .expect("find_source")
+            .unwrap_or_else(|| panic!("{name} in its account"))
+            .id
+    };
+    let (west_source, central_source) = (found(&engine, "dir-01"), found(&engine, "dir-02"));
+    // A cutover launch of both: the west server is ready for it, the central one is not
+    // (still ready for test), so the central account refuses its part.
+    runtime
+        .block_on(engine.change_life_cycle(&west_source, LifeCycle::ReadyForCutover))
+        .expect("ready for cutover in its account");
+    let sources = [west_source.clone(), central_source.clone()];
+    let job = runtime
+        .block_on(engine.start_launch(LaunchKind::Cutover, &sources, &PointInTime::Latest))
+        .expect("one account started: the launch goes on");
+    assert!(
+        !job.id.0.contains('+'),
+        "one account's job only: {}",
+        job.id
+    );
+    let slot = |job: &replication::Job, source: &replication::SourceId| {
+        job.servers
+            .iter()
+            .find(|s| &s.source == source)
+            .cloned()
+            .unwrap_or_else(|| panic!("{source} in {job:?}"))
+    };
+    assert_ne!(slot(&job, &west_source).status, LaunchStatus::Failed);
+    let refused = slot(&job, &central_source);
+    assert_eq!(refused.status, LaunchStatus::Failed);
+    let reason = refused.message.expect("the refusal's reason");
+    assert!(
+        reason.starts_with("its account refused the launch: ") && reason.len() > 40,
+        "{reason}"
+    );
+
+    // Each server follows its own part.
+    let seen = runtime
+        .block_on(engine.describe_job_for(&job.id, &central_source))
+        .expect("the refused part");
+    assert_eq!(seen.servers.len(), 1, "{seen:?}");
+    assert_eq!(seen.servers[0].status, LaunchStatus::Failed);
+    assert_eq!(seen.servers[0].message.as_deref(), Some(reason.as_str()));
+    let going = runtime
+        .block_on(engine.describe_job_for(&job.id, &west_source))
+        .expect("the started part");
+    assert_ne!(slot(&going, &west_source).status, LaunchStatus::Failed);
+
+    // A restarted process knows the sources (its tasks find them) but not the refusal.
+    let restarted = fleet();
+    assert_eq!(found(&restarted, "dir-02"), central_source);
+    let seen = runtime
+        .block_on(restarted.describe_job_for(&job.id, &central_source))
+        .expect("the refused part after a restart");
+    assert_eq!(seen.servers.len(), 1, "{seen:?}");
+    assert_eq!(seen.servers[0].status, LaunchStatus::Failed);
+    let message = seen.servers[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "has no launch in the account of {central_source}: its account refused it"
+        )),
+        "{message}"
+    );
+}
+
 /// A whole wave on MGN and EC2, over two accounts in two Regions: `wavelift run` (built
 /// with the `aws` feature, as the test build is) takes three servers of two applications
 /// (one of them in the second account) through agent_push (matched in its account's
