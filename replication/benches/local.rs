@@ -235,10 +235,11 @@ fn rsync_bytes(before: &Path, after: &Path) -> Result<u64> {
     Ok(sent.replace(',', "").trim().parse()?)
 }
 
-fn p99(samples: &mut [f64]) -> f64 {
+/// The `percent`th percentile of the samples (sorted in place).
+fn percentile(samples: &mut [f64], percent: usize) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
     samples
-        .get(samples.len() * 99 / 100)
+        .get(samples.len() * percent / 100)
         .copied()
         .unwrap_or(f64::NAN)
 }
@@ -378,20 +379,26 @@ async fn main() -> Result<()> {
         let until = Instant::now() + Duration::from_secs(seconds);
         // A second for the load to settle in.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let (wire_from, measured_from) =
+            (engine.server().stats(&id.0).bytes_on_wire, Instant::now());
         while Instant::now() < until {
             if let Some(lag) = engine.describe_source(&id).await?.replication.lag_seconds {
                 lags.push(lag);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let wire = (engine.server().stats(&id.0).bytes_on_wire - wire_from) as f64
+            / measured_from.elapsed().as_secs_f64();
         stop.store(true, Ordering::SeqCst);
         let written = writer.join().map_err(|_| "the writer panicked")??;
         println!(
-            "(3) lag at {:.0}% of the replication throughput ({:.0} MiB/s written, {:.0} MiB in all): p99 {:.2} s over {} samples{}",
+            "(3) lag at {:.0}% of the replication throughput ({:.0} MiB/s written, {:.0} MiB in all; {:.0} MiB/s on the wire): median {:.2} s, p99 {:.2} s over {} samples{}",
             fraction * 100.0,
             target / MIB,
             written as f64 / MIB,
-            p99(&mut lags),
+            wire / MIB,
+            percentile(&mut lags, 50),
+            percentile(&mut lags, 99),
             lags.len(),
             if fraction == 0.5 {
                 " (target < 1 s)"
