@@ -185,7 +185,8 @@ async fn wait_for(
     Err(format!("not within {limit:?}").into())
 }
 
-async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<Duration> {
+/// Launches a test copy from the latest data; its time, and the image's path.
+async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<(Duration, PathBuf)> {
     let started = Instant::now();
     let job = engine
         .start_launch(
@@ -198,11 +199,41 @@ async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<Duration> {
         Ok(engine.describe_job(&job.id).await?.status == JobStatus::Completed)
     })
     .await?;
+    let took = started.elapsed();
     let job = engine.describe_job(&job.id).await?;
-    if job.servers[0].target.is_none() {
+    let Some(target) = &job.servers[0].target else {
         return Err(format!("the launch failed: {:?}", job.servers[0].message).into());
+    };
+    let target = engine.describe_target(target).await?;
+    Ok((
+        took,
+        PathBuf::from(target.address.ok_or("the copy's image")?),
+    ))
+}
+
+/// The first byte at which two files differ (or their lengths do), if any.
+fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = a.read(&mut x)?;
+        let mut m = 0;
+        while m < n {
+            let k = b.read(&mut y[m..n])?;
+            if k == 0 {
+                return Ok(Some(at + m as u64));
+            }
+            m += k;
+        }
+        if n == 0 {
+            return Ok((b.read(&mut y[..1])? > 0).then_some(at));
+        }
+        if let Some(i) = (0..n).find(|&i| x[i] != y[i]) {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
     }
-    Ok(started.elapsed())
 }
 
 fn random_writes(path: &Path, count: usize, seed: u64) -> Result<()> {
@@ -409,12 +440,19 @@ async fn main() -> Result<()> {
     }
 
     // (4) Launch.
-    let took = launch(&engine, &id).await?;
+    let (took, copy) = launch(&engine, &id).await?;
     println!(
         "(4) launch of the {:.1} GiB image (final sync, write, verify): {:.2} s",
         size as f64 / (1u64 << 30) as f64,
         took.as_secs_f64()
     );
+    // Every write of (2) and (3) reached the copy: the writers are done, so the copy from
+    // the latest data is the source byte for byte.
+    let differs = first_difference(&image, &copy)?;
+    match differs {
+        None => println!("the copy is the source byte for byte"),
+        Some(at) => return Err(format!("the copy differs from the source at byte {at}").into()),
+    }
     engine.shutdown();
     let _ = std::fs::remove_file(&image);
     let _ = std::fs::remove_dir_all(&root);
