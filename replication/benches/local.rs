@@ -293,7 +293,8 @@ async fn main() -> Result<()> {
         source_dir.display(),
         root.display()
     );
-    make_image(&image, size)?;
+    make_image(&image, size)
+        .map_err(|err| format!("cannot write the source image {}: {err}", image.display()))?;
 
     let read = read_rate(&image)?;
     let tls = tls_rate(&root, size).await?;

@@ -306,16 +306,35 @@ async fn a_full_staging_disk_is_reported_and_replication_recovers_when_there_is_
     Ok(())
 }
 
+/// An 8 MiB image in a fresh folder, replicated until continuous: the folder, the
+/// image, the engine, the source and its agent's thread.
+async fn replicating(
+    name: &str,
+    seed: u64,
+) -> Result<
+    (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        replication::local::LocalEngine,
+        replication::SourceId,
+        super::AgentThread,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let dir = temp(name);
+    let image = dir.join(format!("{name}.img"));
+    Writer::create(&image, 8 << 20, seed)?;
+    let engine = engine(&dir).await?;
+    let (id, agent) = replicate(&engine, &dir, name, &image).await?;
+    continuous(&engine, &id).await?;
+    Ok((dir, image, engine, id, agent))
+}
+
 /// The lag is the age of the oldest write the server may not hold: it grows while the
 /// agent is paused (nothing is read), and falls back once passes run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lag_grows_while_nothing_is_read_and_falls_when_passes_resume() -> TestResult {
-    let dir = temp("lag");
-    let image = dir.join("app01.img");
-    Writer::create(&image, 8 << 20, 5)?;
-    let engine = engine(&dir).await?;
-    let (id, _agent) = replicate(&engine, &dir, "app01", &image).await?;
-    continuous(&engine, &id).await?;
+    let (dir, _image, engine, id, _agent) = replicating("app01", 5).await?;
     let lag = async || -> Result<f64, Box<dyn std::error::Error>> {
         Ok(engine
             .describe_source(&id)
@@ -353,12 +372,7 @@ async fn the_lag_grows_while_nothing_is_read_and_falls_when_passes_resume() -> T
 /// the test truncates, so no read runs past the new end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
-    let dir = temp("shrink");
-    let image = dir.join("web01.img");
-    Writer::create(&image, 8 << 20, 3)?;
-    let engine = engine(&dir).await?;
-    let (id, agent) = replicate(&engine, &dir, "web01", &image).await?;
-    continuous(&engine, &id).await?;
+    let (dir, image, engine, id, agent) = replicating("web01", 3).await?;
     use replication::local::proto::Request;
     assert!(engine.server().request(&id.0, Request::Pause));
     wait_for("paused", Duration::from_secs(10), async || {
