@@ -389,7 +389,9 @@ async fn main() -> Result<()> {
         let writer = std::thread::spawn(move || -> std::io::Result<u64> {
             let file = std::fs::File::options().write(true).open(&path)?;
             let blocks = file.metadata()?.len() / 4096;
-            let mut rng = Rng(99);
+            // A seed of its own per load: the same seed would write the previous load's
+            // bytes to the same places again, changes with nothing to send.
+            let mut rng = Rng(99 + (fraction * 100.0) as u64);
             let mut block = vec![0u8; 64 << 10];
             let started = Instant::now();
             let mut written = 0u64;

@@ -819,14 +819,16 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
     // Failback of the server whose sudo asks a password: its copy changed after the
     // cutover (two chunks: the sixth and the last), so the restore writes exactly those
     // onto its disk over SSH, then it replicates as before.
+    const CHUNK: usize = replication::local::proto::CHUNK;
     let copy_dir = std::fs::read_dir(dir.join(".wavelift/targets/password-01"))
         .expect("the copy's folder")
         .find_map(|e| e.ok().map(|e| e.path()))
         .expect("the cutover copy");
     let copy_image = copy_dir.join("disk0.raw");
     let mut changed = std::fs::read(&copy_image).expect("the copy");
-    changed[5 * 65536 + 17..5 * 65536 + 4113].fill(0xa5);
+    changed[5 * CHUNK + 17..5 * CHUNK + 4113].fill(0xa5);
     let end = changed.len();
+    assert_eq!(end % CHUNK, 0, "the last chunk is whole");
     changed[end - 100..].fill(0x5a);
     std::fs::write(&copy_image, &changed).expect("the copy changed");
     let failback = |args: &[&str]| {
@@ -845,11 +847,17 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
     // First the restore alone: the copy stays.
     let said = failback(&["password-01", "--stop-after-restore", "--wait", "2m"]);
     for line in [
-        "password-01: reverse replication of the cutover copy started",
-        "password-01: 2 chunk(s), 131072 bytes written; the source holds the copy's state",
-        "password-01 restored from its copy (131072 bytes); the copy stays",
+        "password-01: reverse replication of the cutover copy started".to_owned(),
+        format!(
+            "password-01: 2 chunk(s), {} bytes written; the source holds the copy's state",
+            2 * CHUNK
+        ),
+        format!(
+            "password-01 restored from its copy ({} bytes); the copy stays",
+            2 * CHUNK
+        ),
     ] {
-        assert!(said.contains(line), "`{line}` in:\n{said}");
+        assert!(said.contains(&line), "`{line}` in:\n{said}");
     }
     assert!(
         std::fs::read(disks.join("password-01.img")).expect("the source") == changed,
@@ -857,16 +865,18 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
     );
     // The copy changes again (the eleventh chunk): the next run moves only that chunk,
     // from a fresh point of the copy, then returns to normal.
-    changed[10 * 65536..10 * 65536 + 512].fill(0x3c);
+    changed[10 * CHUNK..10 * CHUNK + 512].fill(0x3c);
     std::fs::write(&copy_image, &changed).expect("the copy changed again");
     let said = failback(&["password-01", "--wait", "2m"]);
     for line in [
-        "password-01: 1 chunk(s), 65536 bytes written; the source holds the copy's state",
-        "password-01: the copy is terminated, the source is ready for cutover again",
-        "password-01: replicating in the normal direction again (recovery point rp-",
-        "password-01 failed back: 65536 bytes restored from its copy",
+        format!(
+            "password-01: 1 chunk(s), {CHUNK} bytes written; the source holds the copy's state"
+        ),
+        "password-01: the copy is terminated, the source is ready for cutover again".to_owned(),
+        "password-01: replicating in the normal direction again (recovery point rp-".to_owned(),
+        format!("password-01 failed back: {CHUNK} bytes restored from its copy"),
     ] {
-        assert!(said.contains(line), "`{line}` in:\n{said}");
+        assert!(said.contains(&line), "`{line}` in:\n{said}");
     }
     assert!(
         std::fs::read(disks.join("password-01.img")).expect("the source") == changed,

@@ -6,7 +6,7 @@
 //!    (`SOURCE-failback`), with recovery points like any other.
 //! 2. **Restore**: a recovery point of the copy (a fresh one, cut at a barrier) is
 //!    written onto the source's own disks by `wavelift-agent restore` run on the source
-//!    through its shell: it compares each 64 KiB chunk of the disks with the point's
+//!    through its shell: it compares each chunk of the disks with the point's
 //!    addresses, and only the chunks that differ are sent, checked and written
 //!    ([`super::restore`]). The steps are recorded, so a stopped restore starts again
 //!    from a comparison.
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{CHUNK, ZERO_CHUNK};
+use super::proto::{ZERO_CHUNK, chunk_len};
 use super::restore::{self, Differ, Record, Written};
 use super::server::{lock, token_hash};
 use super::{LocalEngine, State, not_found, random_token, unavailable};
@@ -327,7 +327,7 @@ impl LocalEngine {
                 return Ok(RestoreStep::Run {
                     template: "local-restore".to_owned(),
                     facts: self.restore_facts(index),
-                    input: restore::compare_request(&disks, &maps),
+                    input: restore::compare_request(&disks, meta.chunk, &maps),
                     what: format!(
                         "compare the source's disks with the copy's recovery point rp-{seq:06}"
                     ),
@@ -386,7 +386,7 @@ impl LocalEngine {
                     "the source named chunk {chunk} of disk {disk}, past its end"
                 )));
             };
-            let len = (disks[disk as usize].size - chunk * CHUNK as u64).min(CHUNK as u64) as usize;
+            let len = chunk_len(disks[disk as usize].size, meta.chunk, chunk);
             let bytes = if *hash == ZERO_CHUNK {
                 vec![0u8; len]
             } else {
@@ -409,7 +409,7 @@ impl LocalEngine {
                 hash: *hash,
             })
             .collect();
-        let input = restore::write_request(&disks, &records);
+        let input = restore::write_request(&disks, meta.chunk, &records);
         failback.in_flight = records.len();
         failback.awaiting = Some("write".to_owned());
         self.keep_failback(index, &failback)?;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{CHUNK, ZERO_CHUNK, chunk_hash};
+use super::proto::{ZERO_CHUNK, chunk_hash, chunk_len};
 use super::server::lock;
 use super::store::ChunkStore;
 use super::volume::Volume;
@@ -65,8 +65,8 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
             if *hash == ZERO_CHUNK {
                 continue;
             }
-            let offset = (index * CHUNK) as u64;
-            let len = (disk.size - offset).min(CHUNK as u64) as usize;
+            let offset = index as u64 * meta.chunk as u64;
+            let len = chunk_len(disk.size, meta.chunk, index as u64);
             let bytes = lock(spec.store)
                 .get(hash, len)
                 .map_err(|err| format!("recovery point {} cannot be launched: {err}", spec.seq))?;
@@ -83,7 +83,7 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
     }
     let mut problems = Vec::new();
     for ((path, map), disk) in raws.iter().zip(&maps).zip(&meta.disks) {
-        if let Some(problem) = verify(path, map, disk.size) {
+        if let Some(problem) = verify(path, map, disk.size, meta.chunk) {
             problems.push(problem);
         }
     }
@@ -150,15 +150,15 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
 }
 
 /// Reads the image back and compares each chunk with the point's address.
-fn verify(path: &Path, map: &[super::proto::ChunkHash], size: u64) -> Option<String> {
+fn verify(path: &Path, map: &[super::proto::ChunkHash], size: u64, chunk: usize) -> Option<String> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(err) => return Some(format!("cannot read {} back: {err}", path.display())),
     };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; chunk];
     for (index, hash) in map.iter().enumerate() {
-        let offset = (index * CHUNK) as u64;
-        let len = (size - offset).min(CHUNK as u64) as usize;
+        let offset = index as u64 * chunk as u64;
+        let len = chunk_len(size, chunk, index as u64);
         if let Err(err) = file.read_exact_at(&mut buf[..len], offset) {
             return Some(format!("cannot read {} back: {err}", path.display()));
         }

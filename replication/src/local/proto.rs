@@ -14,8 +14,25 @@ use crate::engine::ReplicationState;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The unit of change detection: the agent hashes and sends 4 KiB blocks.
 pub const BLOCK: usize = 4096;
-/// The unit of the chunk store: what one content address names.
-pub const CHUNK: usize = 64 * 1024;
+/// The unit of the chunk store for a volume that starts now: what one content address
+/// names. A volume keeps the size it started with (each recovery point records it), so a
+/// staging folder written with another size reads on. 16 KiB: a random 64 KiB write
+/// rewrites about 1.2x its size in the store (2x with 64 KiB chunks), for four times
+/// the index entries (BENCHMARKS.md).
+pub const CHUNK: usize = 16 * 1024;
+/// The chunk size of the points written before sizes were recorded, and the largest
+/// chunk the store takes.
+pub const LEGACY_CHUNK: usize = 64 * 1024;
+
+/// How many chunks of `chunk` bytes a disk of `size` bytes has.
+pub fn chunk_count(size: u64, chunk: usize) -> u64 {
+    size.div_ceil(chunk as u64)
+}
+
+/// The length of chunk `index` of a disk of `size` bytes (the last one may be short).
+pub fn chunk_len(size: u64, chunk: usize, index: u64) -> usize {
+    (size - index * chunk as u64).min(chunk as u64) as usize
+}
 /// The longest run of blocks one data frame carries.
 pub const MAX_RUN: usize = 256 * 1024;
 /// No frame is longer than a run and its header, so a peer cannot make the other

@@ -4,16 +4,18 @@
 //! source's shell (so the source needs no connection to Wavelift for it).
 //!
 //! Two requests, each read from standard input and answered with one JSON line:
-//! - `compare`: a header line, then each disk's chunk addresses (32 bytes per 64 KiB
-//!   chunk, zeros for a chunk of zeros); the answer names the chunks whose content on
+//! - `compare`: a header line, then each disk's chunk addresses (32 bytes per chunk,
+//!   zeros for a chunk of zeros); the answer names the chunks whose content on
 //!   the disk differs: `{"differ":[[disk,chunk],...],"read":BYTES}`.
 //! - `write`: a header line, then records (disk u16, chunk u64, length u32, codec u8,
 //!   payload length u32, SHA-256 of the chunk, payload); each chunk is checked against
 //!   its address before it is written, the disks are synced, and every written chunk is
 //!   read back and checked again: `{"written":CHUNKS,"bytes":BYTES}`.
 //!
-//! The header is `{"mode":"compare"|"write","disks":[{"name":PATH,"size":BYTES}]}`. A
-//! disk smaller than the copy's is refused before anything is written.
+//! The header is `{"mode":"compare"|"write","disks":[{"name":PATH,"size":BYTES}],
+//! "chunk":BYTES}`, the chunk size of the copy's recovery point (64 KiB when absent, as
+//! before sizes were recorded). A disk smaller than the copy's is refused before
+//! anything is written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -21,7 +23,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{CHUNK, ChunkHash, DiskInfo, chunk_hash};
+use super::proto::{BLOCK, ChunkHash, DiskInfo, LEGACY_CHUNK, chunk_count, chunk_hash, chunk_len};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,6 +36,12 @@ pub enum Mode {
 pub struct Header {
     pub mode: Mode,
     pub disks: Vec<DiskInfo>,
+    #[serde(default = "legacy_chunk")]
+    pub chunk: usize,
+}
+
+fn legacy_chunk() -> usize {
+    LEGACY_CHUNK
 }
 
 /// The answer to `compare`.
@@ -62,8 +70,8 @@ const CODEC_RAW: u8 = 0;
 const CODEC_LZ4: u8 = 1;
 
 /// A `compare` request for these disks and their chunk maps.
-pub fn compare_request(disks: &[DiskInfo], maps: &[Vec<ChunkHash>]) -> Vec<u8> {
-    let mut out = header(Mode::Compare, disks);
+pub fn compare_request(disks: &[DiskInfo], chunk: usize, maps: &[Vec<ChunkHash>]) -> Vec<u8> {
+    let mut out = header(Mode::Compare, disks, chunk);
     for map in maps {
         for hash in map {
             out.extend_from_slice(hash);
@@ -73,8 +81,8 @@ pub fn compare_request(disks: &[DiskInfo], maps: &[Vec<ChunkHash>]) -> Vec<u8> {
 }
 
 /// A `write` request carrying these chunks, compressed where that pays.
-pub fn write_request(disks: &[DiskInfo], records: &[Record<'_>]) -> Vec<u8> {
-    let mut out = header(Mode::Write, disks);
+pub fn write_request(disks: &[DiskInfo], chunk: usize, records: &[Record<'_>]) -> Vec<u8> {
+    let mut out = header(Mode::Write, disks, chunk);
     for record in records {
         let compressed = lz4_flex::block::compress(record.bytes);
         let (codec, payload) = if compressed.len() < record.bytes.len() {
@@ -93,10 +101,11 @@ pub fn write_request(disks: &[DiskInfo], records: &[Record<'_>]) -> Vec<u8> {
     out
 }
 
-fn header(mode: Mode, disks: &[DiskInfo]) -> Vec<u8> {
+fn header(mode: Mode, disks: &[DiskInfo], chunk: usize) -> Vec<u8> {
     let header = Header {
         mode,
         disks: disks.to_vec(),
+        chunk,
     };
     let mut out = serde_json::to_vec(&header).unwrap_or_default();
     out.push(b'\n');
@@ -114,6 +123,12 @@ pub fn serve(input: impl Read, mut output: impl Write) -> io::Result<()> {
     input.read_line(&mut line)?;
     let header: Header = serde_json::from_str(line.trim())
         .map_err(|err| invalid(format!("the request's header does not read: {err}")))?;
+    if !(BLOCK..=LEGACY_CHUNK).contains(&header.chunk) || !header.chunk.is_power_of_two() {
+        return Err(invalid(format!(
+            "the request's chunks are {} bytes (a power of two from 4 KiB to 64 KiB is read)",
+            header.chunk
+        )));
+    }
     let mut files = Vec::new();
     for disk in &header.disks {
         let writable = matches!(header.mode, Mode::Write);
@@ -153,8 +168,8 @@ pub fn serve(input: impl Read, mut output: impl Write) -> io::Result<()> {
         files.push(file);
     }
     let answer = match header.mode {
-        Mode::Compare => serde_json::to_vec(&compare(&mut input, &header.disks, &files)?),
-        Mode::Write => serde_json::to_vec(&write(&mut input, &header.disks, &files)?),
+        Mode::Compare => serde_json::to_vec(&compare(&mut input, &header, &files)?),
+        Mode::Write => serde_json::to_vec(&write(&mut input, &header, &files)?),
     }
     .map_err(|err| invalid(err.to_string()))?;
     output.write_all(&answer)?;
@@ -162,16 +177,12 @@ pub fn serve(input: impl Read, mut output: impl Write) -> io::Result<()> {
     output.flush()
 }
 
-fn chunk_len(size: u64, chunk: u64) -> usize {
-    (size - chunk * CHUNK as u64).min(CHUNK as u64) as usize
-}
-
-fn compare(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Result<Differ> {
+fn compare(input: &mut impl Read, header: &Header, files: &[File]) -> io::Result<Differ> {
     let mut answer = Differ::default();
-    let mut buffer = vec![0u8; CHUNK];
-    for (index, (disk, file)) in disks.iter().zip(files).enumerate() {
-        let chunks = disk.size.div_ceil(CHUNK as u64);
-        for chunk in 0..chunks {
+    let size = header.chunk;
+    let mut buffer = vec![0u8; size];
+    for (index, (disk, file)) in header.disks.iter().zip(files).enumerate() {
+        for chunk in 0..chunk_count(disk.size, size) {
             let mut expected = [0u8; 32];
             input.read_exact(&mut expected).map_err(|err| {
                 invalid(format!(
@@ -179,8 +190,8 @@ fn compare(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Res
                     disk.name
                 ))
             })?;
-            let len = chunk_len(disk.size, chunk);
-            file.read_exact_at(&mut buffer[..len], chunk * CHUNK as u64)?;
+            let len = chunk_len(disk.size, size, chunk);
+            file.read_exact_at(&mut buffer[..len], chunk * size as u64)?;
             answer.read += len as u64;
             if chunk_hash(&buffer[..len]) != expected {
                 answer.differ.push((index as u16, chunk));
@@ -190,7 +201,8 @@ fn compare(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Res
     Ok(answer)
 }
 
-fn write(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Result<Written> {
+fn write(input: &mut impl Read, header: &Header, files: &[File]) -> io::Result<Written> {
+    let (disks, size) = (&header.disks, header.chunk);
     let mut answer = Written::default();
     let mut written = Vec::new();
     loop {
@@ -212,8 +224,10 @@ fn write(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Resul
                 "a chunk for disk {disk}, which the header has not"
             )));
         };
-        let chunks = info.size.div_ceil(CHUNK as u64);
-        if chunk >= chunks || len != chunk_len(info.size, chunk) || stored > CHUNK + 1024 {
+        if chunk >= chunk_count(info.size, size)
+            || len != chunk_len(info.size, size, chunk)
+            || stored > size + 1024
+        {
             return Err(invalid(format!(
                 "chunk {chunk} of {} is out of the disk or of the wrong length",
                 info.name
@@ -233,7 +247,7 @@ fn write(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Resul
                 info.name
             )));
         }
-        files[disk as usize].write_all_at(&bytes, chunk * CHUNK as u64)?;
+        files[disk as usize].write_all_at(&bytes, chunk * size as u64)?;
         written.push((disk, chunk, hash));
         answer.written += 1;
         answer.bytes += len as u64;
@@ -241,11 +255,11 @@ fn write(input: &mut impl Read, disks: &[DiskInfo], files: &[File]) -> io::Resul
     for file in files {
         file.sync_all()?;
     }
-    let mut buffer = vec![0u8; CHUNK];
+    let mut buffer = vec![0u8; size];
     for (disk, chunk, hash) in written {
         let info = &disks[disk as usize];
-        let len = chunk_len(info.size, chunk);
-        files[disk as usize].read_exact_at(&mut buffer[..len], chunk * CHUNK as u64)?;
+        let len = chunk_len(info.size, size, chunk);
+        files[disk as usize].read_exact_at(&mut buffer[..len], chunk * size as u64)?;
         if chunk_hash(&buffer[..len]) != hash {
             return Err(invalid(format!(
                 "chunk {chunk} of {} reads back other than it was written: check the disk",
@@ -280,24 +294,31 @@ mod tests {
 
     #[test]
     fn compare_then_write_makes_the_disk_the_copy() {
-        let dir = std::env::temp_dir().join(format!("wl-restore-{}", std::process::id()));
+        // Today's chunks, and those of a staging folder from before sizes were recorded.
+        for chunk in [super::super::proto::CHUNK, LEGACY_CHUNK] {
+            compare_then_write_with(chunk);
+        }
+    }
+
+    fn compare_then_write_with(chunk: usize) {
+        let dir = std::env::temp_dir().join(format!("wl-restore-{}-{chunk}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("disk.img");
-        let size = 3 * CHUNK + 1000;
+        let size = 3 * chunk + 1000;
         let mut source = pattern(size, 3);
-        source[CHUNK..2 * CHUNK].fill(0);
+        source[chunk..2 * chunk].fill(0);
         std::fs::write(&path, &source).expect("source");
         let mut copy = source.clone();
         copy[10] ^= 0xff; // chunk 0 differs
-        copy[3 * CHUNK + 5] = 7; // the short last chunk differs
+        copy[3 * chunk + 5] = 7; // the short last chunk differs
         let disks = vec![DiskInfo {
             name: path.display().to_string(),
             size: size as u64,
         }];
-        let map: Vec<ChunkHash> = copy.chunks(CHUNK).map(chunk_hash).collect();
+        let map: Vec<ChunkHash> = copy.chunks(chunk).map(chunk_hash).collect();
 
         let mut answer = Vec::new();
-        serve(&compare_request(&disks, &[map])[..], &mut answer).expect("compare");
+        serve(&compare_request(&disks, chunk, &[map])[..], &mut answer).expect("compare");
         let differ: Differ = serde_json::from_slice(&answer).expect("answer");
         assert_eq!(differ.differ, vec![(0, 0), (0, 3)]);
         assert_eq!(differ.read, size as u64);
@@ -305,26 +326,26 @@ mod tests {
         let records: Vec<Record<'_>> = differ
             .differ
             .iter()
-            .map(|&(disk, chunk)| {
-                let start = chunk as usize * CHUNK;
-                let bytes = &copy[start..(start + CHUNK).min(size)];
+            .map(|&(disk, index)| {
+                let start = index as usize * chunk;
+                let bytes = &copy[start..(start + chunk).min(size)];
                 Record {
                     disk,
-                    chunk,
+                    chunk: index,
                     bytes,
                     hash: chunk_hash(bytes),
                 }
             })
             .collect();
         let mut answer = Vec::new();
-        serve(&write_request(&disks, &records)[..], &mut answer).expect("write");
+        serve(&write_request(&disks, chunk, &records)[..], &mut answer).expect("write");
         let written: Written = serde_json::from_slice(&answer).expect("answer");
         assert_eq!(written.written, 2);
-        assert_eq!(written.bytes, (CHUNK + 1000) as u64);
+        assert_eq!(written.bytes, (chunk + 1000) as u64);
         assert_eq!(std::fs::read(&path).expect("disk"), copy);
 
         // A damaged chunk is refused; a disk smaller than the copy is refused first.
-        let mut damaged = write_request(&disks, &records[..1]);
+        let mut damaged = write_request(&disks, chunk, &records[..1]);
         let hash_at = damaged.iter().position(|&b| b == b'\n').expect("header") + 1 + 19;
         damaged[hash_at] ^= 1;
         let err = serve(&damaged[..], Vec::new()).expect_err("damaged");
@@ -333,7 +354,7 @@ mod tests {
             name: disks[0].name.clone(),
             size: size as u64 + 1,
         }];
-        let err = serve(&write_request(&bigger, &[])[..], Vec::new()).expect_err("small");
+        let err = serve(&write_request(&bigger, chunk, &[])[..], Vec::new()).expect_err("small");
         assert!(err.to_string().contains("smaller than its copy"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -532,7 +532,7 @@ async fn admit(
         }
         Arc::clone(&slot.wire)
     };
-    // A disk map costs 32 bytes per 64 KiB: sizes beyond any real disk are refused
+    // A disk map costs 32 bytes per chunk: sizes beyond any real disk are refused
     // before anything is allocated or recorded.
     const MAX_DISK: u64 = 1 << 50;
     if disks.is_empty()

@@ -1,7 +1,8 @@
-//! The content-addressed chunk store in the staging folder: chunks (64 KiB of a disk,
-//! lz4-compressed when that is smaller) appended to pack files, each record carrying its
-//! SHA-256 address so the store can be re-indexed by reading the packs, and so a damaged
-//! chunk is found when it is read. One fsync per recovery point, not per chunk.
+//! The content-addressed chunk store in the staging folder: chunks (16 KiB of a disk, or
+//! 64 KiB in volumes begun before sizes were recorded; lz4-compressed when that is
+//! smaller), appended to pack files, each record carrying its SHA-256 address so the
+//! store can be re-indexed by reading the packs, and so a damaged chunk is found when it
+//! is read. One fsync per recovery point, not per chunk.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -80,8 +81,8 @@ fn read_header(
     hash.copy_from_slice(&header[4..36]);
     let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
     let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
-    let plausible = raw_len as usize <= super::proto::CHUNK
-        && stored_len as usize <= super::proto::CHUNK + 1024
+    let plausible = raw_len as usize <= super::proto::LEGACY_CHUNK
+        && stored_len as usize <= super::proto::LEGACY_CHUNK + 1024
         && offset + HEADER as u64 + u64::from(stored_len) <= len;
     Ok(plausible.then_some((
         hash,

@@ -1,5 +1,6 @@
 //! One source server's replicated disks on the replication server: the chunk map the
-//! agent's data builds (64 KiB chunks by content address), the chunks changed since they
+//! agent's data builds (chunks by content address, of the size the volume started with:
+//! [`CHUNK`], or [`LEGACY_CHUNK`] in points that do not say), the chunks changed since they
 //! were last stored, and the recovery points, each a chunk map cut at a barrier the agent
 //! sent and written only after the chunks it names are durable.
 
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::proto::{CHUNK, ChunkHash, DiskInfo, ZERO_CHUNK};
+use super::proto::{
+    BLOCK, CHUNK, ChunkHash, DiskInfo, LEGACY_CHUNK, ZERO_CHUNK, chunk_count, chunk_len,
+};
 use super::store::{ChunkStore, StoreError};
 
 /// Chunks changed since they were stored are kept in memory up to this much, then stored.
@@ -25,6 +28,14 @@ pub struct PointMeta {
     /// When the agent froze the disks for it (the source's clock).
     pub frozen_at: Timestamp,
     pub disks: Vec<DiskInfo>,
+    /// The chunk size of the point's maps; points written before it was recorded have
+    /// 64 KiB chunks.
+    #[serde(default = "legacy_chunk")]
+    pub chunk: usize,
+}
+
+fn legacy_chunk() -> usize {
+    LEGACY_CHUNK
 }
 
 impl PointMeta {
@@ -36,6 +47,8 @@ impl PointMeta {
 pub struct Volume {
     dir: PathBuf,
     pub disks: Vec<DiskInfo>,
+    /// The size of the chunks of `maps`: the base point's, or [`CHUNK`] from scratch.
+    chunk: usize,
     maps: Vec<Vec<ChunkHash>>,
     dirty: Vec<BTreeMap<u64, Vec<u8>>>,
     dirty_bytes: usize,
@@ -58,12 +71,31 @@ pub enum VolumeError {
     Io(#[from] io::Error),
 }
 
-pub fn chunk_count(size: u64) -> usize {
-    size.div_ceil(CHUNK as u64) as usize
+/// A recovery point's first line, its description.
+fn read_meta(path: &Path, reader: &mut impl BufRead) -> io::Result<PointMeta> {
+    let invalid = |why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("recovery point {} does not read: {why}", path.display()),
+        )
+    };
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let meta: PointMeta = serde_json::from_str(&line).map_err(|err| invalid(err.to_string()))?;
+    if !(BLOCK..=LEGACY_CHUNK).contains(&meta.chunk) || !meta.chunk.is_power_of_two() {
+        return Err(invalid(format!(
+            "its chunks are {} bytes (a power of two from 4 KiB to 64 KiB is read)",
+            meta.chunk
+        )));
+    }
+    Ok(meta)
 }
 
-fn chunk_len(size: u64, index: u64) -> usize {
-    (size - index * CHUNK as u64).min(CHUNK as u64) as usize
+fn empty_maps(disks: &[DiskInfo], chunk: usize) -> Vec<Vec<ChunkHash>> {
+    disks
+        .iter()
+        .map(|d| vec![ZERO_CHUNK; chunk_count(d.size, chunk) as usize])
+        .collect()
 }
 
 impl Volume {
@@ -77,29 +109,17 @@ impl Volume {
             if path.extension().and_then(|e| e.to_str()) != Some("rp") {
                 continue;
             }
-            let mut reader = BufReader::new(File::open(&path)?);
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            match serde_json::from_str::<PointMeta>(&line) {
-                Ok(meta) => points.push(meta),
-                Err(err) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("recovery point {} does not read: {err}", path.display()),
-                    ));
-                }
-            }
+            points.push(read_meta(&path, &mut BufReader::new(File::open(&path)?))?);
         }
         points.sort_by_key(|p| p.seq);
-        let maps = disks
-            .iter()
-            .map(|d| vec![ZERO_CHUNK; chunk_count(d.size)])
-            .collect();
+        // Until a reset says from which point it goes on: the latest's size.
+        let chunk = points.last().map_or(CHUNK, |p| p.chunk);
         Ok(Volume {
             dir: dir.to_owned(),
             dirty: disks.iter().map(|_| BTreeMap::new()).collect(),
+            maps: empty_maps(&disks, chunk),
+            chunk,
             disks,
-            maps,
             dirty_bytes: 0,
             awaiting: BTreeSet::new(),
             pinned: BTreeMap::new(),
@@ -117,14 +137,12 @@ impl Volume {
 
     /// The chunk maps of a recovery point.
     pub fn point_maps(&self, seq: u64) -> io::Result<(PointMeta, Vec<Vec<ChunkHash>>)> {
-        let mut reader = BufReader::new(File::open(self.point_path(seq))?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let meta: PointMeta = serde_json::from_str(&line)
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+        let path = self.point_path(seq);
+        let mut reader = BufReader::new(File::open(&path)?);
+        let meta = read_meta(&path, &mut reader)?;
         let mut maps = Vec::new();
         for disk in &meta.disks {
-            let mut map = vec![ZERO_CHUNK; chunk_count(disk.size)];
+            let mut map = vec![ZERO_CHUNK; chunk_count(disk.size, meta.chunk) as usize];
             for hash in &mut map {
                 reader.read_exact(hash)?;
             }
@@ -139,14 +157,13 @@ impl Volume {
     /// a session that ended before the agent sent them again) are awaited again, and
     /// returned as the ranges to ask the agent for.
     pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
-        self.maps = if base == 0 {
-            self.disks
-                .iter()
-                .map(|d| vec![ZERO_CHUNK; chunk_count(d.size)])
-                .collect()
+        (self.chunk, self.maps) = if base == 0 {
+            (CHUNK, empty_maps(&self.disks, CHUNK))
         } else {
-            self.point_maps(base)?.1
+            let (meta, maps) = self.point_maps(base)?;
+            (meta.chunk, maps)
         };
+        let chunk = self.chunk;
         for dirty in &mut self.dirty {
             dirty.clear();
         }
@@ -160,8 +177,8 @@ impl Volume {
                     self.awaiting.insert((d as u16, index));
                     resend.push((
                         d as u16,
-                        index * CHUNK as u64,
-                        chunk_len(info.size, index) as u64,
+                        index * chunk as u64,
+                        chunk_len(info.size, chunk, index) as u64,
                     ));
                 }
             }
@@ -194,11 +211,12 @@ impl Volume {
             )));
         };
         let mut resend = Vec::new();
+        let chunk = self.chunk;
         let mut at = offset;
         while at < end {
-            let index = at / CHUNK as u64;
-            let chunk_start = index * CHUNK as u64;
-            let len = chunk_len(size, index);
+            let index = at / chunk as u64;
+            let chunk_start = index * chunk as u64;
+            let len = chunk_len(size, chunk, index);
             let upto = end.min(chunk_start + len as u64);
             if !self.dirty[d].contains_key(&index) {
                 let hash = self.maps[d][index as usize];
@@ -246,6 +264,7 @@ impl Volume {
     /// returned as the ranges the agent must send again.
     pub fn scrub(&mut self, store: &mut ChunkStore) -> Result<Vec<(u16, u64, u64)>, VolumeError> {
         let mut resend = Vec::new();
+        let chunk = self.chunk;
         for (d, info) in self.disks.iter().enumerate() {
             for (index, hash) in self.maps[d].iter().enumerate() {
                 let index = index as u64;
@@ -255,13 +274,13 @@ impl Volume {
                 {
                     continue;
                 }
-                let len = chunk_len(info.size, index);
+                let len = chunk_len(info.size, chunk, index);
                 match store.get(hash, len) {
                     Ok(_) => {}
                     Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
                         store.forget(hash);
                         self.awaiting.insert((d as u16, index));
-                        resend.push((d as u16, index * CHUNK as u64, len as u64));
+                        resend.push((d as u16, index * chunk as u64, len as u64));
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -306,6 +325,7 @@ impl Volume {
             taken_at,
             frozen_at,
             disks: self.disks.clone(),
+            chunk: self.chunk,
         };
         let mut body = serde_json::to_vec(&meta).map_err(io::Error::other)?;
         body.push(b'\n');
@@ -453,6 +473,7 @@ mod tests {
             taken_at,
             frozen_at: taken_at,
             disks: Vec::new(),
+            chunk: CHUNK,
         }
     }
 
@@ -551,5 +572,81 @@ mod tests {
         assert!(err.to_string().contains("passes the end"), "{err}");
         let reopened = Volume::open(&dir.join("src"), disks).expect("reopen");
         assert_eq!(reopened.latest().map(|p| p.seq), Some(1));
+    }
+
+    #[test]
+    fn a_volume_begun_with_64_kib_chunks_goes_on_with_them_until_it_starts_over() {
+        let dir = std::env::temp_dir().join(format!("wl-volume-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let size = 2 * LEGACY_CHUNK as u64;
+        let disks = vec![DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size,
+        }];
+        // A point as written before chunk sizes were recorded: no "chunk" field, one
+        // address per 64 KiB.
+        let stored = store.put(&[5u8; LEGACY_CHUNK]).expect("put");
+        store.sync().expect("sync");
+        let points = dir.join("src").join("points");
+        std::fs::create_dir_all(&points).expect("points");
+        let meta = serde_json::json!({
+            "seq": 1,
+            "taken_at": "2026-12-01T00:00:00Z",
+            "frozen_at": "2026-12-01T00:00:00Z",
+            "disks": [{"name": "/dev/sda", "size": size}],
+        });
+        let mut body = serde_json::to_vec(&meta).expect("json");
+        body.push(b'\n');
+        body.extend_from_slice(&stored);
+        body.extend_from_slice(&ZERO_CHUNK);
+        std::fs::write(points.join(format!("{:012}.rp", 1)), &body).expect("point");
+
+        let mut volume = Volume::open(&dir.join("src"), disks.clone()).expect("volume");
+        assert!(volume.reset(1, &store).expect("reset").is_empty());
+        volume
+            .write(&mut store, 0, LEGACY_CHUNK as u64 + 4096, &[7u8; 4096])
+            .expect("write");
+        let now = Timestamp::UNIX_EPOCH;
+        let second = volume.commit(&mut store, 2, now, now).expect("commit");
+        assert_eq!(second.chunk, LEGACY_CHUNK);
+        let (meta, maps) = volume.point_maps(2).expect("maps");
+        assert_eq!((meta.chunk, maps[0].len()), (LEGACY_CHUNK, 2));
+        assert_eq!(maps[0][0], stored);
+        let mut expected = vec![0u8; LEGACY_CHUNK];
+        expected[4096..8192].fill(7);
+        assert_eq!(
+            store.get(&maps[0][1], LEGACY_CHUNK).expect("chunk"),
+            expected
+        );
+        // Reopened, it goes on with the latest point's size.
+        let mut volume = Volume::open(&dir.join("src"), disks.clone()).expect("reopen");
+        assert_eq!(volume.chunk, LEGACY_CHUNK);
+        // From scratch (a full resync), it takes today's size.
+        volume.reset(0, &store).expect("reset");
+        volume.write(&mut store, 0, 0, &[3u8; 4096]).expect("write");
+        volume.commit(&mut store, 3, now, now).expect("commit");
+        let (meta, maps) = volume.point_maps(3).expect("maps");
+        assert_eq!(
+            (meta.chunk, maps[0].len()),
+            (CHUNK, 2 * LEGACY_CHUNK / CHUNK)
+        );
+        assert_eq!(volume.point_maps(2).expect("old point").1[0].len(), 2);
+
+        // A point that says a size no volume has is refused by name.
+        let mut odd = serde_json::to_value(&meta).expect("json");
+        odd["chunk"] = serde_json::json!(12345);
+        let mut body = serde_json::to_vec(&odd).expect("json");
+        body.push(b'\n');
+        std::fs::write(points.join(format!("{:012}.rp", 4)), &body).expect("point");
+        let err = Volume::open(&dir.join("src"), disks)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("000000000004.rp")
+                && err.to_string().contains("its chunks are 12345 bytes"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
