@@ -211,8 +211,8 @@ impl Data {
         }
     }
 
-    /// The run's bytes, checked against its stated length.
-    pub fn decode(&self) -> io::Result<Vec<u8>> {
+    /// The run's bytes, checked against its stated length (a raw payload is not copied).
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         let len = self.len as usize;
         if len > MAX_RUN {
             return Err(invalid(format!(
@@ -221,7 +221,7 @@ impl Data {
         }
         let bytes = match self.codec {
             Codec::Zero => vec![0; len],
-            Codec::Raw => self.payload.clone(),
+            Codec::Raw => self.payload,
             Codec::Lz4 => lz4_flex::block::decompress(&self.payload, len)
                 .map_err(|err| invalid(format!("a compressed run does not decompress: {err}")))?,
         };
@@ -395,12 +395,12 @@ mod tests {
         let bytes: Vec<u8> = (0..BLOCK).map(|i| (i % 7) as u8).collect();
         let data = Data::encode(0, 0, &bytes);
         assert_eq!(data.codec, Codec::Lz4);
-        assert_eq!(data.decode().expect("decode"), bytes);
+        assert_eq!(data.clone().into_bytes().expect("decode"), bytes);
         let lying = Data {
             len: 10,
             codec: Codec::Raw,
             ..data
         };
-        assert!(lying.decode().is_err());
+        assert!(lying.into_bytes().is_err());
     }
 }

@@ -642,14 +642,15 @@ fn applier(
         match item {
             Work::Data(_) if failed => {}
             Work::Data(data) => {
+                let (disk, offset) = (data.disk, data.offset);
                 let applied = data
-                    .decode()
+                    .into_bytes()
                     .map_err(|err| ApplyError::Invalid(err.to_string()))
                     .and_then(|bytes| {
                         let mut volume = lock(&volume);
                         let mut store = lock(&shared.store);
                         volume
-                            .write(&mut store, data.disk, data.offset, &bytes)
+                            .write(&mut store, disk, offset, &bytes)
                             .map_err(|err| match err {
                                 VolumeError::Invalid(reason) => ApplyError::Invalid(reason),
                                 other => ApplyError::Store(other.to_string()),

@@ -6,7 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
@@ -19,6 +20,10 @@ const HEADER: usize = 4 + 32 + 4 + 4 + 1;
 const WRITEBACK_EVERY: u64 = 32 << 20;
 /// A pack is closed and a new one started past this size.
 const PACK_LIMIT: u64 = 1 << 30;
+/// Records are handed to the kernel in writes of about this much: one write of many
+/// records costs the page cache a fraction of one write per record (whose ends fall
+/// inside pages, which the kernel zeroes first).
+const WRITE_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
@@ -57,6 +62,12 @@ pub struct ChunkStore {
     unsynced_chunks: Vec<ChunkHash>,
     /// The next chunk starts a new pack (the current one's sync failed).
     rotate: bool,
+    /// The current pack's last records, not written to it yet: they end where the pack
+    /// does, and are read from here until they are written.
+    pending: Vec<u8>,
+    /// How many times chunks not yet synced were forgotten (a failed write or sync): a
+    /// volume whose map may name one cuts no point until it starts again from its last.
+    losses: u64,
     writeback: Writeback,
     compressor: Compressor,
     stored_bytes: u64,
@@ -188,6 +199,23 @@ fn pack_name(id: u32) -> String {
 }
 
 impl ChunkStore {
+    fn empty(dir: &Path) -> ChunkStore {
+        ChunkStore {
+            dir: dir.to_owned(),
+            index: HashMap::new(),
+            current: None,
+            unsynced: 0,
+            unflushed: 0,
+            unsynced_chunks: Vec::new(),
+            rotate: false,
+            pending: Vec::with_capacity(WRITE_BUFFER + HEADER + super::proto::LEGACY_CHUNK),
+            losses: 0,
+            writeback: Writeback::default(),
+            compressor: Compressor::default(),
+            stored_bytes: 0,
+        }
+    }
+
     /// Opens the store, indexing every pack; a record torn by a crash at the end of the
     /// last pack is cut off (it was never part of a recovery point: those are cut only
     /// after a sync).
@@ -203,18 +231,7 @@ impl ChunkStore {
             })
             .collect();
         ids.sort_unstable();
-        let mut store = ChunkStore {
-            dir: dir.to_owned(),
-            index: HashMap::new(),
-            current: None,
-            unsynced: 0,
-            unflushed: 0,
-            unsynced_chunks: Vec::new(),
-            rotate: false,
-            writeback: Writeback::default(),
-            compressor: Compressor::default(),
-            stored_bytes: 0,
-        };
+        let mut store = ChunkStore::empty(dir);
         for (n, &id) in ids.iter().enumerate() {
             let valid = store.index_pack(id)?;
             let path = dir.join(pack_name(id));
@@ -306,10 +323,11 @@ impl ChunkStore {
             let id = self.current.as_ref().map_or(1, |(id, _, _)| id + 1);
             // A full pack is synced before the next one starts; a pack whose sync
             // failed is left as it is (its unsynced chunks are forgotten already).
-            if !self.rotate
-                && let Some((_, file, _)) = &self.current
-            {
-                if let Err(err) = file.sync_all() {
+            if !self.rotate && self.current.is_some() {
+                self.write_pending()?;
+                if let Some((_, file, _)) = &self.current
+                    && let Err(err) = file.sync_all()
+                {
                     self.forget_unsynced();
                     return Err(err);
                 }
@@ -326,18 +344,18 @@ impl ChunkStore {
             self.current = Some((id, file, 0));
             self.rotate = false;
         }
-        let Some((id, file, len)) = self.current.as_mut() else {
+        let Some((id, _, len)) = self.current.as_mut() else {
             return Err(io::Error::other("no pack to write to"));
         };
-        let mut record = Vec::with_capacity(HEADER + body.len());
+        let record = &mut self.pending;
+        let record_start = record.len();
         record.extend_from_slice(MAGIC);
         record.extend_from_slice(&hash);
         record.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         record.extend_from_slice(&(body.len() as u32).to_be_bytes());
         record.push(u8::from(is_compressed));
         record.extend_from_slice(body);
-        file.seek(SeekFrom::Start(*len))?;
-        file.write_all(&record)?;
+        let record_len = (record.len() - record_start) as u64;
         self.index.insert(
             hash,
             Location {
@@ -348,17 +366,50 @@ impl ChunkStore {
                 compressed: is_compressed,
             },
         );
-        *len += record.len() as u64;
+        *len += record_len;
+        let pack = self.dir.join(pack_name(*id));
         self.stored_bytes += body.len() as u64;
-        self.unsynced += record.len() as u64;
-        self.unflushed += record.len() as u64;
+        self.unsynced += record_len;
+        self.unflushed += record_len;
         self.unsynced_chunks.push(hash);
+        if self.pending.len() >= WRITE_BUFFER {
+            self.write_pending()?;
+        }
         if self.unflushed >= WRITEBACK_EVERY {
+            self.write_pending()?;
             self.unflushed = 0;
-            let pack = self.dir.join(pack_name(*id));
             self.writeback.flush(pack);
         }
         Ok(hash)
+    }
+
+    /// Writes the records kept in memory to the end of the current pack. When that
+    /// fails, the chunks not yet synced are forgotten, as after a failed sync.
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some((_, file, len)) = &self.current else {
+            return Err(io::Error::other("no pack to write to"));
+        };
+        let at = *len - self.pending.len() as u64;
+        if let Err(err) = file.write_all_at(&self.pending, at) {
+            self.forget_unsynced();
+            return Err(err);
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// As when a write or sync fails (for tests of what follows).
+    #[cfg(test)]
+    pub(crate) fn lose_unsynced(&mut self) {
+        self.forget_unsynced();
+    }
+
+    /// How many times chunks not yet synced were forgotten since the store opened.
+    pub fn losses(&self) -> u64 {
+        self.losses
     }
 
     /// Makes every chunk written so far durable. When that fails, the chunks written
@@ -366,6 +417,7 @@ impl ChunkStore {
     /// reports a failed write-back once, so a second sync of the same file could say
     /// all is well while they are lost.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.write_pending()?;
         if self.unsynced > 0
             && let Some((_, file, _)) = &self.current
             && let Err(err) = file.sync_data()
@@ -384,8 +436,10 @@ impl ChunkStore {
         for hash in std::mem::take(&mut self.unsynced_chunks) {
             self.index.remove(&hash);
         }
+        self.pending.clear();
         self.unsynced = 0;
         self.rotate = true;
+        self.losses += 1;
     }
 
     /// A chunk's bytes, checked against its address.
@@ -404,10 +458,19 @@ impl ChunkStore {
             offset: location.offset,
             why,
         };
-        let mut file = File::open(self.dir.join(&pack))?;
-        file.seek(SeekFrom::Start(location.offset + HEADER as u64))?;
         let mut body = vec![0u8; location.stored_len as usize];
-        file.read_exact(&mut body)?;
+        let start = location.offset + HEADER as u64;
+        match &self.current {
+            // Still in memory: the pack ends with the pending records.
+            Some((id, _, len))
+                if *id == location.pack && location.offset >= *len - self.pending.len() as u64 =>
+            {
+                let at = (start - (*len - self.pending.len() as u64)) as usize;
+                let n = body.len();
+                body.copy_from_slice(&self.pending[at..at + n]);
+            }
+            _ => File::open(self.dir.join(&pack))?.read_exact_at(&mut body, start)?,
+        }
         let bytes = if location.compressed {
             lz4_flex::block::decompress(&body, location.raw_len as usize)
                 .map_err(|err| damaged(format!("it does not decompress ({err})")))?
@@ -446,18 +509,8 @@ impl ChunkStore {
             .map(|(hash, loc)| (*hash, *loc))
             .collect();
         let first_new = old.iter().max().copied().unwrap_or(0) + 1;
-        let mut moved = ChunkStore {
-            dir: self.dir.clone(),
-            index: HashMap::new(),
-            current: None,
-            unsynced: 0,
-            unflushed: 0,
-            unsynced_chunks: Vec::new(),
-            rotate: false,
-            writeback: Writeback::default(),
-            compressor: Compressor::default(),
-            stored_bytes: 0,
-        };
+        let mut moved = ChunkStore::empty(&self.dir);
+        moved.losses = self.losses;
         // Start numbering after the old packs, so a crash halfway leaves both copies
         // and opening the store indexes each chunk once (the newer wins).
         moved.current = Some((
@@ -491,6 +544,13 @@ impl ChunkStore {
     }
 }
 
+impl Drop for ChunkStore {
+    /// What is still in memory goes to the pack (not synced: no point names it yet).
+    fn drop(&mut self) {
+        let _ = self.write_pending();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,6 +559,67 @@ mod tests {
         (0..super::super::proto::CHUNK)
             .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
             .collect()
+    }
+
+    /// A chunk lz4 cannot shrink, so each record takes its full size.
+    fn noise(seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..super::super::proto::CHUNK / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_wait_in_memory_until_a_megabyte_or_a_sync_and_are_read_from_there() {
+        let dir = tempdir("pending");
+        let pack = dir.join(pack_name(1));
+        let on_disk = || std::fs::metadata(&pack).map(|m| m.len()).unwrap_or(0);
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let record = (HEADER + super::super::proto::CHUNK) as u64;
+        let mut hashes = Vec::new();
+        for seed in 1..=10 {
+            hashes.push(store.put(&noise(seed)).expect("put"));
+        }
+        assert_eq!(on_disk(), 0, "ten records wait in memory");
+        for (seed, hash) in (1..=10).zip(&hashes) {
+            assert_eq!(
+                store.get(hash, noise(seed).len()).expect("get"),
+                noise(seed)
+            );
+        }
+        // Past a megabyte they are written in one go; the rest keep waiting.
+        let mut seed = 10;
+        while on_disk() == 0 {
+            seed += 1;
+            hashes.push(store.put(&noise(seed)).expect("put"));
+        }
+        assert!(on_disk() >= WRITE_BUFFER as u64, "{}", on_disk());
+        assert_eq!(on_disk() % record, 0);
+        seed += 1;
+        hashes.push(store.put(&noise(seed)).expect("put"));
+        assert!(on_disk() < seed * record, "the last one waits");
+        for (seed, hash) in (1..).zip(&hashes) {
+            assert_eq!(
+                store.get(hash, noise(seed).len()).expect("get"),
+                noise(seed)
+            );
+        }
+        store.sync().expect("sync");
+        assert_eq!(on_disk(), seed * record, "a sync writes what waits first");
+        // One more, then the store is closed without a sync: it is written on the way.
+        let last = store.put(&noise(seed + 1)).expect("put");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.chunk_count(), hashes.len() + 1);
+        assert_eq!(
+            store.get(&last, noise(seed + 1).len()).expect("get"),
+            noise(seed + 1)
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Volume {
     pub points: Vec<PointMeta>,
     /// Points a launch is reading, by how many: retention keeps them meanwhile.
     pinned: BTreeMap<u64, usize>,
+    /// The store's count of losses when the maps were last built from a point: a loss
+    /// since (chunks not yet synced, forgotten) may leave the maps naming a lost chunk.
+    losses: u64,
 }
 
 /// A write the volume cannot take.
@@ -123,6 +126,7 @@ impl Volume {
             dirty_bytes: 0,
             awaiting: BTreeSet::new(),
             pinned: BTreeMap::new(),
+            losses: 0,
             points,
         })
     }
@@ -169,6 +173,7 @@ impl Volume {
         }
         self.dirty_bytes = 0;
         self.awaiting.clear();
+        self.losses = store.losses();
         let mut resend = Vec::new();
         for (d, info) in self.disks.iter().enumerate() {
             for (index, hash) in self.maps[d].iter().enumerate() {
@@ -320,6 +325,11 @@ impl Volume {
     ) -> io::Result<PointMeta> {
         self.flush(store)?;
         store.sync()?;
+        if store.losses() != self.losses {
+            return Err(io::Error::other(
+                "chunks stored since the last recovery point were lost (a write or sync of the staging disk failed): replication goes on from that point",
+            ));
+        }
         let meta = PointMeta {
             seq,
             taken_at,
@@ -647,6 +657,36 @@ mod tests {
                 && err.to_string().contains("its chunks are 12345 bytes"),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_chunks_not_yet_synced_are_lost_no_point_is_cut_until_a_reset() {
+        let dir = std::env::temp_dir().join(format!("wl-volume-loss-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let disks = vec![DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size: 4 * CHUNK as u64,
+        }];
+        let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
+        volume.reset(0, &store).expect("reset");
+        let now = Timestamp::UNIX_EPOCH;
+        volume.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
+        volume.flush(&mut store).expect("flush");
+        // A write or sync of the store fails (for this source or another): what was
+        // not synced is forgotten, and the map names a chunk the store no longer has.
+        store.lose_unsynced();
+        let err = volume.commit(&mut store, 1, now, now).expect_err("refused");
+        assert!(err.to_string().contains("were lost"), "{err}");
+        assert!(volume.latest().is_none(), "no point was written");
+        // The next session starts again from the last point (here: none) and the agent
+        // sends what differs from it again.
+        volume.reset(0, &store).expect("reset");
+        volume.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
+        let point = volume.commit(&mut store, 1, now, now).expect("commit");
+        let (_, maps) = volume.point_maps(point.seq).expect("maps");
+        assert!(store.contains(&maps[0][0]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
