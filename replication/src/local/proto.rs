@@ -14,11 +14,11 @@ use crate::engine::ReplicationState;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The unit of change detection: the agent hashes and sends 4 KiB blocks.
 pub const BLOCK: usize = 4096;
-/// The unit of the chunk store for a volume that starts now: what one content address
-/// names. A volume keeps the size it started with (each recovery point records it), so a
-/// staging folder written with another size reads on. 16 KiB: a random 64 KiB write
-/// rewrites about 1.2x its size in the store (2x with 64 KiB chunks), for four times
-/// the index entries (BENCHMARKS.md).
+/// The unit of the chunk store for a volume of up to 64 GiB that starts now: what one
+/// content address names. A volume keeps the size it started with (each recovery point
+/// records it), so a staging folder written with another size reads on. 16 KiB: a random
+/// 64 KiB write rewrites about 1.2x its size in the store (2x with 64 KiB chunks), for
+/// four times the index entries and map room (measured in BENCHMARKS.md).
 pub const CHUNK: usize = 16 * 1024;
 /// The chunk size of the points written before sizes were recorded, and the largest
 /// chunk the store takes.

@@ -677,6 +677,16 @@ fn applier(
                 let committed = if failed {
                     Err("the data before it could not be stored".to_owned())
                 } else {
+                    // Chunks lost since (a failed write of the staging disk, maybe for
+                    // another source) are asked for again, and the point waits for them.
+                    let lost = {
+                        let mut volume = lock(&volume);
+                        let store = lock(&shared.store);
+                        volume.recover_losses(&store)
+                    };
+                    for (disk, offset, len) in lost {
+                        let _ = report.send(Applied::Resend(disk, offset, len));
+                    }
                     commit(
                         &shared, &source, &volume, seq, frozen_at, taken_at, &retention,
                     )
@@ -731,7 +741,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                         shared,
                         source,
                         format!(
-                            "a damaged chunk of disk {disk} at byte {offset} was found in the store; the agent sends it again"
+                            "the chunk of disk {disk} at byte {offset} is missing from the store (found damaged, or lost to a failed write of the staging disk); the agent sends it again"
                         ),
                     );
                     let _ = tx
@@ -865,7 +875,10 @@ fn commit(
 ) -> Result<Result<PointMeta, String>, String> {
     let mut v = lock(volume);
     if v.awaiting_resend() > 0 {
-        return Ok(Err("damaged chunks are being sent again".to_owned()));
+        return Ok(Err(
+            "chunks missing from the store (damaged, or lost to a failed write) are being sent again"
+                .to_owned(),
+        ));
     }
     if let Some(latest) = v.latest().filter(|p| p.seq >= seq) {
         return Ok(Err(format!(

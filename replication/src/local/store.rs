@@ -594,7 +594,7 @@ mod tests {
         }
         // Past a megabyte they are written in one go; the rest keep waiting.
         let mut seed = 10;
-        while on_disk() == 0 {
+        while on_disk() == 0 && seed < 200 {
             seed += 1;
             hashes.push(store.put(&noise(seed)).expect("put"));
         }

@@ -1,6 +1,6 @@
 //! One source server's replicated disks on the replication server: the chunk map the
 //! agent's data builds (chunks by content address, of the size the volume started with:
-//! [`CHUNK`], or [`LEGACY_CHUNK`] in points that do not say), the chunks changed since they
+//! [`chunk_for`], or [`LEGACY_CHUNK`] in points that do not say), the chunks changed since they
 //! were last stored, and the recovery points, each a chunk map cut at a barrier the agent
 //! sent and written only after the chunks it names are durable.
 
@@ -94,6 +94,19 @@ fn read_meta(path: &Path, reader: &mut impl BufRead) -> io::Result<PointMeta> {
     Ok(meta)
 }
 
+/// Volumes up to this size (all their disks) start with [`CHUNK`]s; larger ones with
+/// [`LEGACY_CHUNK`]s, whose maps and points take a quarter of the room.
+const SMALL_VOLUME: u64 = 64 << 30;
+
+/// The chunk size a volume of these disks starts with.
+pub fn chunk_for(disks: &[DiskInfo]) -> usize {
+    if disks.iter().map(|d| d.size).sum::<u64>() <= SMALL_VOLUME {
+        CHUNK
+    } else {
+        LEGACY_CHUNK
+    }
+}
+
 fn empty_maps(disks: &[DiskInfo], chunk: usize) -> Vec<Vec<ChunkHash>> {
     disks
         .iter()
@@ -116,7 +129,7 @@ impl Volume {
         }
         points.sort_by_key(|p| p.seq);
         // Until a reset says from which point it goes on: the latest's size.
-        let chunk = points.last().map_or(CHUNK, |p| p.chunk);
+        let chunk = points.last().map_or_else(|| chunk_for(&disks), |p| p.chunk);
         Ok(Volume {
             dir: dir.to_owned(),
             dirty: disks.iter().map(|_| BTreeMap::new()).collect(),
@@ -162,24 +175,46 @@ impl Volume {
     /// returned as the ranges to ask the agent for.
     pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
         (self.chunk, self.maps) = if base == 0 {
-            (CHUNK, empty_maps(&self.disks, CHUNK))
+            let chunk = chunk_for(&self.disks);
+            (chunk, empty_maps(&self.disks, chunk))
         } else {
             let (meta, maps) = self.point_maps(base)?;
             (meta.chunk, maps)
         };
-        let chunk = self.chunk;
         for dirty in &mut self.dirty {
             dirty.clear();
         }
         self.dirty_bytes = 0;
         self.awaiting.clear();
         self.losses = store.losses();
+        Ok(self.await_missing(store))
+    }
+
+    /// After the store forgot the chunks it had not synced yet (a write or sync of the
+    /// staging disk failed, for this source or another sharing the store): the chunks
+    /// of the maps it no longer holds are awaited, and returned as the ranges to ask the
+    /// agent for. No point is cut until they are here again.
+    pub fn recover_losses(&mut self, store: &ChunkStore) -> Vec<(u16, u64, u64)> {
+        if store.losses() == self.losses {
+            return Vec::new();
+        }
+        self.losses = store.losses();
+        self.await_missing(store)
+    }
+
+    /// Awaits every chunk of the maps that the store does not hold (and that is not
+    /// changed in memory already); returns their ranges.
+    fn await_missing(&mut self, store: &ChunkStore) -> Vec<(u16, u64, u64)> {
+        let chunk = self.chunk;
         let mut resend = Vec::new();
         for (d, info) in self.disks.iter().enumerate() {
             for (index, hash) in self.maps[d].iter().enumerate() {
-                if *hash != ZERO_CHUNK && !store.contains(hash) {
-                    let index = index as u64;
-                    self.awaiting.insert((d as u16, index));
+                let index = index as u64;
+                if *hash != ZERO_CHUNK
+                    && !store.contains(hash)
+                    && !self.dirty[d].contains_key(&index)
+                    && self.awaiting.insert((d as u16, index))
+                {
                     resend.push((
                         d as u16,
                         index * chunk as u64,
@@ -188,11 +223,11 @@ impl Volume {
                 }
             }
         }
-        Ok(resend)
+        resend
     }
 
     /// Applies a run of bytes the agent sent. Returns the chunks found damaged in the
-    /// store (as disk ranges) that the agent must send again.
+    /// store, or lost from it, (as disk ranges) that the agent must send again.
     pub fn write(
         &mut self,
         store: &mut ChunkStore,
@@ -215,6 +250,7 @@ impl Volume {
                 info.name
             )));
         };
+        let mut lost = self.recover_losses(store);
         let mut resend = Vec::new();
         let chunk = self.chunk;
         let mut at = offset;
@@ -226,7 +262,8 @@ impl Volume {
             if !self.dirty[d].contains_key(&index) {
                 let hash = self.maps[d][index as usize];
                 let covers = at == chunk_start && upto == chunk_start + len as u64;
-                let buf = if covers {
+                // A chunk awaited from the agent comes whole: nothing to read back.
+                let buf = if covers || self.awaiting.contains(&(disk, index)) {
                     vec![0; len]
                 } else {
                     match store.get(&hash, len) {
@@ -262,7 +299,8 @@ impl Volume {
         if self.dirty_bytes > DIRTY_LIMIT {
             self.flush(store)?;
         }
-        Ok(resend)
+        lost.append(&mut resend);
+        Ok(lost)
     }
 
     /// Reads every stored chunk of the current disks; the damaged ones are forgotten and
@@ -661,7 +699,7 @@ mod tests {
     }
 
     #[test]
-    fn after_chunks_not_yet_synced_are_lost_no_point_is_cut_until_a_reset() {
+    fn chunks_lost_to_a_failed_write_are_asked_for_again_by_every_volume_that_names_them() {
         let dir = std::env::temp_dir().join(format!("wl-volume-loss-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
@@ -669,24 +707,65 @@ mod tests {
             name: "/dev/sda".to_owned(),
             size: 4 * CHUNK as u64,
         }];
-        let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
-        volume.reset(0, &store).expect("reset");
+        // Two sources share the store; each stores a chunk, not yet synced.
+        let mut a = Volume::open(&dir.join("a"), disks.clone()).expect("volume");
+        let mut b = Volume::open(&dir.join("b"), disks).expect("volume");
+        a.reset(0, &store).expect("reset");
+        b.reset(0, &store).expect("reset");
         let now = Timestamp::UNIX_EPOCH;
-        volume.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
-        volume.flush(&mut store).expect("flush");
-        // A write or sync of the store fails (for this source or another): what was
-        // not synced is forgotten, and the map names a chunk the store no longer has.
+        a.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
+        a.flush(&mut store).expect("flush");
+        b.write(&mut store, 0, CHUNK as u64, &[5u8; 4096])
+            .expect("write");
+        b.flush(&mut store).expect("flush");
+        // A write of the staging disk fails: what was not synced is forgotten, and
+        // both maps name a chunk the store no longer has.
         store.lose_unsynced();
-        let err = volume.commit(&mut store, 1, now, now).expect_err("refused");
+        // A cannot cut a point over it: its commit says so (the session ends).
+        let err = a.commit(&mut store, 1, now, now).expect_err("refused");
         assert!(err.to_string().contains("were lost"), "{err}");
-        assert!(volume.latest().is_none(), "no point was written");
-        // The next session starts again from the last point (here: none) and the agent
-        // sends what differs from it again.
-        volume.reset(0, &store).expect("reset");
-        volume.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
-        let point = volume.commit(&mut store, 1, now, now).expect("commit");
-        let (_, maps) = volume.point_maps(point.seq).expect("maps");
+        assert!(a.latest().is_none(), "no point was written");
+        // B's next write asks for its lost chunk again, whole, and reads nothing back
+        // (a partial write into it waits for the whole chunk).
+        let resend = b
+            .write(&mut store, 0, CHUNK as u64 + 8192, &[6u8; 4096])
+            .expect("write");
+        assert_eq!(resend, vec![(0, CHUNK as u64, CHUNK as u64)]);
+        assert_eq!(b.awaiting_resend(), 1);
+        assert!(b.recover_losses(&store).is_empty(), "asked for once");
+        let mut whole = vec![0u8; CHUNK];
+        whole[..4096].fill(5);
+        whole[8192..12288].fill(6);
+        assert!(
+            b.write(&mut store, 0, CHUNK as u64, &whole)
+                .expect("resent")
+                .is_empty()
+        );
+        assert_eq!(b.awaiting_resend(), 0);
+        let point = b.commit(&mut store, 1, now, now).expect("commit");
+        let (_, maps) = b.point_maps(point.seq).expect("maps");
+        assert_eq!(store.get(&maps[0][1], CHUNK).expect("chunk"), whole);
+        // A's next session starts again from its last point (here: none).
+        a.reset(0, &store).expect("reset");
+        a.write(&mut store, 0, 0, &[4u8; 4096]).expect("write");
+        let point = a.commit(&mut store, 1, now, now).expect("commit");
+        let (_, maps) = a.point_maps(point.seq).expect("maps");
         assert!(store.contains(&maps[0][0]));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_volume_starts_with_16_kib_chunks_up_to_64_gib_and_64_kib_past_that() {
+        let disk = |size: u64| DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size,
+        };
+        assert_eq!(chunk_for(&[disk(4 << 30)]), CHUNK);
+        assert_eq!(chunk_for(&[disk(32 << 30), disk(32 << 30)]), CHUNK);
+        assert_eq!(
+            chunk_for(&[disk(32 << 30), disk((32 << 30) + 1)]),
+            LEGACY_CHUNK
+        );
+        assert_eq!(chunk_for(&[disk(1 << 40)]), LEGACY_CHUNK);
     }
 }

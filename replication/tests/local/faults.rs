@@ -228,7 +228,7 @@ async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> Tes
     );
     let problem = engine.server().stats(&id.0).problem.unwrap_or_default();
     assert!(
-        problem.contains("damaged chunk"),
+        problem.contains("is missing from the store (found damaged"),
         "the damage is reported: {problem}"
     );
     Ok(())
