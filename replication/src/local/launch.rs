@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::proto::{ZERO_CHUNK, chunk_hash, chunk_len};
 use super::server::lock;
-use super::store::ChunkStore;
+use super::store::{ChunkStore, StoreError};
 use super::volume::Volume;
 use crate::Health;
 
@@ -67,9 +67,18 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
             }
             let offset = index as u64 * meta.chunk as u64;
             let len = chunk_len(disk.size, meta.chunk, index as u64);
-            let bytes = lock(spec.store)
-                .get(hash, len)
-                .map_err(|err| format!("recovery point {} cannot be launched: {err}", spec.seq))?;
+            // The store's lock ends with this statement: forget_damaged takes it again.
+            let got = lock(spec.store).get(hash, len);
+            let bytes = got.map_err(|err| {
+                let mut why = format!("recovery point {} cannot be launched: {err}", spec.seq);
+                if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
+                    let found = forget_damaged(spec.store, &meta, &maps);
+                    why.push_str(&format!(
+                        "; {found} chunk(s) of it are damaged or missing in the store: the agent sends again those its disks still hold, so the next recovery point holds them"
+                    ));
+                }
+                why
+            })?;
             file.write_all_at(&bytes, offset).map_err(|err| {
                 format!(
                     "cannot write {} (is the target disk full?): {err}",
@@ -147,6 +156,31 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
         },
         detail,
     })
+}
+
+/// Reads every chunk of a point that met a damaged one and forgets each that is damaged
+/// or missing, so the replicating volumes ask their agents for them again (the store
+/// counts a loss); returns how many. The store is locked one chunk at a time.
+fn forget_damaged(
+    store: &Mutex<ChunkStore>,
+    meta: &super::volume::PointMeta,
+    maps: &[Vec<super::proto::ChunkHash>],
+) -> usize {
+    let mut found = 0;
+    for (disk, map) in meta.disks.iter().zip(maps) {
+        for (index, hash) in map.iter().enumerate() {
+            if *hash == ZERO_CHUNK {
+                continue;
+            }
+            let len = chunk_len(disk.size, meta.chunk, index as u64);
+            let mut store = lock(store);
+            if let Err(StoreError::Damaged { .. } | StoreError::Missing(_)) = store.get(hash, len) {
+                store.forget(hash);
+                found += 1;
+            }
+        }
+    }
+    found
 }
 
 /// Reads the image back and compares each chunk with the point's address.

@@ -407,7 +407,8 @@ impl ChunkStore {
         self.forget_unsynced();
     }
 
-    /// How many times chunks not yet synced were forgotten since the store opened.
+    /// How many times chunks were forgotten (not yet synced when a write or sync failed,
+    /// or found damaged) since the store opened.
     pub fn losses(&self) -> u64 {
         self.losses
     }
@@ -484,8 +485,11 @@ impl ChunkStore {
     }
 
     /// Forgets a damaged chunk, so that the next copy sent is stored again.
+    /// Forgets a chunk found damaged (or missing), so it is stored again when it comes
+    /// back. Counted as a loss: every volume whose map names it asks for it again.
     pub fn forget(&mut self, hash: &ChunkHash) {
         self.index.remove(hash);
+        self.losses += 1;
     }
 
     /// Rewrites the packs so that only the chunks in `live` remain; returns the bytes

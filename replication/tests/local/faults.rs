@@ -175,19 +175,29 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> TestResult {
-    let dir = temp("damage");
+/// A source replicating continuously whose every stored chunk record is then damaged
+/// (a bad disk under the staging folder); the engine, the source, its image and its
+/// first recovery point.
+async fn damaged(
+    name: &str,
+) -> Result<
+    (
+        replication::local::LocalEngine,
+        replication::SourceId,
+        std::path::PathBuf,
+        String,
+        super::AgentThread,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    let dir = temp(name);
     let image = dir.join("web03.img");
-    let size = 4 << 20;
-    Writer::create(&image, size, 3)?;
+    Writer::create(&image, 4 << 20, 3)?;
     let engine = engine(&dir).await?;
-    let (id, _agent) = replicate_via(&engine, &dir, "web03", &image, None).await?;
+    let (id, agent) = replicate_via(&engine, &dir, "web03", &image, None).await?;
     continuous(&engine, &id).await?;
     let old_point = engine.recovery_points(&id).await?[0].id.clone();
-    // Damage every chunk record in the store (a bad disk under the staging folder).
-    let chunks = dir.join("staging/chunks");
-    for entry in std::fs::read_dir(&chunks)? {
+    for entry in std::fs::read_dir(dir.join("staging/chunks"))? {
         let path = entry?.path();
         let mut bytes = std::fs::read(&path)?;
         let mut at = 0;
@@ -198,22 +208,35 @@ async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> Tes
         }
         std::fs::write(&path, &bytes)?;
     }
-    // A launch of the damaged point fails and says why.
+    Ok((engine, id, image, old_point, agent))
+}
+
+/// A launch that ends, and the message of its one server.
+async fn launch_message(
+    engine: &replication::local::LocalEngine,
+    id: &replication::SourceId,
+    point: PointInTime,
+) -> Result<(replication::LaunchStatus, String), Box<dyn std::error::Error>> {
     let job = engine
-        .start_launch(
-            LaunchKind::Test,
-            std::slice::from_ref(&id),
-            &PointInTime::RecoveryPoint(old_point),
-        )
+        .start_launch(LaunchKind::Test, std::slice::from_ref(id), &point)
         .await?;
-    let mut message = String::new();
-    wait_for("the failed launch", Duration::from_secs(30), async || {
+    let mut ended = None;
+    wait_for("the launch", Duration::from_secs(60), async || {
         let job = engine.describe_job(&job.id).await?;
-        message = job.servers[0].message.clone().unwrap_or_default();
-        Ok(job.status == replication::JobStatus::Completed)
+        let done = job.status == replication::JobStatus::Completed;
+        if done {
+            let slot = &job.servers[0];
+            ended = Some((slot.status, slot.message.clone().unwrap_or_default()));
+        }
+        Ok(done)
     })
     .await?;
-    assert!(message.contains("damaged"), "{message}");
+    Ok(ended.ok_or("an ended launch")?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> TestResult {
+    let (engine, id, image, _old_point, _agent) = damaged("damage").await?;
     // The source changes a little, in a block that holds data (every fourth does): the
     // chunk it touches is found damaged when the server reads it back to merge the
     // change, every chunk is checked then, the damaged ones are sent again whole, and
@@ -231,6 +254,38 @@ async fn a_damaged_chunk_is_found_sent_again_and_kept_out_of_new_points() -> Tes
         problem.contains("is missing from the store (found damaged"),
         "the damage is reported: {problem}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_that_meets_damage_says_so_and_the_next_point_is_whole_again() -> TestResult {
+    let (engine, id, image, old_point, _agent) = damaged("damage-launch").await?;
+    // Nothing on the source changes, so no write reads a chunk back: the launch of the
+    // point is the first to meet the damage. It fails, says why, and has the agent send
+    // the damaged chunks again.
+    let (status, message) =
+        launch_message(&engine, &id, PointInTime::RecoveryPoint(old_point.clone())).await?;
+    assert_eq!(status, replication::LaunchStatus::Failed, "{message}");
+    assert!(
+        message.contains("is damaged") && message.contains("the agent sends again"),
+        "{message}"
+    );
+    // The next point waits for them and holds the source's bytes.
+    let copy = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the new point holds the source's bytes"
+    );
+    // The chunks came back with the same content, under the same addresses: the old
+    // point launches again too.
+    let healed = launched_image(
+        &engine,
+        LaunchKind::Test,
+        &id,
+        PointInTime::RecoveryPoint(old_point),
+    )
+    .await?;
+    assert!(std::fs::read(&healed)? == std::fs::read(&image)?);
     Ok(())
 }
 
