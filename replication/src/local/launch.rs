@@ -74,7 +74,7 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
                 if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
                     let found = forget_damaged(spec.store, &meta, &maps);
                     why.push_str(&format!(
-                        "; {found} chunk(s) of it are damaged or missing in the store: the agent sends again those its disks still hold, so the next recovery point holds them"
+                        "; {found} chunk(s) of it are damaged or missing in the store and were forgotten: while the source replicates, its agent sends them again where its disks still hold them, and its next recovery point holds them"
                     ));
                 }
                 why
@@ -160,27 +160,31 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
 
 /// Reads every chunk of a point that met a damaged one and forgets each that is damaged
 /// or missing, so the replicating volumes ask their agents for them again (the store
-/// counts a loss); returns how many. The store is locked one chunk at a time.
+/// counts a loss); returns how many distinct chunks. The store is locked one chunk at a
+/// time while reading, and once to forget them all (so volumes see one loss).
 fn forget_damaged(
     store: &Mutex<ChunkStore>,
     meta: &super::volume::PointMeta,
     maps: &[Vec<super::proto::ChunkHash>],
 ) -> usize {
-    let mut found = 0;
+    let mut damaged = std::collections::HashSet::new();
     for (disk, map) in meta.disks.iter().zip(maps) {
         for (index, hash) in map.iter().enumerate() {
-            if *hash == ZERO_CHUNK {
+            if *hash == ZERO_CHUNK || damaged.contains(hash) {
                 continue;
             }
             let len = chunk_len(disk.size, meta.chunk, index as u64);
-            let mut store = lock(store);
-            if let Err(StoreError::Damaged { .. } | StoreError::Missing(_)) = store.get(hash, len) {
-                store.forget(hash);
-                found += 1;
+            let read = lock(store).get(hash, len);
+            if let Err(StoreError::Damaged { .. } | StoreError::Missing(_)) = read {
+                damaged.insert(*hash);
             }
         }
     }
-    found
+    let mut store = lock(store);
+    for hash in &damaged {
+        store.forget(hash);
+    }
+    damaged.len()
 }
 
 /// Reads the image back and compares each chunk with the point's address.

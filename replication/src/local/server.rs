@@ -677,19 +677,14 @@ fn applier(
                 let committed = if failed {
                     Err("the data before it could not be stored".to_owned())
                 } else {
-                    // Chunks lost since (a failed write of the staging disk, maybe for
-                    // another source) are asked for again, and the point waits for them.
-                    let lost = {
-                        let mut volume = lock(&volume);
-                        let store = lock(&shared.store);
-                        volume.recover_losses(&store)
-                    };
+                    let mut lost = Vec::new();
+                    let committed = commit(
+                        &shared, &source, &volume, seq, frozen_at, taken_at, &retention, &mut lost,
+                    );
                     for (disk, offset, len) in lost {
                         let _ = report.send(Applied::Resend(disk, offset, len));
                     }
-                    commit(
-                        &shared, &source, &volume, seq, frozen_at, taken_at, &retention,
-                    )
+                    committed
                 };
                 let _ = reply.send(committed);
             }
@@ -859,11 +854,12 @@ fn note(shared: &Shared, source: &str, problem: String) {
     }
 }
 
-/// Cuts the point (or `None` while chunks are awaited), then applies the retention and
-/// collects garbage when more than half of the store is unreferenced.
 /// Cuts the point, or says why not now (`Ok(Err)`: chunks being sent again, a seq
 /// already used); then applies the retention. An error is a point that could not be
-/// written. Chunks are collected when the server starts, never while sessions write.
+/// written. Chunks lost since the volume's maps were built are put in `lost`, to be
+/// asked of the agent. Chunks are collected when the server starts, never while sessions
+/// write.
+#[allow(clippy::too_many_arguments)]
 fn commit(
     shared: &Shared,
     source: &str,
@@ -872,8 +868,15 @@ fn commit(
     frozen_at: Timestamp,
     taken_at: Timestamp,
     retention: &Retention,
+    lost: &mut Vec<(u16, u64, u64)>,
 ) -> Result<Result<PointMeta, String>, String> {
     let mut v = lock(volume);
+    // Held from here to the point's write: a chunk forgotten meanwhile (by a launch that
+    // met damage, or another source's failed write) would leave the point naming it.
+    let mut store = lock(&shared.store);
+    // Chunks lost since the maps were built are asked for again (`lost`); the point
+    // waits for them.
+    *lost = v.recover_losses(&store);
     if v.awaiting_resend() > 0 {
         return Ok(Err(
             "chunks missing from the store (damaged, or lost to a failed write) are being sent again"
@@ -886,7 +889,6 @@ fn commit(
             latest.seq
         )));
     }
-    let mut store = lock(&shared.store);
     let point = v
         .commit(&mut store, seq, frozen_at, taken_at)
         .map_err(|err| {

@@ -65,8 +65,9 @@ pub struct ChunkStore {
     /// The current pack's last records, not written to it yet: they end where the pack
     /// does, and are read from here until they are written.
     pending: Vec<u8>,
-    /// How many times chunks not yet synced were forgotten (a failed write or sync): a
-    /// volume whose map may name one cuts no point until it starts again from its last.
+    /// How many times chunks were forgotten (not yet synced when a write or sync
+    /// failed, or found damaged): a volume whose maps were built before a loss asks for
+    /// the chunks they name that the store no longer holds before it cuts a point.
     losses: u64,
     writeback: Writeback,
     compressor: Compressor,
@@ -459,6 +460,12 @@ impl ChunkStore {
             offset: location.offset,
             why,
         };
+        // A pack cut short or gone is damage too (it is what a bad disk leaves).
+        let unreadable = |err: io::Error| match err.kind() {
+            io::ErrorKind::UnexpectedEof => damaged(format!("its pack ends before it ({err})")),
+            io::ErrorKind::NotFound => damaged(format!("its pack is gone ({err})")),
+            _ => StoreError::Io(err),
+        };
         let mut body = vec![0u8; location.stored_len as usize];
         let start = location.offset + HEADER as u64;
         match &self.current {
@@ -470,7 +477,9 @@ impl ChunkStore {
                 let n = body.len();
                 body.copy_from_slice(&self.pending[at..at + n]);
             }
-            _ => File::open(self.dir.join(&pack))?.read_exact_at(&mut body, start)?,
+            _ => File::open(self.dir.join(&pack))
+                .and_then(|file| file.read_exact_at(&mut body, start))
+                .map_err(unreadable)?,
         }
         let bytes = if location.compressed {
             lz4_flex::block::decompress(&body, location.raw_len as usize)
@@ -484,12 +493,13 @@ impl ChunkStore {
         Ok(bytes)
     }
 
-    /// Forgets a damaged chunk, so that the next copy sent is stored again.
-    /// Forgets a chunk found damaged (or missing), so it is stored again when it comes
-    /// back. Counted as a loss: every volume whose map names it asks for it again.
+    /// Forgets a chunk found damaged, so it is stored again when it comes back. Counted
+    /// as a loss (when the store held it): every volume whose map names it asks for it
+    /// again.
     pub fn forget(&mut self, hash: &ChunkHash) {
-        self.index.remove(hash);
-        self.losses += 1;
+        if self.index.remove(hash).is_some() {
+            self.losses += 1;
+        }
     }
 
     /// Rewrites the packs so that only the chunks in `live` remain; returns the bytes
@@ -623,6 +633,33 @@ mod tests {
         assert_eq!(
             store.get(&last, noise(seed + 1).len()).expect("get"),
             noise(seed + 1)
+        );
+    }
+
+    #[test]
+    fn a_pack_cut_short_or_gone_under_an_open_store_is_damage() {
+        let dir = tempdir("cut");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let a = store.put(&noise(1)).expect("put");
+        store.sync().expect("sync");
+        let pack = dir.join(pack_name(1));
+        OpenOptions::new()
+            .write(true)
+            .open(&pack)
+            .and_then(|f| f.set_len(100))
+            .expect("cut");
+        let err = store.get(&a, noise(1).len()).expect_err("cut short");
+        assert!(
+            matches!(err, StoreError::Damaged { .. })
+                && err.to_string().contains("its pack ends before it"),
+            "{err}"
+        );
+        std::fs::remove_file(&pack).expect("remove");
+        let err = store.get(&a, noise(1).len()).expect_err("gone");
+        assert!(
+            matches!(err, StoreError::Damaged { .. })
+                && err.to_string().contains("its pack is gone"),
+            "{err}"
         );
     }
 

@@ -190,10 +190,10 @@ impl Volume {
         Ok(self.await_missing(store))
     }
 
-    /// After the store forgot the chunks it had not synced yet (a write or sync of the
-    /// staging disk failed, for this source or another sharing the store): the chunks
-    /// of the maps it no longer holds are awaited, and returned as the ranges to ask the
-    /// agent for. No point is cut until they are here again.
+    /// After the store forgot chunks (not yet synced when a write or sync of the staging
+    /// disk failed, or found damaged; for this source or another sharing the store): the
+    /// chunks of the maps it no longer holds are awaited, and returned as the ranges to
+    /// ask the agent for. No point is cut until they are here again.
     pub fn recover_losses(&mut self, store: &ChunkStore) -> Vec<(u16, u64, u64)> {
         if store.losses() == self.losses {
             return Vec::new();
@@ -295,6 +295,8 @@ impl Volume {
             // Where one chunk is damaged others may be: read every chunk of the disks
             // and ask for each damaged one, so that no new point names one.
             resend.extend(self.scrub(store)?);
+            // The scrub read every chunk of the maps: the losses it caused are seen.
+            self.losses = store.losses();
         }
         if self.dirty_bytes > DIRTY_LIMIT {
             self.flush(store)?;

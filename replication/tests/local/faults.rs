@@ -267,7 +267,9 @@ async fn a_launch_that_meets_damage_says_so_and_the_next_point_is_whole_again() 
         launch_message(&engine, &id, PointInTime::RecoveryPoint(old_point.clone())).await?;
     assert_eq!(status, replication::LaunchStatus::Failed, "{message}");
     assert!(
-        message.contains("is damaged") && message.contains("the agent sends again"),
+        message.contains("is damaged")
+            && message
+                .contains("chunk(s) of it are damaged or missing in the store and were forgotten"),
         "{message}"
     );
     // The next point waits for them and holds the source's bytes.
