@@ -47,7 +47,7 @@ impl PointMeta {
 pub struct Volume {
     dir: PathBuf,
     pub disks: Vec<DiskInfo>,
-    /// The size of the chunks of `maps`: the base point's, or [`CHUNK`] from scratch.
+    /// The size of the chunks of `maps`: the base point's, or [`chunk_for`] from scratch.
     chunk: usize,
     maps: Vec<Vec<ChunkHash>>,
     dirty: Vec<BTreeMap<u64, Vec<u8>>>,
@@ -58,8 +58,9 @@ pub struct Volume {
     pub points: Vec<PointMeta>,
     /// Points a launch is reading, by how many: retention keeps them meanwhile.
     pinned: BTreeMap<u64, usize>,
-    /// The store's count of losses when the maps were last built from a point: a loss
-    /// since (chunks not yet synced, forgotten) may leave the maps naming a lost chunk.
+    /// The store's count of losses when the maps were last checked against it: a loss
+    /// since (chunks forgotten: not yet synced when a write failed, or found damaged)
+    /// may leave the maps naming a chunk the store no longer holds.
     losses: u64,
 }
 
