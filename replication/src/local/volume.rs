@@ -518,6 +518,18 @@ impl Retention {
 mod tests {
     use super::*;
 
+    /// A fresh folder (named for the test) with a chunk store, and one disk of `size`.
+    fn fixture(name: &str, size: u64) -> (PathBuf, ChunkStore, Vec<DiskInfo>) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let disks = vec![DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size,
+        }];
+        (dir, store, disks)
+    }
+
     fn point(seq: u64, taken_at: Timestamp) -> PointMeta {
         PointMeta {
             seq,
@@ -558,13 +570,7 @@ mod tests {
 
     #[test]
     fn a_pinned_point_outlives_retention_until_unpinned() {
-        let dir = std::env::temp_dir().join(format!("wl-volume-pin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
-        let disks = vec![DiskInfo {
-            name: "/dev/sda".to_owned(),
-            size: CHUNK as u64,
-        }];
+        let (dir, mut store, disks) = fixture("wl-volume-pin", CHUNK as u64);
         let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
         let now = Timestamp::UNIX_EPOCH;
         for seq in 1..=3 {
@@ -585,13 +591,7 @@ mod tests {
 
     #[test]
     fn a_point_holds_the_bytes_written_before_it_and_reset_returns_to_it() {
-        let dir = std::env::temp_dir().join(format!("wl-volume-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
-        let disks = vec![DiskInfo {
-            name: "/dev/sda".to_owned(),
-            size: 3 * CHUNK as u64 + 4096,
-        }];
+        let (dir, mut store, disks) = fixture("wl-volume", 3 * CHUNK as u64 + 4096);
         let mut volume = Volume::open(&dir.join("src"), disks.clone()).expect("volume");
         let now = Timestamp::UNIX_EPOCH;
         volume
@@ -627,14 +627,8 @@ mod tests {
 
     #[test]
     fn a_volume_begun_with_64_kib_chunks_goes_on_with_them_until_it_starts_over() {
-        let dir = std::env::temp_dir().join(format!("wl-volume-legacy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
         let size = 2 * LEGACY_CHUNK as u64;
-        let disks = vec![DiskInfo {
-            name: "/dev/sda".to_owned(),
-            size,
-        }];
+        let (dir, mut store, disks) = fixture("wl-volume-legacy", size);
         // A point as written before chunk sizes were recorded: no "chunk" field, one
         // address per 64 KiB.
         let stored = store.put(&[5u8; LEGACY_CHUNK]).expect("put");
@@ -703,13 +697,7 @@ mod tests {
 
     #[test]
     fn chunks_lost_to_a_failed_write_are_asked_for_again_by_every_volume_that_names_them() {
-        let dir = std::env::temp_dir().join(format!("wl-volume-loss-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
-        let disks = vec![DiskInfo {
-            name: "/dev/sda".to_owned(),
-            size: 4 * CHUNK as u64,
-        }];
+        let (dir, mut store, disks) = fixture("wl-volume-loss", 4 * CHUNK as u64);
         // Two sources share the store; each stores a chunk, not yet synced.
         let mut a = Volume::open(&dir.join("a"), disks.clone()).expect("volume");
         let mut b = Volume::open(&dir.join("b"), disks).expect("volume");
