@@ -11,7 +11,7 @@
 //! 4. Launch time of the image (final sync, materialize, verify).
 //!
 //! `cargo bench -p replication --bench local [-- --size-gib N --seconds S --source-dir
-//! DIR]`. `--source-dir` puts the source image on another disk than the staging folder,
+//! DIR --scan-ms MS]`. `--scan-ms` is the agent's pause between passes (100 by default). `--source-dir` puts the source image on another disk than the staging folder,
 //! as a source server's disk is in a real migration (the default shares one). It starts a
 //! replication server on a loopback port and the agent's code in a thread; files go to
 //! `target/bench-local/`.
@@ -337,7 +337,7 @@ async fn main() -> Result<()> {
         disks: vec![image.clone()],
         state_dir: root.join("agent"),
         bandwidth_mbit: None,
-        scan_interval: Duration::from_millis(100),
+        scan_interval: Duration::from_millis(arg("--scan-ms", 100)),
         point_interval: Duration::from_secs(3600),
         give_up_after: Duration::from_secs(60),
     };
