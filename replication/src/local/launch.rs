@@ -72,10 +72,14 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
             let bytes = got.map_err(|err| {
                 let mut why = format!("recovery point {} cannot be launched: {err}", spec.seq);
                 if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
-                    let found = forget_damaged(spec.store, &meta, &maps);
-                    why.push_str(&format!(
-                        "; {found} chunk(s) of it are damaged or missing in the store and were forgotten: while the source replicates, its agent sends them again where its disks still hold them, and its next recovery point holds them"
-                    ));
+                    match forget_damaged(spec.store, &meta, &maps) {
+                        Ok(found) => why.push_str(&format!(
+                            "; {found} chunk(s) of it are damaged or missing in the store and were forgotten: while the source replicates, its agent sends them again where its disks still hold them, and its next recovery point holds them"
+                        )),
+                        Err((found, err)) => why.push_str(&format!(
+                            "; {found} chunk(s) of it are damaged or missing in the store and were forgotten, but the store could not record that on its disk ({err}): check the staging disk"
+                        )),
+                    }
                 }
                 why
             })?;
@@ -160,13 +164,14 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
 
 /// Reads every chunk of a point that met a damaged one and forgets each that is damaged
 /// or missing, so the replicating volumes ask their agents for them again (the store
-/// counts a loss); returns how many distinct chunks. The store is locked one chunk at a
-/// time while reading, and once to forget them all (so volumes see one loss).
+/// counts a loss); returns how many distinct chunks, with the error if their tombstones
+/// could not be written. The store is locked one chunk at a time while reading, and
+/// once to forget them all (so volumes see one loss).
 fn forget_damaged(
     store: &Mutex<ChunkStore>,
     meta: &super::volume::PointMeta,
     maps: &[Vec<super::proto::ChunkHash>],
-) -> usize {
+) -> Result<usize, (usize, std::io::Error)> {
     let mut damaged = std::collections::HashSet::new();
     for (disk, map) in meta.disks.iter().zip(maps) {
         for (index, hash) in map.iter().enumerate() {
@@ -180,11 +185,10 @@ fn forget_damaged(
             }
         }
     }
-    let mut store = lock(store);
-    for hash in &damaged {
-        store.forget(hash);
-    }
-    damaged.len()
+    let forgotten = lock(store).forget(&damaged);
+    forgotten
+        .map(|_| damaged.len())
+        .map_err(|err| (damaged.len(), err))
 }
 
 /// Reads the image back and compares each chunk with the point's address.

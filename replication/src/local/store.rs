@@ -2,7 +2,9 @@
 //! 64 KiB in volumes begun before sizes were recorded; lz4-compressed when that is
 //! smaller), appended to pack files, each record carrying its SHA-256 address so the
 //! store can be re-indexed by reading the packs, and so a damaged chunk is found when it
-//! is read. One fsync per recovery point, not per chunk.
+//! is read. One fsync per recovery point, not per chunk. A chunk found damaged is
+//! forgotten with a tombstone record (its address, no body), synced at once, so that
+//! reopening the store does not index the damaged record again.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -24,6 +26,18 @@ const PACK_LIMIT: u64 = 1 << 30;
 /// records costs the page cache a fraction of one write per record (whose ends fall
 /// inside pages, which the kernel zeroes first).
 const WRITE_BUFFER: usize = 1 << 20;
+
+/// The flag byte of a record: the body as sent, lz4-compressed, or none (a tombstone:
+/// the chunk at this address before it was found damaged and forgotten).
+const RAW: u8 = 0;
+const COMPRESSED: u8 = 1;
+const TOMBSTONE: u8 = 2;
+
+/// What one record of a pack says.
+enum Record {
+    Chunk(ChunkHash, Location),
+    Tombstone(ChunkHash),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
@@ -75,46 +89,41 @@ pub struct ChunkStore {
 }
 
 /// The record whose header is at `offset`, if the header is whole and plausible.
-fn read_header(
-    file: &mut File,
-    offset: u64,
-    len: u64,
-) -> io::Result<Option<(ChunkHash, Location)>> {
+fn read_header(file: &mut File, offset: u64, len: u64) -> io::Result<Option<Record>> {
     if offset + HEADER as u64 > len {
         return Ok(None);
     }
     let mut header = [0u8; HEADER];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut header)?;
-    if &header[..4] != MAGIC || header[44] > 1 {
+    if &header[..4] != MAGIC || header[44] > TOMBSTONE {
         return Ok(None);
     }
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&header[4..36]);
     let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
     let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
+    if header[44] == TOMBSTONE {
+        return Ok((raw_len == 0 && stored_len == 0).then_some(Record::Tombstone(hash)));
+    }
     let plausible = raw_len as usize <= super::proto::LEGACY_CHUNK
         && stored_len as usize <= super::proto::LEGACY_CHUNK + 1024
         && offset + HEADER as u64 + u64::from(stored_len) <= len;
-    Ok(plausible.then_some((
+    Ok(plausible.then_some(Record::Chunk(
         hash,
         Location {
             pack: 0,
             offset,
             stored_len,
             raw_len,
-            compressed: header[44] == 1,
+            compressed: header[44] == COMPRESSED,
         },
     )))
 }
 
 /// The first record at or after `from` whose header is plausible and whose content
-/// matches its address.
-fn resync(
-    file: &mut File,
-    from: u64,
-    len: u64,
-) -> io::Result<Option<(u64, (ChunkHash, Location))>> {
+/// matches its address (a tombstone has none to match).
+fn resync(file: &mut File, from: u64, len: u64) -> io::Result<Option<(u64, Record)>> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = from;
     while at + HEADER as u64 <= len {
@@ -129,9 +138,13 @@ fn resync(
                 continue;
             }
             let candidate = at + i as u64;
-            if let Some(record) = read_header(file, candidate, len)?
-                && record_matches(file, &record.0, &record.1)?
-            {
+            let record = read_header(file, candidate, len)?;
+            let matches = match &record {
+                Some(Record::Chunk(hash, location)) => record_matches(file, hash, location)?,
+                Some(Record::Tombstone(_)) => true,
+                None => false,
+            };
+            if let Some(record) = record.filter(|_| matches) {
                 found = Some((candidate, record));
                 break;
             }
@@ -249,7 +262,8 @@ impl ChunkStore {
         Ok(store)
     }
 
-    /// Reads a pack's record headers into the index; returns where its last valid record
+    /// Reads a pack's record headers into the index (a tombstone takes its chunk out,
+    /// a later record of the chunk puts it back); returns where its last valid record
     /// ends. A damaged header in the middle (a bad sector, a flipped bit) loses only its
     /// own record: the next one is found by its magic and checked against its address,
     /// and indexing goes on from there. What follows the last valid record is a torn
@@ -273,22 +287,40 @@ impl ChunkStore {
                     None => None,
                 },
             };
-            let Some((hash, location)) = record else {
-                break;
+            let end = match record {
+                None => break,
+                Some(Record::Tombstone(hash)) => {
+                    self.unindex(&hash);
+                    offset + HEADER as u64
+                }
+                Some(Record::Chunk(hash, location)) => {
+                    self.unindex(&hash);
+                    self.index.insert(
+                        hash,
+                        Location {
+                            pack: id,
+                            ..location
+                        },
+                    );
+                    self.stored_bytes += u64::from(location.stored_len);
+                    offset + HEADER as u64 + u64::from(location.stored_len)
+                }
             };
-            let end = offset + HEADER as u64 + u64::from(location.stored_len);
-            self.index.insert(
-                hash,
-                Location {
-                    pack: id,
-                    ..location
-                },
-            );
-            self.stored_bytes += u64::from(location.stored_len);
             offset = end;
             valid_end = end;
         }
         Ok(valid_end)
+    }
+
+    /// Takes a chunk out of the index; true if it was there.
+    fn unindex(&mut self, hash: &ChunkHash) -> bool {
+        match self.index.remove(hash) {
+            Some(location) => {
+                self.stored_bytes -= u64::from(location.stored_len);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn contains(&self, hash: &ChunkHash) -> bool {
@@ -316,6 +348,49 @@ impl ChunkStore {
             Some(compressed) => (&compressed[..], true),
             None => (bytes, false),
         };
+        self.ensure_pack()?;
+        let Some((id, _, len)) = self.current.as_mut() else {
+            return Err(io::Error::other("no pack to write to"));
+        };
+        let record = &mut self.pending;
+        let record_start = record.len();
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&hash);
+        record.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        record.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        record.push(if is_compressed { COMPRESSED } else { RAW });
+        record.extend_from_slice(body);
+        let record_len = (record.len() - record_start) as u64;
+        self.index.insert(
+            hash,
+            Location {
+                pack: *id,
+                offset: *len,
+                stored_len: body.len() as u32,
+                raw_len: bytes.len() as u32,
+                compressed: is_compressed,
+            },
+        );
+        *len += record_len;
+        let pack = self.dir.join(pack_name(*id));
+        self.stored_bytes += body.len() as u64;
+        self.unsynced += record_len;
+        self.unflushed += record_len;
+        self.unsynced_chunks.push(hash);
+        if self.pending.len() >= WRITE_BUFFER {
+            self.write_pending()?;
+        }
+        if self.unflushed >= WRITEBACK_EVERY {
+            self.write_pending()?;
+            self.unflushed = 0;
+            self.writeback.flush(pack);
+        }
+        Ok(hash)
+    }
+
+    /// Makes the current pack one that takes another record: the first, or the next
+    /// after a full one or one whose sync failed.
+    fn ensure_pack(&mut self) -> io::Result<()> {
         let full = self
             .current
             .as_ref()
@@ -345,43 +420,7 @@ impl ChunkStore {
             self.current = Some((id, file, 0));
             self.rotate = false;
         }
-        let Some((id, _, len)) = self.current.as_mut() else {
-            return Err(io::Error::other("no pack to write to"));
-        };
-        let record = &mut self.pending;
-        let record_start = record.len();
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&hash);
-        record.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        record.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        record.push(u8::from(is_compressed));
-        record.extend_from_slice(body);
-        let record_len = (record.len() - record_start) as u64;
-        self.index.insert(
-            hash,
-            Location {
-                pack: *id,
-                offset: *len,
-                stored_len: body.len() as u32,
-                raw_len: bytes.len() as u32,
-                compressed: is_compressed,
-            },
-        );
-        *len += record_len;
-        let pack = self.dir.join(pack_name(*id));
-        self.stored_bytes += body.len() as u64;
-        self.unsynced += record_len;
-        self.unflushed += record_len;
-        self.unsynced_chunks.push(hash);
-        if self.pending.len() >= WRITE_BUFFER {
-            self.write_pending()?;
-        }
-        if self.unflushed >= WRITEBACK_EVERY {
-            self.write_pending()?;
-            self.unflushed = 0;
-            self.writeback.flush(pack);
-        }
-        Ok(hash)
+        Ok(())
     }
 
     /// Writes the records kept in memory to the end of the current pack. When that
@@ -436,7 +475,7 @@ impl ChunkStore {
     /// the store, and the next chunk starts a new pack.
     fn forget_unsynced(&mut self) {
         for hash in std::mem::take(&mut self.unsynced_chunks) {
-            self.index.remove(&hash);
+            self.unindex(&hash);
         }
         self.pending.clear();
         self.unsynced = 0;
@@ -493,17 +532,45 @@ impl ChunkStore {
         Ok(bytes)
     }
 
-    /// Forgets a chunk found damaged, so it is stored again when it comes back. Counted
-    /// as a loss (when the store held it): every volume whose map names it asks for it
-    /// again.
-    pub fn forget(&mut self, hash: &ChunkHash) {
-        if self.index.remove(hash).is_some() {
-            self.losses += 1;
+    /// Forgets chunks found damaged (or missing), so each is stored again when it comes
+    /// back; returns how many the store held. Each gets a tombstone record, synced before
+    /// this returns, so a restart does not index its damaged record again. Counted as one
+    /// loss: every volume whose maps name one asks for it again.
+    pub fn forget<'a>(
+        &mut self,
+        hashes: impl IntoIterator<Item = &'a ChunkHash>,
+    ) -> io::Result<usize> {
+        let mut forgotten = 0;
+        for hash in hashes {
+            if !self.unindex(hash) {
+                continue;
+            }
+            forgotten += 1;
+            // After the damaged record, wherever it is: the current pack is the last.
+            self.ensure_pack()?;
+            let Some((_, _, len)) = self.current.as_mut() else {
+                return Err(io::Error::other("no pack to write to"));
+            };
+            let record = &mut self.pending;
+            record.extend_from_slice(MAGIC);
+            record.extend_from_slice(hash);
+            record.extend_from_slice(&0u32.to_be_bytes());
+            record.extend_from_slice(&0u32.to_be_bytes());
+            record.push(TOMBSTONE);
+            *len += HEADER as u64;
+            self.unsynced += HEADER as u64;
         }
+        if forgotten > 0 {
+            self.losses += 1;
+            self.sync()?;
+        }
+        Ok(forgotten)
     }
 
     /// Rewrites the packs so that only the chunks in `live` remain; returns the bytes
-    /// freed. The new packs are synced before the old ones are removed.
+    /// freed. The new packs are synced before the old ones are removed. A live chunk
+    /// found damaged is left behind (a loss), not a reason to stop: the store would
+    /// otherwise keep failing to open over it.
     pub fn collect_garbage(&mut self, live: &HashSet<ChunkHash>) -> io::Result<u64> {
         let dead: u64 = self
             .index
@@ -537,14 +604,20 @@ impl ChunkStore {
                 .open(self.dir.join(pack_name(first_new)))?,
             0,
         ));
+        let mut damaged = 0;
         for (hash, loc) in keep {
-            let bytes = self
-                .get(&hash, loc.raw_len as usize)
-                .map_err(|err| match err {
-                    StoreError::Io(err) => err,
-                    other => io::Error::other(other.to_string()),
-                })?;
-            moved.put(&bytes)?;
+            match self.get(&hash, loc.raw_len as usize) {
+                Ok(bytes) => {
+                    moved.put(&bytes)?;
+                }
+                // Not copied, so forgotten when the old packs go: the volumes that name
+                // it find it missing and ask their agents for it.
+                Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => damaged += 1,
+                Err(StoreError::Io(err)) => return Err(err),
+            }
+        }
+        if damaged > 0 {
+            moved.losses += 1;
         }
         moved.sync()?;
         sync_dir(&self.dir)?;
@@ -706,7 +779,7 @@ mod tests {
         let err = store.get(&a, chunk(5).len()).expect_err("damaged");
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains("pack-000001.wlc"), "{err}");
-        store.forget(&a);
+        assert_eq!(store.forget([&a]).expect("forget"), 1);
         let again = store.put(&chunk(5)).expect("stored again");
         assert_eq!(store.get(&again, chunk(5).len()).expect("get"), chunk(5));
     }
@@ -768,6 +841,76 @@ mod tests {
         let reopened = ChunkStore::open(&dir).expect("reopen");
         assert_eq!(reopened.get(&keep, chunk(1).len()).expect("get"), chunk(1));
         assert!(!reopened.contains(&drop_me));
+    }
+
+    /// Flips a byte of the body of the record of `hash` in pack 1.
+    fn damage(dir: &Path, hash: &ChunkHash) {
+        let pack = dir.join(pack_name(1));
+        let mut bytes = std::fs::read(&pack).expect("read pack");
+        let at = bytes
+            .windows(HEADER)
+            .position(|w| &w[..4] == MAGIC && &w[4..36] == hash)
+            .expect("the record");
+        bytes[at + HEADER + 100] ^= 0xff;
+        std::fs::write(&pack, &bytes).expect("write pack");
+    }
+
+    #[test]
+    fn a_forgotten_chunk_stays_forgotten_after_reopening_until_it_is_stored_again() {
+        let dir = tempdir("tombstone");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let a = store.put(&noise(1)).expect("put");
+        let b = store.put(&noise(2)).expect("put");
+        store.sync().expect("sync");
+        let before = store.stored_bytes();
+        damage(&dir, &a);
+        assert!(matches!(
+            store.get(&a, noise(1).len()),
+            Err(StoreError::Damaged { .. })
+        ));
+        let losses = store.losses();
+        assert_eq!(store.forget([&a, &a]).expect("forget"), 1);
+        assert_eq!(store.losses(), losses + 1, "one loss for the call");
+        assert_eq!(store.forget([&a]).expect("again"), 0, "gone already");
+        assert_eq!(store.stored_bytes(), before - noise(1).len() as u64);
+        // The damaged record is still in the pack; its tombstone, synced, keeps it out.
+        drop(store);
+        let mut store = ChunkStore::open(&dir).expect("reopen");
+        assert!(
+            !store.contains(&a),
+            "the damaged record is not indexed again"
+        );
+        assert_eq!(store.get(&b, noise(2).len()).expect("b"), noise(2));
+        assert_eq!(store.stored_bytes(), before - noise(1).len() as u64);
+        // Sent again, it is stored after its tombstone and outlives another reopening.
+        assert_eq!(store.put(&noise(1)).expect("again"), a);
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&a, noise(1).len()).expect("a"), noise(1));
+        assert_eq!(store.stored_bytes(), before);
+    }
+
+    #[test]
+    fn garbage_collection_leaves_a_damaged_live_chunk_behind_as_a_loss() {
+        let dir = tempdir("gcdamaged");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let damaged = store.put(&noise(1)).expect("put");
+        let whole = store.put(&noise(2)).expect("put");
+        let dead = store.put(&noise(3)).expect("put");
+        store.sync().expect("sync");
+        damage(&dir, &damaged);
+        let losses = store.losses();
+        store
+            .collect_garbage(&HashSet::from([damaged, whole]))
+            .expect("the damage does not stop the collection");
+        assert_eq!(store.losses(), losses + 1);
+        assert!(!store.contains(&damaged) && !store.contains(&dead));
+        assert_eq!(store.get(&whole, noise(2).len()).expect("kept"), noise(2));
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert!(!store.contains(&damaged) && !store.contains(&dead));
+        assert_eq!(store.chunk_count(), 1);
     }
 
     fn tempdir(name: &str) -> PathBuf {

@@ -270,7 +270,7 @@ impl Volume {
                     match store.get(&hash, len) {
                         Ok(buf) => buf,
                         Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
-                            store.forget(&hash);
+                            store.forget([&hash])?;
                             self.awaiting.insert((disk, index));
                             resend.push((disk, chunk_start, len as u64));
                             vec![0; len]
@@ -310,6 +310,7 @@ impl Volume {
     /// returned as the ranges the agent must send again.
     pub fn scrub(&mut self, store: &mut ChunkStore) -> Result<Vec<(u16, u64, u64)>, VolumeError> {
         let mut resend = Vec::new();
+        let mut damaged = HashSet::new();
         let chunk = self.chunk;
         for (d, info) in self.disks.iter().enumerate() {
             for (index, hash) in self.maps[d].iter().enumerate() {
@@ -324,7 +325,7 @@ impl Volume {
                 match store.get(hash, len) {
                     Ok(_) => {}
                     Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
-                        store.forget(hash);
+                        damaged.insert(*hash);
                         self.awaiting.insert((d as u16, index));
                         resend.push((d as u16, index * chunk as u64, len as u64));
                     }
@@ -332,6 +333,7 @@ impl Volume {
                 }
             }
         }
+        store.forget(&damaged)?;
         Ok(resend)
     }
 
@@ -613,7 +615,7 @@ mod tests {
         assert_eq!(tail, vec![2u8; 4096]);
         // A chunk of the point the store lost (found damaged, forgotten) is awaited
         // again when a session continues from that point.
-        store.forget(&maps[0][0]);
+        store.forget([&maps[0][0]]).expect("forget");
         let resend = volume.reset(1, &store).expect("reset");
         assert_eq!(resend, vec![(0, 0, CHUNK as u64)]);
         assert_eq!(volume.awaiting_resend(), 1);

@@ -3,6 +3,7 @@
 //! relay on loopback that the test severs), the replication server stopped and started
 //! again, a chunk damaged in the store, a staging folder on a full disk (a 6 MiB tmpfs
 //! the test mounts: the test runs as root, as CI does), and an image that shrinks.
+//! Damage found before a restart of the server stays found after it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +133,25 @@ async fn a_cut_link_is_reported_and_replication_continues_without_a_full_resync(
     Ok(())
 }
 
+/// The engine started again on `listen` once the stopped one has let go of the port
+/// (its listener closes as its tasks end): up to 50 tries, 100 ms apart.
+async fn restarted(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> Result<replication::local::LocalEngine, Box<dyn std::error::Error>> {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match engine_with(dir, listen).await {
+            Err(err)
+                if err
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) => {}
+            other => return other,
+        }
+    }
+    Err(format!("{listen} was still in use 5 s after the server stopped").into())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_last_one()
 -> TestResult {
@@ -156,9 +176,7 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
         .write(true)
         .open(&image)?
         .write_all_at(&[0x17; 65536], 3 << 20)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let second = engine_with(&dir, listen).await?;
+    let second = restarted(&dir, listen).await?;
     let kept = second.recovery_points(&id).await?;
     assert_eq!(kept, before, "the recovery points survive the restart");
     continuous(&second, &id).await?;
@@ -175,9 +193,25 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
     Ok(())
 }
 
-/// A source replicating continuously whose every stored chunk record is then damaged
-/// (a bad disk under the staging folder); the engine, the source, its image and its
-/// first recovery point.
+/// Flips a byte in the body of every chunk record of the store (a bad disk under the
+/// staging folder).
+fn damage_every_record(dir: &std::path::Path) -> TestResult {
+    for entry in std::fs::read_dir(dir.join("staging/chunks"))? {
+        let path = entry?.path();
+        let mut bytes = std::fs::read(&path)?;
+        let mut at = 0;
+        while at + 45 < bytes.len() {
+            let stored = u32::from_be_bytes(bytes[at + 40..at + 44].try_into()?) as usize;
+            bytes[at + 45 + stored / 2] ^= 0x5a;
+            at += 45 + stored;
+        }
+        std::fs::write(&path, &bytes)?;
+    }
+    Ok(())
+}
+
+/// A source replicating continuously whose every stored chunk record is then damaged;
+/// the engine, the source, its image and its first recovery point.
 async fn damaged(
     name: &str,
 ) -> Result<
@@ -197,17 +231,7 @@ async fn damaged(
     let (id, agent) = replicate_via(&engine, &dir, "web03", &image, None).await?;
     continuous(&engine, &id).await?;
     let old_point = engine.recovery_points(&id).await?[0].id.clone();
-    for entry in std::fs::read_dir(dir.join("staging/chunks"))? {
-        let path = entry?.path();
-        let mut bytes = std::fs::read(&path)?;
-        let mut at = 0;
-        while at + 45 < bytes.len() {
-            let stored = u32::from_be_bytes(bytes[at + 40..at + 44].try_into()?) as usize;
-            bytes[at + 45 + stored / 2] ^= 0x5a;
-            at += 45 + stored;
-        }
-        std::fs::write(&path, &bytes)?;
-    }
+    damage_every_record(&dir)?;
     Ok((engine, id, image, old_point, agent))
 }
 
@@ -288,6 +312,47 @@ async fn a_launch_that_meets_damage_says_so_and_the_next_point_is_whole_again() 
     )
     .await?;
     assert!(std::fs::read(&healed)? == std::fs::read(&image)?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_found_damaged_stay_forgotten_across_a_restart_of_the_server() -> TestResult {
+    // A server on a fixed loopback port, so the agent finds the second one there.
+    let dir = temp("damage-restart");
+    let image = dir.join("db04.img");
+    Writer::create(&image, 4 << 20, 5)?;
+    let listen: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let first = engine_with(&dir, listen).await?;
+    let (id, _agent) = replicate_via(&first, &dir, "db04", &image, None).await?;
+    continuous(&first, &id).await?;
+    let old_point = first.recovery_points(&id).await?[0].id.clone();
+    damage_every_record(&dir)?;
+    // The launch finds the damage and forgets the chunks. The source does not change
+    // and no point is asked for, so nothing asks the agent for them before the server
+    // stops, and it restarts with the damaged records still in its packs.
+    let (status, message) =
+        launch_message(&first, &id, PointInTime::RecoveryPoint(old_point)).await?;
+    assert_eq!(status, replication::LaunchStatus::Failed, "{message}");
+    assert!(message.contains("were forgotten"), "{message}");
+    first.shutdown();
+    drop(first);
+    let second = restarted(&dir, listen).await?;
+    continuous(&second, &id).await?;
+    // Opened again, the store does not take the damaged records back: the volume finds
+    // the chunks missing, asks for them, and the next point holds the source's bytes.
+    let copy = launched_image(&second, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the new point holds the source's bytes"
+    );
+    let problem = second.server().stats(&id.0).problem.unwrap_or_default();
+    assert!(
+        problem.contains("are missing from the store (found damaged before)"),
+        "the missing chunks are reported: {problem}"
+    );
     Ok(())
 }
 
