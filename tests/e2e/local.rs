@@ -4,8 +4,9 @@
 //! cut over as images, then one server failed back onto its own image through a
 //! `wavelift replicator` that holds the engine meanwhile; an agent killed with SIGKILL
 //! and started again, which goes on
-//! from its last recovery point instead of sending the disk again; and an agent in a
-//! network namespace whose link goes down and comes back.
+//! from its last recovery point instead of sending the disk again; a failback whose
+//! copy's chunks are damaged in the store while it restores; and an agent in a network
+//! namespace whose link goes down and comes back.
 //!
 //! Starts: the wavelift binary (run, events, replicator, failover, failback) and, through each server's agent_push, one
 //! wavelift-agent per server, on a loopback port of the test's own; mkfs.ext4, debugfs
@@ -513,6 +514,145 @@ fn a_killed_agent_started_again_goes_on_from_its_last_point() {
     let _ = agent.wait();
     let log = rig.log();
     assert!(log.contains("continuing from recovery point 1"), "{log}");
+}
+
+/// Flips a byte in the body of every chunk record of the staging folder's store (a bad
+/// disk under it).
+fn damage_every_record(staging: &std::path::Path) {
+    for entry in fs::read_dir(staging.join("chunks")).expect("the store") {
+        let path = entry.expect("a pack").path();
+        let mut bytes = fs::read(&path).expect("a pack");
+        let mut at = 0;
+        while at + 45 < bytes.len() {
+            let stored =
+                u32::from_be_bytes(bytes[at + 40..at + 44].try_into().expect("4 bytes")) as usize;
+            bytes[at + 45 + stored / 2] ^= 0x5a;
+            at += 45 + stored;
+        }
+        fs::write(&path, &bytes).expect("a pack");
+    }
+}
+
+/// One restore step on the source: the request given to the agent's restore mode (in
+/// this process: the source is this machine's image), the answer it prints.
+fn on_the_source(step: replication::RestoreStep) -> Option<String> {
+    match step {
+        replication::RestoreStep::Done { .. } => None,
+        replication::RestoreStep::Run { input, .. } => {
+            let mut answer = Vec::new();
+            replication::local::restore::serve(&input[..], &mut answer).expect("the restore");
+            Some(String::from_utf8(answer).expect("an answer"))
+        }
+    }
+}
+
+#[test]
+fn a_failback_whose_copy_is_damaged_in_the_store_says_so_and_restores_when_run_again() {
+    // The engine in this process; the source's agent and the copy's reverse agent are
+    // wavelift-agent processes; the restore's steps run in this process on the image.
+    let scratch = Scratch::new("local-failback-damage");
+    let rig = Rig::new(scratch.path(), "127.0.0.1:0");
+    let (runtime, engine, id) = (&rig.runtime, &rig.engine, &rig.source.id);
+    let mut agent = rig.agent(&[]);
+    rig.continuous();
+    runtime
+        .block_on(engine.change_life_cycle(id, replication::LifeCycle::ReadyForCutover))
+        .expect("ready for cutover");
+    let job = runtime
+        .block_on(engine.start_launch(
+            LaunchKind::Cutover,
+            std::slice::from_ref(id),
+            &PointInTime::Latest,
+        ))
+        .expect("a cutover");
+    let mut target = None;
+    wait_for("the cutover", Duration::from_secs(60), || {
+        let job = runtime
+            .block_on(engine.describe_job(&job.id))
+            .expect("the job");
+        target = job.servers[0].target.clone();
+        job.status == JobStatus::Completed
+    });
+    let target = target.expect("a cutover copy");
+    wait_for("a healthy copy", Duration::from_secs(60), || {
+        runtime.block_on(engine.finalize_cutover(id)).is_ok()
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // The migrated server writes to its copy.
+    let copy = runtime
+        .block_on(engine.describe_target(&target))
+        .expect("the target")
+        .address
+        .expect("the copy's image");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::File::options()
+            .write(true)
+            .open(&copy)
+            .expect("the copy");
+        file.write_all_at(&[0x37; 65536], 20 << 20)
+            .expect("a change");
+        file.sync_all().expect("synced");
+    }
+    let changed = fs::read(&copy).expect("the copy");
+    runtime
+        .block_on(engine.start_failback(id))
+        .expect("a failback");
+    wait_for("the copy replicated back", Duration::from_secs(60), || {
+        runtime
+            .block_on(engine.describe_failback(id))
+            .ok()
+            .flatten()
+            .is_some_and(|f| {
+                f.point.is_some() && f.replication.state == ReplicationState::Continuous
+            })
+    });
+    // The source compares; then every chunk record in the store is damaged (the copy's
+    // chunks are the source's, stored once), so the step that reads the chunks to send
+    // meets the damage.
+    let compare = runtime
+        .block_on(engine.restore_step(id, None))
+        .expect("the compare step");
+    let answer = on_the_source(compare).expect("a compare request");
+    damage_every_record(&scratch.path().join("staging"));
+    let err = runtime
+        .block_on(engine.restore_step(id, Some(&answer)))
+        .expect_err("the write step meets the damage");
+    assert!(
+        err.message.contains("cannot be restored")
+            && err.message.contains("is damaged")
+            && err
+                .message
+                .contains("chunk(s) of it are damaged or missing in the store and were forgotten")
+            && err
+                .message
+                .contains("a restore run again starts from a fresh point"),
+        "{}",
+        err.message
+    );
+    // Run again (as the failback task's retry does): a fresh point of the copy, which
+    // waits for the forgotten chunks from the reverse agent, then the steps to the end.
+    let mut step = runtime
+        .block_on(engine.restore_step(id, None))
+        .expect("the restore again");
+    for _ in 0..100 {
+        let Some(answer) = on_the_source(step) else {
+            break;
+        };
+        step = runtime
+            .block_on(engine.restore_step(id, Some(&answer)))
+            .expect("a restore step");
+    }
+    assert!(
+        fs::read(&rig.image).expect("the source") == changed,
+        "the source is its copy, byte for byte"
+    );
+    let failback = runtime
+        .block_on(engine.describe_failback(id))
+        .expect("the failback")
+        .expect("a failback");
+    assert_eq!(failback.state, replication::FailbackState::Restored);
 }
 
 /// A network namespace with one end of a veth pair whose other end is here, removed

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::proto::{ZERO_CHUNK, chunk_len};
 use super::restore::{self, Differ, Record, Written};
 use super::server::{lock, token_hash};
+use super::store::StoreError;
 use super::{LocalEngine, State, not_found, random_token, unavailable};
 use crate::rules::{conflict, life_cycle_name};
 use crate::{
@@ -390,9 +391,32 @@ impl LocalEngine {
             let bytes = if *hash == ZERO_CHUNK {
                 vec![0u8; len]
             } else {
-                lock(self.inner.server.store())
-                    .get(hash, len)
-                    .map_err(|err| unavailable("the copy's chunk cannot be read", err))?
+                // The store's lock ends with this statement: forget_damaged takes it again.
+                let got = lock(self.inner.server.store()).get(hash, len);
+                match got {
+                    Ok(bytes) => bytes,
+                    Err(err @ (StoreError::Damaged { .. } | StoreError::Missing(_))) => {
+                        let store = self.inner.server.store();
+                        let found = match super::launch::forget_damaged(store, &meta, &maps) {
+                            Ok(found) => format!(
+                                "{found} chunk(s) of it are damaged or missing in the store and were forgotten: the copy's agent sends them again, and a restore run again starts from a fresh point of the copy that holds them"
+                            ),
+                            Err((found, why)) => format!(
+                                "{found} chunk(s) of it are damaged or missing in the store and were forgotten, but the store could not record that on its disk ({why}): check the staging disk"
+                            ),
+                        };
+                        // The next step starts over.
+                        failback.awaiting = None;
+                        failback.pending.clear();
+                        failback.in_flight = 0;
+                        self.keep_failback(index, &failback)?;
+                        return Err(unavailable(
+                            &format!("the copy's point rp-{seq:06} cannot be restored"),
+                            format!("{err}; {found}"),
+                        ));
+                    }
+                    Err(err) => return Err(unavailable("the copy's chunk cannot be read", err)),
+                }
             };
             size += len;
             chunks.push((disk, chunk, *hash, bytes));

@@ -163,11 +163,12 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
 }
 
 /// Reads every chunk of a point that met a damaged one and forgets each that is damaged
-/// or missing, so the replicating volumes ask their agents for them again (the store
+/// or missing (a launch's, or a failback's restore), so the replicating volumes ask their
+/// agents for them again (the store
 /// counts a loss); returns how many distinct chunks, with the error if their tombstones
 /// could not be written. The store is locked one chunk at a time while reading, and
 /// once to forget them all (so volumes see one loss).
-fn forget_damaged(
+pub(super) fn forget_damaged(
     store: &Mutex<ChunkStore>,
     meta: &super::volume::PointMeta,
     maps: &[Vec<super::proto::ChunkHash>],
