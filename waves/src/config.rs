@@ -100,6 +100,29 @@ pub struct LocalEngine {
     /// Where the agent is installed on source servers reached over SSH (a folder per
     /// source under it; relative: from the login's home). Default: by sudo.
     pub agent_dir: Option<String>,
+    /// Which recovery points are kept: for each tier, the newest point of every
+    /// `every` within the last `keep_for`; the newest point always.
+    pub retention: Vec<RetentionTier>,
+}
+
+/// One tier of the local engine's retention.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetentionTier {
+    pub every: Dur,
+    pub keep_for: Dur,
+}
+
+impl RetentionTier {
+    /// The seeds' retention: every 10 minutes for an hour, hourly for a day, daily for
+    /// 30 days.
+    pub fn defaults() -> Vec<RetentionTier> {
+        let tier = |every: Dur, keep_for: Dur| RetentionTier { every, keep_for };
+        vec![
+            tier(Dur::from_seconds(600), Dur::from_seconds(3600)),
+            tier(Dur::from_seconds(3600), Dur::from_days(1)),
+            tier(Dur::from_days(1), Dur::from_days(30)),
+        ]
+    }
 }
 
 crate::model::named_enum!(
@@ -274,6 +297,7 @@ impl Config {
                     post_launch: None,
                     agent_give_up_after: Dur::from_days(1),
                     agent_dir: None,
+                    retention: RetentionTier::defaults(),
                 },
                 sim: SimEngine { seed: 1 },
                 mgn: None,
@@ -484,6 +508,12 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
         {
             engines.local.agent_give_up_after = after;
         }
+        if let Some(n) = local.take("retention") {
+            engines.local.retention = decode::list(n, "retention", ctx)
+                .iter()
+                .filter_map(|item| retention_tier(item, ctx))
+                .collect();
+        }
         for (key, slot) in [
             ("boot_check", &mut engines.local.boot_check),
             ("post_launch", &mut engines.local.post_launch),
@@ -517,6 +547,36 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
             "the default engine is mgn but engines.mgn is not configured: add its region",
         );
     }
+}
+
+/// One `{ every: DURATION, for: DURATION }` of `engines.local.retention`.
+fn retention_tier(node: &Node, ctx: &mut Ctx) -> Option<RetentionTier> {
+    let mut map = MapReader::new(node, "retention tier", ctx)?;
+    let every = map
+        .required("every", ctx)
+        .and_then(|n| decode::duration(n, "every", ctx).map(|d| (d, n.location)));
+    let keep_for = map
+        .required("for", ctx)
+        .and_then(|n| decode::duration(n, "for", ctx).map(|d| (d, n.location)));
+    map.finish(ctx);
+    let ((every, every_at), (keep_for, for_at)) = (every?, keep_for?);
+    if every.is_zero() {
+        ctx.error(
+            every_at,
+            "every: a tier keeps one point per interval, so it cannot be 0",
+        );
+        return None;
+    }
+    if keep_for.approx_seconds() < every.approx_seconds() {
+        ctx.error(
+            for_at,
+            format!(
+                "for: {keep_for} is shorter than every ({every}), so the tier would keep at most one point: make it at least {every}"
+            ),
+        );
+        return None;
+    }
+    Some(RetentionTier { every, keep_for })
 }
 
 fn map_location(node: &Node) -> Location {

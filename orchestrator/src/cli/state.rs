@@ -369,6 +369,16 @@ fn local_config(config: &Config) -> LocalConfig {
     engine_config.agent_give_up_after =
         std::time::Duration::from_secs(local.agent_give_up_after.approx_seconds());
     engine_config.remote_agent_dir = local.agent_dir.clone();
+    let seconds = |d: waves::units::Dur| {
+        jiff::SignedDuration::from_secs(i64::try_from(d.approx_seconds()).unwrap_or(i64::MAX))
+    };
+    engine_config.retention = replication::local::Retention {
+        tiers: local
+            .retention
+            .iter()
+            .map(|tier| (seconds(tier.every), seconds(tier.keep_for)))
+            .collect(),
+    };
     engine_config
 }
 
@@ -417,4 +427,40 @@ pub fn operator(by: Option<&str>) -> String {
         .or_else(|| std::env::var("USER").ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "operator".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let source = waves::source::SourceFile {
+            name: "wavelift.yaml".into(),
+            text: text.to_owned(),
+        };
+        let loaded = waves::load::load_sources(Some(&source), PathBuf::from("/srv/lab"), &[]);
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        loaded.definitions.config
+    }
+
+    #[test]
+    fn the_local_engine_keeps_the_retention_the_configuration_names() {
+        let hours = |h: i64| jiff::SignedDuration::from_hours(h);
+        let written = config(
+            "version: 1\nengines:\n  local:\n    retention:\n      - { every: 1h, for: 2d }\n      - { every: 1w, for: 12w }\n",
+        );
+        assert_eq!(
+            local_config(&written).retention.tiers,
+            vec![(hours(1), hours(48)), (hours(7 * 24), hours(12 * 7 * 24))]
+        );
+        // Not written: the seeds' tiers, the engine's own default.
+        let builtin = config("version: 1\n");
+        assert_eq!(
+            local_config(&builtin).retention,
+            replication::local::Retention::default()
+        );
+        // An empty list keeps the newest point only.
+        let none = config("version: 1\nengines:\n  local:\n    retention: []\n");
+        assert!(local_config(&none).retention.tiers.is_empty());
+    }
 }
