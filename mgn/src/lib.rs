@@ -779,6 +779,9 @@ fn view(server: &mgn::SourceServer) -> SourceServer {
             replicated_bytes: sum(|d| d.replicated_storage_bytes()),
             total_bytes: sum(|d| d.total_storage_bytes()),
             eta_seconds,
+            // MGN reports neither.
+            throughput_bytes_per_second: None,
+            wire_bytes: None,
         },
         life_cycle: life_cycle(server),
     }

@@ -73,6 +73,14 @@ pub struct Replication {
     pub total_bytes: u64,
     /// Until continuous replication, when the engine can tell.
     pub eta_seconds: Option<f64>,
+    /// Bytes per second arriving from the source now, where the engine measures it (the
+    /// local engine: on the wire, after compression).
+    #[serde(default)]
+    pub throughput_bytes_per_second: Option<f64>,
+    /// Bytes the source sent over the network (after compression) since the replication
+    /// server started, where the engine counts them.
+    #[serde(default)]
+    pub wire_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

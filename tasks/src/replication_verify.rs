@@ -97,11 +97,15 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         .eta_seconds
         .map(|s| format!(", ETA {}", format_seconds(s)))
         .unwrap_or_default();
+    let rate = r
+        .throughput_bytes_per_second
+        .map(|b| format!(", {}/s", format_bytes(b)))
+        .unwrap_or_default();
     let note = if healthy {
-        format!("continuous replication, lag {lag}")
+        format!("continuous replication, lag {lag}{rate}")
     } else {
         format!(
-            "{state}: {progress}, backlog {}, lag {lag}{eta}",
+            "{state}: {progress}, backlog {}, lag {lag}{rate}{eta}",
             format_bytes(r.backlog_bytes as f64)
         )
     };
@@ -113,6 +117,8 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         "backlog_bytes": r.backlog_bytes,
         "lag_seconds": r.lag_seconds,
         "eta_seconds": r.eta_seconds,
+        "throughput_bytes_per_second": r.throughput_bytes_per_second,
+        "wire_bytes": r.wire_bytes,
     });
     match (healthy, watching, next) {
         // Verified: the tasks after it may start; watch on until the window.

@@ -140,11 +140,13 @@ function replicationTable(data) {
       el("td", {}, done),
       el("td", {}, r.backlog_bytes !== undefined ? bytes(r.backlog_bytes) : ""),
       el("td", {}, seconds(r.lag_seconds)),
+      el("td", {}, r.throughput_bytes_per_second != null ? `${bytes(r.throughput_bytes_per_second)}/s` : ""),
+      el("td", {}, r.wire_bytes != null ? bytes(r.wire_bytes) : ""),
       el("td", {}, seconds(r.eta_seconds)),
       el("td", {}, r.note || ""));
   });
   return el("table", { id: "replication" },
-    el("tr", {}, ["Server", "State", "Replicated", "Backlog", "Lag", "ETA", "Last look"].map((h) => el("th", {}, h))), rows);
+    el("tr", {}, ["Server", "State", "Replicated", "Backlog", "Lag", "Throughput", "On the wire", "ETA", "Last look"].map((h) => el("th", {}, h))), rows);
 }
 
 function approvals(data) {

@@ -32,6 +32,8 @@ use crate::engine::ReplicationState;
 const READ: usize = MAX_RUN;
 /// The lag is tracked by the time each pass reached each stretch of this many bytes.
 const MARK: u64 = 16 << 20;
+/// Under a bandwidth limit, how much sending a quiet link may save up and spend at once.
+const BANDWIDTH_BURST: Duration = Duration::from_millis(250);
 /// How often a pass says where it is (state, backlog, lag).
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 
@@ -219,18 +221,22 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     // The writer owns the frames' receiver: when the session ends it goes, and a
     // scanner blocked on a full channel (even inside a freeze) wakes up and ends.
     let writing = async move {
-        let started = Instant::now();
-        let mut written = 0f64;
+        // When the link is free again at the limit's rate.
+        let mut free_at = Instant::now();
         while let Some((mut frame, queued)) = frames_rx.recv().await {
             if let Frame::Control(Control::Status(status)) = &mut frame
                 && let Some(lag) = status.lag_seconds.as_mut()
             {
                 *lag += queued.elapsed().as_secs_f64();
             }
-            written += write_frame(&mut writer, &frame).await? as f64;
+            let written = write_frame(&mut writer, &frame).await? as f64;
             if let Some(rate) = bandwidth {
-                let due = Duration::from_secs_f64(written / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                // Time the link stood idle is not saved up (beyond a burst): after a
+                // quiet hour, changes still go at the limit.
+                let now = Instant::now();
+                let idle_from = now.checked_sub(BANDWIDTH_BURST).unwrap_or(now);
+                free_at = free_at.max(idle_from) + Duration::from_secs_f64(written / rate);
+                if let Some(wait) = free_at.checked_duration_since(now) {
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -302,7 +302,14 @@ impl LocalEngine {
             backlog_bytes: status.as_ref().map_or(0, |s| s.backlog_bytes),
             replicated_bytes: status.as_ref().map_or(0, |s| s.scanned_bytes),
             total_bytes: total,
-            eta_seconds: None,
+            // The first pass's rest at its current pace.
+            eta_seconds: status
+                .as_ref()
+                .filter(|s| state == ReplicationState::InitialSync && s.scanned_bytes < total)
+                .zip(stats.scanned_per_second.filter(|rate| *rate > 0.0))
+                .map(|(s, rate)| (total - s.scanned_bytes) as f64 / rate),
+            throughput_bytes_per_second: stats.wire_per_second,
+            wire_bytes: Some(stats.bytes_on_wire),
         };
         (replication, stats.points.len())
     }

@@ -41,6 +41,12 @@ pub struct SourceStats {
     pub status_age: Option<Duration>,
     pub disconnected_for: Option<Duration>,
     pub bytes_on_wire: u64,
+    /// Bytes per second on the wire from the agent, over its last second or so of
+    /// statuses; `None` before the first measure and while disconnected.
+    pub wire_per_second: Option<f64>,
+    /// Bytes per second of the agent's first pass over the disks (zeros it skips
+    /// count), for the first sync's ETA; `None` as for `wire_per_second`.
+    pub scanned_per_second: Option<f64>,
     pub disks: Option<Vec<DiskInfo>>,
     pub points: Vec<PointMeta>,
     /// The last thing that went wrong with this source (a refused hello, a damaged chunk).
@@ -58,6 +64,36 @@ struct Slot {
     wire: Arc<AtomicU64>,
     waiters: HashMap<u64, oneshot::Sender<PointMeta>>,
     problem: Option<String>,
+    rates: Rates,
+}
+
+/// The source's rates on the wire and through its disks, measured as its statuses
+/// arrive (every 100 ms while the agent works): each over at least a second.
+#[derive(Default)]
+struct Rates {
+    /// When the current measure began, with the wire and scanned bytes then.
+    since: Option<(Instant, u64, u64)>,
+    /// The last measures (bytes per second): on the wire, through the disks.
+    last: Option<(f64, f64)>,
+}
+
+impl Rates {
+    const OVER: Duration = Duration::from_secs(1);
+
+    fn observe(&mut self, now: Instant, wire: u64, scanned: u64) {
+        match self.since {
+            Some((at, wire_then, scanned_then)) if now.duration_since(at) >= Self::OVER => {
+                let seconds = now.duration_since(at).as_secs_f64();
+                self.last = Some((
+                    wire.saturating_sub(wire_then) as f64 / seconds,
+                    scanned.saturating_sub(scanned_then) as f64 / seconds,
+                ));
+                self.since = Some((now, wire, scanned));
+            }
+            Some(_) => {}
+            None => self.since = Some((now, wire, scanned)),
+        }
+    }
 }
 
 struct Shared {
@@ -197,6 +233,7 @@ impl ReplicationServer {
                         wire: Arc::new(AtomicU64::new(0)),
                         waiters: HashMap::new(),
                         problem: None,
+                        rates: Rates::default(),
                     },
                 );
             }
@@ -287,6 +324,16 @@ impl ReplicationServer {
             status_age: slot.status.as_ref().map(|(_, at)| at.elapsed()),
             disconnected_for: slot.disconnected_at.map(|at| at.elapsed()),
             bytes_on_wire: slot.wire.load(Ordering::Relaxed),
+            wire_per_second: slot
+                .rates
+                .last
+                .filter(|_| slot.session.is_some())
+                .map(|r| r.0),
+            scanned_per_second: slot
+                .rates
+                .last
+                .filter(|_| slot.session.is_some())
+                .map(|r| r.1),
             disks,
             points,
             problem: slot.problem.clone(),
@@ -471,6 +518,7 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         {
             slot.session = None;
             slot.disconnected_at = Some(Instant::now());
+            slot.rates = Rates::default();
             slot.waiters.clear();
         }
     }
@@ -821,7 +869,10 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
             }
             Frame::Control(Control::Status(status)) => {
                 if let Some(slot) = lock(&shared.slots).get_mut(source) {
-                    slot.status = Some((status, Instant::now()));
+                    let now = Instant::now();
+                    let wire = slot.wire.load(Ordering::Relaxed);
+                    slot.rates.observe(now, wire, status.scanned_bytes);
+                    slot.status = Some((status, now));
                 }
             }
             Frame::Control(_) => {}

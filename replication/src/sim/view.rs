@@ -159,6 +159,8 @@ impl Model {
             replicated_bytes: server.total_bytes,
             total_bytes: server.total_bytes,
             eta_seconds: None,
+            throughput_bytes_per_second: None,
+            wire_bytes: None,
         };
         match server.phase {
             Phase::Initiating { until } => {

@@ -73,6 +73,18 @@ async fn replicate_via(
     image: &Path,
     via: Option<String>,
 ) -> Result<(SourceId, AgentThread), Box<dyn Error>> {
+    replicate_limited(engine, dir, name, image, via, None).await
+}
+
+/// As [`replicate_via`], the agent held to `bandwidth_mbit`.
+async fn replicate_limited(
+    engine: &LocalEngine,
+    dir: &Path,
+    name: &str,
+    image: &Path,
+    via: Option<String>,
+    bandwidth_mbit: Option<f64>,
+) -> Result<(SourceId, AgentThread), Box<dyn Error>> {
     let size = std::fs::metadata(image)?.len();
     let source = engine
         .register_source(&SourceSpec {
@@ -98,7 +110,7 @@ async fn replicate_via(
         token: install.secret.clone(),
         disks: vec![image.to_owned()],
         state_dir: dir.join(format!("agent-{name}")),
-        bandwidth_mbit: None,
+        bandwidth_mbit,
         scan_interval: Duration::from_millis(50),
         point_interval: Duration::from_secs(3600),
         give_up_after: Duration::from_secs(20),
@@ -203,5 +215,91 @@ async fn a_launch_is_the_source_at_its_barrier_while_a_writer_changes_it() -> Te
     engine.server().stop(&id.0);
     let stopped = agent.join().map_err(|_| "the agent panicked")?;
     assert!(stopped.is_ok(), "the agent stops when told: {stopped:?}");
+    Ok(())
+}
+
+/// Bytes lz4 cannot shrink, so what goes on the wire is what is read.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_shows_its_throughput_and_eta_and_the_agent_keeps_to_its_bandwidth()
+-> TestResult {
+    let dir = temp("bandwidth");
+    let image = dir.join("files01.img");
+    let size = 24usize << 20;
+    std::fs::write(&image, noise(size, 7))?;
+    let engine = engine(&dir).await?;
+    // 64 Mbit/s: 8 MB/s.
+    let limit = 64.0 * 125_000.0;
+    let started = Instant::now();
+    let (id, _agent) =
+        replicate_limited(&engine, &dir, "files01", &image, None, Some(64.0)).await?;
+    let mut seen = Vec::new();
+    wait_for("the first sync", Duration::from_secs(60), async || {
+        let r = engine.describe_source(&id).await?.replication;
+        if r.state == ReplicationState::InitialSync
+            && let Some(rate) = r.throughput_bytes_per_second
+        {
+            seen.push((rate, r.eta_seconds));
+        }
+        Ok(r.state == ReplicationState::Continuous
+            && !engine.recovery_points(&id).await?.is_empty())
+    })
+    .await?;
+    let took = started.elapsed().as_secs_f64();
+    assert!(
+        took >= 0.8 * size as f64 / limit,
+        "{size} bytes in {took:.2} s: more than 64 Mbit/s"
+    );
+    assert!(!seen.is_empty(), "the first sync showed no throughput");
+    assert!(
+        seen.iter()
+            .all(|(rate, _)| *rate > 0.0 && *rate <= 1.3 * limit),
+        "throughput during the first sync, limit {limit} bytes/s: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, eta)| eta.is_some_and(|s| s > 0.0)),
+        "the first sync showed no ETA: {seen:?}"
+    );
+    let wire = engine.describe_source(&id).await?.replication.wire_bytes;
+    assert!(
+        wire.is_some_and(|w| w >= size as u64),
+        "{wire:?} bytes on the wire for {size}"
+    );
+    let before = wire.unwrap_or_default();
+    // A quiet link saves nothing up: after two idle seconds, 8 MiB of changes still go
+    // at the limit, not at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let change = 8usize << 20;
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::options()
+            .write(true)
+            .open(&image)?
+            .write_all_at(&noise(change, 8), 0)?;
+    }
+    let changed = Instant::now();
+    wait_for("the changes sent", Duration::from_secs(30), async || {
+        let wire = engine.describe_source(&id).await?.replication.wire_bytes;
+        Ok(wire.is_some_and(|w| w >= before + change as u64))
+    })
+    .await?;
+    let took = changed.elapsed().as_secs_f64();
+    // The agent may spend a quarter second's worth at once (its burst).
+    let at_limit = (change as f64 - 0.25 * limit) / limit;
+    assert!(
+        took >= 0.8 * at_limit,
+        "{change} bytes of changes in {took:.2} s after an idle link: more than 64 Mbit/s"
+    );
     Ok(())
 }
