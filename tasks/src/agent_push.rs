@@ -251,6 +251,20 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
                     source.id
                 ),
             ));
+            if let Some(bits) = server.tasks.agent_push.bandwidth_bits {
+                let limit = waves::units::format_bandwidth(bits as f64);
+                checks.push(if install.template == "local" {
+                    Check::pass("bandwidth", format!("the agent sends at most {limit}"))
+                } else {
+                    Check::pass(
+                        "bandwidth",
+                        format!(
+                            "{limit} not applied: this engine's agent ({}) is throttled in the engine's own replication settings",
+                            install.template
+                        ),
+                    )
+                });
+            }
             Report::done(checks, "agent installed, replication started", actions)
         }
     }
@@ -507,6 +521,18 @@ pub(crate) fn render_named(
     facts.insert(
         "server_name".to_owned(),
         Value::from(ctx.server.name.value.clone()),
+    );
+    // The agent's --bandwidth, in Mbit/s; empty: no limit.
+    facts.insert(
+        "bandwidth_mbit".to_owned(),
+        Value::from(
+            ctx.server
+                .tasks
+                .agent_push
+                .bandwidth_bits
+                .map(|bits| (bits as f64 / 1_000_000.0).to_string())
+                .unwrap_or_default(),
+        ),
     );
     hb.render_template(template, &Value::Object(facts))
         .map_err(|err| format!("the agent template `{name}`: {err}"))

@@ -728,6 +728,7 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
              notify: [factory-lead@example.com]\ndefaults:\n  os: {{ family: linux, arch: x86_64 }}\n\
              \x20 change_rate: 1%/day\napplications:\n  - name: app\n    owner: app-owner@example.com\n    servers:\n\
              \x20     - name: sudo-01\n        ip: 127.0.0.1\n        disks: {sudo}\n        access: {{ user: wl-sudo }}\n\
+             \x20       tasks: {{ agent_push: {{ bandwidth: 400Mbit/s }} }}\n\
              \x20     - name: password-01\n        ip: 127.0.0.4\n        disks: {password}\n\
              \x20       access: {{ user: wl-pass, credential: \"env:WL_TEST_PASSWORD\", sudo_credential: \"env:WL_TEST_PASSWORD\" }}\n",
             sudo = disk("sudo-01"),
@@ -777,6 +778,12 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
             "{}",
             said("agent")
         );
+        // One server's agent is held to the bandwidth its tasks name.
+        if *name == "sudo-01" {
+            assert_eq!(said("bandwidth"), "the agent sends at most 400 Mbit/s");
+        } else {
+            assert!(checks.iter().all(|c| c.0 != "bandwidth"), "{checks:?}");
+        }
 
         // The agent's folder is root's: sudo ran the install, over the password for one.
         let folders: Vec<PathBuf> = std::fs::read_dir(&agents)
@@ -815,6 +822,21 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
         );
     }
     drop(served);
+    // The agent started with the limit says so in its log; the other has none.
+    let limited: Vec<bool> = std::fs::read_dir(&agents)
+        .expect("the agents' folder")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("agent.log"))
+                .unwrap_or_default()
+                .contains("sending at most 400 Mbit/s")
+        })
+        .collect();
+    assert_eq!(
+        limited.iter().filter(|l| **l).count(),
+        1,
+        "one agent of two is limited: {limited:?}"
+    );
 
     // Failback of the server whose sudo asks a password: its copy changed after the
     // cutover (two chunks: the sixth and the last), so the restore writes exactly those

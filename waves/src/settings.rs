@@ -44,6 +44,18 @@ pub struct PrereqSettings {
 pub const PREPARE_FACTS: &[&str] = &["name", "disks", "config_dir"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentPushSettings {
+    /// Flattened, and no bandwidth left out, so a stored server without one reads as
+    /// before this setting existed (`apply` compares servers by this form).
+    #[serde(flatten)]
+    pub attempts: Attempts,
+    /// The most the agent sends, in bits per second (the local engine's agent); `None`:
+    /// as fast as it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bits: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifySettings {
     pub attempts: Attempts,
     /// When replication is checked, from the agent push until the cutover.
@@ -89,7 +101,7 @@ pub struct CmdbCleanupSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskSettings {
     pub prereq_check: PrereqSettings,
-    pub agent_push: Attempts,
+    pub agent_push: AgentPushSettings,
     pub replication_verify: VerifySettings,
     pub boot_test: BootTestSettings,
     pub cutover: CutoverSettings,
@@ -126,7 +138,10 @@ impl Default for TaskSettings {
                 reach: Vec::new(),
                 prepare: None,
             },
-            agent_push: attempts(3, 120, 1800),
+            agent_push: AgentPushSettings {
+                attempts: attempts(3, 120, 1800),
+                bandwidth_bits: None,
+            },
             replication_verify: VerifySettings {
                 attempts: attempts(0, 60, 300),
                 #[allow(clippy::expect_used)]
@@ -155,7 +170,7 @@ impl TaskSettings {
     pub fn attempts(&self, kind: TaskKind) -> &Attempts {
         match kind {
             TaskKind::PrereqCheck => &self.prereq_check.attempts,
-            TaskKind::AgentPush => &self.agent_push,
+            TaskKind::AgentPush => &self.agent_push.attempts,
             TaskKind::ReplicationVerify => &self.replication_verify.attempts,
             TaskKind::BootTest => &self.boot_test.attempts,
             TaskKind::Cutover => &self.cutover.attempts,
@@ -175,7 +190,13 @@ pub fn decode_onto(node: &Node, base: &mut TaskSettings, ctx: &mut Ctx) {
     if let Some(node) = map.take("agent_push")
         && let Some(mut m) = MapReader::new(node, "agent_push settings", ctx)
     {
-        decode_attempts(&mut m, &mut base.agent_push, ctx);
+        decode_attempts(&mut m, &mut base.agent_push.attempts, ctx);
+        if let Some(n) = m.take("bandwidth") {
+            let bandwidth = decode::parsed(n, "bandwidth", ctx, crate::units::parse_bandwidth);
+            if bandwidth.is_some() {
+                base.agent_push.bandwidth_bits = bandwidth;
+            }
+        }
         m.finish(ctx);
     }
     if let Some(node) = map.take("replication_verify") {
@@ -420,4 +441,27 @@ fn decode_cutover(node: &Node, base: &mut CutoverSettings, ctx: &mut Ctx) {
         }
     }
     map.finish(ctx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_push_without_a_bandwidth_serializes_as_before_the_setting_existed() {
+        let settings = TaskSettings::default();
+        assert_eq!(
+            serde_json::to_value(&settings.agent_push).expect("json"),
+            serde_json::to_value(&settings.agent_push.attempts).expect("json"),
+            "stored servers compare equal, so apply reports no change"
+        );
+        let limited = AgentPushSettings {
+            bandwidth_bits: Some(100_000_000),
+            ..settings.agent_push
+        };
+        assert_eq!(
+            serde_json::to_value(&limited).expect("json")["bandwidth_bits"],
+            100_000_000
+        );
+    }
 }

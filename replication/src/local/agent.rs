@@ -184,8 +184,12 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
                 .to_owned(),
         ));
     }
+    let limit = config
+        .bandwidth_mbit
+        .map(|mbit| format!(", sending at most {mbit} Mbit/s"))
+        .unwrap_or_default();
     log(&format!(
-        "connected to {}; continuing from recovery point {base}",
+        "connected to {}; continuing from recovery point {base}{limit}",
         config.server
     ));
 
