@@ -174,13 +174,14 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
             ReplicationState::Initiating | ReplicationState::Disconnected
         )
     {
-        let checks = vec![Check::pass(
+        let mut checks = vec![Check::pass(
             "agent",
             format!(
                 "already installed: the engine knows {} as {} ({:?})",
                 server.name.value, source.id, source.replication.state
             ),
         )];
+        checks.extend(bandwidth_check(server, Installed::Before));
         return Report::done(checks, "agent already installed", Vec::new());
     }
     let spec = spec(ctx);
@@ -207,17 +208,15 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
     let install = match ctx.engine.agent_install(&source.id).await {
         Err(err) => return Report::engine_error("preparing the agent's install", &err, actions),
         Ok(None) => {
-            return Report::done(
-                vec![Check::pass(
-                    "agent",
-                    format!(
-                        "installed; the engine replicates it as {} ({:?})",
-                        source.id, source.replication.state
-                    ),
-                )],
-                "agent installed, replication started",
-                actions,
-            );
+            let mut checks = vec![Check::pass(
+                "agent",
+                format!(
+                    "installed; the engine replicates it as {} ({:?})",
+                    source.id, source.replication.state
+                ),
+            )];
+            checks.extend(bandwidth_check(server, Installed::ByTheEngine));
+            return Report::done(checks, "agent installed, replication started", actions);
         }
         Ok(Some(install)) => install,
     };
@@ -251,23 +250,40 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
                     source.id
                 ),
             ));
-            if let Some(bits) = server.tasks.agent_push.bandwidth_bits {
-                let limit = waves::units::format_bandwidth(bits as f64);
-                checks.push(if install.template == "local" {
-                    Check::pass("bandwidth", format!("the agent sends at most {limit}"))
-                } else {
-                    Check::pass(
-                        "bandwidth",
-                        format!(
-                            "{limit} not applied: this engine's agent ({}) is throttled in the engine's own replication settings",
-                            install.template
-                        ),
-                    )
-                });
-            }
+            checks.extend(bandwidth_check(server, Installed::Now(&install.template)));
             Report::done(checks, "agent installed, replication started", actions)
         }
     }
+}
+
+/// How the agent whose bandwidth agent_push reports came to be.
+enum Installed<'a> {
+    /// Just now, through this template.
+    Now(&'a str),
+    /// By an earlier agent_push.
+    Before,
+    /// By the engine itself (no agent of Wavelift's).
+    ByTheEngine,
+}
+
+/// What agent_push says of the server's `bandwidth` setting, when it has one: only the
+/// local engine's agent, started with it, applies it.
+fn bandwidth_check(server: &waves::model::Server, installed: Installed<'_>) -> Option<Check> {
+    let bits = server.tasks.agent_push.bandwidth_bits?;
+    let limit = waves::units::format_bandwidth(bits as f64);
+    let detail = match installed {
+        Installed::Now("local") => format!("the agent sends at most {limit}"),
+        Installed::Now(other) => format!(
+            "{limit} not applied: this engine's agent ({other}) is throttled in the engine's own replication settings"
+        ),
+        Installed::Before => format!(
+            "{limit}: the agent was installed by an earlier agent_push, with the bandwidth set then; a changed value takes effect when the agent is installed again"
+        ),
+        Installed::ByTheEngine => format!(
+            "{limit} not applied: this engine installs its own agent, throttled in the engine's own replication settings"
+        ),
+    };
+    Some(Check::pass("bandwidth", detail))
 }
 
 /// Runs an install script on the server as root with the install's secret on its

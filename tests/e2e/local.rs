@@ -627,7 +627,7 @@ fn a_failback_whose_copy_is_damaged_in_the_store_says_so_and_restores_when_run_a
                 .contains("chunk(s) of it are damaged or missing in the store and were forgotten")
             && err
                 .message
-                .contains("a restore run again starts from a fresh point"),
+                .contains("run the failback again (retry its task)"),
         "{}",
         err.message
     );

@@ -192,7 +192,15 @@ pub fn decode_onto(node: &Node, base: &mut TaskSettings, ctx: &mut Ctx) {
     {
         decode_attempts(&mut m, &mut base.agent_push.attempts, ctx);
         if let Some(n) = m.take("bandwidth") {
-            let bandwidth = decode::parsed(n, "bandwidth", ctx, crate::units::parse_bandwidth);
+            let bandwidth = decode::parsed(n, "bandwidth", ctx, |text| {
+                let bits = crate::units::parse_bandwidth(text)?;
+                if bits < 10_000 {
+                    return Err(format!(
+                        "`{text}` is less than the agent's least rate, 10kbit/s"
+                    ));
+                }
+                Ok(bits)
+            });
             if bandwidth.is_some() {
                 base.agent_push.bandwidth_bits = bandwidth;
             }

@@ -830,9 +830,9 @@ pub fn parse_args(args: &[String]) -> Result<AgentConfig, String> {
                 let mbit = text
                     .parse::<f64>()
                     .ok()
-                    .filter(|m| *m > 0.0 && m.is_finite())
+                    .filter(|m| *m >= 0.01 && m.is_finite())
                     .ok_or_else(|| {
-                        format!("--bandwidth: `{text}` is not a positive number of Mbit/s")
+                        format!("--bandwidth: `{text}` is not a number of Mbit/s of at least 0.01")
                     })?;
                 bandwidth = Some(mbit);
             }

@@ -316,6 +316,15 @@ impl LocalEngine {
             .collect();
         match (answer, failback.awaiting.as_deref()) {
             (None, _) => {
+                // Retention keeps the point the restore reads until it is done (in
+                // this process; after a restart a pruned point starts it over).
+                {
+                    let mut volume = lock(&volume);
+                    if let Some(old) = failback.seq {
+                        volume.unpin(old);
+                    }
+                    volume.pin(seq);
+                }
                 failback.state = FailbackState::Restoring;
                 failback.seq = Some(seq);
                 failback.awaiting = Some("compare".to_owned());
@@ -365,6 +374,7 @@ impl LocalEngine {
             }
         }
         if failback.pending.is_empty() {
+            lock(&volume).unpin(seq);
             failback.state = FailbackState::Restored;
             failback.awaiting = None;
             self.keep_failback(index, &failback)?;
@@ -396,10 +406,17 @@ impl LocalEngine {
                 match got {
                     Ok(bytes) => bytes,
                     Err(err @ (StoreError::Damaged { .. } | StoreError::Missing(_))) => {
-                        let store = self.inner.server.store();
-                        let found = match super::launch::forget_damaged(store, &meta, &maps) {
+                        // Reading the whole point is the launch's work: off the runtime.
+                        let server = self.inner.server.clone();
+                        let (point, chunks) = (meta.clone(), maps.clone());
+                        let forgot = tokio::task::spawn_blocking(move || {
+                            super::launch::forget_damaged(server.store(), &point, &chunks)
+                        })
+                        .await
+                        .map_err(|err| unavailable("the copy's damaged chunks", err))?;
+                        let found = match forgot {
                             Ok(found) => format!(
-                                "{found} chunk(s) of it are damaged or missing in the store and were forgotten: the copy's agent sends them again, and a restore run again starts from a fresh point of the copy that holds them"
+                                "{found} chunk(s) of it are damaged or missing in the store and were forgotten: the copy's agent sends them again; run the failback again (retry its task), and the restore starts from a fresh point of the copy that holds them"
                             ),
                             Err((found, why)) => format!(
                                 "{found} chunk(s) of it are damaged or missing in the store and were forgotten, but the store could not record that on its disk ({why}): check the staging disk"

@@ -42,7 +42,8 @@ pub struct SourceStats {
     pub disconnected_for: Option<Duration>,
     pub bytes_on_wire: u64,
     /// Bytes per second on the wire from the agent, over its last second or so of
-    /// statuses; `None` before the first measure and while disconnected.
+    /// statuses; `None` before the first measure, while disconnected and when no status
+    /// came for 3 s.
     pub wire_per_second: Option<f64>,
     /// Bytes per second of the agent's first pass over the disks (zeros it skips
     /// count), for the first sync's ETA; `None` as for `wire_per_second`.
@@ -79,6 +80,8 @@ struct Rates {
 
 impl Rates {
     const OVER: Duration = Duration::from_secs(1);
+    /// A source whose last status is older than this has no rate.
+    const STALE: Duration = Duration::from_secs(3);
 
     fn observe(&mut self, now: Instant, wire: u64, scanned: u64) {
         match self.since {
@@ -317,6 +320,12 @@ impl ReplicationServer {
         let Some(slot) = slots.get(source) else {
             return SourceStats::default();
         };
+        // Rates only while the agent is heard from: a stalled one shows none.
+        let heard = slot
+            .status
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < Rates::STALE);
+        let rates = slot.rates.last.filter(|_| slot.session.is_some() && heard);
         SourceStats {
             connected: slot.session.is_some(),
             ever_connected: slot.ever_connected,
@@ -324,16 +333,8 @@ impl ReplicationServer {
             status_age: slot.status.as_ref().map(|(_, at)| at.elapsed()),
             disconnected_for: slot.disconnected_at.map(|at| at.elapsed()),
             bytes_on_wire: slot.wire.load(Ordering::Relaxed),
-            wire_per_second: slot
-                .rates
-                .last
-                .filter(|_| slot.session.is_some())
-                .map(|r| r.0),
-            scanned_per_second: slot
-                .rates
-                .last
-                .filter(|_| slot.session.is_some())
-                .map(|r| r.1),
+            wire_per_second: rates.map(|r| r.0),
+            scanned_per_second: rates.map(|r| r.1),
             disks,
             points,
             problem: slot.problem.clone(),
@@ -446,6 +447,8 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             slot.ever_connected = true;
             slot.disconnected_at = None;
             slot.problem = None;
+            // This session's rates are its own.
+            slot.rates = Rates::default();
             // The volume went back to the base point: no lag is known until this
             // session's first status.
             if let Some((status, _)) = slot.status.as_mut() {

@@ -83,6 +83,15 @@ pub struct ChunkStore {
     /// failed, or found damaged): a volume whose maps were built before a loss asks for
     /// the chunks they name that the store no longer holds before it cuts a point.
     losses: u64,
+    /// Chunks forgotten as damaged whose tombstones are not synced yet...
+    unsynced_tombstones: Vec<ChunkHash>,
+    /// ... and whether they still have to be queued (just forgotten, or their records
+    /// lost with a failed write or sync): done at the next sync, in the pack then
+    /// current, for each that was not stored again meanwhile.
+    tombstones_unqueued: bool,
+    /// The next sync fails as a failing disk's would (for tests).
+    #[cfg(test)]
+    fail_next_sync: bool,
     writeback: Writeback,
     compressor: Compressor,
     stored_bytes: u64,
@@ -208,6 +217,21 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The ids of the packs in the folder, in order.
+fn pack_ids(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut ids: Vec<u32> = std::fs::read_dir(dir)?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("pack-")?
+                .strip_suffix(".wlc")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 fn pack_name(id: u32) -> String {
     format!("pack-{id:06}.wlc")
 }
@@ -224,6 +248,10 @@ impl ChunkStore {
             rotate: false,
             pending: Vec::with_capacity(WRITE_BUFFER + HEADER + super::proto::LEGACY_CHUNK),
             losses: 0,
+            unsynced_tombstones: Vec::new(),
+            tombstones_unqueued: false,
+            #[cfg(test)]
+            fail_next_sync: false,
             writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,
@@ -235,16 +263,7 @@ impl ChunkStore {
     /// after a sync).
     pub fn open(dir: &Path) -> io::Result<ChunkStore> {
         std::fs::create_dir_all(dir)?;
-        let mut ids: Vec<u32> = std::fs::read_dir(dir)?
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("pack-")?
-                    .strip_suffix(".wlc")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        ids.sort_unstable();
+        let ids = pack_ids(dir)?;
         let mut store = ChunkStore::empty(dir);
         for (n, &id) in ids.iter().enumerate() {
             let valid = store.index_pack(id)?;
@@ -408,6 +427,9 @@ impl ChunkStore {
                     return Err(err);
                 }
                 self.unsynced_chunks.clear();
+                if !self.tombstones_unqueued {
+                    self.unsynced_tombstones.clear();
+                }
             }
             let file = OpenOptions::new()
                 .create(true)
@@ -458,7 +480,13 @@ impl ChunkStore {
     /// reports a failed write-back once, so a second sync of the same file could say
     /// all is well while they are lost.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.queue_tombstones()?;
         self.write_pending()?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            self.forget_unsynced();
+            return Err(io::Error::other("a failing disk (test)"));
+        }
         if self.unsynced > 0
             && let Some((_, file, _)) = &self.current
             && let Err(err) = file.sync_data()
@@ -468,7 +496,48 @@ impl ChunkStore {
         }
         self.unsynced = 0;
         self.unsynced_chunks.clear();
+        self.unsynced_tombstones.clear();
         Ok(())
+    }
+
+    /// Appends the tombstones still to be queued to the current pack's pending records,
+    /// but not for a chunk stored again since (its new record would be taken out).
+    fn queue_tombstones(&mut self) -> io::Result<()> {
+        if !self.tombstones_unqueued {
+            return Ok(());
+        }
+        let index = &self.index;
+        self.unsynced_tombstones
+            .retain(|hash| !index.contains_key(hash));
+        for i in 0..self.unsynced_tombstones.len() {
+            let hash = self.unsynced_tombstones[i];
+            self.append_tombstone(&hash)?;
+        }
+        self.tombstones_unqueued = false;
+        Ok(())
+    }
+
+    /// A tombstone for `hash` at the end of the current pack (pending, not synced).
+    fn append_tombstone(&mut self, hash: &ChunkHash) -> io::Result<()> {
+        self.ensure_pack()?;
+        let Some((_, _, len)) = self.current.as_mut() else {
+            return Err(io::Error::other("no pack to write to"));
+        };
+        let record = &mut self.pending;
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(hash);
+        record.extend_from_slice(&0u32.to_be_bytes());
+        record.extend_from_slice(&0u32.to_be_bytes());
+        record.push(TOMBSTONE);
+        *len += HEADER as u64;
+        self.unsynced += HEADER as u64;
+        Ok(())
+    }
+
+    /// The next sync fails (and forgets what is not synced) as a failing disk's would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&mut self) {
+        self.fail_next_sync = true;
     }
 
     /// After a failed sync: the chunks written since the last good one are no longer in
@@ -481,6 +550,10 @@ impl ChunkStore {
         self.unsynced = 0;
         self.rotate = true;
         self.losses += 1;
+        // Tombstones among the lost records are written again at the next sync.
+        if !self.unsynced_tombstones.is_empty() {
+            self.tombstones_unqueued = true;
+        }
     }
 
     /// A chunk's bytes, checked against its address.
@@ -533,37 +606,28 @@ impl ChunkStore {
     }
 
     /// Forgets chunks found damaged (or missing), so each is stored again when it comes
-    /// back; returns how many the store held. Each gets a tombstone record, synced before
-    /// this returns, so a restart does not index its damaged record again. Counted as one
-    /// loss: every volume whose maps name one asks for it again.
+    /// back; returns how many the store held. They leave the index and count as one loss
+    /// first (every volume whose maps name one asks for it again), then each gets a
+    /// tombstone record, synced before this returns, so a restart does not index its
+    /// damaged record again. If that write or sync fails, the tombstones are written
+    /// again at the next sync.
     pub fn forget<'a>(
         &mut self,
         hashes: impl IntoIterator<Item = &'a ChunkHash>,
     ) -> io::Result<usize> {
         let mut forgotten = 0;
         for hash in hashes {
-            if !self.unindex(hash) {
-                continue;
+            if self.unindex(hash) {
+                forgotten += 1;
+                self.unsynced_tombstones.push(*hash);
             }
-            forgotten += 1;
-            // After the damaged record, wherever it is: the current pack is the last.
-            self.ensure_pack()?;
-            let Some((_, _, len)) = self.current.as_mut() else {
-                return Err(io::Error::other("no pack to write to"));
-            };
-            let record = &mut self.pending;
-            record.extend_from_slice(MAGIC);
-            record.extend_from_slice(hash);
-            record.extend_from_slice(&0u32.to_be_bytes());
-            record.extend_from_slice(&0u32.to_be_bytes());
-            record.push(TOMBSTONE);
-            *len += HEADER as u64;
-            self.unsynced += HEADER as u64;
         }
-        if forgotten > 0 {
-            self.losses += 1;
-            self.sync()?;
+        if forgotten == 0 {
+            return Ok(0);
         }
+        self.losses += 1;
+        self.tombstones_unqueued = true;
+        self.sync()?;
         Ok(forgotten)
     }
 
@@ -582,14 +646,16 @@ impl ChunkStore {
             return Ok(0);
         }
         self.sync()?;
-        let old: HashSet<u32> = self.index.values().map(|loc| loc.pack).collect();
+        // Every pack in the folder goes, those holding only tombstones or forgotten
+        // records too (a tombstone left behind would take out a chunk stored again).
+        let old = pack_ids(&self.dir)?;
         let keep: Vec<(ChunkHash, Location)> = self
             .index
             .iter()
             .filter(|(hash, _)| live.contains(*hash))
             .map(|(hash, loc)| (*hash, *loc))
             .collect();
-        let first_new = old.iter().max().copied().unwrap_or(0) + 1;
+        let first_new = old.last().copied().unwrap_or(0) + 1;
         let mut moved = ChunkStore::empty(&self.dir);
         moved.losses = self.losses;
         // Start numbering after the old packs, so a crash halfway leaves both copies
@@ -604,23 +670,29 @@ impl ChunkStore {
                 .open(self.dir.join(pack_name(first_new)))?,
             0,
         ));
-        let mut damaged = 0;
+        let mut damaged = false;
         for (hash, loc) in keep {
             match self.get(&hash, loc.raw_len as usize) {
                 Ok(bytes) => {
                     moved.put(&bytes)?;
                 }
-                // Not copied, so forgotten when the old packs go: the volumes that name
-                // it find it missing and ask their agents for it.
-                Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => damaged += 1,
+                // Not copied, so forgotten when the old packs go (the volumes that name
+                // it find it missing and ask their agents for it), with a tombstone in
+                // case the old packs outlive a crash.
+                Err(StoreError::Damaged { .. } | StoreError::Missing(_)) => {
+                    damaged = true;
+                    moved.append_tombstone(&hash)?;
+                }
                 Err(StoreError::Io(err)) => return Err(err),
             }
         }
-        if damaged > 0 {
+        if damaged {
             moved.losses += 1;
         }
         moved.sync()?;
         sync_dir(&self.dir)?;
+        // Oldest first: a pack holding a damaged record never outlives the later pack
+        // that holds its tombstone.
         for id in old {
             std::fs::remove_file(self.dir.join(pack_name(id)))?;
         }
@@ -634,7 +706,7 @@ impl ChunkStore {
 impl Drop for ChunkStore {
     /// What is still in memory goes to the pack (not synced: no point names it yet).
     fn drop(&mut self) {
-        let _ = self.write_pending();
+        let _ = self.queue_tombstones().and_then(|()| self.write_pending());
     }
 }
 
@@ -855,15 +927,24 @@ mod tests {
         std::fs::write(&pack, &bytes).expect("write pack");
     }
 
+    /// A store in a fresh folder holding `noise(1..=n)`, synced, the first one's record
+    /// then damaged on disk; the folder, the store and the chunks' addresses.
+    fn with_damage(name: &str, n: u64) -> (PathBuf, ChunkStore, Vec<ChunkHash>) {
+        let dir = tempdir(name);
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let hashes: Vec<ChunkHash> = (1..=n)
+            .map(|seed| store.put(&noise(seed)).expect("put"))
+            .collect();
+        store.sync().expect("sync");
+        damage(&dir, &hashes[0]);
+        (dir, store, hashes)
+    }
+
     #[test]
     fn a_forgotten_chunk_stays_forgotten_after_reopening_until_it_is_stored_again() {
-        let dir = tempdir("tombstone");
-        let mut store = ChunkStore::open(&dir).expect("open");
-        let a = store.put(&noise(1)).expect("put");
-        let b = store.put(&noise(2)).expect("put");
-        store.sync().expect("sync");
+        let (dir, mut store, hashes) = with_damage("tombstone", 2);
+        let (a, b) = (hashes[0], hashes[1]);
         let before = store.stored_bytes();
-        damage(&dir, &a);
         assert!(matches!(
             store.get(&a, noise(1).len()),
             Err(StoreError::Damaged { .. })
@@ -892,15 +973,58 @@ mod tests {
     }
 
     #[test]
-    fn garbage_collection_leaves_a_damaged_live_chunk_behind_as_a_loss() {
-        let dir = tempdir("gcdamaged");
-        let mut store = ChunkStore::open(&dir).expect("open");
-        let damaged = store.put(&noise(1)).expect("put");
-        let whole = store.put(&noise(2)).expect("put");
-        let dead = store.put(&noise(3)).expect("put");
-        store.sync().expect("sync");
-        damage(&dir, &damaged);
+    fn tombstones_lost_with_a_failed_sync_are_written_again_in_the_next_pack() {
+        let (dir, mut store, hashes) = with_damage("tombstone-lost", 2);
+        let (a, b) = (hashes[0], hashes[1]);
         let losses = store.losses();
+        store.fail_next_sync();
+        store.forget([&a]).expect_err("the sync fails");
+        assert!(!store.contains(&a), "forgotten all the same");
+        assert!(store.losses() > losses, "and counted as a loss");
+        // The next sync writes the tombstone again, into a new pack (the failed one is
+        // left as it is).
+        let c = store.put(&noise(3)).expect("put");
+        store.sync().expect("sync");
+        drop(store);
+        assert!(dir.join(pack_name(2)).exists(), "a second pack");
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert!(
+            !store.contains(&a),
+            "the tombstone in pack 2 keeps pack 1's record out"
+        );
+        assert_eq!(store.get(&b, noise(2).len()).expect("b"), noise(2));
+        assert_eq!(store.get(&c, noise(3).len()).expect("c"), noise(3));
+    }
+
+    #[test]
+    fn a_chunk_stored_again_before_its_lost_tombstone_is_written_stays() {
+        let (dir, mut store, hashes) = with_damage("tombstone-restored", 1);
+        let a = hashes[0];
+        store.fail_next_sync();
+        store.forget([&a]).expect_err("the sync fails");
+        // Sent again before the next sync: its new record must not be taken out.
+        store.put(&noise(1)).expect("stored again");
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&a, noise(1).len()).expect("a"), noise(1));
+    }
+
+    #[test]
+    fn garbage_collection_leaves_a_damaged_live_chunk_behind_as_a_loss() {
+        let (dir, mut store, hashes) = with_damage("gcdamaged", 3);
+        let (damaged, whole, dead) = (hashes[0], hashes[1], hashes[2]);
+        let losses = store.losses();
+        // What a crash between the new packs' sync and the old ones' removal leaves.
+        let before: Vec<(PathBuf, Vec<u8>)> = pack_ids(&dir)
+            .expect("packs")
+            .into_iter()
+            .map(|id| {
+                let path = dir.join(pack_name(id));
+                let bytes = std::fs::read(&path).expect("a pack");
+                (path, bytes)
+            })
+            .collect();
         store
             .collect_garbage(&HashSet::from([damaged, whole]))
             .expect("the damage does not stop the collection");
@@ -911,6 +1035,44 @@ mod tests {
         let store = ChunkStore::open(&dir).expect("reopen");
         assert!(!store.contains(&damaged) && !store.contains(&dead));
         assert_eq!(store.chunk_count(), 1);
+        drop(store);
+        for (path, bytes) in &before {
+            std::fs::write(path, bytes).expect("an old pack back");
+        }
+        let store = ChunkStore::open(&dir).expect("reopen after the crash");
+        assert!(
+            !store.contains(&damaged),
+            "the new pack's tombstone keeps the old pack's damaged record out"
+        );
+        assert_eq!(store.get(&whole, noise(2).len()).expect("kept"), noise(2));
+    }
+
+    #[test]
+    fn garbage_collection_removes_a_pack_of_tombstones_and_numbers_after_it() {
+        let (dir, mut store, hashes) = with_damage("gc-tombstones", 3);
+        let (a, b, dead) = (hashes[0], hashes[1], hashes[2]);
+        // Pack 2 holds only a tombstone (the sync of pack 1 is made to fail first, so
+        // the tombstone starts a new pack).
+        store.fail_next_sync();
+        store.forget([&a]).expect_err("the sync fails");
+        store.sync().expect("the tombstone in pack 2");
+        assert_eq!(pack_ids(&dir).expect("packs"), vec![1, 2]);
+        store
+            .collect_garbage(&HashSet::from([b]))
+            .expect("collected");
+        assert_eq!(
+            pack_ids(&dir).expect("packs"),
+            vec![3],
+            "every old pack went"
+        );
+        // Stored again after the collection, the chunk outlives a reopening.
+        store.put(&noise(1)).expect("stored again");
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&a, noise(1).len()).expect("a"), noise(1));
+        assert_eq!(store.get(&b, noise(2).len()).expect("b"), noise(2));
+        assert!(!store.contains(&dead));
     }
 
     fn tempdir(name: &str) -> PathBuf {
