@@ -277,7 +277,7 @@ fn bandwidth_check(server: &waves::model::Server, installed: Installed<'_>) -> O
             "{limit} not applied: this engine's agent ({other}) is throttled in the engine's own replication settings"
         ),
         Installed::Before => format!(
-            "{limit}: the agent was installed by an earlier agent_push, with the bandwidth set then; a changed value takes effect when the agent is installed again"
+            "{limit}: the agent was installed by an earlier agent_push (the local engine's with the bandwidth set then, another engine's without it); a changed value takes effect when the agent is installed again"
         ),
         Installed::ByTheEngine => format!(
             "{limit} not applied: this engine installs its own agent, throttled in the engine's own replication settings"

@@ -316,15 +316,8 @@ impl LocalEngine {
             .collect();
         match (answer, failback.awaiting.as_deref()) {
             (None, _) => {
-                // Retention keeps the point the restore reads until it is done (in
-                // this process; after a restart a pruned point starts it over).
-                {
-                    let mut volume = lock(&volume);
-                    if let Some(old) = failback.seq {
-                        volume.unpin(old);
-                    }
-                    volume.pin(seq);
-                }
+                let restoring = failback.state == FailbackState::Restoring;
+                let old = failback.seq;
                 failback.state = FailbackState::Restoring;
                 failback.seq = Some(seq);
                 failback.awaiting = Some("compare".to_owned());
@@ -334,6 +327,15 @@ impl LocalEngine {
                 failback.restored_chunks = 0;
                 failback.restored_bytes = 0;
                 self.keep_failback(index, &failback)?;
+                // Retention keeps the point the restore reads until it is done (in
+                // this process; after a restart a pruned point starts it over).
+                {
+                    let mut volume = lock(&volume);
+                    if restoring && let Some(old) = old {
+                        volume.unpin(old);
+                    }
+                    volume.pin(seq);
+                }
                 return Ok(RestoreStep::Run {
                     template: "local-restore".to_owned(),
                     facts: self.restore_facts(index),
@@ -374,10 +376,10 @@ impl LocalEngine {
             }
         }
         if failback.pending.is_empty() {
-            lock(&volume).unpin(seq);
             failback.state = FailbackState::Restored;
             failback.awaiting = None;
             self.keep_failback(index, &failback)?;
+            lock(&volume).unpin(seq);
             return Ok(RestoreStep::Done {
                 chunks: failback.restored_chunks,
                 bytes: failback.restored_bytes,

@@ -285,7 +285,7 @@ impl LocalEngine {
             ReplicationState::Initiating
         } else if !stats.connected {
             ReplicationState::Disconnected
-        } else if age > 15.0 {
+        } else if age > server::STALLED_AFTER.as_secs_f64() {
             ReplicationState::Stalled
         } else {
             status

@@ -43,7 +43,7 @@ pub struct SourceStats {
     pub bytes_on_wire: u64,
     /// Bytes per second on the wire from the agent, over its last second or so of
     /// statuses; `None` before the first measure, while disconnected and when no status
-    /// came for 3 s.
+    /// came for 15 s (stalled).
     pub wire_per_second: Option<f64>,
     /// Bytes per second of the agent's first pass over the disks (zeros it skips
     /// count), for the first sync's ETA; `None` as for `wire_per_second`.
@@ -68,6 +68,10 @@ struct Slot {
     rates: Rates,
 }
 
+/// A connected source whose agent sent no status for this long is stalled (MGN's
+/// state), and shows no rates.
+pub(crate) const STALLED_AFTER: Duration = Duration::from_secs(15);
+
 /// The source's rates on the wire and through its disks, measured as its statuses
 /// arrive (every 100 ms while the agent works): each over at least a second.
 #[derive(Default)]
@@ -81,7 +85,7 @@ struct Rates {
 impl Rates {
     const OVER: Duration = Duration::from_secs(1);
     /// A source whose last status is older than this has no rate.
-    const STALE: Duration = Duration::from_secs(3);
+    const STALE: Duration = STALLED_AFTER;
 
     fn observe(&mut self, now: Instant, wire: u64, scanned: u64) {
         match self.since {
@@ -504,7 +508,15 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             )
         }
     };
-    let reading = read_frames(&shared, &source, &mut reader, &tx, work, reports, wire);
+    let reading = read_frames(
+        &shared,
+        &source,
+        &mut reader,
+        &tx,
+        work,
+        reports,
+        (id, wire),
+    );
     let mut stop = shared.shutdown.subscribe();
     let writer_done = tokio::select! {
         () = &mut writing => true,
@@ -769,6 +781,9 @@ fn start_applier(
     Ok((work, reports, finished))
 }
 
+/// Reads the session's frames until the connection ends; `(id, wire)`: the session's
+/// id (its statuses count only while it is the source's session) and the source's
+/// count of bytes on the wire.
 async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     source: &str,
@@ -776,7 +791,7 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
     tx: &mpsc::Sender<Control>,
     work: mpsc::Sender<Work>,
     mut reports: mpsc::UnboundedReceiver<Applied>,
-    wire: Arc<AtomicU64>,
+    (id, wire): (u64, Arc<AtomicU64>),
 ) {
     loop {
         // What the applier found since the last frame.
@@ -871,7 +886,11 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                 }
             }
             Frame::Control(Control::Status(status)) => {
-                if let Some(slot) = lock(&shared.slots).get_mut(source) {
+                // Only the source's current session speaks for it (not one a newer
+                // connection took over from).
+                if let Some(slot) = lock(&shared.slots).get_mut(source)
+                    && slot.session.as_ref().is_some_and(|(sid, _)| *sid == id)
+                {
                     let now = Instant::now();
                     let wire = slot.wire.load(Ordering::Relaxed);
                     slot.rates.observe(now, wire, status.scanned_bytes);

@@ -506,12 +506,13 @@ impl ChunkStore {
         if !self.tombstones_unqueued {
             return Ok(());
         }
-        let index = &self.index;
-        self.unsynced_tombstones
-            .retain(|hash| !index.contains_key(hash));
+        // Each stays listed until a sync succeeds: one stored again now may be lost
+        // again with a failed sync, and then needs its tombstone after all.
         for i in 0..self.unsynced_tombstones.len() {
             let hash = self.unsynced_tombstones[i];
-            self.append_tombstone(&hash)?;
+            if !self.index.contains_key(&hash) {
+                self.append_tombstone(&hash)?;
+            }
         }
         self.tombstones_unqueued = false;
         Ok(())
@@ -1008,6 +1009,24 @@ mod tests {
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
         assert_eq!(store.get(&a, noise(1).len()).expect("a"), noise(1));
+    }
+
+    #[test]
+    fn a_chunk_stored_again_and_lost_again_keeps_its_tombstone() {
+        let (dir, mut store, hashes) = with_damage("tombstone-twice", 1);
+        let a = hashes[0];
+        store.fail_next_sync();
+        store.forget([&a]).expect_err("the sync fails");
+        store.put(&noise(1)).expect("stored again");
+        // Its new record is lost with the next sync too: the chunk is out of the store
+        // again, and its tombstone must be written after all.
+        store.fail_next_sync();
+        store.sync().expect_err("fails again");
+        assert!(!store.contains(&a));
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert!(!store.contains(&a), "the store reopens as it was left");
     }
 
     #[test]
