@@ -36,6 +36,14 @@ const MARK: u64 = 16 << 20;
 const BANDWIDTH_BURST: Duration = Duration::from_millis(250);
 /// How often a pass says where it is (state, backlog, lag).
 const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// Under a bandwidth limit a data frame carries at most what the limit sends in this
+/// long (one block at least), and the frames waiting to be sent at most about
+/// `QUEUE_TIME`'s worth: a status waits behind them, and the server counts a source
+/// it has not heard from in 15 s as stalled.
+const FRAME_TIME: Duration = Duration::from_millis(250);
+const QUEUE_TIME: Duration = Duration::from_secs(2);
+/// Frames waiting to be sent, at most.
+const QUEUE_FRAMES: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -193,8 +201,10 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         config.server
     ));
 
+    let bandwidth = config.bandwidth_mbit.map(|m| m * 125_000.0);
+    let (max_run, queue) = pacing(bandwidth);
     // Each frame with the moment it was queued: a status's lag counts its wait.
-    let (frames_tx, mut frames_rx) = mpsc::channel::<(Frame, Instant)>(16);
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(Frame, Instant)>(queue);
     let (events_tx, events_rx) = std_mpsc::channel::<Event>();
     let scanner = Scanner {
         disks,
@@ -218,10 +228,11 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         pending_answers: Vec::new(),
         scanned: 0,
         backlog: 0,
+        max_run,
+        last_status: std::cell::Cell::new(Instant::now()),
     };
     let scan = std::thread::spawn(move || scanner.run());
 
-    let bandwidth = config.bandwidth_mbit.map(|m| m * 125_000.0);
     // The writer owns the frames' receiver: when the session ends it goes, and a
     // scanner blocked on a full channel (even inside a freeze) wakes up and ends.
     let writing = async move {
@@ -298,6 +309,17 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
 fn stalest_mark(last_marks: &[Instant], position: Option<u64>) -> Option<Instant> {
     let at = (position.unwrap_or(0) / MARK) as usize;
     last_marks.get(at).or(last_marks.first()).copied()
+}
+
+/// The longest run one data frame carries and how many frames may wait to be sent,
+/// at a limit of `bandwidth` bytes per second (none: as fast as the link goes).
+fn pacing(bandwidth: Option<f64>) -> (usize, usize) {
+    let Some(rate) = bandwidth else {
+        return (MAX_RUN, QUEUE_FRAMES);
+    };
+    let run = ((rate * FRAME_TIME.as_secs_f64()) as usize / BLOCK * BLOCK).clamp(BLOCK, MAX_RUN);
+    let frames = (QUEUE_TIME.as_secs_f64() * rate / run as f64) as usize;
+    (run, frames.clamp(1, QUEUE_FRAMES))
 }
 
 /// How a session's connection ended.
@@ -444,6 +466,10 @@ struct Scanner {
     pending_answers: Vec<u64>,
     scanned: u64,
     backlog: u64,
+    /// The longest run a data frame carries (shorter under a bandwidth limit).
+    max_run: usize,
+    /// When the last status was queued.
+    last_status: std::cell::Cell<Instant>,
 }
 
 impl Scanner {
@@ -580,7 +606,7 @@ impl Scanner {
         self.marks.clear();
         self.position = Some(0);
         let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
-        let mut last_status = Instant::now();
+        let mut last_look = Instant::now();
         for d in 0..self.disks.len() {
             let size = self.disks[d].info.size;
             let map = self.disks[d].map.clone();
@@ -603,14 +629,14 @@ impl Scanner {
                 if !self.committed_once {
                     self.backlog = total - self.scanned;
                 }
-                if last_status.elapsed() > STATUS_EVERY {
-                    last_status = Instant::now();
+                if last_look.elapsed() > STATUS_EVERY {
+                    last_look = Instant::now();
                     if let Some(end) = self.handle_events()? {
                         return match end {
                             ScanEnd::Stopped | ScanEnd::Closed => Err(Fault::Closed),
                         };
                     }
-                    self.status()?;
+                    self.status_if_due()?;
                 }
             }
         }
@@ -639,7 +665,7 @@ impl Scanner {
                 self.sent[d][first + i] = digest;
             }
             run = match (run, changed) {
-                (Some((start, len)), true) if (len + 1) * BLOCK <= MAX_RUN => {
+                (Some((start, len)), true) if (len + 1) * BLOCK <= self.max_run => {
                     Some((start, len + 1))
                 }
                 (Some(done), true) => {
@@ -682,6 +708,8 @@ impl Scanner {
         } else {
             &bytes[from..to]
         };
+        // Between frames too: under a tight limit one READ's changes take long to send.
+        self.status_if_due()?;
         let data = Data::encode_with(
             &mut self.compressor.borrow_mut(),
             d as u16,
@@ -699,12 +727,13 @@ impl Scanner {
         let end = offset.saturating_add(len).min(info.size);
         let mut at = offset - offset % BLOCK as u64;
         while at < end {
-            let n = (end - at).min(MAX_RUN as u64) as usize;
+            let n = (end - at).min(self.max_run as u64) as usize;
             let mut buf = vec![0u8; n];
             self.read_at(d, at, &mut buf)?;
             for (i, block) in buf.chunks(BLOCK).enumerate() {
                 self.sent[d][(at / BLOCK as u64) as usize + i] = block_digest(block);
             }
+            self.status_if_due()?;
             self.send(Frame::Data(Data::encode(disk, at, &buf)))?;
             at += n as u64;
         }
@@ -755,6 +784,13 @@ impl Scanner {
         Ok(())
     }
 
+    fn status_if_due(&self) -> Result<(), Fault> {
+        if self.last_status.get().elapsed() > STATUS_EVERY {
+            self.status()?;
+        }
+        Ok(())
+    }
+
     fn status(&self) -> Result<(), Fault> {
         let state = if self.paused {
             ReplicationState::Paused
@@ -766,6 +802,7 @@ impl Scanner {
             ReplicationState::Continuous
         };
         let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
+        self.last_status.set(Instant::now());
         self.send(Frame::Control(Control::Status(AgentStatus {
             state,
             backlog_bytes: self.backlog,
@@ -915,5 +952,24 @@ mod tests {
             Some(marks[0]),
             "past the marks (the pass's very end): the oldest"
         );
+    }
+
+    #[test]
+    fn under_a_limit_frames_are_short_and_few_so_a_status_never_waits_long() {
+        assert_eq!(pacing(None), (MAX_RUN, QUEUE_FRAMES), "no limit");
+        assert_eq!(pacing(Some(400.0 * 125_000.0)), (MAX_RUN, QUEUE_FRAMES));
+        // 1 Mbit/s: 31,250 bytes a quarter second, 7 blocks; 2 s of them queued.
+        assert_eq!(pacing(Some(125_000.0)), (7 * BLOCK, 8));
+        // The least limit (10 kbit/s): one block, one frame waiting.
+        assert_eq!(pacing(Some(1_250.0)), (BLOCK, 1));
+        // What a status may wait behind (the frame on the wire and those queued) stays
+        // well inside the server's 15 s before it calls a source stalled, at any limit.
+        for kbit in [10.0, 33.0, 64.0, 100.0, 150.0, 999.0, 2_000.0, 64_000.0] {
+            let rate = kbit * 125.0;
+            let (run, frames) = pacing(Some(rate));
+            let wait = (run * (frames + 1)) as f64 / rate;
+            assert!(run % BLOCK == 0 && run <= MAX_RUN && frames >= 1);
+            assert!(wait < 7.0, "{kbit} kbit/s: a status may wait {wait:.1} s");
+        }
     }
 }

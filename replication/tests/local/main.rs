@@ -303,3 +303,48 @@ async fn the_first_sync_shows_its_throughput_and_eta_and_the_agent_keeps_to_its_
     );
     Ok(())
 }
+
+/// Starts: a replication server in this process and an agent thread held to 64 kbit/s.
+/// At that rate one 256 KiB frame takes 32 s to send; a status queued behind it would
+/// leave the server without news for longer than its 15 s, and the source would read as
+/// stalled while it is replicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_under_a_tight_bandwidth_limit_is_heard_from_and_never_reads_as_stalled()
+-> TestResult {
+    let dir = temp("tight");
+    let image = dir.join("slow01.img");
+    // 512 KiB of noise: more than a minute's sending at 8 KB/s.
+    std::fs::write(&image, noise(512 << 10, 11))?;
+    let engine = engine(&dir).await?;
+    let (id, _agent) =
+        replicate_limited(&engine, &dir, "slow01", &image, None, Some(0.064)).await?;
+    let stats = || engine.server().stats(&id.0);
+    wait_for("the first status", Duration::from_secs(5), async || {
+        Ok(stats().status_age.is_some())
+    })
+    .await?;
+    let watched = Instant::now();
+    let mut oldest = Duration::ZERO;
+    while watched.elapsed() < Duration::from_secs(12) {
+        let state = engine.describe_source(&id).await?.replication.state;
+        assert_eq!(
+            state,
+            ReplicationState::InitialSync,
+            "after {:?}",
+            watched.elapsed()
+        );
+        oldest = oldest.max(stats().status_age.unwrap_or(Duration::MAX));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        oldest < Duration::from_secs(5),
+        "the agent's statuses came {oldest:?} apart at 64 kbit/s"
+    );
+    let wire = stats().bytes_on_wire;
+    // 8 KB/s for at most 17 s, and a quarter second's burst.
+    assert!(
+        wire > 0 && wire < 8_000 * 18,
+        "{wire} bytes on the wire at 64 kbit/s"
+    );
+    Ok(())
+}
