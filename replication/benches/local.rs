@@ -186,7 +186,8 @@ async fn wait_for(
 }
 
 /// Launches a test copy from the latest data; its time, and the image's path.
-async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<(Duration, PathBuf)> {
+/// The launch's time, its image, and what the launch says of itself (its phases' times).
+async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<(Duration, PathBuf, String)> {
     let started = Instant::now();
     let job = engine
         .start_launch(
@@ -208,6 +209,7 @@ async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<(Duration, PathBu
     Ok((
         took,
         PathBuf::from(target.address.ok_or("the copy's image")?),
+        target.detail.unwrap_or_default(),
     ))
 }
 
@@ -443,9 +445,9 @@ async fn main() -> Result<()> {
     }
 
     // (4) Launch.
-    let (took, copy) = launch(&engine, &id).await?;
+    let (took, copy, detail) = launch(&engine, &id).await?;
     println!(
-        "(4) launch of the {:.1} GiB image (final sync, write, verify): {:.2} s",
+        "(4) launch of the {:.1} GiB image (final sync, write, verify): {:.2} s: {detail}",
         size as f64 / (1u64 << 30) as f64,
         took.as_secs_f64()
     );

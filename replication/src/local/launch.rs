@@ -4,10 +4,12 @@
 //! qcow2, and the configured command, if any.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +52,10 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
         .map_err(|err| format!("cannot read recovery point {}: {err}", spec.seq))?;
     std::fs::create_dir_all(spec.dir)
         .map_err(|err| format!("cannot create {}: {err}", spec.dir.display()))?;
+    let started = Instant::now();
+    let mut syncing = Duration::ZERO;
     let mut raws = Vec::new();
+    let mut problems = Vec::new();
     for (i, (disk, map)) in meta.disks.iter().zip(&maps).enumerate() {
         let path = spec.dir.join(format!("disk{i}.raw"));
         let file = File::create(&path)
@@ -61,45 +66,32 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
                     path.display()
                 )
             })?;
-        for (index, hash) in map.iter().enumerate() {
-            if *hash == ZERO_CHUNK {
-                continue;
-            }
-            let offset = index as u64 * meta.chunk as u64;
-            let len = chunk_len(disk.size, meta.chunk, index as u64);
-            // The store's lock ends with this statement: forget_damaged takes it again.
-            let got = lock(spec.store).get(hash, len);
-            let bytes = got.map_err(|err| {
-                let mut why = format!("recovery point {} cannot be launched: {err}", spec.seq);
-                if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
-                    match forget_damaged(spec.store, &meta, &maps) {
-                        Ok(found) => why.push_str(&format!(
-                            "; {found} chunk(s) of it are damaged or missing in the store and were forgotten: while the source replicates, its agent sends them again where its disks still hold them, and its next recovery point holds them"
-                        )),
-                        Err((found, err)) => why.push_str(&format!(
-                            "; {found} chunk(s) of it are damaged or missing in the store and were forgotten, but the store could not record that on its disk ({err}): check the staging disk"
-                        )),
-                    }
-                }
-                why
-            })?;
-            file.write_all_at(&bytes, offset).map_err(|err| {
-                format!(
-                    "cannot write {} (is the target disk full?): {err}",
-                    path.display()
-                )
-            })?;
-        }
+        let check = Check {
+            path: &path,
+            map,
+            size: disk.size,
+            chunk: meta.chunk,
+        };
+        // The image is read back and checked in a thread of its own while it is
+        // written: writing waits for the target disk, checking for the CPU.
+        let problem = std::thread::scope(|scope| {
+            let (written, to_check) = std::sync::mpsc::sync_channel::<Range<usize>>(64);
+            let checker = scope.spawn(move || check.ranges(to_check));
+            let wrote = write_disk(spec, &meta, &maps, i, &file, &path, &written);
+            drop(written);
+            let problem = checker
+                .join()
+                .unwrap_or_else(|_| Some(format!("the check of {} stopped", path.display())));
+            wrote.map(|()| problem)
+        })?;
+        problems.extend(problem);
+        let sync_started = Instant::now();
         file.sync_all()
             .map_err(|err| format!("cannot sync {}: {err}", path.display()))?;
+        syncing += sync_started.elapsed();
         raws.push(path);
     }
-    let mut problems = Vec::new();
-    for ((path, map), disk) in raws.iter().zip(&maps).zip(&meta.disks) {
-        if let Some(problem) = verify(path, map, disk.size, meta.chunk) {
-            problems.push(problem);
-        }
-    }
+    let writing = started.elapsed() - syncing;
     let images = match spec.format {
         ImageFormat::Raw => raws,
         ImageFormat::Qcow2 => {
@@ -139,14 +131,17 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
     }
     let detail = if problems.is_empty() {
         format!(
-            "{} image(s) from recovery point {} verified chunk by chunk{}",
+            "{} image(s) from recovery point {} verified chunk by chunk{} (written and \
+             verified in {:.1} s, synced to the target disk in {:.1} s)",
             images.len(),
             spec.seq,
             if spec.format == ImageFormat::Qcow2 {
                 ", qemu-img check passed"
             } else {
                 ""
-            }
+            },
+            writing.as_secs_f64(),
+            syncing.as_secs_f64()
         )
     } else {
         problems.join("; ")
@@ -192,27 +187,114 @@ pub(super) fn forget_damaged(
         .map_err(|err| (damaged.len(), err))
 }
 
-/// Reads the image back and compares each chunk with the point's address.
-fn verify(path: &Path, map: &[super::proto::ChunkHash], size: u64, chunk: usize) -> Option<String> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) => return Some(format!("cannot read {} back: {err}", path.display())),
+/// Writes a disk's chunks into its image, runs of contiguous chunks at once, and sends
+/// each range of chunks written (zero chunks between them included) to be checked.
+fn write_disk(
+    spec: &LaunchSpec<'_>,
+    meta: &super::volume::PointMeta,
+    maps: &[Vec<super::proto::ChunkHash>],
+    disk: usize,
+    file: &File,
+    path: &Path,
+    written: &std::sync::mpsc::SyncSender<Range<usize>>,
+) -> Result<(), String> {
+    let (chunk, map, size) = (meta.chunk, &maps[disk], meta.disks[disk].size);
+    // The run being gathered (its first chunk, its bytes) and the first chunk not yet
+    // sent to be checked.
+    let mut run: (usize, Vec<u8>) = (0, Vec::with_capacity(WRITE_RUN));
+    let mut checked_to = 0;
+    let flush = |run: &mut (usize, Vec<u8>), checked_to: &mut usize| -> Result<(), String> {
+        if !run.1.is_empty() {
+            file.write_all_at(&run.1, run.0 as u64 * chunk as u64)
+                .map_err(|err| {
+                    format!(
+                        "cannot write {} (is the target disk full?): {err}",
+                        path.display()
+                    )
+                })?;
+        }
+        let to = run.0 + run.1.len().div_ceil(chunk);
+        // A checker that stopped has found its problem: the rest is not checked.
+        let _ = written.send(*checked_to..to.max(*checked_to));
+        *checked_to = to.max(*checked_to);
+        run.1.clear();
+        Ok(())
     };
-    let mut buf = vec![0u8; chunk];
     for (index, hash) in map.iter().enumerate() {
-        let offset = index as u64 * chunk as u64;
+        if *hash == ZERO_CHUNK {
+            continue;
+        }
         let len = chunk_len(size, chunk, index as u64);
-        if let Err(err) = file.read_exact_at(&mut buf[..len], offset) {
-            return Some(format!("cannot read {} back: {err}", path.display()));
+        // The store's lock ends with this statement: forget_damaged takes it again.
+        let got = lock(spec.store).get(hash, len);
+        let bytes = got.map_err(|err| {
+            let mut why = format!("recovery point {} cannot be launched: {err}", spec.seq);
+            if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
+                match forget_damaged(spec.store, meta, maps) {
+                    Ok(found) => why.push_str(&format!(
+                        "; {found} chunk(s) of it are damaged or missing in the store and were forgotten: while the source replicates, its agent sends them again where its disks still hold them, and its next recovery point holds them"
+                    )),
+                    Err((found, err)) => why.push_str(&format!(
+                        "; {found} chunk(s) of it are damaged or missing in the store and were forgotten, but the store could not record that on its disk ({err}): check the staging disk"
+                    )),
+                }
+            }
+            why
+        })?;
+        let follows = run.0 + run.1.len() / chunk == index && run.1.len().is_multiple_of(chunk);
+        if !run.1.is_empty() && (!follows || run.1.len() + bytes.len() > WRITE_RUN) {
+            flush(&mut run, &mut checked_to)?;
         }
-        if chunk_hash(&buf[..len]) != *hash {
-            return Some(format!(
-                "{} differs from the recovery point at byte {offset}",
-                path.display()
-            ));
+        if run.1.is_empty() {
+            run.0 = index;
         }
+        run.1.extend_from_slice(&bytes);
     }
-    None
+    flush(&mut run, &mut checked_to)?;
+    let _ = written.send(checked_to..map.len());
+    Ok(())
+}
+
+/// Runs of contiguous chunks are written to an image this many bytes at a time at most.
+const WRITE_RUN: usize = 1 << 20;
+
+/// An image read back and checked against its recovery point's chunk addresses.
+struct Check<'a> {
+    path: &'a Path,
+    map: &'a [super::proto::ChunkHash],
+    size: u64,
+    chunk: usize,
+}
+
+impl Check<'_> {
+    /// Checks each range of chunks as it comes, in order; the first difference found
+    /// (or a read that fails) is the problem, and ends the check.
+    fn ranges(&self, ranges: std::sync::mpsc::Receiver<Range<usize>>) -> Option<String> {
+        let file = match File::open(self.path) {
+            Ok(file) => file,
+            Err(err) => return Some(format!("cannot read {} back: {err}", self.path.display())),
+        };
+        let mut buf = vec![0u8; self.chunk];
+        for range in ranges {
+            for index in range {
+                let Some(hash) = self.map.get(index) else {
+                    break;
+                };
+                let offset = index as u64 * self.chunk as u64;
+                let len = chunk_len(self.size, self.chunk, index as u64);
+                if let Err(err) = file.read_exact_at(&mut buf[..len], offset) {
+                    return Some(format!("cannot read {} back: {err}", self.path.display()));
+                }
+                if chunk_hash(&buf[..len]) != *hash {
+                    return Some(format!(
+                        "{} differs from the recovery point at byte {offset}",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+        None
+    }
 }
 
 fn hook(command: &str, images: &[PathBuf]) -> Command {
@@ -251,4 +333,139 @@ fn run_tool(command: &mut Command) -> Result<(), String> {
         "exit {}: {tail}",
         output.status.code().unwrap_or(-1)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::proto::{CHUNK, DiskInfo};
+    use jiff::Timestamp;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A volume of one disk: 100 chunks of noise (more than one 1 MiB run), 10 zero
+    /// chunks, 90 more of noise, and a short last chunk; committed as point 1.
+    fn point(name: &str) -> (PathBuf, Mutex<ChunkStore>, Mutex<Volume>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("wl-launch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let size = 200 * CHUNK + 4096;
+        let mut disk = noise(size, 3);
+        disk[100 * CHUNK..110 * CHUNK].fill(0);
+        let mut store = ChunkStore::open(&dir.join("chunks")).expect("store");
+        let info = DiskInfo {
+            name: "/dev/sda".to_owned(),
+            size: size as u64,
+        };
+        let mut volume = Volume::open(&dir.join("src"), vec![info]).expect("volume");
+        volume.write(&mut store, 0, 0, &disk).expect("write");
+        let now = Timestamp::UNIX_EPOCH;
+        volume.commit(&mut store, 1, now, now).expect("commit");
+        (dir, Mutex::new(store), Mutex::new(volume), disk)
+    }
+
+    #[test]
+    fn a_launch_writes_the_point_in_runs_and_checks_every_chunk_while_it_writes() {
+        let (dir, store, volume, disk) = point("runs");
+        let target = dir.join("target");
+        let spec = LaunchSpec {
+            store: &store,
+            volume: &volume,
+            seq: 1,
+            dir: &target,
+            format: ImageFormat::Raw,
+            boot_check: None,
+            post_launch: None,
+        };
+        let launched = launch(&spec).expect("a launch");
+        assert_eq!(launched.health, Health::Ok, "{}", launched.detail);
+        assert!(
+            launched.detail.contains("verified chunk by chunk")
+                && launched.detail.contains("synced to the target disk in"),
+            "{}",
+            launched.detail
+        );
+        assert!(std::fs::read(&launched.images[0]).expect("the image") == disk);
+        // The ranges sent to the check cover every chunk once, in order, zero chunks
+        // and the short last one included.
+        let (meta, maps) = lock(&volume).point_maps(1).expect("the point");
+        let file = File::create(dir.join("again.raw")).expect("an image");
+        let (written, to_check) = std::sync::mpsc::sync_channel(1024);
+        write_disk(
+            &spec,
+            &meta,
+            &maps,
+            0,
+            &file,
+            &dir.join("again.raw"),
+            &written,
+        )
+        .expect("written");
+        drop(written);
+        let ranges: Vec<Range<usize>> = to_check.into_iter().collect();
+        let covered: Vec<usize> = ranges.iter().cloned().flatten().collect();
+        assert_eq!(
+            covered,
+            (0..maps[0].len()).collect::<Vec<_>>(),
+            "{ranges:?}"
+        );
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.len() * CHUNK <= WRITE_RUN + 10 * CHUNK),
+            "runs of at most 1 MiB (and the zero chunks before them): {ranges:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_check_names_the_first_byte_where_the_image_differs_from_the_point() {
+        let (dir, store, volume, disk) = point("differs");
+        let (_, maps) = lock(&volume).point_maps(1).expect("the point");
+        drop(store);
+        let path = dir.join("copy.raw");
+        let mut copy = disk.clone();
+        copy[150 * CHUNK + 7] ^= 1;
+        std::fs::write(&path, &copy).expect("a copy");
+        let check = Check {
+            path: &path,
+            map: &maps[0],
+            size: disk.len() as u64,
+            chunk: CHUNK,
+        };
+        let checked = |ranges: Vec<Range<usize>>| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(16);
+            for range in ranges {
+                tx.send(range).expect("sent");
+            }
+            drop(tx);
+            check.ranges(rx)
+        };
+        assert_eq!(
+            checked(vec![0..100, 100..150]),
+            None,
+            "the chunks before it match"
+        );
+        let problem = checked(vec![0..100, 100..151, 151..201]).expect("a difference");
+        assert!(
+            problem.contains(&format!(
+                "differs from the recovery point at byte {}",
+                150 * CHUNK
+            )),
+            "{problem}"
+        );
+        std::fs::write(&path, &disk[..10 * CHUNK]).expect("cut short");
+        let problem = checked(vec![0..1, 1..201]).expect("a short image");
+        assert!(problem.contains("cannot read"), "{problem}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
