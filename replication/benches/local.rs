@@ -213,6 +213,37 @@ async fn launch(engine: &LocalEngine, id: &SourceId) -> Result<(Duration, PathBu
     ))
 }
 
+/// What the recovery points take in the staging folder: whole maps and the points that
+/// list their changes against one.
+fn points_kept(root: &Path, id: &SourceId, size: u64) -> Result<String> {
+    let points = root
+        .join("staging")
+        .join("sources")
+        .join(&id.0)
+        .join("points");
+    let (mut whole, mut listing, mut bytes) = (0, 0, 0u64);
+    for entry in std::fs::read_dir(&points)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rp") {
+            continue;
+        }
+        bytes += std::fs::metadata(&path)?.len();
+        let first = std::fs::read(&path)?;
+        let line = first.split(|&b| b == b'\n').next().unwrap_or_default();
+        let meta: serde_json::Value = serde_json::from_slice(line)?;
+        if meta.get("base").is_some() {
+            listing += 1;
+        } else {
+            whole += 1;
+        }
+    }
+    Ok(format!(
+        "recovery points kept: {whole} whole map(s) and {listing} listing their changes, {:.2} MiB in all (a whole map is {:.2} MiB)",
+        bytes as f64 / MIB,
+        (size / 16384 * 32) as f64 / MIB
+    ))
+}
+
 /// The first byte at which two files differ (or their lengths do), if any.
 fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>> {
     let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
@@ -381,6 +412,7 @@ async fn main() -> Result<()> {
         rsync as f64 / MIB,
         rsync as f64 / wire as f64
     );
+    println!("after (2): {}", points_kept(&root, &id, size)?);
 
     // (3) Lag under a steady load.
     for fraction in [0.25, 0.5, 0.9] {
@@ -458,6 +490,7 @@ async fn main() -> Result<()> {
         None => println!("the copy is the source byte for byte"),
         Some(at) => return Err(format!("the copy differs from the source at byte {at}").into()),
     }
+    println!("after (3) and (4): {}", points_kept(&root, &id, size)?);
     engine.shutdown();
     let _ = std::fs::remove_file(&image);
     let _ = std::fs::remove_dir_all(&root);

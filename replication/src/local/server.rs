@@ -644,7 +644,14 @@ async fn admit(
     .map_err(|err| Refusal::NotNow(err.to_string()))??;
     let (base, resend) = {
         let mut v = lock(&volume);
-        let has = |seq: u64| v.points.iter().any(|p| p.seq == seq);
+        // A point that lists its changes is of use only with the whole map it lists
+        // them against.
+        let listed = |seq: u64| v.points.iter().any(|p| p.seq == seq);
+        let has = |seq: u64| {
+            v.points
+                .iter()
+                .any(|p| p.seq == seq && p.base.is_none_or(&listed))
+        };
         let base = match pending {
             Some(p) if has(p) => p,
             _ if acked > 0 && has(acked) => acked,

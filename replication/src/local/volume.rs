@@ -32,6 +32,11 @@ pub struct PointMeta {
     /// 64 KiB chunks.
     #[serde(default = "legacy_chunk")]
     pub chunk: usize,
+    /// A point that lists only its chunks that differ from the full point `base` (the
+    /// file holds, per disk, a count and that many chunk numbers with their addresses);
+    /// none: the file holds the whole map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
 }
 
 fn legacy_chunk() -> usize {
@@ -56,6 +61,11 @@ pub struct Volume {
     /// no recovery point is cut while one is missing.
     awaiting: BTreeSet<(u16, u64)>,
     pub points: Vec<PointMeta>,
+    /// The full point the next point may list its changes against, and which chunks of
+    /// `maps` changed since it (one bit per chunk, and how many are set).
+    base: Option<u64>,
+    changed: Vec<Vec<u64>>,
+    changed_count: usize,
     /// Points a launch is reading, by how many: retention keeps them meanwhile.
     pinned: BTreeMap<u64, usize>,
     /// The store's count of losses when the maps were last checked against it: a loss
@@ -115,6 +125,43 @@ fn empty_maps(disks: &[DiskInfo], chunk: usize) -> Vec<Vec<ChunkHash>> {
         .collect()
 }
 
+/// A point lists its changes against the last full point while the list (40 bytes a
+/// chunk) stays under this fraction of the whole map (32 bytes a chunk); past it the
+/// point is written whole and the next ones list their changes against it.
+const DELTA_SHARE: usize = 4;
+
+/// No chunk marked changed, for maps of these sizes.
+fn no_changes(maps: &[Vec<ChunkHash>]) -> Vec<Vec<u64>> {
+    maps.iter().map(|m| vec![0; m.len().div_ceil(64)]).collect()
+}
+
+/// The chunk numbers whose bits are set.
+fn set_bits(bits: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    bits.iter().enumerate().flat_map(|(word, &w)| {
+        (0..64)
+            .filter(move |b| w & (1 << b) != 0)
+            .map(move |b| word as u64 * 64 + b)
+    })
+}
+
+/// A point file's body.
+enum PointBody {
+    Whole(Vec<Vec<ChunkHash>>),
+    /// Against the whole map of point `base`.
+    Listed {
+        base: u64,
+        lists: Vec<Vec<(u64, ChunkHash)>>,
+    },
+}
+
+/// A recovery point's maps, and what its file lists.
+struct PointFile {
+    meta: PointMeta,
+    maps: Vec<Vec<ChunkHash>>,
+    /// For a point that lists its changes: the chunks it lists, per disk.
+    listed: Option<Vec<Vec<u64>>>,
+}
+
 impl Volume {
     /// The volume of a source whose folder is `dir`, with the recovery points found there.
     pub fn open(dir: &Path, disks: Vec<DiskInfo>) -> io::Result<Volume> {
@@ -131,10 +178,14 @@ impl Volume {
         points.sort_by_key(|p| p.seq);
         // Until a reset says from which point it goes on: the latest's size.
         let chunk = points.last().map_or_else(|| chunk_for(&disks), |p| p.chunk);
+        let maps = empty_maps(&disks, chunk);
         Ok(Volume {
             dir: dir.to_owned(),
             dirty: disks.iter().map(|_| BTreeMap::new()).collect(),
-            maps: empty_maps(&disks, chunk),
+            changed: no_changes(&maps),
+            maps,
+            changed_count: 0,
+            base: None,
             chunk,
             disks,
             dirty_bytes: 0,
@@ -155,18 +206,110 @@ impl Volume {
 
     /// The chunk maps of a recovery point.
     pub fn point_maps(&self, seq: u64) -> io::Result<(PointMeta, Vec<Vec<ChunkHash>>)> {
+        let point = self.read_point(seq)?;
+        Ok((point.meta, point.maps))
+    }
+
+    /// What a point's file holds: its whole maps, or the chunks it lists (per disk,
+    /// chunk numbers with their addresses) against its base.
+    fn read_file(&self, seq: u64) -> io::Result<(PointMeta, PointBody)> {
         let path = self.point_path(seq);
         let mut reader = BufReader::new(File::open(&path)?);
         let meta = read_meta(&path, &mut reader)?;
         let mut maps = Vec::new();
+        let mut lists = Vec::new();
         for disk in &meta.disks {
-            let mut map = vec![ZERO_CHUNK; chunk_count(disk.size, meta.chunk) as usize];
-            for hash in &mut map {
-                reader.read_exact(hash)?;
+            let entries = chunk_count(disk.size, meta.chunk);
+            if meta.base.is_none() {
+                let mut map = vec![ZERO_CHUNK; entries as usize];
+                for hash in &mut map {
+                    reader.read_exact(hash)?;
+                }
+                maps.push(map);
+                continue;
             }
-            maps.push(map);
+            let mut word = [0u8; 8];
+            reader.read_exact(&mut word)?;
+            let count = u64::from_le_bytes(word);
+            if count > entries {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "recovery point {} does not read: it lists {count} chunks of a disk of {entries}",
+                        path.display()
+                    ),
+                ));
+            }
+            let mut list = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                reader.read_exact(&mut word)?;
+                let index = u64::from_le_bytes(word);
+                if index >= entries {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "recovery point {} does not read: it lists chunk {index}, past its disk's end",
+                            path.display()
+                        ),
+                    ));
+                }
+                let mut hash = ZERO_CHUNK;
+                reader.read_exact(&mut hash)?;
+                list.push((index, hash));
+            }
+            lists.push(list);
         }
-        Ok((meta, maps))
+        let body = match meta.base {
+            None => PointBody::Whole(maps),
+            Some(base) => PointBody::Listed { base, lists },
+        };
+        Ok((meta, body))
+    }
+
+    /// A point's maps: its file's, or for a point that lists its changes, its base's
+    /// with the changes applied.
+    fn read_point(&self, seq: u64) -> io::Result<PointFile> {
+        let (meta, body) = self.read_file(seq)?;
+        let (base, lists) = match body {
+            PointBody::Whole(maps) => {
+                return Ok(PointFile {
+                    meta,
+                    maps,
+                    listed: None,
+                });
+            }
+            PointBody::Listed { base, lists } => (base, lists),
+        };
+        let invalid = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "recovery point {} does not read: it lists its changes against recovery point {base}, {why}",
+                    self.point_path(seq).display()
+                ),
+            )
+        };
+        let (full, body) = self
+            .read_file(base)
+            .map_err(|err| invalid(format!("which does not read ({err})")))?;
+        let PointBody::Whole(mut maps) = body else {
+            return Err(invalid("which is not a whole map".to_owned()));
+        };
+        if full.disks != meta.disks || full.chunk != meta.chunk {
+            return Err(invalid("which is of other disks".to_owned()));
+        }
+        let mut listed = no_changes(&maps);
+        for ((map, bits), list) in maps.iter_mut().zip(&mut listed).zip(lists) {
+            for (index, hash) in list {
+                map[index as usize] = hash;
+                bits[(index / 64) as usize] |= 1 << (index % 64);
+            }
+        }
+        Ok(PointFile {
+            meta,
+            maps,
+            listed: Some(listed),
+        })
     }
 
     /// Continues from recovery point `base` (0: empty disks), dropping whatever arrived
@@ -175,13 +318,25 @@ impl Volume {
     /// a session that ended before the agent sent them again) are awaited again, and
     /// returned as the ranges to ask the agent for.
     pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
-        (self.chunk, self.maps) = if base == 0 {
-            let chunk = chunk_for(&self.disks);
-            (chunk, empty_maps(&self.disks, chunk))
+        if base == 0 {
+            self.chunk = chunk_for(&self.disks);
+            self.maps = empty_maps(&self.disks, self.chunk);
+            self.changed = no_changes(&self.maps);
+            self.base = None;
         } else {
-            let (meta, maps) = self.point_maps(base)?;
-            (meta.chunk, maps)
-        };
+            let point = self.read_point(base)?;
+            self.chunk = point.meta.chunk;
+            self.maps = point.maps;
+            // The next point lists its changes against the same full point.
+            self.changed = point.listed.unwrap_or_else(|| no_changes(&self.maps));
+            self.base = Some(point.meta.base.unwrap_or(base));
+        }
+        self.changed_count = self
+            .changed
+            .iter()
+            .flatten()
+            .map(|w| w.count_ones() as usize)
+            .sum();
         for dirty in &mut self.dirty {
             dirty.clear();
         }
@@ -343,9 +498,18 @@ impl Volume {
             // A chunk leaves the dirty set only once stored: a failed put (a full disk)
             // loses nothing.
             while let Some((&index, buf)) = dirty.iter().next() {
-                self.maps[d][index as usize] = store.put(buf)?;
+                let hash = store.put(buf)?;
                 self.dirty_bytes = self.dirty_bytes.saturating_sub(buf.len());
                 dirty.remove(&index);
+                if self.maps[d][index as usize] != hash {
+                    self.maps[d][index as usize] = hash;
+                    let word = &mut self.changed[d][(index / 64) as usize];
+                    let bit = 1 << (index % 64);
+                    if *word & bit == 0 {
+                        *word |= bit;
+                        self.changed_count += 1;
+                    }
+                }
             }
         }
         Ok(())
@@ -373,22 +537,50 @@ impl Volume {
                 "chunks stored since the last recovery point were lost (a write or sync of the staging disk failed): replication goes on from that point",
             ));
         }
+        let entries: usize = self.maps.iter().map(Vec::len).sum();
+        // Listed against the base while it is still here and the list stays small.
+        let base = self.base.filter(|b| {
+            *b != seq
+                && self.changed_count * 40 * DELTA_SHARE <= entries * 32
+                && self.points.iter().any(|p| p.seq == *b && p.base.is_none())
+        });
         let meta = PointMeta {
             seq,
             taken_at,
             frozen_at,
             disks: self.disks.clone(),
             chunk: self.chunk,
+            base,
         };
         let mut body = serde_json::to_vec(&meta).map_err(io::Error::other)?;
         body.push(b'\n');
-        for map in &self.maps {
-            for hash in map {
-                body.extend_from_slice(hash);
+        match base {
+            None => {
+                for map in &self.maps {
+                    for hash in map {
+                        body.extend_from_slice(hash);
+                    }
+                }
+            }
+            Some(_) => {
+                for (map, bits) in self.maps.iter().zip(&self.changed) {
+                    let listed: Vec<u64> = set_bits(bits).collect();
+                    body.extend_from_slice(&(listed.len() as u64).to_le_bytes());
+                    for index in listed {
+                        body.extend_from_slice(&index.to_le_bytes());
+                        body.extend_from_slice(&map[index as usize]);
+                    }
+                }
             }
         }
         let path = self.point_path(seq);
         write_durably(&path, &body)?;
+        if base.is_none() {
+            // A whole map: the next points list their changes against it.
+            self.base = Some(seq);
+            self.changed = no_changes(&self.maps);
+            self.changed_count = 0;
+        }
         self.points.retain(|p| p.seq != seq);
         self.points.push(meta.clone());
         self.points.sort_by_key(|p| p.seq);
@@ -414,6 +606,16 @@ impl Volume {
     pub fn prune(&mut self, retention: &Retention, now: Timestamp) -> io::Result<Vec<u64>> {
         let mut keep = retention.kept(&self.points, now);
         keep.extend(self.pinned.keys().copied());
+        // The full points that kept ones list their changes against, and the one the
+        // next point will.
+        let bases: Vec<u64> = self
+            .points
+            .iter()
+            .filter(|p| keep.contains(&p.seq))
+            .filter_map(|p| p.base)
+            .chain(self.base)
+            .collect();
+        keep.extend(bases);
         let mut removed = Vec::new();
         let mut failed = None;
         // The list follows the files one by one: a failure leaves it true.
@@ -440,9 +642,13 @@ impl Volume {
 
     /// Every chunk this volume still needs: its recovery points' and its current map's.
     pub fn live_chunks(&self, live: &mut HashSet<ChunkHash>) -> io::Result<()> {
+        // A listing point's other chunks are its base's, which is kept and read too.
         for point in &self.points {
-            for map in self.point_maps(point.seq)?.1 {
-                live.extend(map);
+            match self.read_file(point.seq)?.1 {
+                PointBody::Whole(maps) => live.extend(maps.into_iter().flatten()),
+                PointBody::Listed { lists, .. } => {
+                    live.extend(lists.into_iter().flatten().map(|(_, hash)| hash));
+                }
             }
         }
         for map in &self.maps {
@@ -539,6 +745,7 @@ mod tests {
             frozen_at: taken_at,
             disks: Vec::new(),
             chunk: CHUNK,
+            base: None,
         }
     }
 
@@ -578,16 +785,20 @@ mod tests {
         for seq in 1..=3 {
             volume.commit(&mut store, seq, now, now).expect("commit");
         }
-        // One point per ten minutes: the three share one interval, the newest stays.
+        // One point per ten minutes: the three share one interval, the newest stays,
+        // and the first, whose map the others list their changes against.
         let retention = Retention::default();
-        volume.pin(1);
-        assert_eq!(volume.prune(&retention, now).expect("prune"), vec![2]);
+        volume.pin(2);
+        assert_eq!(
+            volume.prune(&retention, now).expect("prune"),
+            Vec::<u64>::new()
+        );
         assert!(
-            volume.point_maps(1).is_ok(),
+            volume.point_maps(2).is_ok(),
             "the pinned point is still there"
         );
-        volume.unpin(1);
-        assert_eq!(volume.prune(&retention, now).expect("prune"), vec![1]);
+        volume.unpin(2);
+        assert_eq!(volume.prune(&retention, now).expect("prune"), vec![2]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -744,6 +955,104 @@ mod tests {
         let point = a.commit(&mut store, 1, now, now).expect("commit");
         let (_, maps) = a.point_maps(point.seq).expect("maps");
         assert!(store.contains(&maps[0][0]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn points_list_their_changes_against_the_last_whole_map_until_the_list_grows() {
+        // 64 chunks: a list of more than 12 (40 bytes each) is over a quarter of the
+        // whole map (32 bytes each).
+        let (dir, mut store, disks) = fixture("wl-volume-delta", 64 * CHUNK as u64);
+        let src = dir.join("src");
+        let mut volume = Volume::open(&src, disks.clone()).expect("volume");
+        volume.reset(0, &store).expect("reset");
+        let now = Timestamp::UNIX_EPOCH;
+        let file = |seq: u64| {
+            std::fs::metadata(src.join("points").join(format!("{seq:012}.rp")))
+                .expect("a point file")
+                .len()
+        };
+        let mut expected = BTreeMap::new();
+        type Maps = Vec<Vec<ChunkHash>>;
+        fn cut(
+            volume: &mut Volume,
+            store: &mut ChunkStore,
+            expected: &mut BTreeMap<u64, Maps>,
+            seq: u64,
+            chunks: &[u64],
+        ) -> PointMeta {
+            let now = Timestamp::UNIX_EPOCH;
+            for &c in chunks {
+                volume
+                    .write(store, 0, c * CHUNK as u64, &[seq as u8; 4096])
+                    .expect("write");
+            }
+            let meta = volume.commit(store, seq, now, now).expect("commit");
+            expected.insert(seq, volume.maps.clone());
+            meta
+        }
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 1, &[0]).base,
+            None,
+            "the first is whole"
+        );
+        let whole = file(1);
+        assert!(whole > 64 * 32, "{whole}");
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 2, &[5]).base,
+            Some(1)
+        );
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 3, &[9]).base,
+            Some(1)
+        );
+        // Point 3 lists chunks 5 and 9: its file is the description and 2 x 40 bytes.
+        assert!(file(3) < whole - 64 * 32 + 8 + 2 * 40 + 16, "{}", file(3));
+        // A new session from point 3 (reopened) goes on listing against point 1.
+        let mut volume = Volume::open(&src, disks.clone()).expect("reopen");
+        assert!(volume.reset(3, &store).expect("reset").is_empty());
+        assert_eq!(volume.maps, expected[&3]);
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 4, &[20]).base,
+            Some(1)
+        );
+        // Many changes: the point is whole, and the next lists against it.
+        let many: Vec<u64> = (30..50).collect();
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 5, &many).base,
+            None
+        );
+        assert_eq!(
+            cut(&mut volume, &mut store, &mut expected, 6, &[1]).base,
+            Some(5)
+        );
+        for (seq, maps) in &expected {
+            assert_eq!(
+                &volume.point_maps(*seq).expect("maps").1,
+                maps,
+                "point {seq}"
+            );
+        }
+        let (_, maps) = volume.point_maps(4).expect("maps");
+        assert_eq!(
+            store.get(&maps[0][20], CHUNK).expect("chunk")[..4096],
+            [4u8; 4096][..]
+        );
+        // Retention of the newest only keeps point 6 and the whole map it lists against.
+        let newest = Retention { tiers: Vec::new() };
+        assert_eq!(volume.prune(&newest, now).expect("prune"), vec![1, 2, 3, 4]);
+        assert_eq!(volume.point_maps(6).expect("maps").1, expected[&6]);
+        let mut live = HashSet::new();
+        volume.live_chunks(&mut live).expect("live");
+        assert!(expected[&6][0].iter().all(|h| live.contains(h)));
+        // A point whose whole map is gone says which.
+        std::fs::remove_file(src.join("points").join(format!("{:012}.rp", 5))).expect("rm");
+        let err = volume.point_maps(6).expect_err("no base");
+        assert!(
+            err.to_string()
+                .contains("lists its changes against recovery point 5, which does not read"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
