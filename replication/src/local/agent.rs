@@ -802,7 +802,6 @@ impl Scanner {
             ReplicationState::Continuous
         };
         let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
-        self.last_status.set(Instant::now());
         self.send(Frame::Control(Control::Status(AgentStatus {
             state,
             backlog_bytes: self.backlog,
@@ -812,7 +811,11 @@ impl Scanner {
                 self.scanned
             },
             lag_seconds: self.stalest().map(|at| at.elapsed().as_secs_f64()),
-        })))
+        })))?;
+        // Counted from when it was queued: a send that waited for room does not make
+        // the next status due at once.
+        self.last_status.set(Instant::now());
+        Ok(())
     }
 }
 

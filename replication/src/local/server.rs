@@ -420,7 +420,7 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         return;
     };
     let admitted = admit(&shared, version, &source, &token, &disks, acked, pending).await;
-    let (id, base, volume, wire, resend) = match admitted {
+    let (id, base, volume, wire, resend, fallback) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let (fatal, reason) = match refusal {
@@ -461,6 +461,9 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         }
     }
     let _ = tx.try_send(Control::Welcome { base });
+    if let Some(fallback) = fallback {
+        note(&shared, &source, fallback);
+    }
     if !resend.is_empty() {
         note(
             &shared,
@@ -553,13 +556,15 @@ enum Refusal {
 }
 
 /// The session's id, the point both sides continue from, the volume, its wire counter,
-/// and the ranges to ask the agent for again (chunks of that point the store lost).
+/// the ranges to ask the agent for again (chunks of that point the store lost), and
+/// why it is not the newest point they hold (one that could not be read), if so.
 type Admitted = (
     u64,
     u64,
     Arc<Mutex<Volume>>,
     Arc<AtomicU64>,
     Vec<(u16, u64, u64)>,
+    Option<String>,
 );
 
 async fn admit(
@@ -642,7 +647,7 @@ async fn admit(
     })
     .await
     .map_err(|err| Refusal::NotNow(err.to_string()))??;
-    let (base, resend) = {
+    let (base, resend, fallback) = {
         let mut v = lock(&volume);
         // A point that lists its changes is of use only with the whole map it lists
         // them against.
@@ -652,22 +657,48 @@ async fn admit(
                 .iter()
                 .any(|p| p.seq == seq && p.base.is_none_or(&listed))
         };
-        let base = match pending {
-            Some(p) if has(p) => p,
-            _ if acked > 0 && has(acked) => acked,
-            _ => 0,
-        };
+        // The newest point both sides hold; one that cannot be read (its file damaged)
+        // gives way to the next, and in the end to a full resync, said as a problem.
+        let mut candidates: Vec<u64> = pending.filter(|p| has(*p)).into_iter().collect();
+        if acked > 0 && has(acked) && !candidates.contains(&acked) {
+            candidates.push(acked);
+        }
+        candidates.push(0);
         let store = lock(&shared.store);
-        let resend = v
-            .reset(base, &store)
-            .map_err(|err| Refusal::NotNow(format!("cannot read recovery point {base}: {err}")))?;
-        (base, resend)
+        let mut unreadable = Vec::new();
+        let mut admitted = None;
+        for base in candidates {
+            match v.reset(base, &store) {
+                Ok(resend) => {
+                    admitted = Some((base, resend));
+                    break;
+                }
+                Err(err) => {
+                    unreadable.push(format!("recovery point {base} cannot be read ({err})"))
+                }
+            }
+        }
+        let Some((base, resend)) = admitted else {
+            return Err(Refusal::NotNow(unreadable.join("; ")));
+        };
+        let fallback = (!unreadable.is_empty()).then(|| {
+            format!(
+                "{}: replication continues from {}",
+                unreadable.join("; "),
+                if base == 0 {
+                    "the start (a full resync)".to_owned()
+                } else {
+                    format!("recovery point {base}")
+                }
+            )
+        });
+        (base, resend, fallback)
     };
     if let Some(slot) = lock(&shared.slots).get_mut(source) {
         slot.volume = Some(Arc::clone(&volume));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    Ok((id, base, volume, wire, resend))
+    Ok((id, base, volume, wire, resend, fallback))
 }
 
 fn describe(disks: &[DiskInfo]) -> String {
@@ -997,8 +1028,15 @@ fn collect_garbage_at_start(staging: &Path, store: &mut ChunkStore) -> io::Resul
     let mut live = HashSet::new();
     for entry in std::fs::read_dir(&sources)? {
         let entry = entry?;
-        if let Some(disks) = read_disks(&entry.path())? {
-            Volume::open(&entry.path(), disks)?.live_chunks(&mut live)?;
+        let read = read_disks(&entry.path()).and_then(|disks| match disks {
+            Some(disks) => Volume::open(&entry.path(), disks)?.live_chunks(&mut live),
+            None => Ok(()),
+        });
+        if read.is_err() {
+            // A recovery point that cannot be read names chunks no one can list:
+            // nothing is collected this time (its source's session says what it
+            // cannot read).
+            return Ok(());
         }
     }
     if live.len() * 2 < store.chunk_count() {

@@ -137,11 +137,19 @@ fn no_changes(maps: &[Vec<ChunkHash>]) -> Vec<Vec<u64>> {
 
 /// The chunk numbers whose bits are set.
 fn set_bits(bits: &[u64]) -> impl Iterator<Item = u64> + '_ {
-    bits.iter().enumerate().flat_map(|(word, &w)| {
-        (0..64)
-            .filter(move |b| w & (1 << b) != 0)
-            .map(move |b| word as u64 * 64 + b)
-    })
+    bits.iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0)
+        .flat_map(|(word, &w)| {
+            let mut rest = w;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = u64::from(rest.trailing_zeros());
+                    rest &= rest - 1;
+                    word as u64 * 64 + bit
+                })
+            })
+        })
 }
 
 /// A point file's body.
@@ -618,15 +626,30 @@ impl Volume {
         keep.extend(bases);
         let mut removed = Vec::new();
         let mut failed = None;
-        // The list follows the files one by one: a failure leaves it true.
-        let points = std::mem::take(&mut self.points);
+        // Newest first, so a whole map goes only after the points listing against it
+        // (their removal made durable first); the list follows the files one by one: a
+        // failure leaves it true.
+        let mut points = std::mem::take(&mut self.points);
+        points.reverse();
+        let mut unsynced = false;
         for point in points {
             if keep.contains(&point.seq) || failed.is_some() {
                 self.points.push(point);
                 continue;
             }
+            if point.base.is_none() && unsynced {
+                if let Err(err) = File::open(self.dir.join("points")).and_then(|d| d.sync_all()) {
+                    failed = Some(err);
+                    self.points.push(point);
+                    continue;
+                }
+                unsynced = false;
+            }
             match std::fs::remove_file(self.point_path(point.seq)) {
-                Ok(()) => removed.push(point.seq),
+                Ok(()) => {
+                    removed.push(point.seq);
+                    unsynced = true;
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => removed.push(point.seq),
                 Err(err) => {
                     failed = Some(err);
@@ -634,6 +657,8 @@ impl Volume {
                 }
             }
         }
+        self.points.sort_by_key(|p| p.seq);
+        removed.sort_unstable();
         match failed {
             Some(err) => Err(err),
             None => Ok(removed),
@@ -1054,6 +1079,50 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_pinned_point_keeps_the_whole_map_it_lists_against() {
+        let (dir, mut store, disks) = fixture("wl-volume-pin-base", 64 * CHUNK as u64);
+        let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
+        volume.reset(0, &store).expect("reset");
+        let now = Timestamp::UNIX_EPOCH;
+        let mut commit = |volume: &mut Volume, seq: u64, chunks: std::ops::Range<u64>| {
+            for c in chunks {
+                volume
+                    .write(&mut store, 0, c * CHUNK as u64, &[seq as u8; 4096])
+                    .expect("write");
+            }
+            volume
+                .commit(&mut store, seq, now, now)
+                .expect("commit")
+                .base
+        };
+        assert_eq!(commit(&mut volume, 1, 0..1), None);
+        assert_eq!(commit(&mut volume, 2, 1..2), Some(1));
+        assert_eq!(commit(&mut volume, 3, 0..40), None);
+        assert_eq!(commit(&mut volume, 4, 2..3), Some(3));
+        let newest = Retention { tiers: Vec::new() };
+        volume.pin(2);
+        assert_eq!(
+            volume.prune(&newest, now).expect("prune"),
+            Vec::<u64>::new(),
+            "point 2 is read, and point 1 is its whole map"
+        );
+        assert!(volume.point_maps(2).is_ok());
+        volume.unpin(2);
+        assert_eq!(volume.prune(&newest, now).expect("prune"), vec![1, 2]);
+        assert!(volume.point_maps(4).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn set_bits_are_the_chunks_marked() {
+        let bits = [0b1011, 0, 1 << 63, u64::MAX];
+        let set: Vec<u64> = set_bits(&bits).collect();
+        let mut expected = vec![0, 1, 3, 191];
+        expected.extend(192..256);
+        assert_eq!(set, expected);
     }
 
     #[test]

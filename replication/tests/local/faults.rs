@@ -3,7 +3,8 @@
 //! relay on loopback that the test severs), the replication server stopped and started
 //! again, a chunk damaged in the store, a staging folder on a full disk (a 6 MiB tmpfs
 //! the test mounts: the test runs as root, as CI does), and an image that shrinks.
-//! Damage found before a restart of the server stays found after it.
+//! Damage found before a restart of the server stays found after it; a recovery point
+//! whose file is damaged gives way to an older one, or to a full resync, and says so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -352,6 +353,68 @@ async fn chunks_found_damaged_stay_forgotten_across_a_restart_of_the_server() ->
     assert!(
         problem.contains("are missing from the store (found damaged before)"),
         "the missing chunks are reported: {problem}"
+    );
+    Ok(())
+}
+
+/// Starts: a replication server on a fixed loopback port and an agent thread; the server
+/// is stopped, a recovery point's file cut short, and the server started again there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_point_that_cannot_be_read_gives_way_and_says_so() -> TestResult {
+    let dir = temp("unreadable-point");
+    let image = dir.join("app05.img");
+    Writer::create(&image, 4 << 20, 9)?;
+    let listen: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let first = engine_with(&dir, listen).await?;
+    let (id, _agent) = replicate_via(&first, &dir, "app05", &image, None).await?;
+    continuous(&first, &id).await?;
+    // A change, and a point that lists it against the first (a whole map).
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::options()
+            .write(true)
+            .open(&image)?
+            .write_all_at(&[0x5a; 8192], 1 << 20)?;
+    }
+    let listing = first
+        .server()
+        .barrier(&id.0, Duration::from_secs(30))
+        .await?;
+    assert!(listing.base.is_some(), "{listing:?}");
+    first.shutdown();
+    drop(first);
+    // The whole map the agent's point lists against is cut short (a damaged disk).
+    let points = dir
+        .join("staging")
+        .join("sources")
+        .join(&id.0)
+        .join("points");
+    let whole = points.join(format!("{:012}.rp", listing.base.unwrap_or_default()));
+    let len = std::fs::metadata(&whole)?.len();
+    std::fs::File::options()
+        .write(true)
+        .open(&whole)?
+        .set_len(len / 2)?;
+    let second = restarted(&dir, listen).await?;
+    let mut problem = String::new();
+    wait_for("the fallback said", Duration::from_secs(30), async || {
+        problem = second.server().stats(&id.0).problem.unwrap_or_default();
+        Ok(!problem.is_empty())
+    })
+    .await?;
+    assert!(
+        problem.contains(&format!("recovery point {} cannot be read", listing.seq))
+            && problem.contains("replication continues from the start (a full resync)"),
+        "{problem}"
+    );
+    continuous(&second, &id).await?;
+    let copy = launched_image(&second, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the new points hold the source's bytes"
     );
     Ok(())
 }
