@@ -316,19 +316,38 @@ async fn a_launch_that_meets_damage_says_so_and_the_next_point_is_whole_again() 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_found_damaged_stay_forgotten_across_a_restart_of_the_server() -> TestResult {
-    // A server on a fixed loopback port, so the agent finds the second one there.
-    let dir = temp("damage-restart");
-    let image = dir.join("db04.img");
-    Writer::create(&image, 4 << 20, 5)?;
+/// A 4 MiB image of seed `seed` replicated in continuous mode to a server on a fixed
+/// loopback port, so that its agent finds a restarted server there.
+async fn on_a_fixed_port(
+    dir: &std::path::Path,
+    name: &str,
+    image: &std::path::Path,
+    seed: u64,
+) -> Result<
+    (
+        std::net::SocketAddr,
+        replication::local::LocalEngine,
+        replication::SourceId,
+        super::AgentThread,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    Writer::create(image, 4 << 20, seed)?;
     let listen: std::net::SocketAddr = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         probe.local_addr()?
     };
-    let first = engine_with(&dir, listen).await?;
-    let (id, _agent) = replicate_via(&first, &dir, "db04", &image, None).await?;
-    continuous(&first, &id).await?;
+    let engine = engine_with(dir, listen).await?;
+    let (id, agent) = replicate_via(&engine, dir, name, image, None).await?;
+    continuous(&engine, &id).await?;
+    Ok((listen, engine, id, agent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_found_damaged_stay_forgotten_across_a_restart_of_the_server() -> TestResult {
+    let dir = temp("damage-restart");
+    let image = dir.join("db04.img");
+    let (listen, first, id, _agent) = on_a_fixed_port(&dir, "db04", &image, 5).await?;
     let old_point = first.recovery_points(&id).await?[0].id.clone();
     damage_every_record(&dir)?;
     // The launch finds the damage and forgets the chunks. The source does not change
@@ -363,14 +382,7 @@ async fn chunks_found_damaged_stay_forgotten_across_a_restart_of_the_server() ->
 async fn a_recovery_point_that_cannot_be_read_gives_way_and_says_so() -> TestResult {
     let dir = temp("unreadable-point");
     let image = dir.join("app05.img");
-    Writer::create(&image, 4 << 20, 9)?;
-    let listen: std::net::SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
-    let first = engine_with(&dir, listen).await?;
-    let (id, _agent) = replicate_via(&first, &dir, "app05", &image, None).await?;
-    continuous(&first, &id).await?;
+    let (listen, first, id, _agent) = on_a_fixed_port(&dir, "app05", &image, 9).await?;
     // A change, and a point that lists it against the first (a whole map).
     {
         use std::os::unix::fs::FileExt;
