@@ -160,8 +160,8 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     if let Err(err) = write_frame(&mut writer, &Frame::Control(hello)).await {
         return Ok(End::Lost(err.to_string()));
     }
-    let base = match read_frame(&mut reader).await {
-        Ok(Some((Frame::Control(Control::Welcome { base }), _))) => base,
+    let (base, next) = match read_frame(&mut reader).await {
+        Ok(Some((Frame::Control(Control::Welcome { base, next }), _))) => (base, next),
         Ok(Some((Frame::Control(Control::Refused { reason }), _))) => {
             return Err(AgentError::Refused(reason));
         }
@@ -209,7 +209,8 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let scanner = Scanner {
         disks,
         sent,
-        next_seq: base + 1,
+        // Never a number the server holds a point under.
+        next_seq: next.unwrap_or(0).max(base + 1),
         committed_once: base > 0,
         out: frames_tx,
         events: events_rx,

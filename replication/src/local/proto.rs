@@ -66,8 +66,15 @@ pub enum Control {
         pending: Option<u64>,
     },
     /// The server's answer: the recovery point both sides continue from (0: an empty
-    /// disk, so everything that is not zero is sent).
-    Welcome { base: u64 },
+    /// disk, so everything that is not zero is sent), and the number the agent's next
+    /// barrier takes at least: past every point the server holds, which is more than
+    /// `base + 1` when the newest could not be read and the session went back to an
+    /// older one. A server that does not send it means `base + 1`.
+    Welcome {
+        base: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
+    },
     /// Refused: a wrong token, an unknown source, disks that changed size. The agent
     /// stops, since trying again cannot help.
     Refused { reason: String },
@@ -361,7 +368,10 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip() {
         let frames = vec![
-            Frame::Control(Control::Welcome { base: 7 }),
+            Frame::Control(Control::Welcome {
+                base: 7,
+                next: Some(9),
+            }),
             Frame::Data(Data::encode(1, 8192, &[7u8; 8192])),
             Frame::Data(Data::encode(0, 0, &[0u8; 4096])),
             Frame::Data(Data::encode(

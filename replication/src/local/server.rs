@@ -420,7 +420,15 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
         return;
     };
     let admitted = admit(&shared, version, &source, &token, &disks, acked, pending).await;
-    let (id, base, volume, wire, resend, fallback) = match admitted {
+    let Admitted {
+        id,
+        base,
+        next,
+        volume,
+        wire,
+        resend,
+        fallback,
+    } = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let (fatal, reason) = match refusal {
@@ -460,19 +468,22 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             }
         }
     }
-    let _ = tx.try_send(Control::Welcome { base });
-    if let Some(fallback) = fallback {
-        note(&shared, &source, fallback);
+    let _ = tx.try_send(Control::Welcome {
+        base,
+        next: Some(next),
+    });
+    // One note for both, so neither hides the other.
+    let missing = (!resend.is_empty()).then(|| {
+        format!(
+            "{} chunk(s) of recovery point {base} are missing from the store (found damaged before): the agent sends them again",
+            resend.len()
+        )
+    });
+    let said: Vec<String> = fallback.into_iter().chain(missing).collect();
+    if !said.is_empty() {
+        note(&shared, &source, said.join("; "));
     }
     if !resend.is_empty() {
-        note(
-            &shared,
-            &source,
-            format!(
-                "{} chunk(s) of recovery point {base} are missing from the store (found damaged before): the agent sends them again",
-                resend.len()
-            ),
-        );
         let requests = tx.clone();
         tokio::spawn(async move {
             for (disk, offset, len) in resend {
@@ -555,17 +566,19 @@ enum Refusal {
     NotNow(String),
 }
 
-/// The session's id, the point both sides continue from, the volume, its wire counter,
-/// the ranges to ask the agent for again (chunks of that point the store lost), and
-/// why it is not the newest point they hold (one that could not be read), if so.
-type Admitted = (
-    u64,
-    u64,
-    Arc<Mutex<Volume>>,
-    Arc<AtomicU64>,
-    Vec<(u16, u64, u64)>,
-    Option<String>,
-);
+/// A session let in.
+struct Admitted {
+    id: u64,
+    /// The point both sides continue from, and the number the agent's next point takes.
+    base: u64,
+    next: u64,
+    volume: Arc<Mutex<Volume>>,
+    wire: Arc<AtomicU64>,
+    /// Ranges to ask the agent for again (chunks of that point the store lost).
+    resend: Vec<(u16, u64, u64)>,
+    /// Why it is not the newest point both hold (one that could not be read), if so.
+    fallback: Option<String>,
+}
 
 async fn admit(
     shared: &Arc<Shared>,
@@ -647,7 +660,7 @@ async fn admit(
     })
     .await
     .map_err(|err| Refusal::NotNow(err.to_string()))??;
-    let (base, resend, fallback) = {
+    let (base, next, resend, fallback) = {
         let mut v = lock(&volume);
         // A point that lists its changes is of use only with the whole map it lists
         // them against.
@@ -673,8 +686,22 @@ async fn admit(
                     admitted = Some((base, resend));
                     break;
                 }
+                // Only a point that is damaged or gone gives way; any other error (the
+                // disk, the system) may pass, and the agent tries again later.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::InvalidData
+                            | io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    unreadable.push(format!("recovery point {base} cannot be read ({err})"));
+                }
                 Err(err) => {
-                    unreadable.push(format!("recovery point {base} cannot be read ({err})"))
+                    return Err(Refusal::NotNow(format!(
+                        "cannot read recovery point {base}: {err}"
+                    )));
                 }
             }
         }
@@ -692,13 +719,24 @@ async fn admit(
                 }
             )
         });
-        (base, resend, fallback)
+        // Past every point held: after going back to an older point, its agent's
+        // next points do not take the numbers of the newer ones.
+        let next = v.latest().map_or(1, |p| p.seq + 1).max(base + 1);
+        (base, next, resend, fallback)
     };
     if let Some(slot) = lock(&shared.slots).get_mut(source) {
         slot.volume = Some(Arc::clone(&volume));
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    Ok((id, base, volume, wire, resend, fallback))
+    Ok(Admitted {
+        id,
+        base,
+        next,
+        volume,
+        wire,
+        resend,
+        fallback,
+    })
 }
 
 fn describe(disks: &[DiskInfo]) -> String {

@@ -428,6 +428,15 @@ async fn a_recovery_point_that_cannot_be_read_gives_way_and_says_so() -> TestRes
         std::fs::read(&copy)? == std::fs::read(&image)?,
         "the new points hold the source's bytes"
     );
+    // The resync's points are numbered after the points the server held: none takes
+    // the number of an older one.
+    let points = second.recovery_points(&id).await?;
+    let newest = points
+        .iter()
+        .map(|p| p.id.clone())
+        .max()
+        .unwrap_or_default();
+    assert!(newest > listing.id(), "{newest} after {}", listing.id());
     Ok(())
 }
 
