@@ -708,6 +708,12 @@ async fn admit(
         let Some((base, resend)) = admitted else {
             return Err(Refusal::NotNow(unreadable.join("; ")));
         };
+        // Point files whose description does not read are said every session.
+        let damaged: Vec<String> = v
+            .unreadable
+            .iter()
+            .map(|(_, why)| format!("{why} (the file is left in place)"))
+            .collect();
         let fallback = (!unreadable.is_empty()).then(|| {
             format!(
                 "{}: replication continues from {}",
@@ -721,7 +727,9 @@ async fn admit(
         });
         // Past every point held: after going back to an older point, its agent's
         // next points do not take the numbers of the newer ones.
-        let next = v.latest().map_or(1, |p| p.seq + 1).max(base + 1);
+        let next = (v.last_seq() + 1).max(base + 1);
+        let fallback = damaged.into_iter().chain(fallback).collect::<Vec<_>>();
+        let fallback = (!fallback.is_empty()).then(|| fallback.join("; "));
         (base, next, resend, fallback)
     };
     if let Some(slot) = lock(&shared.slots).get_mut(source) {
@@ -1032,10 +1040,10 @@ fn commit(
                 .to_owned(),
         ));
     }
-    if let Some(latest) = v.latest().filter(|p| p.seq >= seq) {
+    let latest = v.last_seq();
+    if latest >= seq {
         return Ok(Err(format!(
-            "recovery point {seq} is not after the latest, {}",
-            latest.seq
+            "recovery point {seq} is not after the latest, {latest}"
         )));
     }
     let point = v

@@ -61,6 +61,9 @@ pub struct Volume {
     /// no recovery point is cut while one is missing.
     awaiting: BTreeSet<(u16, u64)>,
     pub points: Vec<PointMeta>,
+    /// Point files whose description does not read, by the number in their name, with
+    /// why: not among `points`, kept in the folder, their numbers never taken again.
+    pub unreadable: Vec<(u64, String)>,
     /// The full point the next point may list its changes against, and which chunks of
     /// `maps` changed since it (one bit per chunk, and how many are set).
     base: Option<u64>,
@@ -176,13 +179,28 @@ impl Volume {
         let points_dir = dir.join("points");
         std::fs::create_dir_all(&points_dir)?;
         let mut points = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in std::fs::read_dir(&points_dir)? {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("rp") {
                 continue;
             }
-            points.push(read_meta(&path, &mut BufReader::new(File::open(&path)?))?);
+            match read_meta(&path, &mut BufReader::new(File::open(&path)?)) {
+                Ok(meta) => points.push(meta),
+                // A damaged description: the file stays, its number stays taken, and
+                // the volume opens without it (its sessions say so).
+                Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                    let seq = path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    unreadable.push((seq, err.to_string()));
+                }
+                Err(err) => return Err(err),
+            }
         }
+        unreadable.sort();
         points.sort_by_key(|p| p.seq);
         // Until a reset says from which point it goes on: the latest's size.
         let chunk = points.last().map_or_else(|| chunk_for(&disks), |p| p.chunk);
@@ -194,6 +212,7 @@ impl Volume {
             maps,
             changed_count: 0,
             base: None,
+            unreadable,
             chunk,
             disks,
             dirty_bytes: 0,
@@ -206,6 +225,14 @@ impl Volume {
 
     pub fn latest(&self) -> Option<&PointMeta> {
         self.points.last()
+    }
+
+    /// The highest point number in the folder (0: none), readable or not: the next
+    /// point's number is past it.
+    pub fn last_seq(&self) -> u64 {
+        let readable = self.points.last().map_or(0, |p| p.seq);
+        let unreadable = self.unreadable.last().map_or(0, |(seq, _)| *seq);
+        readable.max(unreadable)
     }
 
     fn point_path(&self, seq: u64) -> PathBuf {
@@ -667,6 +694,10 @@ impl Volume {
 
     /// Every chunk this volume still needs: its recovery points' and its current map's.
     pub fn live_chunks(&self, live: &mut HashSet<ChunkHash>) -> io::Result<()> {
+        if let Some((_, why)) = self.unreadable.first() {
+            // Its chunks cannot be listed.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+        }
         // A listing point's other chunks are its base's, which is kept and read too.
         for point in &self.points {
             match self.read_file(point.seq)?.1 {
@@ -922,13 +953,19 @@ mod tests {
         let mut body = serde_json::to_vec(&odd).expect("json");
         body.push(b'\n');
         std::fs::write(points.join(format!("{:012}.rp", 4)), &body).expect("point");
-        let err = Volume::open(&dir.join("src"), disks)
-            .err()
-            .expect("refused");
+        let volume = Volume::open(&dir.join("src"), disks).expect("opened without it");
+        let (seq, why) = volume.unreadable.first().cloned().unwrap_or_default();
         assert!(
-            err.to_string().contains("000000000004.rp")
-                && err.to_string().contains("its chunks are 12345 bytes"),
-            "{err}"
+            seq == 4
+                && why.contains("000000000004.rp")
+                && why.contains("its chunks are 12345 bytes"),
+            "{why}"
+        );
+        assert_eq!(volume.latest().map(|p| p.seq), Some(3));
+        assert_eq!(volume.last_seq(), 4, "its number stays taken");
+        assert!(
+            volume.live_chunks(&mut HashSet::new()).is_err(),
+            "its chunks cannot be listed"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -430,13 +430,43 @@ async fn a_recovery_point_that_cannot_be_read_gives_way_and_says_so() -> TestRes
     );
     // The resync's points are numbered after the points the server held: none takes
     // the number of an older one.
-    let points = second.recovery_points(&id).await?;
-    let newest = points
+    let kept = second.recovery_points(&id).await?;
+    let newest = kept.iter().map(|p| p.id.clone()).max().unwrap_or_default();
+    assert!(newest > listing.id(), "{newest} after {}", listing.id());
+    // The newest point's description is damaged: the volume opens without it, its
+    // number stays taken, the problem names it, and replication goes on.
+    second.shutdown();
+    drop(second);
+    let damaged = newest.trim_start_matches("rp-").parse::<u64>()?;
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::options()
+            .write(true)
+            .open(points.join(format!("{damaged:012}.rp")))?
+            .write_all_at(b"#garbage", 0)?;
+    }
+    let third = restarted(&dir, listen).await?;
+    wait_for("the damage said", Duration::from_secs(30), async || {
+        problem = third.server().stats(&id.0).problem.unwrap_or_default();
+        Ok(!problem.is_empty())
+    })
+    .await?;
+    assert!(
+        problem.contains(&format!("{damaged:012}.rp does not read"))
+            && problem.contains("the file is left in place"),
+        "{problem}"
+    );
+    continuous(&third, &id).await?;
+    let copy = launched_image(&third, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(std::fs::read(&copy)? == std::fs::read(&image)?);
+    let after = third
+        .recovery_points(&id)
+        .await?
         .iter()
         .map(|p| p.id.clone())
         .max()
         .unwrap_or_default();
-    assert!(newest > listing.id(), "{newest} after {}", listing.id());
+    assert!(after > newest, "{after} after the damaged {newest}");
     Ok(())
 }
 
