@@ -60,9 +60,16 @@ impl FailbackRecord {
         self.state == FailbackState::Restored
     }
 
-    /// Lets the reverse agent in again (a restarted engine).
+    /// Lets the reverse agent in again (a restarted engine), and keeps the point a
+    /// restore was reading from retention again: the pin was the stopped process's.
     pub(super) fn allow(&self, server: &super::server::ReplicationServer) {
         server.allow(&self.reverse, &self.token_sha256, false);
+        if self.state == FailbackState::Restoring
+            && let Some(seq) = self.seq
+            && let Ok(Some(volume)) = server.volume(&self.reverse)
+        {
+            lock(&volume).pin(seq);
+        }
     }
 }
 
@@ -327,8 +334,8 @@ impl LocalEngine {
                 failback.restored_chunks = 0;
                 failback.restored_bytes = 0;
                 self.keep_failback(index, &failback)?;
-                // Retention keeps the point the restore reads until it is done (in
-                // this process; after a restart a pruned point starts it over).
+                // Retention keeps the point the restore reads until it is done (a
+                // restarted engine pins it again from the failback's saved state).
                 {
                     let mut volume = lock(&volume);
                     if restoring && let Some(old) = old {
@@ -592,4 +599,95 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?
         .write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::proto::{CHUNK, DiskInfo};
+    use crate::local::server::ReplicationServer;
+    use crate::local::store::ChunkStore;
+    use crate::local::volume::{Retention, Volume};
+    use jiff::Timestamp;
+
+    fn record(state: FailbackState, seq: Option<u64>) -> FailbackRecord {
+        FailbackRecord {
+            reverse: "db01-failback".to_owned(),
+            images: Vec::new(),
+            token_sha256: token_hash("a token"),
+            pid: None,
+            state,
+            seq,
+            awaiting: None,
+            pending: Vec::new(),
+            in_flight: 0,
+            restored_chunks: 0,
+            restored_bytes: 0,
+        }
+    }
+
+    /// Starts: replication servers on loopback ports over one staging folder, where the
+    /// reverse replication has points 1 (a whole map), 2 and 3 (listing against 1).
+    #[tokio::test]
+    async fn a_restarted_engine_keeps_the_point_a_restore_was_reading() {
+        let dir = std::env::temp_dir().join(format!("wl-failback-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let staging = dir.join("staging");
+        let reverse = staging.join("sources").join("db01-failback");
+        {
+            let mut store = ChunkStore::open(&staging.join("chunks")).expect("store");
+            let disks = vec![DiskInfo {
+                name: "/dev/vda".to_owned(),
+                size: 64 * CHUNK as u64,
+            }];
+            std::fs::create_dir_all(&reverse).expect("folder");
+            std::fs::write(
+                reverse.join("disks.json"),
+                serde_json::to_vec(&disks).expect("json"),
+            )
+            .expect("disks");
+            let mut volume = Volume::open(&reverse, disks).expect("volume");
+            volume.reset(0, &store).expect("reset");
+            let now = Timestamp::UNIX_EPOCH;
+            for seq in 1..=3u64 {
+                volume
+                    .write(&mut store, 0, seq * CHUNK as u64, &[seq as u8; 4096])
+                    .expect("write");
+                volume.commit(&mut store, seq, now, now).expect("commit");
+            }
+        }
+        // The newest point only: point 2 goes unless something pins it.
+        let newest = Retention { tiers: Vec::new() };
+        let pruned = async |failback: FailbackRecord| {
+            let server = ReplicationServer::start(
+                &staging,
+                "127.0.0.1:0".parse().expect("address"),
+                std::sync::Arc::new(crate::SystemClock),
+                newest.clone(),
+            )
+            .await
+            .expect("a server");
+            failback.allow(&server);
+            let volume = server
+                .volume(&failback.reverse)
+                .expect("read")
+                .expect("the reverse volume");
+            let removed = lock(&volume)
+                .prune(&newest, Timestamp::UNIX_EPOCH)
+                .expect("prune");
+            server.shutdown();
+            removed
+        };
+        assert_eq!(
+            pruned(record(FailbackState::Restoring, Some(2))).await,
+            Vec::<u64>::new(),
+            "the point being restored stays"
+        );
+        assert_eq!(
+            pruned(record(FailbackState::Restored, Some(2))).await,
+            vec![2],
+            "once restored, retention takes it"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
