@@ -604,10 +604,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::proto::{CHUNK, DiskInfo};
     use crate::local::server::ReplicationServer;
-    use crate::local::store::ChunkStore;
-    use crate::local::volume::{Retention, Volume};
+    use crate::local::volume::Retention;
     use jiff::Timestamp;
 
     fn record(state: FailbackState, seq: Option<u64>) -> FailbackRecord {
@@ -633,29 +631,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wl-failback-pin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let staging = dir.join("staging");
-        let reverse = staging.join("sources").join("db01-failback");
-        {
-            let mut store = ChunkStore::open(&staging.join("chunks")).expect("store");
-            let disks = vec![DiskInfo {
-                name: "/dev/vda".to_owned(),
-                size: 64 * CHUNK as u64,
-            }];
-            std::fs::create_dir_all(&reverse).expect("folder");
-            std::fs::write(
-                reverse.join("disks.json"),
-                serde_json::to_vec(&disks).expect("json"),
-            )
-            .expect("disks");
-            let mut volume = Volume::open(&reverse, disks).expect("volume");
-            volume.reset(0, &store).expect("reset");
-            let now = Timestamp::UNIX_EPOCH;
-            for seq in 1..=3u64 {
-                volume
-                    .write(&mut store, 0, seq * CHUNK as u64, &[seq as u8; 4096])
-                    .expect("write");
-                volume.commit(&mut store, seq, now, now).expect("commit");
-            }
-        }
+        crate::local::volume::testing::source_with_points(&staging, "db01-failback", 64, 3);
         // The newest point only: point 2 goes unless something pins it.
         let newest = Retention { tiers: Vec::new() };
         let pruned = async |failback: FailbackRecord| {

@@ -113,6 +113,9 @@ struct Shared {
     next_id: AtomicU64,
     /// Set once: the accept loop and every session end.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Problems found at the start, by source, until the source is let in: its slot
+    /// shows them (a stopped source's for as long as the server runs).
+    held_problems: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -153,14 +156,14 @@ impl ReplicationServer {
         .map_err(io::Error::other)??;
         // Chunks no point needs any more are collected now, before any session writes.
         let staging_gc = staging.to_owned();
-        let collected = tokio::task::spawn_blocking(move || -> io::Result<ChunkStore> {
+        let collected = tokio::task::spawn_blocking(move || {
             let mut store = store;
-            collect_garbage_at_start(&staging_gc, &mut store)?;
-            Ok(store)
+            let skipped = collect_garbage_at_start(&staging_gc, &mut store)?;
+            Ok::<_, io::Error>((store, skipped))
         })
         .await
         .map_err(io::Error::other)?;
-        let store = collected.map_err(|err| {
+        let (store, skipped) = collected.map_err(|err| {
             io::Error::new(
                 err.kind(),
                 format!("collecting the chunk store's garbage: {err}"),
@@ -177,6 +180,7 @@ impl ReplicationServer {
             retention,
             next_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
+            held_problems: Mutex::new(skipped.into_iter().collect()),
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let accepting = Arc::clone(&shared);
@@ -239,7 +243,7 @@ impl ReplicationServer {
                         disconnected_at: None,
                         wire: Arc::new(AtomicU64::new(0)),
                         waiters: HashMap::new(),
-                        problem: None,
+                        problem: lock(&self.shared.held_problems).remove(source),
                         rates: Rates::default(),
                     },
                 );
@@ -1066,10 +1070,14 @@ fn commit(
 
 /// Collects the chunks no recovery point of any source in the staging folder names, when
 /// they are more than half of the store. Runs before the server takes connections.
-fn collect_garbage_at_start(staging: &Path, store: &mut ChunkStore) -> io::Result<()> {
+/// Returns the source whose points kept it from running, and why.
+fn collect_garbage_at_start(
+    staging: &Path,
+    store: &mut ChunkStore,
+) -> io::Result<Option<(String, String)>> {
     let sources = staging.join("sources");
     if !sources.exists() {
-        return Ok(());
+        return Ok(None);
     }
     let mut live = HashSet::new();
     for entry in std::fs::read_dir(&sources)? {
@@ -1078,15 +1086,62 @@ fn collect_garbage_at_start(staging: &Path, store: &mut ChunkStore) -> io::Resul
             Some(disks) => Volume::open(&entry.path(), disks)?.live_chunks(&mut live),
             None => Ok(()),
         });
-        if read.is_err() {
+        if let Err(err) = read {
             // A recovery point that cannot be read names chunks no one can list:
-            // nothing is collected this time (its source's session says what it
-            // cannot read).
-            return Ok(());
+            // nothing is collected this time, and its source says why.
+            let source = entry.file_name().to_string_lossy().into_owned();
+            return Ok(Some((
+                source,
+                format!(
+                    "when the replication server started it could not list the chunks of every recovery point ({err}), so it collected none of the chunk store's garbage: until that point file is repaired or removed, the staging folder only grows"
+                ),
+            )));
         }
     }
     if live.len() * 2 < store.chunk_count() {
         store.collect_garbage(&live)?;
     }
-    Ok(())
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts: a replication server on a loopback port over a staging folder where a
+    /// stopped source's newest point file has a damaged description.
+    #[tokio::test]
+    async fn a_collection_kept_from_running_by_a_damaged_point_is_said_on_its_source() {
+        let dir = std::env::temp_dir().join(format!("wl-server-gc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let staging = dir.join("staging");
+        crate::local::volume::testing::source_with_points(&staging, "db02", 64, 2);
+        let point = source_dir(&staging, "db02")
+            .join("points")
+            .join(format!("{:012}.rp", 2));
+        std::fs::write(&point, b"#garbage\n").expect("damage");
+        let server = ReplicationServer::start(
+            &staging,
+            "127.0.0.1:0".parse().expect("address"),
+            Arc::new(crate::SystemClock),
+            Retention::default(),
+        )
+        .await
+        .expect("the server starts all the same");
+        server.allow("db02", &token_hash("a token"), true);
+        let problem = server.stats("db02").problem.unwrap_or_default();
+        assert!(
+            problem.contains("collected none of the chunk store's garbage")
+                && problem.contains("000000000002.rp does not read"),
+            "{problem}"
+        );
+        server.allow("db03", &token_hash("another"), true);
+        assert_eq!(
+            server.stats("db03").problem,
+            None,
+            "other sources say nothing"
+        );
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

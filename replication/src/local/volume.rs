@@ -778,6 +778,40 @@ impl Retention {
     }
 }
 
+/// Test fixtures other modules share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A source's folder in the staging folder `staging`, as the replication server
+    /// keeps it: one disk of `chunks` 16 KiB chunks and points 1 to `points` (the
+    /// first a whole map, the next listing one changed chunk each), its chunks in the
+    /// staging folder's store.
+    pub(crate) fn source_with_points(staging: &Path, source: &str, chunks: u64, points: u64) {
+        let mut store = ChunkStore::open(&staging.join("chunks")).expect("store");
+        let dir = staging.join("sources").join(source);
+        let disks = vec![DiskInfo {
+            name: "/dev/vda".to_owned(),
+            size: chunks * CHUNK as u64,
+        }];
+        std::fs::create_dir_all(&dir).expect("folder");
+        std::fs::write(
+            dir.join("disks.json"),
+            serde_json::to_vec(&disks).expect("json"),
+        )
+        .expect("disks");
+        let mut volume = Volume::open(&dir, disks).expect("volume");
+        volume.reset(0, &store).expect("reset");
+        let now = Timestamp::UNIX_EPOCH;
+        for seq in 1..=points {
+            volume
+                .write(&mut store, 0, seq * CHUNK as u64, &[seq as u8; 4096])
+                .expect("write");
+            volume.commit(&mut store, seq, now, now).expect("commit");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
