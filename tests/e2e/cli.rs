@@ -79,7 +79,7 @@ fn plan_json_lists_every_task_with_ids_and_the_dot_output_renders() {
         serde_json::json!(["payroll-db-01/boot_test"])
     );
     assert_eq!(cutover["gates"], serde_json::json!(["payroll/ready"]));
-    assert_eq!(cutover["earliest"], "2027-12-11T21:00:00Z");
+    assert_eq!(cutover["earliest"], "2032-12-11T21:00:00Z");
     let gate = plan["gates"]
         .as_array()
         .into_iter()

@@ -62,3 +62,33 @@ fn the_quickstart_has_the_waves_the_readme_promises() {
         "{waves} waves, {applications} applications, {servers} servers"
     );
 }
+
+/// README's first command runs the quickstart from the wall clock (`run --time-warp`
+/// starts now and jumps ahead), so every task's phase must still lie ahead. This fails
+/// three months before the first one begins, not on the day README stops working.
+#[test]
+fn the_quickstart_still_lies_ahead_of_the_wall_clock() {
+    let root = workspace_root();
+    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    let earliest: Vec<jiff::Timestamp> = plan["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["earliest"].as_str()?.parse().ok())
+        .collect();
+    assert!(
+        !earliest.is_empty(),
+        "the plan lists its tasks' earliest times"
+    );
+    let first = earliest.iter().min().copied().unwrap_or_default();
+    let margin = jiff::SignedDuration::from_hours(24 * 90);
+    let now = jiff::Timestamp::now();
+    assert!(
+        first.duration_since(now) > margin,
+        "the quickstart's first task may start at {first}, less than 90 days after now \
+         ({now}): move the windows in examples/quickstart/waves (and the dates the docs \
+         show for them) ahead by whole years that keep their weekdays"
+    );
+}
