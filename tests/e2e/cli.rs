@@ -192,3 +192,29 @@ fn estimate_says_whether_replication_finishes_before_the_validate_phase() {
         plan.describe()
     );
 }
+
+#[test]
+fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
+    let dir = scratch("past-window");
+    let wave = "name: past\nwindow: { start: 2020-01-04 22:00, duration: 6h, timezone: Europe/Rome }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n";
+    fs::write(dir.join("wave.yaml"), wave).unwrap_or_default();
+    fs::write(
+        dir.join("ahead.yaml"),
+        wave.replace("name: past", "name: ahead")
+            .replace("2020-01-04", "2046-12-15")
+            .replace("db-1", "db-2")
+            .replace("name: db\n", "name: db2\n"),
+    )
+    .unwrap_or_default();
+    let run = wavelift(&dir, &["apply", "wave.yaml", "ahead.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert!(
+        run.stderr.contains(
+            "wave.yaml:1:1: warning: wave past: its window (Sat 2020-01-04 22:00 to Sun 2020-01-05 04:00 Europe/Rome) has ended: its tasks would fail as having missed their phases; move `window: start` to a date ahead"
+        ),
+        "{}",
+        run.describe()
+    );
+    assert!(!run.stderr.contains("wave ahead"), "{}", run.describe());
+    assert!(run.stdout.contains("+ db-1"), "{}", run.describe());
+}

@@ -42,8 +42,11 @@ pub async fn apply_paths(
             finding.message
         );
     }
-    let store = state.open(Some(&loaded.definitions.config)).await?;
     let now = jiff::Timestamp::now().as_millisecond();
+    for warning in past_windows(&loaded.definitions, now) {
+        eprintln!("{warning}");
+    }
+    let store = state.open(Some(&loaded.definitions.config)).await?;
     let report = store
         .apply(
             &loaded.definitions,
@@ -55,6 +58,35 @@ pub async fn apply_paths(
         .await?;
     print_report(&report)?;
     Ok(Some(store))
+}
+
+/// A warning for each wave whose window ended before `now` (milliseconds): its tasks
+/// could only miss their phases. A wave stored for the record is still stored.
+fn past_windows(definitions: &waves::model::Definitions, now: i64) -> Vec<String> {
+    definitions
+        .waves
+        .iter()
+        .filter(|wave| wave.window.interval.end.timestamp().as_millisecond() <= now)
+        .map(|wave| {
+            let local = |zoned: &jiff::Zoned| {
+                crate::scheduler::clock::local_text(
+                    zoned.timestamp().as_millisecond(),
+                    &wave.window.timezone,
+                )
+            };
+            format!(
+                "{}:{}:{}: warning: wave {}: its window ({} to {} {}) has ended: its tasks \
+                 would fail as having missed their phases; move `window: start` to a date ahead",
+                wave.file,
+                wave.location.line,
+                wave.location.col,
+                wave.name.value,
+                local(&wave.window.interval.start),
+                local(&wave.window.interval.end),
+                wave.window.timezone,
+            )
+        })
+        .collect()
 }
 
 fn print_report(report: &ApplyReport) -> std::io::Result<()> {
