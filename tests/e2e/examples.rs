@@ -92,3 +92,24 @@ fn the_quickstart_still_lies_ahead_of_the_wall_clock() {
          show for them) ahead by whole years that keep their weekdays"
     );
 }
+
+/// docs/estimate.md works its example through by hand: the output it shows is what
+/// `wavelift estimate examples/estimate` prints.
+#[test]
+fn the_estimate_page_shows_what_its_example_prints() {
+    let root = workspace_root();
+    let page = fs::read_to_string(root.join("docs/estimate.md")).unwrap_or_default();
+    let command = "$ wavelift estimate examples/estimate\n";
+    let shown = page
+        .split_once(command)
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block.trim_end().to_owned());
+    assert!(
+        shown.is_some(),
+        "docs/estimate.md shows `{}`",
+        command.trim()
+    );
+    let run = wavelift(&root, &["estimate", "examples/estimate"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert_eq!(shown.unwrap_or_default(), run.stdout.trim_end());
+}
