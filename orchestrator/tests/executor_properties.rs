@@ -356,7 +356,10 @@ async fn rehearse_in(
             shell: Arc::new(RehearsalShell),
             cmdb: match slow_cmdb {
                 Some(slow) => {
-                    let _ = slow.clock.set(Arc::clone(&clock));
+                    anyhow::ensure!(
+                        slow.clock.set(Arc::clone(&clock)).is_ok(),
+                        "a slow CMDB serves one rehearsal"
+                    );
                     slow
                 }
                 None => Arc::new(RehearsalCmdb),

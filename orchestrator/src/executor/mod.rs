@@ -115,6 +115,14 @@ impl Executor {
         // the next batch's steps run.
         let mut ready: VecDeque<Claimed> = VecDeque::new();
         let mut committing: Option<InFlight> = None;
+        // Each claim leases its tasks under a name of its own (the owner and the claim's
+        // number): an outcome is written only for the claim that ran the step, never for
+        // a later claim of the same task (after an operator's cancel and retry).
+        let mut claims: u64 = 0;
+        let mut claim_owner = || {
+            claims += 1;
+            format!("{}#{claims}", self.owner)
+        };
         let mut reports_looked = std::time::Instant::now();
         loop {
             let now = self.clock.now_ms();
@@ -124,10 +132,8 @@ impl Executor {
                     continue;
                 }
                 let lease_until = now + LEASE_MS;
-                let first = self
-                    .store
-                    .claim(&self.owner, now, lease_until, limit)
-                    .await?;
+                let owner = claim_owner();
+                let first = self.store.claim(&owner, now, lease_until, limit).await?;
                 // A full batch says more tasks may be runnable: the one after it is
                 // claimed too, so that from here on the steps of one batch run while
                 // the outcomes of the batch before are committed.
@@ -135,17 +141,17 @@ impl Executor {
                 if !first.is_empty() {
                     ready.push_back(Claimed {
                         tasks: first,
+                        owner,
                         lease_until,
                     });
                 }
                 if full {
-                    let second = self
-                        .store
-                        .claim(&self.owner, now, lease_until, limit)
-                        .await?;
+                    let owner = claim_owner();
+                    let second = self.store.claim(&owner, now, lease_until, limit).await?;
                     if !second.is_empty() {
                         ready.push_back(Claimed {
                             tasks: second,
+                            owner,
                             lease_until,
                         });
                     }
@@ -214,9 +220,12 @@ impl Executor {
             };
             // A batch claimed ahead whose lease ran out while it waited is not run: the
             // claim in flight (or the next) may take its tasks again, and a task must
-            // not run in two batches. Its tasks wait for that claim.
+            // not run in two batches. Nor is one with less than half its lease left:
+            // another worker may take its tasks once the lease ends, and the steps
+            // deserve the time a fresh claim gives them. Its tasks wait for a later
+            // claim.
             let claim_now = committing.as_ref().map_or(now, |c| c.claim_now.max(now));
-            if batch.lease_until <= claim_now {
+            if batch.lease_until - claim_now < LEASE_MS / 2 {
                 continue;
             }
             let count = batch.tasks.len();
@@ -240,10 +249,12 @@ impl Executor {
             // order the batches were claimed (the one before has just been committed).
             let finished_at = self.clock.now_ms().max(now);
             let store = self.store.clone();
-            let owner = self.owner.clone();
+            let owner = batch.owner;
+            let next_owner = claim_owner();
             committing = Some(InFlight {
                 claim_now: finished_at,
                 lease_until: finished_at + LEASE_MS,
+                owner: next_owner.clone(),
                 count,
                 handle: tokio::spawn(async move {
                     store
@@ -251,6 +262,7 @@ impl Executor {
                             &owner,
                             finished_at,
                             completions,
+                            &next_owner,
                             finished_at + LEASE_MS,
                             limit,
                         )
@@ -275,9 +287,11 @@ impl Executor {
     }
 }
 
-/// A batch of claimed tasks and the time its lease runs out.
+/// A batch of claimed tasks, the name they are leased under and the time the lease
+/// runs out.
 struct Claimed {
     tasks: Vec<ClaimedTask>,
+    owner: String,
     lease_until: i64,
 }
 
@@ -286,7 +300,8 @@ struct Claimed {
 struct InFlight {
     /// The time its claim compares leases with: a lease ending by then may be claimed.
     claim_now: i64,
-    /// The lease of the tasks it claims.
+    /// The lease of the tasks it claims: under this name, until then.
+    owner: String,
     lease_until: i64,
     /// Tasks in the batch whose outcomes it writes.
     count: usize,
@@ -303,6 +318,7 @@ impl InFlight {
         on_batch(self.count);
         Ok((!tasks.is_empty()).then_some(Claimed {
             tasks,
+            owner: self.owner,
             lease_until: self.lease_until,
         }))
     }
