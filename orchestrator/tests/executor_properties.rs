@@ -28,7 +28,7 @@ use proptest::test_runner::TestCaseError;
 use replication::ReplicationEngine;
 use replication::sim::{ActionRecord, SimConfig, SimEngine};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
-use tasks::cmdb::{Cmdb, CmdbChange, CmdbError, RehearsalCmdb};
+use tasks::cmdb::RehearsalCmdb;
 use tasks::shell::RehearsalShell;
 use waves::model::TaskKind;
 use waves::source::SourceFile;
@@ -200,9 +200,6 @@ struct Options {
     dead_worker: bool,
     limits: Limits,
     hang: Duration,
-    /// A CMDB whose every retirement takes minutes of the scheduler's clock, instead
-    /// of the rehearsal CMDB.
-    slow_cmdb: Option<Arc<SlowCmdb>>,
 }
 
 impl Options {
@@ -217,7 +214,6 @@ impl Options {
             dead_worker: false,
             limits: Limits::default(),
             hang: HANG,
-            slow_cmdb: None,
         }
     }
 }
@@ -269,16 +265,6 @@ fn harsh() -> impl Strategy<Value = Harsh> {
         )
 }
 
-/// The rehearsal engine with this seed, never failing a boot, stalling or disconnecting.
-fn without_failures(seed: u64) -> SimConfig {
-    SimConfig {
-        boot_failure_probability: 0.0,
-        stall_probability: 0.0,
-        disconnect_probability: 0.0,
-        ..SimConfig::rehearsal(seed)
-    }
-}
-
 fn harsh_config(seed: u64, harsh: &Harsh) -> SimConfig {
     SimConfig {
         bandwidth_bits_per_second: harsh.bandwidth_mbit * 1_000_000,
@@ -316,7 +302,6 @@ async fn rehearse_in(
         dead_worker,
         limits,
         hang,
-        slow_cmdb,
     } = options;
     let loaded = load(shape);
     let definitions = &loaded.definitions;
@@ -354,16 +339,7 @@ async fn rehearse_in(
         ports: Ports {
             engines,
             shell: Arc::new(RehearsalShell),
-            cmdb: match slow_cmdb {
-                Some(slow) => {
-                    anyhow::ensure!(
-                        slow.clock.set(Arc::clone(&clock)).is_ok(),
-                        "a slow CMDB serves one rehearsal"
-                    );
-                    slow
-                }
-                None => Arc::new(RehearsalCmdb),
-            },
+            cmdb: Arc::new(RehearsalCmdb),
         },
         clock,
         owner: "rehearsal".to_owned(),
@@ -901,89 +877,6 @@ fn a_lease_left_by_a_dead_worker_does_not_stall_a_warped_executor() {
     assert!(r.tasks.values().all(|t| t.state == "succeeded"));
 }
 
-/// The rehearsal CMDB, each of whose retirements moves the warped clock past a lease
-/// (as a CMDB answering after minutes would move the wall clock), and counts them.
-#[derive(Default)]
-struct SlowCmdb {
-    clock: std::sync::OnceLock<Arc<SchedulerClock>>,
-    retired: std::sync::Mutex<BTreeMap<String, usize>>,
-}
-
-#[async_trait::async_trait]
-impl Cmdb for SlowCmdb {
-    fn kind(&self) -> &'static str {
-        "rehearsal"
-    }
-
-    async fn retire(
-        &self,
-        server: &waves::model::Server,
-        target: Option<&str>,
-    ) -> Result<CmdbChange, CmdbError> {
-        if let Some(clock) = self.clock.get() {
-            clock.advance_to(clock.now_ms() + 2 * LEASE_MS);
-        }
-        *self
-            .retired
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(server.name.value.clone())
-            .or_default() += 1;
-        RehearsalCmdb.retire(server, target).await
-    }
-}
-
-/// The executor claims the next batch while the one before runs; when a step holds the
-/// batch past the lease of the batch claimed after it, that batch is left for the claim
-/// that follows, never run twice: every server is retired once, and the run ends as a
-/// run ends.
-#[test]
-fn a_batch_whose_lease_ran_out_while_it_waited_is_not_run_twice() {
-    let slow = Arc::new(SlowCmdb::default());
-    let config = without_failures(5);
-    let r = rehearse(
-        &synthetic::uniform(1, 12),
-        Options {
-            limits: Limits {
-                global: 3,
-                per_wave: 3,
-            },
-            slow_cmdb: Some(Arc::clone(&slow)),
-            ..Options::with(config)
-        },
-    );
-    if let Err(err) = check(&r) {
-        panic!("{err}");
-    }
-    let retired = slow
-        .retired
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let servers: Vec<&str> = r
-        .tasks
-        .values()
-        .filter(|t| t.kind == "cmdb_cleanup")
-        .filter_map(|t| t.server.as_deref())
-        .collect();
-    assert!(servers.len() >= 12, "cleanups: {servers:?}");
-    for server in servers {
-        assert_eq!(
-            retired.get(server),
-            Some(&1),
-            "{server} retired: {retired:?}"
-        );
-    }
-    assert!(
-        r.tasks.values().all(|t| t.state == "succeeded"),
-        "{:?}",
-        r.tasks
-            .values()
-            .filter(|t| t.state != "succeeded")
-            .collect::<Vec<_>>()
-    );
-}
-
 type Breach = Box<dyn Fn(&mut Rehearsal)>;
 
 /// The checks above can fail: each breach of an invariant, written into a good
@@ -1085,7 +978,12 @@ fn a_wave_of_500_servers_keeps_mgns_quotas_and_shares_its_launch_jobs() {
             server.verify_schedule = "0 6 * * *".to_owned();
         }
     }
-    let config = without_failures(3);
+    let config = SimConfig {
+        boot_failure_probability: 0.0,
+        stall_probability: 0.0,
+        disconnect_probability: 0.0,
+        ..SimConfig::rehearsal(3)
+    };
     let r = rehearse(
         &shape,
         Options {

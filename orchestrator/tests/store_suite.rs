@@ -1394,7 +1394,6 @@ async fn complete_and_claim_records_outcomes_and_claims_what_they_released(
             "me",
             now,
             vec![succeeded(mine, now), succeeded(theirs, now)],
-            "me",
             now + LEASE,
             limit(100),
         )

@@ -10,7 +10,7 @@
 
 mod step;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -110,54 +110,17 @@ impl Executor {
             total: u32::try_from(self.limits.global).unwrap_or(u32::MAX),
             per_wave: u32::try_from(self.limits.per_wave).unwrap_or(u32::MAX),
         };
-        // Claimed batches not yet run, oldest first, and the commit in flight: the
-        // outcomes of the batch before, written (with the claim of another batch) while
-        // the next batch's steps run.
-        let mut ready: VecDeque<Claimed> = VecDeque::new();
-        let mut committing: Option<InFlight> = None;
-        // Each claim leases its tasks under a name of its own (the owner and the claim's
-        // number): an outcome is written only for the claim that ran the step, never for
-        // a later claim of the same task (after an operator's cancel and retry).
-        let mut claims: u64 = 0;
-        let mut claim_owner = || {
-            claims += 1;
-            format!("{}#{claims}", self.owner)
-        };
+        let mut claimed: Vec<ClaimedTask> = Vec::new();
         let mut reports_looked = std::time::Instant::now();
         loop {
             let now = self.clock.now_ms();
-            if ready.is_empty() {
-                if let Some(commit) = committing.take() {
-                    ready.extend(commit.finish(&mut on_batch).await?);
-                    continue;
-                }
-                let lease_until = now + LEASE_MS;
-                let owner = claim_owner();
-                let first = self.store.claim(&owner, now, lease_until, limit).await?;
-                // A full batch says more tasks may be runnable: the one after it is
-                // claimed too, so that from here on the steps of one batch run while
-                // the outcomes of the batch before are committed.
-                let full = first.len() >= self.limits.global;
-                if !first.is_empty() {
-                    ready.push_back(Claimed {
-                        tasks: first,
-                        owner,
-                        lease_until,
-                    });
-                }
-                if full {
-                    let owner = claim_owner();
-                    let second = self.store.claim(&owner, now, lease_until, limit).await?;
-                    if !second.is_empty() {
-                        ready.push_back(Claimed {
-                            tasks: second,
-                            owner,
-                            lease_until,
-                        });
-                    }
-                }
+            if claimed.is_empty() {
+                claimed = self
+                    .store
+                    .claim(&self.owner, now, now + LEASE_MS, limit)
+                    .await?;
             }
-            let Some(batch) = ready.pop_front() else {
+            if claimed.is_empty() {
                 let unfinished = self.store.unfinished_count().await?;
                 let (awaiting, first_window) = self.store.awaiting_approval().await?;
                 let mut due = self.store.next_due().await?;
@@ -217,23 +180,12 @@ impl Executor {
                     _ = &mut interrupt => return Ok(Stopped::Interrupted),
                 }
                 continue;
-            };
-            // A batch claimed ahead whose lease ran out while it waited is not run: the
-            // claim in flight (or the next) may take its tasks again, and a task must
-            // not run in two batches. Nor is one with less than half its lease left:
-            // another worker may take its tasks once the lease ends, and the steps
-            // deserve the time a fresh claim gives them. Its tasks wait for a later
-            // claim.
-            let claim_now = committing.as_ref().map_or(now, |c| c.claim_now.max(now));
-            if batch.lease_until - claim_now < LEASE_MS / 2 {
-                continue;
             }
-            let count = batch.tasks.len();
+            let batch = std::mem::take(&mut claimed);
+            let count = batch.len();
             // The steps of a batch run concurrently on this task: they wait on engines,
-            // shells and CMDBs, and share the launcher that batches their launches. The
-            // commit of the batch before runs meanwhile on a task of its own.
+            // shells and CMDBs, and share the launcher that batches their launches.
             let mut steps: FuturesUnordered<_> = batch
-                .tasks
                 .into_iter()
                 .map(|task| step::run_step(&inputs, now, task))
                 .collect();
@@ -242,33 +194,20 @@ impl Executor {
                 completions.push(completion);
             }
             drop(steps);
-            if let Some(commit) = committing.take() {
-                ready.extend(commit.finish(&mut on_batch).await?);
-            }
-            // The outcomes and the claim of another batch share one commit, in the
-            // order the batches were claimed (the one before has just been committed).
+            // The outcomes and the next claim share one commit.
             let finished_at = self.clock.now_ms().max(now);
-            let store = self.store.clone();
-            let owner = batch.owner;
-            let next_owner = claim_owner();
-            committing = Some(InFlight {
-                claim_now: finished_at,
-                lease_until: finished_at + LEASE_MS,
-                owner: next_owner.clone(),
-                count,
-                handle: tokio::spawn(async move {
-                    store
-                        .complete_and_claim(
-                            &owner,
-                            finished_at,
-                            completions,
-                            &next_owner,
-                            finished_at + LEASE_MS,
-                            limit,
-                        )
-                        .await
-                }),
-            });
+            let (_, next) = self
+                .store
+                .complete_and_claim(
+                    &self.owner,
+                    finished_at,
+                    completions,
+                    finished_at + LEASE_MS,
+                    limit,
+                )
+                .await?;
+            claimed = next;
+            on_batch(count);
             if let Some(reporter) = options.reports
                 && reports_looked.elapsed() >= REPORT_LOOK
             {
@@ -276,51 +215,9 @@ impl Executor {
                 reporter.record_due_or_say(self.clock.now_ms()).await;
             }
             if let Some(Ok(())) = futures_ready(&mut interrupt) {
-                // The outcomes already reached are kept; the tasks claimed and not run
-                // go back when their lease runs out.
-                if let Some(commit) = committing.take() {
-                    commit.finish(&mut on_batch).await?;
-                }
                 return Ok(Stopped::Interrupted);
             }
         }
-    }
-}
-
-/// A batch of claimed tasks, the name they are leased under and the time the lease
-/// runs out.
-struct Claimed {
-    tasks: Vec<ClaimedTask>,
-    owner: String,
-    lease_until: i64,
-}
-
-/// The commit of one batch's outcomes (and the claim of another), running on a task of
-/// its own.
-struct InFlight {
-    /// The time its claim compares leases with: a lease ending by then may be claimed.
-    claim_now: i64,
-    /// The lease of the tasks it claims: under this name, until then.
-    owner: String,
-    lease_until: i64,
-    /// Tasks in the batch whose outcomes it writes.
-    count: usize,
-    handle: tokio::task::JoinHandle<anyhow::Result<(usize, Vec<ClaimedTask>)>>,
-}
-
-impl InFlight {
-    /// Waits for the commit; the batch it claimed, if any.
-    async fn finish(self, on_batch: &mut impl FnMut(usize)) -> anyhow::Result<Option<Claimed>> {
-        let (_, tasks) = self
-            .handle
-            .await
-            .map_err(|err| anyhow::anyhow!("the commit of a batch's outcomes stopped: {err}"))??;
-        on_batch(self.count);
-        Ok((!tasks.is_empty()).then_some(Claimed {
-            tasks,
-            owner: self.owner,
-            lease_until: self.lease_until,
-        }))
     }
 }
 

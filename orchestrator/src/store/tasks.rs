@@ -453,24 +453,20 @@ impl Store {
             .collect())
     }
 
-    /// Records the outcomes of one batch, leased to `owner`, and claims the next for
-    /// `claim_owner` in the same transaction: one commit per step of the executor.
-    /// Returns the dropped completions (see [`Store::complete`]) and the newly claimed
-    /// tasks.
+    /// Records the outcomes of one batch and claims the next in the same transaction:
+    /// one commit per step of the executor. Returns the dropped completions (see
+    /// [`Store::complete`]) and the newly claimed tasks.
     pub async fn complete_and_claim(
         &self,
         owner: &str,
         now: i64,
         completions: Vec<Completion>,
-        claim_owner: &str,
         lease_until: i64,
         limit: Limit,
     ) -> anyhow::Result<(usize, Vec<ClaimedTask>)> {
         let txn = self.write_transaction().await?;
         let dropped = self.complete_in(&txn, owner, now, completions).await?;
-        let claimed = self
-            .claim_on(&txn, claim_owner, now, lease_until, limit)
-            .await?;
+        let claimed = self.claim_on(&txn, owner, now, lease_until, limit).await?;
         txn.commit()
             .await
             .context("cannot commit task completions")?;
