@@ -129,6 +129,63 @@ pub fn token_hash(token: &str) -> String {
     super::proto::hex(&sha2::Sha256::digest(token.as_bytes()))
 }
 
+/// The staging folder's format, kept in its `FORMAT` file. 2: recovery points may list
+/// their changes against a whole map, and lost chunks leave tombstones, which a
+/// Wavelift of format 1 (which wrote no such file) cannot read.
+pub const STAGING_FORMAT: u32 = 2;
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "wavelift staging format ";
+
+/// Refuses a staging folder written in a newer format than this Wavelift reads (a
+/// downgrade), before anything in it is read or collected; marks the folder with this
+/// format otherwise.
+fn check_format(staging: &Path) -> io::Result<()> {
+    let path = staging.join(FORMAT_FILE);
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let format = text
+                .trim()
+                .strip_prefix(FORMAT_PREFIX)
+                .and_then(|n| n.parse::<u32>().ok());
+            let Some(format) = format else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} does not read as `{FORMAT_PREFIX}N` (it holds {:?}): write \
+                         `{FORMAT_PREFIX}{STAGING_FORMAT}` into it if this Wavelift wrote the folder",
+                        path.display(),
+                        text.chars().take(60).collect::<String>()
+                    ),
+                ));
+            };
+            Some(format)
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        Err(err) => {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("cannot read {}: {err}", path.display()),
+            ));
+        }
+    };
+    match found {
+        Some(format) if format == STAGING_FORMAT => Ok(()),
+        Some(format) if format > STAGING_FORMAT => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the staging folder {} is in format {format}, written by a newer Wavelift; this \
+                 one reads formats up to {STAGING_FORMAT}: run the newer Wavelift (or point \
+                 engines.local.staging_dir at another folder, where every source starts a full sync)",
+                staging.display()
+            ),
+        )),
+        _ => super::volume::write_durably(
+            &path,
+            format!("{FORMAT_PREFIX}{STAGING_FORMAT}\n").as_bytes(),
+        ),
+    }
+}
+
 impl ReplicationServer {
     /// Opens the staging folder (chunk store, certificate) and listens for agents.
     pub async fn start(
@@ -148,6 +205,7 @@ impl ReplicationServer {
         let staging_owned = staging.to_owned();
         let (store, identity) = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&staging_owned)?;
+            check_format(&staging_owned)?;
             let store = ChunkStore::open(&staging_owned.join("chunks"))?;
             let identity = ServerIdentity::load_or_create(&staging_owned)?;
             Ok::<_, io::Error>((store, identity))
@@ -1120,14 +1178,9 @@ mod tests {
             .join("points")
             .join(format!("{:012}.rp", 2));
         std::fs::write(&point, b"#garbage\n").expect("damage");
-        let server = ReplicationServer::start(
-            &staging,
-            "127.0.0.1:0".parse().expect("address"),
-            Arc::new(crate::SystemClock),
-            Retention::default(),
-        )
-        .await
-        .expect("the server starts all the same");
+        let server = start_on(&staging)
+            .await
+            .expect("the server starts all the same");
         server.allow("db02", &token_hash("a token"), true);
         let problem = server.stats("db02").problem.unwrap_or_default();
         assert!(
@@ -1142,6 +1195,72 @@ mod tests {
             "other sources say nothing"
         );
         server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn start_on(staging: &Path) -> io::Result<ReplicationServer> {
+        ReplicationServer::start(
+            staging,
+            "127.0.0.1:0".parse().expect("address"),
+            Arc::new(crate::SystemClock),
+            Retention::default(),
+        )
+        .await
+    }
+
+    /// Starts: replication servers on loopback ports, one after the other, over one
+    /// staging folder whose `FORMAT` file the test writes between them.
+    #[tokio::test]
+    async fn a_staging_folder_of_a_newer_format_is_refused_before_anything_is_read() {
+        let dir = std::env::temp_dir().join(format!("wl-server-format-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let staging = dir.join("staging");
+        // A folder of format 1 (no FORMAT file, points of its own) is marked and read.
+        crate::local::volume::testing::source_with_points(&staging, "db02", 64, 2);
+        let format = staging.join("FORMAT");
+        assert!(!format.exists());
+        start_on(&staging)
+            .await
+            .expect("a format 1 folder opens")
+            .shutdown();
+        assert_eq!(
+            std::fs::read_to_string(&format).expect("marked"),
+            format!("wavelift staging format {STAGING_FORMAT}\n")
+        );
+        start_on(&staging)
+            .await
+            .expect("its own format opens")
+            .shutdown();
+        // A newer format is refused, and nothing in the folder changes.
+        let newer = format!("wavelift staging format {}\n", STAGING_FORMAT + 1);
+        std::fs::write(&format, &newer).expect("newer");
+        let chunks_before = std::fs::read_dir(staging.join("chunks"))
+            .expect("chunks")
+            .count();
+        let refused = start_on(&staging).await.err().expect("refused");
+        let text = refused.to_string();
+        assert!(
+            text.contains(&format!(
+                "is in format {}, written by a newer Wavelift; this one reads formats up to {STAGING_FORMAT}",
+                STAGING_FORMAT + 1
+            )) && text.contains(&staging.display().to_string()),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_to_string(&format).expect("kept"), newer);
+        assert_eq!(
+            std::fs::read_dir(staging.join("chunks"))
+                .expect("chunks")
+                .count(),
+            chunks_before
+        );
+        // A file that does not read is named, with what it holds.
+        std::fs::write(&format, "hello").expect("garbage");
+        let text = start_on(&staging).await.err().expect("refused").to_string();
+        assert!(
+            text.contains("FORMAT does not read as `wavelift staging format N`")
+                && text.contains("\"hello\""),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
