@@ -318,12 +318,16 @@ impl Rig {
             .enable_all()
             .build()
             .expect("a runtime");
-        let config = LocalConfig::new(
+        let mut config = LocalConfig::new(
             listen.parse().expect("an address"),
             dir.join("staging"),
             dir.join("targets"),
             agent_binary(),
         );
+        // The agents the engine starts itself (a failback's reverse agent) outlive it by
+        // design; here they give up two minutes after the test's engine is gone, instead
+        // of running on for the built-in day after the suite ends.
+        config.agent_give_up_after = std::time::Duration::from_secs(120);
         let engine = runtime
             .block_on(LocalEngine::start(config, Arc::new(SystemClock)))
             .expect("the local engine");
