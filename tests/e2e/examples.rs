@@ -38,12 +38,19 @@ fn every_example_folder_with_waves_validates() {
     );
 }
 
+/// `wavelift plan examples/quickstart --format json`, run in the workspace, read.
+pub(crate) fn quickstart_plan() -> serde_json::Value {
+    let run = wavelift(
+        &workspace_root(),
+        &["plan", "examples/quickstart", "--format", "json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.describe());
+    serde_json::from_str(&run.stdout).unwrap_or_default()
+}
+
 #[test]
 fn the_quickstart_has_the_waves_the_readme_promises() {
-    let root = workspace_root();
-    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "json"]);
-    assert_eq!(run.code, 0, "{}", run.describe());
-    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    let plan = quickstart_plan();
     let waves = plan["waves"].as_array().map_or(0, Vec::len);
     let applications: usize = plan["waves"]
         .as_array()
@@ -68,10 +75,7 @@ fn the_quickstart_has_the_waves_the_readme_promises() {
 /// three months before the first one begins, not on the day README stops working.
 #[test]
 fn the_quickstart_still_lies_ahead_of_the_wall_clock() {
-    let root = workspace_root();
-    let run = wavelift(&root, &["plan", "examples/quickstart", "--format", "json"]);
-    assert_eq!(run.code, 0, "{}", run.describe());
-    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    let plan = quickstart_plan();
     let earliest: Vec<jiff::Timestamp> = plan["tasks"]
         .as_array()
         .into_iter()
