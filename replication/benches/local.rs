@@ -11,8 +11,12 @@
 //! 4. Launch time of the image (final sync, materialize, verify).
 //!
 //! `cargo bench -p replication --bench local [-- --size-gib N --seconds S --source-dir
-//! DIR --scan-ms MS]`. `--scan-ms` is the agent's pause between passes (100 by default). `--source-dir` puts the source image on another disk than the staging folder,
-//! as a source server's disk is in a real migration (the default shares one). It starts a
+//! DIR --scan-ms MS --sync-only]`. `--scan-ms` is the agent's pause between passes (100
+//! by default); `--sync-only` stops after (1), for comparing builds on the initial sync
+//! (whose CPU time per GiB in the agent's scanner and in the server's applier, which it
+//! prints, varies less from run to run on a shared machine than its wall time).
+//! `--source-dir` puts the source image on another disk than the staging folder, as a
+//! source server's disk is in a real migration (the default shares one). It starts a
 //! replication server on a loopback port and the agent's code in a thread; files go to
 //! `target/bench-local/`.
 
@@ -50,6 +54,47 @@ impl Rng {
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
+}
+
+/// The CPU time this process has used so far (user and system, every thread: the agent's
+/// and the server's alike).
+fn cpu_seconds() -> Result<f64> {
+    stat_cpu_seconds(Path::new("/proc/self/stat"))
+}
+
+/// User and system time from a `stat` file of /proc, in clock ticks of 1/100 s.
+fn stat_cpu_seconds(path: &Path) -> Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .ok_or("no command name in a stat file")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of the line (the 12th and 13th after the name).
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or("a stat file is short")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The CPU time the threads of this process named `name` have used so far, as
+/// [`cpu_seconds`] counts it.
+fn thread_cpu_seconds(name: &str) -> Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let dir = task?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() == name {
+            total += stat_cpu_seconds(&dir.join("stat"))?;
+        }
+    }
+    Ok(total)
 }
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -374,7 +419,7 @@ async fn main() -> Result<()> {
         point_interval: Duration::from_secs(3600),
         give_up_after: Duration::from_secs(60),
     };
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_seconds()?);
     std::thread::spawn(move || agent::run(agent_config));
     wait_for(Duration::from_secs(3600), async || {
         Ok(
@@ -384,13 +429,25 @@ async fn main() -> Result<()> {
     })
     .await?;
     let sync = started.elapsed().as_secs_f64();
+    let gib = size as f64 / (1u64 << 30) as f64;
+    // The agent's scanner and the session's applier started with (1): all their time so
+    // far is the sync's (the scanner's two passes, the applier's storing).
+    let cpu = cpu_seconds()? - cpu_before;
+    let scan = thread_cpu_seconds("wl-agent-scan")?;
+    let apply = thread_cpu_seconds("wl-apply")?;
     let rate = size as f64 / sync;
     println!(
-        "(1) initial sync: {sync:.2} s, {:.0} MiB/s = {:.0}% of min(read, TLS) (target >= 80%); {:.0}% of min(read, TLS, staging disk)",
+        "(1) initial sync: {sync:.2} s, {:.0} MiB/s = {:.0}% of min(read, TLS) (target >= 80%); {:.0}% of min(read, TLS, staging disk); CPU per GiB: {:.2} s in all, of it {:.2} s the agent's scanner and {:.2} s the server's applier",
         rate / MIB,
         100.0 * rate / ceiling,
-        100.0 * rate / ceiling.min(staging)
+        100.0 * rate / ceiling.min(staging),
+        cpu / gib,
+        scan / gib,
+        apply / gib
     );
+    if std::env::args().any(|a| a == "--sync-only") {
+        return Ok(());
+    }
 
     // (2) 1,000 random 4 KiB writes.
     let before = root.join("before.img");

@@ -231,8 +231,13 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         backlog: 0,
         max_run,
         last_status: std::cell::Cell::new(Instant::now()),
+        dense: true,
     };
-    let scan = std::thread::spawn(move || scanner.run());
+    // Named, so that `top -H` on the source server shows what reads its disks.
+    let scan = std::thread::Builder::new()
+        .name("wl-agent-scan".to_owned())
+        .spawn(move || scanner.run())
+        .map_err(|err| AgentError::Disk(format!("cannot start the agent's scanner: {err}")))?;
 
     // The writer owns the frames' receiver: when the session ends it goes, and a
     // scanner blocked on a full channel (even inside a freeze) wakes up and ends.
@@ -471,6 +476,10 @@ struct Scanner {
     max_run: usize,
     /// When the last status was queued.
     last_status: std::cell::Cell<Instant>,
+    /// Most blocks of the last stretch read had changed (the first pass, a large
+    /// rewrite): a mapped disk's next stretch is copied out once and hashed and sent from
+    /// the copy, instead of hashed in place, copied, and hashed again.
+    dense: bool,
 }
 
 impl Scanner {
@@ -617,13 +626,20 @@ impl Scanner {
                 while (self.marks.len() as u64) * MARK <= self.scanned {
                     self.marks.push(Instant::now());
                 }
-                match &map {
-                    Some(map) => self.send_changes(d, offset, map.bytes(offset, n), true)?,
+                let changed = match &map {
+                    Some(map) if !self.dense => {
+                        self.send_changes(d, offset, map.bytes(offset, n), true)?
+                    }
+                    Some(map) => {
+                        buf[..n].copy_from_slice(map.bytes(offset, n));
+                        self.send_changes(d, offset, &buf[..n], false)?
+                    }
                     None => {
                         self.read_at(d, offset, &mut buf[..n])?;
-                        self.send_changes(d, offset, &buf[..n], false)?;
+                        self.send_changes(d, offset, &buf[..n], false)?
                     }
-                }
+                };
+                self.dense = 2 * changed > n.div_ceil(BLOCK);
                 offset += n as u64;
                 self.scanned += n as u64;
                 self.position = Some(self.scanned);
@@ -647,23 +663,25 @@ impl Scanner {
         Ok(())
     }
 
-    /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs;
-    /// `shared`: `bytes` may change while read (a mapping), so each run is copied and
-    /// its digests taken again from the copy before it is sent.
+    /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs, and
+    /// says how many blocks changed; `shared`: `bytes` may change while read (a mapping),
+    /// so each run is copied and its digests taken again from the copy before it is sent.
     fn send_changes(
         &mut self,
         d: usize,
         offset: u64,
         bytes: &[u8],
         shared: bool,
-    ) -> Result<(), Fault> {
+    ) -> Result<usize, Fault> {
         let first = (offset / BLOCK as u64) as usize;
         let mut run: Option<(usize, usize)> = None;
+        let mut count = 0;
         for (i, block) in bytes.chunks(BLOCK).enumerate() {
             let digest = block_digest(block);
             let changed = self.sent[d][first + i] != digest;
             if changed {
                 self.sent[d][first + i] = digest;
+                count += 1;
             }
             run = match (run, changed) {
                 (Some((start, len)), true) if (len + 1) * BLOCK <= self.max_run => {
@@ -684,7 +702,7 @@ impl Scanner {
         if let Some(done) = run {
             self.send_run(d, offset, bytes, done, shared)?;
         }
-        Ok(())
+        Ok(count)
     }
 
     fn send_run(
@@ -697,18 +715,15 @@ impl Scanner {
     ) -> Result<(), Fault> {
         let from = start * BLOCK;
         let to = ((start + len) * BLOCK).min(bytes.len());
-        let copy;
-        let run = if shared {
+        // The frame's own copy of the run.
+        let run = bytes[from..to].to_vec();
+        if shared {
             // The digests recorded as sent are those of the bytes sent.
-            copy = bytes[from..to].to_vec();
             let first = (offset / BLOCK as u64) as usize + start;
-            for (i, block) in copy.chunks(BLOCK).enumerate() {
+            for (i, block) in run.chunks(BLOCK).enumerate() {
                 self.sent[d][first + i] = block_digest(block);
             }
-            &copy[..]
-        } else {
-            &bytes[from..to]
-        };
+        }
         // Between frames too: under a tight limit one READ's changes take long to send.
         self.status_if_due()?;
         let data = Data::encode_with(
@@ -735,7 +750,8 @@ impl Scanner {
                 self.sent[d][(at / BLOCK as u64) as usize + i] = block_digest(block);
             }
             self.status_if_due()?;
-            self.send(Frame::Data(Data::encode(disk, at, &buf)))?;
+            let data = Data::encode_with(&mut self.compressor.borrow_mut(), disk, at, buf);
+            self.send(Frame::Data(data))?;
             at += n as u64;
         }
         log(&format!(
@@ -761,24 +777,25 @@ impl Scanner {
             }
         }
         let frozen_at = Timestamp::now();
-        let result = self.pass().and_then(|()| {
-            DigestFile::write(&self.state_dir.join("digest.pending"), seq, &self.sent).map_err(
-                |err| {
-                    Fault::Disk(AgentError::Disk(format!(
-                        "cannot record the digests of recovery point {seq}: {err}"
-                    )))
-                },
-            )?;
-            self.send(Frame::Control(Control::Barrier {
-                seq,
-                frozen_at,
-                answers,
-            }))
-        });
+        let passed = self.pass();
+        // Everything the point holds is queued: the writers go on while its digests are
+        // recorded, as nothing is sent between this pass and the barrier.
         for disk in &self.disks {
             let _ = disk.file.unlock();
         }
-        result?;
+        passed?;
+        DigestFile::write(&self.state_dir.join("digest.pending"), seq, &self.sent).map_err(
+            |err| {
+                Fault::Disk(AgentError::Disk(format!(
+                    "cannot record the digests of recovery point {seq}: {err}"
+                )))
+            },
+        )?;
+        self.send(Frame::Control(Control::Barrier {
+            seq,
+            frozen_at,
+            answers,
+        }))?;
         self.pending = Some(seq);
         self.want_barrier = false;
         self.last_point = Instant::now();

@@ -185,36 +185,31 @@ impl Compressor {
 impl Data {
     /// A run of blocks, compressed when that is worth it, and sent as a marker when zero.
     pub fn encode(disk: u16, offset: u64, bytes: &[u8]) -> Data {
-        Data::encode_with(&mut Compressor::default(), disk, offset, bytes)
+        Data::encode_with(&mut Compressor::default(), disk, offset, bytes.to_vec())
     }
 
-    pub fn encode_with(compressor: &mut Compressor, disk: u16, offset: u64, bytes: &[u8]) -> Data {
+    /// As [`Data::encode`], taking the run's bytes: sent as they are, they become the
+    /// payload without another copy.
+    pub fn encode_with(
+        compressor: &mut Compressor,
+        disk: u16,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Data {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        if bytes.iter().all(|&b| b == 0) {
-            return Data {
-                disk,
-                offset,
-                len,
-                codec: Codec::Zero,
-                payload: Vec::new(),
-            };
-        }
-        if let Some(compressed) = compressor.compress(bytes) {
-            Data {
-                disk,
-                offset,
-                len,
-                codec: Codec::Lz4,
-                payload: compressed,
-            }
+        let (codec, payload) = if bytes.iter().all(|&b| b == 0) {
+            (Codec::Zero, Vec::new())
+        } else if let Some(compressed) = compressor.compress(&bytes) {
+            (Codec::Lz4, compressed)
         } else {
-            Data {
-                disk,
-                offset,
-                len,
-                codec: Codec::Raw,
-                payload: bytes.to_vec(),
-            }
+            (Codec::Raw, bytes)
+        };
+        Data {
+            disk,
+            offset,
+            len,
+            codec,
+            payload,
         }
     }
 
@@ -258,28 +253,32 @@ fn invalid(message: String) -> io::Error {
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> io::Result<usize> {
-    let mut buf = Vec::new();
     match frame {
         Frame::Control(control) => {
             let body = serde_json::to_vec(control).map_err(|err| invalid(err.to_string()))?;
+            let mut buf = Vec::with_capacity(5 + body.len());
             buf.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
             buf.push(KIND_CONTROL);
             buf.extend_from_slice(&body);
+            out.write_all(&buf).await?;
+            Ok(buf.len())
         }
         Frame::Data(data) => {
-            let len = DATA_HEADER + data.payload.len() + 1;
-            buf.reserve(4 + len);
-            buf.extend_from_slice(&(len as u32).to_be_bytes());
-            buf.push(KIND_DATA);
-            buf.extend_from_slice(&data.disk.to_be_bytes());
-            buf.extend_from_slice(&data.offset.to_be_bytes());
-            buf.extend_from_slice(&data.len.to_be_bytes());
-            buf.push(data.codec as u8);
-            buf.extend_from_slice(&data.payload);
+            // The header, then the payload from where it lies: a run is not copied into
+            // a frame buffer first.
+            let mut head = [0u8; 5 + DATA_HEADER];
+            head[..4]
+                .copy_from_slice(&((1 + DATA_HEADER + data.payload.len()) as u32).to_be_bytes());
+            head[4] = KIND_DATA;
+            head[5..7].copy_from_slice(&data.disk.to_be_bytes());
+            head[7..15].copy_from_slice(&data.offset.to_be_bytes());
+            head[15..19].copy_from_slice(&data.len.to_be_bytes());
+            head[19] = data.codec as u8;
+            out.write_all(&head).await?;
+            out.write_all(&data.payload).await?;
+            Ok(head.len() + data.payload.len())
         }
     }
-    out.write_all(&buf).await?;
-    Ok(buf.len())
 }
 
 /// The next frame, or `None` at a clean end of the stream; with the bytes it took.
@@ -296,46 +295,50 @@ pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Optio
             "a frame of {len} bytes (at most {MAX_FRAME})"
         )));
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await?;
-    let frame = parse(&body)?;
+    let mut kind = [0u8; 1];
+    input.read_exact(&mut kind).await?;
+    let frame = match kind[0] {
+        KIND_CONTROL => {
+            let mut body = vec![0u8; len - 1];
+            input.read_exact(&mut body).await?;
+            serde_json::from_slice(&body)
+                .map(Frame::Control)
+                .map_err(|err| invalid(format!("a control message that does not read: {err}")))?
+        }
+        KIND_DATA => {
+            if len - 1 < DATA_HEADER {
+                return Err(invalid("a data frame shorter than its header".to_owned()));
+            }
+            let mut head = [0u8; DATA_HEADER];
+            input.read_exact(&mut head).await?;
+            // The payload is read into a buffer of its own, which the run's bytes become.
+            let mut payload = vec![0u8; len - 1 - DATA_HEADER];
+            input.read_exact(&mut payload).await?;
+            Frame::Data(data(&head, payload)?)
+        }
+        other => return Err(invalid(format!("unknown frame kind {other}"))),
+    };
     Ok(Some((frame, len + 4)))
 }
 
-fn parse(body: &[u8]) -> io::Result<Frame> {
-    let (kind, rest) = body
-        .split_first()
-        .ok_or_else(|| invalid("an empty frame".to_owned()))?;
-    match *kind {
-        KIND_CONTROL => serde_json::from_slice(rest)
-            .map(Frame::Control)
-            .map_err(|err| invalid(format!("a control message that does not read: {err}"))),
-        KIND_DATA => {
-            if rest.len() < DATA_HEADER {
-                return Err(invalid("a data frame shorter than its header".to_owned()));
-            }
-            let (head, payload) = rest.split_at(DATA_HEADER);
-            let disk = u16::from_be_bytes([head[0], head[1]]);
-            let mut offset = [0u8; 8];
-            offset.copy_from_slice(&head[2..10]);
-            let mut len = [0u8; 4];
-            len.copy_from_slice(&head[10..14]);
-            let codec = match head[14] {
-                0 => Codec::Raw,
-                1 => Codec::Lz4,
-                2 => Codec::Zero,
-                other => return Err(invalid(format!("unknown data codec {other}"))),
-            };
-            Ok(Frame::Data(Data {
-                disk,
-                offset: u64::from_be_bytes(offset),
-                len: u32::from_be_bytes(len),
-                codec,
-                payload: payload.to_vec(),
-            }))
-        }
-        other => Err(invalid(format!("unknown frame kind {other}"))),
-    }
+fn data(head: &[u8; DATA_HEADER], payload: Vec<u8>) -> io::Result<Data> {
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&head[2..10]);
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&head[10..14]);
+    let codec = match head[14] {
+        0 => Codec::Raw,
+        1 => Codec::Lz4,
+        2 => Codec::Zero,
+        other => return Err(invalid(format!("unknown data codec {other}"))),
+    };
+    Ok(Data {
+        disk: u16::from_be_bytes([head[0], head[1]]),
+        offset: u64::from_be_bytes(offset),
+        len: u32::from_be_bytes(len),
+        codec,
+        payload,
+    })
 }
 
 /// The digest of one block: what the agent compares to find changes.
@@ -398,6 +401,28 @@ mod tests {
         wire.extend_from_slice(&(u32::MAX).to_be_bytes());
         let err = read_frame(&mut &wire[..]).await.expect_err("refused");
         assert!(err.to_string().contains("at most"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_an_unknown_kind_or_cut_short_is_refused() {
+        let frame = |body: &[u8]| {
+            let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+            wire.extend_from_slice(body);
+            wire
+        };
+        let short = frame(&[KIND_DATA, 0, 1, 2]);
+        let err = read_frame(&mut &short[..]).await.expect_err("refused");
+        assert!(err.to_string().contains("shorter than its header"), "{err}");
+        let unknown = frame(&[9, 0, 0]);
+        let err = read_frame(&mut &unknown[..]).await.expect_err("refused");
+        assert!(err.to_string().contains("unknown frame kind 9"), "{err}");
+        let mut cut = Vec::new();
+        write_frame(&mut cut, &Frame::Data(Data::encode(0, 0, &[5u8; 4096])))
+            .await
+            .expect("write");
+        cut.truncate(cut.len() - 1);
+        let err = read_frame(&mut &cut[..]).await.expect_err("cut short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 
     #[test]

@@ -391,7 +391,7 @@ impl ChunkStore {
             },
         );
         *len += record_len;
-        let pack = self.dir.join(pack_name(*id));
+        let id = *id;
         self.stored_bytes += body.len() as u64;
         self.unsynced += record_len;
         self.unflushed += record_len;
@@ -402,7 +402,7 @@ impl ChunkStore {
         if self.unflushed >= WRITEBACK_EVERY {
             self.write_pending()?;
             self.unflushed = 0;
-            self.writeback.flush(pack);
+            self.writeback.flush(self.dir.join(pack_name(id)));
         }
         Ok(hash)
     }

@@ -450,11 +450,22 @@ impl Volume {
             let chunk_start = index * chunk as u64;
             let len = chunk_len(size, chunk, index);
             let upto = end.min(chunk_start + len as u64);
+            let covers = at == chunk_start && upto == chunk_start + len as u64;
+            let here = (at - offset) as usize..(upto - offset) as usize;
+            if covers {
+                // The whole chunk: its bytes are the write's, whatever was there.
+                self.awaiting.remove(&(disk, index));
+                let old = self.dirty[d].insert(index, bytes[here].to_vec());
+                if old.is_none() {
+                    self.dirty_bytes += len;
+                }
+                at = upto;
+                continue;
+            }
             if !self.dirty[d].contains_key(&index) {
                 let hash = self.maps[d][index as usize];
-                let covers = at == chunk_start && upto == chunk_start + len as u64;
                 // A chunk awaited from the agent comes whole: nothing to read back.
-                let buf = if covers || self.awaiting.contains(&(disk, index)) {
+                let buf = if self.awaiting.contains(&(disk, index)) {
                     vec![0; len]
                 } else {
                     match store.get(&hash, len) {
@@ -471,14 +482,10 @@ impl Volume {
                 self.dirty_bytes += len;
                 self.dirty[d].insert(index, buf);
             }
-            if at == chunk_start && upto == chunk_start + len as u64 {
-                self.awaiting.remove(&(disk, index));
-            }
             if let Some(buf) = self.dirty[d].get_mut(&index) {
                 let from = (at - chunk_start) as usize;
                 let to = (upto - chunk_start) as usize;
-                buf[from..to]
-                    .copy_from_slice(&bytes[(at - offset) as usize..(upto - offset) as usize]);
+                buf[from..to].copy_from_slice(&bytes[here]);
             }
             at = upto;
         }
