@@ -62,7 +62,8 @@ fn cpu_seconds() -> Result<f64> {
     stat_cpu_seconds(Path::new("/proc/self/stat"))
 }
 
-/// User and system time from a `stat` file of /proc, in clock ticks of 1/100 s.
+/// User and system time from a `stat` file of /proc, in clock ticks of 1/100 s (Linux's
+/// `USER_HZ` on x86-64).
 fn stat_cpu_seconds(path: &Path) -> Result<f64> {
     let stat = std::fs::read_to_string(path)?;
     // The fields after the command name, which is in parentheses and may hold spaces.
@@ -81,8 +82,8 @@ fn stat_cpu_seconds(path: &Path) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// The CPU time the threads of this process named `name` have used so far, as
-/// [`cpu_seconds`] counts it.
+/// The CPU time the running threads of this process named `name` have used so far, as
+/// [`cpu_seconds`] counts it (a thread that has ended is not counted).
 fn thread_cpu_seconds(name: &str) -> Result<f64> {
     let mut total = 0.0;
     for task in std::fs::read_dir("/proc/self/task")? {

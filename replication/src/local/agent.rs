@@ -6,8 +6,9 @@
 //!
 //! A barrier is cut with the disks frozen: the agent takes an exclusive lock on every
 //! image file (writers that take a shared lock for each write, as the quickstart's do,
-//! wait), sends what changed since the last pass, records the digests of that state,
-//! sends the barrier, and lets go.
+//! wait), sends what changed since the last pass and lets go; then it records the digests
+//! of that state and sends the barrier. It sends nothing in between, so the writers need
+//! not wait for the digest file's write.
 
 use std::fs::File;
 use std::io::{self, Read, Write as _};
@@ -715,23 +716,26 @@ impl Scanner {
     ) -> Result<(), Fault> {
         let from = start * BLOCK;
         let to = ((start + len) * BLOCK).min(bytes.len());
-        // The frame's own copy of the run.
-        let run = bytes[from..to].to_vec();
-        if shared {
-            // The digests recorded as sent are those of the bytes sent.
+        let at = offset + from as u64;
+        let data = if shared {
+            // The digests recorded as sent are those of the bytes sent: a copy's, which
+            // becomes the frame's payload.
+            let copy = bytes[from..to].to_vec();
             let first = (offset / BLOCK as u64) as usize + start;
-            for (i, block) in run.chunks(BLOCK).enumerate() {
+            for (i, block) in copy.chunks(BLOCK).enumerate() {
                 self.sent[d][first + i] = block_digest(block);
             }
-        }
+            Data::encode_with(&mut self.compressor.borrow_mut(), d as u16, at, copy)
+        } else {
+            Data::encode_with(
+                &mut self.compressor.borrow_mut(),
+                d as u16,
+                at,
+                &bytes[from..to],
+            )
+        };
         // Between frames too: under a tight limit one READ's changes take long to send.
         self.status_if_due()?;
-        let data = Data::encode_with(
-            &mut self.compressor.borrow_mut(),
-            d as u16,
-            offset + from as u64,
-            run,
-        );
         self.send(Frame::Data(data))
     }
 
@@ -756,7 +760,7 @@ impl Scanner {
         }
         log(&format!(
             "sent {} bytes of {} again at the server's request",
-            end - offset,
+            end.saturating_sub(offset),
             info.name
         ));
         Ok(())

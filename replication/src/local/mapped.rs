@@ -1,11 +1,13 @@
 //! Image files mapped into memory for the agent's passes: a pass hashes each block where
 //! it lies in the page cache instead of copying it out first (about three times faster
-//! over a cached 4 GiB image here; BENCHMARKS.md). Only regular files are mapped: a block
-//! device is read with `pread`, so a bad sector is an error that names the disk and byte.
+//! over a cached 4 GiB image here; BENCHMARKS.md). Where most blocks change (the first
+//! pass, a large rewrite) the agent copies each stretch out once and hashes and sends the
+//! copy instead. Only regular files are mapped: a block device is read with `pread`, so a
+//! bad sector is an error that names the disk and byte.
 //!
 //! The bytes of a mapping may change while they are read (the source keeps writing), so
-//! the agent copies every run it sends and hashes the copy: what it records as sent is
-//! what it sent.
+//! the agent copies every run it sends from one and hashes the copy: what it records as
+//! sent is what it sent.
 //!
 //! Reading a mapping past the end of a file that shrank raises SIGBUS. The agent's binary
 //! installs [`install_sigbus_handler`], which names the disk and the byte and exits 1.

@@ -42,6 +42,8 @@ pub const MAX_FRAME: usize = MAX_RUN + 1024;
 const KIND_CONTROL: u8 = 0;
 const KIND_DATA: u8 = 1;
 const DATA_HEADER: usize = 2 + 8 + 4 + 1;
+/// A data frame's payload up to this long is written with its header in one buffer.
+const SMALL_PAYLOAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskInfo {
@@ -185,24 +187,26 @@ impl Compressor {
 impl Data {
     /// A run of blocks, compressed when that is worth it, and sent as a marker when zero.
     pub fn encode(disk: u16, offset: u64, bytes: &[u8]) -> Data {
-        Data::encode_with(&mut Compressor::default(), disk, offset, bytes.to_vec())
+        Data::encode_with(&mut Compressor::default(), disk, offset, bytes)
     }
 
-    /// As [`Data::encode`], taking the run's bytes: sent as they are, they become the
-    /// payload without another copy.
-    pub fn encode_with(
+    /// As [`Data::encode`], with the session's compressor. The run's bytes are copied
+    /// only when sent as they are, and not at all when given as a `Vec` (which becomes
+    /// the payload).
+    pub fn encode_with<B: AsRef<[u8]> + Into<Vec<u8>>>(
         compressor: &mut Compressor,
         disk: u16,
         offset: u64,
-        bytes: Vec<u8>,
+        bytes: B,
     ) -> Data {
-        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let (codec, payload) = if bytes.iter().all(|&b| b == 0) {
+        let run = bytes.as_ref();
+        let len = u32::try_from(run.len()).unwrap_or(u32::MAX);
+        let (codec, payload) = if run.iter().all(|&b| b == 0) {
             (Codec::Zero, Vec::new())
-        } else if let Some(compressed) = compressor.compress(&bytes) {
+        } else if let Some(compressed) = compressor.compress(run) {
             (Codec::Lz4, compressed)
         } else {
-            (Codec::Raw, bytes)
+            (Codec::Raw, bytes.into())
         };
         Data {
             disk,
@@ -264,8 +268,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> i
             Ok(buf.len())
         }
         Frame::Data(data) => {
-            // The header, then the payload from where it lies: a run is not copied into
-            // a frame buffer first.
             let mut head = [0u8; 5 + DATA_HEADER];
             head[..4]
                 .copy_from_slice(&((1 + DATA_HEADER + data.payload.len()) as u32).to_be_bytes());
@@ -274,8 +276,18 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> i
             head[7..15].copy_from_slice(&data.offset.to_be_bytes());
             head[15..19].copy_from_slice(&data.len.to_be_bytes());
             head[19] = data.codec as u8;
-            out.write_all(&head).await?;
-            out.write_all(&data.payload).await?;
+            if data.payload.len() <= SMALL_PAYLOAD {
+                // One write, so one TLS record and segment for a small run.
+                let mut buf = Vec::with_capacity(head.len() + data.payload.len());
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data.payload);
+                out.write_all(&buf).await?;
+            } else {
+                // The header, then the payload from where it lies: a large run is not
+                // copied into a frame buffer first.
+                out.write_all(&head).await?;
+                out.write_all(&data.payload).await?;
+            }
             Ok(head.len() + data.payload.len())
         }
     }
@@ -370,6 +382,15 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..MAX_RUN / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
         let frames = vec![
             Frame::Control(Control::Welcome {
                 base: 7,
@@ -382,7 +403,10 @@ mod tests {
                 4096,
                 &(0..4096).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>(),
             )),
+            // Incompressible and past SMALL_PAYLOAD: written as header, then payload.
+            Frame::Data(Data::encode(0, 65536, &noise)),
         ];
+        assert!(matches!(&frames[4], Frame::Data(d) if d.codec == Codec::Raw));
         let mut wire = Vec::new();
         for frame in &frames {
             write_frame(&mut wire, frame).await.expect("write");
