@@ -390,12 +390,15 @@ struct DigestFile {
 }
 
 impl DigestFile {
+    /// The file, or `None` when it is missing, cut short or unreadable. Read through a
+    /// buffer: a large disk's digests are not held twice.
     fn read(path: &Path) -> Option<DigestFile> {
-        let mut bytes = Vec::new();
-        File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
-        let mut words = bytes
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        let mut input = io::BufReader::with_capacity(1 << 20, File::open(path).ok()?);
+        let mut words = std::iter::from_fn(|| {
+            let mut word = [0u8; 8];
+            input.read_exact(&mut word).ok()?;
+            Some(u64::from_le_bytes(word))
+        });
         let seq = words.next()?;
         let disks = words.next()?;
         let mut digests = Vec::new();
@@ -410,18 +413,22 @@ impl DigestFile {
         Some(DigestFile { seq, digests })
     }
 
+    /// Written through a buffer: a large disk's digests are not held twice.
     fn write(path: &Path, seq: u64, digests: &[Vec<u64>]) -> io::Result<()> {
-        let total: usize = digests.iter().map(|d| d.len() + 1).sum();
-        let mut bytes = Vec::with_capacity(8 * (total + 2));
-        bytes.extend_from_slice(&seq.to_le_bytes());
-        bytes.extend_from_slice(&(digests.len() as u64).to_le_bytes());
-        for disk in digests {
-            bytes.extend_from_slice(&(disk.len() as u64).to_le_bytes());
-            for d in disk {
-                bytes.extend_from_slice(&d.to_le_bytes());
+        super::volume::write_durably_with(path, |out| {
+            out.write_all(&seq.to_le_bytes())?;
+            out.write_all(&(digests.len() as u64).to_le_bytes())?;
+            let mut bytes = Vec::with_capacity(8 * 8192);
+            for disk in digests {
+                out.write_all(&(disk.len() as u64).to_le_bytes())?;
+                for part in disk.chunks(8192) {
+                    bytes.clear();
+                    bytes.extend(part.iter().flat_map(|d| d.to_le_bytes()));
+                    out.write_all(&bytes)?;
+                }
             }
-        }
-        super::volume::write_durably(path, &bytes)
+            Ok(())
+        })
     }
 }
 
@@ -959,6 +966,35 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_file_reads_back_as_written_and_not_when_cut_short() {
+        let dir = std::env::temp_dir().join(format!("wl-digests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("digest.pending");
+        // Past one buffer's worth of digests on the first disk, none on the second.
+        let digests = vec![
+            (0..20_000u64).map(|i| i * 0x9e37_79b9).collect(),
+            Vec::new(),
+        ];
+        DigestFile::write(&path, 42, &digests).expect("write");
+        let read = DigestFile::read(&path).expect("read");
+        assert_eq!((read.seq, &read.digests), (42, &digests));
+        let len = std::fs::metadata(&path).expect("meta").len();
+        assert_eq!(len, 8 * (2 + 1 + 20_000 + 1));
+        File::options()
+            .write(true)
+            .open(&path)
+            // The second disk's count and the first disk's last five digests.
+            .and_then(|f| f.set_len(len - 8 * 6))
+            .expect("cut");
+        assert!(
+            DigestFile::read(&path).is_none(),
+            "a file cut short is no state"
+        );
+        assert!(DigestFile::read(&dir.join("missing")).is_none());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn the_stalest_mark_is_the_last_pass_s_at_the_current_stretch() {

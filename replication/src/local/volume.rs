@@ -723,14 +723,29 @@ impl Volume {
 
 /// Writes a file so that after a crash it is either absent or whole.
 pub fn write_durably(path: &Path, body: &[u8]) -> io::Result<()> {
+    write_durably_with(path, |out| out.write_all(body))
+}
+
+/// As [`write_durably`], the body written by `write` through a buffer: a large file is
+/// not held whole in memory first.
+pub fn write_durably_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     // A name of its own per write: two writers of one file never share a temporary.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(body)?;
-        file.sync_all()?;
+    let written = (|| {
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut out)?;
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
     }
     std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {
