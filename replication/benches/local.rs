@@ -11,8 +11,10 @@
 //! 4. Launch time of the image (final sync, materialize, verify).
 //!
 //! `cargo bench -p replication --bench local [-- --size-gib N --seconds S --source-dir
-//! DIR --scan-ms MS --sync-only]`. `--scan-ms` is the agent's pause between passes (100
-//! by default); `--sync-only` stops after (1), for comparing builds on the initial sync
+//! DIR --scan-ms MS --sync-only --load-of MIB_S]`. `--scan-ms` is the agent's pause
+//! between passes (100 by default); `--load-of` sets the throughput (3)'s loads are
+//! fractions of, instead of (1)'s, for comparing builds whose (1) differs at the same
+//! write rates; `--sync-only` stops after (1), for comparing builds on the initial sync
 //! (whose CPU time per GiB in the agent's scanner and in the server's applier, which it
 //! prints, varies less from run to run on a shared machine than its wall time).
 //! `--source-dir` puts the source image on another disk than the staging folder, as a
@@ -476,7 +478,11 @@ async fn main() -> Result<()> {
     for fraction in [0.25, 0.5, 0.9] {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let target = rate * fraction;
+        let of = match arg("--load-of", 0) {
+            0 => rate,
+            mib_s => mib_s as f64 * MIB,
+        };
+        let target = of * fraction;
         let path = image.clone();
         let writer = std::thread::spawn(move || -> std::io::Result<u64> {
             let file = std::fs::File::options().write(true).open(&path)?;
@@ -518,8 +524,13 @@ async fn main() -> Result<()> {
         stop.store(true, Ordering::SeqCst);
         let written = writer.join().map_err(|_| "the writer panicked")??;
         println!(
-            "(3) lag at {:.0}% of the replication throughput ({:.0} MiB/s written, {:.0} MiB in all; {:.0} MiB/s on the wire): median {:.2} s, p99 {:.2} s over {} samples{}",
+            "(3) lag at {:.0}% of {} ({:.0} MiB/s written, {:.0} MiB in all; {:.0} MiB/s on the wire): median {:.2} s, p99 {:.2} s over {} samples{}",
             fraction * 100.0,
+            if of == rate {
+                "the replication throughput".to_owned()
+            } else {
+                format!("{:.0} MiB/s (--load-of)", of / MIB)
+            },
             target / MIB,
             written as f64 / MIB,
             wire / MIB,

@@ -188,7 +188,12 @@ pub(super) fn forget_damaged(
 }
 
 /// Writes a disk's chunks into its image, runs of contiguous chunks at once, and sends
-/// each range of chunks written (zero chunks between them included) to be checked.
+/// each range of chunks written (zero chunks between them included) to be checked. The
+/// chunks are read from the store (and checked against their addresses) by `READERS`
+/// threads of their own, the n-th chunk by the n-th reader in turn, each up to
+/// `READ_AHEAD` chunks ahead of the writing: the staging disk answers several reads at
+/// once (the chunks of a point rewritten since the first sync lie scattered over the
+/// packs), and the reads, the hashing and the target disk's writes overlap.
 fn write_disk(
     spec: &LaunchSpec<'_>,
     meta: &super::volume::PointMeta,
@@ -220,13 +225,70 @@ fn write_disk(
         run.1.clear();
         Ok(())
     };
-    for (index, hash) in map.iter().enumerate() {
-        if *hash == ZERO_CHUNK {
-            continue;
+    let store = spec.store;
+    std::thread::scope(|scope| {
+        let mut readers = Vec::with_capacity(READERS);
+        for reader in 0..READERS {
+            let (chunks, read) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            readers.push(read);
+            std::thread::Builder::new()
+                .name("wl-launch-read".to_owned())
+                .spawn_scoped(scope, move || {
+                    let mine = map
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, hash)| **hash != ZERO_CHUNK)
+                        .skip(reader)
+                        .step_by(READERS);
+                    for (index, hash) in mine {
+                        let len = chunk_len(size, chunk, index as u64);
+                        let got = ChunkStore::get_from(store, hash, len);
+                        let failed = got.is_err();
+                        // Stops at the first failure, or when the writing stopped.
+                        if chunks.send((index, got)).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|err| format!("cannot start a thread to read the store: {err}"))?;
         }
-        let len = chunk_len(size, chunk, index as u64);
-        // The store's lock ends with this statement: forget_damaged takes it again.
-        let got = lock(spec.store).get(hash, len);
+        // The chunks in order: each reader's next in turn (a reader that stopped at a
+        // failure sent it last).
+        let in_order = (0..).map_while(|n: usize| readers[n % READERS].recv().ok());
+        write_chunks(
+            spec,
+            meta,
+            maps,
+            in_order,
+            &mut run,
+            &mut checked_to,
+            &flush,
+        )
+    })?;
+    flush(&mut run, &mut checked_to)?;
+    let _ = written.send(checked_to..map.len());
+    Ok(())
+}
+
+/// Threads reading a launch's chunks from the store.
+const READERS: usize = 4;
+/// Chunks each reader reads ahead of the writing, at most (16 KiB each: 256 KiB).
+const READ_AHEAD: usize = 16;
+
+type Flush<'f> = dyn Fn(&mut (usize, Vec<u8>), &mut usize) -> Result<(), String> + 'f;
+
+/// The writing side of [`write_disk`]: gathers the chunks read, in order, into runs.
+fn write_chunks(
+    spec: &LaunchSpec<'_>,
+    meta: &super::volume::PointMeta,
+    maps: &[Vec<super::proto::ChunkHash>],
+    read: impl Iterator<Item = (usize, Result<Vec<u8>, StoreError>)>,
+    run: &mut (usize, Vec<u8>),
+    checked_to: &mut usize,
+    flush: &Flush<'_>,
+) -> Result<(), String> {
+    let chunk = meta.chunk;
+    for (index, got) in read {
         let bytes = got.map_err(|err| {
             let mut why = format!("recovery point {} cannot be launched: {err}", spec.seq);
             if matches!(err, StoreError::Damaged { .. } | StoreError::Missing(_)) {
@@ -243,15 +305,13 @@ fn write_disk(
         })?;
         let follows = run.0 + run.1.len() / chunk == index && run.1.len().is_multiple_of(chunk);
         if !run.1.is_empty() && (!follows || run.1.len() + bytes.len() > WRITE_RUN) {
-            flush(&mut run, &mut checked_to)?;
+            flush(run, checked_to)?;
         }
         if run.1.is_empty() {
             run.0 = index;
         }
         run.1.extend_from_slice(&bytes);
     }
-    flush(&mut run, &mut checked_to)?;
-    let _ = written.send(checked_to..map.len());
     Ok(())
 }
 

@@ -5,12 +5,22 @@
 //! is read. One fsync per recovery point, not per chunk. A chunk found damaged is
 //! forgotten with a tombstone record (its address, no body), synced at once, so that
 //! reopening the store does not index the damaged record again.
+//!
+//! Where the staging folder's filesystem takes it, packs are written with `O_DIRECT`, in
+//! whole 4 KiB blocks, by a thread of their own ([`DirectWriter`]): the chunks are not
+//! copied into the page cache (on this machine that copy was half of the applier's time,
+//! and the page cache took a third of what the disk takes; BENCHMARKS.md), and the next
+//! chunks are hashed while the disk takes these. The last partial block stays in memory
+//! and is written again, whole, with the records that follow it; a sync writes it padded
+//! with zeros and then cuts the file back to where its records end. Elsewhere (tmpfs)
+//! packs are written through the page cache and flushed in the background.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
 
@@ -20,12 +30,20 @@ const HEADER: usize = 4 + 32 + 4 + 4 + 1;
 /// writes while chunks keep coming, and a recovery point's sync waits only for the rest),
 /// and synced at each recovery point.
 const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Packs kept open for reading, at most.
+const READERS: usize = 64;
 /// A pack is closed and a new one started past this size.
 const PACK_LIMIT: u64 = 1 << 30;
 /// Records are handed to the kernel in writes of about this much: one write of many
 /// records costs the page cache a fraction of one write per record (whose ends fall
 /// inside pages, which the kernel zeroes first).
 const WRITE_BUFFER: usize = 1 << 20;
+/// `O_DIRECT` writes start and end on multiples of this, from memory aligned to it
+/// (4 KiB covers disks of 512-byte and of 4 KiB sectors).
+const DIRECT_BLOCK: usize = 4096;
+/// Writes handed to the direct writer and not yet done, at most (besides the one under
+/// way): the applier waits past this, as it would for a slow disk.
+const DIRECT_QUEUE: usize = 2;
 
 /// The flag byte of a record: the body as sent, lz4-compressed, or none (a tombstone:
 /// the chunk at this address before it was found damaged and forgotten).
@@ -66,7 +84,14 @@ pub enum StoreError {
 pub struct ChunkStore {
     dir: PathBuf,
     index: HashMap<ChunkHash, Location>,
-    current: Option<(u32, File, u64)>,
+    /// The pack being written: its id, the file, and where its records end (the pending
+    /// ones included).
+    current: Option<(u32, Arc<File>, u64)>,
+    /// The current pack is open with `O_DIRECT` (written by `direct`)...
+    direct_pack: bool,
+    /// ... and new packs may be (false after the filesystem refused a direct write).
+    allow_direct: bool,
+    direct: Option<DirectWriter>,
     /// Bytes written since the last sync...
     unsynced: u64,
     /// ... and since the last background flush began.
@@ -76,9 +101,15 @@ pub struct ChunkStore {
     unsynced_chunks: Vec<ChunkHash>,
     /// The next chunk starts a new pack (the current one's sync failed).
     rotate: bool,
-    /// The current pack's last records, not written to it yet: they end where the pack
-    /// does, and are read from here until they are written.
-    pending: Vec<u8>,
+    /// The current pack's last bytes, from `pending_from` to where the pack ends: the
+    /// records not handed to the disk yet (with `O_DIRECT`, from the start of the block
+    /// they begin in), read from here until they are written.
+    pending: Aligned,
+    pending_from: u64,
+    /// Where the current pack's bytes handed to the disk end (with `O_DIRECT`, past
+    /// `pending_from` after a sync wrote the partial block): a read takes what lies before
+    /// from the disk (so damage there is seen), the rest from `pending`.
+    written_to: u64,
     /// How many times chunks were forgotten (not yet synced when a write or sync
     /// failed, or found damaged): a volume whose maps were built before a loss asks for
     /// the chunks they name that the store no longer holds before it cuts a point.
@@ -92,9 +123,14 @@ pub struct ChunkStore {
     /// The next sync fails as a failing disk's would (for tests).
     #[cfg(test)]
     fail_next_sync: bool,
+    /// The next direct write fails with this error number (for tests).
+    #[cfg(test)]
+    fail_next_write: Option<i32>,
     writeback: Writeback,
     compressor: Compressor,
     stored_bytes: u64,
+    /// Packs open for reading, by id.
+    readers: Mutex<HashMap<u32, Arc<File>>>,
 }
 
 /// The record whose header is at `offset`, if the header is whole and plausible.
@@ -212,6 +248,254 @@ impl Writeback {
     }
 }
 
+/// A byte buffer whose first byte sits at an address aligned to `DIRECT_BLOCK`, as
+/// `O_DIRECT` needs, without `unsafe`: a vector one block longer, used from its first
+/// aligned byte on.
+struct Aligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn with_capacity(capacity: usize) -> Aligned {
+        let raw = vec![0u8; capacity + DIRECT_BLOCK];
+        let start = raw.as_ptr().align_offset(DIRECT_BLOCK);
+        Aligned { raw, start, len: 0 }
+    }
+
+    fn capacity(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
+    /// Room for `more` bytes past the end.
+    fn reserve(&mut self, more: usize) {
+        let needed = self.len + more;
+        if needed > self.capacity() {
+            let mut grown = Aligned::with_capacity(needed.max(2 * self.capacity()));
+            grown.extend_from_slice(self.as_slice());
+            *self = grown;
+        }
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        let at = self.start + self.len;
+        self.raw[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The bytes padded with zeros to whole blocks (the bytes stay as they are).
+    fn padded(&mut self) -> &[u8] {
+        let end = self.len.next_multiple_of(DIRECT_BLOCK);
+        self.reserve(end - self.len);
+        let (from, to) = (self.start + self.len, self.start + end);
+        self.raw[from..to].fill(0);
+        &self.raw[self.start..to]
+    }
+}
+
+/// One write for the direct writer: `len` bytes of `buffer` (whole blocks) at `offset`.
+struct DirectWrite {
+    file: Arc<File>,
+    offset: u64,
+    buffer: Aligned,
+    len: usize,
+    /// Fails with this error number, as a failing disk's write would (for tests).
+    #[cfg(test)]
+    fail: Option<i32>,
+}
+
+/// What the direct writer has done: writes handed to it and done, the first error it met
+/// (kept until the store takes it), and buffers it is done with, for the next writes.
+#[derive(Default)]
+struct Progress {
+    handed: u64,
+    done: u64,
+    error: Option<io::Error>,
+    spare: Vec<Aligned>,
+}
+
+/// A thread that makes a store's `O_DIRECT` writes, in the order they are handed to it,
+/// while the store goes on hashing and compressing chunks. An error is kept for the
+/// store, which sees it at its next write or sync and forgets what was not synced, as
+/// after a failed sync.
+struct DirectWriter {
+    writes: std::sync::mpsc::SyncSender<DirectWrite>,
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+}
+
+impl DirectWriter {
+    fn start() -> io::Result<DirectWriter> {
+        let (writes, queue) = std::sync::mpsc::sync_channel::<DirectWrite>(DIRECT_QUEUE);
+        let progress = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
+        let shared = Arc::clone(&progress);
+        std::thread::Builder::new()
+            .name("wl-pack-write".to_owned())
+            .spawn(move || {
+                for write in queue {
+                    let written = Self::write(&write);
+                    let (lock, changed) = &*shared;
+                    let mut progress = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    progress.done += 1;
+                    if let Err(err) = written {
+                        progress.error.get_or_insert(err);
+                    }
+                    if progress.spare.len() < DIRECT_QUEUE + 1 {
+                        progress.spare.push(write.buffer);
+                    }
+                    changed.notify_all();
+                }
+            })?;
+        Ok(DirectWriter { writes, progress })
+    }
+
+    fn write(write: &DirectWrite) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(errno) = write.fail {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let start = write.buffer.start;
+        write
+            .file
+            .write_all_at(&write.buffer.raw[start..start + write.len], write.offset)
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty buffer, one the thread is done with when there is one.
+    fn buffer(&self) -> Aligned {
+        let mut buffer = self.progress().spare.pop().unwrap_or_else(|| {
+            Aligned::with_capacity(WRITE_BUFFER + HEADER + super::proto::LEGACY_CHUNK + 1024)
+        });
+        buffer.clear();
+        buffer
+    }
+
+    fn hand(&self, write: DirectWrite) -> io::Result<()> {
+        self.progress().handed += 1;
+        self.writes.send(write).map_err(|_| {
+            self.progress().handed -= 1;
+            io::Error::other("the pack writer thread is gone")
+        })
+    }
+
+    /// Waits until every write handed over is done.
+    fn wait(&self) {
+        let (_, changed) = &*self.progress;
+        let mut progress = self.progress();
+        while progress.done < progress.handed {
+            progress = changed.wait(progress).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn take_error(&self) -> Option<io::Error> {
+        self.progress().error.take()
+    }
+}
+
+/// What [`ChunkStore::plan`] found: the chunk's bytes, or the read that gets them.
+enum Planned {
+    Ready(Vec<u8>),
+    Read(PackRead),
+}
+
+/// A chunk's record in a pack no longer written to, read without the store's lock.
+struct PackRead {
+    file: Arc<File>,
+    hash: ChunkHash,
+    location: Location,
+}
+
+impl PackRead {
+    fn run(self) -> Result<Vec<u8>, StoreError> {
+        let mut body = vec![0u8; self.location.stored_len as usize];
+        self.file
+            .read_exact_at(&mut body, self.location.offset + HEADER as u64)
+            .map_err(|err| unreadable(&self.hash, &self.location, err))?;
+        decode(&self.hash, &self.location, body)
+    }
+}
+
+fn damaged(hash: &ChunkHash, location: &Location, why: String) -> StoreError {
+    StoreError::Damaged {
+        hash: hex(hash),
+        pack: pack_name(location.pack),
+        offset: location.offset,
+        why,
+    }
+}
+
+/// A pack cut short or gone is damage too (it is what a bad disk leaves).
+fn unreadable(hash: &ChunkHash, location: &Location, err: io::Error) -> StoreError {
+    match err.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            damaged(hash, location, format!("its pack ends before it ({err})"))
+        }
+        io::ErrorKind::NotFound => damaged(hash, location, format!("its pack is gone ({err})")),
+        _ => StoreError::Io(err),
+    }
+}
+
+/// A record's body as stored, decompressed and checked against its address.
+fn decode(hash: &ChunkHash, location: &Location, body: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let bytes = if location.compressed {
+        lz4_flex::block::decompress(&body, location.raw_len as usize)
+            .map_err(|err| damaged(hash, location, format!("it does not decompress ({err})")))?
+    } else {
+        body
+    };
+    if chunk_hash(&bytes) != *hash {
+        return Err(damaged(
+            hash,
+            location,
+            "its content does not match its address".to_owned(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Opens a pack for writing, with `O_DIRECT` when `direct` and the filesystem takes it
+/// (tmpfs does not); says whether it did.
+fn open_pack(path: &Path, truncate: bool, direct: bool) -> io::Result<(File, bool)> {
+    let mut options = OpenOptions::new();
+    options
+        .create(true)
+        .truncate(truncate)
+        .read(true)
+        .write(true);
+    if direct {
+        match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((options.open(path)?, false))
+}
+
 /// Makes the folder's entries (a pack created or removed) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -242,19 +526,27 @@ impl ChunkStore {
             dir: dir.to_owned(),
             index: HashMap::new(),
             current: None,
+            direct_pack: false,
+            allow_direct: true,
+            direct: None,
             unsynced: 0,
             unflushed: 0,
             unsynced_chunks: Vec::new(),
             rotate: false,
-            pending: Vec::with_capacity(WRITE_BUFFER + HEADER + super::proto::LEGACY_CHUNK),
+            pending: Aligned::with_capacity(WRITE_BUFFER + HEADER + super::proto::LEGACY_CHUNK),
+            pending_from: 0,
+            written_to: 0,
             losses: 0,
             unsynced_tombstones: Vec::new(),
             tombstones_unqueued: false,
             #[cfg(test)]
             fail_next_sync: false,
+            #[cfg(test)]
+            fail_next_write: None,
             writeback: Writeback::default(),
             compressor: Compressor::default(),
             stored_bytes: 0,
+            readers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -262,9 +554,16 @@ impl ChunkStore {
     /// last pack is cut off (it was never part of a recovery point: those are cut only
     /// after a sync).
     pub fn open(dir: &Path) -> io::Result<ChunkStore> {
+        Self::open_with(dir, true)
+    }
+
+    /// [`ChunkStore::open`], writing packs with `O_DIRECT` only if `direct` (and the
+    /// filesystem takes it).
+    pub(crate) fn open_with(dir: &Path, direct: bool) -> io::Result<ChunkStore> {
         std::fs::create_dir_all(dir)?;
         let ids = pack_ids(dir)?;
         let mut store = ChunkStore::empty(dir);
+        store.allow_direct = direct;
         for (n, &id) in ids.iter().enumerate() {
             let valid = store.index_pack(id)?;
             let path = dir.join(pack_name(id));
@@ -275,10 +574,60 @@ impl ChunkStore {
                     file.set_len(valid)?;
                     file.sync_all()?;
                 }
-                store.current = Some((id, file, valid));
+                drop(file);
+                store.start_pack(id, false)?;
+                store.resume_at(valid)?;
             }
         }
         Ok(store)
+    }
+
+    /// Makes pack `id` the current one, empty or (not `truncate`) to be appended to once
+    /// [`ChunkStore::resume_at`] says where.
+    fn start_pack(&mut self, id: u32, truncate: bool) -> io::Result<()> {
+        let path = self.dir.join(pack_name(id));
+        let (mut file, mut direct) = open_pack(&path, truncate, self.allow_direct)?;
+        if direct && !self.direct_writer() {
+            // Opened with O_DIRECT, but the writer's thread did not start.
+            (file, direct) = open_pack(&path, truncate, false)?;
+        }
+        self.current = Some((id, Arc::new(file), 0));
+        self.direct_pack = direct;
+        self.pending.clear();
+        self.pending_from = 0;
+        self.written_to = 0;
+        Ok(())
+    }
+
+    /// The direct writer's thread is running (started now if need be).
+    fn direct_writer(&mut self) -> bool {
+        if self.direct.is_none() {
+            self.direct = DirectWriter::start().ok();
+        }
+        self.direct.is_some()
+    }
+
+    /// The current pack's records end at `end`: with `O_DIRECT`, the start of the block
+    /// they end in is read back, to be written again whole with the next records.
+    fn resume_at(&mut self, end: u64) -> io::Result<()> {
+        let Some((_, _, len)) = self.current.as_mut() else {
+            return Ok(());
+        };
+        *len = end;
+        self.pending.clear();
+        self.written_to = end;
+        if !self.direct_pack {
+            self.pending_from = end;
+            return Ok(());
+        }
+        self.pending_from = end - end % DIRECT_BLOCK as u64;
+        let mut head = vec![0u8; (end - self.pending_from) as usize];
+        if let Some((id, _, _)) = &self.current {
+            File::open(self.dir.join(pack_name(*id)))?
+                .read_exact_at(&mut head, self.pending_from)?;
+        }
+        self.pending.extend_from_slice(&head);
+        Ok(())
     }
 
     /// Reads a pack's record headers into the index (a tombstone takes its chunk out,
@@ -396,6 +745,12 @@ impl ChunkStore {
         self.unsynced += record_len;
         self.unflushed += record_len;
         self.unsynced_chunks.push(hash);
+        if self.direct_pack {
+            if self.pending.len() >= WRITE_BUFFER {
+                self.write_ahead()?;
+            }
+            return Ok(hash);
+        }
         if self.pending.len() >= WRITE_BUFFER {
             self.write_pending()?;
         }
@@ -431,15 +786,9 @@ impl ChunkStore {
                     self.unsynced_tombstones.clear();
                 }
             }
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(self.dir.join(pack_name(id)))?;
+            self.start_pack(id, false)?;
             // The new pack's name is durable before a point can name its chunks.
             sync_dir(&self.dir)?;
-            self.current = Some((id, file, 0));
             self.rotate = false;
         }
         Ok(())
@@ -447,20 +796,105 @@ impl ChunkStore {
 
     /// Writes the records kept in memory to the end of the current pack. When that
     /// fails, the chunks not yet synced are forgotten, as after a failed sync.
+    /// With `O_DIRECT`, the last partial block is written padded with zeros, every write
+    /// handed to the writer thread is waited for, and the file is cut back to where its
+    /// records end.
     fn write_pending(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
+        if !self.direct_pack {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let Some((_, file, _)) = &self.current else {
+                return Err(io::Error::other("no pack to write to"));
+            };
+            if let Err(err) = file.write_all_at(self.pending.as_slice(), self.pending_from) {
+                self.forget_unsynced();
+                return Err(err);
+            }
+            self.pending_from += self.pending.len() as u64;
+            self.written_to = self.pending_from;
+            self.pending.clear();
             return Ok(());
         }
-        let Some((_, file, len)) = &self.current else {
+        self.write_ahead()?;
+        let (Some((_, file, len)), Some(writer)) = (&self.current, &self.direct) else {
             return Err(io::Error::other("no pack to write to"));
         };
-        let at = *len - self.pending.len() as u64;
-        if let Err(err) = file.write_all_at(&self.pending, at) {
-            self.forget_unsynced();
+        // The partial block, unless it is on the disk as it is (after a sync).
+        let tail = self.written_to < *len && !self.pending.is_empty();
+        let handed = if tail {
+            let mut buffer = writer.buffer();
+            buffer.extend_from_slice(self.pending.as_slice());
+            let len = buffer.padded().len();
+            writer.hand(DirectWrite {
+                file: Arc::clone(file),
+                offset: self.pending_from,
+                buffer,
+                len,
+                #[cfg(test)]
+                fail: std::mem::take(&mut self.fail_next_write),
+            })
+        } else {
+            Ok(())
+        };
+        writer.wait();
+        let written = handed
+            .and_then(|()| writer.take_error().map_or(Ok(()), Err))
+            .and_then(|()| if tail { file.set_len(*len) } else { Ok(()) });
+        if let Err(err) = written {
+            self.failed_write(&err);
             return Err(err);
         }
-        self.pending.clear();
+        self.written_to = *len;
         Ok(())
+    }
+
+    /// Hands the pending records' whole blocks to the direct writer (the partial block
+    /// they end in stays pending), and reports an error an earlier write met.
+    fn write_ahead(&mut self) -> io::Result<()> {
+        let (Some((_, file, _)), Some(writer)) = (&self.current, &self.direct) else {
+            return Err(io::Error::other("no pack to write to"));
+        };
+        let whole = self.pending.len() / DIRECT_BLOCK * DIRECT_BLOCK;
+        let handed = if whole > 0 {
+            let mut next = writer.buffer();
+            next.extend_from_slice(&self.pending.as_slice()[whole..]);
+            let buffer = std::mem::replace(&mut self.pending, next);
+            let offset = self.pending_from;
+            self.pending_from += whole as u64;
+            self.written_to = self.written_to.max(self.pending_from);
+            writer.hand(DirectWrite {
+                file: Arc::clone(file),
+                offset,
+                buffer,
+                len: whole,
+                #[cfg(test)]
+                fail: std::mem::take(&mut self.fail_next_write),
+            })
+        } else {
+            Ok(())
+        };
+        if let Err(err) = handed.and_then(|()| writer.take_error().map_or(Ok(()), Err)) {
+            self.failed_write(&err);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// A direct write failed: as after a failed sync; and a filesystem that refused the
+    /// write as such (`EINVAL`: blocks it does not take) gets its next packs through the
+    /// page cache.
+    fn failed_write(&mut self, err: &io::Error) {
+        if err.raw_os_error() == Some(libc::EINVAL) {
+            self.allow_direct = false;
+        }
+        self.forget_unsynced();
+    }
+
+    /// The next direct write fails with error number `errno`, as a failing disk's would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&mut self, errno: i32) {
+        self.fail_next_write = Some(errno);
     }
 
     /// As when a write or sync fails (for tests of what follows).
@@ -547,7 +981,16 @@ impl ChunkStore {
         for hash in std::mem::take(&mut self.unsynced_chunks) {
             self.unindex(&hash);
         }
+        // Writes still under way belong to what is forgotten: their errors too.
+        if let Some(writer) = &self.direct {
+            writer.wait();
+            let _ = writer.take_error();
+        }
         self.pending.clear();
+        // Nothing of this pack is read from memory any more (the next chunk starts a
+        // new one).
+        self.pending_from = self.current.as_ref().map_or(0, |(_, _, len)| *len);
+        self.written_to = self.pending_from;
         self.unsynced = 0;
         self.rotate = true;
         self.losses += 1;
@@ -559,51 +1002,96 @@ impl ChunkStore {
 
     /// A chunk's bytes, checked against its address.
     pub fn get(&self, hash: &ChunkHash, raw_len: usize) -> Result<Vec<u8>, StoreError> {
-        if *hash == ZERO_CHUNK {
-            return Ok(vec![0; raw_len]);
+        match self.plan(hash, raw_len)? {
+            Planned::Ready(bytes) => Ok(bytes),
+            Planned::Read(read) => read.run(),
         }
-        let location = self
+    }
+
+    /// [`ChunkStore::get`] holding the store's lock only to find the chunk: the read from
+    /// its pack and the check happen after, so several threads read at once (a launch's
+    /// readers; a disk answers more reads in parallel than one after another).
+    pub fn get_from(
+        store: &Mutex<ChunkStore>,
+        hash: &ChunkHash,
+        raw_len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let planned = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plan(hash, raw_len)?;
+        match planned {
+            Planned::Ready(bytes) => Ok(bytes),
+            Planned::Read(read) => read.run(),
+        }
+    }
+
+    /// A chunk's bytes, or where to read them: a chunk of the pack being written is read
+    /// now (partly from memory, after the writes under way), one of an older pack later.
+    fn plan(&self, hash: &ChunkHash, raw_len: usize) -> Result<Planned, StoreError> {
+        if *hash == ZERO_CHUNK {
+            return Ok(Planned::Ready(vec![0; raw_len]));
+        }
+        let location = *self
             .index
             .get(hash)
             .ok_or_else(|| StoreError::Missing(hex(hash)))?;
-        let pack = pack_name(location.pack);
-        let damaged = |why: String| StoreError::Damaged {
-            hash: hex(hash),
-            pack: pack.clone(),
-            offset: location.offset,
-            why,
-        };
-        // A pack cut short or gone is damage too (it is what a bad disk leaves).
-        let unreadable = |err: io::Error| match err.kind() {
-            io::ErrorKind::UnexpectedEof => damaged(format!("its pack ends before it ({err})")),
-            io::ErrorKind::NotFound => damaged(format!("its pack is gone ({err})")),
-            _ => StoreError::Io(err),
-        };
+        let current = matches!(&self.current, Some((id, _, _)) if *id == location.pack);
+        if !current {
+            let file = self
+                .reader(location.pack)
+                .map_err(|err| unreadable(hash, &location, err))?;
+            return Ok(Planned::Read(PackRead {
+                file,
+                hash: *hash,
+                location,
+            }));
+        }
         let mut body = vec![0u8; location.stored_len as usize];
         let start = location.offset + HEADER as u64;
-        match &self.current {
-            // Still in memory: the pack ends with the pending records.
-            Some((id, _, len))
-                if *id == location.pack && location.offset >= *len - self.pending.len() as u64 =>
-            {
-                let at = (start - (*len - self.pending.len() as u64)) as usize;
-                let n = body.len();
-                body.copy_from_slice(&self.pending[at..at + n]);
+        // The current pack's last bytes are still in memory (with O_DIRECT, a record may
+        // begin on the disk and end in memory).
+        let on_disk = self.written_to.saturating_sub(start).min(body.len() as u64) as usize;
+        if on_disk > 0 {
+            if let Some(writer) = &self.direct {
+                writer.wait();
             }
-            _ => File::open(self.dir.join(&pack))
-                .and_then(|file| file.read_exact_at(&mut body, start))
-                .map_err(unreadable)?,
+            self.reader(location.pack)
+                .and_then(|file| file.read_exact_at(&mut body[..on_disk], start))
+                .map_err(|err| unreadable(hash, &location, err))?;
         }
-        let bytes = if location.compressed {
-            lz4_flex::block::decompress(&body, location.raw_len as usize)
-                .map_err(|err| damaged(format!("it does not decompress ({err})")))?
-        } else {
-            body
+        if on_disk < body.len() {
+            let at = (start + on_disk as u64 - self.pending_from) as usize;
+            let n = body.len() - on_disk;
+            body[on_disk..].copy_from_slice(&self.pending.as_slice()[at..at + n]);
+        }
+        decode(hash, &location, body).map(Planned::Ready)
+    }
+
+    /// Pack `id`, through a handle kept open, so consecutive reads (a launch's) get the
+    /// kernel's read-ahead; a pack removed under the store is `NotFound`, as if it were
+    /// opened anew.
+    fn reader(&self, id: u32) -> io::Result<Arc<File>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match readers.get(&id) {
+            Some(file) => Arc::clone(file),
+            None => {
+                if readers.len() >= READERS {
+                    readers.clear();
+                }
+                let file = Arc::new(File::open(self.dir.join(pack_name(id)))?);
+                readers.insert(id, Arc::clone(&file));
+                file
+            }
         };
-        if chunk_hash(&bytes) != *hash {
-            return Err(damaged("its content does not match its address".to_owned()));
+        if file.metadata()?.nlink() == 0 {
+            readers.remove(&id);
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the pack was removed",
+            ));
         }
-        Ok(bytes)
+        Ok(file)
     }
 
     /// Forgets chunks found damaged (or missing), so each is stored again when it comes
@@ -659,18 +1147,10 @@ impl ChunkStore {
         let first_new = old.last().copied().unwrap_or(0) + 1;
         let mut moved = ChunkStore::empty(&self.dir);
         moved.losses = self.losses;
+        moved.allow_direct = self.allow_direct;
         // Start numbering after the old packs, so a crash halfway leaves both copies
         // and opening the store indexes each chunk once (the newer wins).
-        moved.current = Some((
-            first_new,
-            OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(self.dir.join(pack_name(first_new)))?,
-            0,
-        ));
+        moved.start_pack(first_new, true)?;
         let mut damaged = false;
         for (hash, loc) in keep {
             match self.get(&hash, loc.raw_len as usize) {
@@ -713,6 +1193,7 @@ impl Drop for ChunkStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::proto::CHUNK;
     use super::*;
 
     fn chunk(seed: u8) -> Vec<u8> {
@@ -734,35 +1215,63 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn records_wait_in_memory_until_a_megabyte_or_a_sync_and_are_read_from_there() {
-        let dir = tempdir("pending");
+    /// Waits for the direct writer, so a test sees on the disk what was handed to it.
+    fn settled(store: &ChunkStore) -> &ChunkStore {
+        if let Some(writer) = &store.direct {
+            writer.wait();
+        }
+        store
+    }
+
+    fn records_wait_in_memory_until_a_megabyte_or_a_sync(direct: bool) {
+        let dir = tempdir(if direct { "pending-direct" } else { "pending" });
         let pack = dir.join(pack_name(1));
-        let on_disk = || std::fs::metadata(&pack).map(|m| m.len()).unwrap_or(0);
-        let mut store = ChunkStore::open(&dir).expect("open");
+        let on_disk = |store: &ChunkStore| {
+            settled(store);
+            std::fs::metadata(&pack).map(|m| m.len()).unwrap_or(0)
+        };
+        let mut store = ChunkStore::open_with(&dir, direct).expect("open");
         let record = (HEADER + super::super::proto::CHUNK) as u64;
         let mut hashes = Vec::new();
         for seed in 1..=10 {
             hashes.push(store.put(&noise(seed)).expect("put"));
         }
-        assert_eq!(on_disk(), 0, "ten records wait in memory");
+        assert_eq!(
+            store.direct_pack, direct,
+            "O_DIRECT is used where asked for (the temporary folder's filesystem must take it)"
+        );
+        assert_eq!(on_disk(&store), 0, "ten records wait in memory");
         for (seed, hash) in (1..=10).zip(&hashes) {
             assert_eq!(
                 store.get(hash, noise(seed).len()).expect("get"),
                 noise(seed)
             );
         }
-        // Past a megabyte they are written in one go; the rest keep waiting.
+        // Past a megabyte they are written in one go; the rest keep waiting (with
+        // O_DIRECT, whole blocks are written, and the partial one they end in waits).
         let mut seed = 10;
-        while on_disk() == 0 && seed < 200 {
+        while on_disk(&store) == 0 && seed < 200 {
             seed += 1;
             hashes.push(store.put(&noise(seed)).expect("put"));
         }
-        assert!(on_disk() >= WRITE_BUFFER as u64, "{}", on_disk());
-        assert_eq!(on_disk() % record, 0);
+        assert!(
+            on_disk(&store) >= WRITE_BUFFER as u64,
+            "{}",
+            on_disk(&store)
+        );
+        if direct {
+            assert_eq!(on_disk(&store) % DIRECT_BLOCK as u64, 0);
+            assert_ne!(
+                store.pending_from % record,
+                0,
+                "a record begins on the disk and ends in memory"
+            );
+        } else {
+            assert_eq!(on_disk(&store) % record, 0);
+        }
         seed += 1;
         hashes.push(store.put(&noise(seed)).expect("put"));
-        assert!(on_disk() < seed * record, "the last one waits");
+        assert!(on_disk(&store) < seed * record, "the last one waits");
         for (seed, hash) in (1..).zip(&hashes) {
             assert_eq!(
                 store.get(hash, noise(seed).len()).expect("get"),
@@ -770,15 +1279,105 @@ mod tests {
             );
         }
         store.sync().expect("sync");
-        assert_eq!(on_disk(), seed * record, "a sync writes what waits first");
+        assert_eq!(
+            on_disk(&store),
+            seed * record,
+            "a sync writes what waits first, and the pack ends where its records do"
+        );
         // One more, then the store is closed without a sync: it is written on the way.
         let last = store.put(&noise(seed + 1)).expect("put");
         drop(store);
-        let store = ChunkStore::open(&dir).expect("reopen");
+        let mut store = ChunkStore::open_with(&dir, direct).expect("reopen");
         assert_eq!(store.chunk_count(), hashes.len() + 1);
         assert_eq!(
             store.get(&last, noise(seed + 1).len()).expect("get"),
             noise(seed + 1)
+        );
+        // Reopened, the store appends after the last record (which ends inside a block)
+        // without harming it.
+        let more: Vec<_> = (seed + 2..seed + 80)
+            .map(|seed| store.put(&noise(seed)).expect("put"))
+            .collect();
+        store.sync().expect("sync");
+        drop(store);
+        let store = ChunkStore::open_with(&dir, direct).expect("reopen");
+        assert_eq!(store.chunk_count(), hashes.len() + 1 + more.len());
+        for (seed, hash) in (1..).zip(&hashes).chain((seed + 2..).zip(&more)) {
+            assert_eq!(
+                store.get(hash, noise(seed).len()).expect("get"),
+                noise(seed)
+            );
+        }
+        assert_eq!(on_disk(&store), (seed + 79) * record);
+    }
+
+    #[test]
+    fn records_wait_in_memory_until_a_megabyte_or_a_sync_and_are_read_from_there() {
+        records_wait_in_memory_until_a_megabyte_or_a_sync(false);
+    }
+
+    #[test]
+    fn with_o_direct_whole_blocks_are_written_and_a_record_is_read_across_disk_and_memory() {
+        records_wait_in_memory_until_a_megabyte_or_a_sync(true);
+    }
+
+    /// A direct write fails with `errno` after one chunk was synced: the error comes
+    /// back, what was not synced is forgotten, and the next chunk starts pack 2 (with
+    /// O_DIRECT or not, as returned).
+    fn a_failed_direct_write(name: &str, errno: i32) -> bool {
+        let dir = tempdir(name);
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let kept = store.put(&noise(1)).expect("put");
+        store.sync().expect("sync");
+        assert!(
+            store.direct_pack,
+            "the temporary folder's filesystem takes O_DIRECT"
+        );
+        store.fail_next_write(errno);
+        // The error comes back at the next write handed over, or at the sync.
+        let mut lost = Vec::new();
+        let mut reported = None;
+        for seed in 2..200 {
+            match store.put(&noise(seed)) {
+                Ok(hash) => lost.push(hash),
+                Err(err) => {
+                    reported = Some(err);
+                    break;
+                }
+            }
+        }
+        let reported = match reported {
+            Some(err) => err,
+            None => store.sync().expect_err("the failed write is reported"),
+        };
+        assert_eq!(reported.raw_os_error(), Some(errno), "{reported}");
+        assert_eq!(store.losses(), 1);
+        assert!(lost.iter().all(|hash| !store.contains(hash)), "forgotten");
+        assert_eq!(store.get(&kept, CHUNK).expect("synced before"), noise(1));
+        let again = store.put(&noise(2)).expect("put");
+        let direct = store.direct_pack;
+        store.sync().expect("sync");
+        assert_eq!(pack_ids(&dir).expect("packs"), vec![1, 2], "a new pack");
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&kept, CHUNK).expect("get"), noise(1));
+        assert_eq!(store.get(&again, CHUNK).expect("get"), noise(2));
+        direct
+    }
+
+    #[test]
+    fn a_failed_direct_write_forgets_what_was_not_synced_and_the_next_chunk_starts_a_new_pack() {
+        assert!(
+            a_failed_direct_write("direct-fails", libc::EIO),
+            "the next pack is written with O_DIRECT too"
+        );
+    }
+
+    #[test]
+    fn a_filesystem_that_refuses_a_direct_write_gets_the_next_pack_through_the_page_cache() {
+        assert!(
+            !a_failed_direct_write("direct-refused", libc::EINVAL),
+            "after EINVAL the next pack goes through the page cache"
         );
     }
 
