@@ -8,9 +8,8 @@
 //!
 //! Where the staging folder's filesystem takes it, packs are written with `O_DIRECT`, in
 //! whole 4 KiB blocks, by a thread of their own ([`DirectWriter`]): the chunks are not
-//! copied into the page cache (on this machine that copy was half of the applier's time,
-//! and the page cache took a third of what the disk takes; BENCHMARKS.md), and the next
-//! chunks are hashed while the disk takes these. The last partial block stays in memory
+//! copied into the page cache (on this machine that copy was half of the applier's time;
+//! `super::direct`), and the next chunks are hashed while the disk takes these. The last partial block stays in memory
 //! and is written again, whole, with the records that follow it; a sync writes it padded
 //! with zeros and then cuts the file back to where its records end. Elsewhere (tmpfs)
 //! packs are written through the page cache and flushed in the background.
@@ -18,10 +17,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::direct::{Aligned, DIRECT_BLOCK};
 use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
 
 const MAGIC: &[u8; 4] = b"WLC1";
@@ -38,9 +38,6 @@ const PACK_LIMIT: u64 = 1 << 30;
 /// records costs the page cache a fraction of one write per record (whose ends fall
 /// inside pages, which the kernel zeroes first).
 const WRITE_BUFFER: usize = 1 << 20;
-/// `O_DIRECT` writes start and end on multiples of this, from memory aligned to it
-/// (4 KiB covers disks of 512-byte and of 4 KiB sectors).
-const DIRECT_BLOCK: usize = 4096;
 /// Writes handed to the direct writer and not yet done, at most (besides the one under
 /// way): the applier waits past this, as it would for a slow disk.
 const DIRECT_QUEUE: usize = 2;
@@ -248,73 +245,6 @@ impl Writeback {
     }
 }
 
-/// A byte buffer whose first byte sits at an address aligned to `DIRECT_BLOCK`, as
-/// `O_DIRECT` needs, without `unsafe`: a vector one block longer, used from its first
-/// aligned byte on.
-struct Aligned {
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn with_capacity(capacity: usize) -> Aligned {
-        let raw = vec![0u8; capacity + DIRECT_BLOCK];
-        let start = raw.as_ptr().align_offset(DIRECT_BLOCK);
-        Aligned { raw, start, len: 0 }
-    }
-
-    fn capacity(&self) -> usize {
-        self.raw.len() - self.start
-    }
-
-    /// Room for `more` bytes past the end.
-    fn reserve(&mut self, more: usize) {
-        let needed = self.len + more;
-        if needed > self.capacity() {
-            let mut grown = Aligned::with_capacity(needed.max(2 * self.capacity()));
-            grown.extend_from_slice(self.as_slice());
-            *self = grown;
-        }
-    }
-
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        self.reserve(bytes.len());
-        let at = self.start + self.len;
-        self.raw[at..at + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    fn push(&mut self, byte: u8) {
-        self.extend_from_slice(&[byte]);
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// The bytes padded with zeros to whole blocks (the bytes stay as they are).
-    fn padded(&mut self) -> &[u8] {
-        let end = self.len.next_multiple_of(DIRECT_BLOCK);
-        self.reserve(end - self.len);
-        let (from, to) = (self.start + self.len, self.start + end);
-        self.raw[from..to].fill(0);
-        &self.raw[self.start..to]
-    }
-}
-
 /// One write for the direct writer: `len` bytes of `buffer` (whole blocks) at `offset`.
 struct DirectWrite {
     file: Arc<File>,
@@ -334,6 +264,19 @@ struct Progress {
     done: u64,
     error: Option<io::Error>,
     spare: Vec<Aligned>,
+    /// The thread ended (it only does if it panicked while the store lives).
+    ended: bool,
+}
+
+/// Says the writer's thread ended, however it ends, so no one waits for it in vain.
+struct Ended(Arc<(Mutex<Progress>, Condvar)>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let (lock, changed) = &*self.0;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+        changed.notify_all();
+    }
 }
 
 /// A thread that makes a store's `O_DIRECT` writes, in the order they are handed to it,
@@ -353,6 +296,7 @@ impl DirectWriter {
         std::thread::Builder::new()
             .name("wl-pack-write".to_owned())
             .spawn(move || {
+                let _ended = Ended(Arc::clone(&shared));
                 for write in queue {
                     let written = Self::write(&write);
                     let (lock, changed) = &*shared;
@@ -375,10 +319,24 @@ impl DirectWriter {
         if let Some(errno) = write.fail {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        let start = write.buffer.start;
-        write
-            .file
-            .write_all_at(&write.buffer.raw[start..start + write.len], write.offset)
+        // One write: a short one (a full disk) is an error, not a rest to write at an
+        // offset O_DIRECT refuses (EINVAL, which would turn O_DIRECT off).
+        let bytes = write.buffer.head(write.len);
+        loop {
+            return match write.file.write_at(bytes, write.offset) {
+                Ok(n) if n == bytes.len() => Ok(()),
+                Ok(n) => Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "the disk took {n} of {} bytes at byte {} of the pack",
+                        bytes.len(),
+                        write.offset
+                    ),
+                )),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => Err(err),
+            };
+        }
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
@@ -402,17 +360,33 @@ impl DirectWriter {
         })
     }
 
-    /// Waits until every write handed over is done.
+    /// Waits until every write handed over is done (or the thread ended: then the
+    /// writes not done are an error, as a failing disk's).
     fn wait(&self) {
         let (_, changed) = &*self.progress;
         let mut progress = self.progress();
-        while progress.done < progress.handed {
+        while progress.done < progress.handed && !progress.ended {
             progress = changed.wait(progress).unwrap_or_else(|p| p.into_inner());
+        }
+        if progress.done < progress.handed {
+            progress.done = progress.handed;
+            progress
+                .error
+                .get_or_insert_with(|| io::Error::other("the pack writer thread ended"));
         }
     }
 
     fn take_error(&self) -> Option<io::Error> {
         self.progress().error.take()
+    }
+
+    /// A write failed and the store has not seen it yet.
+    fn failed(&self) -> bool {
+        self.progress().error.is_some()
+    }
+
+    fn ended(&self) -> bool {
+        self.progress().ended
     }
 }
 
@@ -486,14 +460,7 @@ fn open_pack(path: &Path, truncate: bool, direct: bool) -> io::Result<(File, boo
         .truncate(truncate)
         .read(true)
         .write(true);
-    if direct {
-        match options.clone().custom_flags(libc::O_DIRECT).open(path) {
-            Ok(file) => return Ok((file, true)),
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok((options.open(path)?, false))
+    super::direct::open(&options, path, direct)
 }
 
 /// Makes the folder's entries (a pack created or removed) durable.
@@ -572,11 +539,22 @@ impl ChunkStore {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
                 if file.metadata()?.len() != valid {
                     file.set_len(valid)?;
-                    file.sync_all()?;
                 }
+                // Its records may be in the page cache only (the process ended before a
+                // sync): a point may name them, as the store holds them, once they are
+                // durable.
+                file.sync_all()?;
                 drop(file);
                 store.start_pack(id, false)?;
-                store.resume_at(valid)?;
+                if store.resume_at(valid).is_err() {
+                    // Its last block cannot be read back to be written again whole: the
+                    // next chunk starts a new pack, and the records before stay where
+                    // they are (a damaged one is found when it is read).
+                    store.pending.clear();
+                    store.pending_from = valid;
+                    store.written_to = valid;
+                    store.rotate = true;
+                }
             }
         }
         Ok(store)
@@ -601,6 +579,9 @@ impl ChunkStore {
 
     /// The direct writer's thread is running (started now if need be).
     fn direct_writer(&mut self) -> bool {
+        if self.direct.as_ref().is_some_and(DirectWriter::ended) {
+            self.direct = None;
+        }
         if self.direct.is_none() {
             self.direct = DirectWriter::start().ok();
         }
@@ -1055,6 +1036,12 @@ impl ChunkStore {
         if on_disk > 0 {
             if let Some(writer) = &self.direct {
                 writer.wait();
+                // Not damage: the records not synced are forgotten at the next write.
+                if writer.failed() {
+                    return Err(StoreError::Io(io::Error::other(
+                        "a write to the pack failed; what was not synced is written again",
+                    )));
+                }
             }
             self.reader(location.pack)
                 .and_then(|file| file.read_exact_at(&mut body[..on_disk], start))
