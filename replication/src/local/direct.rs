@@ -31,9 +31,28 @@ pub fn open(options: &OpenOptions, path: &Path, direct: bool) -> io::Result<(Fil
 /// zeros to whole blocks (the caller cuts the file back if that passed its end).
 pub fn write_at(file: &File, buf: &mut Aligned, offset: u64, direct: bool) -> io::Result<()> {
     if direct {
-        file.write_all_at(buf.padded(), offset)
+        write_whole(file, buf.padded(), offset)
     } else {
         file.write_all_at(buf.as_slice(), offset)
+    }
+}
+
+/// One direct write of `bytes` at `offset`: a short one (a full disk) is an error, not a
+/// rest to write at an offset `O_DIRECT` refuses (`EINVAL`).
+pub fn write_whole(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    loop {
+        return match file.write_at(bytes, offset) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the disk took {n} of {} bytes written at byte {offset}",
+                    bytes.len()
+                ),
+            )),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => Err(err),
+        };
     }
 }
 
@@ -128,7 +147,6 @@ impl Aligned {
         self.len = 0;
     }
 
-    /// The bytes padded with zeros to whole blocks (the bytes stay as they are).
     /// The first `n` bytes of the buffer's room (past `len`: whatever is there, zeros
     /// after [`Aligned::padded`]).
     pub fn head(&self, n: usize) -> &[u8] {
@@ -140,6 +158,7 @@ impl Aligned {
         &mut self.raw[self.start..self.start + n]
     }
 
+    /// The bytes padded with zeros to whole blocks (the bytes stay as they are).
     pub fn padded(&mut self) -> &[u8] {
         let end = self.len.next_multiple_of(DIRECT_BLOCK);
         self.reserve(end - self.len);

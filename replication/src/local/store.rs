@@ -319,24 +319,7 @@ impl DirectWriter {
         if let Some(errno) = write.fail {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        // One write: a short one (a full disk) is an error, not a rest to write at an
-        // offset O_DIRECT refuses (EINVAL, which would turn O_DIRECT off).
-        let bytes = write.buffer.head(write.len);
-        loop {
-            return match write.file.write_at(bytes, write.offset) {
-                Ok(n) if n == bytes.len() => Ok(()),
-                Ok(n) => Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!(
-                        "the disk took {n} of {} bytes at byte {} of the pack",
-                        bytes.len(),
-                        write.offset
-                    ),
-                )),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => Err(err),
-            };
-        }
+        super::direct::write_whole(&write.file, write.buffer.head(write.len), write.offset)
     }
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
@@ -378,11 +361,6 @@ impl DirectWriter {
 
     fn take_error(&self) -> Option<io::Error> {
         self.progress().error.take()
-    }
-
-    /// A write failed and the store has not seen it yet.
-    fn failed(&self) -> bool {
-        self.progress().error.is_some()
     }
 
     fn ended(&self) -> bool {
@@ -541,15 +519,16 @@ impl ChunkStore {
                     file.set_len(valid)?;
                 }
                 // Its records may be in the page cache only (the process ended before a
-                // sync): a point may name them, as the store holds them, once they are
-                // durable.
-                file.sync_all()?;
+                // sync), and a point may name them as the store holds them: they are
+                // synced now. If that fails, they stay (each is checked when read), and
+                // the next chunk starts a new pack.
+                let synced = file.sync_all().is_ok();
                 drop(file);
                 store.start_pack(id, false)?;
-                if store.resume_at(valid).is_err() {
-                    // Its last block cannot be read back to be written again whole: the
-                    // next chunk starts a new pack, and the records before stay where
-                    // they are (a damaged one is found when it is read).
+                if !synced || store.resume_at(valid).is_err() {
+                    // Or its last block cannot be read back to be written again whole:
+                    // the records before stay where they are (a damaged one is found
+                    // when it is read).
                     store.pending.clear();
                     store.pending_from = valid;
                     store.written_to = valid;
@@ -1034,14 +1013,10 @@ impl ChunkStore {
         // begin on the disk and end in memory).
         let on_disk = self.written_to.saturating_sub(start).min(body.len() as u64) as usize;
         if on_disk > 0 {
+            // After a failed write, what it held reads as damage, and is forgotten as
+            // such (the sync that writes its tombstones takes the error too).
             if let Some(writer) = &self.direct {
                 writer.wait();
-                // Not damage: the records not synced are forgotten at the next write.
-                if writer.failed() {
-                    return Err(StoreError::Io(io::Error::other(
-                        "a write to the pack failed; what was not synced is written again",
-                    )));
-                }
             }
             self.reader(location.pack)
                 .and_then(|file| file.read_exact_at(&mut body[..on_disk], start))
