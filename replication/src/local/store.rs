@@ -529,6 +529,9 @@ impl ChunkStore {
                     // Or its last block cannot be read back to be written again whole:
                     // the records before stay where they are (a damaged one is found
                     // when it is read).
+                    if let Some((_, _, len)) = store.current.as_mut() {
+                        *len = valid;
+                    }
                     store.pending.clear();
                     store.pending_from = valid;
                     store.written_to = valid;
