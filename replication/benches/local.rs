@@ -100,13 +100,19 @@ fn thread_cpu_seconds(name: &str) -> Result<f64> {
     Ok(total)
 }
 
-fn arg(name: &str, default: u64) -> u64 {
+/// The whole number after `name` on the command line, or `default` without one; a
+/// missing or malformed value is an error that names the flag.
+fn arg(name: &str, default: u64) -> Result<u64> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    let Some(at) = args.iter().position(|a| a == name) else {
+        return Ok(default);
+    };
+    let value = args
+        .get(at + 1)
+        .ok_or_else(|| format!("{name} needs a value (a whole number)"))?;
+    Ok(value
+        .parse()
+        .map_err(|_| format!("{name}: `{value}` is not a whole number"))?)
 }
 
 /// An image of random (incompressible) data: the agent's worst case.
@@ -358,8 +364,10 @@ fn percentile(samples: &mut [f64], percent: usize) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let size = arg("--size-gib", 4) << 30;
-    let seconds = arg("--seconds", 10);
+    let size = arg("--size-gib", 4)? << 30;
+    let seconds = arg("--seconds", 10)?;
+    let scan_ms = arg("--scan-ms", 100)?;
+    let load_of = arg("--load-of", 0)?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-local");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
@@ -418,7 +426,7 @@ async fn main() -> Result<()> {
         disks: vec![image.clone()],
         state_dir: root.join("agent"),
         bandwidth_mbit: None,
-        scan_interval: Duration::from_millis(arg("--scan-ms", 100)),
+        scan_interval: Duration::from_millis(scan_ms),
         point_interval: Duration::from_secs(3600),
         give_up_after: Duration::from_secs(60),
     };
@@ -478,7 +486,7 @@ async fn main() -> Result<()> {
     for fraction in [0.25, 0.5, 0.9] {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let of = match arg("--load-of", 0) {
+        let of = match load_of {
             0 => rate,
             mib_s => mib_s as f64 * MIB,
         };
