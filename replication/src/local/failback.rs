@@ -346,7 +346,7 @@ impl LocalEngine {
                 return Ok(RestoreStep::Run {
                     template: "local-restore".to_owned(),
                     facts: self.restore_facts(index),
-                    input: restore::compare_request(&disks, meta.chunk, &maps),
+                    input: restore::compare_request(&disks, (meta.chunk, meta.hash), &maps),
                     what: format!(
                         "compare the source's disks with the copy's recovery point rp-{seq:06}"
                     ),
@@ -459,7 +459,7 @@ impl LocalEngine {
                 hash: *hash,
             })
             .collect();
-        let input = restore::write_request(&disks, meta.chunk, &records);
+        let input = restore::write_request(&disks, (meta.chunk, meta.hash), &records);
         failback.in_flight = records.len();
         failback.awaiting = Some("write".to_owned());
         self.keep_failback(index, &failback)?;

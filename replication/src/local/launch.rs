@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::direct::Aligned;
-use super::proto::{ZERO_CHUNK, chunk_hash, chunk_len};
+use super::proto::{ChunkHasher, ZERO_CHUNK, chunk_len};
 use super::server::lock;
 use super::store::{ChunkStore, StoreError};
 use super::volume::Volume;
@@ -73,6 +73,7 @@ pub fn launch(spec: &LaunchSpec<'_>) -> Result<Launched, String> {
             map,
             size: disk.size,
             chunk: meta.chunk,
+            hasher: meta.hash,
             direct,
         };
         // The image is read back and checked in a thread of its own while it is
@@ -343,6 +344,7 @@ struct Check<'a> {
     map: &'a [super::proto::ChunkHash],
     size: u64,
     chunk: usize,
+    hasher: ChunkHasher,
     /// Read with `O_DIRECT` (the image was written so: read-ahead through the page cache
     /// could keep blocks from before they were written).
     direct: bool,
@@ -388,7 +390,7 @@ impl Check<'_> {
                     let index = first + i;
                     let at = i * self.chunk;
                     let n = chunk_len(self.size, self.chunk, index as u64);
-                    if chunk_hash(&bytes[at..at + n]) != *hash {
+                    if self.hasher.hash(&bytes[at..at + n]) != *hash {
                         return Some(format!(
                             "{} differs from the recovery point at byte {}",
                             self.path.display(),
@@ -554,6 +556,7 @@ mod tests {
                 map: &maps[0],
                 size: disk.len() as u64,
                 chunk: CHUNK,
+                hasher: ChunkHasher::NEW,
                 direct,
             };
             let checked = |ranges: Vec<Range<usize>>| {

@@ -364,12 +364,38 @@ pub type ChunkHash = [u8; 32];
 /// The address that stands for a chunk of zeros, which the store never holds.
 pub const ZERO_CHUNK: ChunkHash = [0; 32];
 
-pub fn chunk_hash(bytes: &[u8]) -> ChunkHash {
-    use sha2::Digest;
-    if bytes.iter().all(|&b| b == 0) {
-        return ZERO_CHUNK;
+/// How a volume's chunks are addressed. A volume keeps the one it started with (each
+/// recovery point records it, as it records the chunk size), so a staging folder
+/// written with SHA-256 reads on; a volume that starts now uses BLAKE3, which costs the
+/// replication server about a third of SHA-256's CPU per byte on this machine (both
+/// with the CPU's own instructions; BENCHMARKS.md). Both are cryptographic: a source
+/// cannot make a chunk that takes the address of another's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkHasher {
+    /// Points written before the hash was recorded.
+    #[default]
+    Sha256,
+    Blake3,
+}
+
+impl ChunkHasher {
+    /// What a volume that starts now uses.
+    pub const NEW: ChunkHasher = ChunkHasher::Blake3;
+
+    /// The address of a chunk: [`ZERO_CHUNK`] for zeros, else its hash.
+    pub fn hash(self, bytes: &[u8]) -> ChunkHash {
+        if bytes.iter().all(|&b| b == 0) {
+            return ZERO_CHUNK;
+        }
+        match self {
+            ChunkHasher::Sha256 => {
+                use sha2::Digest;
+                sha2::Sha256::digest(bytes).into()
+            }
+            ChunkHasher::Blake3 => *blake3::hash(bytes).as_bytes(),
+        }
     }
-    sha2::Sha256::digest(bytes).into()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -461,5 +487,32 @@ mod tests {
             ..data
         };
         assert!(lying.into_bytes().is_err());
+    }
+
+    #[test]
+    fn chunk_addresses_are_the_named_hash_and_zeros_are_the_zero_address() {
+        assert_eq!(
+            hex(&ChunkHasher::Sha256.hash(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&ChunkHasher::Blake3.hash(b"abc")),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        for hasher in [ChunkHasher::Sha256, ChunkHasher::Blake3] {
+            assert_eq!(hasher.hash(&[0u8; CHUNK]), ZERO_CHUNK);
+        }
+        // Written as a word; absent (points from before it was recorded) is SHA-256.
+        assert_eq!(
+            serde_json::to_string(&ChunkHasher::Blake3).expect("json"),
+            "\"blake3\""
+        );
+        #[derive(Deserialize)]
+        struct Meta {
+            #[serde(default)]
+            hash: ChunkHasher,
+        }
+        let meta: Meta = serde_json::from_str("{}").expect("json");
+        assert_eq!(meta.hash, ChunkHasher::Sha256);
     }
 }

@@ -8,14 +8,15 @@
 //!   zeros for a chunk of zeros); the answer names the chunks whose content on
 //!   the disk differs: `{"differ":[[disk,chunk],...],"read":BYTES}`.
 //! - `write`: a header line, then records (disk u16, chunk u64, length u32, codec u8,
-//!   payload length u32, SHA-256 of the chunk, payload); each chunk is checked against
+//!   payload length u32, the chunk's address, payload); each chunk is checked against
 //!   its address before it is written, the disks are synced, and every written chunk is
 //!   read back and checked again: `{"written":CHUNKS,"bytes":BYTES}`.
 //!
 //! The header is `{"mode":"compare"|"write","disks":[{"name":PATH,"size":BYTES}],
-//! "chunk":BYTES}`, the chunk size of the copy's recovery point (64 KiB when absent, as
-//! before sizes were recorded). A disk smaller than the copy's is refused before
-//! anything is written.
+//! "chunk":BYTES,"hash":"sha256"|"blake3"}`: the chunk size of the copy's recovery point
+//! (64 KiB when absent, as before sizes were recorded) and what its addresses are hashes
+//! of (SHA-256 when absent, as before that was recorded). A disk smaller than the
+//! copy's is refused before anything is written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -23,7 +24,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{BLOCK, ChunkHash, DiskInfo, LEGACY_CHUNK, chunk_count, chunk_hash, chunk_len};
+use super::proto::{BLOCK, ChunkHash, ChunkHasher, DiskInfo, LEGACY_CHUNK, chunk_count, chunk_len};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +39,8 @@ pub struct Header {
     pub disks: Vec<DiskInfo>,
     #[serde(default = "legacy_chunk")]
     pub chunk: usize,
+    #[serde(default)]
+    pub hash: ChunkHasher,
 }
 
 fn legacy_chunk() -> usize {
@@ -70,8 +73,12 @@ const CODEC_RAW: u8 = 0;
 const CODEC_LZ4: u8 = 1;
 
 /// A `compare` request for these disks and their chunk maps.
-pub fn compare_request(disks: &[DiskInfo], chunk: usize, maps: &[Vec<ChunkHash>]) -> Vec<u8> {
-    let mut out = header(Mode::Compare, disks, chunk);
+pub fn compare_request(
+    disks: &[DiskInfo],
+    (chunk, hash): (usize, ChunkHasher),
+    maps: &[Vec<ChunkHash>],
+) -> Vec<u8> {
+    let mut out = header(Mode::Compare, disks, chunk, hash);
     for map in maps {
         for hash in map {
             out.extend_from_slice(hash);
@@ -81,8 +88,12 @@ pub fn compare_request(disks: &[DiskInfo], chunk: usize, maps: &[Vec<ChunkHash>]
 }
 
 /// A `write` request carrying these chunks, compressed where that pays.
-pub fn write_request(disks: &[DiskInfo], chunk: usize, records: &[Record<'_>]) -> Vec<u8> {
-    let mut out = header(Mode::Write, disks, chunk);
+pub fn write_request(
+    disks: &[DiskInfo],
+    (chunk, hash): (usize, ChunkHasher),
+    records: &[Record<'_>],
+) -> Vec<u8> {
+    let mut out = header(Mode::Write, disks, chunk, hash);
     for record in records {
         let compressed = lz4_flex::block::compress(record.bytes);
         let (codec, payload) = if compressed.len() < record.bytes.len() {
@@ -101,11 +112,12 @@ pub fn write_request(disks: &[DiskInfo], chunk: usize, records: &[Record<'_>]) -
     out
 }
 
-fn header(mode: Mode, disks: &[DiskInfo], chunk: usize) -> Vec<u8> {
+fn header(mode: Mode, disks: &[DiskInfo], chunk: usize, hash: ChunkHasher) -> Vec<u8> {
     let header = Header {
         mode,
         disks: disks.to_vec(),
         chunk,
+        hash,
     };
     let mut out = serde_json::to_vec(&header).unwrap_or_default();
     out.push(b'\n');
@@ -193,7 +205,7 @@ fn compare(input: &mut impl Read, header: &Header, files: &[File]) -> io::Result
             let len = chunk_len(disk.size, size, chunk);
             file.read_exact_at(&mut buffer[..len], chunk * size as u64)?;
             answer.read += len as u64;
-            if chunk_hash(&buffer[..len]) != expected {
+            if header.hash.hash(&buffer[..len]) != expected {
                 answer.differ.push((index as u16, chunk));
             }
         }
@@ -241,7 +253,7 @@ fn write(input: &mut impl Read, header: &Header, files: &[File]) -> io::Result<W
                 .map_err(|err| invalid(format!("chunk {chunk} does not decompress: {err}")))?,
             other => return Err(invalid(format!("unknown codec {other}"))),
         };
-        if bytes.len() != len || chunk_hash(&bytes) != hash {
+        if bytes.len() != len || header.hash.hash(&bytes) != hash {
             return Err(invalid(format!(
                 "chunk {chunk} of {} arrived damaged (its content does not match its address); what came before it was written",
                 info.name
@@ -260,7 +272,7 @@ fn write(input: &mut impl Read, header: &Header, files: &[File]) -> io::Result<W
         let info = &disks[disk as usize];
         let len = chunk_len(info.size, size, chunk);
         files[disk as usize].read_exact_at(&mut buffer[..len], chunk * size as u64)?;
-        if chunk_hash(&buffer[..len]) != hash {
+        if header.hash.hash(&buffer[..len]) != hash {
             return Err(invalid(format!(
                 "chunk {chunk} of {} reads back other than it was written: check the disk",
                 info.name
@@ -294,13 +306,13 @@ mod tests {
 
     #[test]
     fn compare_then_write_makes_the_disk_the_copy() {
-        // Today's chunks, and those of a staging folder from before sizes were recorded.
-        for chunk in [super::super::proto::CHUNK, LEGACY_CHUNK] {
-            compare_then_write_with(chunk);
-        }
+        // Today's chunks and addresses, and those of a staging folder from before sizes
+        // and hashes were recorded.
+        compare_then_write_with(super::super::proto::CHUNK, ChunkHasher::NEW);
+        compare_then_write_with(LEGACY_CHUNK, ChunkHasher::Sha256);
     }
 
-    fn compare_then_write_with(chunk: usize) {
+    fn compare_then_write_with(chunk: usize, hasher: ChunkHasher) {
         let dir = std::env::temp_dir().join(format!("wl-restore-{}-{chunk}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("disk.img");
@@ -315,10 +327,25 @@ mod tests {
             name: path.display().to_string(),
             size: size as u64,
         }];
-        let map: Vec<ChunkHash> = copy.chunks(chunk).map(chunk_hash).collect();
+        let map: Vec<ChunkHash> = copy.chunks(chunk).map(|c| hasher.hash(c)).collect();
+
+        // Addresses compared with the other hash: every chunk that is not zeros differs.
+        let mut answer = Vec::new();
+        let other = match hasher {
+            ChunkHasher::Sha256 => ChunkHasher::Blake3,
+            ChunkHasher::Blake3 => ChunkHasher::Sha256,
+        };
+        let request = compare_request(&disks, (chunk, other), std::slice::from_ref(&map));
+        serve(&request[..], &mut answer).expect("compare");
+        let differ: Differ = serde_json::from_slice(&answer).expect("answer");
+        assert_eq!(differ.differ, vec![(0, 0), (0, 2), (0, 3)]);
 
         let mut answer = Vec::new();
-        serve(&compare_request(&disks, chunk, &[map])[..], &mut answer).expect("compare");
+        serve(
+            &compare_request(&disks, (chunk, hasher), &[map])[..],
+            &mut answer,
+        )
+        .expect("compare");
         let differ: Differ = serde_json::from_slice(&answer).expect("answer");
         assert_eq!(differ.differ, vec![(0, 0), (0, 3)]);
         assert_eq!(differ.read, size as u64);
@@ -333,19 +360,23 @@ mod tests {
                     disk,
                     chunk: index,
                     bytes,
-                    hash: chunk_hash(bytes),
+                    hash: hasher.hash(bytes),
                 }
             })
             .collect();
         let mut answer = Vec::new();
-        serve(&write_request(&disks, chunk, &records)[..], &mut answer).expect("write");
+        serve(
+            &write_request(&disks, (chunk, hasher), &records)[..],
+            &mut answer,
+        )
+        .expect("write");
         let written: Written = serde_json::from_slice(&answer).expect("answer");
         assert_eq!(written.written, 2);
         assert_eq!(written.bytes, (chunk + 1000) as u64);
         assert_eq!(std::fs::read(&path).expect("disk"), copy);
 
         // A damaged chunk is refused; a disk smaller than the copy is refused first.
-        let mut damaged = write_request(&disks, chunk, &records[..1]);
+        let mut damaged = write_request(&disks, (chunk, hasher), &records[..1]);
         let hash_at = damaged.iter().position(|&b| b == b'\n').expect("header") + 1 + 19;
         damaged[hash_at] ^= 1;
         let err = serve(&damaged[..], Vec::new()).expect_err("damaged");
@@ -354,8 +385,27 @@ mod tests {
             name: disks[0].name.clone(),
             size: size as u64 + 1,
         }];
-        let err = serve(&write_request(&bigger, chunk, &[])[..], Vec::new()).expect_err("small");
+        let err = serve(
+            &write_request(&bigger, (chunk, hasher), &[])[..],
+            Vec::new(),
+        )
+        .expect_err("small");
         assert!(err.to_string().contains("smaller than its copy"), "{err}");
+        // A hash this agent does not know is refused before anything is read or written.
+        let request = String::from_utf8(write_request(&disks, (chunk, hasher), &[]))
+            .expect("text")
+            .replace(
+                &format!(
+                    "\"{}\"",
+                    serde_json::to_value(hasher)
+                        .expect("json")
+                        .as_str()
+                        .expect("word")
+                ),
+                "\"md5\"",
+            );
+        let err = serve(request.as_bytes(), Vec::new()).expect_err("unknown hash");
+        assert!(err.to_string().contains("does not read"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,8 +1,9 @@
 //! The content-addressed chunk store in the staging folder: chunks (16 KiB of a disk, or
 //! 64 KiB in volumes begun before sizes were recorded; lz4-compressed when that is
-//! smaller), appended to pack files, each record carrying its SHA-256 address so the
-//! store can be re-indexed by reading the packs, and so a damaged chunk is found when it
-//! is read. One fsync per recovery point, not per chunk. A chunk found damaged is
+//! smaller), appended to pack files, each record carrying its address (BLAKE3, or
+//! SHA-256 in volumes begun before BLAKE3 came: a bit of the record's flag byte says
+//! which) so the store can be re-indexed by reading the packs, and so a damaged chunk is
+//! found when it is read. One fsync per recovery point, not per chunk. A chunk found damaged is
 //! forgotten with a tombstone record (its address, no body), synced at once, so that
 //! reopening the store does not index the damaged record again.
 //!
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::direct::{Aligned, DIRECT_BLOCK};
-use super::proto::{ChunkHash, Compressor, ZERO_CHUNK, chunk_hash, hex};
+use super::proto::{ChunkHash, ChunkHasher, Compressor, ZERO_CHUNK, hex};
 
 const MAGIC: &[u8; 4] = b"WLC1";
 const HEADER: usize = 4 + 32 + 4 + 4 + 1;
@@ -47,6 +48,9 @@ const DIRECT_QUEUE: usize = 2;
 const RAW: u8 = 0;
 const COMPRESSED: u8 = 1;
 const TOMBSTONE: u8 = 2;
+/// Set in the flag byte of a chunk addressed with BLAKE3; clear: SHA-256 (every record
+/// written before BLAKE3 came).
+const BLAKE3_ADDRESS: u8 = 0x10;
 
 /// What one record of a pack says.
 enum Record {
@@ -61,6 +65,8 @@ struct Location {
     stored_len: u32,
     raw_len: u32,
     compressed: bool,
+    /// What its address is the hash of, so it is checked with that.
+    hasher: ChunkHasher,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,14 +144,15 @@ fn read_header(file: &mut File, offset: u64, len: u64) -> io::Result<Option<Reco
     let mut header = [0u8; HEADER];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut header)?;
-    if &header[..4] != MAGIC || header[44] > TOMBSTONE {
+    let kind = header[44] & !BLAKE3_ADDRESS;
+    if &header[..4] != MAGIC || kind > TOMBSTONE {
         return Ok(None);
     }
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&header[4..36]);
     let raw_len = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
     let stored_len = u32::from_be_bytes([header[40], header[41], header[42], header[43]]);
-    if header[44] == TOMBSTONE {
+    if kind == TOMBSTONE {
         return Ok((raw_len == 0 && stored_len == 0).then_some(Record::Tombstone(hash)));
     }
     let plausible = raw_len as usize <= super::proto::LEGACY_CHUNK
@@ -158,7 +165,12 @@ fn read_header(file: &mut File, offset: u64, len: u64) -> io::Result<Option<Reco
             offset,
             stored_len,
             raw_len,
-            compressed: header[44] == COMPRESSED,
+            compressed: kind == COMPRESSED,
+            hasher: if header[44] & BLAKE3_ADDRESS != 0 {
+                ChunkHasher::Blake3
+            } else {
+                ChunkHasher::Sha256
+            },
         },
     )))
 }
@@ -212,7 +224,7 @@ fn record_matches(file: &mut File, hash: &ChunkHash, location: &Location) -> io:
     } else {
         body
     };
-    Ok(chunk_hash(&bytes) == *hash)
+    Ok(location.hasher.hash(&bytes) == *hash)
 }
 
 /// A thread that flushes the pack being written while chunks keep being written to it.
@@ -419,7 +431,7 @@ fn decode(hash: &ChunkHash, location: &Location, body: Vec<u8>) -> Result<Vec<u8
     } else {
         body
     };
-    if chunk_hash(&bytes) != *hash {
+    if location.hasher.hash(&bytes) != *hash {
         return Err(damaged(
             hash,
             location,
@@ -667,10 +679,10 @@ impl ChunkStore {
         self.stored_bytes
     }
 
-    /// Stores a chunk under its address (once: a chunk already there is not written
-    /// again) and returns the address.
-    pub fn put(&mut self, bytes: &[u8]) -> io::Result<ChunkHash> {
-        let hash = chunk_hash(bytes);
+    /// Stores a chunk under its address by `hasher` (once: a chunk already there is not
+    /// written again) and returns the address.
+    pub fn put(&mut self, bytes: &[u8], hasher: ChunkHasher) -> io::Result<ChunkHash> {
+        let hash = hasher.hash(bytes);
         if self.contains(&hash) {
             return Ok(hash);
         }
@@ -689,7 +701,11 @@ impl ChunkStore {
         record.extend_from_slice(&hash);
         record.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         record.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        record.push(if is_compressed { COMPRESSED } else { RAW });
+        let address = match hasher {
+            ChunkHasher::Sha256 => 0,
+            ChunkHasher::Blake3 => BLAKE3_ADDRESS,
+        };
+        record.push(if is_compressed { COMPRESSED } else { RAW } | address);
         record.extend_from_slice(body);
         let record_len = (record.len() - record_start) as u64;
         self.index.insert(
@@ -700,6 +716,7 @@ impl ChunkStore {
                 stored_len: body.len() as u32,
                 raw_len: bytes.len() as u32,
                 compressed: is_compressed,
+                hasher,
             },
         );
         *len += record_len;
@@ -1120,7 +1137,7 @@ impl ChunkStore {
         for (hash, loc) in keep {
             match self.get(&hash, loc.raw_len as usize) {
                 Ok(bytes) => {
-                    moved.put(&bytes)?;
+                    moved.put(&bytes, loc.hasher)?;
                 }
                 // Not copied, so forgotten when the old packs go (the volumes that name
                 // it find it missing and ask their agents for it), with a tombstone in
@@ -1199,7 +1216,7 @@ mod tests {
         let record = (HEADER + super::super::proto::CHUNK) as u64;
         let mut hashes = Vec::new();
         for seed in 1..=10 {
-            hashes.push(store.put(&noise(seed)).expect("put"));
+            hashes.push(store.put(&noise(seed), ChunkHasher::NEW).expect("put"));
         }
         assert_eq!(
             store.direct_pack, direct,
@@ -1217,7 +1234,7 @@ mod tests {
         let mut seed = 10;
         while on_disk(&store) == 0 && seed < 200 {
             seed += 1;
-            hashes.push(store.put(&noise(seed)).expect("put"));
+            hashes.push(store.put(&noise(seed), ChunkHasher::NEW).expect("put"));
         }
         assert!(
             on_disk(&store) >= WRITE_BUFFER as u64,
@@ -1235,7 +1252,7 @@ mod tests {
             assert_eq!(on_disk(&store) % record, 0);
         }
         seed += 1;
-        hashes.push(store.put(&noise(seed)).expect("put"));
+        hashes.push(store.put(&noise(seed), ChunkHasher::NEW).expect("put"));
         assert!(on_disk(&store) < seed * record, "the last one waits");
         for (seed, hash) in (1..).zip(&hashes) {
             assert_eq!(
@@ -1250,7 +1267,7 @@ mod tests {
             "a sync writes what waits first, and the pack ends where its records do"
         );
         // One more, then the store is closed without a sync: it is written on the way.
-        let last = store.put(&noise(seed + 1)).expect("put");
+        let last = store.put(&noise(seed + 1), ChunkHasher::NEW).expect("put");
         drop(store);
         let mut store = ChunkStore::open_with(&dir, direct).expect("reopen");
         assert_eq!(store.chunk_count(), hashes.len() + 1);
@@ -1261,7 +1278,7 @@ mod tests {
         // Reopened, the store appends after the last record (which ends inside a block)
         // without harming it.
         let more: Vec<_> = (seed + 2..seed + 80)
-            .map(|seed| store.put(&noise(seed)).expect("put"))
+            .map(|seed| store.put(&noise(seed), ChunkHasher::NEW).expect("put"))
             .collect();
         store.sync().expect("sync");
         drop(store);
@@ -1292,7 +1309,7 @@ mod tests {
     fn a_failed_direct_write(name: &str, errno: i32) -> bool {
         let dir = tempdir(name);
         let mut store = ChunkStore::open(&dir).expect("open");
-        let kept = store.put(&noise(1)).expect("put");
+        let kept = store.put(&noise(1), ChunkHasher::NEW).expect("put");
         store.sync().expect("sync");
         assert!(
             store.direct_pack,
@@ -1303,7 +1320,7 @@ mod tests {
         let mut lost = Vec::new();
         let mut reported = None;
         for seed in 2..200 {
-            match store.put(&noise(seed)) {
+            match store.put(&noise(seed), ChunkHasher::NEW) {
                 Ok(hash) => lost.push(hash),
                 Err(err) => {
                     reported = Some(err);
@@ -1319,7 +1336,7 @@ mod tests {
         assert_eq!(store.losses(), 1);
         assert!(lost.iter().all(|hash| !store.contains(hash)), "forgotten");
         assert_eq!(store.get(&kept, CHUNK).expect("synced before"), noise(1));
-        let again = store.put(&noise(2)).expect("put");
+        let again = store.put(&noise(2), ChunkHasher::NEW).expect("put");
         let direct = store.direct_pack;
         store.sync().expect("sync");
         assert_eq!(pack_ids(&dir).expect("packs"), vec![1, 2], "a new pack");
@@ -1350,7 +1367,7 @@ mod tests {
     fn a_pack_cut_short_or_gone_under_an_open_store_is_damage() {
         let dir = tempdir("cut");
         let mut store = ChunkStore::open(&dir).expect("open");
-        let a = store.put(&noise(1)).expect("put");
+        let a = store.put(&noise(1), ChunkHasher::NEW).expect("put");
         store.sync().expect("sync");
         let pack = dir.join(pack_name(1));
         OpenOptions::new()
@@ -1377,11 +1394,11 @@ mod tests {
     fn chunks_come_back_after_reopening_and_are_stored_once() {
         let dir = tempdir("reopen");
         let mut store = ChunkStore::open(&dir).expect("open");
-        let a = store.put(&chunk(3)).expect("put");
-        let again = store.put(&chunk(3)).expect("put");
+        let a = store.put(&chunk(3), ChunkHasher::NEW).expect("put");
+        let again = store.put(&chunk(3), ChunkHasher::NEW).expect("put");
         assert_eq!(a, again);
         assert_eq!(store.chunk_count(), 1);
-        let zero = store.put(&[0u8; 1024]).expect("zero");
+        let zero = store.put(&[0u8; 1024], ChunkHasher::NEW).expect("zero");
         assert_eq!(zero, ZERO_CHUNK);
         store.sync().expect("sync");
         drop(store);
@@ -1390,11 +1407,52 @@ mod tests {
     }
 
     #[test]
+    fn chunks_of_either_hash_share_a_store_and_are_checked_with_their_own() {
+        let dir = tempdir("hashes");
+        let mut store = ChunkStore::open(&dir).expect("open");
+        let old = store.put(&noise(1), ChunkHasher::Sha256).expect("put");
+        let new = store.put(&noise(1), ChunkHasher::Blake3).expect("put");
+        assert_eq!(old, ChunkHasher::Sha256.hash(&noise(1)));
+        assert_eq!(new, ChunkHasher::Blake3.hash(&noise(1)));
+        // The same bytes under two addresses: two records (dedup is within a hash).
+        assert_eq!(store.chunk_count(), 2);
+        store.sync().expect("sync");
+        drop(store);
+        // A SHA-256 record is written as every record was before BLAKE3 came (its flag
+        // byte raw or compressed, nothing more), so older packs read as such.
+        let bytes = std::fs::read(dir.join(pack_name(1))).expect("pack");
+        let flag = |hash: &ChunkHash| {
+            let at = bytes
+                .windows(HEADER)
+                .position(|w| &w[..4] == MAGIC && &w[4..36] == hash)
+                .expect("the record");
+            bytes[at + 44]
+        };
+        assert_eq!(flag(&old), RAW);
+        assert_eq!(flag(&new), RAW | BLAKE3_ADDRESS);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.get(&old, noise(1).len()).expect("sha-256"), noise(1));
+        assert_eq!(store.get(&new, noise(1).len()).expect("blake3"), noise(1));
+        drop(store);
+        // Each is checked with its own hash: damage is found in either.
+        for hash in [old, new] {
+            damage(&dir, &hash);
+            let store = ChunkStore::open(&dir).expect("reopen");
+            let err = store.get(&hash, noise(1).len()).expect_err("damaged");
+            assert!(
+                err.to_string().contains("does not match its address"),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_torn_record_is_cut_off_and_a_damaged_chunk_is_named() {
         let dir = tempdir("torn");
         let mut store = ChunkStore::open(&dir).expect("open");
-        let a = store.put(&chunk(5)).expect("put");
-        let b = store.put(&chunk(9)).expect("put");
+        let a = store.put(&chunk(5), ChunkHasher::NEW).expect("put");
+        let b = store.put(&chunk(9), ChunkHasher::NEW).expect("put");
         store.sync().expect("sync");
         drop(store);
         let pack = dir.join(pack_name(1));
@@ -1417,7 +1475,9 @@ mod tests {
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains("pack-000001.wlc"), "{err}");
         assert_eq!(store.forget([&a]).expect("forget"), 1);
-        let again = store.put(&chunk(5)).expect("stored again");
+        let again = store
+            .put(&chunk(5), ChunkHasher::NEW)
+            .expect("stored again");
         assert_eq!(store.get(&again, chunk(5).len()).expect("get"), chunk(5));
     }
 
@@ -1426,7 +1486,7 @@ mod tests {
         let dir = tempdir("midheader");
         let mut store = ChunkStore::open(&dir).expect("open");
         let hashes: Vec<ChunkHash> = (1..=4u8)
-            .map(|seed| store.put(&chunk(seed)).expect("put"))
+            .map(|seed| store.put(&chunk(seed), ChunkHasher::NEW).expect("put"))
             .collect();
         store.sync().expect("sync");
         drop(store);
@@ -1459,7 +1519,7 @@ mod tests {
             "nothing after the damage was cut off"
         );
         // New chunks go after the last record.
-        let fifth = store.put(&chunk(5)).expect("put");
+        let fifth = store.put(&chunk(5), ChunkHasher::NEW).expect("put");
         store.sync().expect("sync");
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
@@ -1470,8 +1530,8 @@ mod tests {
     fn garbage_collection_keeps_only_live_chunks() {
         let dir = tempdir("gc");
         let mut store = ChunkStore::open(&dir).expect("open");
-        let keep = store.put(&chunk(1)).expect("put");
-        let drop_me = store.put(&chunk(2)).expect("put");
+        let keep = store.put(&chunk(1), ChunkHasher::NEW).expect("put");
+        let drop_me = store.put(&chunk(2), ChunkHasher::NEW).expect("put");
         let freed = store.collect_garbage(&HashSet::from([keep])).expect("gc");
         assert!(freed > 0);
         assert!(store.contains(&keep) && !store.contains(&drop_me));
@@ -1498,7 +1558,7 @@ mod tests {
         let dir = tempdir(name);
         let mut store = ChunkStore::open(&dir).expect("open");
         let hashes: Vec<ChunkHash> = (1..=n)
-            .map(|seed| store.put(&noise(seed)).expect("put"))
+            .map(|seed| store.put(&noise(seed), ChunkHasher::NEW).expect("put"))
             .collect();
         store.sync().expect("sync");
         damage(&dir, &hashes[0]);
@@ -1529,7 +1589,7 @@ mod tests {
         assert_eq!(store.get(&b, noise(2).len()).expect("b"), noise(2));
         assert_eq!(store.stored_bytes(), before - noise(1).len() as u64);
         // Sent again, it is stored after its tombstone and outlives another reopening.
-        assert_eq!(store.put(&noise(1)).expect("again"), a);
+        assert_eq!(store.put(&noise(1), ChunkHasher::NEW).expect("again"), a);
         store.sync().expect("sync");
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
@@ -1548,7 +1608,7 @@ mod tests {
         assert!(store.losses() > losses, "and counted as a loss");
         // The next sync writes the tombstone again, into a new pack (the failed one is
         // left as it is).
-        let c = store.put(&noise(3)).expect("put");
+        let c = store.put(&noise(3), ChunkHasher::NEW).expect("put");
         store.sync().expect("sync");
         drop(store);
         assert!(dir.join(pack_name(2)).exists(), "a second pack");
@@ -1568,7 +1628,9 @@ mod tests {
         store.fail_next_sync();
         store.forget([&a]).expect_err("the sync fails");
         // Sent again before the next sync: its new record must not be taken out.
-        store.put(&noise(1)).expect("stored again");
+        store
+            .put(&noise(1), ChunkHasher::NEW)
+            .expect("stored again");
         store.sync().expect("sync");
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
@@ -1581,7 +1643,9 @@ mod tests {
         let a = hashes[0];
         store.fail_next_sync();
         store.forget([&a]).expect_err("the sync fails");
-        store.put(&noise(1)).expect("stored again");
+        store
+            .put(&noise(1), ChunkHasher::NEW)
+            .expect("stored again");
         // Its new record is lost with the next sync too: the chunk is out of the store
         // again, and its tombstone must be written after all.
         store.fail_next_sync();
@@ -1649,7 +1713,9 @@ mod tests {
             "every old pack went"
         );
         // Stored again after the collection, the chunk outlives a reopening.
-        store.put(&noise(1)).expect("stored again");
+        store
+            .put(&noise(1), ChunkHasher::NEW)
+            .expect("stored again");
         store.sync().expect("sync");
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");

@@ -13,7 +13,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::proto::{
-    BLOCK, CHUNK, ChunkHash, DiskInfo, LEGACY_CHUNK, ZERO_CHUNK, chunk_count, chunk_len,
+    BLOCK, CHUNK, ChunkHash, ChunkHasher, DiskInfo, LEGACY_CHUNK, ZERO_CHUNK, chunk_count,
+    chunk_len,
 };
 use super::store::{ChunkStore, StoreError};
 
@@ -32,6 +33,10 @@ pub struct PointMeta {
     /// 64 KiB chunks.
     #[serde(default = "legacy_chunk")]
     pub chunk: usize,
+    /// What the maps' addresses are hashes of; points written before it was recorded
+    /// name SHA-256.
+    #[serde(default)]
+    pub hash: ChunkHasher,
     /// A point that lists only its chunks that differ from the full point `base` (the
     /// file holds, per disk, a count and that many chunk numbers with their addresses);
     /// none: the file holds the whole map.
@@ -54,6 +59,9 @@ pub struct Volume {
     pub disks: Vec<DiskInfo>,
     /// The size of the chunks of `maps`: the base point's, or [`chunk_for`] from scratch.
     chunk: usize,
+    /// How `maps` address their chunks: the base point's, or [`ChunkHasher::NEW`] from
+    /// scratch.
+    hasher: ChunkHasher,
     maps: Vec<Vec<ChunkHash>>,
     dirty: Vec<BTreeMap<u64, Vec<u8>>>,
     dirty_bytes: usize,
@@ -204,6 +212,7 @@ impl Volume {
         points.sort_by_key(|p| p.seq);
         // Until a reset says from which point it goes on: the latest's size.
         let chunk = points.last().map_or_else(|| chunk_for(&disks), |p| p.chunk);
+        let hasher = points.last().map_or(ChunkHasher::NEW, |p| p.hash);
         let maps = empty_maps(&disks, chunk);
         Ok(Volume {
             dir: dir.to_owned(),
@@ -214,6 +223,7 @@ impl Volume {
             base: None,
             unreadable,
             chunk,
+            hasher,
             disks,
             dirty_bytes: 0,
             awaiting: BTreeSet::new(),
@@ -330,8 +340,8 @@ impl Volume {
         let PointBody::Whole(mut maps) = body else {
             return Err(invalid("which is not a whole map".to_owned()));
         };
-        if full.disks != meta.disks || full.chunk != meta.chunk {
-            return Err(invalid("which is of other disks".to_owned()));
+        if full.disks != meta.disks || full.chunk != meta.chunk || full.hash != meta.hash {
+            return Err(invalid("which is of other disks or addresses".to_owned()));
         }
         let mut listed = no_changes(&maps);
         for ((map, bits), list) in maps.iter_mut().zip(&mut listed).zip(lists) {
@@ -355,12 +365,14 @@ impl Volume {
     pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
         if base == 0 {
             self.chunk = chunk_for(&self.disks);
+            self.hasher = ChunkHasher::NEW;
             self.maps = empty_maps(&self.disks, self.chunk);
             self.changed = no_changes(&self.maps);
             self.base = None;
         } else {
             let point = self.read_point(base)?;
             self.chunk = point.meta.chunk;
+            self.hasher = point.meta.hash;
             self.maps = point.maps;
             // The next point lists its changes against the same full point.
             self.changed = point.listed.unwrap_or_else(|| no_changes(&self.maps));
@@ -540,7 +552,7 @@ impl Volume {
             // A chunk leaves the dirty set only once stored: a failed put (a full disk)
             // loses nothing.
             while let Some((&index, buf)) = dirty.iter().next() {
-                let hash = store.put(buf)?;
+                let hash = store.put(buf, self.hasher)?;
                 self.dirty_bytes = self.dirty_bytes.saturating_sub(buf.len());
                 dirty.remove(&index);
                 if self.maps[d][index as usize] != hash {
@@ -592,6 +604,7 @@ impl Volume {
             frozen_at,
             disks: self.disks.clone(),
             chunk: self.chunk,
+            hash: self.hasher,
             base,
         };
         let mut body = serde_json::to_vec(&meta).map_err(io::Error::other)?;
@@ -857,6 +870,7 @@ mod tests {
             frozen_at: taken_at,
             disks: Vec::new(),
             chunk: CHUNK,
+            hash: ChunkHasher::NEW,
             base: None,
         }
     }
@@ -951,12 +965,14 @@ mod tests {
     }
 
     #[test]
-    fn a_volume_begun_with_64_kib_chunks_goes_on_with_them_until_it_starts_over() {
+    fn a_volume_begun_with_64_kib_chunks_and_sha_256_goes_on_with_them_until_it_starts_over() {
         let size = 2 * LEGACY_CHUNK as u64;
         let (dir, mut store, disks) = fixture("wl-volume-legacy", size);
-        // A point as written before chunk sizes were recorded: no "chunk" field, one
-        // address per 64 KiB.
-        let stored = store.put(&[5u8; LEGACY_CHUNK]).expect("put");
+        // A point as written before chunk sizes and hashes were recorded: no "chunk" or
+        // "hash" field, one SHA-256 address per 64 KiB.
+        let stored = store
+            .put(&[5u8; LEGACY_CHUNK], ChunkHasher::Sha256)
+            .expect("put");
         store.sync().expect("sync");
         let points = dir.join("src").join("points");
         std::fs::create_dir_all(&points).expect("points");
@@ -979,7 +995,10 @@ mod tests {
             .expect("write");
         let now = Timestamp::UNIX_EPOCH;
         let second = volume.commit(&mut store, 2, now, now).expect("commit");
-        assert_eq!(second.chunk, LEGACY_CHUNK);
+        assert_eq!(
+            (second.chunk, second.hash),
+            (LEGACY_CHUNK, ChunkHasher::Sha256)
+        );
         let (meta, maps) = volume.point_maps(2).expect("maps");
         assert_eq!((meta.chunk, maps[0].len()), (LEGACY_CHUNK, 2));
         assert_eq!(maps[0][0], stored);
@@ -989,18 +1008,25 @@ mod tests {
             store.get(&maps[0][1], LEGACY_CHUNK).expect("chunk"),
             expected
         );
-        // Reopened, it goes on with the latest point's size.
+        assert_eq!(maps[0][1], ChunkHasher::Sha256.hash(&expected));
+        // Reopened, it goes on with the latest point's size and hash.
         let mut volume = Volume::open(&dir.join("src"), disks.clone()).expect("reopen");
-        assert_eq!(volume.chunk, LEGACY_CHUNK);
-        // From scratch (a full resync), it takes today's size.
+        assert_eq!(
+            (volume.chunk, volume.hasher),
+            (LEGACY_CHUNK, ChunkHasher::Sha256)
+        );
+        // From scratch (a full resync), it takes today's size and hash.
         volume.reset(0, &store).expect("reset");
         volume.write(&mut store, 0, 0, &[3u8; 4096]).expect("write");
         volume.commit(&mut store, 3, now, now).expect("commit");
         let (meta, maps) = volume.point_maps(3).expect("maps");
         assert_eq!(
-            (meta.chunk, maps[0].len()),
-            (CHUNK, 2 * LEGACY_CHUNK / CHUNK)
+            (meta.chunk, meta.hash, maps[0].len()),
+            (CHUNK, ChunkHasher::Blake3, 2 * LEGACY_CHUNK / CHUNK)
         );
+        let mut first = vec![0u8; CHUNK];
+        first[..4096].fill(3);
+        assert_eq!(maps[0][0], ChunkHasher::Blake3.hash(&first));
         assert_eq!(volume.point_maps(2).expect("old point").1[0].len(), 2);
 
         // A point that says a size no volume has is refused by name.
