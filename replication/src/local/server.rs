@@ -4,7 +4,7 @@
 //! replication. The engine asks it for barriers (a launch's final sync) and tells agents
 //! to stop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{
-    AgentStatus, Control, DiskInfo, Frame, PROTOCOL_VERSION, Request, read_frame, write_frame,
+    AgentStatus, ChunkHash, Control, DiskInfo, Frame, PROTOCOL_VERSION, Request, read_frame,
+    write_frame,
 };
 use super::store::ChunkStore;
 use super::tls::ServerIdentity;
@@ -847,7 +848,23 @@ fn applier(
 ) {
     let retention = shared.retention.clone();
     let mut failed = false;
-    while let Some(item) = work.blocking_recv() {
+    let mut ahead: VecDeque<Work> = VecDeque::new();
+    loop {
+        let Some(item) = ahead.pop_front().or_else(|| work.blocking_recv()) else {
+            break;
+        };
+        // The frames queued behind this one: the chunks they will merge into are read
+        // from the disk while this one is applied.
+        let known = ahead.len();
+        while ahead.len() < LOOK_AHEAD {
+            match work.try_recv() {
+                Ok(next) => ahead.push_back(next),
+                Err(_) => break,
+            }
+        }
+        if !failed && ahead.len() > known {
+            prefetch(&shared, &volume, ahead.range(known..));
+        }
         match item {
             Work::Data(_) if failed => {}
             Work::Data(data) => {
@@ -898,6 +915,27 @@ fn applier(
                 let _ = reply.send(committed);
             }
         }
+    }
+}
+
+/// Frames the applier takes from its queue ahead of the one it applies, at most.
+const LOOK_AHEAD: usize = 16;
+
+/// Asks the store to read ahead the chunks these frames will merge into (those they
+/// cover in part: a random write's first and last chunk).
+fn prefetch<'a>(shared: &Shared, volume: &Mutex<Volume>, frames: impl Iterator<Item = &'a Work>) {
+    let wanted: Vec<ChunkHash> = {
+        let volume = lock(volume);
+        frames
+            .filter_map(|work| match work {
+                Work::Data(data) => Some(data),
+                Work::Barrier { .. } => None,
+            })
+            .flat_map(|data| volume.read_backs(data.disk, data.offset, u64::from(data.len)))
+            .collect()
+    };
+    if !wanted.is_empty() {
+        lock(&shared.store).prefetch(&wanted);
     }
 }
 

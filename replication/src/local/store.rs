@@ -1050,6 +1050,37 @@ impl ChunkStore {
         decode(hash, &location, body).map(Planned::Ready)
     }
 
+    /// Asks the kernel to start reading these chunks' records (`POSIX_FADV_WILLNEED`), so
+    /// that reads of them soon after find them in the page cache: the applier names the
+    /// chunks its queued frames will merge into, and the disk reads them together rather
+    /// than one after another. Chunks unknown or in the pack being written (read after
+    /// its writes are done) are left alone, and so is a pack that does not open: the read
+    /// reports that.
+    pub fn prefetch(&self, hashes: &[ChunkHash]) {
+        for hash in hashes {
+            let Some(location) = self.index.get(hash) else {
+                continue;
+            };
+            if matches!(&self.current, Some((id, _, _)) if *id == location.pack) {
+                continue;
+            }
+            let Ok(file) = self.reader(location.pack) else {
+                continue;
+            };
+            let Ok(start) = i64::try_from(location.offset + HEADER as u64) else {
+                continue;
+            };
+            let len = i64::from(location.stored_len);
+            // Advice only: a kernel that does not take it leaves the read as it was.
+            let _ = nix::fcntl::posix_fadvise(
+                &*file,
+                start,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+
     /// Pack `id`, through a handle kept open, so consecutive reads (a launch's) get the
     /// kernel's read-ahead; a pack removed under the store is `NotFound`, as if it were
     /// opened anew.

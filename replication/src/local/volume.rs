@@ -546,6 +546,36 @@ impl Volume {
         Ok(resend)
     }
 
+    /// The stored chunks a write of `len` bytes at `offset` of `disk` would read back to
+    /// merge into (those it covers in part, not already in memory), so the store can be
+    /// asked for them before the write comes (`ChunkStore::prefetch`).
+    pub fn read_backs(&self, disk: u16, offset: u64, len: u64) -> Vec<ChunkHash> {
+        let (d, chunk) = (disk as usize, self.chunk as u64);
+        let (Some(info), Some(map)) = (self.disks.get(d), self.maps.get(d)) else {
+            return Vec::new();
+        };
+        let end = offset.saturating_add(len).min(info.size);
+        if offset >= end {
+            return Vec::new();
+        }
+        let mut wanted = Vec::new();
+        for index in [offset / chunk, (end - 1) / chunk] {
+            let start = index * chunk;
+            let covered =
+                offset <= start && end >= start + chunk_len(info.size, self.chunk, index) as u64;
+            let hash = map.get(index as usize).copied().unwrap_or(ZERO_CHUNK);
+            if !covered
+                && hash != ZERO_CHUNK
+                && !self.dirty[d].contains_key(&index)
+                && !self.awaiting.contains(&(disk, index))
+                && wanted.last() != Some(&hash)
+            {
+                wanted.push(hash);
+            }
+        }
+        wanted
+    }
+
     /// Stores the changed chunks (not durably: that waits for the next recovery point).
     pub fn flush(&mut self, store: &mut ChunkStore) -> io::Result<()> {
         for (d, dirty) in self.dirty.iter_mut().enumerate() {
@@ -962,6 +992,46 @@ mod tests {
         assert!(err.to_string().contains("passes the end"), "{err}");
         let reopened = Volume::open(&dir.join("src"), disks).expect("reopen");
         assert_eq!(reopened.latest().map(|p| p.seq), Some(1));
+    }
+
+    #[test]
+    fn read_backs_name_the_stored_chunks_a_write_covers_in_part() {
+        let size = 4 * CHUNK as u64 + 5000;
+        let (dir, mut store, disks) = fixture("wl-volume-read-backs", size);
+        let mut volume = Volume::open(&dir.join("src"), disks).expect("volume");
+        volume.reset(0, &store).expect("reset");
+        // Chunks 0 to 3 stored, the short last chunk (4) left zeros.
+        for index in 0..4u64 {
+            let bytes = vec![index as u8 + 1; CHUNK];
+            volume
+                .write(&mut store, 0, index * CHUNK as u64, &bytes)
+                .expect("write");
+        }
+        let now = Timestamp::UNIX_EPOCH;
+        volume.commit(&mut store, 1, now, now).expect("commit");
+        let map = volume.maps[0].clone();
+        let hash = |index: usize| map[index];
+        let chunk = CHUNK as u64;
+        // Inside one chunk: that chunk; across two: both ends; whole chunks: none.
+        assert_eq!(volume.read_backs(0, chunk + 4096, 4096), vec![hash(1)]);
+        assert_eq!(
+            volume.read_backs(0, chunk + 4096, 2 * chunk),
+            vec![hash(1), hash(3)]
+        );
+        assert!(volume.read_backs(0, chunk, 2 * chunk).is_empty());
+        // Zeros are not stored, a chunk in memory is not read back, and nothing past
+        // the disk or of a disk it has not is named.
+        assert!(volume.read_backs(0, 4 * chunk + 10, 100).is_empty());
+        volume
+            .write(&mut store, 0, 2 * chunk, &[9u8; 4096])
+            .expect("write");
+        assert!(volume.read_backs(0, 2 * chunk + 8192, 4096).is_empty());
+        assert!(volume.read_backs(0, size, 4096).is_empty());
+        assert!(volume.read_backs(1, 0, 4096).is_empty());
+        // What it names reads after the advice as before.
+        store.prefetch(&[hash(1), hash(3), ZERO_CHUNK]);
+        assert_eq!(store.get(&hash(1), CHUNK).expect("chunk"), vec![2u8; CHUNK]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
