@@ -13,9 +13,10 @@
 //! 4. Launch time of the image (final sync, materialize, verify).
 //!
 //! `cargo bench -p replication --bench local [-- --size-gib N --seconds S --source-dir
-//! DIR --scan-ms MS --sync-only --load-of MIB_S]`. `--scan-ms` is the agent's pause
-//! between passes (100 by default); `--load-of` sets the throughput (3)'s loads are
-//! fractions of, instead of measuring it, for comparing builds at the same write rates
+//! DIR --scan-ms MS --sync-only --load-of MIB_S]`. `--scan-ms` is the agent's longest
+//! pause between passes (500 by default, as the agent's own `--scan-interval`);
+//! `--load-of` sets the throughput (3)'s loads are fractions of, instead of measuring
+//! it, for comparing builds at the same write rates
 //! (with (1)'s rate it gives the loads of the sessions before the eleventh);
 //! `--sync-only` stops after (1), for comparing builds on the initial sync (whose CPU
 //! time per GiB in the agent's scanner and in the server's applier, which it prints,
@@ -461,7 +462,7 @@ async fn throughput_under_load(
 async fn main() -> Result<()> {
     let size = arg("--size-gib", 4)? << 30;
     let seconds = arg("--seconds", 10)?;
-    let scan_ms = arg("--scan-ms", 100)?;
+    let scan_ms = arg("--scan-ms", 500)?;
     let load_of = arg("--load-of", 0)?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-local");
     let _ = std::fs::remove_dir_all(&root);

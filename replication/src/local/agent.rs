@@ -35,6 +35,11 @@ const READ: usize = MAX_RUN;
 const MARK: u64 = 16 << 20;
 /// Under a bandwidth limit, how much sending a quiet link may save up and spend at once.
 const BANDWIDTH_BURST: Duration = Duration::from_millis(250);
+/// The pause after a pass that found changes: while the disks change, passes follow
+/// each other closely (the lag is about what a pass takes); after quiet passes the pause
+/// doubles up to the agent's `scan_interval`, so a quiet disk costs the source a pass
+/// per `scan_interval`.
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
 /// How often a pass says where it is (state, backlog, lag).
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// Under a bandwidth limit a data frame carries at most what the limit sends in this
@@ -58,7 +63,8 @@ pub struct AgentConfig {
     /// Where the agent keeps its digests (the state both sides agreed on).
     pub state_dir: PathBuf,
     pub bandwidth_mbit: Option<f64>,
-    /// Pause between passes over the disks.
+    /// The longest pause between passes over the disks: after a pass that found changes
+    /// the next follows 100 ms later, after quiet ones the pause doubles up to this.
     pub scan_interval: Duration,
     /// How often a recovery point is cut without being asked.
     pub point_interval: Duration,
@@ -217,6 +223,7 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         events: events_rx,
         state_dir: config.state_dir.clone(),
         scan_interval: config.scan_interval,
+        pause: BUSY_PAUSE.min(config.scan_interval),
         point_interval: config.point_interval,
         pending: None,
         paused: false,
@@ -459,7 +466,10 @@ struct Scanner {
     out: mpsc::Sender<(Frame, Instant)>,
     events: std_mpsc::Receiver<Event>,
     state_dir: PathBuf,
+    /// The longest pause between passes.
     scan_interval: Duration,
+    /// The pause after the last pass ([`BUSY_PAUSE`] after one that found changes).
+    pause: Duration,
     point_interval: Duration,
     /// A barrier sent and not yet acknowledged.
     pending: Option<u64>,
@@ -490,6 +500,16 @@ struct Scanner {
     dense: bool,
 }
 
+/// The pause after a pass: [`BUSY_PAUSE`] (at most `longest`) after one that found
+/// changes, else twice the last, up to `longest`.
+fn next_pause(last: Duration, changed: bool, longest: Duration) -> Duration {
+    if changed {
+        BUSY_PAUSE.min(longest)
+    } else {
+        (last * 2).clamp(BUSY_PAUSE.min(longest), longest)
+    }
+}
+
 impl Scanner {
     fn run(mut self) -> Result<ScanEnd, AgentError> {
         match self.run_inner() {
@@ -509,13 +529,14 @@ impl Scanner {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            self.pass()?;
+            let changed = self.pass()?;
             let due = self.last_point.elapsed() >= self.point_interval;
             if self.pending.is_none() && (self.want_barrier || due) {
                 self.barrier()?;
             }
             self.status()?;
-            let until = Instant::now() + self.scan_interval;
+            self.pause = next_pause(self.pause, changed > 0, self.scan_interval);
+            let until = Instant::now() + self.pause;
             while Instant::now() < until {
                 if let Some(end) = self.handle_events()? {
                     return Ok(end);
@@ -523,7 +544,7 @@ impl Scanner {
                 if self.want_barrier && self.pending.is_none() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20).min(self.scan_interval));
+                std::thread::sleep(Duration::from_millis(20).min(self.pause));
             }
         }
     }
@@ -617,7 +638,8 @@ impl Scanner {
     }
 
     /// One pass over every disk, sending the blocks whose digest changed.
-    fn pass(&mut self) -> Result<(), Fault> {
+    /// One pass over the disks; how many blocks had changed.
+    fn pass(&mut self) -> Result<u64, Fault> {
         self.check_sizes()?;
         let mut buf = vec![0u8; READ];
         self.scanned = 0;
@@ -625,6 +647,7 @@ impl Scanner {
         self.position = Some(0);
         let total: u64 = self.disks.iter().map(|d| d.info.size).sum();
         let mut last_look = Instant::now();
+        let mut changed_in_pass = 0u64;
         for d in 0..self.disks.len() {
             let size = self.disks[d].info.size;
             let map = self.disks[d].map.clone();
@@ -648,6 +671,7 @@ impl Scanner {
                     }
                 };
                 self.dense = 2 * changed > n.div_ceil(BLOCK);
+                changed_in_pass += changed as u64;
                 offset += n as u64;
                 self.scanned += n as u64;
                 self.position = Some(self.scanned);
@@ -668,7 +692,7 @@ impl Scanner {
         self.backlog = 0;
         self.last_marks = std::mem::take(&mut self.marks);
         self.position = None;
-        Ok(())
+        Ok(changed_in_pass)
     }
 
     /// Sends the changed blocks of `bytes` (read at `offset` of disk `d`) in runs, and
@@ -966,6 +990,23 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_follow_closely_while_the_disks_change_and_back_off_while_they_are_quiet() {
+        let ms = Duration::from_millis;
+        let longest = ms(500);
+        assert_eq!(next_pause(longest, true, longest), ms(100));
+        let quiet: Vec<Duration> =
+            std::iter::successors(Some(ms(100)), |&p| Some(next_pause(p, false, longest)))
+                .take(5)
+                .collect();
+        assert_eq!(quiet, vec![ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        // A change brings the short pause back at once; a longest pause under 100 ms
+        // stays the longest.
+        assert_eq!(next_pause(ms(500), true, longest), ms(100));
+        assert_eq!(next_pause(ms(20), true, ms(20)), ms(20));
+        assert_eq!(next_pause(ms(20), false, ms(20)), ms(20));
+    }
 
     #[test]
     fn a_digest_file_reads_back_as_written_and_not_when_cut_short() {
