@@ -637,8 +637,7 @@ impl Scanner {
         Ok(())
     }
 
-    /// One pass over every disk, sending the blocks whose digest changed.
-    /// One pass over the disks; how many blocks had changed.
+    /// One pass over every disk, sending the blocks whose digest changed; how many had.
     fn pass(&mut self) -> Result<u64, Fault> {
         self.check_sizes()?;
         let mut buf = vec![0u8; READ];

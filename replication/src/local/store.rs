@@ -3,9 +3,9 @@
 //! smaller), appended to pack files, each record carrying its address (BLAKE3, or
 //! SHA-256 in volumes begun before BLAKE3 came: a bit of the record's flag byte says
 //! which) so the store can be re-indexed by reading the packs, and so a damaged chunk is
-//! found when it is read. One fsync per recovery point, not per chunk. A chunk found damaged is
-//! forgotten with a tombstone record (its address, no body), synced at once, so that
-//! reopening the store does not index the damaged record again.
+//! found when it is read. One fsync per recovery point, not per chunk. A chunk found
+//! damaged is forgotten with a tombstone record (its address, no body), synced at once,
+//! so that reopening the store does not index the damaged record again.
 //!
 //! Where the staging folder's filesystem takes it, packs are written with `O_DIRECT`, in
 //! whole 4 KiB blocks, by a thread of their own ([`DirectWriter`]): the chunks are not
