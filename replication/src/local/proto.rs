@@ -364,9 +364,9 @@ pub type ChunkHash = [u8; 32];
 /// The address that stands for a chunk of zeros, which the store never holds.
 pub const ZERO_CHUNK: ChunkHash = [0; 32];
 
-/// How a volume's chunks are addressed. A volume keeps the one it started with (each
-/// recovery point records it, as it records the chunk size), so a staging folder
-/// written with SHA-256 reads on; a volume that starts now uses BLAKE3, which costs the
+/// How a volume's chunks are addressed. A volume keeps the one its recovery points
+/// record (through a full resync too, while it holds any), so a staging folder written
+/// with SHA-256 reads on; a volume that starts now uses BLAKE3, which costs the
 /// replication server about a third of SHA-256's CPU per byte on this machine (both
 /// with the CPU's own instructions; BENCHMARKS.md). Both are cryptographic: a source
 /// cannot make a chunk that takes the address of another's.

@@ -934,8 +934,13 @@ fn prefetch<'a>(shared: &Shared, volume: &Mutex<Volume>, frames: impl Iterator<I
             .flat_map(|data| volume.read_backs(data.disk, data.offset, u64::from(data.len)))
             .collect()
     };
-    if !wanted.is_empty() {
-        lock(&shared.store).prefetch(&wanted);
+    if wanted.is_empty() {
+        return;
+    }
+    // The advice submits the reads: the store's lock is let go first.
+    let records = lock(&shared.store).read_ahead(&wanted);
+    for record in &records {
+        record.advise();
     }
 }
 

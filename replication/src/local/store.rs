@@ -380,6 +380,27 @@ impl DirectWriter {
     }
 }
 
+/// A record the kernel is asked to read ahead ([`ChunkStore::read_ahead`]).
+pub struct ReadAhead {
+    file: Arc<File>,
+    start: i64,
+    len: i64,
+}
+
+impl ReadAhead {
+    /// Asks the kernel to start reading the record (`POSIX_FADV_WILLNEED`), so that a
+    /// read of it soon after finds it in the page cache. Advice only: a kernel that does
+    /// not take it leaves the read as it was.
+    pub fn advise(&self) {
+        let _ = nix::fcntl::posix_fadvise(
+            &*self.file,
+            self.start,
+            self.len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 /// What [`ChunkStore::plan`] found: the chunk's bytes, or the read that gets them.
 enum Planned {
     Ready(Vec<u8>),
@@ -1050,35 +1071,27 @@ impl ChunkStore {
         decode(hash, &location, body).map(Planned::Ready)
     }
 
-    /// Asks the kernel to start reading these chunks' records (`POSIX_FADV_WILLNEED`), so
-    /// that reads of them soon after find them in the page cache: the applier names the
-    /// chunks its queued frames will merge into, and the disk reads them together rather
-    /// than one after another. Chunks unknown or in the pack being written (read after
-    /// its writes are done) are left alone, and so is a pack that does not open: the read
-    /// reports that.
-    pub fn prefetch(&self, hashes: &[ChunkHash]) {
-        for hash in hashes {
-            let Some(location) = self.index.get(hash) else {
-                continue;
-            };
-            if matches!(&self.current, Some((id, _, _)) if *id == location.pack) {
-                continue;
-            }
-            let Ok(file) = self.reader(location.pack) else {
-                continue;
-            };
-            let Ok(start) = i64::try_from(location.offset + HEADER as u64) else {
-                continue;
-            };
-            let len = i64::from(location.stored_len);
-            // Advice only: a kernel that does not take it leaves the read as it was.
-            let _ = nix::fcntl::posix_fadvise(
-                &*file,
-                start,
-                len,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-            );
-        }
+    /// Where these chunks' records lie, for [`ReadAhead::advise`] after the store's lock
+    /// is let go (the advice submits the reads, which may wait for the disk's queue):
+    /// the applier names the chunks its queued frames will merge into, and the disk
+    /// reads them together rather than one after another. Chunks unknown or in the pack
+    /// being written (read after its writes are done) are left out, and so is a pack
+    /// that does not open: the read reports that.
+    pub fn read_ahead(&self, hashes: &[ChunkHash]) -> Vec<ReadAhead> {
+        hashes
+            .iter()
+            .filter_map(|hash| {
+                let location = self.index.get(hash)?;
+                if matches!(&self.current, Some((id, _, _)) if *id == location.pack) {
+                    return None;
+                }
+                Some(ReadAhead {
+                    file: self.reader(location.pack).ok()?,
+                    start: i64::try_from(location.offset + HEADER as u64).ok()?,
+                    len: i64::from(location.stored_len),
+                })
+            })
+            .collect()
     }
 
     /// Pack `id`, through a handle kept open, so consecutive reads (a launch's) get the

@@ -59,8 +59,9 @@ pub struct Volume {
     pub disks: Vec<DiskInfo>,
     /// The size of the chunks of `maps`: the base point's, or [`chunk_for`] from scratch.
     chunk: usize,
-    /// How `maps` address their chunks: the base point's, or [`ChunkHasher::NEW`] from
-    /// scratch.
+    /// How `maps` address their chunks: the latest point's (kept through a full resync,
+    /// so the chunks it stores again are the ones its points still name), or
+    /// [`ChunkHasher::NEW`] for a volume that holds none.
     hasher: ChunkHasher,
     maps: Vec<Vec<ChunkHash>>,
     dirty: Vec<BTreeMap<u64, Vec<u8>>>,
@@ -365,7 +366,7 @@ impl Volume {
     pub fn reset(&mut self, base: u64, store: &ChunkStore) -> io::Result<Vec<(u16, u64, u64)>> {
         if base == 0 {
             self.chunk = chunk_for(&self.disks);
-            self.hasher = ChunkHasher::NEW;
+            self.hasher = self.points.last().map_or(ChunkHasher::NEW, |p| p.hash);
             self.maps = empty_maps(&self.disks, self.chunk);
             self.changed = no_changes(&self.maps);
             self.base = None;
@@ -1008,7 +1009,8 @@ mod tests {
                 .expect("write");
         }
         let now = Timestamp::UNIX_EPOCH;
-        volume.commit(&mut store, 1, now, now).expect("commit");
+        let first = volume.commit(&mut store, 1, now, now).expect("commit");
+        assert_eq!(first.hash, ChunkHasher::Blake3, "a volume with no points");
         let map = volume.maps[0].clone();
         let hash = |index: usize| map[index];
         let chunk = CHUNK as u64;
@@ -1029,7 +1031,9 @@ mod tests {
         assert!(volume.read_backs(0, size, 4096).is_empty());
         assert!(volume.read_backs(1, 0, 4096).is_empty());
         // What it names reads after the advice as before.
-        store.prefetch(&[hash(1), hash(3), ZERO_CHUNK]);
+        for record in store.read_ahead(&[hash(1), hash(3), ZERO_CHUNK]) {
+            record.advise();
+        }
         assert_eq!(store.get(&hash(1), CHUNK).expect("chunk"), vec![2u8; CHUNK]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1085,18 +1089,19 @@ mod tests {
             (volume.chunk, volume.hasher),
             (LEGACY_CHUNK, ChunkHasher::Sha256)
         );
-        // From scratch (a full resync), it takes today's size and hash.
+        // From scratch (a full resync), it takes today's size, and keeps its hash while
+        // it holds points (what it stores again is what they name, once).
         volume.reset(0, &store).expect("reset");
         volume.write(&mut store, 0, 0, &[3u8; 4096]).expect("write");
         volume.commit(&mut store, 3, now, now).expect("commit");
         let (meta, maps) = volume.point_maps(3).expect("maps");
         assert_eq!(
             (meta.chunk, meta.hash, maps[0].len()),
-            (CHUNK, ChunkHasher::Blake3, 2 * LEGACY_CHUNK / CHUNK)
+            (CHUNK, ChunkHasher::Sha256, 2 * LEGACY_CHUNK / CHUNK)
         );
         let mut first = vec![0u8; CHUNK];
         first[..4096].fill(3);
-        assert_eq!(maps[0][0], ChunkHasher::Blake3.hash(&first));
+        assert_eq!(maps[0][0], ChunkHasher::Sha256.hash(&first));
         assert_eq!(volume.point_maps(2).expect("old point").1[0].len(), 2);
 
         // A point that says a size no volume has is refused by name.
