@@ -1465,13 +1465,7 @@ mod tests {
         // A SHA-256 record is written as every record was before BLAKE3 came (its flag
         // byte raw or compressed, nothing more), so older packs read as such.
         let bytes = std::fs::read(dir.join(pack_name(1))).expect("pack");
-        let flag = |hash: &ChunkHash| {
-            let at = bytes
-                .windows(HEADER)
-                .position(|w| &w[..4] == MAGIC && &w[4..36] == hash)
-                .expect("the record");
-            bytes[at + 44]
-        };
+        let flag = |hash: &ChunkHash| bytes[record_at(&bytes, hash) + 44];
         assert_eq!(flag(&old), RAW);
         assert_eq!(flag(&new), RAW | BLAKE3_ADDRESS);
         let store = ChunkStore::open(&dir).expect("reopen");
@@ -1585,13 +1579,18 @@ mod tests {
     }
 
     /// Flips a byte of the body of the record of `hash` in pack 1.
+    /// Where the record of `hash` begins in a pack's bytes.
+    fn record_at(bytes: &[u8], hash: &ChunkHash) -> usize {
+        bytes
+            .windows(HEADER)
+            .position(|w| &w[..4] == MAGIC && &w[4..36] == hash)
+            .expect("the record")
+    }
+
     fn damage(dir: &Path, hash: &ChunkHash) {
         let pack = dir.join(pack_name(1));
         let mut bytes = std::fs::read(&pack).expect("read pack");
-        let at = bytes
-            .windows(HEADER)
-            .position(|w| &w[..4] == MAGIC && &w[4..36] == hash)
-            .expect("the record");
+        let at = record_at(&bytes, hash);
         bytes[at + HEADER + 100] ^= 0xff;
         std::fs::write(&pack, &bytes).expect("write pack");
     }

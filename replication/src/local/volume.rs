@@ -1104,26 +1104,39 @@ mod tests {
         assert_eq!(maps[0][0], ChunkHasher::Sha256.hash(&first));
         assert_eq!(volume.point_maps(2).expect("old point").1[0].len(), 2);
 
-        // A point that says a size no volume has is refused by name.
-        let mut odd = serde_json::to_value(&meta).expect("json");
-        odd["chunk"] = serde_json::json!(12345);
-        let mut body = serde_json::to_vec(&odd).expect("json");
-        body.push(b'\n');
-        std::fs::write(points.join(format!("{:012}.rp", 4)), &body).expect("point");
-        let volume = Volume::open(&dir.join("src"), disks).expect("opened without it");
-        let (seq, why) = volume.unreadable.first().cloned().unwrap_or_default();
-        assert!(
-            seq == 4
-                && why.contains("000000000004.rp")
-                && why.contains("its chunks are 12345 bytes"),
-            "{why}"
-        );
-        assert_eq!(volume.latest().map(|p| p.seq), Some(3));
-        assert_eq!(volume.last_seq(), 4, "its number stays taken");
-        assert!(
-            volume.live_chunks(&mut HashSet::new()).is_err(),
-            "its chunks cannot be listed"
-        );
+        // A point that says a size no volume has, or a hash this version does not know,
+        // is refused by name.
+        let cases = [
+            (
+                "chunk",
+                serde_json::json!(12345),
+                "its chunks are 12345 bytes",
+            ),
+            (
+                "hash",
+                serde_json::json!("md5"),
+                "unknown variant `md5`, expected `sha256` or `blake3`",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let mut odd = serde_json::to_value(&meta).expect("json");
+            odd[field] = value;
+            let mut body = serde_json::to_vec(&odd).expect("json");
+            body.push(b'\n');
+            std::fs::write(points.join(format!("{:012}.rp", 4)), &body).expect("point");
+            let volume = Volume::open(&dir.join("src"), disks.clone()).expect("opened without it");
+            let (seq, why) = volume.unreadable.first().cloned().unwrap_or_default();
+            assert!(
+                seq == 4 && why.contains("000000000004.rp") && why.contains(expected),
+                "{why}"
+            );
+            assert_eq!(volume.latest().map(|p| p.seq), Some(3));
+            assert_eq!(volume.last_seq(), 4, "its number stays taken");
+            assert!(
+                volume.live_chunks(&mut HashSet::new()).is_err(),
+                "its chunks cannot be listed"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
