@@ -181,7 +181,7 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
                 server.name.value, source.id, source.replication.state
             ),
         )];
-        checks.extend(bandwidth_check(server, Installed::Before));
+        checks.extend(setting_checks(server, Installed::Before));
         return Report::done(checks, "agent already installed", Vec::new());
     }
     let spec = spec(ctx);
@@ -215,7 +215,7 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
                     source.id, source.replication.state
                 ),
             )];
-            checks.extend(bandwidth_check(server, Installed::ByTheEngine));
+            checks.extend(setting_checks(server, Installed::ByTheEngine));
             return Report::done(checks, "agent installed, replication started", actions);
         }
         Ok(Some(install)) => install,
@@ -250,13 +250,14 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
                     source.id
                 ),
             ));
-            checks.extend(bandwidth_check(server, Installed::Now(&install.template)));
+            checks.extend(setting_checks(server, Installed::Now(&install.template)));
             Report::done(checks, "agent installed, replication started", actions)
         }
     }
 }
 
-/// How the agent whose bandwidth agent_push reports came to be.
+/// How the agent whose settings agent_push reports came to be.
+#[derive(Clone, Copy)]
 enum Installed<'a> {
     /// Just now, through this template.
     Now(&'a str),
@@ -266,24 +267,58 @@ enum Installed<'a> {
     ByTheEngine,
 }
 
-/// What agent_push says of the server's `bandwidth` setting, when it has one: only the
-/// local engine's agent, started with it, applies it.
-fn bandwidth_check(server: &waves::model::Server, installed: Installed<'_>) -> Option<Check> {
-    let bits = server.tasks.agent_push.bandwidth_bits?;
-    let limit = waves::units::format_bandwidth(bits as f64);
+/// What agent_push says of the server's agent settings (`bandwidth`, `scan_interval`),
+/// those it has: only the local engine's agent, started with them, applies them.
+fn setting_checks(server: &waves::model::Server, installed: Installed<'_>) -> Vec<Check> {
+    let push = &server.tasks.agent_push;
+    let mut checks = Vec::new();
+    if let Some(bits) = push.bandwidth_bits {
+        let limit = waves::units::format_bandwidth(bits as f64);
+        checks.push(setting_check(
+            "bandwidth",
+            &limit,
+            &format!("the agent sends at most {limit}"),
+            "is throttled in the engine's own replication settings",
+            installed,
+        ));
+    }
+    if let Some(interval) = push.scan_interval {
+        checks.push(setting_check(
+            "scan interval",
+            &interval.to_string(),
+            &format!(
+                "the agent passes over quiet disks every {interval} at least (every 100 ms while they change)"
+            ),
+            "finds changes its own way",
+            installed,
+        ));
+    }
+    checks
+}
+
+/// One setting's check: `applied` when the local engine's agent was just started with
+/// it; else why `value` was not applied (another engine's agent `does` it its own way)
+/// or may not be (an agent installed before).
+fn setting_check(
+    name: &str,
+    value: &str,
+    applied: &str,
+    does: &str,
+    installed: Installed<'_>,
+) -> Check {
     let detail = match installed {
-        Installed::Now("local") => format!("the agent sends at most {limit}"),
-        Installed::Now(other) => format!(
-            "{limit} not applied: this engine's agent ({other}) is throttled in the engine's own replication settings"
-        ),
+        Installed::Now("local") => applied.to_owned(),
+        Installed::Now(other) => {
+            format!("{value} not applied: this engine's agent ({other}) {does}")
+        }
         Installed::Before => format!(
-            "{limit}: the agent was installed by an earlier agent_push (the local engine's with the bandwidth set then, another engine's without it); a changed value takes effect when the agent is installed again"
+            "{value}: the agent was installed by an earlier agent_push (the local engine's with the {name} set then, another engine's without it); a changed value takes effect when the agent is installed again"
         ),
-        Installed::ByTheEngine => format!(
-            "{limit} not applied: this engine installs its own agent, throttled in the engine's own replication settings"
-        ),
+        Installed::ByTheEngine => {
+            format!("{value} not applied: this engine installs its own agent, which {does}")
+        }
     };
-    Some(Check::pass("bandwidth", detail))
+    Check::pass(name, detail)
 }
 
 /// Runs an install script on the server as root with the install's secret on its
@@ -547,6 +582,18 @@ pub(crate) fn render_named(
                 .agent_push
                 .bandwidth_bits
                 .map(|bits| (bits as f64 / 1_000_000.0).to_string())
+                .unwrap_or_default(),
+        ),
+    );
+    // The agent's --scan-interval, in milliseconds; empty: the agent's own.
+    facts.insert(
+        "scan_interval_ms".to_owned(),
+        Value::from(
+            ctx.server
+                .tasks
+                .agent_push
+                .scan_interval
+                .map(|interval| (interval.approx_seconds() * 1000).to_string())
                 .unwrap_or_default(),
         ),
     );

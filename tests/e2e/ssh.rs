@@ -728,7 +728,7 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
              notify: [factory-lead@example.com]\ndefaults:\n  os: {{ family: linux, arch: x86_64 }}\n\
              \x20 change_rate: 1%/day\napplications:\n  - name: app\n    owner: app-owner@example.com\n    servers:\n\
              \x20     - name: sudo-01\n        ip: 127.0.0.1\n        disks: {sudo}\n        access: {{ user: wl-sudo }}\n\
-             \x20       tasks: {{ agent_push: {{ bandwidth: 400Mbit/s }} }}\n\
+             \x20       tasks: {{ agent_push: {{ bandwidth: 400Mbit/s, scan_interval: 2s }} }}\n\
              \x20     - name: password-01\n        ip: 127.0.0.4\n        disks: {password}\n\
              \x20       access: {{ user: wl-pass, credential: \"env:WL_TEST_PASSWORD\", sudo_credential: \"env:WL_TEST_PASSWORD\" }}\n",
             sudo = disk("sudo-01"),
@@ -778,11 +778,20 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
             "{}",
             said("agent")
         );
-        // One server's agent is held to the bandwidth its tasks name.
+        // One server's agent is held to the bandwidth and scan interval its tasks name.
         if *name == "sudo-01" {
             assert_eq!(said("bandwidth"), "the agent sends at most 400 Mbit/s");
+            assert_eq!(
+                said("scan interval"),
+                "the agent passes over quiet disks every 2s at least (every 100 ms while they change)"
+            );
         } else {
-            assert!(checks.iter().all(|c| c.0 != "bandwidth"), "{checks:?}");
+            assert!(
+                checks
+                    .iter()
+                    .all(|c| c.0 != "bandwidth" && c.0 != "scan interval"),
+                "{checks:?}"
+            );
         }
 
         // The agent's folder is root's: sudo ran the install, over the password for one.
@@ -822,14 +831,21 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
         );
     }
     drop(served);
-    // The agent started with the limit says so in its log; the other has none.
+    // The agent started with the limit and the interval says so in its log; the other
+    // runs with neither (its own half second).
     let limited: Vec<bool> = std::fs::read_dir(&agents)
         .expect("the agents' folder")
         .filter_map(|e| e.ok())
         .map(|e| {
-            std::fs::read_to_string(e.path().join("agent.log"))
-                .unwrap_or_default()
-                .contains("sending at most 400 Mbit/s")
+            let log = std::fs::read_to_string(e.path().join("agent.log")).unwrap_or_default();
+            let limited = log.contains(
+                "sending at most 400 Mbit/s, passes over quiet disks at most 2000 ms apart",
+            );
+            assert!(
+                limited || log.contains("passes over quiet disks at most 500 ms apart"),
+                "{log}"
+            );
+            limited
         })
         .collect();
     assert_eq!(

@@ -355,6 +355,20 @@ impl Builder {
                     ),
                 );
             }
+            let tasks = &server.tasks;
+            if let Some(interval) = tasks.agent_push.scan_interval
+                && !server.skips(TaskKind::ReplicationVerify)
+                && interval.approx_seconds() >= tasks.replication_verify.max_lag.approx_seconds()
+            {
+                self.finding(
+                    FindingSeverity::Warning,
+                    wave,
+                    format!(
+                        "server `{}` ({}): its agent passes over quiet disks every {interval} (agent_push.scan_interval), not under replication_verify.max_lag {}: a check while its disks are quiet may find the lag over it",
+                        server.name.value, app.name.value, tasks.replication_verify.max_lag
+                    ),
+                );
+            }
         }
         let schedules: std::collections::BTreeSet<String> = wave
             .servers()
@@ -504,4 +518,60 @@ pub fn to_json(plan: &Plan) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "findings": plan.findings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use crate::source::SourceFile;
+
+    /// The findings of a one-server wave whose tasks are `tasks` (a flow mapping).
+    fn findings(tasks: &str) -> Vec<String> {
+        let text = format!(
+            "name: wave-1\n\
+             window: {{ start: 2026-12-12 22:00, duration: 6h, timezone: UTC }}\n\
+             notify: [factory@example.com]\n\
+             defaults: {{ os: {{ family: linux }}, access: {{ method: local }} }}\n\
+             applications:\n\
+             \x20 - name: app\n\
+             \x20   servers:\n\
+             \x20     - name: s1\n\
+             \x20       disks: [{{ device: /dev/sda, size: 10GiB, boot: true }}]\n\
+             \x20       tasks: {tasks}\n"
+        );
+        let source = SourceFile {
+            name: Arc::from("wave.yaml"),
+            text,
+        };
+        let loaded = crate::load_sources(None, PathBuf::new(), &[source]);
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        super::plan(&loaded.definitions)
+            .findings
+            .into_iter()
+            .map(|f| f.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_interval_not_under_the_lag_a_check_allows_is_a_warning() {
+        let quiet = |found: &[String]| !found.iter().any(|m| m.contains("scan_interval"));
+        assert!(quiet(&findings("{ agent_push: { scan_interval: 5m } }")));
+        assert!(quiet(&findings(
+            "{ agent_push: { scan_interval: 20m }, replication_verify: { max_lag: 1h } }"
+        )));
+        let warned = findings("{ agent_push: { scan_interval: 10m } }");
+        assert!(
+            warned.iter().any(|m| m
+                == "server `s1` (app): its agent passes over quiet disks every 10m \
+                    (agent_push.scan_interval), not under replication_verify.max_lag 10m: a \
+                    check while its disks are quiet may find the lag over it"),
+            "{warned:?}"
+        );
+        // Longer than the lag allowed.
+        let warned =
+            findings("{ agent_push: { scan_interval: 1h }, replication_verify: { max_lag: 30m } }");
+        assert!(warned.iter().any(|m| m.contains("every 1h")), "{warned:?}");
+    }
 }

@@ -53,7 +53,17 @@ pub struct AgentPushSettings {
     /// as fast as it can.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bandwidth_bits: Option<u64>,
+    /// The longest pause between the local engine's agent's passes over quiet disks
+    /// (its `--scan-interval`); `None`: the agent's own, half a second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_interval: Option<Dur>,
 }
+
+/// The longest `agent_push.scan_interval`: the agent's lag on a quiet disk is about it.
+pub const MAX_SCAN_INTERVAL: Dur = Dur {
+    days: 0,
+    seconds: 3600,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifySettings {
@@ -141,6 +151,7 @@ impl Default for TaskSettings {
             agent_push: AgentPushSettings {
                 attempts: attempts(3, 120, 1800),
                 bandwidth_bits: None,
+                scan_interval: None,
             },
             replication_verify: VerifySettings {
                 attempts: attempts(0, 60, 300),
@@ -203,6 +214,27 @@ pub fn decode_onto(node: &Node, base: &mut TaskSettings, ctx: &mut Ctx) {
             });
             if bandwidth.is_some() {
                 base.agent_push.bandwidth_bits = bandwidth;
+            }
+        }
+        if let Some(n) = m.take("scan_interval") {
+            let interval = decode::parsed(n, "scan_interval", ctx, |text| {
+                let interval = crate::units::parse_duration(text)?;
+                if interval.is_zero() {
+                    return Err(format!(
+                        "`{text}` is no pause: the agent would read the disks without rest; \
+                         leave the setting out for the agent's own (half a second)"
+                    ));
+                }
+                if interval.approx_seconds() > MAX_SCAN_INTERVAL.approx_seconds() {
+                    return Err(format!(
+                        "`{text}` is longer than {MAX_SCAN_INTERVAL}: a change to a quiet disk \
+                         would wait that long to replicate"
+                    ));
+                }
+                Ok(interval)
+            });
+            if interval.is_some() {
+                base.agent_push.scan_interval = interval;
             }
         }
         m.finish(ctx);

@@ -203,8 +203,12 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         .bandwidth_mbit
         .map(|mbit| format!(", sending at most {mbit} Mbit/s"))
         .unwrap_or_default();
+    let interval = format!(
+        ", passes over quiet disks at most {} ms apart",
+        config.scan_interval.as_millis()
+    );
     log(&format!(
-        "connected to {}; continuing from recovery point {base}{limit}",
+        "connected to {}; continuing from recovery point {base}{limit}{interval}",
         config.server
     ));
 
