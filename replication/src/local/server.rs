@@ -132,8 +132,11 @@ pub fn token_hash(token: &str) -> String {
 
 /// The staging folder's format, kept in its `FORMAT` file. 2: recovery points may list
 /// their changes against a whole map, and lost chunks leave tombstones, which a
-/// Wavelift of format 1 (which wrote no such file) cannot read.
-pub const STAGING_FORMAT: u32 = 2;
+/// Wavelift of format 1 (which wrote no such file) cannot read. 3: pack records may be
+/// addressed by BLAKE3 (their flag byte says so) and recovery points name their hash,
+/// which a Wavelift of format 2 would take for damage (cutting its last pack short at
+/// the first such record).
+pub const STAGING_FORMAT: u32 = 3;
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_PREFIX: &str = "wavelift staging format ";
 
@@ -1274,6 +1277,17 @@ mod tests {
             .await
             .expect("its own format opens")
             .shutdown();
+        // A folder of format 2 (SHA-256 records only) opens and is marked: from now on
+        // a Wavelift of format 2, which takes BLAKE3 records for damage, refuses it.
+        std::fs::write(&format, "wavelift staging format 2\n").expect("format 2");
+        start_on(&staging)
+            .await
+            .expect("a format 2 folder opens")
+            .shutdown();
+        assert_eq!(
+            std::fs::read_to_string(&format).expect("marked"),
+            "wavelift staging format 3\n"
+        );
         // A newer format is refused, and nothing in the folder changes.
         let newer = format!("wavelift staging format {}\n", STAGING_FORMAT + 1);
         std::fs::write(&format, &newer).expect("newer");

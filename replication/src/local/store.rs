@@ -494,6 +494,11 @@ fn pack_ids(dir: &Path) -> io::Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// `err` with what was being done and the file or folder it was done to.
+fn in_file(err: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{doing} {}: {err}", path.display()))
+}
+
 fn pack_name(id: u32) -> String {
     format!("pack-{id:06}.wlc")
 }
@@ -538,26 +543,44 @@ impl ChunkStore {
     /// [`ChunkStore::open`], writing packs with `O_DIRECT` only if `direct` (and the
     /// filesystem takes it).
     pub(crate) fn open_with(dir: &Path, direct: bool) -> io::Result<ChunkStore> {
-        std::fs::create_dir_all(dir)?;
-        let ids = pack_ids(dir)?;
+        let ids = std::fs::create_dir_all(dir)
+            .and_then(|()| pack_ids(dir))
+            .map_err(|err| in_file(err, "cannot read the chunk store's folder", dir))?;
         let mut store = ChunkStore::empty(dir);
         store.allow_direct = direct;
         for (n, &id) in ids.iter().enumerate() {
-            let valid = store.index_pack(id)?;
             let path = dir.join(pack_name(id));
+            let valid = store
+                .index_pack(id)
+                .map_err(|err| in_file(err, "cannot index the chunk store's pack", &path))?;
             let is_last = n + 1 == ids.len();
             if is_last {
-                let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                if file.metadata()?.len() != valid {
-                    file.set_len(valid)?;
-                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| {
+                        if file.metadata()?.len() != valid {
+                            file.set_len(valid)?;
+                        }
+                        Ok(file)
+                    })
+                    .map_err(|err| {
+                        in_file(
+                            err,
+                            "cannot cut the torn end off the chunk store's pack",
+                            &path,
+                        )
+                    })?;
                 // Its records may be in the page cache only (the process ended before a
                 // sync), and a point may name them as the store holds them: they are
                 // synced now. If that fails, they stay (each is checked when read), and
                 // the next chunk starts a new pack.
                 let synced = file.sync_all().is_ok();
                 drop(file);
-                store.start_pack(id, false)?;
+                store.start_pack(id, false).map_err(|err| {
+                    in_file(err, "cannot open the chunk store's pack to append", &path)
+                })?;
                 if !synced || store.resume_at(valid).is_err() {
                     // Or its last block cannot be read back to be written again whole:
                     // the records before stay where they are (a damaged one is found
@@ -1448,6 +1471,42 @@ mod tests {
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
         assert_eq!(store.get(&a, chunk(3).len()).expect("get"), chunk(3));
+    }
+
+    #[test]
+    fn a_store_that_cannot_open_names_the_folder_or_the_pack() {
+        let dir = tempdir("unopenable");
+        // The store's folder is a file.
+        let not_a_folder = dir.join("chunks");
+        std::fs::write(&not_a_folder, b"x").expect("a file");
+        let err = ChunkStore::open(&not_a_folder).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read the chunk store's folder {}: File exists (os error 17)",
+                not_a_folder.display()
+            )
+        );
+        // A pack that cannot be read (here a folder in its place) is named, and the
+        // packs before it are left as they were.
+        let packs = dir.join("packs");
+        let mut store = ChunkStore::open(&packs).expect("open");
+        store.put(&chunk(5), ChunkHasher::NEW).expect("put");
+        store.sync().expect("sync");
+        drop(store);
+        let first = packs.join(pack_name(1));
+        let before = std::fs::read(&first).expect("the first pack");
+        let bad = packs.join(pack_name(2));
+        std::fs::create_dir(&bad).expect("a folder for a pack");
+        let err = ChunkStore::open(&packs).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot index the chunk store's pack {}: Is a directory (os error 21)",
+                bad.display()
+            )
+        );
+        assert_eq!(std::fs::read(&first).expect("kept"), before);
     }
 
     #[test]
