@@ -1261,33 +1261,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wl-server-format-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let staging = dir.join("staging");
-        // A folder of format 1 (no FORMAT file, points of its own) is marked and read.
+        // A folder of format 1 (no FORMAT file, points of its own) is marked and read;
+        // so is one of format 2 (SHA-256 records only): from then on a Wavelift of
+        // format 2, which takes BLAKE3 records for damage, refuses it.
         crate::local::volume::testing::source_with_points(&staging, "db02", 64, 2);
         let format = staging.join("FORMAT");
         assert!(!format.exists());
-        start_on(&staging)
-            .await
-            .expect("a format 1 folder opens")
-            .shutdown();
-        assert_eq!(
-            std::fs::read_to_string(&format).expect("marked"),
-            format!("wavelift staging format {STAGING_FORMAT}\n")
-        );
-        start_on(&staging)
-            .await
-            .expect("its own format opens")
-            .shutdown();
-        // A folder of format 2 (SHA-256 records only) opens and is marked: from now on
-        // a Wavelift of format 2, which takes BLAKE3 records for damage, refuses it.
-        std::fs::write(&format, "wavelift staging format 2\n").expect("format 2");
-        start_on(&staging)
-            .await
-            .expect("a format 2 folder opens")
-            .shutdown();
-        assert_eq!(
-            std::fs::read_to_string(&format).expect("marked"),
-            "wavelift staging format 3\n"
-        );
+        for (older, marked) in [(None, STAGING_FORMAT), (Some(2), 3), (Some(3), 3)] {
+            if let Some(older) = older {
+                std::fs::write(&format, format!("wavelift staging format {older}\n"))
+                    .expect("an older format");
+            }
+            start_on(&staging)
+                .await
+                .unwrap_or_else(|err| panic!("a folder of format {older:?} opens: {err}"))
+                .shutdown();
+            assert_eq!(
+                std::fs::read_to_string(&format).expect("marked"),
+                format!("wavelift staging format {marked}\n")
+            );
+        }
         // A newer format is refused, and nothing in the folder changes.
         let newer = format!("wavelift staging format {}\n", STAGING_FORMAT + 1);
         std::fs::write(&format, &newer).expect("newer");
