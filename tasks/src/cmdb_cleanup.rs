@@ -17,6 +17,24 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         Ok(target) => target,
         Err(report) => return report,
     };
+    if !cut_over(source.life_cycle, target.is_some()) {
+        // MGN's name of the state (`ready_for_cutover`), as the dashboard shows it.
+        let state = serde_json::to_value(source.life_cycle)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Report::fail(
+            format!(
+                "{} is {state} in the engine, not cut over (a cutover skipped, rolled back or \
+                 failed back): its CMDB record is left as it is and nothing is archived; \
+                 when it is cut over, `wavelift retry {}`; if it stays where it is, \
+                 `wavelift cancel {}`",
+                ctx.server.name.value, ctx.task_id, ctx.task_id
+            ),
+            false,
+            actions,
+        );
+    }
     let change = match ctx.cmdb.retire(ctx.server, target.as_deref()).await {
         Ok(change) => change,
         Err(err) => return Report::fail(format!("the CMDB refused: {err}"), true, actions),
@@ -65,4 +83,44 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         "the engine keeps nothing running for it",
     ));
     Report::done(checks, "retired and archived", actions)
+}
+
+/// A source may be retired in the CMDB once the engine says it was cut over (finalized,
+/// or archived since), or disconnected after a cutover launch: never one that still
+/// serves from the source (before its cutover, or back on it after a failback).
+fn cut_over(life_cycle: LifeCycle, launched: bool) -> bool {
+    match life_cycle {
+        LifeCycle::Cutover | LifeCycle::Archived => true,
+        LifeCycle::Disconnected => launched,
+        LifeCycle::NotReady
+        | LifeCycle::ReadyForTest
+        | LifeCycle::Testing
+        | LifeCycle::ReadyForCutover
+        | LifeCycle::CuttingOver => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use replication::LifeCycle::*;
+
+    #[test]
+    fn only_a_server_cut_over_is_retired() {
+        for (life_cycle, launched, retired) in [
+            (Cutover, true, true),
+            (Archived, false, true),
+            (Disconnected, true, true),
+            (Disconnected, false, false),
+            (ReadyForCutover, true, false),
+            (CuttingOver, true, false),
+            (Testing, false, false),
+            (NotReady, false, false),
+        ] {
+            assert_eq!(
+                super::cut_over(life_cycle, launched),
+                retired,
+                "{life_cycle:?}, launched: {launched}"
+            );
+        }
+    }
 }

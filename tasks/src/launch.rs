@@ -44,15 +44,27 @@ pub async fn earlier_launch(
     kind: LaunchKind,
 ) -> Result<Option<Job>, Report> {
     let jobs = jobs_of(ctx, source).await?;
-    Ok(jobs
-        .into_iter()
+    Ok(resumable(jobs, &source.id, kind, ctx.started_at))
+}
+
+/// The latest of `jobs` of this kind since `since` whose launch of `source` is under
+/// way or done. One that failed or was terminated is not resumed: a retry launches
+/// again (a failed launch found again would fail every retry the same way).
+fn resumable(
+    jobs: Vec<Job>,
+    source: &replication::SourceId,
+    kind: LaunchKind,
+    since: jiff::Timestamp,
+) -> Option<Job> {
+    jobs.into_iter()
         .rev()
-        .filter(|job| job.kind == kind && job.created_at >= ctx.started_at)
+        .filter(|job| job.kind == kind && job.created_at >= since)
         .find(|job| {
-            job.servers
-                .iter()
-                .any(|s| s.source == source.id && s.status != LaunchStatus::Terminated)
-        }))
+            job.servers.iter().any(|s| {
+                s.source == *source
+                    && !matches!(s.status, LaunchStatus::Terminated | LaunchStatus::Failed)
+            })
+        })
 }
 
 /// Starts a launch of this one server, unless this task already did. `resume` is the
@@ -270,4 +282,66 @@ pub async fn earlier_launch_any(
         .flat_map(|job| job.servers.iter())
         .find(|s| s.source == source.id && s.status == LaunchStatus::Launched)
         .and_then(|s| s.target.as_ref().map(|t| t.0.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use replication::{Job, JobId, JobServer, JobStatus, LaunchKind, LaunchStatus, SourceId};
+
+    fn job(id: &str, kind: LaunchKind, at: i64, entries: &[(&str, LaunchStatus)]) -> Job {
+        Job {
+            id: JobId(id.to_owned()),
+            kind,
+            status: JobStatus::Completed,
+            created_at: jiff::Timestamp::from_second(at).expect("a time"),
+            servers: entries
+                .iter()
+                .map(|(source, status)| JobServer {
+                    source: SourceId((*source).to_owned()),
+                    status: *status,
+                    target: None,
+                    message: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_launch_under_way_or_done_is_resumed_and_a_failed_or_terminated_one_is_not() {
+        let me = SourceId("s-1".to_owned());
+        let since = jiff::Timestamp::from_second(1_000).expect("a time");
+        let found = |jobs: Vec<Job>| {
+            super::resumable(jobs, &me, LaunchKind::Test, since).map(|job| job.id.0)
+        };
+        use LaunchStatus::*;
+        for (status, resumed) in [
+            (Pending, true),
+            (InProgress, true),
+            (Launched, true),
+            (Failed, false),
+            (Terminated, false),
+        ] {
+            let jobs = vec![job("j-1", LaunchKind::Test, 1_000, &[("s-1", status)])];
+            assert_eq!(found(jobs).is_some(), resumed, "{status:?}");
+        }
+        // The latest that counts: a launch that failed after one that worked is not
+        // resumed, the earlier one is.
+        let jobs = vec![
+            job("j-1", LaunchKind::Test, 1_100, &[("s-1", Launched)]),
+            job(
+                "j-2",
+                LaunchKind::Test,
+                1_200,
+                &[("s-1", Failed), ("s-2", Launched)],
+            ),
+        ];
+        assert_eq!(found(jobs).as_deref(), Some("j-1"));
+        // Not before the task began, not of the other kind, not another server's.
+        let jobs = vec![
+            job("j-0", LaunchKind::Test, 999, &[("s-1", Launched)]),
+            job("j-1", LaunchKind::Cutover, 1_100, &[("s-1", Launched)]),
+            job("j-2", LaunchKind::Test, 1_200, &[("s-2", Launched)]),
+        ];
+        assert_eq!(found(jobs), None);
+    }
 }
