@@ -36,15 +36,19 @@ impl Served {
             .stderr(Stdio::null())
             .spawn()
             .expect("wavelift serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the serving line");
-        let base = line
-            .strip_prefix("serving ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(|url| url.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        // `serve PATH` says what it applied first; the serving line follows.
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut said = String::new();
+        let base = (0..50)
+            .find_map(|_| {
+                let mut line = String::new();
+                out.read_line(&mut line).ok().filter(|n| *n > 0)?;
+                said.push_str(&line);
+                line.strip_prefix("serving ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|url| url.trim_end_matches('/').to_owned())
+            })
+            .unwrap_or_else(|| panic!("no serving line in: {said}"));
         Served { child, base }
     }
 
@@ -72,17 +76,15 @@ impl Drop for Served {
 
 /// A token of `role`, made with `wavelift token create`.
 pub fn token(dir: &Path, role: &str) -> String {
-    let made = wavelift(
-        dir,
-        &[
-            "token",
-            "create",
-            "--role",
-            role,
-            "--name",
-            &format!("{role}-user"),
-        ],
-    );
+    token_with(dir, role, &[])
+}
+
+/// [`token`], with more arguments for `token create` (a `--database-url`).
+fn token_with(dir: &Path, role: &str, more: &[&str]) -> String {
+    let name = format!("{role}-user");
+    let mut args = vec!["token", "create", "--role", role, "--name", &name];
+    args.extend_from_slice(more);
+    let made = wavelift(dir, &args);
     assert_eq!(made.code, 0, "{}", made.describe());
     assert!(made.stderr.contains("shown once"), "{}", made.describe());
     made.stdout.trim().to_owned()
@@ -538,6 +540,41 @@ fn a_session_needs_its_csrf_token_for_every_change_and_pages_need_a_session() {
         .send()
         .expect("after");
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Starts `wavelift serve .` on a quickstart copy whose configuration names another
+/// SQLite file: the web reads the store the executor runs on, so the token made in it
+/// is known and the waves applied there are listed.
+#[test]
+fn serve_with_definitions_reads_the_database_their_configuration_names() {
+    let scratch = Scratch::new("serve-config-database");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    edit(
+        &dir.join("wavelift.yaml"),
+        "url: sqlite://.wavelift/state.db",
+        "url: sqlite://team.db",
+    );
+    let applied = wavelift(&dir, &["apply", "."]);
+    assert_eq!(applied.code, 0, "{}", applied.describe());
+    let viewer = token_with(&dir, "viewer", &["--database-url", "sqlite://team.db"]);
+    let served = Served::start(&dir, &["."]);
+    let (status, waves) = body(
+        client()
+            .get(served.url("/api/waves"))
+            .bearer_auth(viewer)
+            .send()
+            .expect("GET"),
+    );
+    assert_eq!(status, StatusCode::OK, "{waves}");
+    let names: Vec<&str> = waves["waves"]
+        .as_array()
+        .map(|waves| waves.iter().filter_map(|w| w["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["wave-1", "wave-2"], "{waves}");
+    assert!(
+        !dir.join(".wavelift/state.db").exists(),
+        "no second, empty store was made"
+    );
 }
 
 #[test]

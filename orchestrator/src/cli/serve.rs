@@ -90,8 +90,11 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         stopped.clone(),
     ));
     let mut web_stopped = stopped.clone();
-    // The web reads through connections of its own: a page never waits for a batch.
-    let web_store = Store::open_readers(&args.state.database_url(None), WEB_READERS).await?;
+    // The web reads through connections of its own: a page never waits for a batch. They
+    // open the store the executor runs on: with definitions given, the one their
+    // configuration's `database.url` names (as `apply` stored them there).
+    let config = (!args.paths.is_empty()).then_some(&executor.definitions.config);
+    let web_store = Store::open_readers(&args.state.database_url(config), WEB_READERS).await?;
     let server = tokio::spawn(web::serve(
         listener,
         Arc::new(App::new(web_store)),
