@@ -339,17 +339,13 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
     }
 
     // The readiness report says no-go until the go is given, and why; as HTML and text.
-    let report = succeeds(wavelift(
-        &dir,
-        &[
-            "report",
-            "wave-1",
-            "--kind",
-            "readiness",
-            "--out",
-            "ready.html",
-        ],
-    ));
+    let report_to = |out: &str| {
+        wavelift(
+            &dir,
+            &["report", "wave-1", "--kind", "readiness", "--out", out],
+        )
+    };
+    let report = succeeds(report_to("ready.html"));
     assert!(
         report.stdout.starts_with(
             "REHEARSAL [wave-1] cutover readiness: NO-GO for the window of Sat 2046-12-15 22:00: wrote ready.html (HTML) and ready.txt (plain text)"
@@ -359,6 +355,24 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
     );
     let html = fs::read_to_string(dir.join("ready.html")).expect("ready.html");
     let text = fs::read_to_string(dir.join("ready.txt")).expect("ready.txt");
+    // An --out that names the text's own file is refused, and both files stay.
+    let refused = report_to("ready.txt");
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains(
+            "--out ready.txt: that is where the plain text would go; --out names the HTML file (like ready.html)"
+        ),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("ready.html")).expect("kept"),
+        html
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("ready.txt")).expect("kept"),
+        text
+    );
     for needle in [
         "wave-1: NO-GO",
         // payroll's gate does not await its go yet, but the go is still to be given.

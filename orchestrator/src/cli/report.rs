@@ -23,6 +23,18 @@ pub async fn run(
     out: Option<&Path>,
     send: bool,
 ) -> anyhow::Result<ExitCode> {
+    // The plain text goes beside the HTML, under the same name ending in .txt: a name
+    // that ends in .txt already would have the text overwrite the HTML.
+    if let Some(html) = out
+        && html.with_extension("txt") == html
+    {
+        anyhow::bail!(
+            "--out {}: that is where the plain text would go; --out names the HTML file \
+             (like {}), and the text is written beside it with .txt",
+            html.display(),
+            html.with_extension("html").display()
+        );
+    }
     let store = state.open_existing().await?;
     let (now, _) = status_now(&store).await?;
     if send {
