@@ -75,6 +75,7 @@ store_suite!(
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
+    a_running_cutover_is_neither_skipped_nor_cancelled,
     events_are_appended_in_order_and_filtered_by_wave,
     next_due_and_unfinished_count_follow_the_tasks,
     claim_at_next_due_finds_the_task_whose_lease_expired,
@@ -1924,6 +1925,42 @@ async fn cancel_blocks_dependants_and_drops_the_workers_completion(
     Ok(())
 }
 
+async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    h.drive_to("db-1/cutover", t.window_start).await?;
+    assert_eq!(h.state("db-1/cutover").await?, "running");
+    for (lever, refused) in [
+        (
+            "skipped",
+            h.store.skip("db-1/cutover", "alice", t.window_start).await,
+        ),
+        (
+            "cancelled",
+            h.store
+                .cancel("db-1/cutover", "alice", t.window_start)
+                .await,
+        ),
+    ] {
+        let err = refused
+            .err()
+            .with_context(|| format!("a running cutover was {lever}"))?;
+        assert!(
+            format!("{err:#}").contains(&format!(
+                "`db-1/cutover` is running and cannot be {lever} halfway"
+            )),
+            "{err:#}"
+        );
+    }
+    assert_eq!(h.state("db-1/cutover").await?, "running");
+    assert_eq!(
+        h.lease_owner("db-1/cutover").await?.as_deref(),
+        Some(DRIVER)
+    );
+    Ok(())
+}
+
 async fn approve_opens_a_gate_that_awaits_approval(h: Harness) -> anyhow::Result<()> {
     let defs = load(&web_and_db());
     let t = defs.times(WAVE_A);
@@ -1955,6 +1992,20 @@ async fn approve_opens_a_gate_that_awaits_approval(h: Harness) -> anyhow::Result
         .await?;
     assert_eq!(h.state("web/ready").await?, "awaiting_approval");
     assert_eq!(h.lease_owner("web/ready").await?, None);
+    // A skip is no go: the gate keeps waiting for one, given with who and when.
+    let err = h
+        .store
+        .skip("web/ready", "mallory", t.validate)
+        .await
+        .err()
+        .context("a gate awaiting its go was skipped")?;
+    assert!(
+        format!("{err:#}").contains(
+            "`web/ready` waits for the go of web's cutover, which a skip does not give: give it with `wavelift approve wave-a --app web`"
+        ),
+        "{err:#}"
+    );
+    assert_eq!(h.state("web/ready").await?, "awaiting_approval");
     // It waits for an operator: never claimed, never due, but not finished either.
     assert!(!h.claim("w", t.window_end).await?.contains_key("web/ready"));
     assert!(h.store.unfinished_count().await? >= 1);

@@ -232,13 +232,27 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a task skipped: it counts as done for what depends on it.
+    /// Marks a task skipped: it counts as done for what depends on it. Not a gate that
+    /// waits for its go (an approval is given with `approve`, recorded with who), nor a
+    /// running cutover.
     pub async fn skip(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if matches!(task.state(), TaskState::Succeeded | TaskState::Skipped) {
             bail!("`{id}` is already {}", task.state);
         }
+        if task.approval_required && task.approved_by.is_none() {
+            bail!(
+                "`{id}` waits for the go of {}'s cutover, which a skip does not give: give it \
+                 with `wavelift approve {} --app {}` (recorded with who and when), or hold it \
+                 with `wavelift no-go {}`",
+                task.application,
+                task.wave,
+                task.application,
+                task.wave
+            );
+        }
+        refuse_running_cutover(&task, "skipped")?;
         txn.execute_raw(self.stmt(
             "UPDATE tasks SET state = 'skipped', reason = ?, finished_at = ?, lease_owner = NULL, \
              lease_expires_at = NULL, updated_at = ? WHERE id = ?",
@@ -272,6 +286,7 @@ impl Store {
         if task.state().is_final() {
             bail!("`{id}` is already {}", task.state);
         }
+        refuse_running_cutover(&task, "cancelled")?;
         txn.execute_raw(self.stmt(
             "UPDATE tasks SET state = 'cancelled', reason = ?, finished_at = ?, lease_owner = NULL, \
              lease_expires_at = NULL, updated_at = ? WHERE id = ?",
@@ -313,4 +328,19 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// A running cutover is not abandoned halfway: it may have shut the source down or
+/// launched its target, and only the task itself rolls that back (when it fails, or when
+/// its window ends first).
+fn refuse_running_cutover(task: &TaskRow, lever: &str) -> anyhow::Result<()> {
+    if task.kind == "cutover" && task.state() == TaskState::Running {
+        bail!(
+            "`{}` is running and cannot be {lever} halfway: it may have shut the source down \
+             or launched its target, which only the task rolls back; it ends by itself (one \
+             that cannot finish inside its window is rolled back), then it can be {lever}",
+            task.id
+        );
+    }
+    Ok(())
 }
