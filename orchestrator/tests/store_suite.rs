@@ -62,6 +62,7 @@ store_suite!(
     apply_reports_servers_added_changed_moved_and_removed,
     removing_a_server_with_a_running_task_is_refused_unless_forced,
     moving_a_server_whose_cutover_started_is_refused,
+    a_wave_whose_agents_were_pushed_keeps_its_engine,
     claim_respects_dependencies_due_times_and_leases,
     concurrent_claims_never_hand_one_task_to_two_owners,
     claim_takes_at_most_its_limit_in_all_and_per_wave,
@@ -312,11 +313,16 @@ struct Defs {
 }
 
 fn load(waves: &[WaveDef]) -> Defs {
+    load_on(waves, "sim")
+}
+
+/// [`load`], the waves on `engine`.
+fn load_on(waves: &[WaveDef], engine: &str) -> Defs {
     let sources: Vec<SourceFile> = waves
         .iter()
         .map(|w| SourceFile {
             name: Arc::from(format!("{}.yaml", w.name).as_str()),
-            text: render(w),
+            text: render(w).replace("engine: sim\n", &format!("engine: {engine}\n")),
         })
         .collect();
     let loaded = waves::load_sources(None, PathBuf::new(), &sources);
@@ -1084,6 +1090,37 @@ async fn removing_a_server_with_a_running_task_is_refused_unless_forced(
         .await?;
     assert_eq!(dropped, 1);
     assert_eq!(h.state("web-2/agent_push").await?, "cancelled");
+    Ok(())
+}
+
+async fn a_wave_whose_agents_were_pushed_keeps_its_engine(h: Harness) -> anyhow::Result<()> {
+    let on_sim = load(&web_and_db());
+    let on_local = load_on(&web_and_db(), "local");
+    let t = on_sim.times(WAVE_A);
+    // Before any agent is pushed, a wave may change its engine, and back.
+    h.apply(&on_sim, false, t.build - DAY).await?;
+    h.apply(&on_local, false, t.build - DAY).await?;
+    h.apply(&on_sim, false, t.build - DAY).await?;
+    assert_eq!(h.revision_count().await?, 3);
+    h.drive_to("web-1/agent_push", t.build).await?;
+    let before = h.rows().await?;
+    for force in [false, true] {
+        let err = h
+            .apply(&on_local, force, t.build + 1)
+            .await
+            .err()
+            .with_context(|| format!("a wave left its engine after a push (force {force})"))?;
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(
+                "wave `wave-a` cannot move from engine `sim` to `local`: the agent_push of "
+            ) && message.contains("web-1")
+                && message.contains("has started on `sim`, where its replication runs"),
+            "{message}"
+        );
+    }
+    assert_eq!(h.rows().await?, before);
+    assert_eq!(h.revision_count().await?, 3);
     Ok(())
 }
 

@@ -42,6 +42,15 @@ pub async fn apply_paths(
             finding.message
         );
     }
+    if loaded.sources.config.is_none() {
+        // Said, because the usual cause is a folder of waves applied without the
+        // wavelift.yaml beside it: its engines, store and reports are not in force.
+        eprintln!(
+            "note: no configuration among the paths given (no wavelift.yaml, no --config): \
+             the built-in one applies (a wave without `engine:` runs on the local engine, \
+             reports go to the outbox)"
+        );
+    }
     let now = jiff::Timestamp::now().as_millisecond();
     for warning in past_windows(&loaded.definitions, now) {
         eprintln!("{warning}");

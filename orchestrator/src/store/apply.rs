@@ -149,6 +149,44 @@ impl Store {
                 Some(_) => {}
             }
         }
+        // A wave whose agents were pushed through one engine does not move to another:
+        // its replication runs there (the usual cause: the configuration left out).
+        let engines = self.stored_engines(&txn).await?;
+        for wave in &definitions.waves {
+            let engine = wave.engine.value.as_str();
+            let Some(before) = engines.get(&wave.name.value).filter(|e| *e != engine) else {
+                continue;
+            };
+            let pushed: Vec<&str> = wave
+                .servers()
+                .map(|(_, server)| server.name.value.as_str())
+                .filter(|name| {
+                    stored
+                        .get(*name)
+                        .is_some_and(|old| old.wave == wave.name.value)
+                })
+                .filter(|name| {
+                    !matches!(
+                        states
+                            .get(&format!("{name}/agent_push"))
+                            .map(String::as_str),
+                        None | Some("pending")
+                            | Some("blocked")
+                            | Some("skipped")
+                            | Some("cancelled")
+                    )
+                })
+                .collect();
+            if !pushed.is_empty() {
+                refusals.push(format!(
+                    "wave `{}` cannot move from engine `{before}` to `{engine}`: the agent_push of {} \
+                     has started on `{before}`, where its replication runs (was the configuration \
+                     that names `{before}` left out? apply it with the waves, or give --config)",
+                    wave.name.value,
+                    pushed.join(", ")
+                ));
+            }
+        }
         for name in stored.keys() {
             if new_servers.contains_key(name) {
                 continue;
@@ -230,6 +268,21 @@ impl Store {
                     spec: row.try_get("", "spec")?,
                 },
             );
+        }
+        Ok(out)
+    }
+
+    /// Each stored wave's engine, by wave name.
+    async fn stored_engines(
+        &self,
+        txn: &DatabaseTransaction,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let rows = txn
+            .query_all_raw(self.stmt("SELECT name, engine FROM waves", vec![]))
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            out.insert(row.try_get("", "name")?, row.try_get("", "engine")?);
         }
         Ok(out)
     }
