@@ -633,6 +633,40 @@ fn check(r: &Rehearsal) -> Result<(), TestCaseError> {
         }
     }
 
+    // A boot test that failed on its target (unhealthy, or a check) terminated it
+    // before it failed: no test machine is left running for a retry to find again.
+    for (task, attempts) in &r.attempts {
+        let Some(server) = task.strip_suffix("/boot_test") else {
+            continue;
+        };
+        for attempt in attempts {
+            let on_target = attempt.error.as_deref().is_some_and(|e| {
+                e.contains("did not pass its status checks") || e.contains("boot test check failed")
+            });
+            if !on_target
+                || attempt
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("left running"))
+            {
+                continue;
+            }
+            let terminated = r.actions.iter().any(|a| {
+                a.source == server
+                    && a.action == "terminate_targets"
+                    && a.detail.starts_with("test: ")
+                    && a.at.as_millisecond() <= attempt.finished_at
+                    && a.at.as_millisecond() >= attempt.started_at
+            });
+            prop_assert!(
+                terminated,
+                "{} failed on its target without terminating it: {:?}",
+                task,
+                attempt
+            );
+        }
+    }
+
     // The engine: no launch repeated without a failed attempt before it, no second
     // finalize or archive.
     let mut by_server: BTreeMap<(&str, &str), Vec<&ActionRecord>> = BTreeMap::new();
@@ -945,6 +979,36 @@ fn the_checks_catch_each_breach_they_look_for() {
         apply(&mut broken);
         assert!(check(&broken).is_err(), "the checks missed {breach}");
     }
+    // A boot test that failed on its target and left it running is named as that.
+    let mut broken = good.clone();
+    if let Some(attempts) = broken.attempts.get_mut("srv-0/boot_test") {
+        for attempt in attempts.iter_mut() {
+            attempt.number += 1;
+        }
+        attempts.insert(
+            0,
+            Attempt {
+                number: 1,
+                started_at: 0,
+                finished_at: 0,
+                outcome: "failed".to_owned(),
+                error: Some(
+                    "the test target t-1 did not pass its status checks (Impaired)".to_owned(),
+                ),
+            },
+        );
+    }
+    if let Some(t) = broken.tasks.get_mut("srv-0/boot_test") {
+        t.attempts += 1;
+    }
+    let err = check(&broken)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("srv-0/boot_test failed on its target without terminating it"),
+        "the checks missed a test target left running: {err}"
+    );
 }
 
 fn set_state(r: &mut Rehearsal, id: &str, state: &str) {

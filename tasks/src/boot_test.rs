@@ -97,35 +97,16 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     match launch::is_healthy(&found) {
         None => return resume(&step, ctx, "waiting for the test target to boot", actions),
         Some(false) => {
-            if let Err(err) = launch::leave_testing(ctx, &source, &mut actions).await {
-                return Report::fail(
-                    format!(
-                        "the test target {target} did not pass its status checks ({:?}); it is left running, as the server could not leave testing: {}",
-                        found.health, err.message
-                    ),
-                    true,
-                    actions,
-                );
-            }
-            if let Err(report) =
-                launch::terminate_once(ctx, &source, Some(&target), LaunchKind::Test, &mut actions)
-                    .await
-            {
-                return report;
-            }
-            return Report::fail(
-                format!(
-                    "the test target {target} did not pass its status checks ({:?}){}",
-                    found.health,
-                    found
-                        .detail
-                        .as_deref()
-                        .map(|d| format!(": {d}"))
-                        .unwrap_or_default()
-                ),
-                true,
-                actions,
+            let failure = format!(
+                "the test target {target} did not pass its status checks ({:?}){}",
+                found.health,
+                found
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
             );
+            return failed_test(ctx, &source, &target, failure, true, actions).await;
         }
         Some(true) => {}
     }
@@ -141,11 +122,10 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             .extend(probe_checks(ctx, found.address.as_deref()));
     }
     if let Some(failed) = step.checks.iter().find(|c| !c.passed) {
-        return Report::fail(
-            format!("boot test check failed: {}: {}", failed.name, failed.detail),
-            true,
-            actions,
-        );
+        // The checks that fail in this version are probes its engine cannot run: the
+        // configuration must change before a retry can pass.
+        let failure = format!("boot test check failed: {}: {}", failed.name, failed.detail);
+        return failed_test(ctx, &source, &target, failure, false, actions).await;
     }
     if source.life_cycle != LifeCycle::ReadyForCutover {
         if let Err(err) = ctx
@@ -170,6 +150,35 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         "test target healthy; ready for cutover",
         actions,
     )
+}
+
+/// Ends a failed test: the server leaves testing and its test target is terminated (a
+/// retry launches a new one), then the task fails with `failure`. A target the server
+/// cannot leave testing for is left running, and the failure says so.
+async fn failed_test(
+    ctx: &TaskContext<'_>,
+    source: &replication::SourceServer,
+    target: &replication::TargetId,
+    failure: String,
+    retryable: bool,
+    mut actions: Vec<Action>,
+) -> Report {
+    if let Err(err) = launch::leave_testing(ctx, source, &mut actions).await {
+        return Report::fail(
+            format!(
+                "{failure}; the test target is left running, as the server could not leave testing: {}",
+                err.message
+            ),
+            true,
+            actions,
+        );
+    }
+    if let Err(report) =
+        launch::terminate_once(ctx, source, Some(target), LaunchKind::Test, &mut actions).await
+    {
+        return report;
+    }
+    Report::fail(failure, retryable, actions)
 }
 
 /// The configured probes. A rehearsal target has no address to probe; real targets are
