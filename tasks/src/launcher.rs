@@ -90,8 +90,25 @@ impl Launcher {
                     .start_launch(kind, &ids, &PointInTime::Latest)
                     .await
                     .map(Arc::new);
-                for (_, sender) in chunk {
-                    let _ = sender.send(result.clone());
+                match result {
+                    // The engine refused the job for what one of its servers is (its
+                    // replication not continuous, a target it still holds, an unknown
+                    // id), and launched none of them: each is launched alone, so one
+                    // server does not fail the others' launches.
+                    Err(err) if ids.len() > 1 && refuses_the_request(&err) => {
+                        for (id, sender) in chunk {
+                            let alone = engine
+                                .start_launch(kind, std::slice::from_ref(&id), &PointInTime::Latest)
+                                .await
+                                .map(Arc::new);
+                            let _ = sender.send(alone);
+                        }
+                    }
+                    result => {
+                        for (_, sender) in chunk {
+                            let _ = sender.send(result.clone());
+                        }
+                    }
                 }
             }
         }
@@ -101,5 +118,119 @@ impl Launcher {
                 "the launch batch was dropped before it started",
             ))
         })
+    }
+}
+
+/// An error by which the engine refused a launch request as a whole, before it launched
+/// anything: a rule, a wrong request, an unknown server. Not a quota (the batch waits
+/// for capacity together) nor a transient failure (which may have launched; the tasks
+/// look for their launch before they ask again).
+fn refuses_the_request(err: &EngineError) -> bool {
+    matches!(
+        err.kind,
+        ErrorKind::Conflict | ErrorKind::Invalid | ErrorKind::NotFound
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use replication::sim::{ManualClock, SimConfig, SimEngine};
+    use replication::{DiskSpec, ErrorKind, LaunchKind, ReplicationEngine, SourceId, SourceSpec};
+
+    fn spec(name: &str) -> SourceSpec {
+        SourceSpec {
+            name: name.to_owned(),
+            hostname: None,
+            disks: vec![DiskSpec {
+                device: "/dev/sda".to_owned(),
+                size_bytes: 1 << 30,
+                used_bytes: 1 << 29,
+            }],
+            change_rate_bytes_per_second: 0.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_the_engine_refuses_does_not_fail_the_others_in_its_batch() {
+        let clock = Arc::new(ManualClock::new(
+            "2026-03-02T08:00:00Z".parse().expect("a time"),
+        ));
+        let config = SimConfig {
+            initiate_seconds: 300.0,
+            ..SimConfig::instant(1)
+        };
+        let engine = SimEngine::new(config, clock.clone());
+        let mut ids = Vec::new();
+        for name in ["app-01", "app-02"] {
+            ids.push(
+                engine
+                    .register_source(&spec(name))
+                    .await
+                    .expect("registered")
+                    .id,
+            );
+        }
+        clock.advance(3600.0);
+        // Registered last, so its replication has not begun: a launch needs it.
+        ids.push(
+            engine
+                .register_source(&spec("app-03"))
+                .await
+                .expect("registered")
+                .id,
+        );
+        ids.push(SourceId("s-unknown".to_owned()));
+        let launcher = super::Launcher::default();
+        let launch = |id: &SourceId| launcher.launch(&engine, LaunchKind::Test, id.clone());
+        let (a, b, c, d) = tokio::join!(
+            launch(&ids[0]),
+            launch(&ids[1]),
+            launch(&ids[2]),
+            launch(&ids[3])
+        );
+        let results = [a, b, c, d];
+        let jobs: Vec<_> = results[..2]
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .map(|job| job.servers.len())
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        assert_eq!(jobs, vec![Ok(1), Ok(1)], "each ready server launched alone");
+        for (result, kind) in results[2..]
+            .iter()
+            .zip([ErrorKind::Conflict, ErrorKind::NotFound])
+        {
+            assert_eq!(
+                result.as_ref().err().map(|e| e.kind),
+                Some(kind),
+                "{result:?}"
+            );
+        }
+        // Ready servers alone share one job.
+        let more: Vec<SourceId> = {
+            let mut more = Vec::new();
+            for name in ["app-04", "app-05"] {
+                more.push(
+                    engine
+                        .register_source(&spec(name))
+                        .await
+                        .expect("registered")
+                        .id,
+                );
+            }
+            clock.advance(3600.0);
+            more
+        };
+        let (a, b) = tokio::join!(launch(&more[0]), launch(&more[1]));
+        let shared = [a, b];
+        let sizes: Vec<usize> = shared
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |job| job.servers.len()))
+            .collect();
+        assert_eq!(sizes, vec![2, 2]);
     }
 }
