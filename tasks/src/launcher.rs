@@ -162,25 +162,18 @@ mod tests {
             ..SimConfig::instant(1)
         };
         let engine = SimEngine::new(config, clock.clone());
-        let mut ids = Vec::new();
-        for name in ["app-01", "app-02"] {
-            ids.push(
-                engine
-                    .register_source(&spec(name))
-                    .await
-                    .expect("registered")
-                    .id,
-            );
-        }
+        let register = async |names: &[&str]| {
+            let mut ids = Vec::new();
+            for name in names {
+                let source = engine.register_source(&spec(name)).await;
+                ids.push(source.expect("registered").id);
+            }
+            ids
+        };
+        let mut ids = register(&["app-01", "app-02"]).await;
         clock.advance(3600.0);
         // Registered last, so its replication has not begun: a launch needs it.
-        ids.push(
-            engine
-                .register_source(&spec("app-03"))
-                .await
-                .expect("registered")
-                .id,
-        );
+        ids.extend(register(&["app-03"]).await);
         ids.push(SourceId("s-unknown".to_owned()));
         let launcher = super::Launcher::default();
         let launch = |id: &SourceId| launcher.launch(&engine, LaunchKind::Test, id.clone());
@@ -211,20 +204,8 @@ mod tests {
             );
         }
         // Ready servers alone share one job.
-        let more: Vec<SourceId> = {
-            let mut more = Vec::new();
-            for name in ["app-04", "app-05"] {
-                more.push(
-                    engine
-                        .register_source(&spec(name))
-                        .await
-                        .expect("registered")
-                        .id,
-                );
-            }
-            clock.advance(3600.0);
-            more
-        };
+        let more = register(&["app-04", "app-05"]).await;
+        clock.advance(3600.0);
         let (a, b) = tokio::join!(launch(&more[0]), launch(&more[1]));
         let shared = [a, b];
         let sizes: Vec<usize> = shared
