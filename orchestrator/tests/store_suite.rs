@@ -76,6 +76,7 @@ store_suite!(
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
+    unknown_waves_and_applications_are_named_with_what_there_is,
     a_running_cutover_is_neither_skipped_nor_cancelled,
     events_are_appended_in_order_and_filtered_by_wave,
     next_due_and_unfinished_count_follow_the_tasks,
@@ -1995,6 +1996,68 @@ async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyho
         h.lease_owner("db-1/cutover").await?.as_deref(),
         Some(DRIVER)
     );
+    Ok(())
+}
+
+async fn unknown_waves_and_applications_are_named_with_what_there_is(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let refused = |result: anyhow::Result<Vec<String>>| {
+        result
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| "accepted".to_owned())
+    };
+    assert_eq!(
+        refused(h.store.approve(WAVE_A, None, "alice", 0).await),
+        "no wave `wave-a`: nothing is applied yet (wavelift apply PATH)"
+    );
+    let defs = load(&[
+        wave_a(vec![app("web", vec![srv("web-1")])]),
+        wave_b(vec![app("api", vec![srv("api-1")])]),
+    ]);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    for (wave, application, expected) in [
+        (
+            "wave-z",
+            None,
+            "no wave `wave-z`; the waves are: wave-a, wave-b",
+        ),
+        (
+            WAVE_A,
+            Some("api"),
+            "no application `api` in wave `wave-a`: it is in wave `wave-b`",
+        ),
+        (
+            WAVE_A,
+            Some("nope"),
+            "no application `nope` in wave `wave-a`; its applications are: web",
+        ),
+    ] {
+        assert_eq!(
+            refused(h.store.approve(wave, application, "alice", t.build).await),
+            expected
+        );
+        assert_eq!(
+            refused(
+                h.store
+                    .no_go(wave, application, "alice", "no", t.build)
+                    .await
+            ),
+            expected
+        );
+    }
+    assert_eq!(
+        h.store
+            .check_wave("wave-z")
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("no wave `wave-z`; the waves are: wave-a, wave-b")
+    );
+    h.store.check_wave(WAVE_B).await?;
     Ok(())
 }
 

@@ -249,6 +249,23 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
     let wave_2 = status_tasks(&dir, &["--wave", "wave-2"]);
     assert_eq!(wave_2.len(), 4 * 6 + 1);
     assert!(wave_2.values().all(|t| t["wave"] == "wave-2"));
+    // A wave that is not there is named, with those that are, not shown as empty.
+    for command in [
+        &["status", "--wave", "wave-3"][..],
+        &["status", "--wave", "wave-3", "--json"],
+        &["events", "--wave", "wave-3"],
+    ] {
+        let unknown = wavelift(&dir, command);
+        assert_eq!(unknown.code, 1, "{}", unknown.describe());
+        assert!(
+            unknown
+                .stderr
+                .contains("no wave `wave-3`; the waves are: wave-1, wave-2")
+                && unknown.stdout.is_empty(),
+            "{}",
+            unknown.describe()
+        );
+    }
 
     // Every server's test and cutover launch was started exactly once, with its server.
     let log = events(&dir, &[]);

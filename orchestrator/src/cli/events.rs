@@ -12,6 +12,9 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = state.open_existing().await?;
+    if let Some(wave) = wave {
+        store.check_wave(wave).await?;
+    }
     let mut after = 0i64;
     loop {
         let events = store.events_after(after, wave, 1000).await?;

@@ -10,6 +10,9 @@ use crate::store::{Store, TaskRow, TaskState};
 
 pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let store = state.open_existing().await?;
+    if let Some(wave) = wave {
+        store.check_wave(wave).await?;
+    }
     if json {
         let tasks = store.tasks(wave).await?;
         let (now, warped) = status_now(&store).await?;

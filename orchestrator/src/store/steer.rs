@@ -33,15 +33,7 @@ impl Store {
             .map(|r| r.try_get::<String>("", "application"))
             .collect::<Result<_, _>>()?;
         if apps.is_empty() {
-            let waves = txn
-                .query_all_raw(self.stmt("SELECT DISTINCT wave FROM tasks ORDER BY wave", vec![]))
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String>("", "wave"))
-                .collect::<Result<Vec<_>, _>>()?;
-            if !waves.iter().any(|w| w == wave) {
-                bail!("no wave `{wave}`; the waves are: {}", waves.join(", "));
-            }
+            self.check_names(&txn, wave, application).await?;
             bail!(
                 "nothing to approve in wave `{wave}`{}: no cutover there waits for an approval",
                 application
@@ -111,6 +103,7 @@ impl Store {
             .map(|r| r.try_get::<String>("", "application"))
             .collect::<Result<_, _>>()?;
         if apps.is_empty() {
+            self.check_names(&txn, wave, application).await?;
             let opened = txn
                 .query_all_raw(self.stmt(
                     &format!(
@@ -158,6 +151,61 @@ impl Store {
         insert_events(self, &txn, &events).await?;
         txn.commit().await?;
         Ok(apps)
+    }
+
+    /// An error naming what is wrong when no wave `wave` is stored, or it holds no
+    /// application `application`: the waves there are, or where the application is.
+    pub async fn check_names(
+        &self,
+        conn: &impl ConnectionTrait,
+        wave: &str,
+        application: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let rows = conn
+            .query_all_raw(self.stmt(
+                "SELECT DISTINCT wave, application FROM tasks ORDER BY wave, application",
+                vec![],
+            ))
+            .await?;
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get("", "wave")?, r.try_get("", "application")?)))
+            .collect::<Result<_, sea_orm::DbErr>>()?;
+        if pairs.is_empty() {
+            bail!("no wave `{wave}`: nothing is applied yet (wavelift apply PATH)");
+        }
+        if !pairs.iter().any(|(w, _)| w == wave) {
+            let mut waves: Vec<&str> = pairs.iter().map(|(w, _)| w.as_str()).collect();
+            waves.dedup();
+            bail!("no wave `{wave}`; the waves are: {}", waves.join(", "));
+        }
+        let Some(application) = application else {
+            return Ok(());
+        };
+        if pairs.iter().any(|(w, a)| w == wave && a == application) {
+            return Ok(());
+        }
+        match pairs.iter().find(|(_, a)| a == application) {
+            Some((elsewhere, _)) => bail!(
+                "no application `{application}` in wave `{wave}`: it is in wave `{elsewhere}`"
+            ),
+            None => {
+                let here: Vec<&str> = pairs
+                    .iter()
+                    .filter(|(w, _)| w == wave)
+                    .map(|(_, a)| a.as_str())
+                    .collect();
+                bail!(
+                    "no application `{application}` in wave `{wave}`; its applications are: {}",
+                    here.join(", ")
+                )
+            }
+        }
+    }
+
+    /// [`Store::check_names`] on the store's own connection.
+    pub async fn check_wave(&self, wave: &str) -> anyhow::Result<()> {
+        self.check_names(&self.db, wave, None).await
     }
 
     async fn steer_target(&self, txn: &DatabaseTransaction, id: &str) -> anyhow::Result<TaskRow> {
