@@ -66,6 +66,14 @@ pub async fn apply_paths(
         )
         .await?;
     print_report(&report)?;
+    let url = state.database_url(Some(&loaded.definitions.config));
+    if url != waves::config::DEFAULT_DATABASE_URL {
+        // The commands that read or steer read no configuration: they are told.
+        eprintln!(
+            "stored in {url}: give status, events and the levers --database-url {url}",
+            url = crate::store::redact(&url)
+        );
+    }
     Ok(Some(store))
 }
 

@@ -97,7 +97,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     out!("{summary}");
     // Where the state is, as `status` and `events` would need to be told.
     let url = crate::store::redact(&args.state.database_url(Some(&executor.definitions.config)));
-    let flag = if url == args.state.database_url(None) {
+    let flag = if url == waves::config::DEFAULT_DATABASE_URL {
         String::new()
     } else {
         format!(" --database-url {url}")

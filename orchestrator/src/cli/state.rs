@@ -22,8 +22,8 @@ use crate::store::Store;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StateArgs {
-    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: the
-    /// configuration's database.url when given, else sqlite://.wavelift/state.db)
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: for commands given
+    /// definitions, their configuration's database.url; else sqlite://.wavelift/state.db)
     #[arg(long, env = "WAVELIFT_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     /// Folder for local state: the rehearsal engine's state, the outbox
@@ -63,7 +63,8 @@ impl StateArgs {
             && !path.exists()
         {
             bail!(
-                "no Wavelift state at {}: apply definitions first (wavelift apply PATH), or pass --database-url",
+                "no Wavelift state at {}: apply definitions first (wavelift apply PATH), or pass \
+                 --database-url (the database.url of the configuration they were applied with)",
                 path.display()
             );
         }
