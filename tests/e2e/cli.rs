@@ -204,8 +204,31 @@ fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
             .replace("name: db\n", "name: db2\n"),
     )
     .unwrap_or_default();
-    let run = wavelift(&dir, &["apply", "wave.yaml", "ahead.yaml"]);
+    // A window three days ahead, whose build phase (21 to 14 days before the window
+    // ends) is over.
+    let soon = jiff::Zoned::now()
+        .in_tz("Europe/Rome")
+        .and_then(|now| now.checked_add(jiff::Span::new().days(3)))
+        .map(|t| t.strftime("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    fs::write(
+        dir.join("soon.yaml"),
+        wave.replace("name: past", "name: soon")
+            .replace("2020-01-04", &soon)
+            .replace("db-1", "db-3")
+            .replace("name: db\n", "name: db3\n"),
+    )
+    .unwrap_or_default();
+    let run = wavelift(&dir, &["apply", "wave.yaml", "ahead.yaml", "soon.yaml"]);
     assert_eq!(run.code, 0, "{}", run.describe());
+    assert!(
+        run.stderr.contains("soon.yaml:1:1: warning: wave soon: its build phase (")
+            && run.stderr.contains(
+                "Europe/Rome) has ended: its prereq_check and agent_push tasks would fail as having missed it; move `window: start` later"
+            ),
+        "{}",
+        run.describe()
+    );
     assert!(
         run.stderr.contains(
             "wave.yaml:1:1: warning: wave past: its window (Sat 2020-01-04 22:00 to Sun 2020-01-05 04:00 Europe/Rome) has ended: its tasks would fail as having missed their phases; move `window: start` to a date ahead"

@@ -77,31 +77,52 @@ pub async fn apply_paths(
     Ok(Some(store))
 }
 
-/// A warning for each wave whose window ended before `now` (milliseconds): its tasks
-/// could only miss their phases. A wave stored for the record is still stored.
+/// A warning for each wave whose window, or else whose build phase (the first with
+/// deadlines: the phases run in order), ended before `now` (milliseconds): those tasks
+/// could only miss it. A wave stored for the record is still stored.
 fn past_windows(definitions: &waves::model::Definitions, now: i64) -> Vec<String> {
     definitions
         .waves
         .iter()
-        .filter(|wave| wave.window.interval.end.timestamp().as_millisecond() <= now)
-        .map(|wave| {
+        .filter_map(|wave| {
             let local = |zoned: &jiff::Zoned| {
                 crate::scheduler::clock::local_text(
                     zoned.timestamp().as_millisecond(),
                     &wave.window.timezone,
                 )
             };
-            format!(
-                "{}:{}:{}: warning: wave {}: its window ({} to {} {}) has ended: its tasks \
-                 would fail as having missed their phases; move `window: start` to a date ahead",
+            let ended = |interval: &waves::model::Interval| {
+                interval.end.timestamp().as_millisecond() <= now
+            };
+            let phases = &wave.phases;
+            let (what, interval, missed, fix) = if ended(&wave.window.interval) {
+                (
+                    "window",
+                    &wave.window.interval,
+                    "its tasks would fail as having missed their phases",
+                    "move `window: start` to a date ahead",
+                )
+            } else if ended(&phases.build) {
+                (
+                    "build phase",
+                    &phases.build,
+                    "its prereq_check and agent_push tasks would fail as having missed it",
+                    "move `window: start` later, or give the phases explicit times or shorter \
+                     durations so that the build phase ends ahead",
+                )
+            } else {
+                return None;
+            };
+            Some(format!(
+                "{}:{}:{}: warning: wave {}: its {what} ({} to {} {}) has ended: {missed}; {fix}",
                 wave.file,
                 wave.location.line,
                 wave.location.col,
                 wave.name.value,
-                local(&wave.window.interval.start),
-                local(&wave.window.interval.end),
+                local(&interval.start),
+                local(&interval.end),
                 wave.window.timezone,
-            )
+            ))
         })
         .collect()
 }
