@@ -20,6 +20,17 @@ struct Step {
     job: Option<String>,
     target: Option<String>,
     checks: Vec<Check>,
+    /// Rolled back: the failure that follows is final.
+    #[serde(default)]
+    rolled_back: bool,
+}
+
+impl Step {
+    /// Something was done that a failure must not leave half done: the source may be
+    /// stopped, a target launched.
+    fn started(&self) -> bool {
+        self.shutdown_done || self.job.is_some()
+    }
 }
 
 fn resume(step: &Step, ctx: &TaskContext<'_>, note: &str, actions: Vec<Action>) -> Report {
@@ -38,12 +49,47 @@ fn stamp(t: jiff::Timestamp, ctx: &TaskContext<'_>) -> String {
 }
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
-    let settings = &ctx.server.tasks.cutover;
     let mut step: Step = ctx
         .step
         .clone()
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
+    let report = cutover(ctx, &mut step).await;
+    settle(ctx, &mut step, report).await
+}
+
+/// A failure once the cutover has started never leaves it half done: the engine not
+/// answering (a transient error) is waited out with the step kept (past the window's end
+/// the next look rolls back), and a refusal rolls the cutover back before the task fails
+/// with the engine's reason.
+async fn settle(ctx: &TaskContext<'_>, step: &mut Step, report: Report) -> Report {
+    let crate::context::Progress::Fail {
+        reason, retryable, ..
+    } = &report.progress
+    else {
+        return report;
+    };
+    if !step.started() || step.rolled_back {
+        return report;
+    }
+    if *retryable {
+        return Report::wait(
+            serde_json::to_value(&*step).unwrap_or_default(),
+            later(ctx.now, POLL_SECONDS),
+            format!("the cutover goes on once the engine answers: {reason}"),
+            report.actions,
+        );
+    }
+    let reason = reason.clone();
+    let source = match launch::source(ctx).await {
+        Ok(source) => source,
+        Err(failed) => return failed,
+    };
+    rollback(ctx, &source, step, report.actions, &reason).await
+}
+
+async fn cutover(ctx: &TaskContext<'_>, step: &mut Step) -> Report {
+    let settings = &ctx.server.tasks.cutover;
     let mut actions = Vec::new();
     let source = match launch::source(ctx).await {
         Ok(source) => source,
@@ -76,10 +122,10 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             );
         }
     } else if ctx.now > window_end {
-        return rollback(ctx, &source, &step, actions).await;
+        return rollback(ctx, &source, step, actions, WINDOW_ENDED).await;
     }
     if !step.shutdown_done {
-        shutdown(ctx, &mut step, &mut actions).await;
+        shutdown(ctx, step, &mut actions).await;
     }
     let job = match &step.job {
         Some(job) => replication::JobId(job.clone()),
@@ -89,7 +135,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             let synced = r.state == ReplicationState::Continuous
                 && r.lag_seconds.is_some_and(|lag| lag <= max_lag);
             if !synced {
-                return resume(&step, ctx, &format!("final sync: {:?}", r.state), actions);
+                return resume(step, ctx, &format!("final sync: {:?}", r.state), actions);
             }
             // A server whose boot test was skipped was never marked ready for cutover.
             if matches!(
@@ -114,7 +160,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             }
             // A wait for launch capacity keeps what was done: the source stays stopped
             // and is not stopped again.
-            let resume = serde_json::to_value(&step).unwrap_or_default();
+            let resume = serde_json::to_value(&*step).unwrap_or_default();
             match launch::ensure_launch(ctx, &source, LaunchKind::Cutover, &mut actions, resume)
                 .await
             {
@@ -131,14 +177,11 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         None => match launch::launch_state(ctx, &source, &job).await {
             Err(report) => return report,
             Ok(LaunchState::InProgress) => {
-                return resume(&step, ctx, "launching the cutover target", actions);
+                return resume(step, ctx, "launching the cutover target", actions);
             }
             Ok(LaunchState::Failed(reason)) => {
-                let mut report = rollback(ctx, &source, &step, actions).await;
-                if let crate::context::Progress::Fail { reason: r, .. } = &mut report.progress {
-                    *r = format!("the cutover launch failed ({reason}); {r}");
-                }
-                return report;
+                let why = format!("the cutover launch failed ({reason})");
+                return rollback(ctx, &source, step, actions, &why).await;
             }
             Ok(LaunchState::Launched(target)) => {
                 step.target = Some(target.0.clone());
@@ -152,14 +195,20 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     };
     match launch::is_healthy(&found) {
         None => {
-            return resume(
-                &step,
-                ctx,
-                "waiting for the cutover target to boot",
-                actions,
-            );
+            return resume(step, ctx, "waiting for the cutover target to boot", actions);
         }
-        Some(false) => return rollback(ctx, &source, &step, actions).await,
+        Some(false) => {
+            let why = format!(
+                "the cutover target {target} did not pass its status checks ({:?}){}",
+                found.health,
+                found
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            return rollback(ctx, &source, step, actions, &why).await;
+        }
         Some(true) => {}
     }
     if !step.checks.iter().any(|c| c.name == "status checks") {
@@ -187,7 +236,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         action: "engine.finalize_cutover".to_owned(),
         detail: format!("target {target}"),
     });
-    let mut checks = step.checks;
+    let mut checks = std::mem::take(&mut step.checks);
     checks.push(Check::pass(
         "finalized",
         "replication ended; the target is the server now",
@@ -221,13 +270,17 @@ async fn shutdown(ctx: &TaskContext<'_>, step: &mut Step, actions: &mut Vec<Acti
     step.checks.push(Check::pass("source shutdown", detail));
 }
 
-/// Undoes a cutover that cannot finish: back to ready for cutover, the cutover target
-/// terminated, the source started again. The task fails with the reason.
+/// Why a cutover that ran past its window is rolled back.
+const WINDOW_ENDED: &str = "the cutover did not finish before the window ended";
+
+/// Undoes a cutover that cannot finish (`why`): back to ready for cutover, the cutover
+/// target terminated, the source started again. The task fails with the reason.
 async fn rollback(
     ctx: &TaskContext<'_>,
     source: &SourceServer,
-    step: &Step,
+    step: &mut Step,
     mut actions: Vec<Action>,
+    why: &str,
 ) -> Report {
     if source.life_cycle == LifeCycle::CuttingOver {
         if let Err(err) = ctx
@@ -262,12 +315,140 @@ async fn rollback(
             detail: "rehearsal: the source would be started again".to_owned(),
         });
     }
-    Report::fail(
-        format!(
-            "rolled back: the cutover did not finish before the window ended at {}",
-            stamp(ctx.window[1], ctx)
-        ),
-        false,
-        actions,
-    )
+    step.rolled_back = true;
+    let reason = if why == WINDOW_ENDED {
+        format!("rolled back: {why} at {}", stamp(ctx.window[1], ctx))
+    } else {
+        format!("rolled back: {why}")
+    };
+    Report::fail(reason, false, actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use replication::sim::{ManualClock, SimConfig, SimEngine};
+    use replication::{LifeCycle, ReplicationEngine};
+
+    use super::{Step, run, settle};
+    use crate::context::{Progress, Report, TaskContext};
+
+    /// A cutover started on the rehearsal engine (the source stopped, its launch under
+    /// way), then an engine error: a transient one is waited out with the step kept, a
+    /// refusal rolls the cutover back before the task fails.
+    #[tokio::test]
+    async fn a_started_cutover_waits_out_a_busy_engine_and_rolls_back_on_a_refusal() {
+        let text = "name: w\n\
+            window: { start: 2026-03-02 10:00, duration: 6h, timezone: UTC }\n\
+            defaults: { os: { family: linux }, access: { method: local } }\n\
+            applications:\n\
+            \x20 - name: app\n\
+            \x20   servers: [{ name: s1, disks: [{ device: /dev/sda, size: 10GiB, boot: true }] }]\n";
+        let loaded = waves::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[waves::source::SourceFile {
+                name: Arc::from("w.yaml"),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let server = &loaded.definitions.waves[0].applications[0].servers[0];
+        let start: jiff::Timestamp = "2026-03-02T10:00:00Z".parse().expect("a time");
+        let clock = Arc::new(ManualClock::new(start));
+        let quiet = SimConfig {
+            stall_probability: 0.0,
+            disconnect_probability: 0.0,
+            boot_failure_probability: 0.0,
+            ..SimConfig::rehearsal(1)
+        };
+        let engine = SimEngine::new(quiet, clock.clone());
+        let spec = replication::SourceSpec {
+            name: "s1".to_owned(),
+            hostname: None,
+            disks: vec![replication::DiskSpec {
+                device: "/dev/sda".to_owned(),
+                size_bytes: 10 << 30,
+                used_bytes: 1 << 30,
+            }],
+            change_rate_bytes_per_second: 0.0,
+        };
+        let id = engine.register_source(&spec).await.expect("registered").id;
+        // Continuous an hour later, inside the window.
+        clock.advance(3600.0);
+        let now = start + jiff::SignedDuration::from_hours(1);
+        let launcher = crate::launcher::Launcher::default();
+        let timezone = jiff::tz::TimeZone::UTC;
+        let context = |step: Option<serde_json::Value>| TaskContext {
+            task_id: "s1/cutover",
+            kind: waves::model::TaskKind::Cutover,
+            wave: "w",
+            timezone: &timezone,
+            server,
+            window: [start, start + jiff::SignedDuration::from_hours(6)],
+            now,
+            started_at: now,
+            attempt: 0,
+            step,
+            engine: &engine,
+            engine_kind: waves::model::EngineKind::Sim,
+            config_dir: std::path::Path::new("."),
+            engine_endpoints: Vec::new(),
+            launcher: &launcher,
+            shell: &crate::shell::RehearsalShell,
+            cmdb: &crate::cmdb::RehearsalCmdb,
+        };
+        let report = run(&context(None)).await;
+        let Progress::Wait { step, note, .. } = report.progress else {
+            panic!("the launch takes 10 minutes: {report:?}");
+        };
+        assert_eq!(note, "launching the cutover target");
+        let mut step: Step = serde_json::from_value(step).expect("the step");
+        assert!(step.source_stopped && step.job.is_some(), "{step:?}");
+
+        let busy = Report::fail(
+            "reading the launch job: the engine said: slow down",
+            true,
+            Vec::new(),
+        );
+        let waited = settle(&context(None), &mut step, busy).await;
+        let Progress::Wait {
+            step: kept, note, ..
+        } = waited.progress
+        else {
+            panic!("a busy engine failed the cutover: {waited:?}");
+        };
+        assert_eq!(kept, serde_json::to_value(&step).expect("json"));
+        assert!(note.contains("slow down"), "{note}");
+
+        let refused = Report::fail(
+            "finalizing the cutover: the engine said: no",
+            false,
+            Vec::new(),
+        );
+        let failed = settle(&context(None), &mut step, refused).await;
+        let Progress::Fail {
+            reason, retryable, ..
+        } = &failed.progress
+        else {
+            panic!("a refusal did not fail the cutover: {failed:?}");
+        };
+        assert_eq!(
+            reason,
+            "rolled back: finalizing the cutover: the engine said: no"
+        );
+        assert!(!retryable);
+        let did: Vec<&str> = failed.actions.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            did,
+            [
+                "engine.change_life_cycle",
+                "engine.terminate_targets",
+                "shell.start"
+            ]
+        );
+        let source = engine.describe_source(&id).await.expect("the source");
+        assert_eq!(source.life_cycle, LifeCycle::ReadyForCutover);
+    }
 }
