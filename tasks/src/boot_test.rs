@@ -97,15 +97,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     match launch::is_healthy(&found) {
         None => return resume(&step, ctx, "waiting for the test target to boot", actions),
         Some(false) => {
-            let failure = format!(
-                "the test target {target} did not pass its status checks ({:?}){}",
-                found.health,
-                found
-                    .detail
-                    .as_deref()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default()
-            );
+            let failure = launch::unhealthy(LaunchKind::Test, &found);
             return failed_test(ctx, &source, &target, failure, true, actions).await;
         }
         Some(true) => {}

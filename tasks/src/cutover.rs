@@ -198,15 +198,7 @@ async fn cutover(ctx: &TaskContext<'_>, step: &mut Step) -> Report {
             return resume(step, ctx, "waiting for the cutover target to boot", actions);
         }
         Some(false) => {
-            let why = format!(
-                "the cutover target {target} did not pass its status checks ({:?}){}",
-                found.health,
-                found
-                    .detail
-                    .as_deref()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default()
-            );
+            let why = launch::unhealthy(LaunchKind::Cutover, &found);
             return rollback(ctx, &source, step, actions, &why).await;
         }
         Some(true) => {}

@@ -203,6 +203,21 @@ pub async fn target(ctx: &TaskContext<'_>, id: &TargetId) -> Result<Target, Repo
         .map_err(|err| Report::engine_error("reading the target", &err, Vec::new()))
 }
 
+/// Why a target that is not healthy fails its launch: its health and the engine's
+/// detail (EC2's status checks, a boot's last lines).
+pub fn unhealthy(kind: LaunchKind, target: &Target) -> String {
+    format!(
+        "the {kind} target {} did not pass its status checks ({:?}){}",
+        target.id,
+        target.health,
+        target
+            .detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    )
+}
+
 pub fn is_healthy(target: &Target) -> Option<bool> {
     match (target.state, target.health) {
         (TargetState::Running, Health::Ok) => Some(true),
