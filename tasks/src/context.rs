@@ -201,11 +201,21 @@ impl Report {
     }
 
     pub fn fail(reason: impl Into<String>, retryable: bool, actions: Vec<Action>) -> Report {
+        Report::fail_with(reason, retryable, Vec::new(), actions)
+    }
+
+    /// [`Report::fail`] with the checks that show what failed and how to fix it.
+    pub fn fail_with(
+        reason: impl Into<String>,
+        retryable: bool,
+        checks: Vec<Check>,
+        actions: Vec<Action>,
+    ) -> Report {
         Report {
             progress: Progress::Fail {
                 reason: reason.into(),
                 retryable,
-                checks: Vec::new(),
+                checks,
                 step: None,
             },
             actions,

@@ -318,80 +318,25 @@ async fn rollback(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use replication::sim::{ManualClock, SimConfig, SimEngine};
     use replication::{LifeCycle, ReplicationEngine};
+    use waves::model::TaskKind;
 
     use super::{Step, run, settle};
-    use crate::context::{Progress, Report, TaskContext};
+    use crate::context::{Progress, Report};
+    use crate::testing::{Rig, window_start};
 
     /// A cutover started on the rehearsal engine (the source stopped, its launch under
     /// way), then an engine error: a transient one is waited out with the step kept, a
     /// refusal rolls the cutover back before the task fails.
     #[tokio::test]
     async fn a_started_cutover_waits_out_a_busy_engine_and_rolls_back_on_a_refusal() {
-        let text = "name: w\n\
-            window: { start: 2026-03-02 10:00, duration: 6h, timezone: UTC }\n\
-            defaults: { os: { family: linux }, access: { method: local } }\n\
-            applications:\n\
-            \x20 - name: app\n\
-            \x20   servers: [{ name: s1, disks: [{ device: /dev/sda, size: 10GiB, boot: true }] }]\n";
-        let loaded = waves::load_sources(
-            None,
-            std::path::PathBuf::new(),
-            &[waves::source::SourceFile {
-                name: Arc::from("w.yaml"),
-                text: text.to_owned(),
-            }],
-        );
-        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
-        let server = &loaded.definitions.waves[0].applications[0].servers[0];
-        let start: jiff::Timestamp = "2026-03-02T10:00:00Z".parse().expect("a time");
-        let clock = Arc::new(ManualClock::new(start));
-        let quiet = SimConfig {
-            stall_probability: 0.0,
-            disconnect_probability: 0.0,
-            boot_failure_probability: 0.0,
-            ..SimConfig::rehearsal(1)
-        };
-        let engine = SimEngine::new(quiet, clock.clone());
-        let spec = replication::SourceSpec {
-            name: "s1".to_owned(),
-            hostname: None,
-            disks: vec![replication::DiskSpec {
-                device: "/dev/sda".to_owned(),
-                size_bytes: 10 << 30,
-                used_bytes: 1 << 30,
-            }],
-            change_rate_bytes_per_second: 0.0,
-        };
-        let id = engine.register_source(&spec).await.expect("registered").id;
+        let rig = Rig::new(window_start());
+        let id = rig.register().await;
         // Continuous an hour later, inside the window.
-        clock.advance(3600.0);
-        let now = start + jiff::SignedDuration::from_hours(1);
-        let launcher = crate::launcher::Launcher::default();
-        let timezone = jiff::tz::TimeZone::UTC;
-        let context = |step: Option<serde_json::Value>| TaskContext {
-            task_id: "s1/cutover",
-            kind: waves::model::TaskKind::Cutover,
-            wave: "w",
-            timezone: &timezone,
-            server,
-            window: [start, start + jiff::SignedDuration::from_hours(6)],
-            now,
-            started_at: now,
-            attempt: 0,
-            step,
-            engine: &engine,
-            engine_kind: waves::model::EngineKind::Sim,
-            config_dir: std::path::Path::new("."),
-            engine_endpoints: Vec::new(),
-            launcher: &launcher,
-            shell: &crate::shell::RehearsalShell,
-            cmdb: &crate::cmdb::RehearsalCmdb,
-        };
-        let report = run(&context(None)).await;
+        rig.clock.advance(3600.0);
+        let now = window_start() + jiff::SignedDuration::from_hours(1);
+        let context = || rig.context(TaskKind::Cutover, now, None);
+        let report = run(&context()).await;
         let Progress::Wait { step, note, .. } = report.progress else {
             panic!("the launch takes 10 minutes: {report:?}");
         };
@@ -404,7 +349,7 @@ mod tests {
             true,
             Vec::new(),
         );
-        let waited = settle(&context(None), &mut step, busy).await;
+        let waited = settle(&context(), &mut step, busy).await;
         let Progress::Wait {
             step: kept, note, ..
         } = waited.progress
@@ -419,7 +364,7 @@ mod tests {
             false,
             Vec::new(),
         );
-        let failed = settle(&context(None), &mut step, refused).await;
+        let failed = settle(&context(), &mut step, refused).await;
         let Progress::Fail {
             reason, retryable, ..
         } = &failed.progress
@@ -440,7 +385,7 @@ mod tests {
                 "shell.start"
             ]
         );
-        let source = engine.describe_source(&id).await.expect("the source");
+        let source = rig.engine.describe_source(&id).await.expect("the source");
         assert_eq!(source.life_cycle, LifeCycle::ReadyForCutover);
     }
 }

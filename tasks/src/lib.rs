@@ -21,6 +21,8 @@ pub mod prereq_check;
 pub mod replication_verify;
 pub mod shell;
 pub mod ssh;
+#[cfg(test)]
+mod testing;
 
 pub use context::{Action, Check, Progress, Report, TaskContext};
 

@@ -151,10 +151,45 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             note,
             Vec::new(),
         ),
-        (false, false, None) => Report::fail(
+        // With the checks, so the failure shows what failed and how to fix it.
+        (false, false, None) => Report::fail_with(
             format!("replication is not continuous before the window: {note}"),
             false,
+            checks,
             Vec::new(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use waves::model::TaskKind;
+
+    use crate::context::Progress;
+    use crate::testing::{Rig, window_start};
+
+    /// The last look before the window finds replication still starting: the task fails,
+    /// and with its checks, so the state's check and its fix are shown.
+    #[tokio::test]
+    async fn the_last_look_fails_with_its_checks() {
+        let minute = jiff::SignedDuration::from_mins(1);
+        let rig = Rig::new(window_start() - 2 * minute);
+        rig.register().await;
+        rig.clock.advance(60.0);
+        let report =
+            super::run(&rig.context(TaskKind::ReplicationVerify, window_start() - minute, None))
+                .await;
+        let Progress::Fail { reason, checks, .. } = &report.progress else {
+            panic!("replication was not continuous: {report:?}");
+        };
+        assert!(
+            reason.starts_with("replication is not continuous before the window: "),
+            "{reason}"
+        );
+        let state = checks
+            .iter()
+            .find(|c| c.name == "replication state")
+            .unwrap_or_else(|| panic!("no state check in {checks:?}"));
+        assert!(!state.passed && state.remediation.is_some(), "{state:?}");
     }
 }
