@@ -3,8 +3,8 @@
 
 use replication::{LaunchKind, LifeCycle};
 
-use crate::cmdb::Outcome;
-use crate::context::{Action, Check, Report, TaskContext};
+use crate::cmdb::{CmdbChange, Outcome};
+use crate::context::{Action, Check, Progress, Report, TaskContext};
 use crate::launch;
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
@@ -35,9 +35,21 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             actions,
         );
     }
-    let change = match ctx.cmdb.retire(ctx.server, target.as_deref()).await {
-        Ok(change) => change,
-        Err(err) => return Report::fail(format!("the CMDB refused: {err}"), true, actions),
+    // A retry after the record was written (the archive failed) does not write it again:
+    // a CMDB that opens a ticket per request would get two.
+    let written: Option<CmdbChange> = ctx
+        .step
+        .as_ref()
+        .and_then(|step| serde_json::from_value(step.get("cmdb")?.clone()).ok());
+    let change = match written {
+        Some(change) => CmdbChange {
+            outcome: Outcome::AlreadyDone,
+            ..change
+        },
+        None => match ctx.cmdb.retire(ctx.server, target.as_deref()).await {
+            Ok(change) => change,
+            Err(err) => return Report::fail(format!("the CMDB refused: {err}"), true, actions),
+        },
     };
     // A dry run retires nothing, so nothing is archived and the task is not done.
     if change.outcome == Outcome::DryRun {
@@ -71,7 +83,11 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     )];
     if source.life_cycle != LifeCycle::Archived {
         if let Err(err) = ctx.engine.archive(&source.id).await {
-            return Report::engine_error("archiving the source server", &err, actions);
+            let mut report = Report::engine_error("archiving the source server", &err, actions);
+            if let Progress::Fail { step, .. } = &mut report.progress {
+                *step = Some(serde_json::json!({ "cmdb": change }));
+            }
+            return report;
         }
         actions.push(Action {
             action: "engine.archive".to_owned(),
@@ -103,6 +119,56 @@ fn cut_over(life_cycle: LifeCycle, launched: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use replication::LifeCycle::*;
+    use waves::model::TaskKind;
+
+    use crate::cmdb::{BrokenCmdb, CmdbChange, Outcome};
+    use crate::context::Progress;
+    use crate::testing::{Rig, window_start};
+
+    #[tokio::test]
+    async fn a_server_not_cut_over_is_left_as_it_is_in_the_cmdb() {
+        let rig = Rig::new(window_start());
+        rig.register().await;
+        rig.clock.advance(3600.0);
+        let report = super::run(&rig.context(TaskKind::CmdbCleanup, window_start(), None)).await;
+        let Progress::Fail {
+            reason, retryable, ..
+        } = &report.progress
+        else {
+            panic!("a server never cut over was retired: {report:?}");
+        };
+        assert!(
+            reason.starts_with("s1 is ready_for_test in the engine, not cut over"),
+            "{reason}"
+        );
+        assert!(!retryable);
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
+    }
+
+    /// A retry after the archive failed finds the record written, and writes it not
+    /// again (the CMDB here would refuse any write).
+    #[tokio::test]
+    async fn a_record_written_before_a_failed_archive_is_not_written_again() {
+        let rig = Rig::new(window_start());
+        let now = rig.cut_over().await;
+        let written = CmdbChange {
+            record: "s1".to_owned(),
+            status: "retired".to_owned(),
+            target: Some("t-1".to_owned()),
+            outcome: Outcome::Written,
+        };
+        let step = serde_json::json!({ "cmdb": written });
+        let broken = BrokenCmdb("no write expected".to_owned());
+        let mut context = rig.context(TaskKind::CmdbCleanup, now, Some(step));
+        context.cmdb = &broken;
+        let report = super::run(&context).await;
+        let Progress::Done { checks, .. } = &report.progress else {
+            panic!("the resumed cleanup did not end: {report:?}");
+        };
+        assert_eq!(checks[0].detail, "record s1: retired, target t-1");
+        let did: Vec<&str> = report.actions.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(did, ["engine.archive"]);
+    }
 
     #[test]
     fn only_a_server_cut_over_is_retired() {

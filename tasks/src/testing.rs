@@ -111,4 +111,24 @@ impl Rig {
             cmdb: &crate::cmdb::RehearsalCmdb,
         }
     }
+
+    /// Registers `s1` and runs its cutover to its end an hour into the window (the
+    /// clock moving five minutes between looks); the time it ended.
+    pub async fn cut_over(&self) -> Timestamp {
+        self.register().await;
+        self.clock.advance(3600.0);
+        let mut now = window_start() + SignedDuration::from_hours(1);
+        let mut step = None;
+        for _ in 0..20 {
+            let report = crate::cutover::run(&self.context(TaskKind::Cutover, now, step)).await;
+            match report.progress {
+                crate::context::Progress::Wait { step: next, .. } => step = Some(next),
+                crate::context::Progress::Done { .. } => return now,
+                other => panic!("the cutover did not go through: {other:?}"),
+            }
+            self.clock.advance(300.0);
+            now += SignedDuration::from_mins(5);
+        }
+        panic!("the cutover did not end in 20 looks")
+    }
 }
