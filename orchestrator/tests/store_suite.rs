@@ -319,9 +319,16 @@ fn load(waves: &[WaveDef]) -> Defs {
 
 /// [`load`], the waves on `engine`.
 fn load_on(waves: &[WaveDef], engine: &str) -> Defs {
+    let engines: Vec<&str> = waves.iter().map(|_| engine).collect();
+    load_each_on(waves, &engines)
+}
+
+/// [`load`], each wave on its engine.
+fn load_each_on(waves: &[WaveDef], engines: &[&str]) -> Defs {
     let sources: Vec<SourceFile> = waves
         .iter()
-        .map(|w| SourceFile {
+        .zip(engines)
+        .map(|(w, engine)| SourceFile {
             name: Arc::from(format!("{}.yaml", w.name).as_str()),
             text: render(w).replace("engine: sim\n", &format!("engine: {engine}\n")),
         })
@@ -1113,15 +1120,34 @@ async fn a_wave_whose_agents_were_pushed_keeps_its_engine(h: Harness) -> anyhow:
             .with_context(|| format!("a wave left its engine after a push (force {force})"))?;
         let message = format!("{err:#}");
         assert!(
-            message.contains(
-                "wave `wave-a` cannot move from engine `sim` to `local`: the agent_push of "
-            ) && message.contains("web-1")
-                && message.contains("has started on `sim`, where its replication runs"),
+            message.contains("wave `wave-a` would move ")
+                && message.contains("web-1")
+                && message.contains(
+                    "from engine `sim` to `local`: their agent_push has started on `sim`, where their replication runs"
+                ),
             "{message}"
         );
     }
     assert_eq!(h.rows().await?, before);
     assert_eq!(h.revision_count().await?, 3);
+    // Nor does one move to a wave on another engine.
+    let moved = load_each_on(
+        &[
+            wave_a(vec![app("db", vec![srv("db-1")])]),
+            wave_b(vec![app("web", vec![srv("web-1"), srv("web-2")])]),
+        ],
+        &["sim", "local"],
+    );
+    let err = h
+        .apply(&moved, false, t.build + 1)
+        .await
+        .err()
+        .context("a pushed server moved to a wave on another engine")?;
+    assert!(
+        format!("{err:#}").contains("wave `wave-b` would move web-1"),
+        "{err:#}"
+    );
+    assert_eq!(h.rows().await?, before);
     Ok(())
 }
 
@@ -1996,6 +2022,20 @@ async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyho
         h.lease_owner("db-1/cutover").await?.as_deref(),
         Some(DRIVER)
     );
+    // Nor is it cancelled by removing its server, not even with --force.
+    let without_db = load(&[wave_a(vec![app("web", vec![srv("web-1"), srv("web-2")])])]);
+    let err = h
+        .apply(&without_db, true, t.window_start)
+        .await
+        .err()
+        .context("a running cutover's server was removed")?;
+    assert!(
+        format!("{err:#}").contains(
+            "server `db-1` cannot be removed while its cutover runs, not even with --force"
+        ),
+        "{err:#}"
+    );
+    assert_eq!(h.state("db-1/cutover").await?, "running");
     Ok(())
 }
 
@@ -2520,7 +2560,7 @@ async fn a_no_go_withdraws_the_go_until_the_gate_opens(h: Harness) -> anyhow::Re
         .err()
         .context("a no-go after the gate opened was accepted")?;
     assert!(
-        format!("{err:#}").starts_with("too late for a no-go: the cutovers of `web` have started"),
+        format!("{err:#}").starts_with("too late for a no-go: the gate of `web` has opened"),
         "{err:#}"
     );
     // An application without approval has nothing to hold.

@@ -28,7 +28,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
                 "{} is {state} in the engine, not cut over (a cutover skipped, rolled back or \
                  failed back): its CMDB record is left as it is and nothing is archived; \
                  when it is cut over, `wavelift retry {}`; if it stays where it is, \
-                 `wavelift cancel {}`",
+                 `wavelift skip {}`",
                 ctx.server.name.value, ctx.task_id, ctx.task_id
             ),
             false,

@@ -8,7 +8,7 @@ use replication::{LaunchKind, LifeCycle, ReplicationState, SourceServer};
 use serde::{Deserialize, Serialize};
 use waves::units::format_seconds;
 
-use crate::context::{Action, Check, POLL_SECONDS, Report, TaskContext, later};
+use crate::context::{Action, Check, POLL_SECONDS, Progress, Report, TaskContext, later};
 use crate::launch::{self, LaunchState};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -20,6 +20,10 @@ struct Step {
     job: Option<String>,
     target: Option<String>,
     checks: Vec<Check>,
+    /// Why the cutover is being rolled back, from the moment the rollback begins: a
+    /// rollback the engine interrupts goes on at the next look, with its first reason.
+    #[serde(default)]
+    rolling_back: Option<String>,
     /// Rolled back: the failure that follows is final.
     #[serde(default)]
     rolled_back: bool,
@@ -29,7 +33,7 @@ impl Step {
     /// Something was done that a failure must not leave half done: the source may be
     /// stopped, a target launched.
     fn started(&self) -> bool {
-        self.shutdown_done || self.job.is_some()
+        self.shutdown_done || self.job.is_some() || self.rolling_back.is_some()
     }
 }
 
@@ -54,6 +58,11 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         .clone()
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
+    if let Some(why) = step.rolling_back.clone()
+        && !step.rolled_back
+    {
+        return roll_back_now(ctx, &mut step, Vec::new(), &why).await;
+    }
     let report = cutover(ctx, &mut step).await;
     settle(ctx, &mut step, report).await
 }
@@ -63,7 +72,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
 /// the next look rolls back), and a refusal rolls the cutover back before the task fails
 /// with the engine's reason.
 async fn settle(ctx: &TaskContext<'_>, step: &mut Step, report: Report) -> Report {
-    let crate::context::Progress::Fail {
+    let Progress::Fail {
         reason, retryable, ..
     } = &report.progress
     else {
@@ -73,19 +82,59 @@ async fn settle(ctx: &TaskContext<'_>, step: &mut Step, report: Report) -> Repor
         return report;
     }
     if *retryable {
+        let note = match &step.rolling_back {
+            Some(why) => format!("rolling back ({why}) once the engine answers: {reason}"),
+            None => format!("the cutover goes on once the engine answers: {reason}"),
+        };
         return Report::wait(
             serde_json::to_value(&*step).unwrap_or_default(),
             later(ctx.now, POLL_SECONDS),
-            format!("the cutover goes on once the engine answers: {reason}"),
+            note,
             report.actions,
         );
     }
-    let reason = reason.clone();
+    if let Some(why) = &step.rolling_back {
+        // The engine refused the rollback itself: said with both reasons.
+        return Report::fail(
+            format!("rolling back ({why}) failed: {reason}"),
+            false,
+            report.actions,
+        );
+    }
+    let why = reason.clone();
+    roll_back_now(ctx, step, report.actions, &why).await
+}
+
+/// Reads the source and rolls the cutover back for `why`, unless it was finalized after
+/// all (a finalize whose answer was lost); what the engine says meanwhile is settled as
+/// anything else (a transient error waited out, a refusal said).
+async fn roll_back_now(
+    ctx: &TaskContext<'_>,
+    step: &mut Step,
+    actions: Vec<Action>,
+    why: &str,
+) -> Report {
+    step.rolling_back.get_or_insert_with(|| why.to_owned());
     let source = match launch::source(ctx).await {
         Ok(source) => source,
-        Err(failed) => return failed,
+        Err(failed) => return Box::pin(settle(ctx, step, failed)).await,
     };
-    rollback(ctx, &source, step, report.actions, &reason).await
+    if matches!(source.life_cycle, LifeCycle::Cutover | LifeCycle::Archived) {
+        return finalized(actions);
+    }
+    let report = rollback(ctx, &source, step, actions, why).await;
+    Box::pin(settle(ctx, step, report)).await
+}
+
+fn finalized(actions: Vec<Action>) -> Report {
+    Report::done(
+        vec![Check::pass(
+            "cutover",
+            "already finalized: the server is cut over",
+        )],
+        "already cut over",
+        actions,
+    )
 }
 
 async fn cutover(ctx: &TaskContext<'_>, step: &mut Step) -> Report {
@@ -96,14 +145,7 @@ async fn cutover(ctx: &TaskContext<'_>, step: &mut Step) -> Report {
         Err(report) => return report,
     };
     if source.life_cycle == LifeCycle::Cutover {
-        return Report::done(
-            vec![Check::pass(
-                "cutover",
-                "already finalized: the server is cut over",
-            )],
-            "already cut over",
-            actions,
-        );
+        return finalized(actions);
     }
     let window_end = ctx.window[1];
     let started =
@@ -274,6 +316,7 @@ async fn rollback(
     mut actions: Vec<Action>,
     why: &str,
 ) -> Report {
+    step.rolling_back.get_or_insert_with(|| why.to_owned());
     if source.life_cycle == LifeCycle::CuttingOver {
         if let Err(err) = ctx
             .engine
@@ -287,8 +330,13 @@ async fn rollback(
             detail: "ready_for_cutover (rollback)".to_owned(),
         });
     }
-    if step.job.is_some() {
-        let target = step.target.clone().map(replication::TargetId);
+    // The engine's word too: a step lost to a timeout forgets the job, not the target.
+    let live = match launch::earlier_launch_any(ctx, source, LaunchKind::Cutover).await {
+        Ok(live) => live,
+        Err(report) => return report,
+    };
+    if step.job.is_some() || live.is_some() {
+        let target = step.target.clone().or(live).map(replication::TargetId);
         if let Err(report) = launch::terminate_once(
             ctx,
             source,
@@ -387,5 +435,34 @@ mod tests {
         );
         let source = rig.engine.describe_source(&id).await.expect("the source");
         assert_eq!(source.life_cycle, LifeCycle::ReadyForCutover);
+    }
+
+    /// A refusal that comes after the engine finalized (a finalize whose answer was
+    /// lost, asked again) rolls nothing back: the server is cut over.
+    #[tokio::test]
+    async fn a_refusal_after_the_finalize_took_effect_rolls_nothing_back() {
+        let rig = Rig::new(window_start());
+        let now = rig.cut_over().await;
+        let mut step = Step {
+            shutdown_done: true,
+            job: Some("sim-job-1".to_owned()),
+            ..Step::default()
+        };
+        let refused = Report::fail(
+            "finalizing the cutover: the engine said: already finalized",
+            false,
+            Vec::new(),
+        );
+        let report = settle(
+            &rig.context(TaskKind::Cutover, now, None),
+            &mut step,
+            refused,
+        )
+        .await;
+        assert!(
+            matches!(report.progress, Progress::Done { .. }),
+            "{report:?}"
+        );
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
     }
 }

@@ -238,4 +238,12 @@ fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
     );
     assert!(!run.stderr.contains("wave ahead"), "{}", run.describe());
     assert!(run.stdout.contains("+ db-1"), "{}", run.describe());
+    // Applied again, the wave under way is not warned of again: its build is behind it.
+    let again = wavelift(&dir, &["apply", "wave.yaml", "ahead.yaml", "soon.yaml"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    assert!(
+        !again.stderr.contains("wave soon") && again.stderr.contains("wave past"),
+        "{}",
+        again.describe()
+    );
 }

@@ -52,10 +52,11 @@ pub async fn apply_paths(
         );
     }
     let now = jiff::Timestamp::now().as_millisecond();
-    for warning in past_windows(&loaded.definitions, now) {
+    let store = state.open(Some(&loaded.definitions.config)).await?;
+    let stored = store.stored_wave_names().await?;
+    for warning in past_windows(&loaded.definitions, &stored, now) {
         eprintln!("{warning}");
     }
-    let store = state.open(Some(&loaded.definitions.config)).await?;
     let report = store
         .apply(
             &loaded.definitions,
@@ -79,8 +80,14 @@ pub async fn apply_paths(
 
 /// A warning for each wave whose window, or else whose build phase (the first with
 /// deadlines: the phases run in order), ended before `now` (milliseconds): those tasks
-/// could only miss it. A wave stored for the record is still stored.
-fn past_windows(definitions: &waves::model::Definitions, now: i64) -> Vec<String> {
+/// could only miss it. The build phase only of a wave applied for the first time (not in
+/// `stored`): a wave under way has its build behind it. A wave stored for the record is
+/// still stored.
+fn past_windows(
+    definitions: &waves::model::Definitions,
+    stored: &std::collections::BTreeSet<String>,
+    now: i64,
+) -> Vec<String> {
     definitions
         .waves
         .iter()
@@ -102,7 +109,7 @@ fn past_windows(definitions: &waves::model::Definitions, now: i64) -> Vec<String
                     "its tasks would fail as having missed their phases",
                     "move `window: start` to a date ahead",
                 )
-            } else if ended(&phases.build) {
+            } else if ended(&phases.build) && !stored.contains(&wave.name.value) {
                 (
                     "build phase",
                     &phases.build,

@@ -149,43 +149,44 @@ impl Store {
                 Some(_) => {}
             }
         }
-        // A wave whose agents were pushed through one engine does not move to another:
-        // its replication runs there (the usual cause: the configuration left out).
+        // A server whose agent was pushed through one engine does not move to another
+        // (its wave's engine changed, or it moved to a wave on another engine): its
+        // replication runs there. The usual cause: the configuration left out.
         let engines = self.stored_engines(&txn).await?;
+        let mut moved_engine: BTreeMap<(String, String, String), Vec<&str>> = BTreeMap::new();
         for wave in &definitions.waves {
             let engine = wave.engine.value.as_str();
-            let Some(before) = engines.get(&wave.name.value).filter(|e| *e != engine) else {
-                continue;
-            };
-            let pushed: Vec<&str> = wave
-                .servers()
-                .map(|(_, server)| server.name.value.as_str())
-                .filter(|name| {
-                    stored
-                        .get(*name)
-                        .is_some_and(|old| old.wave == wave.name.value)
-                })
-                .filter(|name| {
-                    !matches!(
-                        states
-                            .get(&format!("{name}/agent_push"))
-                            .map(String::as_str),
-                        None | Some("pending")
-                            | Some("blocked")
-                            | Some("skipped")
-                            | Some("cancelled")
-                    )
-                })
-                .collect();
-            if !pushed.is_empty() {
-                refusals.push(format!(
-                    "wave `{}` cannot move from engine `{before}` to `{engine}`: the agent_push of {} \
-                     has started on `{before}`, where its replication runs (was the configuration \
-                     that names `{before}` left out? apply it with the waves, or give --config)",
-                    wave.name.value,
-                    pushed.join(", ")
-                ));
+            for (_, server) in wave.servers() {
+                let name = server.name.value.as_str();
+                let Some(before) = stored
+                    .get(name)
+                    .and_then(|old| engines.get(&old.wave))
+                    .filter(|before| *before != engine)
+                else {
+                    continue;
+                };
+                let pushed = matches!(
+                    states
+                        .get(&format!("{name}/agent_push"))
+                        .map(String::as_str),
+                    Some("running" | "succeeded")
+                );
+                if pushed {
+                    moved_engine
+                        .entry((wave.name.value.clone(), before.clone(), engine.to_owned()))
+                        .or_default()
+                        .push(name);
+                }
             }
+        }
+        for ((wave, before, engine), servers) in moved_engine {
+            refusals.push(format!(
+                "wave `{wave}` would move {} from engine `{before}` to `{engine}`: their \
+                 agent_push has started on `{before}`, where their replication runs (was the \
+                 configuration that names `{before}` left out? apply it with the waves, or give \
+                 --config)",
+                servers.join(", ")
+            ));
         }
         for name in stored.keys() {
             if new_servers.contains_key(name) {
@@ -202,7 +203,15 @@ impl Store {
                     )
                 })
                 .collect();
-            if !running.is_empty() && !options.force {
+            let cutover = format!("{name}/cutover");
+            if running.contains(&cutover) && states.get(&cutover).is_some_and(|s| s == "running") {
+                // Not even with --force: a cutover is not abandoned halfway (steer.rs).
+                refusals.push(format!(
+                    "server `{name}` cannot be removed while its cutover runs, not even with \
+                     --force: it may have shut the source down or launched its target, which \
+                     only the task rolls back; apply again once it has ended"
+                ));
+            } else if !running.is_empty() && !options.force {
                 refusals.push(format!(
                     "server `{name}` cannot be removed while {} runs: wait, cancel it, or apply with --force (which cancels it)",
                     running.join(", ")
@@ -272,10 +281,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The names of the waves stored (by an earlier apply).
+    pub async fn stored_wave_names(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        Ok(self.stored_engines(&self.db).await?.into_keys().collect())
+    }
+
     /// Each stored wave's engine, by wave name.
     async fn stored_engines(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &impl ConnectionTrait,
     ) -> anyhow::Result<HashMap<String, String>> {
         let rows = txn
             .query_all_raw(self.stmt("SELECT name, engine FROM waves", vec![]))

@@ -116,8 +116,9 @@ impl Store {
             if let Some(row) = opened.first() {
                 let app: String = row.try_get("", "application")?;
                 bail!(
-                    "too late for a no-go: the cutovers of `{app}` have started; cancel them instead \
-                     (wavelift cancel SERVER/cutover)"
+                    "too late for a no-go: the gate of `{app}` has opened; cancel its cutovers \
+                     that have not started (wavelift cancel SERVER/cutover); one that runs ends \
+                     by itself, rolled back if it cannot finish inside its window"
                 );
             }
             bail!(
@@ -293,7 +294,7 @@ impl Store {
             bail!(
                 "`{id}` waits for the go of {}'s cutover, which a skip does not give: give it \
                  with `wavelift approve {} --app {}` (recorded with who and when), or hold it \
-                 with `wavelift no-go {}`",
+                 with `wavelift no-go {} --reason TEXT`",
                 task.application,
                 task.wave,
                 task.application,
