@@ -664,19 +664,24 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
         "`dir-02/cutover` is pending: only a failed, blocked or cancelled task can be retried",
     );
 
-    // Skip: the gate counts as passed, its cutovers go on without a go. A cancelled
-    // cutover leaves its clean-up blocked, and the run ends saying it failed. (The other
-    // gates are approved ahead, so that the warped clock does not run past the windows
-    // while they wait.)
-    let skip = succeeds(wavelift(
+    // Skip: a gate waiting for its go is not skipped (the go is an approval, recorded
+    // with who gave it); another task is, and counts as done. A cancelled cutover leaves
+    // its clean-up blocked, and the run ends saying it failed. (The gates are approved
+    // ahead, so that the warped clock does not run past the windows while they wait.)
+    refuses(
         &dir,
         &["skip", "directory/ready", "--by", "carol"],
-    ));
-    assert_eq!(skip.stdout, "directory/ready skipped (carol)\n");
+        "`directory/ready` waits for the go of directory's cutover, which a skip does not give: give it with `wavelift approve wave-1 --app directory` (recorded with who and when), or hold it with `wavelift no-go wave-1 --reason TEXT`",
+    );
     assert_eq!(
         state(&status_tasks(&dir, &[]), "directory/ready"),
-        "skipped"
+        "awaiting_approval"
     );
+    let skip = succeeds(wavelift(
+        &dir,
+        &["skip", "payroll-app-01/cmdb_cleanup", "--by", "carol"],
+    ));
+    assert_eq!(skip.stdout, "payroll-app-01/cmdb_cleanup skipped (carol)\n");
     succeeds(wavelift(
         &dir,
         &["cancel", "payroll-db-01/cutover", "--by", "bob"],
@@ -708,6 +713,8 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
     for id in ["payroll-app-01/cutover", "shop-web-01/cutover"] {
         assert_eq!(state(&tasks, id), "succeeded", "{id}");
     }
+    assert_eq!(state(&tasks, "payroll-app-01/cmdb_cleanup"), "skipped");
+    assert_eq!(tasks["directory/ready"]["approved_by"], "alice");
 
     let levers: Vec<(String, String)> = events(&dir, &[])
         .iter()
@@ -726,7 +733,10 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
     let expected: Vec<(String, String)> = [
         ("operator.cancel", "dir-02/cutover cancelled by bob"),
         ("operator.retry", "dir-02/cutover retried by bob"),
-        ("operator.skip", "directory/ready skipped by carol"),
+        (
+            "operator.skip",
+            "payroll-app-01/cmdb_cleanup skipped by carol",
+        ),
         ("operator.cancel", "payroll-db-01/cutover cancelled by bob"),
     ]
     .iter()
