@@ -289,28 +289,30 @@ impl Store {
     /// Each stored wave's engine, by wave name.
     async fn stored_engines(
         &self,
-        txn: &impl ConnectionTrait,
+        conn: &impl ConnectionTrait,
     ) -> anyhow::Result<HashMap<String, String>> {
-        let rows = txn
-            .query_all_raw(self.stmt("SELECT name, engine FROM waves", vec![]))
-            .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for row in rows {
-            out.insert(row.try_get("", "name")?, row.try_get("", "engine")?);
-        }
-        Ok(out)
+        self.text_pairs(conn, "SELECT name AS k, engine AS v FROM waves")
+            .await
     }
 
     async fn task_states(
         &self,
         txn: &DatabaseTransaction,
     ) -> anyhow::Result<HashMap<String, String>> {
-        let rows = txn
-            .query_all_raw(self.stmt("SELECT id, state FROM tasks", vec![]))
-            .await?;
+        self.text_pairs(txn, "SELECT id AS k, state AS v FROM tasks")
+            .await
+    }
+
+    /// The rows of `sql`, a `SELECT ... AS k, ... AS v` of two text columns, as a map.
+    async fn text_pairs(
+        &self,
+        conn: &impl ConnectionTrait,
+        sql: &str,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        let rows = conn.query_all_raw(self.stmt(sql, vec![])).await?;
         let mut out = HashMap::with_capacity(rows.len());
         for row in rows {
-            out.insert(row.try_get("", "id")?, row.try_get("", "state")?);
+            out.insert(row.try_get("", "k")?, row.try_get("", "v")?);
         }
         Ok(out)
     }
