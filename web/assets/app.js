@@ -249,6 +249,7 @@ function attention(data) {
 
 let waveData = null;
 let refreshing = null;
+let again = false;
 let trailing = null;
 
 function drawWave() {
@@ -281,14 +282,23 @@ function drawWaveAnew() {
     el("h2", {}, "Job progress log"), log);
 }
 
+// A refresh asked for while one runs is made after it: the last ask always gets data
+// fetched after it.
 function refresh() {
-  if (refreshing) return;
+  if (refreshing) {
+    again = true;
+    return;
+  }
   refreshing = setTimeout(async () => {
     try {
       waveData = await api(`/api/waves/${encodeURIComponent(NAME)}`);
       drawWave();
     } finally {
       refreshing = null;
+      if (again) {
+        again = false;
+        refresh();
+      }
     }
   }, 250);
 }
@@ -305,9 +315,10 @@ async function wave() {
       while (log.childElementCount > 500) log.lastElementChild.remove();
     }
     refresh();
-    // The API's data may be up to a second old: look once more when the log falls quiet.
+    // The API's data may be up to 3 s old (the server's cache): look once more when the
+    // log has been quiet longer than that, so the page ends on what the store holds.
     clearTimeout(trailing);
-    trailing = setTimeout(refresh, 1500);
+    trailing = setTimeout(refresh, 3500);
   });
 }
 

@@ -94,23 +94,27 @@ impl App {
                 let key = key.to_owned();
                 tokio::spawn(async move {
                     // A failed refresh keeps the last body; the next request tries again.
+                    let started = Instant::now();
                     if let Ok(fresh) = app.compute(&key).await {
-                        app.keep(&key, fresh, generation);
+                        app.keep(&key, fresh, generation, started);
                     }
                 });
                 Ok(body)
             }
             None => {
+                let started = Instant::now();
                 let body = app.compute(key).await?;
-                app.keep(key, body.clone(), generation);
+                app.keep(key, body.clone(), generation, started);
                 Ok(body)
             }
         }
     }
 
     /// Keeps a body computed from what the store held at `generation`, unless a lever
-    /// changed the store since (the body would hide its effect).
-    fn keep(&self, key: &str, body: Option<Arc<[u8]>>, generation: u64) {
+    /// changed the store since (the body would hide its effect). Its age counts from
+    /// `started`, when the computation began: what it shows is no older than that, so a
+    /// body younger than [`STALE_LIMIT`] shows the store of at most that long ago.
+    fn keep(&self, key: &str, body: Option<Arc<[u8]>>, generation: u64, started: Instant) {
         // Only what exists is kept: asking for made-up waves grows nothing.
         if body.is_none() || self.generation.load(Ordering::SeqCst) != generation {
             return;
@@ -119,7 +123,7 @@ impl App {
             cache.insert(
                 key.to_owned(),
                 Cached {
-                    at: Instant::now(),
+                    at: started,
                     body,
                     refreshing: None,
                 },
