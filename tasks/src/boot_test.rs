@@ -98,7 +98,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         None => return resume(&step, ctx, "waiting for the test target to boot", actions),
         Some(false) => {
             let failure = launch::unhealthy(LaunchKind::Test, &found);
-            return failed_test(ctx, &source, &target, failure, true, actions).await;
+            return failed_test(ctx, &source, Some(&target), failure, true, actions).await;
         }
         Some(true) => {}
     }
@@ -117,7 +117,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         // The checks that fail in this version are probes its engine cannot run: the
         // configuration must change before a retry can pass.
         let failure = format!("boot test check failed: {}: {}", failed.name, failed.detail);
-        return failed_test(ctx, &source, &target, failure, false, actions).await;
+        return failed_test(ctx, &source, Some(&target), failure, false, actions).await;
     }
     if source.life_cycle != LifeCycle::ReadyForCutover {
         if let Err(err) = ctx
@@ -144,13 +144,42 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     )
 }
 
-/// Ends a failed test: the server leaves testing and its test target is terminated (a
-/// retry launches a new one), then the task fails with `failure`. A target the server
-/// cannot leave testing for is left running, and the failure says so.
+/// A boot test that ran past its timeout with a launch under way or a target up ends as
+/// a failed test (the target terminated, the server out of testing) that a retry may
+/// repeat; `None` when it launched nothing.
+pub(crate) async fn time_out(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
+    let step: Step = ctx
+        .step
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if step.job.is_none() && step.target.is_none() {
+        return None;
+    }
+    // An engine that cannot be read leaves the step as it is, for the retry.
+    let source = launch::source(ctx).await.ok()?;
+    let target = step.target.map(replication::TargetId);
+    Some(
+        failed_test(
+            ctx,
+            &source,
+            target.as_ref(),
+            why.to_owned(),
+            true,
+            Vec::new(),
+        )
+        .await,
+    )
+}
+
+/// Ends a failed test: the server leaves testing and its test target (the one named, or
+/// any of the server's while its launch was under way) is terminated, so a retry
+/// launches a new one; then the task fails with `failure`. A target the server cannot
+/// leave testing for is left running, and the failure says so.
 async fn failed_test(
     ctx: &TaskContext<'_>,
     source: &replication::SourceServer,
-    target: &replication::TargetId,
+    target: Option<&replication::TargetId>,
     failure: String,
     retryable: bool,
     mut actions: Vec<Action>,
@@ -166,7 +195,7 @@ async fn failed_test(
         );
     }
     if let Err(report) =
-        launch::terminate_once(ctx, source, Some(target), LaunchKind::Test, &mut actions).await
+        launch::terminate_once(ctx, source, target, LaunchKind::Test, &mut actions).await
     {
         return report;
     }

@@ -23,6 +23,9 @@ pub struct TaskContext<'a> {
     pub attempt: u32,
     /// Where the previous call stopped; `None` on the first call of an attempt.
     pub step: Option<serde_json::Value>,
+    /// Set when the attempt ran past its task's timeout (the reason, "timed out after
+    /// 2h"): the task ends the attempt without leaving anything half done (see [`crate::run`]).
+    pub timed_out: Option<&'a str>,
     pub engine: &'a dyn ReplicationEngine,
     /// The kind of engine the server's wave names (`local` runs on the rehearsal engine
     /// until the local engine exists).

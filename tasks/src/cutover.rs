@@ -67,6 +67,28 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     settle(ctx, &mut step, report).await
 }
 
+/// A cutover that ran past its task's timeout: one that has begun (by its step, or by the
+/// engine's life cycle when the step was lost) is rolled back with `why`, or goes on
+/// rolling back with its first reason; `None` when nothing was started.
+pub(crate) async fn time_out(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
+    let mut step: Step = ctx
+        .step
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if step.rolled_back {
+        return None;
+    }
+    if !step.started() {
+        let source = launch::source(ctx).await.ok()?;
+        if source.life_cycle != LifeCycle::CuttingOver {
+            return None;
+        }
+    }
+    let why = step.rolling_back.clone().unwrap_or_else(|| why.to_owned());
+    Some(roll_back_now(ctx, &mut step, Vec::new(), &why).await)
+}
+
 /// A failure once the cutover has started never leaves it half done: the engine not
 /// answering (a transient error) is waited out with the step kept (past the window's end
 /// the next look rolls back), and a refusal rolls the cutover back before the task fails
@@ -366,12 +388,11 @@ async fn rollback(
 
 #[cfg(test)]
 mod tests {
-    use replication::{LifeCycle, ReplicationEngine};
     use waves::model::TaskKind;
 
-    use super::{Step, run, settle};
+    use super::{Step, settle};
     use crate::context::{Progress, Report};
-    use crate::testing::{Rig, window_start};
+    use crate::testing::{Rig, assert_rolled_back, window_start};
 
     /// A cutover started on the rehearsal engine (the source stopped, its launch under
     /// way), then an engine error: a transient one is waited out with the step kept, a
@@ -379,16 +400,8 @@ mod tests {
     #[tokio::test]
     async fn a_started_cutover_waits_out_a_busy_engine_and_rolls_back_on_a_refusal() {
         let rig = Rig::new(window_start());
-        let id = rig.register().await;
-        // Continuous an hour later, inside the window.
-        rig.clock.advance(3600.0);
-        let now = window_start() + jiff::SignedDuration::from_hours(1);
+        let (id, now, step) = rig.under_way(TaskKind::Cutover).await;
         let context = || rig.context(TaskKind::Cutover, now, None);
-        let report = run(&context()).await;
-        let Progress::Wait { step, note, .. } = report.progress else {
-            panic!("the launch takes 10 minutes: {report:?}");
-        };
-        assert_eq!(note, "launching the cutover target");
         let mut step: Step = serde_json::from_value(step).expect("the step");
         assert!(step.source_stopped && step.job.is_some(), "{step:?}");
 
@@ -413,28 +426,13 @@ mod tests {
             Vec::new(),
         );
         let failed = settle(&context(), &mut step, refused).await;
-        let Progress::Fail {
-            reason, retryable, ..
-        } = &failed.progress
-        else {
-            panic!("a refusal did not fail the cutover: {failed:?}");
-        };
-        assert_eq!(
-            reason,
-            "rolled back: finalizing the cutover: the engine said: no"
-        );
-        assert!(!retryable);
-        let did: Vec<&str> = failed.actions.iter().map(|a| a.action.as_str()).collect();
-        assert_eq!(
-            did,
-            [
-                "engine.change_life_cycle",
-                "engine.terminate_targets",
-                "shell.start"
-            ]
-        );
-        let source = rig.engine.describe_source(&id).await.expect("the source");
-        assert_eq!(source.life_cycle, LifeCycle::ReadyForCutover);
+        assert_rolled_back(
+            &rig.engine,
+            &failed,
+            &id,
+            "rolled back: finalizing the cutover: the engine said: no",
+        )
+        .await;
     }
 
     /// A refusal that comes after the engine finalized (a finalize whose answer was

@@ -30,6 +30,9 @@ use waves::model::TaskKind;
 
 /// Runs the next step of a task.
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
+    if let Some(why) = ctx.timed_out {
+        return timed_out(ctx, why).await;
+    }
     match ctx.kind {
         TaskKind::PrereqCheck => prereq_check::run(ctx).await,
         TaskKind::AgentPush => agent_push::run(ctx).await,
@@ -37,5 +40,114 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         TaskKind::BootTest => boot_test::run(ctx).await,
         TaskKind::Cutover => cutover::run(ctx).await,
         TaskKind::CmdbCleanup => cmdb_cleanup::run(ctx).await,
+    }
+}
+
+/// Ends an attempt that ran past its timeout. A started cutover is rolled back (it is
+/// never left half done), a boot test's target is terminated (a retry launches a new
+/// one); any other task fails with its step kept, so a retry resumes from what the
+/// attempt did (a CMDB record written, an install under way) instead of doing it again.
+async fn timed_out(ctx: &TaskContext<'_>, why: &str) -> Report {
+    let report = match ctx.kind {
+        TaskKind::Cutover => cutover::time_out(ctx, why).await,
+        TaskKind::BootTest => boot_test::time_out(ctx, why).await,
+        _ => None,
+    };
+    report.unwrap_or_else(|| Report {
+        progress: Progress::Fail {
+            reason: why.to_owned(),
+            retryable: true,
+            checks: Vec::new(),
+            step: ctx.step.clone(),
+        },
+        actions: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use replication::{LifeCycle, ReplicationEngine};
+    use waves::model::TaskKind;
+
+    use crate::context::Progress;
+    use crate::testing::{Rig, actions, assert_rolled_back, window_start};
+
+    const WHY: &str = "timed out after 2h";
+
+    /// A cutover past its timeout with its launch under way on the rehearsal engine is
+    /// rolled back, not dropped: the target terminated, the server ready for cutover
+    /// again, the task failed for good with the timeout as its reason.
+    #[tokio::test]
+    async fn a_started_cutover_past_its_timeout_is_rolled_back() {
+        let rig = Rig::new(window_start());
+        let (id, now, step) = rig.under_way(TaskKind::Cutover).await;
+        let mut ctx = rig.context(TaskKind::Cutover, now, Some(step));
+        ctx.timed_out = Some(WHY);
+        let report = crate::run(&ctx).await;
+        assert_rolled_back(&rig.engine, &report, &id, "rolled back: timed out after 2h").await;
+    }
+
+    /// A cutover that started nothing fails its attempt with a retry, touching nothing.
+    #[tokio::test]
+    async fn a_cutover_that_started_nothing_just_fails_its_attempt() {
+        let rig = Rig::new(window_start());
+        let id = rig.register().await;
+        let before = rig.engine.describe_source(&id).await.expect("the source");
+        let mut ctx = rig.context(TaskKind::Cutover, window_start(), None);
+        ctx.timed_out = Some(WHY);
+        let report = crate::run(&ctx).await;
+        assert!(
+            matches!(&report.progress, Progress::Fail { reason, retryable: true, step: None, .. } if reason == WHY),
+            "{report:?}"
+        );
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
+        let after = rig.engine.describe_source(&id).await.expect("the source");
+        assert_eq!(after.life_cycle, before.life_cycle);
+    }
+
+    /// A boot test past its timeout with its test launch under way ends as a failed test
+    /// a retry may repeat: the server out of testing, its test target terminated.
+    #[tokio::test]
+    async fn a_boot_test_past_its_timeout_terminates_its_target() {
+        let rig = Rig::new(window_start());
+        let (id, now, step) = rig.under_way(TaskKind::BootTest).await;
+        let mut ctx = rig.context(TaskKind::BootTest, now, Some(step));
+        ctx.timed_out = Some(WHY);
+        let report = crate::run(&ctx).await;
+        assert!(
+            matches!(&report.progress, Progress::Fail { reason, retryable: true, step: None, .. } if reason == WHY),
+            "{report:?}"
+        );
+        assert!(
+            actions(&report).contains(&"engine.terminate_targets"),
+            "{:?}",
+            report.actions
+        );
+        let source = rig.engine.describe_source(&id).await.expect("the source");
+        assert_ne!(source.life_cycle, LifeCycle::Testing);
+    }
+
+    /// Any other task keeps its step through a timeout, so the retry resumes from what
+    /// the attempt did (here a CMDB record already written) instead of doing it again.
+    #[tokio::test]
+    async fn other_tasks_keep_their_step_through_a_timeout() {
+        let rig = Rig::new(window_start());
+        let step = serde_json::json!({ "cmdb": { "written": true } });
+        let mut ctx = rig.context(TaskKind::CmdbCleanup, window_start(), Some(step.clone()));
+        ctx.timed_out = Some(WHY);
+        let report = crate::run(&ctx).await;
+        let Progress::Fail {
+            reason,
+            retryable,
+            step: kept,
+            ..
+        } = &report.progress
+        else {
+            panic!("a timed-out clean-up did not fail: {report:?}");
+        };
+        assert_eq!(reason, WHY);
+        assert!(retryable);
+        assert_eq!(kept.as_ref(), Some(&step));
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
     }
 }

@@ -102,6 +102,7 @@ impl Rig {
             started_at: now,
             attempt: 0,
             step,
+            timed_out: None,
             engine: &self.engine,
             engine_kind: waves::model::EngineKind::Sim,
             config_dir: std::path::Path::new("."),
@@ -110,6 +111,20 @@ impl Rig {
             shell: &crate::shell::RehearsalShell,
             cmdb: &crate::cmdb::RehearsalCmdb,
         }
+    }
+
+    /// Registers `s1` and takes the first turn of its task of `kind` an hour into the
+    /// window (replication continuous by then), which waits on its launch: the source,
+    /// the time, and the step it waits at.
+    pub async fn under_way(&self, kind: TaskKind) -> (SourceId, Timestamp, serde_json::Value) {
+        let id = self.register().await;
+        self.clock.advance(3600.0);
+        let now = window_start() + SignedDuration::from_hours(1);
+        let report = crate::run(&self.context(kind, now, None)).await;
+        let crate::context::Progress::Wait { step, .. } = report.progress else {
+            panic!("the {kind:?} did not wait on its launch: {report:?}");
+        };
+        (id, now, step)
     }
 
     /// Registers `s1` and runs its cutover to its end an hour into the window (the
@@ -131,4 +146,39 @@ impl Rig {
         }
         panic!("the cutover did not end in 20 looks")
     }
+}
+
+/// Asserts that `report` ends a cutover of `source` rolled back for good with `reason`:
+/// its life cycle back to ready for cutover, its target terminated, its source started.
+pub async fn assert_rolled_back(
+    engine: &SimEngine,
+    report: &crate::Report,
+    source: &SourceId,
+    reason: &str,
+) {
+    let crate::context::Progress::Fail {
+        reason: said,
+        retryable,
+        ..
+    } = &report.progress
+    else {
+        panic!("the cutover was not rolled back: {report:?}");
+    };
+    assert_eq!(said, reason);
+    assert!(!retryable);
+    assert_eq!(
+        actions(report),
+        [
+            "engine.change_life_cycle",
+            "engine.terminate_targets",
+            "shell.start"
+        ]
+    );
+    let found = engine.describe_source(source).await.expect("the source");
+    assert_eq!(found.life_cycle, replication::LifeCycle::ReadyForCutover);
+}
+
+/// The actions a report took, by name.
+pub fn actions(report: &crate::Report) -> Vec<&str> {
+    report.actions.iter().map(|a| a.action.as_str()).collect()
 }

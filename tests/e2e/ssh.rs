@@ -581,6 +581,7 @@ fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint
         started_at: now,
         attempt: 0,
         step: None,
+        timed_out: None,
         engine: &engine,
         engine_kind: waves::model::EngineKind::Mgn,
         config_dir: &dir,

@@ -146,14 +146,10 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
     }
     let settings = server.tasks.attempts(kind);
     let timeout_ms = (settings.timeout.approx_seconds() as i64).saturating_mul(1000);
-    if now - resume.attempt_started > timeout_ms {
-        let report = Report::fail(
-            format!("timed out after {}", settings.timeout),
-            true,
-            Vec::new(),
-        );
-        return finish(&task, kind, server, now, resume, report, events);
-    }
+    // The task itself ends an attempt past its timeout: a started cutover rolls back, a
+    // boot test terminates its target, the others keep their step for the retry.
+    let timed_out = (now - resume.attempt_started > timeout_ms)
+        .then(|| format!("timed out after {}", settings.timeout));
     let Some(engine) = inputs.engines.get(&wave.engine.value) else {
         return failed(
             &task,
@@ -179,6 +175,7 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         started_at,
         attempt: u32::try_from(task.attempts).unwrap_or(0),
         step: resume.task.clone(),
+        timed_out: timed_out.as_deref(),
         engine: engine.as_ref(),
         engine_kind: wave.engine.value,
         config_dir: &inputs.definitions.config.base_dir,
