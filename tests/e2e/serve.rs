@@ -230,10 +230,35 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
             format!("the role {role} may not approve cutovers")
         );
     }
-    let (status, approved) = post(
+    // A misspelled field is refused, not read as "the whole wave".
+    let (status, error) = post(
         "/api/waves/wave-1/approve",
         token_of("approver"),
-        json!({ "app": "directory" }),
+        json!({ "application": "directory" }),
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field `application`")),
+        "{error}"
+    );
+    let (_, wave) = get("/api/waves/wave-1", Some(token_of("viewer")));
+    assert!(
+        wave["gates"]
+            .as_array()
+            .is_some_and(|gates| gates.iter().all(|g| g["approved_by"].is_null())),
+        "{}",
+        wave["gates"]
+    );
+    // A body sent without a Content-Type (as `curl -d` or Python's `data=` may) is read
+    // as what it says: one application's go.
+    let (status, approved) = body(
+        http.post(served.url("/api/waves/wave-1/approve"))
+            .bearer_auth(token_of("approver"))
+            .body(r#"{"app":"directory"}"#)
+            .send()
+            .expect("POST"),
     );
     assert_eq!(status, StatusCode::OK, "{approved}");
     assert_eq!(

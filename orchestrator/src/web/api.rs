@@ -480,7 +480,20 @@ pub async fn reports(
     }
 }
 
+/// A lever's JSON body, read whatever its Content-Type says (a client that sends none
+/// still means what it wrote): an empty body is the default, anything else must parse
+/// with no unknown field, so a typo or a missing header never widens a go or a no-go
+/// from one application to the whole wave.
+fn lever_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| format!("the request's body is not what this call takes: {err}"))
+}
+
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApproveBody {
     /// One application's gate; all of the wave's when absent.
     pub app: Option<String>,
@@ -492,13 +505,16 @@ pub async fn approve(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<ApproveBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let who = match guard(&app, &headers, Permission::Approve, true).await {
         Ok(who) => who,
         Err(r) => return r,
     };
-    let body = body.map(|b| b.0).unwrap_or_default();
+    let body: ApproveBody = match lever_body(&body) {
+        Ok(body) => body,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
+    };
     match app.approve(&wave, body.app.as_deref(), &who).await {
         Ok(apps) => Json(json!({ "approved": apps, "by": who.name })).into_response(),
         Err(err) => refused(err),
@@ -506,6 +522,7 @@ pub async fn approve(
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NoGoBody {
     /// One application's gate; all of the wave's when absent.
     pub app: Option<String>,
@@ -520,13 +537,16 @@ pub async fn no_go(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<NoGoBody>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let who = match guard(&app, &headers, Permission::Approve, true).await {
         Ok(who) => who,
         Err(r) => return r,
     };
-    let body = body.map(|b| b.0).unwrap_or_default();
+    let body: NoGoBody = match lever_body(&body) {
+        Ok(body) => body,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
+    };
     match app
         .no_go(&wave, body.app.as_deref(), &body.reason, &who)
         .await

@@ -75,13 +75,13 @@ pub fn spec() -> Value {
                 "summary": "Give the go for the wave's cutovers, or one application's (role approver or admin)",
                 "parameters": [wave],
                 "requestBody": { "required": false, "content": { "application/json": { "schema": {
-                    "type": "object", "properties": { "app": { "type": "string" } } } } } },
+                    "type": "object", "additionalProperties": false, "properties": { "app": { "type": "string" } } } } } },
                 "responses": lever_responses("the applications approved and by whom") } },
             "/api/waves/{wave}/no-go": { "post": {
                 "summary": "Withhold or withdraw the go for cutovers that have not started, with the reason (role approver or admin)",
                 "parameters": [wave],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "properties": { "app": { "type": "string" }, "reason": { "type": "string" } },
+                    "type": "object", "additionalProperties": false, "properties": { "app": { "type": "string" }, "reason": { "type": "string" } },
                     "required": ["reason"] } } } },
                 "responses": lever_responses("the applications held and by whom") } },
             "/api/servers/{server}": { "get": {
