@@ -539,3 +539,52 @@ fn run_of(output: std::process::Output) -> Run {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// A wave whose reports cannot be made (no `notify`, no application owner: nobody to
+/// send them to) is said on stderr, and the waves after it still get theirs.
+#[test]
+fn a_wave_with_nobody_to_send_to_does_not_hold_back_the_other_waves_reports() {
+    // Starts: the wavelift binary (run) on a copy of the quickstart, reports to the outbox.
+    let scratch = Scratch::new("mail-nobody");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let wave_1 = dir.join("waves/wave-1.yaml");
+    let text = fs::read_to_string(&wave_1).expect("wave-1.yaml");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("notify:")
+                || l.starts_with("  - factory-lead")
+                || l.starts_with("  - change-manager")
+                || l.trim_start().starts_with("owner:"))
+        })
+        .collect();
+    assert_eq!(kept.len() + 5, text.lines().count(), "the lines taken out");
+    fs::write(&wave_1, kept.join("\n") + "\n").expect("wave-1.yaml written");
+    let run = run_until_done(&dir);
+    assert!(
+        run.stderr.contains(
+            "report not made (tried again at the next look): wave `wave-1`: nobody to send it to"
+        ),
+        "{}",
+        run.describe()
+    );
+    let mut outbox: Vec<String> = fs::read_dir(dir.join(".wavelift/outbox"))
+        .expect("the outbox")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".eml"))
+        .collect();
+    outbox.sort();
+    for kind in ["readiness", "cutover", "digest"] {
+        assert!(
+            outbox
+                .iter()
+                .any(|n| n.contains(&format!("-wave-2-{kind}-"))),
+            "no {kind} report of wave-2 in the outbox: {outbox:#?}"
+        );
+    }
+    assert!(
+        !outbox.iter().any(|n| n.contains("-wave-1-")),
+        "{outbox:#?}"
+    );
+}

@@ -67,68 +67,83 @@ impl Reporter {
     /// nobody to send it to, the store busy) is said on stderr, once while it lasts, and
     /// never stops the run; it is tried again at the next look.
     pub async fn record_due_or_say(&self, now: i64) -> Option<i64> {
-        match self.record_due(now).await {
-            Ok(next) => {
-                if let Ok(mut last) = self.last_failure.lock() {
-                    *last = None;
-                }
-                next
+        let (next, failures) = match self.record_due(now).await {
+            Ok(due) => due,
+            Err(err) => (None, vec![format!("{err:#}")]),
+        };
+        let text = failures.join("\n");
+        if let Ok(mut last) = self.last_failure.lock()
+            && last.as_deref() != Some(text.as_str())
+        {
+            for failure in &failures {
+                eprintln!("report not made (tried again at the next look): {failure}");
             }
-            Err(err) => {
-                let text = format!("{err:#}");
-                if let Ok(mut last) = self.last_failure.lock()
-                    && last.as_deref() != Some(text.as_str())
-                {
-                    eprintln!("report not made (tried again at the next look): {text}");
-                    *last = Some(text);
-                }
-                None
-            }
+            *last = Some(text);
         }
+        next
     }
 
     /// Records every report due at `now` (scheduler time, ms) and not recorded yet;
-    /// returns the next moment a report falls due, if one will.
-    pub async fn record_due(&self, now: i64) -> anyhow::Result<Option<i64>> {
+    /// returns the next moment a report falls due, if one will, and what could not be
+    /// made, wave by wave: one wave's failure (nobody to send it to, say) does not hold
+    /// back the others' reports.
+    pub async fn record_due(&self, now: i64) -> anyhow::Result<(Option<i64>, Vec<String>)> {
         let calendars = self.store.wave_calendars().await?;
         let progress = wave_progress(self.store.progress_by_kind().await?);
         let mut next: Option<i64> = None;
-        let mut candidate = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
+        let mut failures = Vec::new();
         for calendar in &calendars {
             let Some(p) = progress.get(&calendar.name) else {
                 continue;
             };
-            let window_event = format!("window {}", timestamp(calendar.window_start));
-            let cutovers_open = p.cutovers.0 > p.cutovers.1;
-            // Readiness: before the window, while its cutovers are still ahead.
-            let due = calendar.window_start - self.readiness_before_ms;
-            if cutovers_open && now < calendar.window_start {
-                if now >= due {
-                    self.record(calendar, Kind::Readiness, &window_event, due, now)
-                        .await?;
+            match self.record_wave(calendar, p, now).await {
+                Ok(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                Ok(None) => {}
+                Err(err) => failures.push(format!("wave `{}`: {err:#}", calendar.name)),
+            }
+        }
+        Ok((next, failures))
+    }
+
+    /// Records one wave's reports due at `now`; returns when its next one falls due.
+    async fn record_wave(
+        &self,
+        calendar: &WaveCalendar,
+        p: &WaveProgress,
+        now: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut next: Option<i64> = None;
+        let mut candidate = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
+        let window_event = format!("window {}", timestamp(calendar.window_start));
+        let cutovers_open = p.cutovers.0 > p.cutovers.1;
+        // Readiness: before the window, while its cutovers are still ahead.
+        let due = calendar.window_start - self.readiness_before_ms;
+        if cutovers_open && now < calendar.window_start {
+            if now >= due {
+                self.record(calendar, Kind::Readiness, &window_event, due, now)
+                    .await?;
+            } else {
+                candidate(due);
+            }
+        }
+        // Cutover: once the window has opened, when every cutover is final, or when
+        // the window has closed. (Cutovers blocked before the window may be retried:
+        // the report waits for the window.)
+        if p.first_started.is_some() && p.cutovers.0 > 0 {
+            let over = !cutovers_open && now >= calendar.window_start;
+            if over || now >= calendar.window_end {
+                self.record(calendar, Kind::Cutover, &window_event, now, now)
+                    .await?;
+            } else if p.unfinished > 0 {
+                candidate(if cutovers_open {
+                    calendar.window_end
                 } else {
-                    candidate(due);
-                }
+                    calendar.window_start
+                });
             }
-            // Cutover: once the window has opened, when every cutover is final, or when
-            // the window has closed. (Cutovers blocked before the window may be retried:
-            // the report waits for the window.)
-            if p.first_started.is_some() && p.cutovers.0 > 0 {
-                let over = !cutovers_open && now >= calendar.window_start;
-                if over || now >= calendar.window_end {
-                    self.record(calendar, Kind::Cutover, &window_event, now, now)
-                        .await?;
-                } else if p.unfinished > 0 {
-                    candidate(if cutovers_open {
-                        calendar.window_end
-                    } else {
-                        calendar.window_start
-                    });
-                }
-            }
-            if let Some(at) = self.digest_due(calendar, p, now).await? {
-                candidate(at);
-            }
+        }
+        if let Some(at) = self.digest_due(calendar, p, now).await? {
+            candidate(at);
         }
         Ok(next)
     }
