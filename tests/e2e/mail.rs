@@ -588,3 +588,67 @@ fn a_wave_with_nobody_to_send_to_does_not_hold_back_the_other_waves_reports() {
         "{outbox:#?}"
     );
 }
+
+/// One recipient the mail server refuses for good (a departed owner) does not keep a
+/// report from the others: each of them gets it once, and the outcome names who did not.
+#[test]
+fn a_refused_recipient_does_not_keep_the_report_from_the_others() {
+    // Starts: aiosmtpd refusing one address, and the wavelift binary (run, status, events).
+    let scratch = Scratch::new("mail-refused");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let gone = "change-manager@example.com";
+    let sink = SmtpSink::start_with(
+        &scratch.path().join("received"),
+        free_port(),
+        &["--reject", gone],
+    );
+    configure(
+        &dir,
+        &format!(
+            "smtp:\n  url: smtp://127.0.0.1:{}\n  from: wavelift@example.com\n\
+             reports:\n  digest: \"off\"\n",
+            sink.port
+        ),
+    );
+    run_until_done(&dir);
+    let (recorded, delivered) = report_counts(&dir);
+    assert_eq!(recorded, delivered, "every report delivered");
+    let messages = sink.messages();
+    let wave_1: Vec<&(Vec<u8>, Value)> = messages
+        .iter()
+        .filter(|(raw, _)| header(raw, "Subject").contains("[wave-1] cutover report"))
+        .collect();
+    let mut got: Vec<String> = wave_1
+        .iter()
+        .flat_map(|(_, envelope)| {
+            envelope["rcpt_tos"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "factory-lead@example.com",
+            "identity-team@example.com",
+            "payroll-owner@example.com"
+        ],
+        "each recipient but the refused one, once"
+    );
+    let events = succeeds(wavelift(&dir, &["events", "--wave", "wave-1"]));
+    assert!(
+        events
+            .stdout
+            .lines()
+            .any(|l| l.contains("cutover report delivered via")
+                && l.contains("to 3 of 4 recipients")
+                && l.contains(&format!("not delivered to {gone}: "))
+                && l.contains("no such user here")),
+        "{}",
+        events.stdout
+    );
+}

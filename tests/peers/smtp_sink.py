@@ -1,10 +1,11 @@
 """An SMTP server for Wavelift's tests (aiosmtpd): every message it accepts is written to
 a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
 
-    python3 smtp_sink.py --port PORT --folder DIR [--reject-all]
+    python3 smtp_sink.py --port PORT --folder DIR [--reject-all] [--reject ADDRESS]...
         [--starttls | --implicit-tls] [--cert PEM --key PEM] [--auth USER:PASSWORD]
 
---reject-all answers every RCPT TO with 550 (a permanent refusal). --starttls requires
+--reject-all answers every RCPT TO with 550 (a permanent refusal); --reject answers so
+for that address only (a departed owner). --starttls requires
 STARTTLS before anything else; --implicit-tls speaks TLS from the first byte (smtps).
 --auth requires AUTH (PLAIN or LOGIN) with that user and password, over TLS only. The
 server prints "ready" once it listens, and runs until killed.
@@ -23,15 +24,18 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
-    def __init__(self, folder, reject_all):
+    def __init__(self, folder, reject_all, reject):
         self.folder = folder
         self.reject_all = reject_all
+        self.reject = set(reject)
         self.count = 0
         self.lock = threading.Lock()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.reject_all:
             return "550 5.1.1 mailbox unavailable (the test server refuses everything)"
+        if address in self.reject:
+            return "550 5.1.1 no such user here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -53,6 +57,7 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--folder", required=True)
     parser.add_argument("--reject-all", action="store_true")
+    parser.add_argument("--reject", action="append", default=[])
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--cert")
@@ -81,7 +86,7 @@ def main():
 
         options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(
-        Sink(args.folder, args.reject_all), hostname="127.0.0.1", port=args.port, **options
+        Sink(args.folder, args.reject_all, args.reject), hostname="127.0.0.1", port=args.port, **options
     )
     controller.start()
     print("ready", flush=True)

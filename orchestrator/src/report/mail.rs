@@ -366,26 +366,12 @@ impl Mailer {
                     message: format!("{e:#}"),
                     permanent: true,
                 })?;
-                // lettre's timeout covers connecting; a server that stops answering
-                // mid-conversation is given up on here.
-                let sent = tokio::time::timeout(
-                    SEND_TIMEOUT,
-                    transport.send_raw(&envelope, report.message.as_bytes()),
-                )
-                .await;
-                match sent {
-                    Ok(Ok(_)) => Ok(shown.clone()),
-                    Ok(Err(err)) => Err(Failure {
-                        permanent: err.is_permanent(),
-                        message: error_chain(&err),
-                    }),
-                    Err(_) => Err(Failure {
-                        permanent: false,
-                        message: format!(
-                            "{shown} did not finish the conversation within {}s",
-                            SEND_TIMEOUT.as_secs()
-                        ),
-                    }),
+                match send_one(transport, shown, &envelope, report).await {
+                    Ok(()) => Ok(shown.clone()),
+                    Err(failure) if failure.permanent && envelope.to().len() > 1 => {
+                        send_each(transport, shown, &envelope, report).await
+                    }
+                    Err(failure) => Err(failure),
                 }
             }
         }
@@ -417,6 +403,76 @@ impl Mailer {
 struct Failure {
     message: String,
     permanent: bool,
+}
+
+/// One SMTP conversation for `envelope`.
+async fn send_one(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    shown: &str,
+    envelope: &Envelope,
+    report: &ReportRow,
+) -> Result<(), Failure> {
+    // lettre's timeout covers connecting; a server that stops answering
+    // mid-conversation is given up on here.
+    let sent = tokio::time::timeout(
+        SEND_TIMEOUT,
+        transport.send_raw(envelope, report.message.as_bytes()),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(Failure {
+            permanent: err.is_permanent(),
+            message: error_chain(&err),
+        }),
+        Err(_) => Err(Failure {
+            permanent: false,
+            message: format!(
+                "{shown} did not finish the conversation within {}s",
+                SEND_TIMEOUT.as_secs()
+            ),
+        }),
+    }
+}
+
+/// After a refusal for good of the whole envelope (the server stops a conversation at
+/// the first recipient it refuses, so one departed owner would keep the report from
+/// everyone): the message once to each recipient. Delivered when anyone received it,
+/// with who did not and why in the outcome; nobody is sent it twice.
+async fn send_each(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    shown: &str,
+    envelope: &Envelope,
+    report: &ReportRow,
+) -> Result<String, Failure> {
+    let mut delivered = 0;
+    let mut refused = Vec::new();
+    let mut permanent = true;
+    for to in envelope.to() {
+        let single =
+            Envelope::new(envelope.from().cloned(), vec![to.clone()]).map_err(|e| Failure {
+                message: format!("the envelope to {to}: {e}"),
+                permanent: true,
+            })?;
+        match send_one(transport, shown, &single, report).await {
+            Ok(()) => delivered += 1,
+            Err(failure) => {
+                permanent &= failure.permanent;
+                refused.push(format!("{to}: {}", failure.message));
+            }
+        }
+    }
+    let refused = refused.join("; ");
+    if delivered == 0 {
+        return Err(Failure {
+            message: format!("every recipient refused it: {refused}"),
+            permanent,
+        });
+    }
+    Ok(format!(
+        "{shown}, to {delivered} of {} recipients (not delivered to {refused})",
+        envelope.to().len()
+    ))
 }
 
 fn envelope(report: &ReportRow) -> anyhow::Result<Envelope> {
