@@ -10,7 +10,8 @@
 //! Once per event: the store records one report per (wave, kind, event), whoever asks.
 //! A process killed between the server's acceptance and the store's commit leaves the
 //! report `sending`; when its lease ends it is sent again, with the same Message-ID (mail
-//! clients show one message). That window is the length of one commit.
+//! clients show one message). That window is the length of one commit; a store that
+//! refuses the commit (busy, its connection lost) is asked again for up to a minute.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -319,7 +320,7 @@ impl Mailer {
         let at = jiff::Timestamp::now().as_millisecond();
         let attempt = match result {
             Ok(via) => {
-                store.report_delivered(report, lease, at, &via).await?;
+                write_outcome(|| store.report_delivered(report, lease, at, &via)).await?;
                 Attempt::Delivered { via }
             }
             Err(failure) if !failure.permanent && (number as u32) < self.attempts => {
@@ -328,27 +329,40 @@ impl Mailer {
                     .saturating_mul(1i64 << (number - 1).clamp(0, 20))
                     .min(MAX_RETRY_WAIT_MS);
                 let retry_at = at + wait;
-                store
-                    .report_not_delivered(report, lease, at, &failure.message, Some(retry_at), None)
-                    .await?;
+                write_outcome(|| {
+                    store.report_not_delivered(
+                        report,
+                        lease,
+                        at,
+                        &failure.message,
+                        Some(retry_at),
+                        None,
+                    )
+                })
+                .await?;
                 Attempt::Retry {
                     error: failure.message,
                     at: retry_at,
                 }
             }
             Err(failure) => {
-                let kept = match &self.route {
-                    Route::Outbox => None,
-                    Route::Smtp { .. } => self.keep(report).ok(),
+                let (kept, not_kept) = match &self.route {
+                    Route::Outbox => (None, None),
+                    Route::Smtp { .. } => match self.keep(report) {
+                        Ok(kept) => (Some(kept), None),
+                        Err(err) => (None, Some(format!("; not kept in the outbox: {err:#}"))),
+                    },
                 };
-                let error = if failure.permanent {
+                let mut error = if failure.permanent {
                     format!("refused for good: {}", failure.message)
                 } else {
                     failure.message
                 };
-                store
-                    .report_not_delivered(report, lease, at, &error, None, kept.as_deref())
-                    .await?;
+                error.push_str(not_kept.as_deref().unwrap_or_default());
+                write_outcome(|| {
+                    store.report_not_delivered(report, lease, at, &error, None, kept.as_deref())
+                })
+                .await?;
                 Attempt::Failed { error, kept }
             }
         };
@@ -403,6 +417,32 @@ impl Mailer {
 struct Failure {
     message: String,
     permanent: bool,
+}
+
+/// How long an attempt's outcome is tried to be written (the store busy or its
+/// connection lost): a delivery whose outcome is lost is sent again once its lease ends.
+const OUTCOME_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Writes an attempt's outcome, trying again with a doubling pause (from 200 ms) for up
+/// to [`OUTCOME_PATIENCE`].
+async fn write_outcome<F, Fut>(mut write: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = std::time::Instant::now() + OUTCOME_PATIENCE;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(err) if std::time::Instant::now() + pause < deadline => {
+                eprintln!("cannot record a report's outcome yet (trying again): {err:#}");
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2);
+            }
+            Err(err) => return Err(err.context("cannot record the report's outcome")),
+        }
+    }
 }
 
 /// One SMTP conversation for `envelope`.
@@ -509,6 +549,25 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outcome the store refuses at first (busy, its connection lost) is written once
+    /// it answers, not dropped: a lost outcome would have the report sent again.
+    #[tokio::test]
+    async fn an_outcome_is_written_once_the_store_answers_again() {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let written = write_outcome(|| {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    anyhow::bail!("database is locked")
+                }
+                Ok(())
+            }
+        })
+        .await;
+        assert!(written.is_ok(), "{written:?}");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn smtp_urls_say_how_to_reach_the_server() {
