@@ -2264,6 +2264,17 @@ async fn events_are_appended_in_order_and_filtered_by_wave(h: Harness) -> anyhow
         vec!["three"]
     );
     assert!(h.store.events_after(all[5].id, None, 10).await?.is_empty());
+    // A fresh live log starts after the wave's own last events, however many of the
+    // other waves' came between: wave B's last two are "two" and "operator.skip".
+    let start = h.store.backlog_start(WAVE_B, 2).await?;
+    let backlog = h.store.events_after(start, Some(WAVE_B), 10).await?;
+    assert_eq!(
+        backlog.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        vec!["two", "operator.skip"]
+    );
+    assert_eq!(h.store.backlog_start(WAVE_B, 3).await?, only_b[0].id - 1);
+    assert_eq!(h.store.backlog_start(WAVE_B, 200).await?, 0);
+    assert_eq!(h.store.backlog_start("no-such-wave", 200).await?, 0);
     Ok(())
 }
 

@@ -155,17 +155,18 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The id of the wave's newest event (0 when it has none).
-    pub async fn last_event_id(&self, wave: &str) -> anyhow::Result<i64> {
+    /// The id after which the wave's last `count` events are (0 when it has fewer): event
+    /// ids are shared by every wave, so this is not the newest id less `count`.
+    pub async fn backlog_start(&self, wave: &str, count: u32) -> anyhow::Result<i64> {
         let row = self
             .db()
             .query_one_raw(self.stmt(
-                "SELECT MAX(id) AS last FROM events WHERE wave = ?",
-                vec![wave.into()],
+                "SELECT id FROM events WHERE wave = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                vec![wave.into(), i64::from(count.saturating_sub(1)).into()],
             ))
             .await?;
         Ok(match row {
-            Some(row) => row.try_get::<Option<i64>>("", "last")?.unwrap_or(0),
+            Some(row) => row.try_get::<i64>("", "id")? - 1,
             None => 0,
         })
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -402,8 +402,8 @@ pub async fn stream(
     // Without a place to resume from: the last events, not the whole history.
     let after = match resume {
         Some(after) => after,
-        None => match app.store.last_event_id(&wave).await {
-            Ok(last) => (last - STREAM_BACKLOG).max(0),
+        None => match app.store.backlog_start(&wave, STREAM_BACKLOG).await {
+            Ok(start) => start,
             Err(err) => return internal(err),
         },
     };
@@ -413,10 +413,10 @@ pub async fn stream(
 }
 
 /// Events a fresh stream starts with.
-const STREAM_BACKLOG: i64 = 200;
-/// A stream checks its caller again after this many quiet looks (a revoked token or a
-/// closed session ends it).
-const STREAM_RECHECK: u32 = 10;
+const STREAM_BACKLOG: u32 = 200;
+/// How often a stream checks its caller again, however busy the log (a revoked token, a
+/// closed or expired session ends it).
+const STREAM_RECHECK: Duration = Duration::from_secs(3);
 
 fn log_stream(
     app: Arc<App>,
@@ -425,11 +425,27 @@ fn log_stream(
     headers: HeaderMap,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(
-        (app, wave, after, Vec::<Event>::new(), headers, 0u32),
-        |(app, wave, mut after, mut queue, headers, mut quiet)| async move {
+        (
+            app,
+            wave,
+            after,
+            Vec::<Event>::new(),
+            headers,
+            Instant::now(),
+        ),
+        |(app, wave, mut after, mut queue, headers, mut checked)| async move {
             loop {
+                if checked.elapsed() >= STREAM_RECHECK {
+                    if guard(&app, &headers, Permission::Read, false)
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    checked = Instant::now();
+                }
                 if let Some(event) = queue.pop() {
-                    return Some((Ok(event), (app, wave, after, queue, headers, quiet)));
+                    return Some((Ok(event), (app, wave, after, queue, headers, checked)));
                 }
                 match app.store.events_after(after, Some(&wave), 200).await {
                     Ok(rows) if !rows.is_empty() => {
@@ -446,19 +462,7 @@ fn log_stream(
                             })
                             .collect();
                     }
-                    _ => {
-                        quiet += 1;
-                        if quiet >= STREAM_RECHECK {
-                            quiet = 0;
-                            if guard(&app, &headers, Permission::Read, false)
-                                .await
-                                .is_err()
-                            {
-                                return None;
-                            }
-                        }
-                        tokio::time::sleep(STREAM_POLL).await;
-                    }
+                    _ => tokio::time::sleep(STREAM_POLL).await,
                 }
             }
         },
