@@ -1,7 +1,7 @@
 //! The configuration file (`wavelift.yaml`): database, engines, SMTP, CMDB, sites and the
 //! defaults every server starts from. Validated like the wave files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ pub struct Config {
     pub reports: Reports,
     pub cmdb: Option<Cmdb>,
     pub sites: BTreeMap<String, Site>,
+    /// Sites written but not read (each reported where it is written): a reference to
+    /// one is not "not defined" besides.
+    #[serde(skip)]
+    pub invalid_sites: BTreeSet<String>,
     pub ssh: Ssh,
     #[serde(skip)]
     pub defaults: ServerTemplate,
@@ -77,6 +81,13 @@ pub struct Engines {
     pub local: LocalEngine,
     pub sim: SimEngine,
     pub mgn: Option<MgnEngine>,
+    /// `engines.mgn` was written but could not be read (reported there): a wave on mgn
+    /// is not "not configured" besides, nor are its accounts "not defined".
+    #[serde(skip)]
+    pub mgn_unread: bool,
+    /// Accounts of `engines.mgn.accounts` written but not read (reported there).
+    #[serde(skip)]
+    pub invalid_mgn_accounts: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -301,12 +312,15 @@ impl Config {
                 },
                 sim: SimEngine { seed: 1 },
                 mgn: None,
+                mgn_unread: false,
+                invalid_mgn_accounts: BTreeSet::new(),
             },
             smtp: None,
             outbox: PathBuf::from(DEFAULT_OUTBOX),
             reports: Reports::default(),
             cmdb: None,
             sites: BTreeMap::new(),
+            invalid_sites: BTreeSet::new(),
             ssh: Ssh::default(),
             defaults: ServerTemplate::default(),
         }
@@ -390,7 +404,7 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
         config.cmdb = decode_cmdb(n, ctx);
     }
     if let Some(n) = map.take("sites") {
-        config.sites = decode_sites(n, ctx);
+        (config.sites, config.invalid_sites) = decode_sites(n, ctx);
     }
     if let Some(n) = map.take("ssh") {
         decode_ssh(n, &mut config.ssh, ctx);
@@ -537,7 +551,8 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
     }
     let mgn_written = map.key_location("mgn").is_some();
     if let Some(n) = map.take("mgn") {
-        engines.mgn = decode_mgn(n, ctx);
+        engines.mgn = decode_mgn(n, &mut engines.invalid_mgn_accounts, ctx);
+        engines.mgn_unread = engines.mgn.is_none();
     }
     map.finish(ctx);
     if engines.default == EngineKind::Mgn && !mgn_written {
@@ -590,11 +605,12 @@ pub fn engine_kind(node: &Node, ctx: &mut Ctx) -> Option<EngineKind> {
     })
 }
 
-fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
+/// The mgn engine's section; the accounts that could not be read go to `invalid`.
+fn decode_mgn(node: &Node, invalid: &mut BTreeSet<String>, ctx: &mut Ctx) -> Option<MgnEngine> {
     let mut map = MapReader::new(node, "mgn engine", ctx)?;
     let accounts = map
         .take("accounts")
-        .map(|n| decode_mgn_accounts(n, ctx))
+        .map(|n| decode_mgn_accounts(n, invalid, ctx))
         .unwrap_or_default();
     let account = decode_mgn_account(map, "mgn engine", ctx)?;
     Some(MgnEngine {
@@ -608,21 +624,31 @@ fn decode_mgn(node: &Node, ctx: &mut Ctx) -> Option<MgnEngine> {
     })
 }
 
-fn decode_mgn_accounts(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, MgnAccount> {
+fn decode_mgn_accounts(
+    node: &Node,
+    invalid: &mut BTreeSet<String>,
+    ctx: &mut Ctx,
+) -> BTreeMap<String, MgnAccount> {
     let mut accounts = BTreeMap::new();
     let Some(map) = MapReader::new(node, "mgn accounts", ctx) else {
         return accounts;
     };
     for entry in map.entries() {
-        if let Err(message) = crate::rules::check_name(&entry.key) {
-            ctx.error(entry.key_location, format!("mgn account name: {message}"));
-            continue;
-        }
-        let Some(account) = MapReader::new(&entry.value, "mgn account", ctx) else {
-            continue;
+        let account = match crate::rules::check_name(&entry.key) {
+            Err(message) => {
+                ctx.error(entry.key_location, format!("mgn account name: {message}"));
+                None
+            }
+            Ok(_) => MapReader::new(&entry.value, "mgn account", ctx)
+                .and_then(|account| decode_mgn_account(account, "mgn account", ctx)),
         };
-        if let Some(account) = decode_mgn_account(account, "mgn account", ctx) {
-            accounts.insert(entry.key.clone(), account);
+        match account {
+            Some(account) => {
+                accounts.insert(entry.key.clone(), account);
+            }
+            None => {
+                invalid.insert(entry.key.clone());
+            }
         }
     }
     accounts
@@ -749,6 +775,10 @@ fn decode_mgn_agent(node: &Node, ctx: &mut Ctx) -> Option<MgnAgent> {
 
 /// A server's `mgn_account` names one of `engines.mgn.accounts`.
 pub fn check_mgn_account(account: &Spanned<String>, config: &Config, ctx: &mut Ctx) {
+    let engines = &config.engines;
+    if engines.mgn_unread || engines.invalid_mgn_accounts.contains(&account.value) {
+        return;
+    }
     let known: Vec<&str> = config
         .engines
         .mgn
@@ -1185,17 +1215,21 @@ fn decode_cmdb_api(map: &mut MapReader, kind: &str, ctx: &mut Ctx) -> Option<Cmd
     })
 }
 
-fn decode_sites(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, Site> {
+/// The sites read, and the names of those that could not be.
+fn decode_sites(node: &Node, ctx: &mut Ctx) -> (BTreeMap<String, Site>, BTreeSet<String>) {
     let mut sites = BTreeMap::new();
+    let mut invalid = BTreeSet::new();
     let Some(map) = MapReader::new(node, "sites", ctx) else {
-        return sites;
+        return (sites, invalid);
     };
     for entry in map.entries() {
         if let Err(message) = crate::rules::check_name(&entry.key) {
             ctx.error(entry.key_location, format!("site name: {message}"));
+            invalid.insert(entry.key.clone());
             continue;
         }
         let Some(mut site) = MapReader::new(&entry.value, "site", ctx) else {
+            invalid.insert(entry.key.clone());
             continue;
         };
         let bandwidth = site
@@ -1212,9 +1246,11 @@ fn decode_sites(node: &Node, ctx: &mut Ctx) -> BTreeMap<String, Site> {
                     location: entry.key_location,
                 },
             );
+        } else {
+            invalid.insert(entry.key.clone());
         }
     }
-    sites
+    (sites, invalid)
 }
 
 /// A compression factor: bytes read per byte sent, from 1 (none) to 20.
@@ -1232,7 +1268,7 @@ pub fn compression(node: &Node, ctx: &mut Ctx) -> Option<f64> {
 
 /// A reference to a site, checked against the configuration.
 pub fn check_site(site: &Spanned<String>, config: &Config, ctx: &mut Ctx) {
-    if config.sites.contains_key(&site.value) {
+    if config.sites.contains_key(&site.value) || config.invalid_sites.contains(&site.value) {
         return;
     }
     let known: Vec<&str> = config.sites.keys().map(String::as_str).collect();

@@ -74,11 +74,31 @@ impl<'n> MapReader<'n> {
             .map(|e| e.key_location)
     }
 
+    /// The value of `key`; missing, an error. A key written nearby that no one asked for
+    /// yet (`nmae` for `name`) is taken as the misspelling: one error where it is written,
+    /// not a missing field and an unknown one besides.
     pub fn required(&mut self, key: &'static str, ctx: &mut Ctx) -> Option<&'n Node> {
         let node = self.take(key);
         if node.is_none() {
             let what = self.what;
-            ctx.error(self.location, format!("missing field `{key}` in {what}"));
+            let near =
+                self.entries.iter().zip(&self.used).position(|(e, used)| {
+                    !*used && e.key != key && closest(&e.key, &[key]).is_some()
+                });
+            match near {
+                Some(index) => {
+                    self.used[index] = true;
+                    let entry = &self.entries[index];
+                    ctx.error(
+                        entry.key_location,
+                        format!(
+                            "missing field `{key}` in {what}: `{}` is written instead; did you mean `{key}`?",
+                            entry.key
+                        ),
+                    );
+                }
+                None => ctx.error(self.location, format!("missing field `{key}` in {what}")),
+            }
         }
         node
     }

@@ -92,6 +92,7 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
             _ => None,
         }
     });
+    let mut unread = false;
     let waves: Vec<SourceFile> = found
         .waves
         .iter()
@@ -99,9 +100,13 @@ pub fn load_paths(paths: &[PathBuf], config: Option<&Path>) -> Loaded {
             let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
             cmdb_file.as_ref() != Some(&path)
         })
-        .filter_map(|path| source::read_source(path, &mut diagnostics))
+        .filter_map(|path| {
+            let read = source::read_source(path, &mut diagnostics);
+            unread |= read.is_none();
+            read
+        })
         .collect();
-    let mut loaded = load_sources(config_source.as_ref(), base_dir, &waves);
+    let mut loaded = load_read(config_source.as_ref(), base_dir, &waves, unread);
     diagnostics.extend(loaded.diagnostics);
     loaded.diagnostics = diagnostics;
     loaded
@@ -120,6 +125,16 @@ pub fn load_sources(
     base_dir: PathBuf,
     waves: &[SourceFile],
 ) -> Loaded {
+    load_read(config, base_dir, waves, false)
+}
+
+/// [`load_sources`]; `unread`: a wave file could not be read (reported already).
+fn load_read(
+    config: Option<&SourceFile>,
+    base_dir: PathBuf,
+    waves: &[SourceFile],
+    unread: bool,
+) -> Loaded {
     let config_text = config.map(text_of);
     let base_dir_kept = base_dir.clone();
     let wave_sources = waves;
@@ -129,9 +144,13 @@ pub fn load_sources(
         None => Config::builtin(base_dir),
     };
     let mut all = Vec::new();
+    // Something written could not be read (a file, a wave, an application): a reference
+    // to what it may have defined is not reported as unknown besides.
+    let mut incomplete = unread;
     for source in waves {
         let Some(documents) = yaml::parse_documents(&source.name, &source.text, &mut diagnostics)
         else {
+            incomplete = true;
             continue;
         };
         if documents.is_empty() {
@@ -155,12 +174,16 @@ pub fn load_sources(
                 }
                 continue;
             }
-            if let Some(decoded) = wave_file::decode_wave(document, &config_value, &mut ctx) {
-                all.push((decoded.wave, decoded.complete));
+            match wave_file::decode_wave(document, &config_value, &mut ctx) {
+                Some(decoded) => {
+                    incomplete |= decoded.lost_applications;
+                    all.push((decoded.wave, decoded.complete));
+                }
+                None => incomplete = true,
             }
         }
     }
-    let waves = validate::check_across_waves(all, &mut diagnostics);
+    let waves = validate::check_across_waves(all, incomplete, &mut diagnostics);
     Loaded {
         definitions: Definitions {
             config: config_value,

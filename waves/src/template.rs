@@ -15,6 +15,9 @@ use crate::yaml::{Node, Value};
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServerTemplate {
     pub os_family: Option<OsFamily>,
+    /// The last layer that wrote `os.family` wrote one that could not be read (reported
+    /// there): no "no `os.family`" error besides.
+    pub os_family_invalid: bool,
     pub os_version: Option<String>,
     pub arch: Option<String>,
     pub access: AccessTemplate,
@@ -32,6 +35,9 @@ pub struct ServerTemplate {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AccessTemplate {
     pub method: Option<AccessMethod>,
+    /// The last layer that wrote `method` wrote one that could not be read (reported
+    /// there): the checks that need the method are not made.
+    pub method_invalid: bool,
     pub user: Option<String>,
     pub port: Option<u16>,
     pub credential: Option<CredentialRef>,
@@ -132,6 +138,7 @@ fn decode_os(node: &Node, base: &mut ServerTemplate, ctx: &mut Ctx) {
             OsFamily::from_name(&text.to_lowercase())
                 .ok_or_else(|| unknown_name("os family", text, OsFamily::NAMES))
         });
+        base.os_family_invalid = family.is_none();
         if family.is_some() {
             base.os_family = family;
         }
@@ -235,6 +242,7 @@ fn decode_access(node: &Node, base: &mut AccessTemplate, ctx: &mut Ctx) {
             AccessMethod::from_name(text)
                 .ok_or_else(|| unknown_name("access method", text, AccessMethod::NAMES))
         });
+        base.method_invalid = method.is_none();
         if method.is_some() {
             base.method = method;
         }

@@ -57,7 +57,13 @@ impl<'a> Unique<'a> {
 
 /// Checks the waves together and returns the complete ones, ordered by window start.
 /// Incomplete waves (`false`) take part in the checks of names and dependencies only.
-pub fn check_across_waves(mut waves: Vec<(Wave, bool)>, diags: &mut Diagnostics) -> Vec<Wave> {
+/// `incomplete`: something written could not be read, so a dependency on an application
+/// no wave defines, and no name comes close to, is not reported.
+pub fn check_across_waves(
+    mut waves: Vec<(Wave, bool)>,
+    incomplete: bool,
+    diags: &mut Diagnostics,
+) -> Vec<Wave> {
     waves.sort_by(|(a, _), (b, _)| {
         a.window
             .interval
@@ -82,7 +88,7 @@ pub fn check_across_waves(mut waves: Vec<(Wave, bool)>, diags: &mut Diagnostics)
     let complete: Vec<bool> = waves.iter().map(|(_, c)| *c).collect();
     let all: Vec<Wave> = waves.into_iter().map(|(w, _)| w).collect();
     check_unique_members(&all, diags);
-    check_dependencies(&all, &complete, diags);
+    check_dependencies(&all, &complete, incomplete, diags);
     all.into_iter()
         .zip(complete)
         .filter_map(|(wave, complete)| complete.then_some(wave))
@@ -122,7 +128,12 @@ fn check_unique_members(waves: &[Wave], diags: &mut Diagnostics) {
     }
 }
 
-fn check_dependencies(waves: &[Wave], complete: &[bool], diags: &mut Diagnostics) {
+fn check_dependencies(
+    waves: &[Wave],
+    complete: &[bool],
+    incomplete: bool,
+    diags: &mut Diagnostics,
+) {
     // Application name -> (wave index, application index).
     let mut index: HashMap<&str, (usize, usize)> = HashMap::new();
     for (w, wave) in waves.iter().enumerate() {
@@ -148,6 +159,8 @@ fn check_dependencies(waves: &[Wave], complete: &[bool], diags: &mut Diagnostics
                             "`{}` depends on unknown application `{}`; did you mean `{near}`?",
                             app.name.value, dep.value
                         ),
+                        // It may be in what could not be read.
+                        None if incomplete => continue,
                         None => format!(
                             "`{}` depends on unknown application `{}`: no wave defines it",
                             app.name.value, dep.value

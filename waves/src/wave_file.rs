@@ -25,6 +25,9 @@ use crate::yaml::Node;
 pub struct DecodedWave {
     pub wave: Wave,
     pub complete: bool,
+    /// An application written in the file could not be read (reported there): a
+    /// reference to it from elsewhere is not "unknown" besides.
+    pub lost_applications: bool,
 }
 
 /// Reads one wave; `None` only when the document is not a mapping at all.
@@ -43,8 +46,10 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
         Some(n) => config::engine_kind(n, ctx).map(|kind| Spanned::new(kind, n.location)),
         None => Some(Spanned::new(config.engines.default, map.location)),
     };
+    // An mgn section that could not be read is reported where it is written.
     if let Some(engine) = &engine
         && !config.engine_configured(engine.value)
+        && !(engine.value == EngineKind::Mgn && config.engines.mgn_unread)
     {
         ctx.error(
             engine.location,
@@ -91,16 +96,23 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
             ctx,
         );
     }
+    let mut lost_applications = false;
     let applications = match map.required("applications", ctx) {
         Some(n) => {
             let items = decode::list(n, "applications", ctx);
             if items.is_empty() && matches!(n.value, crate::yaml::Value::Seq(_)) {
                 ctx.warning(n.location, "the wave has no applications");
             }
-            items
+            let applications: Vec<Application> = items
                 .iter()
                 .filter_map(|item| decode_application(item, &template, config, engine_kind, ctx))
-                .collect()
+                .collect();
+            lost_applications = applications.len() < items.len()
+                || !matches!(
+                    n.value,
+                    crate::yaml::Value::Seq(_) | crate::yaml::Value::Null
+                );
+            applications
         }
         None => Vec::new(),
     };
@@ -128,6 +140,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
             applications,
         },
         complete,
+        lost_applications,
     })
 }
 
@@ -491,23 +504,31 @@ fn decode_server(
         .and_then(|n| decode::string(n, "cmdb_id", ctx));
     let source_id = map.take("source_id").and_then(|n| {
         decode::parsed(n, "source_id", ctx, |text| {
-            if engine != Some(EngineKind::Mgn) {
+            // An engine that could not be read is reported where it is written.
+            if let Some(engine) = engine
+                && engine != EngineKind::Mgn
+            {
                 return Err(format!(
-                    "`source_id` names an MGN source server, and this wave's engine is {}",
-                    engine.map_or("not mgn", |e| e.as_str())
+                    "`source_id` names an MGN source server, and this wave's engine is {engine}"
                 ));
             }
             rules::check_mgn_source_id(text)
         })
         .map(|v| Spanned::new(v, n.location))
     });
+    // A disk that could not be read is reported where it is written, and is not
+    // "no disks" besides.
+    let mut disks_failed = false;
     let disks = map
         .take("disks")
         .map(|n| {
-            decode::list(n, "disks", ctx)
+            let items = decode::list(n, "disks", ctx);
+            let disks = items
                 .iter()
                 .filter_map(|item| decode_disk(item, ctx))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            disks_failed = disks.len() < items.len();
+            disks
         })
         .unwrap_or_default();
     // A wrong fqdn or ip is reported where it is; "no address" is for servers without any.
@@ -535,7 +556,7 @@ fn decode_server(
     // A wrong `disks` or `os` is reported where it is written; these are for missing ones.
     // The local engine replicates the disks listed; MGN's agent finds them itself, and
     // the rehearsal engine and the estimator then have no sizes to work with.
-    if disks.is_empty() && !disks_malformed && engine == Some(EngineKind::Local) {
+    if disks.is_empty() && !disks_malformed && !disks_failed && engine == Some(EngineKind::Local) {
         ctx.error(
             map_location(node),
             format!(
@@ -560,8 +581,11 @@ fn decode_server(
             format!("server `{}` has more than one boot disk", name.value),
         );
     }
+    // An os or access method that could not be read is reported where it is written;
+    // the checks that need it are not made.
+    let os_unread = os_malformed || fields.os_family_invalid;
     let family = fields.os_family.unwrap_or_else(|| {
-        if os_malformed {
+        if os_unread {
             return OsFamily::Linux;
         }
         ctx.error(
@@ -578,7 +602,8 @@ fn decode_server(
         OsFamily::Linux => AccessMethod::Ssh,
         OsFamily::Windows => AccessMethod::Winrm,
     });
-    if method == AccessMethod::Winrm && family == OsFamily::Linux {
+    let method_unread = fields.access.method_invalid;
+    if method == AccessMethod::Winrm && family == OsFamily::Linux && !os_unread && !method_unread {
         ctx.error(
             node.location,
             format!(
@@ -588,7 +613,7 @@ fn decode_server(
         );
     }
     let address_written = map_has_address;
-    if method != AccessMethod::Local && !address_written {
+    if method != AccessMethod::Local && !address_written && !method_unread {
         ctx.error(
             node.location,
             format!(
@@ -637,15 +662,16 @@ fn check_mgn_account_engine(
     engine: Option<EngineKind>,
     ctx: &mut Ctx,
 ) {
+    // An engine that could not be read is reported where it is written.
     if let Some(account) = &new.mgn_account
         && new.mgn_account != old.mgn_account
-        && engine != Some(EngineKind::Mgn)
+        && let Some(engine) = engine
+        && engine != EngineKind::Mgn
     {
         ctx.error(
             account.location,
             format!(
-                "`mgn_account` names an account of the mgn engine, and this wave's engine is {}",
-                engine.map_or("not mgn", |e| e.as_str())
+                "`mgn_account` names an account of the mgn engine, and this wave's engine is {engine}"
             ),
         );
     }
