@@ -2275,6 +2275,25 @@ async fn events_are_appended_in_order_and_filtered_by_wave(h: Harness) -> anyhow
     assert_eq!(h.store.backlog_start(WAVE_B, 3).await?, only_b[0].id - 1);
     assert_eq!(h.store.backlog_start(WAVE_B, 200).await?, 0);
     assert_eq!(h.store.backlog_start("no-such-wave", 200).await?, 0);
+    // Counted by kind in (since, until]: a digest counts what came up to its occurrence,
+    // and the next one what came after.
+    let counts = h.store.event_counts(WAVE_A, t.build - 1, t.build).await?;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        vec![("one".to_owned(), 1), ("three".to_owned(), 1)]
+    );
+    assert!(
+        h.store
+            .event_counts(WAVE_A, t.build, t.build + DAY)
+            .await?
+            .is_empty()
+    );
+    assert!(
+        h.store
+            .event_counts(WAVE_A, t.build - 2, t.build - 1)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 

@@ -53,7 +53,8 @@ const HAPPENINGS: [(&str, &str); 6] = [
 
 impl Digest {
     /// The digest of `wave` at `now` (ms): what happened since the previous digest (or
-    /// in the last 24 hours).
+    /// in the last 24 hours) until `now`; the next digest counts from there, so nothing
+    /// is counted twice.
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Digest> {
         let calendar = calendar_of(store, wave).await?;
         let tasks = store.tasks(Some(wave)).await?;
@@ -62,7 +63,7 @@ impl Digest {
             .await?
             .filter(|&last| last < now)
             .unwrap_or(now - DAY_MS);
-        let counts = store.event_counts(wave, since).await?;
+        let counts = store.event_counts(wave, since, now).await?;
         Ok(Digest::from_parts(
             &calendar,
             &tasks,

@@ -214,7 +214,14 @@ impl Reporter {
         {
             return Ok(None);
         }
-        let rendered = kind.render(&self.store, &calendar.name, now).await?;
+        // A digest made late (the process was down at its occurrence) is the digest of
+        // its occurrence: what happened after it is the next one's.
+        let at = if kind == Kind::Digest {
+            due_at.min(now)
+        } else {
+            now
+        };
+        let rendered = kind.render(&self.store, &calendar.name, at).await?;
         let report = compose(
             &self.definitions,
             &calendar.name,

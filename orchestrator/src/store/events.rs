@@ -171,17 +171,19 @@ impl Store {
         })
     }
 
-    /// How many events of each kind a wave logged after `since` (ms).
+    /// How many events of each kind a wave logged after `since` and until `until` (ms).
     pub async fn event_counts(
         &self,
         wave: &str,
         since: i64,
+        until: i64,
     ) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
         let rows = self
             .db()
             .query_all_raw(self.stmt(
-                "SELECT kind, COUNT(*) AS n FROM events WHERE wave = ? AND at > ? GROUP BY kind",
-                vec![wave.into(), since.into()],
+                "SELECT kind, COUNT(*) AS n FROM events WHERE wave = ? AND at > ? AND at <= ? \
+                 GROUP BY kind",
+                vec![wave.into(), since.into(), until.into()],
             ))
             .await?;
         rows.iter()
