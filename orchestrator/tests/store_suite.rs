@@ -464,9 +464,13 @@ fn succeeded(task: &TaskRow, at: i64) -> Completion {
 }
 
 fn failed(task: &TaskRow, at: i64, reason: &str) -> Completion {
+    failed_with_step(task, at, reason, None)
+}
+
+fn failed_with_step(task: &TaskRow, at: i64, reason: &str, step: Option<String>) -> Completion {
     Completion::Failed {
         id: task.id.clone(),
-        step: None,
+        step,
         reason: reason.to_owned(),
         attempt: Some(attempt_record(task, at, "failed", Some(reason))),
         events: vec![event_of(task, at, "task.failed")],
@@ -1826,7 +1830,15 @@ async fn retry_unblocks_what_the_failure_blocked(h: Harness) -> anyhow::Result<(
             t.build,
             vec![
                 failed(&held["web-1/agent_push"], t.build, "first"),
-                failed(&held["web-2/agent_push"], t.build, "second"),
+                failed_with_step(
+                    &held["web-2/agent_push"],
+                    t.build,
+                    "second",
+                    Some(
+                        r#"{"attempt_started":1,"note":"x","task":{"kept":{"cmdb":{"record":"CI-2"}},"looks":3}}"#
+                            .to_owned(),
+                    ),
+                ),
             ],
         )
         .await?;
@@ -1886,6 +1898,22 @@ async fn retry_unblocks_what_the_failure_blocked(h: Harness) -> anyhow::Result<(
     // Once the second failure is retried too, nothing is blocked any more.
     h.store.retry("web-2/agent_push", "alice", now + 1).await?;
     assert!(h.in_state("blocked").await?.is_empty());
+    // What a task keeps (a CMDB record written) survives its retry, in a fresh attempt;
+    // the rest of its step does not.
+    let step = h
+        .task("web-2/agent_push")
+        .await?
+        .step
+        .context("the kept step")?;
+    let step: serde_json::Value = serde_json::from_str(&step)?;
+    assert_eq!(
+        step,
+        serde_json::json!({
+            "attempt_started": now + 1,
+            "note": null,
+            "task": { "kept": { "cmdb": { "record": "CI-2" } } }
+        })
+    );
     assert_eq!(h.pending_deps("web/ready").await?, 2);
     assert_eq!(h.pending_deps("api/ready").await?, 2);
     Ok(())

@@ -4,7 +4,7 @@
 use replication::{LaunchKind, LifeCycle};
 
 use crate::cmdb::{CmdbChange, Outcome};
-use crate::context::{Action, Check, Progress, Report, TaskContext};
+use crate::context::{Action, Check, KEPT, Progress, Report, TaskContext};
 use crate::launch;
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
@@ -40,7 +40,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     let written: Option<CmdbChange> = ctx
         .step
         .as_ref()
-        .and_then(|step| serde_json::from_value(step.get("cmdb")?.clone()).ok());
+        .and_then(|step| serde_json::from_value(step.get(KEPT)?.get("cmdb")?.clone()).ok());
     let change = match written {
         Some(change) => CmdbChange {
             outcome: Outcome::AlreadyDone,
@@ -85,7 +85,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         if let Err(err) = ctx.engine.archive(&source.id).await {
             let mut report = Report::engine_error("archiving the source server", &err, actions);
             if let Progress::Fail { step, .. } = &mut report.progress {
-                *step = Some(serde_json::json!({ "cmdb": change }));
+                *step = Some(serde_json::json!({ KEPT: { "cmdb": change } }));
             }
             return report;
         }
@@ -122,7 +122,7 @@ mod tests {
     use waves::model::TaskKind;
 
     use crate::cmdb::{BrokenCmdb, CmdbChange, Outcome};
-    use crate::context::Progress;
+    use crate::context::{KEPT, Progress};
     use crate::testing::{Rig, window_start};
 
     #[tokio::test]
@@ -157,7 +157,7 @@ mod tests {
             target: Some("t-1".to_owned()),
             outcome: Outcome::Written,
         };
-        let step = serde_json::json!({ "cmdb": written });
+        let step = serde_json::json!({ KEPT: { "cmdb": written } });
         let broken = BrokenCmdb("no write expected".to_owned());
         let mut context = rig.context(TaskKind::CmdbCleanup, now, Some(step));
         context.cmdb = &broken;

@@ -9,6 +9,10 @@ use waves::model::{Server, TaskKind};
 use crate::cmdb::Cmdb;
 use crate::shell::RemoteShell;
 
+/// The key of a task's step under which it keeps what must survive a manual retry (a
+/// record written to a CMDB that opens a ticket per request).
+pub const KEPT: &str = "kept";
+
 pub struct TaskContext<'a> {
     pub task_id: &'a str,
     pub kind: TaskKind,
@@ -21,7 +25,9 @@ pub struct TaskContext<'a> {
     /// When the task first started: launches the engine made since then are this task's.
     pub started_at: Timestamp,
     pub attempt: u32,
-    /// Where the previous call stopped; `None` on the first call of an attempt.
+    /// Where the previous call stopped; `None` on the first call of an attempt. Under
+    /// [`KEPT`], what a task did outside that must never be done twice: it survives a
+    /// failure and an operator's retry, which otherwise start over.
     pub step: Option<serde_json::Value>,
     /// Set when the attempt ran past its task's timeout (the reason, "timed out after
     /// 2h"): the task ends the attempt without leaving anything half done (see [`crate::run`]).
@@ -145,7 +151,8 @@ pub enum Progress {
         /// Worth another attempt (with backoff) if retries remain.
         retryable: bool,
         checks: Vec<Check>,
-        /// Where to resume on a retry; `None` starts over.
+        /// Where to resume on a retry; `None` starts over. Its [`KEPT`] part is kept
+        /// even once the task fails for good, for an operator's retry.
         step: Option<serde_json::Value>,
     },
 }

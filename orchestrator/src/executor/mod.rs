@@ -10,6 +10,8 @@
 
 mod step;
 
+pub use step::kept_step;
+
 use std::collections::HashMap;
 
 use futures_util::StreamExt as _;

@@ -50,6 +50,26 @@ struct Resume {
     task: Option<serde_json::Value>,
 }
 
+/// The step a task keeps once it failed for good, or when an operator retries it: its
+/// [`tasks::KEPT`] part alone (what it did outside that must not be done twice), in a
+/// fresh attempt from `now`; `None` when it keeps nothing. `stored` is the step as the
+/// store holds it.
+pub fn kept_step(stored: Option<&str>, now: i64) -> Option<String> {
+    let resume: Resume = serde_json::from_str(stored?).ok()?;
+    kept_of(resume.task.as_ref(), now)
+}
+
+/// [`kept_step`] of a task's own step.
+fn kept_of(task_step: Option<&serde_json::Value>, now: i64) -> Option<String> {
+    let kept = task_step?.get(tasks::KEPT)?.clone();
+    let resume = Resume {
+        attempt_started: now,
+        note: None,
+        task: Some(serde_json::json!({ tasks::KEPT: kept })),
+    };
+    serde_json::to_string(&resume).ok()
+}
+
 fn event(task: &ClaimedTask, at: i64, kind: &str, message: String) -> NewEvent {
     NewEvent {
         at,
@@ -440,12 +460,38 @@ fn finish(
                 ));
                 Completion::Failed {
                     id: task.id.clone(),
-                    step: None,
+                    step: kept_of(step.as_ref(), now),
                     reason,
                     attempt: Some(record),
                     events,
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_step;
+
+    /// Only a step's kept part survives a failure for good or a manual retry, in a fresh
+    /// attempt; a step that keeps nothing is dropped.
+    #[test]
+    fn only_the_kept_part_of_a_step_survives() {
+        let stored = r#"{"attempt_started":1,"note":"n","task":{"kept":{"cmdb":{"record":"CI-1"}},"looks":2}}"#;
+        let kept = kept_step(Some(stored), 42).expect("a kept step");
+        let kept: serde_json::Value = serde_json::from_str(&kept).expect("JSON");
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "attempt_started": 42,
+                "note": null,
+                "task": { "kept": { "cmdb": { "record": "CI-1" } } }
+            })
+        );
+        let nothing = r#"{"attempt_started":1,"note":null,"task":{"looks":2}}"#;
+        assert_eq!(kept_step(Some(nothing), 42), None);
+        assert_eq!(kept_step(Some("not json"), 42), None);
+        assert_eq!(kept_step(None, 42), None);
     }
 }

@@ -261,10 +261,12 @@ impl Store {
                 task.state
             );
         }
+        // The retry starts over, but for what the task keeps (a CMDB record written).
+        let kept = crate::executor::kept_step(task.step.as_deref(), now);
         txn.execute_raw(self.stmt(
-            "UPDATE tasks SET state = 'pending', reason = NULL, step = NULL, next_run_at = ?, \
+            "UPDATE tasks SET state = 'pending', reason = NULL, step = ?, next_run_at = ?, \
              finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
-            vec![now.into(), now.into(), id.into()],
+            vec![kept.into(), now.into(), now.into(), id.into()],
         ))
         .await?;
         self.unblock_downstream(&txn, id, now).await?;
