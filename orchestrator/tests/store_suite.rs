@@ -2416,6 +2416,31 @@ async fn claim_at_next_due_finds_the_task_whose_lease_expired(h: Harness) -> any
         "next_due said {due}, but a claim at {due} finds nothing (the lease expires at {})",
         t.build + LEASE
     );
+    // A worker whose step runs long renews its lease: nobody takes the task meanwhile.
+    // A worker that lost the lease renews nothing.
+    let id = ["web-1/prereq_check"];
+    assert_eq!(
+        h.store
+            .renew_leases("crashed", &id, due + 10 * LEASE)
+            .await?,
+        0
+    );
+    assert_eq!(
+        h.store
+            .renew_leases("successor", &id, due + 10 * LEASE)
+            .await?,
+        1
+    );
+    assert!(h.claim("third", due + 5 * LEASE).await?.is_empty());
+    assert_eq!(
+        h.lease_owner("web-1/prereq_check").await?.as_deref(),
+        Some("successor")
+    );
+    assert_eq!(
+        h.store.next_due().await?,
+        Some(due + 10 * LEASE),
+        "next_due follows the renewed lease"
+    );
     Ok(())
 }
 

@@ -32,6 +32,9 @@ use crate::store::{ClaimedTask, Completion, Limit, Store};
 /// How long a claimed task is the executor's before another worker may take it.
 pub const LEASE_MS: i64 = 60_000;
 
+/// How often the leases of a batch whose steps still run are renewed (wall clock).
+const LEASE_RENEWAL: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
+
 /// How long to sleep at most between looks at the store, with the wall clock.
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
@@ -185,6 +188,8 @@ impl Executor {
             }
             let batch = std::mem::take(&mut claimed);
             let count = batch.len();
+            let held: Vec<String> = batch.iter().map(|t| t.id.clone()).collect();
+            let ids: Vec<&str> = held.iter().map(String::as_str).collect();
             // The steps of a batch run concurrently on this task: they wait on engines,
             // shells and CMDBs, and share the launcher that batches their launches.
             let mut steps: FuturesUnordered<_> = batch
@@ -192,8 +197,24 @@ impl Executor {
                 .map(|task| step::run_step(&inputs, now, task))
                 .collect();
             let mut completions: Vec<Completion> = Vec::with_capacity(count);
-            while let Some(completion) = steps.next().await {
-                completions.push(completion);
+            // Steps that run long (an install over SSH) keep their leases: renewed every
+            // third of a lease until the batch's outcomes are written.
+            let mut renew = tokio::time::interval_at(
+                tokio::time::Instant::now() + LEASE_RENEWAL,
+                LEASE_RENEWAL,
+            );
+            loop {
+                tokio::select! {
+                    completion = steps.next() => match completion {
+                        Some(completion) => completions.push(completion),
+                        None => break,
+                    },
+                    _ = renew.tick() => {
+                        self.store
+                            .renew_leases(&self.owner, &ids, self.clock.now_ms() + LEASE_MS)
+                            .await?;
+                    }
+                }
             }
             drop(steps);
             // The outcomes and the next claim share one commit.

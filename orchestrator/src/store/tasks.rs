@@ -319,6 +319,19 @@ impl Store {
         Ok(kept)
     }
 
+    /// Extends to `until` the leases `owner` still holds on `ids`: the steps of a batch
+    /// that run long (a shell installing an agent) keep their tasks from other workers.
+    /// Returns how many leases it held.
+    pub async fn renew_leases(&self, owner: &str, ids: &[&str], until: i64) -> anyhow::Result<u64> {
+        let sql = format!(
+            "UPDATE tasks SET lease_expires_at = ? WHERE lease_owner = ? AND id IN {}",
+            self.json_strings()
+        );
+        let values = vec![until.into(), owner.into(), json_param(&ids)?];
+        let result = self.db().execute_raw(self.stmt(&sql, values)).await?;
+        Ok(result.rows_affected())
+    }
+
     /// Tasks claimed over a wave's limit go back as they were.
     async fn give_back(
         &self,
