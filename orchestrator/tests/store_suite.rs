@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orchestrator::store::{
-    ApplyOptions, ApplyReport, AttemptRecord, Completion, Limit, NewEvent, NewReport, Store,
-    TaskRow,
+    ApplyOptions, ApplyReport, AttemptRecord, Completion, Limit, NewEvent, NewReport, RefusalKind,
+    Refused, Store, TaskRow,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
@@ -2070,10 +2070,15 @@ async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyho
 async fn unknown_waves_and_applications_are_named_with_what_there_is(
     h: Harness,
 ) -> anyhow::Result<()> {
+    // Each is refused as not found (the API answers 404), with the names there are.
     let refused = |result: anyhow::Result<Vec<String>>| {
         result
             .err()
-            .map(|e| format!("{e:#}"))
+            .map(|e| {
+                let kind = e.downcast_ref::<Refused>().map(|r| r.kind);
+                assert_eq!(kind, Some(RefusalKind::NotFound), "{e:#}");
+                format!("{e:#}")
+            })
             .unwrap_or_else(|| "accepted".to_owned())
     };
     assert_eq!(

@@ -1,12 +1,47 @@
 //! The operator's levers: approve a cutover, retry, skip or cancel a task. Each is one
 //! transaction that also fixes up what depends on the task, and is logged as an event.
 
-use anyhow::bail;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::Store;
 use super::events::{NewEvent, insert_events};
 use super::tasks::{TaskRow, TaskState};
+
+/// What kind of refusal a lever met, for a caller that answers with a status (the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// No such wave, application or task.
+    NotFound,
+    /// The state of what it names does not allow it.
+    Conflict,
+    /// The request itself is incomplete (a no-go without its reason).
+    Invalid,
+}
+
+/// A lever the store refused, with the sentence for the operator.
+#[derive(Debug)]
+pub struct Refused {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Returns a [`Refused`] of the kind named, with a formatted message.
+macro_rules! refuse {
+    ($kind:ident, $($message:tt)+) => {
+        return Err(anyhow::Error::new(Refused {
+            kind: RefusalKind::$kind,
+            message: format!($($message)+),
+        }))
+    };
+}
 
 impl Store {
     /// Records a go for the cutover gates of a wave (or one application). Returns the
@@ -34,7 +69,8 @@ impl Store {
             .collect::<Result<_, _>>()?;
         if apps.is_empty() {
             self.check_names(&txn, wave, application).await?;
-            bail!(
+            refuse!(
+                Conflict,
                 "nothing to approve in wave `{wave}`{}: no cutover there waits for an approval",
                 application
                     .map(|a| format!(", application `{a}`"))
@@ -81,7 +117,7 @@ impl Store {
     ) -> anyhow::Result<Vec<String>> {
         let reason = reason.trim();
         if reason.is_empty() {
-            bail!("a no-go needs its reason");
+            refuse!(Invalid, "a no-go needs its reason");
         }
         let txn = self.write_transaction().await?;
         let (filter, mut values): (&str, Vec<Value>) = match application {
@@ -115,13 +151,15 @@ impl Store {
                 .await?;
             if let Some(row) = opened.first() {
                 let app: String = row.try_get("", "application")?;
-                bail!(
+                refuse!(
+                    Conflict,
                     "too late for a no-go: the gate of `{app}` has opened; cancel its cutovers \
                      that have not started (wavelift cancel SERVER/cutover); one that runs ends \
                      by itself, rolled back if it cannot finish inside its window"
                 );
             }
-            bail!(
+            refuse!(
+                Conflict,
                 "no cutover of wave `{wave}`{} waits for a go",
                 application
                     .map(|a| format!(", application `{a}`,"))
@@ -173,12 +211,19 @@ impl Store {
             .map(|r| Ok((r.try_get("", "wave")?, r.try_get("", "application")?)))
             .collect::<Result<_, sea_orm::DbErr>>()?;
         if pairs.is_empty() {
-            bail!("no wave `{wave}`: nothing is applied yet (wavelift apply PATH)");
+            refuse!(
+                NotFound,
+                "no wave `{wave}`: nothing is applied yet (wavelift apply PATH)"
+            );
         }
         if !pairs.iter().any(|(w, _)| w == wave) {
             let mut waves: Vec<&str> = pairs.iter().map(|(w, _)| w.as_str()).collect();
             waves.dedup();
-            bail!("no wave `{wave}`; the waves are: {}", waves.join(", "));
+            refuse!(
+                NotFound,
+                "no wave `{wave}`; the waves are: {}",
+                waves.join(", ")
+            );
         }
         let Some(application) = application else {
             return Ok(());
@@ -187,7 +232,8 @@ impl Store {
             return Ok(());
         }
         match pairs.iter().find(|(_, a)| a == application) {
-            Some((elsewhere, _)) => bail!(
+            Some((elsewhere, _)) => refuse!(
+                NotFound,
                 "no application `{application}` in wave `{wave}`: it is in wave `{elsewhere}`"
             ),
             None => {
@@ -196,7 +242,8 @@ impl Store {
                     .filter(|(w, _)| w == wave)
                     .map(|(_, a)| a.as_str())
                     .collect();
-                bail!(
+                refuse!(
+                    NotFound,
                     "no application `{application}` in wave `{wave}`; its applications are: {}",
                     here.join(", ")
                 )
@@ -219,7 +266,10 @@ impl Store {
             Some(row) => Ok(<TaskRow as sea_orm::FromQueryResult>::from_query_result(
                 &row, "",
             )?),
-            None => bail!("no task `{id}`: task ids are SERVER/KIND (see wavelift status)"),
+            None => refuse!(
+                NotFound,
+                "no task `{id}`: task ids are SERVER/KIND (see wavelift status)"
+            ),
         }
     }
 
@@ -256,7 +306,8 @@ impl Store {
             task.state(),
             TaskState::Failed | TaskState::Blocked | TaskState::Cancelled
         ) {
-            bail!(
+            refuse!(
+                Conflict,
                 "`{id}` is {}: only a failed, blocked or cancelled task can be retried",
                 task.state
             );
@@ -290,10 +341,11 @@ impl Store {
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if matches!(task.state(), TaskState::Succeeded | TaskState::Skipped) {
-            bail!("`{id}` is already {}", task.state);
+            refuse!(Conflict, "`{id}` is already {}", task.state);
         }
         if task.approval_required && task.approved_by.is_none() {
-            bail!(
+            refuse!(
+                Conflict,
                 "`{id}` waits for the go of {}'s cutover, which a skip does not give: give it \
                  with `wavelift approve {} --app {}` (recorded with who and when), or hold it \
                  with `wavelift no-go {} --reason TEXT`",
@@ -335,7 +387,7 @@ impl Store {
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if task.state().is_final() {
-            bail!("`{id}` is already {}", task.state);
+            refuse!(Conflict, "`{id}` is already {}", task.state);
         }
         refuse_running_cutover(&task, "cancelled")?;
         txn.execute_raw(self.stmt(
@@ -386,7 +438,8 @@ impl Store {
 /// its window ends first).
 fn refuse_running_cutover(task: &TaskRow, lever: &str) -> anyhow::Result<()> {
     if task.kind == "cutover" && task.state() == TaskState::Running {
-        bail!(
+        refuse!(
+            Conflict,
             "`{}` is running and cannot be {lever} halfway: it may have shut the source down \
              or launched its target, which only the task rolls back; it ends by itself (one \
              that cannot finish inside its window is rolled back), then it can be {lever}",

@@ -19,7 +19,7 @@ use super::App;
 use super::auth::{Identity, Refusal, allow, identify};
 use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
-use crate::store::{Permission, TaskRow, WaveCounts};
+use crate::store::{Permission, RefusalKind, TaskRow, WaveCounts};
 
 /// The task kinds in plan order: the matrix's columns.
 pub const KINDS: [&str; 6] = [
@@ -578,16 +578,67 @@ pub async fn lever(
     }
 }
 
-/// A lever the store refused: unknown things are 404, the rest 409 (the task's state
-/// does not allow it), with the store's reason.
+/// A lever the store refused, with its reason: unknown things are 404, a state that does
+/// not allow it 409, an incomplete request 422; anything else (the store failing) is
+/// 500, which a client may try again.
 pub fn refused(err: anyhow::Error) -> Response {
     let message = format!("{err:#}");
-    let status = if message.starts_with("no ") || message.contains("unknown lever") {
-        StatusCode::NOT_FOUND
-    } else if message.starts_with("a no-go needs") {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::CONFLICT
+    let status = match err.downcast_ref::<crate::store::Refused>().map(|r| r.kind) {
+        Some(RefusalKind::NotFound) => StatusCode::NOT_FOUND,
+        Some(RefusalKind::Conflict) => StatusCode::CONFLICT,
+        Some(RefusalKind::Invalid) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::refused;
+    use crate::store::{RefusalKind, Refused};
+
+    fn refusal(kind: RefusalKind, message: &str) -> anyhow::Error {
+        anyhow::Error::new(Refused {
+            kind,
+            message: message.to_owned(),
+        })
+    }
+
+    /// A lever's status comes from the kind of refusal, not from its wording: a wave that
+    /// exists but has nothing waiting is a conflict even when the sentence starts with
+    /// "no", and a store that fails is a server error a client may try again.
+    #[test]
+    fn a_refusal_answers_with_the_status_of_its_kind() {
+        let cases = [
+            (
+                refusal(
+                    RefusalKind::Conflict,
+                    "no cutover of wave `w` waits for a go",
+                ),
+                StatusCode::CONFLICT,
+            ),
+            (
+                refusal(RefusalKind::NotFound, "no wave `w9`; the waves are: w"),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                refusal(RefusalKind::Invalid, "a no-go needs its reason"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                refusal(RefusalKind::Conflict, "`t` is already skipped").context("skipping"),
+                StatusCode::CONFLICT,
+            ),
+            (
+                anyhow::anyhow!("database is locked"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (err, status) in cases {
+            let said = format!("{err:#}");
+            assert_eq!(refused(err).status(), status, "{said}");
+        }
+    }
 }

@@ -192,7 +192,12 @@ impl App {
             "retry" => self.store.retry(task, &who.name, now).await,
             "skip" => self.store.skip(task, &who.name, now).await,
             "cancel" => self.store.cancel(task, &who.name, now).await,
-            other => anyhow::bail!("unknown lever `{other}`: retry, skip or cancel"),
+            other => {
+                return Err(anyhow::Error::new(crate::store::Refused {
+                    kind: crate::store::RefusalKind::NotFound,
+                    message: format!("unknown lever `{other}`: retry, skip or cancel"),
+                }));
+            }
         };
         self.forget();
         pulled
