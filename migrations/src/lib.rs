@@ -11,6 +11,7 @@ mod m20261122_000001_initial;
 mod m20261122_000002_claim_and_watch;
 mod m20261122_000003_reports;
 mod m20261122_000004_api_tokens;
+mod m20261207_000005_abort;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_claim_and_watch::Migration),
             Box::new(m20261122_000003_reports::Migration),
             Box::new(m20261122_000004_api_tokens::Migration),
+            Box::new(m20261207_000005_abort::Migration),
         ]
     }
 }

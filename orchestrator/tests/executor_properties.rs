@@ -200,6 +200,8 @@ struct Options {
     dead_worker: bool,
     limits: Limits,
     hang: Duration,
+    /// An operator aborts this cutover (`SERVER/cutover`) once its launch was asked for.
+    abort: Option<&'static str>,
 }
 
 impl Options {
@@ -214,6 +216,7 @@ impl Options {
             dead_worker: false,
             limits: Limits::default(),
             hang: HANG,
+            abort: None,
         }
     }
 }
@@ -302,6 +305,7 @@ async fn rehearse_in(
         dead_worker,
         limits,
         hang,
+        abort,
     } = options;
     let loaded = load(shape);
     let definitions = &loaded.definitions;
@@ -345,10 +349,49 @@ async fn rehearse_in(
         owner: "rehearsal".to_owned(),
         limits,
     };
-    let stopped = tokio::time::timeout(hang, executor.run(RunOptions {
-                until_done: true,
-                reports: None,
-            }, |_| {}))
+    let run = executor.run(
+        RunOptions {
+            until_done: true,
+            reports: None,
+        },
+        |_| {},
+    );
+    // The operator, beside the run: waits for the cutover's launch, then aborts it.
+    let operator = async {
+        let Some(id) = abort else {
+            return std::future::pending::<anyhow::Result<()>>().await;
+        };
+        loop {
+            let tasks = store.tasks(None).await?;
+            let task = tasks
+                .iter()
+                .find(|t| t.id == id)
+                .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
+            if task.state == "running"
+                && task
+                    .step
+                    .as_deref()
+                    .is_some_and(|s| s.contains("\"job\":\""))
+            {
+                store
+                    .abort(id, "tester", "a blocker was found", clock_now(&executor))
+                    .await?;
+                return std::future::pending().await;
+            }
+            anyhow::ensure!(
+                task.state != "succeeded",
+                "{id} succeeded before it was aborted"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let ran = async {
+        tokio::select! {
+            stopped = run => stopped,
+            failed = operator => Err(failed.err().unwrap_or_else(|| anyhow::anyhow!("the operator stopped"))),
+        }
+    };
+    let stopped = tokio::time::timeout(hang, ran)
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -856,16 +899,23 @@ fn chained_in_a_short_window() -> Shape {
     }
 }
 
-#[test]
-fn a_cutover_that_cannot_finish_in_its_window_is_rolled_back() {
-    let config = SimConfig {
-        launch_seconds: 130.0 * 60.0,
+/// The rehearsal engine without failures, its launches taking `minutes`.
+fn steady(seed: u64, minutes: f64) -> SimConfig {
+    SimConfig {
+        launch_seconds: minutes * 60.0,
         boot_failure_probability: 0.0,
         stall_probability: 0.0,
         disconnect_probability: 0.0,
-        ..SimConfig::rehearsal(3)
-    };
-    let r = rehearse(&chained_in_a_short_window(), Options::with(config));
+        ..SimConfig::rehearsal(seed)
+    }
+}
+
+#[test]
+fn a_cutover_that_cannot_finish_in_its_window_is_rolled_back() {
+    let r = rehearse(
+        &chained_in_a_short_window(),
+        Options::with(steady(3, 130.0)),
+    );
     if let Err(err) = check(&r) {
         panic!("{err}");
     }
@@ -894,6 +944,42 @@ fn a_cutover_that_cannot_finish_in_its_window_is_rolled_back() {
             && a.detail.contains("cutover")),
         "the cutover target of the rolled back server was not terminated: {:#?}",
         r.actions
+    );
+}
+
+/// An operator aborts a cutover whose launch is under way: it is rolled back (its
+/// target terminated, never finalized), fails with the operator's reason, and what
+/// depends on it is blocked; every invariant holds.
+#[test]
+fn a_cutover_an_operator_aborts_is_rolled_back() {
+    let options = Options {
+        abort: Some("srv-0/cutover"),
+        ..Options::with(steady(5, 30.0))
+    };
+    let r = rehearse(&chained_in_a_short_window(), options);
+    if let Err(err) = check(&r) {
+        panic!("{err}");
+    }
+    let task = &r.tasks["srv-0/cutover"];
+    assert_eq!(task.state, "failed");
+    assert_eq!(
+        task.reason.as_deref(),
+        Some("rolled back: aborted by tester: a blocker was found")
+    );
+    assert_eq!(r.tasks["srv-0/cmdb_cleanup"].state, "blocked");
+    assert_eq!(r.tasks["srv-1/cutover"].state, "blocked");
+    let acted = |action: &str| {
+        r.actions
+            .iter()
+            .filter(|a| a.source == "srv-0" && a.action == action)
+            .count()
+    };
+    assert_eq!(acted("finalize_cutover"), 0);
+    assert!(acted("terminate_targets") >= 1, "{:#?}", r.actions);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.kind == "operator.abort" && e.message.contains("a blocker was found"))
     );
 }
 

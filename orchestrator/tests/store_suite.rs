@@ -2064,6 +2064,71 @@ async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyho
         "{err:#}"
     );
     assert_eq!(h.state("db-1/cutover").await?, "running");
+
+    // It is aborted instead: with a reason, only while it runs, once.
+    let refusal = |result: anyhow::Result<()>| {
+        result.err().map(|e| {
+            (
+                e.downcast_ref::<Refused>().map(|r| r.kind),
+                format!("{e:#}"),
+            )
+        })
+    };
+    let now = t.window_start + 5;
+    let (kind, said) = refusal(h.store.abort("db-1/cutover", "alice", " ", now).await)
+        .context("an abort without a reason")?;
+    assert_eq!(
+        (kind, said.as_str()),
+        (Some(RefusalKind::Invalid), "an abort needs its reason")
+    );
+    let (kind, said) = refusal(h.store.abort("web-1/cutover", "alice", "why", now).await)
+        .context("a cutover that succeeded was aborted")?;
+    assert_eq!(kind, Some(RefusalKind::Conflict));
+    assert_eq!(
+        said,
+        "`web-1/cutover` is succeeded: only a running cutover is aborted"
+    );
+    let (kind, said) = refusal(h.store.abort("db-1/boot_test", "alice", "why", now).await)
+        .context("a boot test was aborted")?;
+    assert_eq!(kind, Some(RefusalKind::Conflict));
+    assert!(said.contains("is not a cutover"), "{said}");
+    h.store
+        .abort(
+            "db-1/cutover",
+            "alice",
+            "the database team found a blocker",
+            now,
+        )
+        .await?;
+    let row = h.task("db-1/cutover").await?;
+    assert_eq!(
+        row.abort_requested.as_deref(),
+        Some("aborted by alice: the database team found a blocker")
+    );
+    assert_eq!((row.state.as_str(), row.next_run_at), ("running", now));
+    let (kind, said) = refusal(h.store.abort("db-1/cutover", "bob", "again", now).await)
+        .context("aborted twice")?;
+    assert_eq!(kind, Some(RefusalKind::Conflict));
+    assert!(said.contains("is being aborted already"), "{said}");
+    assert!(
+        h.store
+            .events_after(0, Some(WAVE_A), u32::MAX)
+            .await?
+            .iter()
+            .any(|e| e.kind == "operator.abort"
+                && e.message
+                    == "db-1/cutover abort asked by alice: the database team found a blocker")
+    );
+    // Once it failed, a retry starts it afresh, without the abort.
+    h.store
+        .complete(
+            DRIVER,
+            now + 1,
+            vec![failed(&row, now + 1, "rolled back: aborted by alice")],
+        )
+        .await?;
+    h.store.retry("db-1/cutover", "alice", now + 2).await?;
+    assert_eq!(h.task("db-1/cutover").await?.abort_requested, None);
     Ok(())
 }
 

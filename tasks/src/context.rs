@@ -32,6 +32,9 @@ pub struct TaskContext<'a> {
     /// Set when the attempt ran past its task's timeout (the reason, "timed out after
     /// 2h"): the task ends the attempt without leaving anything half done (see [`crate::run`]).
     pub timed_out: Option<&'a str>,
+    /// Set when an operator aborted the task (the reason, "aborted by alice: ..."): it
+    /// ends now, for good, as a timed-out try does (see [`crate::run`]).
+    pub aborted: Option<&'a str>,
     pub engine: &'a dyn ReplicationEngine,
     /// The kind of engine the server's wave names (`local` runs on the rehearsal engine
     /// until the local engine exists).

@@ -67,10 +67,11 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     settle(ctx, &mut step, report).await
 }
 
-/// A cutover that ran past its task's timeout: one that has begun (by its step, or by the
-/// engine's life cycle when the step was lost) is rolled back with `why`, or goes on
-/// rolling back with its first reason; `None` when nothing was started.
-pub(crate) async fn time_out(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
+/// A cutover that must end now (past its task's timeout, or aborted by an operator): one
+/// that has begun (by its step, or by the engine's life cycle when the step was lost) is
+/// rolled back with `why`, or goes on rolling back with its first reason; `None` when
+/// nothing was started.
+pub(crate) async fn stop(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
     let mut step: Step = ctx
         .step
         .clone()

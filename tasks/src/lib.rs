@@ -30,8 +30,11 @@ use waves::model::TaskKind;
 
 /// Runs the next step of a task.
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
+    if let Some(why) = ctx.aborted {
+        return end_now(ctx, why, false).await;
+    }
     if let Some(why) = ctx.timed_out {
-        return timed_out(ctx, why).await;
+        return end_now(ctx, why, true).await;
     }
     match ctx.kind {
         TaskKind::PrereqCheck => prereq_check::run(ctx).await,
@@ -43,20 +46,21 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     }
 }
 
-/// Ends an attempt that ran past its timeout. A started cutover is rolled back (it is
-/// never left half done), a boot test's target is terminated (a retry launches a new
-/// one); any other task fails with its step kept, so a retry resumes from what the
-/// attempt did (a CMDB record written, an install under way) instead of doing it again.
-async fn timed_out(ctx: &TaskContext<'_>, why: &str) -> Report {
+/// Ends an attempt now, for `why`: it ran past its timeout (`retryable`), or an operator
+/// aborted it. A started cutover is rolled back (it is never left half done) and fails
+/// for good, a boot test's target is terminated (a retry launches a new one); any other
+/// task fails with its step kept, so a retry resumes from what the attempt did (a CMDB
+/// record written, an install under way) instead of doing it again.
+async fn end_now(ctx: &TaskContext<'_>, why: &str, retryable: bool) -> Report {
     let report = match ctx.kind {
-        TaskKind::Cutover => cutover::time_out(ctx, why).await,
+        TaskKind::Cutover => cutover::stop(ctx, why).await,
         TaskKind::BootTest => boot_test::time_out(ctx, why).await,
         _ => None,
     };
     report.unwrap_or_else(|| Report {
         progress: Progress::Fail {
             reason: why.to_owned(),
-            retryable: true,
+            retryable,
             checks: Vec::new(),
             step: ctx.step.clone(),
         },
@@ -85,6 +89,33 @@ mod tests {
         ctx.timed_out = Some(WHY);
         let report = crate::run(&ctx).await;
         assert_rolled_back(&rig.engine, &report, &id, "rolled back: timed out after 2h").await;
+    }
+
+    /// A cutover an operator aborts with its launch under way is rolled back the same
+    /// way, with the operator's reason, and fails for good.
+    #[tokio::test]
+    async fn an_aborted_cutover_is_rolled_back_with_the_operators_reason() {
+        let rig = Rig::new(window_start());
+        let (id, now, step) = rig.under_way(TaskKind::Cutover).await;
+        let mut ctx = rig.context(TaskKind::Cutover, now, Some(step));
+        ctx.aborted = Some("aborted by alice: a blocker");
+        let report = crate::run(&ctx).await;
+        assert_rolled_back(
+            &rig.engine,
+            &report,
+            &id,
+            "rolled back: aborted by alice: a blocker",
+        )
+        .await;
+        // One aborted before it started anything fails for good, touching nothing.
+        let mut ctx = rig.context(TaskKind::Cutover, now, None);
+        ctx.aborted = Some("aborted by alice: a blocker");
+        let report = crate::run(&ctx).await;
+        assert!(
+            matches!(&report.progress, Progress::Fail { reason, retryable: false, .. } if reason == "aborted by alice: a blocker"),
+            "{report:?}"
+        );
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
     }
 
     /// A cutover that started nothing fails its attempt with a retry, touching nothing.

@@ -103,6 +103,7 @@ impl Rig {
             attempt: 0,
             step,
             timed_out: None,
+            aborted: None,
             engine: &self.engine,
             engine_kind: waves::model::EngineKind::Sim,
             config_dir: std::path::Path::new("."),

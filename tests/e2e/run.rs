@@ -663,6 +663,17 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
         &["retry", "dir-02/cutover"],
         "`dir-02/cutover` is pending: only a failed, blocked or cancelled task can be retried",
     );
+    // Abort: only a running cutover; one that has not started is cancelled.
+    refuses(
+        &dir,
+        &["abort", "dir-02/cutover", "--reason", "a blocker"],
+        "`dir-02/cutover` is pending: only a running cutover is aborted; one that has not started is cancelled (wavelift cancel dir-02/cutover)",
+    );
+    refuses(
+        &dir,
+        &["abort", "dir-02/boot_test", "--reason", "a blocker"],
+        "`dir-02/boot_test` is not a cutover: only a running cutover is aborted; cancel any other task (wavelift cancel dir-02/boot_test)",
+    );
 
     // Skip: a gate waiting for its go is not skipped (the go is an approval, recorded
     // with who gave it); another task is, and counts as done. A cancelled cutover leaves

@@ -582,6 +582,7 @@ fn prereq_check_on_mgn_asks_for_the_agents_build_tools_and_the_regional_endpoint
         attempt: 0,
         step: None,
         timed_out: None,
+        aborted: None,
         engine: &engine,
         engine_kind: waves::model::EngineKind::Mgn,
         config_dir: &dir,

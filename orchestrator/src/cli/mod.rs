@@ -161,14 +161,8 @@ enum Command {
         wave: String,
         #[arg(long, value_name = "APP")]
         app: Option<String>,
-        /// Why (recorded in the log)
-        #[arg(long)]
-        reason: String,
-        /// Who decides (default: $USER)
-        #[arg(long, value_name = "NAME")]
-        by: Option<String>,
         #[command(flatten)]
-        state: state::StateArgs,
+        decision: Decision,
     },
     /// Run a failed, blocked or cancelled task again
     Retry(TaskLever),
@@ -176,6 +170,14 @@ enum Command {
     Skip(TaskLever),
     /// Cancel a task: what depends on it is blocked
     Cancel(TaskLever),
+    /// Stop a running cutover: it is rolled back (its target terminated, the source
+    /// started again, ready for cutover again) and fails with the reason
+    Abort {
+        /// SERVER/cutover
+        task: String,
+        #[command(flatten)]
+        decision: Decision,
+    },
     /// Bring a cut-over server back on its own disks: the copy replicated back,
     /// written onto the source, then replication as before (local engine)
     Failback(failback::FailbackArgs),
@@ -240,6 +242,19 @@ enum Command {
 pub struct TaskLever {
     task: String,
     /// Who does it (default: $USER)
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+    #[command(flatten)]
+    state: state::StateArgs,
+}
+
+/// A lever that needs its reason: the reason, who, and the store.
+#[derive(Debug, clap::Args)]
+pub struct Decision {
+    /// Why (recorded in the log)
+    #[arg(long)]
+    reason: String,
+    /// Who decides (default: $USER)
     #[arg(long, value_name = "NAME")]
     by: Option<String>,
     #[command(flatten)]
@@ -318,15 +333,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::NoGo {
             wave,
             app,
-            reason,
-            by,
-            state,
+            decision,
         } => block_on(steer::no_go(
-            &state,
+            &decision.state,
             &wave,
             app.as_deref(),
-            &reason,
-            by.as_deref(),
+            &decision.reason,
+            decision.by.as_deref(),
         )),
         Command::Retry(lever) => block_on(steer::pull(
             &lever.state,
@@ -345,6 +358,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             steer::Lever::Cancel,
             &lever.task,
             lever.by.as_deref(),
+        )),
+        Command::Abort { task, decision } => block_on(steer::abort(
+            &decision.state,
+            &task,
+            &decision.reason,
+            decision.by.as_deref(),
         )),
         Command::Events {
             wave,

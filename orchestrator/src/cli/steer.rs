@@ -1,4 +1,5 @@
-//! `wavelift approve`, `retry`, `skip` and `cancel`: the operator's levers.
+//! `wavelift approve`, `no-go`, `retry`, `skip`, `cancel` and `abort`: the operator's
+//! levers.
 
 use std::process::ExitCode;
 
@@ -68,5 +69,23 @@ pub async fn pull(
         Lever::Cancel => "cancelled",
     };
     outln!("{task} {verb} ({who})");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn abort(
+    store_args: &StateArgs,
+    task: &str,
+    reason: &str,
+    by: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = store_args.open_existing().await?;
+    let who = state::operator(by);
+    store
+        .abort(task, &who, reason, jiff::Timestamp::now().as_millisecond())
+        .await?;
+    outln!(
+        "{task} is aborted ({who}): the running `wavelift run` rolls it back at its next turn, \
+         then it fails with the reason (see wavelift status)"
+    );
     Ok(ExitCode::SUCCESS)
 }

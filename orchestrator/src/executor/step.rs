@@ -196,6 +196,7 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         attempt: u32::try_from(task.attempts).unwrap_or(0),
         step: resume.task.clone(),
         timed_out: timed_out.as_deref(),
+        aborted: task.abort_requested.as_deref(),
         engine: engine.as_ref(),
         engine_kind: wave.engine.value,
         config_dir: &inputs.definitions.config.base_dir,

@@ -611,6 +611,7 @@ mod tests {
             started_at: Some(1_800_000_000_000),
             finished_at: Some(1_800_700_000_000),
             released_at: None,
+            abort_requested: None,
         }
     }
 

@@ -316,7 +316,8 @@ impl Store {
         let kept = crate::executor::kept_step(task.step.as_deref(), now);
         txn.execute_raw(self.stmt(
             "UPDATE tasks SET state = 'pending', reason = NULL, step = ?, next_run_at = ?, \
-             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+             abort_requested = NULL, updated_at = ? WHERE id = ?",
             vec![kept.into(), now.into(), now.into(), id.into()],
         ))
         .await?;
@@ -327,6 +328,59 @@ impl Store {
             &task,
             "operator.retry",
             format!("{id} retried by {by}"),
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Asks a running cutover to stop: its next turn rolls back what it did (its target
+    /// terminated, the source started again, the server ready for cutover again) and
+    /// fails it with `why`, recorded with who asked. Only a cutover that runs; one that
+    /// has not started is cancelled.
+    pub async fn abort(&self, id: &str, by: &str, why: &str, now: i64) -> anyhow::Result<()> {
+        let why = why.trim();
+        if why.is_empty() {
+            refuse!(Invalid, "an abort needs its reason");
+        }
+        let txn = self.write_transaction().await?;
+        let task = self.steer_target(&txn, id).await?;
+        if task.kind != "cutover" {
+            refuse!(
+                Conflict,
+                "`{id}` is not a cutover: only a running cutover is aborted; cancel any other task (wavelift cancel {id})"
+            );
+        }
+        if task.state() != TaskState::Running {
+            let instead = if task.state().is_final() {
+                String::new()
+            } else {
+                format!("; one that has not started is cancelled (wavelift cancel {id})")
+            };
+            refuse!(
+                Conflict,
+                "`{id}` is {}: only a running cutover is aborted{instead}",
+                task.state
+            );
+        }
+        if let Some(asked) = &task.abort_requested {
+            refuse!(
+                Conflict,
+                "`{id}` is being aborted already ({asked}): it rolls back at its next turn"
+            );
+        }
+        let asked = format!("aborted by {by}: {why}");
+        txn.execute_raw(self.stmt(
+            "UPDATE tasks SET abort_requested = ?, next_run_at = ?, updated_at = ? WHERE id = ?",
+            vec![asked.into(), now.into(), now.into(), id.into()],
+        ))
+        .await?;
+        self.log(
+            &txn,
+            &task,
+            "operator.abort",
+            format!("{id} abort asked by {by}: {why}"),
             now,
         )
         .await?;
@@ -442,7 +496,9 @@ fn refuse_running_cutover(task: &TaskRow, lever: &str) -> anyhow::Result<()> {
             Conflict,
             "`{}` is running and cannot be {lever} halfway: it may have shut the source down \
              or launched its target, which only the task rolls back; it ends by itself (one \
-             that cannot finish inside its window is rolled back), then it can be {lever}",
+             that cannot finish inside its window is rolled back), then it can be {lever}; \
+             to stop it now, abort it (wavelift abort {} --reason TEXT), which rolls it back",
+            task.id,
             task.id
         );
     }

@@ -100,6 +100,8 @@ pub struct TaskRow {
     /// When it let the tasks that depend on it start while it ran on (a recurring
     /// check that watches until the window).
     pub released_at: Option<i64>,
+    /// An operator asked to abort it while it ran (who and why): its next turn ends it.
+    pub abort_requested: Option<String>,
 }
 
 impl TaskRow {
@@ -129,6 +131,7 @@ struct WireTask(
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<String>,
 );
 
 impl WireTask {
@@ -152,6 +155,7 @@ impl WireTask {
             started_at: self.15,
             finished_at: self.16,
             released_at: self.17,
+            abort_requested: self.18,
         }
     }
 }
@@ -170,7 +174,7 @@ fn placeholders(n: usize) -> String {
 
 pub(crate) const TASK_COLUMNS: &str = "id, wave, application, server, kind, state, attempts, \
     earliest, deadline, next_run_at, approval_required, approved_by, approved_at, step, reason, \
-    started_at, finished_at, released_at";
+    started_at, finished_at, released_at, abort_requested";
 
 /// A task claimed by a worker, with the lease that lets it complete the task.
 pub type ClaimedTask = TaskRow;

@@ -560,19 +560,32 @@ pub async fn no_go(
     }
 }
 
-/// POST /api/tasks/{first}/{kind}/{lever}: retry, skip or cancel the task
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeverBody {
+    /// Why: an abort needs it; recorded in the log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// POST /api/tasks/{first}/{kind}/{lever}: retry, skip, cancel or abort the task
 /// `{first}/{kind}` (a server's task, or an application's gate `APP/ready`).
 pub async fn lever(
     State(app): State<Arc<App>>,
     Path((first, kind, lever)): Path<(String, String, String)>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let who = match guard(&app, &headers, Permission::Steer, true).await {
         Ok(who) => who,
         Err(r) => return r,
     };
+    let body: LeverBody = match lever_body(&body) {
+        Ok(body) => body,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
+    };
     let id = format!("{first}/{kind}");
-    match app.pull(&id, &lever, &who).await {
+    match app.pull(&id, &lever, &body.reason, &who).await {
         Ok(()) => Json(json!({ "task": id, "lever": lever, "by": who.name })).into_response(),
         Err(err) => refused(err),
     }

@@ -186,16 +186,24 @@ impl App {
         held
     }
 
-    pub async fn pull(&self, task: &str, lever: &str, who: &Identity) -> anyhow::Result<()> {
+    /// A lever on a task; `reason`: why (an abort needs one).
+    pub async fn pull(
+        &self,
+        task: &str,
+        lever: &str,
+        reason: &str,
+        who: &Identity,
+    ) -> anyhow::Result<()> {
         let now = wall_now();
         let pulled = match lever {
             "retry" => self.store.retry(task, &who.name, now).await,
             "skip" => self.store.skip(task, &who.name, now).await,
             "cancel" => self.store.cancel(task, &who.name, now).await,
+            "abort" => self.store.abort(task, &who.name, reason, now).await,
             other => {
                 return Err(anyhow::Error::new(crate::store::Refused {
                     kind: crate::store::RefusalKind::NotFound,
-                    message: format!("unknown lever `{other}`: retry, skip or cancel"),
+                    message: format!("unknown lever `{other}`: retry, skip, cancel or abort"),
                 }));
             }
         };

@@ -89,11 +89,14 @@ pub fn spec() -> Value {
                 "parameters": [path_param("server", "the server's name")],
                 "responses": lever_responses("the server") } },
             "/api/tasks/{first}/{kind}/{lever}": { "post": {
-                "summary": "Retry, skip or cancel the task FIRST/KIND (SERVER/KIND, or APPLICATION/ready for a gate; role operator or admin)",
+                "summary": "Retry, skip or cancel the task FIRST/KIND (SERVER/KIND, or APPLICATION/ready for a gate), or abort a running cutover (SERVER/cutover: rolled back, then failed with the reason); role operator or admin",
                 "parameters": [
                     path_param("first", "the server, or the application of a gate"),
                     path_param("kind", "the task's kind, or `ready` for a gate"),
-                    { "name": "lever", "in": "path", "required": true, "schema": { "type": "string", "enum": ["retry", "skip", "cancel"] } }],
+                    { "name": "lever", "in": "path", "required": true, "schema": { "type": "string", "enum": ["retry", "skip", "cancel", "abort"] } }],
+                "requestBody": { "required": false, "content": { "application/json": { "schema": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": { "reason": { "type": "string", "description": "why; an abort needs it" } } } } } },
                 "responses": lever_responses("what was done") } },
         },
         "components": {

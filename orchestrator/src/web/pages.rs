@@ -234,8 +234,9 @@ pub async fn no_go_form(
     decide(&app, &wave, &headers, &form, false).await
 }
 
-/// POST /tasks/{first}/{kind}/{lever} (a form: `csrf`, `back`): retry, skip or cancel
-/// the task `{first}/{kind}`, then back to the page the form came from.
+/// POST /tasks/{first}/{kind}/{lever} (a form: `csrf`, `back`, and `reason` for an
+/// abort): retry, skip, cancel or abort the task `{first}/{kind}`, then back to the
+/// page the form came from.
 pub async fn lever_form(
     State(app): State<Arc<App>>,
     Path((first, kind, lever)): Path<(String, String, String)>,
@@ -246,7 +247,10 @@ pub async fn lever_form(
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
-    match app.pull(&format!("{first}/{kind}"), &lever, &who).await {
+    match app
+        .pull(&format!("{first}/{kind}"), &lever, &form.reason, &who)
+        .await
+    {
         Ok(()) => Redirect::to(back_to(&form.back)).into_response(),
         Err(err) => refused(err),
     }
