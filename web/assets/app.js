@@ -194,13 +194,16 @@ function decide(action, application) {
   };
 }
 
-// ---- levers: retry, skip, cancel (operator and admin)
+// ---- levers: retry, skip, cancel, abort (operator and admin)
 
 const MAY_STEER = ROLE === "operator" || ROLE === "admin";
 const FINAL = ["succeeded", "failed", "blocked", "skipped", "cancelled"];
 
-// The levers a task in this state takes (the store refuses the others).
-function leversFor(state) {
+// The levers a task in this state takes (the store refuses the others). A running
+// cutover is neither skipped nor cancelled halfway: it is aborted, which rolls it back.
+function leversFor(task) {
+  const state = task.state;
+  if (task.id.endsWith("/cutover") && state === "running") return ["abort"];
   const out = [];
   if (["failed", "blocked", "cancelled"].includes(state)) out.push("retry");
   if (state !== "succeeded" && state !== "skipped") out.push("skip");
@@ -216,13 +219,14 @@ function taskPath(id) {
 // and redraws the page.
 function leverForms(task, back, redraw) {
   if (!MAY_STEER) return null;
-  return el("span", { class: "levers" }, leversFor(task.state).map((lever) =>
+  return el("span", { class: "levers" }, leversFor(task).map((lever) =>
     el("form", { method: "post", action: `/tasks/${taskPath(task.id)}/${lever}`, class: "inline",
       onsubmit: async (event) => {
         event.preventDefault();
+        const reason = event.target.querySelector("input[name=reason]")?.value;
         if (lever !== "retry" && !confirm(`${lever} ${task.id}?`)) return;
         try {
-          await post(`/api/tasks/${taskPath(task.id)}/${lever}`);
+          await post(`/api/tasks/${taskPath(task.id)}/${lever}`, reason === undefined ? {} : { reason });
           redraw();
         } catch (err) {
           alert(`Not done: ${err.message}`);
@@ -230,6 +234,8 @@ function leverForms(task, back, redraw) {
       } },
       el("input", { type: "hidden", name: "csrf", value: CSRF }),
       el("input", { type: "hidden", name: "back", value: back }),
+      // An abort says why: recorded with who, and in the cutover's failure.
+      lever === "abort" ? el("input", { type: "text", name: "reason", placeholder: "why", required: "required", class: "abort-reason", "data-task": task.id }) : null,
       el("button", { type: "submit", class: `lever ${lever}`, "data-task": task.id, "data-lever": lever }, lever))));
 }
 
