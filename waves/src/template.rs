@@ -2,8 +2,10 @@
 //! application's, and finally its own. Each layer is read onto a copy of the one below.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::decode::{self, Ctx, MapReader};
+use crate::diag::Location;
 use crate::model::{
     AccessMethod, Blueprint, Blueprints, CredentialRef, OsFamily, Spanned, TaskKind,
 };
@@ -26,10 +28,30 @@ pub struct ServerTemplate {
     /// One of `engines.mgn.accounts`.
     pub mgn_account: Option<Spanned<String>>,
     pub blueprints: Blueprints,
+    /// Where the blueprints' subnets and security groups were written, for the checks
+    /// that depend on the engine (made later, per wave and server).
+    pub blueprint_places: BlueprintPlaces,
     pub tags: BTreeMap<String, String>,
     pub exclude_from_shutdown: bool,
     pub skip: Vec<TaskKind>,
     pub tasks: TaskSettings,
+}
+
+/// A file and a place in it.
+pub type Written = (Arc<str>, Location);
+
+/// Where a layer last wrote each blueprint's subnet and security groups.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BlueprintPlaces {
+    pub test: BlueprintPlace,
+    pub cutover: BlueprintPlace,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BlueprintPlace {
+    pub subnet: Option<Written>,
+    /// One per security group, in order.
+    pub security_groups: Vec<Written>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -91,7 +113,7 @@ pub fn decode_fields(map: &mut MapReader, base: &mut ServerTemplate, ctx: &mut C
         base.site = Some(Spanned::new(site, node.location));
     }
     if let Some(node) = map.take("blueprints") {
-        decode_blueprints(node, &mut base.blueprints, ctx);
+        decode_blueprints(node, &mut base.blueprints, &mut base.blueprint_places, ctx);
     }
     if let Some(node) = map.take("tags") {
         base.tags.extend(decode::string_map(node, "tag", ctx));
@@ -291,39 +313,53 @@ fn decode_access(node: &Node, base: &mut AccessTemplate, ctx: &mut Ctx) {
     map.finish(ctx);
 }
 
-fn decode_blueprints(node: &Node, base: &mut Blueprints, ctx: &mut Ctx) {
+fn decode_blueprints(
+    node: &Node,
+    base: &mut Blueprints,
+    places: &mut BlueprintPlaces,
+    ctx: &mut Ctx,
+) {
     let Some(mut map) = MapReader::new(node, "blueprints", ctx) else {
         return;
     };
     // `both` sets test and cutover at once; the specific ones then override it.
     if let Some(n) = map.take("both") {
-        decode_blueprint(n, &mut base.test, ctx);
-        decode_blueprint(n, &mut base.cutover, ctx);
+        decode_blueprint(n, &mut base.test, &mut places.test, ctx);
+        decode_blueprint(n, &mut base.cutover, &mut places.cutover, ctx);
     }
     if let Some(n) = map.take("test") {
-        decode_blueprint(n, &mut base.test, ctx);
+        decode_blueprint(n, &mut base.test, &mut places.test, ctx);
     }
     if let Some(n) = map.take("cutover") {
-        decode_blueprint(n, &mut base.cutover, ctx);
+        decode_blueprint(n, &mut base.cutover, &mut places.cutover, ctx);
     }
     map.finish(ctx);
 }
 
-fn decode_blueprint(node: &Node, base: &mut Blueprint, ctx: &mut Ctx) {
+fn decode_blueprint(node: &Node, base: &mut Blueprint, places: &mut BlueprintPlace, ctx: &mut Ctx) {
     let Some(mut map) = MapReader::new(node, "blueprint", ctx) else {
         return;
     };
     if let Some(n) = map.take("instance_type") {
         base.instance_type = decode::string(n, "instance_type", ctx).or(base.instance_type.take());
     }
-    if let Some(n) = map.take("subnet") {
-        base.subnet = decode::string(n, "subnet", ctx).or(base.subnet.take());
+    if let Some(n) = map.take("subnet")
+        && let Some(subnet) = decode::string(n, "subnet", ctx)
+    {
+        base.subnet = Some(subnet);
+        places.subnet = Some((Arc::clone(&ctx.file), n.location));
     }
     if let Some(n) = map.take("security_groups") {
-        base.security_groups = decode::list(n, "security_groups", ctx)
-            .iter()
-            .filter_map(|item| decode::string(item, "security group", ctx))
-            .collect();
+        let (groups, written): (Vec<String>, Vec<Written>) =
+            decode::list(n, "security_groups", ctx)
+                .iter()
+                .filter_map(|item| {
+                    decode::string(item, "security group", ctx)
+                        .map(|group| (group, (Arc::clone(&ctx.file), item.location)))
+                })
+                .unzip();
+        base.security_groups = groups;
+        places.security_groups = written;
     }
     if let Some(n) = map.take("tags") {
         base.tags.extend(decode::string_map(n, "tag", ctx));

@@ -89,7 +89,7 @@ pub fn decode_wave(node: &Node, config: &Config, ctx: &mut Ctx) -> Option<Decode
         // The wave's defaults and the configuration's, once for the wave.
         let at = defaults.map_or(map.location, |n| n.location);
         check_mgn_blueprints(
-            &template.blueprints,
+            &template,
             &Blueprints::default(),
             "the wave's defaults",
             at,
@@ -445,7 +445,7 @@ fn decode_application(
         check_mgn_account_engine(&template, wave_template, engine, ctx);
         if engine == Some(EngineKind::Mgn) {
             check_mgn_blueprints(
-                &template.blueprints,
+                &template,
                 &wave_template.blueprints,
                 "the application's defaults",
                 n.location,
@@ -567,13 +567,7 @@ fn decode_server(
     }
     if engine == Some(EngineKind::Mgn) {
         let whose = format!("server `{}`", name.value);
-        check_mgn_blueprints(
-            &fields.blueprints,
-            &inherited.blueprints,
-            &whose,
-            node.location,
-            ctx,
-        );
+        check_mgn_blueprints(&fields, &inherited.blueprints, &whose, node.location, ctx);
     }
     if disks.iter().filter(|d: &&Disk| d.boot).count() > 1 {
         ctx.error(
@@ -679,25 +673,38 @@ fn check_mgn_account_engine(
 
 /// On MGN a blueprint names EC2 resources by id: a subnet `subnet-...`, security groups
 /// `sg-...` (a group's name is not enough for a launch template).
+/// Each value is reported where it was written (the configuration's defaults too), or at
+/// `location` of this file when its place is not known.
 fn check_mgn_blueprints(
-    blueprints: &Blueprints,
+    layer: &ServerTemplate,
     inherited: &Blueprints,
     whose: &str,
     location: Location,
     ctx: &mut Ctx,
 ) {
+    let blueprints = &layer.blueprints;
+    let places = &layer.blueprint_places;
     let kinds = [
-        ("test", &blueprints.test, &inherited.test),
-        ("cutover", &blueprints.cutover, &inherited.cutover),
+        ("test", &blueprints.test, &inherited.test, &places.test),
+        (
+            "cutover",
+            &blueprints.cutover,
+            &inherited.cutover,
+            &places.cutover,
+        ),
     ];
-    for (kind, blueprint, before) in kinds {
+    let here = (Arc::clone(&ctx.file), location);
+    for (kind, blueprint, before, place) in kinds {
         // What this layer wrote: an inherited value was checked where it was written.
         if let Some(subnet) = &blueprint.subnet
             && blueprint.subnet != before.subnet
             && !is_ec2_id(subnet, "subnet-")
         {
-            ctx.error(
-                location,
+            let (file, at) = place.subnet.as_ref().unwrap_or(&here);
+            let whose = written_by(file, whose, ctx);
+            ctx.diags.error(
+                file,
+                *at,
                 format!(
                     "{whose}: the {kind} blueprint's subnet `{subnet}` is not an EC2 subnet id (subnet- and hexadecimal digits)"
                 ),
@@ -706,16 +713,29 @@ fn check_mgn_blueprints(
         if blueprint.security_groups == before.security_groups {
             continue;
         }
-        for group in &blueprint.security_groups {
+        for (i, group) in blueprint.security_groups.iter().enumerate() {
             if !is_ec2_id(group, "sg-") {
-                ctx.error(
-                    location,
+                let (file, at) = place.security_groups.get(i).unwrap_or(&here);
+                let whose = written_by(file, whose, ctx);
+                ctx.diags.error(
+                    file,
+                    *at,
                     format!(
                         "{whose}: the {kind} blueprint's security group `{group}` is not an EC2 security group id (sg- and hexadecimal digits; a group's name is not enough)"
                     ),
                 );
             }
         }
+    }
+}
+
+/// Who wrote a value found in `file`: `whose` in this file, the configuration's defaults
+/// in another (the only layer read from another file).
+fn written_by<'a>(file: &Arc<str>, whose: &'a str, ctx: &Ctx) -> &'a str {
+    if **file == *ctx.file {
+        whose
+    } else {
+        "the configuration's defaults"
     }
 }
 
