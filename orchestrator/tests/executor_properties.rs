@@ -989,7 +989,9 @@ fn a_cutover_an_operator_aborts_is_rolled_back() {
 fn a_lease_left_by_a_dead_worker_does_not_stall_a_warped_executor() {
     let options = Options {
         dead_worker: true,
-        hang: Duration::from_secs(10),
+        // Under the lease (60 s) that a stalled executor would wait out, with room for a
+        // machine busy with other builds (10 s was seen to be too tight there).
+        hang: Duration::from_secs(30),
         ..Options::rehearsal(11)
     };
     let r = rehearse(&synthetic::uniform(1, 2), options);

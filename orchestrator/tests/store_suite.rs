@@ -1911,7 +1911,8 @@ async fn retry_unblocks_what_the_failure_blocked(h: Harness) -> anyhow::Result<(
         serde_json::json!({
             "attempt_started": now + 1,
             "note": null,
-            "task": { "kept": { "cmdb": { "record": "CI-2" } } }
+            "task": { "kept": { "cmdb": { "record": "CI-2" } } },
+            "fresh": true
         })
     );
     assert_eq!(h.pending_deps("web/ready").await?, 2);
@@ -2119,15 +2120,38 @@ async fn a_running_cutover_is_neither_skipped_nor_cancelled(h: Harness) -> anyho
                 && e.message
                     == "db-1/cutover abort asked by alice: the database team found a blocker")
     );
-    // Once it failed, a retry starts it afresh, without the abort.
+    // A turn that was under way when the abort came, and waits on, is due at once
+    // anyway: the abort is not delayed to its next look.
     h.store
         .complete(
             DRIVER,
             now + 1,
-            vec![failed(&row, now + 1, "rolled back: aborted by alice")],
+            vec![Completion::Waiting {
+                id: row.id.clone(),
+                step: "{}".to_owned(),
+                next_run_at: now + DAY,
+                events: Vec::new(),
+            }],
         )
         .await?;
-    h.store.retry("db-1/cutover", "alice", now + 2).await?;
+    assert_eq!(h.task("db-1/cutover").await?.next_run_at, now + 1);
+    let again = h.claim(DRIVER, now + 1).await?;
+    let row = again
+        .get("db-1/cutover")
+        .context("the aborted cutover is due at once")?;
+    assert_eq!(
+        row.abort_requested.as_deref(),
+        Some("aborted by alice: the database team found a blocker")
+    );
+    // Once it failed, a retry starts it afresh, without the abort.
+    h.store
+        .complete(
+            DRIVER,
+            now + 2,
+            vec![failed(row, now + 2, "rolled back: aborted by alice")],
+        )
+        .await?;
+    h.store.retry("db-1/cutover", "alice", now + 3).await?;
     assert_eq!(h.task("db-1/cutover").await?.abort_requested, None);
     Ok(())
 }

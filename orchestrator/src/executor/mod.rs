@@ -186,10 +186,19 @@ impl Executor {
                 }
                 continue;
             }
-            let batch = std::mem::take(&mut claimed);
+            let mut batch = std::mem::take(&mut claimed);
             let count = batch.len();
             let held: Vec<String> = batch.iter().map(|t| t.id.clone()).collect();
             let ids: Vec<&str> = held.iter().map(String::as_str).collect();
+            // A cutover claimed ahead (with the last batch's commit) may have been
+            // aborted since: its turn must roll back, not finalize.
+            if batch.iter().any(|t| t.kind == "cutover") {
+                for (id, asked) in self.store.aborts_among(&ids).await? {
+                    if let Some(task) = batch.iter_mut().find(|t| t.id == id) {
+                        task.abort_requested = Some(asked);
+                    }
+                }
+            }
             // The steps of a batch run concurrently on this task: they wait on engines,
             // shells and CMDBs, and share the launcher that batches their launches.
             let mut steps: FuturesUnordered<_> = batch
@@ -198,7 +207,9 @@ impl Executor {
                 .collect();
             let mut completions: Vec<Completion> = Vec::with_capacity(count);
             // Steps that run long (an install over SSH) keep their leases: renewed every
-            // third of a lease until the batch's outcomes are written.
+            // third of a lease until the batch's outcomes are written. (With a warped
+            // clock, which stands still while steps run, a renewal extends nothing: one
+            // process owns a warped run.)
             let mut renew = tokio::time::interval_at(
                 tokio::time::Instant::now() + LEASE_RENEWAL,
                 LEASE_RENEWAL,
@@ -209,10 +220,16 @@ impl Executor {
                         Some(completion) => completions.push(completion),
                         None => break,
                     },
+                    // Best effort: a store busy for a moment must not drop steps halfway
+                    // (an install, a launch); the batch's commit checks the leases anyway.
                     _ = renew.tick() => {
-                        self.store
+                        if let Err(err) = self
+                            .store
                             .renew_leases(&self.owner, &ids, self.clock.now_ms() + LEASE_MS)
-                            .await?;
+                            .await
+                        {
+                            eprintln!("cannot renew the leases of running tasks yet: {err:#}");
+                        }
                     }
                 }
             }

@@ -48,6 +48,10 @@ struct Resume {
     attempt_started: i64,
     note: Option<String>,
     task: Option<serde_json::Value>,
+    /// A new attempt that keeps a part of an earlier one ([`kept_step`]): it starts, and
+    /// its timeout counts, from its first turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    fresh: bool,
 }
 
 /// The step a task keeps once it failed for good, or when an operator retries it: its
@@ -66,8 +70,25 @@ fn kept_of(task_step: Option<&serde_json::Value>, now: i64) -> Option<String> {
         attempt_started: now,
         note: None,
         task: Some(serde_json::json!({ tasks::KEPT: kept })),
+        fresh: true,
     };
     serde_json::to_string(&resume).ok()
+}
+
+/// `step` with the [`tasks::KEPT`] part of `previous` when it has none of its own: what a
+/// task keeps survives every outcome, including a failure that reports no step.
+fn with_kept(
+    previous: Option<&serde_json::Value>,
+    step: Option<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    let Some(kept) = previous.and_then(|p| p.get(tasks::KEPT)) else {
+        return step;
+    };
+    let mut step = step.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(object) = step.as_object_mut() {
+        object.entry(tasks::KEPT).or_insert_with(|| kept.clone());
+    }
+    Some(step)
 }
 
 fn event(task: &ClaimedTask, at: i64, kind: &str, message: String) -> NewEvent {
@@ -108,18 +129,11 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         return gate(&task, now);
     }
     let Some(server_name) = task.server.clone() else {
-        return failed(
-            &task,
-            None,
-            now,
-            now,
-            format!("task {} has no server", task.id),
-        );
+        return failed(&task, now, now, format!("task {} has no server", task.id));
     };
     let Some(&(w, a, s)) = inputs.index.get(&server_name) else {
         return failed(
             &task,
-            None,
             now,
             now,
             format!("server `{server_name}` is not in the applied definitions: apply them again"),
@@ -130,7 +144,6 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
     let Some(kind) = TaskKind::from_name(&task.kind) else {
         return failed(
             &task,
-            None,
             now,
             now,
             format!("unknown task kind `{}`", task.kind),
@@ -141,12 +154,12 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         .as_deref()
         .filter(|s| !s.is_empty())
         .and_then(|s| serde_json::from_str(s).ok());
-    let first_turn = resume.is_none();
-    let resume = resume.unwrap_or(Resume {
-        attempt_started: now,
-        note: None,
-        task: None,
-    });
+    let first_turn = resume.as_ref().is_none_or(|r| r.fresh);
+    let mut resume = resume.unwrap_or_default();
+    if first_turn {
+        resume.attempt_started = now;
+        resume.fresh = false;
+    }
     let events = Vec::new();
     // A task that has not started by its deadline missed its phase; the cutover checks
     // its window itself (it must not start if it cannot finish).
@@ -158,7 +171,6 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
         let deadline = timestamp(task.deadline.unwrap_or(now));
         return failed(
             &task,
-            None,
             resume.attempt_started,
             now,
             format!("missed its phase: it could not start before {deadline}"),
@@ -173,7 +185,6 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
     let Some(engine) = inputs.engines.get(&wave.engine.value) else {
         return failed(
             &task,
-            None,
             resume.attempt_started,
             now,
             format!("engine {} is not available", wave.engine.value),
@@ -252,16 +263,11 @@ fn gate(task: &ClaimedTask, now: i64) -> Completion {
     }
 }
 
-fn failed(
-    task: &ClaimedTask,
-    step: Option<String>,
-    started: i64,
-    now: i64,
-    reason: String,
-) -> Completion {
+/// A failure for good decided before the task ran; what the task keeps stays.
+fn failed(task: &ClaimedTask, started: i64, now: i64, reason: String) -> Completion {
     Completion::Failed {
         id: task.id.clone(),
-        step,
+        step: kept_step(task.step.as_deref(), now),
         reason: reason.clone(),
         attempt: Some(attempt(
             task,
@@ -379,7 +385,7 @@ fn finish(
             } else {
                 log_new_note(task, now, &mut resume, note, &mut events);
             }
-            resume.task = Some(step);
+            resume.task = with_kept(resume.task.as_ref(), Some(step));
             // Every look has the timeout of one look.
             resume.attempt_started = until.as_millisecond();
             Completion::Ready {
@@ -391,7 +397,7 @@ fn finish(
         }
         Progress::Wait { step, until, note } => {
             log_new_note(task, now, &mut resume, note, &mut events);
-            resume.task = Some(step);
+            resume.task = with_kept(resume.task.as_ref(), Some(step));
             // Each scheduled replication check is an attempt of its own: its timeout
             // bounds one check, not the days between the first and the last.
             if kind == TaskKind::ReplicationVerify {
@@ -430,7 +436,8 @@ fn finish(
                 let next = Resume {
                     attempt_started: now + wait,
                     note: None,
-                    task: step,
+                    task: with_kept(resume.task.as_ref(), step),
+                    fresh: false,
                 };
                 events.push(event(
                     task,
@@ -461,7 +468,7 @@ fn finish(
                 ));
                 Completion::Failed {
                     id: task.id.clone(),
-                    step: kept_of(step.as_ref(), now),
+                    step: kept_of(with_kept(resume.task.as_ref(), step).as_ref(), now),
                     reason,
                     attempt: Some(record),
                     events,
@@ -473,7 +480,27 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
-    use super::kept_step;
+    use super::{kept_step, with_kept};
+
+    /// What a task keeps survives an outcome that reports no step, or a step without it;
+    /// a step that has its own is left as it is.
+    #[test]
+    fn the_kept_part_survives_every_outcome() {
+        let previous = serde_json::json!({ "kept": { "cmdb": 1 }, "looks": 2 });
+        assert_eq!(
+            with_kept(Some(&previous), None),
+            Some(serde_json::json!({ "kept": { "cmdb": 1 } }))
+        );
+        assert_eq!(
+            with_kept(Some(&previous), Some(serde_json::json!({ "looks": 3 }))),
+            Some(serde_json::json!({ "kept": { "cmdb": 1 }, "looks": 3 }))
+        );
+        let own = serde_json::json!({ "kept": { "cmdb": 2 } });
+        assert_eq!(with_kept(Some(&previous), Some(own.clone())), Some(own));
+        let nothing = serde_json::json!({ "looks": 2 });
+        assert_eq!(with_kept(Some(&nothing), None), None);
+        assert_eq!(with_kept(None, None), None);
+    }
 
     /// Only a step's kept part survives a failure for good or a manual retry, in a fresh
     /// attempt; a step that keeps nothing is dropped.
@@ -487,7 +514,8 @@ mod tests {
             serde_json::json!({
                 "attempt_started": 42,
                 "note": null,
-                "task": { "kept": { "cmdb": { "record": "CI-1" } } }
+                "task": { "kept": { "cmdb": { "record": "CI-1" } } },
+                "fresh": true
             })
         );
         let nothing = r#"{"attempt_started":1,"note":null,"task":{"looks":2}}"#;

@@ -371,11 +371,21 @@ impl Store {
             );
         }
         let asked = format!("aborted by {by}: {why}");
-        txn.execute_raw(self.stmt(
-            "UPDATE tasks SET abort_requested = ?, next_run_at = ?, updated_at = ? WHERE id = ?",
-            vec![asked.into(), now.into(), now.into(), id.into()],
-        ))
-        .await?;
+        // Only while it still runs: a completion may commit between the read and here.
+        let changed = txn
+            .execute_raw(self.stmt(
+                "UPDATE tasks SET abort_requested = ?, next_run_at = ?, updated_at = ? \
+                 WHERE id = ? AND state = 'running' AND abort_requested IS NULL",
+                vec![asked.into(), now.into(), now.into(), id.into()],
+            ))
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            refuse!(
+                Conflict,
+                "`{id}` ended meanwhile: see wavelift status, then retry it if it must run again"
+            );
+        }
         self.log(
             &txn,
             &task,

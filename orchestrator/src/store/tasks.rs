@@ -323,6 +323,22 @@ impl Store {
         Ok(kept)
     }
 
+    /// The aborts asked for among `ids` (id, who and why), read afresh: a task claimed
+    /// before an operator aborted it learns of it before its turn.
+    pub async fn aborts_among(&self, ids: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT id, abort_requested FROM tasks WHERE abort_requested IS NOT NULL AND id IN {}",
+            self.json_strings()
+        );
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "abort_requested")?)))
+            .collect()
+    }
+
     /// Extends to `until` the leases `owner` still holds on `ids`: the steps of a batch
     /// that run long (a shell installing an agent) keep their tasks from other workers.
     /// Returns how many leases it held.
@@ -615,15 +631,16 @@ impl Store {
             ("next_run_at", JsonColumn::Int),
             ("reason", JsonColumn::Text),
         ]);
+        // A task an operator aborted meanwhile is due at once, whatever its turn said.
         let per_task: [(&[PerTask], &str); 4] = [
-            (&waiting, "step = v.step, next_run_at = v.next_run_at"),
+            (&waiting, "step = v.step, next_run_at = {next}"),
             (
                 &watching,
-                "step = v.step, next_run_at = v.next_run_at, released_at = COALESCE(released_at, ?)",
+                "step = v.step, next_run_at = {next}, released_at = COALESCE(released_at, ?)",
             ),
             (
                 &retrying,
-                "step = v.step, next_run_at = v.next_run_at, reason = v.reason, attempts = attempts + 1",
+                "step = v.step, next_run_at = {next}, reason = v.reason, attempts = attempts + 1",
             ),
             (
                 &failing,
@@ -635,16 +652,19 @@ impl Store {
             if batch.is_empty() {
                 continue;
             }
+            let set = set.replace(
+                "{next}",
+                "CASE WHEN tasks.abort_requested IS NULL THEN v.next_run_at ELSE ? END",
+            );
             let sql = format!(
                 "UPDATE tasks SET {set}, {release} FROM {rows} AS v \
                  WHERE tasks.id = v.id AND tasks.lease_owner = ?"
             );
-            // In the order of the statement's text: the release time (watching only), the
-            // update time, the rows, the owner.
-            let mut values: Vec<Value> = Vec::with_capacity(4);
-            if set.contains("released_at") {
-                values.push(now.into());
-            }
+            // In the order of the statement's text: the moments of the set's own
+            // placeholders (an aborted task's next run, the release time), the update
+            // time, the rows, the owner.
+            let mut values: Vec<Value> = Vec::with_capacity(5);
+            values.extend(set.matches('?').map(|_| Value::from(now)));
             values.extend([now.into(), json_param(&batch)?, owner.into()]);
             txn.execute_raw(self.stmt(&sql, values)).await?;
         }

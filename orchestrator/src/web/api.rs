@@ -499,8 +499,15 @@ fn lever_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {
-    /// One application's gate; all of the wave's when absent.
+    /// One application's gate; all of the wave's when absent (not when null).
+    #[serde(default, deserialize_with = "written_app")]
     pub app: Option<String>,
+}
+
+/// An `app` that is written is a name: `null` is refused rather than read as "the whole
+/// wave".
+fn written_app<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// POST /api/waves/{wave}/approve: the go for a wave's (or one application's) cutovers,
@@ -528,7 +535,8 @@ pub async fn approve(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoGoBody {
-    /// One application's gate; all of the wave's when absent.
+    /// One application's gate; all of the wave's when absent (not when null).
+    #[serde(default, deserialize_with = "written_app")]
     pub app: Option<String>,
     /// Why: recorded in the log with the caller's name.
     #[serde(default)]
@@ -609,8 +617,21 @@ pub fn refused(err: anyhow::Error) -> Response {
 mod tests {
     use axum::http::StatusCode;
 
-    use super::refused;
+    use super::{ApproveBody, refused};
     use crate::store::{RefusalKind, Refused};
+
+    /// A go's body names one application, or none for the whole wave; anything else is
+    /// refused rather than widened to the whole wave.
+    #[test]
+    fn a_go_is_for_the_whole_wave_only_when_it_names_no_application() {
+        let read = |body: &str| super::lever_body::<ApproveBody>(body.as_bytes()).map(|b| b.app);
+        assert_eq!(read(""), Ok(None));
+        assert_eq!(read("{}"), Ok(None));
+        assert_eq!(read(r#"{"app":"shop"}"#), Ok(Some("shop".to_owned())));
+        for refused in [r#"{"app":null}"#, r#"{"application":"shop"}"#, "app=shop"] {
+            assert!(read(refused).is_err(), "{refused} was read");
+        }
+    }
 
     fn refusal(kind: RefusalKind, message: &str) -> anyhow::Error {
         anyhow::Error::new(Refused {

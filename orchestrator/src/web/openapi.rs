@@ -20,14 +20,12 @@ fn ok(description: &str) -> Value {
 fn lever_responses(description: &str) -> Value {
     let mut responses = ok(description);
     if let Some(map) = responses.as_object_mut() {
-        map.insert(
-            "404".to_owned(),
-            json!({ "$ref": "#/components/responses/Error" }),
-        );
-        map.insert(
-            "409".to_owned(),
-            json!({ "$ref": "#/components/responses/Error" }),
-        );
+        for status in ["404", "409", "422", "500"] {
+            map.insert(
+                status.to_owned(),
+                json!({ "$ref": "#/components/responses/Error" }),
+            );
+        }
     }
     responses
 }
