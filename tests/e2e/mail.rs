@@ -591,22 +591,25 @@ fn a_wave_with_nobody_to_send_to_does_not_hold_back_the_other_waves_reports() {
 
 /// One recipient the mail server refuses for good (a departed owner) does not keep a
 /// report from the others: each of them gets it once, and the outcome names who did not.
+/// One the server cannot take yet (greylisting) gets it at the report's next attempt,
+/// alone: nobody gets it twice.
 #[test]
 fn a_refused_recipient_does_not_keep_the_report_from_the_others() {
-    // Starts: aiosmtpd refusing one address, and the wavelift binary (run, status, events).
+    // Starts: aiosmtpd refusing one address for good and another once, and the wavelift
+    // binary (run, status, events).
     let scratch = Scratch::new("mail-refused");
     let dir = quickstart_copy(scratch.path(), "sim");
     let gone = "change-manager@example.com";
     let sink = SmtpSink::start_with(
         &scratch.path().join("received"),
         free_port(),
-        &["--reject", gone],
+        &["--reject", gone, "--defer", "identity-team@example.com"],
     );
     configure(
         &dir,
         &format!(
             "smtp:\n  url: smtp://127.0.0.1:{}\n  from: wavelift@example.com\n\
-             reports:\n  digest: \"off\"\n",
+             reports:\n  digest: \"off\"\n  retry_after: 1s\n",
             sink.port
         ),
     );
@@ -614,31 +617,30 @@ fn a_refused_recipient_does_not_keep_the_report_from_the_others() {
     let (recorded, delivered) = report_counts(&dir);
     assert_eq!(recorded, delivered, "every report delivered");
     let messages = sink.messages();
-    let wave_1: Vec<&(Vec<u8>, Value)> = messages
-        .iter()
-        .filter(|(raw, _)| header(raw, "Subject").contains("[wave-1] cutover report"))
-        .collect();
-    let mut got: Vec<String> = wave_1
-        .iter()
-        .flat_map(|(_, envelope)| {
-            envelope["rcpt_tos"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-        })
-        .collect();
-    got.sort();
-    assert_eq!(
-        got,
-        [
-            "factory-lead@example.com",
-            "identity-team@example.com",
-            "payroll-owner@example.com"
-        ],
-        "each recipient but the refused one, once"
-    );
+    for kind in ["cutover readiness", "cutover report"] {
+        let mut got: Vec<String> = messages
+            .iter()
+            .filter(|(raw, _)| header(raw, "Subject").contains(&format!("[wave-1] {kind}")))
+            .flat_map(|(_, envelope)| {
+                envelope["rcpt_tos"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "factory-lead@example.com",
+                "identity-team@example.com",
+                "payroll-owner@example.com"
+            ],
+            "{kind}: each recipient but the refused one, once"
+        );
+    }
     let events = succeeds(wavelift(&dir, &["events", "--wave", "wave-1"]));
     assert!(
         events
@@ -648,6 +650,17 @@ fn a_refused_recipient_does_not_keep_the_report_from_the_others() {
                 && l.contains("to 3 of 4 recipients")
                 && l.contains(&format!("not delivered to {gone}: "))
                 && l.contains("no such user here")),
+        "{}",
+        events.stdout
+    );
+    assert!(
+        events
+            .stdout
+            .lines()
+            .any(|l| l.contains("report not delivered")
+                && l.contains("delivered to 2 of 4 recipients")
+                && l.contains("not yet to identity-team@example.com: ")
+                && l.contains("greylisted")),
         "{}",
         events.stdout
     );

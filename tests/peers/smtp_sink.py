@@ -2,10 +2,12 @@
 a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
 
     python3 smtp_sink.py --port PORT --folder DIR [--reject-all] [--reject ADDRESS]...
+        [--defer ADDRESS]...
         [--starttls | --implicit-tls] [--cert PEM --key PEM] [--auth USER:PASSWORD]
 
 --reject-all answers every RCPT TO with 550 (a permanent refusal); --reject answers so
-for that address only (a departed owner). --starttls requires
+for that address only (a departed owner); --defer answers 451 (try again later) to the
+first RCPT TO of that address only (greylisting). --starttls requires
 STARTTLS before anything else; --implicit-tls speaks TLS from the first byte (smtps).
 --auth requires AUTH (PLAIN or LOGIN) with that user and password, over TLS only. The
 server prints "ready" once it listens, and runs until killed.
@@ -24,10 +26,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
-    def __init__(self, folder, reject_all, reject):
+    def __init__(self, folder, reject_all, reject, defer):
         self.folder = folder
         self.reject_all = reject_all
         self.reject = set(reject)
+        self.defer = set(defer)
         self.count = 0
         self.lock = threading.Lock()
 
@@ -36,6 +39,9 @@ class Sink:
             return "550 5.1.1 mailbox unavailable (the test server refuses everything)"
         if address in self.reject:
             return "550 5.1.1 no such user here"
+        if address in self.defer:
+            self.defer.discard(address)
+            return "451 4.7.1 greylisted: try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -58,6 +64,7 @@ def main():
     parser.add_argument("--folder", required=True)
     parser.add_argument("--reject-all", action="store_true")
     parser.add_argument("--reject", action="append", default=[])
+    parser.add_argument("--defer", action="append", default=[])
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--cert")
@@ -86,7 +93,7 @@ def main():
 
         options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(
-        Sink(args.folder, args.reject_all, args.reject), hostname="127.0.0.1", port=args.port, **options
+        Sink(args.folder, args.reject_all, args.reject, args.defer), hostname="127.0.0.1", port=args.port, **options
     )
     controller.start()
     print("ready", flush=True)

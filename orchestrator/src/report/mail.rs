@@ -317,6 +317,14 @@ impl Mailer {
         }
         let number = report.attempts + 1;
         let result = self.send(report).await;
+        // Some recipients have it: the report goes on to the others only.
+        if let Err(Failure {
+            remaining: Some(remaining),
+            ..
+        }) = &result
+        {
+            write_outcome(|| store.report_narrowed(report, lease, remaining)).await?;
+        }
         let at = jiff::Timestamp::now().as_millisecond();
         let attempt = match result {
             Ok(via) => {
@@ -371,18 +379,15 @@ impl Mailer {
 
     async fn send(&self, report: &ReportRow) -> Result<String, Failure> {
         match &self.route {
-            Route::Outbox => self.keep(report).map_err(|e| Failure {
-                message: format!("{e:#}"),
-                permanent: false,
-            }),
+            Route::Outbox => self
+                .keep(report)
+                .map_err(|e| Failure::new(format!("{e:#}"), false)),
             Route::Smtp { transport, shown } => {
-                let envelope = envelope(report).map_err(|e| Failure {
-                    message: format!("{e:#}"),
-                    permanent: true,
-                })?;
+                let envelope =
+                    envelope(report).map_err(|e| Failure::new(format!("{e:#}"), true))?;
                 match send_one(transport, shown, &envelope, report).await {
                     Ok(()) => Ok(shown.clone()),
-                    Err(failure) if failure.permanent && envelope.to().len() > 1 => {
+                    Err(failure) if failure.of_a_mailbox() && envelope.to().len() > 1 => {
                         send_each(transport, shown, &envelope, report).await
                     }
                     Err(failure) => Err(failure),
@@ -414,9 +419,31 @@ impl Mailer {
     }
 }
 
+#[derive(Default)]
 struct Failure {
     message: String,
     permanent: bool,
+    /// The server's reply code, when it gave one.
+    code: Option<u16>,
+    /// Some recipients received it: those still to send it to (the others received it
+    /// or refused it for good).
+    remaining: Option<Vec<String>>,
+}
+
+impl Failure {
+    fn new(message: String, permanent: bool) -> Failure {
+        Failure {
+            message,
+            permanent,
+            ..Failure::default()
+        }
+    }
+
+    /// A refusal of one mailbox (550 to 553: unknown, not local, full, not allowed), not
+    /// of the sender, the login or the message.
+    fn of_a_mailbox(&self) -> bool {
+        self.permanent && self.code.is_some_and(|c| (550..=553).contains(&c))
+    }
 }
 
 /// How long an attempt's outcome is tried to be written (the store busy or its
@@ -464,55 +491,79 @@ async fn send_one(
         Ok(Err(err)) => Err(Failure {
             permanent: err.is_permanent(),
             message: error_chain(&err),
+            code: err.status().map(u16::from),
+            remaining: None,
         }),
-        Err(_) => Err(Failure {
-            permanent: false,
-            message: format!(
+        Err(_) => Err(Failure::new(
+            format!(
                 "{shown} did not finish the conversation within {}s",
                 SEND_TIMEOUT.as_secs()
             ),
-        }),
+            false,
+        )),
     }
 }
 
-/// After a refusal for good of the whole envelope (the server stops a conversation at
-/// the first recipient it refuses, so one departed owner would keep the report from
-/// everyone): the message once to each recipient. Delivered when anyone received it,
-/// with who did not and why in the outcome; nobody is sent it twice.
+/// After a mailbox's refusal for good of the whole envelope (the server stops a
+/// conversation at the first recipient it refuses, so one departed owner would keep the
+/// report from everyone): the message once to each recipient. Delivered when everyone
+/// else received it, with who did not and why in the outcome. A recipient the server
+/// could not take yet (a 4xx reply), or not reached before half the lease ran out, is
+/// tried again with the report's next attempt, alone: nobody gets it twice.
 async fn send_each(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     shown: &str,
     envelope: &Envelope,
     report: &ReportRow,
 ) -> Result<String, Failure> {
+    let started = std::time::Instant::now();
+    let patience = Duration::from_millis(SMTP_LEASE_MS as u64 / 2);
     let mut delivered = 0;
     let mut refused = Vec::new();
-    let mut permanent = true;
+    let mut later: Vec<(String, String)> = Vec::new();
     for to in envelope.to() {
-        let single =
-            Envelope::new(envelope.from().cloned(), vec![to.clone()]).map_err(|e| Failure {
-                message: format!("the envelope to {to}: {e}"),
-                permanent: true,
-            })?;
+        if started.elapsed() > patience {
+            later.push((to.to_string(), "not tried in this attempt".to_owned()));
+            continue;
+        }
+        let single = Envelope::new(envelope.from().cloned(), vec![to.clone()])
+            .map_err(|e| Failure::new(format!("the envelope to {to}: {e}"), true))?;
         match send_one(transport, shown, &single, report).await {
             Ok(()) => delivered += 1,
-            Err(failure) => {
-                permanent &= failure.permanent;
-                refused.push(format!("{to}: {}", failure.message));
-            }
+            Err(failure) if failure.permanent => refused.push(format!("{to}: {}", failure.message)),
+            Err(failure) => later.push((to.to_string(), failure.message)),
         }
     }
-    let refused = refused.join("; ");
-    if delivered == 0 {
-        return Err(Failure {
-            message: format!("every recipient refused it: {refused}"),
-            permanent,
-        });
+    let all = envelope.to().len();
+    let refused_words = if refused.is_empty() {
+        String::new()
+    } else {
+        format!(" (not delivered to {})", refused.join("; "))
+    };
+    if later.is_empty() {
+        if delivered == 0 {
+            return Err(Failure::new(
+                format!("every recipient refused it: {}", refused.join("; ")),
+                true,
+            ));
+        }
+        return Ok(format!(
+            "{shown}, to {delivered} of {all} recipients{refused_words}"
+        ));
     }
-    Ok(format!(
-        "{shown}, to {delivered} of {} recipients (not delivered to {refused})",
-        envelope.to().len()
-    ))
+    let waiting: Vec<String> = later
+        .iter()
+        .map(|(to, why)| format!("{to}: {why}"))
+        .collect();
+    Err(Failure {
+        message: format!(
+            "delivered to {delivered} of {all} recipients{refused_words}; not yet to {}",
+            waiting.join("; ")
+        ),
+        permanent: false,
+        code: None,
+        remaining: Some(later.into_iter().map(|(to, _)| to).collect()),
+    })
 }
 
 fn envelope(report: &ReportRow) -> anyhow::Result<Envelope> {

@@ -196,6 +196,28 @@ impl Store {
         .await
     }
 
+    /// Some recipients received the report in the attempt that holds `lease`: it goes
+    /// on to `remaining` only (nobody gets it twice). Nothing when the lease ran out.
+    pub async fn report_narrowed(
+        &self,
+        report: &ReportRow,
+        lease: i64,
+        remaining: &[String],
+    ) -> anyhow::Result<()> {
+        self.db()
+            .execute_raw(self.stmt(
+                "UPDATE reports SET recipients = ? \
+                 WHERE id = ? AND state = 'sending' AND next_attempt_at = ?",
+                vec![
+                    serde_json::to_string(remaining)?.into(),
+                    report.id.into(),
+                    lease.into(),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// The attempt failed: tried again from `retry_at`, or, without one, given up on
     /// (`kept`: where the message was kept for a person to send).
     pub async fn report_not_delivered(
