@@ -193,12 +193,19 @@ impl Executor {
             // A cutover claimed ahead (with the last batch's commit) may have been
             // aborted since: its turn must roll back, not finalize.
             if batch.iter().any(|t| t.kind == "cutover") {
-                for (id, asked) in self.store.aborts_among(&ids).await? {
+                for (id, asked) in self.aborts_among(&ids).await {
                     if let Some(task) = batch.iter_mut().find(|t| t.id == id) {
                         task.abort_requested = Some(asked);
                     }
                 }
             }
+            // The cutovers whose turn runs without an abort: one asked for meanwhile
+            // makes the turn's follow-up due at once.
+            let unaware: Vec<String> = batch
+                .iter()
+                .filter(|t| t.kind == "cutover" && t.abort_requested.is_none())
+                .map(|t| t.id.clone())
+                .collect();
             // The steps of a batch run concurrently on this task: they wait on engines,
             // shells and CMDBs, and share the launcher that batches their launches.
             let mut steps: FuturesUnordered<_> = batch
@@ -236,6 +243,20 @@ impl Executor {
             drop(steps);
             // The outcomes and the next claim share one commit.
             let finished_at = self.clock.now_ms().max(now);
+            if !unaware.is_empty() {
+                let unaware: Vec<&str> = unaware.iter().map(String::as_str).collect();
+                let aborted: Vec<String> = self
+                    .aborts_among(&unaware)
+                    .await
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                for completion in &mut completions {
+                    if aborted.iter().any(|id| id == completion.id()) {
+                        completion.run_again_at(finished_at);
+                    }
+                }
+            }
             let (_, next) = self
                 .store
                 .complete_and_claim(
@@ -256,6 +277,20 @@ impl Executor {
             }
             if let Some(Ok(())) = futures_ready(&mut interrupt) {
                 return Ok(Stopped::Interrupted);
+            }
+        }
+    }
+}
+
+impl Executor {
+    /// The aborts asked for among `ids`, best effort: a store busy for a moment leaves
+    /// them to the next turn, which reads the task afresh.
+    async fn aborts_among(&self, ids: &[&str]) -> Vec<(String, String)> {
+        match self.store.aborts_among(ids).await {
+            Ok(aborts) => aborts,
+            Err(err) => {
+                eprintln!("cannot read the aborts asked for yet: {err:#}");
+                Vec::new()
             }
         }
     }

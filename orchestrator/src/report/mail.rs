@@ -312,11 +312,14 @@ impl Mailer {
         now: i64,
     ) -> anyhow::Result<Attempt> {
         let lease = now + self.lease_ms();
-        if !store.take_report(report.id, now, lease).await? {
+        if !store
+            .take_report(report.id, report.attempts, now, lease)
+            .await?
+        {
             return Ok(Attempt::Taken);
         }
         let number = report.attempts + 1;
-        let result = self.send(report).await;
+        let result = self.send(report, std::time::Instant::now()).await;
         // Some recipients have it: the report goes on to the others only.
         if let Err(Failure {
             remaining: Some(remaining),
@@ -361,11 +364,20 @@ impl Mailer {
                         Err(err) => (None, Some(format!("; not kept in the outbox: {err:#}"))),
                     },
                 };
+                // The message kept lists every recipient; the report may have reached
+                // some of them already: who is still without it is said.
+                let without = failure
+                    .remaining
+                    .clone()
+                    .unwrap_or_else(|| report.recipients());
                 let mut error = if failure.permanent {
                     format!("refused for good: {}", failure.message)
                 } else {
                     failure.message
                 };
+                if matches!(self.route, Route::Smtp { .. }) {
+                    error.push_str(&format!("; not delivered to {}", without.join(", ")));
+                }
                 error.push_str(not_kept.as_deref().unwrap_or_default());
                 write_outcome(|| {
                     store.report_not_delivered(report, lease, at, &error, None, kept.as_deref())
@@ -377,7 +389,8 @@ impl Mailer {
         Ok(attempt)
     }
 
-    async fn send(&self, report: &ReportRow) -> Result<String, Failure> {
+    /// `taken`: when the attempt took the report (its lease runs from then).
+    async fn send(&self, report: &ReportRow, taken: std::time::Instant) -> Result<String, Failure> {
         match &self.route {
             Route::Outbox => self
                 .keep(report)
@@ -388,7 +401,7 @@ impl Mailer {
                 match send_one(transport, shown, &envelope, report).await {
                     Ok(()) => Ok(shown.clone()),
                     Err(failure) if failure.of_a_mailbox() && envelope.to().len() > 1 => {
-                        send_each(transport, shown, &envelope, report).await
+                        send_each(transport, shown, &envelope, report, taken).await
                     }
                     Err(failure) => Err(failure),
                 }
@@ -508,21 +521,25 @@ async fn send_one(
 /// conversation at the first recipient it refuses, so one departed owner would keep the
 /// report from everyone): the message once to each recipient. Delivered when everyone
 /// else received it, with who did not and why in the outcome. A recipient the server
-/// could not take yet (a 4xx reply), or not reached before half the lease ran out, is
-/// tried again with the report's next attempt, alone: nobody gets it twice.
+/// could not take yet (a 4xx reply), or not reached while a send could still end inside
+/// the lease, is tried again with the report's next attempt, alone: nobody gets it
+/// twice.
 async fn send_each(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     shown: &str,
     envelope: &Envelope,
     report: &ReportRow,
+    taken: std::time::Instant,
 ) -> Result<String, Failure> {
-    let started = std::time::Instant::now();
-    let patience = Duration::from_millis(SMTP_LEASE_MS as u64 / 2);
+    // A send started later could outlast the lease with its outcome's writing: another
+    // attempt would then send the report again.
+    let last_start =
+        Duration::from_millis(SMTP_LEASE_MS as u64).saturating_sub(SEND_TIMEOUT + OUTCOME_PATIENCE);
     let mut delivered = 0;
     let mut refused = Vec::new();
     let mut later: Vec<(String, String)> = Vec::new();
     for to in envelope.to() {
-        if started.elapsed() > patience {
+        if taken.elapsed() > last_start {
             later.push((to.to_string(), "not tried in this attempt".to_owned()));
             continue;
         }

@@ -156,14 +156,22 @@ impl Store {
 
     /// Takes a report for one delivery attempt until `lease_until`; false when another
     /// process took it first or it is no longer due.
-    pub async fn take_report(&self, id: i64, now: i64, lease_until: i64) -> anyhow::Result<bool> {
+    /// `attempts`: the attempts the caller's copy of the row counts; a copy read before
+    /// another attempt (which may have narrowed its recipients) is refused.
+    pub async fn take_report(
+        &self,
+        id: i64,
+        attempts: i32,
+        now: i64,
+        lease_until: i64,
+    ) -> anyhow::Result<bool> {
         let result = self
             .db()
             .execute_raw(self.stmt(
                 "UPDATE reports SET state = 'sending', attempts = attempts + 1, \
-                 next_attempt_at = ? WHERE id = ? AND state IN ('pending', 'sending') \
-                 AND next_attempt_at <= ?",
-                vec![lease_until.into(), id.into(), now.into()],
+                 next_attempt_at = ? WHERE id = ? AND attempts = ? \
+                 AND state IN ('pending', 'sending') AND next_attempt_at <= ?",
+                vec![lease_until.into(), id.into(), attempts.into(), now.into()],
             ))
             .await?;
         Ok(result.rows_affected() == 1)

@@ -243,7 +243,18 @@ pub enum Completion {
 type PerTask<'a> = (&'a str, Option<&'a str>, i64, Option<&'a str>);
 
 impl Completion {
-    fn id(&self) -> &str {
+    /// A turn that goes on (waits, watches or retries) runs again at `at` instead of
+    /// when it said: an operator aborted it while it ran.
+    pub fn run_again_at(&mut self, at: i64) {
+        match self {
+            Completion::Waiting { next_run_at, .. }
+            | Completion::Ready { next_run_at, .. }
+            | Completion::Retry { next_run_at, .. } => *next_run_at = (*next_run_at).min(at),
+            _ => {}
+        }
+    }
+
+    pub fn id(&self) -> &str {
         match self {
             Completion::Succeeded { id, .. }
             | Completion::Waiting { id, .. }
@@ -631,16 +642,15 @@ impl Store {
             ("next_run_at", JsonColumn::Int),
             ("reason", JsonColumn::Text),
         ]);
-        // A task an operator aborted meanwhile is due at once, whatever its turn said.
         let per_task: [(&[PerTask], &str); 4] = [
-            (&waiting, "step = v.step, next_run_at = {next}"),
+            (&waiting, "step = v.step, next_run_at = v.next_run_at"),
             (
                 &watching,
-                "step = v.step, next_run_at = {next}, released_at = COALESCE(released_at, ?)",
+                "step = v.step, next_run_at = v.next_run_at, released_at = COALESCE(released_at, ?)",
             ),
             (
                 &retrying,
-                "step = v.step, next_run_at = {next}, reason = v.reason, attempts = attempts + 1",
+                "step = v.step, next_run_at = v.next_run_at, reason = v.reason, attempts = attempts + 1",
             ),
             (
                 &failing,
@@ -652,19 +662,16 @@ impl Store {
             if batch.is_empty() {
                 continue;
             }
-            let set = set.replace(
-                "{next}",
-                "CASE WHEN tasks.abort_requested IS NULL THEN v.next_run_at ELSE ? END",
-            );
             let sql = format!(
                 "UPDATE tasks SET {set}, {release} FROM {rows} AS v \
                  WHERE tasks.id = v.id AND tasks.lease_owner = ?"
             );
-            // In the order of the statement's text: the moments of the set's own
-            // placeholders (an aborted task's next run, the release time), the update
-            // time, the rows, the owner.
-            let mut values: Vec<Value> = Vec::with_capacity(5);
-            values.extend(set.matches('?').map(|_| Value::from(now)));
+            // In the order of the statement's text: the release time (watching only), the
+            // update time, the rows, the owner.
+            let mut values: Vec<Value> = Vec::with_capacity(4);
+            if set.contains("released_at") {
+                values.push(now.into());
+            }
             values.extend([now.into(), json_param(&batch)?, owner.into()]);
             txn.execute_raw(self.stmt(&sql, values)).await?;
         }
