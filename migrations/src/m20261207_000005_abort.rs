@@ -1,6 +1,7 @@
 //! An operator's request to abort a running task (`wavelift abort`): who asked and why,
 //! kept on the task until its next turn ends it (a cutover rolls back). A retry clears
-//! it.
+//! it. A partial index holds the tasks with one, so the executor's look for aborts
+//! before and after each batch with cutovers reads an index of a few rows at most.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::text_null;
@@ -11,6 +12,7 @@ pub struct Migration;
 #[derive(DeriveIden)]
 enum Tasks {
     Table,
+    Id,
     AbortRequested,
 }
 
@@ -29,10 +31,30 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("tasks_aborting")
+                    .table(Tasks::Table)
+                    .col(Tasks::Id)
+                    .and_where(Expr::col(Tasks::AbortRequested).is_not_null())
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .if_exists()
+                    .name("tasks_aborting")
+                    .table(Tasks::Table)
+                    .to_owned(),
+            )
+            .await?;
         if manager.has_column("tasks", "abort_requested").await? {
             manager
                 .alter_table(

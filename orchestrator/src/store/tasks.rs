@@ -335,19 +335,24 @@ impl Store {
     }
 
     /// The aborts asked for among `ids` (id, who and why), read afresh: a task claimed
-    /// before an operator aborted it learns of it before its turn.
+    /// before an operator aborted it learns of it before its turn. (The tasks with an
+    /// abort are a partial index of a few rows at most.)
     pub async fn aborts_among(&self, ids: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
-        let sql = format!(
-            "SELECT id, abort_requested FROM tasks WHERE abort_requested IS NOT NULL AND id IN {}",
-            self.json_strings()
-        );
         let rows = self
             .db()
-            .query_all_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+            .query_all_raw(self.stmt(
+                "SELECT id, abort_requested FROM tasks WHERE abort_requested IS NOT NULL",
+                vec![],
+            ))
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "abort_requested")?)))
-            .collect()
+        let mut aborts = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("", "id")?;
+            if ids.contains(&id.as_str()) {
+                aborts.push((id, row.try_get("", "abort_requested")?));
+            }
+        }
+        Ok(aborts)
     }
 
     /// Extends to `until` the leases `owner` still holds on `ids`: the steps of a batch
