@@ -25,11 +25,7 @@ fn resume(step: &Step, ctx: &TaskContext<'_>, note: &str, actions: Vec<Action>) 
 }
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
-    let mut step: Step = ctx
-        .step
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let mut step: Step = ctx.step_as();
     let mut actions = Vec::new();
     let source = match launch::source(ctx).await {
         Ok(source) => source,
@@ -148,11 +144,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
 /// a failed test (the target terminated, the server out of testing) that a retry may
 /// repeat; `None` when it launched nothing.
 pub(crate) async fn time_out(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
-    let step: Step = ctx
-        .step
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let step: Step = ctx.step_as();
     if step.job.is_none() && step.target.is_none() {
         return None;
     }

@@ -60,6 +60,15 @@ pub struct Reach<'a> {
 }
 
 impl<'a> TaskContext<'a> {
+    /// The task's own step as its type; the type's default on a first call (or a step an
+    /// older version wrote that it cannot read).
+    pub fn step_as<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        self.step
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+
     pub fn reach(&self) -> Reach<'a> {
         Reach {
             server: self.server,

@@ -53,11 +53,7 @@ fn stamp(t: jiff::Timestamp, ctx: &TaskContext<'_>) -> String {
 }
 
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
-    let mut step: Step = ctx
-        .step
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let mut step: Step = ctx.step_as();
     if let Some(why) = step.rolling_back.clone()
         && !step.rolled_back
     {
@@ -72,11 +68,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
 /// rolled back with `why`, or goes on rolling back with its first reason; `None` when
 /// nothing was started.
 pub(crate) async fn stop(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
-    let mut step: Step = ctx
-        .step
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let mut step: Step = ctx.step_as();
     if step.rolled_back {
         return None;
     }
