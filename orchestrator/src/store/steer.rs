@@ -154,8 +154,8 @@ impl Store {
                 refuse!(
                     Conflict,
                     "too late for a no-go: the gate of `{app}` has opened; cancel its cutovers \
-                     that have not started (wavelift cancel SERVER/cutover); one that runs ends \
-                     by itself, rolled back if it cannot finish inside its window"
+                     that have not started (wavelift cancel SERVER/cutover), abort one that \
+                     runs (wavelift abort SERVER/cutover --reason TEXT), which rolls it back"
                 );
             }
             refuse!(
