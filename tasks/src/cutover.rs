@@ -74,8 +74,13 @@ pub(crate) async fn stop(ctx: &TaskContext<'_>, why: &str) -> Option<Report> {
     }
     if !step.started() {
         let source = launch::source(ctx).await.ok()?;
-        if source.life_cycle != LifeCycle::CuttingOver {
-            return None;
+        match source.life_cycle {
+            LifeCycle::CuttingOver => {}
+            // Finalized by an attempt whose step was lost: nothing is left to stop.
+            LifeCycle::Cutover | LifeCycle::Archived => {
+                return Some(finalized_before(Vec::new(), why));
+            }
+            _ => return None,
         }
     }
     let why = step.rolling_back.clone().unwrap_or_else(|| why.to_owned());
@@ -135,10 +140,24 @@ async fn roll_back_now(
         Err(failed) => return Box::pin(settle(ctx, step, failed)).await,
     };
     if matches!(source.life_cycle, LifeCycle::Cutover | LifeCycle::Archived) {
-        return finalized(actions);
+        return finalized_before(actions, why);
     }
     let report = rollback(ctx, &source, step, actions, why).await;
     Box::pin(settle(ctx, step, report)).await
+}
+
+/// The server was cut over before the rollback for `why` (an abort, the window's end, a
+/// timeout) could begin: a finalized cutover is not undone, and the task says so, so an
+/// operator who aborted it learns that the abort came too late.
+fn finalized_before(actions: Vec<Action>, why: &str) -> Report {
+    Report::done(
+        vec![Check::pass(
+            "cutover",
+            format!("already finalized: the server is cut over, so it was not rolled back ({why})"),
+        )],
+        format!("already cut over; not rolled back, as the finalize came before: {why}"),
+        actions,
+    )
 }
 
 fn finalized(actions: Vec<Action>) -> Report {

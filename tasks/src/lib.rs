@@ -118,6 +118,48 @@ mod tests {
         assert!(report.actions.is_empty(), "{:?}", report.actions);
     }
 
+    /// An abort that arrives once the cutover is finalized is too late: the server stays
+    /// cut over, the task succeeds, and its output says the abort was not carried out,
+    /// whether its step says it started or was lost.
+    #[tokio::test]
+    async fn an_abort_after_the_finalize_says_it_came_too_late() {
+        let rig = Rig::new(window_start());
+        let (id, mut now, mut step) = rig.under_way(TaskKind::Cutover).await;
+        let life_cycle = async || {
+            let source = rig.engine.describe_source(&id).await;
+            source.expect("the source").life_cycle
+        };
+        for _ in 0..20 {
+            if life_cycle().await == LifeCycle::Cutover {
+                break;
+            }
+            rig.clock.advance(300.0);
+            now += jiff::SignedDuration::from_mins(5);
+            let report = crate::run(&rig.context(TaskKind::Cutover, now, Some(step.clone()))).await;
+            match report.progress {
+                Progress::Wait { step: next, .. } => step = next,
+                Progress::Done { .. } => break,
+                other => panic!("the cutover did not go through: {other:?}"),
+            }
+        }
+        assert_eq!(life_cycle().await, LifeCycle::Cutover);
+        for kept in [Some(step), None] {
+            let mut ctx = rig.context(TaskKind::Cutover, now, kept);
+            ctx.aborted = Some("aborted by alice: a blocker");
+            let report = crate::run(&ctx).await;
+            let Progress::Done { output, checks } = &report.progress else {
+                panic!("a finalized cutover is not undone: {report:?}");
+            };
+            assert_eq!(
+                output,
+                "already cut over; not rolled back, as the finalize came before: aborted by alice: a blocker"
+            );
+            assert!(checks.iter().all(|c| c.passed), "{checks:?}");
+            assert!(report.actions.is_empty(), "{:?}", report.actions);
+            assert_eq!(life_cycle().await, LifeCycle::Cutover);
+        }
+    }
+
     /// A cutover that started nothing fails its attempt with a retry, touching nothing.
     #[tokio::test]
     async fn a_cutover_that_started_nothing_just_fails_its_attempt() {
