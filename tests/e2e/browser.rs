@@ -86,6 +86,12 @@ impl Driver {
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    /// The answer's value, or the WebDriver error it holds.
+    fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut request = self.http.request(method, url);
         if !body.is_null() {
@@ -96,9 +102,24 @@ impl Driver {
             .and_then(|r| r.json())
             .expect("a WebDriver answer");
         if value["value"].get("error").is_some() {
-            panic!("WebDriver {path}: {}", value["value"]);
+            return Err(value["value"].clone());
         }
-        value["value"].clone()
+        Ok(value["value"].clone())
+    }
+
+    /// The text of the dialog the page opens (an alert after a post), waiting at most
+    /// `limit` for it.
+    fn alert_text(&self, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.try_call(reqwest::Method::GET, "/alert/text", Value::Null) {
+                Ok(text) => return text,
+                Err(error) if Instant::now() > deadline => {
+                    panic!("no dialog in {limit:?}: {error}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     fn go(&self, url: &str) {
@@ -117,32 +138,32 @@ impl Driver {
             .to_owned()
     }
 
-    /// Clicks the element `css` selects. The pages redraw from the API as the run goes
-    /// on, so an element found a moment ago may have been replaced: it is found again,
-    /// a bounded number of times.
+    /// Clicks the element `css` selects.
     fn click(&self, css: &str) {
-        let url = |element: &str| {
-            format!(
-                "{}/session/{}/element/{element}/click",
-                self.base, self.session
-            )
-        };
+        self.on_element(css, "click", json!({}));
+    }
+
+    /// Types `text` into the field `css` selects.
+    fn type_into(&self, css: &str, text: &str) {
+        self.on_element(css, "value", json!({ "text": text }));
+    }
+
+    /// `action` on the element `css` selects. The pages redraw from the API as the run
+    /// goes on, so an element found a moment ago may have been replaced: it is found
+    /// again, a bounded number of times.
+    fn on_element(&self, css: &str, action: &str, body: Value) {
         for _ in 0..20 {
             let element = self.find(css);
-            let value: Value = self
-                .http
-                .post(url(&element))
-                .json(&json!({}))
-                .send()
-                .and_then(|r| r.json())
-                .expect("a WebDriver answer");
-            match value["value"].get("error").and_then(Value::as_str) {
-                None => return,
-                Some("stale element reference") => std::thread::sleep(Duration::from_millis(100)),
-                Some(_) => panic!("WebDriver click on {css}: {}", value["value"]),
+            let path = format!("/element/{element}/{action}");
+            match self.try_call(reqwest::Method::POST, &path, body.clone()) {
+                Ok(_) => return,
+                Err(error) if error["error"] == "stale element reference" => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(error) => panic!("WebDriver {action} on {css}: {error}"),
             }
         }
-        panic!("{css} was redrawn under every click for 2 s");
+        panic!("{css} was redrawn under every {action} for 2 s");
     }
 
     fn script(&self, script: &str) -> Value {
@@ -226,12 +247,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
 
     // Log in with the token through the form.
     driver.go(&served.url("/login"));
-    let field = driver.find("#token");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{field}/value"),
-        json!({ "text": approver }),
-    );
+    driver.type_into("#token", &approver);
     driver.click("#login");
     let overview = driver.wait_for(
         "return document.querySelectorAll('#waves tr[data-wave]').length",
@@ -282,12 +298,7 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
     // retry it; the page redraws each time without a reload.
     let operator = token(&dir, "operator");
     driver.go(&served.url("/login"));
-    let field = driver.find("#token");
-    driver.call(
-        reqwest::Method::POST,
-        &format!("/element/{field}/value"),
-        json!({ "text": operator }),
-    );
+    driver.type_into("#token", &operator);
     driver.click("#login");
     driver.wait_for(
         "return document.querySelectorAll('#waves tr[data-wave]').length",
@@ -321,6 +332,70 @@ fn the_wave_page_follows_a_running_rehearsal_and_gives_the_go() {
         json!(43)
     );
     screenshot(&driver, "server-payroll-app-01.png");
+
+    // The wave page offers the abort of a cutover under way, with its reason, beside the
+    // failed and blocked tasks. No cutover of this run is still running by now, so the
+    // page's reads of the wave (only those) are made to show dir-01's as running: what
+    // the page draws from that, and what it posts, are the real page's, and the real API
+    // answers the abort (refused: that cutover has finished).
+    driver.go(&served.url("/waves/wave-1"));
+    driver.wait_for(
+        "return document.querySelector('#matrix td[data-task=\"dir-01/cutover\"]')?.dataset.state ?? null",
+        &json!("succeeded"),
+        Duration::from_secs(20),
+    );
+    driver.script(
+        "const read = api;
+         window.api = async (path, options) => {
+           const data = await read(path, options);
+           if (!options && path === '/api/waves/wave-1') {
+             data.servers.find((s) => s.name === 'dir-01').tasks.cutover.state = 'running';
+           }
+           return data;
+         };
+         refresh();
+         return null;",
+    );
+    let abort = "button.lever[data-task=\"dir-01/cutover\"][data-lever=\"abort\"]";
+    assert_eq!(
+        driver.wait_for(
+            &format!("return document.querySelectorAll('#attention {abort}').length"),
+            &json!(1),
+            Duration::from_secs(20),
+        ),
+        json!(1),
+        "the attention table offers the abort: {}",
+        driver.script("return document.querySelector('#attention')?.outerHTML ?? null")
+    );
+    assert_eq!(
+        driver.script(
+            "return [...document.querySelectorAll('#attention button.lever[data-task=\"dir-01/cutover\"]')].map((b) => b.dataset.lever).join()"
+        ),
+        json!("abort"),
+        "a running cutover is aborted, neither skipped nor cancelled"
+    );
+    driver.type_into(
+        "#attention input.abort-reason[data-task=\"dir-01/cutover\"]",
+        "the DBA found a blocker",
+    );
+    // The page redraws as the log moves: what is typed stays.
+    driver.script("drawWave(); return null;");
+    assert_eq!(
+        driver.script(
+            "return document.querySelector('#attention input.abort-reason[data-task=\"dir-01/cutover\"]').value"
+        ),
+        json!("the DBA found a blocker")
+    );
+    driver.click(&format!("#attention {abort}"));
+    let asked = driver.call(reqwest::Method::GET, "/alert/text", Value::Null);
+    assert_eq!(asked, json!("abort dir-01/cutover?"));
+    driver.call(reqwest::Method::POST, "/alert/accept", json!({}));
+    assert_eq!(
+        driver.alert_text(Duration::from_secs(10)),
+        json!("Not done: `dir-01/cutover` is succeeded: only a running cutover is aborted"),
+        "the API's answer, shown to the operator"
+    );
+    driver.call(reqwest::Method::POST, "/alert/accept", json!({}));
 }
 
 /// Saves what the browser shows as target/tmp/browser/NAME.

@@ -239,11 +239,16 @@ function leverForms(task, back, redraw) {
       el("button", { type: "submit", class: `lever ${lever}`, "data-task": task.id, "data-lever": lever }, lever))));
 }
 
-// The wave's failed and blocked tasks, each with its reason and levers.
+// The wave's failed and blocked tasks, and its cutovers under way (which an operator
+// may abort from here during the window), each with its reason and levers.
+function needsAttention(t) {
+  return t.state === "failed" || t.state === "blocked" || (t.state === "running" && t.id.endsWith("/cutover"));
+}
+
 function attention(data) {
-  const stuck = data.servers.flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && (t.state === "failed" || t.state === "blocked"))
+  const stuck = data.servers.flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && needsAttention(t))
     .map((t) => ({ ...t, server: s.name })));
-  if (!stuck.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed or blocked.");
+  if (!stuck.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed, blocked or cutting over.");
   return el("table", { id: "attention" },
     el("tr", {}, ["Task", "State", "Why", ""].map((h) => el("th", {}, h))),
     stuck.map((t) => el("tr", { "data-task": t.id },
@@ -259,11 +264,14 @@ let again = false;
 let trailing = null;
 
 function drawWave() {
-  // A reason being typed survives the redraw (the page redraws as the log moves).
-  const typed = [...document.querySelectorAll("input.reason")].map((i) => [i.dataset.app, i.value, i === document.activeElement]);
+  // A reason being typed (a no-go's, an abort's) survives the redraw (the page redraws
+  // as the log moves).
+  const fields = [["input.reason", "app"], ["input.abort-reason", "task"]];
+  const typed = fields.flatMap(([css, key]) => [...document.querySelectorAll(css)]
+    .map((i) => [`${css}[data-${key}="${CSS.escape(i.dataset[key])}"]`, i.value, i === document.activeElement]));
   drawWaveAnew();
-  for (const [app, value, focused] of typed) {
-    const input = document.querySelector(`input.reason[data-app="${CSS.escape(app)}"]`);
+  for (const [css, value, focused] of typed) {
+    const input = document.querySelector(css);
     if (!input) continue;
     input.value = value;
     if (focused) input.focus();
@@ -281,7 +289,7 @@ function drawWaveAnew() {
       s.next ? `; next: ${s.next.label} ${s.next.local} (${s.timezone})` : ""),
     calendar(d),
     el("h2", {}, "Servers and tasks"), matrix(d),
-    el("h2", {}, "Failed and blocked"), attention(d),
+    el("h2", {}, "Failed, blocked and cutting over"), attention(d),
     el("h2", {}, "Replication"), replicationTable(d),
     el("h2", {}, "Approvals"), approvals(d),
     el("h2", {}, "Reports"), reportsTable(d),
