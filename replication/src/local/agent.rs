@@ -11,7 +11,7 @@
 //! not wait for the digest file's write.
 
 use std::fs::File;
-use std::io::{self, Read, Write as _};
+use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::digests::{Header, Working};
 use super::proto::{
     AgentStatus, BLOCK, Control, Data, DiskInfo, Frame, MAX_RUN, PROTOCOL_VERSION, Request,
     block_digest, read_frame, write_frame,
@@ -154,8 +155,8 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let (mut reader, mut writer) = tokio::io::split(tls);
 
     let disks = open_disks(&config.disks)?;
-    let acked = DigestFile::read(&config.state_dir.join("digest.acked"));
-    let pending = DigestFile::read(&config.state_dir.join("digest.pending"));
+    let acked = Header::read(&config.state_dir.join("digest.acked"));
+    let pending = Header::read(&config.state_dir.join("digest.pending"));
     let hello = Control::Hello {
         version: PROTOCOL_VERSION,
         source: config.source.clone(),
@@ -177,23 +178,37 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         Err(err) => return Ok(End::Lost(err.to_string())),
     };
     *last_contact = Instant::now();
+    let work = config.state_dir.join("digest.work");
+    let acked_path = config.state_dir.join("digest.acked");
     let sent = match (base, &acked, &pending) {
-        (0, _, _) => disks
-            .iter()
-            .map(|d| vec![block_digest(&vec![0u8; BLOCK]); d.blocks()])
-            .collect(),
+        (0, _, _) => {
+            let counts: Vec<u64> = disks.iter().map(|d| d.blocks() as u64).collect();
+            Working::filled(&work, &counts, block_digest(&[0u8; BLOCK]))
+        }
         (b, _, Some(p)) if p.seq == b => {
             promote(&config.state_dir).map_err(|err| AgentError::Disk(err.to_string()))?;
-            p.digests.clone()
+            Working::copy_of(&acked_path, &work)
         }
-        (b, Some(a), _) if a.seq == b => a.digests.clone(),
+        (b, Some(a), _) if a.seq == b => Working::copy_of(&acked_path, &work),
         (b, _, _) => {
             return Err(AgentError::Refused(format!(
                 "the server continues from recovery point {b}, which this agent does not hold"
             )));
         }
-    };
-    if sent.len() != disks.len() || sent.iter().zip(&disks).any(|(s, d)| s.len() != d.blocks()) {
+    }
+    .map_err(|err| {
+        AgentError::Disk(format!(
+            "cannot make the agent's digests {}: {err}",
+            work.display()
+        ))
+    })?;
+    let counts = sent.counts();
+    if counts.len() != disks.len()
+        || counts
+            .iter()
+            .zip(&disks)
+            .any(|(&c, d)| c != d.blocks() as u64)
+    {
         return Err(AgentError::Disk(
             "the disks changed size since the last recovery point: install the agent again"
                 .to_owned(),
@@ -220,6 +235,7 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
     let scanner = Scanner {
         disks,
         sent,
+        stretch: Vec::new(),
         // Never a number the server holds a point under.
         next_seq: next.unwrap_or(0).max(base + 1),
         committed_once: base > 0,
@@ -394,55 +410,6 @@ fn open_disks(paths: &[PathBuf]) -> Result<Vec<Disk>, AgentError> {
         .collect()
 }
 
-/// The digests of every block at one recovery point.
-struct DigestFile {
-    seq: u64,
-    digests: Vec<Vec<u64>>,
-}
-
-impl DigestFile {
-    /// The file, or `None` when it is missing, cut short or unreadable. Read through a
-    /// buffer: a large disk's digests are not held twice.
-    fn read(path: &Path) -> Option<DigestFile> {
-        let mut input = io::BufReader::with_capacity(1 << 20, File::open(path).ok()?);
-        let mut words = std::iter::from_fn(|| {
-            let mut word = [0u8; 8];
-            input.read_exact(&mut word).ok()?;
-            Some(u64::from_le_bytes(word))
-        });
-        let seq = words.next()?;
-        let disks = words.next()?;
-        let mut digests = Vec::new();
-        for _ in 0..disks {
-            let count = words.next()? as usize;
-            let disk: Vec<u64> = words.by_ref().take(count).collect();
-            if disk.len() != count {
-                return None;
-            }
-            digests.push(disk);
-        }
-        Some(DigestFile { seq, digests })
-    }
-
-    /// Written through a buffer: a large disk's digests are not held twice.
-    fn write(path: &Path, seq: u64, digests: &[Vec<u64>]) -> io::Result<()> {
-        super::volume::write_durably_with(path, |out| {
-            out.write_all(&seq.to_le_bytes())?;
-            out.write_all(&(digests.len() as u64).to_le_bytes())?;
-            let mut bytes = Vec::with_capacity(8 * 8192);
-            for disk in digests {
-                out.write_all(&(disk.len() as u64).to_le_bytes())?;
-                for part in disk.chunks(8192) {
-                    bytes.clear();
-                    bytes.extend(part.iter().flat_map(|d| d.to_le_bytes()));
-                    out.write_all(&bytes)?;
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
 /// The server holds the pending point: it becomes the acknowledged one.
 fn promote(dir: &Path) -> io::Result<()> {
     std::fs::rename(dir.join("digest.pending"), dir.join("digest.acked"))?;
@@ -464,7 +431,9 @@ enum ScanEnd {
 struct Scanner {
     disks: Vec<Disk>,
     /// What the server holds, block by block: the base point and everything sent since.
-    sent: Vec<Vec<u64>>,
+    sent: Working,
+    /// The digests of the stretch being compared, read from `sent` and written back.
+    stretch: Vec<u64>,
     next_seq: u64,
     committed_once: bool,
     out: mpsc::Sender<(Frame, Instant)>,
@@ -709,13 +678,17 @@ impl Scanner {
         shared: bool,
     ) -> Result<usize, Fault> {
         let first = (offset / BLOCK as u64) as usize;
+        self.stretch.resize(bytes.len().div_ceil(BLOCK), 0);
+        self.sent
+            .read(d, first, &mut self.stretch)
+            .map_err(|err| self.digests_fault(err))?;
         let mut run: Option<(usize, usize)> = None;
         let mut count = 0;
         for (i, block) in bytes.chunks(BLOCK).enumerate() {
             let digest = block_digest(block);
-            let changed = self.sent[d][first + i] != digest;
+            let changed = self.stretch[i] != digest;
             if changed {
-                self.sent[d][first + i] = digest;
+                self.stretch[i] = digest;
                 count += 1;
             }
             run = match (run, changed) {
@@ -737,7 +710,19 @@ impl Scanner {
         if let Some(done) = run {
             self.send_run(d, offset, bytes, done, shared)?;
         }
+        if count > 0 {
+            self.sent
+                .write(d, first, &self.stretch)
+                .map_err(|err| self.digests_fault(err))?;
+        }
         Ok(count)
+    }
+
+    fn digests_fault(&self, err: io::Error) -> Fault {
+        Fault::Disk(AgentError::Disk(format!(
+            "cannot read or write the agent's digests in {}: {err}",
+            self.state_dir.display()
+        )))
     }
 
     fn send_run(
@@ -753,11 +738,10 @@ impl Scanner {
         let at = offset + from as u64;
         let data = if shared {
             // The digests recorded as sent are those of the bytes sent: a copy's, which
-            // becomes the frame's payload.
+            // becomes the frame's payload (the stretch is written back after its runs).
             let copy = bytes[from..to].to_vec();
-            let first = (offset / BLOCK as u64) as usize + start;
             for (i, block) in copy.chunks(BLOCK).enumerate() {
-                self.sent[d][first + i] = block_digest(block);
+                self.stretch[start + i] = block_digest(block);
             }
             Data::encode_with(&mut self.compressor.borrow_mut(), d as u16, at, copy)
         } else {
@@ -784,9 +768,10 @@ impl Scanner {
             let n = (end - at).min(self.max_run as u64) as usize;
             let mut buf = vec![0u8; n];
             self.read_at(d, at, &mut buf)?;
-            for (i, block) in buf.chunks(BLOCK).enumerate() {
-                self.sent[d][(at / BLOCK as u64) as usize + i] = block_digest(block);
-            }
+            let digests: Vec<u64> = buf.chunks(BLOCK).map(block_digest).collect();
+            self.sent
+                .write(d, (at / BLOCK as u64) as usize, &digests)
+                .map_err(|err| self.digests_fault(err))?;
             self.status_if_due()?;
             let data = Data::encode_with(&mut self.compressor.borrow_mut(), disk, at, buf);
             self.send(Frame::Data(data))?;
@@ -822,13 +807,13 @@ impl Scanner {
             let _ = disk.file.unlock();
         }
         passed?;
-        DigestFile::write(&self.state_dir.join("digest.pending"), seq, &self.sent).map_err(
-            |err| {
+        self.sent
+            .snapshot(&self.state_dir.join("digest.pending"), seq)
+            .map_err(|err| {
                 Fault::Disk(AgentError::Disk(format!(
                     "cannot record the digests of recovery point {seq}: {err}"
                 )))
-            },
-        )?;
+            })?;
         self.send(Frame::Control(Control::Barrier {
             seq,
             frozen_at,
@@ -1009,35 +994,6 @@ mod tests {
         assert_eq!(next_pause(ms(500), true, longest), ms(100));
         assert_eq!(next_pause(ms(20), true, ms(20)), ms(20));
         assert_eq!(next_pause(ms(20), false, ms(20)), ms(20));
-    }
-
-    #[test]
-    fn a_digest_file_reads_back_as_written_and_not_when_cut_short() {
-        let dir = std::env::temp_dir().join(format!("wl-digests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("digest.pending");
-        // Past one buffer's worth of digests on the first disk, none on the second.
-        let digests = vec![
-            (0..20_000u64).map(|i| i * 0x9e37_79b9).collect(),
-            Vec::new(),
-        ];
-        DigestFile::write(&path, 42, &digests).expect("write");
-        let read = DigestFile::read(&path).expect("read");
-        assert_eq!((read.seq, &read.digests), (42, &digests));
-        let len = std::fs::metadata(&path).expect("meta").len();
-        assert_eq!(len, 8 * (2 + 1 + 20_000 + 1));
-        File::options()
-            .write(true)
-            .open(&path)
-            // The second disk's count and the first disk's last five digests.
-            .and_then(|f| f.set_len(len - 8 * 6))
-            .expect("cut");
-        assert!(
-            DigestFile::read(&path).is_none(),
-            "a file cut short is no state"
-        );
-        assert!(DigestFile::read(&dir.join("missing")).is_none());
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod control;
+mod digests;
 mod direct;
 mod failback;
 pub mod launch;
