@@ -23,10 +23,10 @@ impl Place {
     }
 }
 
-/// Records names and reports the second use of each.
+/// Records names, each with the wave (its index) that used it first.
 struct Unique<'a> {
     what: &'a str,
-    seen: HashMap<String, Place>,
+    seen: HashMap<String, (Place, usize)>,
 }
 
 impl<'a> Unique<'a> {
@@ -37,21 +37,28 @@ impl<'a> Unique<'a> {
         }
     }
 
-    fn check(&mut self, key: String, place: Place, diags: &mut Diagnostics) -> bool {
-        if let Some(first) = self.seen.get(&key) {
-            diags.error(
-                &place.file,
-                place.location,
-                format!(
-                    "{} `{key}` is already used at {}",
-                    self.what,
-                    first.describe()
-                ),
-            );
-            return false;
+    /// Records `key` for wave `wave`; where it was used first and by which wave, when it
+    /// was.
+    fn first_use(&mut self, key: String, place: Place, wave: usize) -> Option<(Place, usize)> {
+        match self.seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((place, wave));
+                None
+            }
         }
-        self.seen.insert(key, place);
-        true
+    }
+
+    fn report(&self, key: &str, place: &Place, first: &Place, diags: &mut Diagnostics) {
+        diags.error(
+            &place.file,
+            place.location,
+            format!(
+                "{} `{key}` is already used at {}",
+                self.what,
+                first.describe()
+            ),
+        );
     }
 }
 
@@ -59,6 +66,10 @@ impl<'a> Unique<'a> {
 /// Incomplete waves (`false`) take part in the checks of names and dependencies only.
 /// `incomplete`: something written could not be read, so a dependency on an application
 /// no wave defines, and no name comes close to, is not reported.
+///
+/// A wave whose name an earlier wave took (a copy of a wave file, most often) is one
+/// error, which counts the names, hosts and addresses it repeats of that wave instead of
+/// listing each; what it shares with any other wave is listed as usual.
 pub fn check_across_waves(
     mut waves: Vec<(Wave, bool)>,
     incomplete: bool,
@@ -71,23 +82,44 @@ pub fn check_across_waves(
             .cmp(&b.window.interval.start)
             .then_with(|| a.name.value.cmp(&b.name.value))
     });
-    let mut wave_names = Unique::new("wave name");
-    for (wave, complete) in &mut waves {
-        if wave.name.value.is_empty() {
-            continue;
-        }
-        let place = Place {
-            file: Arc::clone(&wave.file),
-            location: wave.name.location,
-        };
-        // A wave whose name is taken is reported and left out of the result.
-        if !wave_names.check(wave.name.value.clone(), place, diags) {
-            *complete = false;
-        }
-    }
-    let complete: Vec<bool> = waves.iter().map(|(_, c)| *c).collect();
+    // Each wave's earlier namesake, if any.
+    let mut named: HashMap<&str, usize> = HashMap::new();
+    let twins: Vec<Option<usize>> = waves
+        .iter()
+        .enumerate()
+        .map(|(i, (wave, _))| {
+            let name = wave.name.value.as_str();
+            if name.is_empty() {
+                return None;
+            }
+            let first = *named.entry(name).or_insert(i);
+            (first != i).then_some(first)
+        })
+        .collect();
+    let mut complete: Vec<bool> = waves.iter().map(|(_, c)| *c).collect();
     let all: Vec<Wave> = waves.into_iter().map(|(w, _)| w).collect();
-    check_unique_members(&all, diags);
+    let repeated = check_unique_members(&all, &twins, diags);
+    for (i, twin) in twins.iter().enumerate() {
+        let Some(first) = *twin else { continue };
+        // A wave whose name is taken is reported and left out of the result.
+        complete[i] = false;
+        let (wave, earlier) = (&all[i], &all[first]);
+        let also = match repeated[i] {
+            0 => String::new(),
+            1 => "; it also repeats one of that wave's names, host names or addresses (a copy of its file?)".to_owned(),
+            n => format!(
+                "; it also repeats that wave's names, host names or addresses {n} times, not listed one by one (a copy of its file?)"
+            ),
+        };
+        diags.error(
+            &wave.file,
+            wave.name.location,
+            format!(
+                "wave name `{}` is already used at {}:{}{also}",
+                wave.name.value, earlier.file, earlier.name.location.line
+            ),
+        );
+    }
     check_dependencies(&all, &complete, incomplete, diags);
     all.into_iter()
         .zip(complete)
@@ -95,37 +127,52 @@ pub fn check_across_waves(
         .collect()
 }
 
-fn check_unique_members(waves: &[Wave], diags: &mut Diagnostics) {
+/// Reports every name, host, address and source id used twice, but those a wave repeats
+/// of its earlier namesake (`twins`), which are counted per wave instead.
+fn check_unique_members(
+    waves: &[Wave],
+    twins: &[Option<usize>],
+    diags: &mut Diagnostics,
+) -> Vec<usize> {
     let mut apps = Unique::new("application name");
     let mut servers = Unique::new("server name");
     let mut hosts = Unique::new("host name");
     let mut addresses = Unique::new("IP address");
     let mut sources = Unique::new("source_id");
-    for wave in waves {
-        let place = |location| Place {
-            file: Arc::clone(&wave.file),
-            location,
+    let mut repeated = vec![0; waves.len()];
+    for (w, wave) in waves.iter().enumerate() {
+        let mut check = |unique: &mut Unique, key: String, location| {
+            let place = Place {
+                file: Arc::clone(&wave.file),
+                location,
+            };
+            match unique.first_use(key.clone(), place.clone(), w) {
+                None => {}
+                Some((_, owner)) if twins[w] == Some(owner) => repeated[w] += 1,
+                Some((first, _)) => unique.report(&key, &place, &first, diags),
+            }
         };
         for app in &wave.applications {
-            apps.check(app.name.value.clone(), place(app.name.location), diags);
+            check(&mut apps, app.name.value.clone(), app.name.location);
             for server in &app.servers {
-                servers.check(
+                check(
+                    &mut servers,
                     server.name.value.clone(),
-                    place(server.name.location),
-                    diags,
+                    server.name.location,
                 );
                 if let Some(fqdn) = &server.fqdn {
-                    hosts.check(fqdn.value.clone(), place(fqdn.location), diags);
+                    check(&mut hosts, fqdn.value.clone(), fqdn.location);
                 }
                 if let Some(ip) = &server.ip {
-                    addresses.check(ip.value.to_string(), place(ip.location), diags);
+                    check(&mut addresses, ip.value.to_string(), ip.location);
                 }
                 if let Some(id) = &server.source_id {
-                    sources.check(id.value.clone(), place(id.location), diags);
+                    check(&mut sources, id.value.clone(), id.location);
                 }
             }
         }
     }
+    repeated
 }
 
 fn check_dependencies(
