@@ -295,6 +295,26 @@ fn smtp_down_means_retries_then_a_recorded_failure_and_the_message_kept() {
     );
     assert!(refusing.messages().is_empty());
     drop(refusing);
+    // A server that refuses the sender (553 to MAIL FROM): the outcome says the sender,
+    // not the recipients, is what the server refuses.
+    let refusing = SmtpSink::start_with(
+        &scratch.path().join("sender-refused"),
+        port,
+        &["--reject-sender", "wavelift@example.com"],
+    );
+    let refused = wavelift(&dir, &["report", "wave-1", "--kind", "cutover", "--send"]);
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert!(
+        refused.stdout.contains(
+            "the server refused every recipient with the same answer, each sent alone: \
+             it refuses the sender wavelift@example.com or takes no mail from here, not each mailbox: "
+        ) && refused.stdout.contains("553")
+            && refused.stdout.contains("sender address not allowed here"),
+        "{}",
+        refused.describe()
+    );
+    assert!(refusing.messages().is_empty());
+    drop(refusing);
     // Sending and writing a file are one or the other, never one silently dropped.
     let both = wavelift(
         &dir,

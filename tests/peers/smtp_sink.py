@@ -2,12 +2,13 @@
 a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
 
     python3 smtp_sink.py --port PORT --folder DIR [--reject-all] [--reject ADDRESS]...
-        [--defer ADDRESS]...
+        [--defer ADDRESS]... [--reject-sender ADDRESS]
         [--starttls | --implicit-tls] [--cert PEM --key PEM] [--auth USER:PASSWORD]
 
 --reject-all answers every RCPT TO with 550 (a permanent refusal); --reject answers so
 for that address only (a departed owner); --defer answers 451 (try again later) to the
-first RCPT TO of that address only (greylisting). --starttls requires
+first RCPT TO of that address only (greylisting); --reject-sender answers MAIL FROM of
+that address with 553 (a sender the server does not take). --starttls requires
 STARTTLS before anything else; --implicit-tls speaks TLS from the first byte (smtps).
 --auth requires AUTH (PLAIN or LOGIN) with that user and password, over TLS only. The
 server prints "ready" once it listens, and runs until killed.
@@ -26,13 +27,21 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
-    def __init__(self, folder, reject_all, reject, defer):
+    def __init__(self, folder, reject_all, reject, defer, reject_sender):
         self.folder = folder
+        self.reject_sender = set(reject_sender)
         self.reject_all = reject_all
         self.reject = set(reject)
         self.defer = set(defer)
         self.count = 0
         self.lock = threading.Lock()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address in self.reject_sender:
+            return "553 5.7.1 sender address not allowed here"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.reject_all:
@@ -65,6 +74,7 @@ def main():
     parser.add_argument("--reject-all", action="store_true")
     parser.add_argument("--reject", action="append", default=[])
     parser.add_argument("--defer", action="append", default=[])
+    parser.add_argument("--reject-sender", action="append", default=[])
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--cert")
@@ -93,7 +103,7 @@ def main():
 
         options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(
-        Sink(args.folder, args.reject_all, args.reject, args.defer), hostname="127.0.0.1", port=args.port, **options
+        Sink(args.folder, args.reject_all, args.reject, args.defer, args.reject_sender), hostname="127.0.0.1", port=args.port, **options
     )
     controller.start()
     print("ready", flush=True)

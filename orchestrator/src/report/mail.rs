@@ -547,20 +547,39 @@ async fn send_each(
             .map_err(|e| Failure::new(format!("the envelope to {to}: {e}"), true))?;
         match send_one(transport, shown, &single, report).await {
             Ok(()) => delivered += 1,
-            Err(failure) if failure.permanent => refused.push(format!("{to}: {}", failure.message)),
+            Err(failure) if failure.permanent => refused.push((to.to_string(), failure.message)),
             Err(failure) => later.push((to.to_string(), failure.message)),
         }
     }
     let all = envelope.to().len();
+    let each: Vec<String> = refused
+        .iter()
+        .map(|(to, why)| format!("{to}: {why}"))
+        .collect();
     let refused_words = if refused.is_empty() {
         String::new()
     } else {
-        format!(" (not delivered to {})", refused.join("; "))
+        format!(" (not delivered to {})", each.join("; "))
     };
     if later.is_empty() {
         if delivered == 0 {
+            // One answer for every recipient, sent alone: the sender, or a server that
+            // takes nothing from this one, rather than each mailbox.
+            let first = refused.first().map(|(_, why)| why.as_str());
+            if all > 1 && refused.iter().all(|(_, why)| Some(why.as_str()) == first) {
+                let sender = envelope
+                    .from()
+                    .map_or_else(|| "<>".to_owned(), ToString::to_string);
+                return Err(Failure::new(
+                    format!(
+                        "the server refused every recipient with the same answer, each sent alone: it refuses the sender {sender} or takes no mail from here, not each mailbox: {}",
+                        first.unwrap_or_default()
+                    ),
+                    true,
+                ));
+            }
             return Err(Failure::new(
-                format!("every recipient refused it: {}", refused.join("; ")),
+                format!("every recipient refused it: {}", each.join("; ")),
                 true,
             ));
         }
