@@ -38,9 +38,8 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     // A retry after the record was written (the archive failed) does not write it again:
     // a CMDB that opens a ticket per request would get two.
     let written: Option<CmdbChange> = ctx.step.as_ref().and_then(|step| {
-        // Under `cmdb` at the top as the twelfth session's version wrote it.
-        let written = step.get(KEPT).unwrap_or(step).get("cmdb")?;
-        serde_json::from_value(written.clone()).ok()
+        let kept = crate::context::kept_part(step)?;
+        serde_json::from_value(kept.get("cmdb")?.clone()).ok()
     });
     let change = match written {
         Some(change) => CmdbChange {

@@ -13,6 +13,16 @@ use crate::shell::RemoteShell;
 /// record written to a CMDB that opens a ticket per request).
 pub const KEPT: &str = "kept";
 
+/// The [`KEPT`] part of a task's step. A CMDB record kept by earlier versions of
+/// cmdb_cleanup, under `cmdb` at the top of its step, counts as kept too, so a retry of
+/// a clean-up that failed across an upgrade does not write the record again.
+pub fn kept_part(step: &serde_json::Value) -> Option<serde_json::Value> {
+    step.get(KEPT).cloned().or_else(|| {
+        let record = step.get("cmdb")?;
+        Some(serde_json::json!({ "cmdb": record }))
+    })
+}
+
 pub struct TaskContext<'a> {
     pub task_id: &'a str,
     pub kind: TaskKind,

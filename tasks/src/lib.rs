@@ -24,7 +24,7 @@ pub mod ssh;
 #[cfg(test)]
 mod testing;
 
-pub use context::{Action, Check, KEPT, Progress, Report, TaskContext};
+pub use context::{Action, Check, KEPT, Progress, Report, TaskContext, kept_part};
 
 use waves::model::TaskKind;
 

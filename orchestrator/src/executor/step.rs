@@ -65,7 +65,7 @@ pub fn kept_step(stored: Option<&str>, now: i64) -> Option<String> {
 
 /// [`kept_step`] of a task's own step.
 fn kept_of(task_step: Option<&serde_json::Value>, now: i64) -> Option<String> {
-    let kept = task_step?.get(tasks::KEPT)?.clone();
+    let kept = tasks::kept_part(task_step?)?;
     let resume = Resume {
         attempt_started: now,
         note: None,
@@ -81,12 +81,12 @@ fn with_kept(
     previous: Option<&serde_json::Value>,
     step: Option<serde_json::Value>,
 ) -> Option<serde_json::Value> {
-    let Some(kept) = previous.and_then(|p| p.get(tasks::KEPT)) else {
+    let Some(kept) = previous.and_then(tasks::kept_part) else {
         return step;
     };
     let mut step = step.unwrap_or_else(|| serde_json::json!({}));
     if let Some(object) = step.as_object_mut() {
-        object.entry(tasks::KEPT).or_insert_with(|| kept.clone());
+        object.entry(tasks::KEPT).or_insert(kept);
     }
     Some(step)
 }
@@ -497,6 +497,11 @@ mod tests {
         );
         let own = serde_json::json!({ "kept": { "cmdb": 2 } });
         assert_eq!(with_kept(Some(&previous), Some(own.clone())), Some(own));
+        let earlier = serde_json::json!({ "cmdb": 1 });
+        assert_eq!(
+            with_kept(Some(&earlier), None),
+            Some(serde_json::json!({ "kept": { "cmdb": 1 } }))
+        );
         let nothing = serde_json::json!({ "looks": 2 });
         assert_eq!(with_kept(Some(&nothing), None), None);
         assert_eq!(with_kept(None, None), None);
@@ -518,6 +523,12 @@ mod tests {
                 "fresh": true
             })
         );
+        // A CMDB record kept by an earlier cmdb_cleanup, at the top of its step, is kept
+        // the same way (and in the current form from then on).
+        let earlier = r#"{"attempt_started":1,"note":null,"task":{"cmdb":{"record":"CI-1"}}}"#;
+        let kept_earlier = kept_step(Some(earlier), 42).expect("a kept step");
+        let kept_earlier: serde_json::Value = serde_json::from_str(&kept_earlier).expect("JSON");
+        assert_eq!(kept_earlier, kept);
         let nothing = r#"{"attempt_started":1,"note":null,"task":{"looks":2}}"#;
         assert_eq!(kept_step(Some(nothing), 42), None);
         assert_eq!(kept_step(Some("not json"), 42), None);
