@@ -149,12 +149,44 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
         "{}",
         run.describe()
     );
+    assert!(run.stdout.contains("(wave.yaml)"), "{}", run.describe());
     let estimate = wavelift(&dir, &["estimate", "wave.yaml"]);
     assert_eq!(estimate.code, 1, "{}", estimate.describe());
     assert!(
         estimate.stdout.contains("it does not fit"),
         "{}",
         estimate.describe()
+    );
+    // apply stores no plan that cannot work, unless told to.
+    let refused = wavelift(&dir, &["apply", "wave.yaml"]);
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains(
+            "plan error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"
+        ) && refused.stderr.contains("(wave.yaml)")
+            && refused.stderr.contains(
+                "nothing applied: the plan has errors (above); fix them, or store the definitions as they are with `wavelift apply --allow-plan-errors`"
+            ),
+        "{}",
+        refused.describe()
+    );
+    assert!(
+        !refused.stdout.contains("applied revision"),
+        "{}",
+        refused.describe()
+    );
+    let status = wavelift(&dir, &["status", "--json"]);
+    assert!(
+        !status.stdout.contains("db-1/cutover"),
+        "nothing stored: {}",
+        status.describe()
+    );
+    let allowed = wavelift(&dir, &["apply", "wave.yaml", "--allow-plan-errors"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.describe());
+    assert!(
+        allowed.stdout.contains("applied revision 1"),
+        "{}",
+        allowed.describe()
     );
 }
 

@@ -79,6 +79,8 @@ pub enum FindingSeverity {
 pub struct Finding {
     pub severity: FindingSeverity,
     pub wave: String,
+    /// The wave's file.
+    pub file: String,
     pub message: String,
 }
 
@@ -300,6 +302,7 @@ impl Builder {
         self.findings.push(Finding {
             severity,
             wave: wave.name.value.clone(),
+            file: wave.file.to_string(),
             message,
         });
     }

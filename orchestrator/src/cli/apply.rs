@@ -8,24 +8,34 @@ use super::state::StateArgs;
 use super::{DefinitionArgs, load_loaded};
 use crate::store::{ApplyOptions, ApplyReport, Store};
 
+/// What `apply` is told to go through with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allow {
+    /// Removing servers whose tasks run (they are cancelled).
+    pub force: bool,
+    /// Storing definitions whose plan has errors.
+    pub plan_errors: bool,
+}
+
 pub async fn run(
     definitions: &DefinitionArgs,
     state: &StateArgs,
-    force: bool,
+    allow: Allow,
 ) -> anyhow::Result<ExitCode> {
-    let Some(store) = apply_paths(definitions, state, force).await? else {
+    let Some(store) = apply_paths(definitions, state, allow).await? else {
         return Ok(ExitCode::FAILURE);
     };
     drop(store);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Applies the definitions at the paths; `None` when they are invalid (diagnostics
-/// printed). Shared by `apply` and `run PATH`.
+/// Applies the definitions at the paths; `None` when they are invalid, or their plan
+/// has errors and `allow` does not take them (diagnostics printed). Shared by `apply`
+/// and `run PATH`.
 pub async fn apply_paths(
     args: &DefinitionArgs,
     state: &StateArgs,
-    force: bool,
+    allow: Allow,
 ) -> anyhow::Result<Option<Store>> {
     let Some(loaded) = load_loaded(args)? else {
         return Ok(None);
@@ -33,14 +43,23 @@ pub async fn apply_paths(
     let plan = plan::plan(&loaded.definitions);
     for finding in &plan.findings {
         eprintln!(
-            "{}: {}: {}",
+            "{}: {}: {} ({})",
             match finding.severity {
                 plan::FindingSeverity::Error => "plan error",
                 plan::FindingSeverity::Warning => "plan warning",
             },
             finding.wave,
-            finding.message
+            finding.message,
+            finding.file
         );
+    }
+    if plan.has_errors() && !allow.plan_errors {
+        // What cannot work as planned is not stored to be found out in the window.
+        eprintln!(
+            "nothing applied: the plan has errors (above); fix them, or store the \
+             definitions as they are with `wavelift apply --allow-plan-errors`"
+        );
+        return Ok(None);
     }
     if loaded.sources.config.is_none() {
         // Said, because the usual cause is a folder of waves applied without the
@@ -62,7 +81,7 @@ pub async fn apply_paths(
             &loaded.definitions,
             &plan,
             &loaded.sources,
-            ApplyOptions { force },
+            ApplyOptions { force: allow.force },
             now,
         )
         .await?;

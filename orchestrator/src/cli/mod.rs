@@ -112,6 +112,10 @@ enum Command {
         /// Remove servers even while their tasks run (those tasks are cancelled)
         #[arg(long)]
         force: bool,
+        /// Store the definitions even though their plan has errors (a window shorter
+        /// than the cutover chain, a schedule that never fires...)
+        #[arg(long)]
+        allow_plan_errors: bool,
         #[command(flatten)]
         state: state::StateArgs,
     },
@@ -308,8 +312,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Apply {
             definitions,
             force,
+            allow_plan_errors,
             state,
-        } => block_on(apply::run(&definitions, &state, force)),
+        } => block_on(apply::run(
+            &definitions,
+            &state,
+            apply::Allow {
+                force,
+                plan_errors: allow_plan_errors,
+            },
+        )),
         Command::Run(args) => block_on(run::run(&args)),
         Command::Serve(args) => block_on(serve::run(&args)),
         Command::Replicator(args) => block_on(replicator::run(&args)),

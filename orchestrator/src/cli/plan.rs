@@ -368,7 +368,11 @@ fn render_findings(out: &mut String, plan: &Plan, shown: &dyn Fn(&str) -> bool) 
             FindingSeverity::Error => "error",
             FindingSeverity::Warning => "warning",
         };
-        let _ = writeln!(out, "  {severity}: {}: {}", finding.wave, finding.message);
+        let _ = writeln!(
+            out,
+            "  {severity}: {}: {} ({})",
+            finding.wave, finding.message, finding.file
+        );
     }
 }
 

@@ -54,7 +54,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             paths: args.paths.clone(),
             config: args.config.clone(),
         };
-        match super::apply::apply_paths(&definitions, &args.state, false).await? {
+        match super::apply::apply_paths(&definitions, &args.state, super::apply::Allow::default())
+            .await?
+        {
             Some(store) => store,
             None => return Ok(ExitCode::FAILURE),
         }
