@@ -1017,6 +1017,32 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     for id in kinds_of("web-3") {
         assert_eq!(rows[&id].state, "pending", "{id}");
     }
+    // A removed server's tasks are not steered: a retry would only make a task the
+    // executor must fail.
+    for id in kinds_of("web-2") {
+        for lever in ["retry", "skip", "cancel"] {
+            let tried = match lever {
+                "retry" => h.store.retry(&id, "alice", 10).await,
+                "skip" => h.store.skip(&id, "alice", 10).await,
+                _ => h.store.cancel(&id, "alice", 10).await,
+            };
+            let refused = tried
+                .err()
+                .with_context(|| format!("{lever} {id} was taken"))?;
+            assert_eq!(
+                refused.downcast_ref::<Refused>().map(|r| r.kind),
+                Some(RefusalKind::Conflict),
+                "{refused:#}"
+            );
+            assert!(
+                format!("{refused:#}").contains(
+                    "belongs to `web-2`, which the definitions no longer hold (removed by an apply)"
+                ),
+                "{refused:#}"
+            );
+        }
+        assert_eq!(h.rows().await?[&id].state, "cancelled", "{id} unchanged");
+    }
     let tb = second.times(WAVE_B);
     for id in kinds_of("db-1") {
         assert_eq!(rows[&id].wave, WAVE_B, "{id} moved with its server");

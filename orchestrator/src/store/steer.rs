@@ -262,15 +262,30 @@ impl Store {
             super::tasks::TASK_COLUMNS
         );
         let row = txn.query_one_raw(self.stmt(&sql, vec![id.into()])).await?;
-        match row {
-            Some(row) => Ok(<TaskRow as sea_orm::FromQueryResult>::from_query_result(
-                &row, "",
-            )?),
+        let task = match row {
+            Some(row) => <TaskRow as sea_orm::FromQueryResult>::from_query_result(&row, "")?,
             None => refuse!(
                 NotFound,
                 "no task `{id}`: task ids are SERVER/KIND (see wavelift status)"
             ),
+        };
+        // A removed server's tasks keep their history and run no more: a lever on one
+        // would only make a task the executor must fail.
+        if let Some(server) = &task.server {
+            let removed = txn
+                .query_one_raw(self.stmt(
+                    "SELECT 1 AS removed FROM servers WHERE name = ? AND removed_at IS NOT NULL",
+                    vec![server.as_str().into()],
+                ))
+                .await?;
+            if removed.is_some() {
+                refuse!(
+                    Conflict,
+                    "`{id}` belongs to `{server}`, which the definitions no longer hold (removed by an apply): its history is kept and its tasks run no more; add it back to a wave file and apply to run it again"
+                );
+            }
         }
+        Ok(task)
     }
 
     async fn log(
