@@ -73,6 +73,7 @@ store_suite!(
     a_ready_check_releases_its_dependants_once_and_runs_on,
     failure_blocks_everything_downstream_transitively_with_a_reason,
     retry_unblocks_what_the_failure_blocked,
+    a_succeeded_agent_push_is_retried_to_install_its_agent_again,
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
@@ -1839,6 +1840,66 @@ async fn failure_blocks_everything_downstream_transitively_with_a_reason(
         claimed.keys().all(|id| !blocked.contains(id)),
         "a blocked task was claimed: {:?}",
         claimed.keys()
+    );
+    Ok(())
+}
+
+/// An agent that stopped (its source rebooted) is installed again by a retry of its
+/// succeeded agent_push: the task runs again, and replication_verify waits for it. Not
+/// once the server's cutover began, nor for another succeeded task.
+async fn a_succeeded_agent_push_is_retried_to_install_its_agent_again(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = chain_across_waves();
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    h.drive_and_complete("web-1/agent_push", t.build, |task| succeeded(task, t.build))
+        .await?;
+    assert_eq!(h.pending_deps("web-1/replication_verify").await?, 0);
+    let now = t.build + 1000;
+    h.store.retry("web-1/agent_push", "alice", now).await?;
+    let row = h.task("web-1/agent_push").await?;
+    assert_eq!((row.state.as_str(), row.finished_at), ("pending", None));
+    assert_eq!(h.pending_deps("web-1/replication_verify").await?, 1);
+    assert!(h.claim("w", now).await?.contains_key("web-1/agent_push"));
+    assert!(
+        h.store
+            .events_after(0, None, u32::MAX)
+            .await?
+            .iter()
+            .any(|e| e.kind == "operator.retry"
+                && e.message
+                    == "web-1/agent_push retried by alice: its agent is installed and started again if it does not replicate"),
+        "the retry is in the log"
+    );
+    let refused = async |id: &str| {
+        let tried = h.store.retry(id, "alice", now).await;
+        tried.err().with_context(|| format!("{id} was retried"))
+    };
+    // Another succeeded task is not run again.
+    let err = refused("web-1/prereq_check").await?;
+    assert!(
+        format!("{err:#}").contains("only a failed, blocked or cancelled task can be retried"),
+        "{err:#}"
+    );
+    // Nor an agent_push whose server's cutover began (web-2's succeeded on the way).
+    assert_eq!(h.state("web-2/agent_push").await?, "succeeded");
+    let backend = h.backend();
+    h.raw
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            numbered(backend, "UPDATE tasks SET state = 'succeeded' WHERE id = ?"),
+            vec!["web-2/cutover".into()],
+        ))
+        .await?;
+    let err = refused("web-2/agent_push").await?;
+    assert_eq!(
+        err.downcast_ref::<Refused>().map(|r| r.kind),
+        Some(RefusalKind::Conflict)
+    );
+    assert_eq!(
+        format!("{err:#}"),
+        "`web-2/agent_push` is succeeded and `web-2/cutover` is succeeded: the agent of a server whose cutover began is not installed again"
     );
     Ok(())
 }

@@ -74,10 +74,14 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
                         "replication is stopped: `wavelift replication start {}` starts it again",
                         ctx.server.name.value
                     ),
-                    _ => "see the engine's replication view of this server: a stall or a \
-                          disconnect usually means the source lost its route to the \
-                          replication server"
-                        .to_owned(),
+                    _ => format!(
+                        "see the engine's replication view of this server: a stall or a \
+                         disconnect usually means the source lost its route to the \
+                         replication server, or its agent stopped (the source rebooted, \
+                         the process was killed): `wavelift retry {}/agent_push` installs \
+                         and starts it again",
+                        ctx.server.name.value
+                    ),
                 },
             )
         },

@@ -205,7 +205,8 @@ function leversFor(task) {
   const state = task.state;
   if (task.id.endsWith("/cutover") && state === "running") return ["abort"];
   const out = [];
-  if (["failed", "blocked", "cancelled"].includes(state)) out.push("retry");
+  // A succeeded agent_push is retried to install its agent again (one that stopped).
+  if (["failed", "blocked", "cancelled"].includes(state) || (task.id.endsWith("/agent_push") && state === "succeeded")) out.push("retry");
   if (state !== "succeeded" && state !== "skipped") out.push("skip");
   if (!FINAL.includes(state)) out.push("cancel");
   return out;

@@ -151,6 +151,7 @@ enum Command {
     },
     /// Give the go for a wave's cutovers (or one application's)
     Approve {
+        /// The wave
         wave: String,
         #[arg(long, value_name = "APP")]
         app: Option<String>,
@@ -162,13 +163,15 @@ enum Command {
     },
     /// Withhold or withdraw the go for cutovers that have not started, with the reason
     NoGo {
+        /// The wave
         wave: String,
         #[arg(long, value_name = "APP")]
         app: Option<String>,
         #[command(flatten)]
         decision: Decision,
     },
-    /// Run a failed, blocked or cancelled task again
+    /// Run a failed, blocked or cancelled task again; a succeeded agent_push runs again
+    /// to install and start its agent anew (one that stopped)
     Retry(TaskLever),
     /// Mark a task skipped: what depends on it goes on
     Skip(TaskLever),
@@ -244,6 +247,8 @@ enum Command {
 /// A task to steer, by its id (SERVER/KIND, or APPLICATION/ready for a gate).
 #[derive(Debug, clap::Args)]
 pub struct TaskLever {
+    /// The task: SERVER/KIND (dir-01/boot_test), or APPLICATION/ready for a gate; see
+    /// wavelift status
     task: String,
     /// Who does it (default: $USER)
     #[arg(long, value_name = "NAME")]

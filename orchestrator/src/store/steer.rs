@@ -317,13 +317,16 @@ impl Store {
     pub async fn retry(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
-        if !matches!(
+        let reinstall = task.kind == "agent_push" && task.state() == TaskState::Succeeded;
+        if reinstall {
+            self.refuse_reinstall_after_cutover(&txn, &task).await?;
+        } else if !matches!(
             task.state(),
             TaskState::Failed | TaskState::Blocked | TaskState::Cancelled
         ) {
             refuse!(
                 Conflict,
-                "`{id}` is {}: only a failed, blocked or cancelled task can be retried",
+                "`{id}` is {}: only a failed, blocked or cancelled task can be retried (and a succeeded agent_push, to install its agent again)",
                 task.state
             );
         }
@@ -338,15 +341,48 @@ impl Store {
         .await?;
         self.unblock_downstream(&txn, id, now).await?;
         self.recount_dependencies(&txn, now).await?;
-        self.log(
-            &txn,
-            &task,
-            "operator.retry",
-            format!("{id} retried by {by}"),
-            now,
-        )
-        .await?;
+        let said = if reinstall {
+            format!(
+                "{id} retried by {by}: its agent is installed and started again if it does not replicate"
+            )
+        } else {
+            format!("{id} retried by {by}")
+        };
+        self.log(&txn, &task, "operator.retry", said, now).await?;
         txn.commit().await?;
+        Ok(())
+    }
+
+    /// A succeeded agent_push runs again (its agent installed and started anew when it no
+    /// longer replicates: the source rebooted, the process was killed) only while its
+    /// server's cutover has neither begun nor finished: a cut-over source replicates no
+    /// more.
+    async fn refuse_reinstall_after_cutover(
+        &self,
+        txn: &DatabaseTransaction,
+        task: &TaskRow,
+    ) -> anyhow::Result<()> {
+        let Some(server) = &task.server else {
+            return Ok(());
+        };
+        let cutover = format!("{server}/cutover");
+        let row = txn
+            .query_one_raw(self.stmt(
+                "SELECT state FROM tasks WHERE id = ?",
+                vec![cutover.as_str().into()],
+            ))
+            .await?;
+        let state = row
+            .map(|r| r.try_get::<String>("", "state"))
+            .transpose()?
+            .unwrap_or_default();
+        if state == "running" || state == "succeeded" {
+            refuse!(
+                Conflict,
+                "`{}` is succeeded and `{cutover}` is {state}: the agent of a server whose cutover began is not installed again",
+                task.id
+            );
+        }
         Ok(())
     }
 
