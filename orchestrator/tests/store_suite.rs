@@ -1222,6 +1222,42 @@ async fn moving_a_server_whose_cutover_started_is_refused(h: Harness) -> anyhow:
     assert_eq!(h.rows().await?, before);
     assert_eq!(h.task("web-1/cutover").await?.wave, WAVE_A);
     assert_eq!(h.revision_count().await?, 1);
+
+    // Nor in two applies: removed once its cutover is done, it does not come back in
+    // another wave; it does in its own.
+    let cutover = h.task("web-1/cutover").await?;
+    let now = t.window_start + 2;
+    h.store
+        .complete(DRIVER, now, vec![succeeded(&cutover, now)])
+        .await?;
+    let without = load(&[
+        wave_a(vec![no_approval("other", vec![srv("other-1")])]),
+        wave_b(vec![no_approval("api", vec![srv("api-1")])]),
+    ]);
+    let report = h.apply(&without, false, now + 1).await?;
+    assert_eq!(report.removed, vec!["web-1"]);
+    let err = h
+        .apply(&moved, false, now + 2)
+        .await
+        .err()
+        .context("a cut-over server came back in another wave")?;
+    assert!(
+        format!("{err:#}").contains(
+            "server `web-1` cannot come back in wave `wave-b`: it was removed from wave `wave-a` after its cutover started (succeeded), and its history stays there; give the new server another name"
+        ),
+        "{err:#}"
+    );
+    assert_eq!(h.task("web-1/cutover").await?.wave, WAVE_A);
+    let back = load(&[
+        wave_a(vec![
+            no_approval("other", vec![srv("other-1")]),
+            no_approval("web", vec![srv("web-1")]),
+        ]),
+        wave_b(vec![no_approval("api", vec![srv("api-1")])]),
+    ]);
+    let report = h.apply(&back, false, now + 3).await?;
+    assert_eq!(report.added, vec!["web-1"]);
+    assert_eq!(h.state("web-1/cutover").await?, "succeeded");
     Ok(())
 }
 

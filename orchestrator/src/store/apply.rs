@@ -126,9 +126,26 @@ impl Store {
             }
         }
         let mut refusals = Vec::new();
+        let removed = self.removed_servers(&txn).await?;
         for (name, (wave, _, spec)) in &new_servers {
             match stored.get(name) {
-                None => report.added.push(name.clone()),
+                None => {
+                    // A server removed after its cutover started does not come back in
+                    // another wave: that would move it, and its history, after all.
+                    let cutover = states.get(&format!("{name}/cutover")).map(String::as_str);
+                    if let Some(before) = removed.get(name).filter(|before| *before != wave)
+                        && !matches!(
+                            cutover,
+                            None | Some("pending" | "blocked" | "skipped" | "cancelled")
+                        )
+                    {
+                        refusals.push(format!(
+                            "server `{name}` cannot come back in wave `{wave}`: it was removed from wave `{before}` after its cutover started ({}), and its history stays there; give the new server another name",
+                            cutover.unwrap_or_default()
+                        ));
+                    }
+                    report.added.push(name.clone());
+                }
                 Some(old) if old.wave != *wave => {
                     let cutover = states.get(&format!("{name}/cutover")).map(String::as_str);
                     if !matches!(
@@ -279,6 +296,18 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The servers an earlier apply removed, with the wave they were in.
+    async fn removed_servers(
+        &self,
+        txn: &DatabaseTransaction,
+    ) -> anyhow::Result<HashMap<String, String>> {
+        self.text_pairs(
+            txn,
+            "SELECT name AS k, wave AS v FROM servers WHERE removed_at IS NOT NULL",
+        )
+        .await
     }
 
     /// The names of the waves stored (by an earlier apply).
