@@ -94,8 +94,13 @@ pub fn collect_definition_paths(
     found
 }
 
+/// `wavelift.yaml`, or `wavelift.yml` (as a user may well name it, and then find it read
+/// as a wave).
 fn is_config_name(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()) == Some(CONFIG_FILE_NAME)
+    matches!(
+        path.file_name().and_then(|n| n.to_str()),
+        Some(CONFIG_FILE_NAME | "wavelift.yml")
+    )
 }
 
 fn is_yaml_name(path: &Path) -> bool {
@@ -250,4 +255,38 @@ fn location_of_offset(bytes: &[u8], offset: usize) -> Location {
         u32::try_from(line).unwrap_or(u32::MAX),
         u32::try_from(col).unwrap_or(u32::MAX),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wavelift.yml` is the configuration as `wavelift.yaml` is, not a wave file; with
+    /// both, the second is an error.
+    #[test]
+    fn wavelift_yml_is_the_configuration_too() {
+        let dir = std::env::temp_dir().join(format!("wl-config-yml-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("waves")).expect("dir");
+        fs::write(dir.join("wavelift.yml"), "version: 1\n").expect("config");
+        fs::write(dir.join("waves/wave-1.yaml"), "name: w\n").expect("wave");
+        let mut diags = Diagnostics::new();
+        let found = collect_definition_paths(std::slice::from_ref(&dir), None, &mut diags);
+        assert_eq!(found.config, Some(dir.join("wavelift.yml")));
+        assert_eq!(found.waves, vec![dir.join("waves/wave-1.yaml")]);
+        assert!(diags.is_empty(), "{diags:?}");
+
+        fs::write(dir.join("wavelift.yaml"), "version: 1\n").expect("config");
+        let mut diags = Diagnostics::new();
+        let found = collect_definition_paths(std::slice::from_ref(&dir), None, &mut diags);
+        assert_eq!(found.config, Some(dir.join("wavelift.yaml")));
+        let said: Vec<String> = diags
+            .into_sorted()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("a second configuration file"), "{said:?}");
+        fs::remove_dir_all(&dir).expect("clean up");
+    }
 }

@@ -117,7 +117,9 @@ pub fn parse_change_rate(text: &str) -> Result<ChangeRate, String> {
             .parse()
             .map_err(|_| format!("`{percent}` in change rate `{text}` is not a number"))?;
         if !(0.0..=100.0 * 24.0).contains(&(value * per_day)) || !value.is_finite() {
-            return Err(format!("change rate `{text}` is out of range"));
+            return Err(format!(
+                "change rate `{text}` is out of range: from 0% up to 100% an hour (100%/h, 2400%/day)"
+            ));
         }
         return Ok(ChangeRate::PercentPerDay(value * per_day));
     }
@@ -238,6 +240,11 @@ pub fn parse_duration(text: &str) -> Result<Dur, String> {
             "" => {
                 return Err(format!(
                     "duration `{text}` has no unit: write it like 30m, 6h or 1w (units s, m, h, d, w)"
+                ));
+            }
+            other if other.starts_with(['.', ',']) => {
+                return Err(format!(
+                    "duration `{text}` has a fraction: write whole units, like 1h30m for an hour and a half"
                 ));
             }
             other => {
@@ -370,6 +377,10 @@ mod tests {
         assert!(
             parse_duration("6 hours").is_err_and(|e| e.contains("unknown duration unit `hours`"))
         );
+        assert!(
+            parse_duration("1.5h").is_err_and(|e| e
+                == "duration `1.5h` has a fraction: write whole units, like 1h30m for an hour and a half")
+        );
         assert!(parse_duration("h").is_err_and(|e| e.contains("not a number")));
         assert!(parse_duration("99999999999999999999999s").is_err_and(|e| e.contains("too large")));
         assert!(parse_duration("5000d").is_err_and(|e| e.contains("longer than")));
@@ -391,6 +402,7 @@ mod tests {
             Ok(ChangeRate::BytesPerDay(24.0 * 1024.0 * 1024.0 * 1024.0))
         );
         assert!(parse_change_rate("5GiB").is_err_and(|e| e.contains("no period")));
+        assert!(parse_change_rate("3000%/day").is_err_and(|e| e.contains("up to 100% an hour")));
         assert!(parse_change_rate("5GiB/month").is_err_and(|e| e.contains("unknown period")));
     }
 }

@@ -400,17 +400,24 @@ pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> 
             }
             Err(err) => {
                 let marker = err.marker();
-                let location = Location::new(
+                let mut location = Location::new(
                     u32::try_from(marker.line()).unwrap_or(u32::MAX).max(1),
                     u32::try_from(marker.col().saturating_add(1)).unwrap_or(u32::MAX),
                 );
+                if err.info().contains("found a tab") {
+                    // The parser says where the value it was reading began; the tab is
+                    // where the user must look.
+                    if let Some(at) = first_tab_from(text, location) {
+                        location = at;
+                    }
+                }
                 let message = if err.info().contains("recursion limit") {
                     format!(
                         "nesting deeper than the parser allows ({}): a definition never needs this",
                         err.info()
                     )
                 } else {
-                    format!("YAML syntax: {}", err.info())
+                    format!("YAML syntax: {}{}", err.info(), syntax_hint(err.info()))
                 };
                 builder.error(location, message);
                 return None;
@@ -418,6 +425,40 @@ pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> 
         }
     }
     Some(builder.documents)
+}
+
+/// Where the first tab at or after `from` lies.
+fn first_tab_from(text: &str, from: Location) -> Option<Location> {
+    let start = from.line as usize;
+    for (i, line) in text.lines().enumerate().skip(start.saturating_sub(1)) {
+        let skip = if i + 1 == start {
+            (from.col as usize).saturating_sub(1)
+        } else {
+            0
+        };
+        if let Some(column) = line.chars().skip(skip).position(|c| c == '\t') {
+            let line = u32::try_from(i + 1).ok()?;
+            let column = u32::try_from(skip + column + 1).ok()?;
+            return Some(Location::new(line, column));
+        }
+    }
+    None
+}
+
+/// What usually causes a YAML syntax error, where the parser's words do not say it.
+fn syntax_hint(info: &str) -> &'static str {
+    if info.contains("unknown anchor")
+        || info.contains("did not find expected alphabetic or numeric character")
+    {
+        // `*/30 * * * *` unquoted reads as an alias.
+        "; a value that starts with `*` (a cron schedule) must be quoted, like \"*/30 * * * *\""
+    } else if info.contains("tab") {
+        "; indent with spaces, not tabs"
+    } else if info.contains("must be followed by a valid YAML whitespace") {
+        "; write a space after the `:` (not a tab)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
