@@ -1000,6 +1000,14 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     assert_eq!(report.added, vec!["web-3"]);
     assert_eq!(report.changed, vec!["web-1"]);
     assert_eq!(
+        report
+            .changes
+            .get("web-1")
+            .map(|c| (c.fields.clone(), c.cutover.clone())),
+        Some((vec!["disks".to_owned()], None)),
+        "what changed, and no cutover has started"
+    );
+    assert_eq!(
         report.moved,
         vec![("db-1".to_owned(), WAVE_A.to_owned(), WAVE_B.to_owned())]
     );
@@ -1230,6 +1238,25 @@ async fn moving_a_server_whose_cutover_started_is_refused(h: Harness) -> anyhow:
     h.store
         .complete(DRIVER, now, vec![succeeded(&cutover, now)])
         .await?;
+    // A change to it says that its cutover ran: it reaches only the tasks still to run.
+    let grown = load(&[
+        wave_a(vec![no_approval(
+            "web",
+            vec![Srv {
+                disk_gib: 80,
+                ..srv("web-1")
+            }],
+        )]),
+        wave_b(vec![no_approval("api", vec![srv("api-1")])]),
+    ]);
+    let report = h.apply(&grown, false, now).await?;
+    assert_eq!(
+        report
+            .changes
+            .get("web-1")
+            .map(|c| (c.fields.clone(), c.cutover.clone())),
+        Some((vec!["disks".to_owned()], Some("succeeded".to_owned())))
+    );
     let without = load(&[
         wave_a(vec![no_approval("other", vec![srv("other-1")])]),
         wave_b(vec![no_approval("api", vec![srv("api-1")])]),

@@ -168,7 +168,22 @@ fn print_report(report: &ApplyReport) -> std::io::Result<()> {
         outln!("  + {name}");
     }
     for name in &report.changed {
-        outln!("  ~ {name}");
+        let Some(change) = report.changes.get(name) else {
+            outln!("  ~ {name}");
+            continue;
+        };
+        let fields = if change.fields.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", change.fields.join(", "))
+        };
+        let late = match &change.cutover {
+            Some(state) => {
+                format!(" (its cutover is {state}: the change reaches only its tasks still to run)")
+            }
+            None => String::new(),
+        };
+        outln!("  ~ {name}{fields}{late}");
     }
     for (name, from, to) in &report.moved {
         outln!("  > {name} (wave {from} -> {to})");

@@ -26,6 +26,9 @@ pub struct ApplyReport {
     pub revision: i64,
     pub added: Vec<String>,
     pub changed: Vec<String>,
+    /// For each changed server, what changed (its fields, `tasks.KIND` for a task's
+    /// settings) and its cutover's state once the cutover has started.
+    pub changes: BTreeMap<String, ServerChange>,
     pub moved: Vec<(String, String, String)>,
     pub removed: Vec<String>,
     pub tasks: usize,
@@ -38,6 +41,55 @@ impl ApplyReport {
             && self.moved.is_empty()
             && self.removed.is_empty()
     }
+}
+
+/// What an apply changed of a server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerChange {
+    pub fields: Vec<String>,
+    /// The cutover's state when it has started: what ran keeps its state, so the change
+    /// reaches only the tasks still to run.
+    pub cutover: Option<String>,
+}
+
+/// The fields that differ between two servers' stored specs (JSON objects): a top-level
+/// key, or `tasks.KIND` for one task's settings.
+fn changed_fields(old: &str, new: &str) -> Vec<String> {
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap_or_default();
+    let (old, new) = (parse(old), parse(new));
+    let empty = serde_json::Map::new();
+    let fields = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    let (old, new) = (fields(&old), fields(&new));
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        if a == b {
+            continue;
+        }
+        if key == "tasks" {
+            let of = |v: Option<&serde_json::Value>| {
+                v.and_then(serde_json::Value::as_object)
+                    .unwrap_or(&empty)
+                    .clone()
+            };
+            let (before, after) = (of(a), of(b));
+            let mut kinds: Vec<&String> = before.keys().chain(after.keys()).collect();
+            kinds.sort();
+            kinds.dedup();
+            out.extend(
+                kinds
+                    .into_iter()
+                    .filter(|k| before.get(*k) != after.get(*k))
+                    .map(|k| format!("tasks.{k}")),
+            );
+        } else {
+            out.push(key.clone());
+        }
+    }
+    out
 }
 
 /// The id of an application's gate task.
@@ -162,7 +214,22 @@ impl Store {
                         .moved
                         .push((name.clone(), old.wave.clone(), wave.clone()));
                 }
-                Some(old) if old.spec != *spec => report.changed.push(name.clone()),
+                Some(old) if old.spec != *spec => {
+                    report.changed.push(name.clone());
+                    let cutover = states.get(&format!("{name}/cutover")).filter(|state| {
+                        !matches!(
+                            state.as_str(),
+                            "pending" | "blocked" | "skipped" | "cancelled"
+                        )
+                    });
+                    report.changes.insert(
+                        name.clone(),
+                        ServerChange {
+                            fields: changed_fields(&old.spec, spec),
+                            cutover: cutover.cloned(),
+                        },
+                    );
+                }
                 Some(_) => {}
             }
         }
