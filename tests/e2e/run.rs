@@ -828,6 +828,24 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
                 || (id == "shop-batch-01/boot_test" && t["state"] == "skipped")),
         "apply runs nothing: {tasks:#?}"
     );
+    assert!(
+        tasks
+            .iter()
+            .all(|(id, t)| t["server_removed"] == id.starts_with("shop-web-02/")),
+        "the removed server's tasks say so: {tasks:#?}"
+    );
+    // The text status counts what the definitions hold (as apply did) and lists the
+    // removed server apart.
+    let status = succeeds(wavelift(&dir, &["status", "--wave", "wave-2"]));
+    assert!(
+        status.stdout.starts_with("wave-2: 1 of 19 tasks final (18 pending, 1 skipped)\n")
+            && status.stdout.contains(
+                "  removed by an apply (their history is kept: wavelift events --wave wave-2): shop-web-02\n"
+            )
+            && !status.stdout.contains("  shop-web-02 "),
+        "{}",
+        status.stdout
+    );
 
     edit(
         &dir.join("waves/wave-2.yaml"),
@@ -837,7 +855,7 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
     let fourth = succeeds(wavelift(&dir, &["apply", "."]));
     assert_eq!(
         fourth.stdout,
-        "applied revision 4: 45 tasks\n  ~ shop-web-01\n"
+        "applied revision 4: 45 tasks\n  ~ shop-web-01: ip\n"
     );
 }
 

@@ -1,6 +1,6 @@
 //! `wavelift status`: where every wave, application, server and task stands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
     }
     if json {
         let tasks = store.tasks(wave).await?;
+        let removed = store.removed_server_names().await?;
         let (now, warped) = status_now(&store).await?;
         let calendars = store.wave_calendars().await?;
         let document = serde_json::json!({
@@ -42,6 +43,7 @@ pub async fn run(state: &StateArgs, wave: Option<&str>, json: bool) -> anyhow::R
                 "wave": t.wave,
                 "application": t.application,
                 "server": t.server,
+                "server_removed": t.server.as_ref().is_some_and(|s| removed.contains(s)),
                 "kind": t.kind,
                 "state": t.state,
                 "attempts": t.attempts,
@@ -94,9 +96,19 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
         );
         return Ok(out);
     }
+    // A removed server's tasks are history: listed apart, not counted with the wave's.
+    let removed = store.removed_server_names().await?;
+    let is_removed = |task: &TaskRow| task.server.as_ref().is_some_and(|s| removed.contains(s));
     let mut waves: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
+    let mut gone: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for task in &tasks {
-        waves.entry(task.wave.as_str()).or_default().push(task);
+        match &task.server {
+            Some(server) if is_removed(task) => {
+                gone.entry(task.wave.as_str()).or_default().insert(server);
+                waves.entry(task.wave.as_str()).or_default();
+            }
+            _ => waves.entry(task.wave.as_str()).or_default().push(task),
+        }
     }
     let kinds = waves::model::TaskKind::NAMES;
     let (now, warped) = status_now(store).await?;
@@ -169,6 +181,13 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
                 })
                 .collect();
             let _ = writeln!(out, "  {server:<24} {}", cells.join(" "));
+        }
+        if let Some(servers) = gone.get(name) {
+            let _ = writeln!(
+                out,
+                "  removed by an apply (their history is kept: wavelift events --wave {name}): {}",
+                servers.iter().copied().collect::<Vec<_>>().join(", ")
+            );
         }
         for row in rows {
             match row.state() {

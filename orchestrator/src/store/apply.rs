@@ -368,13 +368,18 @@ impl Store {
     /// The servers an earlier apply removed, with the wave they were in.
     async fn removed_servers(
         &self,
-        txn: &DatabaseTransaction,
+        conn: &impl ConnectionTrait,
     ) -> anyhow::Result<HashMap<String, String>> {
         self.text_pairs(
-            txn,
+            conn,
             "SELECT name AS k, wave AS v FROM servers WHERE removed_at IS NOT NULL",
         )
         .await
+    }
+
+    /// The names of the servers an apply removed (their tasks and history are kept).
+    pub async fn removed_server_names(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self.removed_servers(&self.db).await?.into_keys().collect())
     }
 
     /// The names of the waves stored (by an earlier apply).
