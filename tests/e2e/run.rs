@@ -773,6 +773,17 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
         second.stdout,
         "applied revision 2: 51 tasks, no server changed\n"
     );
+    // The waves without the configuration they were applied with: the built-in one
+    // would replace it unseen, so nothing is applied.
+    let without = wavelift(&dir, &["apply", "waves"]);
+    assert_eq!(without.code, 1, "{}", without.describe());
+    assert!(
+        without.stderr.contains(
+            "nothing applied: the last revision was applied with the configuration ./wavelift.yaml, which is not among the paths now"
+        ),
+        "{}",
+        without.describe()
+    );
     // Nothing ran: each wave is before its build week, by the wall clock.
     let status = succeeds(wavelift(&dir, &["status"]));
     let phases: Vec<&str> = status

@@ -72,6 +72,20 @@ pub async fn apply_paths(
     }
     let now = jiff::Timestamp::now().as_millisecond();
     let store = state.open(Some(&loaded.definitions.config)).await?;
+    if loaded.sources.config.is_none()
+        && let Some((_, last)) = store.current_sources().await?
+        && let Some(last) = last.config.map(|c| c.name)
+    {
+        // The built-in configuration would silently replace engines, approvals, hooks
+        // and reports the team wrote down.
+        eprintln!(
+            "nothing applied: the last revision was applied with the configuration {last}, \
+             which is not among the paths now; the built-in one would replace it (its \
+             engines, approvals, hooks, reports): apply the waves with it (wavelift apply \
+             FOLDER), or name it with --config FILE"
+        );
+        return Ok(None);
+    }
     let stored = store.stored_wave_names().await?;
     for warning in past_windows(&loaded.definitions, &stored, now) {
         eprintln!("{warning}");
