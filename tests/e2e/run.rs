@@ -600,12 +600,12 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
     refuses(
         &dir,
         &["retry", "nope/cutover"],
-        "no task `nope/cutover`: task ids are SERVER/KIND (see wavelift status)",
+        "no task `nope/cutover`: task ids are SERVER/KIND, or APPLICATION/ready for a gate (see wavelift status)",
     );
     refuses(
         &dir,
         &["retry", "dir-01/boot_test"],
-        "`dir-01/boot_test` is succeeded: only a failed, blocked or cancelled task can be retried",
+        "`dir-01/boot_test` is succeeded: only a failed, blocked or cancelled task can be retried (and a succeeded agent_push, to install its agent again)",
     );
     refuses(
         &dir,
@@ -620,7 +620,12 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
     refuses(
         &dir,
         &["cancel", "dir-01"],
-        "no task `dir-01`: task ids are SERVER/KIND (see wavelift status)",
+        "no task `dir-01`: task ids are SERVER/KIND, or APPLICATION/ready for a gate (see wavelift status)",
+    );
+    refuses(
+        &dir,
+        &["skip", "dir-01/ready"],
+        "no task `dir-01/ready`: a gate is its application's, `directory/ready`",
     );
     assert_eq!(
         status_tasks(&dir, &[]),

@@ -264,10 +264,30 @@ impl Store {
         let row = txn.query_one_raw(self.stmt(&sql, vec![id.into()])).await?;
         let task = match row {
             Some(row) => <TaskRow as sea_orm::FromQueryResult>::from_query_result(&row, "")?,
-            None => refuse!(
-                NotFound,
-                "no task `{id}`: task ids are SERVER/KIND (see wavelift status)"
-            ),
+            None => {
+                // SERVER/ready: a gate is its application's, not its server's.
+                let application = match id.strip_suffix("/ready") {
+                    Some(server) => txn
+                        .query_one_raw(self.stmt(
+                            "SELECT application FROM tasks WHERE server = ? LIMIT 1",
+                            vec![server.into()],
+                        ))
+                        .await?
+                        .map(|r| r.try_get::<String>("", "application"))
+                        .transpose()?,
+                    None => None,
+                };
+                match application {
+                    Some(app) => refuse!(
+                        NotFound,
+                        "no task `{id}`: a gate is its application's, `{app}/ready`"
+                    ),
+                    None => refuse!(
+                        NotFound,
+                        "no task `{id}`: task ids are SERVER/KIND, or APPLICATION/ready for a gate (see wavelift status)"
+                    ),
+                }
+            }
         };
         // A removed server's tasks keep their history and run no more: a lever on one
         // would only make a task the executor must fail.
@@ -324,9 +344,14 @@ impl Store {
             task.state(),
             TaskState::Failed | TaskState::Blocked | TaskState::Cancelled
         ) {
+            let also = if task.state() == TaskState::Succeeded {
+                " (and a succeeded agent_push, to install its agent again)"
+            } else {
+                ""
+            };
             refuse!(
                 Conflict,
-                "`{id}` is {}: only a failed, blocked or cancelled task can be retried (and a succeeded agent_push, to install its agent again)",
+                "`{id}` is {}: only a failed, blocked or cancelled task can be retried{also}",
                 task.state
             );
         }
