@@ -1119,7 +1119,8 @@ fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
                 kind_node.location,
                 template::unknown_name("cmdb kind", other, KINDS),
             );
-            None
+            // Its other fields are not checked against a kind nobody meant.
+            return None;
         }
     };
     map.finish(ctx);

@@ -148,11 +148,13 @@ fn load_read(
     // to what it may have defined is not reported as unknown besides.
     let mut incomplete = unread;
     for source in waves {
-        let Some(documents) = yaml::parse_documents(&source.name, &source.text, &mut diagnostics)
+        let Some((documents, dropped)) =
+            yaml::parse_documents_noting(&source.name, &source.text, &mut diagnostics)
         else {
             incomplete = true;
             continue;
         };
+        incomplete |= dropped;
         if documents.is_empty() {
             diagnostics.error(
                 &source.name,

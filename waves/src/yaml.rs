@@ -113,6 +113,8 @@ struct Builder<'d> {
     anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
     documents: Vec<Node>,
+    /// A duplicate key's value was left out.
+    dropped: bool,
 }
 
 /// Why building stopped before the end of the file.
@@ -210,6 +212,7 @@ impl Builder<'_> {
                             None => entries.iter().find(|e| e.key == key),
                         };
                         if let Some(first) = first {
+                            self.dropped = true;
                             let first_line = first.key_location.line;
                             self.diags.error(
                                 &self.file,
@@ -382,6 +385,16 @@ fn is_null_text(text: &str) -> bool {
 /// Parses YAML text into one node per document. On a syntax error or a broken limit the
 /// diagnostic is recorded and `None` is returned: nothing half-built is passed on.
 pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> Option<Vec<Node>> {
+    parse_documents_noting(file, text, diags).map(|(documents, _)| documents)
+}
+
+/// [`parse_documents`], and whether a duplicate key's value was left out (what it held
+/// is not read, so a reference to it is not an error of its own).
+pub fn parse_documents_noting(
+    file: &Arc<str>,
+    text: &str,
+    diags: &mut Diagnostics,
+) -> Option<(Vec<Node>, bool)> {
     let mut builder = Builder {
         file: Arc::clone(file),
         diags,
@@ -389,6 +402,7 @@ pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> 
         anchors: HashMap::new(),
         nodes: 0,
         documents: Vec::new(),
+        dropped: false,
     };
     let mut parser = Parser::new_from_str(text);
     while let Some(next) = parser.next_event() {
@@ -424,7 +438,7 @@ pub fn parse_documents(file: &Arc<str>, text: &str, diags: &mut Diagnostics) -> 
             }
         }
     }
-    Some(builder.documents)
+    Some((builder.documents, builder.dropped))
 }
 
 /// Where the first tab at or after `from` lies.
