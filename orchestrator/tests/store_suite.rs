@@ -1052,6 +1052,11 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
         }
         assert_eq!(h.rows().await?[&id].state, "cancelled", "{id} unchanged");
     }
+    // The progress counts are the wave's work: web-1, web-3 and the gate of web, not
+    // the removed web-2's history.
+    let counts = h.store.counts_by_wave().await?;
+    let a = counts.get(WAVE_A).context("wave-a's counts")?;
+    assert_eq!((a.total, a.finished), (2 * 6 + 1, 0), "{a:?}");
     let tb = second.times(WAVE_B);
     for id in kinds_of("db-1") {
         assert_eq!(rows[&id].wave, WAVE_B, "{id} moved with its server");

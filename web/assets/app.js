@@ -119,7 +119,7 @@ function matrix(data) {
   const head = el("tr", {}, el("th", {}, "Server"), el("th", {}, "Application"), data.kinds.map((k) => el("th", {}, SHORT[k] || k)));
   const rows = data.servers.map((s) =>
     el("tr", { "data-server": s.name },
-      el("td", {}, el("a", { href: `/servers/${encodeURIComponent(s.name)}` }, s.name)),
+      el("td", {}, el("a", { href: `/servers/${encodeURIComponent(s.name)}` }, s.name), s.removed ? el("span", { class: "muted removed" }, " (removed: its history)") : null),
       el("td", {}, s.application),
       data.kinds.map((k) => {
         const t = s.tasks[k];
@@ -247,7 +247,7 @@ function needsAttention(t) {
 }
 
 function attention(data) {
-  const stuck = data.servers.flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && needsAttention(t))
+  const stuck = data.servers.filter((s) => !s.removed).flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && needsAttention(t))
     .map((t) => ({ ...t, server: s.name })));
   if (!stuck.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed, blocked or cutting over.");
   return el("table", { id: "attention" },

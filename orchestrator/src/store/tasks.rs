@@ -943,7 +943,7 @@ impl WaveCounts {
     }
 
     /// The counts of these tasks.
-    pub fn of(tasks: &[TaskRow]) -> WaveCounts {
+    pub fn of<'a>(tasks: impl IntoIterator<Item = &'a TaskRow>) -> WaveCounts {
         let mut counts = WaveCounts::default();
         for task in tasks {
             counts.add(task.state(), 1);
@@ -960,7 +960,9 @@ impl Store {
         let rows = self
             .db()
             .query_all_raw(self.stmt(
-                "SELECT wave, state, COUNT(*) AS n FROM tasks GROUP BY wave, state",
+                // A removed server's tasks are its history, not its wave's work.
+                "SELECT wave, state, COUNT(*) AS n FROM tasks WHERE server IS NULL OR server NOT IN \
+                 (SELECT name FROM servers WHERE removed_at IS NOT NULL) GROUP BY wave, state",
                 vec![],
             ))
             .await?;

@@ -219,7 +219,14 @@ pub async fn wave_json(app: &App, wave: &str) -> anyhow::Result<Option<Value>> {
     };
     let now = app.now().await?;
     let tasks = app.store.tasks(Some(wave)).await?;
-    let counts = WaveCounts::of(&tasks);
+    // A removed server's tasks are its history: shown, marked, not counted.
+    let removed = app.store.removed_server_names().await?;
+    let is_removed = |s: &str| removed.contains(s);
+    let counts = WaveCounts::of(
+        tasks
+            .iter()
+            .filter(|t| !t.server.as_deref().is_some_and(is_removed)),
+    );
     let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
     let mut gates = Vec::new();
     for t in &tasks {
@@ -247,6 +254,7 @@ pub async fn wave_json(app: &App, wave: &str) -> anyhow::Result<Option<Value>> {
             json!({
                 "name": server,
                 "application": app_name,
+                "removed": is_removed(server),
                 "tasks": cells,
                 "replication": replication(kinds.get("replication_verify").copied()),
             })
