@@ -43,6 +43,29 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     {
         return report;
     }
+    // Run again (an operator's reinstall) once the cutover began: the source replicates
+    // no more, and a new agent would only get in the cutover's way. (A failback's return
+    // to normal installs the agent of a cut-over source on purpose, through `install`.)
+    if let Some(source) = &found
+        && matches!(
+            source.life_cycle,
+            replication::LifeCycle::CuttingOver
+                | replication::LifeCycle::Cutover
+                | replication::LifeCycle::Archived
+        )
+    {
+        return Report::done(
+            vec![Check::pass(
+                "agent",
+                format!(
+                    "not installed again: {} is {:?}, its cutover began",
+                    reach.server.name.value, source.life_cycle
+                ),
+            )],
+            "agent not installed again: the cutover began",
+            Vec::new(),
+        );
+    }
     install_found(&reach, found).await
 }
 
@@ -614,6 +637,22 @@ pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact;
+    use crate::context::Progress;
+    use crate::testing::Rig;
+
+    /// agent_push run again (an operator's reinstall) after the server cut over installs
+    /// nothing and says why.
+    #[tokio::test]
+    async fn a_reinstall_after_the_cutover_installs_nothing() {
+        let rig = Rig::new(crate::testing::window_start());
+        let now = rig.cut_over().await;
+        let report = crate::run(&rig.context(waves::model::TaskKind::AgentPush, now, None)).await;
+        let Progress::Done { output, .. } = &report.progress else {
+            panic!("{report:?}");
+        };
+        assert_eq!(output, "agent not installed again: the cutover began");
+        assert!(report.actions.is_empty(), "{:?}", report.actions);
+    }
 
     #[test]
     fn every_line_of_a_secret_is_redacted() {

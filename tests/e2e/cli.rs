@@ -165,7 +165,7 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
             "plan error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"
         ) && refused.stderr.contains("(wave.yaml)")
             && refused.stderr.contains(
-                "nothing applied: the plan has errors (above); fix them, or store the definitions as they are with `wavelift apply --allow-plan-errors`"
+                "nothing applied: the plan has errors (above); fix them, or store the definitions as they are with --allow-plan-errors"
             ),
         "{}",
         refused.describe()

@@ -201,15 +201,22 @@ const FINAL = ["succeeded", "failed", "blocked", "skipped", "cancelled"];
 
 // The levers a task in this state takes (the store refuses the others). A running
 // cutover is neither skipped nor cancelled halfway: it is aborted, which rolls it back.
-function leversFor(task) {
+// `cutover`: the state of the server's cutover, where the page knows it.
+function leversFor(task, cutover) {
   const state = task.state;
   if (task.id.endsWith("/cutover") && state === "running") return ["abort"];
   const out = [];
-  // A succeeded agent_push is retried to install its agent again (one that stopped).
-  if (["failed", "blocked", "cancelled"].includes(state) || (task.id.endsWith("/agent_push") && state === "succeeded")) out.push("retry");
+  if (["failed", "blocked", "cancelled"].includes(state) || reinstalls(task, cutover)) out.push("retry");
   if (state !== "succeeded" && state !== "skipped") out.push("skip");
   if (!FINAL.includes(state)) out.push("cancel");
   return out;
+}
+
+// A succeeded agent_push is retried to install its agent again (one that stopped), until
+// the server's cutover begins.
+function reinstalls(task, cutover) {
+  return task.id.endsWith("/agent_push") && task.state === "succeeded" && cutover !== undefined &&
+    !["running", "succeeded", "skipped"].includes(cutover);
 }
 
 function taskPath(id) {
@@ -218,14 +225,15 @@ function taskPath(id) {
 
 // A form per lever (it works without the script); the script posts to the API instead
 // and redraws the page.
-function leverForms(task, back, redraw) {
+function leverForms(task, back, redraw, cutover) {
   if (!MAY_STEER) return null;
-  return el("span", { class: "levers" }, leversFor(task).map((lever) =>
+  return el("span", { class: "levers" }, leversFor(task, cutover).map((lever) =>
     el("form", { method: "post", action: `/tasks/${taskPath(task.id)}/${lever}`, class: "inline",
       onsubmit: async (event) => {
         event.preventDefault();
         const reason = event.target.querySelector("input[name=reason]")?.value;
-        if (lever !== "retry" && !confirm(`${lever} ${task.id}?`)) return;
+        const asked = reinstalls(task, cutover) ? `install the agent of ${task.id.split("/")[0]} again?` : `${lever} ${task.id}?`;
+        if ((lever !== "retry" || reinstalls(task, cutover)) && !confirm(asked)) return;
         try {
           await post(`/api/tasks/${taskPath(task.id)}/${lever}`, reason === undefined ? {} : { reason });
           redraw();
@@ -341,9 +349,10 @@ async function wave() {
 
 async function server() {
   const d = await api(`/api/servers/${encodeURIComponent(NAME)}`);
+  const cutover = d.tasks.find((t) => t.kind === "cutover")?.state;
   const tasks = d.tasks.map((t) => el("section", { "data-task": t.id },
     el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state} state` }, t.state), t.reason ? ` (${t.reason})` : "", " ",
-      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server)),
+      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server, d.removed ? "removed" : cutover)),
     t.note ? el("p", { class: "muted" }, t.note) : null,
     t.attempts.length ? el("table", {},
       el("tr", {}, ["Attempt", "Started", "Finished", "Outcome", "Checks", "Output", "Error"].map((h) => el("th", {}, h))),

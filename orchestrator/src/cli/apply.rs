@@ -57,7 +57,7 @@ pub async fn apply_paths(
         // What cannot work as planned is not stored to be found out in the window.
         eprintln!(
             "nothing applied: the plan has errors (above); fix them, or store the \
-             definitions as they are with `wavelift apply --allow-plan-errors`"
+             definitions as they are with --allow-plan-errors"
         );
         return Ok(None);
     }

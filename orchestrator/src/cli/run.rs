@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Configuration file; by default the wavelift.yaml found among PATH
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Apply PATH even though its plan has errors (as `apply --allow-plan-errors`)
+    #[arg(long)]
+    pub allow_plan_errors: bool,
     /// Stop when nothing more can happen without an operator
     #[arg(long)]
     pub until_done: bool,
@@ -46,20 +49,26 @@ pub struct RunArgs {
     pub state: StateArgs,
 }
 
+/// The store: opened as it is, or with PATH applied first; `None` when the apply was
+/// refused (said). Shared by `run` and `serve`.
+pub(super) async fn open_or_apply(args: &RunArgs) -> anyhow::Result<Option<Store>> {
+    if args.paths.is_empty() {
+        return Ok(Some(args.state.open_existing().await?));
+    }
+    let definitions = DefinitionArgs {
+        paths: args.paths.clone(),
+        config: args.config.clone(),
+    };
+    let allow = super::apply::Allow {
+        force: false,
+        plan_errors: args.allow_plan_errors,
+    };
+    super::apply::apply_paths(&definitions, &args.state, allow).await
+}
+
 pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let store = if args.paths.is_empty() {
-        args.state.open_existing().await?
-    } else {
-        let definitions = DefinitionArgs {
-            paths: args.paths.clone(),
-            config: args.config.clone(),
-        };
-        match super::apply::apply_paths(&definitions, &args.state, super::apply::Allow::default())
-            .await?
-        {
-            Some(store) => store,
-            None => return Ok(ExitCode::FAILURE),
-        }
+    let Some(store) = open_or_apply(args).await? else {
+        return Ok(ExitCode::FAILURE);
     };
     let Some(executor) = executor(&store, args).await? else {
         eprintln!(

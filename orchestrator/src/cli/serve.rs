@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::DefinitionArgs;
 use super::run::{self, RunArgs};
 use super::state::StateArgs;
 use crate::executor::RunOptions;
@@ -26,6 +25,9 @@ pub struct ServeArgs {
     /// Configuration file; by default the wavelift.yaml found among PATH
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Apply PATH even though its plan has errors (as `apply --allow-plan-errors`)
+    #[arg(long)]
+    pub allow_plan_errors: bool,
     /// Where the dashboard and the API listen (port 0: any free port, printed)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -44,25 +46,15 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         paths: args.paths.clone(),
         config: args.config.clone(),
         until_done: false,
+        allow_plan_errors: args.allow_plan_errors,
         time_warp: args.time_warp,
         seed: args.seed,
         max_tasks: 256,
         max_tasks_per_wave: 256,
         state: args.state.clone(),
     };
-    let store = if args.paths.is_empty() {
-        args.state.open_existing().await?
-    } else {
-        let definitions = DefinitionArgs {
-            paths: args.paths.clone(),
-            config: args.config.clone(),
-        };
-        match super::apply::apply_paths(&definitions, &args.state, super::apply::Allow::default())
-            .await?
-        {
-            Some(store) => store,
-            None => return Ok(ExitCode::FAILURE),
-        }
+    let Some(store) = run::open_or_apply(&run_args).await? else {
+        return Ok(ExitCode::FAILURE);
     };
     let Some(executor) = run::executor(&store, &run_args).await? else {
         eprintln!(

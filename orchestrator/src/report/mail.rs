@@ -566,7 +566,10 @@ async fn send_each(
             // One answer for every recipient, sent alone: the sender, or a server that
             // takes nothing from this one, rather than each mailbox.
             let first = refused.first().map(|(_, why)| why.as_str());
-            if all > 1 && refused.iter().all(|(_, why)| Some(why.as_str()) == first) {
+            if all > 1
+                && refused.iter().all(|(_, why)| Some(why.as_str()) == first)
+                && !first.is_some_and(names_a_mailbox)
+            {
                 let sender = envelope
                     .from()
                     .map_or_else(|| "<>".to_owned(), ToString::to_string);
@@ -602,6 +605,20 @@ async fn send_each(
     })
 }
 
+/// An SMTP answer whose enhanced status code is about the recipient's address or mailbox
+/// (RFC 3463: 5.1.1 to 5.1.6, 5.1.10, 5.2.x): a server may give the same words for every
+/// departed mailbox, so one answer for all recipients does not then mean the sender.
+fn names_a_mailbox(answer: &str) -> bool {
+    answer
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|code| {
+            matches!(
+                code,
+                "5.1.1" | "5.1.2" | "5.1.3" | "5.1.4" | "5.1.5" | "5.1.6" | "5.1.10"
+            ) || code.starts_with("5.2.")
+        })
+}
+
 fn envelope(report: &ReportRow) -> anyhow::Result<Envelope> {
     let from: lettre::message::Mailbox = report
         .sender
@@ -635,6 +652,27 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// The enhanced codes of a departed mailbox (the same words for every one on some
+    /// servers) are not read as a refused sender.
+    #[test]
+    fn a_mailbox_code_is_told_from_a_sender_or_policy_one() {
+        use super::names_a_mailbox;
+        assert!(names_a_mailbox(
+            "permanent error (550): 5.1.1 no such user here"
+        ));
+        assert!(names_a_mailbox(
+            "permanent error (550): 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found"
+        ));
+        assert!(names_a_mailbox("permanent error (552): 5.2.2 mailbox full"));
+        assert!(!names_a_mailbox(
+            "permanent error (553): 5.7.1 sender address not allowed here"
+        ));
+        assert!(!names_a_mailbox(
+            "permanent error (553): 5.1.8 bad sender's system address"
+        ));
+        assert!(!names_a_mailbox("permanent error (550): relaying denied"));
+    }
     use super::*;
 
     /// An outcome the store refuses at first (busy, its connection lost) is written once

@@ -43,6 +43,16 @@ impl ApplyReport {
     }
 }
 
+/// Whether a server's cutover (its task's state) has begun: it then stays in its wave,
+/// with its history. Not begun: no task yet, or one pending, blocked, skipped or
+/// cancelled (an operator's, or a removal's).
+fn cutover_began(state: Option<&str>) -> bool {
+    !matches!(
+        state,
+        None | Some("pending" | "blocked" | "skipped" | "cancelled")
+    )
+}
+
 /// What an apply changed of a server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ServerChange {
@@ -186,10 +196,7 @@ impl Store {
                     // another wave: that would move it, and its history, after all.
                     let cutover = states.get(&format!("{name}/cutover")).map(String::as_str);
                     if let Some(before) = removed.get(name).filter(|before| *before != wave)
-                        && !matches!(
-                            cutover,
-                            None | Some("pending" | "blocked" | "skipped" | "cancelled")
-                        )
+                        && cutover_began(cutover)
                     {
                         refusals.push(format!(
                             "server `{name}` cannot come back in wave `{wave}`: it was removed from wave `{before}` after its cutover started ({}), and its history stays there; give the new server another name",
@@ -200,10 +207,7 @@ impl Store {
                 }
                 Some(old) if old.wave != *wave => {
                     let cutover = states.get(&format!("{name}/cutover")).map(String::as_str);
-                    if !matches!(
-                        cutover,
-                        None | Some("pending") | Some("blocked") | Some("skipped")
-                    ) {
+                    if cutover_began(cutover) {
                         refusals.push(format!(
                             "server `{name}` cannot move from wave `{}` to `{wave}`: its cutover has started ({})",
                             old.wave,

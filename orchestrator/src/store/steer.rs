@@ -380,8 +380,9 @@ impl Store {
 
     /// A succeeded agent_push runs again (its agent installed and started anew when it no
     /// longer replicates: the source rebooted, the process was killed) only while its
-    /// server's cutover has neither begun nor finished: a cut-over source replicates no
-    /// more.
+    /// server's cutover has neither begun nor finished nor been skipped (cut over by
+    /// hand): a cut-over source replicates no more. A cutover that begins meanwhile is
+    /// seen by the task itself, which then installs nothing.
     async fn refuse_reinstall_after_cutover(
         &self,
         txn: &DatabaseTransaction,
@@ -401,7 +402,7 @@ impl Store {
             .map(|r| r.try_get::<String>("", "state"))
             .transpose()?
             .unwrap_or_default();
-        if state == "running" || state == "succeeded" {
+        if matches!(state.as_str(), "running" | "succeeded" | "skipped") {
             refuse!(
                 Conflict,
                 "`{}` is succeeded and `{cutover}` is {state}: the agent of a server whose cutover began is not installed again",

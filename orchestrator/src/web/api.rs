@@ -347,10 +347,12 @@ pub async fn server(
                 })
             })
             .collect();
+        let removed = app.store.removed_server_names().await?.contains(&server);
         Ok(Some(json!({
             "name": server,
             "wave": first.wave,
             "application": first.application,
+            "removed": removed,
             "tasks": tasks_json,
             "events": events,
         })))
