@@ -352,7 +352,7 @@ async function server() {
   const cutover = d.tasks.find((t) => t.kind === "cutover")?.state;
   const tasks = d.tasks.map((t) => el("section", { "data-task": t.id },
     el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state} state` }, t.state), t.reason ? ` (${t.reason})` : "", " ",
-      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server, d.removed ? "removed" : cutover)),
+      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server, d.removed ? undefined : cutover)),
     t.note ? el("p", { class: "muted" }, t.note) : null,
     t.attempts.length ? el("table", {},
       el("tr", {}, ["Attempt", "Started", "Finished", "Outcome", "Checks", "Output", "Error"].map((h) => el("th", {}, h))),
