@@ -577,4 +577,48 @@ mod tests {
             findings("{ agent_push: { scan_interval: 1h }, replication_verify: { max_lag: 30m } }");
         assert!(warned.iter().any(|m| m.contains("every 1h")), "{warned:?}");
     }
+
+    /// An application listed twice in depends_on is waited for once: the gate has one
+    /// edge to its cutover, and the file a warning.
+    #[test]
+    fn a_dependency_listed_twice_is_one_edge() {
+        let text = "name: wave-1\n\
+                    window: { start: 2026-12-12 22:00, duration: 6h, timezone: UTC }\n\
+                    defaults: { os: { family: linux }, access: { method: local } }\n\
+                    applications:\n\
+                    \x20 - name: db\n\
+                    \x20   servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n\
+                    \x20 - name: app\n\
+                    \x20   depends_on: [db, db]\n\
+                    \x20   servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n";
+        let source = SourceFile {
+            name: Arc::from("wave.yaml"),
+            text: text.to_owned(),
+        };
+        let loaded = crate::load_sources(None, PathBuf::new(), &[source]);
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        assert_eq!(
+            loaded.diagnostics.warning_count(),
+            1,
+            "{:?}",
+            loaded.diagnostics
+        );
+        let plan = super::plan(&loaded.definitions);
+        let gate = plan
+            .gates
+            .iter()
+            .find(|g| g.id == "app/ready")
+            .expect("app's gate");
+        let db_cutover = plan
+            .tasks
+            .iter()
+            .position(|t| t.id == "db-1/cutover")
+            .expect("db-1's cutover");
+        let edges = gate
+            .waits_for
+            .iter()
+            .filter(|&&t| t as usize == db_cutover)
+            .count();
+        assert_eq!(edges, 1, "{:?}", gate.waits_for);
+    }
 }

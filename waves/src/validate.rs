@@ -191,18 +191,7 @@ fn check_dependencies(
     let names: Vec<&str> = index.keys().copied().collect();
     for (w, wave) in waves.iter().enumerate() {
         for app in &wave.applications {
-            for (i, dep) in app.depends_on.iter().enumerate() {
-                if let Some(first) = app.depends_on[..i].iter().find(|d| d.value == dep.value) {
-                    diags.warning(
-                        &wave.file,
-                        dep.location,
-                        format!(
-                            "`{}` lists `{}` twice in depends_on (first at {}:{}): once is enough",
-                            app.name.value, dep.value, first.location.line, first.location.col
-                        ),
-                    );
-                    continue;
-                }
+            for dep in &app.depends_on {
                 if dep.value == app.name.value {
                     diags.error(
                         &wave.file,

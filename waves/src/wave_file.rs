@@ -427,17 +427,26 @@ fn decode_application(
     let owner = map
         .take("owner")
         .and_then(|n| decode::email(n, "owner", ctx));
-    let depends_on = map
-        .take("depends_on")
-        .map(|n| {
-            decode::list(n, "depends_on", ctx)
-                .iter()
-                .filter_map(|item| {
-                    decode::name(item, "depends_on", ctx).map(|v| Spanned::new(v, item.location))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut depends_on: Vec<Spanned<String>> = Vec::new();
+    if let Some(n) = map.take("depends_on") {
+        for item in decode::list(n, "depends_on", ctx) {
+            let Some(name) = decode::name(item, "depends_on", ctx) else {
+                continue;
+            };
+            // Listed twice: said, and kept once (the plan gets one edge).
+            if let Some(first) = depends_on.iter().find(|d| d.value == name) {
+                ctx.warning(
+                    item.location,
+                    format!(
+                        "`{name}` is listed twice in depends_on (first at {}:{}): once is enough",
+                        first.location.line, first.location.col
+                    ),
+                );
+                continue;
+            }
+            depends_on.push(Spanned::new(name, item.location));
+        }
+    }
     let mut template = wave_template.clone();
     if let Some(n) = map.take("defaults") {
         config::decode_defaults(n, &mut template, ctx);
