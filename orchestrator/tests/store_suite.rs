@@ -1268,6 +1268,14 @@ async fn moving_a_server_whose_cutover_started_is_refused(h: Harness) -> anyhow:
     ]);
     let report = h.apply(&without, false, now + 1).await?;
     assert_eq!(report.removed, vec!["web-1"]);
+    // Its application went with it: the gate is history too, out of the wave's counts.
+    assert_eq!(
+        h.store.removed_application_names().await?,
+        BTreeSet::from(["web".to_owned()])
+    );
+    let counts = h.store.counts_by_wave().await?;
+    let a = counts.get(WAVE_A).context("wave-a's counts")?;
+    assert_eq!(a.total, 6 + 1, "other-1 and the gate of other: {a:?}");
     let err = h
         .apply(&moved, false, now + 2)
         .await

@@ -96,18 +96,20 @@ pub async fn summary(store: &Store, wave: Option<&str>) -> anyhow::Result<String
         );
         return Ok(out);
     }
-    // A removed server's tasks are history: listed apart, not counted with the wave's.
+    // A removed server's tasks, and a removed application's gate, are history: listed
+    // apart, not counted with the wave's.
     let removed = store.removed_server_names().await?;
-    let is_removed = |task: &TaskRow| task.server.as_ref().is_some_and(|s| removed.contains(s));
+    let removed_apps = store.removed_application_names().await?;
     let mut waves: BTreeMap<&str, Vec<&TaskRow>> = BTreeMap::new();
     let mut gone: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for task in &tasks {
+        let wave = waves.entry(task.wave.as_str()).or_default();
         match &task.server {
-            Some(server) if is_removed(task) => {
+            Some(server) if removed.contains(server) => {
                 gone.entry(task.wave.as_str()).or_default().insert(server);
-                waves.entry(task.wave.as_str()).or_default();
             }
-            _ => waves.entry(task.wave.as_str()).or_default().push(task),
+            None if removed_apps.contains(&task.application) => {}
+            _ => wave.push(task),
         }
     }
     let kinds = waves::model::TaskKind::NAMES;

@@ -53,6 +53,11 @@ fn cutover_began(state: Option<&str>) -> bool {
     )
 }
 
+/// The applications whose every server an apply removed (an application with no server
+/// at all is not among them).
+pub(crate) const REMOVED_APPLICATIONS: &str = "SELECT application FROM servers GROUP BY application \
+     HAVING COUNT(removed_at) = COUNT(*)";
+
 /// What an apply changed of a server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ServerChange {
@@ -379,6 +384,17 @@ impl Store {
             "SELECT name AS k, wave AS v FROM servers WHERE removed_at IS NOT NULL",
         )
         .await
+    }
+
+    /// The applications all of whose servers an apply removed: their gates are history.
+    pub async fn removed_application_names(&self) -> anyhow::Result<BTreeSet<String>> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(REMOVED_APPLICATIONS, vec![]))
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String>("", "application")?))
+            .collect()
     }
 
     /// The names of the servers an apply removed (their tasks and history are kept).

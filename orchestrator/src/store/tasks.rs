@@ -960,9 +960,14 @@ impl Store {
         let rows = self
             .db()
             .query_all_raw(self.stmt(
-                // A removed server's tasks are its history, not its wave's work.
-                "SELECT wave, state, COUNT(*) AS n FROM tasks WHERE server IS NULL OR server NOT IN \
-                 (SELECT name FROM servers WHERE removed_at IS NOT NULL) GROUP BY wave, state",
+                // A removed server's tasks, and a removed application's gate, are
+                // history, not their wave's work.
+                &format!(
+                    "SELECT wave, state, COUNT(*) AS n FROM tasks WHERE \
+                     (server IS NULL AND application NOT IN ({})) OR server NOT IN \
+                     (SELECT name FROM servers WHERE removed_at IS NOT NULL) GROUP BY wave, state",
+                    super::apply::REMOVED_APPLICATIONS
+                ),
                 vec![],
             ))
             .await?;

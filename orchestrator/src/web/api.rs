@@ -219,14 +219,15 @@ pub async fn wave_json(app: &App, wave: &str) -> anyhow::Result<Option<Value>> {
     };
     let now = app.now().await?;
     let tasks = app.store.tasks(Some(wave)).await?;
-    // A removed server's tasks are its history: shown, marked, not counted.
+    // A removed server's tasks (shown, marked) and a removed application's gate are
+    // history: not counted.
     let removed = app.store.removed_server_names().await?;
+    let removed_apps = app.store.removed_application_names().await?;
     let is_removed = |s: &str| removed.contains(s);
-    let counts = WaveCounts::of(
-        tasks
-            .iter()
-            .filter(|t| !t.server.as_deref().is_some_and(is_removed)),
-    );
+    let counts = WaveCounts::of(tasks.iter().filter(|t| match t.server.as_deref() {
+        Some(server) => !is_removed(server),
+        None => !removed_apps.contains(&t.application),
+    }));
     let mut servers: BTreeMap<(&str, &str), BTreeMap<&str, &TaskRow>> = BTreeMap::new();
     let mut gates = Vec::new();
     for t in &tasks {
