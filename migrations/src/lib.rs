@@ -1,6 +1,7 @@
 //! The schema of Wavelift's store, as migrations. Written with sea-query's builders (no
-//! SQL dialect), so the same migrations run on SQLite and PostgreSQL. This crate knows
-//! tables and columns only; the entities live in the orchestrator's store.
+//! SQL dialect), so the same migrations run on SQLite and PostgreSQL; a data migration
+//! (`m20261207_000006`) is plain SQL that both accept. This crate knows tables and
+//! columns only; the entities live in the orchestrator's store.
 //!
 //! Times are stored as milliseconds since the Unix epoch (UTC) in BIGINT columns: one
 //! representation on both databases, ordered and indexable.
@@ -12,6 +13,7 @@ mod m20261122_000002_claim_and_watch;
 mod m20261122_000003_reports;
 mod m20261122_000004_api_tokens;
 mod m20261207_000005_abort;
+mod m20261207_000006_cutover_waits_for_agent;
 
 pub struct Migrator;
 
@@ -24,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_reports::Migration),
             Box::new(m20261122_000004_api_tokens::Migration),
             Box::new(m20261207_000005_abort::Migration),
+            Box::new(m20261207_000006_cutover_waits_for_agent::Migration),
         ]
     }
 }

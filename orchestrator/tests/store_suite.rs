@@ -74,6 +74,8 @@ store_suite!(
     failure_blocks_everything_downstream_transitively_with_a_reason,
     retry_unblocks_what_the_failure_blocked,
     a_succeeded_agent_push_is_retried_to_install_its_agent_again,
+    a_reinstall_holds_the_cutover_and_failing_blocks_the_watch,
+    a_store_from_before_gets_the_cutovers_wait_for_the_agent_at_open,
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
@@ -827,11 +829,14 @@ async fn apply_stores_a_revision_with_six_tasks_per_server_and_a_gate_per_applic
         (t.window_end + DAY, None, t.window_end + DAY)
     );
 
-    // The dependencies: the server chain, the gates and what they wait for.
+    // The dependencies: the server chain, the gates and what they wait for, and each
+    // cutover's wait for its server's agent (which a reinstall holds it on).
     let deps = h.dependencies().await?;
     for pair in [
         ("web-1/agent_push", "web-1/prereq_check"),
         ("web-1/cutover", "web-1/boot_test"),
+        ("web-1/cutover", "web-1/agent_push"),
+        ("db-1/cutover", "db-1/agent_push"),
         ("web-1/cutover", "web/ready"),
         ("web/ready", "web-1/boot_test"),
         ("web/ready", "web-2/boot_test"),
@@ -845,15 +850,16 @@ async fn apply_stores_a_revision_with_six_tasks_per_server_and_a_gate_per_applic
             "missing dependency {pair:?}"
         );
     }
-    assert_eq!(deps.len(), 3 * 5 + 3 + 2 + 3);
-    // A planned skip counts as done: db's gate waits for web's two cutovers only.
+    assert_eq!(deps.len(), 3 * 5 + 3 + 2 + 3 + 3);
+    // A planned skip counts as done: db's gate waits for web's two cutovers only, and
+    // db-1's cutover for its gate and its agent.
     for (id, count) in [
         ("web-1/prereq_check", 0),
         ("web-1/agent_push", 1),
-        ("web-1/cutover", 2),
+        ("web-1/cutover", 3),
         ("web/ready", 2),
         ("db/ready", 2),
-        ("db-1/cutover", 1),
+        ("db-1/cutover", 2),
     ] {
         assert_eq!(h.pending_deps(id).await?, count, "pending_deps of {id}");
     }
@@ -1977,6 +1983,144 @@ async fn a_succeeded_agent_push_is_retried_to_install_its_agent_again(
         format!("{err:#}"),
         "`web-2/agent_push` is succeeded and `web-2/cutover` is succeeded: the agent of a server whose cutover began is not installed again"
     );
+    Ok(())
+}
+
+/// A reinstall (the retry of a succeeded agent_push) holds its server's cutover that has
+/// not begun and the replication check that watches on; failing for good, it blocks
+/// both (the watch would otherwise wait forever, and its wave with it); retried again
+/// and succeeding, it lets both go on, the watch from where it was.
+async fn a_reinstall_holds_the_cutover_and_failing_blocks_the_watch(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let verify_id = "web-1/replication_verify";
+    let verify = h.drive_to(verify_id, t.build).await?;
+    let watching = "{\"task\":{\"watching\":true}}";
+    h.store
+        .complete(
+            DRIVER,
+            t.build,
+            vec![Completion::Ready {
+                id: verify.id.clone(),
+                step: watching.to_owned(),
+                next_run_at: t.build + 1_800_000,
+                events: Vec::new(),
+            }],
+        )
+        .await?;
+    // Released: the boot test may run; the cutover waits for it and the gate only.
+    assert_eq!(h.pending_deps("web-1/boot_test").await?, 0);
+    assert_eq!(h.pending_deps("web-1/cutover").await?, 2);
+
+    let now = t.build + 1000;
+    h.store.retry("web-1/agent_push", "alice", now).await?;
+    assert_eq!(
+        h.pending_deps("web-1/cutover").await?,
+        3,
+        "held by the reinstall"
+    );
+    assert_eq!(h.pending_deps(verify_id).await?, 1);
+    assert_eq!(h.state(verify_id).await?, "running");
+    assert_eq!(
+        h.pending_deps("web-1/boot_test").await?,
+        0,
+        "still released"
+    );
+
+    // The reinstall fails for good: the watch and the cutover are blocked, and say why.
+    h.drive_and_complete("web-1/agent_push", now, |task| {
+        failed(task, now, "no route to the source")
+    })
+    .await?;
+    for id in [
+        verify_id,
+        "web-1/boot_test",
+        "web-1/cutover",
+        "web-1/cmdb_cleanup",
+    ] {
+        let row = h.task(id).await?;
+        assert_eq!(
+            (row.state.as_str(), row.reason.as_deref()),
+            ("blocked", Some("blocked: web-1/agent_push did not succeed")),
+            "{id}"
+        );
+    }
+    // The application's gate waits for that boot test: its other cutover waits too.
+    assert_eq!(h.state("web-2/cutover").await?, "blocked");
+
+    // Retried again and succeeding: the watch looks again from its step, the cutover
+    // waits for its boot test and gate only.
+    let later = now + 1000;
+    h.store.retry("web-1/agent_push", "alice", later).await?;
+    assert!(h.in_state("blocked").await?.is_empty());
+    assert_eq!(h.state(verify_id).await?, "pending");
+    h.drive_and_complete("web-1/agent_push", later, |task| succeeded(task, later))
+        .await?;
+    assert_eq!(h.pending_deps(verify_id).await?, 0);
+    assert_eq!(h.pending_deps("web-1/cutover").await?, 2);
+    let look = t.build + 1_800_000;
+    let claimed = h.claim("w", look).await?;
+    let verify = claimed.get(verify_id).context("the watch looks again")?;
+    assert_eq!(verify.step.as_deref(), Some(watching));
+    assert_eq!(verify.state, "running");
+    Ok(())
+}
+
+/// A store written before a cutover waited for its agent gets the dependency when it is
+/// opened, with its counts taken again: a cutover whose agent_push is still to run
+/// counts it, so it cannot start when that succeeds while its boot test has not.
+async fn a_store_from_before_gets_the_cutovers_wait_for_the_agent_at_open(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    // One agent pushed, the others being pushed.
+    let held = h
+        .drive_to_all(
+            &["db-1/agent_push", "web-1/agent_push", "web-2/agent_push"],
+            t.build,
+        )
+        .await?;
+    h.store
+        .complete(
+            DRIVER,
+            t.build,
+            vec![succeeded(&held["web-1/agent_push"], t.build)],
+        )
+        .await?;
+    let expected = h.hidden_columns().await?;
+    // What the earlier schema held: no such edge, and counts without it.
+    for sql in [
+        "DELETE FROM task_dependencies WHERE depends_on LIKE '%/agent_push' AND task_id LIKE '%/cutover'",
+        "UPDATE tasks SET pending_deps = pending_deps - 1 WHERE kind = 'cutover' AND EXISTS \
+         (SELECT 1 FROM tasks a WHERE a.server = tasks.server AND a.kind = 'agent_push' \
+         AND a.state <> 'succeeded')",
+        "DELETE FROM seaql_migrations WHERE version LIKE '%cutover_waits_for_agent'",
+    ] {
+        h.raw.execute_unprepared(sql).await?;
+    }
+    assert!(
+        !h.dependencies()
+            .await?
+            .contains(&("web-2/cutover".to_owned(), "web-2/agent_push".to_owned()))
+    );
+    let reopened = Store::open(&h.url).await?;
+    for server in ["web-1", "web-2", "db-1"] {
+        assert!(
+            h.dependencies()
+                .await?
+                .contains(&(format!("{server}/cutover"), format!("{server}/agent_push"))),
+            "{server}'s cutover waits for its agent again"
+        );
+    }
+    assert_eq!(h.hidden_columns().await?, expected);
+    assert_eq!(h.pending_deps("web-2/cutover").await?, 3);
+    assert_eq!(h.pending_deps("web-1/cutover").await?, 2);
+    drop(reopened);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use waves::model::{Definitions, TaskKind};
 use waves::plan::Plan;
 
 use super::events::{NewEvent, insert_events};
+use super::tasks::BLOCKABLE;
 use super::{JsonColumn, Store, json_param};
 use crate::scheduler::phase::WaveCalendar;
 
@@ -739,7 +740,12 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Dependencies are structural: they are written anew from the plan every time.
+    /// Dependencies are structural: they are written anew from the plan every time. To
+    /// the plan's edges the store adds one the plan implies: a cutover waits for its
+    /// server's agent_push too, so that a reinstall of the agent (a retry of the
+    /// succeeded agent_push) holds a cutover that has not begun until the agent is back,
+    /// and blocks it if the reinstall fails for good: the cutover's final sync is that
+    /// agent's.
     async fn replace_dependencies(
         &self,
         txn: &DatabaseTransaction,
@@ -748,9 +754,20 @@ impl Store {
         txn.execute_raw(self.stmt("DELETE FROM task_dependencies", vec![]))
             .await?;
         let mut pairs: Vec<(String, String)> = Vec::new();
+        let agent_pushes: HashMap<&str, &str> = plan
+            .tasks
+            .iter()
+            .filter(|t| t.kind == TaskKind::AgentPush)
+            .map(|t| (&*t.server, t.id.as_str()))
+            .collect();
         for task in &plan.tasks {
             for dep in &task.depends_on {
                 pairs.push((task.id.clone(), plan.tasks[*dep as usize].id.clone()));
+            }
+            if task.kind == TaskKind::Cutover
+                && let Some(agent_push) = agent_pushes.get(&*task.server)
+            {
+                pairs.push((task.id.clone(), (*agent_push).to_owned()));
             }
             for gate in &task.gates {
                 pairs.push((task.id.clone(), plan.gates[*gate as usize].id.clone()));
@@ -807,15 +824,13 @@ impl Store {
         // One level per pass; chains are short (six tasks and a gate per server, plus
         // application dependencies), and the bound keeps a bad graph from looping.
         for _ in 0..64 {
-            let blocked = txn
-                .execute_raw(self.stmt(
-                    "UPDATE tasks SET state = 'blocked', reason = 'blocked: a task it depends on did not succeed', \
-                     updated_at = ? WHERE state IN ('pending', 'awaiting_approval') AND id IN (SELECT d.task_id \
-                     FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
-                     WHERE t.state IN ('failed', 'cancelled', 'blocked'))",
-                    vec![now.into()],
-                ))
-                .await?;
+            let sql = format!(
+                "UPDATE tasks SET state = 'blocked', reason = 'blocked: a task it depends on did not succeed', \
+                 updated_at = ? WHERE {BLOCKABLE} AND id IN (SELECT d.task_id \
+                 FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
+                 WHERE t.state IN ('failed', 'cancelled', 'blocked'))"
+            );
+            let blocked = txn.execute_raw(self.stmt(&sql, vec![now.into()])).await?;
             if blocked.rows_affected() == 0 {
                 break;
             }

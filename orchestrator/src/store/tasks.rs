@@ -13,6 +13,14 @@ use serde::Serialize;
 use super::events::{NewEvent, insert_events};
 use super::{JsonColumn, Store, json_param};
 
+/// The tasks a dependency that did not succeed blocks: those that have not begun
+/// (pending, awaiting approval), and a replication_verify that released the tasks after
+/// it and watches on (running between looks) but waits on a dependency again, its
+/// agent_push being run again to reinstall the agent: if that fails for good, the watch
+/// would otherwise wait forever, and its wave with it.
+pub(crate) const BLOCKABLE: &str =
+    "(state IN ('pending', 'awaiting_approval') OR (state = 'running' AND pending_deps > 0))";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -829,20 +837,23 @@ impl Store {
         Ok(())
     }
 
-    /// Every task downstream of `id` that has not run is blocked, with the reason.
+    /// Every task downstream of `id` that has not run is blocked, with the reason (and a
+    /// released watch that waits on a dependency again: see [`BLOCKABLE`]).
     pub(crate) async fn block_dependants(
         &self,
         txn: &DatabaseTransaction,
         id: &str,
         now: i64,
     ) -> anyhow::Result<()> {
-        let sql = "WITH RECURSIVE downstream(id) AS ( \
-                     SELECT task_id FROM task_dependencies WHERE depends_on = ? \
-                     UNION SELECT d.task_id FROM task_dependencies d JOIN downstream ON d.depends_on = downstream.id) \
-                   UPDATE tasks SET state = 'blocked', reason = ?, updated_at = ? \
-                   WHERE id IN (SELECT id FROM downstream) AND state IN ('pending', 'awaiting_approval')";
+        let sql = format!(
+            "WITH RECURSIVE downstream(id) AS ( \
+             SELECT task_id FROM task_dependencies WHERE depends_on = ? \
+             UNION SELECT d.task_id FROM task_dependencies d JOIN downstream ON d.depends_on = downstream.id) \
+             UPDATE tasks SET state = 'blocked', reason = ?, updated_at = ? \
+             WHERE id IN (SELECT id FROM downstream) AND {BLOCKABLE}"
+        );
         let reason = format!("blocked: {id} did not succeed");
-        txn.execute_raw(self.stmt(sql, vec![id.into(), reason.into(), now.into()]))
+        txn.execute_raw(self.stmt(&sql, vec![id.into(), reason.into(), now.into()]))
             .await?;
         Ok(())
     }
