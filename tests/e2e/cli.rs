@@ -145,11 +145,15 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
     let run = wavelift(&dir, &["plan", "wave.yaml"]);
     assert_eq!(run.code, 1, "{}", run.describe());
     assert!(
-        run.stdout.contains("error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"),
+        run.stdout.contains("error: wave.yaml:2:46: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"),
         "{}",
         run.describe()
     );
-    assert!(run.stdout.contains("(wave.yaml)"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("split the wave (at window.duration)"),
+        "{}",
+        run.describe()
+    );
     let estimate = wavelift(&dir, &["estimate", "wave.yaml"]);
     assert_eq!(estimate.code, 1, "{}", estimate.describe());
     assert!(
@@ -162,8 +166,8 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
     assert_eq!(refused.code, 1, "{}", refused.describe());
     assert!(
         refused.stderr.contains(
-            "plan error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"
-        ) && refused.stderr.contains("(wave.yaml)")
+            "wave.yaml:2:46: plan error: tight: the window (1h 00m) is shorter than the expected cutover chain db -> app (1h 30m)"
+        ) && refused.stderr.contains("(at window.duration)")
             && refused.stderr.contains(
                 "nothing applied: the plan has errors (above); fix them, or store the definitions as they are with --allow-plan-errors"
             ),

@@ -273,6 +273,11 @@ pub struct Window {
     pub interval: Interval,
     pub duration: Dur,
     pub timezone: String,
+    /// Where `start` and `duration` are written, for the plan's findings.
+    #[serde(skip)]
+    pub start_location: Location,
+    #[serde(skip)]
+    pub duration_location: Location,
 }
 
 /// How fast a wave's servers can replicate, for the estimator.

@@ -2,15 +2,16 @@
 //! dependencies, gates and time constraints. Pure and deterministic: the same
 //! definitions give the same plan, byte for byte, in every format.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::cron::CronSchedule;
+use crate::diag::Location;
 use crate::estimate::{self, Readiness, WaveEstimate};
-use crate::model::{Definitions, EngineKind, TaskKind, Wave};
+use crate::model::{Definitions, EngineKind, Server, TaskKind, Wave};
 use crate::units::{Dur, format_seconds};
 use crate::wave_file::short;
 
@@ -79,8 +80,13 @@ pub enum FindingSeverity {
 pub struct Finding {
     pub severity: FindingSeverity,
     pub wave: String,
-    /// The wave's file.
+    /// The wave's file, and where in it what the finding is about is written (or, for a
+    /// server's setting it inherits, where the server is).
     pub file: String,
+    pub line: u32,
+    pub col: u32,
+    /// What to change: `window.duration`, `servers[NAME].tasks.KIND.FIELD`, ...
+    pub field: String,
     pub message: String,
 }
 
@@ -298,11 +304,20 @@ impl Builder {
         }
     }
 
-    fn finding(&mut self, severity: FindingSeverity, wave: &Wave, message: String) {
+    fn finding(
+        &mut self,
+        severity: FindingSeverity,
+        wave: &Wave,
+        (at, field): (Location, String),
+        message: String,
+    ) {
         self.findings.push(Finding {
             severity,
             wave: wave.name.value.clone(),
             file: wave.file.to_string(),
+            line: at.line,
+            col: at.col,
+            field,
             message,
         });
     }
@@ -314,6 +329,7 @@ impl Builder {
             self.finding(
                 FindingSeverity::Error,
                 wave,
+                (wave.window.duration_location, "window.duration".to_owned()),
                 format!(
                     "the window ({}) is shorter than the expected cutover chain {} ({}): lengthen the window, shorten tasks.cutover.expected_duration or split the wave",
                     format_seconds(chain.window_seconds),
@@ -326,6 +342,7 @@ impl Builder {
             Readiness::TooLate => self.finding(
                 FindingSeverity::Error,
                 wave,
+                (wave.window.start_location, "window.start".to_owned()),
                 format!(
                     "replication is estimated to reach continuous only at {}, after the window starts: boot tests and cutover cannot run as planned (see wavelift estimate)",
                     estimate
@@ -337,6 +354,7 @@ impl Builder {
             Readiness::DuringValidate => self.finding(
                 FindingSeverity::Warning,
                 wave,
+                (wave.window.start_location, "window.start".to_owned()),
                 format!(
                     "replication is estimated to reach continuous only at {}, after the validate phase starts: boot tests get less time (see wavelift estimate)",
                     estimate
@@ -348,10 +366,17 @@ impl Builder {
             Readiness::InTime | Readiness::Unknown => {}
         }
         for (app, server) in wave.servers() {
+            let at = |field: &str| {
+                (
+                    server.location,
+                    format!("servers[{}].{field}", server.name.value),
+                )
+            };
             if server.skips(TaskKind::BootTest) && !server.skips(TaskKind::Cutover) {
                 self.finding(
                     FindingSeverity::Warning,
                     wave,
+                    at("skip"),
                     format!(
                         "server `{}` ({}) cuts over without a boot test",
                         server.name.value, app.name.value
@@ -366,6 +391,7 @@ impl Builder {
                 self.finding(
                     FindingSeverity::Warning,
                     wave,
+                    at("tasks.agent_push.scan_interval"),
                     format!(
                         "server `{}` ({}): its agent passes over quiet disks every {interval} (agent_push.scan_interval), not under replication_verify.max_lag {}: a check while its disks are quiet may find the lag over it",
                         server.name.value, app.name.value, tasks.replication_verify.max_lag
@@ -373,12 +399,23 @@ impl Builder {
                 );
             }
         }
-        let schedules: std::collections::BTreeSet<String> = wave
-            .servers()
-            .filter(|(_, s)| !s.skips(TaskKind::ReplicationVerify))
-            .map(|(_, s)| s.tasks.replication_verify.schedule.as_str().to_owned())
-            .collect();
-        for schedule in schedules {
+        // Each schedule once, at the first server that has it.
+        let mut schedules: BTreeMap<String, &Server> = BTreeMap::new();
+        for (_, server) in wave.servers() {
+            if !server.skips(TaskKind::ReplicationVerify) {
+                schedules
+                    .entry(server.tasks.replication_verify.schedule.as_str().to_owned())
+                    .or_insert(server);
+            }
+        }
+        for (schedule, server) in schedules {
+            let at = (
+                server.location,
+                format!(
+                    "servers[{}].tasks.replication_verify.schedule",
+                    server.name.value
+                ),
+            );
             let key = (
                 schedule.clone(),
                 wave.window.timezone.clone(),
@@ -390,6 +427,7 @@ impl Builder {
                     self.finding(
                         FindingSeverity::Error,
                         wave,
+                        at,
                         format!(
                             "replication_verify schedule `{schedule}` never fires between the build start and the window: replication would never be checked"
                         ),
@@ -398,6 +436,7 @@ impl Builder {
                     self.finding(
                         FindingSeverity::Warning,
                         wave,
+                        at,
                         format!(
                             "replication_verify schedule `{schedule}` fires more than {MAX_COUNTED_OCCURRENCES} times before the window: check less often"
                         ),
@@ -416,6 +455,7 @@ impl Builder {
             self.finding(
                 FindingSeverity::Warning,
                 wave,
+                (wave.location, "notify".to_owned()),
                 "cutovers wait for an approval, but the wave has no `notify` recipients and no application owner to ask".to_owned(),
             );
         }
@@ -441,10 +481,15 @@ impl Builder {
                 if other.name.value == wave.name.value {
                     continue;
                 }
+                let at = (
+                    dep.location,
+                    format!("applications[{}].depends_on", app.name.value),
+                );
                 if other.window.interval.end > wave.window.interval.end {
                     self.finding(
                         FindingSeverity::Error,
                         wave,
+                        at,
                         format!(
                             "`{}` depends on `{}` of wave `{}`, whose window ends ({}) after this wave's window ends ({}): its cutover can never start in time",
                             app.name.value,
@@ -458,6 +503,7 @@ impl Builder {
                     self.finding(
                         FindingSeverity::Warning,
                         wave,
+                        at,
                         format!(
                             "`{}` depends on `{}` of wave `{}`, whose window overlaps this one: `{}` waits inside its window",
                             app.name.value, dep.value, other.name.value, app.name.value
@@ -576,6 +622,46 @@ mod tests {
         let warned =
             findings("{ agent_push: { scan_interval: 1h }, replication_verify: { max_lag: 30m } }");
         assert!(warned.iter().any(|m| m.contains("every 1h")), "{warned:?}");
+    }
+
+    /// Each finding names the file, the line and column, and the field to change.
+    #[test]
+    fn findings_say_where_and_which_field() {
+        let text = "name: wave-1\n\
+                    window: { start: 2026-12-12 22:00, duration: 1h, timezone: UTC }\n\
+                    defaults:\n\
+                    \x20 os: { family: linux }\n\
+                    \x20 access: { method: local }\n\
+                    \x20 tasks: { cutover: { expected_duration: 2h, approval: true } }\n\
+                    applications:\n\
+                    \x20 - name: app\n\
+                    \x20   servers:\n\
+                    \x20     - name: s1\n\
+                    \x20       skip: [boot_test]\n\
+                    \x20       disks: [{ device: /dev/sda, size: 10GiB, boot: true }]\n\
+                    \x20       tasks: { replication_verify: { schedule: \"0 0 30 2 *\" } }\n";
+        let source = SourceFile {
+            name: Arc::from("waves/one.yaml"),
+            text: text.to_owned(),
+        };
+        let loaded = crate::load_sources(None, PathBuf::new(), &[source]);
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let found: Vec<(String, u32, u32, String)> = super::plan(&loaded.definitions)
+            .findings
+            .into_iter()
+            .map(|f| (f.file, f.line, f.col, f.field))
+            .collect();
+        let at =
+            |line, col, field: &str| ("waves/one.yaml".to_owned(), line, col, field.to_owned());
+        assert_eq!(
+            found,
+            vec![
+                at(2, 46, "window.duration"),
+                at(10, 9, "servers[s1].skip"),
+                at(10, 9, "servers[s1].tasks.replication_verify.schedule"),
+                at(1, 1, "notify"),
+            ]
+        );
     }
 
     /// An application listed twice in depends_on is waited for once: the gate has one

@@ -154,6 +154,8 @@ fn fallback_window() -> Window {
         },
         duration: Dur::ZERO,
         timezone: "UTC".to_owned(),
+        start_location: Location::START,
+        duration_location: Location::START,
     }
 }
 
@@ -265,7 +267,8 @@ fn decode_window(node: &Node, ctx: &mut Ctx) -> Option<(Window, TimeZone)> {
     }
     map.finish(ctx);
     let (tz, tz_name) = tz?;
-    let start = local_time(start_node?, "window start", &tz, ctx)?;
+    let start_node = start_node?;
+    let start = local_time(start_node, "window start", &tz, ctx)?;
     let duration = duration.filter(|d| !d.is_zero())?;
     let end = add(&start, duration, node.location, ctx)?;
     Some((
@@ -273,6 +276,8 @@ fn decode_window(node: &Node, ctx: &mut Ctx) -> Option<(Window, TimeZone)> {
             interval: Interval { start, end },
             duration,
             timezone: tz_name,
+            start_location: start_node.location,
+            duration_location: duration_node.map_or(node.location, |n| n.location),
         },
         tz,
     ))

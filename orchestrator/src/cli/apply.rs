@@ -43,14 +43,17 @@ pub async fn apply_paths(
     let plan = plan::plan(&loaded.definitions);
     for finding in &plan.findings {
         eprintln!(
-            "{}: {}: {} ({})",
+            "{}:{}:{}: {}: {}: {} (at {})",
+            finding.file,
+            finding.line,
+            finding.col,
             match finding.severity {
                 plan::FindingSeverity::Error => "plan error",
                 plan::FindingSeverity::Warning => "plan warning",
             },
             finding.wave,
             finding.message,
-            finding.file
+            finding.field
         );
     }
     if plan.has_errors() && !allow.plan_errors {

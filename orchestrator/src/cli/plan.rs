@@ -370,8 +370,8 @@ fn render_findings(out: &mut String, plan: &Plan, shown: &dyn Fn(&str) -> bool) 
         };
         let _ = writeln!(
             out,
-            "  {severity}: {}: {} ({})",
-            finding.wave, finding.message, finding.file
+            "  {severity}: {}:{}:{}: {}: {} (at {})",
+            finding.file, finding.line, finding.col, finding.wave, finding.message, finding.field
         );
     }
 }
