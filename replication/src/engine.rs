@@ -525,7 +525,8 @@ pub trait ReplicationEngine: Send + Sync {
     }
 
     /// True while the engine does work that moves in real time (a launch, a first
-    /// sync): a warped scheduler clock waits for it instead of jumping ahead.
+    /// sync, an agent reconnecting): a warped scheduler clock waits for it instead of
+    /// jumping ahead.
     fn busy(&self) -> bool {
         false
     }

@@ -4,6 +4,14 @@
 use std::process::ExitCode;
 
 use super::state::{self, StateArgs};
+use crate::store::Store;
+
+/// A lever's moment: the clock of a warped run while it is ahead of the wall clock (as
+/// `status` and the dashboard speak), so a go or an abort given to a warped run is dated
+/// in its time, among its tasks' events and in its cutover report.
+async fn levers_now(store: &Store) -> anyhow::Result<i64> {
+    Ok(crate::scheduler::clock::status_now(store).await?.0)
+}
 
 pub async fn approve(
     store_args: &StateArgs,
@@ -14,7 +22,7 @@ pub async fn approve(
     let store = store_args.open_existing().await?;
     let who = state::operator(by);
     let apps = store
-        .approve(wave, app, &who, jiff::Timestamp::now().as_millisecond())
+        .approve(wave, app, &who, levers_now(&store).await?)
         .await?;
     outln!("approved by {who}: {}", apps.join(", "));
     Ok(ExitCode::SUCCESS)
@@ -30,13 +38,7 @@ pub async fn no_go(
     let store = store_args.open_existing().await?;
     let who = state::operator(by);
     let apps = store
-        .no_go(
-            wave,
-            app,
-            &who,
-            reason,
-            jiff::Timestamp::now().as_millisecond(),
-        )
+        .no_go(wave, app, &who, reason, levers_now(&store).await?)
         .await?;
     outln!("no-go by {who}: {} wait for a go", apps.join(", "));
     Ok(ExitCode::SUCCESS)
@@ -57,7 +59,7 @@ pub async fn pull(
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
     let who = state::operator(by);
-    let now = jiff::Timestamp::now().as_millisecond();
+    let now = levers_now(&store).await?;
     match lever {
         Lever::Retry => store.retry(task, &who, now).await?,
         Lever::Skip => store.skip(task, &who, now).await?,
@@ -81,7 +83,7 @@ pub async fn abort(
     let store = store_args.open_existing().await?;
     let who = state::operator(by);
     store
-        .abort(task, &who, reason, jiff::Timestamp::now().as_millisecond())
+        .abort(task, &who, reason, levers_now(&store).await?)
         .await?;
     outln!(
         "{task} is aborted ({who}): the running `wavelift run` rolls it back at its next turn, \

@@ -151,8 +151,9 @@ impl App {
         }
     }
 
-    /// The moment the pages speak of: the run's warped clock while it is ahead of the
-    /// wall clock, the wall clock otherwise (as `wavelift status`).
+    /// The moment the pages speak of, and the levers' moment: the run's warped clock
+    /// while it is ahead of the wall clock, the wall clock otherwise (as `wavelift
+    /// status`), so a go or an abort in a warped run is dated in that run's time.
     pub async fn now(&self) -> anyhow::Result<i64> {
         Ok(crate::scheduler::clock::status_now(&self.store).await?.0)
     }
@@ -163,10 +164,8 @@ impl App {
         application: Option<&str>,
         who: &Identity,
     ) -> anyhow::Result<Vec<String>> {
-        let approved = self
-            .store
-            .approve(wave, application, &who.name, wall_now())
-            .await;
+        let now = self.now().await?;
+        let approved = self.store.approve(wave, application, &who.name, now).await;
         self.forget();
         approved
     }
@@ -178,9 +177,10 @@ impl App {
         reason: &str,
         who: &Identity,
     ) -> anyhow::Result<Vec<String>> {
+        let now = self.now().await?;
         let held = self
             .store
-            .no_go(wave, application, &who.name, reason, wall_now())
+            .no_go(wave, application, &who.name, reason, now)
             .await;
         self.forget();
         held
@@ -194,7 +194,7 @@ impl App {
         reason: &str,
         who: &Identity,
     ) -> anyhow::Result<()> {
-        let now = wall_now();
+        let now = self.now().await?;
         let pulled = match lever {
             "retry" => self.store.retry(task, &who.name, now).await,
             "skip" => self.store.skip(task, &who.name, now).await,
@@ -210,10 +210,6 @@ impl App {
         self.forget();
         pulled
     }
-}
-
-fn wall_now() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 /// Every route: the pages, the forms, the assets and the API.
@@ -238,6 +234,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/waves/{wave}/no-go", post(api::no_go))
         .route("/api/servers/{server}", get(api::server))
         .route("/api/tasks/{first}/{kind}/{lever}", post(api::lever))
+        .fallback(api::not_found)
         .with_state(app)
 }
 

@@ -608,6 +608,11 @@ fn remove_images(images: &[PathBuf]) {
     }
 }
 
+/// How long a warped clock waits for an agent that is not connected, in real time (see
+/// [`ReplicationServer::reconnecting`]): a few of its tries. One that stays away longer
+/// is left to the tasks' own waits and timeouts.
+const RECONNECT_GRACE: Duration = Duration::from_secs(30);
+
 fn ended(life_cycle: LifeCycle) -> bool {
     matches!(
         life_cycle,
@@ -645,11 +650,15 @@ impl ReplicationEngine for LocalEngine {
             return true;
         }
         let state = lock(&self.inner.state);
+        let server = &self.inner.server;
         state
             .sources
             .iter()
             .filter(|s| !ended(s.life_cycle))
-            .any(|s| self.inner.server.syncing(&s.id.0))
+            .any(|s| {
+                server.syncing(&s.id.0)
+                    || (s.token_sha256.is_some() && server.reconnecting(&s.id.0, RECONNECT_GRACE))
+            })
     }
 
     async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>> {

@@ -63,6 +63,9 @@ struct Slot {
     status: Option<(AgentStatus, Instant)>,
     ever_connected: bool,
     disconnected_at: Option<Instant>,
+    /// When this process began to expect the source's agent (the slot's making): the
+    /// agent of a source registered before it started reconnects from then on.
+    expected_since: Instant,
     wire: Arc<AtomicU64>,
     waiters: HashMap<u64, oneshot::Sender<PointMeta>>,
     problem: Option<String>,
@@ -303,6 +306,7 @@ impl ReplicationServer {
                         status: None,
                         ever_connected: false,
                         disconnected_at: None,
+                        expected_since: Instant::now(),
                         wire: Arc::new(AtomicU64::new(0)),
                         waiters: HashMap::new(),
                         problem: lock(&self.shared.held_problems).remove(source),
@@ -424,6 +428,24 @@ impl ReplicationServer {
                             | crate::ReplicationState::CreatingSnapshot
                     )
                 })
+        })
+    }
+
+    /// Whether the source's agent is probably on its way back: it is expected (not
+    /// stopped by a finalize) but not connected, and it lost its connection, or this
+    /// process began to expect it, less than `grace` ago. An agent whose server went away
+    /// (the process that ran it ended) tries again at most 10 s apart; a warped clock
+    /// waits for it this long instead of running a final sync's wait out in no time.
+    pub fn reconnecting(&self, source: &str, grace: Duration) -> bool {
+        let slots = lock(&self.shared.slots);
+        slots.get(source).is_some_and(|slot| {
+            !slot.stopped
+                && slot.session.is_none()
+                && slot
+                    .disconnected_at
+                    .unwrap_or(slot.expected_since)
+                    .elapsed()
+                    < grace
         })
     }
 
@@ -1239,6 +1261,29 @@ mod tests {
             server.stats("db03").problem,
             None,
             "other sources say nothing"
+        );
+        server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Starts: a replication server on a loopback port; no agent connects. A source
+    /// whose agent is expected counts as reconnecting for the grace given, one stopped by
+    /// a finalize never.
+    #[tokio::test]
+    async fn an_expected_agent_that_is_not_connected_is_reconnecting_for_a_grace() {
+        let dir = std::env::temp_dir().join(format!("wl-server-grace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = start_on(&dir.join("staging")).await.expect("starts");
+        server.allow("web01", &token_hash("a token"), false);
+        server.allow("db01", &token_hash("another"), true);
+        let grace = Duration::from_secs(60);
+        assert!(server.reconnecting("web01", grace));
+        assert!(!server.reconnecting("db01", grace), "stopped by a finalize");
+        assert!(!server.reconnecting("nobody", grace), "not registered");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !server.reconnecting("web01", Duration::from_millis(10)),
+            "past its grace"
         );
         server.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
