@@ -200,7 +200,10 @@ fn a_run_delivers_every_report_over_smtp_once_each() {
             .any(|l| l.starts_with("  target sim-target-") && l.contains(".rehearsal.invalid")),
         "{text}"
     );
-    assert!(text.contains("  final lag: "), "{text}");
+    assert!(
+        text.contains("  lag at the last check before the window: "),
+        "{text}"
+    );
     assert!(parts[1].1.contains("<table"), "HTML tables");
     let to: BTreeSet<String> = header(raw, "To")
         .split(',')

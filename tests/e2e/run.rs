@@ -372,7 +372,10 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
     );
     let html = fs::read_to_string(dir.join("ready.html")).expect("ready.html");
     let text = fs::read_to_string(dir.join("ready.txt")).expect("ready.txt");
-    // An --out that names the text's own file is refused, and both files stay.
+    // An --out that names the text's own file is refused (in any case: `.TXT` is the
+    // same file where case is ignored), and both files stay.
+    let shouted = report_to("ready.TXT");
+    assert_eq!(shouted.code, 1, "{}", shouted.describe());
     let refused = report_to("ready.txt");
     assert_eq!(refused.code, 1, "{}", refused.describe());
     assert!(
@@ -553,6 +556,18 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
         approval["message"],
         "cutover of `directory` approved by alice"
     );
+    // Given to a warped run (its windows years ahead), the go is dated in that run's
+    // time: after what the run did before it, not at the wall clock's today.
+    let before = log
+        .iter()
+        .take_while(|e| e["kind"] != "operator.approve")
+        .filter_map(|e| e["at"].as_i64())
+        .max()
+        .unwrap_or_default();
+    assert!(
+        approval["at"].as_i64().unwrap_or_default() >= before,
+        "{approval} is dated before the run's events that came first ({before})"
+    );
     assert!(
         log.iter().any(|e| e["kind"] == "gate.open"
             && e["task_id"] == "directory/ready"
@@ -677,7 +692,8 @@ fn retry_skip_and_cancel_steer_real_tasks_and_refuse_nonsense() {
     refuses(
         &dir,
         &["abort", "dir-02/boot_test", "--reason", "a blocker"],
-        "`dir-02/boot_test` is not a cutover: only a running cutover is aborted; cancel any other task (wavelift cancel dir-02/boot_test)",
+        // (It succeeded: a cancel is not suggested for it.)
+        "`dir-02/boot_test` is not a cutover: only a running cutover is aborted",
     );
 
     // Skip: a gate waiting for its go is not skipped (the go is an approval, recorded
@@ -931,8 +947,12 @@ fn rehearse_prints_a_timeline_per_wave_and_the_risks_and_leaves_nothing_behind()
     fs::create_dir_all(&temporary).unwrap_or_else(|err| panic!("cannot create tmp: {err}"));
     let before = listing(&dir);
     let rehearse = |seed: &str| -> Run {
+        let mut args = vec!["rehearse", "."];
+        if !seed.is_empty() {
+            args.extend(["--seed", seed]);
+        }
         let output = wavelift_tests::wavelift_command(&dir)
-            .args(["rehearse", ".", "--seed", seed])
+            .args(args)
             .env("TMPDIR", &temporary)
             .output()
             .unwrap_or_else(|err| panic!("cannot start wavelift: {err}"));
@@ -960,12 +980,31 @@ fn rehearse_prints_a_timeline_per_wave_and_the_risks_and_leaves_nothing_behind()
         "wave-2 (4 servers):".to_owned(),
         line("window opens", &format!("Sat {}", QUICKSTART_WINDOWS[1])),
         "risks:".to_owned(),
-        "  2 attempt(s) failed and were retried (see the injected failures in `events`)".to_owned(),
     ] {
         assert!(
             lines.contains(&expected.as_str()),
             "`{expected}` is missing:\n{}",
             first.describe()
+        );
+    }
+    // The retried tasks are named, since the rehearsal's log is gone with its store.
+    let risks: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| **l != "risks:")
+        .skip(1)
+        .copied()
+        .collect();
+    assert_eq!(risks.len(), 2, "{}", first.describe());
+    for risk in &risks {
+        let (wave, rest) = risk.trim_start().split_once(": ").unwrap_or_default();
+        let (task, last) = rest
+            .split_once(" was retried 1 time(s) (injected failures); the last: ")
+            .unwrap_or_default();
+        assert!(
+            ["wave-1", "wave-2"].contains(&wave)
+                && task.contains('/')
+                && last.starts_with(&format!("{task} failed (")),
+            "{risk}"
         );
     }
     // Each wave's milestones happen in order, and its cutovers inside its window.
@@ -1010,6 +1049,15 @@ fn rehearse_prints_a_timeline_per_wave_and_the_risks_and_leaves_nothing_behind()
         again.stdout.lines().skip(1).collect::<Vec<_>>(),
         lines[1..].to_vec(),
         "the same seed plays the same rehearsal"
+    );
+    // Without --seed, the configuration's (the quickstart's is 7).
+    let configured = rehearse("");
+    assert!(
+        configured
+            .stdout
+            .starts_with("REHEARSAL on the sim engine (seed 7): "),
+        "{}",
+        configured.describe()
     );
     let other = rehearse("1");
     assert!(

@@ -209,6 +209,34 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
         get("/api/servers/nope", Some(&tokens[0].1)).0,
         StatusCode::NOT_FOUND
     );
+    // A misspelt wave is not a quiet one; an unreadable query and an unknown call are
+    // errors in JSON like the others.
+    for path in [
+        "/api/waves/wave-9/events",
+        "/api/waves/wave-9/reports",
+        "/api/waves/wave-9/events/stream",
+    ] {
+        let (status, error) = get(path, Some(&tokens[0].1));
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {error}");
+        assert_eq!(error["error"], "no wave `wave-9`", "{path}");
+    }
+    for query in ["after=abc", "limit=-1", "limit=1&limit=2"] {
+        let path = format!("/api/waves/wave-1/events?{query}");
+        let (status, error) = get(&path, Some(&tokens[0].1));
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {error}");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("the query string does not read: ")),
+            "{path}: {error}"
+        );
+    }
+    let (status, error) = get("/api/wavez", Some(&tokens[0].1));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error["error"],
+        "no such call: /api/wavez (see /api/openapi.json)"
+    );
 
     // Approve: approver and admin only.
     let token_of = |role: &str| {
@@ -243,6 +271,9 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
             .is_some_and(|e| e.contains("unknown field `application`")),
         "{error}"
     );
+    // Nor is an array: serde would read `[]` as no application, the whole wave.
+    let (status, error) = post("/api/waves/wave-1/approve", token_of("approver"), json!([]));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
     let (_, wave) = get("/api/waves/wave-1", Some(token_of("viewer")));
     assert!(
         wave["gates"]
@@ -640,7 +671,13 @@ fn revoking_a_token_ends_the_sessions_made_with_it() {
     );
     let again = wavelift(&dir, &["token", "revoke", &id]);
     assert_eq!(again.code, 1);
-    assert!(again.stderr.contains("no token"), "{}", again.describe());
+    assert!(
+        again
+            .stderr
+            .contains(&format!("token {id} is revoked already")),
+        "{}",
+        again.describe()
+    );
 }
 
 /// Logs in with `token` through the form; the session cookie and the CSRF token its

@@ -229,8 +229,9 @@ enum Command {
         #[command(flatten)]
         definitions: DefinitionArgs,
         /// Seed of the injected failures: the same seed plays the same rehearsal
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// (default: the configuration's `engines.sim.seed`, 1 without one)
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// The rehearsal engine behind other engines' APIs, for testing their clients
     Sim {

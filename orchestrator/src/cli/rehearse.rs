@@ -16,10 +16,11 @@ use crate::executor::{Executor, Limits, Ports, RunOptions, Stopped};
 use crate::scheduler::SchedulerClock;
 use crate::store::{Store, TaskRow};
 
-pub async fn run(args: &DefinitionArgs, seed: u64) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &DefinitionArgs, seed: Option<u64>) -> anyhow::Result<ExitCode> {
     let Some(loaded) = load_loaded(args)? else {
         return Ok(ExitCode::FAILURE);
     };
+    let seed = seed.unwrap_or(loaded.definitions.config.engines.sim.seed);
     let folder = std::env::temp_dir().join(format!(
         "wavelift-rehearsal-{}-{}",
         std::process::id(),
@@ -92,7 +93,17 @@ async fn rehearse(
         let _ = writeln!(out, "  {n} task(s) could not finish");
     }
     let failed = timeline(&mut out, definitions, &tasks);
-    let retries = events.iter().filter(|e| e.kind == "task.retrying").count();
+    // The retried tasks, each with how often and its last failure: the rehearsal's
+    // store is gone once this is printed, so `events` cannot show them.
+    let mut retried: BTreeMap<&str, (&str, usize, &str)> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.kind == "task.retrying") {
+        let Some(id) = event.task_id.as_deref() else {
+            continue;
+        };
+        let entry = retried.entry(id).or_insert((event.wave.as_str(), 0, ""));
+        entry.1 += 1;
+        entry.2 = event.message.as_str();
+    }
     let rollbacks = events
         .iter()
         .filter(|e| e.kind == "task.failed" && e.message.contains("rolled back"))
@@ -115,11 +126,11 @@ async fn rehearse(
                 .unwrap_or_default()
         );
     }
-    if retries > 0 {
+    for (id, (wave, times, last)) in &retried {
         risks += 1;
         let _ = writeln!(
             out,
-            "  {retries} attempt(s) failed and were retried (see the injected failures in `events`)"
+            "  {wave}: {id} was retried {times} time(s) (injected failures); the last: {last}"
         );
     }
     if rollbacks > 0 {

@@ -25,8 +25,12 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     // The plain text goes beside the HTML, under the same name ending in .txt: a name
     // that ends in .txt already would have the text overwrite the HTML.
+    // Compared without case: on a filesystem that ignores it (macOS, Windows shares),
+    // `X.TXT` and `X.txt` are one file.
     if let Some(html) = out
-        && html.with_extension("txt") == html
+        && html
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
     {
         anyhow::bail!(
             "--out {}: that is where the plain text would go; --out names the HTML file \

@@ -422,17 +422,28 @@ pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
     }
 }
 
-/// Who the operator is, for approvals and the log.
+/// Who the operator is, for approvals and the log: `--by` as given (trimmed), else
+/// `$USER`; a blank name is no name (an audit trail that says "approved by" nobody says
+/// nothing).
 pub fn operator(by: Option<&str>) -> String {
-    by.map(str::to_owned)
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|s| !s.is_empty())
+    let named = |s: &str| Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned);
+    by.and_then(named)
+        .or_else(|| std::env::var("USER").ok().as_deref().and_then(named))
         .unwrap_or_else(|| "operator".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blank_operator_name_is_no_name() {
+        let user = operator(None);
+        assert_eq!(operator(Some("  alice ")), "alice");
+        assert_eq!(operator(Some("   ")), user);
+        assert_eq!(operator(Some("")), user);
+        assert!(!user.trim().is_empty() && user.trim() == user);
+    }
 
     fn config(text: &str) -> Config {
         let source = waves::source::SourceFile {

@@ -59,6 +59,9 @@ pub async fn run(command: &TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Revoke { id, state } => {
             let store = state.open_existing().await?;
             if !store.revoke_token(*id, now).await? {
+                if store.tokens().await?.iter().any(|t| t.id == *id) {
+                    anyhow::bail!("token {id} is revoked already (see wavelift token list)");
+                }
                 anyhow::bail!("no token {id} to revoke (see wavelift token list)");
             }
             outln!("token {id} revoked");

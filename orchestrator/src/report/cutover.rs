@@ -37,6 +37,9 @@ pub struct ServerCutover {
     pub finished: String,
     pub target: String,
     pub address: String,
+    /// The lag replication_verify found at its last check before the window (the
+    /// cutover's own final sync waits for it to be under `max_lag`, and says so in its
+    /// steps).
     pub final_lag: String,
     pub downtime: String,
     pub steps: Vec<CutoverStep>,

@@ -69,7 +69,8 @@ pub enum Kind {
     /// blockers, approvals pending, and the go/no-go question
     Readiness,
     /// After the window: per server each step's start and end, the target and its
-    /// address, the final lag, the downtime, failures and rollbacks
+    /// address, the lag at the last replication check before the window, the downtime,
+    /// failures and rollbacks
     Cutover,
     /// While the wave is active: where it stands, what happened since the last digest,
     /// what is failing, what waits for a person

@@ -470,6 +470,18 @@ impl Store {
     }
 
     /// The calendars of the waves the definitions have, by name.
+    /// Whether a wave of this name was ever stored (a removed wave keeps its history).
+    pub async fn wave_known(&self, name: &str) -> anyhow::Result<bool> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT 1 AS known FROM waves WHERE name = ?",
+                vec![name.into()],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn wave_calendars(&self) -> anyhow::Result<Vec<WaveCalendar>> {
         let rows = self
             .db()

@@ -424,9 +424,14 @@ impl Store {
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if task.kind != "cutover" {
+            let instead = if task.state().is_final() {
+                String::new()
+            } else {
+                format!("; cancel any other task (wavelift cancel {id})")
+            };
             refuse!(
                 Conflict,
-                "`{id}` is not a cutover: only a running cutover is aborted; cancel any other task (wavelift cancel {id})"
+                "`{id}` is not a cutover: only a running cutover is aborted{instead}"
             );
         }
         if task.state() != TaskState::Running {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -376,10 +377,17 @@ pub struct EventsQuery {
 pub async fn events(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
-    Query(q): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(err) => return unreadable_query(&err),
+    };
+    if let Some(r) = unknown_wave(&app, &wave).await {
         return r;
     }
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
@@ -399,10 +407,17 @@ pub async fn events(
 pub async fn stream(
     State(app): State<Arc<App>>,
     Path(wave): Path<String>,
-    Query(q): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
+        return r;
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(err) => return unreadable_query(&err),
+    };
+    if let Some(r) = unknown_wave(&app, &wave).await {
         return r;
     }
     let resume = headers
@@ -489,22 +504,65 @@ pub async fn reports(
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
         return r;
     }
+    if let Some(r) = unknown_wave(&app, &wave).await {
+        return r;
+    }
     match app.store.reports(Some(&wave)).await {
         Ok(rows) => Json(json!({ "reports": rows })).into_response(),
         Err(err) => internal(err),
     }
 }
 
+/// 422 for a query string that does not read (`after=abc`, `limit=-1`), as JSON like
+/// every other error of the API.
+fn unreadable_query(err: &QueryRejection) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "the query string does not read: {}",
+            err.body_text()
+                .trim_start_matches("Failed to deserialize query string: ")
+        ),
+    )
+}
+
+/// Any other path: 404, as JSON under `/api/`.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/api/") {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no such call: {path} (see /api/openapi.json)"),
+        )
+    } else {
+        (StatusCode::NOT_FOUND, format!("no page at {path}")).into_response()
+    }
+}
+
+/// 404 for a wave that was never stored: a misspelt name is not a quiet wave.
+async fn unknown_wave(app: &App, wave: &str) -> Option<Response> {
+    match app.store.wave_known(wave).await {
+        Ok(true) => None,
+        Ok(false) => Some(error(StatusCode::NOT_FOUND, format!("no wave `{wave}`"))),
+        Err(err) => Some(internal(err)),
+    }
+}
+
 /// A lever's JSON body, read whatever its Content-Type says (a client that sends none
-/// still means what it wrote): an empty body is the default, anything else must parse
-/// with no unknown field, so a typo or a missing header never widens a go or a no-go
-/// from one application to the whole wave.
+/// still means what it wrote): an empty body is the default, anything else must be a
+/// JSON object that parses with no unknown field, so a typo, an array or a missing
+/// header never widens a go or a no-go from one application to the whole wave (serde
+/// would take an array for the fields in order).
 fn lever_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|err| format!("the request's body is not what this call takes: {err}"))
+    let not_what = |why: String| format!("the request's body is not what this call takes: {why}");
+    let value: Value = serde_json::from_slice(body).map_err(|err| not_what(err.to_string()))?;
+    if !value.is_object() {
+        return Err(not_what("a JSON object was expected".to_owned()));
+    }
+    serde_json::from_value(value).map_err(|err| not_what(err.to_string()))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -639,7 +697,15 @@ mod tests {
         assert_eq!(read(""), Ok(None));
         assert_eq!(read("{}"), Ok(None));
         assert_eq!(read(r#"{"app":"shop"}"#), Ok(Some("shop".to_owned())));
-        for refused in [r#"{"app":null}"#, r#"{"application":"shop"}"#, "app=shop"] {
+        // An array would be read field by field: `[]` as the whole wave.
+        for refused in [
+            r#"{"app":null}"#,
+            r#"{"application":"shop"}"#,
+            "app=shop",
+            "[]",
+            r#"["shop"]"#,
+            "\"shop\"",
+        ] {
             assert!(read(refused).is_err(), "{refused} was read");
         }
     }

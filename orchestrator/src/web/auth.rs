@@ -109,6 +109,15 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
+/// The token of an `Authorization` value: the scheme's name is case-insensitive (RFC
+/// 9110), so `bearer TOKEN` is a bearer token too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Who sent the request, if anyone: a bearer token first, then the session cookie.
 pub async fn identify(
     store: &Store,
@@ -116,17 +125,12 @@ pub async fn identify(
     headers: &HeaderMap,
 ) -> Result<Option<Identity>, Refusal> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the Authorization header must be `Bearer TOKEN`",
-                )
-            })?;
+        let token = value.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "the Authorization header must be `Bearer TOKEN`",
+            )
+        })?;
         return match store.token_identity(token).await {
             Ok(Some((name, role))) => Ok(Some(Identity {
                 name,
@@ -202,4 +206,17 @@ pub fn allow(
         ));
     }
     Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer abc"] {
+            assert_eq!(super::bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(super::bearer_token(value), None, "{value:?}");
+        }
+    }
 }
