@@ -17,10 +17,19 @@ fn ok(description: &str) -> Value {
     })
 }
 
+/// `ok`, and the errors a read of a named wave gives: 404 (no such wave), 422 (a query
+/// that does not read), 500.
+fn read_responses(description: &str) -> Value {
+    with_errors(ok(description), &["404", "422", "500"])
+}
+
 fn lever_responses(description: &str) -> Value {
-    let mut responses = ok(description);
+    with_errors(ok(description), &["404", "409", "422", "500"])
+}
+
+fn with_errors(mut responses: Value, statuses: &[&str]) -> Value {
     if let Some(map) = responses.as_object_mut() {
-        for status in ["404", "409", "422", "500"] {
+        for &status in statuses {
             map.insert(
                 status.to_owned(),
                 json!({ "$ref": "#/components/responses/Error" }),
@@ -58,17 +67,19 @@ pub fn spec() -> Value {
                 "parameters": [wave,
                     { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "only events after this id" },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
-                "responses": ok("the events") } },
+                "responses": read_responses("the events") } },
             "/api/waves/{wave}/events/stream": { "get": {
                 "summary": "The wave's job progress log, live, as server-sent events (`event: log`)",
                 "parameters": [wave,
                     { "name": "after", "in": "query", "schema": { "type": "integer" } },
                     { "name": "Last-Event-ID", "in": "header", "schema": { "type": "integer" } }],
-                "responses": { "200": { "description": "an event stream", "content": { "text/event-stream": {} } } } } },
+                "responses": with_errors(
+                    json!({ "200": { "description": "an event stream", "content": { "text/event-stream": {} } } }),
+                    &["404", "422", "500"]) } },
             "/api/waves/{wave}/reports": { "get": {
                 "summary": "The reports recorded for the wave and their delivery",
                 "parameters": [wave],
-                "responses": ok("the reports") } },
+                "responses": with_errors(ok("the reports"), &["404", "500"]) } },
             "/api/waves/{wave}/approve": { "post": {
                 "summary": "Give the go for the wave's cutovers, or one application's (role approver or admin)",
                 "parameters": [wave],
