@@ -1,4 +1,5 @@
-//! The local engine end to end: the quickstart as shipped, whose source servers are ext4
+//! The local engine end to end: the quickstart as shipped (but for the go its cutovers
+//! wait for, given between two runs), whose source servers are ext4
 //! disk images on this machine that its lab script makes and writes to, replicated by
 //! real `wavelift-agent` processes to the replication server inside `wavelift run` and
 //! cut over as images, then one server failed back onto its own image through a
@@ -23,7 +24,7 @@ use replication::{
     DiskSpec, JobStatus, LaunchKind, LaunchStatus, PointInTime, ReplicationEngine,
     ReplicationState, SourceSpec, SystemClock,
 };
-use wavelift_tests::{Scratch, quickstart_copy, wavelift, wavelift_binary};
+use wavelift_tests::{Scratch, edit, quickstart_copy, wavelift, wavelift_binary};
 
 const SERVERS: [&str; 8] = [
     "dir-01",
@@ -51,7 +52,27 @@ fn tool(program: &str, args: &[&str]) -> (bool, String) {
 fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fails_back() {
     let scratch = Scratch::new("local-quickstart");
     let dir = quickstart_copy(scratch.path(), "local");
-    let run = wavelift(&dir, &["run", ".", "--until-done", "--time-warp"]);
+    // With the go asked for, the run stops at wave-1's gate; the go is given and the run
+    // started again after a pause, while the agents try to reach the ended run's server
+    // (at most 10 s apart). The warped clock waits for them: it used to run the cutovers'
+    // final syncs out to their timeout in a few seconds, rolling every cutover back.
+    edit(
+        &dir.join("wavelift.yaml"),
+        "approval: false",
+        "approval: true",
+    );
+    let first = wavelift(&dir, &["run", ".", "--until-done", "--time-warp"]);
+    assert!(
+        first.stdout.contains("cutover gate(s) wait for a go"),
+        "{}",
+        first.describe()
+    );
+    for wave in ["wave-1", "wave-2"] {
+        let go = wavelift(&dir, &["approve", wave, "--by", "alice"]);
+        assert_eq!(go.code, 0, "{}", go.describe());
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    let run = wavelift(&dir, &["run", "--until-done", "--time-warp"]);
     assert_eq!(run.code, 0, "{}", run.describe());
     for line in [
         "wave-1: 26 of 26 tasks final (26 succeeded)",
