@@ -36,9 +36,10 @@ pub struct RunArgs {
     /// Jump the clock to the next due time whenever nothing is running
     #[arg(long)]
     pub time_warp: bool,
-    /// Seed of the rehearsal engine's injected failures
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of the rehearsal engine's injected failures (default: the configuration's
+    /// `engines.sim.seed`, 1 without one)
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Tasks run at once, over all waves
     #[arg(long, default_value_t = 256)]
     pub max_tasks: usize,
@@ -213,7 +214,7 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         &definitions,
         &clock,
         &args.state.state_dir,
-        args.seed,
+        args.seed.unwrap_or(definitions.config.engines.sim.seed),
         false,
         true,
     )

@@ -34,9 +34,10 @@ pub struct ServeArgs {
     /// Jump the clock to the next due time whenever nothing is running
     #[arg(long)]
     pub time_warp: bool,
-    /// Seed of the rehearsal engine's injected failures
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Seed of the rehearsal engine's injected failures (default: the configuration's
+    /// `engines.sim.seed`, 1 without one)
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub state: StateArgs,
 }
