@@ -283,3 +283,43 @@ fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
         again.describe()
     );
 }
+
+/// Waves applied without the configuration the last revision had are refused, with the
+/// ways out; `--builtin-config` replaces it on purpose.
+#[test]
+fn the_configuration_is_dropped_only_on_purpose() {
+    // Starts: the wavelift binary (apply) in a scratch folder with its own state.
+    let dir = scratch("builtin-config");
+    fs::create_dir_all(dir.join("waves")).unwrap_or_default();
+    fs::write(
+        dir.join("waves/wave.yaml"),
+        "name: w\nwindow: { start: 2031-12-11 22:00, duration: 8h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n",
+    )
+    .unwrap_or_default();
+    fs::write(
+        dir.join("wavelift.yaml"),
+        "reports:\n  readiness_before: 12h\n",
+    )
+    .unwrap_or_default();
+    let first = wavelift(&dir, &["apply", "."]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let refused = wavelift(&dir, &["apply", "waves"]);
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert!(
+        refused
+            .stderr
+            .contains("or give --builtin-config to replace it with the built-in one on purpose"),
+        "{}",
+        refused.describe()
+    );
+    let replaced = wavelift(&dir, &["apply", "waves", "--builtin-config"]);
+    assert_eq!(replaced.code, 0, "{}", replaced.describe());
+    assert!(
+        replaced.stdout.contains("applied revision 2"),
+        "{}",
+        replaced.describe()
+    );
+    // From then on the built-in one is the last revision's: the waves alone apply.
+    let again = wavelift(&dir, &["apply", "waves"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+}

@@ -15,6 +15,9 @@ pub struct Allow {
     pub force: bool,
     /// Storing definitions whose plan has errors.
     pub plan_errors: bool,
+    /// Storing definitions without a configuration file where the last revision had
+    /// one: the built-in configuration replaces it, on purpose.
+    pub builtin_config: bool,
 }
 
 pub async fn run(
@@ -76,6 +79,7 @@ pub async fn apply_paths(
     let now = jiff::Timestamp::now().as_millisecond();
     let store = state.open(Some(&loaded.definitions.config)).await?;
     if loaded.sources.config.is_none()
+        && !allow.builtin_config
         && let Some((_, last)) = store.current_sources().await?
         && let Some(last) = last.config.map(|c| c.name)
     {
@@ -85,7 +89,8 @@ pub async fn apply_paths(
             "nothing applied: the last revision was applied with the configuration {last}, \
              which is not among the paths now; the built-in one would replace it (its \
              engines, approvals, hooks, reports): apply the waves with it (wavelift apply \
-             FOLDER), or name it with --config FILE"
+             FOLDER), name it with --config FILE, or give --builtin-config to replace it \
+             with the built-in one on purpose"
         );
         return Ok(None);
     }

@@ -116,6 +116,10 @@ enum Command {
         /// than the cutover chain, a schedule that never fires...)
         #[arg(long)]
         allow_plan_errors: bool,
+        /// Apply without a configuration file even though the last revision had one:
+        /// the built-in configuration (local engine, outbox, no hooks) replaces it
+        #[arg(long)]
+        builtin_config: bool,
         #[command(flatten)]
         state: state::StateArgs,
     },
@@ -319,6 +323,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             definitions,
             force,
             allow_plan_errors,
+            builtin_config,
             state,
         } => block_on(apply::run(
             &definitions,
@@ -326,6 +331,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             apply::Allow {
                 force,
                 plan_errors: allow_plan_errors,
+                builtin_config,
             },
         )),
         Command::Run(args) => block_on(run::run(&args)),

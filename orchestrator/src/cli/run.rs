@@ -63,6 +63,7 @@ pub(super) async fn open_or_apply(args: &RunArgs) -> anyhow::Result<Option<Store
     let allow = super::apply::Allow {
         force: false,
         plan_errors: args.allow_plan_errors,
+        builtin_config: false,
     };
     super::apply::apply_paths(&definitions, &args.state, allow).await
 }
