@@ -194,6 +194,17 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
         "the points, from the replicator's engine\n{}",
         points.describe()
     );
+    // A server cut over (and archived after its hypercare) is failed back before it is
+    // failed over again: said, and nothing launched.
+    let refused = wavelift(&dir, &["failover", "dir-01", "--point", "rp-1"]);
+    assert!(
+        refused.code != 0
+            && refused.stderr.contains(
+                "dir-01 is cut over already (Archived): its source replicates no more; to launch it again from one of its points, fail it back first (wavelift failback dir-01)"
+            ),
+        "{}",
+        refused.describe()
+    );
     let failback = wavelift(&dir, &["failback", "dir-01", "--wait", "2m"]);
     assert_eq!(failback.code, 0, "{}", failback.describe());
     assert!(

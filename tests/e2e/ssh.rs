@@ -983,26 +983,45 @@ fn agent_push_over_ssh_starts_the_agent_through_sudo_the_wave_cuts_over_and_a_se
         "{}",
         unknown.describe()
     );
-    let failover = wavelift(&dir, &["failover", "password-01", "--point", &point]);
+    // Given as `rp-N` unpadded, the number names the point.
+    let short = format!(
+        "rp-{}",
+        point
+            .trim_start_matches("rp-")
+            .parse::<u64>()
+            .expect("a point number")
+    );
+    let failover = wavelift(&dir, &["failover", "password-01", "--point", &short]);
     assert_eq!(failover.code, 0, "{}", failover.describe());
-    let launched = failover
+    // Launched, checked and finalized: the copy is the server now.
+    let (_, rest) = failover
         .stdout
-        .lines()
-        .find(|l| l.contains(&format!(" from {point} launched, health Ok, ")))
+        .split_once("password-01 failed over to t-")
         .unwrap_or_else(|| panic!("{}", failover.describe()));
-    let image = launched.rsplit(", ").next().expect("the copy's image");
+    let image = rest
+        .split_once(&format!(" from {point}, health Ok, "))
+        .and_then(|(_, rest)| rest.split_once(": replication ended; the copy is the server now"))
+        .map(|(image, _)| image)
+        .unwrap_or_else(|| panic!("{}", failover.describe()));
     assert!(
         std::fs::read(image).expect("the failover copy") == sources[1].1,
         "the copy from {point} is the disk as it was before the failback"
     );
+    assert!(
+        wavelift(&dir, &["events", "--json"])
+            .stdout
+            .lines()
+            .any(|l| l.contains("\"kind\":\"failover.finalized\"")),
+        "the failover is in the job log"
+    );
 
-    // A second failback is refused with the reason: the source is not cut over.
-    let again = wavelift(&dir, &["failback", "password-01"]);
+    // A second failover is refused with the reason: the server is cut over already.
+    let again = wavelift(&dir, &["failover", "password-01", "--point", &point]);
     assert_ne!(again.code, 0);
     assert!(
         again
             .stderr
-            .contains("a failback follows a finalized cutover"),
+            .contains("password-01 is cut over already (Cutover): its source replicates no more; to launch it again from one of its points, fail it back first"),
         "{}",
         again.describe()
     );

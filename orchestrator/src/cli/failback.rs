@@ -49,6 +49,8 @@ pub(super) struct Opened {
     pub(super) server: waves::model::Server,
     pub(super) engine: Arc<dyn replication::ReplicationEngine>,
     ports: crate::executor::Ports,
+    /// The moment of a warped run the store holds (`status_now`), or 0.
+    now: i64,
 }
 
 impl Opened {
@@ -94,6 +96,7 @@ impl Opened {
             bail!("the {kind} engine is not available here");
         };
         let ports = state::ports(&definitions, engines);
+        let (now, warped) = crate::scheduler::clock::status_now(&store).await?;
         Ok(Opened {
             store,
             definitions,
@@ -101,6 +104,7 @@ impl Opened {
             server,
             engine,
             ports,
+            now: if warped { now } else { 0 },
         })
     }
 
@@ -108,10 +112,11 @@ impl Opened {
         &self.definitions.waves[self.wave]
     }
 
-    /// An event of this server for the job log, with who did it.
+    /// An event of this server for the job log, with who did it, dated as the levers
+    /// are: in a warped run's time while it is ahead of the wall clock.
     pub(super) fn event(&self, name: &str, who: &str, kind: &str, message: String) -> NewEvent {
         NewEvent {
-            at: jiff::Timestamp::now().as_millisecond(),
+            at: self.now.max(jiff::Timestamp::now().as_millisecond()),
             wave: self.wave().name.value.clone(),
             server: Some(name.to_owned()),
             task_id: None,
@@ -208,10 +213,14 @@ pub struct FailoverArgs {
     state: StateArgs,
 }
 
-/// `wavelift failover SERVER --point rp-N`: a cutover copy launched from a recovery
-/// point of the operator's choosing (the cutover task launches from the latest data).
+/// `wavelift failover SERVER --point rp-N`: the server cut over to a copy launched from a
+/// recovery point of the operator's choosing, as a disaster recovery's failover: the
+/// copy launched, checked, and finalized (replication ends, the copy is the server); a
+/// copy that fails its checks, or does not come up within `--wait`, is rolled back (the
+/// copy terminated, the server ready for cutover again). The wave's cutover, if still
+/// to come, then finds the server cut over and launches nothing.
 pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
-    use replication::{JobServer, JobStatus, LaunchKind, LaunchStatus, PointInTime};
+    use replication::{JobServer, JobStatus, LaunchKind, LaunchStatus, LifeCycle, PointInTime};
     let opened = Opened::open(&args.state, &args.server).await?;
     let engine = opened.engine.as_ref();
     let name = &args.server;
@@ -234,17 +243,51 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let point = args.point.clone().unwrap_or_default();
-    if !points.iter().any(|p| p.id == point) {
+    let asked = args.point.clone().unwrap_or_default();
+    // `rp-1` is `rp-000001`: the number is what names a point.
+    let number = |id: &str| id.strip_prefix("rp-").and_then(|n| n.parse::<u64>().ok());
+    let Some(point) = points
+        .iter()
+        .find(|p| p.id == asked || number(&p.id).is_some_and(|n| Some(n) == number(&asked)))
+        .map(|p| p.id.clone())
+    else {
         let known: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
         bail!(
-            "{name} has no recovery point `{point}`; it has: {} (wavelift failover {name} --list)",
+            "{name} has no recovery point `{asked}`; it has: {} (wavelift failover {name} --list)",
             if known.is_empty() {
                 "none".to_owned()
             } else {
                 known.join(", ")
             }
         );
+    };
+    // A failover is a cutover: not beside the wave's own, and only of a server that
+    // replicates and passed its boot test.
+    let cutover = format!("{name}/cutover");
+    if let Some(task) = opened
+        .store
+        .tasks(Some(&opened.wave().name.value))
+        .await?
+        .into_iter()
+        .find(|t| t.id == cutover)
+        && task.state == "running"
+    {
+        bail!(
+            "{cutover} is running: a failover is a cutover of its own, not one beside it; wait for it, or abort it (wavelift abort {cutover} --reason TEXT)"
+        );
+    }
+    match source.life_cycle {
+        LifeCycle::ReadyForCutover => {}
+        LifeCycle::Cutover | LifeCycle::Archived => bail!(
+            "{name} is cut over already ({:?}): its source replicates no more; to launch it again from one of its points, fail it back first (wavelift failback {name}), which makes it ready for cutover again",
+            source.life_cycle
+        ),
+        LifeCycle::CuttingOver => bail!(
+            "{name} is being cut over (its wave's cutover, or a failover that was stopped before it ended): see wavelift status and wavelift events"
+        ),
+        other => bail!(
+            "{name} is not ready for cutover ({other:?}): a failover launches a cutover copy of a server whose boot test passed (its wave's boot_test task)"
+        ),
     }
     let who = state::operator(args.by.as_deref());
     let job = engine
@@ -266,62 +309,120 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     )];
     outln!("{name}: cutover launch {} from {point} started", job.id);
     let deadline = std::time::Instant::now() + args.wait;
-    let job = loop {
-        let now = engine
-            .describe_job_for(&job.id, &source.id)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        if now.status == JobStatus::Completed {
-            break now;
-        }
-        if std::time::Instant::now() >= deadline {
-            opened.store.append_events(&events).await?;
-            bail!(
-                "the launch {} of {name} did not finish within {} s; it goes on: see wavelift status",
-                job.id,
-                args.wait.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let slot = job.servers.iter().find(|s| s.source == source.id);
-    let outcome = match slot {
-        Some(JobServer {
-            status: LaunchStatus::Launched,
-            target: Some(target),
-            ..
-        }) => {
-            let target = engine
-                .describe_target(target)
+    let late = || std::time::Instant::now() >= deadline;
+    let wait = || tokio::time::sleep(Duration::from_millis(250));
+    // The copy launched and healthy, or why not (then rolled back).
+    let outcome: Result<replication::Target, String> = async {
+        let job = loop {
+            let now = engine
+                .describe_job_for(&job.id, &source.id)
                 .await
-                .map_err(anyhow::Error::msg)?;
-            Ok(format!(
-                "{name}: copy {} from {point} launched, health {:?}{}",
+                .map_err(|err| err.to_string())?;
+            if now.status == JobStatus::Completed {
+                break now;
+            }
+            if late() {
+                return Err(format!(
+                    "the launch {} did not finish within {} s",
+                    job.id,
+                    args.wait.as_secs()
+                ));
+            }
+            wait().await;
+        };
+        let target = match job.servers.iter().find(|s| s.source == source.id) {
+            Some(JobServer {
+                status: LaunchStatus::Launched,
+                target: Some(target),
+                ..
+            }) => target.clone(),
+            Some(slot) => {
+                return Err(format!(
+                    "the launch from {point} failed: {}",
+                    slot.message
+                        .clone()
+                        .unwrap_or_else(|| format!("{:?}", slot.status))
+                ));
+            }
+            None => return Err(format!("{name} is not in launch {}", job.id)),
+        };
+        loop {
+            let found = engine
+                .describe_target(&target)
+                .await
+                .map_err(|err| err.to_string())?;
+            match tasks::launch::is_healthy(&found) {
+                Some(true) => return Ok(found),
+                Some(false) => {
+                    return Err(format!(
+                        "the copy {} is not healthy ({:?}, {:?}{})",
+                        found.id,
+                        found.state,
+                        found.health,
+                        found.detail.map(|d| format!(": {d}")).unwrap_or_default()
+                    ));
+                }
+                None if late() => {
+                    return Err(format!(
+                        "the copy {} did not pass its checks within {} s",
+                        found.id,
+                        args.wait.as_secs()
+                    ));
+                }
+                None => wait().await,
+            }
+        }
+    }
+    .await;
+    let finalized = match outcome {
+        Ok(target) => engine
+            .finalize_cutover(&source.id)
+            .await
+            .map(|()| target)
+            .map_err(|err| format!("finalizing the failover: {err}")),
+        Err(why) => Err(why),
+    };
+    match finalized {
+        Ok(target) => {
+            let message = format!(
+                "{name} failed over to {} from {point}, health {:?}{}: replication ended; the copy is the server now",
                 target.id,
                 target.health,
                 target.address.map(|a| format!(", {a}")).unwrap_or_default()
-            ))
-        }
-        Some(slot) => Err(format!(
-            "{name}: the launch from {point} failed: {}",
-            slot.message
-                .clone()
-                .unwrap_or_else(|| format!("{:?}", slot.status))
-        )),
-        None => Err(format!("{name} is not in launch {}", job.id)),
-    };
-    let (kind, message) = match &outcome {
-        Ok(message) => ("failover.launched", message.clone()),
-        Err(message) => ("failover.failed", message.clone()),
-    };
-    events.push(opened.event(name, &who, kind, message));
-    opened.store.append_events(&events).await?;
-    match outcome {
-        Ok(message) => {
+            );
+            events.push(opened.event(name, &who, "failover.finalized", message.clone()));
+            opened.store.append_events(&events).await?;
             outln!("{message}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(message) => {
+        Err(why) => {
+            // Undone as a cutover is: the copy terminated, the server ready for cutover
+            // again, its replication going on.
+            let mut undo = Vec::new();
+            if let Err(err) = engine
+                .change_life_cycle(&source.id, LifeCycle::ReadyForCutover)
+                .await
+            {
+                undo.push(format!("its life cycle: {err}"));
+            }
+            if let Err(err) = engine
+                .terminate_targets(&source.id, LaunchKind::Cutover)
+                .await
+            {
+                undo.push(format!("its copy: {err}"));
+            }
+            let message = if undo.is_empty() {
+                format!(
+                    "the failover of {name} from {point} was rolled back: {why}; {name} is ready for cutover again and replicates as before"
+                )
+            } else {
+                format!(
+                    "the failover of {name} from {point} failed: {why}; rolling it back failed too ({}): see wavelift events",
+                    undo.join("; ")
+                )
+            };
+            events.push(opened.event(name, &who, "failover.failed", message.clone()));
+            opened.store.append_events(&events).await?;
             eprintln!("error: {message}");
             Ok(ExitCode::FAILURE)
         }
