@@ -67,6 +67,28 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
         "{}",
         first.describe()
     );
+    // The agents outlive the run, each in a session of its own: a signal to the run's
+    // process group (a `timeout` around it) does not reach them.
+    let agents = dir.join(".wavelift/staging/agents");
+    let mut pids = 0;
+    for entry in fs::read_dir(&agents)
+        .expect("the agents' folders")
+        .flatten()
+    {
+        let Ok(pid) = fs::read_to_string(entry.path().join("agent.pid")) else {
+            continue;
+        };
+        let pid = pid.trim();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp session ...: after the last `)`.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(fields.get(3).copied(), Some(pid), "agent {pid}: {stat}");
+        pids += 1;
+    }
+    assert_eq!(pids, SERVERS.len(), "every agent runs after the first run");
     for wave in ["wave-1", "wave-2"] {
         let go = wavelift(&dir, &["approve", wave, "--by", "alice"]);
         assert_eq!(go.code, 0, "{}", go.describe());
