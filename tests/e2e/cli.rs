@@ -323,3 +323,36 @@ fn the_configuration_is_dropped_only_on_purpose() {
     let again = wavelift(&dir, &["apply", "waves"]);
     assert_eq!(again.code, 0, "{}", again.describe());
 }
+
+/// An import into a folder that holds an earlier import's wave files: those the new form
+/// did not write are named, since validate and apply take them with the others.
+#[test]
+fn an_import_names_the_wave_files_it_did_not_write() {
+    // Starts: the wavelift binary (import cmf) on the example intake form, whole, then
+    // cut down to its first wave.
+    let root = workspace_root();
+    let dir = scratch("import-leftovers");
+    let form = fs::read_to_string(root.join("examples/cmf/intake.csv")).unwrap_or_default();
+    let first_wave: String = form
+        .lines()
+        .filter(|l| l.starts_with("wave_name,") || l.starts_with("Wave 1,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(dir.join("whole.csv"), &form).unwrap_or_default();
+    fs::write(dir.join("revised.csv"), first_wave).unwrap_or_default();
+    let whole = wavelift(&dir, &["import", "cmf", "whole.csv", "--out", "waves"]);
+    assert_eq!(whole.code, 0, "{}", whole.describe());
+    assert!(!whole.stderr.contains("note: "), "{}", whole.describe());
+    let revised = wavelift(
+        &dir,
+        &["import", "cmf", "revised.csv", "--out", "waves", "--force"],
+    );
+    assert_eq!(revised.code, 0, "{}", revised.describe());
+    assert!(
+        revised.stderr.contains(
+            "note: waves also holds wave files this form did not write: waves/wave-2.yaml, waves/wave-3.yaml; they are validated and applied with the others"
+        ),
+        "{}",
+        revised.describe()
+    );
+}

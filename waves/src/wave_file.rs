@@ -753,7 +753,8 @@ fn written_by<'a>(file: &Arc<str>, whose: &'a str, ctx: &Ctx) -> &'a str {
     }
 }
 
-fn is_ec2_id(text: &str, prefix: &str) -> bool {
+/// An EC2 id: the prefix (`subnet-`, `sg-`) and 8 to 17 hexadecimal digits.
+pub(crate) fn is_ec2_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix).is_some_and(|hex| {
         (8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
     })

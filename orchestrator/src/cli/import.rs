@@ -128,6 +128,24 @@ pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     write(&args.out, &plan, &import)?;
+    // Wave files the folder held before that this form did not write (an earlier
+    // import's wave the revised form dropped, say): `validate` and `apply` take them
+    // with the rest, so they are named.
+    let mut ignored = Diagnostics::new();
+    let others: Vec<PathBuf> =
+        source::collect_definition_paths(&[args.out.clone()], None, &mut ignored)
+            .waves
+            .into_iter()
+            .filter(|path| !plan.waves.iter().any(|(new, _)| new == path))
+            .collect();
+    if !others.is_empty() {
+        let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "note: {} also holds wave files this form did not write: {}; they are validated and applied with the others: remove them if the form no longer has their waves",
+            args.out.display(),
+            names.join(", ")
+        );
+    }
     outln!("next: wavelift validate {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }

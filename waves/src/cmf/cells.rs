@@ -94,14 +94,11 @@ fn list_items(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `subnet-0a1b2c3d` or `sg-0a1b2c3d`: the prefix and lowercase letters and digits.
+/// `subnet-0a1b2c3d` or `sg-0a1b2c3d`: the prefix and hexadecimal digits, as the wave
+/// files take them (`wave_file::is_ec2_id`: a form's `subnet-xyz` would be written, then
+/// refused when the written files load back), in lower case as EC2 writes them.
 fn is_aws_id(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix).is_some_and(|rest| {
-        !rest.is_empty()
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    })
+    crate::wave_file::is_ec2_id(text, prefix) && !text.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// The subnet and security groups of one launch; no address, which only the cutover has.
