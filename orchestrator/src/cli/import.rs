@@ -133,7 +133,7 @@ pub fn run(args: &CmfArgs) -> anyhow::Result<ExitCode> {
     // with the rest, so they are named.
     let mut ignored = Diagnostics::new();
     let others: Vec<PathBuf> =
-        source::collect_definition_paths(&[args.out.clone()], None, &mut ignored)
+        source::collect_definition_paths(std::slice::from_ref(&args.out), None, &mut ignored)
             .waves
             .into_iter()
             .filter(|path| !plan.waves.iter().any(|(new, _)| new == path))
