@@ -210,6 +210,25 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
         "a warped run refuses another process's engine\n{}",
         warped.describe()
     );
+    // With the definitions to apply first: refused before anything is stored.
+    let revisions = || {
+        wavelift(&dir, &["events", "--json"])
+            .stdout
+            .matches("\"kind\":\"operator.apply\"")
+            .count()
+    };
+    let before = revisions();
+    let applying = wavelift(&dir, &["run", ".", "--until-done", "--time-warp"]);
+    assert!(
+        applying.code != 0
+            && applying
+                .stderr
+                .contains("nothing applied: the local engine of ")
+            && applying.stderr.contains("needs the engine to itself"),
+        "{}",
+        applying.describe()
+    );
+    assert_eq!(revisions(), before, "no revision stored");
     let points = wavelift(&dir, &["failover", "dir-01", "--list"]);
     assert!(
         points.code == 0 && points.stdout.contains("rp-"),

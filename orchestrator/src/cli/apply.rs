@@ -18,6 +18,9 @@ pub struct Allow {
     /// Storing definitions without a configuration file where the last revision had
     /// one: the built-in configuration replaces it, on purpose.
     pub builtin_config: bool,
+    /// For a run with `--time-warp`: nothing is stored if it could not have the local
+    /// engine to itself (it would refuse to start after the apply).
+    pub warped_run: bool,
 }
 
 pub async fn run(
@@ -75,6 +78,12 @@ pub async fn apply_paths(
              the built-in one applies (a wave without `engine:` runs on the local engine, \
              reports go to the outbox)"
         );
+    }
+    if allow.warped_run
+        && let Some(why) = super::state::warped_run_refused(&loaded.definitions).await
+    {
+        eprintln!("nothing applied: {why}");
+        return Ok(None);
     }
     let now = jiff::Timestamp::now().as_millisecond();
     let store = state.open(Some(&loaded.definitions.config)).await?;

@@ -332,6 +332,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 force,
                 plan_errors: allow_plan_errors,
                 builtin_config,
+                warped_run: false,
             },
         )),
         Command::Run(args) => block_on(run::run(&args)),

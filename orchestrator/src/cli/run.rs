@@ -64,6 +64,7 @@ pub(super) async fn open_or_apply(args: &RunArgs) -> anyhow::Result<Option<Store
         force: false,
         plan_errors: args.allow_plan_errors,
         builtin_config: false,
+        warped_run: args.time_warp,
     };
     super::apply::apply_paths(&definitions, &args.state, allow).await
 }

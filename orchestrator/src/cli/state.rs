@@ -323,6 +323,27 @@ async fn local_engine(
     Ok((Arc::new(start_local(engine_config, clock).await?), None))
 }
 
+/// Why a run with `--time-warp` cannot have the local engine, said before anything is
+/// applied: another process of this machine holds it (`wavelift replicator`, `serve`,
+/// `run`), and a warped run needs it to itself. `None` when no wave uses it or it is free.
+pub async fn warped_run_refused(definitions: &Definitions) -> Option<String> {
+    if !definitions
+        .waves
+        .iter()
+        .any(|w| w.engine.value == EngineKind::Local)
+    {
+        return None;
+    }
+    let engine_config = local_config(&definitions.config);
+    let (client, _) = LocalClient::find(&engine_config.staging_dir, engine_config.quotas).await?;
+    Some(format!(
+        "the local engine of {} runs in process {} (wavelift replicator, serve or run): a run with --time-warp needs the engine to itself; stop process {}, or run without --time-warp",
+        engine_config.staging_dir.display(),
+        client.pid(),
+        client.pid()
+    ))
+}
+
 /// The local engine of this process, unless another process of this machine runs it
 /// (its process id then).
 pub async fn own_local_engine(
