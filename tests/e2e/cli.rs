@@ -356,3 +356,33 @@ fn an_import_names_the_wave_files_it_did_not_write() {
         revised.describe()
     );
 }
+
+/// Commands of one engine on a project of another say so, instead of asking for the
+/// other engine's settings or starting a server no agent will use.
+#[test]
+fn match_and_replicator_say_when_no_wave_is_theirs() {
+    // Starts: the wavelift binary (match, replicator) in copies of the quickstart, on
+    // the local engine and on sim; neither reaches MGN nor opens a port.
+    let scratch = wavelift_tests::Scratch::new("not-theirs");
+    let local = wavelift_tests::quickstart_copy(&scratch.path().join("local"), "local");
+    let matched = wavelift(&local, &["match", "."]);
+    assert_eq!(matched.code, 0, "{}", matched.describe());
+    assert_eq!(
+        matched.stdout.trim(),
+        "no wave uses the mgn engine: match compares the servers of mgn waves with MGN's source servers"
+    );
+    let sim = wavelift_tests::quickstart_copy(&scratch.path().join("sim"), "sim");
+    let replicator = wavelift(&sim, &["replicator", "."]);
+    assert_eq!(replicator.code, 1, "{}", replicator.describe());
+    assert!(
+        replicator.stderr.contains(
+            "no wave uses the local engine: the replicator serves the local engine's agents"
+        ),
+        "{}",
+        replicator.describe()
+    );
+    assert!(
+        !sim.join(".wavelift/staging").exists(),
+        "no staging folder made"
+    );
+}

@@ -23,14 +23,18 @@ pub async fn run(args: &DefinitionArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let definitions = &loaded.definitions;
+    // Nothing to match before asking for the engine's settings: a project on the local
+    // engine is told what match is for, not to configure MGN.
+    let servers = super::state::mgn_servers(definitions);
+    if servers.is_empty() {
+        outln!(
+            "no wave uses the mgn engine: match compares the servers of mgn waves with MGN's source servers"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(settings) = &definitions.config.engines.mgn else {
         anyhow::bail!("engines.mgn is not configured: add its region to the configuration");
     };
-    let servers = super::state::mgn_servers(definitions);
-    if servers.is_empty() {
-        outln!("no wave uses the mgn engine");
-        return Ok(ExitCode::SUCCESS);
-    }
     let engine = super::state::mgn_engine(definitions, settings).await;
     let report = engine
         .match_report(&servers)

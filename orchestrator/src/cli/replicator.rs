@@ -23,6 +23,17 @@ pub async fn run(args: &ReplicatorArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let config = &definitions.config;
+    // Only for waves on the local engine: another's servers have no agent of ours.
+    if !definitions
+        .waves
+        .iter()
+        .any(|w| w.engine.value == waves::model::EngineKind::Local)
+    {
+        bail!(
+            "no wave uses the local engine: the replicator serves the local engine's agents ({} waves on other engines)",
+            definitions.waves.len()
+        );
+    }
     let clock: Arc<dyn replication::Clock> = Arc::new(replication::SystemClock);
     let staging = config.resolve(&config.engines.local.staging_dir);
     let engine = match state::own_local_engine(config, clock).await? {
