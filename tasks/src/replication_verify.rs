@@ -130,7 +130,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
             let note = if healthy {
                 note
             } else {
-                format!("replication degraded after it was verified: {note}")
+                degraded(r.state, &note, &ctx.server.name.value)
             };
             Report::ready(
                 checks,
@@ -165,12 +165,44 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
     }
 }
 
+/// The note of a look that finds a verified replication degraded; for a stall or a
+/// disconnect, with the way to start a stopped agent again, in the log where the
+/// operator sees it first (the checks say it too).
+fn degraded(state: ReplicationState, note: &str, server: &str) -> String {
+    if matches!(
+        state,
+        ReplicationState::Stalled | ReplicationState::Disconnected
+    ) {
+        format!(
+            "replication degraded after it was verified: {note}; if its agent stopped (the source rebooted, the process was killed), `wavelift retry {server}/agent_push` starts it again"
+        )
+    } else {
+        format!("replication degraded after it was verified: {note}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use waves::model::TaskKind;
 
     use crate::context::Progress;
     use crate::testing::{Rig, window_start};
+
+    #[test]
+    fn a_stall_or_a_disconnect_after_the_verification_says_how_to_start_the_agent() {
+        use replication::ReplicationState;
+        for state in [ReplicationState::Stalled, ReplicationState::Disconnected] {
+            let note = super::degraded(state, "Disconnected: lag 2m", "db-1");
+            assert!(
+                note.ends_with("`wavelift retry db-1/agent_push` starts it again"),
+                "{note}"
+            );
+        }
+        assert_eq!(
+            super::degraded(ReplicationState::Continuous, "lag 20m", "db-1"),
+            "replication degraded after it was verified: lag 20m"
+        );
+    }
 
     /// The last look before the window finds replication still starting: the task fails,
     /// and with its checks, so the state's check and its fix are shown.
