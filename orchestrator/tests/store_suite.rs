@@ -76,6 +76,7 @@ store_suite!(
     a_succeeded_agent_push_is_retried_to_install_its_agent_again,
     a_reinstall_holds_the_cutover_and_failing_blocks_the_watch,
     a_store_from_before_gets_the_cutovers_wait_for_the_agent_at_open,
+    a_store_from_before_with_a_failed_reinstall_is_blocked_at_open,
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
@@ -2047,6 +2048,7 @@ async fn a_reinstall_holds_the_cutover_and_failing_blocks_the_watch(
             ("blocked", Some("blocked: web-1/agent_push did not succeed")),
             "{id}"
         );
+        assert_eq!(h.lease_owner(id).await?, None, "{id}");
     }
     // The application's gate waits for that boot test: its other cutover waits too.
     assert_eq!(h.state("web-2/cutover").await?, "blocked");
@@ -2120,6 +2122,65 @@ async fn a_store_from_before_gets_the_cutovers_wait_for_the_agent_at_open(
     assert_eq!(h.hidden_columns().await?, expected);
     assert_eq!(h.pending_deps("web-2/cutover").await?, 3);
     assert_eq!(h.pending_deps("web-1/cutover").await?, 2);
+    drop(reopened);
+    Ok(())
+}
+
+/// A store from before, where a reinstall failed for good and left the watch running
+/// (as the earlier code did): opened, the watch and what waits on the failure are
+/// blocked, so the wave can end.
+async fn a_store_from_before_with_a_failed_reinstall_is_blocked_at_open(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let verify_id = "web-1/replication_verify";
+    let verify = h.drive_to(verify_id, t.build).await?;
+    h.store
+        .complete(
+            DRIVER,
+            t.build,
+            vec![Completion::Ready {
+                id: verify.id.clone(),
+                step: "{\"task\":{\"watching\":true}}".to_owned(),
+                next_run_at: t.build + 1_800_000,
+                events: Vec::new(),
+            }],
+        )
+        .await?;
+    let now = t.build + 1000;
+    h.store.retry("web-1/agent_push", "alice", now).await?;
+    h.drive_and_complete("web-1/agent_push", now, |task| failed(task, now, "gone"))
+        .await?;
+    // What the earlier code left: the watch running, the cutover pending, no edge.
+    for sql in [
+        "UPDATE tasks SET state = 'running', reason = NULL WHERE id = 'web-1/replication_verify'",
+        "UPDATE tasks SET state = 'pending', reason = NULL WHERE state = 'blocked'",
+        "DELETE FROM task_dependencies WHERE depends_on LIKE '%/agent_push' AND task_id LIKE '%/cutover'",
+        "DELETE FROM seaql_migrations WHERE version LIKE '%cutover_waits_for_agent'",
+    ] {
+        h.raw.execute_unprepared(sql).await?;
+    }
+    assert_eq!(h.state(verify_id).await?, "running");
+    let reopened = Store::open(&h.url).await?;
+    for id in [
+        verify_id,
+        "web-1/boot_test",
+        "web-1/cutover",
+        "web-2/cutover",
+    ] {
+        let row = h.task(id).await?;
+        assert_eq!(
+            (row.state.as_str(), row.reason.as_deref()),
+            (
+                "blocked",
+                Some("blocked: a task it depends on did not succeed")
+            ),
+            "{id}"
+        );
+    }
+    assert_eq!(h.lease_owner(verify_id).await?, None);
     drop(reopened);
     Ok(())
 }

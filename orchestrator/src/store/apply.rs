@@ -12,7 +12,7 @@ use waves::model::{Definitions, TaskKind};
 use waves::plan::Plan;
 
 use super::events::{NewEvent, insert_events};
-use super::tasks::BLOCKABLE;
+use super::tasks::{BLOCKABLE, BLOCKED_UNLEASED};
 use super::{JsonColumn, Store, json_param};
 use crate::scheduler::phase::WaveCalendar;
 
@@ -469,7 +469,6 @@ impl Store {
         Ok(id)
     }
 
-    /// The calendars of the waves the definitions have, by name.
     /// Whether a wave of this name was ever stored (a removed wave keeps its history).
     pub async fn wave_known(&self, name: &str) -> anyhow::Result<bool> {
         let row = self
@@ -482,6 +481,7 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The calendars of the waves the definitions have, by name.
     pub async fn wave_calendars(&self) -> anyhow::Result<Vec<WaveCalendar>> {
         let rows = self
             .db()
@@ -838,7 +838,7 @@ impl Store {
         for _ in 0..64 {
             let sql = format!(
                 "UPDATE tasks SET state = 'blocked', reason = 'blocked: a task it depends on did not succeed', \
-                 updated_at = ? WHERE {BLOCKABLE} AND id IN (SELECT d.task_id \
+                 updated_at = ?, {BLOCKED_UNLEASED} WHERE {BLOCKABLE} AND id IN (SELECT d.task_id \
                  FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
                  WHERE t.state IN ('failed', 'cancelled', 'blocked'))"
             );

@@ -18,8 +18,14 @@ use super::{JsonColumn, Store, json_param};
 /// it and watches on (running between looks) but waits on a dependency again, its
 /// agent_push being run again to reinstall the agent: if that fails for good, the watch
 /// would otherwise wait forever, and its wave with it.
-pub(crate) const BLOCKABLE: &str =
-    "(state IN ('pending', 'awaiting_approval') OR (state = 'running' AND pending_deps > 0))";
+/// Only that task kind: any other running task (a cutover under way) is never blocked
+/// halfway. Blocking also takes the lease away (as a cancel does, [`BLOCKED_UNLEASED`]),
+/// so a look under way when it happens writes nothing over it.
+pub(crate) const BLOCKABLE: &str = "(state IN ('pending', 'awaiting_approval') \
+     OR (state = 'running' AND pending_deps > 0 AND kind = 'replication_verify'))";
+
+/// What blocking sets besides the state and the reason: no lease.
+pub(crate) const BLOCKED_UNLEASED: &str = "lease_owner = NULL, lease_expires_at = NULL";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -849,7 +855,7 @@ impl Store {
             "WITH RECURSIVE downstream(id) AS ( \
              SELECT task_id FROM task_dependencies WHERE depends_on = ? \
              UNION SELECT d.task_id FROM task_dependencies d JOIN downstream ON d.depends_on = downstream.id) \
-             UPDATE tasks SET state = 'blocked', reason = ?, updated_at = ? \
+             UPDATE tasks SET state = 'blocked', reason = ?, updated_at = ?, {BLOCKED_UNLEASED} \
              WHERE id IN (SELECT id FROM downstream) AND {BLOCKABLE}"
         );
         let reason = format!("blocked: {id} did not succeed");
