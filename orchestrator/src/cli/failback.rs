@@ -264,32 +264,66 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     // A failover is a cutover: not beside the wave's own, and only of a server that
     // replicates and passed its boot test.
     let cutover = format!("{name}/cutover");
-    if let Some(task) = opened
+    let task = opened
         .store
         .tasks(Some(&opened.wave().name.value))
         .await?
         .into_iter()
-        .find(|t| t.id == cutover)
-        && task.state == "running"
-    {
-        bail!(
+        .find(|t| t.id == cutover);
+    let (now, _) = crate::scheduler::clock::status_now(&opened.store).await?;
+    match &task {
+        Some(task) if task.state == "running" => bail!(
             "{cutover} is running: a failover is a cutover of its own, not one beside it; wait for it, or abort it (wavelift abort {cutover} --reason TEXT)"
-        );
+        ),
+        // Its window is open: the run may start it while the failover waits for its copy.
+        Some(task)
+            if matches!(task.state.as_str(), "pending" | "awaiting_approval")
+                && task.earliest <= now =>
+        {
+            bail!(
+                "{cutover} is due (its window is open) and would start beside the failover: skip it first (wavelift skip {cutover}), and the failover cuts the server over instead"
+            )
+        }
+        _ => {}
     }
+    let who = state::operator(args.by.as_deref());
     match source.life_cycle {
         LifeCycle::ReadyForCutover => {}
+        // Never marked ready for cutover: its boot test was skipped (the cutover task
+        // marks it the same way).
+        LifeCycle::ReadyForTest => {
+            engine
+                .change_life_cycle(&source.id, LifeCycle::ReadyForCutover)
+                .await
+                .map_err(|err| anyhow::anyhow!("marking {name} ready for cutover: {err}"))?;
+        }
         LifeCycle::Cutover | LifeCycle::Archived => bail!(
             "{name} is cut over already ({:?}): its source replicates no more; to launch it again from one of its points, fail it back first (wavelift failback {name}), which makes it ready for cutover again",
             source.life_cycle
         ),
-        LifeCycle::CuttingOver => bail!(
-            "{name} is being cut over (its wave's cutover, or a failover that was stopped before it ended): see wavelift status and wavelift events"
-        ),
+        // The wave's cutover is not running (above): a failover stopped before it ended
+        // left it so; undone first, then this one goes ahead.
+        LifeCycle::CuttingOver => {
+            let undone = roll_back_failover(engine, &source.id).await?;
+            opened
+                .store
+                .append_events(&[opened.event(
+                    name,
+                    &who,
+                    "failover.failed",
+                    format!(
+                        "{name} was left cutting over (a failover stopped before it ended): rolled back ({undone}) before the failover from {point}"
+                    ),
+                )])
+                .await?;
+            outln!(
+                "{name} was left cutting over by a failover stopped before it ended: rolled back ({undone})"
+            );
+        }
         other => bail!(
-            "{name} is not ready for cutover ({other:?}): a failover launches a cutover copy of a server whose boot test passed (its wave's boot_test task)"
+            "{name} is not ready for cutover ({other:?}): a failover launches a cutover copy of a server that replicates and whose boot test passed or was skipped"
         ),
     }
-    let who = state::operator(args.by.as_deref());
     let job = engine
         .start_launch(
             LaunchKind::Cutover,
@@ -314,10 +348,15 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     // The copy launched and healthy, or why not (then rolled back).
     let outcome: Result<replication::Target, String> = async {
         let job = loop {
-            let now = engine
-                .describe_job_for(&job.id, &source.id)
-                .await
-                .map_err(|err| err.to_string())?;
+            let now = match engine.describe_job_for(&job.id, &source.id).await {
+                Ok(now) => now,
+                // A busy or unreachable engine is waited out like a launch under way.
+                Err(err) if transient(&err) && !late() => {
+                    wait().await;
+                    continue;
+                }
+                Err(err) => return Err(err.to_string()),
+            };
             if now.status == JobStatus::Completed {
                 break now;
             }
@@ -347,10 +386,14 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
             None => return Err(format!("{name} is not in launch {}", job.id)),
         };
         loop {
-            let found = engine
-                .describe_target(&target)
-                .await
-                .map_err(|err| err.to_string())?;
+            let found = match engine.describe_target(&target).await {
+                Ok(found) => found,
+                Err(err) if transient(&err) && !late() => {
+                    wait().await;
+                    continue;
+                }
+                Err(err) => return Err(err.to_string()),
+            };
             match tasks::launch::is_healthy(&found) {
                 Some(true) => return Ok(found),
                 Some(false) => {
@@ -396,35 +439,157 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(why) => {
-            // Undone as a cutover is: the copy terminated, the server ready for cutover
-            // again, its replication going on.
-            let mut undo = Vec::new();
-            if let Err(err) = engine
-                .change_life_cycle(&source.id, LifeCycle::ReadyForCutover)
-                .await
+            // A finalize whose answer was lost left the server cut over: that is a
+            // failover done, said as such.
+            if let Ok(now) = engine.describe_source(&source.id).await
+                && now.life_cycle == LifeCycle::Cutover
             {
-                undo.push(format!("its life cycle: {err}"));
+                let message = format!(
+                    "{name} failed over from {point} (the engine says it is cut over; its answer to the finalize was lost: {why})"
+                );
+                events.push(opened.event(name, &who, "failover.finalized", message.clone()));
+                opened.store.append_events(&events).await?;
+                outln!("{message}");
+                return Ok(ExitCode::SUCCESS);
             }
-            if let Err(err) = engine
-                .terminate_targets(&source.id, LaunchKind::Cutover)
-                .await
-            {
-                undo.push(format!("its copy: {err}"));
-            }
-            let message = if undo.is_empty() {
-                format!(
-                    "the failover of {name} from {point} was rolled back: {why}; {name} is ready for cutover again and replicates as before"
-                )
-            } else {
-                format!(
-                    "the failover of {name} from {point} failed: {why}; rolling it back failed too ({}): see wavelift events",
-                    undo.join("; ")
-                )
+            let message = match roll_back_failover(engine, &source.id).await {
+                Ok(undone) => format!(
+                    "the failover of {name} from {point} was rolled back ({undone}): {why}; {name} is ready for cutover again and replicates as before"
+                ),
+                Err(err) => format!(
+                    "the failover of {name} from {point} failed: {why}; rolling it back failed too ({err:#}): `wavelift failover {name} --point ID` rolls it back before it tries again"
+                ),
             };
             events.push(opened.event(name, &who, "failover.failed", message.clone()));
             opened.store.append_events(&events).await?;
             eprintln!("error: {message}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// A busy or unreachable engine: waited out, not taken for a failed failover.
+fn transient(err: &replication::EngineError) -> bool {
+    matches!(
+        err.kind,
+        replication::ErrorKind::Throttled | replication::ErrorKind::Unavailable
+    )
+}
+
+/// Undoes a failover as a cutover is undone: the server, if still cutting over, ready
+/// for cutover again, and its cutover copy terminated. Says what it did.
+async fn roll_back_failover(
+    engine: &dyn replication::ReplicationEngine,
+    id: &replication::SourceId,
+) -> anyhow::Result<String> {
+    use replication::{LaunchKind, LifeCycle};
+    let mut done = Vec::new();
+    let source = engine
+        .describe_source(id)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if source.life_cycle == LifeCycle::CuttingOver {
+        engine
+            .change_life_cycle(id, LifeCycle::ReadyForCutover)
+            .await
+            .map_err(|err| anyhow::anyhow!("its life cycle: {err}"))?;
+        done.push("ready for cutover again");
+    }
+    engine
+        .terminate_targets(id, LaunchKind::Cutover)
+        .await
+        .map_err(|err| anyhow::anyhow!("its copy: {err}"))?;
+    done.push("its cutover copy terminated");
+    Ok(done.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use replication::sim::{ManualClock, SimConfig, SimEngine};
+    use replication::{
+        DiskSpec, JobStatus, LaunchKind, LifeCycle, PointInTime, ReplicationEngine, SourceSpec,
+        TargetState,
+    };
+
+    /// A failover left cutting over (its launch done, never finalized) is rolled back:
+    /// ready for cutover again, its copy terminated; rolling back again changes nothing
+    /// and fails on nothing.
+    #[tokio::test]
+    async fn a_failover_left_cutting_over_is_rolled_back() {
+        let clock = Arc::new(ManualClock::new(jiff::Timestamp::UNIX_EPOCH));
+        let quiet = SimConfig {
+            stall_probability: 0.0,
+            disconnect_probability: 0.0,
+            boot_failure_probability: 0.0,
+            ..SimConfig::rehearsal(1)
+        };
+        let engine = SimEngine::new(quiet, clock.clone());
+        let source = engine
+            .register_source(&SourceSpec {
+                name: "s1".to_owned(),
+                hostname: None,
+                disks: vec![DiskSpec {
+                    device: "/dev/sda".to_owned(),
+                    size_bytes: 10 << 30,
+                    used_bytes: 1 << 30,
+                }],
+                change_rate_bytes_per_second: 0.0,
+            })
+            .await
+            .expect("registered");
+        clock.advance(3600.0);
+        let id = source.id;
+        engine
+            .change_life_cycle(&id, LifeCycle::ReadyForCutover)
+            .await
+            .expect("ready for cutover");
+        let job = engine
+            .start_launch(
+                LaunchKind::Cutover,
+                std::slice::from_ref(&id),
+                &PointInTime::Latest,
+            )
+            .await
+            .expect("launched");
+        let mut target = None;
+        for _ in 0..100 {
+            clock.advance(60.0);
+            let now = engine.describe_job(&job.id).await.expect("job");
+            if now.status == JobStatus::Completed {
+                target = now.servers[0].target.clone();
+                break;
+            }
+        }
+        let target = target.expect("a cutover copy");
+        assert_eq!(
+            engine
+                .describe_source(&id)
+                .await
+                .expect("source")
+                .life_cycle,
+            LifeCycle::CuttingOver
+        );
+        let said = super::roll_back_failover(&engine, &id)
+            .await
+            .expect("rolled back");
+        assert_eq!(said, "ready for cutover again, its cutover copy terminated");
+        assert_eq!(
+            engine
+                .describe_source(&id)
+                .await
+                .expect("source")
+                .life_cycle,
+            LifeCycle::ReadyForCutover
+        );
+        assert_eq!(
+            engine.describe_target(&target).await.expect("copy").state,
+            TargetState::Terminated
+        );
+        let again = super::roll_back_failover(&engine, &id)
+            .await
+            .expect("again");
+        assert_eq!(again, "its cutover copy terminated");
     }
 }

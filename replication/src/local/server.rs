@@ -284,13 +284,15 @@ impl ReplicationServer {
         let mut slots = lock(&self.shared.slots);
         match slots.get_mut(source) {
             Some(slot) => {
-                if slot.token_sha256 != token_sha256
-                    && let Some((_, tx)) = slot.session.take()
-                {
-                    let _ = tx.try_send(Control::Refused {
-                        reason: "this agent's token was replaced: a newer agent was installed"
-                            .to_owned(),
-                    });
+                if slot.token_sha256 != token_sha256 {
+                    if let Some((_, tx)) = slot.session.take() {
+                        let _ = tx.try_send(Control::Refused {
+                            reason: "this agent's token was replaced: a newer agent was installed"
+                                .to_owned(),
+                        });
+                    }
+                    // The new agent is on its way from now (a warped clock waits for it).
+                    slot.disconnected_at = Some(Instant::now());
                 }
                 slot.token_sha256 = token_sha256.to_owned();
                 slot.stopped = stopped;
@@ -1285,6 +1287,9 @@ mod tests {
             !server.reconnecting("web01", Duration::from_millis(10)),
             "past its grace"
         );
+        // Reinstalled (a new token): its new agent is expected from now.
+        server.allow("web01", &token_hash("a new token"), false);
+        assert!(server.reconnecting("web01", Duration::from_secs(5)));
         server.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }
