@@ -237,6 +237,12 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
         error["error"],
         "no such call: /api/wavez (see /api/openapi.json)"
     );
+    let (status, error) = post("/api/waves", &tokens[0].1, json!({}));
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        error["error"],
+        "/api/waves does not take POST (see /api/openapi.json)"
+    );
 
     // Approve: approver and admin only.
     let token_of = |role: &str| {

@@ -118,7 +118,7 @@ enum Command {
         allow_plan_errors: bool,
         /// Apply without a configuration file even though the last revision had one:
         /// the built-in configuration (local engine, outbox, no hooks) replaces it
-        #[arg(long)]
+        #[arg(long, conflicts_with = "config")]
         builtin_config: bool,
         #[command(flatten)]
         state: state::StateArgs,

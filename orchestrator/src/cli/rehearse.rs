@@ -39,6 +39,9 @@ pub async fn run(args: &DefinitionArgs, seed: Option<u64>) -> anyhow::Result<Exi
     })
 }
 
+/// The retried tasks listed one per line, at most.
+const MAX_RETRIED_LISTED: usize = 20;
+
 async fn rehearse(
     loaded: &waves::Loaded,
     folder: &std::path::Path,
@@ -126,13 +129,23 @@ async fn rehearse(
                 .unwrap_or_default()
         );
     }
-    for (id, (wave, times, last)) in &retried {
-        risks += 1;
+    // By wave, then task; a large rehearsal's list is cut short, with the count.
+    let mut retried: Vec<_> = retried.into_iter().collect();
+    retried.sort_by(|a, b| (a.1.0, a.0).cmp(&(b.1.0, b.0)));
+    for (id, (wave, times, last)) in retried.iter().take(MAX_RETRIED_LISTED) {
         let _ = writeln!(
             out,
             "  {wave}: {id} was retried {times} time(s) (injected failures); the last: {last}"
         );
     }
+    if retried.len() > MAX_RETRIED_LISTED {
+        let _ = writeln!(
+            out,
+            "  ... and {} more task(s) retried",
+            retried.len() - MAX_RETRIED_LISTED
+        );
+    }
+    risks += retried.len();
     if rollbacks > 0 {
         risks += 1;
         let _ = writeln!(out, "  {rollbacks} cutover(s) rolled back");

@@ -529,13 +529,24 @@ fn unreadable_query(err: &QueryRejection) -> Response {
 /// Any other path: 404, as JSON under `/api/`.
 pub async fn not_found(uri: axum::http::Uri) -> Response {
     let path = uri.path();
-    if path.starts_with("/api/") {
+    if path == "/api" || path.starts_with("/api/") {
         error(
             StatusCode::NOT_FOUND,
             format!("no such call: {path} (see /api/openapi.json)"),
         )
     } else {
         (StatusCode::NOT_FOUND, format!("no page at {path}")).into_response()
+    }
+}
+
+/// A known path asked with another method: 405, as JSON under `/api/`.
+pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let why = format!("{path} does not take {method} (see /api/openapi.json)");
+    if path.starts_with("/api/") {
+        error(StatusCode::METHOD_NOT_ALLOWED, why)
+    } else {
+        (StatusCode::METHOD_NOT_ALLOWED, why).into_response()
     }
 }
 

@@ -235,6 +235,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/servers/{server}", get(api::server))
         .route("/api/tasks/{first}/{kind}/{lever}", post(api::lever))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::wrong_method)
         .with_state(app)
 }
 
