@@ -409,6 +409,8 @@ fn limit(n: u32) -> Limit {
     }
 }
 const DRIVER: &str = "driver";
+/// The step of a replication check that watches on after it released its dependants.
+const WATCHING: &str = "{\"task\":{\"watching\":true}}";
 const DAY: i64 = 24 * 3600 * 1000;
 
 struct Harness {
@@ -679,6 +681,21 @@ impl Harness {
             anyhow::ensure!(dropped == 0, "the driver's completions were dropped");
         }
         anyhow::bail!("{targets:?} were not reached in 64 rounds")
+    }
+
+    /// Drives the replication check `id` to a claim at `at` and completes it ready: it
+    /// released what waits for it and watches on, its next look half an hour later.
+    async fn watch(&self, id: &str, at: i64) -> anyhow::Result<()> {
+        let verify = self.drive_to(id, at).await?;
+        let completion = Completion::Ready {
+            id: verify.id.clone(),
+            step: WATCHING.to_owned(),
+            next_run_at: at + 1_800_000,
+            events: Vec::new(),
+        };
+        let dropped = self.store.complete(DRIVER, at, vec![completion]).await?;
+        anyhow::ensure!(dropped == 0, "the completion of {id} was dropped");
+        Ok(())
     }
 
     /// Drives `target` to a claim and completes it with `completion(task)`.
@@ -1998,20 +2015,8 @@ async fn a_reinstall_holds_the_cutover_and_failing_blocks_the_watch(
     let t = defs.times(WAVE_A);
     h.apply(&defs, false, t.build - DAY).await?;
     let verify_id = "web-1/replication_verify";
-    let verify = h.drive_to(verify_id, t.build).await?;
-    let watching = "{\"task\":{\"watching\":true}}";
-    h.store
-        .complete(
-            DRIVER,
-            t.build,
-            vec![Completion::Ready {
-                id: verify.id.clone(),
-                step: watching.to_owned(),
-                next_run_at: t.build + 1_800_000,
-                events: Vec::new(),
-            }],
-        )
-        .await?;
+    h.watch(verify_id, t.build).await?;
+    let watching = WATCHING;
     // Released: the boot test may run; the cutover waits for it and the gate only.
     assert_eq!(h.pending_deps("web-1/boot_test").await?, 0);
     assert_eq!(h.pending_deps("web-1/cutover").await?, 2);
@@ -2136,19 +2141,7 @@ async fn a_store_from_before_with_a_failed_reinstall_is_blocked_at_open(
     let t = defs.times(WAVE_A);
     h.apply(&defs, false, t.build - DAY).await?;
     let verify_id = "web-1/replication_verify";
-    let verify = h.drive_to(verify_id, t.build).await?;
-    h.store
-        .complete(
-            DRIVER,
-            t.build,
-            vec![Completion::Ready {
-                id: verify.id.clone(),
-                step: "{\"task\":{\"watching\":true}}".to_owned(),
-                next_run_at: t.build + 1_800_000,
-                events: Vec::new(),
-            }],
-        )
-        .await?;
+    h.watch(verify_id, t.build).await?;
     let now = t.build + 1000;
     h.store.retry("web-1/agent_push", "alice", now).await?;
     h.drive_and_complete("web-1/agent_push", now, |task| failed(task, now, "gone"))

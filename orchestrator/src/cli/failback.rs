@@ -563,26 +563,19 @@ mod tests {
             }
         }
         let target = target.expect("a cutover copy");
-        assert_eq!(
+        let life_cycle = async || {
             engine
                 .describe_source(&id)
                 .await
                 .expect("source")
-                .life_cycle,
-            LifeCycle::CuttingOver
-        );
+                .life_cycle
+        };
+        assert_eq!(life_cycle().await, LifeCycle::CuttingOver);
         let said = super::roll_back_failover(&engine, &id)
             .await
             .expect("rolled back");
         assert_eq!(said, "ready for cutover again, its cutover copy terminated");
-        assert_eq!(
-            engine
-                .describe_source(&id)
-                .await
-                .expect("source")
-                .life_cycle,
-            LifeCycle::ReadyForCutover
-        );
+        assert_eq!(life_cycle().await, LifeCycle::ReadyForCutover);
         assert_eq!(
             engine.describe_target(&target).await.expect("copy").state,
             TargetState::Terminated
