@@ -68,6 +68,16 @@ impl StateArgs {
                 path.display()
             );
         }
+        if sqlite_path(&url).is_none()
+            && url.starts_with("postgres")
+            && !Store::holds_state(&url).await?
+        {
+            bail!(
+                "no Wavelift state in the database {}: apply definitions first (wavelift apply \
+                 PATH --database-url ...), or name the database they were applied to",
+                crate::store::redact(&url)
+            );
+        }
         Store::open(&url).await
     }
 }

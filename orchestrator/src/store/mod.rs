@@ -51,6 +51,33 @@ impl Store {
         Self::open_pool(url, synchronous_full, 1).await
     }
 
+    /// Whether the (PostgreSQL) database at `url` holds a Wavelift store: its table of
+    /// migrations. Read without creating anything, for the commands that only read or
+    /// steer a store some `apply` wrote (`status`, `events`, the levers), which must
+    /// not put an empty schema in whatever database they are pointed at.
+    pub async fn holds_state(url: &str) -> anyhow::Result<bool> {
+        refused_at_once(url).await?;
+        let mut options = ConnectOptions::new(url.to_owned());
+        options.sqlx_logging(false).max_connections(1);
+        let db = match tokio::time::timeout(CONNECT_TIMEOUT, Database::connect(options)).await {
+            Ok(connected) => connected.map_err(|err| anyhow::anyhow!(open_error(url, &err)))?,
+            Err(_) => anyhow::bail!(
+                "cannot open the database {}: no connection within {} s (is the server running and the address right?)",
+                redact(url),
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        };
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT 1 AS found FROM information_schema.tables \
+                 WHERE table_name = 'seaql_migrations' AND table_schema = current_schema()",
+            ))
+            .await?;
+        let _ = db.close().await;
+        Ok(row.is_some())
+    }
+
     /// Like [`Store::open`], with `readers` SQLite connections: for the web, whose
     /// requests read at once (WAL lets readers run beside the writer); its few writes
     /// (approvals, levers) wait for the lock like any other writer.
@@ -90,6 +117,9 @@ impl Store {
         }
         // A server that refuses or does not answer is said within seconds: its pool
         // would try again for 30 (its later waits for a connection keep their default).
+        if !url.starts_with("sqlite:") {
+            refused_at_once(url).await?;
+        }
         let connecting = Database::connect(options);
         let connected = if url.starts_with("sqlite:") {
             Ok(connecting.await)
@@ -277,6 +307,41 @@ fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
 }
 
 /// A URL as it may be shown: without a password.
+/// A server whose port refuses connections, said at once: the pool would try again
+/// until its timeout, and its error would not say "refused". Only for a `host:port` in
+/// the URL (not a Unix socket); a server that does not answer is left to the timeout.
+async fn refused_at_once(url: &str) -> anyhow::Result<()> {
+    let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    if host_port.is_empty() || host_port.contains('%') {
+        return Ok(());
+    }
+    let address = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !host_port.ends_with(']')
+    {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&address),
+    )
+    .await
+    {
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => anyhow::bail!(
+            "cannot open the database {}: {address} refused the connection (is the server running and the address right?)",
+            redact(url)
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
