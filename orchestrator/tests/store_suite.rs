@@ -1081,6 +1081,14 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     let counts = h.store.counts_by_wave().await?;
     let a = counts.get(WAVE_A).context("wave-a's counts")?;
     assert_eq!((a.total, a.finished), (2 * 6 + 1, 0), "{a:?}");
+    // The reports' tasks are the same.
+    let in_force = h.store.tasks_in_force(WAVE_A).await?;
+    assert_eq!(in_force.len(), 2 * 6 + 1);
+    assert!(
+        in_force
+            .iter()
+            .all(|t| t.server.as_deref() != Some("web-2"))
+    );
     let tb = second.times(WAVE_B);
     for id in kinds_of("db-1") {
         assert_eq!(rows[&id].wave, WAVE_B, "{id} moved with its server");
@@ -1300,6 +1308,7 @@ async fn moving_a_server_whose_cutover_started_is_refused(h: Harness) -> anyhow:
     let counts = h.store.counts_by_wave().await?;
     let a = counts.get(WAVE_A).context("wave-a's counts")?;
     assert_eq!(a.total, 6 + 1, "other-1 and the gate of other: {a:?}");
+    assert_eq!(h.store.tasks_in_force(WAVE_A).await?.len(), 6 + 1);
     let err = h
         .apply(&moved, false, now + 2)
         .await

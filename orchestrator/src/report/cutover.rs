@@ -58,7 +58,7 @@ impl CutoverReport {
     /// The cutover report of `wave` at `now` (ms), from the store.
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<CutoverReport> {
         let calendar = calendar_of(store, wave).await?;
-        let tasks = store.tasks(Some(wave)).await?;
+        let tasks = store.tasks_in_force(wave).await?;
         let of_kind = |kind: &str| -> Vec<&str> {
             tasks
                 .iter()

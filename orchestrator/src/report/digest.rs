@@ -57,7 +57,7 @@ impl Digest {
     /// is counted twice.
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Digest> {
         let calendar = calendar_of(store, wave).await?;
-        let tasks = store.tasks(Some(wave)).await?;
+        let tasks = store.tasks_in_force(wave).await?;
         let since = store
             .last_report_due(wave, "digest")
             .await?

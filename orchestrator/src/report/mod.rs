@@ -360,7 +360,7 @@ impl Readiness {
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Readiness> {
         let calendar = calendar_of(store, wave).await?;
         let owners = store.application_owners(wave).await?;
-        let tasks = store.tasks(Some(wave)).await?;
+        let tasks = store.tasks_in_force(wave).await?;
         Ok(Readiness::from_tasks(
             &calendar,
             &owners,

@@ -398,6 +398,20 @@ impl Store {
             .collect()
     }
 
+    /// The tasks of `wave` still in force: those of servers an apply removed, and the
+    /// gates of applications whose every server it removed, are history, left out (as
+    /// the wave's counts leave them out), so reports agree with `status`.
+    pub async fn tasks_in_force(&self, wave: &str) -> anyhow::Result<Vec<super::TaskRow>> {
+        let servers = self.removed_server_names().await?;
+        let applications = self.removed_application_names().await?;
+        let mut tasks = self.tasks(Some(wave)).await?;
+        tasks.retain(|t| match &t.server {
+            Some(server) => !servers.contains(server),
+            None => !applications.contains(&t.application),
+        });
+        Ok(tasks)
+    }
+
     /// The names of the servers an apply removed (their tasks and history are kept).
     pub async fn removed_server_names(&self) -> anyhow::Result<BTreeSet<String>> {
         Ok(self.removed_servers(&self.db).await?.into_keys().collect())
