@@ -80,6 +80,7 @@ store_suite!(
     skip_counts_as_success_for_dependants,
     cancel_blocks_dependants_and_drops_the_workers_completion,
     approve_opens_a_gate_that_awaits_approval,
+    a_gate_that_no_longer_asks_for_a_go_waits_no_more,
     unknown_waves_and_applications_are_named_with_what_there_is,
     a_running_cutover_is_neither_skipped_nor_cancelled,
     events_are_appended_in_order_and_filtered_by_wave,
@@ -2567,6 +2568,40 @@ async fn unknown_waves_and_applications_are_named_with_what_there_is(
         Some("no wave `wave-z`; the waves are: wave-a, wave-b")
     );
     h.store.check_wave(WAVE_B).await?;
+    Ok(())
+}
+
+/// A gate waiting for its go whose application no longer asks for one (an apply turned
+/// `approval` off) waits no more: pending again, it opens at its next turn.
+async fn a_gate_that_no_longer_asks_for_a_go_waits_no_more(h: Harness) -> anyhow::Result<()> {
+    let mut waves = web_and_db();
+    let defs = load(&waves);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let gate = h.drive_to("web/ready", t.validate).await?;
+    h.store
+        .complete(
+            DRIVER,
+            t.validate,
+            vec![Completion::AwaitingApproval {
+                id: gate.id.clone(),
+                events: Vec::new(),
+            }],
+        )
+        .await?;
+    assert_eq!(h.state("web/ready").await?, "awaiting_approval");
+    waves[0].apps[0].approval = false;
+    h.apply(&load(&waves), false, t.validate + 1).await?;
+    let row = h.task("web/ready").await?;
+    assert_eq!(
+        (row.state.as_str(), row.approval_required),
+        ("pending", false)
+    );
+    assert!(
+        h.claim("w", t.validate + 2)
+            .await?
+            .contains_key("web/ready")
+    );
     Ok(())
 }
 

@@ -722,6 +722,7 @@ impl Store {
              next_run_at = CASE WHEN tasks.state = 'pending' THEN excluded.next_run_at ELSE tasks.next_run_at END, \
              state = CASE \
                WHEN tasks.state = 'pending' AND excluded.state = 'skipped' THEN 'skipped' \
+               WHEN tasks.state = 'awaiting_approval' AND NOT excluded.approval_required THEN 'pending' \
                WHEN tasks.state = 'skipped' AND excluded.state = 'pending' AND tasks.attempts = 0 \
                  AND tasks.reason IS NULL THEN 'pending' \
                WHEN tasks.state = 'cancelled' AND tasks.attempts = 0 \
