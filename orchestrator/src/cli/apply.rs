@@ -117,6 +117,12 @@ pub async fn apply_paths(
         )
         .await?;
     print_report(&report)?;
+    // A server added to a wave under way after its build phase (by the run's clock):
+    // its first tasks can only miss their phase, and its application's gate waits.
+    let (run_now, _) = crate::scheduler::clock::status_now(&store).await?;
+    for warning in late_servers(&loaded.definitions, &stored, &report.added, run_now) {
+        eprintln!("{warning}");
+    }
     let url = state.database_url(Some(&loaded.definitions.config));
     if url != waves::config::DEFAULT_DATABASE_URL {
         // The commands that read or steer read no configuration: they are told.
@@ -126,6 +132,38 @@ pub async fn apply_paths(
         );
     }
     Ok(Some(store))
+}
+
+/// A warning for each server `added` to a wave stored before (under way) whose build
+/// phase ended before `now` (the run's clock, milliseconds).
+fn late_servers(
+    definitions: &waves::model::Definitions,
+    stored: &std::collections::BTreeSet<String>,
+    added: &[String],
+    now: i64,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for wave in definitions
+        .waves
+        .iter()
+        .filter(|w| stored.contains(&w.name.value))
+        .filter(|w| w.phases.build.end.timestamp().as_millisecond() <= now)
+    {
+        for (app, server) in wave.servers() {
+            if added.contains(&server.name.value) {
+                warnings.push(format!(
+                    "{}:{}:{}: warning: server {} was added to wave {} after its build phase ended: its prereq_check and agent_push would fail as having missed it, and the cutovers of {} wait for it: add it to a later wave instead",
+                    wave.file,
+                    server.location.line,
+                    server.location.col,
+                    server.name.value,
+                    wave.name.value,
+                    app.name.value
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// A warning for each wave whose window, or else whose build phase (the first with
@@ -223,4 +261,53 @@ fn print_report(report: &ApplyReport) -> std::io::Result<()> {
         outln!("  - {name} (its unfinished tasks are cancelled; its history is kept)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// A server added to a wave under way after its build phase is warned about, at its
+    /// place; one added before it, or to a wave applied the first time, is not.
+    #[test]
+    fn a_server_added_after_the_build_phase_is_warned_about() {
+        let text = "name: w\n\
+            window: { start: 2031-03-22 10:00, duration: 6h, timezone: UTC }\n\
+            defaults: { os: { family: linux }, access: { method: local } }\n\
+            applications:\n\
+            \x20 - name: app\n\
+            \x20   servers:\n\
+            \x20     - { name: s1, disks: [{ device: /dev/sda, size: 10GiB }] }\n\
+            \x20     - { name: s2, disks: [{ device: /dev/sda, size: 10GiB }] }\n";
+        let loaded = waves::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[waves::source::SourceFile {
+                name: "w.yaml".into(),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let definitions = &loaded.definitions;
+        let build_end = definitions.waves[0]
+            .phases
+            .build
+            .end
+            .timestamp()
+            .as_millisecond();
+        let stored = BTreeSet::from(["w".to_owned()]);
+        let added = vec!["s2".to_owned()];
+        let warned = super::late_servers(definitions, &stored, &added, build_end + 1);
+        assert_eq!(
+            warned,
+            vec![
+                "w.yaml:8:9: warning: server s2 was added to wave w after its build phase ended: its prereq_check and agent_push would fail as having missed it, and the cutovers of app wait for it: add it to a later wave instead"
+                    .to_owned()
+            ]
+        );
+        assert!(super::late_servers(definitions, &stored, &added, build_end - 1).is_empty());
+        assert!(
+            super::late_servers(definitions, &BTreeSet::new(), &added, build_end + 1).is_empty()
+        );
+    }
 }
