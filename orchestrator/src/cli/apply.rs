@@ -107,6 +107,13 @@ pub async fn apply_paths(
     for warning in past_windows(&loaded.definitions, &stored, now) {
         eprintln!("{warning}");
     }
+    // The applications as the last revision had them, and their gates' goes: what an
+    // apply changes of them is said too (a renamed application's gate is a new one).
+    let previous = match store.current_sources().await? {
+        Some((_, sources)) => Some(sources.load().definitions),
+        None => None,
+    };
+    let goes = store.gate_goes().await?;
     let report = store
         .apply(
             &loaded.definitions,
@@ -117,6 +124,11 @@ pub async fn apply_paths(
         )
         .await?;
     print_report(&report)?;
+    if let Some(previous) = &previous {
+        for line in application_changes(previous, &loaded.definitions, &goes) {
+            outln!("{line}");
+        }
+    }
     // A server added to a wave under way after its build phase (by the run's clock):
     // its first tasks can only miss their phase, and its application's gate waits.
     let (run_now, _) = crate::scheduler::clock::status_now(&store).await?;
@@ -132,6 +144,73 @@ pub async fn apply_paths(
         );
     }
     Ok(Some(store))
+}
+
+/// What changed of the applications between two revisions, one line each: added,
+/// removed (with the go its gate had, which a new name does not inherit), moved to
+/// another wave, or their `depends_on` or `owner` changed.
+fn application_changes(
+    before: &waves::model::Definitions,
+    after: &waves::model::Definitions,
+    goes: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let apps = |d: &waves::model::Definitions| -> BTreeMap<String, (String, BTreeSet<String>, Option<String>)> {
+        d.waves
+            .iter()
+            .flat_map(|w| {
+                w.applications.iter().map(move |a| {
+                    (
+                        a.name.value.clone(),
+                        (
+                            w.name.value.clone(),
+                            a.depends_on.iter().map(|d| d.value.clone()).collect(),
+                            a.owner.clone(),
+                        ),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (old, new) = (apps(before), apps(after));
+    let mut lines = Vec::new();
+    for (name, (wave, _, _)) in &new {
+        if !old.contains_key(name) {
+            lines.push(format!("  + application {name} (wave {wave})"));
+        }
+    }
+    for (name, (wave, _, _)) in &old {
+        if !new.contains_key(name) {
+            let go = goes
+                .get(name)
+                .map(|by| {
+                    format!("; the go {by} gave its gate does not carry over to another name")
+                })
+                .unwrap_or_default();
+            lines.push(format!("  - application {name} (wave {wave}){go}"));
+        }
+    }
+    for (name, (wave, depends_on, owner)) in &new {
+        let Some((old_wave, old_depends_on, old_owner)) = old.get(name) else {
+            continue;
+        };
+        if old_wave != wave {
+            lines.push(format!(
+                "  > application {name} (wave {old_wave} -> {wave})"
+            ));
+        }
+        let mut fields = Vec::new();
+        if old_depends_on != depends_on {
+            fields.push("depends_on");
+        }
+        if old_owner != owner {
+            fields.push("owner");
+        }
+        if !fields.is_empty() {
+            lines.push(format!("  ~ application {name}: {}", fields.join(", ")));
+        }
+    }
+    lines
 }
 
 /// A warning for each server `added` to a wave stored before (under way) whose build
@@ -266,6 +345,50 @@ fn print_report(report: &ApplyReport) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    fn definitions(text: &str) -> waves::model::Definitions {
+        let loaded = waves::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[waves::source::SourceFile {
+                name: "w.yaml".into(),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        loaded.definitions
+    }
+
+    /// A renamed application is one removed (its go named, as it does not carry over)
+    /// and one added; a changed depends_on or owner is named.
+    #[test]
+    fn what_changed_of_the_applications_is_said() {
+        let wave = |apps: &str| {
+            format!(
+                "name: w\nwindow: {{ start: 2031-03-22 10:00, duration: 6h, timezone: UTC }}\n\
+                 defaults: {{ os: {{ family: linux }}, access: {{ method: local }} }}\n\
+                 applications:\n{apps}"
+            )
+        };
+        let before = definitions(&wave(
+            "  - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n\
+             \x20 - { name: web, depends_on: [db], servers: [{ name: s2, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n",
+        ));
+        let after = definitions(&wave(
+            "  - { name: db, owner: dba@example.com, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n\
+             \x20 - { name: shop, servers: [{ name: s2, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n",
+        ));
+        let goes = std::collections::BTreeMap::from([("web".to_owned(), "lead".to_owned())]);
+        assert_eq!(
+            super::application_changes(&before, &after, &goes),
+            vec![
+                "  + application shop (wave w)",
+                "  - application web (wave w); the go lead gave its gate does not carry over to another name",
+                "  ~ application db: owner",
+            ]
+        );
+        assert!(super::application_changes(&before, &before, &goes).is_empty());
+    }
 
     /// A server added to a wave under way after its build phase is warned about, at its
     /// place; one added before it, or to a wave applied the first time, is not.

@@ -483,6 +483,21 @@ impl Store {
         Ok(id)
     }
 
+    /// Who gave the go of each application's gate that has one, by application.
+    pub async fn gate_goes(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT application, approved_by FROM tasks \
+                 WHERE kind = 'gate' AND approved_by IS NOT NULL",
+                vec![],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "application")?, r.try_get("", "approved_by")?)))
+            .collect()
+    }
+
     /// Whether a wave of this name was ever stored (a removed wave keeps its history).
     pub async fn wave_known(&self, name: &str) -> anyhow::Result<bool> {
         let row = self
