@@ -109,10 +109,10 @@ pub async fn apply_paths(
     }
     // The applications as the last revision had them, and their gates' goes: what an
     // apply changes of them is said too (a renamed application's gate is a new one).
-    let previous = match store.current_sources().await? {
-        Some((_, sources)) => Some(sources.load().definitions),
-        None => None,
-    };
+    let previous = store
+        .current_sources()
+        .await?
+        .map(|(_, sources)| sources.load().definitions);
     let goes = store.gate_goes().await?;
     let report = store
         .apply(
