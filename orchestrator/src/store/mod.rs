@@ -306,7 +306,6 @@ fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
     }
 }
 
-/// A URL as it may be shown: without a password.
 /// A server whose port refuses connections, said at once: the pool would try again
 /// until its timeout, and its error would not say "refused". Only for a `host:port` in
 /// the URL (not a Unix socket); a server that does not answer is left to the timeout.
@@ -342,6 +341,7 @@ async fn refused_at_once(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A URL as it may be shown: without a password.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
