@@ -879,6 +879,17 @@ fn apply_reports_what_changed_and_nothing_when_nothing_did() {
         status.stdout
     );
 
+    // A command about the removed server says it was removed, not that it never was.
+    let removed = wavelift(&dir, &["replication", "stop", "shop-web-02"]);
+    assert!(
+        removed.code == 1
+            && removed.stderr.contains(
+                "server `shop-web-02` was removed from the waves by an apply (revision 3 no longer has it): its history is kept"
+            ),
+        "{}",
+        removed.describe()
+    );
+
     edit(
         &dir.join("waves/wave-2.yaml"),
         "ip: 127.0.20.1",

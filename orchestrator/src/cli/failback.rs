@@ -71,6 +71,11 @@ impl Opened {
                 .map(|(_, s)| (index, s.clone()))
         });
         let Some((wave, server)) = found else {
+            if store.removed_server_names().await?.contains(name) {
+                bail!(
+                    "server `{name}` was removed from the waves by an apply (revision {revision} no longer has it): its history is kept (wavelift events); an agent of it still running stops at its give-up time, or by hand on the server"
+                );
+            }
             bail!("no server `{name}` in the applied waves (revision {revision})");
         };
         // The clock the waves ran on: a warped run's recovery points are in its future.
