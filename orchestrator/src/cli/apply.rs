@@ -87,10 +87,13 @@ pub async fn apply_paths(
     }
     let now = jiff::Timestamp::now().as_millisecond();
     let store = state.open(Some(&loaded.definitions.config)).await?;
+    let last = store.current_sources().await?.map(|(_, sources)| sources);
     if loaded.sources.config.is_none()
         && !allow.builtin_config
-        && let Some((_, last)) = store.current_sources().await?
-        && let Some(last) = last.config.map(|c| c.name)
+        && let Some(last) = last
+            .as_ref()
+            .and_then(|l| l.config.as_ref())
+            .map(|c| &c.name)
     {
         // The built-in configuration would silently replace engines, approvals, hooks
         // and reports the team wrote down.
@@ -109,10 +112,7 @@ pub async fn apply_paths(
     }
     // The applications as the last revision had them, and their gates' goes: what an
     // apply changes of them is said too (a renamed application's gate is a new one).
-    let previous = store
-        .current_sources()
-        .await?
-        .map(|(_, sources)| sources.load().definitions);
+    let previous = last.map(|sources| sources.load().definitions);
     let goes = store.gate_goes().await?;
     let report = store
         .apply(
@@ -402,16 +402,7 @@ mod tests {
             \x20   servers:\n\
             \x20     - { name: s1, disks: [{ device: /dev/sda, size: 10GiB }] }\n\
             \x20     - { name: s2, disks: [{ device: /dev/sda, size: 10GiB }] }\n";
-        let loaded = waves::load_sources(
-            None,
-            std::path::PathBuf::new(),
-            &[waves::source::SourceFile {
-                name: "w.yaml".into(),
-                text: text.to_owned(),
-            }],
-        );
-        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
-        let definitions = &loaded.definitions;
+        let definitions = &definitions(text);
         let build_end = definitions.waves[0]
             .phases
             .build
