@@ -2508,7 +2508,7 @@ async fn unknown_waves_and_applications_are_named_with_what_there_is(
     h: Harness,
 ) -> anyhow::Result<()> {
     // Each is refused as not found (the API answers 404), with the names there are.
-    let refused = |result: anyhow::Result<Vec<String>>| {
+    let refused = |result: anyhow::Result<()>| {
         result
             .err()
             .map(|e| {
@@ -2519,7 +2519,7 @@ async fn unknown_waves_and_applications_are_named_with_what_there_is(
             .unwrap_or_else(|| "accepted".to_owned())
     };
     assert_eq!(
-        refused(h.store.approve(WAVE_A, None, "alice", 0).await),
+        refused(h.store.approve(WAVE_A, None, "alice", 0).await.map(drop)),
         "no wave `wave-a`: nothing is applied yet (wavelift apply PATH)"
     );
     let defs = load(&[
@@ -2546,7 +2546,12 @@ async fn unknown_waves_and_applications_are_named_with_what_there_is(
         ),
     ] {
         assert_eq!(
-            refused(h.store.approve(wave, application, "alice", t.build).await),
+            refused(
+                h.store
+                    .approve(wave, application, "alice", t.build)
+                    .await
+                    .map(drop)
+            ),
             expected
         );
         assert_eq!(
@@ -2554,6 +2559,7 @@ async fn unknown_waves_and_applications_are_named_with_what_there_is(
                 h.store
                     .no_go(wave, application, "alice", "no", t.build)
                     .await
+                    .map(drop)
             ),
             expected
         );
@@ -2656,7 +2662,8 @@ async fn approve_opens_a_gate_that_awaits_approval(h: Harness) -> anyhow::Result
 
     let when = t.validate + 3_600_000;
     let approved = h.store.approve(WAVE_A, None, "alice", when).await?;
-    assert_eq!(approved, vec!["web"]);
+    assert_eq!(approved.approved, vec!["web"]);
+    assert!(approved.already.is_empty());
     let row = h.task("web/ready").await?;
     assert_eq!(row.state, "pending");
     assert_eq!(row.approved_by.as_deref(), Some("alice"));
@@ -2665,6 +2672,20 @@ async fn approve_opens_a_gate_that_awaits_approval(h: Harness) -> anyhow::Result
     assert_eq!(h.task("db/ready").await?.approved_by, None);
     let events = h.store.events_after(0, Some(WAVE_A), u32::MAX).await?;
     let approval = events.last().context("no event")?;
+    let logged = events.len();
+    // A second go before the gate opens keeps the first: who gave it, when, and the log.
+    let again = h.store.approve(WAVE_A, None, "bob", when + 5).await?;
+    assert!(again.approved.is_empty(), "{again:?}");
+    assert_eq!(again.already, vec![("web".to_owned(), "alice".to_owned())]);
+    assert_eq!(again.already_text(), "web (by alice)");
+    let row = h.task("web/ready").await?;
+    assert_eq!(row.approved_by.as_deref(), Some("alice"));
+    assert_eq!(row.approved_at, Some(when));
+    assert_eq!(row.next_run_at, when);
+    assert_eq!(
+        h.store.events_after(0, Some(WAVE_A), u32::MAX).await?.len(),
+        logged
+    );
     assert_eq!(approval.kind, "operator.approve");
     assert_eq!(approval.task_id.as_deref(), Some("web/ready"));
     assert!(approval.message.contains("alice"), "{}", approval.message);

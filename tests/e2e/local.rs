@@ -165,6 +165,36 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
             .count();
         assert_eq!(finalized, 1, "{server} finalized once:\n{}", events.stdout);
     }
+    // Each report's delivery is logged in the warped run's time, not before the report
+    // it delivers (the wall clock is months behind the quickstart's waves); the event's
+    // details are JSON, the report's id among them.
+    let logged: Vec<serde_json::Value> = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("events --json prints JSON lines"))
+        .collect();
+    let recorded: std::collections::HashMap<i64, i64> = logged
+        .iter()
+        .filter(|e| e["kind"] == "report.recorded")
+        .map(|e| {
+            (
+                e["data"]["report"].as_i64().expect("a report id"),
+                e["at"].as_i64().expect("at"),
+            )
+        })
+        .collect();
+    let delivered: Vec<&serde_json::Value> = logged
+        .iter()
+        .filter(|e| e["kind"] == "report.delivered")
+        .collect();
+    assert_eq!(delivered.len(), recorded.len(), "{}", events.stdout);
+    for event in delivered {
+        let report = event["data"]["report"].as_i64().expect("a report id");
+        assert!(
+            event["at"].as_i64() >= recorded.get(&report).copied(),
+            "delivered before it was recorded: {event}"
+        );
+    }
 
     // dir-01 fails back: its writer stopped, a file written into its cutover copy (as
     // the migrated server would), the source gets the copy's state through its `local`

@@ -530,6 +530,12 @@ fn a_required_cutover_approval_stops_the_run_until_an_operator_approves() {
         &["approve", "wave-1", "--app", "payroll", "--by", "alice"],
     ));
     assert_eq!(ahead.stdout, "approved by alice: payroll\n");
+    // A go for the whole wave afterwards keeps the goes given: who gave them stays.
+    let again = succeeds(wavelift(&dir, &["approve", "wave-1", "--by", "bob"]));
+    assert_eq!(
+        again.stdout,
+        "approved already, the go kept as given: directory (by alice), payroll (by alice)\n"
+    );
     succeeds(run_until_done(&dir, false));
     let tasks = status_tasks(&dir, &[]);
     // Wave-1 ran to its end; the clock stopped short of wave-2's window, whose go is

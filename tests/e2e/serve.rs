@@ -300,14 +300,16 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
     assert_eq!(status, StatusCode::OK, "{approved}");
     assert_eq!(
         approved,
-        json!({ "approved": ["directory"], "by": "approver-user" })
+        json!({ "approved": ["directory"], "by": "approver-user", "already": [] })
     );
-    let (status, _) = post(
-        "/api/waves/wave-1/approve",
-        token_of("admin"),
-        json!({ "app": "payroll" }),
+    let (status, approved) = post("/api/waves/wave-1/approve", token_of("admin"), json!({}));
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["approved"], json!(["payroll"]), "{approved}");
+    assert_eq!(
+        approved["already"],
+        json!([{ "app": "directory", "by": "approver-user" }]),
+        "{approved}"
     );
-    assert_eq!(status, StatusCode::OK);
     let (status, error) = post(
         "/api/waves/wave-9/approve",
         token_of("admin"),

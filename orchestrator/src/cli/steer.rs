@@ -21,10 +21,18 @@ pub async fn approve(
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
     let who = state::operator(by);
-    let apps = store
+    let approval = store
         .approve(wave, app, &who, levers_now(&store).await?)
         .await?;
-    outln!("approved by {who}: {}", apps.join(", "));
+    if !approval.approved.is_empty() {
+        outln!("approved by {who}: {}", approval.approved.join(", "));
+    }
+    if !approval.already.is_empty() {
+        outln!(
+            "approved already, the go kept as given: {}",
+            approval.already_text()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

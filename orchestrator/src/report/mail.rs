@@ -329,9 +329,13 @@ impl Mailer {
             write_outcome(|| store.report_narrowed(report, lease, remaining)).await?;
         }
         let at = jiff::Timestamp::now().as_millisecond();
+        // Recorded and logged in the run's time (a warped run's clock while it is ahead
+        // of the wall clock, as status and the other events speak); the next attempt is
+        // due on the wall clock, which the delivery loop follows.
+        let logged = crate::scheduler::clock::status_now(store).await?.0;
         let attempt = match result {
             Ok(via) => {
-                write_outcome(|| store.report_delivered(report, lease, at, &via)).await?;
+                write_outcome(|| store.report_delivered(report, lease, logged, &via)).await?;
                 Attempt::Delivered { via }
             }
             Err(failure) if !failure.permanent && (number as u32) < self.attempts => {
@@ -344,7 +348,7 @@ impl Mailer {
                     store.report_not_delivered(
                         report,
                         lease,
-                        at,
+                        logged,
                         &failure.message,
                         Some(retry_at),
                         None,
@@ -380,7 +384,7 @@ impl Mailer {
                 }
                 error.push_str(not_kept.as_deref().unwrap_or_default());
                 write_outcome(|| {
-                    store.report_not_delivered(report, lease, at, &error, None, kept.as_deref())
+                    store.report_not_delivered(report, lease, logged, &error, None, kept.as_deref())
                 })
                 .await?;
                 Attempt::Failed { error, kept }

@@ -28,7 +28,21 @@ pub struct EventRow {
     pub task_id: Option<String>,
     pub kind: String,
     pub message: String,
+    /// Structured details: stored as JSON text, given out (`events --json`, the API) as
+    /// the JSON they hold; text that is not JSON goes out as a string.
+    #[serde(serialize_with = "details")]
     pub data: Option<String>,
+}
+
+fn details<S: serde::Serializer>(data: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+    match data
+        .as_deref()
+        .map(|text| serde_json::from_str::<serde_json::Value>(text).map_err(|_| text))
+    {
+        None => out.serialize_none(),
+        Some(Ok(value)) => value.serialize(out),
+        Some(Err(text)) => out.serialize_str(text),
+    }
 }
 
 /// Events are written inside the caller's transaction, all of a batch in one insert
@@ -189,5 +203,36 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("", "kind")?, r.try_get("", "n")?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventRow;
+
+    fn row(data: Option<&str>) -> EventRow {
+        EventRow {
+            id: 7,
+            at: 1,
+            wave: "wave-1".into(),
+            server: Some("web-01".into()),
+            task_id: None,
+            kind: "engine.start_launch".into(),
+            message: "launch".into(),
+            data: data.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn details_go_out_as_the_json_they_hold() {
+        let out = serde_json::to_value(row(Some(r#"{"job":"mgnjob-1","servers":2}"#)))
+            .expect("an event serializes");
+        assert_eq!(out["data"]["job"], "mgnjob-1");
+        assert_eq!(out["data"]["servers"], 2);
+        let out = serde_json::to_value(row(Some("not json {"))).expect("an event serializes");
+        assert_eq!(out["data"], "not json {");
+        let out = serde_json::to_value(row(None)).expect("an event serializes");
+        assert!(out["data"].is_null());
+        assert_eq!(out["id"], 7);
     }
 }

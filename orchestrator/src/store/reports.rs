@@ -178,7 +178,8 @@ impl Store {
     }
 
     /// The attempt that holds the report under `lease` delivered it (`via`: the server or
-    /// the outbox file). Outcomes are written only while the lease is the attempt's.
+    /// the outbox file) at `at`, in the run's time. Outcomes are written only while the
+    /// lease is the attempt's.
     pub async fn report_delivered(
         &self,
         report: &ReportRow,
@@ -226,8 +227,9 @@ impl Store {
         Ok(())
     }
 
-    /// The attempt failed: tried again from `retry_at`, or, without one, given up on
-    /// (`kept`: where the message was kept for a person to send).
+    /// The attempt failed (logged at `at`, in the run's time): tried again from
+    /// `retry_at` (wall clock), or, without one, given up on (`kept`: where the message
+    /// was kept for a person to send).
     pub async fn report_not_delivered(
         &self,
         report: &ReportRow,

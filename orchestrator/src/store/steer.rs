@@ -18,6 +18,25 @@ pub enum RefusalKind {
     Invalid,
 }
 
+/// What an approval did: the applications whose go it gave, and those approved before,
+/// each with who gave its go (kept, not given again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approval {
+    pub approved: Vec<String>,
+    pub already: Vec<(String, String)>,
+}
+
+impl Approval {
+    /// "web (by alice), db (by bob)": the applications approved before.
+    pub fn already_text(&self) -> String {
+        self.already
+            .iter()
+            .map(|(app, by)| format!("{app} (by {by})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A lever the store refused, with the sentence for the operator.
 #[derive(Debug)]
 pub struct Refused {
@@ -44,30 +63,44 @@ macro_rules! refuse {
 }
 
 impl Store {
-    /// Records a go for the cutover gates of a wave (or one application). Returns the
-    /// applications approved.
+    /// Records a go for the cutover gates of a wave (or one application) that have none.
+    /// A gate approved already (waiting for its cutovers' window or their boot tests)
+    /// keeps its go and who gave it; it is named in [`Approval::already`].
     pub async fn approve(
         &self,
         wave: &str,
         application: Option<&str>,
         by: &str,
         now: i64,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<Approval> {
         let txn = self.write_transaction().await?;
         let (filter, mut values): (&str, Vec<Value>) = match application {
             Some(app) => (" AND application = ?", vec![wave.into(), app.into()]),
             None => ("", vec![wave.into()]),
         };
-        let sql = format!(
-            "SELECT application FROM tasks WHERE kind = 'gate' AND approval_required AND wave = ?{filter} \
-             AND state NOT IN ('succeeded', 'skipped', 'cancelled') ORDER BY application"
+        let gates = format!(
+            "kind = 'gate' AND approval_required AND wave = ?{filter} \
+             AND state NOT IN ('succeeded', 'skipped', 'cancelled')"
         );
-        let rows = txn.query_all_raw(self.stmt(&sql, values.clone())).await?;
-        let apps: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String>("", "application"))
-            .collect::<Result<_, _>>()?;
-        if apps.is_empty() {
+        let rows = txn
+            .query_all_raw(self.stmt(
+                &format!(
+                    "SELECT application, approved_by, state FROM tasks WHERE {gates} \
+                     ORDER BY application"
+                ),
+                values.clone(),
+            ))
+            .await?;
+        let mut approval = Approval::default();
+        for row in &rows {
+            let app: String = row.try_get("", "application")?;
+            let state: String = row.try_get("", "state")?;
+            match row.try_get::<Option<String>>("", "approved_by")? {
+                Some(first) if state != "awaiting_approval" => approval.already.push((app, first)),
+                _ => approval.approved.push(app),
+            }
+        }
+        if rows.is_empty() {
             self.check_names(&txn, wave, application).await?;
             refuse!(
                 Conflict,
@@ -77,17 +110,20 @@ impl Store {
                     .unwrap_or_default()
             );
         }
+        if approval.approved.is_empty() {
+            return Ok(approval);
+        }
         let mut update_values: Vec<Value> = vec![by.into(), now.into(), now.into(), now.into()];
         update_values.append(&mut values);
         let sql = format!(
             "UPDATE tasks SET approved_by = ?, approved_at = ?, \
              state = CASE WHEN state = 'awaiting_approval' THEN 'pending' ELSE state END, \
              next_run_at = CASE WHEN state = 'awaiting_approval' THEN ? ELSE next_run_at END, updated_at = ? \
-             WHERE kind = 'gate' AND approval_required AND wave = ?{filter} \
-             AND state NOT IN ('succeeded', 'skipped', 'cancelled')"
+             WHERE {gates} AND (approved_by IS NULL OR state = 'awaiting_approval')"
         );
         txn.execute_raw(self.stmt(&sql, update_values)).await?;
-        let events: Vec<NewEvent> = apps
+        let events: Vec<NewEvent> = approval
+            .approved
             .iter()
             .map(|app| NewEvent {
                 at: now,
@@ -101,7 +137,7 @@ impl Store {
             .collect();
         insert_events(self, &txn, &events).await?;
         txn.commit().await?;
-        Ok(apps)
+        Ok(approval)
     }
 
     /// A no-go: the go is withheld (or withdrawn) for the wave's cutovers, or one

@@ -607,7 +607,15 @@ pub async fn approve(
         Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
     };
     match app.approve(&wave, body.app.as_deref(), &who).await {
-        Ok(apps) => Json(json!({ "approved": apps, "by": who.name })).into_response(),
+        Ok(approval) => {
+            let already: Vec<_> = approval
+                .already
+                .iter()
+                .map(|(app, by)| json!({ "app": app, "by": by }))
+                .collect();
+            Json(json!({ "approved": approval.approved, "by": who.name, "already": already }))
+                .into_response()
+        }
         Err(err) => refused(err),
     }
 }

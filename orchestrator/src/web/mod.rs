@@ -163,7 +163,7 @@ impl App {
         wave: &str,
         application: Option<&str>,
         who: &Identity,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<crate::store::Approval> {
         let now = self.now().await?;
         let approved = self.store.approve(wave, application, &who.name, now).await;
         self.forget();

@@ -85,7 +85,7 @@ pub fn spec() -> Value {
                 "parameters": [wave],
                 "requestBody": { "required": false, "content": { "application/json": { "schema": {
                     "type": "object", "additionalProperties": false, "properties": { "app": { "type": "string" } } } } } },
-                "responses": lever_responses("the applications approved and by whom") } },
+                "responses": lever_responses("the applications approved (`approved`) and by whom (`by`); those approved before keep their go (`already`: app and by)") } },
             "/api/waves/{wave}/no-go": { "post": {
                 "summary": "Withhold or withdraw the go for cutovers that have not started, with the reason (role approver or admin)",
                 "parameters": [wave],

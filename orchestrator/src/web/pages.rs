@@ -206,9 +206,11 @@ async fn decide(app: &App, wave: &str, headers: &HeaderMap, form: &CsrfForm, go:
     };
     let application = Some(form.app.as_str()).filter(|a| !a.is_empty());
     let decided = if go {
-        app.approve(wave, application, &who).await
+        app.approve(wave, application, &who).await.map(drop)
     } else {
-        app.no_go(wave, application, &form.reason, &who).await
+        app.no_go(wave, application, &form.reason, &who)
+            .await
+            .map(drop)
     };
     match decided {
         Ok(_) => Redirect::to(&format!("/waves/{wave}")).into_response(),
