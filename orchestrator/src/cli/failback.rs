@@ -276,20 +276,11 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .find(|t| t.id == cutover);
     let (now, _) = crate::scheduler::clock::status_now(&opened.store).await?;
-    match &task {
-        Some(task) if task.state == "running" => bail!(
-            "{cutover} is running: a failover is a cutover of its own, not one beside it; wait for it, or abort it (wavelift abort {cutover} --reason TEXT)"
-        ),
-        // Its window is open: the run may start it while the failover waits for its copy.
-        Some(task)
-            if matches!(task.state.as_str(), "pending" | "awaiting_approval")
-                && task.earliest <= now =>
-        {
-            bail!(
-                "{cutover} is due (its window is open) and would start beside the failover: skip it first (wavelift skip {cutover}), and the failover cuts the server over instead"
-            )
-        }
-        _ => {}
+    if let Some(why) = task
+        .as_ref()
+        .and_then(|task| cutover_in_the_way(task, now, args.wait))
+    {
+        bail!("{why}");
     }
     let who = state::operator(args.by.as_deref());
     match source.life_cycle {
@@ -473,6 +464,33 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Why the wave's own cutover task of the server keeps a failover from starting at `now`
+/// (the run's time) with `wait` for its copy: it runs, or it is due or falls due before
+/// the failover is over, when the run could start it beside the failover (which would
+/// take the failover's launch for its own).
+fn cutover_in_the_way(task: &crate::store::TaskRow, now: i64, wait: Duration) -> Option<String> {
+    let cutover = &task.id;
+    let waiting = matches!(task.state.as_str(), "pending" | "awaiting_approval");
+    let over_by = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+    if task.state == "running" {
+        Some(format!(
+            "{cutover} is running: a failover is a cutover of its own, not one beside it; wait for it, or abort it (wavelift abort {cutover} --reason TEXT)"
+        ))
+    } else if waiting && task.earliest <= now {
+        Some(format!(
+            "{cutover} is due (its window is open) and would start beside the failover: skip it first (wavelift skip {cutover}), and the failover cuts the server over instead"
+        ))
+    } else if waiting && task.earliest <= over_by {
+        Some(format!(
+            "{cutover} falls due at {} (its window opens), before the failover's wait of {} ends, and would start beside it: skip it first (wavelift skip {cutover}), or fail over with a shorter --wait",
+            crate::scheduler::clock::timestamp(task.earliest),
+            waves::units::format_seconds(wait.as_secs_f64())
+        ))
+    } else {
+        None
+    }
+}
+
 /// A busy or unreachable engine: waited out, not taken for a failed failover.
 fn transient(err: &replication::EngineError) -> bool {
     matches!(
@@ -517,6 +535,53 @@ mod tests {
         DiskSpec, JobStatus, LaunchKind, LifeCycle, PointInTime, ReplicationEngine, SourceSpec,
         TargetState,
     };
+
+    /// The wave's cutover keeps a failover back while it runs, is due, or falls due
+    /// within the failover's wait; one due later, or over, does not.
+    #[test]
+    fn a_cutover_due_within_the_wait_keeps_a_failover_back() {
+        let hour = 3_600_000;
+        let task = |state: &str, earliest: i64| crate::store::TaskRow {
+            id: "web-1/cutover".to_owned(),
+            wave: "wave-1".to_owned(),
+            application: "web".to_owned(),
+            server: Some("web-1".to_owned()),
+            kind: "cutover".to_owned(),
+            state: state.to_owned(),
+            attempts: 0,
+            earliest,
+            deadline: None,
+            next_run_at: earliest,
+            approval_required: false,
+            approved_by: None,
+            approved_at: None,
+            step: None,
+            reason: None,
+            started_at: None,
+            finished_at: None,
+            released_at: None,
+            abort_requested: None,
+        };
+        let wait = std::time::Duration::from_secs(600);
+        let why = |state: &str, earliest: i64| {
+            super::cutover_in_the_way(&task(state, earliest), 10 * hour, wait)
+        };
+        assert!(why("running", 0).is_some_and(|w| w.contains("is running")));
+        assert!(
+            why("pending", 9 * hour).is_some_and(|w| w.contains("is due (its window is open)"))
+        );
+        let soon = why("awaiting_approval", 10 * hour + 300_000).unwrap_or_default();
+        assert!(
+            soon.contains("web-1/cutover falls due at 1970-01-01T10:05:00Z")
+                && soon.contains("before the failover's wait of 10m ends")
+                && soon.contains("wavelift skip web-1/cutover"),
+            "{soon}"
+        );
+        assert_eq!(why("pending", 10 * hour + 601_000), None);
+        for over in ["succeeded", "skipped", "failed", "cancelled", "blocked"] {
+            assert_eq!(why(over, 0), None, "{over}");
+        }
+    }
 
     /// A failover left cutting over (its launch done, never finalized) is rolled back:
     /// ready for cutover again, its copy terminated; rolling back again changes nothing
