@@ -378,6 +378,9 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
                             .to_owned(),
                     );
                 }
+                if let Some(why) = database_url_problem(text) {
+                    return Err(why);
+                }
                 Ok(text.to_owned())
             });
             if let Some(parsed) = parsed {
@@ -444,6 +447,53 @@ pub fn check_version(node: &Node, ctx: &mut Ctx) {
             format!("version {version} is not supported: this Wavelift reads version 1"),
         );
     }
+}
+
+/// Why a database URL cannot hold Wavelift's state, when it cannot: SQLite in memory
+/// (the state would be gone when the process ends) or without a file, a folder, or
+/// PostgreSQL without a host.
+pub fn database_url_problem(url: &str) -> Option<String> {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let in_memory = path == ":memory:"
+            || query
+                .split('&')
+                .any(|pair| pair.eq_ignore_ascii_case("mode=memory"));
+        if in_memory {
+            return Some(format!(
+                "`{url}` is a database in memory, gone when the process ends with every task's history: name a file, as sqlite://.wavelift/state.db"
+            ));
+        }
+        if path.is_empty() {
+            return Some(format!(
+                "`{url}` names no file: write it as sqlite://PATH, as sqlite://.wavelift/state.db"
+            ));
+        }
+        if path.ends_with('/') || path == "." || path == ".." || path.ends_with("/.") {
+            return Some(format!(
+                "`{url}` names a folder, not the database file: add the file's name, as sqlite://.wavelift/state.db"
+            ));
+        }
+        return None;
+    }
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    // A socket folder may be given as a parameter: postgres:///waves?host=/run/postgresql.
+    let host_given = rest
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("host=")));
+    (!host_given && (host.is_empty() || host.starts_with(':'))).then(|| {
+        format!(
+            "`{}` names no host: write it as postgres://USER@HOST:PORT/DATABASE",
+            redact_url(url)
+        )
+    })
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -1282,4 +1332,38 @@ pub fn check_site(site: &Spanned<String>, config: &Config, ctx: &mut Ctx) {
         template::unknown_name("site", &site.value, &known)
     };
     ctx.error(site.location, message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url_problem;
+
+    #[test]
+    fn a_database_url_must_keep_the_state_somewhere() {
+        for kept in [
+            "sqlite://.wavelift/state.db",
+            "sqlite:///var/lib/wavelift/state.db?mode=rwc",
+            "sqlite:state.db",
+            "postgres://wavelift@127.0.0.1:5432/waves",
+            "postgresql://db.example/waves",
+            "postgres:///waves?host=/run/postgresql",
+        ] {
+            assert_eq!(database_url_problem(kept), None, "{kept}");
+        }
+        for (lost, said) in [
+            ("sqlite:", "names no file"),
+            ("sqlite://", "names no file"),
+            ("sqlite::memory:", "in memory"),
+            ("sqlite://?mode=memory", "in memory"),
+            ("sqlite://state.db?cache=shared&mode=memory", "in memory"),
+            ("sqlite://.wavelift/", "names a folder"),
+            ("sqlite://.", "names a folder"),
+            ("postgres://", "names no host"),
+            ("postgresql://wavelift@/waves", "names no host"),
+            ("postgres://:5432/waves", "names no host"),
+        ] {
+            let why = database_url_problem(lost).unwrap_or_default();
+            assert!(why.contains(said), "{lost}: {why}");
+        }
+    }
 }

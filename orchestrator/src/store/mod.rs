@@ -90,6 +90,10 @@ impl Store {
         synchronous_full: bool,
         sqlite_connections: u32,
     ) -> anyhow::Result<Store> {
+        // Nothing is kept in memory only, nor opened without a file or a host.
+        if let Some(why) = waves::config::database_url_problem(url) {
+            anyhow::bail!("{why}");
+        }
         let mut options = ConnectOptions::new(url.to_owned());
         options.sqlx_logging(false);
         if url.starts_with("sqlite:") {
@@ -259,9 +263,6 @@ fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
         .split('?')
         .next()
         .unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
     if let Some(parent) = Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
