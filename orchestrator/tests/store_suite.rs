@@ -299,7 +299,8 @@ applications:
         ));
         for server in &app.servers {
             text.push_str(&format!(
-                "      - name: {}\n        disks: [{{ device: /dev/sda, size: {}GiB, used: {}GiB, boot: true }}]\n",
+                "      - name: {}\n        disks: [{{ device: disks/{}.img, size: {}GiB, used: {}GiB, boot: true }}]\n",
+                server.name,
                 server.name,
                 server.disk_gib,
                 server.disk_gib / 2

@@ -139,7 +139,7 @@ fn plan_flags_a_window_too_short_for_its_cutovers_and_exits_1() {
     let dir = scratch("short-window");
     fs::write(
         dir.join("wave.yaml"),
-        "name: tight\nwindow: { start: 2027-12-11 22:00, duration: 1h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\n  tasks: { cutover: { expected_duration: 45m } }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n  - name: app\n    depends_on: [db]\n    servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n",
+        "name: tight\nwindow: { start: 2027-12-11 22:00, duration: 1h, timezone: UTC }\ndefaults:\n  os: { family: linux }\n  access: { method: local }\n  tasks: { cutover: { expected_duration: 45m } }\napplications:\n  - name: db\n    servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n  - name: app\n    depends_on: [db]\n    servers: [{ name: app-1, disks: [{ device: /dev/sdb, size: 10GiB }] }]\n",
     )
     .unwrap_or_default();
     let run = wavelift(&dir, &["plan", "wave.yaml"]);

@@ -676,7 +676,7 @@ mod tests {
                     \x20   servers: [{ name: db-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n\
                     \x20 - name: app\n\
                     \x20   depends_on: [db, db]\n\
-                    \x20   servers: [{ name: app-1, disks: [{ device: /dev/sda, size: 10GiB }] }]\n";
+                    \x20   servers: [{ name: app-1, disks: [{ device: /dev/sdb, size: 10GiB }] }]\n";
         let source = SourceFile {
             name: Arc::from("wave.yaml"),
             text: text.to_owned(),

@@ -139,6 +139,10 @@ fn check_unique_members(
     let mut hosts = Unique::new("host name");
     let mut addresses = Unique::new("IP address");
     let mut sources = Unique::new("source_id");
+    // The disks of servers on this machine (access method local) that the local engine
+    // replicates are its files and devices: one server's each. (Over SSH or WinRM each
+    // server's /dev/sda is its own.)
+    let mut local_disks = Unique::new("disk");
     let mut repeated = vec![0; waves.len()];
     for (w, wave) in waves.iter().enumerate() {
         let mut check = |unique: &mut Unique, key: String, location| {
@@ -168,6 +172,13 @@ fn check_unique_members(
                 }
                 if let Some(id) = &server.source_id {
                     check(&mut sources, id.value.clone(), id.location);
+                }
+                if wave.engine.value == crate::model::EngineKind::Local
+                    && server.access.method == crate::model::AccessMethod::Local
+                {
+                    for disk in &server.disks {
+                        check(&mut local_disks, disk.device.clone(), server.name.location);
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Reading one wave document: the wave, its window and phases, its applications and
 //! their servers, with defaults applied.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -537,11 +538,28 @@ fn decode_server(
         .take("disks")
         .map(|n| {
             let items = decode::list(n, "disks", ctx);
-            let disks = items
-                .iter()
-                .filter_map(|item| decode_disk(item, ctx))
-                .collect::<Vec<_>>();
-            disks_failed = disks.len() < items.len();
+            let mut disks: Vec<Disk> = Vec::new();
+            let mut first_line: HashMap<String, u32> = HashMap::new();
+            for item in items {
+                let Some(disk) = decode_disk(item, ctx) else {
+                    disks_failed = true;
+                    continue;
+                };
+                // One device read as two disks: the agent would open and lock it twice.
+                if let Some(line) = first_line.get(&disk.device) {
+                    ctx.error(
+                        item.location,
+                        format!(
+                            "disk `{}` is listed twice on this server (first at line {line}): list each disk once",
+                            disk.device
+                        ),
+                    );
+                    disks_failed = true;
+                    continue;
+                }
+                first_line.insert(disk.device.clone(), item.location.line);
+                disks.push(disk);
+            }
             disks
         })
         .unwrap_or_default();
@@ -766,9 +784,17 @@ fn map_location(node: &Node) -> Location {
 
 fn decode_disk(node: &Node, ctx: &mut Ctx) -> Option<Disk> {
     let mut map = MapReader::new(node, "disk", ctx)?;
-    let device = map
-        .required("device", ctx)
-        .and_then(|n| decode::string(n, "device", ctx));
+    let device = map.required("device", ctx).and_then(|n| {
+        let device = decode::string(n, "device", ctx)?;
+        if device.trim().is_empty() {
+            ctx.error(
+                n.location,
+                "device: is empty: write the disk's device or image file, like /dev/sda or disks/web-01.img",
+            );
+            return None;
+        }
+        Some(device)
+    });
     let size_node = map.required("size", ctx);
     let size = size_node.and_then(|n| decode::size(n, "disk size", ctx));
     let size_text = size_node

@@ -372,11 +372,11 @@ mod tests {
         };
         let before = definitions(&wave(
             "  - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n\
-             \x20 - { name: web, depends_on: [db], servers: [{ name: s2, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n",
+             \x20 - { name: web, depends_on: [db], servers: [{ name: s2, disks: [{ device: /dev/sdb, size: 1GiB }] }] }\n",
         ));
         let after = definitions(&wave(
             "  - { name: db, owner: dba@example.com, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n\
-             \x20 - { name: shop, servers: [{ name: s2, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n",
+             \x20 - { name: shop, servers: [{ name: s2, disks: [{ device: /dev/sdb, size: 1GiB }] }] }\n",
         ));
         let goes = std::collections::BTreeMap::from([("web".to_owned(), "lead".to_owned())]);
         assert_eq!(
@@ -401,7 +401,7 @@ mod tests {
             \x20 - name: app\n\
             \x20   servers:\n\
             \x20     - { name: s1, disks: [{ device: /dev/sda, size: 10GiB }] }\n\
-            \x20     - { name: s2, disks: [{ device: /dev/sda, size: 10GiB }] }\n";
+            \x20     - { name: s2, disks: [{ device: /dev/sdb, size: 10GiB }] }\n";
         let definitions = &definitions(text);
         let build_end = definitions.waves[0]
             .phases
