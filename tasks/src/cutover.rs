@@ -211,7 +211,27 @@ async fn cutover(ctx: &TaskContext<'_>, step: &mut Step) -> Report {
             let synced = r.state == ReplicationState::Continuous
                 && r.lag_seconds.is_some_and(|lag| lag <= max_lag);
             if !synced {
-                return resume(step, ctx, &format!("final sync: {:?}", r.state), actions);
+                let lag = r
+                    .lag_seconds
+                    .map(|lag| format!(", lag {}", format_seconds(lag)))
+                    .unwrap_or_default();
+                let why = match r.state {
+                    // Not heard from since this process started, or lost: the agent is
+                    // what the final sync waits for.
+                    ReplicationState::Initiating
+                    | ReplicationState::Disconnected
+                    | ReplicationState::Stalled => format!(
+                        "final sync: waiting for the agent, whose replication is {}{lag} (not connected or not heard from; if it stays so, wavelift retry {}/agent_push installs it again)",
+                        replication::rules::state_name(r.state),
+                        ctx.server.name.value
+                    ),
+                    _ => format!(
+                        "final sync: waiting for continuous replication with a lag under {}, now {}{lag}",
+                        format_seconds(max_lag),
+                        replication::rules::state_name(r.state)
+                    ),
+                };
+                return resume(step, ctx, &why, actions);
             }
             // A server whose boot test was skipped was never marked ready for cutover.
             if matches!(

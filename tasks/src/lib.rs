@@ -91,6 +91,35 @@ mod tests {
         assert_rolled_back(&rig.engine, &report, &id, "rolled back: timed out after 2h").await;
     }
 
+    /// A cutover whose server does not replicate continuously yet waits for its final
+    /// sync and says for what: the replication's state in the engine's words and what a
+    /// continuous one must reach.
+    #[tokio::test]
+    async fn a_cutover_waiting_for_its_final_sync_says_what_it_waits_for() {
+        let rig = Rig::new(window_start());
+        rig.register().await;
+        let report = crate::run(&rig.context(TaskKind::Cutover, window_start(), None)).await;
+        let Progress::Wait { note, .. } = &report.progress else {
+            panic!("the cutover did not wait: {report:?}");
+        };
+        let state = rig
+            .engine
+            .find_source("s1")
+            .await
+            .ok()
+            .flatten()
+            .map(|s| replication::rules::state_name(s.replication.state))
+            .unwrap_or_default();
+        assert!(
+            note.starts_with("final sync: waiting for ") && note.contains(&format!(" {state}")),
+            "{note} ({state})"
+        );
+        assert!(
+            !note.contains("Initiating") && !note.contains("InitialSync"),
+            "{note}"
+        );
+    }
+
     /// A cutover an operator aborts with its launch under way is rolled back the same
     /// way, with the operator's reason, and fails for good.
     #[tokio::test]

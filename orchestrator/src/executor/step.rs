@@ -180,8 +180,15 @@ pub async fn run_step(inputs: &StepInputs<'_>, now: i64, task: ClaimedTask) -> C
     let timeout_ms = (settings.timeout.approx_seconds() as i64).saturating_mul(1000);
     // The task itself ends an attempt past its timeout: a started cutover rolls back, a
     // boot test terminates its target, the others keep their step for the retry.
-    let timed_out = (now - resume.attempt_started > timeout_ms)
-        .then(|| format!("timed out after {}", settings.timeout));
+    // Said with where the attempt stood (its last note), not only how long it took.
+    let timed_out = (now - resume.attempt_started > timeout_ms).then(|| {
+        let stood = resume
+            .note
+            .as_deref()
+            .map(|note| format!(" ({note})"))
+            .unwrap_or_default();
+        format!("timed out after {}{stood}", settings.timeout)
+    });
     let Some(engine) = inputs.engines.get(&wave.engine.value) else {
         return failed(
             &task,

@@ -608,11 +608,6 @@ fn remove_images(images: &[PathBuf]) {
     }
 }
 
-/// How long a warped clock waits for an agent that is not connected, in real time (see
-/// [`ReplicationServer::reconnecting`]): a few of its tries. One that stays away longer
-/// is left to the tasks' own waits and timeouts.
-const RECONNECT_GRACE: Duration = Duration::from_secs(30);
-
 fn ended(life_cycle: LifeCycle) -> bool {
     matches!(
         life_cycle,
@@ -657,7 +652,8 @@ impl ReplicationEngine for LocalEngine {
             .filter(|s| !ended(s.life_cycle))
             .any(|s| {
                 server.syncing(&s.id.0)
-                    || (s.token_sha256.is_some() && server.reconnecting(&s.id.0, RECONNECT_GRACE))
+                    || (s.token_sha256.is_some()
+                        && server.reconnecting(&s.id.0, server::RECONNECT_GRACE))
             })
     }
 
@@ -776,13 +772,31 @@ impl ReplicationEngine for LocalEngine {
                 LaunchKind::Cutover => Self::live_cutover(&state, id),
                 LaunchKind::Test => None,
             };
+            let from_point = matches!(point, PointInTime::RecoveryPoint(_));
+            // An agent on its way back (after a restart of this process, or a dropped
+            // link) or catching up is a moment to wait, not a refusal.
+            let server = &self.inner.server;
+            if !from_point
+                && view.replication.state != ReplicationState::Continuous
+                && record.token_sha256.is_some()
+                && !ended(record.life_cycle)
+                && (server.reconnecting(&id.0, server::RECONNECT_GRACE) || server.syncing(&id.0))
+            {
+                return Err(EngineError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{label} cannot be launched yet: its agent is reconnecting or catching up ({}); try again in a moment",
+                        rules::state_name(view.replication.state)
+                    ),
+                ));
+            }
             rules::check_launch(
                 &label,
                 kind,
                 record.life_cycle,
                 view.replication.state,
                 live.as_deref(),
-                matches!(point, PointInTime::RecoveryPoint(_)),
+                from_point,
             )?;
             if let PointInTime::RecoveryPoint(point_id) = point {
                 let known = self

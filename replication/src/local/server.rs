@@ -141,6 +141,12 @@ pub fn token_hash(token: &str) -> String {
 /// the first such record).
 pub const STAGING_FORMAT: u32 = 3;
 const FORMAT_FILE: &str = "FORMAT";
+
+/// How long an agent that is not connected is taken to be on its way back, in real time
+/// (see [`ReplicationServer::reconnecting`]): a few of its tries, which come at most 10 s
+/// apart. A warped clock waits this long for it, and so does a final sync; one that
+/// stays away longer is left to the tasks' own waits and timeouts.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(30);
 const FORMAT_PREFIX: &str = "wavelift staging format ";
 
 /// Refuses a staging folder written in a newer format than this Wavelift reads (a
@@ -339,31 +345,63 @@ impl ReplicationServer {
     }
 
     /// Asks the agent for a recovery point now and waits for it (a launch's final sync).
+    /// An agent on its way back ([`ReplicationServer::reconnecting`] within
+    /// [`RECONNECT_GRACE`], as after a restart of this process) is waited for first,
+    /// inside `timeout`.
     pub async fn barrier(&self, source: &str, timeout: Duration) -> Result<PointMeta, String> {
+        let started = tokio::time::Instant::now();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
-            let mut slots = lock(&self.shared.slots);
-            let Some(slot) = slots.get_mut(source) else {
-                return Err(format!("no agent was ever installed for {source}"));
+        let mut tx = Some(tx);
+        loop {
+            let waited = started.elapsed();
+            // Asked, or to wait for the agent a moment more; the lock is not held across
+            // the wait.
+            let asked = {
+                let mut slots = lock(&self.shared.slots);
+                let Some(slot) = slots.get_mut(source) else {
+                    return Err(format!("no agent was ever installed for {source}"));
+                };
+                match &slot.session {
+                    Some((_, session)) => {
+                        if session
+                            .try_send(Control::Request(Request::Barrier { id }))
+                            .is_err()
+                        {
+                            return Err("its agent's connection is busy or closing".to_owned());
+                        }
+                        if let Some(tx) = tx.take() {
+                            slot.waiters.insert(id, tx);
+                        }
+                        true
+                    }
+                    None => {
+                        let away = slot
+                            .disconnected_at
+                            .unwrap_or(slot.expected_since)
+                            .elapsed();
+                        if slot.stopped || away >= RECONNECT_GRACE || waited >= timeout {
+                            return Err(match slot.disconnected_at {
+                                Some(at) => format!(
+                                    "its agent has been disconnected for {} s",
+                                    at.elapsed().as_secs()
+                                ),
+                                None => format!(
+                                    "its agent has not connected to this replication server (waited {} s)",
+                                    away.as_secs()
+                                ),
+                            });
+                        }
+                        false
+                    }
+                }
             };
-            let Some((_, session)) = &slot.session else {
-                return Err(match slot.disconnected_at {
-                    Some(at) => format!(
-                        "its agent has been disconnected for {} s",
-                        at.elapsed().as_secs()
-                    ),
-                    None => "its agent has not connected yet".to_owned(),
-                });
-            };
-            if session
-                .try_send(Control::Request(Request::Barrier { id }))
-                .is_err()
-            {
-                return Err("its agent's connection is busy or closing".to_owned());
+            if asked {
+                break;
             }
-            slot.waiters.insert(id, tx);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let timeout = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(point)) => Ok(point),
             Ok(Err(_)) => {

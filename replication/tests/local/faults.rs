@@ -134,6 +134,11 @@ async fn a_cut_link_is_reported_and_replication_continues_without_a_full_resync(
     Ok(())
 }
 
+/// A loopback address no one listens on now, for an engine to be started on twice.
+fn free_address() -> std::io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// The engine started again on `listen` once the stopped one has let go of the port
 /// (its listener closes as its tasks end): up to 50 tries, 100 ms apart.
 async fn restarted(
@@ -160,10 +165,7 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
     let image = dir.join("app02.img");
     let size = 8 << 20;
     Writer::create(&image, size, 11)?;
-    let listen: std::net::SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
+    let listen = free_address()?;
     let first = engine_with(&dir, listen).await?;
     let (id, _agent) = replicate_via(&first, &dir, "app02", &image, None).await?;
     continuous(&first, &id).await?;
@@ -191,6 +193,67 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
         resumed < 1 << 20,
         "{resumed} bytes after the restart for a 64 KiB change, {wire_before} before: no full resync"
     );
+    Ok(())
+}
+
+/// Starts: a local engine on a loopback port and an agent in a thread; the engine is
+/// stopped and, 4 s later, started again on the same port (a restart of `wavelift run`),
+/// while the agent's tries to reconnect have drawn apart (0.25, 0.5, 1, 2, 4 s). Until it
+/// is back a launch from the latest data is refused as a moment to wait, never for good,
+/// and a final sync waits for it instead of failing at once (which rolled back every
+/// cutover under way at a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_after_a_restart_a_final_sync_waits_for_the_agent_on_its_way_back() -> TestResult {
+    let dir = temp("restart-sync");
+    let image = dir.join("app03.img");
+    Writer::create(&image, 8 << 20, 12)?;
+    let listen = free_address()?;
+    let first = engine_with(&dir, listen).await?;
+    let (id, _agent) = replicate_via(&first, &dir, "app03", &image, None).await?;
+    continuous(&first, &id).await?;
+    first.shutdown();
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = restarted(&dir, listen).await?;
+    let refused = second
+        .start_launch(
+            LaunchKind::Test,
+            std::slice::from_ref(&id),
+            &PointInTime::Latest,
+        )
+        .await
+        .err()
+        .ok_or("a launch was taken while the agent was away")?;
+    assert_eq!(
+        refused.kind,
+        replication::ErrorKind::Unavailable,
+        "{}",
+        refused.message
+    );
+    assert!(
+        refused.is_transient()
+            && refused
+                .message
+                .contains("cannot be launched yet: its agent is reconnecting or catching up"),
+        "{}",
+        refused.message
+    );
+    let waiting = std::time::Instant::now();
+    let point = second
+        .server()
+        .barrier(&id.0, Duration::from_secs(30))
+        .await?;
+    assert!(
+        waiting.elapsed() > Duration::from_millis(200),
+        "the barrier was asked of an agent that was not back yet"
+    );
+    let points = second.recovery_points(&id).await?;
+    assert!(
+        points.iter().any(|p| p.id == point.id()),
+        "the final sync's point {} is among {points:?}",
+        point.id()
+    );
+    second.shutdown();
     Ok(())
 }
 
@@ -333,10 +396,7 @@ async fn on_a_fixed_port(
     Box<dyn std::error::Error>,
 > {
     Writer::create(image, 4 << 20, seed)?;
-    let listen: std::net::SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
+    let listen = free_address()?;
     let engine = engine_with(dir, listen).await?;
     let (id, agent) = replicate_via(&engine, dir, name, image, None).await?;
     continuous(&engine, &id).await?;
