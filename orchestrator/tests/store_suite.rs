@@ -88,6 +88,7 @@ store_suite!(
     claim_at_next_due_finds_the_task_whose_lease_expired,
     a_report_is_recorded_once_per_event_and_delivered_under_a_lease,
     a_no_go_withdraws_the_go_until_the_gate_opens,
+    a_go_given_to_a_blocked_gate_can_be_withdrawn,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -3085,6 +3086,32 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
     Ok(())
 }
 
+/// A gate blocked by a failure upstream may be given its go ahead; until a retry opens
+/// it, a no-go withdraws that go like any other.
+async fn a_go_given_to_a_blocked_gate_can_be_withdrawn(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let check = h.drive_to("web-1/prereq_check", t.build).await?;
+    h.store
+        .complete(DRIVER, t.build, vec![failed(&check, t.build, "no disk")])
+        .await?;
+    assert_eq!(h.state("web/ready").await?, "blocked");
+    let given = h
+        .store
+        .approve(WAVE_A, Some("web"), "alice", t.build + 1)
+        .await?;
+    assert_eq!(given.approved, vec!["web"]);
+    let held = h
+        .store
+        .no_go(WAVE_A, Some("web"), "carol", "hold it", t.build + 2)
+        .await?;
+    assert_eq!(held, vec!["web"]);
+    let row = h.task("web/ready").await?;
+    assert_eq!((row.state.as_str(), row.approved_by), ("blocked", None));
+    Ok(())
+}
+
 async fn a_no_go_withdraws_the_go_until_the_gate_opens(h: Harness) -> anyhow::Result<()> {
     let defs = load(&web_and_db());
     let t = defs.times(WAVE_A);
@@ -3096,6 +3123,44 @@ async fn a_no_go_withdraws_the_go_until_the_gate_opens(h: Harness) -> anyhow::Re
         .err()
         .context("a no-go without a reason was accepted")?;
     assert_eq!(format!("{err:#}"), "a no-go needs its reason");
+    // A reason the log could not keep on one line, or a book, is refused as invalid.
+    for (reason, said) in [
+        (
+            "hold\n2032-12-18 21:00Z  wave-a  -  operator.approve  forged".to_owned(),
+            "a no-go's reason holds a control character (\\n)",
+        ),
+        (
+            "red \u{1b}[31m".to_owned(),
+            "holds a control character (\\u{1b})",
+        ),
+        (
+            "x".repeat(1001),
+            "a no-go's reason is 1001 characters long; at most 1000 are kept",
+        ),
+    ] {
+        let err = h
+            .store
+            .no_go(WAVE_A, Some("web"), "carol", &reason, t.build)
+            .await
+            .err()
+            .context("a reason the log cannot keep was accepted")?;
+        assert_eq!(
+            err.downcast_ref::<Refused>().map(|r| r.kind),
+            Some(RefusalKind::Invalid),
+            "{err:#}"
+        );
+        assert!(format!("{err:#}").contains(said), "{err:#}");
+    }
+    let err = h
+        .store
+        .approve(WAVE_A, Some("web"), "eve\nalice", t.build)
+        .await
+        .err()
+        .context("a name on two lines was accepted")?;
+    assert!(
+        format!("{err:#}").starts_with("the operator's name holds a control character"),
+        "{err:#}"
+    );
     // Given ahead, then withdrawn: the gate will wait for a go again.
     h.store
         .approve(WAVE_A, Some("web"), "alice", t.build)

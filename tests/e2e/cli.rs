@@ -237,6 +237,7 @@ fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
         wave.replace("name: past", "name: ahead")
             .replace("2020-01-04", "2046-12-15")
             .replace("db-1", "db-2")
+            .replace("/dev/sda", "/dev/sdb")
             .replace("name: db\n", "name: db2\n"),
     )
     .unwrap_or_default();
@@ -252,6 +253,7 @@ fn apply_warns_of_a_wave_whose_window_has_ended_and_stores_it() {
         wave.replace("name: past", "name: soon")
             .replace("2020-01-04", &soon)
             .replace("db-1", "db-3")
+            .replace("/dev/sda", "/dev/sdc")
             .replace("name: db\n", "name: db3\n"),
     )
     .unwrap_or_default();

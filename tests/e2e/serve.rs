@@ -168,6 +168,72 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
             );
         }
     }
+    // A 401 names its scheme; the API is never cached; no page goes into a frame.
+    let refused = http
+        .get(served.url("/api/waves"))
+        .send()
+        .expect("GET without a token");
+    let header = |r: &Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        header(&refused, "www-authenticate"),
+        "Bearer realm=\"wavelift\""
+    );
+    assert_eq!(header(&refused, "cache-control"), "no-store");
+    assert_eq!(header(&refused, "x-frame-options"), "DENY");
+    assert_eq!(header(&refused, "x-content-type-options"), "nosniff");
+    let viewer = tokens[0].1.as_str();
+    // What axum itself refuses is said in JSON too: a path that is not UTF-8, a body over
+    // its limit.
+    let (status, error) = get("/api/waves/%C3%28", Some(viewer));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains("UTF-8")),
+        "{error}"
+    );
+    // (A client of its own: the server closes the connection without reading the body.)
+    let (status, error) = body(
+        client()
+            .post(served.url("/api/waves/wave-1/approve"))
+            .bearer_auth(&tokens[3].1)
+            .body(vec![b' '; 3 << 20])
+            .send()
+            .expect("a large POST"),
+    );
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+    assert!(error["error"].is_string(), "{error}");
+    // `%2F` names no wave (it is not the overview); a limit of 0 is no event.
+    let (status, error) = get("/api/waves/%2F", Some(viewer));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["error"], "no wave `/`");
+    let (status, none) = get("/api/waves/wave-1/events?limit=0", Some(viewer));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(none["events"], json!([]));
+    // A token's name is who acts in the log: on one line.
+    let forged = wavelift(
+        &dir,
+        &[
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--name",
+            "eve\nforged line",
+        ],
+    );
+    assert_eq!(forged.code, 1, "{}", forged.describe());
+    assert!(
+        forged
+            .stderr
+            .contains("name holds a control character (\\n): write it on one line"),
+        "{}",
+        forged.describe()
+    );
     // The live log needs a token too (its answer never ends, so it is asked apart).
     let stream = http
         .get(served.url("/api/waves/wave-1/events/stream"))
@@ -368,7 +434,7 @@ fn every_route_checks_the_token_and_each_role_is_refused_what_it_may_not_do() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{role} skips");
         assert_eq!(
             error["error"],
-            format!("the role {role} may not retry, skip or cancel tasks")
+            format!("the role {role} may not retry, skip, cancel or abort tasks")
         );
     }
     let (status, done) = post(
@@ -688,6 +754,42 @@ fn revoking_a_token_ends_the_sessions_made_with_it() {
     );
 }
 
+/// Starts: `wavelift serve` on a loopback port and one live log (server-sent events) read
+/// through it, as a wave page left open does. SIGTERM stops the server all the same,
+/// within seconds: the live log ends instead of holding the shutdown for good.
+#[test]
+fn a_live_log_left_open_does_not_keep_serve_from_stopping() {
+    let scratch = Scratch::new("serve-sigterm");
+    let dir = applied_quickstart(&scratch);
+    let viewer = token(&dir, "viewer");
+    let mut served = Served::start(&dir, &[]);
+    let mut live = client()
+        .get(served.url("/api/waves/wave-1/events/stream"))
+        .bearer_auth(&viewer)
+        .send()
+        .expect("the live log");
+    assert_eq!(live.status(), StatusCode::OK);
+    let mut first = [0u8; 64];
+    let read = live.read(&mut first).expect("the live log's first bytes");
+    assert!(read > 0, "the live log sent nothing");
+    let asked = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status();
+    let mut exited = None;
+    while asked.elapsed() < Duration::from_secs(8) && exited.is_none() {
+        exited = served.child.try_wait().expect("the serve process");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "serve still runs {:?} after SIGTERM with a live log open",
+            asked.elapsed()
+        )
+    });
+    assert!(status.success(), "serve ended with {status}");
+}
+
 /// Logs in with `token` through the form; the session cookie and the CSRF token its
 /// pages carry.
 fn login(http: &Client, served: &Served, token: &str) -> (String, String) {
@@ -757,7 +859,7 @@ fn the_levers_work_from_the_pages_forms_for_operators_only() {
         );
         assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{role} skips");
         assert!(refused.text().unwrap_or_default().contains(&format!(
-            "the role {role} may not retry, skip or cancel tasks"
+            "the role {role} may not retry, skip, cancel or abort tasks"
         )),);
     }
     assert_eq!(state("dir-01/cmdb_cleanup"), "pending");

@@ -65,6 +65,25 @@ pub const MAX_PER_FILE: usize = 1000;
 /// Longer messages are cut: one that quotes a huge value must still fit a terminal line.
 const MAX_MESSAGE_CHARS: usize = 500;
 
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): shown on a terminal it
+/// stays on its line and sends no escape sequence.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect(),
+    )
+}
+
 /// A message stays on one line (control characters escaped) and within a length limit.
 fn one_line(message: String) -> String {
     let clean = message.chars().all(|c| !c.is_control()) && message.len() <= MAX_MESSAGE_CHARS;

@@ -149,10 +149,15 @@ function replicationTable(data) {
     el("tr", {}, ["Server", "State", "Replicated", "Backlog", "Lag", "Throughput", "On the wire", "ETA", "Last look"].map((h) => el("th", {}, h))), rows);
 }
 
+// Who gives or withholds the go (the API refuses the others; they see the gates only).
+const MAY_DECIDE = ROLE === "approver" || ROLE === "admin";
+
 function approvals(data) {
   const gates = data.gates.filter((g) => g.approval_required);
   if (!gates.length) return el("p", { class: "muted" }, "No cutover of this wave needs a go.");
-  const open = (g) => g.state === "pending" || g.state === "awaiting_approval";
+  // A gate that has not opened: a blocked one may be given its go ahead, or have it
+  // withdrawn, before a retry upstream opens it.
+  const open = (g) => MAY_DECIDE && ["pending", "awaiting_approval", "blocked"].includes(g.state);
   const form = (action, g, label, cls, onsubmit, extra) =>
     el("form", { method: "post", action: `/waves/${encodeURIComponent(NAME)}/${action}`, class: "inline", onsubmit },
       el("input", { type: "hidden", name: "csrf", value: CSRF }),
@@ -257,14 +262,22 @@ function needsAttention(t) {
 function attention(data) {
   const stuck = data.servers.filter((s) => !s.removed).flatMap((s) => data.kinds.map((k) => s.tasks[k]).filter((t) => t && needsAttention(t))
     .map((t) => ({ ...t, server: s.name })));
-  if (!stuck.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed, blocked or cutting over.");
+  // A blocked gate (its reason is a failure upstream, maybe in another wave) has no
+  // lever of its own: retrying what failed releases it.
+  const gates = data.gates.filter((g) => needsAttention(g));
+  if (!stuck.length && !gates.length) return el("p", { class: "muted", id: "attention" }, "Nothing failed, blocked or cutting over.");
   return el("table", { id: "attention" },
     el("tr", {}, ["Task", "State", "Why", ""].map((h) => el("th", {}, h))),
     stuck.map((t) => el("tr", { "data-task": t.id },
       el("td", {}, el("a", { href: `/servers/${encodeURIComponent(t.server)}` }, t.id)),
       el("td", { class: `s-${t.state}` }, t.state),
       el("td", {}, t.reason || ""),
-      el("td", {}, leverForms(t, `/waves/${encodeURIComponent(NAME)}`, refresh)))));
+      el("td", {}, leverForms(t, `/waves/${encodeURIComponent(NAME)}`, refresh)))),
+    gates.map((g) => el("tr", { "data-task": g.id },
+      el("td", {}, g.id),
+      el("td", { class: `s-${g.state}` }, g.state),
+      el("td", {}, g.reason || ""),
+      el("td", {}, ""))));
 }
 
 let waveData = null;
@@ -352,7 +365,8 @@ async function server() {
   const cutover = d.tasks.find((t) => t.kind === "cutover")?.state;
   const tasks = d.tasks.map((t) => el("section", { "data-task": t.id },
     el("h2", {}, `${t.kind}: `, el("span", { class: `s-${t.state} state` }, t.state), t.reason ? ` (${t.reason})` : "", " ",
-      leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server, d.removed ? undefined : cutover)),
+      // A removed server's tasks run no more: no levers (the store refuses them).
+      d.removed ? null : leverForms(t, `/servers/${encodeURIComponent(NAME)}`, server, cutover)),
     t.note ? el("p", { class: "muted" }, t.note) : null,
     t.attempts.length ? el("table", {},
       el("tr", {}, ["Attempt", "Started", "Finished", "Outcome", "Checks", "Output", "Error"].map((h) => el("th", {}, h))),
@@ -364,7 +378,8 @@ async function server() {
         el("td", {}, (a.checks || []).map((c) => el("div", { class: c.passed ? "" : "error" }, `${c.passed ? "pass" : "FAIL"} ${c.name}: ${c.detail}${!c.passed && c.found !== undefined ? ` [found: ${c.found}; expected: ${c.expected}]` : ""}${c.remediation ? ` (${c.remediation})` : ""}`))),
         el("td", {}, a.output),
         el("td", { class: "error" }, a.error || "")))) : el("p", { class: "muted" }, "no attempt yet")));
-  show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`), ...tasks,
+  show(el("h1", {}, `${d.name}`), el("p", {}, "Wave ", el("a", { href: `/waves/${encodeURIComponent(d.wave)}` }, d.wave), `, application ${d.application}`,
+    d.removed ? el("span", { class: "muted", id: "removed" }, " (removed by an apply: its history; its tasks run no more)") : null), ...tasks,
     el("h2", {}, "Job progress log"),
     el("div", { id: "log" }, d.events.slice().reverse().map((e) => el("div", {}, `${new Date(e.at).toISOString().slice(0, 16).replace("T", " ")}  ${e.kind}  ${e.message}`))));
 }

@@ -26,12 +26,14 @@ pub async fn run(
                 let at = jiff::Timestamp::from_millisecond(event.at)
                     .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_default();
+                // One line per event: what it quotes (a command's output, an operator's
+                // reason) is shown with its control characters escaped.
                 outln!(
                     "{at}Z  {:<10} {:<20} {:<28} {}",
                     event.wave,
                     event.server.as_deref().unwrap_or("-"),
                     event.kind,
-                    event.message
+                    waves::diag::printable(&event.message)
                 );
             }
         }

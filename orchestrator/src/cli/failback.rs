@@ -141,7 +141,7 @@ pub async fn run(args: &FailbackArgs) -> anyhow::Result<ExitCode> {
         shell: opened.ports.shell.as_ref(),
         config_dir: &opened.definitions.config.base_dir,
     };
-    let who = state::operator(args.by.as_deref());
+    let who = state::operator(args.by.as_deref())?;
     let until = if args.stop_after_restore {
         tasks::failback::Until::Restored
     } else {
@@ -282,7 +282,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("{why}");
     }
-    let who = state::operator(args.by.as_deref());
+    let who = state::operator(args.by.as_deref())?;
     match source.life_cycle {
         LifeCycle::ReadyForCutover => {}
         // Never marked ready for cutover: its boot test was skipped (the cutover task

@@ -120,7 +120,7 @@ fn render_text(definitions: &Definitions, plan: &Plan, shown: &dyn Fn(&str) -> b
             wave.name.value,
             wave.description
                 .as_deref()
-                .map(|d| format!(": {d}"))
+                .map(|d| format!(": {}", waves::diag::printable(d)))
                 .unwrap_or_default()
         );
         let _ = writeln!(

@@ -35,7 +35,7 @@ fn parse_action(text: &str) -> Result<ReplicationAction, String> {
 
 pub async fn run(args: &ReplicationArgs) -> anyhow::Result<ExitCode> {
     let opened = Opened::open(&args.state, &args.server).await?;
-    let who = state::operator(args.by.as_deref());
+    let who = state::operator(args.by.as_deref())?;
     let Some(source) = opened
         .engine
         .find_source(&opened.server.name.value)

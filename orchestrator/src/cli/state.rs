@@ -456,11 +456,15 @@ pub fn ports(definitions: &Definitions, engines: Engines) -> Ports {
 /// Who the operator is, for approvals and the log: `--by` as given (trimmed), else
 /// `$USER`; a blank name is no name (an audit trail that says "approved by" nobody says
 /// nothing).
-pub fn operator(by: Option<&str>) -> String {
+pub fn operator(by: Option<&str>) -> anyhow::Result<String> {
     let named = |s: &str| Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned);
-    by.and_then(named)
+    let name = by
+        .and_then(named)
         .or_else(|| std::env::var("USER").ok().as_deref().and_then(named))
-        .unwrap_or_else(|| "operator".to_owned())
+        .unwrap_or_else(|| "operator".to_owned());
+    // Who acts is written in the job progress log: on a line of its own.
+    crate::store::check_given("the operator's name", &name, crate::store::MAX_NAME)?;
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -469,10 +473,11 @@ mod tests {
 
     #[test]
     fn a_blank_operator_name_is_no_name() {
-        let user = operator(None);
-        assert_eq!(operator(Some("  alice ")), "alice");
-        assert_eq!(operator(Some("   ")), user);
-        assert_eq!(operator(Some("")), user);
+        let user = operator(None).expect("$USER or `operator`");
+        assert_eq!(operator(Some("  alice ")).ok().as_deref(), Some("alice"));
+        assert_eq!(operator(Some("   ")).ok(), Some(user.clone()));
+        assert_eq!(operator(Some("")).ok(), Some(user.clone()));
+        assert!(operator(Some("eve\nforged")).is_err());
         assert!(!user.trim().is_empty() && user.trim() == user);
     }
 

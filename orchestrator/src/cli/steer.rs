@@ -20,7 +20,7 @@ pub async fn approve(
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
-    let who = state::operator(by);
+    let who = state::operator(by)?;
     let approval = store
         .approve(wave, app, &who, levers_now(&store).await?)
         .await?;
@@ -44,7 +44,7 @@ pub async fn no_go(
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
-    let who = state::operator(by);
+    let who = state::operator(by)?;
     let apps = store
         .no_go(wave, app, &who, reason, levers_now(&store).await?)
         .await?;
@@ -66,7 +66,7 @@ pub async fn pull(
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
-    let who = state::operator(by);
+    let who = state::operator(by)?;
     let now = levers_now(&store).await?;
     match lever {
         Lever::Retry => store.retry(task, &who, now).await?,
@@ -89,7 +89,7 @@ pub async fn abort(
     by: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let store = store_args.open_existing().await?;
-    let who = state::operator(by);
+    let who = state::operator(by)?;
     store
         .abort(task, &who, reason, levers_now(&store).await?)
         .await?;

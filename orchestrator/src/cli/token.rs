@@ -37,7 +37,7 @@ pub async fn run(command: &TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create { role, name, state } => {
             let store = state.open_existing().await?;
-            let name = super::state::operator(name.as_deref());
+            let name = super::state::operator(name.as_deref())?;
             let (id, token) = store.create_token(&name, *role, now).await?;
             eprintln!(
                 "token {id} for {name}, role {}: shown once, keep it now",

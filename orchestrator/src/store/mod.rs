@@ -25,7 +25,7 @@ use sea_orm::{
 pub use apply::{ApplyOptions, ApplyReport};
 pub use events::{AttemptRow, EventRow, NewEvent};
 pub use reports::{KindProgress, NewReport, ReportRow};
-pub use steer::{Approval, RefusalKind, Refused};
+pub use steer::{Approval, MAX_NAME, MAX_REASON, RefusalKind, Refused, check_given};
 pub use tasks::{AttemptRecord, ClaimedTask, Completion, Limit, TaskRow, TaskState, WaveCounts};
 pub use tokens::{Permission, Role, TokenRow, token_hash};
 

@@ -62,6 +62,33 @@ macro_rules! refuse {
     };
 }
 
+/// The longest reason an operator may give (a no-go's, an abort's), in characters.
+pub const MAX_REASON: usize = 1000;
+/// The longest name of an operator or a token, in characters.
+pub const MAX_NAME: usize = 100;
+
+/// Refuses text an operator gives that the job progress log could not keep as one line
+/// of its own: control characters (a newline would start what reads as another event,
+/// an escape sequence would reach every terminal that shows the log), or more than `max`
+/// characters.
+pub fn check_given(what: &str, text: &str, max: usize) -> anyhow::Result<()> {
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        refuse!(
+            Invalid,
+            "{what} holds a control character ({}): write it on one line, without tabs or escape sequences",
+            c.escape_default()
+        );
+    }
+    let length = text.chars().count();
+    if length > max {
+        refuse!(
+            Invalid,
+            "{what} is {length} characters long; at most {max} are kept"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     /// Records a go for the cutover gates of a wave (or one application) that have none.
     /// A gate approved already (waiting for its cutovers' window or their boot tests)
@@ -73,6 +100,7 @@ impl Store {
         by: &str,
         now: i64,
     ) -> anyhow::Result<Approval> {
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let (filter, mut values): (&str, Vec<Value>) = match application {
             Some(app) => (" AND application = ?", vec![wave.into(), app.into()]),
@@ -155,14 +183,18 @@ impl Store {
         if reason.is_empty() {
             refuse!(Invalid, "a no-go needs its reason");
         }
+        check_given("a no-go's reason", reason, MAX_REASON)?;
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let (filter, mut values): (&str, Vec<Value>) = match application {
             Some(app) => (" AND application = ?", vec![wave.into(), app.into()]),
             None => ("", vec![wave.into()]),
         };
+        // Every gate that has not opened: one blocked by a failure upstream may hold a
+        // go given ahead, which must be withdrawable before a retry opens it.
         let gates = format!(
             "kind = 'gate' AND approval_required AND wave = ?{filter} \
-             AND state IN ('pending', 'awaiting_approval')"
+             AND state IN ('pending', 'awaiting_approval', 'blocked')"
         );
         let rows = txn
             .query_all_raw(self.stmt(
@@ -371,6 +403,7 @@ impl Store {
     /// Runs a failed, blocked or cancelled task again from its first step; what it
     /// blocked waits for it again.
     pub async fn retry(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         let reinstall = task.kind == "agent_push" && task.state() == TaskState::Succeeded;
@@ -457,6 +490,8 @@ impl Store {
         if why.is_empty() {
             refuse!(Invalid, "an abort needs its reason");
         }
+        check_given("an abort's reason", why, MAX_REASON)?;
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if task.kind != "cutover" {
@@ -520,6 +555,7 @@ impl Store {
     /// waits for its go (an approval is given with `approve`, recorded with who), nor a
     /// running cutover.
     pub async fn skip(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if matches!(task.state(), TaskState::Succeeded | TaskState::Skipped) {
@@ -566,6 +602,7 @@ impl Store {
     /// Cancels a task that has not finished; what depends on it is blocked. A worker
     /// holding it loses its lease and writes nothing more.
     pub async fn cancel(&self, id: &str, by: &str, now: i64) -> anyhow::Result<()> {
+        check_given("the operator's name", by, MAX_NAME)?;
         let txn = self.write_transaction().await?;
         let task = self.steer_target(&txn, id).await?;
         if task.state().is_final() {

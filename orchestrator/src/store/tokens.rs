@@ -79,6 +79,8 @@ impl Store {
         role: Role,
         now: i64,
     ) -> anyhow::Result<(i64, String)> {
+        // The token's name is who acts in the job progress log.
+        super::steer::check_given("a token's name", name, super::steer::MAX_NAME)?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let token = format!(

@@ -33,10 +33,61 @@ pub const KINDS: [&str; 6] = [
 ];
 
 /// How often the live log looks for new events.
-const STREAM_POLL: Duration = Duration::from_millis(300);
+pub(crate) const STREAM_POLL: Duration = Duration::from_millis(300);
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Every response: the pages kept out of other sites' frames, the browser kept from
+/// guessing types. Under `/api/` no response is cached, a 401 names its scheme, and
+/// every error is `{"error": ...}` whatever produced it (axum's own rejections, of a path
+/// that is not UTF-8 or a body over its limit, answer in plain text).
+pub async fn harden(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::{HeaderValue, header};
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if api && (status.is_client_error() || status.is_server_error()) && !json {
+        let (parts, body) = response.into_parts();
+        let text = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .unwrap_or_default();
+        let message = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text
+        };
+        let mut answer = error(status, message);
+        for (name, value) in &parts.headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                answer.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        response = answer;
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if api {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wavelift\""),
+            );
+        }
+    }
+    response
 }
 
 impl From<Refusal> for Response {
@@ -204,6 +255,10 @@ pub async fn wave(
     if let Err(r) = guard(&app, &headers, Permission::Read, false).await {
         return r;
     }
+    // `/api/waves/%2F` names no wave (the overview's cache key is `/`).
+    if wave == OVERVIEW_KEY {
+        return error(StatusCode::NOT_FOUND, format!("no wave `{wave}`"));
+    }
     cached_json(&app, &wave).await
 }
 
@@ -246,6 +301,7 @@ pub async fn wave_json(app: &App, wave: &str) -> anyhow::Result<Option<Value>> {
                 "approval_required": t.approval_required,
                 "approved_by": t.approved_by,
                 "approved_at": t.approved_at,
+                "reason": t.reason,
             })),
         }
     }
@@ -390,7 +446,7 @@ pub async fn events(
     if let Some(r) = unknown_wave(&app, &wave).await {
         return r;
     }
-    let limit = q.limit.unwrap_or(200).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(200).min(1000);
     match app
         .store
         .events_after(q.after.unwrap_or(0), Some(&wave), limit)
@@ -461,6 +517,11 @@ fn log_stream(
         ),
         |(app, wave, mut after, mut queue, headers, mut checked)| async move {
             loop {
+                // The server shuts down: the stream ends (a browser's EventSource tries
+                // again, and finds the restarted server).
+                if app.closing() {
+                    return None;
+                }
                 if checked.elapsed() >= STREAM_RECHECK {
                     if guard(&app, &headers, Permission::Read, false)
                         .await

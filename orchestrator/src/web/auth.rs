@@ -188,7 +188,7 @@ pub fn allow(
     if !identity.role.may(permission) {
         let what = match permission {
             Permission::Read => "read",
-            Permission::Steer => "retry, skip or cancel tasks",
+            Permission::Steer => "retry, skip, cancel or abort tasks",
             Permission::Approve => "approve cutovers",
         };
         return Err(Refusal::new(

@@ -13,7 +13,7 @@ mod openapi;
 mod pages;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ pub struct App {
     cache: Mutex<HashMap<String, Cached>>,
     /// Counts the levers pulled: a body computed before one is not kept.
     generation: AtomicU64,
+    /// Set when the server shuts down: the live logs end, so that a page left open does
+    /// not keep the process from stopping.
+    closing: AtomicBool,
 }
 
 struct Cached {
@@ -57,7 +60,13 @@ impl App {
             sessions: Sessions::default(),
             cache: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the server is shutting down (its live logs end).
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// The JSON of `key` (a wave's name, or [`api::OVERVIEW_KEY`]): computed on the first
@@ -236,17 +245,24 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/tasks/{first}/{kind}/{lever}", post(api::lever))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::wrong_method)
+        .layer(axum::middleware::from_fn(api::harden))
         .with_state(app)
 }
 
-/// Serves the router on `listener` until `shutdown` completes.
+/// Serves the router on `listener` until `shutdown` completes: then no new connection is
+/// taken, the live logs end within [`api::STREAM_POLL`], and the requests under way are
+/// answered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let closing = Arc::clone(&app);
     axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.closing.store(true, Ordering::SeqCst);
+        })
         .await?;
     Ok(())
 }

@@ -183,8 +183,17 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refusal) = form_poster(&app, &headers, Permission::Read, &form).await {
-        return refusal;
+    // A live session is closed only with its CSRF token (no page elsewhere logs anyone
+    // out); one already gone (expired, revoked, a restart) has its cookie cleared all the
+    // same.
+    match identify(&app.store, &app.sessions, &headers).await {
+        Ok(identity) => {
+            if let Err(refusal) = allow(identity, Permission::Read, true, Some(&form.csrf)) {
+                return Response::from(refusal);
+            }
+        }
+        Err(refusal) if refusal.status == StatusCode::UNAUTHORIZED => {}
+        Err(refusal) => return Response::from(refusal),
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         app.sessions.close(id);
