@@ -9,6 +9,11 @@ use waves::units::{format_bytes, format_seconds};
 
 use crate::context::{Check, Report, TaskContext};
 
+/// How the last look before the window begins its output when it found replication
+/// degraded (the check succeeds all the same; the cutover checks again): the readiness
+/// report reads it.
+pub const DEGRADED_BEFORE_THE_WINDOW: &str = "replication degraded before the window";
+
 pub async fn run(ctx: &TaskContext<'_>) -> Report {
     let server = ctx.server;
     let settings = &server.tasks.replication_verify;
@@ -146,7 +151,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
         (true, _, None) => Report::done(checks, "continuous replication", Vec::new()),
         (false, true, None) => Report::done(
             checks,
-            format!("replication degraded before the window: {note}; the cutover checks it again"),
+            format!("{DEGRADED_BEFORE_THE_WINDOW}: {note}; the cutover checks it again"),
             Vec::new(),
         ),
         (false, false, Some(next)) => Report::wait(

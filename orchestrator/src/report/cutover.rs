@@ -111,7 +111,7 @@ impl CutoverReport {
                 .or_default()
                 .push(attempt);
         }
-        let (mut done, mut rolled_back, mut failed, mut open) = (0, 0, 0, 0);
+        let (mut done, mut skipped, mut rolled_back, mut failed, mut open) = (0, 0, 0, 0, 0);
         let mut servers = Vec::new();
         for (server, tasks) in &by_server {
             let Some(cutover) = tasks.iter().find(|t| t.kind == "cutover") else {
@@ -135,8 +135,11 @@ impl CutoverReport {
                 .or_else(|| verify.and_then(|v| last_note(v)))
                 .unwrap_or_else(|| "not recorded".to_owned());
             let row = server_cutover(server, cutover, final_lag, tasks, log, tries, tz);
+            // A skipped cutover cut nothing over in this wave (an operator took the
+            // server out of it, or failed it over apart): counted apart.
             match cutover.state() {
-                TaskState::Succeeded | TaskState::Skipped => done += 1,
+                TaskState::Succeeded => done += 1,
+                TaskState::Skipped => skipped += 1,
                 s if !s.is_final() => open += 1,
                 _ => failed += 1,
             }
@@ -145,6 +148,9 @@ impl CutoverReport {
         }
         let total = servers.len();
         let mut summary = vec![format!("{done} of {total} servers cut over")];
+        if skipped > 0 {
+            summary.push(format!("{skipped} skipped (not cut over by this wave)"));
+        }
         if rolled_back > 0 {
             summary.push(format!("{rolled_back} rolled back"));
         }
@@ -156,6 +162,8 @@ impl CutoverReport {
         }
         let (outcome, colour) = if done == total {
             ("COMPLETE", GREEN)
+        } else if done + skipped == total {
+            ("COMPLETE WITH SKIPS", AMBER)
         } else if open > 0 && now < calendar.window_end {
             ("IN PROGRESS", AMBER)
         } else {

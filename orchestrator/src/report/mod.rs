@@ -280,7 +280,12 @@ fn replication(verify: Option<&TaskRow>) -> (String, bool) {
     };
     let note = last_note(task);
     match task.state() {
-        TaskState::Succeeded => ("continuous (verified; checks ended)".to_owned(), true),
+        // Its last look found replication degraded ([`Readiness::gather`] keeps that
+        // look's output as its reason).
+        TaskState::Succeeded => match &task.reason {
+            Some(look) => (format!("{look} (its last look)"), false),
+            None => ("continuous (verified; checks ended)".to_owned(), true),
+        },
         TaskState::Skipped => ("not checked (skipped)".to_owned(), true),
         TaskState::Running if task.released_at.is_some() => {
             // The check says whether its last look was healthy.
@@ -360,7 +365,26 @@ impl Readiness {
     pub async fn gather(store: &Store, wave: &str, now: i64) -> anyhow::Result<Readiness> {
         let calendar = calendar_of(store, wave).await?;
         let owners = store.application_owners(wave).await?;
-        let tasks = store.tasks_in_force(wave).await?;
+        let mut tasks = store.tasks_in_force(wave).await?;
+        // A replication check ends with its last look before the window, which may have
+        // found replication degraded (the cutover checks it again): the report says so,
+        // from that look's output, instead of "continuous".
+        let ended: Vec<&str> = tasks
+            .iter()
+            .filter(|t| t.kind == "replication_verify" && t.state() == TaskState::Succeeded)
+            .map(|t| t.id.as_str())
+            .collect();
+        let mut last_looks: BTreeMap<String, String> = BTreeMap::new();
+        for attempt in store.attempts_of_tasks(&ended).await? {
+            last_looks.insert(attempt.task_id, attempt.output);
+        }
+        for task in &mut tasks {
+            if let Some(look) = last_looks.get(&task.id)
+                && look.starts_with(tasks::replication_verify::DEGRADED_BEFORE_THE_WINDOW)
+            {
+                task.reason = Some(look.clone());
+            }
+        }
         Ok(Readiness::from_tasks(
             &calendar,
             &owners,
@@ -684,6 +708,39 @@ mod tests {
         );
     }
 
+    /// A replication check that ended with a last look finding replication degraded
+    /// (its output kept as its reason by `gather`) is not counted as continuous.
+    #[test]
+    fn a_check_whose_last_look_found_replication_degraded_is_not_continuous() {
+        let mut tasks = ready_wave();
+        let look = "replication degraded before the window: Disconnected: 32.0 MiB of 32.0 MiB (100%), lag 50s; the cutover checks it again";
+        for t in &mut tasks {
+            if t.id == "web-01/replication_verify" {
+                t.state = "succeeded".to_owned();
+                t.step = None;
+                t.reason = Some(look.to_owned());
+            }
+        }
+        let report =
+            Readiness::from_tasks(&calendar(), &owners(), &tasks, 1_801_400_000_000, false);
+        assert_eq!(report.decision, "NO-GO");
+        assert!(
+            report
+                .reasons
+                .contains(&"1 of 2 servers are not in continuous replication".to_owned()),
+            "{:?}",
+            report.reasons
+        );
+        let rendered = report.render().expect("renders");
+        assert!(
+            rendered
+                .text
+                .contains(&format!("replication: {look} (its last look)")),
+            "{}",
+            rendered.text
+        );
+    }
+
     #[test]
     fn a_failure_or_a_missing_go_makes_it_a_no_go_with_the_reasons() {
         let mut tasks = ready_wave();
@@ -948,6 +1005,38 @@ mod tests {
         );
         assert!(rendered.html.contains("10.1.2.3"));
         assert!(rendered.html.contains("rolled back"));
+    }
+
+    /// A skipped cutover is not counted as cut over: the report says how many were
+    /// skipped, and a wave whose other cutovers succeeded is complete with skips.
+    #[test]
+    fn a_skipped_cutover_is_not_counted_as_cut_over() {
+        let (mut tasks, events, attempts) = cutover_fixture();
+        for t in &mut tasks {
+            if t.id == "web-02/cutover" {
+                t.state = "skipped".to_owned();
+                t.reason = Some("skipped by alice".to_owned());
+            }
+        }
+        let report = CutoverReport::from_parts(
+            &calendar(),
+            &tasks,
+            &events,
+            &attempts,
+            1_801_530_000_000,
+            false,
+        );
+        assert_eq!(report.outcome, "COMPLETE WITH SKIPS");
+        assert_eq!(report.summary[0], "1 of 2 servers cut over");
+        assert_eq!(report.summary[1], "1 skipped (not cut over by this wave)");
+        let rendered = report.render().expect("renders");
+        assert!(
+            rendered.subject.contains(
+                "cutover report: COMPLETE WITH SKIPS, 1 of 2 servers cut over in the window"
+            ),
+            "{}",
+            rendered.subject
+        );
     }
 
     #[test]
