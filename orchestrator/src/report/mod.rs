@@ -947,17 +947,26 @@ mod tests {
         (tasks, events, attempts)
     }
 
+    /// The cutover report of the fixture's wave, at the fixture's moment.
+    fn cutover_report(
+        tasks: &[TaskRow],
+        events: &[crate::store::EventRow],
+        attempts: &[crate::store::AttemptRow],
+    ) -> CutoverReport {
+        CutoverReport::from_parts(
+            &calendar(),
+            tasks,
+            events,
+            attempts,
+            1_801_530_000_000,
+            false,
+        )
+    }
+
     #[test]
     fn the_cutover_report_shows_each_server_steps_target_downtime_and_rollbacks() {
         let (tasks, events, attempts) = cutover_fixture();
-        let report = CutoverReport::from_parts(
-            &calendar(),
-            &tasks,
-            &events,
-            &attempts,
-            1_801_530_000_000,
-            false,
-        );
+        let report = cutover_report(&tasks, &events, &attempts);
         assert_eq!(report.outcome, "INCOMPLETE");
         assert_eq!(
             report.summary,
@@ -1018,14 +1027,7 @@ mod tests {
                 t.reason = Some("skipped by alice".to_owned());
             }
         }
-        let report = CutoverReport::from_parts(
-            &calendar(),
-            &tasks,
-            &events,
-            &attempts,
-            1_801_530_000_000,
-            false,
-        );
+        let report = cutover_report(&tasks, &events, &attempts);
         assert_eq!(report.outcome, "COMPLETE WITH SKIPS");
         assert_eq!(report.summary[0], "1 of 2 servers cut over");
         assert_eq!(report.summary[1], "1 skipped (not cut over by this wave)");
