@@ -79,6 +79,10 @@ pub enum AgentError {
     Refused(String),
     #[error("{0}")]
     Disk(String),
+    /// The agent's state folder is full (or over its quota): it tries again, as one
+    /// whose connection was lost, and goes on when there is room.
+    #[error("{0}")]
+    Full(String),
     #[error("gave up: no replication server for {0:?} ({1})")]
     GaveUp(Duration, String),
 }
@@ -121,6 +125,12 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
                 if last_contact.elapsed() > config.give_up_after {
                     return Err(AgentError::GaveUp(config.give_up_after, why));
                 }
+            }
+            Err(AgentError::Full(why)) => {
+                log(&format!(
+                    "{why}; the state folder needs room: trying again in {} s",
+                    backoff.as_secs_f64()
+                ));
             }
             Err(err @ (AgentError::Refused(_) | AgentError::Disk(_))) => return Err(err),
             Err(err) => return Err(err),
@@ -186,7 +196,9 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
             Working::filled(&work, &counts, block_digest(&[0u8; BLOCK]))
         }
         (b, _, Some(p)) if p.seq == b => {
-            promote(&config.state_dir).map_err(|err| AgentError::Disk(err.to_string()))?;
+            promote(&config.state_dir).map_err(|err| {
+                state_error("cannot record the last recovery point".to_owned(), err)
+            })?;
             Working::copy_of(&acked_path, &work)
         }
         (b, Some(a), _) if a.seq == b => Working::copy_of(&acked_path, &work),
@@ -197,10 +209,10 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
         }
     }
     .map_err(|err| {
-        AgentError::Disk(format!(
-            "cannot make the agent's digests {}: {err}",
-            work.display()
-        ))
+        state_error(
+            format!("cannot make the agent's digests {}", work.display()),
+            err,
+        )
     })?;
     let counts = sent.counts();
     if counts.len() != disks.len()
@@ -209,10 +221,9 @@ async fn session(config: &AgentConfig, last_contact: &mut Instant) -> Result<End
             .zip(&disks)
             .any(|(&c, d)| c != d.blocks() as u64)
     {
-        return Err(AgentError::Disk(
-            "the disks changed size since the last recovery point: install the agent again"
-                .to_owned(),
-        ));
+        return Err(AgentError::Disk(format!(
+            "the disks changed size since the last recovery point: {FIXED_SIZE}"
+        )));
     }
     let limit = config
         .bandwidth_mbit
@@ -532,9 +543,7 @@ impl Scanner {
                 Ok(Event::Ack(seq)) => {
                     if self.pending == Some(seq) {
                         promote(&self.state_dir).map_err(|err| {
-                            Fault::Disk(AgentError::Disk(format!(
-                                "cannot record recovery point {seq}: {err}"
-                            )))
+                            state_fault(format!("cannot record recovery point {seq}"), err)
                         })?;
                         self.pending = None;
                         self.committed_once = true;
@@ -600,8 +609,7 @@ impl Scanner {
             })?;
             if now != disk.info.size {
                 return Err(Fault::Disk(AgentError::Disk(format!(
-                    "the disk {} is {now} bytes now, {} when replication started: \
-                     install the agent again for the new size",
+                    "the disk {} is {now} bytes now, {} when replication started: {FIXED_SIZE}",
                     disk.path.display(),
                     disk.info.size
                 ))));
@@ -719,10 +727,13 @@ impl Scanner {
     }
 
     fn digests_fault(&self, err: io::Error) -> Fault {
-        Fault::Disk(AgentError::Disk(format!(
-            "cannot read or write the agent's digests in {}: {err}",
-            self.state_dir.display()
-        )))
+        state_fault(
+            format!(
+                "cannot read or write the agent's digests in {}",
+                self.state_dir.display()
+            ),
+            err,
+        )
     }
 
     fn send_run(
@@ -810,9 +821,10 @@ impl Scanner {
         self.sent
             .snapshot(&self.state_dir.join("digest.pending"), seq)
             .map_err(|err| {
-                Fault::Disk(AgentError::Disk(format!(
-                    "cannot record the digests of recovery point {seq}: {err}"
-                )))
+                state_fault(
+                    format!("cannot record the digests of recovery point {seq}"),
+                    err,
+                )
             })?;
         self.send(Frame::Control(Control::Barrier {
             seq,
@@ -863,6 +875,33 @@ impl Scanner {
 enum Fault {
     Closed,
     Disk(AgentError),
+}
+
+/// What to do about a disk that changed size (the agent and the server say the same).
+pub const FIXED_SIZE: &str = "the local engine replicates each disk at the size it had when \
+     replication started, and neither a new agent nor a retry takes another; give the disk \
+     its size back and install the agent again (wavelift retry SERVER/agent_push), which goes \
+     on from the last recovery point";
+
+/// A write to the agent's state folder that failed (`what`, then the error): a full disk
+/// or quota is waited out ([`AgentError::Full`]); anything else stops the agent.
+fn state_error(what: String, err: io::Error) -> AgentError {
+    // ENOSPC and EDQUOT, also where the standard library names them otherwise.
+    let full = matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(err.raw_os_error(), Some(28 | 122));
+    let message = format!("{what}: {err}");
+    if full {
+        AgentError::Full(message)
+    } else {
+        AgentError::Disk(message)
+    }
+}
+
+/// [`state_error`], in a pass.
+fn state_fault(what: String, err: io::Error) -> Fault {
+    Fault::Disk(state_error(what, err))
 }
 
 /// The agent's command line: `wavelift-agent run --server HOST:PORT --pin sha256:HEX

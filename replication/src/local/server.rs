@@ -766,9 +766,10 @@ async fn admit(
         match &known {
             Some(known) if *known != disks => {
                 return Err(Refusal::Refused(format!(
-                    "the disks changed since replication started (the server has {}, the agent {}): a disk that grows or shrinks needs a new source server",
+                    "the disks changed since replication started (the server has {}, the agent {}): {}",
                     describe(known),
-                    describe(&disks)
+                    describe(&disks),
+                    super::agent::FIXED_SIZE
                 )));
             }
             Some(_) => {}

@@ -536,26 +536,7 @@ async fn a_full_staging_disk_is_reported_and_replication_recovers_when_there_is_
 {
     let dir = temp("full");
     let staging = dir.join("staging");
-    std::fs::create_dir_all(&staging)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&staging)
-        .status()?;
-    assert!(
-        mounted.success(),
-        "mounting a small tmpfs needs root (CI runs as root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            // Lazily: the engine's tasks may still hold its pack file open.
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(staging.clone());
+    let _unmount = small_disk(&staging, "3m")?;
     let image = dir.join("big01.img");
     let size = 8 << 20;
     // Random data does not compress: 2 MiB of it (and more below) in a 3 MiB staging disk.
@@ -602,6 +583,65 @@ async fn a_full_staging_disk_is_reported_and_replication_recovers_when_there_is_
         std::fs::read(&copy)? == std::fs::read(&image)?,
         "the copy is the source"
     );
+    Ok(())
+}
+
+/// A tmpfs of `size` mounted on `path` (made first), unmounted when dropped: a small
+/// disk that fills. Mounting needs root, as CI runs.
+fn small_disk(path: &std::path::Path, size: &str) -> Result<Unmount, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(path)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(path)
+        .status()?;
+    assert!(
+        mounted.success(),
+        "mounting a small tmpfs needs root (CI runs as root)"
+    );
+    Ok(Unmount(path.to_owned()))
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        // Lazily: the engine's tasks or an agent may still hold a file open in it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Starts: a local engine on a loopback port and an agent in a thread whose state folder
+/// is a 64 KiB tmpfs the test mounts, nearly filled. The agent does not stop on the full
+/// folder (it did, for good): it waits for room, tries again, and replicates once a file
+/// is removed from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_state_folder_is_full_waits_for_room_and_goes_on() -> TestResult {
+    let dir = temp("agent-full");
+    let state = dir.join("agent-full01");
+    let _unmount = small_disk(&state, "64k")?;
+    let filler = state.join("filler");
+    std::fs::write(&filler, vec![0u8; 60 << 10])?;
+    let image = dir.join("full01.img");
+    Writer::create(&image, 8 << 20, 21)?;
+    let engine = engine(&dir).await?;
+    let (id, agent) = replicate(&engine, &dir, "full01", &image).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !agent.is_finished(),
+        "the agent stopped on a full state folder: {:?}",
+        agent.join()
+    );
+    assert!(
+        engine.recovery_points(&id).await?.is_empty(),
+        "a point was cut without the agent's digests"
+    );
+    std::fs::remove_file(&filler)?;
+    continuous(&engine, &id).await?;
+    assert!(!agent.is_finished(), "the agent replicates on");
+    engine.server().stop(&id.0);
     Ok(())
 }
 
@@ -668,7 +708,7 @@ async fn the_lag_grows_while_nothing_is_read_and_falls_when_passes_resume() -> T
 
 /// An image file is read through a mapping; one that shrinks stops its agent with a
 /// message naming it and both sizes (checked before each pass; passes are paused while
-/// the test truncates, so no read runs past the new end).
+/// the test truncates, so no read runs past the new end), and what to do, which works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
     let (dir, image, engine, id, agent) = replicating("web01", 3).await?;
@@ -692,9 +732,24 @@ async fn an_image_that_shrinks_stops_its_agent_with_both_sizes() -> TestResult {
         .expect_err("the agent stops");
     let message = err.to_string();
     assert!(
-        message.contains("web01.img is 4194304 bytes now, 8388608 when replication started"),
+        message.contains("web01.img is 4194304 bytes now, 8388608 when replication started")
+            && message.contains("give the disk its size back and install the agent again"),
         "{message}"
     );
+    // What it says works: the size given back, a new agent goes on from the last point.
+    std::fs::File::options()
+        .write(true)
+        .open(&image)?
+        .set_len(8 << 20)?;
+    let (again, _agent) = replicate(&engine, &dir, "web01", &image).await?;
+    assert_eq!(again, id);
+    continuous(&engine, &id).await?;
+    let copy = launched_image(&engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the copy is the source as it is now"
+    );
+    engine.server().stop(&id.0);
     engine.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
