@@ -343,17 +343,38 @@ pub fn string_map(
 
 /// Any YAML value as JSON, for free-form engine options. Plain scalars become numbers
 /// and booleans where they read as such.
+/// A plain scalar as a JSON number when it is one JSON keeps as written: a whole number
+/// within 64 bits, or a decimal fraction that is finite. Anything else (`inf`, `NaN`,
+/// `1e400`, an id of 26 digits) stays text, never null or rounded.
+fn plain_number(text: &str) -> Option<serde_json::Value> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(n.into());
+    }
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n.into());
+    }
+    let digits = text.trim_start_matches(['-', '+']);
+    let decimal = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits.contains(['.', 'e', 'E'])
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+    let value = text
+        .parse::<f64>()
+        .ok()
+        .filter(|v| decimal && v.is_finite())?;
+    serde_json::Number::from_f64(value).map(serde_json::Value::Number)
+}
+
 pub fn to_json(node: &Node) -> serde_json::Value {
     match &node.value {
         Value::Null => serde_json::Value::Null,
         Value::Scalar(s) if s.plain => match s.text.as_str() {
             "true" => serde_json::Value::Bool(true),
             "false" => serde_json::Value::Bool(false),
-            text => text
-                .parse::<i64>()
-                .map(serde_json::Value::from)
-                .or_else(|_| text.parse::<f64>().map(serde_json::Value::from))
-                .unwrap_or_else(|_| serde_json::Value::String(text.to_owned())),
+            text => {
+                plain_number(text).unwrap_or_else(|| serde_json::Value::String(text.to_owned()))
+            }
         },
         Value::Scalar(s) => serde_json::Value::String(s.text.clone()),
         Value::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
@@ -369,6 +390,35 @@ pub fn to_json(node: &Node) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_numbers_are_kept_as_written_or_as_text() {
+        let number = |t: &str| plain_number(t).map(|v| v.to_string());
+        assert_eq!(number("42").as_deref(), Some("42"));
+        assert_eq!(number("-7").as_deref(), Some("-7"));
+        assert_eq!(
+            number("18446744073709551615").as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(number("1.5").as_deref(), Some("1.5"));
+        assert_eq!(number("2.5e3").as_deref(), Some("2500.0"));
+        for text in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            ".inf",
+            "1e400",
+            "99999999999999999999999999",
+            "123456789012345678901",
+            "0x1F",
+            "1_000",
+            "v1.2",
+        ] {
+            assert_eq!(number(text), None, "{text}");
+        }
+    }
 
     #[test]
     fn suggestions_catch_typos_only() {

@@ -159,6 +159,7 @@ pub fn estimate_wave(definitions: &Definitions, wave: &Wave) -> WaveEstimate {
     let mut servers = Vec::new();
     let mut readiness = Readiness::InTime;
     let mut last: Option<Timestamp> = None;
+    let mut beyond = false;
     let replication_seconds = seconds_between(build_start, validate_start).max(1.0);
     for link in &order {
         let group = &members[link];
@@ -217,6 +218,8 @@ pub fn estimate_wave(definitions: &Definitions, wave: &Wave) -> WaveEstimate {
             if let Some(at) = continuous_at {
                 last = Some(last.map_or(at, |l| l.max(at)));
             }
+            // Further off than a date can say (a link of a few bits per second).
+            beyond |= seconds.is_some() && continuous_at.is_none();
             servers.push(ServerEstimate {
                 server: server.name.value.clone(),
                 application: (*app).to_owned(),
@@ -242,7 +245,10 @@ pub fn estimate_wave(definitions: &Definitions, wave: &Wave) -> WaveEstimate {
         notes.push("no server lists its disks: nothing to estimate".to_owned());
         readiness = Readiness::Unknown;
     }
-    if readiness != Readiness::Unknown
+    if readiness != Readiness::Unknown && beyond {
+        readiness = Readiness::TooLate;
+        last = None;
+    } else if readiness != Readiness::Unknown
         && let Some(last) = last
     {
         readiness = if last <= validate_start {

@@ -12,7 +12,7 @@ use crate::cron::CronSchedule;
 use crate::diag::Location;
 use crate::estimate::{self, Readiness, WaveEstimate};
 use crate::model::{Definitions, EngineKind, Server, TaskKind, Wave};
-use crate::units::{Dur, format_seconds};
+use crate::units::{self, Dur, format_seconds};
 use crate::wave_file::short;
 
 /// Index of a task in [`Plan::tasks`].
@@ -344,11 +344,11 @@ impl Builder {
                 wave,
                 (wave.window.start_location, "window.start".to_owned()),
                 format!(
-                    "replication is estimated to reach continuous only at {}, after the window starts: boot tests and cutover cannot run as planned (see wavelift estimate)",
+                    "replication is estimated to reach continuous only {}, after the window starts: boot tests and cutover cannot run as planned (see wavelift estimate)",
                     estimate
                         .all_continuous_at
-                        .map(|t| short(&t.to_zoned(wave.window.interval.start.time_zone().clone())))
-                        .unwrap_or_default()
+                        .map(|t| format!("at {}", short(&t.to_zoned(wave.window.interval.start.time_zone().clone()))))
+                        .unwrap_or_else(|| "further off than any date".to_owned())
                 ),
             ),
             Readiness::DuringValidate => self.finding(
@@ -364,6 +364,28 @@ impl Builder {
                 ),
             ),
             Readiness::InTime | Readiness::Unknown => {}
+        }
+        // A link whose servers change faster than it sends never brings them to
+        // continuous replication: no estimate, and no cutover as planned.
+        for link in &estimate.links {
+            let Some(bits) = link.bandwidth_bits else {
+                continue;
+            };
+            if link.servers == 0 || link.initial_sync_seconds.is_some() {
+                continue;
+            }
+            let changing = (link.change_bytes_per_second + link.background_bytes_per_second) * 8.0;
+            self.finding(
+                FindingSeverity::Error,
+                wave,
+                (wave.window.start_location, "replication.bandwidth".to_owned()),
+                format!(
+                    "{}: its servers change about {} after compression, and it sends {}: replication never becomes continuous; give the link more bandwidth, lower the change rates, or move servers to another wave or site (see wavelift estimate)",
+                    link.link,
+                    units::format_bandwidth(changing),
+                    units::format_bandwidth(bits as f64)
+                ),
+            );
         }
         for (app, server) in wave.servers() {
             let at = |field: &str| {
@@ -578,10 +600,16 @@ mod tests {
 
     /// The findings of a one-server wave whose tasks are `tasks` (a flow mapping).
     fn findings(tasks: &str) -> Vec<String> {
+        findings_with(tasks, "")
+    }
+
+    /// [`findings`], with more of the wave's own fields (`replication: ...\n`).
+    fn findings_with(tasks: &str, wave_fields: &str) -> Vec<String> {
         let text = format!(
             "name: wave-1\n\
              window: {{ start: 2026-12-12 22:00, duration: 6h, timezone: UTC }}\n\
              notify: [factory@example.com]\n\
+             {wave_fields}\
              defaults: {{ os: {{ family: linux }}, access: {{ method: local }} }}\n\
              applications:\n\
              \x20 - name: app\n\
@@ -622,6 +650,35 @@ mod tests {
         let warned =
             findings("{ agent_push: { scan_interval: 1h }, replication_verify: { max_lag: 30m } }");
         assert!(warned.iter().any(|m| m.contains("every 1h")), "{warned:?}");
+    }
+
+    /// A link whose servers change faster than it sends is an error of the plan: the
+    /// estimate has no time for it, and the wave cannot cut over as planned.
+    #[test]
+    fn a_link_that_never_catches_up_is_an_error() {
+        let slow = findings_with(
+            "{}\n        change_rate: 2%/day",
+            "replication: { bandwidth: 1bit/s }\n",
+        );
+        assert!(
+            slow.iter()
+                .any(|m| m.starts_with("wave link: its servers change about ")
+                    && m.contains("and it sends 1 bit/s: replication never becomes continuous")),
+            "{slow:?}"
+        );
+        // One that would take longer than any date: too late, said so.
+        let crawl = findings_with("{}", "replication: { bandwidth: 1bit/s }\n");
+        assert!(
+            crawl.iter().any(|m| m.starts_with(
+                "replication is estimated to reach continuous only further off than any date"
+            )),
+            "{crawl:?}"
+        );
+        let fast = findings_with("{}", "replication: { bandwidth: 1Gbit/s }\n");
+        assert!(
+            !fast.iter().any(|m| m.contains("never becomes continuous")),
+            "{fast:?}"
+        );
     }
 
     /// Each finding names the file, the line and column, and the field to change.

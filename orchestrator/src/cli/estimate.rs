@@ -123,6 +123,9 @@ fn render(definitions: &Definitions, estimates: &[WaveEstimate]) -> String {
                 "too late: the last server is continuous only at {}, after the window starts",
                 at(last, &tz)
             ),
+            (Readiness::TooLate, None) => {
+                "too late: the last server is continuous only further off than any date".to_owned()
+            }
             _ => "unknown: see the notes".to_owned(),
         };
         let _ = writeln!(out, "  replication: {verdict}");
