@@ -396,7 +396,7 @@ pub fn decode_config(node: &Node, base_dir: PathBuf, ctx: &mut Ctx) -> Config {
         config.smtp = decode_smtp(n, ctx);
     }
     if let Some(n) = map.take("outbox")
-        && let Some(path) = decode::string(n, "outbox", ctx)
+        && let Some(path) = decode::path(n, "outbox", false, ctx)
     {
         config.outbox = PathBuf::from(path);
     }
@@ -528,22 +528,44 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
     {
         if let Some(n) = local.take("listen") {
             let listen = decode::parsed(n, "listen", ctx, |text| {
-                text.parse::<SocketAddr>()
-                    .map_err(|_| format!("`{text}` is not an address and port like 0.0.0.0:1500"))
+                match text.parse::<SocketAddr>() {
+                    Ok(address) if address.port() == 0 => Err(format!(
+                        "`{text}`: port 0 would be a new port at each start, which no agent finds: write one like 1500"
+                    )),
+                    Ok(address) => Ok(address),
+                    Err(_) => Err(format!(
+                        "`{text}` is not an address and port like 0.0.0.0:1500"
+                    )),
+                }
             });
             if let Some(listen) = listen {
                 engines.local.listen = listen;
             }
         }
         if let Some(n) = local.take("staging_dir")
-            && let Some(path) = decode::string(n, "staging_dir", ctx)
+            && let Some(path) = decode::path(n, "staging_dir", false, ctx)
         {
             engines.local.staging_dir = PathBuf::from(path);
         }
         if let Some(n) = local.take("target_dir")
-            && let Some(path) = decode::string(n, "target_dir", ctx)
+            && let Some(path) = decode::path(n, "target_dir", false, ctx)
         {
             engines.local.target_dir = PathBuf::from(path);
+            // Launched copies beside the chunk store would be taken for its files.
+            let tidy = |p: &std::path::Path| {
+                p.components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect::<PathBuf>()
+            };
+            if tidy(&engines.local.target_dir) == tidy(&engines.local.staging_dir) {
+                ctx.error(
+                    n.location,
+                    format!(
+                        "target_dir: `{}` is the staging folder too: launched copies go to a folder of their own",
+                        engines.local.target_dir.display()
+                    ),
+                );
+            }
         }
         if let Some(n) = local.take("advertise") {
             engines.local.advertise =
@@ -570,7 +592,14 @@ fn decode_engines(node: &Node, engines: &mut Engines, ctx: &mut Ctx) {
         if let Some(n) = local.take("agent_give_up_after")
             && let Some(after) = decode::duration(n, "agent_give_up_after", ctx)
         {
-            engines.local.agent_give_up_after = after;
+            if after.approx_seconds() < 1 {
+                ctx.error(
+                    n.location,
+                    "agent_give_up_after: must be at least 1s: an agent gives up after this long without its server",
+                );
+            } else {
+                engines.local.agent_give_up_after = after;
+            }
         }
         if let Some(n) = local.take("retention") {
             engines.local.retention = decode::list(n, "retention", ctx)
@@ -1036,7 +1065,7 @@ fn decode_cmdb(node: &Node, ctx: &mut Ctx) -> Option<Cmdb> {
         "file" => {
             let path = map
                 .required("path", ctx)
-                .and_then(|n| decode::string(n, "path", ctx))?;
+                .and_then(|n| decode::path(n, "path", true, ctx))?;
             Some(Cmdb::File {
                 path: PathBuf::from(path),
             })

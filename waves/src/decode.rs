@@ -205,6 +205,30 @@ pub fn string(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
     }
 }
 
+/// A path to a file or folder: not empty. `file`: it names a file (one written as a
+/// folder, with a trailing `/` or as `.`, is refused).
+pub fn path(node: &Node, what: &str, file: bool, ctx: &mut Ctx) -> Option<String> {
+    let text = string(node, what, ctx)?;
+    if text.trim().is_empty() {
+        ctx.error(
+            node.location,
+            format!(
+                "{what}: is empty: write a path (relative ones are from the configuration's folder)"
+            ),
+        );
+        return None;
+    }
+    let folder = text.ends_with('/') || text == "." || text == ".." || text.ends_with("/.");
+    if file && folder {
+        ctx.error(
+            node.location,
+            format!("{what}: `{text}` names a folder: write the file's path"),
+        );
+        return None;
+    }
+    Some(text)
+}
+
 /// A scalar turned into a value by `parse`, whose error message is placed at the node.
 pub fn parsed<T>(
     node: &Node,

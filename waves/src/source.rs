@@ -74,7 +74,7 @@ pub fn collect_definition_paths(
         }
         found.waves.retain(|p| !same(p, explicit));
     } else {
-        configs_found.dedup();
+        dedup_files(&mut configs_found);
         if let Some((first, rest)) = configs_found.split_first() {
             for other in rest {
                 diags.error(
@@ -90,8 +90,16 @@ pub fn collect_definition_paths(
         }
     }
     found.waves.sort();
-    found.waves.dedup();
+    dedup_files(&mut found.waves);
     found
+}
+
+/// Keeps the first of the paths that name one file (`./waves/a.yaml`, `waves/a.yaml`,
+/// a link to it), in their order: a folder and one of its files given together are read
+/// once.
+fn dedup_files(paths: &mut Vec<PathBuf>) {
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
 }
 
 /// `wavelift.yaml`, or `wavelift.yml` (as a user may well name it, and then find it read
@@ -287,6 +295,29 @@ mod tests {
             .collect();
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("a second configuration file"), "{said:?}");
+        fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// A folder and one of its files, or a file by two spellings, are read once; so is
+    /// the configuration given beside its folder.
+    #[test]
+    fn a_file_named_twice_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("wl-named-twice-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("waves")).expect("dir");
+        fs::write(dir.join("wavelift.yaml"), "version: 1\n").expect("config");
+        fs::write(dir.join("waves/wave-1.yaml"), "name: w\n").expect("wave");
+        let paths = [
+            dir.clone(),
+            dir.join("waves/wave-1.yaml"),
+            dir.join("waves/../waves/wave-1.yaml"),
+            dir.join("wavelift.yaml"),
+        ];
+        let mut diags = Diagnostics::new();
+        let found = collect_definition_paths(&paths, None, &mut diags);
+        assert_eq!(found.waves.len(), 1, "{:?}", found.waves);
+        assert_eq!(found.config, Some(dir.join("wavelift.yaml")));
+        assert!(diags.is_empty(), "{diags:?}");
         fs::remove_dir_all(&dir).expect("clean up");
     }
 }
