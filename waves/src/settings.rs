@@ -405,6 +405,9 @@ fn decode_boot_test(node: &Node, base: &mut BootTestSettings, ctx: &mut Ctx) {
     map.finish(ctx);
 }
 
+/// The placeholders an http probe's URL may use: the launched target's.
+const PROBE_FACTS: &[&str] = &["fqdn", "ip"];
+
 fn decode_probe(node: &Node, ctx: &mut Ctx) -> Option<Probe> {
     let mut map = MapReader::new(node, "probe", ctx)?;
     let tcp = map.take("tcp");
@@ -428,11 +431,36 @@ fn decode_probe(node: &Node, ctx: &mut Ctx) -> Option<Probe> {
         }
         (None, Some(url)) => {
             let url = decode::parsed(url, "http probe", ctx, |text| {
-                if text.starts_with("http://") || text.starts_with("https://") {
-                    Ok(text.to_owned())
-                } else {
-                    Err(format!("`{text}` is not an http:// or https:// URL"))
+                let Some(rest) = text
+                    .strip_prefix("http://")
+                    .or_else(|| text.strip_prefix("https://"))
+                else {
+                    return Err(format!("`{text}` is not an http:// or https:// URL"));
+                };
+                // Only the target's facts stand in the URL; any other `{{...}}` would be
+                // sent as written.
+                let mut placeholders = rest;
+                while let Some(start) = placeholders.find("{{") {
+                    let after = &placeholders[start + 2..];
+                    let Some(end) = after.find("}}") else {
+                        return Err(format!("`{text}`: a `{{{{` without its `}}}}`"));
+                    };
+                    let name = after[..end].trim();
+                    if !PROBE_FACTS.contains(&name) {
+                        return Err(format!(
+                            "`{{{{{name}}}}}` is not a fact of the target; known: {}",
+                            PROBE_FACTS.join(", ")
+                        ));
+                    }
+                    placeholders = &after[end + 2..];
                 }
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if host.is_empty() || host.starts_with(':') {
+                    return Err(format!(
+                        "`{text}` names no host: write it like http://{{{{fqdn}}}}/health"
+                    ));
+                }
+                Ok(text.to_owned())
             });
             let status = match status {
                 Some(n) => {
