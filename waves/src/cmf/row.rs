@@ -45,6 +45,9 @@ pub(super) struct Seen {
     apps: HashMap<String, (String, u64)>,
     /// Renamed names already warned about: (column, text as written).
     renamed: HashSet<(Column, String)>,
+    /// The first spelling of each name as written, and its line: (column, name) ->
+    /// (text, line).
+    spellings: HashMap<(Column, String), (String, u32)>,
 }
 
 /// Reads one row; a rehost with no error joins its wave and application.
@@ -194,6 +197,29 @@ fn sanitized_name(
             ),
         );
         return None;
+    }
+    // Two names of the form that become one (`Wave 3` and `Wave-3!`) would merge their
+    // rows into one wave or application, under one window: refused. Spellings that
+    // differ only in case or in spaces at the ends are one name.
+    let same = |a: &str, b: &str| a.trim().to_lowercase() == b.trim().to_lowercase();
+    match seen.spellings.get(&(column, name.clone())) {
+        Some((first, line)) if !same(first, text) => {
+            sink.error(
+                at,
+                format!(
+                    "{}: `{}` becomes `{name}`, as `{}` at line {line} does: the two would be one; rename one of them",
+                    column.name(),
+                    shown(text),
+                    shown(first)
+                ),
+            );
+            return None;
+        }
+        Some(_) => {}
+        None => {
+            seen.spellings
+                .insert((column, name.clone()), (text.to_owned(), at.line));
+        }
     }
     if name != text && seen.renamed.insert((column, text.to_owned())) {
         sink.warning(
