@@ -187,6 +187,7 @@ pub(super) async fn deliver(
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             _ = stop.changed() => {}
+            _ = reporter.wake.notified() => {}
         }
     }
 }

@@ -37,6 +37,9 @@ const LEASE_RENEWAL: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
 
 /// How long to sleep at most between looks at the store, with the wall clock.
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How long, in real time, warped time waits for the delivery of a report it recorded
+/// (an SMTP server that answers slowly) before it moves on without it.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -117,6 +120,8 @@ impl Executor {
         };
         let mut claimed: Vec<ClaimedTask> = Vec::new();
         let mut reports_looked = std::time::Instant::now();
+        // Since when warped time has waited for a report's delivery.
+        let mut delivery_wait: Option<std::time::Instant> = None;
         loop {
             let now = self.clock.now_ms();
             if claimed.is_empty() {
@@ -146,11 +151,28 @@ impl Executor {
                 {
                     due = None;
                 }
+                // A report recorded is delivered at the moment it speaks of: warped time
+                // waits for its delivery (the delivery loop is woken for it), up to a
+                // bound in real time should nothing deliver it.
+                let mut undelivered = false;
+                if let Some(reporter) = options.reports
+                    && self.clock.is_warped()
+                    && due.is_some()
+                {
+                    let wall = jiff::Timestamp::now().as_millisecond();
+                    if self.store.reports_awaiting_delivery(wall).await? {
+                        let since = *delivery_wait.get_or_insert_with(std::time::Instant::now);
+                        undelivered = since.elapsed() < DELIVERY_WAIT;
+                        reporter.wake.notify_one();
+                    } else {
+                        delivery_wait = None;
+                    }
+                }
                 // An engine that moves real bytes (a launch, a first sync) takes real
                 // time: warped time waits for it instead of running past it.
                 if self.clock.is_warped()
                     && due.is_some()
-                    && self.ports.engines.values().any(|engine| engine.busy())
+                    && (undelivered || self.ports.engines.values().any(|engine| engine.busy()))
                 {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(50)) => {}

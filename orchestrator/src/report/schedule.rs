@@ -32,6 +32,9 @@ pub struct Reporter {
     pub mailer: Mailer,
     readiness_before_ms: i64,
     digest: Option<CronSchedule>,
+    /// Wakes the delivery loop: a warped run has recorded reports and waits for their
+    /// delivery before its clock moves on.
+    pub wake: tokio::sync::Notify,
 }
 
 /// What one wave's tasks say about its reports.
@@ -60,6 +63,7 @@ impl Reporter {
             digest,
             definitions,
             mailer,
+            wake: tokio::sync::Notify::new(),
         })
     }
 

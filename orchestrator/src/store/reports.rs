@@ -154,6 +154,20 @@ impl Store {
             .await
     }
 
+    /// Whether a report awaits its delivery at `now` (wall clock, ms): due for an attempt,
+    /// or taken by one under way. A report waiting to be tried again later does not.
+    pub async fn reports_awaiting_delivery(&self, now: i64) -> anyhow::Result<bool> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt(
+                "SELECT id FROM reports WHERE state IN ('pending', 'sending') \
+                 AND (state = 'sending' OR next_attempt_at <= ?) LIMIT 1",
+                vec![now.into()],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Takes a report for one delivery attempt until `lease_until`; false when another
     /// process took it first or it is no longer due.
     /// `attempts`: the attempts the caller's copy of the row counts; a copy read before
