@@ -205,7 +205,17 @@ async fn install_found(ctx: &Reach<'_>, found: Option<replication::SourceServer>
             ),
         )];
         checks.extend(setting_checks(server, Installed::Before));
-        return Report::done(checks, "agent already installed", Vec::new());
+        // What was done before this attempt (by an earlier one whose outcome was never
+        // recorded, as when its process was killed, or by hand) is in the job log too.
+        let found = vec![Action {
+            action: "engine.found_source".to_owned(),
+            detail: format!(
+                "registered and replicating before this attempt: {} ({})",
+                source.id,
+                replication::rules::state_name(source.replication.state)
+            ),
+        }];
+        return Report::done(checks, "agent already installed", found);
     }
     let spec = spec(ctx);
     let mut actions = Vec::new();
@@ -652,6 +662,35 @@ mod tests {
         };
         assert_eq!(output, "agent not installed again: the cutover began");
         assert!(report.actions.is_empty(), "{:?}", report.actions);
+    }
+
+    /// A source the engine knows and replicates (an earlier attempt installed it, and
+    /// its outcome was lost with its process) is not installed again, and what was found
+    /// is in the job log.
+    #[tokio::test]
+    async fn an_agent_found_installed_is_said_in_the_log() {
+        let rig = Rig::new(crate::testing::window_start());
+        let id = rig.register().await;
+        rig.clock.advance(3600.0);
+        let now = crate::testing::window_start() + jiff::SignedDuration::from_hours(1);
+        let report = crate::run(&rig.context(waves::model::TaskKind::AgentPush, now, None)).await;
+        let Progress::Done { output, .. } = &report.progress else {
+            panic!("{report:?}");
+        };
+        assert_eq!(output, "agent already installed");
+        let found: Vec<(&str, &str)> = report
+            .actions
+            .iter()
+            .map(|a| (a.action.as_str(), a.detail.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                "engine.found_source",
+                format!("registered and replicating before this attempt: {id} (continuous)")
+                    .as_str()
+            )]
+        );
     }
 
     #[test]

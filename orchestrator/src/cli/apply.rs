@@ -125,7 +125,10 @@ pub async fn apply_paths(
         .await?;
     print_report(&report)?;
     if let Some(previous) = &previous {
-        for line in application_changes(previous, &loaded.definitions, &goes) {
+        for line in wave_changes(previous, &loaded.definitions)
+            .into_iter()
+            .chain(application_changes(previous, &loaded.definitions, &goes))
+        {
             outln!("{line}");
         }
     }
@@ -144,6 +147,60 @@ pub async fn apply_paths(
         );
     }
     Ok(Some(store))
+}
+
+/// What changed of the waves kept between two revisions, one line each: a window moved
+/// (its tasks that have not begun follow it), other phases, the engine, who is told,
+/// the replication link.
+fn wave_changes(
+    before: &waves::model::Definitions,
+    after: &waves::model::Definitions,
+) -> Vec<String> {
+    let window = |w: &waves::model::Wave| {
+        format!(
+            "{} {}, {}",
+            crate::scheduler::clock::local_text(
+                w.window.interval.start.timestamp().as_millisecond(),
+                &w.window.timezone
+            ),
+            w.window.timezone,
+            w.window.duration
+        )
+    };
+    let mut lines = Vec::new();
+    for wave in &after.waves {
+        let Some(old) = before
+            .waves
+            .iter()
+            .find(|w| w.name.value == wave.name.value)
+        else {
+            continue;
+        };
+        let name = &wave.name.value;
+        let (was, is) = (window(old), window(wave));
+        if was != is {
+            lines.push(format!(
+                "  ~ wave {name}: window {was} -> {is}; its tasks that have not begun follow it"
+            ));
+        }
+        let mut fields = Vec::new();
+        if old.phases != wave.phases && was == is {
+            fields.push("phases");
+        }
+        if old.engine.value != wave.engine.value {
+            fields.push("engine");
+        }
+        if old.notify != wave.notify {
+            fields.push("notify");
+        }
+        if old.replication != wave.replication {
+            fields.push("replication");
+        }
+        if !fields.is_empty() {
+            lines.push(format!("  ~ wave {name}: {}", fields.join(", ")));
+        }
+    }
+    lines
 }
 
 /// What changed of the applications between two revisions, one line each: added,
@@ -388,6 +445,34 @@ mod tests {
             ]
         );
         assert!(super::application_changes(&before, &before, &goes).is_empty());
+    }
+
+    /// A moved window, and the wave's other fields, are said by name.
+    #[test]
+    fn what_changed_of_the_waves_is_said() {
+        let wave = |window: &str, notify: &str| {
+            format!(
+                "name: w\nwindow: {{ {window} }}\nnotify: [{notify}]\n\
+                 defaults: {{ os: {{ family: linux }}, access: {{ method: local }} }}\n\
+                 applications:\n  - {{ name: db, servers: [{{ name: s1, disks: [{{ device: /dev/sda, size: 1GiB }}] }}] }}\n"
+            )
+        };
+        let before = definitions(&wave(
+            "start: 2031-03-22 10:00, duration: 6h, timezone: Europe/Rome",
+            "a@example.com",
+        ));
+        let moved = definitions(&wave(
+            "start: 2031-03-22 11:00, duration: 6h, timezone: UTC",
+            "b@example.com",
+        ));
+        assert_eq!(
+            super::wave_changes(&before, &moved),
+            vec![
+                "  ~ wave w: window Sat 2031-03-22 10:00 Europe/Rome, 6h -> Sat 2031-03-22 11:00 UTC, 6h; its tasks that have not begun follow it",
+                "  ~ wave w: notify",
+            ]
+        );
+        assert!(super::wave_changes(&before, &before).is_empty());
     }
 
     /// A server added to a wave under way after its build phase is warned about, at its
