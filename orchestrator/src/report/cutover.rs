@@ -45,6 +45,10 @@ pub struct ServerCutover {
     pub steps: Vec<CutoverStep>,
     pub failures: Vec<String>,
     pub rolled_back: bool,
+    /// What an operator did with the server after its cutover task (a failback to its
+    /// source, a failover from a recovery point), with when: the report says where the
+    /// server is now, not only where the window left it.
+    pub since: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,16 +75,55 @@ impl CutoverReport {
         let attempts = store
             .attempts_of_tasks(&[cutovers, of_kind("replication_verify")].concat())
             .await?;
-        Ok(CutoverReport::from_parts(
+        let mut report = CutoverReport::from_parts(
             &calendar,
             &tasks,
             &events,
             &attempts,
             now,
             is_rehearsal(&calendar),
-        ))
+        );
+        let later = store.events_of_kinds(wave, SINCE_KINDS).await?;
+        report.note_since(&later, &calendar.timezone);
+        Ok(report)
     }
 
+    /// Adds what was done with each server after its cutover (`events`, of
+    /// [`SINCE_KINDS`], oldest first): a line per server, and the count of servers
+    /// failed back.
+    pub fn note_since(&mut self, events: &[EventRow], tz: &str) {
+        let mut failed_back = 0;
+        for server in &mut self.servers {
+            let mine = events
+                .iter()
+                .filter(|e| e.server.as_deref() == Some(server.name.as_str()));
+            for event in mine {
+                let when = local_text(event.at, tz);
+                server.since.push(match event.kind.as_str() {
+                    "failback.normal" => {
+                        format!("{when}: failed back, on its source again and ready for cutover")
+                    }
+                    _ => format!("{when}: {}", event.message),
+                });
+            }
+            let last = events
+                .iter()
+                .rev()
+                .find(|e| e.server.as_deref() == Some(server.name.as_str()));
+            failed_back += usize::from(last.is_some_and(|e| e.kind == "failback.normal"));
+        }
+        if failed_back > 0 {
+            self.summary.push(format!(
+                "{failed_back} failed back since, on their sources again"
+            ));
+        }
+    }
+}
+
+/// The job log's kinds that say what became of a server after its cutover task.
+pub const SINCE_KINDS: &[&str] = &["failback.normal", "failover.finalized"];
+
+impl CutoverReport {
     /// The report's content from the wave's tasks and its cutovers' events and attempts:
     /// pure, so it is tested on fixtures.
     pub fn from_parts(
@@ -283,6 +326,7 @@ fn server_cutover(
         steps,
         failures,
         rolled_back,
+        since: Vec::new(),
     }
 }
 

@@ -1041,6 +1041,42 @@ mod tests {
         );
     }
 
+    /// A server failed back after the window is said so in a later cutover report: the
+    /// line of the failback under the server, and the count in the summary.
+    #[test]
+    fn a_failback_after_the_cutover_is_said_in_the_report() {
+        let (tasks, events, attempts) = cutover_fixture();
+        let mut report = cutover_report(&tasks, &events, &attempts);
+        let start = calendar().window_start;
+        let mut failback = event(
+            20,
+            start + 3 * 86_400_000,
+            "web-01/cutover",
+            "failback.normal",
+            "web-01 replicates in the normal direction again",
+        );
+        failback.task_id = None;
+        failback.server = Some("web-01".to_owned());
+        report.note_since(&[failback], "Europe/Rome");
+        assert_eq!(
+            report.servers[0].since,
+            ["Thu 2027-02-04 17:40: failed back, on its source again and ready for cutover"]
+        );
+        assert!(report.servers[1].since.is_empty());
+        assert_eq!(
+            report.summary.last().map(String::as_str),
+            Some("1 failed back since, on their sources again")
+        );
+        let rendered = report.render().expect("renders");
+        assert!(
+            rendered.text.lines().any(|l| l
+                == "  since: Thu 2027-02-04 17:40: failed back, on its source again and ready for cutover"),
+            "{}",
+            rendered.text
+        );
+        assert!(rendered.html.contains("Since: Thu 2027-02-04 17:40"));
+    }
+
     #[test]
     fn the_digest_counts_what_happened_and_lists_what_fails_and_waits() {
         let mut tasks = ready_wave();

@@ -139,6 +139,29 @@ impl Store {
         .await
     }
 
+    /// The events of `wave` of these kinds, oldest first.
+    pub async fn events_of_kinds(
+        &self,
+        wave: &str,
+        kinds: &[&str],
+    ) -> anyhow::Result<Vec<EventRow>> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; kinds.len()].join(", ");
+        let mut values: Vec<Value> = vec![wave.into()];
+        values.extend(kinds.iter().map(|k| Value::from(*k)));
+        let sql = format!(
+            "SELECT id, at, wave, server, task_id, kind, message, data FROM events \
+             WHERE wave = ? AND kind IN ({marks}) ORDER BY id"
+        );
+        let rows = self.db().query_all_raw(self.stmt(&sql, values)).await?;
+        Ok(rows
+            .iter()
+            .map(|row| EventRow::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Every attempt of these tasks, in order.
     pub async fn attempts_of_tasks(&self, ids: &[&str]) -> anyhow::Result<Vec<AttemptRow>> {
         self.rows_of_tasks(
