@@ -325,11 +325,8 @@ fn the_quickstart_cuts_over_its_disk_images_on_the_local_engine_and_a_server_fai
     let report = wavelift(&dir, &["report", "wave-1", "--kind", "cutover"]);
     assert_eq!(report.code, 0, "{}", report.describe());
     assert!(
-        report
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("  since: ")
-                && l.ends_with(": failed back, on its source again and ready for cutover"))
+        report.stdout.lines().any(|l| l.starts_with("  since: ")
+            && l.ends_with(": failed back, on its source again and ready for cutover"))
             && report
                 .stdout
                 .contains("- 1 failed back since, on their sources again"),

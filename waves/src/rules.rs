@@ -51,14 +51,34 @@ pub fn check_fqdn(text: &str) -> Result<String, String> {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if valid {
-        Ok(trimmed.to_ascii_lowercase())
-    } else {
-        Err(format!(
-            "`{}` is not a host name: use letters, digits and '-', dot-separated",
-            shown(text)
-        ))
+    if !valid {
+        let long_label = trimmed.split('.').find(|label| label.len() > 63);
+        return Err(match long_label {
+            Some(label) => format!(
+                "`{}` is not a host name: its label `{}` is {} characters long, and a label has at most 63",
+                shown(text),
+                shown(label),
+                label.len()
+            ),
+            None if trimmed.len() > 253 => format!(
+                "`{}` is not a host name: it is {} characters long, and a host name has at most 253",
+                shown(text),
+                trimmed.len()
+            ),
+            None => format!(
+                "`{}` is not a host name: use letters, digits and '-', dot-separated",
+                shown(text)
+            ),
+        });
     }
+    // All digits and dots reads as an address, not a name.
+    if trimmed.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "`{}` is an address, not a host name: write it as the server's `ip`",
+            shown(text)
+        ));
+    }
+    Ok(trimmed.to_ascii_lowercase())
 }
 
 /// An AWS Region name such as `eu-west-1` or `us-gov-west-1`.

@@ -508,9 +508,22 @@ fn decode_server(
     });
     let ip = map.take("ip").and_then(|n| {
         decode::parsed(n, "ip", ctx, |text| {
-            text.trim()
+            let ip = text
+                .trim()
                 .parse::<IpAddr>()
-                .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))
+                .map_err(|_| format!("`{text}` is not an IPv4 or IPv6 address"))?;
+            // An IPv4 address written as IPv6 (`::ffff:10.0.0.1`) is that address: one
+            // server's, whichever way it is written.
+            let ip = ip.to_canonical();
+            let nobody = ip.is_unspecified()
+                || ip.is_multicast()
+                || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+            if nobody {
+                return Err(format!(
+                    "`{text}` is no one server's address (unspecified, broadcast or multicast): write the server's own"
+                ));
+            }
+            Ok(ip)
         })
         .map(|v| Spanned::new(v, n.location))
     });
