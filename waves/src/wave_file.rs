@@ -392,10 +392,26 @@ fn decode_phases(
     let window_inside =
         cutover.0.start <= window.interval.start && window.interval.end <= cutover.0.end;
     if !window_inside {
+        // Said at the phase where it is written; a default phase is written nowhere
+        // (its place is the wave's): then at the window's field that crosses it.
+        let longer = window.interval.end.duration_since(&window.interval.start)
+            > cutover.0.end.duration_since(&cutover.0.start);
+        let at = if cutover.1 != wave_location {
+            cutover.1
+        } else if longer || window.interval.end > cutover.0.end {
+            window.duration_location
+        } else {
+            window.start_location
+        };
+        let why = if longer {
+            "; the window is longer than the phase: shorten it, or lengthen phases.cutover (7d by default)"
+        } else {
+            ""
+        };
         ctx.error(
-            cutover.1,
+            at,
             format!(
-                "the cutover window ({} to {}) must lie inside the cutover phase ({} to {})",
+                "the cutover window ({} to {}) must lie inside the cutover phase ({} to {}){why}",
                 short(&window.interval.start),
                 short(&window.interval.end),
                 short(&cutover.0.start),
