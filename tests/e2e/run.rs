@@ -158,6 +158,19 @@ fn run_until_done_ends_with_every_task_final_and_says_where_the_state_is() {
         run.describe()
     );
     assert!(dir.join(".wavelift/state.db").is_file());
+    // Run again without the warp: the store's clock is years ahead of the wall clock,
+    // which is said (nothing is left to do here, so it ends at once).
+    let plain = succeeds(wavelift(&dir, &["run", "--until-done"]));
+    assert!(
+        plain
+            .stderr
+            .contains("note: a --time-warp run took this store's clock to ")
+            && plain
+                .stderr
+                .contains("run with --time-warp to go on from where it was"),
+        "{}",
+        plain.describe()
+    );
     assert!(dir.join(".wavelift/sim-engine.json").is_file());
     assert!(
         !run.stderr.contains("local replication engine"),

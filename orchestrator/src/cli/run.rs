@@ -203,14 +203,23 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         anyhow::bail!("revision {revision} in the store no longer validates with this Wavelift");
     }
     let definitions = Arc::new(loaded.definitions);
+    let stored = store
+        .meta_get(WARP_KEY)
+        .await?
+        .and_then(|v| v.parse::<i64>().ok());
+    let now = jiff::Timestamp::now().as_millisecond();
     let clock = Arc::new(if args.time_warp {
-        let stored = store
-            .meta_get(WARP_KEY)
-            .await?
-            .and_then(|v| v.parse::<i64>().ok());
-        let now = jiff::Timestamp::now().as_millisecond();
         SchedulerClock::warped(stored.unwrap_or(now))
     } else {
+        // A store a warped run took ahead: its tasks are dated in that future, which the
+        // wall clock reaches only then.
+        if let Some(ahead) = stored.filter(|&ms| ms > now) {
+            eprintln!(
+                "note: a --time-warp run took this store's clock to {}; this run follows the wall clock ({}), so what is dated after it waits until then: run with --time-warp to go on from where it was",
+                crate::scheduler::clock::local_text(ahead, "UTC"),
+                crate::scheduler::clock::local_text(now, "UTC")
+            );
+        }
         SchedulerClock::system()
     });
     let (engines, notes) = state::engines(
