@@ -209,6 +209,12 @@ fn render_task_timetable(
         }
     }
     for (schedule, count) in &schedules {
+        // The count stops at the cap: more than that is all it knows.
+        let count = if *count >= plan::MAX_COUNTED_OCCURRENCES {
+            format!("more than {}", plan::MAX_COUNTED_OCCURRENCES)
+        } else {
+            count.to_string()
+        };
         let _ = writeln!(
             out,
             "    replication_verify         `{schedule}` ({}), {count} checks until the window",
@@ -456,4 +462,38 @@ fn render_dot(plan: &Plan, shown: &dyn Fn(&str) -> bool) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// A schedule whose checks the plan stopped counting says so, not the cap as a count.
+    #[test]
+    fn a_count_at_the_cap_says_more_than() {
+        let text = "name: w\n\
+            window: { start: 2031-03-22 10:00, duration: 6h, timezone: UTC }\n\
+            defaults:\n\
+            \x20 os: { family: linux }\n\
+            \x20 access: { method: local }\n\
+            \x20 tasks: { replication_verify: { schedule: \"* * * * * *\" } }\n\
+            applications:\n\
+            \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
+        let loaded = waves::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[waves::source::SourceFile {
+                name: std::sync::Arc::from("w.yaml"),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let plan = waves::plan::plan(&loaded.definitions);
+        let out = super::render_text(&loaded.definitions, &plan, &|_| true);
+        assert!(
+            out.contains(&format!(
+                "more than {} checks until the window",
+                waves::plan::MAX_COUNTED_OCCURRENCES
+            )),
+            "{out}"
+        );
+    }
 }
