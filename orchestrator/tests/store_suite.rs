@@ -2235,7 +2235,13 @@ async fn retry_unblocks_what_the_failure_blocked(h: Harness) -> anyhow::Result<(
     h.store.retry("web-1/agent_push", "alice", now).await?;
     let row = h.task("web-1/agent_push").await?;
     assert_eq!(row.state, "pending");
-    assert_eq!((row.reason.as_deref(), row.step.as_deref()), (None, None));
+    assert_eq!(row.reason, None);
+    // A fresh attempt, which counts its automatic retries from here.
+    let step: serde_json::Value = serde_json::from_str(row.step.as_deref().context("a step")?)?;
+    assert_eq!(
+        (step["fresh"].as_bool(), step["retried_after"].as_i64()),
+        (Some(true), Some(i64::from(row.attempts)))
+    );
     assert_eq!((row.next_run_at, row.finished_at), (now, None));
     assert_eq!(h.lease_owner("web-1/agent_push").await?, None);
     // web-1's own chain is unblocked and waits again; what also needs web-2 stays blocked.
@@ -2285,7 +2291,8 @@ async fn retry_unblocks_what_the_failure_blocked(h: Harness) -> anyhow::Result<(
             "attempt_started": now + 1,
             "note": null,
             "task": { "kept": { "cmdb": { "record": "CI-2" } } },
-            "fresh": true
+            "fresh": true,
+            "retried_after": 1
         })
     );
     assert_eq!(h.pending_deps("web/ready").await?, 2);

@@ -10,7 +10,7 @@
 
 mod step;
 
-pub use step::kept_step;
+pub use step::{kept_step, retried_step};
 
 use std::collections::HashMap;
 

@@ -52,6 +52,10 @@ struct Resume {
     /// its timeout counts, from its first turn.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     fresh: bool,
+    /// The attempts the task had when an operator retried it: its automatic retries
+    /// count from there, so a retried task has its `retries` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retried_after: Option<i32>,
 }
 
 /// The step a task keeps once it failed for good, or when an operator retries it: its
@@ -71,8 +75,28 @@ fn kept_of(task_step: Option<&serde_json::Value>, now: i64) -> Option<String> {
         note: None,
         task: Some(serde_json::json!({ tasks::KEPT: kept })),
         fresh: true,
+        retried_after: None,
     };
     serde_json::to_string(&resume).ok()
+}
+
+/// The step of a task an operator retries at `now`, after `attempts` attempts: a fresh
+/// attempt with what it keeps ([`kept_step`]), whose automatic retries count anew.
+pub fn retried_step(stored: Option<&str>, now: i64, attempts: i32) -> String {
+    let kept = stored
+        .and_then(|s| serde_json::from_str::<Resume>(s).ok())
+        .and_then(|r| r.task)
+        .as_ref()
+        .and_then(tasks::kept_part)
+        .map(|kept| serde_json::json!({ tasks::KEPT: kept }));
+    let resume = Resume {
+        attempt_started: now,
+        note: None,
+        task: kept,
+        fresh: true,
+        retried_after: Some(attempts),
+    };
+    serde_json::to_string(&resume).unwrap_or_default()
 }
 
 /// `step` with the [`tasks::KEPT`] part of `previous` when it has none of its own: what a
@@ -424,7 +448,10 @@ fn finish(
             step,
         } => {
             let settings = server.tasks.attempts(kind);
-            let retries_left = i64::from(settings.retries) > i64::from(task.attempts);
+            // Attempts since an operator's retry, if any: the retry gives the task its
+            // retries again.
+            let tried = task.attempts - resume.retried_after.unwrap_or(0).min(task.attempts);
+            let retries_left = i64::from(settings.retries) > i64::from(tried);
             let record = attempt(
                 task,
                 resume.attempt_started,
@@ -439,12 +466,13 @@ fn finish(
                 Some(reason.clone()),
             );
             if retryable && retries_left {
-                let wait = backoff_ms(settings.backoff.approx_seconds(), task.attempts, &task.id);
+                let wait = backoff_ms(settings.backoff.approx_seconds(), tried, &task.id);
                 let next = Resume {
                     attempt_started: now + wait,
                     note: None,
                     task: with_kept(resume.task.as_ref(), step),
                     fresh: false,
+                    retried_after: resume.retried_after,
                 };
                 events.push(event(
                     task,
@@ -453,7 +481,7 @@ fn finish(
                     format!(
                         "{} failed ({reason}); attempt {} of {} in {}",
                         task.id,
-                        task.attempts + 2,
+                        tried + 2,
                         settings.retries + 1,
                         format_seconds(wait as f64 / 1000.0)
                     ),
@@ -487,7 +515,89 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
-    use super::{kept_step, with_kept};
+    use super::{kept_step, retried_step, with_kept};
+
+    /// A task an operator retried after it ran out of attempts has its retries again:
+    /// a retryable failure of the first attempt after the retry is tried again, counted
+    /// from the retry; without the retry it fails for good.
+    #[test]
+    fn a_retried_task_has_its_retries_again() {
+        let text = "name: w\n\
+            window: { start: 2031-03-22 10:00, duration: 6h, timezone: UTC }\n\
+            defaults:\n\
+            \x20 os: { family: linux }\n\
+            \x20 access: { method: local }\n\
+            \x20 tasks: { prereq_check: { retries: 2 } }\n\
+            applications:\n\
+            \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
+        let loaded = waves::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[waves::source::SourceFile {
+                name: std::sync::Arc::from("w.yaml"),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        let server = &loaded.definitions.waves[0].applications[0].servers[0];
+        // Three attempts done: out of retries.
+        let task = crate::store::TaskRow {
+            id: "s1/prereq_check".to_owned(),
+            wave: "w".to_owned(),
+            application: "db".to_owned(),
+            server: Some("s1".to_owned()),
+            kind: "prereq_check".to_owned(),
+            state: "running".to_owned(),
+            attempts: 3,
+            earliest: 0,
+            deadline: None,
+            next_run_at: 0,
+            approval_required: false,
+            approved_by: None,
+            approved_at: None,
+            step: None,
+            reason: None,
+            started_at: None,
+            finished_at: None,
+            released_at: None,
+            abort_requested: None,
+        };
+        let failure = || tasks::Report::fail("the port is closed", true, Vec::new());
+        let finish = |step: Option<String>| {
+            let mut task = task.clone();
+            task.step = step;
+            let resume = task
+                .step
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            super::finish(
+                &task,
+                waves::model::TaskKind::PrereqCheck,
+                server,
+                1_000,
+                resume,
+                failure(),
+                Vec::new(),
+            )
+        };
+        assert!(
+            matches!(finish(None), crate::store::Completion::Failed { .. }),
+            "out of retries"
+        );
+        let retried = retried_step(None, 500, 3);
+        match finish(Some(retried)) {
+            crate::store::Completion::Retry { events, .. } => {
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| e.message.contains("; attempt 2 of 3 in ")),
+                    "{events:?}"
+                );
+            }
+            other => panic!("a retried task's failure was not retried: {other:?}"),
+        }
+    }
 
     /// What a task keeps survives an outcome that reports no step, or a step without it;
     /// a step that has its own is left as it is.

@@ -424,8 +424,9 @@ impl Store {
                 task.state
             );
         }
-        // The retry starts over, but for what the task keeps (a CMDB record written).
-        let kept = crate::executor::kept_step(task.step.as_deref(), now);
+        // The retry starts over, but for what the task keeps (a CMDB record written), and
+        // with its automatic retries anew.
+        let kept = crate::executor::retried_step(task.step.as_deref(), now, task.attempts);
         txn.execute_raw(self.stmt(
             "UPDATE tasks SET state = 'pending', reason = NULL, step = ?, next_run_at = ?, \
              finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
