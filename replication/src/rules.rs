@@ -47,6 +47,17 @@ pub fn health_name(health: Health) -> &'static str {
     }
 }
 
+/// A launch from the latest data needs continuous replication.
+pub fn check_continuous(label: &str, replication: ReplicationState) -> EngineResult<()> {
+    if replication != ReplicationState::Continuous {
+        return Err(conflict(format!(
+            "{label} cannot be launched: its replication is {}, a launch needs continuous replication",
+            state_name(replication)
+        )));
+    }
+    Ok(())
+}
+
 /// A launch of `kind` for a server in this state; `live_cutover` names a cutover launch
 /// or target the server still has. A launch from a named recovery point (`from_point`)
 /// reads only what the engine holds, so it needs no replication going on.
@@ -58,11 +69,8 @@ pub fn check_launch(
     live_cutover: Option<&str>,
     from_point: bool,
 ) -> EngineResult<()> {
-    if replication != ReplicationState::Continuous && !from_point {
-        return Err(conflict(format!(
-            "{label} cannot be launched: its replication is {}, a launch needs continuous replication",
-            state_name(replication)
-        )));
+    if !from_point {
+        check_continuous(label, replication)?;
     }
     let name = life_cycle_name(life_cycle);
     match kind {

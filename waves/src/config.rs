@@ -450,8 +450,7 @@ pub fn check_version(node: &Node, ctx: &mut Ctx) {
 }
 
 /// Why a database URL cannot hold Wavelift's state, when it cannot: SQLite in memory
-/// (the state would be gone when the process ends) or without a file, a folder, or
-/// PostgreSQL without a host.
+/// (the state would be gone when the process ends), without a file, or a folder.
 pub fn database_url_problem(url: &str) -> Option<String> {
     if let Some(rest) = url
         .strip_prefix("sqlite://")
@@ -472,28 +471,21 @@ pub fn database_url_problem(url: &str) -> Option<String> {
                 "`{url}` names no file: write it as sqlite://PATH, as sqlite://.wavelift/state.db"
             ));
         }
-        if path.ends_with('/') || path == "." || path == ".." || path.ends_with("/.") {
+        if path.ends_with('/')
+            || path == "."
+            || path == ".."
+            || path.ends_with("/.")
+            || path.ends_with("/..")
+        {
             return Some(format!(
                 "`{url}` names a folder, not the database file: add the file's name, as sqlite://.wavelift/state.db"
             ));
         }
         return None;
     }
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    // A socket folder may be given as a parameter: postgres:///waves?host=/run/postgresql.
-    let host_given = rest
-        .split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("host=")));
-    (!host_given && (host.is_empty() || host.starts_with(':'))).then(|| {
-        format!(
-            "`{}` names no host: write it as postgres://USER@HOST:PORT/DATABASE",
-            redact_url(url)
-        )
-    })
+    // PostgreSQL without a host is libpq's default (PGHOST, else the local socket or
+    // localhost): kept, and a wrong one said when it connects.
+    None
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -1376,6 +1368,7 @@ mod tests {
             "postgres://wavelift@127.0.0.1:5432/waves",
             "postgresql://db.example/waves",
             "postgres:///waves?host=/run/postgresql",
+            "postgres:///waves",
         ] {
             assert_eq!(database_url_problem(kept), None, "{kept}");
         }
@@ -1387,9 +1380,7 @@ mod tests {
             ("sqlite://state.db?cache=shared&mode=memory", "in memory"),
             ("sqlite://.wavelift/", "names a folder"),
             ("sqlite://.", "names a folder"),
-            ("postgres://", "names no host"),
-            ("postgresql://wavelift@/waves", "names no host"),
-            ("postgres://:5432/waves", "names no host"),
+            ("sqlite://state/..", "names a folder"),
         ] {
             let why = database_url_problem(lost).unwrap_or_default();
             assert!(why.contains(said), "{lost}: {why}");

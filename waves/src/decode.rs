@@ -218,7 +218,11 @@ pub fn path(node: &Node, what: &str, file: bool, ctx: &mut Ctx) -> Option<String
         );
         return None;
     }
-    let folder = text.ends_with('/') || text == "." || text == ".." || text.ends_with("/.");
+    let folder = text.ends_with('/')
+        || text == "."
+        || text == ".."
+        || text.ends_with("/.")
+        || text.ends_with("/..");
     if file && folder {
         ctx.error(
             node.location,

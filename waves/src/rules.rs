@@ -160,3 +160,14 @@ pub fn check_name(text: &str) -> Result<String, String> {
         None => Ok(text.to_owned()),
     }
 }
+
+/// A disk's device as a key for "the same disk": `./disks/a.img` and `disks/a.img` are
+/// one file (relative paths are from the configuration's folder alike).
+pub fn device_key(device: &str) -> String {
+    std::path::Path::new(device.trim())
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect::<std::path::PathBuf>()
+        .display()
+        .to_string()
+}

@@ -177,7 +177,11 @@ fn check_unique_members(
                     && server.access.method == crate::model::AccessMethod::Local
                 {
                     for disk in &server.disks {
-                        check(&mut local_disks, disk.device.clone(), server.name.location);
+                        check(
+                            &mut local_disks,
+                            crate::rules::device_key(&disk.device),
+                            server.name.location,
+                        );
                     }
                 }
             }

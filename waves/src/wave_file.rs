@@ -575,7 +575,8 @@ fn decode_server(
                     continue;
                 };
                 // One device read as two disks: the agent would open and lock it twice.
-                if let Some(line) = first_line.get(&disk.device) {
+                let key = rules::device_key(&disk.device);
+                if let Some(line) = first_line.get(&key) {
                     ctx.error(
                         item.location,
                         format!(
@@ -586,7 +587,7 @@ fn decode_server(
                     disks_failed = true;
                     continue;
                 }
-                first_line.insert(disk.device.clone(), item.location.line);
+                first_line.insert(key, item.location.line);
                 disks.push(disk);
             }
             disks

@@ -183,8 +183,18 @@ fn wave_changes(
                 "  ~ wave {name}: window {was} -> {is}; its tasks that have not begun follow it"
             ));
         }
+        // The phases as placed around the window (moving the window moves them).
+        let offsets = |w: &waves::model::Wave| {
+            let from = w.window.interval.start.timestamp().as_millisecond();
+            [&w.phases.build, &w.phases.validate, &w.phases.cutover].map(|p| {
+                (
+                    p.start.timestamp().as_millisecond() - from,
+                    p.end.timestamp().as_millisecond() - from,
+                )
+            })
+        };
         let mut fields = Vec::new();
-        if old.phases != wave.phases && was == is {
+        if offsets(old) != offsets(wave) {
             fields.push("phases");
         }
         if old.engine.value != wave.engine.value {
@@ -473,6 +483,17 @@ mod tests {
             ]
         );
         assert!(super::wave_changes(&before, &before).is_empty());
+        // A window moved with a phase changed too: both said.
+        let both = definitions(
+            &wave(
+                "start: 2031-03-22 11:00, duration: 6h, timezone: UTC",
+                "a@example.com",
+            )
+            .replace("notify:", "phases: { build: 3d }\nnotify:"),
+        );
+        let said = super::wave_changes(&before, &both);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(said[1], "  ~ wave w: phases");
     }
 
     /// A server added to a wave under way after its build phase is warned about, at its

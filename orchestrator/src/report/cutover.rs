@@ -84,20 +84,30 @@ impl CutoverReport {
             is_rehearsal(&calendar),
         );
         let later = store.events_of_kinds(wave, SINCE_KINDS).await?;
-        report.note_since(&later, &calendar.timezone);
+        let finished: BTreeMap<String, i64> = tasks
+            .iter()
+            .filter(|t| t.kind == "cutover")
+            .filter_map(|t| Some((t.server.clone()?, t.finished_at?)))
+            .collect();
+        report.note_since(&later, &finished, &calendar.timezone);
         Ok(report)
     }
 
-    /// Adds what was done with each server after its cutover (`events`, of
-    /// [`SINCE_KINDS`], oldest first): a line per server, and the count of servers
-    /// failed back.
-    pub fn note_since(&mut self, events: &[EventRow], tz: &str) {
+    /// Adds what was done with each server after its cutover task ended (`finished`:
+    /// when, per server): `events` of [`SINCE_KINDS`], oldest first, a line per server,
+    /// and the count of servers failed back. What came before (a disaster-recovery test
+    /// ahead of the window) is the cutover's past, not its since.
+    pub fn note_since(&mut self, events: &[EventRow], finished: &BTreeMap<String, i64>, tz: &str) {
         let mut failed_back = 0;
         for server in &mut self.servers {
-            let mine = events
+            let Some(&ended) = finished.get(&server.name) else {
+                continue;
+            };
+            let mine: Vec<&EventRow> = events
                 .iter()
-                .filter(|e| e.server.as_deref() == Some(server.name.as_str()));
-            for event in mine {
+                .filter(|e| e.server.as_deref() == Some(server.name.as_str()) && e.at >= ended)
+                .collect();
+            for event in &mine {
                 let when = local_text(event.at, tz);
                 server.since.push(match event.kind.as_str() {
                     "failback.normal" => {
@@ -106,11 +116,7 @@ impl CutoverReport {
                     _ => format!("{when}: {}", event.message),
                 });
             }
-            let last = events
-                .iter()
-                .rev()
-                .find(|e| e.server.as_deref() == Some(server.name.as_str()));
-            failed_back += usize::from(last.is_some_and(|e| e.kind == "failback.normal"));
+            failed_back += usize::from(mine.last().is_some_and(|e| e.kind == "failback.normal"));
         }
         if failed_back > 0 {
             self.summary.push(format!(
@@ -205,8 +211,10 @@ impl CutoverReport {
         }
         let (outcome, colour) = if done == total {
             ("COMPLETE", GREEN)
-        } else if done + skipped == total {
+        } else if done + skipped == total && done > 0 {
             ("COMPLETE WITH SKIPS", AMBER)
+        } else if skipped == total {
+            ("SKIPPED", AMBER)
         } else if open > 0 && now < calendar.window_end {
             ("IN PROGRESS", AMBER)
         } else {

@@ -332,7 +332,11 @@ impl Mailer {
         // Recorded and logged in the run's time (a warped run's clock while it is ahead
         // of the wall clock, as status and the other events speak); the next attempt is
         // due on the wall clock, which the delivery loop follows.
-        let logged = crate::scheduler::clock::status_now(store).await?.0;
+        // (A store that does not answer this read must not keep the outcome unwritten:
+        // the report would go out again once its lease runs out.)
+        let logged = crate::scheduler::clock::status_now(store)
+            .await
+            .map_or(at, |(now, _)| now);
         let attempt = match result {
             Ok(via) => {
                 write_outcome(|| store.report_delivered(report, lease, logged, &via)).await?;

@@ -1039,6 +1039,15 @@ mod tests {
             "{}",
             rendered.subject
         );
+        // Every cutover skipped: nothing was cut over, and the outcome says so.
+        for t in &mut tasks {
+            if t.kind == "cutover" {
+                t.state = "skipped".to_owned();
+            }
+        }
+        let report = cutover_report(&tasks, &events, &attempts);
+        assert_eq!(report.outcome, "SKIPPED");
+        assert_eq!(report.summary[0], "0 of 2 servers cut over");
     }
 
     /// A server failed back after the window is said so in a later cutover report: the
@@ -1057,7 +1066,15 @@ mod tests {
         );
         failback.task_id = None;
         failback.server = Some("web-01".to_owned());
-        report.note_since(&[failback], "Europe/Rome");
+        // One before the cutover ended (a rehearsal of the failback) is not "since".
+        let mut before = failback.clone();
+        before.at = start - 86_400_000;
+        before.id = 19;
+        let finished = std::collections::BTreeMap::from([
+            ("web-01".to_owned(), start + 3_600_000),
+            ("web-02".to_owned(), start + 21_600_000),
+        ]);
+        report.note_since(&[before, failback], &finished, "Europe/Rome");
         assert_eq!(
             report.servers[0].since,
             ["Thu 2027-02-04 17:40: failed back, on its source again and ready for cutover"]

@@ -110,11 +110,19 @@ impl Store {
             "kind = 'gate' AND approval_required AND wave = ?{filter} \
              AND state NOT IN ('succeeded', 'skipped', 'cancelled')"
         );
+        // The gates are read and written in one go: on PostgreSQL two approvers at once
+        // would each read the gate without a go (SQLite's write transactions take the
+        // lock before reading).
+        let lock = if self.is_postgres() {
+            " FOR UPDATE"
+        } else {
+            ""
+        };
         let rows = txn
             .query_all_raw(self.stmt(
                 &format!(
                     "SELECT application, approved_by, state FROM tasks WHERE {gates} \
-                     ORDER BY application"
+                     ORDER BY application{lock}"
                 ),
                 values.clone(),
             ))

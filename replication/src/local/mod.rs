@@ -773,6 +773,15 @@ impl ReplicationEngine for LocalEngine {
                 LaunchKind::Test => None,
             };
             let from_point = matches!(point, PointInTime::RecoveryPoint(_));
+            // What no wait mends (the life cycle, a live cutover) is refused first.
+            rules::check_launch(
+                &label,
+                kind,
+                record.life_cycle,
+                view.replication.state,
+                live.as_deref(),
+                true,
+            )?;
             // An agent on its way back (after a restart of this process, or a dropped
             // link) or catching up is a moment to wait, not a refusal.
             let server = &self.inner.server;
@@ -790,14 +799,9 @@ impl ReplicationEngine for LocalEngine {
                     ),
                 ));
             }
-            rules::check_launch(
-                &label,
-                kind,
-                record.life_cycle,
-                view.replication.state,
-                live.as_deref(),
-                from_point,
-            )?;
+            if !from_point {
+                rules::check_continuous(&label, view.replication.state)?;
+            }
             if let PointInTime::RecoveryPoint(point_id) = point {
                 let known = self
                     .inner

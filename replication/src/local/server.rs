@@ -401,8 +401,8 @@ impl ReplicationServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let timeout = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(timeout, rx).await {
+        let waited = started.elapsed();
+        match tokio::time::timeout(timeout.saturating_sub(waited), rx).await {
             Ok(Ok(point)) => Ok(point),
             Ok(Err(_)) => {
                 Err("the agent's connection ended before the recovery point was cut".to_owned())
@@ -411,8 +411,13 @@ impl ReplicationServer {
                 if let Some(slot) = lock(&self.shared.slots).get_mut(source) {
                     slot.waiters.remove(&id);
                 }
+                let back = if waited.as_secs() > 0 {
+                    format!(", {} s of them waiting for it to connect", waited.as_secs())
+                } else {
+                    String::new()
+                };
                 Err(format!(
-                    "the agent did not cut a recovery point within {} s (a large backlog, or a writer holding the disks)",
+                    "the agent did not cut a recovery point within {} s{back} (a large backlog, or a writer holding the disks)",
                     timeout.as_secs()
                 ))
             }
@@ -585,7 +590,9 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
                 });
             }
             slot.ever_connected = true;
-            slot.disconnected_at = None;
+            // Away until it gets going (its first status): an agent that connects and
+            // drops at once, over and over (its own disk full), stays away since it
+            // first went, and its grace runs out.
             slot.problem = None;
             // This session's rates are its own.
             slot.rates = Rates::default();
@@ -674,7 +681,9 @@ async fn session(shared: Arc<Shared>, acceptor: tokio_rustls::TlsAcceptor, tcp: 
             && slot.session.as_ref().is_some_and(|(sid, _)| *sid == id)
         {
             slot.session = None;
-            slot.disconnected_at = Some(Instant::now());
+            if slot.disconnected_at.is_none() {
+                slot.disconnected_at = Some(Instant::now());
+            }
             slot.rates = Rates::default();
             slot.waiters.clear();
         }
@@ -1150,6 +1159,8 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
                     let wire = slot.wire.load(Ordering::Relaxed);
                     slot.rates.observe(now, wire, status.scanned_bytes);
                     slot.status = Some((status, now));
+                    // It got going: back.
+                    slot.disconnected_at = None;
                 }
             }
             Frame::Control(_) => {}

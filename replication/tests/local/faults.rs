@@ -638,6 +638,14 @@ async fn an_agent_whose_state_folder_is_full_waits_for_room_and_goes_on() -> Tes
         engine.recovery_points(&id).await?.is_empty(),
         "a point was cut without the agent's digests"
     );
+    // Connecting and dropping at once, over and over, is not "on its way back": the
+    // grace a warped clock waits counts from when it first went (2 s of the 3 here).
+    assert!(
+        !engine
+            .server()
+            .reconnecting(&id.0, Duration::from_millis(2500)),
+        "an agent that never gets going keeps counting as reconnecting"
+    );
     std::fs::remove_file(&filler)?;
     continuous(&engine, &id).await?;
     assert!(!agent.is_finished(), "the agent replicates on");
