@@ -149,15 +149,19 @@ impl Driver {
     }
 
     /// `action` on the element `css` selects. The pages redraw from the API as the run
-    /// goes on, so an element found a moment ago may have been replaced: it is found
-    /// again, a bounded number of times.
+    /// goes on, so an element found a moment ago may have been replaced, or not be laid
+    /// out yet: it is found again, a bounded number of times.
     fn on_element(&self, css: &str, action: &str, body: Value) {
         for _ in 0..20 {
             let element = self.find(css);
             let path = format!("/element/{element}/{action}");
             match self.try_call(reqwest::Method::POST, &path, body.clone()) {
                 Ok(_) => return,
-                Err(error) if error["error"] == "stale element reference" => {
+                // Replaced, or caught halfway through a redraw (not laid out yet).
+                Err(error)
+                    if error["error"] == "stale element reference"
+                        || error["error"] == "element not interactable" =>
+                {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(error) => panic!("WebDriver {action} on {css}: {error}"),
