@@ -89,6 +89,7 @@ store_suite!(
     a_report_is_recorded_once_per_event_and_delivered_under_a_lease,
     a_no_go_withdraws_the_go_until_the_gate_opens,
     a_go_given_to_a_blocked_gate_can_be_withdrawn,
+    a_cutover_retried_after_its_report_is_reported_again,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ phases:
   build: 7d
   validate: 7d
   cutover: 1d
+notify: [factory@example.com]
 defaults:
   os: {{ family: linux, version: Debian 12 }}
   access: {{ method: local }}
@@ -3089,6 +3091,67 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
             "report.recorded",
             "report.failed"
         ]
+    );
+    Ok(())
+}
+
+/// The cutover report is recorded once the wave's cutovers are final; looked at again it
+/// is not recorded twice, but a cutover retried after it that succeeds (inside the window)
+/// makes a report of its own, once per count of servers cut over.
+async fn a_cutover_retried_after_its_report_is_reported_again(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&[wave_a(vec![app("web", vec![srv("web-1"), srv("web-2")])])]);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let at = t.window_start + 60_000;
+    let cutovers = h
+        .drive_to_all(&["web-1/cutover", "web-2/cutover"], at)
+        .await?;
+    h.store
+        .complete(
+            DRIVER,
+            at,
+            vec![
+                succeeded(&cutovers["web-1/cutover"], at),
+                failed(&cutovers["web-2/cutover"], at, "the target did not boot"),
+            ],
+        )
+        .await?;
+    let reporter = orchestrator::report::schedule::Reporter::new(
+        h.store.clone(),
+        Arc::new(defs.loaded.definitions.clone()),
+    )?;
+    let cutover_subjects = async || -> anyhow::Result<Vec<String>> {
+        Ok(h.store
+            .reports(Some(WAVE_A))
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == "cutover")
+            .map(|r| r.subject)
+            .collect())
+    };
+    let (_, failures) = reporter.record_due(at + 1_000).await?;
+    assert!(failures.is_empty(), "{failures:?}");
+    let first = cutover_subjects().await?;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].contains("cutover report: INCOMPLETE, 1 of 2 servers cut over"),
+        "{first:?}"
+    );
+    reporter.record_due(at + 2_000).await?;
+    assert_eq!(cutover_subjects().await?.len(), 1, "recorded twice");
+    // Retried inside the window, and cut over: told again.
+    h.store.retry("web-2/cutover", "alice", at + 3_000).await?;
+    let again = h.drive_to("web-2/cutover", at + 4_000).await?;
+    h.store
+        .complete(DRIVER, at + 4_000, vec![succeeded(&again, at + 4_000)])
+        .await?;
+    reporter.record_due(at + 5_000).await?;
+    reporter.record_due(at + 6_000).await?;
+    let now = cutover_subjects().await?;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now[0].contains("cutover report: COMPLETE, 2 of 2 servers cut over"),
+        "{now:?}"
     );
     Ok(())
 }

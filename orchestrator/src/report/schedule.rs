@@ -43,6 +43,8 @@ struct WaveProgress {
     first_started: Option<i64>,
     unfinished: i64,
     cutovers: (i64, i64),
+    /// Of them, succeeded.
+    cutovers_succeeded: i64,
     cleanups: (i64, i64),
 }
 
@@ -136,8 +138,24 @@ impl Reporter {
         if p.first_started.is_some() && p.cutovers.0 > 0 {
             let over = !cutovers_open && now >= calendar.window_start;
             if over || now >= calendar.window_end {
-                self.record(calendar, Kind::Cutover, &window_event, now, now)
+                // A cutover retried after the report went out (inside the window, or
+                // later) that changed how many were cut over is told again: a report
+                // of its own, once per count.
+                let said = self
+                    .store
+                    .report_subjects(&calendar.name, Kind::Cutover.name(), &window_event)
                     .await?;
+                let count = format!(" {} of ", p.cutovers_succeeded);
+                if said.is_empty() {
+                    self.record(calendar, Kind::Cutover, &window_event, now, now)
+                        .await?;
+                } else if !over {
+                    // Cutovers still open after the window: nothing new to say.
+                } else if !said.iter().any(|subject| subject.contains(&count)) {
+                    let again = format!("{window_event}: {} cut over", p.cutovers_succeeded);
+                    self.record(calendar, Kind::Cutover, &again, now, now)
+                        .await?;
+                }
             } else if p.unfinished > 0 {
                 candidate(if cutovers_open {
                     calendar.window_end
@@ -250,7 +268,10 @@ fn wave_progress(rows: Vec<KindProgress>) -> BTreeMap<String, WaveProgress> {
         };
         p.unfinished += row.total - row.finished;
         match row.kind.as_str() {
-            "cutover" => p.cutovers = (row.total, row.finished),
+            "cutover" => {
+                p.cutovers = (row.total, row.finished);
+                p.cutovers_succeeded = row.succeeded;
+            }
             "cmdb_cleanup" => p.cleanups = (row.total, row.finished),
             _ => {}
         }

@@ -67,6 +67,7 @@ pub struct KindProgress {
     pub total: i64,
     /// In a final state (succeeded, failed, skipped, cancelled, blocked).
     pub finished: i64,
+    pub succeeded: i64,
     /// When the first of them started, if any did.
     pub first_started: Option<i64>,
 }
@@ -331,7 +332,8 @@ impl Store {
             .query_all_raw(self.stmt(
                 "SELECT wave, kind, COUNT(*) AS total, \
                  SUM(CASE WHEN state IN ('pending', 'running', 'awaiting_approval') THEN 0 ELSE 1 END) \
-                 AS finished, MIN(started_at) AS first_started \
+                 AS finished, SUM(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded, \
+                 MIN(started_at) AS first_started \
                  FROM tasks GROUP BY wave, kind ORDER BY wave, kind",
                 vec![],
             ))
@@ -351,6 +353,33 @@ impl Store {
         let sql =
             format!("SELECT {REPORT_COLUMNS} FROM reports {filter} ORDER BY due_at DESC, id DESC");
         self.report_rows(&sql, values).await
+    }
+
+    /// The subjects of the reports of this kind for the wave recorded for `event`, or
+    /// for a later word on it (`EVENT: ...`).
+    pub async fn report_subjects(
+        &self,
+        wave: &str,
+        kind: &str,
+        event: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .db()
+            .query_all_raw(self.stmt(
+                "SELECT subject FROM reports WHERE wave = ? AND kind = ? \
+                 AND (event = ? OR event LIKE ?) ORDER BY id",
+                vec![
+                    wave.into(),
+                    kind.into(),
+                    event.into(),
+                    // (A report's event is a window's moment: no `%` or `_` in it.)
+                    format!("{event}: %").into(),
+                ],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String>("", "subject")?))
+            .collect()
     }
 
     /// The moment the latest report of this kind for the wave spoke of.
