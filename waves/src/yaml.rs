@@ -48,6 +48,21 @@ pub struct Entry {
     pub value: Node,
 }
 
+/// Places `node` and everything in it at `location` (an alias's copy of its anchor).
+fn relocate(node: &mut Node, location: Location) {
+    node.location = location;
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| relocate(n, location)),
+        Value::Map(entries) => {
+            for entry in entries {
+                entry.key_location = location;
+                relocate(&mut entry.value, location);
+            }
+        }
+        Value::Null | Value::Scalar(_) => {}
+    }
+}
+
 impl Node {
     /// How the node reads in a sentence: "a mapping", "the string \"abc\"".
     pub fn describe(&self) -> String {
@@ -266,8 +281,11 @@ impl Builder<'_> {
             }
             Event::Alias(id) => match self.anchors.get(&id) {
                 Some((node, size)) => {
-                    let (node, size) = (node.clone(), *size);
+                    let (mut node, size) = (node.clone(), *size);
                     self.count(size, location)?;
+                    // The copy is where the alias is: what is wrong with it, or repeats
+                    // another value (a server name, an address), is said there.
+                    relocate(&mut node, location);
                     self.complete(node, size, 0);
                 }
                 None => {
