@@ -186,7 +186,11 @@ fn decode_replication(node: Option<&Node>, ctx: &mut Ctx) -> ReplicationLink {
 fn time_zone(node: &Node, ctx: &mut Ctx) -> Option<(TimeZone, String)> {
     let name = decode::string(node, "timezone", ctx)?;
     match rules::time_zone(&name) {
-        Ok(tz) => Some((tz, name)),
+        // Named as the time zone database names it (`europe/rome` is Europe/Rome).
+        Ok(tz) => {
+            let name = tz.iana_name().map_or(name, str::to_owned);
+            Some((tz, name))
+        }
         Err(message) => {
             ctx.error(node.location, message);
             None
@@ -862,4 +866,27 @@ fn decode_disk(node: &Node, ctx: &mut Ctx) -> Option<Disk> {
         used_bytes: used,
         boot,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A time zone written in another case is kept as the database names it.
+    #[test]
+    fn a_time_zone_is_named_as_the_database_names_it() {
+        let text = "name: w\n\
+            window: { start: 2031-03-22 10:00, duration: 6h, timezone: europe/rome }\n\
+            defaults: { os: { family: linux }, access: { method: local } }\n\
+            applications:\n\
+            \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
+        let loaded = crate::load_sources(
+            None,
+            std::path::PathBuf::new(),
+            &[crate::source::SourceFile {
+                name: std::sync::Arc::from("w.yaml"),
+                text: text.to_owned(),
+            }],
+        );
+        assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.definitions.waves[0].window.timezone, "Europe/Rome");
+    }
 }
