@@ -25,5 +25,5 @@ pub mod wave_file;
 pub mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
-pub use load::{Loaded, load_paths, load_sources};
+pub use load::{Loaded, load_paths, load_sources, load_text};
 pub use model::{Definitions, Wave};

@@ -119,6 +119,19 @@ fn text_of(source: &SourceFile) -> SourceText {
     }
 }
 
+/// One wave file's text, named `name`, loaded on the built-in configuration: for tests
+/// and tools that hold a wave in memory.
+pub fn load_text(name: &str, text: &str) -> Loaded {
+    load_sources(
+        None,
+        PathBuf::new(),
+        &[SourceFile {
+            name: std::sync::Arc::from(name),
+            text: text.to_owned(),
+        }],
+    )
+}
+
 /// Loads text already read: the configuration (if any) and the wave files.
 pub fn load_sources(
     config: Option<&SourceFile>,

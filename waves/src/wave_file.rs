@@ -878,14 +878,7 @@ mod tests {
             defaults: { os: { family: linux }, access: { method: local } }\n\
             applications:\n\
             \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
-        let loaded = crate::load_sources(
-            None,
-            std::path::PathBuf::new(),
-            &[crate::source::SourceFile {
-                name: std::sync::Arc::from("w.yaml"),
-                text: text.to_owned(),
-            }],
-        );
+        let loaded = crate::load_text("w.yaml", text);
         assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
         assert_eq!(loaded.definitions.waves[0].window.timezone, "Europe/Rome");
     }

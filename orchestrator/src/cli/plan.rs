@@ -477,14 +477,7 @@ mod tests {
             \x20 tasks: { replication_verify: { schedule: \"* * * * * *\" } }\n\
             applications:\n\
             \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
-        let loaded = waves::load_sources(
-            None,
-            std::path::PathBuf::new(),
-            &[waves::source::SourceFile {
-                name: std::sync::Arc::from("w.yaml"),
-                text: text.to_owned(),
-            }],
-        );
+        let loaded = waves::load_text("w.yaml", text);
         assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
         let plan = waves::plan::plan(&loaded.definitions);
         let out = super::render_text(&loaded.definitions, &plan, &|_| true);

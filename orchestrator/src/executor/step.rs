@@ -530,14 +530,7 @@ mod tests {
             \x20 tasks: { prereq_check: { retries: 2 } }\n\
             applications:\n\
             \x20 - { name: db, servers: [{ name: s1, disks: [{ device: /dev/sda, size: 1GiB }] }] }\n";
-        let loaded = waves::load_sources(
-            None,
-            std::path::PathBuf::new(),
-            &[waves::source::SourceFile {
-                name: std::sync::Arc::from("w.yaml"),
-                text: text.to_owned(),
-            }],
-        );
+        let loaded = waves::load_text("w.yaml", text);
         assert!(!loaded.diagnostics.has_errors(), "{:?}", loaded.diagnostics);
         let server = &loaded.definitions.waves[0].applications[0].servers[0];
         // Three attempts done: out of retries.
