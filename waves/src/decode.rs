@@ -260,10 +260,15 @@ pub fn boolean(node: &Node, what: &str, ctx: &mut Ctx) -> Option<bool> {
 
 pub fn unsigned(node: &Node, what: &str, max: u64, ctx: &mut Ctx) -> Option<u64> {
     parsed(node, what, ctx, |text| {
-        let value: u64 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("expected a whole number, found `{text}`"))?;
+        let trimmed = text.trim();
+        let whole = trimmed.strip_prefix('-').unwrap_or(trimmed);
+        let value: u64 = trimmed.parse().map_err(|_| {
+            if !whole.is_empty() && whole.chars().all(|c| c.is_ascii_digit()) {
+                format!("`{text}` is out of range: write a whole number from 0 to {max}")
+            } else {
+                format!("expected a whole number, found `{text}`")
+            }
+        })?;
         if value > max {
             return Err(format!("{value} is more than the maximum of {max}"));
         }
