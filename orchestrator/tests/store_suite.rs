@@ -90,6 +90,7 @@ store_suite!(
     a_no_go_withdraws_the_go_until_the_gate_opens,
     a_go_given_to_a_blocked_gate_can_be_withdrawn,
     a_cutover_retried_after_its_report_is_reported_again,
+    removing_a_failed_server_releases_what_it_blocked,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -3092,6 +3093,42 @@ async fn a_report_is_recorded_once_per_event_and_delivered_under_a_lease(
             "report.failed"
         ]
     );
+    Ok(())
+}
+
+/// A server whose check failed blocks its application's gate and what follows; an apply
+/// that removes the server releases them (they wait again), and leaves blocked what
+/// another failure still blocks.
+async fn removing_a_failed_server_releases_what_it_blocked(h: Harness) -> anyhow::Result<()> {
+    let defs = load(&web_and_db());
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let check = h.drive_to("web-2/prereq_check", t.build).await?;
+    h.store
+        .complete(DRIVER, t.build, vec![failed(&check, t.build, "no disk")])
+        .await?;
+    for id in ["web/ready", "web-1/cutover", "db-1/cutover"] {
+        assert_eq!(h.state(id).await?, "blocked", "{id}");
+    }
+    let without = load(&[wave_a(vec![
+        app("web", vec![srv("web-1")]),
+        App {
+            depends_on: &["web"],
+            approval: false,
+            ..app("db", vec![srv("db-1")])
+        },
+    ])]);
+    h.apply(&without, false, t.build + 1).await?;
+    for id in [
+        "web/ready",
+        "web-1/cutover",
+        "db-1/cutover",
+        "web-1/cmdb_cleanup",
+    ] {
+        let row = h.task(id).await?;
+        assert_eq!((row.state.as_str(), row.reason), ("pending", None), "{id}");
+    }
+    assert_eq!(h.state("web-2/prereq_check").await?, "failed");
     Ok(())
 }
 

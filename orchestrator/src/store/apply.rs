@@ -863,6 +863,22 @@ impl Store {
             vec![],
         ))
         .await?;
+        // What was blocked only by tasks the definitions no longer hold (a failed server
+        // removed) waits again; one level per pass, as below.
+        for _ in 0..64 {
+            let freed = txn
+                .execute_raw(self.stmt(
+                    "UPDATE tasks SET state = 'pending', reason = NULL, updated_at = ? \
+                     WHERE state = 'blocked' AND id NOT IN (SELECT d.task_id \
+                     FROM task_dependencies d JOIN tasks t ON t.id = d.depends_on \
+                     WHERE t.state IN ('failed', 'cancelled', 'blocked'))",
+                    vec![now.into()],
+                ))
+                .await?;
+            if freed.rows_affected() == 0 {
+                break;
+            }
+        }
         // One level per pass; chains are short (six tasks and a gate per server, plus
         // application dependencies), and the bound keeps a bad graph from looping.
         for _ in 0..64 {

@@ -908,7 +908,7 @@ impl Store {
             None => ("", vec![]),
         };
         let ordered = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY wave, application, server, earliest, id"
+            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY wave, application, (server IS NOT NULL), server, earliest, id"
         );
         if !self.is_postgres() {
             // One JSON row instead of a hand-over per row from sqlx's SQLite thread: a
