@@ -232,6 +232,7 @@ async fn bench() -> anyhow::Result<()> {
                 RunOptions {
                     until_done: true,
                     reports: None,
+                    revision: None,
                 },
                 |n| {
                     counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -109,6 +109,7 @@ async fn run_executor(
             RunOptions {
                 until_done: true,
                 reports: None,
+                revision: None,
             },
             |n| {
                 batches.push((n, last.elapsed()));

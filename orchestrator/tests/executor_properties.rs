@@ -353,6 +353,7 @@ async fn rehearse_in(
         RunOptions {
             until_done: true,
             reports: None,
+            revision: None,
         },
         |_| {},
     );

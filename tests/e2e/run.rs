@@ -1194,3 +1194,43 @@ fn a_missing_postgresql_database_is_said_once_with_what_to_do() {
     );
     assert_eq!(String::from_utf8_lossy(&tables.stdout).trim(), "0");
 }
+
+/// Starts: `wavelift run` on the rehearsal engine and the wall clock (the quickstart's
+/// windows are years ahead: nothing falls due), and an `apply` beside it. The run goes
+/// on with the revision applied while it runs (it kept the one it started with, and a
+/// server added meanwhile failed as "not in the applied definitions").
+#[test]
+fn a_run_goes_on_with_a_revision_applied_while_it_runs() {
+    let scratch = Scratch::new("run-follows");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    succeeds(wavelift(&dir, &["apply", "."]));
+    let child = wavelift_command(&dir)
+        .args(["run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wavelift run");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    edit(
+        &dir.join("waves/wave-2.yaml"),
+        "notify: [factory-lead@example.com]",
+        "notify: [factory-lead@example.com, cab@example.com]",
+    );
+    let applied = succeeds(wavelift(&dir, &["apply", "."]));
+    assert!(
+        applied.stdout.contains("applied revision 2"),
+        "{}",
+        applied.describe()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().expect("the run's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("revision 2 was applied while this run went on: it goes on with it"),
+        "{stderr}"
+    );
+    assert!(output.status.success(), "{stderr}");
+}

@@ -79,6 +79,7 @@ async fn rehearse(
             RunOptions {
                 until_done: true,
                 reports: None,
+                revision: None,
             },
             |_| {},
         )

@@ -73,7 +73,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let Some(store) = open_or_apply(args).await? else {
         return Ok(ExitCode::FAILURE);
     };
-    let Some(executor) = executor(&store, args).await? else {
+    let Some((executor, revision)) = executor(&store, args).await? else {
         eprintln!(
             "nothing to run: apply definitions first (wavelift apply PATH, or wavelift run PATH)"
         );
@@ -93,14 +93,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&reporter),
         stopped_rx,
     ));
-    let result = executor
-        .run(
-            RunOptions {
-                until_done: args.until_done,
-                reports: Some(&reporter),
-            },
-            |count| done += count,
-        )
+    let (executor, result) =
+        follow_revisions(executor, revision, &reporter, args.until_done, |count| {
+            done += count
+        })
         .await;
     let _ = stop.send(true);
     let _ = bars.await;
@@ -126,6 +122,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             "{n} cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"
         ),
         Stopped::Interrupted => outln!("stopped; `wavelift run` goes on from here"),
+        Stopped::NewRevision(_) => {}
     }
     let failed = executor
         .store
@@ -192,8 +189,69 @@ pub(super) async fn deliver(
     }
 }
 
-/// The executor for the store's current revision; `None` when nothing was applied.
-pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Executor>> {
+/// Runs `executor` (of `revision`), and goes on with each revision applied meanwhile: the
+/// same engines, clock and reports, the new definitions. Returns the executor it ended
+/// with and how the run stopped.
+pub(super) async fn follow_revisions(
+    mut executor: Executor,
+    mut revision: i64,
+    reporter: &Reporter,
+    until_done: bool,
+    mut on_batch: impl FnMut(usize),
+) -> (Executor, anyhow::Result<Stopped>) {
+    loop {
+        let stopped = executor
+            .run(
+                RunOptions {
+                    until_done,
+                    reports: Some(reporter),
+                    revision: Some(revision),
+                },
+                &mut on_batch,
+            )
+            .await;
+        let Ok(Stopped::NewRevision(_)) = stopped else {
+            return (executor, stopped);
+        };
+        let definitions = match revision_definitions(&executor.store).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return (executor, Ok(Stopped::Interrupted)),
+            Err(err) => return (executor, Err(err)),
+        };
+        let (id, definitions) = definitions;
+        let missing: Vec<String> = definitions
+            .waves
+            .iter()
+            .map(|w| w.engine.value)
+            .filter(|kind| !executor.ports.engines.contains_key(kind))
+            .map(|kind| kind.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        eprintln!(
+            "revision {id} was applied while this run went on: it goes on with it{}",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (start it again for the engine(s) it did not start with: {})",
+                    missing.join(", ")
+                )
+            }
+        );
+        reporter.follow(Arc::clone(&definitions));
+        executor = Executor {
+            definitions,
+            ..executor
+        };
+        revision = id;
+    }
+}
+
+/// The store's current revision and its definitions; `None` when nothing was applied.
+async fn revision_definitions(
+    store: &Store,
+) -> anyhow::Result<Option<(i64, Arc<waves::model::Definitions>)>> {
     let Some((revision, sources)) = store.current_sources().await? else {
         return Ok(None);
     };
@@ -202,7 +260,15 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         super::validate::print_diagnostics(&loaded.diagnostics)?;
         anyhow::bail!("revision {revision} in the store no longer validates with this Wavelift");
     }
-    let definitions = Arc::new(loaded.definitions);
+    Ok(Some((revision, Arc::new(loaded.definitions))))
+}
+
+/// The executor for the store's current revision, and that revision; `None` when
+/// nothing was applied.
+pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<(Executor, i64)>> {
+    let Some((revision, definitions)) = revision_definitions(store).await? else {
+        return Ok(None);
+    };
     let stored = store
         .meta_get(WARP_KEY)
         .await?
@@ -236,17 +302,20 @@ pub async fn executor(store: &Store, args: &RunArgs) -> anyhow::Result<Option<Ex
         eprintln!("{note}");
     }
     let ports = state::ports(&definitions, engines);
-    Ok(Some(Executor {
-        store: store.clone(),
-        definitions,
-        ports,
-        clock,
-        owner: format!("{}:{}", hostname(), std::process::id()),
-        limits: Limits {
-            global: args.max_tasks.max(1),
-            per_wave: args.max_tasks_per_wave.max(1),
+    Ok(Some((
+        Executor {
+            store: store.clone(),
+            definitions,
+            ports,
+            clock,
+            owner: format!("{}:{}", hostname(), std::process::id()),
+            limits: Limits {
+                global: args.max_tasks.max(1),
+                per_wave: args.max_tasks_per_wave.max(1),
+            },
         },
-    }))
+        revision,
+    )))
 }
 
 fn hostname() -> String {

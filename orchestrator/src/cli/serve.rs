@@ -9,7 +9,6 @@ use anyhow::Context as _;
 
 use super::run::{self, RunArgs};
 use super::state::StateArgs;
-use crate::executor::RunOptions;
 use crate::report::schedule::Reporter;
 use crate::store::Store;
 use crate::web::{self, App};
@@ -57,7 +56,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(store) = run::open_or_apply(&run_args).await? else {
         return Ok(ExitCode::FAILURE);
     };
-    let Some(executor) = run::executor(&store, &run_args).await? else {
+    let Some((executor, revision)) = run::executor(&store, &run_args).await? else {
         eprintln!(
             "nothing to serve: apply definitions first (wavelift apply PATH, or wavelift serve PATH)"
         );
@@ -97,15 +96,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = web_stopped.changed().await;
         },
     ));
-    let result = executor
-        .run(
-            RunOptions {
-                until_done: false,
-                reports: Some(&reporter),
-            },
-            |_| {},
-        )
-        .await;
+    let (_, result) = run::follow_revisions(executor, revision, &reporter, false, |_| {}).await;
     let _ = stop.send(true);
     server.await.context("the web server stopped")??;
     delivery.await.context("the report delivery stopped")??;

@@ -37,6 +37,8 @@ const LEASE_RENEWAL: Duration = Duration::from_millis(LEASE_MS as u64 / 3);
 
 /// How long to sleep at most between looks at the store, with the wall clock.
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// How often a run looks for a revision applied since it began.
+const REVISION_LOOK: Duration = Duration::from_secs(2);
 /// How long, in real time, warped time waits for the delivery of a report it recorded
 /// (an SMTP server that answers slowly) before it moves on without it.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -80,6 +82,9 @@ pub struct RunOptions<'a> {
     pub until_done: bool,
     /// Records the reports for people as they fall due, by the scheduler's clock.
     pub reports: Option<&'a Reporter>,
+    /// The revision the definitions are of: the run stops between batches with
+    /// [`Stopped::NewRevision`] once another is applied, for its caller to go on with it.
+    pub revision: Option<i64>,
 }
 
 /// How often a busy run looks for reports that fell due, by the wall clock.
@@ -94,6 +99,8 @@ pub enum Stopped {
     AwaitingApproval(usize),
     /// Asked to stop (Ctrl-C).
     Interrupted,
+    /// Another revision was applied (its id): the run goes on with it once reloaded.
+    NewRevision(i64),
 }
 
 impl Executor {
@@ -122,7 +129,21 @@ impl Executor {
         let mut reports_looked = std::time::Instant::now();
         // Since when warped time has waited for a report's delivery.
         let mut delivery_wait: Option<std::time::Instant> = None;
+        let mut revision_looked: Option<std::time::Instant> = None;
         loop {
+            // Between batches (nothing claimed ahead): a revision applied since the run
+            // began is followed, not ignored.
+            if claimed.is_empty()
+                && let Some(running) = options.revision
+                && revision_looked.is_none_or(|at| at.elapsed() >= REVISION_LOOK)
+            {
+                revision_looked = Some(std::time::Instant::now());
+                if let Some(current) = self.store.current_revision().await?
+                    && current != running
+                {
+                    return Ok(Stopped::NewRevision(current));
+                }
+            }
             let now = self.clock.now_ms();
             if claimed.is_empty() {
                 claimed = self

@@ -28,7 +28,8 @@ pub struct Reporter {
     /// The last failure said, so a failure that repeats at every look is said once.
     last_failure: std::sync::Mutex<Option<String>>,
     store: Store,
-    definitions: Arc<Definitions>,
+    /// The definitions of the revision the run follows ([`Reporter::follow`]).
+    definitions: std::sync::RwLock<Arc<Definitions>>,
     pub mailer: Mailer,
     readiness_before_ms: i64,
     digest: Option<CronSchedule>,
@@ -63,10 +64,18 @@ impl Reporter {
             store,
             readiness_before_ms: config.reports.readiness_before.approx_seconds() as i64 * 1000,
             digest,
-            definitions,
+            definitions: std::sync::RwLock::new(definitions),
             mailer,
             wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Makes the reports of `definitions` from now on: a revision applied while the run
+    /// goes on (its recipients, its waves).
+    pub fn follow(&self, definitions: Arc<Definitions>) {
+        if let Ok(mut held) = self.definitions.write() {
+            *held = definitions;
+        }
     }
 
     /// [`Reporter::record_due`] for a run: a report that cannot be made (a wave with
@@ -244,8 +253,12 @@ impl Reporter {
             now
         };
         let rendered = kind.render(&self.store, &calendar.name, at).await?;
+        let definitions: Arc<Definitions> = match self.definitions.read() {
+            Ok(held) => Arc::clone(&held),
+            Err(_) => anyhow::bail!("the reports' definitions are poisoned"),
+        };
         let report = compose(
-            &self.definitions,
+            &definitions,
             &calendar.name,
             kind,
             event,

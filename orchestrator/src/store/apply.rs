@@ -124,6 +124,17 @@ fn ms(t: jiff::Timestamp) -> i64 {
 
 impl Store {
     /// The sources of the newest revision, if any was applied.
+    /// The id of the latest revision, if any.
+    pub async fn current_revision(&self) -> anyhow::Result<Option<i64>> {
+        let row = self
+            .db()
+            .query_one_raw(self.stmt("SELECT id FROM revisions ORDER BY id DESC LIMIT 1", vec![]))
+            .await?;
+        row.map(|r| r.try_get::<i64>("", "id"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     pub async fn current_sources(&self) -> anyhow::Result<Option<(i64, Sources)>> {
         let row = self
             .db()
