@@ -893,7 +893,9 @@ async fn apply_stores_a_revision_with_six_tasks_per_server_and_a_gate_per_applic
     assert_eq!(events[0].kind, "operator.apply");
     assert_eq!(events[0].wave, WAVE_A);
     assert!(
-        events[0].message.contains("revision 1: 3 added"),
+        events[0]
+            .message
+            .contains("revision 1: in this wave 3 added"),
         "{}",
         events[0].message
     );
@@ -1116,9 +1118,16 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     assert_eq!(last.kind, "operator.apply");
     assert!(
         last.message
-            .contains("revision 2: 1 added, 1 changed, 1 moved, 1 removed"),
+            .contains("revision 2: in this wave 1 added, 1 changed, 1 moved, 1 removed"),
         "{}",
         last.message
+    );
+    // Each wave's event counts its own servers: wave-b only received db-1.
+    let events = h.store.events_after(0, Some(WAVE_B), u32::MAX).await?;
+    let last = events.last().context("no event of wave-b")?;
+    assert_eq!(
+        last.message,
+        "revision 2: in this wave 0 added, 0 changed, 1 moved, 0 removed"
     );
     Ok(())
 }

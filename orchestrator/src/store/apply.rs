@@ -338,24 +338,44 @@ impl Store {
         report.tasks = self.upsert_tasks(&txn, definitions, plan, now).await?;
         self.replace_dependencies(&txn, plan).await?;
         self.recount_dependencies(&txn, now).await?;
-        let summary = format!(
-            "revision {revision}: {} added, {} changed, {} moved, {} removed",
-            report.added.len(),
-            report.changed.len(),
-            report.moved.len(),
-            report.removed.len()
-        );
+        // Each wave's event counts its own servers: added to it, changed in it, moved
+        // in or out of it, removed from it.
+        let wave_of = |name: &String| -> Option<&str> {
+            new_servers
+                .get(name)
+                .map(|(wave, _, _)| wave.as_str())
+                .or_else(|| stored.get(name).map(|s| s.wave.as_str()))
+        };
         let events: Vec<NewEvent> = definitions
             .waves
             .iter()
-            .map(|w| NewEvent {
-                at: now,
-                wave: w.name.value.clone(),
-                server: None,
-                task_id: None,
-                kind: "operator.apply".to_owned(),
-                message: summary.clone(),
-                data: None,
+            .map(|w| {
+                let here = w.name.value.as_str();
+                let count = |names: &[String]| {
+                    names
+                        .iter()
+                        .filter(|n| wave_of(n) == Some(here))
+                        .count()
+                };
+                let moved = report
+                    .moved
+                    .iter()
+                    .filter(|(_, from, to)| from == here || to == here)
+                    .count();
+                NewEvent {
+                    at: now,
+                    wave: here.to_owned(),
+                    server: None,
+                    task_id: None,
+                    kind: "operator.apply".to_owned(),
+                    message: format!(
+                        "revision {revision}: in this wave {} added, {} changed, {moved} moved, {} removed",
+                        count(&report.added),
+                        count(&report.changed),
+                        count(&report.removed)
+                    ),
+                    data: None,
+                }
             })
             .collect();
         insert_events(self, &txn, &events).await?;
