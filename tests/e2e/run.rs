@@ -1234,3 +1234,68 @@ fn a_run_goes_on_with_a_revision_applied_while_it_runs() {
     );
     assert!(output.status.success(), "{stderr}");
 }
+
+/// Starts: PostgreSQL (127.0.0.1:5432; psql makes a database of the test's own and drops
+/// it while the run uses it) and `wavelift run` on the rehearsal engine and the wall
+/// clock. A database that goes away stops the run with one sentence naming it and what
+/// to do, not sqlx's text twice.
+#[test]
+fn a_run_whose_database_goes_away_says_so_once() {
+    let scratch = Scratch::new("pg-gone");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let name = format!("wavelift_gone_{}", std::process::id());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .expect("psql")
+    };
+    assert!(psql(&format!("CREATE DATABASE {name}")).status.success());
+    succeeds(wavelift(&dir, &["apply", ".", "--database-url", &url]));
+    let child = wavelift_command(&dir)
+        .args(["run", "--database-url", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wavelift run");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let dropped = psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    let started = std::time::Instant::now();
+    let mut child = child;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the run") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the run went on for a minute without its database");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(dropped.status.success(), "{dropped:?}");
+    let output = child.wait_with_output().expect("the run's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let said = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        said.starts_with(&format!(
+            "error: the database {url} failed while the run went on: "
+        )) && said.ends_with(
+            "; the run stopped, and what it did is stored up to its last step: start it again once the database answers"
+        ),
+        "{stderr}"
+    );
+}

@@ -101,7 +101,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let _ = stop.send(true);
     let _ = bars.await;
     let delivered = delivery.await;
-    let stopped = result?;
+    let stopped = result.map_err(|err| stopped_by_store(err, &args.state, &executor))?;
     delivered.context("the report delivery stopped")??;
     let summary = status::summary(&executor.store, None).await?;
     out!("{summary}");
@@ -186,6 +186,22 @@ pub(super) async fn deliver(
             _ = stop.changed() => {}
             _ = reporter.wake.notified() => {}
         }
+    }
+}
+
+/// A run (or serve) the database stopped, said with the database, once, and what to do;
+/// any other error as it is.
+pub(super) fn stopped_by_store(
+    err: anyhow::Error,
+    state: &super::state::StateArgs,
+    executor: &Executor,
+) -> anyhow::Error {
+    match crate::store::database_failure(&err) {
+        Some(said) => anyhow::anyhow!(
+            "the database {} failed while the run went on: {said}; the run stopped, and what it did is stored up to its last step: start it again once the database answers",
+            crate::store::redact(&state.database_url(Some(&executor.definitions.config)))
+        ),
+        None => err,
     }
 }
 

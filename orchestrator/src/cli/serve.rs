@@ -96,11 +96,13 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = web_stopped.changed().await;
         },
     ));
-    let (_, result) = run::follow_revisions(executor, revision, &reporter, false, |_| {}).await;
+    let (executor, result) =
+        run::follow_revisions(executor, revision, &reporter, false, |_| {}).await;
     let _ = stop.send(true);
     server.await.context("the web server stopped")??;
-    delivery.await.context("the report delivery stopped")??;
-    result?;
+    let delivered = delivery.await;
+    result.map_err(|err| run::stopped_by_store(err, &args.state, &executor))?;
+    delivered.context("the report delivery stopped")??;
     outln!("stopped; `wavelift serve` goes on from here");
     Ok(ExitCode::SUCCESS)
 }

@@ -307,6 +307,24 @@ fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
     }
 }
 
+/// What the database said, once, when `err` came from it while a command ran (sqlx's
+/// own text repeats itself); `None` for any other error.
+pub fn database_failure(err: &anyhow::Error) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let db = err.chain().find_map(|e| e.downcast_ref::<DbErr>())?;
+    let sqlx_error = match db {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
+        _ => None,
+    };
+    Some(match sqlx_error {
+        Some(sqlx::Error::Database(d)) => d.message().to_owned(),
+        Some(other) => other.to_string(),
+        None => db.to_string(),
+    })
+}
+
 /// A server whose port refuses connections, said at once: the pool would try again
 /// until its timeout, and its error would not say "refused". Only for a `host:port` in
 /// the URL (not a Unix socket); a server that does not answer is left to the timeout.
