@@ -349,21 +349,7 @@ fn decode_prereq(node: &Node, base: &mut PrereqSettings, ctx: &mut Ctx) {
             if text.trim().is_empty() {
                 return Err("the prepare command is empty".to_owned());
             }
-            let mut rest = text;
-            while let Some(start) = rest.find("{{") {
-                let after = &rest[start + 2..];
-                let Some(end) = after.find("}}") else {
-                    return Err("a `{{` without its `}}`".to_owned());
-                };
-                let name = after[..end].trim();
-                if !PREPARE_FACTS.contains(&name) {
-                    return Err(format!(
-                        "`{{{{{name}}}}}` is not a fact of the server; known: {}",
-                        PREPARE_FACTS.join(", ")
-                    ));
-                }
-                rest = &after[end + 2..];
-            }
+            check_placeholders(text, PREPARE_FACTS, "the server")?;
             Ok(text.to_owned())
         });
         if command.is_some() {
@@ -405,6 +391,26 @@ fn decode_boot_test(node: &Node, base: &mut BootTestSettings, ctx: &mut Ctx) {
     map.finish(ctx);
 }
 
+/// Every `{{NAME}}` in `text` is one of `facts` (of `whose`), and closed.
+fn check_placeholders(text: &str, facts: &[&str], whose: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err("a `{{` without its `}}`".to_owned());
+        };
+        let name = after[..end].trim();
+        if !facts.contains(&name) {
+            return Err(format!(
+                "`{{{{{name}}}}}` is not a fact of {whose}; known: {}",
+                facts.join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
 /// The placeholders an http probe's URL may use: the launched target's.
 const PROBE_FACTS: &[&str] = &["fqdn", "ip"];
 
@@ -439,21 +445,7 @@ fn decode_probe(node: &Node, ctx: &mut Ctx) -> Option<Probe> {
                 };
                 // Only the target's facts stand in the URL; any other `{{...}}` would be
                 // sent as written.
-                let mut placeholders = rest;
-                while let Some(start) = placeholders.find("{{") {
-                    let after = &placeholders[start + 2..];
-                    let Some(end) = after.find("}}") else {
-                        return Err(format!("`{text}`: a `{{{{` without its `}}}}`"));
-                    };
-                    let name = after[..end].trim();
-                    if !PROBE_FACTS.contains(&name) {
-                        return Err(format!(
-                            "`{{{{{name}}}}}` is not a fact of the target; known: {}",
-                            PROBE_FACTS.join(", ")
-                        ));
-                    }
-                    placeholders = &after[end + 2..];
-                }
+                check_placeholders(rest, PROBE_FACTS, "the target")?;
                 let host = rest.split(['/', '?', '#']).next().unwrap_or("");
                 if host.is_empty() || host.starts_with(':') {
                     return Err(format!(

@@ -542,25 +542,9 @@ mod tests {
     fn a_cutover_due_within_the_wait_keeps_a_failover_back() {
         let hour = 3_600_000;
         let task = |state: &str, earliest: i64| crate::store::TaskRow {
-            id: "web-1/cutover".to_owned(),
-            wave: "wave-1".to_owned(),
-            application: "web".to_owned(),
-            server: Some("web-1".to_owned()),
-            kind: "cutover".to_owned(),
-            state: state.to_owned(),
-            attempts: 0,
             earliest,
-            deadline: None,
             next_run_at: earliest,
-            approval_required: false,
-            approved_by: None,
-            approved_at: None,
-            step: None,
-            reason: None,
-            started_at: None,
-            finished_at: None,
-            released_at: None,
-            abort_requested: None,
+            ..crate::store::TaskRow::fixture(Some("web-1"), "web", "cutover", state)
         };
         let wait = std::time::Duration::from_secs(600);
         let why = |state: &str, earliest: i64| {

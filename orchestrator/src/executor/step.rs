@@ -535,25 +535,8 @@ mod tests {
         let server = &loaded.definitions.waves[0].applications[0].servers[0];
         // Three attempts done: out of retries.
         let task = crate::store::TaskRow {
-            id: "s1/prereq_check".to_owned(),
-            wave: "w".to_owned(),
-            application: "db".to_owned(),
-            server: Some("s1".to_owned()),
-            kind: "prereq_check".to_owned(),
-            state: "running".to_owned(),
             attempts: 3,
-            earliest: 0,
-            deadline: None,
-            next_run_at: 0,
-            approval_required: false,
-            approved_by: None,
-            approved_at: None,
-            step: None,
-            reason: None,
-            started_at: None,
-            finished_at: None,
-            released_at: None,
-            abort_requested: None,
+            ..crate::store::TaskRow::fixture(Some("s1"), "db", "prereq_check", "running")
         };
         let failure = || tasks::Report::fail("the port is closed", true, Vec::new());
         let finish = |step: Option<String>| {

@@ -618,25 +618,10 @@ mod tests {
 
     fn task(server: Option<&str>, app: &str, kind: &str, state: &str) -> TaskRow {
         TaskRow {
-            id: format!("{}/{kind}", server.unwrap_or(app)),
-            wave: "wave-1".to_owned(),
-            application: app.to_owned(),
-            server: server.map(str::to_owned),
-            kind: kind.to_owned(),
-            state: state.to_owned(),
             attempts: 1,
-            earliest: 0,
-            deadline: None,
-            next_run_at: 0,
-            approval_required: false,
-            approved_by: None,
-            approved_at: None,
-            step: None,
-            reason: None,
             started_at: Some(1_800_000_000_000),
             finished_at: Some(1_800_700_000_000),
-            released_at: None,
-            abort_requested: None,
+            ..TaskRow::fixture(server, app, kind, state)
         }
     }
 

@@ -122,6 +122,38 @@ impl TaskRow {
     pub fn state(&self) -> TaskState {
         TaskState::parse(&self.state).unwrap_or(TaskState::Pending)
     }
+
+    /// A task of `kind` in wave-1, of `server` (its id `SERVER/KIND`) or, without one, the
+    /// gate of `application` (`APPLICATION/KIND`), in `state`, never tried: for tests.
+    #[cfg(test)]
+    pub(crate) fn fixture(
+        server: Option<&str>,
+        application: &str,
+        kind: &str,
+        state: &str,
+    ) -> TaskRow {
+        TaskRow {
+            id: format!("{}/{kind}", server.unwrap_or(application)),
+            wave: "wave-1".to_owned(),
+            application: application.to_owned(),
+            server: server.map(str::to_owned),
+            kind: kind.to_owned(),
+            state: state.to_owned(),
+            attempts: 0,
+            earliest: 0,
+            deadline: None,
+            next_run_at: 0,
+            approval_required: false,
+            approved_by: None,
+            approved_at: None,
+            step: None,
+            reason: None,
+            started_at: None,
+            finished_at: None,
+            released_at: None,
+            abort_requested: None,
+        }
+    }
 }
 
 /// A task row as SQLite's `json_array` of [`TASK_COLUMNS`] writes it (booleans as 0/1).
