@@ -328,6 +328,12 @@ async fn local_engine(
             client.pid(),
             engine_config.staging_dir.display()
         );
+        // A process that runs tasks goes on should the owner die: it runs the engine
+        // itself then, rather than spend its tasks' retries calling a process gone.
+        let client = match tasks_clock {
+            Some(_) => client.taking_over(engine_config, clock),
+            None => client,
+        };
         return Ok((Arc::new(client), Some(note)));
     }
     Ok((Arc::new(start_local(engine_config, clock).await?), None))

@@ -443,6 +443,10 @@ pub struct LocalClient {
     /// As the owner's last answer said (only a warped clock asks, and a warped run
     /// never uses another process's engine).
     busy: AtomicBool,
+    /// How to run the engine here should its owner die (see [`LocalClient::taking_over`]).
+    takeover: Option<(super::LocalConfig, Arc<dyn crate::Clock>)>,
+    /// The engine this process took over, once it has.
+    taken: tokio::sync::OnceCell<super::LocalEngine>,
 }
 
 impl LocalClient {
@@ -455,6 +459,8 @@ impl LocalClient {
             owner: std::sync::Mutex::new(owner),
             quotas,
             busy: AtomicBool::new(false),
+            takeover: None,
+            taken: tokio::sync::OnceCell::new(),
         };
         // Whatever listens at a stale address may never answer.
         let hello: Hello = tokio::time::timeout(CONNECT_TIMEOUT, client.call(Call::Hello))
@@ -464,8 +470,27 @@ impl LocalClient {
         Some((client, hello.now))
     }
 
-    /// The owner's process id (the last one that answered).
+    /// A client of a process that runs tasks (`run`, `serve`): should the owner die
+    /// (killed, its machine's service stopped) and no other take its place, this process
+    /// starts the engine on `config` itself, as the owner would have been started, and
+    /// the call goes to it; the agents reconnect to it. Until the owner's replication
+    /// port is free the call fails as a moment to wait, and the next one tries again.
+    pub fn taking_over(mut self, config: super::LocalConfig, clock: Arc<dyn crate::Clock>) -> Self {
+        self.takeover = Some((config, clock));
+        self
+    }
+
+    /// The engine this process took over from a dead owner, if it has.
+    pub fn taken_over(&self) -> Option<&super::LocalEngine> {
+        self.taken.get()
+    }
+
+    /// The owner's process id (the last one that answered; this process's once it took
+    /// the engine over).
     pub fn pid(&self) -> u32 {
+        if self.taken.get().is_some() {
+            return std::process::id();
+        }
         self.owner().pid
     }
 
@@ -482,6 +507,9 @@ impl LocalClient {
         let mut body = serde_json::to_vec(&call)
             .map_err(|err| invalid(format!("cannot encode a call: {err}")))?;
         body.push(b'\n');
+        if let Some(engine) = self.taken.get() {
+            return self.decode(self.here(engine, call).await?);
+        }
         let owner = self.owner();
         let value = match self.call_once(&owner, &body).await {
             Ok(value) => value,
@@ -498,9 +526,71 @@ impl LocalClient {
                             Failed::Gone(err) | Failed::Other(err) => err,
                         })?
                 }
+                _ if self.takeover.is_some() => {
+                    let engine = self.take_over(&owner, err).await?;
+                    self.here(engine, call).await?
+                }
                 _ => return Err(err),
             },
         };
+        self.decode(value)
+    }
+
+    /// The engine started here in place of `gone`, which no longer answers (once; a
+    /// failed start is tried again by the next call).
+    async fn take_over(&self, gone: &Owner, err: EngineError) -> EngineResult<&super::LocalEngine> {
+        let Some((config, clock)) = &self.takeover else {
+            return Err(err);
+        };
+        self.taken
+            .get_or_try_init(|| async {
+                // Another process may have taken it meanwhile: that one answers.
+                if let Some(new) = read_owner(&self.staging_dir)
+                    && new != *gone
+                {
+                    return Err(EngineError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the local engine of {} moved to process {}: the next call goes there",
+                            self.staging_dir.display(),
+                            new.pid
+                        ),
+                    ));
+                }
+                let engine = super::LocalEngine::start(config.clone(), Arc::clone(clock))
+                    .await
+                    .map_err(|start| {
+                        EngineError::new(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "{}; this process cannot run the engine in its place yet: {start}",
+                                err.message
+                            ),
+                        )
+                    })?;
+                eprintln!(
+                    "{} the local engine's process {} is gone: this process ({}) runs the engine of {} now, and its agents reconnect here",
+                    Timestamp::now(),
+                    gone.pid,
+                    std::process::id(),
+                    self.staging_dir.display()
+                );
+                Ok(engine)
+            })
+            .await
+    }
+
+    /// A call answered by the engine this process took over, as the owner would answer it.
+    async fn here(&self, engine: &super::LocalEngine, call: Call) -> EngineResult<Value> {
+        let clock = &self
+            .takeover
+            .as_ref()
+            .ok_or_else(|| invalid("no engine was taken over"))?
+            .1;
+        dispatch(engine, clock.as_ref(), call).await
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(&self, value: Value) -> EngineResult<T> {
         serde_json::from_value(value).map_err(|err| {
             EngineError::new(
                 ErrorKind::Unavailable,
@@ -568,7 +658,10 @@ impl ReplicationEngine for LocalClient {
     }
 
     fn busy(&self) -> bool {
-        self.busy.load(Ordering::SeqCst)
+        match self.taken.get() {
+            Some(engine) => engine.busy(),
+            None => self.busy.load(Ordering::SeqCst),
+        }
     }
 
     async fn find_source(&self, name: &str) -> EngineResult<Option<SourceServer>> {

@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::writer::Writer;
 use super::{
-    TestResult, engine, engine_with, launched_image, replicate, replicate_via, temp, wait_for,
+    TestResult, config_with, engine, engine_with, launched_image, replicate, replicate_via, temp,
+    wait_for,
 };
 
 /// A relay between agent and server that can be cut (connections dropped, new ones
@@ -192,6 +193,104 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
     assert!(
         resumed < 1 << 20,
         "{resumed} bytes after the restart for a 64 KiB change, {wire_before} before: no full resync"
+    );
+    Ok(())
+}
+
+/// Starts: a local engine (the owner, as `serve` or `wavelift replicator` runs it) on a
+/// loopback port with an agent in a thread, and two clients of it in the same test: one
+/// as a process that runs tasks (`run` beside it), one as a command that runs none. The
+/// owner dies as `kill -9` leaves it, its control file behind; the client that runs tasks
+/// starts the engine in its place on the same port at its next call, and the agent goes
+/// on with it without a full resync. (A run kept calling the dead owner and spent its
+/// tasks' retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_takes_the_engine_over_when_its_owner_dies() -> TestResult {
+    use replication::local::control::{CONTROL_FILE, LocalClient};
+    let dir = temp("takeover");
+    let image = dir.join("web03.img");
+    Writer::create(&image, 8 << 20, 13)?;
+    let listen = free_address()?;
+    let owner = engine_with(&dir, listen).await?;
+    let (id, _agent) = replicate(&owner, &dir, "web03", &image).await?;
+    continuous(&owner, &id).await?;
+    let staging = dir.join("staging");
+    let quotas = owner.quotas();
+    let (Some((run, _)), Some((command, _))) = (
+        LocalClient::find(&staging, quotas).await,
+        LocalClient::find(&staging, quotas).await,
+    ) else {
+        return Err("the owner answers on its control port".into());
+    };
+    let run = run.taking_over(
+        config_with(&dir, listen),
+        Arc::new(replication::SystemClock),
+    );
+    assert!(
+        run.taken_over().is_none(),
+        "nothing is taken while the owner lives"
+    );
+    assert_eq!(run.describe_source(&id).await?.name, "web03");
+
+    let file = staging.join(CONTROL_FILE);
+    let left = std::fs::read(&file)?;
+    owner.shutdown();
+    drop(owner);
+    std::fs::write(&file, &left)?;
+    // The source changes while nobody serves its agent.
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&image)?
+        .write_all_at(&[0x23; 65536], 2 << 20)?;
+    let refused = command
+        .describe_source(&id)
+        .await
+        .expect_err("a command that runs no task does not take the engine");
+    assert_eq!(
+        refused.kind,
+        replication::ErrorKind::Unavailable,
+        "{refused}"
+    );
+    assert!(refused.message.contains("cannot be reached"), "{refused}");
+
+    // The run's calls go on: the first that finds the port free starts the engine (a
+    // call before that fails as a moment to wait, which a task retries).
+    let mut last_err = String::new();
+    wait_for(
+        "the engine taken over",
+        Duration::from_secs(10),
+        async || match run.describe_source(&id).await {
+            Ok(source) => Ok(source.name == "web03"),
+            Err(err) => {
+                assert_eq!(err.kind, replication::ErrorKind::Unavailable, "{err}");
+                last_err = err.message;
+                Ok(false)
+            }
+        },
+    )
+    .await
+    .map_err(|err| format!("{err}; last: {last_err}"))?;
+    let engine = run.taken_over().ok_or("the run runs the engine now")?;
+    assert_eq!(run.pid(), std::process::id());
+    let now = std::fs::read(&file)?;
+    assert_ne!(now, left, "the new owner wrote its own control file");
+    // Another command finds the new owner.
+    let (again, _) = LocalClient::find(&staging, quotas)
+        .await
+        .ok_or("the new owner answers")?;
+    assert_eq!(again.describe_source(&id).await?.name, "web03");
+
+    continuous(engine, &id).await?;
+    let copy = launched_image(engine, LaunchKind::Test, &id, PointInTime::Latest).await?;
+    assert!(
+        std::fs::read(&copy)? == std::fs::read(&image)?,
+        "the copy is the source after the change"
+    );
+    let resumed = engine.server().stats(&id.0).bytes_on_wire;
+    assert!(
+        resumed < 1 << 20,
+        "{resumed} bytes after the takeover for a 64 KiB change: no full resync"
     );
     Ok(())
 }

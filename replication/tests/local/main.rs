@@ -40,6 +40,11 @@ async fn engine_with(
     dir: &Path,
     listen: std::net::SocketAddr,
 ) -> Result<LocalEngine, Box<dyn Error>> {
+    Ok(LocalEngine::start(config_with(dir, listen), Arc::new(SystemClock)).await?)
+}
+
+/// The configuration of [`engine_with`].
+fn config_with(dir: &Path, listen: std::net::SocketAddr) -> LocalConfig {
     let mut config = LocalConfig::new(
         listen,
         dir.join("staging"),
@@ -50,7 +55,7 @@ async fn engine_with(
     config.retention = Retention {
         tiers: vec![(SignedDuration::from_nanos(1), SignedDuration::from_hours(1))],
     };
-    Ok(LocalEngine::start(config, Arc::new(SystemClock)).await?)
+    config
 }
 
 type AgentThread = std::thread::JoinHandle<Result<(), agent::AgentError>>;
