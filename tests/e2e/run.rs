@@ -1160,12 +1160,6 @@ fn a_missing_postgresql_database_is_said_once_with_what_to_do() {
     // A database without Wavelift's state: said, and nothing created in it (`test`
     // may hold other suites' tables, so a database of this test's own).
     let name = format!("wavelift_empty_{}", std::process::id());
-    let psql = |sql: &str, db: &str| {
-        std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql])
-            .output()
-            .expect("psql")
-    };
     assert!(
         psql(&format!("CREATE DATABASE {name}"), "postgres")
             .status
@@ -1245,22 +1239,11 @@ fn a_run_whose_database_goes_away_says_so_once() {
     let dir = quickstart_copy(scratch.path(), "sim");
     let name = format!("wavelift_gone_{}", std::process::id());
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    let psql = |sql: &str| {
-        std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-tAc",
-                sql,
-            ])
-            .output()
-            .expect("psql")
-    };
-    assert!(psql(&format!("CREATE DATABASE {name}")).status.success());
+    assert!(
+        psql(&format!("CREATE DATABASE {name}"), "postgres")
+            .status
+            .success()
+    );
     succeeds(wavelift(&dir, &["apply", ".", "--database-url", &url]));
     let child = wavelift_command(&dir)
         .args(["run", "--database-url", &url])
@@ -1269,7 +1252,7 @@ fn a_run_whose_database_goes_away_says_so_once() {
         .spawn()
         .expect("wavelift run");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let dropped = psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    let dropped = psql(&format!("DROP DATABASE {name} WITH (FORCE)"), "postgres");
     let started = std::time::Instant::now();
     let mut child = child;
     let status = loop {
@@ -1298,4 +1281,161 @@ fn a_run_whose_database_goes_away_says_so_once() {
         ),
         "{stderr}"
     );
+}
+
+/// A TCP relay on a loopback port of the test's own to PostgreSQL (127.0.0.1:5432) that
+/// can be cut (its connections shut, new ones closed as they come) and healed: a database
+/// that stops answering for a while, as a restart or a network down would make it.
+struct PgRelay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl PgRelay {
+    fn start() -> PgRelay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let relay = PgRelay {
+            port,
+            cut: Default::default(),
+            live: Default::default(),
+        };
+        let (cut, live) = (relay.cut.clone(), relay.live.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect("127.0.0.1:5432") else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ];
+                if let Ok(mut held) = live.lock() {
+                    held.extend(client.try_clone());
+                    held.extend(server.try_clone());
+                }
+                for (from, to) in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut held) = self.live.lock() {
+            for stream in held.drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Starts: PostgreSQL (127.0.0.1:5432; psql makes a database of the test's own), a
+/// [`PgRelay`] to it, and `wavelift run` on the rehearsal engine and the wall clock,
+/// through the relay. The relay is cut for 8 s, then healed: the run says once that it
+/// waits for the database and once that it answers again, and goes on (a run stopped at
+/// the first lost connection, for good); Ctrl-C then stops it as usual.
+#[test]
+fn a_run_waits_out_a_database_that_stops_answering_for_a_while() {
+    let scratch = Scratch::new("pg-outage");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let name = format!("wavelift_outage_{}", std::process::id());
+    assert!(
+        psql(&format!("CREATE DATABASE {name}"), "postgres")
+            .status
+            .success()
+    );
+    let direct = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    succeeds(wavelift(&dir, &["apply", ".", "--database-url", &direct]));
+    let relay = PgRelay::start();
+    let url = format!("postgres://postgres@127.0.0.1:{}/{name}", relay.port);
+    let mut child = wavelift_command(&dir)
+        .args(["run", "--database-url", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wavelift run");
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let said = said.clone();
+        let stderr = child.stderr.take().expect("the run's stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut said) = said.lock() {
+                    said.push_str(&line);
+                    said.push('\n');
+                }
+            }
+        })
+    };
+    let stderr = || said.lock().map(|s| s.clone()).unwrap_or_default();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    relay.cut();
+    let waits = "the database does not answer (";
+    let started = std::time::Instant::now();
+    while !stderr().contains(waits) && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    assert!(
+        child.try_wait().expect("the run").is_none(),
+        "the run waits for its database: {}",
+        stderr()
+    );
+    relay.heal();
+    let back = "the database answers again after ";
+    let started = std::time::Instant::now();
+    while !stderr().contains(back) && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // It goes on: still running a few seconds later, with its database.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(child.try_wait().expect("the run").is_none(), "{}", stderr());
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().expect("the run's output");
+    let _ = reader.join();
+    let stderr = stderr();
+    let _ = psql(&format!("DROP DATABASE {name} WITH (FORCE)"), "postgres");
+    assert_eq!(stderr.matches(waits).count(), 1, "said once: {stderr}");
+    assert!(
+        stderr.contains("the run waits for it, up to 10 minutes (Ctrl-C stops it)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(back).count(), 1, "said once: {stderr}");
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("stopped; `wavelift run` goes on from here"),
+        "{stderr}"
+    );
+}
+
+/// `psql` on the test PostgreSQL (127.0.0.1:5432, trust auth) in database `db`.
+fn psql(sql: &str, db: &str) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql])
+        .output()
+        .expect("psql")
 }

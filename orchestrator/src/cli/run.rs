@@ -155,7 +155,8 @@ pub(super) async fn deliver(
                 outcomes
             }
             Err(err) => {
-                let text = format!("{err:#}");
+                let text =
+                    crate::store::database_failure(&err).unwrap_or_else(|| format!("{err:#}"));
                 if last_failure.as_deref() != Some(text.as_str()) {
                     eprintln!("report delivery interrupted (tried again shortly): {text}");
                     last_failure = Some(text);
@@ -226,6 +227,15 @@ pub(super) async fn follow_revisions(
                 &mut on_batch,
             )
             .await;
+        if let Err(err) = &stopped
+            && crate::store::database_unreachable(err)
+        {
+            match outage(&executor.store, err).await {
+                Outage::Back => continue,
+                Outage::Interrupted => return (executor, Ok(Stopped::Interrupted)),
+                Outage::Over(err) => return (executor, Err(err)),
+            }
+        }
         let Ok(Stopped::NewRevision(_)) = stopped else {
             return (executor, stopped);
         };
@@ -261,6 +271,53 @@ pub(super) async fn follow_revisions(
             ..executor
         };
         revision = id;
+    }
+}
+
+/// How long a run waits for a database that stopped answering before it stops.
+const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often it looks meanwhile.
+const DATABASE_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a wait for the database ended.
+enum Outage {
+    /// It answers: the run goes on from what is stored (a batch whose commit was lost
+    /// runs again once its leases expire, as after a crash).
+    Back,
+    /// Asked to stop meanwhile.
+    Interrupted,
+    /// It did not come back in time, or came back with an error not to wait for.
+    Over(anyhow::Error),
+}
+
+/// Waits, up to [`DATABASE_WAIT`], for a database that stopped answering (`err`): said
+/// once when it begins and once when it ends.
+async fn outage(store: &Store, err: &anyhow::Error) -> Outage {
+    let said = crate::store::database_failure(err).unwrap_or_else(|| format!("{err:#}"));
+    eprintln!(
+        "the database does not answer ({said}): the run waits for it, up to {} minutes (Ctrl-C stops it)",
+        DATABASE_WAIT.as_secs() / 60
+    );
+    let started = Instant::now();
+    let mut interrupt = Box::pin(crate::executor::stop_signal());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATABASE_LOOK) => {}
+            _ = &mut interrupt => return Outage::Interrupted,
+        }
+        match store.answers().await {
+            Ok(()) => {
+                eprintln!(
+                    "the database answers again after {:.0} s: the run goes on",
+                    started.elapsed().as_secs_f64()
+                );
+                return Outage::Back;
+            }
+            Err(err)
+                if crate::store::database_unreachable(&err)
+                    && started.elapsed() < DATABASE_WAIT => {}
+            Err(err) => return Outage::Over(err),
+        }
     }
 }
 

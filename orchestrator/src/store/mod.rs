@@ -203,6 +203,12 @@ impl Store {
         &self.db
     }
 
+    /// Whether the database answers now (a connection taken and pinged).
+    pub async fn answers(&self) -> anyhow::Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
     pub async fn meta_get(&self, key: &str) -> anyhow::Result<Option<String>> {
         let row = self
             .db
@@ -323,6 +329,38 @@ pub fn database_failure(err: &anyhow::Error) -> Option<String> {
         Some(other) => other.to_string(),
         None => db.to_string(),
     })
+}
+
+/// Whether `err` is a database that stopped answering for a while, which a run waits
+/// out: the connection lost, refused or timed out (a server restarting, a network down
+/// for a moment), PostgreSQL shutting down or starting (classes 08 and 57P, but a
+/// database dropped), SQLite busy past its timeout. Anything else (a database or table
+/// gone, a full disk, a constraint) is not waited for.
+pub fn database_unreachable(err: &anyhow::Error) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let Some(db) = err.chain().find_map(|e| e.downcast_ref::<DbErr>()) else {
+        return false;
+    };
+    match db {
+        DbErr::ConnectionAcquire(_) => true,
+        // A connection closed halfway through its opening (a proxy whose database is
+        // down) reads as a protocol error.
+        DbErr::Conn(RuntimeErr::SqlxError(e)) if matches!(e.as_ref(), sqlx::Error::Protocol(_)) => {
+            true
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || (code.starts_with("57P") && code != "57P04")
+                    || matches!(code.as_ref(), "5" | "261" | "517" | "773")
+            }),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// A server whose port refuses connections, said at once: the pool would try again
