@@ -335,9 +335,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 warped_run: false,
             },
         )),
-        Command::Run(args) => block_on(run::run(&args)),
-        Command::Serve(args) => block_on(serve::run(&args)),
-        Command::Replicator(args) => block_on(replicator::run(&args)),
+        // The commands that run until stopped catch Ctrl-C and SIGTERM from their first
+        // moment: a stop while they start is kept for their loop.
+        Command::Run(args) => block_on(async move {
+            crate::executor::catch_stop_signals()?;
+            run::run(&args).await
+        }),
+        Command::Serve(args) => block_on(async move {
+            crate::executor::catch_stop_signals()?;
+            serve::run(&args).await
+        }),
+        Command::Replicator(args) => block_on(async move {
+            crate::executor::catch_stop_signals()?;
+            replicator::run(&args).await
+        }),
         Command::Token { command } => block_on(token::run(&command)),
         Command::Report {
             wave,

@@ -339,8 +339,51 @@ impl Executor {
     }
 }
 
-/// Ctrl-C, or SIGTERM (how a service manager stops a process).
+/// Whether Ctrl-C or SIGTERM came, for the whole process, once [`catch_stop_signals`]
+/// installed its handlers.
+static STOP: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Installs the process's handlers for Ctrl-C and SIGTERM now, for a command that runs
+/// until stopped (`run`, `serve`, `replicator`): a stop that comes while it starts (opens
+/// the store, applies, binds its ports) is kept for its loop, where the signal's default
+/// would end the process halfway through. Call once, from the binary's runtime.
+pub fn catch_stop_signals() -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
+            let _ = stop.send(true);
+            // The sender stays: a receiver whose sender is gone would read it as a stop.
+            std::future::pending::<()>().await
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+        std::future::pending::<()>().await
+    });
+    let _ = STOP.set(stopped);
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (how a service manager stops a process): with
+/// [`catch_stop_signals`] one that came before this call counts too.
 pub async fn stop_signal() -> std::io::Result<()> {
+    if let Some(stopped) = STOP.get() {
+        let mut stopped = stopped.clone();
+        if stopped.wait_for(|stop| *stop).await.is_ok() {
+            return Ok(());
+        }
+        return std::future::pending().await;
+    }
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
