@@ -1010,7 +1010,7 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     let t = first.times(WAVE_A);
     h.apply(&first, false, t.build - DAY).await?;
 
-    // web-1 grows a disk, web-2 goes, web-3 comes, db-1 moves to wave-b.
+    // web-1 grows a disk, web-2 goes, web-3 comes, db-1 moves to wave-b and grows one.
     let second = load(&[
         wave_a(vec![app(
             "web",
@@ -1024,7 +1024,13 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
         )]),
         wave_b(vec![
             app("api", vec![srv("api-1")]),
-            app("db", vec![srv("db-1")]),
+            app(
+                "db",
+                vec![Srv {
+                    disk_gib: 80,
+                    ..srv("db-1")
+                }],
+            ),
         ]),
     ]);
     let report = h.apply(&second, false, t.build - DAY + 1).await?;
@@ -1042,6 +1048,11 @@ async fn apply_reports_servers_added_changed_moved_and_removed(h: Harness) -> an
     assert_eq!(
         report.moved,
         vec![("db-1".to_owned(), WAVE_A.to_owned(), WAVE_B.to_owned())]
+    );
+    assert_eq!(
+        report.changes.get("db-1").map(|c| c.fields.clone()),
+        Some(vec!["disks".to_owned()]),
+        "a moved server's own changes are said with the move"
     );
     assert_eq!(report.removed, vec!["web-2"]);
     assert_eq!(report.tasks, 4 * 6 + 3);

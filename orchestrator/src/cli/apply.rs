@@ -401,7 +401,13 @@ fn print_report(report: &ApplyReport) -> std::io::Result<()> {
         outln!("  ~ {name}{fields}{late}");
     }
     for (name, from, to) in &report.moved {
-        outln!("  > {name} (wave {from} -> {to})");
+        let fields = report
+            .changes
+            .get(name)
+            .filter(|change| !change.fields.is_empty())
+            .map(|change| format!(", and changed: {}", change.fields.join(", ")))
+            .unwrap_or_default();
+        outln!("  > {name} (wave {from} -> {to}{fields})");
     }
     for name in &report.removed {
         outln!("  - {name} (its unfinished tasks are cancelled; its history is kept)");

@@ -27,8 +27,9 @@ pub struct ApplyReport {
     pub revision: i64,
     pub added: Vec<String>,
     pub changed: Vec<String>,
-    /// For each changed server, what changed (its fields, `tasks.KIND` for a task's
-    /// settings) and its cutover's state once the cutover has started.
+    /// For each changed server, and each moved one whose settings changed too, what
+    /// changed (its fields, `tasks.KIND` for a task's settings) and its cutover's state
+    /// once the cutover has started (a moved server's has not).
     pub changes: BTreeMap<String, ServerChange>,
     pub moved: Vec<(String, String, String)>,
     pub removed: Vec<String>,
@@ -234,6 +235,16 @@ impl Store {
                     report
                         .moved
                         .push((name.clone(), old.wave.clone(), wave.clone()));
+                    // Moved and changed: what changed is said with the move.
+                    if old.spec != *spec {
+                        report.changes.insert(
+                            name.clone(),
+                            ServerChange {
+                                fields: changed_fields(&old.spec, spec),
+                                cutover: None,
+                            },
+                        );
+                    }
                 }
                 Some(old) if old.spec != *spec => {
                     report.changed.push(name.clone());
