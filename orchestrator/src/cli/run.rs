@@ -93,12 +93,24 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&reporter),
         stopped_rx,
     ));
-    let (executor, result) =
-        follow_revisions(executor, revision, &reporter, args.until_done, |count| {
-            done += count
-        })
-        .await;
+    let database = database_label(&args.state, &executor);
+    let (executor, result) = follow_revisions(
+        executor,
+        revision,
+        &reporter,
+        args.until_done,
+        &database,
+        |count| done += count,
+    )
+    .await;
     let _ = stop.send(true);
+    if let Ok(Stopped::InterruptedWithoutDatabase) = result {
+        // Nothing more can be read or delivered: the bars and the delivery end as they are.
+        bars.abort();
+        delivery.abort();
+        outln!("{}", stopped_without_database(&database, "run"));
+        return Ok(ExitCode::FAILURE);
+    }
     let _ = bars.await;
     let delivered = delivery.await;
     let stopped = result.map_err(|err| stopped_by_store(err, &args.state, &executor))?;
@@ -106,7 +118,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let summary = status::summary(&executor.store, None).await?;
     out!("{summary}");
     // Where the state is, as `status` and `events` would need to be told.
-    let url = crate::store::redact(&args.state.database_url(Some(&executor.definitions.config)));
+    let url = database;
     let flag = if url == waves::config::DEFAULT_DATABASE_URL {
         String::new()
     } else {
@@ -122,7 +134,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             "{n} cutover gate(s) wait for a go: approve with `wavelift approve WAVE [--app APP]`, then run again"
         ),
         Stopped::Interrupted => outln!("stopped; `wavelift run` goes on from here"),
-        Stopped::NewRevision(_) => {}
+        Stopped::NewRevision(_) | Stopped::InterruptedWithoutDatabase => {}
     }
     let failed = executor
         .store
@@ -144,22 +156,23 @@ pub(super) async fn deliver(
     reporter: Arc<Reporter>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut last_failure: Option<String> = None;
+    let mut failing = false;
     loop {
         let stopping = *stop.borrow();
         let now = jiff::Timestamp::now().as_millisecond();
-        // A failure of the store is said once while it lasts; delivery goes on.
+        // A failure of the store is said once while it lasts (its text may change as it
+        // goes on: a reset connection, then one refused); delivery goes on.
         let outcomes = match reporter.mailer.deliver_due(&store, now).await {
             Ok(outcomes) => {
-                last_failure = None;
+                failing = false;
                 outcomes
             }
             Err(err) => {
-                let text =
-                    crate::store::database_failure(&err).unwrap_or_else(|| format!("{err:#}"));
-                if last_failure.as_deref() != Some(text.as_str()) {
+                if !failing {
+                    let text =
+                        crate::store::database_failure(&err).unwrap_or_else(|| format!("{err:#}"));
                     eprintln!("report delivery interrupted (tried again shortly): {text}");
-                    last_failure = Some(text);
+                    failing = true;
                 }
                 Vec::new()
             }
@@ -190,6 +203,18 @@ pub(super) async fn deliver(
     }
 }
 
+/// The store's database as a run names it to people (its password left out).
+pub(super) fn database_label(state: &super::state::StateArgs, executor: &Executor) -> String {
+    crate::store::redact(&state.database_url(Some(&executor.definitions.config)))
+}
+
+/// What a run or serve (`command`) stopped while its database did not answer says.
+pub(super) fn stopped_without_database(database: &str, command: &str) -> String {
+    format!(
+        "stopped while the database {database} did not answer; what the {command} did is stored up to its last step: `wavelift {command}` goes on from there once the database answers"
+    )
+}
+
 /// A run (or serve) the database stopped, said with the database, once, and what to do;
 /// any other error as it is.
 pub(super) fn stopped_by_store(
@@ -200,7 +225,7 @@ pub(super) fn stopped_by_store(
     match crate::store::database_failure(&err) {
         Some(said) => anyhow::anyhow!(
             "the database {} failed while the run went on: {said}; the run stopped, and what it did is stored up to its last step: start it again once the database answers",
-            crate::store::redact(&state.database_url(Some(&executor.definitions.config)))
+            database_label(state, executor)
         ),
         None => err,
     }
@@ -214,8 +239,10 @@ pub(super) async fn follow_revisions(
     mut revision: i64,
     reporter: &Reporter,
     until_done: bool,
+    database: &str,
     mut on_batch: impl FnMut(usize),
 ) -> (Executor, anyhow::Result<Stopped>) {
+    let mut outages = Outages::default();
     loop {
         let stopped = executor
             .run(
@@ -227,21 +254,23 @@ pub(super) async fn follow_revisions(
                 &mut on_batch,
             )
             .await;
-        if let Err(err) = &stopped
-            && crate::store::database_unreachable(err)
-        {
-            match outage(&executor.store, err).await {
-                Outage::Back => continue,
-                Outage::Interrupted => return (executor, Ok(Stopped::Interrupted)),
-                Outage::Over(err) => return (executor, Err(err)),
-            }
-        }
-        let Ok(Stopped::NewRevision(_)) = stopped else {
-            return (executor, stopped);
+        let stopped = match stopped {
+            Ok(Stopped::NewRevision(_)) => revision_definitions(&executor.store).await,
+            Ok(other) => return (executor, Ok(other)),
+            Err(err) => Err(err),
         };
-        let definitions = match revision_definitions(&executor.store).await {
+        let definitions = match stopped {
             Ok(Some(found)) => found,
             Ok(None) => return (executor, Ok(Stopped::Interrupted)),
+            Err(err) if crate::store::database_unreachable(&err) => {
+                match outages.wait(&executor.store, database, &err).await {
+                    Outage::Back => continue,
+                    Outage::Interrupted => {
+                        return (executor, Ok(Stopped::InterruptedWithoutDatabase));
+                    }
+                    Outage::Over(err) => return (executor, Err(err)),
+                }
+            }
             Err(err) => return (executor, Err(err)),
         };
         let (id, definitions) = definitions;
@@ -278,6 +307,9 @@ pub(super) async fn follow_revisions(
 const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 /// How often it looks meanwhile.
 const DATABASE_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+/// An outage that comes back this soon after the last one ended is the same outage: its
+/// wait goes on from where it was, unsaid.
+const DATABASE_RELAPSE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How a wait for the database ended.
 enum Outage {
@@ -290,33 +322,59 @@ enum Outage {
     Over(anyhow::Error),
 }
 
-/// Waits, up to [`DATABASE_WAIT`], for a database that stopped answering (`err`): said
-/// once when it begins and once when it ends.
-async fn outage(store: &Store, err: &anyhow::Error) -> Outage {
-    let said = crate::store::database_failure(err).unwrap_or_else(|| format!("{err:#}"));
-    eprintln!(
-        "the database does not answer ({said}): the run waits for it, up to {} minutes (Ctrl-C stops it)",
-        DATABASE_WAIT.as_secs() / 60
-    );
-    let started = Instant::now();
-    let mut interrupt = Box::pin(crate::executor::stop_signal());
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(DATABASE_LOOK) => {}
-            _ = &mut interrupt => return Outage::Interrupted,
-        }
-        match store.answers().await {
-            Ok(()) => {
+/// The run's waits for its database: a database that answers a look and fails the run
+/// again at once (SQLite locked by another process for minutes) is one outage, not a
+/// new one every few seconds.
+#[derive(Default)]
+struct Outages {
+    /// When the current outage began, and when it last seemed over.
+    current: Option<(Instant, Option<Instant>)>,
+}
+
+impl Outages {
+    /// Waits, up to [`DATABASE_WAIT`] from the outage's start, for a database that
+    /// stopped answering (`err`): said once when it begins and once when it ends.
+    async fn wait(&mut self, store: &Store, database: &str, err: &anyhow::Error) -> Outage {
+        let began = match self.current {
+            Some((began, Some(back))) if back.elapsed() < DATABASE_RELAPSE => began,
+            _ => {
+                let said =
+                    crate::store::database_failure(err).unwrap_or_else(|| format!("{err:#}"));
                 eprintln!(
-                    "the database answers again after {:.0} s: the run goes on",
-                    started.elapsed().as_secs_f64()
+                    "the database {database} does not answer ({said}): the run waits for it, up to {} minutes (Ctrl-C stops it)",
+                    DATABASE_WAIT.as_secs() / 60
                 );
-                return Outage::Back;
+                Instant::now()
             }
-            Err(err)
-                if crate::store::database_unreachable(&err)
-                    && started.elapsed() < DATABASE_WAIT => {}
-            Err(err) => return Outage::Over(err),
+        };
+        self.current = Some((began, None));
+        let mut interrupt = Box::pin(crate::executor::stop_signal());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DATABASE_LOOK) => {}
+                _ = &mut interrupt => return Outage::Interrupted,
+            }
+            // The look is what the run needs of the database: a write transaction.
+            let looked = tokio::select! {
+                looked = store.answers() => looked,
+                _ = &mut interrupt => return Outage::Interrupted,
+            };
+            match looked {
+                Ok(()) => {
+                    if self.current.is_some_and(|(_, back)| back.is_none()) {
+                        eprintln!(
+                            "the database answers again after {:.0} s: the run goes on",
+                            began.elapsed().as_secs_f64()
+                        );
+                    }
+                    self.current = Some((began, Some(Instant::now())));
+                    return Outage::Back;
+                }
+                Err(err)
+                    if crate::store::database_unreachable(&err)
+                        && began.elapsed() < DATABASE_WAIT => {}
+                Err(err) => return Outage::Over(err),
+            }
         }
     }
 }

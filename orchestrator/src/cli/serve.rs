@@ -9,6 +9,7 @@ use anyhow::Context as _;
 
 use super::run::{self, RunArgs};
 use super::state::StateArgs;
+use crate::executor::Stopped;
 use crate::report::schedule::Reporter;
 use crate::store::Store;
 use crate::web::{self, App};
@@ -96,10 +97,16 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = web_stopped.changed().await;
         },
     ));
+    let database = run::database_label(&args.state, &executor);
     let (executor, result) =
-        run::follow_revisions(executor, revision, &reporter, false, |_| {}).await;
+        run::follow_revisions(executor, revision, &reporter, false, &database, |_| {}).await;
     let _ = stop.send(true);
     server.await.context("the web server stopped")??;
+    if let Ok(Stopped::InterruptedWithoutDatabase) = result {
+        delivery.abort();
+        outln!("{}", run::stopped_without_database(&database, "serve"));
+        return Ok(ExitCode::FAILURE);
+    }
     let delivered = delivery.await;
     result.map_err(|err| run::stopped_by_store(err, &args.state, &executor))?;
     delivered.context("the report delivery stopped")??;

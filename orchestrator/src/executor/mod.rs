@@ -101,6 +101,9 @@ pub enum Stopped {
     Interrupted,
     /// Another revision was applied (its id): the run goes on with it once reloaded.
     NewRevision(i64),
+    /// Asked to stop while the run waited for its database, which did not answer: what
+    /// it did is stored up to its last commit, and nothing more can be read now.
+    InterruptedWithoutDatabase,
 }
 
 impl Executor {
@@ -131,6 +134,13 @@ impl Executor {
         let mut delivery_wait: Option<std::time::Instant> = None;
         let mut revision_looked: Option<std::time::Instant> = None;
         loop {
+            // A stop asked for before the first batch (while the command started) or
+            // between two is heeded before anything more is claimed.
+            if claimed.is_empty()
+                && let Some(Ok(())) = futures_ready(&mut interrupt)
+            {
+                return Ok(Stopped::Interrupted);
+            }
             // Between batches (nothing claimed ahead): a revision applied since the run
             // began is followed, not ignored.
             if claimed.is_empty()
@@ -319,6 +329,11 @@ impl Executor {
                 reporter.record_due_or_say(self.clock.now_ms()).await;
             }
             if let Some(Ok(())) = futures_ready(&mut interrupt) {
+                // The next batch, claimed with this one's outcomes, is not run: its tasks go
+                // back (best effort: their leases expire anyway).
+                if let Err(err) = self.store.give_back_claims(&self.owner, &claimed).await {
+                    eprintln!("cannot give back the tasks claimed for the next batch: {err:#}");
+                }
                 return Ok(Stopped::Interrupted);
             }
         }
@@ -374,28 +389,21 @@ pub fn catch_stop_signals() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM (how a service manager stops a process): with
-/// [`catch_stop_signals`] one that came before this call counts too.
+/// Ctrl-C, or SIGTERM (how a service manager stops a process), one that came before
+/// this call included once [`catch_stop_signals`] installed the handlers (this call does
+/// if nothing did).
 pub async fn stop_signal() -> std::io::Result<()> {
+    if STOP.get().is_none() {
+        catch_stop_signals()?;
+    }
     if let Some(stopped) = STOP.get() {
         let mut stopped = stopped.clone();
         if stopped.wait_for(|stop| *stop).await.is_ok() {
             return Ok(());
         }
-        return std::future::pending().await;
     }
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
+    // The handlers' task is gone with the runtime that ran it (a test's): no stop comes.
+    std::future::pending().await
 }
 
 /// Whether Ctrl-C came, without waiting for it.

@@ -203,9 +203,10 @@ impl Store {
         &self.db
     }
 
-    /// Whether the database answers now (a connection taken and pinged).
+    /// Whether the database answers now as a run needs it: a write transaction begun
+    /// (on SQLite the write lock taken, which a ping would not) and rolled back.
     pub async fn answers(&self) -> anyhow::Result<()> {
-        self.db.ping().await?;
+        self.write_transaction().await?.rollback().await?;
         Ok(())
     }
 
@@ -313,10 +314,9 @@ fn open_error(url: &str, err: &sea_orm::DbErr) -> String {
     }
 }
 
-/// What the database said, once, when `err` came from it while a command ran (sqlx's
-/// own text repeats itself); `None` for any other error.
-pub fn database_failure(err: &anyhow::Error) -> Option<String> {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
+/// The database's error in `err`, and sqlx's under it when there is one.
+fn database_error(err: &anyhow::Error) -> Option<(&sea_orm::DbErr, Option<&sea_orm::sqlx::Error>)> {
+    use sea_orm::{DbErr, RuntimeErr};
     let db = err.chain().find_map(|e| e.downcast_ref::<DbErr>())?;
     let sqlx_error = match db {
         DbErr::Conn(RuntimeErr::SqlxError(e))
@@ -324,8 +324,15 @@ pub fn database_failure(err: &anyhow::Error) -> Option<String> {
         | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
         _ => None,
     };
+    Some((db, sqlx_error))
+}
+
+/// What the database said, once, when `err` came from it while a command ran (sqlx's
+/// own text repeats itself); `None` for any other error.
+pub fn database_failure(err: &anyhow::Error) -> Option<String> {
+    let (db, sqlx_error) = database_error(err)?;
     Some(match sqlx_error {
-        Some(sqlx::Error::Database(d)) => d.message().to_owned(),
+        Some(sea_orm::sqlx::Error::Database(d)) => d.message().to_owned(),
         Some(other) => other.to_string(),
         None => db.to_string(),
     })
@@ -333,32 +340,26 @@ pub fn database_failure(err: &anyhow::Error) -> Option<String> {
 
 /// Whether `err` is a database that stopped answering for a while, which a run waits
 /// out: the connection lost, refused or timed out (a server restarting, a network down
-/// for a moment), PostgreSQL shutting down or starting (classes 08 and 57P, but a
-/// database dropped), SQLite busy past its timeout. Anything else (a database or table
-/// gone, a full disk, a constraint) is not waited for.
+/// for a moment), PostgreSQL shutting down or starting (class 08 but a protocol
+/// violation, class 57P but a database dropped), SQLite busy past its timeout. Anything
+/// else (a database or table gone, a certificate refused, a full disk, a constraint) is
+/// not waited for.
 pub fn database_unreachable(err: &anyhow::Error) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
-    let Some(db) = err.chain().find_map(|e| e.downcast_ref::<DbErr>()) else {
+    use sea_orm::{ConnAcquireErr, DbErr, sqlx};
+    let Some((db, sqlx_error)) = database_error(err) else {
         return false;
     };
-    match db {
-        DbErr::ConnectionAcquire(_) => true,
+    match (db, sqlx_error) {
+        (DbErr::ConnectionAcquire(ConnAcquireErr::Timeout), _) => true,
         // A connection closed halfway through its opening (a proxy whose database is
         // down) reads as a protocol error.
-        DbErr::Conn(RuntimeErr::SqlxError(e)) if matches!(e.as_ref(), sqlx::Error::Protocol(_)) => {
-            true
-        }
-        DbErr::Conn(RuntimeErr::SqlxError(e))
-        | DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
-            sqlx::Error::Database(d) => d.code().is_some_and(|code| {
-                code.starts_with("08")
-                    || (code.starts_with("57P") && code != "57P04")
-                    || matches!(code.as_ref(), "5" | "261" | "517" | "773")
-            }),
-            _ => false,
-        },
+        (DbErr::Conn(_), Some(sqlx::Error::Protocol(_))) => true,
+        (_, Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) => true,
+        (_, Some(sqlx::Error::Database(d))) => d.code().is_some_and(|code| {
+            (code.starts_with("08") && code != "08P01")
+                || (code.starts_with("57P") && code != "57P04")
+                || matches!(code.as_ref(), "5" | "261" | "517" | "773")
+        }),
         _ => false,
     }
 }

@@ -369,7 +369,7 @@ impl Store {
             if over.is_empty() {
                 break;
             }
-            self.give_back(db, &over).await?;
+            self.give_back(db, owner, &over).await?;
             for (wave, count) in &per_wave {
                 if *count >= limit.per_wave && !full.contains(wave) {
                     full.push(wave.clone());
@@ -414,21 +414,41 @@ impl Store {
         Ok(result.rows_affected())
     }
 
+    /// Claimed tasks whose turn will not come in this process (it stops) go back as they
+    /// were, for the next run to claim at once instead of after their leases.
+    pub async fn give_back_claims(
+        &self,
+        owner: &str,
+        claimed: &[ClaimedTask],
+    ) -> anyhow::Result<()> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let txn = self.write_transaction().await?;
+        self.give_back(&txn, owner, claimed).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Tasks claimed over a wave's limit go back as they were.
     async fn give_back(
         &self,
         db: &impl ConnectionTrait,
+        owner: &str,
         over: &[ClaimedTask],
     ) -> anyhow::Result<()> {
         let ids: Vec<&str> = over.iter().map(|t| t.id.as_str()).collect();
+        // Only leases still `owner`'s, and a state only the claim set (an operator's
+        // cancel meanwhile stays).
+        let fresh = "state = 'running' AND attempts = 0 AND step IS NULL";
         let sql = format!(
             "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
-             state = CASE WHEN attempts = 0 AND step IS NULL THEN 'pending' ELSE state END, \
-             started_at = CASE WHEN attempts = 0 AND step IS NULL THEN NULL ELSE started_at END \
-             WHERE id IN {}",
+             state = CASE WHEN {fresh} THEN 'pending' ELSE state END, \
+             started_at = CASE WHEN {fresh} THEN NULL ELSE started_at END \
+             WHERE lease_owner = ? AND id IN {}",
             self.json_strings()
         );
-        db.execute_raw(self.stmt(&sql, vec![json_param(&ids)?]))
+        db.execute_raw(self.stmt(&sql, vec![owner.into(), json_param(&ids)?]))
             .await?;
         Ok(())
     }

@@ -447,6 +447,30 @@ pub struct LocalClient {
     takeover: Option<(super::LocalConfig, Arc<dyn crate::Clock>)>,
     /// The engine this process took over, once it has.
     taken: tokio::sync::OnceCell<super::LocalEngine>,
+    /// Since when the owner has not answered (reset by an answer).
+    gone_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a dead owner's place stays open before a process that runs tasks takes it.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
+
+fn lock_unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A process that took the engine over says, as it ends, that the agents lose their
+/// server with it.
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        if self.taken.get().is_some() {
+            eprintln!(
+                "the local engine this process took over ({}) stops with it: its agents wait for the next `wavelift replicator`, run or serve",
+                self.staging_dir.display()
+            );
+        }
+    }
 }
 
 impl LocalClient {
@@ -461,6 +485,7 @@ impl LocalClient {
             busy: AtomicBool::new(false),
             takeover: None,
             taken: tokio::sync::OnceCell::new(),
+            gone_since: std::sync::Mutex::new(None),
         };
         // Whatever listens at a stale address may never answer.
         let hello: Hello = tokio::time::timeout(CONNECT_TIMEOUT, client.call(Call::Hello))
@@ -471,10 +496,11 @@ impl LocalClient {
     }
 
     /// A client of a process that runs tasks (`run`, `serve`): should the owner die
-    /// (killed, its machine's service stopped) and no other take its place, this process
-    /// starts the engine on `config` itself, as the owner would have been started, and
-    /// the call goes to it; the agents reconnect to it. Until the owner's replication
-    /// port is free the call fails as a moment to wait, and the next one tries again.
+    /// (killed, its machine's service stopped) and no other take its place within
+    /// [`TAKEOVER_GRACE`], this process starts the engine on `config` itself, as the
+    /// owner would have been started, and the call goes to it; the agents reconnect to
+    /// it. Until then, and while the folder's lock or port is still held (an owner ending
+    /// its launches), a call fails as a moment to wait and the next one tries again.
     pub fn taking_over(mut self, config: super::LocalConfig, clock: Arc<dyn crate::Clock>) -> Self {
         self.takeover = Some((config, clock));
         self
@@ -495,10 +521,7 @@ impl LocalClient {
     }
 
     fn owner(&self) -> Owner {
-        self.owner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock_unpoisoned(&self.owner).clone()
     }
 
     /// One call; when the owner is gone, control.json is read again once (a replicator
@@ -516,10 +539,7 @@ impl LocalClient {
             Err(Failed::Other(err)) => return Err(err),
             Err(Failed::Gone(err)) => match read_owner(&self.staging_dir) {
                 Some(new) if new != owner => {
-                    *self
-                        .owner
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
+                    *lock_unpoisoned(&self.owner) = new.clone();
                     self.call_once(&new, &body)
                         .await
                         .map_err(|failed| match failed {
@@ -530,9 +550,19 @@ impl LocalClient {
                     let engine = self.take_over(&owner, err).await?;
                     self.here(engine, call).await?
                 }
-                _ => return Err(err),
+                _ => {
+                    return Err(EngineError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{}: the process that ran the local engine of {} is gone; start `wavelift replicator` (or run, serve) again",
+                            err.message,
+                            self.staging_dir.display()
+                        ),
+                    ));
+                }
             },
         };
+        *lock_unpoisoned(&self.gone_since) = None;
         self.decode(value)
     }
 
@@ -542,6 +572,20 @@ impl LocalClient {
         let Some((config, clock)) = &self.takeover else {
             return Err(err);
         };
+        // A service manager restarts a replicator that died within moments: it gets the
+        // time to, before this process takes its place.
+        let since = *lock_unpoisoned(&self.gone_since).get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < TAKEOVER_GRACE {
+            return Err(EngineError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{}; unless it is back within {} s, this process runs the engine of {} in its place",
+                    err.message,
+                    TAKEOVER_GRACE.as_secs(),
+                    self.staging_dir.display()
+                ),
+            ));
+        }
         self.taken
             .get_or_try_init(|| async {
                 // Another process may have taken it meanwhile: that one answers.
@@ -560,10 +604,18 @@ impl LocalClient {
                 let engine = super::LocalEngine::start(config.clone(), Arc::clone(clock))
                     .await
                     .map_err(|start| {
+                        // The port or the folder still held (an owner ending its
+                        // launches): a moment to wait. Anything else needs a person.
+                        let (kind, when) = match start.kind() {
+                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::WouldBlock => {
+                                (ErrorKind::Unavailable, "yet")
+                            }
+                            _ => (ErrorKind::Conflict, "until this is mended"),
+                        };
                         EngineError::new(
-                            ErrorKind::Unavailable,
+                            kind,
                             format!(
-                                "{}; this process cannot run the engine in its place yet: {start}",
+                                "{}; this process cannot run the engine in its place {when}: {start}",
                                 err.message
                             ),
                         )

@@ -147,6 +147,14 @@ struct Inner {
     control: Mutex<Option<control::ControlServer>>,
 }
 
+/// The engine gone, its server stops: nothing answers agents for an engine no longer
+/// there (and the folder's lock goes once the server's sessions end).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.server.shutdown();
+    }
+}
+
 #[derive(Clone)]
 pub struct LocalEngine {
     inner: Arc<Inner>,
@@ -174,13 +182,17 @@ impl LocalEngine {
         let path = config.staging_dir.join("engine.json");
         let state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
+                server.shutdown();
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("{} does not read: {err}", path.display()),
                 )
             })?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(err) => return Err(err),
+            Err(err) => {
+                server.shutdown();
+                return Err(err);
+            }
         };
         for source in &state.sources {
             if let Some(hash) = &source.token_sha256 {
@@ -214,6 +226,7 @@ impl LocalEngine {
         // so a staging folder has one owner; the server holds a weak handle and stops
         // answering when the engine is gone.
         let weak = Arc::downgrade(&engine.inner);
+        // On an error the engine is dropped, and its server stops with it.
         let served = control::ControlServer::start(
             &engine.inner.config.staging_dir,
             Arc::clone(&engine.inner.clock),

@@ -120,6 +120,39 @@ struct Shared {
     /// Problems found at the start, by source, until the source is let in: its slot
     /// shows them (a stopped source's for as long as the server runs).
     held_problems: Mutex<HashMap<String, String>>,
+    /// The staging folder's lock ([`LOCK_FILE`]), held while anything of the server lives.
+    _owner_lock: std::fs::File,
+}
+
+/// The staging folder's lock file: the process that owns the folder holds an exclusive
+/// lock on it for as long as its server's state lives (launches it still runs after a
+/// stop included); the kernel lets go when the process dies.
+pub const LOCK_FILE: &str = "owner.lock";
+
+fn take_staging_lock(staging: &Path) -> io::Result<std::fs::File> {
+    let path = staging.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| {
+            io::Error::new(err.kind(), format!("cannot open {}: {err}", path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "the staging folder {} is held by another process of this machine (a wavelift run, serve or replicator, perhaps still ending its launches)",
+                staging.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(err)) => Err(io::Error::new(
+            err.kind(),
+            format!("cannot lock {}: {err}", path.display()),
+        )),
+    }
 }
 
 #[derive(Clone)]
@@ -207,8 +240,11 @@ impl ReplicationServer {
         clock: Arc<dyn Clock>,
         retention: Retention,
     ) -> io::Result<ReplicationServer> {
-        // The port is the staging folder's lock: taken before the store is opened, so a
-        // second process never collects garbage under the owner's sessions.
+        // The folder's lock, then the port: both taken before the store is opened, so a
+        // second process never collects garbage under the owner's sessions, nor starts
+        // while a stopped owner still ends its launches (it holds the lock until then).
+        std::fs::create_dir_all(staging)?;
+        let owner_lock = take_staging_lock(staging)?;
         let listener = TcpListener::bind(listen).await.map_err(|err| {
             io::Error::new(
                 err.kind(),
@@ -252,6 +288,7 @@ impl ReplicationServer {
             next_id: AtomicU64::new(1),
             shutdown: tokio::sync::watch::channel(false).0,
             held_problems: Mutex::new(skipped.into_iter().collect()),
+            _owner_lock: owner_lock,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let accepting = Arc::clone(&shared);

@@ -6,7 +6,7 @@
 use replication::local::control::{CONTROL_FILE, LocalClient};
 use replication::{DiskSpec, ErrorKind, ReplicationEngine, SourceSpec};
 
-use super::{TestResult, engine, temp};
+use super::{TestResult, engine, restarted, temp};
 
 fn spec(name: &str, image: &std::path::Path) -> SourceSpec {
     SourceSpec {
@@ -84,7 +84,7 @@ async fn another_process_calls_the_engine_that_owns_the_staging_folder() -> Test
     );
     // A new owner (a replicator restarted): the client finds it again by itself.
     drop(owner);
-    let again = engine(&dir).await?;
+    let again = restarted(&dir, "127.0.0.1:0".parse()?).await?;
     let seen = client.describe_source(&registered.id).await?;
     assert_eq!(seen.name, "web-01", "the new owner answers the old client");
     again.shutdown();

@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::writer::Writer;
 use super::{
-    TestResult, config_with, engine, engine_with, launched_image, replicate, replicate_via, temp,
-    wait_for,
+    TestResult, config_with, engine, engine_with, launched_image, replicate, replicate_via,
+    restarted, temp, wait_for,
 };
 
 /// A relay between agent and server that can be cut (connections dropped, new ones
@@ -140,25 +140,6 @@ fn free_address() -> std::io::Result<std::net::SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-/// The engine started again on `listen` once the stopped one has let go of the port
-/// (its listener closes as its tasks end): up to 50 tries, 100 ms apart.
-async fn restarted(
-    dir: &std::path::Path,
-    listen: std::net::SocketAddr,
-) -> Result<replication::local::LocalEngine, Box<dyn std::error::Error>> {
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        match engine_with(dir, listen).await {
-            Err(err)
-                if err
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) => {}
-            other => return other,
-        }
-    }
-    Err(format!("{listen} was still in use 5 s after the server stopped").into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_last_one()
 -> TestResult {
@@ -200,12 +181,15 @@ async fn a_restarted_server_keeps_its_points_and_the_agent_continues_from_the_la
 /// Starts: a local engine (the owner, as `serve` or `wavelift replicator` runs it) on a
 /// loopback port with an agent in a thread, and two clients of it in the same test: one
 /// as a process that runs tasks (`run` beside it), one as a command that runs none. The
-/// owner dies as `kill -9` leaves it, its control file behind; the client that runs tasks
-/// starts the engine in its place on the same port at its next call, and the agent goes
-/// on with it without a full resync. (A run kept calling the dead owner and spent its
-/// tasks' retries.)
+/// owner stops answering, its control file left behind as `kill -9` leaves it, but
+/// lives on a while (a replicator ending its launches): the run waits the grace and
+/// then for the folder's lock, and takes nothing. Once the owner is gone, the run starts
+/// the engine in its place on the same port at its next call, and the agent goes on with
+/// it without a full resync. (A run kept calling the dead owner and spent its tasks'
+/// retries.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_takes_the_engine_over_when_its_owner_dies() -> TestResult {
+    use replication::ErrorKind;
     use replication::local::control::{CONTROL_FILE, LocalClient};
     let dir = temp("takeover");
     let image = dir.join("web03.img");
@@ -232,10 +216,10 @@ async fn a_run_takes_the_engine_over_when_its_owner_dies() -> TestResult {
     );
     assert_eq!(run.describe_source(&id).await?.name, "web03");
 
+    // The owner stops answering, but its process (here: its engine) lives on.
     let file = staging.join(CONTROL_FILE);
     let left = std::fs::read(&file)?;
     owner.shutdown();
-    drop(owner);
     std::fs::write(&file, &left)?;
     // The source changes while nobody serves its agent.
     use std::os::unix::fs::FileExt;
@@ -247,30 +231,43 @@ async fn a_run_takes_the_engine_over_when_its_owner_dies() -> TestResult {
         .describe_source(&id)
         .await
         .expect_err("a command that runs no task does not take the engine");
-    assert_eq!(
-        refused.kind,
-        replication::ErrorKind::Unavailable,
-        "{refused}"
-    );
-    assert!(refused.message.contains("cannot be reached"), "{refused}");
+    assert_eq!(refused.kind, ErrorKind::Unavailable, "{refused}");
+    assert!(command.taken_over().is_none());
 
-    // The run's calls go on: the first that finds the port free starts the engine (a
-    // call before that fails as a moment to wait, which a task retries).
-    let mut last_err = String::new();
+    // The run waits: the grace first, then the folder's lock the living owner holds.
+    let mut last = String::new();
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < Duration::from_secs(14) {
+        let err = run
+            .describe_source(&id)
+            .await
+            .expect_err("no engine while the owner lives");
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+        last = err.message;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        last.contains("is held by another process of this machine"),
+        "after the grace the run tries, and the owner's lock stops it: {last}"
+    );
+    assert!(run.taken_over().is_none());
+
+    // The owner gone for good: the run's next calls start the engine here.
+    drop(owner);
     wait_for(
         "the engine taken over",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         async || match run.describe_source(&id).await {
             Ok(source) => Ok(source.name == "web03"),
             Err(err) => {
-                assert_eq!(err.kind, replication::ErrorKind::Unavailable, "{err}");
-                last_err = err.message;
+                assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+                last = err.message;
                 Ok(false)
             }
         },
     )
     .await
-    .map_err(|err| format!("{err}; last: {last_err}"))?;
+    .map_err(|err| format!("{err}; last: {last}"))?;
     let engine = run.taken_over().ok_or("the run runs the engine now")?;
     assert_eq!(run.pid(), std::process::id());
     let now = std::fs::read(&file)?;

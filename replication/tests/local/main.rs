@@ -43,6 +43,28 @@ async fn engine_with(
     Ok(LocalEngine::start(config_with(dir, listen), Arc::new(SystemClock)).await?)
 }
 
+/// The engine started again on `listen` once the stopped one has let go of the port and
+/// the folder's lock (both go as its tasks end): up to 50 tries, 100 ms apart.
+pub(crate) async fn restarted(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> Result<replication::local::LocalEngine, Box<dyn std::error::Error>> {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match engine_with(dir, listen).await {
+            Err(err)
+                if err.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::WouldBlock
+                    )
+                }) => {}
+            other => return other,
+        }
+    }
+    Err(format!("{listen} was still in use 5 s after the server stopped").into())
+}
+
 /// The configuration of [`engine_with`].
 fn config_with(dir: &Path, listen: std::net::SocketAddr) -> LocalConfig {
     let mut config = LocalConfig::new(
