@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use mailparse::MailHeaderMap as _;
 use serde_json::Value;
-use wavelift_tests::{Run, Scratch, quickstart_copy, wavelift, wavelift_command, workspace_root};
+use wavelift_tests::{
+    Run, Scratch, edit, quickstart_copy, wavelift, wavelift_command, workspace_root,
+};
 
 /// An aiosmtpd server that writes every message it accepts to a folder.
 struct SmtpSink {
@@ -686,5 +688,100 @@ fn a_refused_recipient_does_not_keep_the_report_from_the_others() {
                 && l.contains("greylisted")),
         "{}",
         events.stdout
+    );
+}
+
+/// Starts: aiosmtpd taking at most 100 recipients per message (452 past them, as RFC
+/// 5321 lets a server), and the wavelift binary (apply, report --send). A wave notifying
+/// 150 people gets its report to each of them once: its `To:` header folded (a server
+/// refuses lines past 998 characters; one line of 150 addresses was refused whole) and
+/// its recipients in conversations of 100 (all 150 in one were refused every time).
+#[test]
+fn a_report_to_150_people_reaches_each_once() {
+    let scratch = Scratch::new("mail-many");
+    let dir = quickstart_copy(scratch.path(), "sim");
+    let many: Vec<String> = (0..148)
+        .map(|i| format!("giulia.rossi{i:03}@migration-factory.example.com"))
+        .collect();
+    edit(
+        &dir.join("waves/wave-1.yaml"),
+        "  - change-manager@example.com\n",
+        &format!(
+            "  - change-manager@example.com\n{}",
+            many.iter()
+                .map(|a| format!("  - {a}\n"))
+                .collect::<String>()
+        ),
+    );
+    let sink = SmtpSink::start_with(
+        &scratch.path().join("received"),
+        free_port(),
+        &["--max-recipients", "100"],
+    );
+    configure(
+        &dir,
+        &format!(
+            "smtp:\n  url: smtp://127.0.0.1:{}?tls=none\n  from: wavelift@example.com\n",
+            sink.port
+        ),
+    );
+    succeeds(wavelift(&dir, &["apply", "."]));
+    let sent = succeeds(wavelift(
+        &dir,
+        &["report", "wave-1", "--kind", "readiness", "--send"],
+    ));
+    assert!(
+        sent.stdout.contains("delivered via "),
+        "{}",
+        sent.describe()
+    );
+    let messages = sink.messages();
+    let mut got: Vec<String> = Vec::new();
+    let mut listed: Option<Vec<String>> = None;
+    for (raw, envelope) in &messages {
+        let rcpt = envelope["rcpt_tos"].as_array().cloned().unwrap_or_default();
+        assert!(
+            rcpt.len() <= 100,
+            "{} recipients in one message",
+            rcpt.len()
+        );
+        got.extend(rcpt.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        let text = String::from_utf8_lossy(raw);
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        // Within RFC 5322's 998 characters; the To header folded to 78.
+        assert!(head.split("\r\n").all(|line| line.len() <= 998));
+        let to_lines = head
+            .split("\r\n")
+            .skip_while(|line| !line.starts_with("To: "))
+            .enumerate()
+            .take_while(|(i, line)| *i == 0 || line.starts_with(' '));
+        assert!(
+            to_lines.map(|(_, line)| line.len()).all(|n| n <= 78),
+            "a To line past 78 characters"
+        );
+        // Every copy shows everyone it went to.
+        let to: Vec<String> = header(raw, "To")
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .collect();
+        assert_eq!(listed.get_or_insert_with(|| to.clone()), &to);
+    }
+    let mut listed = listed.expect("a message");
+    listed.sort();
+    got.sort();
+    assert_eq!(
+        got, listed,
+        "each recipient once, as the To header lists them"
+    );
+    assert!(many.iter().all(|a| got.contains(a)), "{got:?}");
+    assert!(
+        got.len() > 150,
+        "the wave's notify and its owners: {}",
+        got.len()
+    );
+    assert_eq!(
+        messages.len(),
+        got.len().div_ceil(100),
+        "conversations of 100"
     );
 }

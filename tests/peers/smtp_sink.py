@@ -2,13 +2,15 @@
 a folder as N.eml with N.json beside it (the envelope: MAIL FROM and RCPT TO).
 
     python3 smtp_sink.py --port PORT --folder DIR [--reject-all] [--reject ADDRESS]...
-        [--defer ADDRESS]... [--reject-sender ADDRESS]
+        [--defer ADDRESS]... [--reject-sender ADDRESS] [--max-recipients N]
         [--starttls | --implicit-tls] [--cert PEM --key PEM] [--auth USER:PASSWORD]
 
 --reject-all answers every RCPT TO with 550 (a permanent refusal); --reject answers so
 for that address only (a departed owner); --defer answers 451 (try again later) to the
 first RCPT TO of that address only (greylisting); --reject-sender answers MAIL FROM of
-that address with 553 (a sender the server does not take). --starttls requires
+that address with 553 (a sender the server does not take); --max-recipients answers
+452 to each RCPT TO past the Nth of one message (RFC 5321's "too many recipients").
+--starttls requires
 STARTTLS before anything else; --implicit-tls speaks TLS from the first byte (smtps).
 --auth requires AUTH (PLAIN or LOGIN) with that user and password, over TLS only. The
 server prints "ready" once it listens, and runs until killed.
@@ -27,8 +29,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
-    def __init__(self, folder, reject_all, reject, defer, reject_sender):
+    def __init__(self, folder, reject_all, reject, defer, reject_sender, max_recipients):
         self.folder = folder
+        self.max_recipients = max_recipients
         self.reject_sender = set(reject_sender)
         self.reject_all = reject_all
         self.reject = set(reject)
@@ -51,6 +54,8 @@ class Sink:
         if address in self.defer:
             self.defer.discard(address)
             return "451 4.7.1 greylisted: try again later"
+        if self.max_recipients and len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -75,6 +80,7 @@ def main():
     parser.add_argument("--reject", action="append", default=[])
     parser.add_argument("--defer", action="append", default=[])
     parser.add_argument("--reject-sender", action="append", default=[])
+    parser.add_argument("--max-recipients", type=int, default=0)
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--cert")
@@ -103,7 +109,7 @@ def main():
 
         options.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(
-        Sink(args.folder, args.reject_all, args.reject, args.defer, args.reject_sender), hostname="127.0.0.1", port=args.port, **options
+        Sink(args.folder, args.reject_all, args.reject, args.defer, args.reject_sender, args.max_recipients), hostname="127.0.0.1", port=args.port, **options
     )
     controller.start()
     print("ready", flush=True)

@@ -964,29 +964,10 @@ fn ca_file(map: &mut MapReader, ctx: &mut Ctx) -> Option<PathBuf> {
 fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
     let mut map = MapReader::new(node, "smtp", ctx)?;
     template::refuse_inline_secrets(&mut map, "smtp", template::USE_CREDENTIAL, ctx);
-    let url = map.required("url", ctx).and_then(|n| {
+    let url_node = map.required("url", ctx);
+    let url = url_node.and_then(|n| {
         decode::parsed(n, "smtp url", ctx, |text| {
-            let rest = text
-                .strip_prefix("smtp://")
-                .or_else(|| text.strip_prefix("smtps://"))
-                .ok_or_else(|| {
-                    format!("`{}` is not an smtp:// or smtps:// URL", redact_url(text))
-                })?;
-            if url_has_password(text) {
-                return Err(
-                    "the URL holds a password (not shown): put it in `credential: env:NAME`"
-                        .to_owned(),
-                );
-            }
-            let host = rest
-                .rsplit('@')
-                .next()
-                .unwrap_or("")
-                .split(['/', ':'])
-                .next();
-            if host.is_none_or(str::is_empty) {
-                return Err(format!("`{text}` has no host"));
-            }
+            crate::smtp::SmtpUrl::parse(text.trim())?;
             Ok(text.to_owned())
         })
     });
@@ -994,6 +975,22 @@ fn decode_smtp(node: &Node, ctx: &mut Ctx) -> Option<Smtp> {
         .required("from", ctx)
         .and_then(|n| decode::email(n, "from", ctx));
     let credential = password_credential(&mut map, "an SMTP password", ctx);
+    // What the URL and the credential say together.
+    if let (Some(node), Some(url), Some(_)) = (url_node, &url, &credential)
+        && let Ok(parsed) = crate::smtp::SmtpUrl::parse(url.trim())
+    {
+        if parsed.plain() {
+            ctx.error(
+                node.location,
+                "smtp url: tls=none with a credential: a password never travels in clear; use STARTTLS (drop tls=none) or smtps://",
+            );
+        } else if parsed.user.is_none() {
+            ctx.error(
+                node.location,
+                "smtp url: it names no user for the credential: write it as smtp://USER@HOST:PORT",
+            );
+        }
+    }
     let ca_file = ca_file(&mut map, ctx);
     map.finish(ctx);
     Some(Smtp {

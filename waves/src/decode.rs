@@ -302,26 +302,48 @@ pub fn name(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
     parsed(node, what, ctx, crate::rules::check_name)
 }
 
-/// An email address: enough of a check to catch a name or a typo, not RFC 5322.
+/// An email address as mail servers take it (RFC 5321's common form, as the mail
+/// library checks it before sending): a local part of dot-separated atoms, `@`, and a
+/// domain of two or more labels (letters, digits, `-` inside, at most 63 each).
 pub fn email(node: &Node, what: &str, ctx: &mut Ctx) -> Option<String> {
     parsed(node, what, ctx, |text| {
         let text = text.trim();
-        let valid = text.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !text.contains(char::is_whitespace)
-                && domain
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        });
-        if valid {
-            Ok(text.to_owned())
-        } else {
-            Err(format!("`{text}` is not an email address"))
+        match email_problem(text) {
+            None => Ok(text.to_owned()),
+            Some(problem) => Err(format!("`{text}` is not an email address: {problem}")),
         }
     })
+}
+
+/// What is wrong with `text` as an email address, if anything.
+pub fn email_problem(text: &str) -> Option<&'static str> {
+    let Some((local, domain)) = text.rsplit_once('@') else {
+        return Some("it has no `@`");
+    };
+    let atom = |a: &str| {
+        !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c))
+    };
+    if local.is_empty() || !local.split('.').all(atom) {
+        return Some(
+            "the part before `@` is empty, has a character mail does not take there, or a dot at its start, its end or twice in a row",
+        );
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label) {
+        return Some(
+            "the domain after `@` needs two or more dot-separated names of ASCII letters, digits and `-` (not at either end), none empty",
+        );
+    }
+    None
 }
 
 /// The items of a list; a single scalar is not silently taken as a list of one.

@@ -16,6 +16,7 @@ pub mod model;
 pub mod plan;
 pub mod rules;
 pub mod settings;
+pub mod smtp;
 pub mod source;
 pub mod synthetic;
 pub mod template;

@@ -77,121 +77,6 @@ pub enum Attempt {
     Taken,
 }
 
-/// An SMTP setting read from the configuration or the environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SmtpUrl {
-    implicit_tls: bool,
-    /// `Some(true)`: STARTTLS required; `Some(false)`: plain; `None`: STARTTLS when offered.
-    starttls: Option<bool>,
-    user: Option<String>,
-    host: String,
-    port: u16,
-}
-
-fn parse_smtp_url(url: &str) -> anyhow::Result<SmtpUrl> {
-    // Messages show the URL without its user information: a password typed into it
-    // must not end up in a log.
-    let shown = without_user_info(url);
-    let (implicit_tls, rest) = if let Some(rest) = url.strip_prefix("smtps://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("smtp://") {
-        (false, rest)
-    } else {
-        anyhow::bail!("`{shown}` is not an smtp:// or smtps:// URL");
-    };
-    // The user information ends at the last `@` (a password may hold `?` or `/`).
-    let (user_info, rest) = match rest.rsplit_once('@') {
-        Some((user, rest)) => (Some(user), rest),
-        None => (None, rest),
-    };
-    let (authority, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = authority.trim_end_matches('/');
-    let user = match user_info {
-        Some(user) if user.contains(':') => anyhow::bail!(
-            "the SMTP URL holds a password (not shown): put it in `smtp.credential` \
-             (env:NAME or file:PATH) or WAVELIFT_SMTP_PASSWORD"
-        ),
-        Some(user) => Some(percent_decode(user)),
-        None => None,
-    };
-    let host_port = authority;
-    // `[v6]:port`, `host:port`, or either without the port.
-    let (host, port_text) = match host_port.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((host, rest)) => (host, rest.strip_prefix(':')),
-            None => anyhow::bail!("`{shown}`: an IPv6 address lacks its closing `]`"),
-        },
-        None => match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        },
-    };
-    let port = match port_text {
-        Some(port) => Some(
-            port.parse::<u16>()
-                .with_context(|| format!("`{port}` is not a port in the SMTP URL `{shown}`"))?,
-        ),
-        None => None,
-    };
-    if host.is_empty() {
-        anyhow::bail!("the SMTP URL `{shown}` has no host");
-    }
-    let mut starttls = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair {
-            "tls=required" | "starttls=required" => starttls = Some(true),
-            "tls=none" | "tls=off" => starttls = Some(false),
-            "tls=opportunistic" => starttls = None,
-            other => anyhow::bail!(
-                "`{other}` in the SMTP URL: expected tls=required, tls=opportunistic or tls=none"
-            ),
-        }
-    }
-    if implicit_tls && starttls == Some(false) {
-        anyhow::bail!("smtps:// is TLS from the first byte; tls=none contradicts it");
-    }
-    Ok(SmtpUrl {
-        implicit_tls,
-        starttls,
-        user,
-        host: host.to_owned(),
-        port: port.unwrap_or(if implicit_tls { 465 } else { 587 }),
-    })
-}
-
-/// The URL without what stands between `://` and the last `@`.
-fn without_user_info(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.split('@').next_back().unwrap_or("").to_owned(),
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Reads a secret from its reference; the error names the reference, never the value.
 pub fn read_credential(reference: &CredentialRef) -> anyhow::Result<String> {
     reference.read().map_err(anyhow::Error::msg)
@@ -218,7 +103,7 @@ impl Mailer {
             });
         };
         let smtp = config.smtp.as_ref();
-        let parsed = parse_smtp_url(url.trim())?;
+        let parsed = waves::smtp::SmtpUrl::parse(url.trim()).map_err(anyhow::Error::msg)?;
         let password = match smtp.and_then(|s| s.credential.as_ref()) {
             Some(reference) => Some(read_credential(reference)?),
             None => std::env::var("WAVELIFT_SMTP_PASSWORD").ok(),
@@ -406,10 +291,14 @@ impl Mailer {
             Route::Smtp { transport, shown } => {
                 let envelope =
                     envelope(report).map_err(|e| Failure::new(format!("{e:#}"), true))?;
+                if envelope.to().len() > MAX_RECIPIENTS {
+                    return send_groups(transport, shown, &envelope, report, taken, MAX_RECIPIENTS)
+                        .await;
+                }
                 match send_one(transport, shown, &envelope, report).await {
                     Ok(()) => Ok(shown.clone()),
                     Err(failure) if failure.of_a_mailbox() && envelope.to().len() > 1 => {
-                        send_each(transport, shown, &envelope, report, taken).await
+                        send_groups(transport, shown, &envelope, report, taken, 1).await
                     }
                     Err(failure) => Err(failure),
                 }
@@ -525,19 +414,26 @@ async fn send_one(
     }
 }
 
-/// After a mailbox's refusal for good of the whole envelope (the server stops a
+/// The recipients a server must take in one conversation (RFC 5321, 4.5.3.1.8): a
+/// report to more goes in conversations of this many.
+const MAX_RECIPIENTS: usize = 100;
+
+/// The message in one conversation per group of `size` recipients. With groups of one,
+/// after a mailbox's refusal for good of the whole envelope (the server stops a
 /// conversation at the first recipient it refuses, so one departed owner would keep the
-/// report from everyone): the message once to each recipient. Delivered when everyone
-/// else received it, with who did not and why in the outcome. A recipient the server
-/// could not take yet (a 4xx reply), or not reached while a send could still end inside
-/// the lease, is tried again with the report's next attempt, alone: nobody gets it
-/// twice.
-async fn send_each(
+/// report from everyone); with groups of [`MAX_RECIPIENTS`], for a report to more people
+/// than a server takes at once, a group a mailbox's refusal stopped sent again one by
+/// one. Delivered when everyone else received it, with who did not and why in the
+/// outcome. A recipient the server could not take yet (a 4xx reply), or not reached
+/// while a send could still end inside the lease, is tried again with the report's next
+/// attempt, without those who had it: nobody gets it twice.
+async fn send_groups(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     shown: &str,
     envelope: &Envelope,
     report: &ReportRow,
     taken: std::time::Instant,
+    size: usize,
 ) -> Result<String, Failure> {
     // A send started later could outlast the lease with its outcome's writing: another
     // attempt would then send the report again.
@@ -546,17 +442,49 @@ async fn send_each(
     let mut delivered = 0;
     let mut refused = Vec::new();
     let mut later: Vec<(String, String)> = Vec::new();
-    for to in envelope.to() {
+    for group in envelope.to().chunks(size.max(1)) {
         if taken.elapsed() > last_start {
-            later.push((to.to_string(), "not tried in this attempt".to_owned()));
+            later.extend(
+                group
+                    .iter()
+                    .map(|to| (to.to_string(), "not tried in this attempt".to_owned())),
+            );
             continue;
         }
-        let single = Envelope::new(envelope.from().cloned(), vec![to.clone()])
+        let to = group
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let one = Envelope::new(envelope.from().cloned(), group.to_vec())
             .map_err(|e| Failure::new(format!("the envelope to {to}: {e}"), true))?;
-        match send_one(transport, shown, &single, report).await {
-            Ok(()) => delivered += 1,
-            Err(failure) if failure.permanent => refused.push((to.to_string(), failure.message)),
-            Err(failure) => later.push((to.to_string(), failure.message)),
+        match send_one(transport, shown, &one, report).await {
+            Ok(()) => delivered += group.len(),
+            Err(failure) if failure.of_a_mailbox() && group.len() > 1 => {
+                for single in group {
+                    let alone = Envelope::new(envelope.from().cloned(), vec![single.clone()])
+                        .map_err(|e| {
+                            Failure::new(format!("the envelope to {single}: {e}"), true)
+                        })?;
+                    match send_one(transport, shown, &alone, report).await {
+                        Ok(()) => delivered += 1,
+                        Err(failure) if failure.permanent => {
+                            refused.push((single.to_string(), failure.message));
+                        }
+                        Err(failure) => later.push((single.to_string(), failure.message)),
+                    }
+                }
+            }
+            Err(failure) if failure.permanent => refused.extend(
+                group
+                    .iter()
+                    .map(|single| (single.to_string(), failure.message.clone())),
+            ),
+            Err(failure) => later.extend(
+                group
+                    .iter()
+                    .map(|single| (single.to_string(), failure.message.clone())),
+            ),
         }
     }
     let all = envelope.to().len();
@@ -703,40 +631,6 @@ mod tests {
     }
 
     #[test]
-    fn smtp_urls_say_how_to_reach_the_server() {
-        let u = parse_smtp_url("smtp://relay.example.com").expect("parses");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.implicit_tls, u.starttls),
-            ("relay.example.com", 587, false, None)
-        );
-        let u = parse_smtp_url("smtps://reports%40corp@mail.example.com").expect("parses");
-        assert_eq!(u.user.as_deref(), Some("reports@corp"));
-        assert_eq!((u.port, u.implicit_tls), (465, true));
-        let u = parse_smtp_url("smtp://127.0.0.1:2525?tls=none").expect("parses");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.starttls),
-            ("127.0.0.1", 2525, Some(false))
-        );
-        let u = parse_smtp_url("smtp://[::1]:25/?tls=required").expect("parses");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.starttls),
-            ("::1", 25, Some(true))
-        );
-    }
-
-    #[test]
-    fn bad_smtp_urls_are_refused_with_the_reason() {
-        let err = |url| parse_smtp_url(url).expect_err("refused").to_string();
-        assert!(err("http://x").contains("not an smtp:// or smtps:// URL"));
-        assert!(err("smtp://me:secret@x").contains("holds a password"));
-        assert!(!err("smtp://me:secret@x").contains("secret"));
-        assert!(err("smtp://x:port").contains("is not a port"));
-        assert!(err("smtp://x?tls=maybe").contains("tls=required"));
-        assert!(err("smtps://x?tls=none").contains("contradicts"));
-        assert!(err("smtp://:25").contains("has no host"));
-    }
-
-    #[test]
     fn a_password_never_travels_in_clear_nor_shows_in_a_message() {
         let secret =
             std::env::temp_dir().join(format!("wavelift-smtp-secret-{}", std::process::id()));
@@ -759,7 +653,7 @@ mod tests {
             "smpt://me:hunter2@relay.example.com",
             "smtp://me:hun?ter2@relay.example.com:x",
         ] {
-            let err = parse_smtp_url(url).expect_err("refused").to_string();
+            let err = waves::smtp::SmtpUrl::parse(url).expect_err("refused");
             assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
         }
     }
