@@ -94,11 +94,21 @@ impl Digest {
             let done = of_kind
                 .iter()
                 .filter(|t| {
-                    matches!(t.state(), TaskState::Succeeded | TaskState::Skipped)
+                    t.state() == TaskState::Succeeded
                         || (kind == "replication_verify" && t.released_at.is_some())
                 })
                 .count();
-            bars.push(Bar::new(words, done, of_kind.len()));
+            // A skipped task is said apart: a skipped cutover is not a server cut over.
+            let skipped = of_kind
+                .iter()
+                .filter(|t| t.state() == TaskState::Skipped)
+                .count();
+            let label = if skipped == 0 {
+                words.to_owned()
+            } else {
+                format!("{words} ({skipped} skipped)")
+            };
+            bars.push(Bar::new(&label, done, of_kind.len()));
         }
         let happened: Vec<String> = HAPPENINGS
             .iter()

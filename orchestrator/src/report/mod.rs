@@ -385,13 +385,46 @@ impl Readiness {
                 task.reason = Some(look.clone());
             }
         }
-        Ok(Readiness::from_tasks(
-            &calendar,
-            &owners,
-            &tasks,
-            now,
-            is_rehearsal(&calendar),
-        ))
+        // The last word on each gate, when it is a no-go: its reason belongs in the
+        // report, not only in the job log.
+        let gate_apps: BTreeMap<&str, &str> = tasks
+            .iter()
+            .filter(|t| t.kind == "gate")
+            .map(|t| (t.id.as_str(), t.application.as_str()))
+            .collect();
+        let mut last_word: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for event in store
+            .events_of_kinds(wave, &["operator.approve", "operator.no_go"])
+            .await?
+        {
+            if let Some(app) = event.task_id.as_deref().and_then(|id| gate_apps.get(id)) {
+                last_word.insert((*app).to_owned(), (event.kind, event.message));
+            }
+        }
+        let no_goes: BTreeMap<String, String> = last_word
+            .into_iter()
+            .filter(|(_, (kind, _))| kind == "operator.no_go")
+            .map(|(app, (_, message))| (app, message))
+            .collect();
+        let mut report =
+            Readiness::from_tasks(&calendar, &owners, &tasks, now, is_rehearsal(&calendar));
+        report.say_no_goes(&no_goes);
+        Ok(report)
+    }
+
+    /// The no-goes given to applications still waiting for their go (`app` -> the
+    /// job log's words, with who and why): said with their gate and among the reasons.
+    pub fn say_no_goes(&mut self, no_goes: &BTreeMap<String, String>) {
+        for app in &mut self.applications {
+            let Some(said) = no_goes.get(&app.name) else {
+                continue;
+            };
+            if !self.approvals.iter().any(|a| a.application == app.name) {
+                continue;
+            }
+            app.gate = format!("{}; {said}", app.gate);
+            self.reasons.push(said.clone());
+        }
     }
 
     /// The report's content from the wave's tasks: pure, so it is tested on fixtures.
@@ -1077,6 +1110,65 @@ mod tests {
             rendered.text
         );
         assert!(rendered.html.contains("Since: Thu 2027-02-04 17:40"));
+    }
+
+    /// A no-go's reason is in the readiness report, with its gate and among the reasons
+    /// (it was in the job log only, and the report said "wait for their go").
+    #[test]
+    fn a_no_go_is_said_with_its_reason() {
+        let mut tasks = ready_wave();
+        for t in &mut tasks {
+            if t.kind == "gate" {
+                t.state = "pending".to_owned();
+                t.approval_required = true;
+            }
+        }
+        let mut report =
+            Readiness::from_tasks(&calendar(), &owners(), &tasks, 1_801_400_000_000, false);
+        let app = report.applications[0].name.clone();
+        let said = format!("no-go for the cutover of `{app}` by maria: the DB team is not ready");
+        report.say_no_goes(&BTreeMap::from([
+            (app.clone(), said.clone()),
+            ("not-waiting".to_owned(), "no-go for nothing".to_owned()),
+        ]));
+        assert_eq!(report.decision, "NO-GO");
+        assert!(report.reasons.contains(&said), "{:?}", report.reasons);
+        assert!(!report.reasons.iter().any(|r| r.contains("nothing")));
+        assert!(report.applications[0].gate.ends_with(&said));
+        let rendered = report.render().expect("renders");
+        assert!(rendered.text.contains("the DB team is not ready"));
+        assert!(rendered.html.contains("the DB team is not ready"));
+    }
+
+    /// A skipped cutover is not a server cut over: the digest's bar says it apart, as
+    /// the cutover report does (it counted 4 of 4 cut over with one skipped).
+    #[test]
+    fn the_digest_says_skipped_tasks_apart() {
+        let mut tasks = ready_wave();
+        for t in &mut tasks {
+            match t.id.as_str() {
+                "web-01/cutover" => t.state = "succeeded".to_owned(),
+                "web-02/cutover" => t.state = "skipped".to_owned(),
+                _ => {}
+            }
+        }
+        let digest = Digest::from_parts(
+            &calendar(),
+            &tasks,
+            &BTreeMap::new(),
+            1_801_300_000_000,
+            1_801_386_400_000,
+            true,
+        );
+        let cutover = digest
+            .bars
+            .iter()
+            .find(|b| b.label.starts_with("cut over"))
+            .expect("a bar");
+        assert_eq!(
+            (cutover.label.as_str(), cutover.done, cutover.total),
+            ("cut over (1 skipped)", 1, 2)
+        );
     }
 
     #[test]
