@@ -90,6 +90,7 @@ store_suite!(
     a_no_go_withdraws_the_go_until_the_gate_opens,
     a_go_given_to_a_blocked_gate_can_be_withdrawn,
     a_cutover_retried_after_its_report_is_reported_again,
+    a_cutover_still_running_at_the_window_end_is_reported_again_when_it_ends,
     removing_a_failed_server_releases_what_it_blocked,
 );
 
@@ -3208,6 +3209,80 @@ async fn a_cutover_retried_after_its_report_is_reported_again(h: Harness) -> any
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(
         now[0].contains("cutover report: COMPLETE, 2 of 2 servers cut over"),
+        "{now:?}"
+    );
+    Ok(())
+}
+
+/// The window closes while a cutover still runs: the report made then says it is not
+/// finished yet; once it ends (rolled back, failed) a settled report follows, once, even
+/// with the same count of servers cut over (the rollback was never reported).
+async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_ends(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&[wave_a(vec![app("web", vec![srv("web-1"), srv("web-2")])])]);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let at = t.window_start + 60_000;
+    let cutovers = h
+        .drive_to_all(&["web-1/cutover", "web-2/cutover"], at)
+        .await?;
+    h.store
+        .complete(DRIVER, at, vec![succeeded(&cutovers["web-1/cutover"], at)])
+        .await?;
+    let reporter = orchestrator::report::schedule::Reporter::new(
+        h.store.clone(),
+        Arc::new(defs.loaded.definitions.clone()),
+    )?;
+    let cutover_subjects = async || -> anyhow::Result<Vec<String>> {
+        Ok(h.store
+            .reports(Some(WAVE_A))
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == "cutover")
+            .map(|r| r.subject)
+            .collect())
+    };
+    reporter.record_due(t.window_start + 120_000).await?;
+    assert!(
+        cutover_subjects().await?.is_empty(),
+        "not before the window's end"
+    );
+    reporter.record_due(t.window_end).await?;
+    let first = cutover_subjects().await?;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].contains("INCOMPLETE, 1 of 2 servers cut over")
+            && first[0].ends_with("; 1 not finished yet"),
+        "{first:?}"
+    );
+    reporter.record_due(t.window_end + 1_000).await?;
+    assert_eq!(
+        cutover_subjects().await?.len(),
+        1,
+        "nothing new while it runs"
+    );
+    // Rolled back past the window's end, and failed: the settled report.
+    let ended = t.window_end + 30_000;
+    h.store
+        .complete(
+            DRIVER,
+            ended,
+            vec![failed(
+                &cutovers["web-2/cutover"],
+                ended,
+                "rolled back: past the window",
+            )],
+        )
+        .await?;
+    reporter.record_due(ended + 1_000).await?;
+    reporter.record_due(ended + 2_000).await?;
+    let now = cutover_subjects().await?;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        now.iter()
+            .any(|s| s.contains("INCOMPLETE, 1 of 2 servers cut over")
+                && !s.contains("not finished")),
         "{now:?}"
     );
     Ok(())

@@ -15,6 +15,9 @@ use crate::scheduler::clock::local_text;
 use crate::scheduler::phase::WaveCalendar;
 use crate::store::{AttemptRow, EventRow, Store, TaskRow, TaskState};
 
+/// What the subject of a cutover report made while cutovers still ran says of them.
+pub(crate) const UNFINISHED: &str = "not finished yet";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CutoverReport {
     #[serde(flatten)]
@@ -225,9 +228,16 @@ impl CutoverReport {
             heading: Heading::new(
                 calendar,
                 format!(
-                    "{label}[{}] cutover report: {outcome}, {done} of {total} servers cut over in the window of {}",
+                    "{label}[{}] cutover report: {outcome}, {done} of {total} servers cut over in the window of {}{}",
                     calendar.name,
-                    local_text(calendar.window_start, tz)
+                    local_text(calendar.window_start, tz),
+                    // A report made while cutovers still run (at the window's end) says
+                    // so where it shows first: the settled report follows.
+                    if open > 0 {
+                        format!("; {open} {UNFINISHED}")
+                    } else {
+                        String::new()
+                    }
                 ),
                 now,
                 rehearsal,

@@ -149,18 +149,24 @@ impl Reporter {
             if over || now >= calendar.window_end {
                 // A cutover retried after the report went out (inside the window, or
                 // later) that changed how many were cut over is told again: a report
-                // of its own, once per count.
+                // of its own, once per count; so are cutovers that were still running
+                // when the window closed, once they end.
                 let said = self
                     .store
                     .report_subjects(&calendar.name, Kind::Cutover.name(), &window_event)
                     .await?;
                 let count = format!(" {} of ", p.cutovers_succeeded);
+                // Every report so far made while cutovers still ran (at the window's
+                // end): once they are all final (rolled back, say), the settled report.
+                let unsettled = said
+                    .iter()
+                    .all(|subject| subject.contains(super::cutover::UNFINISHED));
                 if said.is_empty() {
                     self.record(calendar, Kind::Cutover, &window_event, now, now)
                         .await?;
                 } else if !over {
                     // Cutovers still open after the window: nothing new to say.
-                } else if !said.iter().any(|subject| subject.contains(&count)) {
+                } else if unsettled || !said.iter().any(|subject| subject.contains(&count)) {
                     let again = format!("{window_event}: {} cut over", p.cutovers_succeeded);
                     self.record(calendar, Kind::Cutover, &again, now, now)
                         .await?;
