@@ -91,6 +91,7 @@ store_suite!(
     a_go_given_to_a_blocked_gate_can_be_withdrawn,
     a_cutover_retried_after_its_report_is_reported_again,
     a_cutover_still_running_at_the_window_end_is_reported_again_when_it_ends,
+    a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go,
     removing_a_failed_server_releases_what_it_blocked,
 );
 
@@ -3285,6 +3286,51 @@ async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_end
                 && !s.contains("not finished")),
         "{now:?}"
     );
+    Ok(())
+}
+
+/// Every task of a wave fails or is blocked on the first day of its build: a digest
+/// says so at once (digests stopped as soon as no task was unfinished, so nobody heard
+/// of it until the cutover report three weeks later), once; and the readiness report
+/// goes out before the window, a NO-GO (it waited for cutovers still open).
+async fn a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&[wave_a(vec![app("web", vec![srv("web-1")])])]);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    let check = h.drive_to("web-1/prereq_check", t.build).await?;
+    h.store
+        .complete(
+            DRIVER,
+            t.build,
+            vec![failed(&check, t.build, "ssh: permission denied")],
+        )
+        .await?;
+    let reporter = orchestrator::report::schedule::Reporter::new(
+        h.store.clone(),
+        Arc::new(defs.loaded.definitions.clone()),
+    )?;
+    let of_kind = async |kind: &str| -> anyhow::Result<Vec<String>> {
+        Ok(h.store
+            .reports(Some(WAVE_A))
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.subject)
+            .collect())
+    };
+    reporter.record_due(t.build + 60_000).await?;
+    reporter.record_due(t.build + 120_000).await?;
+    let digests = of_kind("digest").await?;
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    assert!(digests[0].contains("failed or blocked"), "{digests:?}");
+    assert!(of_kind("readiness").await?.is_empty(), "not yet");
+    reporter.record_due(t.window_start - 60_000).await?;
+    let readiness = of_kind("readiness").await?;
+    assert_eq!(readiness.len(), 1, "{readiness:?}");
+    assert!(readiness[0].contains("NO-GO"), "{readiness:?}");
+    assert_eq!(of_kind("digest").await?.len(), 1, "the end is told once");
     Ok(())
 }
 

@@ -42,6 +42,7 @@ pub struct Reporter {
 #[derive(Debug, Default)]
 struct WaveProgress {
     first_started: Option<i64>,
+    last_finished: Option<i64>,
     unfinished: i64,
     cutovers: (i64, i64),
     /// Of them, succeeded.
@@ -131,9 +132,11 @@ impl Reporter {
         let mut candidate = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
         let window_event = format!("window {}", timestamp(calendar.window_start));
         let cutovers_open = p.cutovers.0 > p.cutovers.1;
-        // Readiness: before the window, while its cutovers are still ahead.
+        // Readiness: before the window, while its cutovers are still ahead, or blocked
+        // (a NO-GO is what people need to hear then).
         let due = calendar.window_start - self.readiness_before_ms;
-        if cutovers_open && now < calendar.window_start {
+        let not_cut_over = p.cutovers.0 > 0 && p.cutovers_succeeded < p.cutovers.0;
+        if (cutovers_open || not_cut_over) && now < calendar.window_start {
             if now >= due {
                 self.record(calendar, Kind::Readiness, &window_event, due, now)
                     .await?;
@@ -198,6 +201,26 @@ impl Reporter {
         };
         let ended = p.unfinished == 0 || (p.cleanups.0 > 0 && p.cleanups.0 == p.cleanups.1);
         if ended {
+            // The wave ended (its clean-up, or every task failed or blocked on its first
+            // day) since the last digest: one more, now, says how. Digests stopped at
+            // the end, and what ended it was never told.
+            let Some(finished) = p.last_finished else {
+                return Ok(None);
+            };
+            let last = self
+                .store
+                .last_report_due(&calendar.name, Kind::Digest.name())
+                .await?;
+            if last.is_none_or(|last| last < finished) {
+                self.record(
+                    calendar,
+                    Kind::Digest,
+                    &format!("digest at the end {}", timestamp(finished)),
+                    now.max(finished),
+                    now,
+                )
+                .await?;
+            }
             return Ok(None);
         }
         let Ok(tz) = jiff::tz::TimeZone::get(&calendar.timezone) else {
@@ -285,6 +308,7 @@ fn wave_progress(rows: Vec<KindProgress>) -> BTreeMap<String, WaveProgress> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        p.last_finished = p.last_finished.max(row.last_finished);
         p.unfinished += row.total - row.finished;
         match row.kind.as_str() {
             "cutover" => {

@@ -70,6 +70,8 @@ pub struct KindProgress {
     pub succeeded: i64,
     /// When the first of them started, if any did.
     pub first_started: Option<i64>,
+    /// When the last of them finished, if any did.
+    pub last_finished: Option<i64>,
 }
 
 const REPORT_COLUMNS: &str = "id, wave, kind, event, due_at, created_at, subject, sender, \
@@ -325,7 +327,8 @@ impl Store {
         Ok(())
     }
 
-    /// Per wave and task kind: how many tasks, how many final, the first start.
+    /// Per wave and task kind: how many tasks, how many final, the first start and the
+    /// last finish.
     pub async fn progress_by_kind(&self) -> anyhow::Result<Vec<KindProgress>> {
         let rows = self
             .db()
@@ -333,7 +336,7 @@ impl Store {
                 "SELECT wave, kind, COUNT(*) AS total, \
                  SUM(CASE WHEN state IN ('pending', 'running', 'awaiting_approval') THEN 0 ELSE 1 END) \
                  AS finished, SUM(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded, \
-                 MIN(started_at) AS first_started \
+                 MIN(started_at) AS first_started, MAX(finished_at) AS last_finished \
                  FROM tasks GROUP BY wave, kind ORDER BY wave, kind",
                 vec![],
             ))
