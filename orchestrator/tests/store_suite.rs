@@ -492,6 +492,18 @@ fn failed_with_step(task: &TaskRow, at: i64, reason: &str, step: Option<String>)
 }
 
 impl Harness {
+    /// The subjects of the wave's reports of one kind, newest first.
+    async fn report_subjects(&self, wave: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .store
+            .reports(Some(wave))
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.subject)
+            .collect())
+    }
+
     async fn open(url: String) -> anyhow::Result<Harness> {
         let store = Store::open(&url).await?;
         let raw = Database::connect(url.as_str())
@@ -3179,25 +3191,20 @@ async fn a_cutover_retried_after_its_report_is_reported_again(h: Harness) -> any
         h.store.clone(),
         Arc::new(defs.loaded.definitions.clone()),
     )?;
-    let cutover_subjects = async || -> anyhow::Result<Vec<String>> {
-        Ok(h.store
-            .reports(Some(WAVE_A))
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == "cutover")
-            .map(|r| r.subject)
-            .collect())
-    };
     let (_, failures) = reporter.record_due(at + 1_000).await?;
     assert!(failures.is_empty(), "{failures:?}");
-    let first = cutover_subjects().await?;
+    let first = h.report_subjects(WAVE_A, "cutover").await?;
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(
         first[0].contains("cutover report: INCOMPLETE, 1 of 2 servers cut over"),
         "{first:?}"
     );
     reporter.record_due(at + 2_000).await?;
-    assert_eq!(cutover_subjects().await?.len(), 1, "recorded twice");
+    assert_eq!(
+        h.report_subjects(WAVE_A, "cutover").await?.len(),
+        1,
+        "recorded twice"
+    );
     // Retried inside the window, and cut over: told again.
     h.store.retry("web-2/cutover", "alice", at + 3_000).await?;
     let again = h.drive_to("web-2/cutover", at + 4_000).await?;
@@ -3206,7 +3213,7 @@ async fn a_cutover_retried_after_its_report_is_reported_again(h: Harness) -> any
         .await?;
     reporter.record_due(at + 5_000).await?;
     reporter.record_due(at + 6_000).await?;
-    let now = cutover_subjects().await?;
+    let now = h.report_subjects(WAVE_A, "cutover").await?;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(
         now[0].contains("cutover report: COMPLETE, 2 of 2 servers cut over"),
@@ -3235,22 +3242,13 @@ async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_end
         h.store.clone(),
         Arc::new(defs.loaded.definitions.clone()),
     )?;
-    let cutover_subjects = async || -> anyhow::Result<Vec<String>> {
-        Ok(h.store
-            .reports(Some(WAVE_A))
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == "cutover")
-            .map(|r| r.subject)
-            .collect())
-    };
     reporter.record_due(t.window_start + 120_000).await?;
     assert!(
-        cutover_subjects().await?.is_empty(),
+        h.report_subjects(WAVE_A, "cutover").await?.is_empty(),
         "not before the window's end"
     );
     reporter.record_due(t.window_end).await?;
-    let first = cutover_subjects().await?;
+    let first = h.report_subjects(WAVE_A, "cutover").await?;
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(
         first[0].contains("INCOMPLETE, 1 of 2 servers cut over")
@@ -3259,7 +3257,7 @@ async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_end
     );
     reporter.record_due(t.window_end + 1_000).await?;
     assert_eq!(
-        cutover_subjects().await?.len(),
+        h.report_subjects(WAVE_A, "cutover").await?.len(),
         1,
         "nothing new while it runs"
     );
@@ -3278,7 +3276,7 @@ async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_end
         .await?;
     reporter.record_due(ended + 1_000).await?;
     reporter.record_due(ended + 2_000).await?;
-    let now = cutover_subjects().await?;
+    let now = h.report_subjects(WAVE_A, "cutover").await?;
     assert_eq!(now.len(), 2, "{now:?}");
     assert!(
         now.iter()
@@ -3311,26 +3309,24 @@ async fn a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go(
         h.store.clone(),
         Arc::new(defs.loaded.definitions.clone()),
     )?;
-    let of_kind = async |kind: &str| -> anyhow::Result<Vec<String>> {
-        Ok(h.store
-            .reports(Some(WAVE_A))
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == kind)
-            .map(|r| r.subject)
-            .collect())
-    };
     reporter.record_due(t.build + 60_000).await?;
     reporter.record_due(t.build + 120_000).await?;
-    let digests = of_kind("digest").await?;
+    let digests = h.report_subjects(WAVE_A, "digest").await?;
     assert_eq!(digests.len(), 1, "{digests:?}");
     assert!(digests[0].contains("failed or blocked"), "{digests:?}");
-    assert!(of_kind("readiness").await?.is_empty(), "not yet");
+    assert!(
+        h.report_subjects(WAVE_A, "readiness").await?.is_empty(),
+        "not yet"
+    );
     reporter.record_due(t.window_start - 60_000).await?;
-    let readiness = of_kind("readiness").await?;
+    let readiness = h.report_subjects(WAVE_A, "readiness").await?;
     assert_eq!(readiness.len(), 1, "{readiness:?}");
     assert!(readiness[0].contains("NO-GO"), "{readiness:?}");
-    assert_eq!(of_kind("digest").await?.len(), 1, "the end is told once");
+    assert_eq!(
+        h.report_subjects(WAVE_A, "digest").await?.len(),
+        1,
+        "the end is told once"
+    );
     Ok(())
 }
 
