@@ -1008,7 +1008,15 @@ fn decode_reports(node: &Node, reports: &mut Reports, ctx: &mut Ctx) {
     if let Some(n) = map.take("readiness_before")
         && let Some(d) = decode::duration(n, "readiness_before", ctx)
     {
-        reports.readiness_before = d;
+        if d.approx_seconds() == 0 {
+            // Due at the window's start, when the cutovers begin: it was never made.
+            ctx.error(
+                n.location,
+                "readiness_before: the readiness report goes out before the window; write a time before it, like 24h or 30m",
+            );
+        } else {
+            reports.readiness_before = d;
+        }
     }
     if let Some(n) = map.take("digest") {
         reports.digest = decode::parsed(n, "digest", ctx, |text| {
