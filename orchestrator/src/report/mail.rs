@@ -398,12 +398,22 @@ async fn send_one(
     .await;
     match sent {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(Failure {
-            permanent: err.is_permanent(),
-            message: error_chain(&err),
-            code: err.status().map(u16::from),
-            remaining: None,
-        }),
+        Ok(Err(err)) => {
+            let mut message = error_chain(&err);
+            // A certificate the client does not trust stays untrusted: no retry mends it.
+            let untrusted = message.contains("invalid peer certificate");
+            if untrusted {
+                message.push_str(
+                    ": the SMTP server's certificate is not trusted here; if the relay has a CA of its own, give its certificate (PEM) as smtp.ca_file",
+                );
+            }
+            Err(Failure {
+                permanent: err.is_permanent() || untrusted,
+                message,
+                code: err.status().map(u16::from),
+                remaining: None,
+            })
+        }
         Err(_) => Err(Failure::new(
             format!(
                 "{shown} did not finish the conversation within {}s",
@@ -577,13 +587,25 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
+        if cause_text.contains(&text) {
+            // The cause repeats this level's words and says more ("Connection error:
+            // Connection error: invalid peer certificate"): its words alone.
+            text = cause_text;
+        } else if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
         }
         source = cause.source();
     }
-    text
+    // A level that repeats the words of the one above ("Connection error: Connection
+    // error: invalid peer certificate") is said once.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -591,6 +613,33 @@ mod tests {
 
     /// The enhanced codes of a departed mailbox (the same words for every one on some
     /// servers) are not read as a refused sender.
+    #[test]
+    fn an_error_chain_says_each_level_once() {
+        #[derive(Debug)]
+        struct Level(&'static str, Option<Box<Level>>);
+        impl std::fmt::Display for Level {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Level {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let err = Level(
+            "Connection error: Connection error",
+            Some(Box::new(Level(
+                "invalid peer certificate: UnknownIssuer",
+                None,
+            ))),
+        );
+        assert_eq!(
+            super::error_chain(&err),
+            "Connection error: invalid peer certificate: UnknownIssuer"
+        );
+    }
+
     #[test]
     fn a_mailbox_code_is_told_from_a_sender_or_policy_one() {
         use super::names_a_mailbox;
