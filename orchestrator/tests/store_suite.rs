@@ -92,6 +92,7 @@ store_suite!(
     a_cutover_retried_after_its_report_is_reported_again,
     a_cutover_still_running_at_the_window_end_is_reported_again_when_it_ends,
     a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go,
+    a_wave_whose_cutovers_are_all_skipped_gets_no_readiness_report,
     removing_a_failed_server_releases_what_it_blocked,
 );
 
@@ -3327,6 +3328,27 @@ async fn a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go(
         1,
         "the end is told once"
     );
+    Ok(())
+}
+
+/// Cutovers all skipped on purpose: nothing to be ready for, no readiness report (a
+/// readiness GO went out for a wave that cut nothing over).
+async fn a_wave_whose_cutovers_are_all_skipped_gets_no_readiness_report(
+    h: Harness,
+) -> anyhow::Result<()> {
+    let defs = load(&[wave_a(vec![app("web", vec![srv("web-1"), srv("web-2")])])]);
+    let t = defs.times(WAVE_A);
+    h.apply(&defs, false, t.build - DAY).await?;
+    for id in ["web-1/cutover", "web-2/cutover"] {
+        h.store.skip(id, "alice", t.build).await?;
+    }
+    let reporter = orchestrator::report::schedule::Reporter::new(
+        h.store.clone(),
+        Arc::new(defs.loaded.definitions.clone()),
+    )?;
+    reporter.record_due(t.window_start - 60_000).await?;
+    let readiness = h.report_subjects(WAVE_A, "readiness").await?;
+    assert!(readiness.is_empty(), "{readiness:?}");
     Ok(())
 }
 

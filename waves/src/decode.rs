@@ -320,6 +320,12 @@ pub fn email_problem(text: &str) -> Option<&'static str> {
     let Some((local, domain)) = text.rsplit_once('@') else {
         return Some("it has no `@`");
     };
+    if local.len() > 64 {
+        return Some("the part before `@` is longer than mail takes (64 characters)");
+    }
+    if domain.len() > 253 {
+        return Some("the domain after `@` is longer than mail takes (253 characters)");
+    }
     let atom = |a: &str| {
         !a.is_empty()
             && a.chars()

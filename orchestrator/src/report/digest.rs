@@ -108,7 +108,8 @@ impl Digest {
             } else {
                 format!("{words} ({skipped} skipped)")
             };
-            bars.push(Bar::new(&label, done, of_kind.len()));
+            // The bar is of what is to be done: a task skipped by design leaves it full.
+            bars.push(Bar::new(&label, done, of_kind.len() - skipped));
         }
         let happened: Vec<String> = HAPPENINGS
             .iter()

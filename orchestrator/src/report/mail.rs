@@ -472,6 +472,10 @@ async fn send_groups(
             Ok(()) => delivered += group.len(),
             Err(failure) if failure.of_a_mailbox() && group.len() > 1 => {
                 for single in group {
+                    if taken.elapsed() > last_start {
+                        later.push((single.to_string(), "not tried in this attempt".to_owned()));
+                        continue;
+                    }
                     let alone = Envelope::new(envelope.from().cloned(), vec![single.clone()])
                         .map_err(|e| {
                             Failure::new(format!("the envelope to {single}: {e}"), true)
@@ -498,10 +502,7 @@ async fn send_groups(
         }
     }
     let all = envelope.to().len();
-    let each: Vec<String> = refused
-        .iter()
-        .map(|(to, why)| format!("{to}: {why}"))
-        .collect();
+    let each = by_reason(&refused);
     let refused_words = if refused.is_empty() {
         String::new()
     } else {
@@ -519,9 +520,14 @@ async fn send_groups(
                 let sender = envelope
                     .from()
                     .map_or_else(|| "<>".to_owned(), ToString::to_string);
+                let how = if size == 1 {
+                    "each sent alone"
+                } else {
+                    "in every conversation"
+                };
                 return Err(Failure::new(
                     format!(
-                        "the server refused every recipient with the same answer, each sent alone: it refuses the sender {sender} or takes no mail from here, not each mailbox: {}",
+                        "the server refused every recipient with the same answer, {how}: it refuses the sender {sender} or takes no mail from here, not each mailbox: {}",
                         first.unwrap_or_default()
                     ),
                     true,
@@ -536,10 +542,7 @@ async fn send_groups(
             "{shown}, to {delivered} of {all} recipients{refused_words}"
         ));
     }
-    let waiting: Vec<String> = later
-        .iter()
-        .map(|(to, why)| format!("{to}: {why}"))
-        .collect();
+    let waiting = by_reason(&later);
     Err(Failure {
         message: format!(
             "delivered to {delivered} of {all} recipients{refused_words}; not yet to {}",
@@ -549,6 +552,22 @@ async fn send_groups(
         code: None,
         remaining: Some(later.into_iter().map(|(to, _)| to).collect()),
     })
+}
+
+/// Recipients with why each did not get it, one reason once with everyone it holds for
+/// (a server down for 150 recipients said its words 150 times), in the order first met.
+fn by_reason(recipients: &[(String, String)]) -> Vec<String> {
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (to, why) in recipients {
+        match reasons.iter_mut().find(|(reason, _)| reason == why) {
+            Some((_, tos)) => tos.push(to),
+            None => reasons.push((why, vec![to])),
+        }
+    }
+    reasons
+        .into_iter()
+        .map(|(why, tos)| format!("{}: {why}", tos.join(", ")))
+        .collect()
 }
 
 /// An SMTP answer whose enhanced status code is about the recipient's address or mailbox

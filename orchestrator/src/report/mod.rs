@@ -387,9 +387,18 @@ impl Readiness {
         }
         // The last word on each gate, when it is a no-go: its reason belongs in the
         // report, not only in the job log.
+        // Gates still closed without a go (waiting, or blocked: a no-go may be given to
+        // a gate a failure blocked, before a retry opens it).
         let gate_apps: BTreeMap<&str, &str> = tasks
             .iter()
-            .filter(|t| t.kind == "gate")
+            .filter(|t| {
+                t.kind == "gate"
+                    && t.approved_by.is_none()
+                    && matches!(
+                        t.state(),
+                        TaskState::Pending | TaskState::AwaitingApproval | TaskState::Blocked
+                    )
+            })
             .map(|t| (t.id.as_str(), t.application.as_str()))
             .collect();
         let mut last_word: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -412,19 +421,18 @@ impl Readiness {
         Ok(report)
     }
 
-    /// The no-goes given to applications still waiting for their go (`app` -> the
-    /// job log's words, with who and why): said with their gate and among the reasons.
+    /// The no-goes that stand (`app` -> the job log's words, with who and why; the
+    /// caller keeps those of gates still closed without a go): said with their gate and
+    /// among the reasons.
     pub fn say_no_goes(&mut self, no_goes: &BTreeMap<String, String>) {
         for app in &mut self.applications {
-            let Some(said) = no_goes.get(&app.name) else {
-                continue;
-            };
-            if !self.approvals.iter().any(|a| a.application == app.name) {
-                continue;
+            if let Some(said) = no_goes.get(&app.name) {
+                app.gate = format!("{}; {said}", app.gate);
+                self.reasons.push(said.clone());
             }
-            app.gate = format!("{}; {said}", app.gate);
-            self.reasons.push(said.clone());
         }
+        // (Such a gate makes the report a NO-GO already: it waits for its go, or a
+        // failure upstream blocked it.)
     }
 
     /// The report's content from the wave's tasks: pure, so it is tested on fixtures.
@@ -1127,13 +1135,9 @@ mod tests {
             Readiness::from_tasks(&calendar(), &owners(), &tasks, 1_801_400_000_000, false);
         let app = report.applications[0].name.clone();
         let said = format!("no-go for the cutover of `{app}` by maria: the DB team is not ready");
-        report.say_no_goes(&BTreeMap::from([
-            (app.clone(), said.clone()),
-            ("not-waiting".to_owned(), "no-go for nothing".to_owned()),
-        ]));
+        report.say_no_goes(&BTreeMap::from([(app.clone(), said.clone())]));
         assert_eq!(report.decision, "NO-GO");
         assert!(report.reasons.contains(&said), "{:?}", report.reasons);
-        assert!(!report.reasons.iter().any(|r| r.contains("nothing")));
         assert!(report.applications[0].gate.ends_with(&said));
         let rendered = report.render().expect("renders");
         assert!(rendered.text.contains("the DB team is not ready"));
@@ -1141,7 +1145,8 @@ mod tests {
     }
 
     /// A skipped cutover is not a server cut over: the digest's bar says it apart, as
-    /// the cutover report does (it counted 4 of 4 cut over with one skipped).
+    /// the cutover report does (it counted 4 of 4 cut over with one skipped), and is of
+    /// what is to be done (a task skipped by design leaves it full).
     #[test]
     fn the_digest_says_skipped_tasks_apart() {
         let mut tasks = ready_wave();
@@ -1167,7 +1172,7 @@ mod tests {
             .expect("a bar");
         assert_eq!(
             (cutover.label.as_str(), cutover.done, cutover.total),
-            ("cut over (1 skipped)", 1, 2)
+            ("cut over (1 skipped)", 1, 1)
         );
     }
 

@@ -47,6 +47,8 @@ struct WaveProgress {
     cutovers: (i64, i64),
     /// Of them, succeeded.
     cutovers_succeeded: i64,
+    /// Of them, skipped (on purpose: nothing to cut over).
+    cutovers_skipped: i64,
     cleanups: (i64, i64),
 }
 
@@ -135,7 +137,7 @@ impl Reporter {
         // Readiness: before the window, while its cutovers are still ahead, or blocked
         // (a NO-GO is what people need to hear then).
         let due = calendar.window_start - self.readiness_before_ms;
-        let not_cut_over = p.cutovers.0 > 0 && p.cutovers_succeeded < p.cutovers.0;
+        let not_cut_over = p.cutovers.0 > p.cutovers_succeeded + p.cutovers_skipped;
         if (cutovers_open || not_cut_over) && now < calendar.window_start {
             if now >= due {
                 self.record(calendar, Kind::Readiness, &window_event, due, now)
@@ -204,18 +206,30 @@ impl Reporter {
             // The wave ended (its clean-up, or every task failed or blocked on its first
             // day) since the last digest: one more, now, says how. Digests stopped at
             // the end, and what ended it was never told.
-            let Some(finished) = p.last_finished else {
+            let (Some(finished), Ok(tz)) =
+                (p.last_finished, jiff::tz::TimeZone::get(&calendar.timezone))
+            else {
                 return Ok(None);
             };
             let last = self
                 .store
                 .last_report_due(&calendar.name, Kind::Digest.name())
                 .await?;
-            if last.is_none_or(|last| last < finished) {
+            // The digest period the end fell in names it: one end digest per period,
+            // should later finishes (leftovers cancelled one by one) move the end.
+            let Some(period) = cron.next_after(&timestamp(finished).to_zoned(tz)) else {
+                return Ok(None);
+            };
+            // Only while the end is news: a wave that ended long before this look (a
+            // store from before end digests, digests switched on later) gets none.
+            let news = cron
+                .next_after(&period)
+                .is_none_or(|after| after.timestamp().as_millisecond() > now);
+            if news && last.is_none_or(|last| last < finished) {
                 self.record(
                     calendar,
                     Kind::Digest,
-                    &format!("digest at the end {}", timestamp(finished)),
+                    &format!("digest at the end, {}", period.timestamp()),
                     now.max(finished),
                     now,
                 )
@@ -314,6 +328,7 @@ fn wave_progress(rows: Vec<KindProgress>) -> BTreeMap<String, WaveProgress> {
             "cutover" => {
                 p.cutovers = (row.total, row.finished);
                 p.cutovers_succeeded = row.succeeded;
+                p.cutovers_skipped = row.skipped;
             }
             "cmdb_cleanup" => p.cleanups = (row.total, row.finished),
             _ => {}

@@ -68,6 +68,7 @@ pub struct KindProgress {
     /// In a final state (succeeded, failed, skipped, cancelled, blocked).
     pub finished: i64,
     pub succeeded: i64,
+    pub skipped: i64,
     /// When the first of them started, if any did.
     pub first_started: Option<i64>,
     /// When the last of them finished, if any did.
@@ -336,6 +337,7 @@ impl Store {
                 "SELECT wave, kind, COUNT(*) AS total, \
                  SUM(CASE WHEN state IN ('pending', 'running', 'awaiting_approval') THEN 0 ELSE 1 END) \
                  AS finished, SUM(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END) AS succeeded, \
+                 SUM(CASE WHEN state = 'skipped' THEN 1 ELSE 0 END) AS skipped, \
                  MIN(started_at) AS first_started, MAX(finished_at) AS last_finished \
                  FROM tasks GROUP BY wave, kind ORDER BY wave, kind",
                 vec![],
