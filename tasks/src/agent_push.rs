@@ -634,6 +634,8 @@ pub(crate) fn render_named(
         .map_err(|err| format!("the agent template `{name}`: {err}"))
 }
 
+/// What a command that failed said: the last lines of its stderr, or of its stdout
+/// when it wrote its complaint there (a script's `echo`), or that it said nothing.
 pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() {
         stdout
@@ -641,6 +643,9 @@ pub(crate) fn last_lines(stderr: &str, stdout: &str) -> String {
         stderr
     };
     let lines: Vec<&str> = text.trim().lines().collect();
+    if lines.is_empty() {
+        return "(it printed nothing)".to_owned();
+    }
     lines[lines.len().saturating_sub(5)..].join(" / ")
 }
 

@@ -44,7 +44,7 @@ pub async fn run(ctx: &TaskContext<'_>) -> Report {
                 format!(
                     "`uname` exited with {}: {}",
                     output.status,
-                    output.stderr.trim()
+                    crate::agent_push::last_lines(&output.stderr, &output.stdout)
                 ),
                 "check that the account can log in and run commands",
             ));
@@ -295,7 +295,11 @@ async fn mgn_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
         }
         Ok(out) => checks.push(Check::fail(
             "kernel headers",
-            format!("cannot look (exit {}): {}", out.status, out.stderr.trim()),
+            format!(
+                "cannot look (exit {}): {}",
+                out.status,
+                crate::agent_push::last_lines(&out.stderr, &out.stdout)
+            ),
             "check the server",
         )),
         Err(err) => checks.push(Check::fail("kernel headers", err.to_string(), err.remedy())),
@@ -325,7 +329,11 @@ async fn mgn_needs(ctx: &TaskContext<'_>) -> Vec<Check> {
         }
         Ok(out) => checks.push(Check::fail(
             "build tools",
-            format!("cannot look (exit {}): {}", out.status, out.stderr.trim()),
+            format!(
+                "cannot look (exit {}): {}",
+                out.status,
+                crate::agent_push::last_lines(&out.stderr, &out.stdout)
+            ),
             "check the server",
         )),
         Err(err) => checks.push(Check::fail("build tools", err.to_string(), err.remedy())),
@@ -364,7 +372,7 @@ async fn prepare(ctx: &TaskContext<'_>, command: &str) -> Check {
             format!(
                 "`{command}` exited with {}: {}",
                 out.status,
-                out.stderr.trim().lines().last().unwrap_or("")
+                crate::agent_push::last_lines(&out.stderr, &out.stdout)
             ),
             "run the prepare command by hand on the server and fix what it says",
         ),
@@ -543,6 +551,22 @@ async fn tmp_exec(ctx: &TaskContext<'_>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::authority;
+
+    /// A failed command's complaint is found where it wrote it: a script that echoes
+    /// its reason to stdout left every report saying "exited with 1: ".
+    #[test]
+    fn a_failure_says_what_the_command_printed_wherever_it_printed_it() {
+        use crate::agent_push::last_lines;
+        assert_eq!(
+            last_lines("", "checking\nno disk space\n"),
+            "checking / no disk space"
+        );
+        assert_eq!(
+            last_lines("permission denied\n", "checking\n"),
+            "permission denied"
+        );
+        assert_eq!(last_lines("  \n", ""), "(it printed nothing)");
+    }
 
     #[test]
     fn an_endpoint_url_gives_the_address_a_source_must_reach() {
