@@ -604,7 +604,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::server::ReplicationServer;
     use crate::local::volume::Retention;
     use jiff::Timestamp;
 
@@ -635,14 +634,9 @@ mod tests {
         // The newest point only: point 2 goes unless something pins it.
         let newest = Retention { tiers: Vec::new() };
         let pruned = async |failback: FailbackRecord| {
-            let server = ReplicationServer::start(
-                &staging,
-                "127.0.0.1:0".parse().expect("address"),
-                std::sync::Arc::new(crate::SystemClock),
-                newest.clone(),
-            )
-            .await
-            .expect("a server");
+            let server = crate::local::server::tests::start_when_free(&staging, newest.clone())
+                .await
+                .expect("a server");
             failback.allow(&server);
             let volume = server
                 .volume(&failback.reverse)

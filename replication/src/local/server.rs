@@ -1320,7 +1320,7 @@ fn collect_garbage_at_start(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Starts: a replication server on a loopback port over a staging folder where a
@@ -1382,13 +1382,31 @@ mod tests {
     }
 
     async fn start_on(staging: &Path) -> io::Result<ReplicationServer> {
-        ReplicationServer::start(
-            staging,
-            "127.0.0.1:0".parse().expect("address"),
-            Arc::new(crate::SystemClock),
-            Retention::default(),
-        )
-        .await
+        start_when_free(staging, Retention::default()).await
+    }
+
+    /// A server on the folder once the one before lets go of its lock (its accept loop
+    /// ends a moment after its shutdown): up to 250 tries, 20 ms apart.
+    pub(crate) async fn start_when_free(
+        staging: &Path,
+        retention: Retention,
+    ) -> io::Result<ReplicationServer> {
+        for _ in 0..250 {
+            match ReplicationServer::start(
+                staging,
+                "127.0.0.1:0".parse().expect("address"),
+                Arc::new(crate::SystemClock),
+                retention.clone(),
+            )
+            .await
+            {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(io::Error::other("the staging folder stayed locked for 5 s"))
     }
 
     /// Starts: replication servers on loopback ports, one after the other, over one
