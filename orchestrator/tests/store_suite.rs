@@ -493,6 +493,14 @@ fn failed_with_step(task: &TaskRow, at: i64, reason: &str, step: Option<String>)
 }
 
 impl Harness {
+    /// The reports' scheduler over this store, for these definitions.
+    fn reporter(&self, defs: &Defs) -> anyhow::Result<orchestrator::report::schedule::Reporter> {
+        orchestrator::report::schedule::Reporter::new(
+            self.store.clone(),
+            Arc::new(defs.loaded.definitions.clone()),
+        )
+    }
+
     /// The subjects of the wave's reports of one kind, newest first.
     async fn report_subjects(&self, wave: &str, kind: &str) -> anyhow::Result<Vec<String>> {
         Ok(self
@@ -3188,10 +3196,7 @@ async fn a_cutover_retried_after_its_report_is_reported_again(h: Harness) -> any
             ],
         )
         .await?;
-    let reporter = orchestrator::report::schedule::Reporter::new(
-        h.store.clone(),
-        Arc::new(defs.loaded.definitions.clone()),
-    )?;
+    let reporter = h.reporter(&defs)?;
     let (_, failures) = reporter.record_due(at + 1_000).await?;
     assert!(failures.is_empty(), "{failures:?}");
     let first = h.report_subjects(WAVE_A, "cutover").await?;
@@ -3239,10 +3244,7 @@ async fn a_cutover_still_running_at_the_window_end_is_reported_again_when_it_end
     h.store
         .complete(DRIVER, at, vec![succeeded(&cutovers["web-1/cutover"], at)])
         .await?;
-    let reporter = orchestrator::report::schedule::Reporter::new(
-        h.store.clone(),
-        Arc::new(defs.loaded.definitions.clone()),
-    )?;
+    let reporter = h.reporter(&defs)?;
     reporter.record_due(t.window_start + 120_000).await?;
     assert!(
         h.report_subjects(WAVE_A, "cutover").await?.is_empty(),
@@ -3306,10 +3308,7 @@ async fn a_wave_that_fails_on_its_first_day_gets_a_digest_and_a_no_go(
             vec![failed(&check, t.build, "ssh: permission denied")],
         )
         .await?;
-    let reporter = orchestrator::report::schedule::Reporter::new(
-        h.store.clone(),
-        Arc::new(defs.loaded.definitions.clone()),
-    )?;
+    let reporter = h.reporter(&defs)?;
     reporter.record_due(t.build + 60_000).await?;
     reporter.record_due(t.build + 120_000).await?;
     let digests = h.report_subjects(WAVE_A, "digest").await?;
@@ -3342,10 +3341,7 @@ async fn a_wave_whose_cutovers_are_all_skipped_gets_no_readiness_report(
     for id in ["web-1/cutover", "web-2/cutover"] {
         h.store.skip(id, "alice", t.build).await?;
     }
-    let reporter = orchestrator::report::schedule::Reporter::new(
-        h.store.clone(),
-        Arc::new(defs.loaded.definitions.clone()),
-    )?;
+    let reporter = h.reporter(&defs)?;
     reporter.record_due(t.window_start - 60_000).await?;
     let readiness = h.report_subjects(WAVE_A, "readiness").await?;
     assert!(readiness.is_empty(), "{readiness:?}");
